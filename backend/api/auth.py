@@ -1,0 +1,66 @@
+"""Who is calling: client API keys (Bearer), and the workers' internal token."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+from flask import current_app, g, request
+
+from backend.errors import Forbidden, Unauthorized
+
+LOCAL_OWNER = "local"
+
+
+@dataclass(frozen=True)
+class Principal:
+    owner: str
+    is_admin: bool
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose jobs this caller may see; None for all (admins)."""
+        return None if self.is_admin else self.owner
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def authenticate_client() -> None:
+    """``before_request`` of the client blueprints: sets ``g.principal`` or refuses."""
+    keys: dict[str, tuple[str, bool]] = current_app.extensions["api_keys"]
+    if not keys:
+        # No keys configured: the API is a local development tool and serves loopback only.
+        if not _is_loopback(request.remote_addr):
+            raise Forbidden("no API_KEYS are configured, so this API only serves loopback clients")
+        g.principal = Principal(owner=LOCAL_OWNER, is_admin=True)
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    token = token.strip()
+    for key, (owner, is_admin) in keys.items():
+        if hmac.compare_digest(key.encode(), token.encode()):
+            g.principal = Principal(owner=owner, is_admin=is_admin)
+            return
+    raise Unauthorized("unknown API key")
+
+
+def require_admin() -> None:
+    authenticate_client()
+    if not g.principal.is_admin:
+        raise Forbidden("this endpoint needs an admin API key")
+
+
+def require_internal_token() -> None:
+    """``before_request`` of the internal blueprint: only workers with the shared token pass."""
+    expected = current_app.config.get("INTERNAL_SERVICE_TOKEN")
+    given = request.headers.get("X-Internal-Token", "")
+    if not expected or not hmac.compare_digest(str(expected).encode(), given.encode()):
+        raise Unauthorized("missing or wrong X-Internal-Token")

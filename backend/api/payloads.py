@@ -1,0 +1,144 @@
+"""Reading and checking request bodies: every fault becomes a clear 4xx, never a 500."""
+
+from __future__ import annotations
+
+import json
+
+from flask import current_app, request
+
+from backend.config import QUEUE_NAMES
+from backend.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from backend.job_manager import JobRequest
+from backend.tasks import TaskSpec
+
+SUBMIT_FIELDS = {
+    "args",
+    "kwargs",
+    "priority",
+    "timeout",
+    "max_retries",
+    "webhook_url",
+    "idempotency_key",
+    "depends_on",
+    "run_at",
+}
+MAX_TIMEOUT = 7 * 24 * 3600
+MAX_RETRIES = 100
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def json_body() -> dict:
+    """The request's JSON object.
+
+    Raises:
+        UnsupportedMediaType: the body is not declared as JSON.
+        BadRequest: the body is not valid JSON, nests too deep, or is not an object.
+    """
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"send the body as JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
+        )
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    max_depth = current_app.config["MAX_JSON_DEPTH"]
+    if _depth(body) > max_depth:
+        raise BadRequest(f"the body nests deeper than {max_depth} levels")
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _depth(value: object) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = None) -> JobRequest:
+    """Check a submission body against the contract and the task's signature.
+
+    Raises:
+        ValidationFailed: an unknown field, a value of the wrong kind, or arguments the task
+            does not accept; the message names the fault.
+    """
+    unknown = sorted(set(body) - SUBMIT_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"unknown fields {unknown}", details={"allowed": sorted(SUBMIT_FIELDS)})
+    args = body.get("args") if body.get("args") is not None else []
+    kwargs = body.get("kwargs") if body.get("kwargs") is not None else {}
+    if not isinstance(args, list):
+        raise ValidationFailed(f"args must be a list, got {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise ValidationFailed(f"kwargs must be an object, got {type(kwargs).__name__}")
+    priority = body.get("priority") or "default"
+    if priority not in QUEUE_NAMES:
+        raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {priority!r}")
+    config = current_app.config
+    timeout = _int_field(body, "timeout", config["DEFAULT_JOB_TIMEOUT"], 1, MAX_TIMEOUT)
+    max_retries = _int_field(body, "max_retries", config["DEFAULT_MAX_RETRIES"], 0, MAX_RETRIES)
+    key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
+    webhook_url = body.get("webhook_url")
+    if webhook_url is not None:
+        raise ValidationFailed("webhook_url is not supported yet")
+    if body.get("depends_on"):
+        raise ValidationFailed("depends_on is not supported yet")
+    if body.get("run_at") is not None:
+        raise ValidationFailed("run_at is not supported yet")
+    spec.check_arguments(args, kwargs)
+    return JobRequest(
+        task=spec,
+        args=args,
+        kwargs=kwargs,
+        priority=priority,
+        timeout=timeout,
+        max_retries=max_retries,
+        webhook_url=webhook_url,
+        idempotency_key=key,
+    )
+
+
+def _int_field(body: dict, name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationFailed(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _idempotency_key(from_body: object, from_header: str | None) -> str | None:
+    if from_body is not None and from_header is not None and from_body != from_header:
+        raise ValidationFailed("idempotency_key and the Idempotency-Key header differ")
+    key = from_body if from_body is not None else from_header
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed(
+            f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters, got {key!r}"
+        )
+    return key
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be from {low} to {high}, got {value}")
+    return value

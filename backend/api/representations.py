@@ -1,0 +1,55 @@
+"""How jobs look over HTTP: the job object of the contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from backend.models import Attempt, Job
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC ISO 8601 with a Z, or None."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_dict(job: Job) -> dict:
+    return {
+        "job_id": job.id,
+        "task": job.task,
+        "status": job.status,
+        "priority": job.priority,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "result": job.result,
+        "error": job.error,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "attempt": job.attempt,
+        "retry_count": job.retry_count,
+        "max_retries": job.max_retries,
+        "next_retry_at": iso(job.next_retry_at),
+        "timeout": job.timeout,
+        "webhook_url": job.webhook_url,
+        "webhook_delivered": job.webhook_delivered,
+        "rq_job_id": job.rq_job_id,
+        "worker": job.worker,
+        "cancelled_by": job.cancelled_by,
+        "cancelled_at": iso(job.cancelled_at),
+    }
+
+
+def attempt_dict(attempt: Attempt) -> dict:
+    return {
+        "attempt": attempt.attempt,
+        "worker": attempt.worker,
+        "started_at": iso(attempt.started_at),
+        "ended_at": iso(attempt.ended_at),
+        "outcome": attempt.outcome,
+        "error": attempt.error,
+    }

@@ -1,0 +1,99 @@
+"""Settings, read from the environment in this one place.
+
+Every setting has a documented default here; tests override any of them with the
+``test_config`` dict given to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DATA_DIR = PACKAGE_DIR / "data"
+
+#: Queues in priority order: a worker always takes from the first non-empty one.
+QUEUE_NAMES = ("high", "default", "low")
+
+DEFAULTS: dict[str, object] = {
+    # The queue broker; unset means "no Redis configured" (make run starts one).
+    "REDIS_URL": None,
+    # The job store of record.
+    "DATABASE_URL": f"sqlite:///{DATA_DIR / 'jobs.db'}",
+    # Shared secret between the API and workers for the internal endpoints.
+    "INTERNAL_SERVICE_TOKEN": None,
+    # Client keys, "name:key[:admin],...". None: open, but only on loopback.
+    "API_KEYS": None,
+    # Where workers reach the API.
+    "API_BASE_URL": "http://127.0.0.1:5000",
+    # Modules whose @task functions are registered (comma separated).
+    "TASK_MODULES": "backend.tasks.examples",
+    # Retention of finished and failed jobs in Redis (seconds).
+    "RQ_RESULT_TTL": 86400,
+    "RQ_FAILURE_TTL": 604800,
+    # Job defaults.
+    "DEFAULT_JOB_TIMEOUT": 600,
+    "DEFAULT_MAX_RETRIES": 3,
+    # Request body cap (bytes) and how deep JSON may nest.
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "MAX_JSON_DEPTH": 32,
+    # Page size of GET /jobs.
+    "JOBS_PAGE_DEFAULT": 50,
+    "JOBS_PAGE_MAX": 500,
+    # Worker -> API reports: how long a report is retried while the API is unreachable,
+    # and the least time between two progress reports of one job.
+    "REPORT_RETRY_SECONDS": 120.0,
+    "PROGRESS_MIN_INTERVAL": 0.25,
+    # Logging: "text" or "json".
+    "LOG_FORMAT": "text",
+    "LOG_LEVEL": "INFO",
+}
+
+_INT_KEYS = {
+    "RQ_RESULT_TTL",
+    "RQ_FAILURE_TTL",
+    "DEFAULT_JOB_TIMEOUT",
+    "DEFAULT_MAX_RETRIES",
+    "MAX_CONTENT_LENGTH",
+    "MAX_JSON_DEPTH",
+    "JOBS_PAGE_DEFAULT",
+    "JOBS_PAGE_MAX",
+}
+_FLOAT_KEYS = {"REPORT_RETRY_SECONDS", "PROGRESS_MIN_INTERVAL"}
+
+
+def load(overrides: dict | None = None) -> dict[str, object]:
+    """Return the settings: defaults, then the environment, then ``overrides``."""
+    settings = dict(DEFAULTS)
+    for key, _default in DEFAULTS.items():
+        raw = os.environ.get(key)
+        if raw is None or raw == "":
+            continue
+        if key in _INT_KEYS:
+            settings[key] = int(raw)
+        elif key in _FLOAT_KEYS:
+            settings[key] = float(raw)
+        else:
+            settings[key] = raw
+    settings.update(overrides or {})
+    return settings
+
+
+def parse_api_keys(spec: str | None) -> dict[str, tuple[str, bool]]:
+    """Parse ``API_KEYS`` ("name:key[:admin],...") into {key: (owner, is_admin)}.
+
+    Raises:
+        ValueError: an entry is not ``name:key`` or ``name:key:admin``.
+    """
+    keys: dict[str, tuple[str, bool]] = {}
+    for entry in (spec or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise ValueError(f"API_KEYS entry must be name:key[:admin], got {entry!r}")
+        if len(parts) == 3 and parts[2] != "admin":
+            raise ValueError(f"API_KEYS flag must be 'admin', got {parts[2]!r}")
+        keys[parts[1]] = (parts[0], len(parts) == 3)
+    return keys

@@ -1,0 +1,333 @@
+"""JobManager: every read and write of jobs in the store goes through here.
+
+Every change of a job's status goes through ``_transition``, which enforces the state
+machine of ``backend.states`` and the attempt fence, and writes with a compare-and-set
+(``UPDATE ... WHERE status = :seen AND attempt = :seen``) so that two writers racing on
+one job can never both win.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis.exceptions import RedisError
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.errors import InvalidTransition, NotFound, StaleAttempt, ValidationFailed
+from backend.models import Attempt, Job, utcnow
+from backend.queues import QueueAdapter, rq_job_id
+from backend.states import RETRYABLE_FROM, TERMINAL, JobStatus, is_forward
+from backend.store import transaction
+from backend.tasks import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+_CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a client asked for, already validated (see backend.api.payloads)."""
+
+    task: TaskSpec
+    args: list
+    kwargs: dict
+    priority: str
+    timeout: int
+    max_retries: int
+    webhook_url: str | None = None
+    idempotency_key: str | None = None
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+class JobManager:
+    """Owns the jobs in the store and their way onto RQ's queues."""
+
+    def __init__(self, sessions: sessionmaker[Session], queues: QueueAdapter):
+        self.sessions = sessions
+        self.queues = queues
+
+    # -- creating -----------------------------------------------------------------------
+
+    def submit(self, request: JobRequest, *, owner: str) -> tuple[Job, bool]:
+        """Record a job and put it on its queue.
+
+        Returns:
+            The job, and False when an idempotency key matched a live job (nothing new).
+        """
+        job, created = self.create_job(request, owner=owner)
+        if created:
+            job = self.enqueue_job(job.id)
+        return job, created
+
+    def create_job(self, request: JobRequest, *, owner: str) -> tuple[Job, bool]:
+        """Record a PENDING job; with an idempotency key held by a live job, return that job.
+
+        The unique index on (owner, idempotency_key) decides between concurrent submissions.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            job_id = new_job_id()
+            now = utcnow()
+            job = Job(
+                id=job_id,
+                owner=owner,
+                task=request.task.name,
+                status=JobStatus.PENDING.value,
+                priority=request.priority,
+                args=request.args,
+                kwargs=request.kwargs,
+                progress=0,
+                created_at=now,
+                updated_at=now,
+                attempt=1,
+                retry_count=0,
+                max_retries=request.max_retries,
+                timeout=request.timeout,
+                webhook_url=request.webhook_url,
+                rq_job_id=rq_job_id(job_id, 1),
+                idempotency_key=request.idempotency_key,
+            )
+            try:
+                with transaction(self.sessions) as session:
+                    session.add(job)
+                log.info("job %s recorded: task=%s owner=%s", job_id, request.task.name, owner)
+                return job, True
+            except IntegrityError:
+                existing = self._live_job_with_key(owner, request.idempotency_key)
+                if existing is not None:
+                    log.info("job %s returned for idempotency key", existing.id)
+                    return existing, False
+        raise RuntimeError(f"could not record a job for idempotency key {request.idempotency_key!r}")
+
+    def _live_job_with_key(self, owner: str, key: str | None) -> Job | None:
+        if key is None:
+            return None
+        with self.sessions() as session:
+            return session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
+
+    def enqueue_job(self, job_id: str) -> Job:
+        """Put a PENDING job's current attempt on its queue and mark it QUEUED.
+
+        When Redis is unreachable the job stays PENDING (the reconciler enqueues it later).
+        """
+        with self.sessions() as session:
+            job = self._load(session, job_id)
+            if job.status != JobStatus.PENDING:
+                return job
+            try:
+                self.queues.enqueue(
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    func_path=get_task(job.task).path,
+                    args=job.args,
+                    kwargs=job.kwargs,
+                    priority=job.priority,
+                    timeout=job.timeout,
+                )
+            except RedisError as exc:
+                log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
+                return job
+            # A fast worker may already have started it: then QUEUED is in the past.
+            self._transition(session, job, JobStatus.QUEUED, attempt=job.attempt, tolerate_behind=True)
+            session.commit()
+            return job
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
+        """Return a job; with ``owner``, only that owner's.
+
+        Raises:
+            NotFound: no such job, or it belongs to someone else.
+        """
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def get_attempts(self, job_id: str) -> list[Attempt]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt)))
+
+    def list_jobs(
+        self,
+        *,
+        owner: str | None = None,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Jobs newest first, ``limit`` at a time; returns them and the cursor of the next page."""
+        query = select(Job)
+        if owner is not None:
+            query = query.where(Job.owner == owner)
+        if status is not None:
+            query = query.where(Job.status == status.value)
+        if task is not None:
+            query = query.where(Job.task == task)
+        if cursor:
+            created_at, last_id = _decode_cursor(cursor)
+            query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        with self.sessions() as session:
+            jobs = list(session.scalars(query))
+        next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+        return jobs[:limit], next_cursor
+
+    # -- worker reports -----------------------------------------------------------------
+
+    def mark_started(self, job_id: str, *, attempt: int, worker: str) -> Job:
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id)
+            now = utcnow()
+            changed = self._transition(
+                session, job, JobStatus.PROCESSING, attempt=attempt, started_at=now, worker=worker
+            )
+            if changed:
+                session.add(Attempt(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
+                log.info("job %s attempt %s started on %s", job_id, attempt, worker)
+            return job
+
+    def update_job_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None) -> Job:
+        """Record progress of a running attempt (an unstarted one counts as started).
+
+        Raises:
+            InvalidTransition: the job already ended.
+            StaleAttempt: the report is for an older attempt.
+        """
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id)
+            self._check_attempt(job, attempt)
+            if JobStatus(job.status) in TERMINAL:
+                raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(_NOT_TERMINAL))
+                .values(progress=progress, progress_message=message, updated_at=utcnow())
+            )
+            if result.rowcount == 0:
+                session.refresh(job)
+                raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
+            session.refresh(job)
+            return job
+
+    def mark_completed(self, job_id: str, *, attempt: int, result: object) -> Job:
+        return self._finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=100)
+
+    def mark_failed(self, job_id: str, *, attempt: int, error: str) -> Job:
+        return self._finish(job_id, attempt, JobStatus.FAILED, error=error)
+
+    def _finish(self, job_id: str, attempt: int, target: JobStatus, **fields) -> Job:
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id)
+            now = utcnow()
+            changed = self._transition(session, job, target, attempt=attempt, completed_at=now, **fields)
+            if changed:
+                self._end_attempt(session, job_id, attempt, target, fields.get("error"), now)
+                log.info("job %s attempt %s %s", job_id, attempt, target.value)
+            return job
+
+    def _end_attempt(self, session, job_id, attempt, outcome: JobStatus, error, now: datetime) -> None:
+        row = session.scalars(select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt == attempt)).first()
+        if row is None:
+            row = Attempt(job_id=job_id, attempt=attempt, started_at=None)
+            session.add(row)
+        row.ended_at = now
+        row.outcome = outcome.value
+        row.error = error
+
+    # -- the state machine --------------------------------------------------------------
+
+    def _check_attempt(self, job: Job, attempt: int | None) -> None:
+        if attempt is not None and attempt != job.attempt:
+            raise StaleAttempt(job.id, attempt, job.attempt)
+
+    def _transition(
+        self,
+        session: Session,
+        job: Job,
+        target: JobStatus,
+        *,
+        attempt: int | None,
+        new_attempt: bool = False,
+        tolerate_behind: bool = False,
+        **fields,
+    ) -> bool:
+        """Move ``job`` to ``target``: the one place a job's status is written.
+
+        Args:
+            attempt: the attempt the caller acts for; None for the API's own moves.
+            new_attempt: start attempt ``job.attempt + 1`` (a retry) instead of moving forward.
+            tolerate_behind: a job already past ``target`` is left as it is, without error.
+
+        Returns:
+            True when the job changed; False for a repeated move (already at ``target``).
+
+        Raises:
+            StaleAttempt: ``attempt`` is not the job's current attempt.
+            InvalidTransition: the move is backwards or out of a terminal status.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            self._check_attempt(job, attempt)
+            current = JobStatus(job.status)
+            if new_attempt:
+                if current not in RETRYABLE_FROM:
+                    raise InvalidTransition(job.id, current.value, target.value, reason="cannot be retried")
+            elif current == target:
+                return False
+            elif not is_forward(current, target):
+                if tolerate_behind:
+                    return False
+                raise InvalidTransition(job.id, current.value, target.value)
+            values = dict(fields, status=target.value, updated_at=utcnow())
+            if new_attempt:
+                values["attempt"] = job.attempt + 1
+            if target in TERMINAL:
+                # An ended job frees its idempotency key: a dead job never blocks new work.
+                values["idempotency_key"] = None
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == job.status, Job.attempt == job.attempt)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            session.refresh(job)
+            if result.rowcount == 1:
+                return True
+            # Someone else moved the job between our read and our write: decide again.
+        raise InvalidTransition(job.id, job.status, target.value, reason="too many concurrent changes")
+
+    def _load(self, session: Session, job_id: str) -> Job:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+
+_NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created_at), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed(f"cursor is not one this API gave out, got {cursor!r}") from None

@@ -1,0 +1,44 @@
+"""The job context: how a running task learns its job id and reports progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass
+class JobContext:
+    """The job a task is running for. Outside a worker, ``job_id`` is None and progress is dropped."""
+
+    job_id: str | None = None
+    attempt: int = 0
+    _report: Callable[[int, str | None], None] | None = field(default=None, repr=False)
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report how far the task is (0-100) with an optional message.
+
+        Raises:
+            ValueError: ``percent`` is outside 0-100.
+        """
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be within 0-100, got {percent!r}")
+        if self._report is not None:
+            self._report(int(percent), message)
+
+
+_current: ContextVar[JobContext | None] = ContextVar("current_job", default=None)
+
+
+def current_job() -> JobContext:
+    """The job the calling task runs for (a detached context when called outside a worker)."""
+    return _current.get() or JobContext()
+
+
+def activate(context: JobContext | None):
+    """Make ``context`` the current job; returns the token to reset it with."""
+    return _current.set(context)
+
+
+def deactivate(token) -> None:
+    _current.reset(token)

@@ -1,0 +1,170 @@
+"""The worker: RQ's own Worker (forking) or SimpleWorker, plus reports to the API.
+
+    python backend/worker.py --name worker-1 --queues high,default,low [--max-jobs N] [--burst] [--simple]
+
+RQ does the work loop, priority order of queues, heartbeats, timeouts, the stop-job command
+and warm shutdown on SIGTERM. This module adds what the store needs: it tells the API when
+an attempt starts, how far it is and how it ended, and gives the task its job context.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python backend/worker.py`: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import traceback  # noqa: E402
+
+from rq import SimpleWorker, Worker  # noqa: E402
+from rq.job import Job as RQJob  # noqa: E402
+from rq.serializers import JSONSerializer  # noqa: E402
+
+from backend import config, logs  # noqa: E402
+from backend.queues import connect  # noqa: E402
+from backend.reporter import Reporter  # noqa: E402
+from backend.tasks import load_task_modules  # noqa: E402
+from backend.tasks.context import JobContext, activate, deactivate  # noqa: E402
+
+log = logging.getLogger("backend.worker")
+
+
+def _store_ids(job: RQJob) -> tuple[str, int] | None:
+    """The store's job id and attempt of an RQ job, or None for jobs not enqueued by the API."""
+    meta = job.meta or {}
+    if "job_id" in meta and "attempt" in meta:
+        return str(meta["job_id"]), int(meta["attempt"])
+    return None
+
+
+class ReportingMixin:
+    """Reports each attempt's start, progress and end to the API's internal endpoints."""
+
+    reporter: Reporter
+
+    def __init__(self, *args, reporter: Reporter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reporter = reporter
+        self._last_error: str | None = None
+        # RQ calls exception handlers with the task's exception; keep it for the report.
+        self.push_exc_handler(self._remember_error)
+
+    def _remember_error(self, job, exc_type, exc_value, tb) -> bool:
+        self._last_error = "".join(traceback.format_exception_only(exc_type, exc_value)).strip()
+        return True  # let RQ's other handlers run too
+
+    def perform_job(self, job: RQJob, queue, execution) -> bool:
+        ids = _store_ids(job)
+        if ids is None:
+            return super().perform_job(job, queue, execution)
+        job_id, attempt = ids
+        if self.is_horse:
+            self.reporter.reset()
+        self.reporter.started(job_id, attempt, self.name)
+        context = JobContext(
+            job_id=job_id,
+            attempt=attempt,
+            _report=lambda percent, message: self.reporter.progress(job_id, attempt, percent, message),
+        )
+        self._last_error = None
+        token = activate(context)
+        try:
+            ok = super().perform_job(job, queue, execution)
+        finally:
+            deactivate(token)
+        if ok:
+            # RQ keeps the return value on the job it just ran; reading it here saves the
+            # Redis round trip of job.return_value().
+            self.reporter.completed(job_id, attempt, job._result)
+        elif job.get_status(refresh=False) != "stopped":
+            self.reporter.failed(job_id, attempt, self._last_error or "the task failed")
+        return ok
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        """The forked child died under the job (OOM killer, SIGKILL): report it failed."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        ids = _store_ids(job)
+        if ids is not None:
+            code = os.waitstatus_to_exitcode(ret_val) if ret_val is not None else None
+            reason = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            self.reporter.failed(*ids, f"WorkHorseKilled: the work-horse process died ({reason})")
+
+
+class JobServiceWorker(ReportingMixin, Worker):
+    """RQ's forking worker: each job runs in a child process."""
+
+
+class JobServiceSimpleWorker(ReportingMixin, SimpleWorker):
+    """RQ's SimpleWorker: jobs run in the worker's own process (faster, less isolated)."""
+
+
+def build_worker(
+    *,
+    name: str | None,
+    queues: list[str],
+    simple: bool,
+    settings: dict,
+) -> Worker:
+    """A worker for ``queues`` (in priority order) reporting to the API of ``settings``."""
+    token = settings.get("INTERNAL_SERVICE_TOKEN")
+    if not token:
+        raise SystemExit("INTERNAL_SERVICE_TOKEN is not set: the API would refuse this worker's reports")
+    if not settings.get("REDIS_URL"):
+        raise SystemExit("REDIS_URL is not set")
+    load_task_modules(str(settings["TASK_MODULES"]))
+    reporter = Reporter(
+        str(settings["API_BASE_URL"]),
+        str(token),
+        retry_seconds=float(settings["REPORT_RETRY_SECONDS"]),
+        progress_interval=float(settings["PROGRESS_MIN_INTERVAL"]),
+    )
+    worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
+    return worker_class(
+        queues,
+        name=name,
+        connection=connect(str(settings["REDIS_URL"])),
+        serializer=JSONSerializer,
+        default_result_ttl=int(settings["RQ_RESULT_TTL"]),
+        reporter=reporter,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run a job service worker.")
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("RQ_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        help="worker name, unique across hosts (default: RQ_WORKER_NAME or host-pid)",
+    )
+    parser.add_argument(
+        "--queues",
+        default=os.environ.get("RQ_QUEUE_NAMES") or ",".join(config.QUEUE_NAMES),
+        help="queues in priority order (default: RQ_QUEUE_NAMES or high,default,low)",
+    )
+    parser.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--simple", action="store_true", help="run jobs in this process (RQ's SimpleWorker)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = config.load()
+    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    queues = [name.strip() for name in args.queues.split(",") if name.strip()]
+    unknown = [name for name in queues if name not in config.QUEUE_NAMES]
+    if not queues or unknown:
+        raise SystemExit(f"--queues must name some of {list(config.QUEUE_NAMES)}, got {args.queues!r}")
+    worker = build_worker(name=args.name, queues=queues, simple=args.simple, settings=settings)
+    worked = worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=str(settings["LOG_LEVEL"]))
+    log.info("worker %s stopped (worked: %s)", args.name, worked)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
