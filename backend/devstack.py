@@ -1,0 +1,111 @@
+"""``make run``: the whole stack in the foreground, for one laptop.
+
+Starts Redis (embedded, when REDIS_URL is unset), the API on 127.0.0.1:5000 with RQ
+Dashboard at /rq, and one worker; generates an internal token for the session; prints where
+everything is; Ctrl+C stops every process it started. Redis keeps its data under
+backend/data/.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from backend.config import DATA_DIR
+from backend.redis_server import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_REDIS_PORT = 6380
+
+
+def _wait_for_api(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the API exited with status {process.returncode}; see its log above")
+        try:
+            requests.get(f"{url}/tasks", timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise SystemExit(f"the API did not answer on {url} within {timeout:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("INTERNAL_SERVICE_TOKEN", secrets.token_urlsafe(32))
+    port = int(env.get("PORT", "5000"))
+    api_url = f"http://127.0.0.1:{port}"
+    env.setdefault("API_BASE_URL", api_url)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+
+    embedded = None
+    if not env.get("REDIS_URL"):
+        embedded = EmbeddedRedis.start(
+            data_dir=DATA_DIR / "redis", port=int(env.get("REDIS_PORT", EMBEDDED_REDIS_PORT))
+        )
+        env["REDIS_URL"] = embedded.url
+
+    processes: list[subprocess.Popen] = []
+    # Children ignore the terminal's Ctrl+C (they get their own process group); this
+    # process stops them in order instead, so none is left behind.
+    spawn = {"cwd": ROOT, "env": env, "start_new_session": True}
+    try:
+        api = subprocess.Popen([sys.executable, "backend/app.py"], **spawn)
+        processes.append(api)
+        _wait_for_api(api_url, api)
+        worker = subprocess.Popen([sys.executable, "backend/worker.py", "--name", "worker-1"], **spawn)
+        processes.append(worker)
+        print(
+            "\n".join(
+                [
+                    "",
+                    "job service is up:",
+                    f"  API            {api_url}  (try: curl {api_url}/tasks)",
+                    f"  RQ Dashboard   {api_url}/rq",
+                    f"  Redis          {env['REDIS_URL']}"
+                    + ("  (embedded, data in backend/data/redis)" if embedded else ""),
+                    f"  job store      {env.get('DATABASE_URL', 'sqlite:///backend/data/jobs.db')}",
+                    "  worker         worker-1 on high,default,low",
+                    "Ctrl+C stops everything.",
+                    "",
+                ]
+            ),
+            flush=True,
+        )
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        failed = next(process for process in processes if process.poll() is not None)
+        print(f"a process exited (status {failed.returncode}); stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    finally:
+        _stop(list(reversed(processes)))
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

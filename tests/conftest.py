@@ -1,0 +1,170 @@
+"""Shared fixtures: a real Redis for the session, a temporary store per test, the app,
+a live HTTP server for workers to report to, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from werkzeug.serving import make_server
+
+from backend.app import create_app
+from backend.redis_server import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-internal-token"
+TASK_MODULES = "backend.tasks.examples,tests.fixtures"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis.start(data_dir=tmp_path_factory.mktemp("redis"), appendonly=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_conn(redis_url) -> Redis:
+    return Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url) -> dict:
+    """The app's settings for one test; tests may change them before using ``app``."""
+    return {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "INTERNAL_SERVICE_TOKEN": TOKEN,
+        "TASK_MODULES": TASK_MODULES,
+        "API_KEYS": None,
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:
+    """The app served over real HTTP on a free port, for workers' reports."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    app.config["API_BASE_URL"] = url
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield url
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def worker_env(settings: dict, api_url: str, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": settings["REDIS_URL"],
+            "API_BASE_URL": api_url,
+            "INTERNAL_SERVICE_TOKEN": settings["INTERNAL_SERVICE_TOKEN"],
+            "TASK_MODULES": TASK_MODULES,
+            "REPORT_RETRY_SECONDS": "10",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A real worker: ``python backend/worker.py`` in a subprocess."""
+
+    def __init__(self, settings: dict, api_url: str, *args: str, env: dict | None = None):
+        self.log_path = Path(settings["DATABASE_URL"].removeprefix("sqlite:///")).parent / f"worker-{id(self)}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait() / stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "backend/worker.py", *args],
+            cwd=ROOT,
+            env=worker_env(settings, api_url, **(env or {})),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(settings, live_server):
+    """Start real worker processes reporting to the live server; all stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict | None = None) -> WorkerProcess:
+        worker = WorkerProcess(settings, live_server, *args, env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def run_burst_worker(start_worker):
+    """Run one burst worker until the queues are empty; fail the test if it fails."""
+
+    def run(*extra: str, simple: bool = True, timeout: float = 60) -> WorkerProcess:
+        args = ["--burst", "--name", f"burst-{time.monotonic_ns()}", *extra]
+        if simple:
+            args.append("--simple")
+        worker = start_worker(*args)
+        code = worker.wait(timeout=timeout)
+        assert code == 0, worker.output()
+        return worker
+
+    return run
+
+
+def wait_for_status(client, job_id: str, statuses: set[str], timeout: float = 30, headers=None) -> dict:
+    """Poll GET /jobs/<id> until its status is in ``statuses``; return the job."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", headers=headers).get_json()
+        if job.get("status") in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {statuses}; last seen {job}")

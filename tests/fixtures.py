@@ -1,0 +1,46 @@
+"""Tasks used by the tests; top-level so that real workers can import them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from backend.tasks import current_job, task
+
+
+@task("reserved_names")
+def reserved_names(job_id, timeout, ttl, description, meta, retry, depends_on=None, result_ttl=None):
+    """Takes every parameter name that RQ would use as its own option."""
+    return {
+        "job_id": job_id,
+        "timeout": timeout,
+        "ttl": ttl,
+        "description": description,
+        "meta": meta,
+        "retry": retry,
+        "depends_on": depends_on,
+        "result_ttl": result_ttl,
+    }
+
+
+@task("add")
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@task("whoami")
+def whoami() -> dict:
+    """Return the job context as the task sees it."""
+    job = current_job()
+    return {"job_id": job.job_id, "attempt": job.attempt, "pid": os.getpid()}
+
+
+@task("crawl")
+def crawl(steps: int = 5, delay: float = 0.3) -> dict:
+    """Report progress every ``delay`` seconds, ``steps`` times."""
+    job = current_job()
+    for step in range(1, steps + 1):
+        time.sleep(delay)
+        job.progress(step * 100 // steps, f"step {step}")
+    return {"steps": steps}

@@ -1,0 +1,23 @@
+"""The queue adapter's connection and the way it hands arguments to RQ."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.queues import connect
+
+
+def test_the_rq_connection_never_decodes_responses(redis_url):
+    connection = connect(redis_url)
+    assert connection.connection_pool.connection_kwargs.get("decode_responses") is False
+    connection.set("raw", b"\xff\xfe")
+    assert connection.get("raw") == b"\xff\xfe"
+
+
+def test_a_url_asking_for_decode_responses_is_refused(redis_url):
+    with pytest.raises(ValueError, match="decode_responses"):
+        connect(f"{redis_url}?decode_responses=True")
+
+
+def test_the_app_and_worker_connections_do_not_decode(app):
+    assert app.extensions["redis"].connection_pool.connection_kwargs.get("decode_responses") is False
