@@ -14,11 +14,12 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flask import Flask  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
 
 from backend import api, config, logs, rq_dashboard_mount  # noqa: E402
 from backend.errors import register_error_handlers  # noqa: E402
 from backend.job_manager import JobManager  # noqa: E402
-from backend.queues import QueueAdapter, connect  # noqa: E402
+from backend.queues import QueueAdapter, connect, register_queues  # noqa: E402
 from backend.store import make_engine, make_session_factory, migrate  # noqa: E402
 from backend.tasks import load_task_modules  # noqa: E402
 
@@ -44,6 +45,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     sessions = make_session_factory(engine)
     redis = connect(str(settings["REDIS_URL"]), socket_timeout=5)
     queues = QueueAdapter(redis, result_ttl=int(settings["RQ_RESULT_TTL"]), failure_ttl=int(settings["RQ_FAILURE_TTL"]))
+    try:
+        register_queues(redis)
+    except RedisError as exc:
+        log.warning("Redis unreachable at start (%s); submissions stay PENDING until it is back", exc)
     app.extensions["engine"] = engine
     app.extensions["redis"] = redis
     app.extensions["jobs"] = JobManager(sessions, queues)
@@ -66,11 +71,11 @@ def main() -> None:
     """Development server; starts an embedded Redis when REDIS_URL is unset."""
     import os
 
-    from backend.redis_server import EmbeddedRedis
+    from backend.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
 
     embedded = None
     if not os.environ.get("REDIS_URL"):
-        embedded = EmbeddedRedis.start(data_dir=config.DATA_DIR, port=int(os.environ.get("REDIS_PORT", "6379")))
+        embedded = EmbeddedRedis.start(data_dir=DEV_DATA_DIR, port=int(os.environ.get("REDIS_PORT", DEV_PORT)))
         os.environ["REDIS_URL"] = embedded.url
     try:
         create_app().run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")), threaded=True)

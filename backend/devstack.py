@@ -18,11 +18,9 @@ from pathlib import Path
 
 import requests
 
-from backend.config import DATA_DIR
-from backend.redis_server import EmbeddedRedis
+from backend.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_REDIS_PORT = 6380
 
 
 def _wait_for_api(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -51,7 +49,15 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> int:
+    # Ctrl+C, `kill` and a closed terminal all stop the stack in order. Set explicitly:
+    # a shell that starts us in the background would otherwise leave SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     env = dict(os.environ)
     env.setdefault("INTERNAL_SERVICE_TOKEN", secrets.token_urlsafe(32))
     port = int(env.get("PORT", "5000"))
@@ -61,9 +67,7 @@ def main() -> int:
 
     embedded = None
     if not env.get("REDIS_URL"):
-        embedded = EmbeddedRedis.start(
-            data_dir=DATA_DIR / "redis", port=int(env.get("REDIS_PORT", EMBEDDED_REDIS_PORT))
-        )
+        embedded = EmbeddedRedis.start(data_dir=DEV_DATA_DIR, port=int(env.get("REDIS_PORT", DEV_PORT)))
         env["REDIS_URL"] = embedded.url
 
     processes: list[subprocess.Popen] = []

@@ -40,6 +40,11 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     )
 
 
+def register_queues(connection: Redis, names=QUEUE_NAMES) -> None:
+    """Make the queues known to RQ (``rq info``, RQ Dashboard) before their first job."""
+    connection.sadd(Queue.redis_queues_keys, *(f"{Queue.redis_queue_namespace_prefix}{name}" for name in names))
+
+
 def rq_job_id(job_id: str, attempt: int) -> str:
     """The RQ job id of one attempt of a job: a new attempt is a new RQ job."""
     return f"{job_id}-{attempt}"

@@ -13,6 +13,12 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from backend.config import DATA_DIR
+
+#: Where the development Redis of `make run` and `python backend/app.py` listens and keeps data.
+DEV_PORT = 6380
+DEV_DATA_DIR = DATA_DIR / "redis"
+
 
 def redis_server_binary() -> str:
     """Path of a redis-server executable.

@@ -26,7 +26,7 @@ from rq.job import Job as RQJob  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
 from backend import config, logs  # noqa: E402
-from backend.queues import connect  # noqa: E402
+from backend.queues import connect, register_queues  # noqa: E402
 from backend.reporter import Reporter  # noqa: E402
 from backend.tasks import load_task_modules  # noqa: E402
 from backend.tasks.context import JobContext, activate, deactivate  # noqa: E402
@@ -124,10 +124,12 @@ def build_worker(
         progress_interval=float(settings["PROGRESS_MIN_INTERVAL"]),
     )
     worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
+    connection = connect(str(settings["REDIS_URL"]))
+    register_queues(connection, queues)
     return worker_class(
         queues,
         name=name,
-        connection=connect(str(settings["REDIS_URL"])),
+        connection=connection,
         serializer=JSONSerializer,
         default_result_ttl=int(settings["RQ_RESULT_TTL"]),
         reporter=reporter,
