@@ -16,10 +16,12 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 from flask import Flask  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
-from backend import api, config, logs, rq_dashboard_mount  # noqa: E402
+from backend import api, cli, config, logs, rq_dashboard_mount  # noqa: E402
 from backend.errors import register_error_handlers  # noqa: E402
 from backend.job_manager import JobManager  # noqa: E402
 from backend.queues import QueueAdapter, connect, register_queues  # noqa: E402
+from backend.reconciler import Reconciler, ReconcilerThread  # noqa: E402
+from backend.retries import RetryPolicy  # noqa: E402
 from backend.store import make_engine, make_session_factory, migrate  # noqa: E402
 from backend.tasks import load_task_modules  # noqa: E402
 
@@ -51,10 +53,25 @@ def create_app(test_config: dict | None = None) -> Flask:
         log.warning("Redis unreachable at start (%s); submissions stay PENDING until it is back", exc)
     app.extensions["engine"] = engine
     app.extensions["redis"] = redis
-    app.extensions["jobs"] = JobManager(sessions, queues)
+    policy = RetryPolicy(
+        base_seconds=float(settings["RETRY_BACKOFF_BASE"]),
+        cap_seconds=float(settings["RETRY_BACKOFF_CAP"]),
+        jitter=float(settings["RETRY_JITTER"]),
+    )
+    manager = JobManager(sessions, queues, retry_policy=policy)
+    reconciler = Reconciler(manager, grace_seconds=float(settings["RECONCILE_GRACE"]))
+    manager.settle_hook = reconciler.settle
+    app.extensions["jobs"] = manager
+    app.extensions["reconciler"] = reconciler
+    if float(settings["RECONCILE_INTERVAL"]) > 0:
+        # Recovers interrupted jobs at start, then keeps doing so.
+        thread = ReconcilerThread(reconciler, float(settings["RECONCILE_INTERVAL"]))
+        thread.start()
+        app.extensions["reconciler_thread"] = thread
 
     register_error_handlers(app)
     api.register(app)
+    cli.register(app)
     rq_dashboard_mount.mount(app, str(settings["REDIS_URL"]))
     _warn_about_open_doors(app)
     return app

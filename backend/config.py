@@ -44,6 +44,16 @@ DEFAULTS: dict[str, object] = {
     # and the least time between two progress reports of one job.
     "REPORT_RETRY_SECONDS": 120.0,
     "PROGRESS_MIN_INTERVAL": 0.25,
+    # Retries: the n-th retry waits min(cap, base * 2**(n-1)) seconds, +/- jitter (a fraction).
+    "RETRY_BACKOFF_BASE": 120.0,
+    "RETRY_BACKOFF_CAP": 1800.0,
+    "RETRY_JITTER": 0.1,
+    # Recovery: a worker's lease lapses this long after it dies (the recovery bound is about
+    # lease + interval); the reconciler runs every RECONCILE_INTERVAL seconds in the API
+    # (0 turns the thread off) and leaves rows changed in the last RECONCILE_GRACE seconds.
+    "WORKER_LEASE_SECONDS": 15.0,
+    "RECONCILE_INTERVAL": 5.0,
+    "RECONCILE_GRACE": 2.0,
     # Logging: "text" or "json".
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
@@ -59,7 +69,16 @@ _INT_KEYS = {
     "JOBS_PAGE_DEFAULT",
     "JOBS_PAGE_MAX",
 }
-_FLOAT_KEYS = {"REPORT_RETRY_SECONDS", "PROGRESS_MIN_INTERVAL"}
+_FLOAT_KEYS = {
+    "REPORT_RETRY_SECONDS",
+    "PROGRESS_MIN_INTERVAL",
+    "RETRY_BACKOFF_BASE",
+    "RETRY_BACKOFF_CAP",
+    "RETRY_JITTER",
+    "WORKER_LEASE_SECONDS",
+    "RECONCILE_INTERVAL",
+    "RECONCILE_GRACE",
+}
 
 
 def load(overrides: dict | None = None) -> dict[str, object]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,11 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 405 and exc.valid_methods:
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(exc.code or 500, code, exc.description or exc.name, None, headers)
+
+    @app.errorhandler(OperationalError)
+    def _store_down(exc: OperationalError):
+        log.error("job store unavailable: %s", exc.orig)
+        return error_response(503, "service_unavailable", "the job store is unavailable", None, {"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.errors import InvalidTransition, NotFound, StaleAttempt, ValidationFailed
 from backend.models import Attempt, Job, utcnow
 from backend.queues import QueueAdapter, rq_job_id
+from backend.retries import RetryPolicy
 from backend.states import RETRYABLE_FROM, TERMINAL, JobStatus, is_forward
 from backend.store import transaction
 from backend.tasks import TaskSpec, get_task
@@ -53,9 +55,13 @@ def new_job_id() -> str:
 class JobManager:
     """Owns the jobs in the store and their way onto RQ's queues."""
 
-    def __init__(self, sessions: sessionmaker[Session], queues: QueueAdapter):
+    def __init__(self, sessions: sessionmaker[Session], queues: QueueAdapter, *, retry_policy: RetryPolicy):
         self.sessions = sessions
         self.queues = queues
+        self.retry_policy = retry_policy
+        #: Called with a live job that holds a submitted idempotency key, to settle it first
+        #: if its worker is dead (set by the reconciler): a zombie never blocks its key.
+        self.settle_hook: Callable[[str], None] | None = None
 
     # -- creating -----------------------------------------------------------------------
 
@@ -104,6 +110,9 @@ class JobManager:
                 return job, True
             except IntegrityError:
                 existing = self._live_job_with_key(owner, request.idempotency_key)
+                if existing is not None and self.settle_hook is not None:
+                    self.settle_hook(existing.id)
+                    existing = self._live_job_with_key(owner, request.idempotency_key)
                 if existing is not None:
                     log.info("job %s returned for idempotency key", existing.id)
                     return existing, False
@@ -124,6 +133,7 @@ class JobManager:
             job = self._load(session, job_id)
             if job.status != JobStatus.PENDING:
                 return job
+            at = job.next_retry_at if job.next_retry_at and job.next_retry_at > utcnow() else None
             try:
                 self.queues.enqueue(
                     job_id=job.id,
@@ -133,6 +143,7 @@ class JobManager:
                     kwargs=job.kwargs,
                     priority=job.priority,
                     timeout=job.timeout,
+                    at=at,
                 )
             except RedisError as exc:
                 log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
@@ -186,6 +197,18 @@ class JobManager:
         next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
         return jobs[:limit], next_cursor
 
+    def live_job_ids(self, *, owner: str | None, status: JobStatus | None, task: str | None) -> list[str]:
+        """Ids of the live jobs matching the filter (for bulk cancel)."""
+        query = select(Job.id).where(Job.status.in_(_NOT_TERMINAL))
+        if owner is not None:
+            query = query.where(Job.owner == owner)
+        if status is not None:
+            query = query.where(Job.status == status.value)
+        if task is not None:
+            query = query.where(Job.task == task)
+        with self.sessions() as session:
+            return list(session.scalars(query))
+
     # -- worker reports -----------------------------------------------------------------
 
     def mark_started(self, job_id: str, *, attempt: int, worker: str) -> Job:
@@ -226,8 +249,91 @@ class JobManager:
     def mark_completed(self, job_id: str, *, attempt: int, result: object) -> Job:
         return self._finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=100)
 
-    def mark_failed(self, job_id: str, *, attempt: int, error: str) -> Job:
+    def mark_failed(self, job_id: str, *, attempt: int, error: str, backoff: bool = True) -> Job:
+        """Record a failed attempt: a new attempt when retries are left, else FAILED.
+
+        Args:
+            backoff: wait the policy's delay before the retry (False: retry at once, as for a
+                job whose worker died under it).
+        """
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id)
+            self._check_attempt(job, attempt)
+            current = JobStatus(job.status)
+            if current in TERMINAL or job.retry_count >= job.max_retries:
+                retried = False
+            else:
+                retry_number = job.retry_count + 1
+                at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
+                retried = self._new_attempt(session, job, retry_count=retry_number, next_retry_at=at, error=error)
+                if retried:
+                    self._end_attempt(session, job_id, attempt, JobStatus.FAILED, error, utcnow())
+                    log.info("job %s attempt %s failed; retry %s at %s", job_id, attempt, retry_number, at or "once")
+        if retried:
+            return self.enqueue_job(job_id)
         return self._finish(job_id, attempt, JobStatus.FAILED, error=error)
+
+    def end_job(self, job_id: str, *, error: str) -> Job:
+        """End a live job as FAILED now, retries or not (maintenance)."""
+        with self.sessions() as session:
+            job = self._load(session, job_id)
+        return self._finish(job_id, job.attempt, JobStatus.FAILED, error=error)
+
+    def retry_job(self, job_id: str, *, owner: str | None = None) -> Job:
+        """Run a FAILED or CANCELLED job again, as a new attempt (``POST /jobs/<id>/retry``).
+
+        Raises:
+            InvalidTransition: the job has not ended, or it COMPLETED.
+        """
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id, owner=owner)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise InvalidTransition(
+                    job_id, job.status, JobStatus.PENDING.value, reason="only FAILED or CANCELLED jobs can be retried"
+                )
+            self._new_attempt(session, job, next_retry_at=None, cancelled_by=None, cancelled_at=None)
+        return self.enqueue_job(job_id)
+
+    def requeue_lost(self, job_id: str, *, attempt: int, reason: str) -> Job:
+        """Start a new attempt of a job that Redis lost before any worker ran it."""
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id)
+            if not self._new_attempt(session, job, expected_attempt=attempt):
+                return job
+            log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
+        return self.enqueue_job(job_id)
+
+    def cancel_job(self, job_id: str, *, owner: str | None, by: str) -> Job:
+        """Cancel a live job: it leaves its queue, or its worker is told to stop it.
+
+        Raises:
+            InvalidTransition: the job already ended (409).
+        """
+        with transaction(self.sessions) as session:
+            job = self._load(session, job_id, owner=owner)
+            self._transition(
+                session, job, JobStatus.CANCELLED, attempt=None, strict=True,
+                cancelled_by=by, cancelled_at=utcnow(), completed_at=utcnow(), next_retry_at=None,
+            )  # fmt: skip
+            self._end_attempt(
+                session, job_id, job.attempt, JobStatus.CANCELLED, f"cancelled by {by}", utcnow(), only_open=True
+            )
+        log.info("job %s cancelled by %s", job_id, by)
+        try:
+            self.queues.cancel(job.rq_job_id)
+        except RedisError as exc:
+            # The store already says CANCELLED; a late run's reports are refused (409).
+            log.warning("job %s: could not stop its RQ job %s: %s", job_id, job.rq_job_id, exc)
+        return job
+
+    def _new_attempt(self, session: Session, job: Job, *, expected_attempt: int | None = None, **fields) -> bool:
+        """Start the next attempt of ``job`` as PENDING: the only way a job goes back."""
+        attempt = job.attempt + 1
+        return self._transition(
+            session, job, JobStatus.PENDING, attempt=expected_attempt, new_attempt=True,
+            rq_job_id=rq_job_id(job.id, attempt), progress=0, progress_message=None, result=None,
+            started_at=None, completed_at=None, worker=None, **fields,
+        )  # fmt: skip
 
     def _finish(self, job_id: str, attempt: int, target: JobStatus, **fields) -> Job:
         with transaction(self.sessions) as session:
@@ -239,8 +345,12 @@ class JobManager:
                 log.info("job %s attempt %s %s", job_id, attempt, target.value)
             return job
 
-    def _end_attempt(self, session, job_id, attempt, outcome: JobStatus, error, now: datetime) -> None:
+    def _end_attempt(
+        self, session, job_id, attempt, outcome: JobStatus, error, now: datetime, *, only_open: bool = False
+    ) -> None:
         row = session.scalars(select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt == attempt)).first()
+        if row is None and only_open:
+            return
         if row is None:
             row = Attempt(job_id=job_id, attempt=attempt, started_at=None)
             session.add(row)
@@ -263,6 +373,7 @@ class JobManager:
         attempt: int | None,
         new_attempt: bool = False,
         tolerate_behind: bool = False,
+        strict: bool = False,
         **fields,
     ) -> bool:
         """Move ``job`` to ``target``: the one place a job's status is written.
@@ -271,6 +382,7 @@ class JobManager:
             attempt: the attempt the caller acts for; None for the API's own moves.
             new_attempt: start attempt ``job.attempt + 1`` (a retry) instead of moving forward.
             tolerate_behind: a job already past ``target`` is left as it is, without error.
+            strict: a job already at ``target`` is an error too (a client asking twice).
 
         Returns:
             True when the job changed; False for a repeated move (already at ``target``).
@@ -285,9 +397,9 @@ class JobManager:
             if new_attempt:
                 if current not in RETRYABLE_FROM:
                     raise InvalidTransition(job.id, current.value, target.value, reason="cannot be retried")
-            elif current == target:
+            elif current == target and not strict:
                 return False
-            elif not is_forward(current, target):
+            elif current == target or not is_forward(current, target):
                 if tolerate_behind:
                     return False
                 raise InvalidTransition(job.id, current.value, target.value)
@@ -309,9 +421,9 @@ class JobManager:
             # Someone else moved the job between our read and our write: decide again.
         raise InvalidTransition(job.id, job.status, target.value, reason="too many concurrent changes")
 
-    def _load(self, session: Session, job_id: str) -> Job:
+    def _load(self, session: Session, job_id: str, *, owner: str | None = None) -> Job:
         job = session.get(Job, job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job {job_id!r}")
         return job
 

@@ -10,13 +10,20 @@ that parameters named ``job_id``, ``timeout``, ``ttl``, ``description``, ``meta`
 from __future__ import annotations
 
 import contextlib
+import time
+from datetime import datetime
 from urllib.parse import parse_qs, urlparse
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
 
 from backend.config import QUEUE_NAMES
@@ -50,14 +57,33 @@ def rq_job_id(job_id: str, attempt: int) -> str:
     return f"{job_id}-{attempt}"
 
 
+class RedisUnavailable(RedisConnectionError):
+    """Raised without a network call while a recent failure says Redis is down."""
+
+
 class QueueAdapter:
     """Enqueue, inspect and stop the RQ jobs behind the store's jobs."""
+
+    #: After a connection failure, calls fail fast for this long instead of each waiting
+    #: for a connect timeout, so submissions are recorded PENDING at full speed meanwhile.
+    DOWN_BACKOFF_SECONDS = 2.0
 
     def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int):
         self.connection = connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
         self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUE_NAMES}
+        self._down_until = 0.0
+
+    @contextlib.contextmanager
+    def _guard(self):
+        if time.monotonic() < self._down_until:
+            raise RedisUnavailable("Redis was unreachable moments ago")
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError):
+            self._down_until = time.monotonic() + self.DOWN_BACKOFF_SECONDS
+            raise
 
     def enqueue(
         self,
@@ -69,25 +95,62 @@ class QueueAdapter:
         kwargs: dict,
         priority: str,
         timeout: int,
+        at: datetime | None = None,
     ) -> str:
-        """Put one attempt of a job on the queue of its priority; return its RQ job id."""
+        """Put one attempt of a job on the queue of its priority (at ``at``, through RQ's
+        scheduler, when given); return its RQ job id. Enqueueing an attempt twice is a no-op."""
         rq_id = rq_job_id(job_id, attempt)
-        self.queues[priority].enqueue_call(
-            func_path,
-            args=list(args),
-            kwargs=dict(kwargs),
-            timeout=timeout,
-            result_ttl=self.result_ttl,
-            failure_ttl=self.failure_ttl,
-            job_id=rq_id,
-            meta={"job_id": job_id, "attempt": attempt},
-            description=f"{func_path} ({job_id} attempt {attempt})",
-        )
+        queue = self.queues[priority]
+        options = {
+            "args": list(args),
+            "kwargs": dict(kwargs),
+            "timeout": timeout,
+            "result_ttl": self.result_ttl,
+            "failure_ttl": self.failure_ttl,
+            "job_id": rq_id,
+            "meta": {"job_id": job_id, "attempt": attempt},
+            "description": f"{func_path} ({job_id} attempt {attempt})",
+        }
+        with self._guard():
+            if self.connection.exists(RQJob.key_for(rq_id)):
+                return rq_id
+            if at is None:
+                queue.enqueue_call(func_path, **options)
+            else:
+                queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at)
         return rq_id
+
+    def fetch_many(self, rq_ids: list[str]) -> dict[str, RQJob | None]:
+        """The RQ jobs of ``rq_ids`` in one round trip; None where the hash is gone or unreadable."""
+        with self._guard():
+            try:
+                jobs = RQJob.fetch_many(rq_ids, connection=self.connection, serializer=JSONSerializer)
+            except RedisError:
+                raise
+            except Exception:  # one corrupt hash: read them one by one, None for the unreadable
+                jobs = [self._fetch_or_none(rq_id) for rq_id in rq_ids]
+        return dict(zip(rq_ids, jobs, strict=True))
+
+    def _fetch_or_none(self, rq_id: str) -> RQJob | None:
+        try:
+            return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+        except RedisError:
+            raise
+        except Exception:
+            return None
+
+    def queued_ids(self) -> set[str]:
+        """Every RQ job id waiting in the three queue lists."""
+        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            for queue in self.queues.values():
+                pipe.lrange(queue.key, 0, -1)
+            lists = pipe.execute()
+        return {rq_id.decode() for ids in lists for rq_id in ids}
 
     def fetch(self, rq_id: str) -> RQJob | None:
         try:
-            return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+            with self._guard():
+                return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
             return None
 
@@ -103,5 +166,19 @@ class QueueAdapter:
         with contextlib.suppress(InvalidJobOperation):
             job.cancel()
 
+    def abandon(self, rq_job: RQJob, reason: str) -> None:
+        """Mark an RQ job whose worker died as failed, and take it out of its started registry."""
+        queue = Queue(rq_job.origin, connection=self.connection, serializer=JSONSerializer)
+        registry = queue.started_job_registry
+        with self._guard(), self.connection.pipeline() as pipe:
+            for entry in self.connection.zrange(registry.key, 0, -1):
+                if entry.decode().split(":", 1)[0] == rq_job.id:
+                    pipe.zrem(registry.key, entry)
+            record_job_failure(rq_job, reason, pipe)
+            pipe.execute()
+
     def ping(self) -> bool:
-        return bool(self.connection.ping())
+        try:
+            return bool(self.connection.ping())
+        except RedisError:
+            return False

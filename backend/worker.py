@@ -19,13 +19,17 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
+from redis import Redis  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
 from rq import SimpleWorker, Worker  # noqa: E402
 from rq.job import Job as RQJob  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
 from backend import config, logs  # noqa: E402
+from backend.leases import LeaseKeeper  # noqa: E402
 from backend.queues import connect, register_queues  # noqa: E402
 from backend.reporter import Reporter  # noqa: E402
 from backend.tasks import load_task_modules  # noqa: E402
@@ -85,6 +89,13 @@ class ReportingMixin:
             self.reporter.failed(job_id, attempt, self._last_error or "the task failed")
         return ok
 
+    stop_requested = False
+
+    def request_stop(self, signum, frame):
+        """SIGTERM / SIGINT: finish the current job, then exit (RQ's warm shutdown)."""
+        self.stop_requested = True
+        super().request_stop(signum, frame)
+
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
         """The forked child died under the job (OOM killer, SIGKILL): report it failed."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
@@ -105,27 +116,20 @@ class JobServiceSimpleWorker(ReportingMixin, SimpleWorker):
 
 def build_worker(
     *,
-    name: str | None,
+    name: str,
     queues: list[str],
     simple: bool,
     settings: dict,
+    connection: Redis,
 ) -> Worker:
     """A worker for ``queues`` (in priority order) reporting to the API of ``settings``."""
-    token = settings.get("INTERNAL_SERVICE_TOKEN")
-    if not token:
-        raise SystemExit("INTERNAL_SERVICE_TOKEN is not set: the API would refuse this worker's reports")
-    if not settings.get("REDIS_URL"):
-        raise SystemExit("REDIS_URL is not set")
-    load_task_modules(str(settings["TASK_MODULES"]))
     reporter = Reporter(
         str(settings["API_BASE_URL"]),
-        str(token),
+        str(settings["INTERNAL_SERVICE_TOKEN"]),
         retry_seconds=float(settings["REPORT_RETRY_SECONDS"]),
         progress_interval=float(settings["PROGRESS_MIN_INTERVAL"]),
     )
     worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
-    connection = connect(str(settings["REDIS_URL"]))
-    register_queues(connection, queues)
     return worker_class(
         queues,
         name=name,
@@ -134,6 +138,32 @@ def build_worker(
         default_result_ttl=int(settings["RQ_RESULT_TTL"]),
         reporter=reporter,
     )
+
+
+def wait_for_redis(connection: Redis, *, what: str) -> None:
+    """Block until Redis answers, backing off up to 10 s between tries."""
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisError as exc:
+            log.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def forget_stale_registration(connection: Redis, name: str) -> None:
+    """Remove RQ's record of an earlier process of this name that died without saying so.
+
+    Only called while holding the name's lease, so that process is surely gone; without
+    this, RQ refuses to start a worker under the name for up to ~8 minutes.
+    """
+    key = f"{Worker.redis_worker_namespace_prefix}{name}"
+    if connection.exists(key) and not connection.hexists(key, "death"):
+        log.warning("worker %s: clearing the registration of a dead process of the same name", name)
+        connection.delete(key)
+        connection.srem(Worker.redis_workers_keys, key)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,9 +192,47 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in queues if name not in config.QUEUE_NAMES]
     if not queues or unknown:
         raise SystemExit(f"--queues must name some of {list(config.QUEUE_NAMES)}, got {args.queues!r}")
-    worker = build_worker(name=args.name, queues=queues, simple=args.simple, settings=settings)
-    worked = worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=str(settings["LOG_LEVEL"]))
-    log.info("worker %s stopped (worked: %s)", args.name, worked)
+    if not settings.get("INTERNAL_SERVICE_TOKEN"):
+        raise SystemExit("INTERNAL_SERVICE_TOKEN is not set: the API would refuse this worker's reports")
+    if not settings.get("REDIS_URL"):
+        raise SystemExit("REDIS_URL is not set")
+    load_task_modules(str(settings["TASK_MODULES"]))
+
+    connection = connect(str(settings["REDIS_URL"]))
+    lease = LeaseKeeper(connection, args.name, float(settings["WORKER_LEASE_SECONDS"]))
+    wait_for_redis(connection, what=f"worker {args.name}")
+    if not lease.claim():
+        raise SystemExit(f"a live worker is already named {args.name!r}; pick another --name")
+    lease.start()
+    try:
+        while True:
+            forget_stale_registration(connection, args.name)
+            register_queues(connection, queues)
+            worker = build_worker(
+                name=args.name, queues=queues, simple=args.simple, settings=settings, connection=connection
+            )
+            try:
+                worker.work(
+                    burst=args.burst,
+                    max_jobs=args.max_jobs,
+                    with_scheduler=True,
+                    logging_level=str(settings["LOG_LEVEL"]),
+                )
+            except RedisError as exc:
+                log.warning("worker %s: lost Redis (%s)", args.name, exc)
+            if worker.stop_requested or args.burst or args.max_jobs:
+                break
+            # RQ's loop gave up (it does on some Redis errors): wait for Redis, then go on.
+            try:
+                connection.ping()
+                break
+            except RedisError:
+                wait_for_redis(connection, what=f"worker {args.name}")
+    except RedisError as exc:
+        log.warning("worker %s: Redis unavailable while starting (%s)", args.name, exc)
+    finally:
+        lease.stop()
+    log.info("worker %s stopped", args.name)
     return 0
 
 

@@ -51,6 +51,10 @@ def settings(tmp_path, redis_url) -> dict:
         "TASK_MODULES": TASK_MODULES,
         "API_KEYS": None,
         "LOG_LEVEL": "WARNING",
+        # Tests that need the reconciler run it themselves, or turn the thread on.
+        "RECONCILE_INTERVAL": 0,
+        "RETRY_BACKOFF_BASE": 1.0,
+        "RETRY_JITTER": 0,
     }
 
 

@@ -54,7 +54,7 @@ def test_lifecycle_queued_processing_with_rising_progress_then_completed(client,
 
 
 def test_failing_task_ends_failed_with_its_error(client, run_burst_worker):
-    job = submit(client, "fail", kwargs={"message": "disk on fire"})
+    job = submit(client, "fail", kwargs={"message": "disk on fire"}, max_retries=0)
 
     run_burst_worker()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
-from backend.api.payloads import query_int
+from backend.api.payloads import json_body, query_int
 from backend.api.representations import attempt_dict, job_dict
-from backend.errors import ValidationFailed
+from backend.errors import JobServiceError, ValidationFailed
 from backend.states import JobStatus
 
 bp = Blueprint("jobs", __name__)
@@ -33,12 +33,7 @@ def get_attempts(job_id: str):
 @bp.get("/jobs")
 def list_jobs():
     config = current_app.config
-    status = request.args.get("status") or None
-    if status is not None:
-        try:
-            status = JobStatus(status.upper())
-        except ValueError:
-            raise ValidationFailed(f"status must be one of {[s.value for s in JobStatus]}, got {status!r}") from None
+    status = _status(request.args.get("status"))
     limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
     jobs, next_cursor = _jobs().list_jobs(
         owner=g.principal.scope,
@@ -48,3 +43,57 @@ def list_jobs():
         cursor=request.args.get("cursor") or None,
     )
     return jsonify({"jobs": [job_dict(job) for job in jobs], "next_cursor": next_cursor})
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    job = _jobs().cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
+    return jsonify(job_dict(job))
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry_job(job_id: str):
+    job = _jobs().retry_job(job_id, owner=g.principal.scope)
+    response = jsonify(job_dict(job))
+    response.status_code = 202
+    return response
+
+
+@bp.post("/jobs/cancel")
+def cancel_many():
+    """Cancel ``{"job_ids": [...]}``, or every live job matching ``{"status", "task"}``."""
+    body = json_body()
+    unknown = sorted(set(body) - {"job_ids", "status", "task"})
+    if unknown:
+        raise ValidationFailed(f"unknown fields {unknown}; send job_ids, or status and/or task")
+    job_ids = body.get("job_ids")
+    if job_ids is not None:
+        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids) or len(job_ids) > 10000:
+            raise ValidationFailed("job_ids must be a list of at most 10000 job ids")
+    elif body.get("status") is None and body.get("task") is None:
+        raise ValidationFailed("send job_ids, or a filter: status and/or task")
+    else:
+        status = _status(body.get("status"))
+        if status is not None and status.is_terminal:
+            raise ValidationFailed(f"status must be a live status to cancel, got {status.value!r}")
+        task = body.get("task")
+        if task is not None and not isinstance(task, str):
+            raise ValidationFailed(f"task must be a string, got {task!r}")
+        job_ids = _jobs().live_job_ids(owner=g.principal.scope, status=status, task=task)
+    cancelled, skipped = [], []
+    for job_id in job_ids:
+        try:
+            _jobs().cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
+            cancelled.append(job_id)
+        except JobServiceError as exc:
+            skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
+    return jsonify({"cancelled": cancelled, "skipped": skipped})
+
+
+def _status(raw) -> JobStatus | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return JobStatus(str(raw).upper())
+    except ValueError:
+        raise ValidationFailed(f"status must be one of {[s.value for s in JobStatus]}, got {raw!r}") from None

@@ -1,0 +1,75 @@
+"""Worker leases: how the service knows, within seconds, that a worker is dead.
+
+RQ's own worker heartbeat lives for ``job_monitoring_interval + 60`` s (and a SimpleWorker's
+for the whole job timeout), so a SIGKILLed worker looks alive for minutes. Each of our
+workers instead keeps a short lease key alive from a thread in its main process; when the
+process dies, the key expires after ``WORKER_LEASE_SECONDS`` and the reconciler acts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+LEASE_PREFIX = "jobservice:lease:"
+
+
+def lease_key(worker_name: str) -> str:
+    return f"{LEASE_PREFIX}{worker_name}"
+
+
+def alive(connection: Redis, names: Iterable[str]) -> set[str]:
+    """The workers among ``names`` that hold a lease (one round trip)."""
+    names = sorted({name for name in names if name})
+    if not names:
+        return set()
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(lease_key(name))
+        found = pipe.execute()
+    return {name for name, exists in zip(names, found, strict=True) if exists}
+
+
+def all_alive(connection: Redis) -> set[str]:
+    """Every worker that holds a lease now."""
+    return {
+        key.decode().removeprefix(LEASE_PREFIX) for key in connection.scan_iter(match=f"{LEASE_PREFIX}*", count=500)
+    }
+
+
+class LeaseKeeper:
+    """Keeps ``worker_name``'s lease alive from a daemon thread until ``stop``."""
+
+    def __init__(self, connection: Redis, worker_name: str, ttl: float):
+        self.connection = connection
+        self.worker_name = worker_name
+        self.ttl_ms = max(1000, int(ttl * 1000))
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{worker_name}", daemon=True)
+
+    def claim(self) -> bool:
+        """Take the lease; False when another live process holds this name."""
+        return bool(self.connection.set(lease_key(self.worker_name), "1", px=self.ttl_ms, nx=True))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = self.ttl_ms / 1000 / 3
+        while not self._stopped.wait(interval):
+            try:
+                self.connection.set(lease_key(self.worker_name), "1", px=self.ttl_ms)
+            except RedisError as exc:
+                log.warning("worker %s: lease not renewed: %s", self.worker_name, exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(RedisError):
+            self.connection.delete(lease_key(self.worker_name))

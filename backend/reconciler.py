@@ -1,0 +1,224 @@
+"""The reconciler: compares the job store with Redis and settles every difference.
+
+It runs at API start and then every ``RECONCILE_INTERVAL`` seconds in the API process
+(``python -m backend recover`` runs one pass). One reconciler acts at a time, under a Redis
+lock, so any number of API processes is safe. What it settles:
+
+- PENDING rows that never reached a queue (Redis was down, the API died mid-submit): enqueued.
+- QUEUED rows that no queue or registry holds (a worker popped the job with LPOP and died
+  before registering it, an evicted or deleted hash, a Redis that restarted empty): a new
+  attempt is enqueued.
+- PROCESSING rows whose worker's lease expired: retried at once if retries are left, else
+  FAILED "worker died". Rows whose RQ job already ended: RQ's outcome is copied.
+
+Suspects (lost or dead) are looked at twice, ``confirm_delay`` apart, before anything is done,
+so that a job moving between a queue and a worker in that instant is not taken for lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from redis.exceptions import LockError, RedisError
+from rq.job import Job as RQJob
+from sqlalchemy import select
+
+from backend import leases
+from backend.errors import JobServiceError
+from backend.job_manager import JobManager
+from backend.models import Job, utcnow
+from backend.states import JobStatus
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "jobservice:reconciler:lock"
+# RQ statuses, as text (rq.job.JobStatus values).
+_WAITING = {"queued", "deferred", "scheduled"}
+_ENDED = {"finished", "failed", "stopped", "canceled"}
+
+
+@dataclass
+class Report:
+    """What one pass did, by job id."""
+
+    enqueued: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any((self.enqueued, self.requeued, self.retried, self.failed, self.copied))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "enqueued": self.enqueued,
+            "requeued": self.requeued,
+            "retried": self.retried,
+            "failed": self.failed,
+            "copied": self.copied,
+        }
+
+
+class Reconciler:
+    def __init__(self, manager: JobManager, *, grace_seconds: float = 2.0, confirm_delay: float = 0.5):
+        self.manager = manager
+        self.queues = manager.queues
+        self.grace = timedelta(seconds=grace_seconds)
+        self.confirm_delay = confirm_delay
+
+    # -- one pass -----------------------------------------------------------------------
+
+    def run_once(self) -> Report | None:
+        """One pass over every live job; None when another reconciler holds the lock."""
+        lock = self.queues.connection.lock(LOCK_KEY, timeout=120, blocking=False)
+        if not lock.acquire():
+            return None
+        try:
+            return self._pass()
+        finally:
+            with contextlib.suppress(LockError, RedisError):
+                lock.release()
+
+    def _pass(self) -> Report:
+        report = Report()
+        cutoff = utcnow() - self.grace
+        with self.manager.sessions() as session:
+            live = list(
+                session.scalars(
+                    select(Job).where(
+                        Job.status.in_([JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING]),
+                        Job.updated_at < cutoff,
+                    )
+                )
+            )
+        if not live:
+            return report
+        suspects = self._diagnose(live)
+        if any(action != "enqueue" for action, _ in suspects.values()):
+            time.sleep(self.confirm_delay)
+            again = self._diagnose(live)
+            suspects = {
+                job_id: verdict
+                for job_id, verdict in suspects.items()
+                if verdict[0] in ("enqueue", "copy") or again.get(job_id, (None,))[0] == verdict[0]
+            }
+        jobs = {job.id: job for job in live}
+        for job_id, (action, rq_job) in suspects.items():
+            try:
+                self._act(jobs[job_id], action, rq_job, report)
+            except JobServiceError as exc:
+                # The job moved on meanwhile (a report landed): nothing to settle.
+                log.info("job %s: reconciler left it (%s)", job_id, exc.message)
+        if report:
+            log.warning("reconciler: %s", {k: len(v) for k, v in report.as_dict().items() if v})
+        return report
+
+    def _diagnose(self, jobs: list[Job]) -> dict[str, tuple[str, RQJob | None]]:
+        """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended)."""
+        rq_jobs = self.queues.fetch_many([job.rq_job_id for job in jobs])
+        queued_ids = self.queues.queued_ids()
+        workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
+        alive = leases.alive(self.queues.connection, workers)
+        verdicts: dict[str, tuple[str, RQJob | None]] = {}
+        for job in jobs:
+            rq_job = rq_jobs.get(job.rq_job_id)
+            action = self._verdict(job, rq_job, queued_ids, alive)
+            if action is not None:
+                verdicts[job.id] = (action, rq_job)
+        return verdicts
+
+    @staticmethod
+    def _verdict(job: Job, rq_job: RQJob | None, queued_ids: set[str], alive: set[str]) -> str | None:
+        if job.status == JobStatus.PENDING:
+            return "enqueue"
+        if rq_job is None:
+            if job.status == JobStatus.QUEUED:
+                return "requeue"
+            return None if job.worker in alive else "dead"
+        status = rq_job.get_status(refresh=False)
+        status = getattr(status, "value", status)
+        if status in _ENDED:
+            return "copy"
+        if status == "started":
+            return None if (rq_job.worker_name or job.worker) in alive else "dead"
+        if status == "queued":
+            return None if job.rq_job_id in queued_ids else "requeue"
+        if status in _WAITING:
+            return None
+        # "created": RQ never finished enqueueing it.
+        return "requeue" if job.status == JobStatus.QUEUED else None
+
+    def _act(self, job: Job, action: str, rq_job: RQJob | None, report: Report) -> None:
+        manager = self.manager
+        if action == "enqueue":
+            if manager.enqueue_job(job.id).status != JobStatus.PENDING:
+                report.enqueued.append(job.id)
+        elif action == "requeue":
+            manager.requeue_lost(job.id, attempt=job.attempt, reason="not in any RQ queue or registry")
+            report.requeued.append(job.id)
+        elif action == "dead":
+            worker = (rq_job.worker_name if rq_job else None) or job.worker or "unknown"
+            error = f"WorkerDied: worker {worker} stopped while running the job"
+            after = manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=False)
+            if rq_job is not None:
+                self.queues.abandon(rq_job, error)
+            (report.failed if after.status == JobStatus.FAILED else report.retried).append(job.id)
+        elif action == "copy":
+            self._copy_outcome(job, rq_job, report)
+
+    def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
+        status = getattr(rq_job.get_status(refresh=False), "value", rq_job.get_status(refresh=False))
+        if status == "finished":
+            self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name or "unknown")
+            self.manager.mark_completed(job.id, attempt=job.attempt, result=rq_job.return_value())
+        else:
+            result = rq_job.latest_result()
+            error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+            self.manager.mark_failed(job.id, attempt=job.attempt, error=error[0] if error else f"RQ job {status}")
+        report.copied.append(job.id)
+
+    def settle(self, job_id: str) -> None:
+        """Settle one job now if its worker is dead (used before honouring an idempotency key)."""
+        with self.manager.sessions() as session:
+            job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.PROCESSING:
+            return
+        try:
+            verdicts = self._diagnose([job])
+            if job_id in verdicts and verdicts[job_id][0] == "dead":
+                self._act(job, "dead", verdicts[job_id][1], Report())
+        except (RedisError, JobServiceError) as exc:
+            log.info("job %s: could not settle it now: %s", job_id, exc)
+
+
+class ReconcilerThread:
+    """Runs ``Reconciler.run_once`` every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, reconciler: Reconciler, interval: float):
+        self.reconciler = reconciler
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.reconciler.run_once()
+            except RedisError as exc:
+                log.warning("reconciler: Redis unavailable (%s); will try again", exc)
+            except Exception:
+                log.exception("reconciler pass failed; will try again")
+            self._stopped.wait(self.interval)
