@@ -247,7 +247,8 @@ class JobManager:
             return job
 
     def mark_completed(self, job_id: str, *, attempt: int, result: object) -> Job:
-        return self._finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=100)
+        # The errors of earlier attempts stay in their attempt rows.
+        return self._finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=100, error=None)
 
     def mark_failed(self, job_id: str, *, attempt: int, error: str, backoff: bool = True) -> Job:
         """Record a failed attempt: a new attempt when retries are left, else FAILED.

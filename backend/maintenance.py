@@ -71,6 +71,17 @@ def cleanup(
     return report
 
 
+def _readable(job: RQJob | None) -> bool:
+    """True when a worker could run this RQ job: its hash exists and its call deserializes."""
+    if job is None:
+        return False
+    try:
+        job.func_name  # noqa: B018 - decoding the payload is the check
+        return True
+    except Exception:
+        return False
+
+
 def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bool) -> None:
     connection = manager.queues.connection
     for queue in manager.queues.queues.values():
@@ -81,7 +92,8 @@ def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bo
         alive = leases.alive(connection, {job.worker_name for job in jobs.values() if job is not None})
         for entry, rq_id in zip(entries, rq_ids, strict=True):
             job = jobs.get(rq_id)
-            if job is None:
+            if not _readable(job):
+                job = None
                 reason = "job hash missing or unreadable"
             elif job.worker_name not in alive:
                 reason = f"worker {job.worker_name or 'unknown'} is gone"
@@ -101,7 +113,7 @@ def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bo
         queued = [rq_id.decode() for rq_id in connection.lrange(queue.key, 0, -1)]
         readable = manager.queues.fetch_many(queued) if queued else {}
         for rq_id in queued:
-            if readable.get(rq_id) is None:
+            if not _readable(readable.get(rq_id)):
                 report.redis.append((queue.name, "queued", rq_id, "job hash missing or unreadable"))
                 if not dry_run:
                     connection.lrem(queue.key, 0, rq_id)

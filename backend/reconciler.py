@@ -148,7 +148,12 @@ class Reconciler:
         if status == "started":
             return None if (rq_job.worker_name or job.worker) in alive else "dead"
         if status == "queued":
-            return None if job.rq_job_id in queued_ids else "requeue"
+            if job.rq_job_id in queued_ids:
+                return None
+            if job.status == JobStatus.PROCESSING:
+                # Popped and reported started, but RQ has not marked it started yet.
+                return None if job.worker in alive else "dead"
+            return "requeue"
         if status in _WAITING:
             return None
         # "created": RQ never finished enqueueing it.

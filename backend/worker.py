@@ -69,7 +69,6 @@ class ReportingMixin:
         job_id, attempt = ids
         if self.is_horse:
             self.reporter.reset()
-        self.reporter.started(job_id, attempt, self.name)
         context = JobContext(
             job_id=job_id,
             attempt=attempt,
@@ -95,6 +94,13 @@ class ReportingMixin:
         """SIGTERM / SIGINT: finish the current job, then exit (RQ's warm shutdown)."""
         self.stop_requested = True
         super().request_stop(signum, frame)
+
+    def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ marks the job started; then the store hears of it, so the store never runs ahead."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        ids = _store_ids(job)
+        if ids is not None:
+            self.reporter.started(*ids, self.name)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
         """The forked child died under the job (OOM killer, SIGKILL): report it failed."""
@@ -199,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     load_task_modules(str(settings["TASK_MODULES"]))
 
     connection = connect(str(settings["REDIS_URL"]))
-    lease = LeaseKeeper(connection, args.name, float(settings["WORKER_LEASE_SECONDS"]))
+    # The lease thread gets a connection pool of its own: a forked work-horse must never
+    # inherit a pool lock that this thread held at the moment of the fork.
+    lease = LeaseKeeper(connect(str(settings["REDIS_URL"])), args.name, float(settings["WORKER_LEASE_SECONDS"]))
     wait_for_redis(connection, what=f"worker {args.name}")
     if not lease.claim():
         raise SystemExit(f"a live worker is already named {args.name!r}; pick another --name")

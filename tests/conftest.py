@@ -3,6 +3,7 @@ a live HTTP server for workers to report to, and real worker processes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ from backend.redis_server import EmbeddedRedis
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-internal-token"
 TASK_MODULES = "backend.tasks.examples,tests.fixtures"
+
+
+# One line per HTTP request from the live server drowns the useful logs of a failing test.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

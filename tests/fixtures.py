@@ -44,3 +44,15 @@ def crawl(steps: int = 5, delay: float = 0.3) -> dict:
         time.sleep(delay)
         job.progress(step * 100 // steps, f"step {step}")
     return {"steps": steps}
+
+
+@task("flaky")
+def flaky(marker: str, failures: int = 1) -> str:
+    """Fail the first ``failures`` runs (counted in the file ``marker``), then succeed."""
+    with open(marker, "a+") as handle:
+        handle.seek(0)
+        runs = len(handle.read().splitlines())
+        handle.write("run\n")
+    if runs < failures:
+        raise RuntimeError(f"flaky failure {runs + 1}")
+    return "ok"

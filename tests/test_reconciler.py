@@ -1,0 +1,224 @@
+"""The reconciler settles every difference between the store and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from rq import Queue
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from backend.api.payloads import JobRequest
+from backend.app import create_app
+from backend.reconciler import LOCK_KEY
+from backend.redis_server import EmbeddedRedis, free_port
+from backend.tasks import get_task
+from tests.conftest import wait_for_status
+
+
+def reconcile_until(app, predicate, timeout: float = 20.0):
+    """Run reconciler passes until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.extensions["reconciler"].run_once()
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("the reconciler never settled the job")
+
+
+def age(app, job_id: str, seconds: float = 5) -> None:
+    """Make a job look older than the reconciler's grace period."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from backend.models import Job, utcnow
+
+    with app.extensions["jobs"].sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow() - timedelta(seconds=seconds)))
+        session.commit()
+
+
+def test_a_pending_job_that_never_reached_a_queue_is_enqueued(app, client, redis_conn):
+    # Given a job recorded while the API died before enqueueing it
+    request = JobRequest(task=get_task("add"), args=[1, 2], kwargs={}, priority="default", timeout=60, max_retries=0)
+    job, _ = app.extensions["jobs"].create_job(request, owner="local")
+    age(app, job.id)
+
+    report = app.extensions["reconciler"].run_once()
+
+    assert report.enqueued == [job.id]
+    assert client.get(f"/jobs/{job.id}").get_json()["status"] == "QUEUED"
+    assert Queue("default", connection=redis_conn).job_ids == [job.rq_job_id]
+
+
+def test_a_queued_job_whose_hash_was_deleted_is_requeued_and_runs(app, client, redis_conn, run_burst_worker):
+    job = client.post("/tasks/add", json={"args": [2, 3]}).get_json()
+    redis_conn.delete(RQJob.key_for(job["rq_job_id"]))
+    age(app, job["job_id"])
+
+    report = app.extensions["reconciler"].run_once()
+
+    assert report.requeued == [job["job_id"]]
+    requeued = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert requeued["status"] == "QUEUED" and requeued["attempt"] == 2
+    run_burst_worker()
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["result"] == 5
+
+
+def test_a_job_lost_between_pop_and_start_is_requeued(app, client, redis_conn):
+    # Given a job whose id a worker popped from the list before dying (the LPOP gap)
+    job = client.post("/tasks/add", json={"args": [2, 3]}).get_json()
+    redis_conn.lrem("rq:queue:default", 0, job["rq_job_id"])
+    age(app, job["job_id"])
+
+    report = app.extensions["reconciler"].run_once()
+
+    assert report.requeued == [job["job_id"]]
+    assert Queue("default", connection=redis_conn).job_ids == [f"{job['job_id']}-2"]
+
+
+def test_a_healthy_queued_job_is_left_alone(app, client):
+    job = client.post("/tasks/add", json={"args": [2, 3]}).get_json()
+    age(app, job["job_id"])
+    report = app.extensions["reconciler"].run_once()
+    assert not report
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 1
+
+
+def test_a_killed_workers_job_is_retried_then_completes(app, client, start_worker):
+    # Given a job running on a worker with a 1 s lease
+    job = client.post("/tasks/crawl", json={"kwargs": {"steps": 6, "delay": 0.5}, "max_retries": 1}).get_json()
+    worker = start_worker("--name", "doomed", "--simple", env={"WORKER_LEASE_SECONDS": "1"})
+    wait_for_status(client, job["job_id"], {"PROCESSING"})
+
+    # When the worker is SIGKILLed
+    os.kill(worker.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    age(app, job["job_id"])
+
+    # Then the reconciler puts the job back on a queue as a new attempt within seconds
+    reconcile_until(app, lambda: client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 2)
+    assert time.monotonic() - killed_at < 10
+    retried = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert retried["status"] == "QUEUED" and retried["retry_count"] == 1
+    assert "WorkerDied" in retried["error"]
+    # and a new worker finishes it
+    start_worker("--name", "rescuer", "--simple")
+    assert wait_for_status(client, job["job_id"], {"COMPLETED"})["result"] == {"steps": 6}
+    outcomes = [a["outcome"] for a in client.get(f"/jobs/{job['job_id']}/attempts").get_json()["attempts"]]
+    assert outcomes == ["FAILED", "COMPLETED"]
+
+
+def test_a_killed_workers_job_without_retries_fails_and_frees_its_key(app, client, start_worker, redis_conn):
+    job = client.post(
+        "/tasks/crawl", json={"kwargs": {"steps": 20, "delay": 0.5}, "max_retries": 0, "idempotency_key": "k"}
+    ).get_json()
+    worker = start_worker("--name", "doomed", "--simple", env={"WORKER_LEASE_SECONDS": "1"})
+    wait_for_status(client, job["job_id"], {"PROCESSING"})
+    os.kill(worker.process.pid, signal.SIGKILL)
+    time.sleep(1.5)  # the lease lapses
+
+    # A resubmission with the key is not blocked by the dead job: it is settled first
+    again = client.post("/tasks/crawl", json={"kwargs": {"steps": 1, "delay": 0}, "idempotency_key": "k"})
+
+    assert again.status_code == 202
+    assert again.get_json()["job_id"] != job["job_id"]
+    dead = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert dead["status"] == "FAILED" and "WorkerDied" in dead["error"]
+    rq_job = RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer)
+    assert rq_job.get_status() == "failed"
+
+
+def test_an_outcome_whose_report_was_lost_is_copied_from_rq(app, client, settings, start_worker):
+    # Given a worker that cannot reach the API at all
+    job = client.post("/tasks/add", json={"args": [20, 22]}).get_json()
+    worker = start_worker(
+        "--burst",
+        "--simple",
+        "--name",
+        "mute",
+        env={"API_BASE_URL": "http://127.0.0.1:9", "REPORT_RETRY_SECONDS": "0.5"},
+    )
+    assert worker.wait(timeout=30) == 0
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "QUEUED"
+    age(app, job["job_id"])
+
+    report = app.extensions["reconciler"].run_once()
+
+    assert report.copied == [job["job_id"]]
+    done = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert done["status"] == "COMPLETED" and done["result"] == 42
+
+
+def test_one_reconciler_acts_at_a_time(app, redis_conn):
+    redis_conn.set(LOCK_KEY, "held-by-another-api-process", px=5000)
+    assert app.extensions["reconciler"].run_once() is None
+
+
+def test_the_api_reconciles_on_its_own_at_start(settings, client):
+    job = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
+    from redis import Redis
+
+    Redis.from_url(settings["REDIS_URL"]).delete(RQJob.key_for(job["rq_job_id"]))
+    settings.update({"RECONCILE_INTERVAL": 0.5, "RECONCILE_GRACE": 0})
+    second_api = create_app(settings)
+    try:
+        deadline = time.monotonic() + 10
+        while client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] != 2:
+            assert time.monotonic() < deadline, "the API's reconciler never requeued the job"
+            time.sleep(0.1)
+    finally:
+        second_api.extensions["reconciler_thread"].stop()
+
+
+# -- Redis outages ----------------------------------------------------------------------
+
+
+def test_while_redis_is_down_jobs_are_recorded_pending_and_health_says_so(settings):
+    settings["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    client = create_app(settings).test_client()
+
+    response = client.post("/tasks/add", json={"args": [1, 2]})
+
+    assert response.status_code == 202
+    job = response.get_json()
+    assert job["status"] == "PENDING"
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "PENDING"
+    health = client.get("/monitoring/health")
+    assert health.status_code == 503
+    assert health.get_json()["failing"] == ["redis", "workers"]
+    assert health.headers["Retry-After"]
+
+
+def test_a_worker_waits_for_redis_instead_of_exiting(settings, client, start_worker, tmp_path):
+    # Given a worker started while its Redis is down
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    worker = start_worker("--name", "patient", "--simple", env={"REDIS_URL": url})
+    time.sleep(2)
+    assert worker.process.poll() is None, worker.output()
+
+    # When Redis comes up and a job arrives there
+    server = EmbeddedRedis.start(data_dir=tmp_path / "late-redis", port=port, appendonly=False)
+    try:
+        settings["REDIS_URL"] = url
+        late_client = create_app(settings).test_client()
+        job = late_client.post("/tasks/add", json={"args": [1, 2]}).get_json()
+        # Then the worker runs it (its report reaches the live server of ``client``'s app,
+        # so the late app's store sees nothing: check RQ, the worker's side)
+        deadline = time.monotonic() + 20
+        from redis import Redis
+
+        connection = Redis.from_url(url)
+        while (
+            RQJob.fetch(job["rq_job_id"], connection=connection, serializer=JSONSerializer).get_status() != "finished"
+        ):
+            assert time.monotonic() < deadline, worker.output()
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+        server.stop()
