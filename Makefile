@@ -20,6 +20,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
+# The chaos scenarios of RELIABILITY.md with more jobs and more kills than in `make test`.
+chaos: $(STAMP)
+	CHAOS_SOAK=1 $(PY) -m pytest tests/chaos -s
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
