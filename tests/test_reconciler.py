@@ -222,3 +222,22 @@ def test_a_worker_waits_for_redis_instead_of_exiting(settings, client, start_wor
     finally:
         worker.stop()
         server.stop()
+
+
+def test_when_the_store_is_down_too_a_submission_is_503_with_retry_after(settings, tmp_path):
+    import shutil
+
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    settings["DATABASE_URL"] = f"sqlite:///{store_dir / 'jobs.db'}"
+    app = create_app(settings)
+    client = app.test_client()
+    app.extensions["engine"].dispose()
+    shutil.rmtree(store_dir)
+
+    response = client.post("/tasks/add", json={"args": [1, 2]})
+
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "service_unavailable"
+    assert response.headers["Retry-After"]
+    assert client.get("/jobs/job_x").status_code == 503
