@@ -59,8 +59,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         jitter=float(settings["RETRY_JITTER"]),
     )
     manager = JobManager(sessions, queues, retry_policy=policy)
-    reconciler = Reconciler(manager, grace_seconds=float(settings["RECONCILE_GRACE"]))
-    manager.settle_hook = reconciler.settle
+    reconciler = Reconciler(
+        manager,
+        lease_seconds=float(settings["WORKER_LEASE_SECONDS"]),
+        grace_seconds=float(settings["RECONCILE_GRACE"]),
+    )
     app.extensions["jobs"] = manager
     app.extensions["reconciler"] = reconciler
     if float(settings["RECONCILE_INTERVAL"]) > 0:

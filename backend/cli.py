@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 
 import click
@@ -38,6 +39,9 @@ def recover_command() -> None:
     """Run one reconciler pass: settle every difference between the store and Redis."""
     _require_redis()
     _, reconciler = _app_parts()
+    # Two passes: a worker counts as dead only once its lease was seen missing for a while.
+    reconciler.run_once()
+    time.sleep(reconciler.dead_after)
     report = reconciler.run_once()
     if report is None:
         click.echo("another reconciler is running; nothing done")

@@ -12,9 +12,8 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 from sqlalchemy import and_, or_, select, update
@@ -25,7 +24,7 @@ from backend.errors import InvalidTransition, NotFound, StaleAttempt, Validation
 from backend.models import Attempt, Job, utcnow
 from backend.queues import QueueAdapter, rq_job_id
 from backend.retries import RetryPolicy
-from backend.states import RETRYABLE_FROM, TERMINAL, JobStatus, is_forward
+from backend.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL, JobStatus, is_forward
 from backend.store import transaction
 from backend.tasks import TaskSpec, get_task
 
@@ -59,9 +58,6 @@ class JobManager:
         self.sessions = sessions
         self.queues = queues
         self.retry_policy = retry_policy
-        #: Called with a live job that holds a submitted idempotency key, to settle it first
-        #: if its worker is dead (set by the reconciler): a zombie never blocks its key.
-        self.settle_hook: Callable[[str], None] | None = None
 
     # -- creating -----------------------------------------------------------------------
 
@@ -110,9 +106,6 @@ class JobManager:
                 return job, True
             except IntegrityError:
                 existing = self._live_job_with_key(owner, request.idempotency_key)
-                if existing is not None and self.settle_hook is not None:
-                    self.settle_hook(existing.id)
-                    existing = self._live_job_with_key(owner, request.idempotency_key)
                 if existing is not None:
                     log.info("job %s returned for idempotency key", existing.id)
                     return existing, False
@@ -135,10 +128,15 @@ class JobManager:
                 return job
             at = job.next_retry_at if job.next_retry_at and job.next_retry_at > utcnow() else None
             try:
+                func_path = get_task(job.task).path
+            except NotFound:
+                session.close()
+                return self._finish(job.id, job.attempt, JobStatus.FAILED, error=f"no task named {job.task!r} any more")
+            try:
                 self.queues.enqueue(
                     job_id=job.id,
                     attempt=job.attempt,
-                    func_path=get_task(job.task).path,
+                    func_path=func_path,
                     args=job.args,
                     kwargs=job.kwargs,
                     priority=job.priority,
@@ -148,8 +146,13 @@ class JobManager:
             except RedisError as exc:
                 log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
                 return job
-            # A fast worker may already have started it: then QUEUED is in the past.
-            self._transition(session, job, JobStatus.QUEUED, attempt=job.attempt, tolerate_behind=True)
+            # A fast worker may already have started it (QUEUED is then in the past), or even
+            # failed it into a new attempt: either way the job is where it should be.
+            try:
+                self._transition(session, job, JobStatus.QUEUED, attempt=job.attempt, tolerate_behind=True)
+            except StaleAttempt:
+                session.rollback()
+                session.refresh(job)
             session.commit()
             return job
 
@@ -266,7 +269,9 @@ class JobManager:
             else:
                 retry_number = job.retry_count + 1
                 at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
-                retried = self._new_attempt(session, job, retry_count=retry_number, next_retry_at=at, error=error)
+                retried = self._new_attempt(
+                    session, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=at, error=error
+                )
                 if retried:
                     self._end_attempt(session, job_id, attempt, JobStatus.FAILED, error, utcnow())
                     log.info("job %s attempt %s failed; retry %s at %s", job_id, attempt, retry_number, at or "once")
@@ -292,14 +297,17 @@ class JobManager:
                 raise InvalidTransition(
                     job_id, job.status, JobStatus.PENDING.value, reason="only FAILED or CANCELLED jobs can be retried"
                 )
-            self._new_attempt(session, job, next_retry_at=None, cancelled_by=None, cancelled_at=None)
+            self._new_attempt(
+                session, job, job.attempt, MANUAL_RETRY_FROM,
+                next_retry_at=None, cancelled_by=None, cancelled_at=None, error=None,
+            )  # fmt: skip
         return self.enqueue_job(job_id)
 
     def requeue_lost(self, job_id: str, *, attempt: int, reason: str) -> Job:
         """Start a new attempt of a job that Redis lost before any worker ran it."""
         with transaction(self.sessions) as session:
             job = self._load(session, job_id)
-            if not self._new_attempt(session, job, expected_attempt=attempt):
+            if not self._new_attempt(session, job, attempt, REQUEUE_FROM):
                 return job
             log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
         return self.enqueue_job(job_id)
@@ -327,11 +335,16 @@ class JobManager:
             log.warning("job %s: could not stop its RQ job %s: %s", job_id, job.rq_job_id, exc)
         return job
 
-    def _new_attempt(self, session: Session, job: Job, *, expected_attempt: int | None = None, **fields) -> bool:
-        """Start the next attempt of ``job`` as PENDING: the only way a job goes back."""
-        attempt = job.attempt + 1
+    def _new_attempt(self, session: Session, job: Job, after: int, allowed_from: frozenset, **fields) -> bool:
+        """Start attempt ``after + 1`` of ``job`` as PENDING: the only way a job goes back.
+
+        Raises:
+            StaleAttempt: the job is no longer on attempt ``after``.
+            InvalidTransition: the job's status is not in ``allowed_from``.
+        """
+        attempt = after + 1
         return self._transition(
-            session, job, JobStatus.PENDING, attempt=expected_attempt, new_attempt=True,
+            session, job, JobStatus.PENDING, attempt=after, new_attempt_from=allowed_from,
             rq_job_id=rq_job_id(job.id, attempt), progress=0, progress_message=None, result=None,
             started_at=None, completed_at=None, worker=None, **fields,
         )  # fmt: skip
@@ -372,7 +385,7 @@ class JobManager:
         target: JobStatus,
         *,
         attempt: int | None,
-        new_attempt: bool = False,
+        new_attempt_from: frozenset | None = None,
         tolerate_behind: bool = False,
         strict: bool = False,
         **fields,
@@ -381,7 +394,8 @@ class JobManager:
 
         Args:
             attempt: the attempt the caller acts for; None for the API's own moves.
-            new_attempt: start attempt ``job.attempt + 1`` (a retry) instead of moving forward.
+            new_attempt_from: start attempt ``job.attempt + 1`` instead of moving forward,
+                from one of these statuses.
             tolerate_behind: a job already past ``target`` is left as it is, without error.
             strict: a job already at ``target`` is an error too (a client asking twice).
 
@@ -395,9 +409,9 @@ class JobManager:
         for _ in range(_CAS_ATTEMPTS):
             self._check_attempt(job, attempt)
             current = JobStatus(job.status)
-            if new_attempt:
-                if current not in RETRYABLE_FROM:
-                    raise InvalidTransition(job.id, current.value, target.value, reason="cannot be retried")
+            if new_attempt_from is not None:
+                if current not in new_attempt_from:
+                    raise InvalidTransition(job.id, current.value, target.value, reason="cannot start a new attempt")
             elif current == target and not strict:
                 return False
             elif current == target or not is_forward(current, target):
@@ -405,7 +419,7 @@ class JobManager:
                     return False
                 raise InvalidTransition(job.id, current.value, target.value)
             values = dict(fields, status=target.value, updated_at=utcnow())
-            if new_attempt:
+            if new_attempt_from is not None:
                 values["attempt"] = job.attempt + 1
             if target in TERMINAL:
                 # An ended job frees its idempotency key: a dead job never blocks new work.
@@ -441,6 +455,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, job_id = raw.split("|", 1)
-        return datetime.fromisoformat(created_at), job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        parsed = datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed.astimezone(UTC), job_id
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed(f"cursor is not one this API gave out, got {cursor!r}") from None

@@ -52,7 +52,7 @@ def cleanup(
                 )
             )
         )
-    verdicts = reconciler._diagnose(old) if old else {}
+    verdicts = reconciler.diagnose(old, patient=False) if old else {}
     for job in old:
         verdict = verdicts.get(job.id, (None, None))[0]
         if verdict in ("requeue", "dead"):

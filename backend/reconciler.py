@@ -66,11 +66,18 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, manager: JobManager, *, grace_seconds: float = 2.0, confirm_delay: float = 0.5):
+    def __init__(
+        self, manager: JobManager, *, lease_seconds: float, grace_seconds: float = 2.0, confirm_delay: float = 0.5
+    ):
         self.manager = manager
         self.queues = manager.queues
         self.grace = timedelta(seconds=grace_seconds)
         self.confirm_delay = confirm_delay
+        # A lease must be seen missing for this long before its worker counts as dead: after
+        # a Redis outage or an empty restart, live workers need up to a renewal period
+        # (a third of the lease) to put their leases back.
+        self.dead_after = lease_seconds / 2
+        self._missing_since: dict[str, float] = {}
 
     # -- one pass -----------------------------------------------------------------------
 
@@ -99,10 +106,10 @@ class Reconciler:
             )
         if not live:
             return report
-        suspects = self._diagnose(live)
+        suspects = self.diagnose(live)
         if any(action != "enqueue" for action, _ in suspects.values()):
             time.sleep(self.confirm_delay)
-            again = self._diagnose(live)
+            again = self.diagnose(live)
             suspects = {
                 job_id: verdict
                 for job_id, verdict in suspects.items()
@@ -119,40 +126,58 @@ class Reconciler:
             log.warning("reconciler: %s", {k: len(v) for k, v in report.as_dict().items() if v})
         return report
 
-    def _diagnose(self, jobs: list[Job]) -> dict[str, tuple[str, RQJob | None]]:
-        """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended)."""
+    def diagnose(self, jobs: list[Job], *, patient: bool = True) -> dict[str, tuple[str, RQJob | None]]:
+        """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended).
+
+        Args:
+            patient: count a worker dead only once its lease was seen missing for a while
+                (False: as soon as it is missing, for operators' commands).
+        """
         rq_jobs = self.queues.fetch_many([job.rq_job_id for job in jobs])
         queued_ids = self.queues.queued_ids()
         workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
-        alive = leases.alive(self.queues.connection, workers)
+        dead = self._dead_workers({name or "" for name in workers}, patient=patient)
         verdicts: dict[str, tuple[str, RQJob | None]] = {}
         for job in jobs:
             rq_job = rq_jobs.get(job.rq_job_id)
-            action = self._verdict(job, rq_job, queued_ids, alive)
+            action = self._verdict(job, rq_job, queued_ids, dead)
             if action is not None:
                 verdicts[job.id] = (action, rq_job)
         return verdicts
 
+    def _dead_workers(self, names: set[str], *, patient: bool) -> set[str]:
+        """Workers whose lease has been missing for at least ``dead_after`` seconds."""
+        alive = leases.alive(self.queues.connection, names - {""})
+        now = time.monotonic()
+        for name in alive:
+            self._missing_since.pop(name, None)
+        self._missing_since = {n: t for n, t in self._missing_since.items() if n in names}
+        dead = set()
+        for name in names - alive:
+            if not patient or now - self._missing_since.setdefault(name, now) >= self.dead_after:
+                dead.add(name)
+        return dead
+
     @staticmethod
-    def _verdict(job: Job, rq_job: RQJob | None, queued_ids: set[str], alive: set[str]) -> str | None:
+    def _verdict(job: Job, rq_job: RQJob | None, queued_ids: set[str], dead: set[str]) -> str | None:
         if job.status == JobStatus.PENDING:
             return "enqueue"
         if rq_job is None:
             if job.status == JobStatus.QUEUED:
                 return "requeue"
-            return None if job.worker in alive else "dead"
+            return "dead" if (job.worker or "") in dead else None
         status = rq_job.get_status(refresh=False)
         status = getattr(status, "value", status)
         if status in _ENDED:
             return "copy"
         if status == "started":
-            return None if (rq_job.worker_name or job.worker) in alive else "dead"
+            return "dead" if (rq_job.worker_name or job.worker or "") in dead else None
         if status == "queued":
             if job.rq_job_id in queued_ids:
                 return None
             if job.status == JobStatus.PROCESSING:
                 # Popped and reported started, but RQ has not marked it started yet.
-                return None if job.worker in alive else "dead"
+                return "dead" if (job.worker or "") in dead else None
             return "requeue"
         if status in _WAITING:
             return None
@@ -187,19 +212,6 @@ class Reconciler:
             error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
             self.manager.mark_failed(job.id, attempt=job.attempt, error=error[0] if error else f"RQ job {status}")
         report.copied.append(job.id)
-
-    def settle(self, job_id: str) -> None:
-        """Settle one job now if its worker is dead (used before honouring an idempotency key)."""
-        with self.manager.sessions() as session:
-            job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.PROCESSING:
-            return
-        try:
-            verdicts = self._diagnose([job])
-            if job_id in verdicts and verdicts[job_id][0] == "dead":
-                self._act(job, "dead", verdicts[job_id][1], Report())
-        except (RedisError, JobServiceError) as exc:
-            log.info("job %s: could not settle it now: %s", job_id, exc)
 
 
 class ReconcilerThread:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 _BACKOFF_START = 0.25
 _BACKOFF_CAP = 5.0
 _TIMEOUT = (3.05, 10)
+STARTED_RETRY_SECONDS = 5.0
 
 
 class Reporter:
@@ -33,6 +34,8 @@ class Reporter:
         self._last_progress_at = 0.0
         self._pending: tuple[str, int, int, str | None] | None = None
         self._timer: threading.Timer | None = None
+        #: (job_id, attempt) pairs the API refused (409): cancelled or replaced.
+        self.refused: set[tuple[str, int]] = set()
 
     def _http(self) -> requests.Session:
         # Created lazily so that a forked work-horse opens its own connection.
@@ -48,11 +51,19 @@ class Reporter:
         self._timer = None
         self._pending = None
         self._last_progress_at = 0.0
+        self.refused = set()
 
     # -- reports ------------------------------------------------------------------------
 
     def started(self, job_id: str, attempt: int, worker: str) -> int | None:
-        return self._post_reliably(job_id, "started", {"attempt": attempt, "worker": worker})
+        # Briefly retried only: a job must not wait on the API to start (the reconciler
+        # learns of it from RQ if this report never lands).
+        return self._post_reliably(
+            job_id,
+            "started",
+            {"attempt": attempt, "worker": worker},
+            within=min(self.retry_seconds, STARTED_RETRY_SECONDS),
+        )
 
     def completed(self, job_id: str, attempt: int, result: object) -> int | None:
         self._drop_pending_progress()
@@ -62,7 +73,10 @@ class Reporter:
         self._drop_pending_progress()
         return self._post_reliably(job_id, "failed", {"attempt": attempt, "error": error})
 
-    def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> None:
+    def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
+        """Report progress (coalesced). Returns False once the API has refused this attempt."""
+        if (job_id, attempt) in self.refused:
+            return False
         with self._lock:
             self._pending = (job_id, attempt, percent, message)
             wait = self._last_progress_at + self.progress_interval - time.monotonic()
@@ -71,8 +85,9 @@ class Reporter:
                     self._timer = threading.Timer(wait, self._flush_progress)
                     self._timer.daemon = True
                     self._timer.start()
-                return
+                return True
         self._flush_progress()
+        return (job_id, attempt) not in self.refused
 
     def _flush_progress(self) -> None:
         with self._lock:
@@ -82,7 +97,9 @@ class Reporter:
                 return
             self._last_progress_at = time.monotonic()
             job_id, attempt, percent, message = pending
-            self._post_once(job_id, "progress", {"attempt": attempt, "progress": percent, "message": message})
+            status = self._post_once(job_id, "progress", {"attempt": attempt, "progress": percent, "message": message})
+            if status == 409:
+                self.refused.add((job_id, attempt))
 
     def _drop_pending_progress(self) -> None:
         with self._lock:
@@ -106,12 +123,13 @@ class Reporter:
             log.info("job %s: %s report answered %s", job_id, event, response.status_code)
         return response.status_code
 
-    def _post_reliably(self, job_id: str, event: str, body: dict) -> int | None:
+    def _post_reliably(self, job_id: str, event: str, body: dict, *, within: float | None = None) -> int | None:
         """POST until the API answers something other than a 5xx, or the retry window ends.
 
         Returns the final status code, or None when the API never answered.
         """
-        deadline = time.monotonic() + self.retry_seconds
+        window = self.retry_seconds if within is None else within
+        deadline = time.monotonic() + window
         delay = _BACKOFF_START
         while True:
             try:
@@ -129,7 +147,7 @@ class Reporter:
                 problem = str(exc)
                 self._session = None  # a broken keep-alive connection is not reused
             if time.monotonic() + delay > deadline:
-                log.error("job %s: %s report abandoned after %.0f s: %s", job_id, event, self.retry_seconds, problem)
+                log.error("job %s: %s report abandoned after %.0f s: %s", job_id, event, window, problem)
                 return None
             log.warning("job %s: %s report failed (%s); retrying in %.2f s", job_id, event, problem, delay)
             time.sleep(delay)

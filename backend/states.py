@@ -44,10 +44,13 @@ FORWARD: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.CANCELLED: frozenset(),
 }
 
-#: Statuses from which a new attempt may start (it always starts QUEUED or PENDING).
-RETRYABLE_FROM = frozenset(
-    {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.FAILED, JobStatus.CANCELLED}
-)
+#: Where a new attempt may start from (it always starts PENDING, with a higher attempt number):
+#: an automatic retry of a failed attempt or of a dead worker's job,
+AUTO_RETRY_FROM = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING})
+#: a job that Redis lost before any worker started it,
+REQUEUE_FROM = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
+#: and a client's ``POST /jobs/<id>/retry`` of an ended job.
+MANUAL_RETRY_FROM = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def is_forward(current: JobStatus, target: JobStatus) -> bool:

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # `python backend/worker.py`: make the package im
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
@@ -26,6 +27,7 @@ from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 from rq import SimpleWorker, Worker  # noqa: E402
 from rq.job import Job as RQJob  # noqa: E402
+from rq.job import JobStatus as RQStatus  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
 from backend import config, logs  # noqa: E402
@@ -44,6 +46,19 @@ def _store_ids(job: RQJob) -> tuple[str, int] | None:
     if "job_id" in meta and "attempt" in meta:
         return str(meta["job_id"]), int(meta["attempt"])
     return None
+
+
+class AttemptRefused(Exception):
+    """Raised before a task runs when the API refuses its attempt (cancelled or replaced)."""
+
+
+def _not_json(value: object) -> str | None:
+    """What is wrong with ``value`` as a JSON result, or None when it is fine."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return None
+    except (TypeError, ValueError) as exc:
+        return f"a value that is not JSON ({exc})"
 
 
 class ReportingMixin:
@@ -80,10 +95,19 @@ class ReportingMixin:
             ok = super().perform_job(job, queue, execution)
         finally:
             deactivate(token)
+        if (job_id, attempt) in self.reporter.refused:
+            # The API refused this attempt (cancelled, or replaced by a newer attempt):
+            # nothing to report, and RQ shows the run as stopped.
+            job.set_status(RQStatus.STOPPED)
+            return ok
         if ok:
             # RQ keeps the return value on the job it just ran; reading it here saves the
             # Redis round trip of job.return_value().
-            self.reporter.completed(job_id, attempt, job._result)
+            problem = _not_json(job._result)
+            if problem:
+                self.reporter.failed(job_id, attempt, f"ResultNotJSON: the task returned {problem}")
+            else:
+                self.reporter.completed(job_id, attempt, job._result)
         elif job.get_status(refresh=False) != "stopped":
             self.reporter.failed(job_id, attempt, self._last_error or "the task failed")
         return ok
@@ -99,8 +123,10 @@ class ReportingMixin:
         """RQ marks the job started; then the store hears of it, so the store never runs ahead."""
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         ids = _store_ids(job)
-        if ids is not None:
-            self.reporter.started(*ids, self.name)
+        if ids is not None and self.reporter.started(*ids, self.name) == 409:
+            # Cancelled while it waited, or a newer attempt replaced it: do not run it.
+            self.reporter.refused.add(ids)
+            raise AttemptRefused(f"the API refused attempt {ids[1]} of job {ids[0]} (cancelled or replaced)")
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
         """The forked child died under the job (OOM killer, SIGKILL): report it failed."""
@@ -230,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("worker %s: lost Redis (%s)", args.name, exc)
             if worker.stop_requested or args.burst or args.max_jobs:
                 break
-            # RQ's loop gave up (it does on some Redis errors): wait for Redis, then go on.
-            try:
-                connection.ping()
-                break
-            except RedisError:
-                wait_for_redis(connection, what=f"worker {args.name}")
+            # RQ's loop gave up (on some Redis errors, or a job it could not read): wait for
+            # Redis if it is down, then go on working.
+            log.warning("worker %s: RQ's work loop ended unexpectedly; restarting it", args.name)
+            time.sleep(1)
+            wait_for_redis(connection, what=f"worker {args.name}")
     except RedisError as exc:
         log.warning("worker %s: Redis unavailable while starting (%s)", args.name, exc)
     finally:

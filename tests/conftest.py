@@ -58,6 +58,7 @@ def settings(tmp_path, redis_url) -> dict:
         "LOG_LEVEL": "WARNING",
         # Tests that need the reconciler run it themselves, or turn the thread on.
         "RECONCILE_INTERVAL": 0,
+        "WORKER_LEASE_SECONDS": 1.0,
         "RETRY_BACKOFF_BASE": 1.0,
         "RETRY_JITTER": 0,
     }
@@ -95,6 +96,7 @@ def worker_env(settings: dict, api_url: str, **extra: str) -> dict:
             "INTERNAL_SERVICE_TOKEN": settings["INTERNAL_SERVICE_TOKEN"],
             "TASK_MODULES": TASK_MODULES,
             "REPORT_RETRY_SECONDS": "10",
+            "WORKER_LEASE_SECONDS": str(settings["WORKER_LEASE_SECONDS"]),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -92,7 +92,7 @@ def test_a_healthy_queued_job_is_left_alone(app, client):
 def test_a_killed_workers_job_is_retried_then_completes(app, client, start_worker):
     # Given a job running on a worker with a 1 s lease
     job = client.post("/tasks/crawl", json={"kwargs": {"steps": 6, "delay": 0.5}, "max_retries": 1}).get_json()
-    worker = start_worker("--name", "doomed", "--simple", env={"WORKER_LEASE_SECONDS": "1"})
+    worker = start_worker("--name", "doomed", "--simple")
     wait_for_status(client, job["job_id"], {"PROCESSING"})
 
     # When the worker is SIGKILLed
@@ -117,18 +117,20 @@ def test_a_killed_workers_job_without_retries_fails_and_frees_its_key(app, clien
     job = client.post(
         "/tasks/crawl", json={"kwargs": {"steps": 20, "delay": 0.5}, "max_retries": 0, "idempotency_key": "k"}
     ).get_json()
-    worker = start_worker("--name", "doomed", "--simple", env={"WORKER_LEASE_SECONDS": "1"})
+    worker = start_worker("--name", "doomed", "--simple")
     wait_for_status(client, job["job_id"], {"PROCESSING"})
     os.kill(worker.process.pid, signal.SIGKILL)
-    time.sleep(1.5)  # the lease lapses
+    age(app, job["job_id"])
 
-    # A resubmission with the key is not blocked by the dead job: it is settled first
+    # When the reconciler finds its worker dead, the job fails (no retries left)
+    reconcile_until(app, lambda: client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "FAILED")
+    dead = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert "WorkerDied" in dead["error"]
+
+    # and its idempotency key is free again
     again = client.post("/tasks/crawl", json={"kwargs": {"steps": 1, "delay": 0}, "idempotency_key": "k"})
-
     assert again.status_code == 202
     assert again.get_json()["job_id"] != job["job_id"]
-    dead = client.get(f"/jobs/{job['job_id']}").get_json()
-    assert dead["status"] == "FAILED" and "WorkerDied" in dead["error"]
     rq_job = RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer)
     assert rq_job.get_status() == "failed"
 

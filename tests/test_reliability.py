@@ -12,7 +12,9 @@ from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from tests.conftest import wait_for_status
+from tests.conftest import TOKEN, wait_for_status
+
+AUTH = {"X-Internal-Token": TOKEN}
 
 
 def submit(client, task: str, status: int = 202, **body) -> dict:
@@ -209,3 +211,83 @@ def test_the_same_key_for_another_owner_is_another_job(settings):
     b = client.post("/tasks/echo", json={"idempotency_key": "k"}, headers={"Authorization": "Bearer kb"})
     assert (a.status_code, b.status_code) == (202, 202)
     assert a.get_json()["job_id"] != b.get_json()["job_id"]
+
+
+# -- races the review found ---------------------------------------------------------------
+
+
+def test_a_repeated_failure_report_never_makes_two_new_attempts(client, app):
+    job = submit(client, "add", args=[1, 2], max_retries=3)
+    manager = app.extensions["jobs"]
+    manager.mark_started(job["job_id"], attempt=1, worker="w")
+    manager.mark_failed(job["job_id"], attempt=1, error="boom")
+
+    response = client.post(f"/internal/jobs/{job['job_id']}/failed", json={"attempt": 1, "error": "boom"}, headers=AUTH)
+
+    assert response.status_code == 409
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 2
+
+
+def test_a_failure_report_after_a_cancel_leaves_it_cancelled(client):
+    job = submit(client, "add", args=[1, 2], max_retries=3)
+    client.post(f"/internal/jobs/{job['job_id']}/started", json={"attempt": 1, "worker": "w"}, headers=AUTH)
+    client.post(f"/jobs/{job['job_id']}/cancel")
+
+    response = client.post(f"/internal/jobs/{job['job_id']}/failed", json={"attempt": 1, "error": "boom"}, headers=AUTH)
+
+    assert response.status_code == 409
+    after = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert (after["status"], after["attempt"]) == ("CANCELLED", 1)
+
+
+def test_a_job_cancelled_after_a_worker_popped_it_does_not_run(client, redis_conn, run_burst_worker, tmp_path):
+    # Given a job cancelled in the store while its RQ job is still waiting to be run
+    marker = tmp_path / "ran"
+    job = submit(client, "flaky", kwargs={"marker": str(marker), "failures": 0})
+    client.post(f"/jobs/{job['job_id']}/cancel")
+    rq_job = RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer)
+    Queue("default", connection=redis_conn, serializer=JSONSerializer).enqueue_job(rq_job)
+
+    # When a worker takes it anyway
+    run_burst_worker()
+
+    # Then the API refuses its start, the task never runs, and RQ shows it stopped
+    assert not marker.exists()
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "CANCELLED"
+    assert rq_job.get_status(refresh=True) == "stopped"
+
+
+def test_a_simple_worker_stops_a_cancelled_task_at_its_next_progress_report(client, start_worker, redis_conn):
+    job = submit(client, "crawl", kwargs={"steps": 40, "delay": 0.25})
+    start_worker("--name", "simple-stopper", "--simple")
+    wait_for_status(client, job["job_id"], {"PROCESSING"})
+
+    client.post(f"/jobs/{job['job_id']}/cancel")
+
+    deadline = time.monotonic() + 10
+    while RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer).get_status() != "stopped":
+        assert time.monotonic() < deadline, "the task kept running"
+        time.sleep(0.1)
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "CANCELLED"
+
+
+def test_a_worker_survives_an_unreadable_job_and_runs_the_next(client, redis_conn, start_worker):
+    redis_conn.rpush("rq:queue:default", "garbage-1")
+    redis_conn.hset("rq:job:garbage-1", mapping={"data": b"\x00not zlib", "status": "queued", "origin": "default"})
+    job = submit(client, "add", args=[2, 2])
+    start_worker("--name", "sturdy", "--simple")
+    assert wait_for_status(client, job["job_id"], {"COMPLETED"}, timeout=30)["result"] == 4
+
+
+def test_nan_in_a_body_is_400(client):
+    response = client.post("/tasks/echo", data='{"args": [NaN]}', content_type="application/json")
+    assert response.status_code == 400
+    assert client.get("/jobs").get_json()["jobs"] == []
+
+
+@pytest.mark.parametrize("raw", ["9999-12-31T23:59:59-14:00|x", "0001-01-01T00:00:00+14:00|x", "2020-01-01T00:00:00|x"])
+def test_a_forged_cursor_is_422(client, raw):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    assert client.get(f"/jobs?cursor={cursor}").status_code == 422

@@ -42,7 +42,7 @@ def json_body() -> dict:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     max_depth = current_app.config["MAX_JSON_DEPTH"]
@@ -51,6 +51,11 @@ def json_body() -> dict:
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _reject_constant(name: str):
+    # NaN and Infinity are not JSON: accepting them would echo invalid JSON back.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _depth(value: object) -> int:

@@ -7,24 +7,32 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 
+class JobCancelled(Exception):
+    """Raised in a task, at its next progress report, once its job was cancelled or replaced.
+
+    This is how a ``--simple`` worker, which cannot kill a running task, still stops it.
+    """
+
+
 @dataclass
 class JobContext:
     """The job a task is running for. Outside a worker, ``job_id`` is None and progress is dropped."""
 
     job_id: str | None = None
     attempt: int = 0
-    _report: Callable[[int, str | None], None] | None = field(default=None, repr=False)
+    _report: Callable[[int, str | None], bool] | None = field(default=None, repr=False)
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report how far the task is (0-100) with an optional message.
 
         Raises:
             ValueError: ``percent`` is outside 0-100.
+            JobCancelled: the job was cancelled (or this attempt replaced): the task should stop.
         """
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be within 0-100, got {percent!r}")
-        if self._report is not None:
-            self._report(int(percent), message)
+        if self._report is not None and self._report(int(percent), message) is False:
+            raise JobCancelled(f"job {self.job_id} attempt {self.attempt} was cancelled or replaced")
 
 
 _current: ContextVar[JobContext | None] = ContextVar("current_job", default=None)
