@@ -14,16 +14,12 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flask import Flask  # noqa: E402
-from redis.exceptions import RedisError  # noqa: E402
 
-from backend import api, cli, config, logs, rq_dashboard_mount  # noqa: E402
+from backend import api, cli, config, logs, rate_limits, rq_dashboard_mount  # noqa: E402
 from backend.errors import register_error_handlers  # noqa: E402
-from backend.job_manager import JobManager  # noqa: E402
-from backend.queues import QueueAdapter, connect, register_queues  # noqa: E402
-from backend.reconciler import Reconciler, ReconcilerThread  # noqa: E402
-from backend.retries import RetryPolicy  # noqa: E402
-from backend.store import make_engine, make_session_factory, migrate  # noqa: E402
-from backend.tasks import load_task_modules  # noqa: E402
+from backend.periodic import PeriodicThread  # noqa: E402
+from backend.services import build_services  # noqa: E402
+from backend.webhooks import Dispatcher  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -32,47 +28,40 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the API. ``test_config`` overrides settings read from the environment."""
     settings = config.load(test_config)
     logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
-    if not settings["REDIS_URL"]:
-        raise RuntimeError("REDIS_URL is not set; `make run` or `python backend/app.py` starts one for you")
-
     app = Flask(__name__)
     app.config.update(settings)
     app.json.sort_keys = False
     app.extensions["api_keys"] = config.parse_api_keys(settings["API_KEYS"])
 
-    load_task_modules(str(settings["TASK_MODULES"]))
-    database_url = str(settings["DATABASE_URL"])
-    migrate(database_url)
-    engine = make_engine(database_url)
-    sessions = make_session_factory(engine)
-    redis = connect(str(settings["REDIS_URL"]), socket_timeout=5)
-    queues = QueueAdapter(redis, result_ttl=int(settings["RQ_RESULT_TTL"]), failure_ttl=int(settings["RQ_FAILURE_TTL"]))
-    try:
-        register_queues(redis)
-    except RedisError as exc:
-        log.warning("Redis unreachable at start (%s); submissions stay PENDING until it is back", exc)
-    app.extensions["engine"] = engine
-    app.extensions["redis"] = redis
-    policy = RetryPolicy(
-        base_seconds=float(settings["RETRY_BACKOFF_BASE"]),
-        cap_seconds=float(settings["RETRY_BACKOFF_CAP"]),
-        jitter=float(settings["RETRY_JITTER"]),
-    )
-    manager = JobManager(sessions, queues, retry_policy=policy)
-    reconciler = Reconciler(
-        manager,
-        lease_seconds=float(settings["WORKER_LEASE_SECONDS"]),
-        grace_seconds=float(settings["RECONCILE_GRACE"]),
-    )
-    app.extensions["jobs"] = manager
-    app.extensions["reconciler"] = reconciler
+    services = build_services(settings)
+    app.extensions["engine"] = services.engine
+    app.extensions["redis"] = services.redis
+    app.extensions["jobs"] = services.jobs
+    app.extensions["reconciler"] = services.reconciler
+    app.extensions["schedules"] = services.schedules
+    reconciler = services.reconciler
     if float(settings["RECONCILE_INTERVAL"]) > 0:
         # Recovers interrupted jobs at start, then keeps doing so.
-        thread = ReconcilerThread(reconciler, float(settings["RECONCILE_INTERVAL"]))
+        thread = PeriodicThread("reconciler", reconciler.run_once, float(settings["RECONCILE_INTERVAL"]))
         thread.start()
         app.extensions["reconciler_thread"] = thread
 
+    dispatcher = Dispatcher(
+        services.jobs.sessions,
+        secret=settings["WEBHOOK_SECRET"],
+        allow_loopback=bool(int(settings["WEBHOOK_ALLOW_LOOPBACK"])),
+        max_attempts=int(settings["WEBHOOK_MAX_ATTEMPTS"]),
+        backoff_seconds=float(settings["WEBHOOK_BACKOFF_SECONDS"]),
+        timeout=float(settings["WEBHOOK_TIMEOUT"]),
+    )
+    app.extensions["webhooks"] = dispatcher
+    if float(settings["WEBHOOK_INTERVAL"]) > 0:
+        thread = PeriodicThread("webhooks", dispatcher.run_once, float(settings["WEBHOOK_INTERVAL"]))
+        thread.start()
+        app.extensions["webhooks_thread"] = thread
+
     register_error_handlers(app)
+    rate_limits.init_app(app)
     api.register(app)
     cli.register(app)
     rq_dashboard_mount.mount(app, str(settings["REDIS_URL"]))

@@ -54,6 +54,25 @@ DEFAULTS: dict[str, object] = {
     "WORKER_LEASE_SECONDS": 15.0,
     "RECONCILE_INTERVAL": 5.0,
     "RECONCILE_GRACE": 2.0,
+    # Schedules: a due time missed while no scheduler ran fires "once" at the next pass, or
+    # is skipped ("skip"); schedulers look for due schedules every SCHEDULER_INTERVAL seconds.
+    "SCHEDULE_MISSED_POLICY": "once",
+    "SCHEDULER_INTERVAL": 1.0,
+    # Webhooks: HMAC-SHA256 secret, loopback allowed only for tests and local development,
+    # attempts per delivery, backoff base (seconds), and how often the dispatcher looks.
+    "WEBHOOK_SECRET": None,
+    "WEBHOOK_ALLOW_LOOPBACK": 0,
+    "WEBHOOK_MAX_ATTEMPTS": 3,
+    "WEBHOOK_BACKOFF_SECONDS": 10.0,
+    "WEBHOOK_TIMEOUT": 10.0,
+    "WEBHOOK_INTERVAL": 1.0,
+    # Rate limits per API key (or client address when keys are off), flask-limiter syntax.
+    "RATE_LIMIT_ENABLED": 1,
+    "RATE_LIMIT_SUBMIT": "10/minute",
+    "RATE_LIMIT_BATCH": "5/minute",
+    "RATE_LIMIT_DEFAULT": "100/minute",
+    # Most jobs one batch may hold.
+    "BATCH_MAX_JOBS": 1000,
     # Logging: "text" or "json".
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
@@ -68,6 +87,10 @@ _INT_KEYS = {
     "MAX_JSON_DEPTH",
     "JOBS_PAGE_DEFAULT",
     "JOBS_PAGE_MAX",
+    "WEBHOOK_ALLOW_LOOPBACK",
+    "WEBHOOK_MAX_ATTEMPTS",
+    "RATE_LIMIT_ENABLED",
+    "BATCH_MAX_JOBS",
 }
 _FLOAT_KEYS = {
     "REPORT_RETRY_SECONDS",
@@ -78,6 +101,10 @@ _FLOAT_KEYS = {
     "WORKER_LEASE_SECONDS",
     "RECONCILE_INTERVAL",
     "RECONCILE_GRACE",
+    "SCHEDULER_INTERVAL",
+    "WEBHOOK_BACKOFF_SECONDS",
+    "WEBHOOK_TIMEOUT",
+    "WEBHOOK_INTERVAL",
 }
 
 

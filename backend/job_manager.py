@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend import webhooks
 from backend.errors import InvalidTransition, NotFound, StaleAttempt, ValidationFailed
-from backend.models import Attempt, Job, utcnow
+from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
 from backend.retries import RetryPolicy
 from backend.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL, JobStatus, is_forward
@@ -45,6 +46,9 @@ class JobRequest:
     max_retries: int
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    depends_on: tuple[str, ...] = ()
+    allow_failure: bool = False
+    run_at: datetime | None = None
 
 
 def new_job_id() -> str:
@@ -72,37 +76,62 @@ class JobManager:
             job = self.enqueue_job(job.id)
         return job, created
 
-    def create_job(self, request: JobRequest, *, owner: str) -> tuple[Job, bool]:
+    def build_job(self, request: JobRequest, *, owner: str, **origin) -> Job:
+        """A new PENDING job row for ``request`` (not yet added to any session)."""
+        job_id = new_job_id()
+        now = utcnow()
+        return Job(
+            id=job_id,
+            owner=owner,
+            task=request.task.name,
+            status=JobStatus.PENDING.value,
+            priority=request.priority,
+            args=request.args,
+            kwargs=request.kwargs,
+            progress=0,
+            created_at=now,
+            updated_at=now,
+            attempt=1,
+            retry_count=0,
+            max_retries=request.max_retries,
+            timeout=request.timeout,
+            webhook_url=request.webhook_url,
+            rq_job_id=rq_job_id(job_id, 1),
+            idempotency_key=request.idempotency_key,
+            depends_on=list(request.depends_on) or None,
+            allow_failure=request.allow_failure,
+            run_at=request.run_at,
+            **origin,
+        )
+
+    def add_job(self, session: Session, request: JobRequest, *, owner: str, **origin) -> Job:
+        """Add a new job and its dependency edges to ``session`` (the caller commits).
+
+        Raises:
+            ValidationFailed: a job it depends on does not exist or is not the owner's.
+        """
+        job = self.build_job(request, owner=owner, **origin)
+        if request.depends_on:
+            found = set(session.scalars(select(Job.id).where(Job.id.in_(request.depends_on), Job.owner == owner)))
+            missing = sorted(set(request.depends_on) - found)
+            if missing:
+                raise ValidationFailed(f"depends_on names jobs that do not exist: {missing}")
+        session.add(job)
+        if request.depends_on:
+            session.flush()
+            session.add_all(JobDependency(job_id=job.id, depends_on_id=parent) for parent in request.depends_on)
+        return job
+
+    def create_job(self, request: JobRequest, *, owner: str, **origin) -> tuple[Job, bool]:
         """Record a PENDING job; with an idempotency key held by a live job, return that job.
 
         The unique index on (owner, idempotency_key) decides between concurrent submissions.
         """
         for _ in range(_CAS_ATTEMPTS):
-            job_id = new_job_id()
-            now = utcnow()
-            job = Job(
-                id=job_id,
-                owner=owner,
-                task=request.task.name,
-                status=JobStatus.PENDING.value,
-                priority=request.priority,
-                args=request.args,
-                kwargs=request.kwargs,
-                progress=0,
-                created_at=now,
-                updated_at=now,
-                attempt=1,
-                retry_count=0,
-                max_retries=request.max_retries,
-                timeout=request.timeout,
-                webhook_url=request.webhook_url,
-                rq_job_id=rq_job_id(job_id, 1),
-                idempotency_key=request.idempotency_key,
-            )
             try:
                 with transaction(self.sessions) as session:
-                    session.add(job)
-                log.info("job %s recorded: task=%s owner=%s", job_id, request.task.name, owner)
+                    job = self.add_job(session, request, owner=owner, **origin)
+                log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner)
                 return job, True
             except IntegrityError:
                 existing = self._live_job_with_key(owner, request.idempotency_key)
@@ -110,6 +139,17 @@ class JobManager:
                     log.info("job %s returned for idempotency key", existing.id)
                     return existing, False
         raise RuntimeError(f"could not record a job for idempotency key {request.idempotency_key!r}")
+
+    def create_batch(self, requests: list[JobRequest], *, owner: str) -> tuple[Batch, list[Job]]:
+        """Record a batch and all its jobs in one transaction (all or none), then enqueue them."""
+        now = utcnow()
+        batch = Batch(id=f"bat_{uuid.uuid4().hex}", owner=owner, task=requests[0].task.name, size=len(requests),
+                      created_at=now)  # fmt: skip
+        with transaction(self.sessions) as session:
+            session.add(batch)
+            jobs = [self.add_job(session, request, owner=owner, batch_id=batch.id) for request in requests]
+        log.info("batch %s recorded: %s jobs of %s", batch.id, len(jobs), batch.task)
+        return batch, [self.enqueue_job(job.id) for job in jobs]
 
     def _live_job_with_key(self, owner: str, key: str | None) -> Job | None:
         if key is None:
@@ -120,29 +160,30 @@ class JobManager:
     def enqueue_job(self, job_id: str) -> Job:
         """Put a PENDING job's current attempt on its queue and mark it QUEUED.
 
-        When Redis is unreachable the job stays PENDING (the reconciler enqueues it later).
+        A job with unfinished dependencies waits in RQ's deferred registry; one whose
+        dependency failed is cancelled (unless it allows failure); a job with a ``run_at`` or
+        a retry time waits in RQ's scheduler. When Redis is unreachable the job stays PENDING
+        (the reconciler enqueues it later).
         """
         with self.sessions() as session:
             job = self._load(session, job_id)
             if job.status != JobStatus.PENDING:
                 return job
-            at = job.next_retry_at if job.next_retry_at and job.next_retry_at > utcnow() else None
             try:
-                func_path = get_task(job.task).path
+                spec = get_task(job.task)
             except NotFound:
                 session.close()
                 return self._finish(job.id, job.attempt, JobStatus.FAILED, error=f"no task named {job.task!r} any more")
+            waiting_on: list[str] = []
+            if job.depends_on:
+                parents = list(session.scalars(select(Job).where(Job.id.in_(job.depends_on))))
+                failed = [p for p in parents if p.status in (JobStatus.FAILED, JobStatus.CANCELLED)]
+                if failed and not job.allow_failure:
+                    session.close()
+                    return self._cancel_for_dependency(job.id, failed[0])
+                waiting_on = [p.rq_job_id for p in parents if p.status not in TERMINAL]
             try:
-                self.queues.enqueue(
-                    job_id=job.id,
-                    attempt=job.attempt,
-                    func_path=func_path,
-                    args=job.args,
-                    kwargs=job.kwargs,
-                    priority=job.priority,
-                    timeout=job.timeout,
-                    at=at,
-                )
+                self._send(job, spec, waiting_on)
             except RedisError as exc:
                 log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
                 return job
@@ -155,6 +196,61 @@ class JobManager:
                 session.refresh(job)
             session.commit()
             return job
+
+    def _send(self, job: Job, spec: TaskSpec, waiting_on: list[str]) -> None:
+        now = utcnow()
+        self.queues.enqueue(
+            job_id=job.id,
+            attempt=job.attempt,
+            func_path=spec.path,
+            args=job.args,
+            kwargs=job.kwargs,
+            priority=job.priority,
+            timeout=job.timeout,
+            at=max((t for t in (job.run_at, job.next_retry_at) if t is not None and t > now), default=None),
+            depends_on=waiting_on,
+            concurrency=(spec.name, spec.concurrency) if spec.concurrency else None,
+        )
+
+    def _cancel_for_dependency(self, job_id: str, parent: Job) -> Job:
+        try:
+            return self.cancel_job(
+                job_id, owner=None, by="dependency", reason=f"dependency {parent.id} {parent.status}"
+            )
+        except InvalidTransition:
+            return self.get_job(job_id)
+
+    def _release_dependants(self, parent_id: str) -> None:
+        """A job ended: cancel the jobs that needed it to succeed, or let them run."""
+        with self.sessions() as session:
+            parent = session.get(Job, parent_id)
+            children = list(
+                session.scalars(
+                    select(Job)
+                    .join(JobDependency, JobDependency.job_id == Job.id)
+                    .where(JobDependency.depends_on_id == parent_id, Job.status.in_(_NOT_TERMINAL))
+                )
+            )
+        for child in children:
+            if parent.status != JobStatus.COMPLETED and not child.allow_failure:
+                self._cancel_for_dependency(child.id, parent)
+            elif not self.waiting_for(child):
+                if child.status == JobStatus.PENDING:
+                    self.enqueue_job(child.id)
+                elif self.queues.discard_deferred(child.rq_job_id):
+                    # RQ enqueues dependants when a parent's RQ job finishes; a parent that
+                    # needed retries (a new RQ job) or failed with allow_failure is ours to do.
+                    self._send(child, get_task(child.task), [])
+
+    def waiting_for(self, job: Job) -> list[str]:
+        """The jobs this one still waits for (its dependencies that have not ended)."""
+        if not job.depends_on or job.status in TERMINAL:
+            return []
+        with self.sessions() as session:
+            ended = set(
+                session.scalars(select(Job.id).where(Job.id.in_(job.depends_on), Job.status.in_(_TERMINAL_VALUES)))
+            )
+        return [parent for parent in job.depends_on if parent not in ended]
 
     # -- reading ------------------------------------------------------------------------
 
@@ -200,9 +296,13 @@ class JobManager:
         next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
         return jobs[:limit], next_cursor
 
-    def live_job_ids(self, *, owner: str | None, status: JobStatus | None, task: str | None) -> list[str]:
+    def live_job_ids(
+        self, *, owner: str | None, status: JobStatus | None, task: str | None, batch_id: str | None = None
+    ) -> list[str]:
         """Ids of the live jobs matching the filter (for bulk cancel)."""
         query = select(Job.id).where(Job.status.in_(_NOT_TERMINAL))
+        if batch_id is not None:
+            query = query.where(Job.batch_id == batch_id)
         if owner is not None:
             query = query.where(Job.owner == owner)
         if status is not None:
@@ -211,6 +311,37 @@ class JobManager:
             query = query.where(Job.task == task)
         with self.sessions() as session:
             return list(session.scalars(query))
+
+    def batch_summary(self, batch_id: str, *, owner: str | None) -> dict:
+        """A batch's counts by status and overall progress (ended jobs count as 100%).
+
+        Raises:
+            NotFound: no such batch, or not the owner's.
+        """
+        with self.sessions() as session:
+            batch = session.get(Batch, batch_id)
+            if batch is None or (owner is not None and batch.owner != owner):
+                raise NotFound(f"no batch {batch_id!r}")
+            rows = session.execute(
+                select(Job.status, func.count(), func.sum(Job.progress))
+                .where(Job.batch_id == batch_id)
+                .group_by(Job.status)
+            ).all()
+        counts = {status.value: 0 for status in JobStatus}
+        progress_sum = 0
+        for status, count, progress in rows:
+            counts[status] = count
+            progress_sum += 100 * count if status in _TERMINAL_VALUES else int(progress or 0)
+        ended = sum(counts[s] for s in _TERMINAL_VALUES)
+        return {
+            "batch_id": batch.id,
+            "task": batch.task,
+            "size": batch.size,
+            "created_at": batch.created_at.isoformat().replace("+00:00", "Z"),
+            "counts": counts,
+            "progress": round(progress_sum / batch.size, 1) if batch.size else 100.0,
+            "done": ended == batch.size,
+        }
 
     # -- worker reports -----------------------------------------------------------------
 
@@ -312,7 +443,7 @@ class JobManager:
             log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
         return self.enqueue_job(job_id)
 
-    def cancel_job(self, job_id: str, *, owner: str | None, by: str) -> Job:
+    def cancel_job(self, job_id: str, *, owner: str | None, by: str, reason: str | None = None) -> Job:
         """Cancel a live job: it leaves its queue, or its worker is told to stop it.
 
         Raises:
@@ -321,7 +452,7 @@ class JobManager:
         with transaction(self.sessions) as session:
             job = self._load(session, job_id, owner=owner)
             self._transition(
-                session, job, JobStatus.CANCELLED, attempt=None, strict=True,
+                session, job, JobStatus.CANCELLED, attempt=None, strict=True, error=reason,
                 cancelled_by=by, cancelled_at=utcnow(), completed_at=utcnow(), next_retry_at=None,
             )  # fmt: skip
             self._end_attempt(
@@ -333,6 +464,7 @@ class JobManager:
         except RedisError as exc:
             # The store already says CANCELLED; a late run's reports are refused (409).
             log.warning("job %s: could not stop its RQ job %s: %s", job_id, job.rq_job_id, exc)
+        self._release_dependants(job_id)
         return job
 
     def _new_attempt(self, session: Session, job: Job, after: int, allowed_from: frozenset, **fields) -> bool:
@@ -357,7 +489,9 @@ class JobManager:
             if changed:
                 self._end_attempt(session, job_id, attempt, target, fields.get("error"), now)
                 log.info("job %s attempt %s %s", job_id, attempt, target.value)
-            return job
+        if changed:
+            self._release_dependants(job_id)
+        return job
 
     def _end_attempt(
         self, session, job_id, attempt, outcome: JobStatus, error, now: datetime, *, only_open: bool = False
@@ -432,6 +566,8 @@ class JobManager:
             )
             session.refresh(job)
             if result.rowcount == 1:
+                if target in TERMINAL and job.webhook_url:
+                    webhooks.add_delivery(session, job)
                 return True
             # Someone else moved the job between our read and our write: decide again.
         raise InvalidTransition(job.id, job.status, target.value, reason="too many concurrent changes")
@@ -444,6 +580,7 @@ class JobManager:
 
 
 _NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
+_TERMINAL_VALUES = [status.value for status in TERMINAL]
 
 
 def _encode_cursor(job: Job) -> str:

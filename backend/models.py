@@ -64,8 +64,19 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     cancelled_by: Mapped[str | None] = mapped_column(String(100))
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where the job came from, when not a plain submission.
+    schedule_id: Mapped[str | None] = mapped_column(String(40))
+    batch_id: Mapped[str | None] = mapped_column(String(40))
+    # Jobs that must complete first (see job_dependencies); the failure of one cancels this
+    # job unless allow_failure.
+    depends_on: Mapped[list | None] = mapped_column(JSON)
+    allow_failure: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Not before this time (RQ's scheduler holds it until then).
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
+        Index("ix_jobs_schedule_created", "schedule_id", "created_at"),
+        Index("ix_jobs_batch", "batch_id"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at", "id"),
         Index("ix_jobs_task_created", "task", "created_at", "id"),
@@ -87,3 +98,101 @@ class Attempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ux_attempts_job_attempt", "job_id", "attempt", unique=True),)
+
+
+class JobDependency(Base):
+    """One edge of the dependency graph: ``job_id`` waits for ``depends_on_id``."""
+
+    __tablename__ = "job_dependencies"
+
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+
+    __table_args__ = (Index("ix_job_dependencies_parent", "depends_on_id"),)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    task: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ScheduledJob(Base):
+    __tablename__ = "scheduled_jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(100))
+    timezone: Mapped[str] = mapped_column(String(64))
+    args: Mapped[list] = mapped_column(JSON)
+    kwargs: Mapped[dict] = mapped_column(JSON)
+    priority: Mapped[str] = mapped_column(String(16))
+    timeout: Mapped[int] = mapped_column(Integer)
+    max_retries: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_job_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ux_scheduled_jobs_owner_name", "owner", "name", unique=True),
+        Index("ix_scheduled_jobs_due", "enabled", "next_run_at"),
+    )
+
+
+class ScheduleFiring(Base):
+    """One firing of a schedule; the unique (schedule, fire_at) makes each fire exactly once."""
+
+    __tablename__ = "schedule_firings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(String(40), ForeignKey("scheduled_jobs.id", ondelete="CASCADE"))
+    fire_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    job_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ux_schedule_firings_once", "schedule_id", "fire_at", unique=True),)
+
+
+class WebhookDelivery(Base):
+    """One webhook message (an outbox row): sent, retried and recorded by the dispatcher."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job", "job_id"),
+    )
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(40), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id"),)

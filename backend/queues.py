@@ -24,6 +24,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.job_lifecycle import record_job_failure
+from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
 from backend.config import QUEUE_NAMES
@@ -96,6 +97,8 @@ class QueueAdapter:
         priority: str,
         timeout: int,
         at: datetime | None = None,
+        depends_on: list[str] | None = None,
+        concurrency: tuple[str, int] | None = None,
     ) -> str:
         """Put one attempt of a job on the queue of its priority (at ``at``, through RQ's
         scheduler, when given); return its RQ job id. Enqueueing an attempt twice is a no-op."""
@@ -111,6 +114,12 @@ class QueueAdapter:
             "meta": {"job_id": job_id, "attempt": attempt},
             "description": f"{func_path} ({job_id} attempt {attempt})",
         }
+        if depends_on:
+            # RQ holds the job in its deferred registry until these RQ jobs finish.
+            options["depends_on"] = list(depends_on)
+        if concurrency:
+            # RQ's concurrency limit, shared by every job of the task across all workers.
+            options["rate_limit"] = RateLimit(key=f"jobservice:task:{concurrency[0]}", concurrency=concurrency[1])
         with self._guard():
             if self.connection.exists(RQJob.key_for(rq_id)):
                 return rq_id
@@ -119,6 +128,22 @@ class QueueAdapter:
             else:
                 queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at)
         return rq_id
+
+    def discard_deferred(self, rq_id: str) -> bool:
+        """Delete an RQ job that waits in the deferred registry; True if there was one.
+
+        The store settles dependencies itself when a parent needed retries (its RQ job
+        changed), so the deferred copy is replaced by a fresh, ready one.
+        """
+        job = self.fetch(rq_id)
+        if job is None or job.get_status(refresh=False) != RQStatus.DEFERRED:
+            return False
+        queue = self.queues.get(job.origin)
+        with self._guard():
+            if queue is not None:
+                queue.deferred_job_registry.remove(job)
+            job.delete()
+        return True
 
     def fetch_many(self, rq_ids: list[str]) -> dict[str, RQJob | None]:
         """The RQ jobs of ``rq_ids`` in one round trip; None where the hash is gone or unreadable."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -212,30 +211,3 @@ class Reconciler:
             error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
             self.manager.mark_failed(job.id, attempt=job.attempt, error=error[0] if error else f"RQ job {status}")
         report.copied.append(job.id)
-
-
-class ReconcilerThread:
-    """Runs ``Reconciler.run_once`` every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, reconciler: Reconciler, interval: float):
-        self.reconciler = reconciler
-        self.interval = interval
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self.reconciler.run_once()
-            except RedisError as exc:
-                log.warning("reconciler: Redis unavailable (%s); will try again", exc)
-            except Exception:
-                log.exception("reconciler pass failed; will try again")
-            self._stopped.wait(self.interval)

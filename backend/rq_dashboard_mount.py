@@ -8,6 +8,7 @@ from flask import Flask
 from rq.serializers import JSONSerializer
 
 from backend.api.auth import require_admin
+from backend.rate_limits import limiter
 
 URL_PREFIX = "/rq"
 
@@ -22,3 +23,5 @@ def mount(app: Flask, redis_url: str) -> None:
         # Registered first so that nobody reaches the dashboard without an admin key.
         blueprint.before_request_funcs.setdefault(None, []).insert(0, require_admin)
     app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+    # The dashboard polls several endpoints every few seconds: admins only, not limited.
+    limiter.exempt(blueprint)

@@ -61,6 +61,9 @@ def settings(tmp_path, redis_url) -> dict:
         "WORKER_LEASE_SECONDS": 1.0,
         "RETRY_BACKOFF_BASE": 1.0,
         "RETRY_JITTER": 0,
+        # Tests of these features turn them on.
+        "WEBHOOK_INTERVAL": 0,
+        "RATE_LIMIT_ENABLED": 0,
     }
 
 

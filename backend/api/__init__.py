@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from backend.api import internal, jobs, monitoring, tasks
+from backend.api import batches, internal, jobs, monitoring, schedules, tasks
+from backend.rate_limits import limiter
 
 
 def register(app: Flask) -> None:
-    for module in (tasks, jobs, internal, monitoring):
+    for module in (tasks, jobs, batches, schedules, internal, monitoring):
         app.register_blueprint(module.bp)
+    # Workers' reports are never rate limited.
+    limiter.exempt(internal.bp)

@@ -10,8 +10,8 @@ from flask import Blueprint, current_app, jsonify
 
 from backend.api.auth import require_internal_token
 from backend.api.payloads import json_body
-from backend.api.representations import job_dict
 from backend.errors import BadRequest
+from backend.representations import job_dict
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 bp.before_request(require_internal_token)

@@ -6,8 +6,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import json_body, query_int
-from backend.api.representations import attempt_dict, job_dict
 from backend.errors import JobServiceError, ValidationFailed
+from backend.representations import attempt_dict, job_dict
 from backend.states import JobStatus
 
 bp = Blueprint("jobs", __name__)
@@ -21,7 +21,20 @@ def _jobs():
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     job = _jobs().get_job(job_id, owner=g.principal.scope)
-    return jsonify(job_dict(job))
+    return jsonify(job_dict(job, waiting_for=_jobs().waiting_for(job)))
+
+
+@bp.get("/jobs/<job_id>/webhooks")
+def get_webhooks(job_id: str):
+    job = _jobs().get_job(job_id, owner=g.principal.scope)
+    return jsonify(
+        {
+            "job_id": job.id,
+            "webhook_url": job.webhook_url,
+            "webhook_delivered": job.webhook_delivered,
+            "deliveries": current_app.extensions["webhooks"].deliveries(job.id),
+        }
+    )
 
 
 @bp.get("/jobs/<job_id>/attempts")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from flask import current_app, request
 
 from backend.config import QUEUE_NAMES
 from backend.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from backend.job_manager import JobRequest
+from backend.ssrf import check_webhook_url
 from backend.tasks import TaskSpec
 
 SUBMIT_FIELDS = {
@@ -20,8 +22,11 @@ SUBMIT_FIELDS = {
     "webhook_url",
     "idempotency_key",
     "depends_on",
+    "allow_failure",
     "run_at",
 }
+MAX_DEPENDENCIES = 100
+MAX_RUN_AT_DELAY = timedelta(days=366)
 MAX_TIMEOUT = 7 * 24 * 3600
 MAX_RETRIES = 100
 MAX_IDEMPOTENCY_KEY = 200
@@ -95,11 +100,16 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
-        raise ValidationFailed("webhook_url is not supported yet")
-    if body.get("depends_on"):
-        raise ValidationFailed("depends_on is not supported yet")
-    if body.get("run_at") is not None:
-        raise ValidationFailed("run_at is not supported yet")
+        webhook_url = check_webhook_url(webhook_url, allow_loopback=bool(config["WEBHOOK_ALLOW_LOOPBACK"]))
+    depends_on = body.get("depends_on") or []
+    if not isinstance(depends_on, list) or not all(isinstance(i, str) and i for i in depends_on):
+        raise ValidationFailed(f"depends_on must be a list of job ids, got {depends_on!r}")
+    if len(depends_on) > MAX_DEPENDENCIES:
+        raise ValidationFailed(f"depends_on may name at most {MAX_DEPENDENCIES} jobs, got {len(depends_on)}")
+    allow_failure = body.get("allow_failure", False)
+    if not isinstance(allow_failure, bool):
+        raise ValidationFailed(f"allow_failure must be true or false, got {allow_failure!r}")
+    run_at = _run_at(body.get("run_at"))
     spec.check_arguments(args, kwargs)
     return JobRequest(
         task=spec,
@@ -110,7 +120,28 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
         max_retries=max_retries,
         webhook_url=webhook_url,
         idempotency_key=key,
+        depends_on=tuple(dict.fromkeys(depends_on)),
+        allow_failure=allow_failure,
+        run_at=run_at,
     )
+
+
+def _run_at(value: object) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ValidationFailed(f"run_at must be an ISO 8601 time with a zone, like 2030-01-01T09:00:00Z, got {value!r}")
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(f"run_at is out of range, got {value!r}") from None
+    if when - datetime.now(UTC) > MAX_RUN_AT_DELAY:
+        raise ValidationFailed(f"run_at may be at most a year ahead, got {value!r}")
+    return when
 
 
 def _int_field(body: dict, name: str, default: int, low: int, high: int) -> int:

@@ -1,4 +1,4 @@
-"""Client routes for tasks: list them, start a job."""
+"""Client routes for tasks: list them, start a job, start a batch of jobs."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import job_request, json_body
-from backend.api.representations import job_dict
+from backend.errors import ValidationFailed
+from backend.rate_limits import limiter
+from backend.representations import job_dict
 from backend.tasks import all_tasks, get_task
 
 bp = Blueprint("tasks", __name__)
 bp.before_request(authenticate_client)
+
+
+def _jobs():
+    return current_app.extensions["jobs"]
 
 
 @bp.get("/tasks")
@@ -19,12 +25,43 @@ def list_tasks():
 
 
 @bp.post("/tasks/<name>")
+@limiter.limit(lambda: current_app.config["RATE_LIMIT_SUBMIT"], scope="submit")
 def submit(name: str):
     spec = get_task(name)
     body = json_body()
     job_req = job_request(spec, body, idempotency_header=request.headers.get("Idempotency-Key"))
-    job, created = current_app.extensions["jobs"].submit(job_req, owner=g.principal.owner)
-    response = jsonify(job_dict(job))
+    job, created = _jobs().submit(job_req, owner=g.principal.owner)
+    response = jsonify(job_dict(job, waiting_for=_jobs().waiting_for(job)))
     response.status_code = 202 if created else 200
     response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    return response
+
+
+@bp.post("/tasks/<name>/batch")
+@limiter.limit(lambda: current_app.config["RATE_LIMIT_BATCH"], scope="batch")
+def submit_batch(name: str):
+    """Start many jobs of one task: all are recorded, or none (422 naming the bad one)."""
+    spec = get_task(name)
+    body = json_body()
+    unknown = sorted(set(body) - {"jobs"})
+    if unknown:
+        raise ValidationFailed(f'unknown fields {unknown}; send {{"jobs": [...]}}')
+    items = body.get("jobs")
+    limit = int(current_app.config["BATCH_MAX_JOBS"])
+    if not isinstance(items, list) or not items or len(items) > limit:
+        raise ValidationFailed(f"jobs must be a list of 1 to {limit} job bodies")
+    requests_ = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationFailed(f"jobs[{index}] must be an object, got {type(item).__name__}")
+        try:
+            requests_.append(job_request(spec, item))
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"jobs[{index}]: {exc.message}", details={"index": index}) from None
+    if any(r.idempotency_key for r in requests_):
+        raise ValidationFailed("idempotency_key is not supported inside a batch")
+    batch, jobs = _jobs().create_batch(requests_, owner=g.principal.owner)
+    response = jsonify({"batch_id": batch.id, "task": batch.task, "size": batch.size, "job_ids": [j.id for j in jobs]})
+    response.status_code = 202
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch.id)
     return response

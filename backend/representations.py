@@ -14,7 +14,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_dict(job: Job) -> dict:
+def job_dict(job: Job, *, waiting_for: list[str] | None = None) -> dict:
     return {
         "job_id": job.id,
         "task": job.task,
@@ -41,6 +41,12 @@ def job_dict(job: Job) -> dict:
         "worker": job.worker,
         "cancelled_by": job.cancelled_by,
         "cancelled_at": iso(job.cancelled_at),
+        "run_at": iso(job.run_at),
+        "depends_on": job.depends_on or [],
+        "allow_failure": job.allow_failure,
+        "waiting_for": waiting_for or [],
+        "schedule_id": job.schedule_id,
+        "batch_id": job.batch_id,
     }
 
 

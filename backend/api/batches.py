@@ -1,0 +1,30 @@
+"""Client routes for batches: progress and cancel."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify
+
+from backend.api.auth import authenticate_client
+from backend.errors import JobServiceError
+
+bp = Blueprint("batches", __name__)
+bp.before_request(authenticate_client)
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id: str):
+    return jsonify(current_app.extensions["jobs"].batch_summary(batch_id, owner=g.principal.scope))
+
+
+@bp.post("/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str):
+    manager = current_app.extensions["jobs"]
+    summary = manager.batch_summary(batch_id, owner=g.principal.scope)
+    cancelled = []
+    for job_id in manager.live_job_ids(owner=g.principal.scope, status=None, task=None, batch_id=batch_id):
+        try:
+            manager.cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
+            cancelled.append(job_id)
+        except JobServiceError:
+            pass  # it ended meanwhile
+    return jsonify({"batch_id": summary["batch_id"], "cancelled": cancelled})

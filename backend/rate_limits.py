@@ -1,0 +1,33 @@
+"""Rate limits with flask-limiter, counted in Redis so they hold across API processes.
+
+Per API key (the client address when keys are off) and per endpoint class: submissions,
+batches and everything else. Workers' internal calls are never limited.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+
+def client_key() -> str:
+    """Who a request counts against: its API key's owner, or its address."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    keys = current_app.extensions.get("api_keys") or {}
+    if scheme.lower() == "bearer" and token.strip() in keys:
+        return f"key:{keys[token.strip()][0]}"
+    return f"addr:{get_remote_address()}"
+
+
+limiter = Limiter(key_func=client_key, headers_enabled=True, swallow_errors=True)
+
+
+def init_app(app: Flask) -> None:
+    app.config["RATELIMIT_ENABLED"] = bool(int(app.config["RATE_LIMIT_ENABLED"]))
+    app.config["RATELIMIT_STORAGE_URI"] = app.config["REDIS_URL"]
+    app.config["RATELIMIT_DEFAULT"] = app.config["RATE_LIMIT_DEFAULT"]
+    app.config["RATELIMIT_KEY_PREFIX"] = "jobservice:ratelimit"
+    app.config["RATELIMIT_HEADERS_ENABLED"] = True
+    limiter.init_app(app)

@@ -1,0 +1,71 @@
+"""The scheduler process: fires due cron schedules.
+
+    python backend/scheduler.py
+
+Any number may run (on one host or many): each due time of a schedule fires exactly once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python backend/scheduler.py`: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import logging  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+from redis.exceptions import RedisError  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
+
+from backend import config, logs  # noqa: E402
+from backend.models import utcnow  # noqa: E402
+from backend.schedules import ScheduleManager  # noqa: E402
+from backend.services import build_services  # noqa: E402
+
+log = logging.getLogger("backend.scheduler")
+
+
+class Scheduler:
+    """Fires due schedules every ``interval`` seconds; ``clock`` is injectable for tests."""
+
+    def __init__(self, schedules: ScheduleManager, *, interval: float, clock: Callable[[], datetime] = utcnow):
+        self.schedules = schedules
+        self.interval = interval
+        self.clock = clock
+        self.stopped = threading.Event()
+
+    def tick(self) -> int:
+        """One pass; returns how many jobs it started."""
+        return len(self.schedules.fire_due(self.clock()))
+
+    def run(self) -> None:
+        log.info("scheduler started (every %.1f s)", self.interval)
+        while not self.stopped.is_set():
+            try:
+                self.tick()
+            except (RedisError, OperationalError) as exc:
+                log.warning("scheduler: a dependency is down (%s); will try again", exc)
+            except Exception:
+                log.exception("scheduler pass failed; will try again")
+            self.stopped.wait(self.interval)
+        log.info("scheduler stopped")
+
+
+def main() -> int:
+    settings = config.load()
+    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    services = build_services(settings)
+    scheduler = Scheduler(services.schedules, interval=float(settings["SCHEDULER_INTERVAL"]))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: scheduler.stopped.set())
+    scheduler.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Cron schedules: stored in the store, fired by ``backend/scheduler.py`` (any number of them).
+
+Each due time of a schedule fires exactly once: the firing is recorded under a unique
+(schedule, due time) key in the same transaction as the job it starts, so a second scheduler
+racing for the same due time fails that insert and does nothing. A schedule that was missed
+while no scheduler ran fires once at the next pass (``SCHEDULE_MISSED_POLICY=once``), or not
+at all (``skip``); never once per missed tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from backend.config import QUEUE_NAMES
+from backend.errors import NotFound, ValidationFailed
+from backend.job_manager import JobManager, JobRequest
+from backend.models import Job, ScheduledJob, ScheduleFiring, utcnow
+from backend.store import transaction
+from backend.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+MISSED_POLICIES = ("once", "skip")
+
+
+def check_cron(expression: object) -> str:
+    """Return a valid five-field cron expression.
+
+    Raises:
+        ValidationFailed: not a string, not five fields (a seconds field would fire more than
+            once a minute), or not valid cron.
+    """
+    if not isinstance(expression, str) or not expression.strip():
+        raise ValidationFailed(f"cron must be a string like '*/5 * * * *', got {expression!r}")
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValidationFailed(
+            f"cron must have 5 fields (minute hour day month weekday; at most one run a minute), got {expression!r}"
+        )
+    if not croniter.is_valid(expression):
+        raise ValidationFailed(f"cron is not a valid expression, got {expression!r}")
+    return " ".join(fields)
+
+
+def check_timezone(name: object) -> str:
+    if not isinstance(name, str):
+        raise ValidationFailed(f"timezone must be an IANA name like 'Europe/Paris', got {name!r}")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationFailed(f"timezone is not a known IANA name, got {name!r}") from None
+    return name
+
+
+def next_fire_time(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first time after ``after`` (UTC) that ``cron`` matches in ``timezone``, in UTC."""
+    local = after.astimezone(ZoneInfo(timezone))
+    return croniter(cron, local).get_next(datetime).astimezone(ZoneInfo("UTC"))
+
+
+class ScheduleManager:
+    def __init__(self, jobs: JobManager, *, missed_policy: str = "once"):
+        if missed_policy not in MISSED_POLICIES:
+            raise ValueError(f"SCHEDULE_MISSED_POLICY must be one of {MISSED_POLICIES}, got {missed_policy!r}")
+        self.jobs = jobs
+        self.sessions = jobs.sessions
+        self.missed_policy = missed_policy
+
+    # -- CRUD -----------------------------------------------------------------------------
+
+    def create(self, *, owner: str, fields: dict, now: datetime | None = None) -> ScheduledJob:
+        """Record a schedule (``fields`` already checked by the API).
+
+        Raises:
+            ValidationFailed: the owner already has a schedule of that name.
+        """
+        now = now or utcnow()
+        schedule = ScheduledJob(id=f"sch_{uuid.uuid4().hex}", owner=owner, created_at=now, updated_at=now, **fields)
+        schedule.next_run_at = next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
+        try:
+            with transaction(self.sessions) as session:
+                session.add(schedule)
+        except IntegrityError:
+            raise ValidationFailed(f"a schedule named {schedule.name!r} exists already") from None
+        return schedule
+
+    def get(self, schedule_id: str, *, owner: str | None) -> ScheduledJob:
+        with self.sessions() as session:
+            schedule = session.get(ScheduledJob, schedule_id)
+        if schedule is None or (owner is not None and schedule.owner != owner):
+            raise NotFound(f"no schedule {schedule_id!r}")
+        return schedule
+
+    def list(self, *, owner: str | None) -> list[ScheduledJob]:
+        query = select(ScheduledJob).order_by(ScheduledJob.created_at)
+        if owner is not None:
+            query = query.where(ScheduledJob.owner == owner)
+        with self.sessions() as session:
+            return list(session.scalars(query))
+
+    def update(self, schedule_id: str, *, owner: str | None, fields: dict, now: datetime | None = None):
+        now = now or utcnow()
+        with transaction(self.sessions) as session:
+            schedule = session.get(ScheduledJob, schedule_id)
+            if schedule is None or (owner is not None and schedule.owner != owner):
+                raise NotFound(f"no schedule {schedule_id!r}")
+            for key, value in fields.items():
+                setattr(schedule, key, value)
+            if {"cron", "timezone", "enabled"} & set(fields):
+                schedule.next_run_at = (
+                    next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
+                )
+            schedule.updated_at = now
+            try:
+                session.flush()
+            except IntegrityError:
+                raise ValidationFailed(f"a schedule named {schedule.name!r} exists already") from None
+        return schedule
+
+    def delete(self, schedule_id: str, *, owner: str | None) -> None:
+        with transaction(self.sessions) as session:
+            schedule = session.get(ScheduledJob, schedule_id)
+            if schedule is None or (owner is not None and schedule.owner != owner):
+                raise NotFound(f"no schedule {schedule_id!r}")
+            session.delete(schedule)
+
+    def jobs_of(self, schedule_id: str, *, limit: int = 50) -> list[Job]:
+        """The jobs a schedule started, newest first."""
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(Job)
+                    .where(Job.schedule_id == schedule_id)
+                    .order_by(Job.created_at.desc(), Job.id.desc())
+                    .limit(limit)
+                )
+            )
+
+    # -- firing ---------------------------------------------------------------------------
+
+    def fire_due(self, now: datetime | None = None) -> list[Job]:
+        """Fire every enabled schedule whose next run is due at ``now``; returns the new jobs."""
+        now = now or utcnow()
+        with self.sessions() as session:
+            due = list(
+                session.scalars(
+                    select(ScheduledJob).where(ScheduledJob.enabled.is_(True), ScheduledJob.next_run_at <= now)
+                )
+            )
+        fired = []
+        for schedule in due:
+            job = self._fire(schedule, fire_at=schedule.next_run_at, now=now, advance=True)
+            if job is not None:
+                fired.append(job)
+        return fired
+
+    def run_now(self, schedule_id: str, *, owner: str | None, now: datetime | None = None) -> Job:
+        """Fire a schedule now, outside its cron times (``POST /scheduled-jobs/<id>/run``)."""
+        now = now or utcnow()
+        schedule = self.get(schedule_id, owner=owner)
+        job = self._fire(schedule, fire_at=now, now=now, advance=False)
+        if job is None:
+            raise ValidationFailed(f"schedule {schedule_id} was fired at this instant already")
+        return job
+
+    def _fire(self, schedule: ScheduledJob, *, fire_at: datetime, now: datetime, advance: bool) -> Job | None:
+        """Start the job of one firing, exactly once per (schedule, fire_at)."""
+        if advance and self.missed_policy == "skip" and (now - fire_at).total_seconds() >= 60:
+            # Missed while no scheduler ran: skip it, and only move on to the next time.
+            self._advance(schedule, seen=fire_at, now=now, job_id=None)
+            return None
+        try:
+            request = JobRequest(
+                task=get_task(schedule.task),
+                args=schedule.args,
+                kwargs=schedule.kwargs,
+                priority=schedule.priority,
+                timeout=schedule.timeout,
+                max_retries=schedule.max_retries,
+            )
+        except NotFound:
+            log.error("schedule %s: task %r is not registered; disabling it", schedule.id, schedule.task)
+            self.update(schedule.id, owner=None, fields={"enabled": False}, now=now)
+            return None
+        try:
+            with transaction(self.sessions) as session:
+                job = self.jobs.add_job(session, request, owner=schedule.owner, schedule_id=schedule.id)
+                session.flush()
+                session.add(ScheduleFiring(schedule_id=schedule.id, fire_at=fire_at, job_id=job.id, created_at=now))
+                values = {"last_run_at": now, "last_job_id": job.id, "updated_at": now}
+                if advance:
+                    values["next_run_at"] = next_fire_time(schedule.cron, schedule.timezone, now)
+                session.execute(update(ScheduledJob).where(ScheduledJob.id == schedule.id).values(**values))
+        except IntegrityError:
+            # Another scheduler fired this due time first.
+            log.info("schedule %s: %s fired by another scheduler", schedule.id, fire_at.isoformat())
+            return None
+        log.info("schedule %s fired job %s (due %s)", schedule.id, job.id, fire_at.isoformat())
+        return self.jobs.enqueue_job(job.id)
+
+    def _advance(self, schedule: ScheduledJob, *, seen: datetime, now: datetime, job_id: str | None) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(ScheduledJob)
+                .where(ScheduledJob.id == schedule.id, ScheduledJob.next_run_at == seen)
+                .values(next_run_at=next_fire_time(schedule.cron, schedule.timezone, now), updated_at=now)
+            )
+
+
+def schedule_fields(body: dict, *, partial: bool, defaults: dict) -> dict:
+    """Check a schedule body from the API; returns the fields to store.
+
+    Raises:
+        ValidationFailed: an unknown or invalid field (the message names it).
+    """
+    allowed = {"name", "task", "cron", "args", "kwargs", "priority", "enabled", "timezone", "timeout", "max_retries"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationFailed(f"unknown fields {unknown}", details={"allowed": sorted(allowed)})
+    if not partial:
+        missing = [name for name in ("name", "task", "cron") if body.get(name) is None]
+        if missing:
+            raise ValidationFailed(f"missing fields {missing}")
+        body = {
+            "args": [],
+            "kwargs": {},
+            "priority": "default",
+            "enabled": True,
+            "timezone": "UTC",
+            "timeout": defaults["timeout"],
+            "max_retries": defaults["max_retries"],
+            **{k: v for k, v in body.items() if v is not None},
+        }
+    fields: dict = {}
+    for key, value in body.items():
+        if key == "name":
+            if not isinstance(value, str) or not 1 <= len(value) <= 200:
+                raise ValidationFailed(f"name must be a string of 1 to 200 characters, got {value!r}")
+        elif key == "task":
+            try:
+                get_task(value if isinstance(value, str) else "")
+            except NotFound:
+                raise ValidationFailed(f"task must name a registered task, got {value!r}") from None
+        elif key == "cron":
+            value = check_cron(value)
+        elif key == "timezone":
+            value = check_timezone(value)
+        elif key == "args" and not isinstance(value, list):
+            raise ValidationFailed(f"args must be a list, got {type(value).__name__}")
+        elif key == "kwargs" and not isinstance(value, dict):
+            raise ValidationFailed(f"kwargs must be an object, got {type(value).__name__}")
+        elif key == "priority" and value not in QUEUE_NAMES:
+            raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {value!r}")
+        elif key == "enabled" and not isinstance(value, bool):
+            raise ValidationFailed(f"enabled must be true or false, got {value!r}")
+        elif key in ("timeout", "max_retries") and (
+            isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "timeout" else 0)
+        ):
+            raise ValidationFailed(f"{key} must be a non-negative integer, got {value!r}")
+        fields[key] = value
+    return fields
