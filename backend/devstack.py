@@ -1,7 +1,7 @@
 """``make run``: the whole stack in the foreground, for one laptop.
 
 Starts Redis (embedded, when REDIS_URL is unset), the API on 127.0.0.1:5000 with RQ
-Dashboard at /rq, and one worker; generates an internal token for the session; prints where
+Dashboard at /rq, one worker and the scheduler; generates an internal token for the session; prints where
 everything is; Ctrl+C stops every process it started. Redis keeps its data under
 backend/data/.
 """
@@ -80,6 +80,8 @@ def main() -> int:
         _wait_for_api(api_url, api)
         worker = subprocess.Popen([sys.executable, "backend/worker.py", "--name", "worker-1"], **spawn)
         processes.append(worker)
+        scheduler = subprocess.Popen([sys.executable, "backend/scheduler.py"], **spawn)
+        processes.append(scheduler)
         print(
             "\n".join(
                 [
@@ -91,6 +93,7 @@ def main() -> int:
                     + ("  (embedded, data in backend/data/redis)" if embedded else ""),
                     f"  job store      {env.get('DATABASE_URL', 'sqlite:///backend/data/jobs.db')}",
                     "  worker         worker-1 on high,default,low",
+                    "  scheduler      fires the cron schedules of /scheduled-jobs",
                     "Ctrl+C stops everything.",
                     "",
                 ]

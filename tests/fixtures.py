@@ -56,3 +56,11 @@ def flaky(marker: str, failures: int = 1) -> str:
     if runs < failures:
         raise RuntimeError(f"flaky failure {runs + 1}")
     return "ok"
+
+
+@task("one_at_a_time", concurrency=1)
+def one_at_a_time(seconds: float = 0.3) -> dict:
+    """Sleep; at most one runs at once across all workers."""
+    started = time.time()
+    time.sleep(seconds)
+    return {"started": started, "ended": time.time()}
