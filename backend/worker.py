@@ -235,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     # inherit a pool lock that this thread held at the moment of the fork.
     lease = LeaseKeeper(connect(str(settings["REDIS_URL"])), args.name, float(settings["WORKER_LEASE_SECONDS"]))
     wait_for_redis(connection, what=f"worker {args.name}")
-    if not lease.claim():
-        raise SystemExit(f"a live worker is already named {args.name!r}; pick another --name")
+    claim_deadline = time.monotonic() + 2 * float(settings["WORKER_LEASE_SECONDS"])
+    while not lease.claim():
+        # A restarted container often reuses its name: wait for the dead holder's lease to
+        # lapse; a holder that keeps renewing is a live worker, and then this one gives up.
+        if time.monotonic() > claim_deadline:
+            raise SystemExit(f"a live worker is already named {args.name!r}; pick another --name")
+        log.warning("worker %s: the name is leased; waiting for the lease to lapse", args.name)
+        time.sleep(1)
     lease.start()
     try:
         while True:
