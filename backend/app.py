@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 
 from flask import Flask  # noqa: E402
 
-from backend import api, cli, config, logs, rate_limits, rq_dashboard_mount  # noqa: E402
+from backend import api, cli, config, logs, metrics, rate_limits, rq_dashboard_mount  # noqa: E402
 from backend.errors import register_error_handlers  # noqa: E402
 from backend.periodic import PeriodicThread  # noqa: E402
 from backend.services import build_services  # noqa: E402
@@ -62,6 +62,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     register_error_handlers(app)
     rate_limits.init_app(app)
+    metrics.init_app(app)
     api.register(app)
     cli.register(app)
     rq_dashboard_mount.mount(app, str(settings["REDIS_URL"]))

@@ -20,7 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import webhooks
+from backend import counts, webhooks
 from backend.errors import InvalidTransition, NotFound, StaleAttempt, ValidationFailed
 from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
@@ -117,6 +117,7 @@ class JobManager:
             if missing:
                 raise ValidationFailed(f"depends_on names jobs that do not exist: {missing}")
         session.add(job)
+        counts.bump(session, job.task, old=None, new=job.status)
         if request.depends_on:
             session.flush()
             session.add_all(JobDependency(job_id=job.id, depends_on_id=parent) for parent in request.depends_on)
@@ -564,8 +565,11 @@ class JobManager:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
+            old_status = job.status
             session.refresh(job)
             if result.rowcount == 1:
+                if old_status != job.status:
+                    counts.bump(session, job.task, old=old_status, new=job.status)
                 if target in TERMINAL and job.webhook_url:
                     webhooks.add_delivery(session, job)
                 return True

@@ -196,3 +196,13 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id"),)
+
+
+class JobCount(Base):
+    """How many jobs of a task are in a status; kept by backend/counts.py."""
+
+    __tablename__ = "job_counts"
+
+    task: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)

@@ -28,6 +28,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.errors import ValidationFailed
+from backend.metrics import WEBHOOK_DELIVERIES
 from backend.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from backend.representations import job_dict
 from backend.ssrf import check_webhook_url
@@ -176,6 +177,7 @@ class Dispatcher:
                     .where(Job.id == delivery.job_id)
                     .values(webhook_delivered=values["status"] == "delivered")
                 )
+        WEBHOOK_DELIVERIES.labels(values.get("status", "retry")).inc()
         log.info("job %s: webhook %s attempt %s: %s", delivery.job_id, delivery.id, attempts, error or status_code)
 
     def deliveries(self, job_id: str) -> list[dict]:

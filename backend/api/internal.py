@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, jsonify
 from backend.api.auth import require_internal_token
 from backend.api.payloads import json_body
 from backend.errors import BadRequest
+from backend.metrics import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.representations import job_dict
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
@@ -34,6 +35,8 @@ def _field(body: dict, name: str, kind: type | tuple, *, required: bool = True):
 def started(job_id: str):
     body = json_body()
     job = _jobs().mark_started(job_id, attempt=_field(body, "attempt", int), worker=_field(body, "worker", str))
+    if job.attempt == 1 and job.started_at is not None:
+        QUEUE_WAIT_SECONDS.labels(job.task).observe((job.started_at - job.created_at).total_seconds())
     return jsonify(job_dict(job))
 
 
@@ -56,6 +59,7 @@ def progress(job_id: str):
 def completed(job_id: str):
     body = json_body()
     job = _jobs().mark_completed(job_id, attempt=_field(body, "attempt", int), result=body.get("result"))
+    _observe_run(job)
     return jsonify(job_dict(job))
 
 
@@ -63,4 +67,10 @@ def completed(job_id: str):
 def failed(job_id: str):
     body = json_body()
     job = _jobs().mark_failed(job_id, attempt=_field(body, "attempt", int), error=_field(body, "error", str))
+    _observe_run(job)
     return jsonify(job_dict(job))
+
+
+def _observe_run(job) -> None:
+    if job.started_at is not None and job.completed_at is not None:
+        JOB_RUN_SECONDS.labels(job.task, job.status).observe((job.completed_at - job.started_at).total_seconds())

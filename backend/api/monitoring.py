@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 from redis.exceptions import RedisError
+from rq import Worker
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend import leases
+from backend import counts, leases
 from backend.api.auth import require_admin
+from backend.api.payloads import json_body, query_int
+from backend.errors import NotFound, ServiceUnavailable, ValidationFailed
+from backend.representations import iso, job_dict
+from backend.states import JobStatus
 
 bp = Blueprint("monitoring", __name__, url_prefix="/monitoring")
 bp.before_request(require_admin)
@@ -42,4 +47,125 @@ def health():
     response.status_code = 200 if healthy else 503
     if not healthy:
         response.headers["Retry-After"] = "5"
+    return response
+
+
+def _queues():
+    return current_app.extensions["jobs"].queues
+
+
+@bp.get("/queue/stats")
+def queue_stats():
+    """Per queue: RQ's counts; per status: the store's maintained counters (no table scan)."""
+    queues = {}
+    try:
+        with _queues().connection.pipeline(transaction=False) as pipe:
+            for queue in _queues().queues.values():
+                pipe.llen(queue.key)
+                for registry in _registries(queue).values():
+                    pipe.zcard(registry.key)
+            results = iter(pipe.execute())
+        for name, queue in _queues().queues.items():
+            queues[name] = {"queued": next(results), **{kind: next(results) for kind in _registries(queue)}}
+        redis_error = None
+    except RedisError as exc:
+        redis_error = f"Redis unreachable: {exc}"
+    with current_app.extensions["jobs"].sessions() as session:
+        statuses = {status.value: 0 for status in JobStatus}
+        statuses.update(counts.by_status(session))
+    body = {"queues": queues, "jobs": statuses, "total_jobs": sum(statuses.values())}
+    if redis_error:
+        body["error"] = redis_error
+    return jsonify(body)
+
+
+def _registries(queue) -> dict:
+    return {
+        "started": queue.started_job_registry,
+        "finished": queue.finished_job_registry,
+        "failed": queue.failed_job_registry,
+        "deferred": queue.deferred_job_registry,
+        "scheduled": queue.scheduled_job_registry,
+    }
+
+
+@bp.get("/queue/workers")
+def queue_workers():
+    connection = _queues().connection
+    try:
+        workers = Worker.all(connection=connection)
+        alive = leases.alive(connection, {w.name for w in workers})
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
+    return jsonify(
+        {
+            "workers": [
+                {
+                    "name": worker.name,
+                    "state": worker.get_state(),
+                    "alive": worker.name in alive,
+                    "queues": worker.queue_names(),
+                    "current_job": worker.get_current_job_id(),
+                    "last_heartbeat": iso(worker.last_heartbeat),
+                    "successful_jobs": worker.successful_job_count,
+                    "failed_jobs": worker.failed_job_count,
+                }
+                for worker in sorted(workers, key=lambda w: w.name)
+            ]
+        }
+    )
+
+
+@bp.get("/queue/failed")
+def failed_jobs():
+    """RQ's failed registries, newest first, with each job's error and its store job id."""
+    limit = query_int("limit", 100, 1, 1000)
+    entries = []
+    try:
+        for name, queue in _queues().queues.items():
+            ids = queue.failed_job_registry.get_job_ids(0, limit - 1, desc=True)
+            for rq_id, job in _queues().fetch_many(ids).items() if ids else []:
+                if job is None:
+                    continue
+                result = job.latest_result()
+                error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+                entries.append(
+                    {
+                        "queue": name,
+                        "rq_job_id": rq_id,
+                        "job_id": (job.meta or {}).get("job_id"),
+                        "func": job.func_name,
+                        "error": error[0] if error else None,
+                        "ended_at": iso(job.ended_at),
+                    }
+                )
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
+    entries.sort(key=lambda e: e["ended_at"] or "", reverse=True)
+    return jsonify({"failed": entries[:limit]})
+
+
+@bp.post("/queue/failed")
+def requeue_failed():
+    """Re-queue one failed job: ``{"job_id": ...}`` or ``{"rq_job_id": ...}``."""
+    body = json_body()
+    if set(body) - {"job_id", "rq_job_id"} or len(body) != 1:
+        raise ValidationFailed('send exactly one of {"job_id": ...} or {"rq_job_id": ...}')
+    manager = current_app.extensions["jobs"]
+    job_id = body.get("job_id")
+    if "rq_job_id" in body:
+        rq_id = body["rq_job_id"]
+        rq_job = _queues().fetch(rq_id) if isinstance(rq_id, str) else None
+        if rq_job is None:
+            raise NotFound(f"no RQ job {rq_id!r}")
+        job_id = (rq_job.meta or {}).get("job_id")
+        if job_id is None:
+            # Not one of ours: let RQ put it back as it is.
+            rq_job.requeue()
+            return jsonify({"rq_job_id": rq_id, "requeued": True})
+    if not isinstance(job_id, str):
+        raise ValidationFailed(f"job_id must be a job id, got {job_id!r}")
+    job = manager.retry_job(job_id)
+    response = jsonify(job_dict(job))
+    response.status_code = 202
     return response
