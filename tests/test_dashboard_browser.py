@@ -1,0 +1,60 @@
+"""The /dashboard page in a real headless Chromium: start a job, watch its bar reach 100%."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"
+)
+
+SCREENSHOT = Path(__file__).resolve().parent.parent / "backend" / "data" / "dashboard.png"
+
+
+@pytest.mark.timeout(120)
+def test_a_job_started_from_the_page_fills_its_bar_to_100(live_server, start_worker, client):
+    start_worker("--name", "browser", "--simple")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{live_server}/dashboard")
+
+            # Given the page, when the user starts a 2-second sleep job from it
+            page.select_option("#start-task", "sleep")
+            page.fill("#start-kwargs", '{"seconds": 2, "steps": 4}')
+            page.click("#start-button")
+            page.wait_for_selector("#start-result:has-text('started')")
+            job_id = page.inner_text("#start-result").split()[-1]
+            row = page.locator(f"tr[data-job-id='{job_id}']")
+
+            # Then its row shows progress on the way, and ends COMPLETED at 100%
+            page.wait_for_function(
+                "id => { const r = document.querySelector(`tr[data-job-id='${id}'] [role=progressbar]`);"
+                " return r && Number(r.getAttribute('aria-valuenow')) > 0; }",
+                arg=job_id,
+                timeout=20000,
+            )
+            page.wait_for_function(
+                "id => { const r = document.querySelector(`tr[data-job-id='${id}'] [role=progressbar]`);"
+                " return r && r.getAttribute('aria-valuenow') === '100'; }",
+                arg=job_id,
+                timeout=30000,
+            )
+            assert "COMPLETED" in row.inner_text()
+            row.click()
+            page.wait_for_selector('#detail:has-text(\'"outcome": "COMPLETED"\')')
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert client.get(f"/jobs/{job_id}").get_json()["result"] == {"slept": 2}
