@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 
 from flask import Flask  # noqa: E402
 
-from backend import api, cli, config, dashboard, logs, metrics, rate_limits, rq_dashboard_mount  # noqa: E402
+from backend import api, cli, config, dashboard, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
 from backend.errors import register_error_handlers  # noqa: E402
 from backend.periodic import PeriodicThread  # noqa: E402
 from backend.services import build_services  # noqa: E402
@@ -65,6 +65,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     metrics.init_app(app)
     api.register(app)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(openapi.bp)
     cli.register(app)
     rq_dashboard_mount.mount(app, str(settings["REDIS_URL"]))
     _warn_about_open_doors(app)
