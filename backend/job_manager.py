@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend import counts, webhooks
 from backend.errors import InvalidTransition, NotFound, StaleAttempt, ValidationFailed
+from backend.logs import job_fields
 from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
 from backend.retries import RetryPolicy
@@ -132,7 +133,7 @@ class JobManager:
             try:
                 with transaction(self.sessions) as session:
                     job = self.add_job(session, request, owner=owner, **origin)
-                log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner)
+                log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
                 return job, True
             except IntegrityError:
                 existing = self._live_job_with_key(owner, request.idempotency_key)
@@ -355,7 +356,7 @@ class JobManager:
             )
             if changed:
                 session.add(Attempt(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
-                log.info("job %s attempt %s started on %s", job_id, attempt, worker)
+                log.info("job %s attempt %s started on %s", job_id, attempt, worker, extra=job_fields(job))
             return job
 
     def update_job_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None) -> Job:
@@ -489,7 +490,7 @@ class JobManager:
             changed = self._transition(session, job, target, attempt=attempt, completed_at=now, **fields)
             if changed:
                 self._end_attempt(session, job_id, attempt, target, fields.get("error"), now)
-                log.info("job %s attempt %s %s", job_id, attempt, target.value)
+                log.info("job %s attempt %s %s", job_id, attempt, target.value, extra=job_fields(job))
         if changed:
             self._release_dependants(job_id)
         return job

@@ -6,6 +6,21 @@ import json
 import logging
 import sys
 
+#: Fields that log calls pass with ``extra=`` and that JSON lines carry as keys of their own.
+EVENT_FIELDS = ("job_id", "attempt", "worker", "task", "status")
+
+
+def job_fields(job, **more) -> dict:
+    """``extra=`` for a log line about ``job``: its id, attempt, worker, task and status."""
+    return {
+        "job_id": job.id,
+        "attempt": job.attempt,
+        "worker": job.worker,
+        "task": job.task,
+        "status": job.status,
+        **more,
+    }
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -15,6 +30,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name in EVENT_FIELDS:
+            if getattr(record, name, None) is not None:
+                entry[name] = getattr(record, name)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -20,3 +20,30 @@ def test_environment_then_overrides(monkeypatch):
     monkeypatch.setenv("RQ_RESULT_TTL", "60")
     assert load()["RQ_RESULT_TTL"] == 60
     assert load({"RQ_RESULT_TTL": 5})["RQ_RESULT_TTL"] == 5
+
+
+def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
+    import json
+    import logging
+
+    from backend.logs import JsonFormatter
+    from tests.conftest import TOKEN
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("backend.job_manager")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        job = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
+        client.post(
+            f"/internal/jobs/{job['job_id']}/started",
+            json={"attempt": 1, "worker": "w-7"},
+            headers={"X-Internal-Token": TOKEN},
+        )
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    started = next(line for line in lines if "started" in line["message"])
+    assert (started["job_id"], started["attempt"], started["worker"]) == (job["job_id"], 1, "w-7")
+    assert started["level"] == "INFO" and started["logger"] == "backend.job_manager"
