@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -27,7 +27,6 @@ from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
 from backend import counts, leases
-from backend.api.auth import require_admin
 
 REQUEST_LATENCY = Histogram(
     "jobservice_http_request_duration_seconds",
@@ -82,16 +81,12 @@ class StateCollector:
         yield up
 
 
-bp = Blueprint("metrics", __name__)
-bp.before_request(require_admin)
-
-
-@bp.get("/metrics")
-def metrics():
+def render(app: Flask) -> Response:
+    """The Prometheus text of every metric (summed over processes in multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        registry.register(current_app.extensions["state_collector"])
+        registry.register(app.extensions["state_collector"])
     else:
         registry = REGISTRY
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
@@ -120,5 +115,3 @@ def init_app(app: Flask) -> None:
                 time.perf_counter() - started
             )
         return response
-
-    app.register_blueprint(bp)

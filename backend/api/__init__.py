@@ -11,5 +11,6 @@ from backend.rate_limits import limiter
 def register(app: Flask) -> None:
     for module in (tasks, jobs, batches, schedules, internal, monitoring):
         app.register_blueprint(module.bp)
+    app.register_blueprint(monitoring.metrics_bp)
     # Workers' reports are never rate limited.
     limiter.exempt(internal.bp)

@@ -8,7 +8,7 @@ from rq import Worker
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend import counts, leases
+from backend import counts, leases, metrics
 from backend.api.auth import require_admin
 from backend.api.payloads import json_body, query_int
 from backend.errors import NotFound, ServiceUnavailable, ValidationFailed
@@ -17,6 +17,15 @@ from backend.states import JobStatus
 
 bp = Blueprint("monitoring", __name__, url_prefix="/monitoring")
 bp.before_request(require_admin)
+
+#: ``/metrics`` sits at the root, where Prometheus looks for it; admins only too.
+metrics_bp = Blueprint("metrics", __name__)
+metrics_bp.before_request(require_admin)
+
+
+@metrics_bp.get("/metrics")
+def prometheus_metrics():
+    return metrics.render(current_app)
 
 
 @bp.get("/health")
