@@ -57,7 +57,9 @@ def stack(settings, tmp_path):
             time.sleep(0.2)
     processes.append(subprocess.Popen([sys.executable, "backend/worker.py", "--name", "worker-1"], **spawn))
     processes.append(subprocess.Popen([sys.executable, "backend/scheduler.py"], **spawn))
-    time.sleep(1)
+    while requests.get(f"http://127.0.0.1:{port}/monitoring/health", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline + 30, (tmp_path / "stack.log").read_text()
+        time.sleep(0.2)
     yield port, env
     for process in processes:
         process.terminate()
