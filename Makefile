@@ -24,6 +24,10 @@ test: $(STAMP)
 chaos: $(STAMP)
 	CHAOS_SOAK=1 $(PY) -m pytest tests/chaos -s
 
+# Benchmarks against raw RQ and a hello-world route, measured in the same run (see BENCHMARKS.md).
+bench: $(STAMP)
+	$(PY) -m bench
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
