@@ -44,5 +44,4 @@ USER 10001:10001
 EXPOSE 5000 9181
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "4", \
-     "--worker-tmp-dir", "/dev/shm", "--access-logfile", "-", "backend.app:create_app()"]
+CMD ["gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"]
