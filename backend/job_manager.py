@@ -282,13 +282,7 @@ class JobManager:
         cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
         """Jobs newest first, ``limit`` at a time; returns them and the cursor of the next page."""
-        query = select(Job)
-        if owner is not None:
-            query = query.where(Job.owner == owner)
-        if status is not None:
-            query = query.where(Job.status == status.value)
-        if task is not None:
-            query = query.where(Job.task == task)
+        query = _filtered(select(Job), owner=owner, status=status, task=task)
         if cursor:
             created_at, last_id = _decode_cursor(cursor)
             query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
@@ -302,15 +296,9 @@ class JobManager:
         self, *, owner: str | None, status: JobStatus | None, task: str | None, batch_id: str | None = None
     ) -> list[str]:
         """Ids of the live jobs matching the filter (for bulk cancel)."""
-        query = select(Job.id).where(Job.status.in_(_NOT_TERMINAL))
+        query = _filtered(select(Job.id).where(Job.status.in_(_NOT_TERMINAL)), owner=owner, status=status, task=task)
         if batch_id is not None:
             query = query.where(Job.batch_id == batch_id)
-        if owner is not None:
-            query = query.where(Job.owner == owner)
-        if status is not None:
-            query = query.where(Job.status == status.value)
-        if task is not None:
-            query = query.where(Job.task == task)
         with self.sessions() as session:
             return list(session.scalars(query))
 
@@ -586,6 +574,17 @@ class JobManager:
 
 _NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
 _TERMINAL_VALUES = [status.value for status in TERMINAL]
+
+
+def _filtered(query, *, owner: str | None, status: JobStatus | None, task: str | None):
+    """``query`` narrowed to an owner, a status and a task, where given."""
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if task is not None:
+        query = query.where(Job.task == task)
+    return query
 
 
 def _encode_cursor(job: Job) -> str:
