@@ -7,6 +7,7 @@ the other no longer has.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -53,6 +54,11 @@ def cleanup(
             )
         )
     verdicts = reconciler.diagnose(old, patient=False) if old else {}
+    if verdicts:
+        # Look twice: a job moving from a queue to a worker in that instant is not stuck.
+        time.sleep(reconciler.confirm_delay)
+        again = reconciler.diagnose(old, patient=False)
+        verdicts = {job_id: v for job_id, v in verdicts.items() if again.get(job_id, (None,))[0] == v[0]}
     for job in old:
         verdict = verdicts.get(job.id, (None, None))[0]
         if verdict in ("requeue", "dead"):

@@ -36,6 +36,7 @@ from backend.states import JobStatus
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "jobservice:reconciler:lock"
+LOCK_SECONDS = 15
 # RQ statuses, as text (rq.job.JobStatus values).
 _WAITING = {"queued", "deferred", "scheduled"}
 _ENDED = {"finished", "failed", "stopped", "canceled"}
@@ -82,7 +83,8 @@ class Reconciler:
 
     def run_once(self) -> Report | None:
         """One pass over every live job; None when another reconciler holds the lock."""
-        lock = self.queues.connection.lock(LOCK_KEY, timeout=120, blocking=False)
+        # Short-lived: an API killed mid-pass must not keep every other API from reconciling.
+        lock = self.queues.connection.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
         if not lock.acquire():
             return None
         try:
@@ -208,6 +210,9 @@ class Reconciler:
             self.manager.mark_completed(job.id, attempt=job.attempt, result=rq_job.return_value())
         else:
             result = rq_job.latest_result()
-            error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
-            self.manager.mark_failed(job.id, attempt=job.attempt, error=error[0] if error else f"RQ job {status}")
+            lines = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+            error = lines[0] if lines else f"RQ job {status}"
+            # A worker that died is no fault of the job: its retry starts at once.
+            died = error.startswith("WorkerDied")
+            self.manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=not died)
         report.copied.append(job.id)

@@ -25,9 +25,11 @@ import traceback  # noqa: E402
 
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
-from rq import SimpleWorker, Worker  # noqa: E402
+from rq import Queue, SimpleWorker, Worker  # noqa: E402
+from rq.exceptions import NoSuchJobError  # noqa: E402
 from rq.job import Job as RQJob  # noqa: E402
 from rq.job import JobStatus as RQStatus  # noqa: E402
+from rq.job_lifecycle import record_job_failure  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
 from backend import config, logs  # noqa: E402
@@ -198,6 +200,37 @@ def forget_stale_registration(connection: Redis, name: str) -> None:
         connection.srem(Worker.redis_workers_keys, key)
 
 
+def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> list[str]:
+    """Fail, in RQ, every job that RQ shows started under this worker's name.
+
+    Called before this process starts (or restarts) RQ's work loop, when it runs nothing:
+    such jobs belonged to an earlier process of the same name that died (a restarted
+    container reuses its name), or to a loop that Redis broke mid-job. Their name's lease is
+    alive again, so the reconciler would never call them dead; failed in RQ, it settles them
+    (a retry, or FAILED) at its next pass.
+    """
+    abandoned = []
+    for queue_name in queues:
+        registry = Queue(queue_name, connection=connection, serializer=JSONSerializer).started_job_registry
+        for entry in connection.zrange(registry.key, 0, -1):
+            rq_id = entry.decode().split(":", 1)[0]
+            try:
+                job = RQJob.fetch(rq_id, connection=connection, serializer=JSONSerializer)
+            except NoSuchJobError:
+                connection.zrem(registry.key, entry)
+                continue
+            if job.worker_name != name or job.get_status(refresh=False) != RQStatus.STARTED:
+                continue
+            reason = f"WorkerDied: worker {name} stopped while running the job"
+            with connection.pipeline() as pipe:
+                pipe.zrem(registry.key, entry)
+                record_job_failure(job, reason, pipe)
+                pipe.execute()
+            abandoned.append(rq_id)
+            log.warning("worker %s: job %s of an earlier process marked failed in RQ", name, rq_id)
+    return abandoned
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run a job service worker.")
     parser.add_argument(
@@ -247,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             forget_stale_registration(connection, args.name)
+            abandon_orphaned_jobs(connection, args.name, queues)
             register_queues(connection, queues)
             worker = build_worker(
                 name=args.name, queues=queues, simple=args.simple, settings=settings, connection=connection
