@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -78,15 +79,21 @@ class Reconciler:
         # (a third of the lease) to put their leases back.
         self.dead_after = lease_seconds / 2
         self._missing_since: dict[str, float] = {}
+        self._lock_token = f"reconciler-{uuid.uuid4().hex}"
 
     # -- one pass -----------------------------------------------------------------------
 
     def run_once(self) -> Report | None:
         """One pass over every live job; None when another reconciler holds the lock."""
-        # Short-lived: an API killed mid-pass must not keep every other API from reconciling.
+        # Short-lived, so that an API killed mid-pass does not keep the others out for long;
+        # and taken with this reconciler's own token, so that a lock it left behind when Redis
+        # died mid-pass (and came back from its AOF) is still its own.
         lock = self.queues.connection.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
-        if not lock.acquire():
-            return None
+        if not lock.acquire(token=self._lock_token):
+            if self.queues.connection.get(LOCK_KEY) != self._lock_token.encode():
+                return None
+            lock.local.token = self._lock_token.encode()
+            lock.reacquire()
         try:
             return self._pass()
         finally:
@@ -123,6 +130,11 @@ class Reconciler:
             except JobServiceError as exc:
                 # The job moved on meanwhile (a report landed): nothing to settle.
                 log.info("job %s: reconciler left it (%s)", job_id, exc.message)
+            except RedisError:
+                raise  # Redis is gone: end this pass, the next one will see
+            except Exception:
+                # One job that cannot be settled must not keep the others from it.
+                log.exception("job %s: reconciler could not settle it (%s)", job_id, action)
         if report:
             log.warning("reconciler: %s", {k: len(v) for k, v in report.as_dict().items() if v})
         return report

@@ -243,3 +243,13 @@ def test_when_the_store_is_down_too_a_submission_is_503_with_retry_after(setting
     assert response.get_json()["error"]["code"] == "service_unavailable"
     assert response.headers["Retry-After"]
     assert client.get("/jobs/job_x").status_code == 503
+
+
+def test_a_lock_this_reconciler_left_behind_does_not_lock_it_out(app, redis_conn):
+    # Given the lock of a pass that Redis cut short (and restored from its AOF)
+    reconciler = app.extensions["reconciler"]
+    redis_conn.set(LOCK_KEY, reconciler._lock_token, px=15000)
+
+    # Then the next pass of the same reconciler runs, and frees the lock
+    assert reconciler.run_once() is not None
+    assert redis_conn.get(LOCK_KEY) is None

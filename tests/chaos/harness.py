@@ -29,6 +29,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from backend.reconciler import LOCK_KEY, LOCK_SECONDS
 from backend.redis_server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -523,13 +524,13 @@ class Cluster:
     def reconciler_lock(self) -> str:
         """Who may reconcile now: the reconciler lock's time to live, for failure messages."""
         try:
-            ttl = self.rconn.pttl("jobservice:reconciler:lock")
+            ttl = self.rconn.pttl(LOCK_KEY)
         except RedisError as exc:
             return f"reconciler lock: redis error {exc}"
         if ttl < 0:
             return "reconciler lock: free"
         # A live API holds it only during a pass; one held for long was left by a dead API.
-        return f"reconciler lock: held, expires in {ttl / 1000:.1f} s (of 120 s)"
+        return f"reconciler lock: held, expires in {ttl / 1000:.1f} s (of {LOCK_SECONDS} s)"
 
     def describe(self, job: dict) -> str:
         """A stuck or wrong job, with what Redis says about it, for failure messages."""
