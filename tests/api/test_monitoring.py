@@ -137,18 +137,22 @@ def test_metrics_add_up_across_gunicorn_processes(settings, tmp_path):
             except requests.RequestException:
                 assert time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.2)
-        # When 40 requests are spread over both processes (new connection each time)
-        for _ in range(40):
+
+        def tasks_count() -> float:
+            text = requests.get(f"{url}/metrics", timeout=5).text
+            prefix = 'jobservice_http_request_duration_seconds_count{endpoint="/tasks",method="GET"'
+            return float(next(line for line in text.splitlines() if line.startswith(prefix)).rsplit(" ", 1)[1])
+
+        before = tasks_count()
+        # When requests (a new connection each) have reached both processes
+        sent = 0
+        deadline = time.monotonic() + 30
+        while len(list(metrics_dir.glob("histogram_*.db"))) < 2 or sent < 40:
+            assert time.monotonic() < deadline, "the requests never reached both processes"
             requests.get(f"{url}/tasks", headers={"Connection": "close"}, timeout=5)
-        # Then the scrape counts all of them, whichever process answers it
-        text = requests.get(f"{url}/metrics", timeout=5).text
-        line = next(
-            line
-            for line in text.splitlines()
-            if line.startswith('jobservice_http_request_duration_seconds_count{endpoint="/tasks",method="GET"')
-        )
-        assert float(line.rsplit(" ", 1)[1]) >= 41
-        assert len(list(metrics_dir.glob("*.db"))) >= 2, "both processes wrote samples"
+            sent += 1
+        # Then the scrape counts every one of them, whichever process answers it
+        assert tasks_count() - before == sent
     finally:
         server.terminate()
         server.wait(timeout=20)
