@@ -16,32 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
+from backend import processes
 from backend.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _wait_for_api(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the API exited with status {process.returncode}; see its log above")
-        try:
-            requests.get(f"{url}/tasks", timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise SystemExit(f"the API did not answer on {url} within {timeout:.0f} s")
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
+def _stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM them all at once (workers finish their job), then wait; SIGKILL after 15 s."""
+    for process in children:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 15
-    for process in processes:
+    for process in children:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -70,18 +57,21 @@ def main() -> int:
         embedded = EmbeddedRedis.start(data_dir=DEV_DATA_DIR, port=int(env.get("REDIS_PORT", DEV_PORT)))
         env["REDIS_URL"] = embedded.url
 
-    processes: list[subprocess.Popen] = []
+    started: list[subprocess.Popen] = []
     # Children ignore the terminal's Ctrl+C (they get their own process group); this
     # process stops them in order instead, so none is left behind.
     spawn = {"cwd": ROOT, "env": env, "start_new_session": True}
     try:
         api = subprocess.Popen([sys.executable, "backend/app.py"], **spawn)
-        processes.append(api)
-        _wait_for_api(api_url, api)
+        started.append(api)
+        try:
+            processes.wait_for_http(f"{api_url}/tasks", process=api)
+        except RuntimeError as exc:
+            raise SystemExit(f"{exc}; see the API's log above") from None
         worker = subprocess.Popen([sys.executable, "backend/worker.py", "--name", "worker-1"], **spawn)
-        processes.append(worker)
+        started.append(worker)
         scheduler = subprocess.Popen([sys.executable, "backend/scheduler.py"], **spawn)
-        processes.append(scheduler)
+        started.append(scheduler)
         print(
             "\n".join(
                 [
@@ -100,16 +90,16 @@ def main() -> int:
             ),
             flush=True,
         )
-        while all(process.poll() is None for process in processes):
+        while all(process.poll() is None for process in started):
             time.sleep(0.5)
-        failed = next(process for process in processes if process.poll() is not None)
+        failed = next(process for process in started if process.poll() is not None)
         print(f"a process exited (status {failed.returncode}); stopping the rest", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0
     finally:
-        _stop(list(reversed(processes)))
+        _stop(list(reversed(started)))
         if embedded is not None:
             embedded.stop()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from backend import processes
 from backend.config import DATA_DIR
 
 #: Where the development Redis of `make run` and `python backend/app.py` listens and keeps data.
@@ -93,10 +94,4 @@ class EmbeddedRedis:
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process)

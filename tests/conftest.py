@@ -16,6 +16,7 @@ import pytest
 from redis import Redis
 from werkzeug.serving import make_server
 
+from backend import processes
 from backend.app import create_app
 from backend.redis_server import EmbeddedRedis
 
@@ -128,13 +129,7 @@ class WorkerProcess:
             self._log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process)
         self._log.close()
 
     def output(self) -> str:

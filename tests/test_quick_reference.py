@@ -12,6 +12,7 @@ import time
 import pytest
 import requests
 
+from backend.processes import wait_for_http
 from backend.redis_server import free_port
 from tests.conftest import ROOT, TOKEN
 
@@ -47,14 +48,8 @@ def stack(settings, tmp_path):
     log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115 - closed below
     spawn = {"cwd": ROOT, "env": env, "stdout": log, "stderr": subprocess.STDOUT}
     processes = [subprocess.Popen([sys.executable, "backend/app.py"], **spawn)]
+    wait_for_http(f"http://127.0.0.1:{port}/tasks", process=processes[0])
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/tasks", timeout=1)
-            break
-        except requests.RequestException:
-            assert time.monotonic() < deadline, (tmp_path / "stack.log").read_text()
-            time.sleep(0.2)
     processes.append(subprocess.Popen([sys.executable, "backend/worker.py", "--name", "worker-1"], **spawn))
     processes.append(subprocess.Popen([sys.executable, "backend/scheduler.py"], **spawn))
     while requests.get(f"http://127.0.0.1:{port}/monitoring/health", timeout=5).status_code != 200:

@@ -11,6 +11,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from backend import processes
 from backend.app import create_app
 from backend.models import Job
 from backend.redis_server import free_port
@@ -129,14 +130,7 @@ def test_metrics_add_up_across_gunicorn_processes(settings, tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{url}/tasks", timeout=1)
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.2)
+        processes.wait_for_http(f"{url}/tasks", process=server)
 
         def tasks_count() -> float:
             text = requests.get(f"{url}/metrics", timeout=5).text
