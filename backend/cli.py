@@ -1,4 +1,4 @@
-"""Operator commands: ``python -m backend <command>``, also ``flask --app backend.app <command>``.
+"""Operator commands: ``python -m backend <command>``, also ``flask --app "backend.app:create_app()" <command>``.
 
 recover                                   one reconciler pass
 cleanup [--dry-run] [--older-than MIN] [--force]
