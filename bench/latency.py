@@ -1,0 +1,128 @@
+"""e. Enqueue-to-start latency on an idle worker, one job at a time.
+
+The task (``bench.rawtasks.stamp``) records ``time.time()`` as its first statement and pushes
+it to a Redis list; the client BLPOPs it and compares with its own time just before sending.
+Ours: send = just before ``POST /tasks/bench_stamp``; raw RQ: just before ``Queue.enqueue``.
+After each job the client waits for it to end (COMPLETED in the store / finished in RQ)
+and a further 20 ms, so that every job finds the worker idle.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from bench.common import RAW_QUEUE, Results, Stack, Workdir, emit, ms, pct, session, table
+
+KEY = "bench:stamps"
+IDLE_GAP = 0.02
+
+
+def _iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def measure_ours(stack: Stack, simple: bool, samples: int, warmup: int) -> dict[str, list[float]]:
+    worker = stack.worker("ours", simple, burst=False)
+    redis = stack.redis_client()
+    out: dict[str, list[float]] = {"start": [], "accepted": [], "store": []}
+    try:
+        with session() as http:
+            for i in range(warmup + samples):
+                redis.delete(KEY)
+                t0 = time.time()
+                r = http.post(f"{stack.url}/tasks/bench_stamp", json={"kwargs": {"key": KEY}}, timeout=30)
+                t_accepted = time.time()
+                if r.status_code != 202:
+                    raise RuntimeError(f"submit answered {r.status_code}: {r.text[:200]}")
+                job_id = r.json()["job_id"]
+                popped = redis.blpop([KEY], timeout=60)
+                if popped is None:
+                    raise RuntimeError(f"job {job_id} never started; see {worker.log_path}")
+                started = float(popped[1])
+                deadline = time.monotonic() + 30
+                while True:
+                    job = http.get(f"{stack.url}/jobs/{job_id}", timeout=30).json()
+                    if job["status"] == "COMPLETED":
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"job {job_id} did not complete: {job}")
+                    time.sleep(0.002)
+                if i >= warmup:
+                    out["start"].append(started - t0)
+                    out["accepted"].append(t_accepted - t0)
+                    if job.get("started_at") and job.get("created_at"):
+                        out["store"].append(_iso(job["started_at"]) - _iso(job["created_at"]))
+                time.sleep(IDLE_GAP)
+    finally:
+        worker.stop()
+    return out
+
+
+def measure_raw(stack: Stack, simple: bool, samples: int, warmup: int) -> dict[str, list[float]]:
+    worker = stack.worker("raw", simple, burst=False)
+    redis = stack.redis_client()
+    queue = Queue(RAW_QUEUE, connection=redis, serializer=JSONSerializer)
+    out: dict[str, list[float]] = {"start": [], "accepted": []}
+    try:
+        for i in range(warmup + samples):
+            redis.delete(KEY)
+            t0 = time.time()
+            job = queue.enqueue("bench.rawtasks.stamp", key=KEY)
+            t_accepted = time.time()
+            popped = redis.blpop([KEY], timeout=60)
+            if popped is None:
+                raise RuntimeError(f"raw job {job.id} never started; see {worker.log_path}")
+            started = float(popped[1])
+            deadline = time.monotonic() + 30
+            while redis.hget(job.key, "status") != b"finished":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"raw job {job.id} did not finish")
+                time.sleep(0.002)
+            if i >= warmup:
+                out["start"].append(started - t0)
+                out["accepted"].append(t_accepted - t0)
+            time.sleep(IDLE_GAP)
+    finally:
+        worker.stop()
+    return out
+
+
+def run(workdir: Workdir, results: Results, *, samples_simple: int, samples_fork: int, warmup: int = 10) -> None:
+    rows = []
+    with Stack(workdir, "latency") as stack:
+        for simple, samples in ((True, samples_simple), (False, samples_fork)):
+            cls = "simple" if simple else "fork"
+            ours = measure_ours(stack, simple, samples, warmup)
+            raw = measure_raw(stack, simple, samples, warmup)
+            rows.append(
+                [
+                    f"ours, {cls}", samples,
+                    ms(pct(ours["start"], 50)), ms(pct(ours["start"], 99)),
+                    ms(pct(ours["accepted"], 50)), ms(pct(ours["store"], 50)),
+                ]
+            )  # fmt: skip
+            rows.append(
+                [
+                    f"raw RQ, {cls}", samples,
+                    ms(pct(raw["start"], 50)), ms(pct(raw["start"], 99)),
+                    ms(pct(raw["accepted"], 50)), "",
+                ]
+            )  # fmt: skip
+            p50 = pct(ours["start"], 50)
+            results.ratio(f"enqueue-to-start {cls} p50 (ours/raw)", p50 / pct(raw["start"], 50))
+            if simple:
+                results.check("enqueue-to-start p50, simple worker", f"{p50 * 1000:.2f} ms", "< 10 ms", p50 < 0.010)
+            else:
+                results.check("enqueue-to-start p50, forking worker", f"{p50 * 1000:.2f} ms", "(no target)", None)
+    emit(
+        table(
+            "e. Enqueue-to-start on an idle worker (client send -> first line of the task)",
+            ["worker", "jobs", "p50 ms", "p99 ms", "send->accepted p50 ms", "store created->started p50 ms"],
+            rows,
+        )
+    )
+    emit("accepted: the 202 of POST /tasks (ours) or the return of Queue.enqueue (raw).")

@@ -1,0 +1,160 @@
+"""Run every benchmark, each against its baseline measured in the same invocation on the same
+Redis and machine, and print every table, every ratio and each target with PASS/MISS.
+
+    .venv/bin/python -m bench                 # everything (what `make bench` runs)
+    .venv/bin/python bench/run_all.py         # the same
+    .venv/bin/python -m bench --only a,c      # some: a execution, b submission, c polling,
+                                              #       d store scale, e latency, f memory
+    .venv/bin/python -m bench --quick         # small counts, to check that it all works
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/run_all.py`: make the packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+
+from backend.redis_server import redis_server_binary  # noqa: E402
+from bench import execution, latency, memory, polling, store_scale, submission  # noqa: E402
+from bench.common import Results, Workdir, emit, table  # noqa: E402
+
+
+def machine() -> list[tuple[str, str]]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        redis_version = subprocess.run(
+            [redis_server_binary(), "--version"], capture_output=True, text=True, check=True
+        ).stdout.split()[2]
+    except (OSError, subprocess.CalledProcessError, FileNotFoundError, IndexError):
+        redis_version = "unknown"
+    wrk = shutil.which("wrk")
+    wrk_version = "not installed (Python client)"
+    if wrk:
+        out = subprocess.run([wrk, "--version"], capture_output=True, text=True)
+        wrk_version = (out.stdout or out.stderr).split()[1] if (out.stdout or out.stderr) else "installed"
+    return [
+        ("nproc", str(os.cpu_count())),
+        ("CPU", cpu),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", platform.python_version()),
+        ("RQ", version("rq")),
+        ("redis-py", version("redis")),
+        ("Redis server", redis_version),
+        ("Flask", version("flask")),
+        ("gunicorn", version("gunicorn")),
+        ("SQLAlchemy", version("sqlalchemy")),
+        ("SQLite", sqlite3.sqlite_version),
+        ("wrk", wrk_version),
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmarks of the job service.")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="which benchmarks, e.g. a,c (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
+    parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
+    parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
+    parser.add_argument("--submit-n", type=int, default=2000, help="submissions per side")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent submission clients")
+    parser.add_argument("--poll-seconds", type=float, default=3, help="seconds per wrk run")
+    parser.add_argument("--poll-rounds", type=int, default=7, help="alternating ours/hello rounds (median ratio)")
+    parser.add_argument("--store-sizes", default="1000,1000000", help="job counts of the stores compared")
+    parser.add_argument("--store-samples", type=int, default=400, help="requests per endpoint and size")
+    parser.add_argument("--no-cache", action="store_true", help="build the large store instead of using bench/.cache")
+    parser.add_argument("--latency-simple", type=int, default=200, help="jobs measured, simple worker")
+    parser.add_argument("--latency-fork", type=int, default=100, help="jobs measured, forking worker")
+    parser.add_argument("--memory-jobs", type=int, default=10000, help="jobs run before measuring memory")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.exec_n_simple, args.exec_n_fork, args.submit_n = 200, 50, 200
+        args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
+        args.latency_simple, args.latency_fork, args.memory_jobs = 20, 10, 1000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    selected = {part.strip().lower() for part in args.only.split(",") if part.strip()}
+    emit(table("Machine", ["what", "value"], [list(row) for row in machine()]))
+    emit(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    workdir = Workdir()
+    emit(f"temporary directory: {workdir.path}")
+    results = Results()
+    failures: list[str] = []
+    plan = [
+        ("a", "execution", lambda: execution.run(workdir, results, n_simple=args.exec_n_simple,
+                                                 n_fork=args.exec_n_fork)),
+        ("b", "submission", lambda: submission.run(workdir, results, count=args.submit_n, clients=args.clients)),
+        ("c", "polling", lambda: polling.run(workdir, results, connections=8, duration=args.poll_seconds,
+                                             rounds=args.poll_rounds)),
+        ("d", "store scale", lambda: store_scale.run(
+            workdir, results, sizes=tuple(int(s) for s in args.store_sizes.split(",")),
+            samples=args.store_samples, use_cache=not args.no_cache)),
+        ("e", "latency", lambda: latency.run(workdir, results, samples_simple=args.latency_simple,
+                                             samples_fork=args.latency_fork)),
+        ("f", "memory", lambda: memory.run(workdir, results, count=args.memory_jobs)),
+    ]  # fmt: skip
+    started = time.monotonic()
+    try:
+        for key, name, bench in plan:
+            if key not in selected:
+                continue
+            t0 = time.monotonic()
+            emit(f"\n== {key}. {name} (load average {os.getloadavg()[0]:.2f}) ==")
+            try:
+                bench()
+            except Exception:
+                failures.append(name)
+                emit(f"!! {name} failed:\n{traceback.format_exc()}")
+            emit(f"({name}: {time.monotonic() - t0:.0f} s)")
+    finally:
+        if args.keep or failures:
+            emit(f"kept {workdir.path} (logs of every process)")
+        else:
+            workdir.cleanup()
+    summary(results, failures, time.monotonic() - started)
+    return 1 if failures else 0
+
+
+def summary(results: Results, failures: list[str], elapsed: float) -> None:
+    emit(
+        table(
+            "Summary: targets",
+            ["figure", "measured", "target", "result"],
+            [[c.name, c.measured, c.target, "—" if c.ok is None else ("PASS" if c.ok else "MISS")]
+             for c in results.checks],
+        )
+    )  # fmt: skip
+    emit(table("Summary: every ratio", ["ratio", "value"], [[name, f"{value:.2f}"] for name, value in results.ratios]))
+    passed = sum(1 for c in results.checks if c.ok)
+    missed = sum(1 for c in results.checks if c.ok is False)
+    emit(
+        f"\n{passed} PASS, {missed} MISS; total {elapsed:.0f} s; "
+        f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    if failures:
+        emit(f"benchmarks that failed to run: {', '.join(failures)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
