@@ -122,6 +122,12 @@ class JobManager:
         if request.depends_on:
             session.flush()
             session.add_all(JobDependency(job_id=job.id, depends_on_id=parent) for parent in request.depends_on)
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(request.depends_on), Job.has_dependants.is_(False))
+                .values(has_dependants=True)
+                .execution_options(synchronize_session=False)
+            )
         return job
 
     def create_job(self, request: JobRequest, *, owner: str, **origin) -> tuple[Job, bool]:
@@ -454,7 +460,8 @@ class JobManager:
         except RedisError as exc:
             # The store already says CANCELLED; a late run's reports are refused (409).
             log.warning("job %s: could not stop its RQ job %s: %s", job_id, job.rq_job_id, exc)
-        self._release_dependants(job_id)
+        if job.has_dependants:
+            self._release_dependants(job_id)
         return job
 
     def _new_attempt(self, session: Session, job: Job, after: int, allowed_from: frozenset, **fields) -> bool:
@@ -479,7 +486,7 @@ class JobManager:
             if changed:
                 self._end_attempt(session, job_id, attempt, target, fields.get("error"), now)
                 log.info("job %s attempt %s %s", job_id, attempt, target.value, extra=job_fields(job))
-        if changed:
+        if changed and job.has_dependants:
             self._release_dependants(job_id)
         return job
 

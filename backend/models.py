@@ -71,6 +71,9 @@ class Job(Base):
     # job unless allow_failure.
     depends_on: Mapped[list | None] = mapped_column(JSON)
     allow_failure: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Set when another job depends on this one, so that ending a job with no dependants
+    # costs no dependency lookups.
+    has_dependants: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # Not before this time (RQ's scheduler holds it until then).
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -78,6 +81,9 @@ class Job(Base):
         Index("ix_jobs_schedule_created", "schedule_id", "created_at"),
         Index("ix_jobs_batch", "batch_id"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        # A key's listing filtered by status or task must not walk the other owners' jobs.
+        Index("ix_jobs_owner_status_created", "owner", "status", "created_at", "id"),
+        Index("ix_jobs_owner_task_created", "owner", "task", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at", "id"),
         Index("ix_jobs_task_created", "task", "created_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
