@@ -6,31 +6,40 @@ counters in the same transaction, so they are exactly as true as the jobs table.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from backend.models import JobCount
 
+_DECREMENT = (
+    update(JobCount)
+    .where(JobCount.task == bindparam("t"), JobCount.status == bindparam("s"))
+    .values(count=JobCount.count - bindparam("n"))
+    .execution_options(synchronize_session=False)
+)
+_INCREMENT: dict[str, object] = {}
+
+
+def _increment(dialect: str):
+    # Built once per dialect: this runs on every status change, where building the
+    # statement cost several times what executing it does.
+    if dialect not in _INCREMENT:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(JobCount).values(task=bindparam("t"), status=bindparam("s"), count=bindparam("n"))
+        _INCREMENT[dialect] = statement.on_conflict_do_update(
+            index_elements=[JobCount.task, JobCount.status], set_={"count": JobCount.count + statement.excluded.count}
+        )
+    return _INCREMENT[dialect]
+
 
 def bump(session: Session, task: str, *, old: str | None, new: str | None, by: int = 1) -> None:
     """Move ``by`` jobs of ``task`` from status ``old`` to status ``new`` (None: from/to nowhere)."""
     if old is not None:
-        session.execute(
-            update(JobCount)
-            .where(JobCount.task == task, JobCount.status == old)
-            .values(count=JobCount.count - by)
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(_DECREMENT, {"t": task, "s": old, "n": by})
     if new is not None:
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        statement = insert(JobCount).values(task=task, status=new, count=by)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[JobCount.task, JobCount.status], set_={"count": JobCount.count + by}
-            )
-        )
+        session.execute(_increment(session.get_bind().dialect.name), {"t": task, "s": new, "n": by})
 
 
 def by_status(session: Session) -> dict[str, int]:
