@@ -25,6 +25,7 @@ from backend.errors import InvalidTransition, NotFound, StaleAttempt, Validation
 from backend.logs import job_fields
 from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
+from backend.representations import iso
 from backend.retries import RetryPolicy
 from backend.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL, JobStatus, is_forward
 from backend.store import transaction
@@ -333,7 +334,7 @@ class JobManager:
             "batch_id": batch.id,
             "task": batch.task,
             "size": batch.size,
-            "created_at": batch.created_at.isoformat().replace("+00:00", "Z"),
+            "created_at": iso(batch.created_at),
             "counts": counts,
             "progress": round(progress_sum / batch.size, 1) if batch.size else 100.0,
             "done": ended == batch.size,

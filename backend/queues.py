@@ -53,6 +53,19 @@ def register_queues(connection: Redis, names=QUEUE_NAMES) -> None:
     connection.sadd(Queue.redis_queues_keys, *(f"{Queue.redis_queue_namespace_prefix}{name}" for name in names))
 
 
+def rq_status(job: RQJob) -> str:
+    """An RQ job's status as text, from what was fetched (no round trip)."""
+    status = job.get_status(refresh=False)
+    return getattr(status, "value", status)
+
+
+def last_error(job: RQJob) -> str | None:
+    """The last line of an RQ job's latest failure (``"ValueError: ..."``), or None."""
+    result = job.latest_result()
+    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
+    return lines[-1] if lines else None
+
+
 def rq_job_id(job_id: str, attempt: int) -> str:
     """The RQ job id of one attempt of a job: a new attempt is a new RQ job."""
     return f"{job_id}-{attempt}"

@@ -32,6 +32,7 @@ from backend import leases
 from backend.errors import JobServiceError
 from backend.job_manager import JobManager
 from backend.models import Job, utcnow
+from backend.queues import last_error, rq_status
 from backend.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,7 @@ class Reconciler:
             if job.status == JobStatus.QUEUED:
                 return "requeue"
             return "dead" if (job.worker or "") in dead else None
-        status = rq_job.get_status(refresh=False)
-        status = getattr(status, "value", status)
+        status = rq_status(rq_job)
         if status in _ENDED:
             return "copy"
         if status == "started":
@@ -216,14 +216,12 @@ class Reconciler:
             self._copy_outcome(job, rq_job, report)
 
     def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
-        status = getattr(rq_job.get_status(refresh=False), "value", rq_job.get_status(refresh=False))
+        status = rq_status(rq_job)
         if status == "finished":
             self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name or "unknown")
             self.manager.mark_completed(job.id, attempt=job.attempt, result=rq_job.return_value())
         else:
-            result = rq_job.latest_result()
-            lines = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
-            error = lines[0] if lines else f"RQ job {status}"
+            error = last_error(rq_job) or f"RQ job {status}"
             # A worker that died is no fault of the job: its retry starts at once.
             died = error.startswith("WorkerDied")
             self.manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=not died)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.errors import ValidationFailed
 from backend.metrics import WEBHOOK_DELIVERIES
 from backend.models import Job, WebhookAttempt, WebhookDelivery, utcnow
-from backend.representations import job_dict
+from backend.representations import iso, job_dict
 from backend.ssrf import check_webhook_url
 from backend.store import transaction
 
@@ -199,7 +199,7 @@ class Dispatcher:
         for attempt in attempts:
             by_delivery.setdefault(attempt.delivery_id, []).append(
                 {
-                    "attempted_at": attempt.attempted_at.isoformat().replace("+00:00", "Z"),
+                    "attempted_at": iso(attempt.attempted_at),
                     "status_code": attempt.status_code,
                     "error": attempt.error,
                     "duration_ms": attempt.duration_ms,

@@ -12,6 +12,7 @@ from backend import counts, leases, metrics
 from backend.api.auth import require_admin
 from backend.api.payloads import json_body, query_int
 from backend.errors import NotFound, ServiceUnavailable, ValidationFailed
+from backend.queues import last_error
 from backend.representations import iso, job_dict
 from backend.states import JobStatus
 
@@ -136,15 +137,13 @@ def failed_jobs():
             for rq_id, job in _queues().fetch_many(ids).items() if ids else []:
                 if job is None:
                     continue
-                result = job.latest_result()
-                error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
                 entries.append(
                     {
                         "queue": name,
                         "rq_job_id": rq_id,
                         "job_id": (job.meta or {}).get("job_id"),
                         "func": job.func_name,
-                        "error": error[0] if error else None,
+                        "error": last_error(job),
                         "ended_at": iso(job.ended_at),
                     }
                 )
