@@ -3,8 +3,10 @@ a live HTTP server for workers to report to, and real worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -120,6 +122,9 @@ class WorkerProcess:
             env=worker_env(settings, api_url, **(env or {})),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # Its own process group, so that stop() also ends what it left behind when a test
+            # SIGKILLed it (RQ's scheduler child lives on otherwise, writing to Redis).
+            start_new_session=True,
         )
 
     def wait(self, timeout: float = 60) -> int:
@@ -130,6 +135,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         processes.stop(self.process)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._log.close()
 
     def output(self) -> str:
