@@ -7,11 +7,10 @@ counters in the same transaction, so they are exactly as true as the jobs table.
 from __future__ import annotations
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from backend.models import JobCount
+from backend.store import dialect_insert
 
 _DECREMENT = (
     update(JobCount)
@@ -26,7 +25,7 @@ def _increment(dialect: str):
     # Built once per dialect: this runs on every status change, where building the
     # statement cost several times what executing it does.
     if dialect not in _INCREMENT:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        insert = dialect_insert(dialect)
         statement = insert(JobCount).values(task=bindparam("t"), status=bindparam("s"), count=bindparam("n"))
         _INCREMENT[dialect] = statement.on_conflict_do_update(
             index_elements=[JobCount.task, JobCount.status], set_={"count": JobCount.count + statement.excluded.count}

@@ -438,6 +438,11 @@ class JobManager:
             if not self._new_attempt(session, job, attempt, REQUEUE_FROM):
                 return job
             log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
+        try:
+            # A worker that popped the old attempt but had not started it must not run it now.
+            self.queues.fence(rq_job_id(job_id, attempt))
+        except RedisError as exc:
+            log.warning("job %s: could not fence attempt %s: %s", job_id, attempt, exc)
         return self.enqueue_job(job_id)
 
     def cancel_job(self, job_id: str, *, owner: str | None, by: str, reason: str | None = None) -> Job:
@@ -457,6 +462,7 @@ class JobManager:
             )
         log.info("job %s cancelled by %s", job_id, by)
         try:
+            self.queues.fence(job.rq_job_id)
             self.queues.cancel(job.rq_job_id)
         except RedisError as exc:
             # The store already says CANCELLED; a late run's reports are refused (409).

@@ -71,6 +71,15 @@ def rq_job_id(job_id: str, attempt: int) -> str:
     return f"{job_id}-{attempt}"
 
 
+#: How long a fence outlives its attempt's cancellation or replacement.
+FENCE_SECONDS = 7 * 24 * 3600
+
+
+def fence_key(rq_id: str) -> str:
+    """Present while no worker may start this RQ job (its attempt was cancelled or replaced)."""
+    return f"jobservice:fenced:{rq_id}"
+
+
 class RedisUnavailable(RedisConnectionError):
     """Raised without a network call while a recent failure says Redis is down."""
 
@@ -191,6 +200,17 @@ class QueueAdapter:
                 return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
             return None
+
+    def fence(self, rq_id: str) -> None:
+        """Forbid every worker to start this RQ job from now on.
+
+        A worker checks the fence after RQ marks the job started and before it runs the
+        task; ``cancel`` reads RQ's status after fencing. So a worker that passed the fence
+        is seen as started (and is sent the stop-job command), and one that had not is stopped
+        by the fence.
+        """
+        with self._guard():
+            self.connection.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
 
     def cancel(self, rq_id: str) -> None:
         """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored."""

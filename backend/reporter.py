@@ -1,10 +1,18 @@
-"""Worker -> API reports over HTTP, with the internal token.
+"""Worker -> API reports over HTTP, with the internal token, sent in batches off the job's path.
 
-One keep-alive ``requests.Session`` per process. ``started``/``completed``/``failed`` are
-retried with exponential backoff while the API is unreachable (up to
-``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job from RQ).
-Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``,
-the latest value wins, and a pending value is flushed by a timer.
+A job never waits for the API: ``started``, ``completed`` and ``failed`` are put on a queue
+that one background thread sends to ``POST /internal/reports`` over a keep-alive connection,
+everything gathered so far in one request (a fast job's start and end usually travel
+together). While the API is unreachable the thread retries with exponential backoff, each
+report for up to ``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job
+from RQ. The API's refusals (409: the attempt was cancelled or replaced) are kept in
+``refused``, which the running task sees at its next progress report.
+
+Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``, the
+latest value wins, and a pending value is flushed by a timer.
+
+A forked work-horse calls ``reset()``: it has no sender thread, so it posts progress directly
+with its own connection (its start and end are reported by the worker process).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 
 import requests
 
@@ -20,7 +29,8 @@ log = logging.getLogger(__name__)
 _BACKOFF_START = 0.25
 _BACKOFF_CAP = 5.0
 _TIMEOUT = (3.05, 10)
-STARTED_RETRY_SECONDS = 5.0
+#: Reports per request; the API accepts up to 1000.
+BATCH_SIZE = 500
 
 
 class Reporter:
@@ -36,42 +46,45 @@ class Reporter:
         self._timer: threading.Timer | None = None
         #: (job_id, attempt) pairs the API refused (409): cancelled or replaced.
         self.refused: set[tuple[str, int]] = set()
+        # The outbox: (deadline, report) pairs, sent in order by one thread.
+        self._outbox: deque[tuple[float, dict]] = deque()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._sender: threading.Thread | None = None
+        self._direct = False
 
     def _http(self) -> requests.Session:
-        # Created lazily so that a forked work-horse opens its own connection.
         if self._session is None:
             self._session = requests.Session()
             self._session.headers["X-Internal-Token"] = self._token
         return self._session
 
     def reset(self) -> None:
-        """Forget the inherited connection (called in a freshly forked process)."""
+        """Start afresh in a forked work-horse: no inherited connection, lock or thread."""
         self._session = None
         self._lock = threading.Lock()
         self._timer = None
         self._pending = None
         self._last_progress_at = 0.0
         self.refused = set()
+        self._outbox = deque()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._sender = None
+        self._direct = True
 
     # -- reports ------------------------------------------------------------------------
 
-    def started(self, job_id: str, attempt: int, worker: str) -> int | None:
-        # Briefly retried only: a job must not wait on the API to start (the reconciler
-        # learns of it from RQ if this report never lands).
-        return self._post_reliably(
-            job_id,
-            "started",
-            {"attempt": attempt, "worker": worker},
-            within=min(self.retry_seconds, STARTED_RETRY_SECONDS),
-        )
+    def started(self, job_id: str, attempt: int, worker: str) -> None:
+        self._put({"job_id": job_id, "attempt": attempt, "event": "started", "worker": worker})
 
-    def completed(self, job_id: str, attempt: int, result: object) -> int | None:
+    def completed(self, job_id: str, attempt: int, result: object) -> None:
         self._drop_pending_progress()
-        return self._post_reliably(job_id, "completed", {"attempt": attempt, "result": result})
+        self._put({"job_id": job_id, "attempt": attempt, "event": "completed", "result": result})
 
-    def failed(self, job_id: str, attempt: int, error: str) -> int | None:
+    def failed(self, job_id: str, attempt: int, error: str) -> None:
         self._drop_pending_progress()
-        return self._post_reliably(job_id, "failed", {"attempt": attempt, "error": error})
+        self._put({"job_id": job_id, "attempt": attempt, "event": "failed", "error": error})
 
     def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
         """Report progress (coalesced). Returns False once the API has refused this attempt."""
@@ -97,9 +110,12 @@ class Reporter:
                 return
             self._last_progress_at = time.monotonic()
             job_id, attempt, percent, message = pending
-            status = self._post_once(job_id, "progress", {"attempt": attempt, "progress": percent, "message": message})
-            if status == 409:
-                self.refused.add((job_id, attempt))
+            report = {"job_id": job_id, "attempt": attempt, "event": "progress"}
+            report.update(progress=percent, message=message)
+            if self._direct:
+                self._post_now(report)
+            else:
+                self._put(report, best_effort=True)
 
     def _drop_pending_progress(self) -> None:
         with self._lock:
@@ -108,47 +124,110 @@ class Reporter:
                 self._timer.cancel()
                 self._timer = None
 
-    # -- transport ----------------------------------------------------------------------
+    def check(self) -> int | None:
+        """Send an empty batch from this thread; the API's status code, or None if unreachable.
 
-    def _url(self, job_id: str, event: str) -> str:
-        return f"{self.base_url}/internal/jobs/{job_id}/{event}"
-
-    def _post_once(self, job_id: str, event: str, body: dict) -> int | None:
+        Called before the worker forks any work-horse: the first request imports modules
+        lazily (netrc, codecs), and a work-horse forked while the sender thread held such an
+        import's lock would hang at its own first request.
+        """
         try:
-            response = self._http().post(self._url(job_id, event), json=body, timeout=_TIMEOUT)
+            response = self._http().post(
+                f"{self.base_url}/internal/reports", json={"sent_at": time.time(), "reports": []}, timeout=_TIMEOUT
+            )
         except requests.RequestException as exc:
-            log.warning("job %s: %s report not delivered: %s", job_id, event, exc)
+            self._session = None
+            log.warning("reporter: the API at %s is unreachable (%s)", self.base_url, exc)
             return None
-        if response.status_code >= 400:
-            log.info("job %s: %s report answered %s", job_id, event, response.status_code)
+        if response.status_code == 401:
+            log.error("reporter: the API at %s refuses this worker's INTERNAL_SERVICE_TOKEN", self.base_url)
         return response.status_code
 
-    def _post_reliably(self, job_id: str, event: str, body: dict, *, within: float | None = None) -> int | None:
-        """POST until the API answers something other than a 5xx, or the retry window ends.
+    # -- the outbox ---------------------------------------------------------------------
 
-        Returns the final status code, or None when the API never answered.
-        """
-        window = self.retry_seconds if within is None else within
-        deadline = time.monotonic() + window
+    def _put(self, report: dict, *, best_effort: bool = False) -> None:
+        report["at"] = time.time()
+        deadline = time.monotonic() + (0.0 if best_effort else self.retry_seconds)
+        with self._wakeup:
+            self._outbox.append((deadline, report))
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_forever, name="reporter", daemon=True)
+                self._sender.start()
+            self._wakeup.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued report was answered or given up; False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._wakeup:
+            while self._outbox or self._in_flight:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wakeup.wait(left)
+        return True
+
+    def _send_forever(self) -> None:
         delay = _BACKOFF_START
         while True:
+            with self._wakeup:
+                while not self._outbox:
+                    self._wakeup.wait()
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_SIZE))]
+                self._in_flight = len(batch)
             try:
-                response = self._http().post(self._url(job_id, event), json=body, timeout=_TIMEOUT)
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        # 409: an older attempt, or the job ended (e.g. cancelled). Nothing to retry.
-                        log.info(
-                            "job %s attempt %s: %s report refused (%s): %s",
-                            job_id, body.get("attempt"), event, response.status_code, response.text[:200],
-                        )  # fmt: skip
-                    return response.status_code
-                problem = f"HTTP {response.status_code}"
-            except requests.RequestException as exc:
-                problem = str(exc)
-                self._session = None  # a broken keep-alive connection is not reused
-            if time.monotonic() + delay > deadline:
-                log.error("job %s: %s report abandoned after %.0f s: %s", job_id, event, window, problem)
-                return None
-            log.warning("job %s: %s report failed (%s); retrying in %.2f s", job_id, event, problem, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_CAP)
+                answered = self._send(batch)
+            except Exception:  # never let the sender die: the worker would report nothing more
+                log.exception("reporter: sending %d reports failed", len(batch))
+                answered = True
+            with self._wakeup:
+                if not answered:
+                    now = time.monotonic()
+                    kept = [item for item in batch if item[0] > now]
+                    for deadline, report in batch:
+                        if deadline <= now and report["event"] != "progress":
+                            log.error("job %s: %s report abandoned after %.0f s", report["job_id"],
+                                      report["event"], self.retry_seconds)  # fmt: skip
+                    self._outbox.extendleft(reversed(kept))
+                self._in_flight = 0
+                self._wakeup.notify_all()
+            if answered:
+                delay = _BACKOFF_START
+            else:
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_CAP)
+
+    def _send(self, batch: list[tuple[float, dict]]) -> bool:
+        """POST one batch; True when the API answered it (so it is not to be sent again)."""
+        reports = [report for _, report in batch]
+        try:
+            response = self._http().post(
+                f"{self.base_url}/internal/reports", json={"sent_at": time.time(), "reports": reports}, timeout=_TIMEOUT
+            )
+        except requests.RequestException as exc:
+            self._session = None  # a broken keep-alive connection is not reused
+            log.warning("reporter: %d reports not delivered (%s); will retry", len(reports), exc)
+            return False
+        if response.status_code >= 500:
+            log.warning("reporter: %d reports answered %s; will retry", len(reports), response.status_code)
+            return False
+        if response.status_code != 200:
+            log.error("reporter: %d reports refused (%s): %s", len(reports), response.status_code, response.text[:300])
+            return True
+        for report, answer in zip(reports, response.json()["results"], strict=True):
+            if answer["status"] == 409:
+                self.refused.add((report["job_id"], report["attempt"]))
+            if answer["status"] >= 400:
+                log.info("job %s attempt %s: %s report refused (%s): %s", report["job_id"], report["attempt"],
+                         report["event"], answer["status"], answer.get("error"))  # fmt: skip
+        return True
+
+    def _post_now(self, report: dict) -> None:
+        """Send one progress report from a work-horse, at once, without retries."""
+        url = f"{self.base_url}/internal/jobs/{report['job_id']}/progress"
+        try:
+            response = self._http().post(url, json=report, timeout=_TIMEOUT)
+        except requests.RequestException as exc:
+            log.warning("job %s: progress report not delivered: %s", report["job_id"], exc)
+            return
+        if response.status_code == 409:
+            self.refused.add((report["job_id"], report["attempt"]))

@@ -26,7 +26,7 @@ import traceback  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 from rq import Queue, SimpleWorker, Worker  # noqa: E402
-from rq.exceptions import NoSuchJobError  # noqa: E402
+from rq.exceptions import InvalidJobOperation, NoSuchJobError  # noqa: E402
 from rq.job import Job as RQJob  # noqa: E402
 from rq.job import JobStatus as RQStatus  # noqa: E402
 from rq.job_lifecycle import record_job_failure  # noqa: E402
@@ -34,7 +34,7 @@ from rq.serializers import JSONSerializer  # noqa: E402
 
 from backend import config, logs  # noqa: E402
 from backend.leases import LeaseKeeper  # noqa: E402
-from backend.queues import connect, register_queues  # noqa: E402
+from backend.queues import connect, fence_key, last_error, register_queues  # noqa: E402
 from backend.reporter import Reporter  # noqa: E402
 from backend.tasks import load_task_modules  # noqa: E402
 from backend.tasks.context import JobContext, activate, deactivate  # noqa: E402
@@ -64,9 +64,16 @@ def _not_json(value: object) -> str | None:
 
 
 class ReportingMixin:
-    """Reports each attempt's start, progress and end to the API's internal endpoints."""
+    """Reports each attempt's start, progress and end to the API's internal endpoints.
+
+    Reports go through the reporter's outbox, so a job never waits for the API. Before a
+    task runs, its attempt's fence is checked in Redis (after RQ marked it started): an
+    attempt the API cancelled or replaced is not run.
+    """
 
     reporter: Reporter
+    #: The forking worker reports starts and ends from its own process, not the work-horse.
+    reports_from_parent = False
 
     def __init__(self, *args, reporter: Reporter, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,17 +109,21 @@ class ReportingMixin:
             # nothing to report, and RQ shows the run as stopped.
             job.set_status(RQStatus.STOPPED)
             return ok
+        if self.reports_from_parent:
+            return ok
         if ok:
-            # RQ keeps the return value on the job it just ran; reading it here saves the
-            # Redis round trip of job.return_value().
-            problem = _not_json(job._result)
-            if problem:
-                self.reporter.failed(job_id, attempt, f"ResultNotJSON: the task returned {problem}")
-            else:
-                self.reporter.completed(job_id, attempt, job._result)
+            # RQ keeps the return value on the job it just ran: no Redis round trip.
+            self._report_result(job_id, attempt, job._result)
         elif job.get_status(refresh=False) != "stopped":
             self.reporter.failed(job_id, attempt, self._last_error or "the task failed")
         return ok
+
+    def _report_result(self, job_id: str, attempt: int, result: object) -> None:
+        problem = _not_json(result)
+        if problem:
+            self.reporter.failed(job_id, attempt, f"ResultNotJSON: the task returned {problem}")
+        else:
+            self.reporter.completed(job_id, attempt, result)
 
     stop_requested = False
 
@@ -122,26 +133,57 @@ class ReportingMixin:
         super().request_stop(signum, frame)
 
     def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
-        """RQ marks the job started; then the store hears of it, so the store never runs ahead."""
+        """RQ marks the job started; then its fence is checked, and the store hears of it."""
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         ids = _store_ids(job)
-        if ids is not None and self.reporter.started(*ids, self.name) == 409:
+        if ids is None:
+            return
+        if self.connection.exists(fence_key(job.id)):
             # Cancelled while it waited, or a newer attempt replaced it: do not run it.
             self.reporter.refused.add(ids)
-            raise AttemptRefused(f"the API refused attempt {ids[1]} of job {ids[0]} (cancelled or replaced)")
-
-    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
-        """The forked child died under the job (OOM killer, SIGKILL): report it failed."""
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        ids = _store_ids(job)
-        if ids is not None:
-            code = os.waitstatus_to_exitcode(ret_val) if ret_val is not None else None
-            reason = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-            self.reporter.failed(*ids, f"WorkHorseKilled: the work-horse process died ({reason})")
+            raise AttemptRefused(f"attempt {ids[1]} of job {ids[0]} was cancelled or replaced")
+        if not self.reports_from_parent:
+            self.reporter.started(*ids, self.name)
 
 
 class JobServiceWorker(ReportingMixin, Worker):
-    """RQ's forking worker: each job runs in a child process."""
+    """RQ's forking worker: each job runs in a child process.
+
+    This process reports the start when it forks the work-horse and the end, read from RQ,
+    when the work-horse exits: the work-horse then needs no connection to the API (it opens
+    one only for progress).
+    """
+
+    reports_from_parent = True
+    _horse_death: str | None = None
+
+    def execute_job(self, job: RQJob, queue) -> None:
+        ids = _store_ids(job)
+        if ids is None:
+            return super().execute_job(job, queue)
+        self.reporter.started(*ids, self.name)
+        self._horse_death = None
+        super().execute_job(job, queue)
+        try:
+            self._report_end(job, *ids)
+        except (RedisError, InvalidJobOperation) as exc:
+            # The reconciler copies the outcome from RQ once Redis answers again.
+            log.warning("job %s: could not read its outcome from RQ: %s", ids[0], exc)
+
+    def _report_end(self, job: RQJob, job_id: str, attempt: int) -> None:
+        status = job.get_status(refresh=True)
+        if status == RQStatus.FINISHED:
+            self._report_result(job_id, attempt, job.return_value(refresh=True))
+        elif status == RQStatus.FAILED:
+            self.reporter.failed(job_id, attempt, self._horse_death or last_error(job) or "the task failed")
+        # STOPPED: refused or cancelled, nothing to report. Gone or unknown: the reconciler.
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        """The forked child died under the job (OOM killer, SIGKILL): say so in the report."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        code = os.waitstatus_to_exitcode(ret_val) if ret_val is not None else None
+        reason = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        self._horse_death = f"WorkHorseKilled: the work-horse process died ({reason})"
 
 
 class JobServiceSimpleWorker(ReportingMixin, SimpleWorker):
@@ -285,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             worker = build_worker(
                 name=args.name, queues=queues, simple=args.simple, settings=settings, connection=connection
             )
+            worker.reporter.check()
             try:
                 worker.work(
                     burst=args.burst,
@@ -294,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except RedisError as exc:
                 log.warning("worker %s: lost Redis (%s)", args.name, exc)
+            finally:
+                # Whatever ends the loop, the reports of the jobs it ran are sent first.
+                if not worker.reporter.flush(timeout=float(settings["REPORT_RETRY_SECONDS"])):
+                    log.error("worker %s: some reports were not delivered; the reconciler settles them", args.name)
             if worker.stop_requested or args.burst or args.max_jobs:
                 break
             # RQ's loop gave up (on some Redis errors, or a job it could not read): wait for

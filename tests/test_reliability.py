@@ -125,6 +125,25 @@ def test_a_cancelled_queued_job_leaves_its_queue_and_never_runs(client, redis_co
     assert attempts(client, job["job_id"]) == []
 
 
+@pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
+def test_a_job_cancelled_while_a_worker_holds_it_never_runs(client, redis_conn, run_burst_worker, tmp_path, simple):
+    # Given a job cancelled while a worker had already popped it from its queue (the worker's
+    # copy is played here by putting the RQ job back on the queue after the cancel)
+    marker = tmp_path / "ran"
+    job = submit(client, "flaky", kwargs={"marker": str(marker), "failures": 0})
+    assert client.post(f"/jobs/{job['job_id']}/cancel").status_code == 200
+    queue = Queue("default", connection=redis_conn)
+    redis_conn.rpush(queue.key, job["rq_job_id"])
+
+    # When a worker takes it
+    run_burst_worker(simple=simple)
+
+    # Then the task never ran, the store still says CANCELLED, and RQ shows the run stopped
+    assert not marker.exists()
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "CANCELLED"
+    assert RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer).get_status() == "stopped"
+
+
 def test_cancelling_an_ended_job_is_409(client):
     job = submit(client, "add", args=[1, 2])
     client.post(f"/jobs/{job['job_id']}/cancel")

@@ -136,7 +136,14 @@ def test_sigterm_lets_the_running_job_finish(client, start_worker):
 def test_progress_reports_are_coalesced(client, run_burst_worker, app):
     # Given a task that reports progress 50 times within about half a second
     calls = []
-    app.before_request(lambda: calls.append(1) if request.path.endswith("/progress") else None)
+
+    def count_progress_reports():
+        if request.path == "/internal/reports":
+            calls.extend(1 for report in request.get_json()["reports"] if report["event"] == "progress")
+        elif request.path.endswith("/progress"):
+            calls.append(1)
+
+    app.before_request(count_progress_reports)
     job = submit(client, "sleep", kwargs={"seconds": 0.5, "steps": 50})
 
     run_burst_worker()

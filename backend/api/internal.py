@@ -1,76 +1,118 @@
 """Internal routes: workers report started, progress, completed and failed here.
 
 Every call needs ``X-Internal-Token``; every report names its attempt, and a report for an
-older attempt is refused (409) without changing anything.
+older attempt is refused (409) without changing anything. Workers send their reports in
+batches to ``POST /internal/reports``; the one-report routes remain for scripts and tools.
 """
 
 from __future__ import annotations
 
+import math
+
 from flask import Blueprint, current_app, jsonify
 
+from backend import reports
 from backend.api.auth import require_internal_token
 from backend.api.payloads import json_body
 from backend.errors import BadRequest
-from backend.metrics import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.representations import job_dict
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 bp.before_request(require_internal_token)
+
+_FIELDS = {"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message"}
 
 
 def _jobs():
     return current_app.extensions["jobs"]
 
 
-def _field(body: dict, name: str, kind: type | tuple, *, required: bool = True):
+def _field(body: dict, name: str, kind: type | tuple, *, required: bool = True, where: str = ""):
     value = body.get(name)
     if value is None and not required:
         return None
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise BadRequest(f"{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise BadRequest(f"{where}{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{where}{name} must be a finite number, got {value!r}")
     return value
+
+
+def _progress(body: dict, where: str = "") -> int:
+    value = _field(body, "progress", (int, float), where=where)
+    if not 0 <= value <= 100:
+        raise BadRequest(f"{where}progress must be within 0-100, got {value!r}")
+    return int(value)
+
+
+def _report(body: dict, event: str, job_id: str, *, age: float = 0.0, where: str = "") -> reports.Report:
+    """A checked report of ``event`` from a request body (or one item of a batch)."""
+    attempt = _field(body, "attempt", int, where=where)
+    if attempt < 1:
+        raise BadRequest(f"{where}attempt must be 1 or more, got {attempt!r}")
+    fields: dict = {}
+    if event == "started":
+        fields["worker"] = _field(body, "worker", str, where=where)
+    elif event == "progress":
+        fields["progress"] = _progress(body, where)
+        fields["message"] = _field(body, "message", str, required=False, where=where)
+    elif event == "completed":
+        fields["result"] = body.get("result")
+    else:
+        fields["error"] = _field(body, "error", str, where=where)
+    return reports.Report(job_id=job_id, attempt=attempt, event=event, age=age, **fields)
+
+
+@bp.post("/reports")
+def batch():
+    """Apply a worker's batch of reports in order; one answer per report (none: a check of the token).
+
+    Body: ``{"sent_at": <unix time>, "reports": [{"job_id", "attempt", "event", "at", ...}]}``,
+    ``at`` and ``sent_at`` by the worker's clock (only their difference is used).
+    """
+    body = json_body()
+    items = body.get("reports")
+    if not isinstance(items, list) or len(items) > reports.MAX_BATCH:
+        raise BadRequest(f"reports must be a list of at most {reports.MAX_BATCH} reports")
+    sent_at = _field(body, "sent_at", (int, float), required=False)
+    batch = []
+    for index, item in enumerate(items):
+        where = f"reports[{index}]."
+        if not isinstance(item, dict):
+            raise BadRequest(f"reports[{index}] must be an object")
+        unknown = sorted(set(item) - _FIELDS)
+        if unknown:
+            raise BadRequest(f"{where}{unknown[0]} is not a report field")
+        event = item.get("event")
+        if event not in reports.EVENTS:
+            raise BadRequest(f"{where}event must be one of {', '.join(reports.EVENTS)}, got {event!r}")
+        job_id = _field(item, "job_id", str, where=where)
+        at = _field(item, "at", (int, float), required=False, where=where)
+        age = sent_at - at if sent_at is not None and at is not None else 0.0
+        batch.append(_report(item, event, job_id, age=age, where=where))
+    return jsonify({"results": reports.apply(_jobs(), batch)})
+
+
+def _one(job_id: str, event: str):
+    job = reports.apply_one(_jobs(), _report(json_body(), event, job_id))
+    return jsonify(job_dict(job))
 
 
 @bp.post("/jobs/<job_id>/started")
 def started(job_id: str):
-    body = json_body()
-    job = _jobs().mark_started(job_id, attempt=_field(body, "attempt", int), worker=_field(body, "worker", str))
-    if job.attempt == 1 and job.started_at is not None:
-        QUEUE_WAIT_SECONDS.labels(job.task).observe((job.started_at - job.created_at).total_seconds())
-    return jsonify(job_dict(job))
+    return _one(job_id, "started")
 
 
 @bp.post("/jobs/<job_id>/progress")
 def progress(job_id: str):
-    body = json_body()
-    value = _field(body, "progress", (int, float))
-    if not 0 <= value <= 100:
-        raise BadRequest(f"progress must be within 0-100, got {value!r}")
-    job = _jobs().update_job_progress(
-        job_id,
-        attempt=_field(body, "attempt", int),
-        progress=int(value),
-        message=_field(body, "message", str, required=False),
-    )
-    return jsonify(job_dict(job))
+    return _one(job_id, "progress")
 
 
 @bp.post("/jobs/<job_id>/completed")
 def completed(job_id: str):
-    body = json_body()
-    job = _jobs().mark_completed(job_id, attempt=_field(body, "attempt", int), result=body.get("result"))
-    _observe_run(job)
-    return jsonify(job_dict(job))
+    return _one(job_id, "completed")
 
 
 @bp.post("/jobs/<job_id>/failed")
 def failed(job_id: str):
-    body = json_body()
-    job = _jobs().mark_failed(job_id, attempt=_field(body, "attempt", int), error=_field(body, "error", str))
-    _observe_run(job)
-    return jsonify(job_dict(job))
-
-
-def _observe_run(job) -> None:
-    if job.started_at is not None and job.completed_at is not None:
-        JOB_RUN_SECONDS.labels(job.task, job.status).observe((job.completed_at - job.started_at).total_seconds())
+    return _one(job_id, "failed")
