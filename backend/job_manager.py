@@ -342,10 +342,12 @@ class JobManager:
 
     # -- worker reports -----------------------------------------------------------------
 
-    def mark_started(self, job_id: str, *, attempt: int, worker: str) -> Job:
+    # ``at``: when the worker says the event happened (default: now).
+
+    def mark_started(self, job_id: str, *, attempt: int, worker: str, at: datetime | None = None) -> Job:
         with transaction(self.sessions) as session:
             job = self._load(session, job_id)
-            now = utcnow()
+            now = at or utcnow()
             changed = self._transition(
                 session, job, JobStatus.PROCESSING, attempt=attempt, started_at=now, worker=worker
             )
@@ -377,11 +379,13 @@ class JobManager:
             session.refresh(job)
             return job
 
-    def mark_completed(self, job_id: str, *, attempt: int, result: object) -> Job:
+    def mark_completed(self, job_id: str, *, attempt: int, result: object, at: datetime | None = None) -> Job:
         # The errors of earlier attempts stay in their attempt rows.
-        return self._finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=100, error=None)
+        return self._finish(job_id, attempt, JobStatus.COMPLETED, at=at, result=result, progress=100, error=None)
 
-    def mark_failed(self, job_id: str, *, attempt: int, error: str, backoff: bool = True) -> Job:
+    def mark_failed(
+        self, job_id: str, *, attempt: int, error: str, backoff: bool = True, at: datetime | None = None
+    ) -> Job:
         """Record a failed attempt: a new attempt when retries are left, else FAILED.
 
         Args:
@@ -396,16 +400,19 @@ class JobManager:
                 retried = False
             else:
                 retry_number = job.retry_count + 1
-                at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
+                retry_at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
                 retried = self._new_attempt(
-                    session, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=at, error=error
-                )
+                    session, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=retry_at,
+                    error=error,
+                )  # fmt: skip
                 if retried:
-                    self._end_attempt(session, job_id, attempt, JobStatus.FAILED, error, utcnow())
-                    log.info("job %s attempt %s failed; retry %s at %s", job_id, attempt, retry_number, at or "once")
+                    self._end_attempt(session, job_id, attempt, JobStatus.FAILED, error, at or utcnow())
+                    log.info(
+                        "job %s attempt %s failed; retry %s at %s", job_id, attempt, retry_number, retry_at or "once"
+                    )
         if retried:
             return self.enqueue_job(job_id)
-        return self._finish(job_id, attempt, JobStatus.FAILED, error=error)
+        return self._finish(job_id, attempt, JobStatus.FAILED, at=at, error=error)
 
     def end_job(self, job_id: str, *, error: str) -> Job:
         """End a live job as FAILED now, retries or not (maintenance)."""
@@ -485,10 +492,12 @@ class JobManager:
             started_at=None, completed_at=None, worker=None, **fields,
         )  # fmt: skip
 
-    def _finish(self, job_id: str, attempt: int, target: JobStatus, **fields) -> Job:
+    def _finish(self, job_id: str, attempt: int, target: JobStatus, *, at: datetime | None = None, **fields) -> Job:
         with transaction(self.sessions) as session:
             job = self._load(session, job_id)
-            now = utcnow()
+            now = at or utcnow()
+            if job.started_at is not None and job.attempt == attempt:
+                now = max(now, job.started_at)
             changed = self._transition(session, job, target, attempt=attempt, completed_at=now, **fields)
             if changed:
                 self._end_attempt(session, job_id, attempt, target, fields.get("error"), now)

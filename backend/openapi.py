@@ -159,6 +159,46 @@ SCHEMAS = {
             "error": {"type": "string"},
         },
     },
+    "ReportBatch": {
+        "type": "object",
+        "required": ["reports"],
+        "properties": {
+            "sent_at": {"type": "number", "description": "the worker's clock when sending (unix seconds)"},
+            "reports": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {
+                    "type": "object",
+                    "required": ["job_id", "attempt", "event"],
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "attempt": {"type": "integer", "minimum": 1},
+                        "event": {"type": "string", "enum": ["started", "progress", "completed", "failed"]},
+                        "at": {"type": "number", "description": "the worker's clock at the event"},
+                        "worker": {"type": "string"},
+                        "progress": {"type": "number", "minimum": 0, "maximum": 100},
+                        "message": NULLABLE_STRING,
+                        "result": {},
+                        "error": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "ReportAnswers": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "integer", "enum": [200, 404, 409]}, "error": {"type": "string"}},
+                },
+            }
+        },
+    },
 }
 
 
@@ -264,6 +304,12 @@ def spec() -> dict:
                 },
             }
         },
+    }
+    paths["/internal/reports"] = {
+        "post": {
+            **_op("Worker reports, in a batch", "200", _ref("ReportAnswers"), body=_ref("ReportBatch")),
+            **internal,
+        }
     }
     for event in ("started", "progress", "completed", "failed"):
         paths[f"/internal/jobs/{{job_id}}/{event}"] = {

@@ -104,7 +104,7 @@ def apply(manager, reports: list[Report]) -> list[dict]:
     _observe(done)
     for job_id in slow:
         for index in by_job[job_id]:
-            answers[index] = _answer_one(manager, reports[index])
+            answers[index] = _answer_one(manager, reports[index], now)
     return answers  # type: ignore[return-value]
 
 
@@ -118,7 +118,7 @@ def _plan(row, reports: list[Report], now: datetime) -> _Plan | None:
         if report.attempt != row.attempt:
             plan.answers.append(_refused(f"attempt {report.attempt} is not the job's current attempt {row.attempt}"))
             continue
-        at = now - timedelta(seconds=min(max(report.age, 0.0), MAX_AGE_SECONDS))
+        at = _event_time(report, now)
         if report.event == "started":
             if status in (_PENDING, _QUEUED):
                 status = _PROCESSING
@@ -227,14 +227,15 @@ def _observe(plans: list[_Plan]) -> None:
             )  # fmt: skip
 
 
-def apply_one(manager, report: Report) -> Job:
+def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
     """One report through the job manager, in its own transaction; the job as it is after.
 
     Raises:
         JobServiceError: the report is refused (404 no such job, 409 stale or backwards).
     """
+    at = _event_time(report, now or utcnow())
     if report.event == "started":
-        job = manager.mark_started(report.job_id, attempt=report.attempt, worker=report.worker or "unknown")
+        job = manager.mark_started(report.job_id, attempt=report.attempt, worker=report.worker or "unknown", at=at)
         if job.attempt == 1 and job.started_at is not None:
             QUEUE_WAIT_SECONDS.labels(job.task).observe((job.started_at - job.created_at).total_seconds())
         return job
@@ -243,22 +244,28 @@ def apply_one(manager, report: Report) -> Job:
             report.job_id, attempt=report.attempt, progress=report.progress, message=report.message
         )
     if report.event == "completed":
-        job = manager.mark_completed(report.job_id, attempt=report.attempt, result=report.result)
+        job = manager.mark_completed(report.job_id, attempt=report.attempt, result=report.result, at=at)
     else:
-        job = manager.mark_failed(report.job_id, attempt=report.attempt, error=report.error or "the task failed")
+        error = report.error or "the task failed"
+        job = manager.mark_failed(report.job_id, attempt=report.attempt, error=error, at=at)
     if job.started_at is not None and job.completed_at is not None:
         JOB_RUN_SECONDS.labels(job.task, job.status).observe((job.completed_at - job.started_at).total_seconds())
     return job
 
 
-def _answer_one(manager, report: Report) -> dict:
+def _answer_one(manager, report: Report, now: datetime) -> dict:
     try:
-        apply_one(manager, report)
+        apply_one(manager, report, now=now)
     except JobServiceError as exc:
         if exc.status >= 500:
             raise
         return {"status": exc.status, "error": exc.message}
     return {"status": 200}
+
+
+def _event_time(report: Report, now: datetime) -> datetime:
+    """When the event happened: ``now`` less the report's age (clock offsets cancel out)."""
+    return now - timedelta(seconds=min(max(report.age, 0.0), MAX_AGE_SECONDS))
 
 
 def _refused(reason: str) -> dict:

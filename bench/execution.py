@@ -1,8 +1,10 @@
 """a. Execution: N no-op jobs drained by W burst workers, ours against raw RQ.
 
 Ours: N jobs submitted through ``POST /tasks/bench_noop/batch`` (not timed), then W
-``backend/worker.py --burst`` workers; elapsed = from starting the workers to the last
-``completed_at`` in the store, once the store says COMPLETED for all N.
+``backend/worker.py --burst`` workers; elapsed = from starting the workers to the moment the
+store recorded the last completion (the last ``updated_at``, written by the API when it applies
+a report; ``completed_at`` is the worker's time of the end), once the store says COMPLETED for
+all N.
 Raw: the same N calls of the same function put on a queue with ``Queue.enqueue`` (JSON
 serializer), then W ``rq worker --burst`` of the same class; elapsed = from starting the
 workers to the last job's ``ended_at`` in RQ.
@@ -30,7 +32,7 @@ def _rq_time(raw: bytes) -> float:
 
 
 def _ours_span(db_path, ids: list[str]) -> tuple[float, float, int]:
-    """(first started_at, last completed_at, completed count) of ``ids`` in the store."""
+    """(first started_at, last updated_at, completed count) of ``ids`` in the store."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     first, last, done = float("inf"), 0.0, 0
     try:
@@ -38,7 +40,7 @@ def _ours_span(db_path, ids: list[str]) -> tuple[float, float, int]:
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             row = conn.execute(
-                f"SELECT min(started_at), max(completed_at), count(*) FROM jobs "
+                f"SELECT min(started_at), max(updated_at), count(*) FROM jobs "
                 f"WHERE status = 'COMPLETED' AND id IN ({marks})",
                 chunk,
             ).fetchone()
