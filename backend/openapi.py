@@ -73,7 +73,7 @@ SCHEMAS = {
             "updated_at": NULLABLE_STRING,
             "started_at": NULLABLE_STRING,
             "completed_at": NULLABLE_STRING,
-            "attempt": {"type": "integer", "minimum": 1},
+            "attempt": {"type": "integer"},
             "retry_count": {"type": "integer", "minimum": 0},
             "max_retries": {"type": "integer", "minimum": 0},
             "next_retry_at": NULLABLE_STRING,
@@ -172,7 +172,7 @@ SCHEMAS = {
                     "required": ["job_id", "attempt", "event"],
                     "properties": {
                         "job_id": {"type": "string"},
-                        "attempt": {"type": "integer", "minimum": 1},
+                        "attempt": {"type": "integer"},
                         "event": {"type": "string", "enum": ["started", "progress", "completed", "failed"]},
                         "at": {"type": "number", "description": "the worker's clock at the event"},
                         "worker": {"type": "string"},

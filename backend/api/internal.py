@@ -48,8 +48,6 @@ def _progress(body: dict, where: str = "") -> int:
 def _report(body: dict, event: str, job_id: str, *, age: float = 0.0, where: str = "") -> reports.Report:
     """A checked report of ``event`` from a request body (or one item of a batch)."""
     attempt = _field(body, "attempt", int, where=where)
-    if attempt < 1:
-        raise BadRequest(f"{where}attempt must be 1 or more, got {attempt!r}")
     fields: dict = {}
     if event == "started":
         fields["worker"] = _field(body, "worker", str, where=where)
