@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 from backend.models import JobCount
 from backend.store import dialect_insert
 
+# Core statements on the table, run on the session's connection: no ORM machinery per call.
+_TABLE = JobCount.__table__
 _DECREMENT = (
-    update(JobCount)
-    .where(JobCount.task == bindparam("t"), JobCount.status == bindparam("s"))
-    .values(count=JobCount.count - bindparam("n"))
-    .execution_options(synchronize_session=False)
+    update(_TABLE)
+    .where(_TABLE.c.task == bindparam("t"), _TABLE.c.status == bindparam("s"))
+    .values(count=_TABLE.c.count - bindparam("n"))
 )
 _INCREMENT: dict[str, object] = {}
 
@@ -26,19 +27,20 @@ def _increment(dialect: str):
     # statement cost several times what executing it does.
     if dialect not in _INCREMENT:
         insert = dialect_insert(dialect)
-        statement = insert(JobCount).values(task=bindparam("t"), status=bindparam("s"), count=bindparam("n"))
+        statement = insert(_TABLE).values(task=bindparam("t"), status=bindparam("s"), count=bindparam("n"))
         _INCREMENT[dialect] = statement.on_conflict_do_update(
-            index_elements=[JobCount.task, JobCount.status], set_={"count": JobCount.count + statement.excluded.count}
+            index_elements=[_TABLE.c.task, _TABLE.c.status], set_={"count": _TABLE.c.count + statement.excluded.count}
         )
     return _INCREMENT[dialect]
 
 
 def bump(session: Session, task: str, *, old: str | None, new: str | None, by: int = 1) -> None:
     """Move ``by`` jobs of ``task`` from status ``old`` to status ``new`` (None: from/to nowhere)."""
+    connection = session.connection()
     if old is not None:
-        session.execute(_DECREMENT, {"t": task, "s": old, "n": by})
+        connection.execute(_DECREMENT, {"t": task, "s": old, "n": by})
     if new is not None:
-        session.execute(_increment(session.get_bind().dialect.name), {"t": task, "s": new, "n": by})
+        connection.execute(_increment(connection.dialect.name), {"t": task, "s": new, "n": by})
 
 
 def by_status(session: Session) -> dict[str, int]:

@@ -186,6 +186,16 @@ class QueueAdapter:
         except Exception:
             return None
 
+    def existing(self, rq_ids: list[str]) -> set[str]:
+        """The ids among ``rq_ids`` whose RQ job hash exists (one pipelined EXISTS each)."""
+        if not rq_ids:
+            return set()
+        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            for rq_id in rq_ids:
+                pipe.exists(RQJob.key_for(rq_id))
+            found = pipe.execute()
+        return {rq_id for rq_id, present in zip(rq_ids, found, strict=True) if present}
+
     def queued_ids(self) -> set[str]:
         """Every RQ job id waiting in the three queue lists."""
         with self._guard(), self.connection.pipeline(transaction=False) as pipe:

@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from redis.exceptions import LockError, RedisError
 from rq.job import Job as RQJob
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from backend import leases
 from backend.errors import JobServiceError
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "jobservice:reconciler:lock"
 LOCK_SECONDS = 15
+_LIVE = select(Job.id, Job.status, Job.attempt, Job.worker, Job.rq_job_id).where(
+    Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
+    Job.updated_at < bindparam("cutoff"),
+)
 # RQ statuses, as text (rq.job.JobStatus values).
 _WAITING = {"queued", "deferred", "scheduled"}
 _ENDED = {"finished", "failed", "stopped", "canceled"}
@@ -105,14 +109,8 @@ class Reconciler:
         report = Report()
         cutoff = utcnow() - self.grace
         with self.manager.sessions() as session:
-            live = list(
-                session.scalars(
-                    select(Job).where(
-                        Job.status.in_([JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING]),
-                        Job.updated_at < cutoff,
-                    )
-                )
-            )
+            # Only what a verdict needs: a backlog of many thousand queued jobs is read each pass.
+            live = list(session.execute(_LIVE, {"cutoff": cutoff}))
         if not live:
             return report
         suspects = self.diagnose(live)
@@ -147,12 +145,19 @@ class Reconciler:
             patient: count a worker dead only once its lease was seen missing for a while
                 (False: as soon as it is missing, for operators' commands).
         """
-        rq_jobs = self.queues.fetch_many([job.rq_job_id for job in jobs])
         queued_ids = self.queues.queued_ids()
+        # A job waiting in its queue, its hash present, is fine: only the others' RQ jobs are
+        # read (a backlog of thousands would otherwise be read and decoded every pass).
+        waiting = self.queues.existing(
+            [job.rq_job_id for job in jobs if job.status == JobStatus.QUEUED and job.rq_job_id in queued_ids]
+        )
+        rq_jobs = self.queues.fetch_many([job.rq_job_id for job in jobs if job.rq_job_id not in waiting])
         workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
         dead = self._dead_workers({name or "" for name in workers}, patient=patient)
         verdicts: dict[str, tuple[str, RQJob | None]] = {}
         for job in jobs:
+            if job.rq_job_id in waiting:
+                continue
             rq_job = rq_jobs.get(job.rq_job_id)
             action = self._verdict(job, rq_job, queued_ids, dead)
             if action is not None:

@@ -37,10 +37,12 @@ _PENDING, _QUEUED, _PROCESSING = JobStatus.PENDING.value, JobStatus.QUEUED.value
 _COMPLETED = JobStatus.COMPLETED.value
 _TERMINAL = frozenset(status.value for status in TERMINAL)
 
+# Core statements on the tables, run on the session's connection: no ORM machinery per report.
+_JOBS, _ATTEMPTS = Job.__table__, Attempt.__table__
 _READ = select(
-    Job.id, Job.status, Job.attempt, Job.task, Job.worker, Job.created_at, Job.started_at,
-    Job.webhook_url, Job.has_dependants,
-).where(Job.id.in_(bindparam("ids", expanding=True)))  # fmt: skip
+    _JOBS.c.id, _JOBS.c.status, _JOBS.c.attempt, _JOBS.c.task, _JOBS.c.created_at, _JOBS.c.started_at,
+    _JOBS.c.webhook_url, _JOBS.c.has_dependants,
+).where(_JOBS.c.id.in_(bindparam("ids", expanding=True)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ def apply(manager, reports: list[Report]) -> list[dict]:
     slow: list[str] = []
     done: list[_Plan] = []
     with transaction(manager.sessions) as session:
-        rows = {row.id: row for row in session.execute(_READ, {"ids": list(by_job)})}
+        connection = session.connection()
+        rows = {row.id: row for row in connection.execute(_READ, {"ids": list(by_job)})}
         for job_id, indices in by_job.items():
             row = rows.get(job_id)
             if row is None:
@@ -92,14 +95,14 @@ def apply(manager, reports: list[Report]) -> list[dict]:
                     answers[index] = {"status": 404, "error": f"no job {job_id!r}"}
                 continue
             plan = _plan(row, [reports[index] for index in indices], now)
-            if plan is None or (plan.values and not _write(session, plan, now)):
+            if plan is None or (plan.values and not _write(connection, plan, now)):
                 slow.append(job_id)
                 continue
             for index, answer in zip(indices, plan.answers, strict=True):
                 answers[index] = answer
             if plan.values:
                 done.append(plan)
-        _record_attempts(session, done)
+        _record_attempts(connection, done)
         _count(session, done)
     _observe(done)
     for job_id in slow:
@@ -152,22 +155,22 @@ def _plan(row, reports: list[Report], now: datetime) -> _Plan | None:
 _UPDATES: dict[tuple[str, ...], object] = {}
 
 
-def _write(session, plan: _Plan, now: datetime) -> bool:
+def _write(connection, plan: _Plan, now: datetime) -> bool:
     """Compare-and-set the job's row; False when someone else changed it since our read."""
     plan.values["updated_at"] = now
     shape = tuple(sorted(plan.values))
     statement = _UPDATES.get(shape)
     if statement is None:
         # One prebuilt statement per set of columns: building one costs more than running it.
+        c = _JOBS.c
         statement = (
-            update(Job)
-            .where(Job.id == bindparam("_id"), Job.status == bindparam("_status"), Job.attempt == bindparam("_attempt"))
+            update(_JOBS)
+            .where(c.id == bindparam("_id"), c.status == bindparam("_status"), c.attempt == bindparam("_attempt"))
             .values({name: bindparam(name) for name in shape})
-            .execution_options(synchronize_session=False)
         )
         _UPDATES[shape] = statement
     params = dict(plan.values, _id=plan.job_id, _status=plan.old_status, _attempt=plan.attempt)
-    return session.execute(statement, params).rowcount == 1
+    return connection.execute(statement, params).rowcount == 1
 
 
 _ATTEMPT_STATEMENTS: dict[str, tuple[object, object]] = {}
@@ -176,17 +179,18 @@ _ATTEMPT_STATEMENTS: dict[str, tuple[object, object]] = {}
 def _attempt_statements(dialect: str):
     if dialect not in _ATTEMPT_STATEMENTS:
         insert = dialect_insert(dialect)
-        opened = insert(Attempt).on_conflict_do_nothing(index_elements=[Attempt.job_id, Attempt.attempt])
-        ended = insert(Attempt)
+        key = [_ATTEMPTS.c.job_id, _ATTEMPTS.c.attempt]
+        opened = insert(_ATTEMPTS).on_conflict_do_nothing(index_elements=key)
+        ended = insert(_ATTEMPTS)
         ended = ended.on_conflict_do_update(
-            index_elements=[Attempt.job_id, Attempt.attempt],
+            index_elements=key,
             set_={"ended_at": ended.excluded.ended_at, "outcome": ended.excluded.outcome, "error": None},
         )
         _ATTEMPT_STATEMENTS[dialect] = (opened, ended)
     return _ATTEMPT_STATEMENTS[dialect]
 
 
-def _record_attempts(session, plans: list[_Plan]) -> None:
+def _record_attempts(connection, plans: list[_Plan]) -> None:
     opened, ended = [], []
     for plan in plans:
         worker, started_at = plan.start if plan.start is not None else (None, None)
@@ -195,11 +199,11 @@ def _record_attempts(session, plans: list[_Plan]) -> None:
             ended.append(dict(row, ended_at=plan.end, outcome=_COMPLETED, error=None))
         elif plan.start is not None:
             opened.append(dict(row, ended_at=None, outcome=None, error=None))
-    open_statement, end_statement = _attempt_statements(session.get_bind().dialect.name)
+    open_statement, end_statement = _attempt_statements(connection.dialect.name)
     if opened:
-        session.execute(open_statement, opened)
+        connection.execute(open_statement, opened)
     if ended:
-        session.execute(end_statement, ended)
+        connection.execute(end_statement, ended)
 
 
 def _count(session, plans: list[_Plan]) -> None:

@@ -6,6 +6,8 @@ python -m bench.profile phases           # a worker's time per job: its reports 
 python -m bench.profile spy drain|poll|submit [--py-spy PATH]
                                          # py-spy under load; needs py-spy, e.g.
                                          #   python3 -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install py-spy
+python -m bench.profile cpu [-w 2]       # CPU seconds per job of the API, the workers and Redis
+                                         #   while W simple workers drain N jobs, ours and raw RQ
 python -m bench.profile query            # the tenant list queries on the 1M store, with and
                                          #   without a composite index (on a scratch copy)
 """
@@ -31,10 +33,12 @@ from bench import storedb
 from bench.common import (
     CACHE_DIR,
     PY,
+    RAW_QUEUE,
     ROOT,
     TOKEN,
     Stack,
     Workdir,
+    cpu_seconds,
     emit,
     ms,
     pct,
@@ -376,6 +380,58 @@ def query(args) -> None:
         workdir.cleanup()
 
 
+# -- CPU by process -----------------------------------------------------------------------
+
+
+def cpu(args) -> None:
+    """Where the CPU goes while W simple workers drain N jobs: ours against raw RQ.
+
+    Counted from the moment the workers start (submission excluded) to the end of the drain;
+    the workers' CPU is read from the exit accounting of this process's children.
+    """
+    import os
+
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from bench.execution import _ours_span
+
+    workdir = Workdir()
+    try:
+        with Stack(workdir, "cpu") as stack:
+            api_pids, redis_pid = [stack.api.process.pid, *stack.api.worker_pids()], [stack.redis.process.pid]
+            for kind in ("ours", "raw"):
+                if kind == "ours":
+                    ids = submit_batches(stack.url, "bench_noop", args.n)
+                else:
+                    queue = Queue(RAW_QUEUE, connection=stack.redis_client(), serializer=JSONSerializer)
+                    ids = [queue.enqueue("bench.rawtasks.noop").id for _ in range(args.n)]
+                api0, redis0, children0, t0 = cpu_seconds(api_pids), cpu_seconds(redis_pid), os.times(), time.time()
+                procs = [stack.worker(kind, True) for _ in range(args.w)]
+                for proc in procs:
+                    proc.wait(timeout=600)
+                if kind == "ours":
+                    while _ours_span(stack.db_path, ids)[2] < args.n:
+                        time.sleep(0.01)
+                elapsed = time.time() - t0
+                children1 = os.times()
+                workers = (children1.children_user - children0.children_user) + (
+                    children1.children_system - children0.children_system
+                )
+                use = {
+                    "api": cpu_seconds(api_pids) - api0,
+                    "workers": workers,
+                    "redis": cpu_seconds(redis_pid) - redis0,
+                }
+                emit(
+                    f"{kind}: W={args.w} N={args.n}: {args.n / elapsed:.0f} jobs/s; CPU ms per job: "
+                    + ", ".join(f"{name} {1e3 * value / args.n:.2f}" for name, value in use.items())
+                    + f", total {1e3 * sum(use.values()) / args.n:.2f}"
+                )
+    finally:
+        workdir.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -391,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--py-spy", default=None)
     p.add_argument("--out", default="/tmp/bench-profiles")
     p.set_defaults(func=spy)
+    p = sub.add_parser("cpu")
+    p.add_argument("-n", type=int, default=3000)
+    p.add_argument("-w", type=int, default=2)
+    p.set_defaults(func=cpu)
     p = sub.add_parser("query")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.set_defaults(func=query)
