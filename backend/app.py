@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 from flask import Flask  # noqa: E402
 
 from backend import api, cli, config, dashboard, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
-from backend.errors import register_error_handlers  # noqa: E402
+from backend.api.error_handlers import register_error_handlers  # noqa: E402
 from backend.periodic import PeriodicThread  # noqa: E402
 from backend.services import build_services  # noqa: E402
 from backend.webhooks import Dispatcher  # noqa: E402

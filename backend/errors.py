@@ -1,18 +1,10 @@
 """The service's exceptions: one root, a subclass per failure, each mapped to an HTTP status.
 
-``register_error_handlers`` turns every one of them, and every HTTP error Flask raises,
-into the JSON error body of the contract: ``{"error": {"code", "message", "details"}}``.
+``backend.api.error_handlers`` turns them into the contract's JSON error bodies. This module
+imports no web framework: workers use it too.
 """
 
 from __future__ import annotations
-
-import logging
-
-from flask import Flask, jsonify
-from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
 
 
 class JobServiceError(Exception):
@@ -107,38 +99,3 @@ class ServiceUnavailable(JobServiceError):
 
     def __init__(self, message: str, *, retry_after: int = 5, details: object = None):
         super().__init__(message, details=details, headers={"Retry-After": str(retry_after)})
-
-
-def error_response(status: int, code: str, message: str, details: object = None, headers=None):
-    """Build the contract's JSON error answer."""
-    response = jsonify({"error": {"code": code, "message": message, "details": details}})
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Map the service's exceptions and Flask's HTTP errors to JSON answers; never an HTML 500."""
-
-    @app.errorhandler(JobServiceError)
-    def _service_error(exc: JobServiceError):
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        headers = {}
-        if exc.code == 405 and exc.valid_methods:
-            headers["Allow"] = ", ".join(exc.valid_methods)
-        return error_response(exc.code or 500, code, exc.description or exc.name, None, headers)
-
-    @app.errorhandler(OperationalError)
-    def _store_down(exc: OperationalError):
-        log.error("job store unavailable: %s", exc.orig)
-        return error_response(503, "service_unavailable", "the job store is unavailable", None, {"Retry-After": "5"})
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error; the incident was logged")

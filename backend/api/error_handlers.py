@@ -1,0 +1,51 @@
+"""JSON answers for every error: the service's exceptions, Flask's HTTP errors, a store that
+is down and anything unexpected, as ``{"error": {"code", "message", "details"}}``; never an
+HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from backend.errors import JobServiceError
+
+log = logging.getLogger("backend.errors")
+
+
+def error_response(status: int, code: str, message: str, details: object = None, headers=None):
+    """Build the contract's JSON error answer."""
+    response = jsonify({"error": {"code": code, "message": message, "details": details}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map the service's exceptions and Flask's HTTP errors to JSON answers; never an HTML 500."""
+
+    @app.errorhandler(JobServiceError)
+    def _service_error(exc: JobServiceError):
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        headers = {}
+        if exc.code == 405 and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return error_response(exc.code or 500, code, exc.description or exc.name, None, headers)
+
+    @app.errorhandler(OperationalError)
+    def _store_down(exc: OperationalError):
+        log.error("job store unavailable: %s", exc.orig)
+        return error_response(503, "service_unavailable", "the job store is unavailable", None, {"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error; the incident was logged")
