@@ -1,7 +1,8 @@
 """``backend/worker.py`` with timers around the phases of each job, for ``python -m bench.profile phases``.
 
-It wraps (never changes) the worker's classes: each report to the API, our ``perform_job``
-(the task plus both reports) and, for the forking worker, the parent's fork and wait. Each
+It wraps (never changes) the worker's classes: each batch of reports the sender thread posts,
+our ``prepare_job_execution`` (RQ's bookkeeping plus the fence check), our ``perform_job`` and,
+for the forking worker, the parent's fork and wait. Each
 measurement is appended as a JSON line to the file named by ``BENCH_TIMINGS``.
 """
 
@@ -41,8 +42,9 @@ def _timed(owner, name: str, label) -> None:
     setattr(owner, name, wrapper)
 
 
-_timed(Reporter, "_post_reliably", lambda self, args: f"report {args[1]} (worker waits for the API)")
-_timed(service_worker.ReportingMixin, "perform_job", "perform_job: the task and both reports")
+_timed(Reporter, "_send", "sender thread: one batch of reports (no job waits)")
+_timed(service_worker.ReportingMixin, "prepare_job_execution", "prepare_job_execution: RQ's, then the fence")
+_timed(service_worker.ReportingMixin, "perform_job", "perform_job: the task, reports queued")
 _timed(Worker, "fork_work_horse", "parent: fork")
 _timed(Worker, "monitor_work_horse", "parent: wait for the work horse")
 _timed(Worker, "execute_job", "parent: execute_job, whole job")
