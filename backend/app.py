@@ -17,6 +17,7 @@ from flask import Flask  # noqa: E402
 
 from backend import api, cli, config, dashboard, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
 from backend.api.error_handlers import register_error_handlers  # noqa: E402
+from backend.job_reads import JobReader  # noqa: E402
 from backend.periodic import PeriodicThread  # noqa: E402
 from backend.services import build_services  # noqa: E402
 from backend.webhooks import Dispatcher  # noqa: E402
@@ -37,6 +38,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["engine"] = services.engine
     app.extensions["redis"] = services.redis
     app.extensions["jobs"] = services.jobs
+    app.extensions["job_reader"] = JobReader(services.engine, services.jobs)
     app.extensions["reconciler"] = services.reconciler
     app.extensions["schedules"] = services.schedules
     reconciler = services.reconciler

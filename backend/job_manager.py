@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -264,13 +264,16 @@ class JobManager:
     # -- reading ------------------------------------------------------------------------
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
-        """Return a job; with ``owner``, only that owner's.
+        """Return a read-only snapshot of a job (its row; the ``Job`` attributes); with
+        ``owner``, only that owner's.
+
+        The polling path: one prebuilt Core SELECT on a pooled connection, no ORM session.
 
         Raises:
             NotFound: no such job, or it belongs to someone else.
         """
-        with self.sessions() as session:
-            job = session.get(Job, job_id)
+        with self.sessions.kw["bind"].connect() as connection:
+            job = connection.execute(_GET_JOB, {"id": job_id}).first()
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job {job_id!r}")
         return job
@@ -595,6 +598,7 @@ class JobManager:
         return job
 
 
+_GET_JOB = select(Job.__table__).where(Job.__table__.c.id == bindparam("id"))
 _NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
 _TERMINAL_VALUES = [status.value for status in TERMINAL]
 

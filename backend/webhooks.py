@@ -175,7 +175,8 @@ class Dispatcher:
                 session.execute(
                     update(Job)
                     .where(Job.id == delivery.job_id)
-                    .values(webhook_delivered=values["status"] == "delivered")
+                    # updated_at moves with every change of a job's fields (see job_reads).
+                    .values(webhook_delivered=values["status"] == "delivered", updated_at=now)
                 )
         WEBHOOK_DELIVERIES.labels(values.get("status", "retry")).inc()
         log.info("job %s: webhook %s attempt %s: %s", delivery.job_id, delivery.id, attempts, error or status_code)

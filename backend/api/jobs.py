@@ -20,8 +20,8 @@ def _jobs():
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    job = _jobs().get_job(job_id, owner=g.principal.scope)
-    return jsonify(job_dict(job, waiting_for=_jobs().waiting_for(job)))
+    body = current_app.extensions["job_reader"].json(job_id, owner=g.principal.scope)
+    return current_app.response_class(body, mimetype="application/json")
 
 
 @bp.get("/jobs/<job_id>/webhooks")

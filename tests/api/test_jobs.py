@@ -77,3 +77,42 @@ def test_bad_list_queries_are_422(client, query):
     response = client.get(f"/jobs?{query}")
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "validation_failed"
+
+
+# -- polling the same job: every change shows at once -------------------------------------
+
+
+def test_repeated_polls_see_every_change_of_the_job(client, app):
+    from tests.api.test_internal import AUTH
+
+    job = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
+    url = f"/internal/jobs/{job['job_id']}"
+    seen = [client.get(f"/jobs/{job['job_id']}").get_json()]
+    for event, body in [
+        ("started", {"attempt": 1, "worker": "w"}),
+        ("progress", {"attempt": 1, "progress": 40, "message": "m"}),
+        ("completed", {"attempt": 1, "result": 3}),
+    ]:
+        assert client.post(f"{url}/{event}", json=body, headers=AUTH).status_code == 200
+        again = client.get(f"/jobs/{job['job_id']}").get_json()
+        assert again == client.get(f"/jobs/{job['job_id']}").get_json()
+        seen.append(again)
+    assert [(j["status"], j["progress"]) for j in seen] == [
+        ("QUEUED", 0),
+        ("PROCESSING", 0),
+        ("PROCESSING", 40),
+        ("COMPLETED", 100),
+    ]
+    assert seen[-1]["result"] == 3
+
+
+def test_a_waiting_job_shows_its_parent_ending(client):
+    from tests.api.test_internal import AUTH
+
+    parent = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
+    child = client.post("/tasks/add", json={"args": [1, 2], "depends_on": [parent["job_id"]]}).get_json()
+    assert client.get(f"/jobs/{child['job_id']}").get_json()["waiting_for"] == [parent["job_id"]]
+
+    client.post(f"/internal/jobs/{parent['job_id']}/completed", json={"attempt": 1, "result": 3}, headers=AUTH)
+
+    assert client.get(f"/jobs/{child['job_id']}").get_json()["waiting_for"] == []

@@ -1,0 +1,76 @@
+"""``GET /jobs/<id>``, the path clients poll: the job's JSON, rebuilt only when the job changed.
+
+Every request reads the job's owner and ``updated_at`` from the store (one indexed lookup on a
+pooled DB-API connection, the values compared as the database returns them). When they match
+what this process last served for the job, the JSON built then is sent again; otherwise the
+row is read in full and serialised. Every write of a job's fields moves ``updated_at``, so a
+served body is never older than the store. A job still waiting for dependencies is never
+reused (its ``waiting_for`` depends on other jobs), nor a body over ``MAX_BODY`` bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Engine
+
+from backend.errors import NotFound
+from backend.models import Job
+from backend.representations import job_dict
+
+MAX_ENTRIES = 10_000
+MAX_BODY = 64 * 1024
+
+_STAMP = select(Job.owner, Job.updated_at).where(Job.id == bindparam("id"))
+
+
+class JobReader:
+    def __init__(self, engine: Engine, manager):
+        self.engine = engine
+        self.manager = manager
+        compiled = _STAMP.compile(dialect=engine.dialect)
+        self._stamp_sql = str(compiled)
+        self._positional = bool(compiled.positional)
+        self._bodies: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def json(self, job_id: str, *, owner: str | None) -> bytes:
+        """The job's JSON body; only ``owner``'s job unless ``owner`` is None.
+
+        Raises:
+            NotFound: no such job, or it belongs to someone else.
+        """
+        stamp = self._stamp(job_id)
+        if stamp is None or (owner is not None and stamp[0] != owner):
+            raise NotFound(f"no job {job_id!r}")
+        with self._lock:
+            cached = self._bodies.get(job_id)
+            if cached is not None and cached[0] == stamp:
+                self._bodies.move_to_end(job_id)
+                return cached[1]
+        job = self.manager.get_job(job_id, owner=owner)
+        waiting_for = self.manager.waiting_for(job)
+        body = json.dumps(job_dict(job, waiting_for=waiting_for), separators=(",", ":")).encode()
+        if not waiting_for and len(body) <= MAX_BODY:
+            # Stored under the stamp read before the row: if the job changed in between, the
+            # next request's stamp differs and the body is rebuilt.
+            with self._lock:
+                self._bodies[job_id] = (stamp, body)
+                self._bodies.move_to_end(job_id)
+                while len(self._bodies) > MAX_ENTRIES:
+                    self._bodies.popitem(last=False)
+        return body
+
+    def _stamp(self, job_id: str) -> tuple | None:
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self._stamp_sql, (job_id,) if self._positional else {"id": job_id})
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            connection.close()
+        return tuple(row) if row is not None else None
