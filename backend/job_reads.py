@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from backend.errors import NotFound
 from backend.models import Job
@@ -65,12 +66,18 @@ class JobReader:
         return body
 
     def _stamp(self, job_id: str) -> tuple | None:
-        connection = self.engine.raw_connection()
+        params = (job_id,) if self._positional else {"id": job_id}
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
-            cursor = connection.cursor()
-            cursor.execute(self._stamp_sql, (job_id,) if self._positional else {"id": job_id})
-            row = cursor.fetchone()
-            cursor.close()
-        finally:
-            connection.close()
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self._stamp_sql, params)
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.close()
+        except dbapi_error as exc:
+            # As SQLAlchemy would raise it, so a store that is down answers 503 as elsewhere.
+            raise DBAPIError.instance(self._stamp_sql, params, exc, dbapi_error) from exc
         return tuple(row) if row is not None else None

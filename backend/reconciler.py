@@ -212,6 +212,7 @@ class Reconciler:
             report.requeued.append(job.id)
         elif action == "dead":
             worker = (rq_job.worker_name if rq_job else None) or job.worker or "unknown"
+            self._record_start(job, rq_job)
             error = f"WorkerDied: worker {worker} stopped while running the job"
             after = manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=False)
             if rq_job is not None:
@@ -220,10 +221,20 @@ class Reconciler:
         elif action == "copy":
             self._copy_outcome(job, rq_job, report)
 
+    def _record_start(self, job: Job, rq_job: RQJob | None) -> None:
+        """Copy an attempt's start from RQ when its worker's report never came (the worker
+        died, or its reports were lost): the attempt then names the worker that ran it."""
+        if rq_job is None or job.status not in (JobStatus.PENDING, JobStatus.QUEUED) or not rq_job.worker_name:
+            return
+        with contextlib.suppress(JobServiceError):
+            self.manager.mark_started(
+                job.id, attempt=job.attempt, worker=rq_job.worker_name, at=rq_job.started_at or None
+            )
+
     def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
         status = rq_status(rq_job)
+        self._record_start(job, rq_job)
         if status == "finished":
-            self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name or "unknown")
             self.manager.mark_completed(job.id, attempt=job.attempt, result=rq_job.return_value())
         else:
             error = last_error(rq_job) or f"RQ job {status}"

@@ -154,6 +154,10 @@ def test_an_outcome_whose_report_was_lost_is_copied_from_rq(app, client, setting
     assert report.copied == [job["job_id"]]
     done = client.get(f"/jobs/{job['job_id']}").get_json()
     assert done["status"] == "COMPLETED" and done["result"] == 42
+    # and the attempt names the worker that ran it, with its start, as RQ recorded them
+    [attempt] = client.get(f"/jobs/{job['job_id']}/attempts").get_json()["attempts"]
+    assert (attempt["worker"], attempt["outcome"]) == ("mute", "COMPLETED")
+    assert attempt["started_at"] <= attempt["ended_at"] == done["completed_at"]
 
 
 def test_one_reconciler_acts_at_a_time(app, redis_conn):
