@@ -102,6 +102,10 @@ def init_app(app: Flask) -> None:
             REGISTRY.unregister(old)
         REGISTRY.register(collector)
 
+    # One histogram child per (route, method, status), looked up without prometheus-client's
+    # label checks on every request (the hot polling path runs through here).
+    children: dict[tuple, object] = {}
+
     @app.before_request
     def _start_timer():
         g.request_started = time.perf_counter()
@@ -110,8 +114,10 @@ def init_app(app: Flask) -> None:
     def _observe(response):
         started = g.pop("request_started", None)
         if started is not None:
-            endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            REQUEST_LATENCY.labels(endpoint, request.method, str(response.status_code)).observe(
-                time.perf_counter() - started
-            )
+            rule = request.url_rule
+            key = (rule.rule if rule is not None else "unmatched", request.method, response.status_code)
+            child = children.get(key)
+            if child is None:
+                child = children[key] = REQUEST_LATENCY.labels(key[0], key[1], str(key[2]))
+            child.observe(time.perf_counter() - started)
         return response

@@ -33,7 +33,7 @@ _TIMEOUT = (3.05, 10)
 BATCH_SIZE = 500
 #: How long the sender lets reports gather before a request: a few jobs' reports then share
 #: one request and one transaction, at the cost of the store learning of them that much later.
-LINGER_SECONDS = 0.02
+LINGER_SECONDS = 0.05
 
 
 class Reporter:

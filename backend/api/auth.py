@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class Principal:
         return None if self.is_admin else self.owner
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(address: str | None) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
