@@ -1,10 +1,13 @@
 """c. Polling: ``GET /jobs/<id>`` of a COMPLETED job at 8 connections, against a hello-world
 Flask route served by the same gunicorn configuration (``bench/hello_app.py``).
 
-The two servers are loaded in alternating short rounds (wrk, else a Python keep-alive client)
-and the ratio is the median of the rounds' ratios, so that a burst of load from another
-process hits one round, not one side. Each run also records the CPU time the server's
-gunicorn workers used per request: on a busy machine it moves far less than req/s does.
+The two servers are loaded in alternating short rounds (wrk, else a Python keep-alive client).
+The ratio is each side's best round against the other's (as ``timeit`` takes the fastest of
+its repeats): on this shared VM either server sometimes runs a whole round at ~40% of its
+usual rate with ~1.6x the CPU per request, and that can hit most rounds of one side (once, 5 of
+7 hello-world rounds), which makes the median of the rounds' ratios swing from 0.3 to 2. The
+median is printed too. Each run also records the CPU time the server's gunicorn workers used
+per request.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ def run(workdir: Workdir, results: Results, *, connections: int, duration: float
                 [f"{name} (round {i})", f"{got['rate']:.0f}", ms(got["p50"]), ms(got["p99"]),
                  f"{got['cpu_per_request'] * 1e6:.0f}", *extra]
             )  # fmt: skip
-    ratio = sorted(ratios)[len(ratios) // 2]
-    cpu_ratio = sorted(cpu_ratios)[len(cpu_ratios) // 2]
+    median = sorted(ratios)[len(ratios) // 2]
+    cpu_median = sorted(cpu_ratios)[len(cpu_ratios) // 2]
+    ratio = max(o["rate"] for o, _ in runs) / max(b["rate"] for _, b in runs)
+    cpu_ratio = min(b["cpu_per_request"] for _, b in runs) / min(o["cpu_per_request"] for o, _ in runs)
     emit(
         table(
             f"c. Polling: {connections} connections, {duration:.0f} s per run, {rounds} alternating rounds "
@@ -72,9 +77,11 @@ def run(workdir: Workdir, results: Results, *, connections: int, duration: float
         )
     )
     emit(
-        f"median ours/hello: {ratio:.2f} by req/s, {cpu_ratio:.2f} by server CPU per request "
-        "(hello's CPU µs/req / ours; steadier on a shared machine)"
+        f"ours/hello, best round of each: {ratio:.2f} by req/s, {cpu_ratio:.2f} by server CPU per request "
+        f"(hello's CPU µs/req / ours); median of the rounds' ratios: {median:.2f} by req/s, "
+        f"{cpu_median:.2f} by CPU"
     )
-    results.ratio(f"polling c={connections} (GET /jobs/<id> / hello req/s, median of rounds)", ratio)
-    results.ratio(f"polling c={connections} (hello / GET /jobs/<id> server CPU per request)", cpu_ratio)
+    results.ratio(f"polling c={connections} (GET /jobs/<id> / hello req/s, best round of each)", ratio)
+    results.ratio(f"polling c={connections} (hello / GET /jobs/<id> server CPU per request, best of each)", cpu_ratio)
+    results.ratio(f"polling c={connections} (req/s, median of the rounds' ratios)", median)
     results.check("polling: GET /jobs/<id> / hello-world req/s", f"{ratio:.2f}", ">= 0.70", ratio >= 0.7)

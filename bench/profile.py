@@ -83,6 +83,15 @@ def _package(func: tuple) -> str:
     return "other Python"
 
 
+def _report_batch(client, job_ids: list[str]):
+    """One worker batch: a start and an end for each job."""
+    reports = []
+    for job_id in job_ids:
+        reports.append({"job_id": job_id, "attempt": 1, "event": "started", "worker": "w"})
+        reports.append({"job_id": job_id, "attempt": 1, "event": "completed", "result": None})
+    return client.post("/internal/reports", json={"sent_at": time.time(), "reports": reports}, headers=INTERNAL)
+
+
 def inproc(args) -> None:
     from sqlalchemy import bindparam, event, select, text
 
@@ -104,7 +113,8 @@ def inproc(args) -> None:
         ids = [client.post("/tasks/bench_noop", json={}).get_json()["job_id"] for _ in range(3 * n)]
         cases = [
             ("POST /tasks/bench_noop", lambda i: client.post("/tasks/bench_noop", json={})),
-            ("GET /jobs/<id>", lambda i: client.get(f"/jobs/{ids[i]}")),
+            ("GET /jobs/<id> (first poll: built)", lambda i: client.get(f"/jobs/{ids[i]}")),
+            ("GET /jobs/<id> (again, unchanged)", lambda i: client.get(f"/jobs/{ids[i]}")),
             (
                 "POST /internal/jobs/<id>/started",
                 lambda i: client.post(
@@ -117,8 +127,14 @@ def inproc(args) -> None:
                     f"/internal/jobs/{ids[n + i]}/completed", json={"attempt": 1, "result": None}, headers=INTERNAL
                 ),
             ),
+            ("POST /internal/reports (1 job, 2)", lambda i: _report_batch(client, batch_ids[i : i + 1])),
+            (
+                "POST /internal/reports (10 jobs, 20)",
+                lambda i: _report_batch(client, batch_ids[n + 10 * i : n + 10 * i + 10]),
+            ),
             ("GET /monitoring/queue/stats", lambda i: client.get("/monitoring/queue/stats")),
         ]
+        batch_ids = [client.post("/tasks/bench_noop", json={}).get_json()["job_id"] for _ in range(11 * n)]
         emit(f"in-process (Flask test client, no gunicorn, no HTTP), {n} requests each:")
         emit(f"{'endpoint':38} {'ms/req':>7} {'SQL/req':>8} {'commits/req':>11}")
         for label, call in cases:
