@@ -1,9 +1,9 @@
 """Worker -> API reports over HTTP, with the internal token, sent in batches off the job's path.
 
 A job never waits for the API: ``started``, ``completed`` and ``failed`` are put on a queue
-that one background thread sends to ``POST /internal/reports`` over a keep-alive connection,
-everything gathered so far in one request (a fast job's start and end usually travel
-together). While the API is unreachable the thread retries with exponential backoff, each
+that one background thread sends to ``POST /internal/reports`` over a keep-alive connection:
+everything gathered so far in one request, at once after a quiet spell, else at most one
+request per ``LINGER_SECONDS`` (a fast job's start and end then travel together). While the API is unreachable the thread retries with exponential backoff, each
 report for up to ``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job
 from RQ. The API's refusals (409: the attempt was cancelled or replaced) are kept in
 ``refused``, which the running task sees at its next progress report.
@@ -31,9 +31,10 @@ _BACKOFF_CAP = 5.0
 _TIMEOUT = (3.05, 10)
 #: Reports per request; the API accepts up to 1000.
 BATCH_SIZE = 500
-#: How long the sender lets reports gather before a request: a few jobs' reports then share
-#: one request and one transaction, at the cost of the store learning of them that much later.
-LINGER_SECONDS = 0.05
+#: While reports keep coming, at most one request per this many seconds: the jobs of that
+#: interval share one request and one transaction, at the cost of the store learning of them
+#: up to that much later. A report after a quiet spell is sent at once.
+LINGER_SECONDS = 0.1
 
 
 class Reporter:
@@ -171,11 +172,15 @@ class Reporter:
 
     def _send_forever(self) -> None:
         delay = _BACKOFF_START
+        last_sent = 0.0
         while True:
             with self._wakeup:
                 while not self._outbox:
                     self._wakeup.wait()
-            time.sleep(LINGER_SECONDS)
+            wait = last_sent + LINGER_SECONDS - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            last_sent = time.monotonic()
             with self._wakeup:
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_SIZE))]
                 self._in_flight = len(batch)

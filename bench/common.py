@@ -30,6 +30,9 @@ VENV_BIN = Path(sys.executable).parent
 TOKEN = "bench-internal-token"
 TASK_MODULES = "backend.tasks.examples,bench.tasks"
 RAW_QUEUE = "rawbench"
+#: The queues raw RQ workers listen on: like ours (high, default, low), three in priority order
+#: with the jobs in the second, so both sides pay RQ's same dequeue (an empty LPOP first).
+RAW_WORKER_QUEUES = ("rawbench-high", RAW_QUEUE, "rawbench-low")
 GUNICORN_CONF = "backend/gunicorn_conf.py"
 
 
@@ -277,7 +280,7 @@ class WorkerProc:
                 "--worker-class", "rq.SimpleWorker" if simple else "rq.Worker",
                 "--serializer", "rq.serializers.JSONSerializer",
                 "--url", env["REDIS_URL"], "--logging_level", "WARNING",
-                RAW_QUEUE,
+                *RAW_WORKER_QUEUES,
             ]  # fmt: skip
         if burst:
             command.append("--burst")

@@ -9,6 +9,10 @@ Raw: the same N calls of the same function put on a queue with ``Queue.enqueue``
 serializer), then W ``rq worker --burst`` of the same class; elapsed = from starting the
 workers to the last job's ``ended_at`` in RQ.
 Both sides also get a steady-state rate: N / (last end - first start), without start-up.
+
+Each configuration runs ``rounds`` times, ours and raw alternating; the ratio is each side's
+best run against the other's (the median of the runs' ratios is printed too): on this shared
+VM raw RQ's own W=2 rate moved between 550 and 810 jobs/s from one run to the next.
 """
 
 from __future__ import annotations
@@ -94,40 +98,47 @@ def run_raw(stack: Stack, n: int, workers: int, simple: bool) -> dict:
     return {"elapsed": last - t0, "steady": last - first}
 
 
-def run(workdir: Workdir, results: Results, *, n_simple: int, n_fork: int, worker_counts=(1, 2)) -> None:
+def run(
+    workdir: Workdir, results: Results, *, n_simple: int, n_fork: int, rounds: int = 3, worker_counts=(1, 2)
+) -> None:
     rows = []
     with Stack(workdir, "execution") as stack:
         for simple, n in ((True, n_simple), (False, n_fork)):
             cls = "SimpleWorker" if simple else "Worker (fork)"
             for w in worker_counts:
-                ours = run_ours(stack, n, w, simple)
-                raw = run_raw(stack, n, w, simple)
+                pairs = [(run_ours(stack, n, w, simple), run_raw(stack, n, w, simple)) for _ in range(rounds)]
+                ours = min((o for o, _ in pairs), key=lambda t: t["elapsed"])
+                raw = min((r for _, r in pairs), key=lambda t: t["elapsed"])
                 ours_rate, raw_rate = n / ours["elapsed"], n / raw["elapsed"]
                 ratio = ours_rate / raw_rate
-                steady = (n / ours["steady"]) / (n / raw["steady"])
+                steady = (n / min(o["steady"] for o, _ in pairs)) / (n / min(r["steady"] for _, r in pairs))
+                each = sorted(r["elapsed"] / o["elapsed"] for o, r in pairs)
+                median = each[len(each) // 2]
                 rows.append(
                     [
                         cls, w, n,
                         f"{ours_rate:.0f}", f"{raw_rate:.0f}", f"{ratio:.2f}",
-                        f"{n / ours['steady']:.0f}", f"{n / raw['steady']:.0f}", f"{steady:.2f}",
+                        f"{steady:.2f}", " ".join(f"{x:.2f}" for x in each), f"{median:.2f}",
                     ]
                 )  # fmt: skip
                 emit(f"  execution {cls} W={w} N={n}: ours {ours_rate:.0f}/s, raw {raw_rate:.0f}/s, ratio {ratio:.2f}")
                 label = f"execution {'simple' if simple else 'fork'} W={w}"
-                results.ratio(f"{label} (ours/raw, start to last completion)", ratio)
-                results.ratio(f"{label} (ours/raw, steady state)", steady)
+                results.ratio(f"{label} (ours/raw, best run of each, start to last completion)", ratio)
+                results.ratio(f"{label} (ours/raw, best run of each, steady state)", steady)
+                results.ratio(f"{label} (ours/raw, median of the runs' ratios)", median)
                 results.check(f"{label}: ours/raw jobs/s", f"{ratio:.2f}", ">= 0.70", ratio >= 0.7)
     emit(
         table(
             "a. Execution: no-op jobs drained by burst workers (jobs/s)",
             [
-                "worker class", "W", "N", "ours", "raw RQ", "ours/raw",
-                "ours steady", "raw steady", "steady ratio",
+                "worker class", "W", "N", "ours (best)", "raw RQ (best)", "ours/raw",
+                "steady ratio", "each run's ratio", "median",
             ],
             rows,
         )
     )  # fmt: skip
     emit(
-        "ours/raw: from starting the workers to the last completion in the store (ours) or in RQ (raw);\n"
-        "steady: N / (last end - first start), i.e. without process start-up."
+        "ours/raw: best run of each side, from starting the workers to the last completion recorded\n"
+        "in the store (ours) or in RQ (raw); steady: the same without process start-up, N / (last end -\n"
+        "first start); each run's ratio: ours and raw of the same round."
     )

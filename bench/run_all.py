@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
     parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
+    parser.add_argument("--exec-rounds", type=int, default=3, help="alternating ours/raw runs per configuration")
     parser.add_argument("--submit-n", type=int, default=2000, help="submissions per side")
     parser.add_argument("--clients", type=int, default=8, help="concurrent submission clients")
     parser.add_argument("--poll-seconds", type=float, default=3, help="seconds per wrk run")
@@ -86,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.exec_n_simple, args.exec_n_fork, args.submit_n = 200, 50, 200
+        args.exec_n_simple, args.exec_n_fork, args.submit_n, args.exec_rounds = 200, 50, 200, 1
         args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
         args.latency_simple, args.latency_fork, args.memory_jobs = 20, 10, 1000
     return args
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     plan = [
         ("a", "execution", lambda: execution.run(workdir, results, n_simple=args.exec_n_simple,
-                                                 n_fork=args.exec_n_fork)),
+                                                 n_fork=args.exec_n_fork, rounds=args.exec_rounds)),
         ("b", "submission", lambda: submission.run(workdir, results, count=args.submit_n, clients=args.clients)),
         ("c", "polling", lambda: polling.run(workdir, results, connections=8, duration=args.poll_seconds,
                                              rounds=args.poll_rounds)),
