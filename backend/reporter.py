@@ -3,10 +3,11 @@
 A job never waits for the API: ``started``, ``completed`` and ``failed`` are put on a queue
 that one background thread sends to ``POST /internal/reports`` over a keep-alive connection:
 everything gathered so far in one request, at once after a quiet spell, else at most one
-request per ``LINGER_SECONDS`` (a fast job's start and end then travel together). While the API is unreachable the thread retries with exponential backoff, each
-report for up to ``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job
-from RQ. The API's refusals (409: the attempt was cancelled or replaced) are kept in
-``refused``, which the running task sees at its next progress report.
+request per ``LINGER_SECONDS`` (a fast job's start and end then travel together). While the
+API is unreachable the thread retries with exponential backoff, each report for up to
+``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job from RQ. The API's
+refusals (409: the attempt was cancelled or replaced) are kept in ``refused``, which the running
+task sees at its next progress report.
 
 Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``, the
 latest value wins, and a pending value is flushed by a timer.
