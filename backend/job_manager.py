@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import counts, webhooks
-from backend.errors import InvalidTransition, NotFound, StaleAttempt, ValidationFailed
+from backend.errors import InvalidTransition, NotFound, ServiceUnavailable, StaleAttempt, ValidationFailed
 from backend.logs import job_fields
 from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
@@ -223,8 +223,10 @@ class JobManager:
 
     def _cancel_for_dependency(self, job_id: str, parent: Job) -> Job:
         try:
+            # Its RQ job waits in RQ's deferred registry, which never releases it once the
+            # parent failed: no fence is needed to keep it from running.
             return self.cancel_job(
-                job_id, owner=None, by="dependency", reason=f"dependency {parent.id} {parent.status}"
+                job_id, owner=None, by="dependency", reason=f"dependency {parent.id} {parent.status}", fence=False
             )
         except InvalidTransition:
             return self.get_job(job_id)
@@ -442,40 +444,68 @@ class JobManager:
         return self.enqueue_job(job_id)
 
     def requeue_lost(self, job_id: str, *, attempt: int, reason: str) -> Job:
-        """Start a new attempt of a job that Redis lost before any worker ran it."""
+        """Start a new attempt of a job that Redis lost before any worker ran it.
+
+        The old attempt is fenced first, so a worker that popped it but had not started it
+        never runs it (a RedisError here leaves the job as it was, for the next pass).
+        """
+        self.queues.fence(rq_job_id(job_id, attempt))
         with transaction(self.sessions) as session:
             job = self._load(session, job_id)
             if not self._new_attempt(session, job, attempt, REQUEUE_FROM):
                 return job
             log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
-        try:
-            # A worker that popped the old attempt but had not started it must not run it now.
-            self.queues.fence(rq_job_id(job_id, attempt))
-        except RedisError as exc:
-            log.warning("job %s: could not fence attempt %s: %s", job_id, attempt, exc)
         return self.enqueue_job(job_id)
 
-    def cancel_job(self, job_id: str, *, owner: str | None, by: str, reason: str | None = None) -> Job:
+    def cancel_job(
+        self, job_id: str, *, owner: str | None, by: str, reason: str | None = None, fence: bool = True
+    ) -> Job:
         """Cancel a live job: it leaves its queue, or its worker is told to stop it.
+
+        The attempt is fenced in Redis before the store says CANCELLED: a worker that takes it
+        from then on does not run it, and one that already started it is seen as started and
+        sent RQ's stop-job command. Without Redis nothing is cancelled (503): the store would
+        say CANCELLED while a worker could still run the job. ``fence=False``: cancel in the
+        store even so (a job that no worker can take anyway).
 
         Raises:
             InvalidTransition: the job already ended (409).
+            ServiceUnavailable: Redis is unreachable (503).
         """
-        with transaction(self.sessions) as session:
-            job = self._load(session, job_id, owner=owner)
-            self._transition(
-                session, job, JobStatus.CANCELLED, attempt=None, strict=True, error=reason,
-                cancelled_by=by, cancelled_at=utcnow(), completed_at=utcnow(), next_retry_at=None,
-            )  # fmt: skip
-            self._end_attempt(
-                session, job_id, job.attempt, JobStatus.CANCELLED, f"cancelled by {by}", utcnow(), only_open=True
+        for _ in range(_CAS_ATTEMPTS):
+            with self.sessions() as session:
+                seen = self._load(session, job_id, owner=owner)
+            if JobStatus(seen.status) in TERMINAL:
+                raise InvalidTransition(job_id, seen.status, JobStatus.CANCELLED.value)
+            try:
+                self.queues.fence(seen.rq_job_id)
+            except RedisError as exc:
+                if fence:
+                    raise ServiceUnavailable("Redis is unreachable: the job cannot be stopped now") from exc
+                log.warning("job %s: cancelled without a fence (%s)", job_id, exc)
+            try:
+                with transaction(self.sessions) as session:
+                    job = self._load(session, job_id, owner=owner)
+                    now = utcnow()
+                    self._transition(
+                        session, job, JobStatus.CANCELLED, attempt=seen.attempt, strict=True, error=reason,
+                        cancelled_by=by, cancelled_at=now, completed_at=now, next_retry_at=None,
+                    )  # fmt: skip
+                    self._end_attempt(
+                        session, job_id, job.attempt, JobStatus.CANCELLED, f"cancelled by {by}", now, only_open=True
+                    )
+            except StaleAttempt:
+                continue  # a new attempt began meanwhile: fence that one instead
+            break
+        else:
+            raise InvalidTransition(
+                job_id, seen.status, JobStatus.CANCELLED.value, reason="too many concurrent changes"
             )
         log.info("job %s cancelled by %s", job_id, by)
         try:
-            self.queues.fence(job.rq_job_id)
             self.queues.cancel(job.rq_job_id)
         except RedisError as exc:
-            # The store already says CANCELLED; a late run's reports are refused (409).
+            # Fenced already: no worker will start it; the stop of a running one waits.
             log.warning("job %s: could not stop its RQ job %s: %s", job_id, job.rq_job_id, exc)
         if job.has_dependants:
             self._release_dependants(job_id)
@@ -518,7 +548,8 @@ class JobManager:
         if row is None:
             row = Attempt(job_id=job_id, attempt=attempt, started_at=None)
             session.add(row)
-        row.ended_at = now
+        # Event times come from workers' clocks: an attempt never ends before it started.
+        row.ended_at = max(now, row.started_at) if row.started_at is not None else now
         row.outcome = outcome.value
         row.error = error
 

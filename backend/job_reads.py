@@ -5,7 +5,8 @@ pooled DB-API connection, the values compared as the database returns them). Whe
 what this process last served for the job, the JSON built then is sent again; otherwise the
 row is read in full and serialised. Every write of a job's fields moves ``updated_at``, so a
 served body is never older than the store. A job still waiting for dependencies is never
-reused (its ``waiting_for`` depends on other jobs), nor a body over ``MAX_BODY`` bytes.
+reused (its ``waiting_for`` depends on other jobs), nor a body over ``MAX_BODY`` bytes; at most
+``MAX_ENTRIES`` bodies and ``MAX_BYTES`` in all are kept, the least recently served dropped first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from backend.representations import job_dict
 
 MAX_ENTRIES = 10_000
 MAX_BODY = 64 * 1024
+#: Bodies kept per process, in all.
+MAX_BYTES = 16 * 1024 * 1024
 
 _STAMP = select(Job.owner, Job.updated_at).where(Job.id == bindparam("id"))
 
@@ -36,6 +39,7 @@ class JobReader:
         self._stamp_sql = str(compiled)
         self._positional = bool(compiled.positional)
         self._bodies: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def json(self, job_id: str, *, owner: str | None) -> bytes:
@@ -59,10 +63,12 @@ class JobReader:
             # Stored under the stamp read before the row: if the job changed in between, the
             # next request's stamp differs and the body is rebuilt.
             with self._lock:
+                previous = self._bodies.pop(job_id, None)
+                self._bytes += len(body) - (len(previous[1]) if previous else 0)
                 self._bodies[job_id] = (stamp, body)
-                self._bodies.move_to_end(job_id)
-                while len(self._bodies) > MAX_ENTRIES:
-                    self._bodies.popitem(last=False)
+                while len(self._bodies) > MAX_ENTRIES or self._bytes > MAX_BYTES:
+                    _, (_, evicted) = self._bodies.popitem(last=False)
+                    self._bytes -= len(evicted)
         return body
 
     def _stamp(self, job_id: str) -> tuple | None:

@@ -194,7 +194,10 @@ SCHEMAS = {
                 "items": {
                     "type": "object",
                     "required": ["status"],
-                    "properties": {"status": {"type": "integer", "enum": [200, 404, 409]}, "error": {"type": "string"}},
+                    "properties": {
+                        "status": {"type": "integer", "enum": [200, 404, 409, 500]},
+                        "error": {"type": "string"},
+                    },
                 },
             }
         },

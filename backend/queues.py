@@ -91,7 +91,14 @@ class QueueAdapter:
     #: for a connect timeout, so submissions are recorded PENDING at full speed meanwhile.
     DOWN_BACKOFF_SECONDS = 2.0
 
+    #: Outcomes must outlive the moment they are read back from RQ: by the forking worker's
+    #: parent as soon as its work-horse exits, and by the reconciler when a report was lost.
+    MIN_TTL_SECONDS = 60
+
     def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int):
+        for name, value in (("RQ_RESULT_TTL", result_ttl), ("RQ_FAILURE_TTL", failure_ttl)):
+            if value < self.MIN_TTL_SECONDS:
+                raise ValueError(f"{name} must be at least {self.MIN_TTL_SECONDS} seconds, got {value}")
         self.connection = connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl

@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from redis.exceptions import LockError, RedisError
 from rq.job import Job as RQJob
@@ -226,10 +226,12 @@ class Reconciler:
         died, or its reports were lost): the attempt then names the worker that ran it."""
         if rq_job is None or job.status not in (JobStatus.PENDING, JobStatus.QUEUED) or not rq_job.worker_name:
             return
+        started = rq_job.started_at
+        if started is not None:
+            # RQ's time is the worker's own clock: never later than now by ours.
+            started = min(started if started.tzinfo else started.replace(tzinfo=UTC), utcnow())
         with contextlib.suppress(JobServiceError):
-            self.manager.mark_started(
-                job.id, attempt=job.attempt, worker=rq_job.worker_name, at=rq_job.started_at or None
-            )
+            self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name, at=started)
 
     def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
         status = rq_status(rq_job)

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _BACKOFF_START = 0.25
 _BACKOFF_CAP = 5.0
 _TIMEOUT = (3.05, 10)
+#: A work-horse posts progress itself, in the task's own thread: never long.
+_PROGRESS_TIMEOUT = (0.5, 1.0)
 #: Reports per request; the API accepts up to 1000.
 BATCH_SIZE = 500
 #: While reports keep coming, at most one request per this many seconds: the jobs of that
@@ -56,6 +58,7 @@ class Reporter:
         self._wakeup = threading.Condition(threading.Lock())
         self._in_flight = 0
         self._sender: threading.Thread | None = None
+        self._closed = False
         self._direct = False
 
     def _http(self) -> requests.Session:
@@ -76,6 +79,7 @@ class Reporter:
         self._wakeup = threading.Condition(threading.Lock())
         self._in_flight = 0
         self._sender = None
+        self._closed = False
         self._direct = True
 
     # -- reports ------------------------------------------------------------------------
@@ -155,7 +159,8 @@ class Reporter:
         deadline = time.monotonic() + (0.0 if best_effort else self.retry_seconds)
         with self._wakeup:
             self._outbox.append((deadline, report))
-            if self._sender is None:
+            self._closed = False
+            if self._sender is None or not self._sender.is_alive():
                 self._sender = threading.Thread(target=self._send_forever, name="reporter", daemon=True)
                 self._sender.start()
             self._wakeup.notify()
@@ -177,6 +182,8 @@ class Reporter:
         while True:
             with self._wakeup:
                 while not self._outbox:
+                    if self._closed:
+                        return
                     self._wakeup.wait()
             wait = last_sent + LINGER_SECONDS - time.monotonic()
             if wait > 0:
@@ -186,30 +193,42 @@ class Reporter:
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_SIZE))]
                 self._in_flight = len(batch)
             try:
-                answered = self._send(batch)
+                undelivered = self._deliver([report for _, report in batch])
             except Exception:  # never let the sender die: the worker would report nothing more
                 log.exception("reporter: sending %d reports failed", len(batch))
-                answered = True
+                undelivered = []
             with self._wakeup:
-                if not answered:
+                if undelivered:
                     now = time.monotonic()
-                    kept = [item for item in batch if item[0] > now]
+                    again = {id(report) for report in undelivered}
+                    kept = [item for item in batch if id(item[1]) in again and item[0] > now]
                     for deadline, report in batch:
-                        if deadline <= now and report["event"] != "progress":
+                        if id(report) in again and deadline <= now and report["event"] != "progress":
                             log.error("job %s: %s report abandoned after %.0f s", report["job_id"],
                                       report["event"], self.retry_seconds)  # fmt: skip
                     self._outbox.extendleft(reversed(kept))
                 self._in_flight = 0
                 self._wakeup.notify_all()
-            if answered:
-                delay = _BACKOFF_START
-            else:
+                if self._closed and not self._outbox:
+                    return
+            if undelivered:
                 time.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_CAP)
+            else:
+                delay = _BACKOFF_START
 
-    def _send(self, batch: list[tuple[float, dict]]) -> bool:
-        """POST one batch; True when the API answered it (so it is not to be sent again)."""
-        reports = [report for _, report in batch]
+    def close(self) -> None:
+        """End the sender thread once the outbox is empty (call ``flush`` first to wait for it)."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify_all()
+
+    def _deliver(self, reports: list[dict]) -> list[dict]:
+        """POST ``reports``; the ones to send again later (the API unreachable or failing).
+
+        A batch the API refuses as a whole (400: one bad report; 413: too large) is split in
+        halves until the culprit stands alone and is dropped, so it never holds back the others.
+        """
         try:
             response = self._http().post(
                 f"{self.base_url}/internal/reports", json={"sent_at": time.time(), "reports": reports}, timeout=_TIMEOUT
@@ -217,26 +236,32 @@ class Reporter:
         except requests.RequestException as exc:
             self._session = None  # a broken keep-alive connection is not reused
             log.warning("reporter: %d reports not delivered (%s); will retry", len(reports), exc)
-            return False
-        if response.status_code >= 500:
-            log.warning("reporter: %d reports answered %s; will retry", len(reports), response.status_code)
-            return False
-        if response.status_code != 200:
-            log.error("reporter: %d reports refused (%s): %s", len(reports), response.status_code, response.text[:300])
-            return True
+            return reports
+        status = response.status_code
+        if status >= 500 or status in (404, 405):
+            # 404/405: an API that does not know batches yet, e.g. mid-way through an upgrade.
+            log.warning("reporter: %d reports answered %s; will retry", len(reports), status)
+            return reports
+        if status in (400, 413) and len(reports) > 1:
+            middle = len(reports) // 2
+            return self._deliver(reports[:middle]) + self._deliver(reports[middle:])
+        if status != 200:
+            log.error("reporter: %d reports refused (%s): %s", len(reports), status, response.text[:300])
+            return []
         for report, answer in zip(reports, response.json()["results"], strict=True):
             if answer["status"] == 409:
                 self.refused.add((report["job_id"], report["attempt"]))
             if answer["status"] >= 400:
                 log.info("job %s attempt %s: %s report refused (%s): %s", report["job_id"], report["attempt"],
                          report["event"], answer["status"], answer.get("error"))  # fmt: skip
-        return True
+        return []
 
     def _post_now(self, report: dict) -> None:
-        """Send one progress report from a work-horse, at once, without retries."""
+        """Send one progress report from a work-horse, at once, without retries, waiting at most
+        1.5 s (progress is best effort; the task waits for this call)."""
         url = f"{self.base_url}/internal/jobs/{report['job_id']}/progress"
         try:
-            response = self._http().post(url, json=report, timeout=_TIMEOUT)
+            response = self._http().post(url, json=report, timeout=_PROGRESS_TIMEOUT)
         except requests.RequestException as exc:
             log.warning("job %s: progress report not delivered: %s", report["job_id"], exc)
             return

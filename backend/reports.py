@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 
 from backend import counts
 from backend.errors import JobServiceError
@@ -77,7 +78,7 @@ class _Plan:
 
 
 def apply(manager, reports: list[Report]) -> list[dict]:
-    """Apply ``reports`` in order; one answer each: ``{"status": 200|404|409, "error"?: ...}``."""
+    """Apply ``reports`` in order; one answer each: ``{"status": 200|404|409|500, "error"?: ...}``."""
     now = utcnow()
     by_job: dict[str, list[int]] = {}
     for index, report in enumerate(reports):
@@ -95,7 +96,7 @@ def apply(manager, reports: list[Report]) -> list[dict]:
                     answers[index] = {"status": 404, "error": f"no job {job_id!r}"}
                 continue
             plan = _plan(row, [reports[index] for index in indices], now)
-            if plan is None or (plan.values and not _write(connection, plan, now)):
+            if plan is None or (plan.values and not _write(connection, plan)):
                 slow.append(job_id)
                 continue
             for index, answer in zip(indices, plan.answers, strict=True):
@@ -155,9 +156,9 @@ def _plan(row, reports: list[Report], now: datetime) -> _Plan | None:
 _UPDATES: dict[tuple[str, ...], object] = {}
 
 
-def _write(connection, plan: _Plan, now: datetime) -> bool:
+def _write(connection, plan: _Plan) -> bool:
     """Compare-and-set the job's row; False when someone else changed it since our read."""
-    plan.values["updated_at"] = now
+    plan.values["updated_at"] = utcnow()
     shape = tuple(sorted(plan.values))
     statement = _UPDATES.get(shape)
     if statement is None:
@@ -264,6 +265,12 @@ def _answer_one(manager, report: Report, now: datetime) -> dict:
         if exc.status >= 500:
             raise
         return {"status": exc.status, "error": exc.message}
+    except DBAPIError:
+        raise  # the store is down or busy: the whole batch is answered 503 and sent again
+    except Exception:
+        # One report that cannot be applied must not hold back the others forever.
+        log.exception("job %s: the %s report could not be applied", report.job_id, report.event)
+        return {"status": 500, "error": "internal error; the incident was logged"}
     return {"status": 200}
 
 

@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Whatever ends the loop, the reports of the jobs it ran are sent first.
                 if not worker.reporter.flush(timeout=float(settings["REPORT_RETRY_SECONDS"])):
                     log.error("worker %s: some reports were not delivered; the reconciler settles them", args.name)
+                worker.reporter.close()
             if worker.stop_requested or args.burst or args.max_jobs:
                 break
             # RQ's loop gave up (on some Redis errors, or a job it could not read): wait for

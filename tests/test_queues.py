@@ -21,3 +21,12 @@ def test_a_url_asking_for_decode_responses_is_refused(redis_url):
 
 def test_the_app_and_worker_connections_do_not_decode(app):
     assert app.extensions["redis"].connection_pool.connection_kwargs.get("decode_responses") is False
+
+
+@pytest.mark.parametrize("setting", ["RQ_RESULT_TTL", "RQ_FAILURE_TTL"])
+def test_an_outcome_ttl_too_short_to_read_back_is_refused_at_start(settings, setting):
+    from backend.app import create_app
+
+    settings[setting] = 0
+    with pytest.raises(ValueError, match=f"{setting} must be at least 60 seconds"):
+        create_app(settings)

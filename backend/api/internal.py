@@ -35,7 +35,24 @@ def _field(body: dict, name: str, kind: type | tuple, *, required: bool = True, 
         raise BadRequest(f"{where}{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest(f"{where}{name} must be a finite number, got {value!r}")
+    if isinstance(value, str):
+        # A lone surrogate (a file name decoded with surrogateescape) cannot be stored as UTF-8.
+        value = value.encode("utf-8", "replace").decode("utf-8")
     return value
+
+
+def _seconds(body: dict, name: str, where: str = "") -> float | None:
+    """A unix time in seconds, or None when absent."""
+    value = _field(body, name, (int, float), required=False, where=where)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 <= seconds < 1e11:
+        raise BadRequest(f"{where}{name} must be a unix time in seconds, got {value!r}")
+    return seconds
 
 
 def _progress(body: dict, where: str = "") -> int:
@@ -72,7 +89,7 @@ def batch():
     items = body.get("reports")
     if not isinstance(items, list) or len(items) > reports.MAX_BATCH:
         raise BadRequest(f"reports must be a list of at most {reports.MAX_BATCH} reports")
-    sent_at = _field(body, "sent_at", (int, float), required=False)
+    sent_at = _seconds(body, "sent_at")
     batch = []
     for index, item in enumerate(items):
         where = f"reports[{index}]."
@@ -85,7 +102,7 @@ def batch():
         if event not in reports.EVENTS:
             raise BadRequest(f"{where}event must be one of {', '.join(reports.EVENTS)}, got {event!r}")
         job_id = _field(item, "job_id", str, where=where)
-        at = _field(item, "at", (int, float), required=False, where=where)
+        at = _seconds(item, "at", where)
         age = sent_at - at if sent_at is not None and at is not None else 0.0
         batch.append(_report(item, event, job_id, age=age, where=where))
     return jsonify({"results": reports.apply(_jobs(), batch)})

@@ -26,9 +26,14 @@ class JobContext:
         """Report how far the task is (0-100) with an optional message.
 
         Raises:
+            TypeError: ``percent`` is not a number, or ``message`` not a string.
             ValueError: ``percent`` is outside 0-100.
             JobCancelled: the job was cancelled (or this attempt replaced): the task should stop.
         """
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise TypeError(f"progress must be a number, got {percent!r}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"the progress message must be a string, got {message!r}")
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be within 0-100, got {percent!r}")
         if self._report is not None and self._report(int(percent), message) is False:

@@ -124,7 +124,15 @@ def test_a_malformed_batch_is_400_and_changes_nothing(client):
         response = _batch(client, reports)
         assert response.status_code == 400, fault
         assert fault in response.get_json()["error"]["message"], (fault, response.get_json())
-    for body in [{"reports": "x"}, {"sent_at": "now", "reports": [good]}, [good]]:
+    huge = {"job_id": job["job_id"], "attempt": 1, "event": "started", "worker": "w", "at": 10**400}
+    for body in [
+        {"reports": "x"},
+        {"sent_at": "now", "reports": [good]},
+        [good],
+        {"sent_at": 10**400, "reports": [good]},
+        {"sent_at": -5, "reports": [good]},
+        {"sent_at": 1.0, "reports": [huge]},
+    ]:
         assert client.post("/internal/reports", json=body, headers=AUTH).status_code == 400, body
     assert client.get(f"/jobs/{job['job_id']}").get_json() == job
 
@@ -140,3 +148,14 @@ def test_a_batch_without_the_token_is_401_and_changes_nothing(client):
 def test_an_empty_batch_checks_the_token(client):
     assert _batch(client, []).get_json() == {"results": []}
     assert _batch(client, [], headers={}).status_code == 401
+
+
+def test_text_that_is_not_valid_unicode_is_stored_with_a_replacement(client):
+    job = _submit(client, max_retries=0)
+    error = "OSError: cannot open b\udcffd.txt"  # a file name decoded with surrogateescape
+
+    answers = _batch(client, [{"job_id": job["job_id"], "attempt": 1, "event": "failed", "error": error}])
+
+    assert answers.status_code == 200 and answers.get_json()["results"] == [{"status": 200}]
+    after = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert after["status"] == "FAILED" and after["error"] == "OSError: cannot open b?d.txt"

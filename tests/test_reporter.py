@@ -1,0 +1,51 @@
+"""The worker's report sender against a real API: batches, retries, and a bad report isolated."""
+
+from __future__ import annotations
+
+from backend.reporter import Reporter
+from tests.conftest import TOKEN
+
+
+def test_one_bad_report_is_dropped_and_the_rest_of_its_batch_lands(client, live_server):
+    jobs = [client.post("/tasks/add", json={"args": [i, 1]}).get_json() for i in range(5)]
+    reporter = Reporter(live_server, TOKEN)
+    reporter.started(jobs[0]["job_id"], 1, "w")
+    # a report the API cannot accept (a task bypassing the job context's checks)
+    reporter._put({"job_id": jobs[1]["job_id"], "attempt": 1, "event": "progress", "progress": 500})
+    for job in jobs:
+        reporter.completed(job["job_id"], 1, "done")
+
+    assert reporter.flush(timeout=30)
+    reporter.close()
+
+    after = [client.get(f"/jobs/{job['job_id']}").get_json() for job in jobs]
+    assert [(j["status"], j["result"]) for j in after] == [("COMPLETED", "done")] * 5
+    assert after[0]["worker"] == "w"
+
+
+def test_reports_wait_for_an_api_that_is_down_then_land(client, settings):
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from backend.app import create_app
+    from backend.redis_server import free_port
+
+    job = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
+    port = free_port()
+    reporter = Reporter(f"http://127.0.0.1:{port}", TOKEN)
+    reporter.completed(job["job_id"], 1, 2)
+    assert not reporter.flush(timeout=1.0)  # nothing listens yet
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", port, create_app(settings), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert reporter.flush(timeout=30)
+    finally:
+        server.shutdown()
+        reporter.close()
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "COMPLETED"
