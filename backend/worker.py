@@ -102,6 +102,12 @@ class ReportingMixin:
         token = activate(context)
         try:
             ok = super().perform_job(job, queue, execution)
+        except Exception as exc:
+            # RQ's own bookkeeping failed (Redis went away mid-job): the outcome reaches no one
+            # else, and Redis may come back without the job's state. Retried if it may be.
+            if not self.reports_from_parent:
+                self.reporter.failed(job_id, attempt, f"WorkerLostRedis: {type(exc).__name__}: {exc}")
+            raise
         finally:
             deactivate(token)
         if (job_id, attempt) in self.reporter.refused:
@@ -163,10 +169,20 @@ class JobServiceWorker(ReportingMixin, Worker):
             return super().execute_job(job, queue)
         self.reporter.started(*ids, self.name)
         self._horse_death = None
-        super().execute_job(job, queue)
+        try:
+            super().execute_job(job, queue)
+        except Exception as exc:
+            # Redis went away while the work-horse ran: the store heard of the start, and no
+            # one else would report an end. Retried if it may be.
+            self.reporter.failed(*ids, f"WorkerLostRedis: {type(exc).__name__}: {exc}")
+            raise
         try:
             self._report_end(job, *ids)
-        except (RedisError, InvalidJobOperation) as exc:
+        except InvalidJobOperation:
+            # The RQ job's hash is gone (deleted while it ran): its outcome is unknown, and
+            # no one else would ever report it. As for a lost run: retried if it may be.
+            self.reporter.failed(*ids, "JobLost: the RQ job was deleted before its outcome was read")
+        except RedisError as exc:
             # The reconciler copies the outcome from RQ once Redis answers again.
             log.warning("job %s: could not read its outcome from RQ: %s", ids[0], exc)
 
@@ -176,7 +192,9 @@ class JobServiceWorker(ReportingMixin, Worker):
             self._report_result(job_id, attempt, job.return_value(refresh=True))
         elif status == RQStatus.FAILED:
             self.reporter.failed(job_id, attempt, self._horse_death or last_error(job) or "the task failed")
-        # STOPPED: refused or cancelled, nothing to report. Gone or unknown: the reconciler.
+        elif status != RQStatus.STOPPED:  # STOPPED: refused or cancelled, nothing to report
+            # Queued or started after its work-horse exited: Redis lost what the horse wrote.
+            self.reporter.failed(job_id, attempt, f"JobLost: RQ shows the job {status} after its run")
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
         """The forked child died under the job (OOM killer, SIGKILL): say so in the report."""
