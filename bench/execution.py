@@ -57,15 +57,27 @@ def _ours_span(db_path, ids: list[str]) -> tuple[float, float, int]:
     return first, last, done
 
 
-def run_ours(stack: Stack, n: int, workers: int, simple: bool) -> dict:
-    ids = submit_batches(stack.url, "bench_noop", n)
-    before = store_counts(stack.url).get("COMPLETED", 0)
-    procs = [stack.worker("ours", simple) for _ in range(workers)]
-    t0 = min(p.started for p in procs)
+def drain(stack: Stack, kind: str, simple: bool, workers: int) -> float:
+    """Run ``workers`` burst workers of ``kind`` ("ours" or "raw") until the queues are empty;
+    the time they were started."""
+    procs = [stack.worker(kind, simple) for _ in range(workers)]
     for p in procs:
         code = p.wait(timeout=600)
         if code != 0:
-            raise RuntimeError(f"worker {p.name} exited {code}; see {p.log_path}")
+            raise RuntimeError(f"{kind} worker {p.name} exited {code}; see {p.log_path}")
+    return min(p.started for p in procs)
+
+
+def enqueue_raw(stack: Stack, n: int) -> list[str]:
+    """``n`` no-op jobs put straight on raw RQ's queue; their ids."""
+    queue = Queue(RAW_QUEUE, connection=stack.redis_client(), serializer=JSONSerializer)
+    return [queue.enqueue("bench.rawtasks.noop").id for _ in range(n)]
+
+
+def run_ours(stack: Stack, n: int, workers: int, simple: bool) -> dict:
+    ids = submit_batches(stack.url, "bench_noop", n)
+    before = store_counts(stack.url).get("COMPLETED", 0)
+    t0 = drain(stack, "ours", simple, workers)
     deadline = time.monotonic() + 60
     while store_counts(stack.url).get("COMPLETED", 0) - before < n:
         if time.monotonic() > deadline:
@@ -77,15 +89,9 @@ def run_ours(stack: Stack, n: int, workers: int, simple: bool) -> dict:
 
 
 def run_raw(stack: Stack, n: int, workers: int, simple: bool) -> dict:
+    ids = enqueue_raw(stack, n)
+    t0 = drain(stack, "raw", simple, workers)
     redis = stack.redis_client()
-    queue = Queue(RAW_QUEUE, connection=redis, serializer=JSONSerializer)
-    ids = [queue.enqueue("bench.rawtasks.noop").id for _ in range(n)]
-    procs = [stack.worker("raw", simple) for _ in range(workers)]
-    t0 = min(p.started for p in procs)
-    for p in procs:
-        code = p.wait(timeout=600)
-        if code != 0:
-            raise RuntimeError(f"rq worker {p.name} exited {code}; see {p.log_path}")
     with redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(f"rq:job:{job_id}", "status", "started_at", "ended_at")

@@ -33,7 +33,6 @@ from bench import storedb
 from bench.common import (
     CACHE_DIR,
     PY,
-    RAW_QUEUE,
     ROOT,
     TOKEN,
     Stack,
@@ -83,6 +82,25 @@ def _package(func: tuple) -> str:
     return "other Python"
 
 
+def _single_reports(client, job_ids: list[str]) -> list[tuple]:
+    """(label, call) for the one-report routes: call(i) reports job_ids[i] started, then completed."""
+    url = "/internal/jobs/{}/{}"
+    return [
+        (
+            "POST /internal/jobs/<id>/started",
+            lambda i: client.post(
+                url.format(job_ids[i], "started"), json={"attempt": 1, "worker": "w"}, headers=INTERNAL
+            ),
+        ),
+        (
+            "POST /internal/jobs/<id>/completed",
+            lambda i: client.post(
+                url.format(job_ids[i], "completed"), json={"attempt": 1, "result": None}, headers=INTERNAL
+            ),
+        ),
+    ]
+
+
 def _report_batch(client, job_ids: list[str]):
     """One worker batch: a start and an end for each job."""
     reports = []
@@ -115,18 +133,7 @@ def inproc(args) -> None:
             ("POST /tasks/bench_noop", lambda i: client.post("/tasks/bench_noop", json={})),
             ("GET /jobs/<id> (first poll: built)", lambda i: client.get(f"/jobs/{ids[i]}")),
             ("GET /jobs/<id> (again, unchanged)", lambda i: client.get(f"/jobs/{ids[i]}")),
-            (
-                "POST /internal/jobs/<id>/started",
-                lambda i: client.post(
-                    f"/internal/jobs/{ids[n + i]}/started", json={"attempt": 1, "worker": "w"}, headers=INTERNAL
-                ),
-            ),
-            (
-                "POST /internal/jobs/<id>/completed",
-                lambda i: client.post(
-                    f"/internal/jobs/{ids[n + i]}/completed", json={"attempt": 1, "result": None}, headers=INTERNAL
-                ),
-            ),
+            *_single_reports(client, ids[n : 2 * n]),
             ("POST /internal/reports (1 job, 2)", lambda i: _report_batch(client, batch_ids[i : i + 1])),
             (
                 "POST /internal/reports (10 jobs, 20)",
@@ -149,18 +156,7 @@ def inproc(args) -> None:
         more = ids[2 * n :]
         for label, call in [
             ("POST /tasks/bench_noop", lambda i: client.post("/tasks/bench_noop", json={})),
-            (
-                "POST /internal/jobs/<id>/started",
-                lambda i: client.post(
-                    f"/internal/jobs/{more[i]}/started", json={"attempt": 1, "worker": "w"}, headers=INTERNAL
-                ),
-            ),
-            (
-                "POST /internal/jobs/<id>/completed",
-                lambda i: client.post(
-                    f"/internal/jobs/{more[i]}/completed", json={"attempt": 1, "result": None}, headers=INTERNAL
-                ),
-            ),
+            *_single_reports(client, more),
             ("GET /jobs/<id>", lambda i: client.get(f"/jobs/{more[i]}")),
         ]:
             profiler = cProfile.Profile()
@@ -407,25 +403,16 @@ def cpu(args) -> None:
     """
     import os
 
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
-    from bench.execution import _ours_span
+    from bench.execution import _ours_span, drain, enqueue_raw
 
     workdir = Workdir()
     try:
         with Stack(workdir, "cpu") as stack:
             api_pids, redis_pid = [stack.api.process.pid, *stack.api.worker_pids()], [stack.redis.process.pid]
             for kind in ("ours", "raw"):
-                if kind == "ours":
-                    ids = submit_batches(stack.url, "bench_noop", args.n)
-                else:
-                    queue = Queue(RAW_QUEUE, connection=stack.redis_client(), serializer=JSONSerializer)
-                    ids = [queue.enqueue("bench.rawtasks.noop").id for _ in range(args.n)]
-                api0, redis0, children0, t0 = cpu_seconds(api_pids), cpu_seconds(redis_pid), os.times(), time.time()
-                procs = [stack.worker(kind, True) for _ in range(args.w)]
-                for proc in procs:
-                    proc.wait(timeout=600)
+                ids = submit_batches(stack.url, "bench_noop", args.n) if kind == "ours" else enqueue_raw(stack, args.n)
+                api0, redis0, children0 = cpu_seconds(api_pids), cpu_seconds(redis_pid), os.times()
+                t0 = drain(stack, kind, True, args.w)
                 if kind == "ours":
                     while _ours_span(stack.db_path, ids)[2] < args.n:
                         time.sleep(0.01)
