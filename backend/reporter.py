@@ -6,8 +6,9 @@ everything gathered so far in one request, at once after a quiet spell, else at 
 request per ``LINGER_SECONDS`` (a fast job's start and end then travel together). While the
 API is unreachable the thread retries with exponential backoff, each report for up to
 ``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job from RQ. The API's
-refusals (409: the attempt was cancelled or replaced) are kept in ``refused``, which the running
-task sees at its next progress report.
+refusals (409: the attempt was cancelled or replaced) are kept in ``refused`` (the latest
+``REFUSED_KEPT`` of them: a refusal matters only while its attempt may still run here), which
+the running task sees at its next progress report.
 
 Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``, the
 latest value wins, and a pending value is flushed by a timer.
@@ -34,10 +35,32 @@ _TIMEOUT = (3.05, 10)
 _PROGRESS_TIMEOUT = (0.5, 1.0)
 #: Reports per request; the API accepts up to 1000.
 BATCH_SIZE = 500
+#: Refused attempts remembered; older ones have long ended.
+REFUSED_KEPT = 4096
 #: While reports keep coming, at most one request per this many seconds: the jobs of that
 #: interval share one request and one transaction, at the cost of the store learning of them
 #: up to that much later. A report after a quiet spell is sent at once.
 LINGER_SECONDS = 0.1
+
+
+class RecentSet:
+    """A set that keeps only its ``size`` most recently added members."""
+
+    def __init__(self, size: int = REFUSED_KEPT):
+        self.size = size
+        self._members: dict = {}
+
+    def add(self, member) -> None:
+        self._members.pop(member, None)
+        self._members[member] = None
+        if len(self._members) > self.size:
+            del self._members[next(iter(self._members))]
+
+    def __contains__(self, member) -> bool:
+        return member in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
 
 
 class Reporter:
@@ -52,7 +75,7 @@ class Reporter:
         self._pending: tuple[str, int, int, str | None] | None = None
         self._timer: threading.Timer | None = None
         #: (job_id, attempt) pairs the API refused (409): cancelled or replaced.
-        self.refused: set[tuple[str, int]] = set()
+        self.refused = RecentSet()
         # The outbox: (deadline, report) pairs, sent in order by one thread.
         self._outbox: deque[tuple[float, dict]] = deque()
         self._wakeup = threading.Condition(threading.Lock())
@@ -74,7 +97,7 @@ class Reporter:
         self._timer = None
         self._pending = None
         self._last_progress_at = 0.0
-        self.refused = set()
+        self.refused = RecentSet()
         self._outbox = deque()
         self._wakeup = threading.Condition(threading.Lock())
         self._in_flight = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.reporter import Reporter
+from backend.reporter import RecentSet, Reporter
 from tests.conftest import TOKEN
 
 
@@ -49,3 +49,23 @@ def test_reports_wait_for_an_api_that_is_down_then_land(client, settings):
         server.shutdown()
         reporter.close()
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "COMPLETED"
+
+
+def test_a_refusal_is_remembered_and_the_memory_stays_bounded(client, live_server):
+    job = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
+    assert client.post(f"/jobs/{job['job_id']}/cancel").status_code == 200
+    reporter = Reporter(live_server, TOKEN)
+
+    # the API refuses a report for the cancelled attempt: the task's next progress sees it
+    reporter.started(job["job_id"], 1, "w")
+    assert reporter.flush(timeout=30)
+    assert reporter.progress(job["job_id"], 1, 50, None) is False
+
+    # a long-lived worker keeps only the latest refusals, the newest always among them
+    reporter.refused = RecentSet(size=3)
+    for n in range(10):
+        reporter.refused.add((f"job-{n}", 1))
+    reporter.close()
+    assert len(reporter.refused) == 3
+    assert ("job-9", 1) in reporter.refused
+    assert ("job-0", 1) not in reporter.refused
