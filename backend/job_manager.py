@@ -1,7 +1,8 @@
 """JobManager: every read and write of jobs in the store goes through here.
 
-Every change of a job's status goes through ``_transition``, which enforces the state
-machine of ``backend.states`` and the attempt fence, and writes with a compare-and-set
+Every change of a job's status goes through ``_transition`` (the one exception is
+``_unqueue``, the undo of a submission whose enqueue failed), which enforces the state machine
+of ``backend.states`` and the attempt fence, and writes with a compare-and-set
 (``UPDATE ... WHERE status = :seen AND attempt = :seen``) so that two writers racing on
 one job can never both win.
 """
@@ -53,6 +54,11 @@ class JobRequest:
     run_at: datetime | None = None
 
 
+def _first_status(request: JobRequest) -> JobStatus:
+    """What a new job is recorded as: QUEUED when it goes straight to its queue (``submit``)."""
+    return JobStatus.PENDING if request.depends_on else JobStatus.QUEUED
+
+
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
 
@@ -70,23 +76,53 @@ class JobManager:
     def submit(self, request: JobRequest, *, owner: str) -> tuple[Job, bool]:
         """Record a job and put it on its queue.
 
+        A job with no dependencies is recorded QUEUED and then put on its queue: one write to
+        the store. No worker can see it before the row exists. Should the enqueue fail, the job
+        goes back to PENDING before anyone is told of it (the reconciler enqueues it later);
+        should the API die between the two, the reconciler finds it QUEUED with no RQ job and
+        queues a new attempt. A job with dependencies is recorded PENDING and then enqueued as
+        its parents allow (``enqueue_job``).
+
         Returns:
             The job, and False when an idempotency key matched a live job (nothing new).
         """
-        job, created = self.create_job(request, owner=owner)
-        if created:
-            job = self.enqueue_job(job.id)
-        return job, created
+        job, created = self.create_job(request, owner=owner, status=_first_status(request))
+        return (self._send_new(job, request) if created else job), created
 
-    def build_job(self, request: JobRequest, *, owner: str, **origin) -> Job:
-        """A new PENDING job row for ``request`` (not yet added to any session)."""
+    def _send_new(self, job: Job, request: JobRequest) -> Job:
+        """Put a job just recorded on its queue (see ``submit``)."""
+        if job.status == JobStatus.PENDING:
+            return self.enqueue_job(job.id)
+        try:
+            self._send(job, request.task, [])
+        except RedisError as exc:
+            return self._unqueue(job, exc)
+        return job
+
+    def _unqueue(self, job: Job, exc: RedisError) -> Job:
+        """A job recorded QUEUED whose enqueue failed waits as PENDING: the one move back of a
+        status, made before the submission is answered (the reconciler enqueues it later)."""
+        log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
+        with transaction(self.sessions) as session:
+            moved = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.QUEUED.value, Job.attempt == job.attempt)
+                .values(status=JobStatus.PENDING.value, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if moved:
+                counts.bump(session, job.task, old=JobStatus.QUEUED.value, new=JobStatus.PENDING.value)
+            return self._load(session, job.id)
+
+    def build_job(self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin) -> Job:
+        """A new job row for ``request``, PENDING unless told (not yet added to any session)."""
         job_id = new_job_id()
         now = utcnow()
         return Job(
             id=job_id,
             owner=owner,
             task=request.task.name,
-            status=JobStatus.PENDING.value,
+            status=status.value,
             priority=request.priority,
             args=request.args,
             kwargs=request.kwargs,
@@ -106,13 +142,15 @@ class JobManager:
             **origin,
         )
 
-    def add_job(self, session: Session, request: JobRequest, *, owner: str, **origin) -> Job:
+    def add_job(
+        self, session: Session, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin
+    ) -> Job:
         """Add a new job and its dependency edges to ``session`` (the caller commits).
 
         Raises:
             ValidationFailed: a job it depends on does not exist or is not the owner's.
         """
-        job = self.build_job(request, owner=owner, **origin)
+        job = self.build_job(request, owner=owner, status=status, **origin)
         if request.depends_on:
             found = set(session.scalars(select(Job.id).where(Job.id.in_(request.depends_on), Job.owner == owner)))
             missing = sorted(set(request.depends_on) - found)
@@ -131,15 +169,17 @@ class JobManager:
             )
         return job
 
-    def create_job(self, request: JobRequest, *, owner: str, **origin) -> tuple[Job, bool]:
-        """Record a PENDING job; with an idempotency key held by a live job, return that job.
+    def create_job(
+        self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin
+    ) -> tuple[Job, bool]:
+        """Record a job (PENDING unless told); with an idempotency key held by a live job, return that job.
 
         The unique index on (owner, idempotency_key) decides between concurrent submissions.
         """
         for _ in range(_CAS_ATTEMPTS):
             try:
                 with transaction(self.sessions) as session:
-                    job = self.add_job(session, request, owner=owner, **origin)
+                    job = self.add_job(session, request, owner=owner, status=status, **origin)
                 log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
                 return job, True
             except IntegrityError:
@@ -150,7 +190,11 @@ class JobManager:
         raise RuntimeError(f"could not record a job for idempotency key {request.idempotency_key!r}")
 
     def create_batch(self, requests: list[JobRequest], *, owner: str) -> tuple[Batch, list[Job]]:
-        """Record a batch and all its jobs in one transaction (all or none), then enqueue them."""
+        """Record a batch and all its jobs in one transaction (all or none), then enqueue them.
+
+        Unlike ``submit``, batch jobs are recorded PENDING: enqueueing a thousand takes long
+        enough that jobs recorded QUEUED could look lost to the reconciler meanwhile.
+        """
         now = utcnow()
         batch = Batch(id=f"bat_{uuid.uuid4().hex}", owner=owner, task=requests[0].task.name, size=len(requests),
                       created_at=now)  # fmt: skip

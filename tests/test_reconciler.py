@@ -10,10 +10,12 @@ from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from backend import counts
 from backend.api.payloads import JobRequest
 from backend.app import create_app
 from backend.reconciler import LOCK_KEY
 from backend.redis_server import EmbeddedRedis, free_port
+from backend.states import JobStatus
 from backend.tasks import get_task
 from tests.conftest import wait_for_status
 
@@ -43,7 +45,8 @@ def age(app, job_id: str, seconds: float = 5) -> None:
 
 
 def test_a_pending_job_that_never_reached_a_queue_is_enqueued(app, client, redis_conn):
-    # Given a job recorded while the API died before enqueueing it
+    # Given a job recorded PENDING (in a batch, or with dependencies) by an API that died
+    # before enqueueing it
     request = JobRequest(task=get_task("add"), args=[1, 2], kwargs={}, priority="default", timeout=60, max_retries=0)
     job, _ = app.extensions["jobs"].create_job(request, owner="local")
     age(app, job.id)
@@ -53,6 +56,19 @@ def test_a_pending_job_that_never_reached_a_queue_is_enqueued(app, client, redis
     assert report.enqueued == [job.id]
     assert client.get(f"/jobs/{job.id}").get_json()["status"] == "QUEUED"
     assert Queue("default", connection=redis_conn).job_ids == [job.rq_job_id]
+
+
+def test_a_job_recorded_queued_by_an_api_that_died_before_enqueueing_it_runs(app, client, run_burst_worker):
+    # Given a single submission recorded QUEUED (its one write) whose enqueue never happened
+    request = JobRequest(task=get_task("add"), args=[4, 5], kwargs={}, priority="default", timeout=60, max_retries=0)
+    job, _ = app.extensions["jobs"].create_job(request, owner="local", status=JobStatus.QUEUED)
+    age(app, job.id)
+
+    report = app.extensions["reconciler"].run_once()
+
+    assert report.requeued == [job.id]
+    run_burst_worker()
+    assert client.get(f"/jobs/{job.id}").get_json()["result"] == 9
 
 
 def test_a_queued_job_whose_hash_was_deleted_is_requeued_and_runs(app, client, redis_conn, run_burst_worker):
@@ -186,7 +202,8 @@ def test_the_api_reconciles_on_its_own_at_start(settings, client):
 
 def test_while_redis_is_down_jobs_are_recorded_pending_and_health_says_so(settings):
     settings["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
-    client = create_app(settings).test_client()
+    app = create_app(settings)
+    client = app.test_client()
 
     response = client.post("/tasks/add", json={"args": [1, 2]})
 
@@ -194,6 +211,8 @@ def test_while_redis_is_down_jobs_are_recorded_pending_and_health_says_so(settin
     job = response.get_json()
     assert job["status"] == "PENDING"
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "PENDING"
+    with app.extensions["jobs"].sessions() as session:  # the counts behind the stats agree
+        assert {s: n for s, n in counts.by_status(session).items() if n} == {"PENDING": 1}
     health = client.get("/monitoring/health")
     assert health.status_code == 503
     assert health.get_json()["failing"] == ["redis", "workers"]
