@@ -1,7 +1,7 @@
 """The job store's engine, sessions and schema upgrades.
 
-SQLite gets WAL (readers never wait for the writer), a busy timeout (writers queue instead
-of failing) and foreign keys on. The schema is whatever Alembic's head says; ``migrate``
+SQLite gets WAL (readers never wait for the writer), writers that take turns on a file lock
+(``backend.sqlite_writers``; the busy timeout stays as a bound) and foreign keys on. The schema is whatever Alembic's head says; ``migrate``
 brings any database there, and the API calls it at start.
 """
 
@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import PACKAGE_DIR
+from backend.sqlite_writers import WriterTurnConnection
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys."""
+    """Create the engine for ``url``; SQLite files get WAL, writers' turns, a busy timeout and
+    foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -38,7 +40,11 @@ def make_engine(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        connect_args={
+            "check_same_thread": False,
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "factory": WriterTurnConnection,
+        },
     )
 
     @event.listens_for(engine, "connect")
