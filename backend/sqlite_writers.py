@@ -68,14 +68,14 @@ class WriterTurnConnection(sqlite3.Connection):
             self.end_turn()
 
     def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            self.end_turn_unless_in_transaction()
+        self._ending(super().commit)
 
     def rollback(self) -> None:
+        self._ending(super().rollback)
+
+    def _ending(self, end) -> None:
         try:
-            super().rollback()
+            end()
         finally:
             self.end_turn_unless_in_transaction()
 
@@ -91,19 +91,16 @@ class WriterTurnConnection(sqlite3.Connection):
 
 class WriterTurnCursor(sqlite3.Cursor):
     def execute(self, sql, parameters=(), /):
-        connection = self.connection
-        if _is_write(sql):
-            connection.take_turn()
-        try:
-            return super().execute(sql, parameters)
-        finally:
-            connection.end_turn_unless_in_transaction()
+        return self._in_turn(super().execute, sql, parameters)
 
     def executemany(self, sql, seq_of_parameters, /):
+        return self._in_turn(super().executemany, sql, seq_of_parameters)
+
+    def _in_turn(self, run, sql, parameters):
         connection = self.connection
         if _is_write(sql):
             connection.take_turn()
         try:
-            return super().executemany(sql, seq_of_parameters)
+            return run(sql, parameters)
         finally:
             connection.end_turn_unless_in_transaction()
