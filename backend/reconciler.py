@@ -44,8 +44,9 @@ _LIVE = select(Job.id, Job.status, Job.attempt, Job.worker, Job.rq_job_id).where
     Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
     Job.updated_at < bindparam("cutoff"),
 )
-# RQ statuses, as text (rq.job.JobStatus values).
-_WAITING = {"queued", "deferred", "scheduled"}
+# RQ statuses, as text (rq.job.JobStatus values). "rate_limited": held back by the task's
+# concurrency limit, released by RQ when a slot frees.
+_WAITING = {"queued", "deferred", "scheduled", "rate_limited"}
 _ENDED = {"finished", "failed", "stopped", "canceled"}
 
 

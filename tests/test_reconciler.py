@@ -97,6 +97,20 @@ def test_a_job_lost_between_pop_and_start_is_requeued(app, client, redis_conn):
     assert Queue("default", connection=redis_conn).job_ids == [f"{job['job_id']}-2"]
 
 
+def test_jobs_held_back_by_a_concurrency_limit_are_left_waiting(app, client, run_burst_worker):
+    # Given three jobs of a task that runs one at a time: RQ holds two back, behind the first
+    jobs = [client.post("/tasks/one_at_a_time", json={"kwargs": {"seconds": 0}}).get_json() for _ in range(3)]
+    for job in jobs:
+        age(app, job["job_id"])
+
+    # Then the reconciler leaves them be: waiting is not lost
+    report = app.extensions["reconciler"].run_once()
+    assert not report, report.as_dict()
+    run_burst_worker()
+    after = [client.get(f"/jobs/{job['job_id']}").get_json() for job in jobs]
+    assert [(j["status"], j["attempt"]) for j in after] == [("COMPLETED", 1)] * 3
+
+
 def test_a_healthy_queued_job_is_left_alone(app, client):
     job = client.post("/tasks/add", json={"args": [2, 3]}).get_json()
     age(app, job["job_id"])
