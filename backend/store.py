@@ -1,9 +1,9 @@
 """The job store's engine, sessions and schema upgrades.
 
 SQLite gets WAL (readers never wait for the writer), writers that take turns on a file lock
-(``backend.sqlite_writers``; the busy timeout stays as a bound) and foreign keys on. The
-schema is whatever Alembic's head says; ``migrate`` brings any database there, and the API
-calls it at start.
+(``backend.sqlite_writers``; the busy timeout still bounds other waits for SQLite's lock) and
+foreign keys on. The schema is whatever Alembic's head says; ``migrate`` brings any database
+there, and the API calls it at start.
 """
 
 from __future__ import annotations

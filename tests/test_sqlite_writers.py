@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -11,14 +13,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
+from backend.sqlite_writers import WriterTurnConnection
 from backend.store import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Each thread runs transactions that read first and write after, some rolled back after a
-# failed write, some written through a second connection while the first holds its turn.
+# Each thread runs transactions that read, write, read and write again (pooled connections pass
+# between threads), some reading through a second connection meanwhile, and failed writes
+# rolled back.
 WRITER = textwrap.dedent(
     """
     import sys, threading
@@ -81,36 +84,68 @@ def test_writers_in_several_processes_all_land_without_a_locked_error(tmp_path):
         assert conn.execute(text("SELECT count(*) FROM rows")).scalar() == 3 * 6 * 60 * 2
 
 
-def test_a_turn_ends_with_its_transaction(tmp_path):
-    # Given writers whose transactions ended in a rollback, in a failed write, and in a commit
-    url = f"sqlite:///{tmp_path / 'turns.db'}"
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE rows (id TEXT PRIMARY KEY)"))
-    with engine.connect() as first:
-        first.execute(text("INSERT INTO rows (id) VALUES ('a')"))
-        first.rollback()
-        first.execute(text("INSERT INTO rows (id) VALUES ('b')"))
-        first.commit()
-        with pytest.raises(IntegrityError):
-            first.execute(text("INSERT INTO rows (id) VALUES ('b')"))
-        first.rollback()
+def _plain_write_lands(path: Path, row: str) -> bool:
+    """Whether a writer on another connection gets its turn and writes within 10 s."""
+    done = threading.Event()
 
-        # Then a writer with its own engine, while the first connection stays open, writes at once
-        done = threading.Event()
+    def write():
+        other = sqlite3.connect(path, factory=WriterTurnConnection, timeout=30, check_same_thread=False)
+        other.execute("INSERT INTO rows (id) VALUES (?)", (row,))
+        other.commit()
+        other.close()
+        done.set()
 
-        def write():
-            with make_engine(url).begin() as conn:
-                conn.execute(text("INSERT INTO rows (id) VALUES ('c')"))
-            done.set()
-
-        threading.Thread(target=write, daemon=True).start()
-        assert done.wait(10), "the second writer is still waiting for its turn"
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT id FROM rows ORDER BY id")).scalars().all() == ["b", "c"]
+    threading.Thread(target=write, daemon=True).start()
+    return done.wait(10)
 
 
-def test_concurrent_submissions_to_the_api_under_gunicorn_all_land(settings, client):
+def _commit(conn):
+    conn.commit()
+
+
+def _rollback(conn):
+    conn.rollback()
+
+
+def _failed_write_rolled_back(conn):
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO rows (id) VALUES ('seed')")
+    conn.rollback()
+
+
+def _with_block(conn):
+    with conn:
+        conn.execute("INSERT INTO rows (id) VALUES ('with')")
+
+
+def _script(conn):
+    conn.executescript("INSERT INTO rows (id) VALUES ('script');")
+
+
+def _dropped_unclosed(conn):
+    """Left to the garbage collector (a connection is in a cycle with its statement cache)."""
+
+
+@pytest.mark.parametrize(
+    "end", [_commit, _rollback, _failed_write_rolled_back, _with_block, _script, _dropped_unclosed]
+)
+def test_a_turn_ends_with_its_transaction(tmp_path, end):
+    # Given a writer that took its turn, and ended its transaction in one of the ways there are
+    path = tmp_path / "turns.db"
+    conn = sqlite3.connect(path, factory=WriterTurnConnection, timeout=30, check_same_thread=False)
+    conn.execute("CREATE TABLE rows (id TEXT PRIMARY KEY)")
+    conn.execute("INSERT INTO rows (id) VALUES ('seed')")
+    conn.commit()
+    conn.execute("INSERT INTO rows (id) VALUES ('mine')")
+    end(conn)
+    del conn
+    gc.collect()
+
+    # Then a writer on another connection gets its turn at once
+    assert _plain_write_lands(path, "next"), "the next writer is still waiting for its turn"
+
+
+def test_concurrent_submissions_to_the_api_under_gunicorn_all_land(settings, client, tmp_path):
     # Given the API under gunicorn as deployed (2 processes x 4 threads) on one SQLite file
     import requests
 
@@ -123,12 +158,13 @@ def test_concurrent_submissions_to_the_api_under_gunicorn_all_land(settings, cli
         **{name: str(settings[name]) for name in ("REDIS_URL", "DATABASE_URL", "INTERNAL_SERVICE_TOKEN")},
         "TASK_MODULES": settings["TASK_MODULES"],
         "RATE_LIMIT_ENABLED": "0",
-        "RECONCILE_INTERVAL": "1",
+        "RECONCILE_INTERVAL": "0",
         "LOG_LEVEL": "WARNING",
     }
+    log = tmp_path / "api.log"
     api = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -159,6 +195,6 @@ def test_concurrent_submissions_to_the_api_under_gunicorn_all_land(settings, cli
         api.wait(timeout=30)
 
     # Then every submission was accepted and recorded
-    assert answers == [202] * 400, api.stderr.read().decode()[-3000:]
+    assert answers == [202] * 400, log.read_text()[-3000:]
     stats = client.get("/monitoring/queue/stats").get_json()
     assert (stats["jobs"]["QUEUED"], stats["queues"]["default"]["queued"]) == (400, 400)
