@@ -1,7 +1,6 @@
 """JobManager: every read and write of jobs in the store goes through here.
 
-Every change of a job's status goes through ``_transition`` (the one exception is
-``_unqueue``, the undo of a submission whose enqueue failed), which enforces the state machine
+Every change of a job's status goes through ``_transition``, which enforces the state machine
 of ``backend.states`` and the attempt fence, and writes with a compare-and-set
 (``UPDATE ... WHERE status = :seen AND attempt = :seen``) so that two writers racing on
 one job can never both win.
@@ -54,11 +53,6 @@ class JobRequest:
     run_at: datetime | None = None
 
 
-def _first_status(request: JobRequest) -> JobStatus:
-    """What a new job is recorded as: QUEUED when it goes straight to its queue (``submit``)."""
-    return JobStatus.PENDING if request.depends_on else JobStatus.QUEUED
-
-
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
 
@@ -76,43 +70,29 @@ class JobManager:
     def submit(self, request: JobRequest, *, owner: str) -> tuple[Job, bool]:
         """Record a job and put it on its queue.
 
-        A job with no dependencies is recorded QUEUED and then put on its queue: one write to
-        the store. No worker can see it before the row exists. Should the enqueue fail, the job
-        goes back to PENDING before anyone is told of it (the reconciler enqueues it later);
-        should the API die between the two, the reconciler finds it QUEUED with no RQ job and
-        queues a new attempt. A job with dependencies is recorded PENDING and then enqueued as
-        its parents allow (``enqueue_job``).
+        While Redis is answering, a job with no dependencies is recorded QUEUED and then put on
+        its queue: one write to the store, and no worker can see it before its row exists.
+        Should the enqueue fail, or the API die before it, the job stays QUEUED (a status never
+        goes back) and the reconciler, finding no RQ job for it, queues a new attempt once Redis
+        is back. Otherwise (Redis silent for a while, or dependencies to wait for) the job is
+        recorded PENDING and then enqueued (``enqueue_job``): while Redis is down, submissions
+        are PENDING until the reconciler enqueues them.
 
         Returns:
             The job, and False when an idempotency key matched a live job (nothing new).
         """
-        job, created = self.create_job(request, owner=owner, status=_first_status(request))
-        return (self._send_new(job, request) if created else job), created
-
-    def _send_new(self, job: Job, request: JobRequest) -> Job:
-        """Put a job just recorded on its queue (see ``submit``)."""
-        if job.status == JobStatus.PENDING:
-            return self.enqueue_job(job.id)
+        straight = not request.depends_on and self.queues.recently_up
+        status = JobStatus.QUEUED if straight else JobStatus.PENDING
+        job, created = self.create_job(request, owner=owner, status=status)
+        if not created:
+            return job, False
+        if not straight:
+            return self.enqueue_job(job.id), True
         try:
             self._send(job, request.task, [])
         except RedisError as exc:
-            return self._unqueue(job, exc)
-        return job
-
-    def _unqueue(self, job: Job, exc: RedisError) -> Job:
-        """A job recorded QUEUED whose enqueue failed waits as PENDING: the one move back of a
-        status, made before the submission is answered (the reconciler enqueues it later)."""
-        log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
-        with transaction(self.sessions) as session:
-            moved = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == JobStatus.QUEUED.value, Job.attempt == job.attempt)
-                .values(status=JobStatus.PENDING.value, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if moved:
-                counts.bump(session, job.task, old=JobStatus.QUEUED.value, new=JobStatus.PENDING.value)
-            return self._load(session, job.id)
+            log.warning("job %s recorded QUEUED, but Redis refused it (%s): the reconciler requeues it", job.id, exc)
+        return job, True
 
     def build_job(self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin) -> Job:
         """A new job row for ``request``, PENDING unless told (not yet added to any session)."""

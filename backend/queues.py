@@ -104,6 +104,15 @@ class QueueAdapter:
         self.failure_ttl = failure_ttl
         self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUE_NAMES}
         self._down_until = 0.0
+        self._answered_at = float("-inf")
+
+    #: Redis counts as up for this long after it last answered (see ``recently_up``).
+    UP_FOR_SECONDS = 1.0
+
+    @property
+    def recently_up(self) -> bool:
+        """Whether Redis answered this process within the last ``UP_FOR_SECONDS``."""
+        return time.monotonic() - self._answered_at < self.UP_FOR_SECONDS
 
     @contextlib.contextmanager
     def _guard(self):
@@ -114,6 +123,7 @@ class QueueAdapter:
         except (RedisConnectionError, RedisTimeoutError):
             self._down_until = time.monotonic() + self.DOWN_BACKOFF_SECONDS
             raise
+        self._answered_at = time.monotonic()
 
     def enqueue(
         self,

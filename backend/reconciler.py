@@ -4,10 +4,9 @@ It runs at API start and then every ``RECONCILE_INTERVAL`` seconds in the API pr
 (``python -m backend recover`` runs one pass). One reconciler acts at a time, under a Redis
 lock, so any number of API processes is safe. What it settles:
 
-- PENDING rows that never reached a queue (Redis was down, the API died mid-submit of a batch
-  or of a job with dependencies): enqueued.
-- QUEUED rows that no queue or registry holds (the API died between recording a job and
-  enqueueing it, a worker popped the job with LPOP and died before registering it, an evicted
+- PENDING rows that never reached a queue (Redis was down, the API died mid-submit): enqueued.
+- QUEUED rows that no queue or registry holds (a submission whose enqueue failed or whose API
+  died before it, a worker popped the job with LPOP and died before registering it, an evicted
   or deleted hash, a Redis that restarted empty): a new attempt is enqueued.
 - PROCESSING rows whose worker's lease expired: retried at once if retries are left, else
   FAILED "worker died". Rows whose RQ job already ended: RQ's outcome is copied.

@@ -36,13 +36,15 @@ def _is_write(sql: str) -> bool:
     return bool(words) and words[0].upper() in _WRITES
 
 
-def _in_transaction_elsewhere(connection: WriterTurnConnection) -> bool:
-    """Whether this thread has another connection in a transaction (it may hold SQLite's lock)."""
+def _in_transaction_elsewhere(connection: WriterTurnConnection, me: int) -> bool:
+    """Whether this thread began a write transaction on another connection that is still open
+    (it may hold SQLite's lock). Pooled connections pass between threads: only the ones whose
+    transaction this thread began count."""
     mine = getattr(_thread, "connections", None)
     if mine is None:
         mine = _thread.connections = weakref.WeakSet()
     mine.add(connection)
-    return any(other is not connection and _in_transaction(other) for other in list(mine))
+    return any(other is not connection and other._writer == me and _in_transaction(other) for other in list(mine))
 
 
 def _in_transaction(connection: sqlite3.Connection) -> bool:
@@ -59,6 +61,7 @@ class WriterTurnConnection(sqlite3.Connection):
         super().__init__(database, *args, **kwargs)
         self._turn_fd: int | None = None
         self._holding = False
+        self._writer = 0  # the thread that began its current write transaction
         path = os.fspath(database)
         if path and path != ":memory:" and not path.startswith("file:"):
             self._turn_fd = os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT, 0o644)
@@ -66,7 +69,11 @@ class WriterTurnConnection(sqlite3.Connection):
             self._closer = weakref.finalize(self, os.close, self._turn_fd)
 
     def take_turn(self) -> None:
-        if self._turn_fd is None or self._holding or self.in_transaction or _in_transaction_elsewhere(self):
+        me = threading.get_ident()
+        if self._holding or self.in_transaction:
+            return  # it wrote already (with its turn, or without one: then it never waits for it)
+        self._writer = me
+        if self._turn_fd is None or _in_transaction_elsewhere(self, me):
             return
         fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
         self._holding = True
