@@ -44,17 +44,20 @@ LINGER_SECONDS = 0.1
 
 
 class RecentSet:
-    """A set that keeps only its ``size`` most recently added members."""
+    """A set that keeps only its ``size`` most recently added members (thread-safe: the worker,
+    the sender thread and the progress timer all add to it)."""
 
     def __init__(self, size: int = REFUSED_KEPT):
         self.size = size
         self._members: dict = {}
+        self._lock = threading.Lock()
 
     def add(self, member) -> None:
-        self._members.pop(member, None)
-        self._members[member] = None
-        if len(self._members) > self.size:
-            del self._members[next(iter(self._members))]
+        with self._lock:
+            self._members.pop(member, None)
+            self._members[member] = None
+            if len(self._members) > self.size:
+                del self._members[next(iter(self._members))]
 
     def __contains__(self, member) -> bool:
         return member in self._members
