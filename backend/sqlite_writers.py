@@ -15,8 +15,8 @@ a connection is collected unclosed) and with the process; only a transaction lef
 by a live process would hold it, as it would hold SQLite's lock.
 
 Nothing waits for the lock while it may hold SQLite's: a transaction that wrote without a turn
-finishes without one, and a thread with another connection in a transaction writes without a
-turn (SQLite's busy handler then decides, as before).
+finishes without one, and a thread that began a write transaction on another connection, still
+open, writes without a turn (SQLite's busy handler then decides, as before).
 """
 
 from __future__ import annotations
