@@ -38,6 +38,7 @@ class JobReader:
         compiled = _STAMP.compile(dialect=engine.dialect)
         self._stamp_sql = str(compiled)
         self._positional = bool(compiled.positional)
+        self._dbapi_error = engine.dialect.loaded_dbapi.Error
         self._bodies: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -73,7 +74,7 @@ class JobReader:
 
     def _stamp(self, job_id: str) -> tuple | None:
         params = (job_id,) if self._positional else {"id": job_id}
-        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        dbapi_error = self._dbapi_error
         try:
             connection = self.engine.raw_connection()
             try:

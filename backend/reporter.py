@@ -167,9 +167,7 @@ class Reporter:
         import's lock would hang at its own first request.
         """
         try:
-            response = self._http().post(
-                f"{self.base_url}/internal/reports", json={"sent_at": time.time(), "reports": []}, timeout=_TIMEOUT
-            )
+            response = self._post_batch([])
         except requests.RequestException as exc:
             self._session = None
             log.warning("reporter: the API at %s is unreachable (%s)", self.base_url, exc)
@@ -256,9 +254,7 @@ class Reporter:
         halves until the culprit stands alone and is dropped, so it never holds back the others.
         """
         try:
-            response = self._http().post(
-                f"{self.base_url}/internal/reports", json={"sent_at": time.time(), "reports": reports}, timeout=_TIMEOUT
-            )
+            response = self._post_batch(reports)
         except requests.RequestException as exc:
             self._session = None  # a broken keep-alive connection is not reused
             log.warning("reporter: %d reports not delivered (%s); will retry", len(reports), exc)
@@ -281,6 +277,10 @@ class Reporter:
                 log.info("job %s attempt %s: %s report refused (%s): %s", report["job_id"], report["attempt"],
                          report["event"], answer["status"], answer.get("error"))  # fmt: skip
         return []
+
+    def _post_batch(self, reports: list[dict]) -> requests.Response:
+        body = {"sent_at": time.time(), "reports": reports}
+        return self._http().post(f"{self.base_url}/internal/reports", json=body, timeout=_TIMEOUT)
 
     def _post_now(self, report: dict) -> None:
         """Send one progress report from a work-horse, at once, without retries, waiting at most

@@ -218,12 +218,21 @@ def _count(session, plans: list[_Plan]) -> None:
         counts.bump(session, task, old=old, new=new, by=by)
 
 
+def _observe_wait(task: str, created_at: datetime, started_at: datetime) -> None:
+    """A first attempt's time in the queue (never below zero: starts come from workers' clocks)."""
+    QUEUE_WAIT_SECONDS.labels(task).observe(max((started_at - created_at).total_seconds(), 0.0))
+
+
+def _observe_run(task: str, status: str, started_at: datetime, ended_at: datetime) -> None:
+    JOB_RUN_SECONDS.labels(task, status).observe((ended_at - started_at).total_seconds())
+
+
 def _observe(plans: list[_Plan]) -> None:
     for plan in plans:
         if plan.start is not None and plan.attempt == 1:
-            QUEUE_WAIT_SECONDS.labels(plan.task).observe(max((plan.start[1] - plan.created_at).total_seconds(), 0.0))
+            _observe_wait(plan.task, plan.created_at, plan.start[1])
         if plan.end is not None and plan.started_at is not None:
-            JOB_RUN_SECONDS.labels(plan.task, _COMPLETED).observe((plan.end - plan.started_at).total_seconds())
+            _observe_run(plan.task, _COMPLETED, plan.started_at, plan.end)
         if log.isEnabledFor(logging.INFO):
             status = plan.values.get("status", plan.old_status)
             log.info(
@@ -242,7 +251,7 @@ def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
     if report.event == "started":
         job = manager.mark_started(report.job_id, attempt=report.attempt, worker=report.worker or "unknown", at=at)
         if job.attempt == 1 and job.started_at is not None:
-            QUEUE_WAIT_SECONDS.labels(job.task).observe((job.started_at - job.created_at).total_seconds())
+            _observe_wait(job.task, job.created_at, job.started_at)
         return job
     if report.event == "progress":
         return manager.update_job_progress(
@@ -254,7 +263,7 @@ def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
         error = report.error or "the task failed"
         job = manager.mark_failed(report.job_id, attempt=report.attempt, error=error, at=at)
     if job.started_at is not None and job.completed_at is not None:
-        JOB_RUN_SECONDS.labels(job.task, job.status).observe((job.completed_at - job.started_at).total_seconds())
+        _observe_run(job.task, job.status, job.started_at, job.completed_at)
     return job
 
 

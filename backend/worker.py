@@ -50,6 +50,11 @@ def _store_ids(job: RQJob) -> tuple[str, int] | None:
     return None
 
 
+def _lost_redis(exc: Exception) -> str:
+    """The error of a run whose outcome Redis lost (RQ's bookkeeping failed mid-job)."""
+    return f"WorkerLostRedis: {type(exc).__name__}: {exc}"
+
+
 class AttemptRefused(Exception):
     """Raised before a task runs when the API refuses its attempt (cancelled or replaced)."""
 
@@ -106,7 +111,7 @@ class ReportingMixin:
             # RQ's own bookkeeping failed (Redis went away mid-job): the outcome reaches no one
             # else, and Redis may come back without the job's state. Retried if it may be.
             if not self.reports_from_parent:
-                self.reporter.failed(job_id, attempt, f"WorkerLostRedis: {type(exc).__name__}: {exc}")
+                self.reporter.failed(job_id, attempt, _lost_redis(exc))
             raise
         finally:
             deactivate(token)
@@ -174,7 +179,7 @@ class JobServiceWorker(ReportingMixin, Worker):
         except Exception as exc:
             # Redis went away while the work-horse ran: the store heard of the start, and no
             # one else would report an end. Retried if it may be.
-            self.reporter.failed(*ids, f"WorkerLostRedis: {type(exc).__name__}: {exc}")
+            self.reporter.failed(*ids, _lost_redis(exc))
             raise
         try:
             self._report_end(job, *ids)
