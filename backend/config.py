@@ -40,6 +40,19 @@ DEFAULTS: dict[str, object] = {
     # Page size of GET /jobs.
     "JOBS_PAGE_DEFAULT": 50,
     "JOBS_PAGE_MAX": 500,
+    # A page of GET /jobs stops adding jobs once its body would pass this many bytes (it
+    # always holds at least one job; next_cursor goes on from the last one it holds).
+    "JOBS_PAGE_MAX_BYTES": 1024 * 1024,
+    # Size caps on what requests store (backend/size_caps.py). Sizes are of compact UTF-8 JSON.
+    # A job's arguments (args and kwargs together): larger submissions are refused (413).
+    "MAX_ARGS_BYTES": 64 * 1024,
+    # A task's result: a larger one fails the attempt (retried like any failure).
+    "MAX_RESULT_BYTES": 256 * 1024,
+    # An attempt's error text (traceback): workers keep its tail, the API refuses more.
+    "MAX_ERROR_BYTES": 16 * 1024,
+    # A progress message, in characters: workers shorten it, the API refuses more.
+    # Workers start with their own values of these four and adopt the API's from its answers.
+    "MAX_PROGRESS_MESSAGE": 1024,
     # Worker -> API reports: how long a report is retried while the API is unreachable,
     # and the least time between two progress reports of one job.
     "REPORT_RETRY_SECONDS": 120.0,
@@ -87,6 +100,11 @@ _INT_KEYS = {
     "MAX_JSON_DEPTH",
     "JOBS_PAGE_DEFAULT",
     "JOBS_PAGE_MAX",
+    "JOBS_PAGE_MAX_BYTES",
+    "MAX_ARGS_BYTES",
+    "MAX_RESULT_BYTES",
+    "MAX_ERROR_BYTES",
+    "MAX_PROGRESS_MESSAGE",
     "WEBHOOK_ALLOW_LOOPBACK",
     "WEBHOOK_MAX_ATTEMPTS",
     "RATE_LIMIT_ENABLED",

@@ -10,6 +10,7 @@ from flask import current_app, request
 from backend.config import QUEUE_NAMES
 from backend.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from backend.job_manager import JobRequest
+from backend.size_caps import SizeCaps, TooLarge
 from backend.ssrf import check_webhook_url
 from backend.tasks import TaskSpec
 
@@ -91,6 +92,7 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
         raise ValidationFailed(f"args must be a list, got {type(args).__name__}")
     if not isinstance(kwargs, dict):
         raise ValidationFailed(f"kwargs must be an object, got {type(kwargs).__name__}")
+    check_argument_size(args, kwargs)
     priority = body.get("priority") or "default"
     if priority not in QUEUE_NAMES:
         raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {priority!r}")
@@ -124,6 +126,18 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
         allow_failure=allow_failure,
         run_at=run_at,
     )
+
+
+def check_argument_size(args: object, kwargs: object) -> None:
+    """Refuse arguments over ``MAX_ARGS_BYTES`` (for submissions and schedules alike).
+
+    Raises:
+        TooLarge: 413, naming the cap and the arguments' size.
+    """
+    caps = SizeCaps.from_settings(current_app.config)
+    problem = caps.arguments_problem(args, kwargs)
+    if problem:
+        raise TooLarge(problem, details={"setting": "MAX_ARGS_BYTES", "limit": caps.args_bytes})
 
 
 def _run_at(value: object) -> datetime | None:
