@@ -46,6 +46,10 @@ QUEUE_WAIT_SECONDS = Histogram(
     ["task"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
+#: HTTP methods that get a label of their own; any other method a client sends is "other",
+#: and a request that matched no route is "unmatched" (never its path): labels a client
+#: controls would grow /metrics, and every process's memory, without bound.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 WEBHOOK_DELIVERIES = Counter("jobservice_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"])
 
 
@@ -115,7 +119,8 @@ def init_app(app: Flask) -> None:
         started = g.pop("request_started", None)
         if started is not None:
             rule = request.url_rule
-            key = (rule.rule if rule is not None else "unmatched", request.method, response.status_code)
+            method = request.method if request.method in STANDARD_METHODS else "other"
+            key = (rule.rule if rule is not None else "unmatched", method, response.status_code)
             child = children.get(key)
             if child is None:
                 child = children[key] = REQUEST_LATENCY.labels(key[0], key[1], str(key[2]))
