@@ -13,6 +13,12 @@ the running task sees at its next progress report.
 Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``, the
 latest value wins, and a pending value is flushed by a timer.
 
+What a report carries is kept within the size caps (``backend/size_caps.py``): an error keeps
+its tail, a progress message its beginning. The caps start as the worker's settings and follow
+the ones the API announces in every answer. A result the API still refuses (its caps changed,
+or a body over its request cap) is never dropped: the attempt is reported failed with the
+API's reason instead, so the job is retried or ends FAILED rather than staying PROCESSING.
+
 A forked work-horse calls ``reset()``: it has no sender thread, so it posts progress directly
 with its own connection (its start and end are reported by the worker process).
 """
@@ -25,6 +31,8 @@ import time
 from collections import deque
 
 import requests
+
+from backend.size_caps import SizeCaps
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +75,22 @@ class RecentSet:
 
 
 class Reporter:
-    def __init__(self, base_url: str, token: str, *, retry_seconds: float = 120.0, progress_interval: float = 0.25):
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        retry_seconds: float = 120.0,
+        progress_interval: float = 0.25,
+        caps: SizeCaps | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.retry_seconds = retry_seconds
         self.progress_interval = progress_interval
+        #: The size caps, replaced by the API's as soon as it answers (kept in a work-horse).
+        self.caps = caps or SizeCaps()
+        #: (job_id, attempt) pairs whose refused end was already reported again in another form.
+        self._replaced = RecentSet()
         self._token = token
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
@@ -101,6 +121,7 @@ class Reporter:
         self._pending = None
         self._last_progress_at = 0.0
         self.refused = RecentSet()
+        self._replaced = RecentSet()
         self._outbox = deque()
         self._wakeup = threading.Condition(threading.Lock())
         self._in_flight = 0
@@ -117,14 +138,18 @@ class Reporter:
         self._drop_pending_progress()
         self._put({"job_id": job_id, "attempt": attempt, "event": "completed", "result": result})
 
-    def failed(self, job_id: str, attempt: int, error: str) -> None:
+    def failed(self, job_id: str, attempt: int, error: str, *, at: float | None = None) -> None:
+        """Report a failed attempt; an error over the cap keeps its tail (where a traceback ends)."""
         self._drop_pending_progress()
-        self._put({"job_id": job_id, "attempt": attempt, "event": "failed", "error": error})
+        report = {"job_id": job_id, "attempt": attempt, "event": "failed", "error": self.caps.shorten_error(error)}
+        self._put(report, at=at)
 
     def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
         """Report progress (coalesced). Returns False once the API has refused this attempt."""
         if (job_id, attempt) in self.refused:
             return False
+        if message is not None:
+            message = self.caps.shorten_message(message)
         with self._lock:
             self._pending = (job_id, attempt, percent, message)
             wait = self._last_progress_at + self.progress_interval - time.monotonic()
@@ -174,12 +199,24 @@ class Reporter:
             return None
         if response.status_code == 401:
             log.error("reporter: the API at %s refuses this worker's INTERNAL_SERVICE_TOKEN", self.base_url)
+        elif response.status_code == 200:
+            self._adopt_caps(response)
         return response.status_code
+
+    def _adopt_caps(self, response: requests.Response) -> None:
+        try:
+            announced = response.json().get("limits")
+        except (ValueError, AttributeError):
+            return
+        caps = self.caps.adopt(announced)
+        if caps != self.caps:
+            log.info("reporter: the API's size caps are %s", caps.as_settings())
+            self.caps = caps
 
     # -- the outbox ---------------------------------------------------------------------
 
-    def _put(self, report: dict, *, best_effort: bool = False) -> None:
-        report["at"] = time.time()
+    def _put(self, report: dict, *, best_effort: bool = False, at: float | None = None) -> None:
+        report["at"] = at if at is not None else time.time()
         deadline = time.monotonic() + (0.0 if best_effort else self.retry_seconds)
         with self._wakeup:
             self._outbox.append((deadline, report))
@@ -269,14 +306,34 @@ class Reporter:
             return self._deliver(reports[:middle]) + self._deliver(reports[middle:])
         if status != 200:
             log.error("reporter: %d reports refused (%s): %s", len(reports), status, response.text[:300])
+            if status in (400, 413, 422):
+                self._report_refused_end(reports[0], f"the API refused the report ({status}): {response.text[:300]}")
             return []
+        self._adopt_caps(response)
         for report, answer in zip(reports, response.json()["results"], strict=True):
             if answer["status"] == 409:
                 self.refused.add((report["job_id"], report["attempt"]))
             if answer["status"] >= 400:
                 log.info("job %s attempt %s: %s report refused (%s): %s", report["job_id"], report["attempt"],
                          report["event"], answer["status"], answer.get("error"))  # fmt: skip
+            if answer["status"] == 422:
+                self._report_refused_end(report, answer.get("error") or "the API refused the report (422)")
         return []
+
+    def _report_refused_end(self, report: dict, reason: str) -> None:
+        """An attempt's end that the API refused as too large (its caps differ from the ones this
+        worker knew) is reported once more, within the API's caps, so the job never stays
+        PROCESSING: a refused result fails the attempt with the API's reason, a refused error is
+        cut to the API's cap."""
+        key = (report["job_id"], report["attempt"])
+        if report["event"] not in ("completed", "failed") or key in self._replaced:
+            return
+        self._replaced.add(key)
+        if report["event"] == "completed":
+            error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
+        else:
+            error = report["error"]
+        self.failed(report["job_id"], report["attempt"], error, at=report["at"])
 
     def _post_batch(self, reports: list[dict]) -> requests.Response:
         body = {"sent_at": time.time(), "reports": reports}

@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # `python backend/worker.py`: make the package im
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
@@ -36,6 +35,7 @@ from backend import config, logs  # noqa: E402
 from backend.leases import LeaseKeeper  # noqa: E402
 from backend.queues import connect, fence_key, last_error, register_queues  # noqa: E402
 from backend.reporter import Reporter  # noqa: E402
+from backend.size_caps import SizeCaps  # noqa: E402
 from backend.tasks import load_task_modules  # noqa: E402
 from backend.tasks.context import JobContext, activate, deactivate  # noqa: E402
 
@@ -57,15 +57,6 @@ def _lost_redis(exc: Exception) -> str:
 
 class AttemptRefused(Exception):
     """Raised before a task runs when the API refuses its attempt (cancelled or replaced)."""
-
-
-def _not_json(value: object) -> str | None:
-    """What is wrong with ``value`` as a JSON result, or None when it is fine."""
-    try:
-        json.dumps(value, allow_nan=False)
-        return None
-    except (TypeError, ValueError) as exc:
-        return f"a value that is not JSON ({exc})"
 
 
 class ReportingMixin:
@@ -130,9 +121,11 @@ class ReportingMixin:
         return ok
 
     def _report_result(self, job_id: str, attempt: int, result: object) -> None:
-        problem = _not_json(result)
+        # A result the API would refuse (not JSON, NaN, over MAX_RESULT_BYTES) fails the
+        # attempt with that reason: retried like any failure, never a dropped report.
+        problem = self.reporter.caps.result_problem(result)
         if problem:
-            self.reporter.failed(job_id, attempt, f"ResultNotJSON: the task returned {problem}")
+            self.reporter.failed(job_id, attempt, problem)
         else:
             self.reporter.completed(job_id, attempt, result)
 
@@ -227,6 +220,7 @@ def build_worker(
         str(settings["INTERNAL_SERVICE_TOKEN"]),
         retry_seconds=float(settings["REPORT_RETRY_SECONDS"]),
         progress_interval=float(settings["PROGRESS_MIN_INTERVAL"]),
+        caps=SizeCaps.from_settings(settings),
     )
     worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
     return worker_class(

@@ -3,6 +3,10 @@
 Every call needs ``X-Internal-Token``; every report names its attempt, and a report for an
 older attempt is refused (409) without changing anything. Workers send their reports in
 batches to ``POST /internal/reports``; the one-report routes remain for scripts and tools.
+
+A result, error or progress message over its size cap (``backend/size_caps.py``) is refused
+(422) and stores nothing; every batch answer carries the caps (``limits``), so that workers
+shorten and check what they report by the API's caps, not only by their own settings.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from flask import Blueprint, current_app, jsonify
 from backend import reports
 from backend.api.auth import require_internal_token
 from backend.api.payloads import json_body
-from backend.errors import BadRequest
+from backend.errors import BadRequest, ValidationFailed
 from backend.representations import job_dict
+from backend.size_caps import SizeCaps
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 bp.before_request(require_internal_token)
@@ -62,19 +67,37 @@ def _progress(body: dict, where: str = "") -> int:
     return int(value)
 
 
-def _report(body: dict, event: str, job_id: str, *, age: float = 0.0, where: str = "") -> reports.Report:
-    """A checked report of ``event`` from a request body (or one item of a batch)."""
+def _caps() -> SizeCaps:
+    return SizeCaps.from_settings(current_app.config)
+
+
+def _report(
+    body: dict, event: str, job_id: str, caps: SizeCaps, *, age: float = 0.0, where: str = ""
+) -> reports.Report:
+    """A checked report of ``event`` from a request body (or one item of a batch).
+
+    Raises:
+        BadRequest: a field is missing or of the wrong kind.
+        ValidationFailed: a result, error or message over its size cap.
+    """
     attempt = _field(body, "attempt", int, where=where)
     fields: dict = {}
+    problem = None
     if event == "started":
         fields["worker"] = _field(body, "worker", str, where=where)
     elif event == "progress":
         fields["progress"] = _progress(body, where)
         fields["message"] = _field(body, "message", str, required=False, where=where)
+        problem = caps.message_problem(fields["message"]) if fields["message"] is not None else None
     elif event == "completed":
         fields["result"] = body.get("result")
+        problem = caps.result_problem(fields["result"])
     else:
         fields["error"] = _field(body, "error", str, where=where)
+        problem = caps.error_problem(fields["error"])
+    if problem:
+        # Not prefixed with ``where``: the worker reports the message as the attempt's error.
+        raise ValidationFailed(problem, details={"limits": caps.as_settings()})
     return reports.Report(job_id=job_id, attempt=attempt, event=event, age=age, **fields)
 
 
@@ -83,14 +106,17 @@ def batch():
     """Apply a worker's batch of reports in order; one answer per report (none: a check of the token).
 
     Body: ``{"sent_at": <unix time>, "reports": [{"job_id", "attempt", "event", "at", ...}]}``,
-    ``at`` and ``sent_at`` by the worker's clock (only their difference is used).
+    ``at`` and ``sent_at`` by the worker's clock (only their difference is used). Answer:
+    ``{"results": [...], "limits": {"MAX_RESULT_BYTES": ..., ...}}``; a malformed report fails
+    the whole batch (400), one over a size cap only its own answer (422).
     """
     body = json_body()
     items = body.get("reports")
     if not isinstance(items, list) or len(items) > reports.MAX_BATCH:
         raise BadRequest(f"reports must be a list of at most {reports.MAX_BATCH} reports")
     sent_at = _seconds(body, "sent_at")
-    batch = []
+    caps = _caps()
+    batch, refused = [], {}
     for index, item in enumerate(items):
         where = f"reports[{index}]."
         if not isinstance(item, dict):
@@ -104,12 +130,17 @@ def batch():
         job_id = _field(item, "job_id", str, where=where)
         at = _seconds(item, "at", where)
         age = sent_at - at if sent_at is not None and at is not None else 0.0
-        batch.append(_report(item, event, job_id, age=age, where=where))
-    return jsonify({"results": reports.apply(_jobs(), batch)})
+        try:
+            batch.append(_report(item, event, job_id, caps, age=age, where=where))
+        except ValidationFailed as exc:
+            refused[index] = {"status": 422, "error": exc.message}
+    applied = iter(reports.apply(_jobs(), batch))
+    results = [refused[index] if index in refused else next(applied) for index in range(len(items))]
+    return jsonify({"results": results, "limits": caps.as_settings()})
 
 
 def _one(job_id: str, event: str):
-    job = reports.apply_one(_jobs(), _report(json_body(), event, job_id))
+    job = reports.apply_one(_jobs(), _report(json_body(), event, job_id, _caps()))
     return jsonify(job_dict(job))
 
 

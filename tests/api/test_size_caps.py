@@ -63,3 +63,171 @@ def test_the_cap_is_a_setting(settings, client, app):
 
     assert response.status_code == 413
     assert "over MAX_ARGS_BYTES of 100 bytes" in response.get_json()["error"]["message"]
+
+
+# -- the API's side of worker reports ---------------------------------------------------------
+
+
+def _started(client, **body) -> str:
+    job = client.post("/tasks/echo", json=body).get_json()
+    started = client.post(f"/internal/jobs/{job['job_id']}/started", json={"attempt": 1, "worker": "w"}, headers=AUTH)
+    assert started.status_code == 200
+    return job["job_id"]
+
+
+def _batch(client, *reports):
+    return client.post("/internal/reports", json={"sent_at": time.time(), "reports": list(reports)}, headers=AUTH)
+
+
+def test_reports_over_the_caps_are_refused_422_each_and_store_nothing(client, app):
+    app.config.update(MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=500, MAX_PROGRESS_MESSAGE=20)
+    job_id = _started(client)
+    base = {"job_id": job_id, "attempt": 1}
+
+    response = _batch(
+        client,
+        dict(base, event="progress", progress=10, message="m" * 21),
+        dict(base, event="completed", result={"data": "x" * 1000}),
+        dict(base, event="failed", error="e" * 501),
+        dict(base, event="progress", progress=20, message="fits"),
+    )
+
+    assert response.status_code == 200
+    answers = response.get_json()
+    assert [a["status"] for a in answers["results"]] == [422, 422, 422, 200]
+    assert "over MAX_PROGRESS_MESSAGE of 20 characters" in answers["results"][0]["error"]
+    assert answers["results"][1]["error"] == (
+        "ResultTooLarge: the result is 1,011 bytes, over MAX_RESULT_BYTES of 1,000 bytes"
+    )
+    assert answers["results"][2]["error"] == "the error is 501 bytes, over MAX_ERROR_BYTES of 500 bytes"
+    # Workers learn the caps from every answer.
+    assert answers["limits"] == {
+        "MAX_ARGS_BYTES": 64 * 1024,
+        "MAX_RESULT_BYTES": 1000,
+        "MAX_ERROR_BYTES": 500,
+        "MAX_PROGRESS_MESSAGE": 20,
+    }
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert (job["status"], job["result"], job["error"], job["progress_message"]) == ("PROCESSING", None, None, "fits")
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [
+        ("completed", {"result": "x" * 2000}),
+        ("failed", {"error": "e" * 2000}),
+        ("progress", {"progress": 5, "message": "m" * 2000}),
+    ],
+)
+def test_the_one_report_routes_refuse_422_too(client, app, event, body):
+    app.config.update(MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=1000, MAX_PROGRESS_MESSAGE=1000)
+    job_id = _started(client)
+
+    response = client.post(f"/internal/jobs/{job_id}/{event}", json={"attempt": 1, **body}, headers=AUTH)
+
+    assert response.status_code == 422
+    assert "over MAX_" in response.get_json()["error"]["message"]
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "PROCESSING"
+
+
+# -- real workers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def size_settings(settings):
+    settings["TASK_MODULES"] = SIZE_TASKS
+    return settings
+
+
+def _run_worker(start_worker, *, simple: bool):
+    args = ["--burst", "--name", f"size-{time.monotonic_ns()}"] + (["--simple"] if simple else [])
+    worker = start_worker(*args, env={"TASK_MODULES": SIZE_TASKS})
+    assert worker.wait(timeout=60) == 0, worker.output()
+    return worker
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
+def test_a_result_over_the_cap_fails_the_job_with_that_reason(size_settings, client, start_worker, simple):
+    job = client.post("/tasks/big_result", json={"args": [300 * 1024], "max_retries": 0}).get_json()
+
+    _run_worker(start_worker, simple=simple)
+
+    after = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED"})
+    assert after["status"] == "FAILED"
+    assert after["error"] == "ResultTooLarge: the result is 300 KiB, over MAX_RESULT_BYTES of 256 KiB"
+    assert after["result"] is None
+
+
+def test_workers_check_results_by_the_apis_caps(size_settings, app, client, start_worker):
+    # The worker's own settings say 256 KiB; the API says 1,000 bytes, and the worker follows it.
+    app.config["MAX_RESULT_BYTES"] = 1000
+    too_big = client.post("/tasks/big_result", json={"args": [1001], "max_retries": 0}).get_json()
+    fits = client.post("/tasks/big_result", json={"args": [1000], "max_retries": 0}).get_json()
+
+    _run_worker(start_worker, simple=True)
+
+    failed = wait_for_status(client, too_big["job_id"], {"COMPLETED", "FAILED"})
+    assert (failed["status"], failed["error"]) == (
+        "FAILED",
+        "ResultTooLarge: the result is 1,001 bytes, over MAX_RESULT_BYTES of 1,000 bytes",
+    )
+    completed = wait_for_status(client, fits["job_id"], {"COMPLETED", "FAILED"})
+    assert completed["status"] == "COMPLETED" and len(completed["result"]) == 998
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
+def test_a_long_error_keeps_its_tail_within_the_cap(size_settings, app, client, start_worker, simple):
+    app.config["MAX_ERROR_BYTES"] = 2048
+    job = client.post("/tasks/long_failure", json={"args": [50_000], "max_retries": 0}).get_json()
+
+    _run_worker(start_worker, simple=simple)
+
+    after = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED"})
+    assert after["status"] == "FAILED"
+    assert len(after["error"].encode()) <= 2048
+    assert after["error"].startswith("[error truncated: its first ")
+    assert after["error"].rstrip().endswith("yyy THE END")
+    attempts = client.get(f"/jobs/{job['job_id']}/attempts").get_json()["attempts"]
+    assert attempts[0]["error"] == after["error"]
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
+def test_a_long_progress_message_is_shortened_by_the_worker(size_settings, app, client, start_worker, simple):
+    app.config["MAX_PROGRESS_MESSAGE"] = 100
+    job = client.post("/tasks/long_progress", json={"args": [5000]}).get_json()
+
+    _run_worker(start_worker, simple=simple)
+
+    after = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED"})
+    assert after["status"] == "COMPLETED"
+    assert after["progress_message"] == "m" * 99 + "…"
+
+
+def test_a_result_the_api_refuses_is_reported_as_the_attempts_failure(client, app, live_server):
+    # A reporter that does not know the API's caps yet (they changed after it learned them)
+    # sends a result over them: the API refuses it, and the attempt is reported failed
+    # with the API's reason instead of the report being dropped.
+    from backend.reporter import Reporter
+    from backend.size_caps import SizeCaps
+    from tests.conftest import TOKEN
+
+    job_id = _started(client, max_retries=0)
+    other_id = _started(client, max_retries=0)
+    app.config.update(MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=300)
+    reporter = Reporter(live_server, TOKEN, caps=SizeCaps())
+    try:
+        reporter.completed(job_id, 1, "x" * 2000)
+        reporter.failed(other_id, 1, "e" * 5000 + " THE END")
+        assert reporter.flush(timeout=30)
+    finally:
+        reporter.close()
+
+    failed = client.get(f"/jobs/{job_id}").get_json()
+    assert (failed["status"], failed["error"]) == (
+        "FAILED",
+        "ResultTooLarge: the result is 2.0 KiB (2,002 bytes), over MAX_RESULT_BYTES of 1,000 bytes",
+    )
+    other = client.get(f"/jobs/{other_id}").get_json()
+    assert other["status"] == "FAILED" and len(other["error"].encode()) <= 300
+    assert other["error"].endswith("e THE END")
+    assert reporter.caps.result_bytes == 1000
