@@ -17,19 +17,26 @@ from flask import Flask  # noqa: E402
 
 from backend import api, cli, config, dashboard, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
 from backend.api.error_handlers import register_error_handlers  # noqa: E402
+from backend.forwarded import TrustedProxies, parse_networks  # noqa: E402
 from backend.job_reads import JobReader  # noqa: E402
 from backend.periodic import PeriodicThread  # noqa: E402
+from backend.secrets_check import enforce as enforce_secrets  # noqa: E402
 from backend.services import build_services  # noqa: E402
 from backend.webhooks import Dispatcher  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    """Build the API. ``test_config`` overrides settings read from the environment."""
+def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
+    """Build the API. ``test_config`` overrides settings read from the environment; ``role``
+    is "cli" for the operator commands, which need no internal token."""
     settings = config.load(test_config)
-    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]), settings=settings)
+    # Before anything connects: a deployment with placeholder or short secrets never serves.
+    enforce_secrets(settings, role=role)
     app = Flask(__name__)
+    # The client's address behind a reverse proxy (X-Forwarded-For from trusted peers only).
+    app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(str(settings["TRUSTED_PROXIES"])))
     app.config.update(settings)
     app.json.sort_keys = False
     app.extensions["api_keys"] = config.parse_api_keys(settings["API_KEYS"])
@@ -87,6 +94,8 @@ def main() -> None:
 
     from backend.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
 
+    # The development server: the secrets check does not apply (see backend/secrets_check.py).
+    os.environ.setdefault("JOBSERVICE_ENV", "development")
     embedded = None
     if not os.environ.get("REDIS_URL"):
         embedded = EmbeddedRedis.start(data_dir=DEV_DATA_DIR, port=int(os.environ.get("REDIS_PORT", DEV_PORT)))

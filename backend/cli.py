@@ -17,7 +17,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from backend import maintenance
+from backend import logs, maintenance
 
 
 def _app_parts():
@@ -29,8 +29,11 @@ def _require_redis() -> None:
     try:
         manager.queues.connection.ping()
     except RedisError as exc:
-        url = current_app.config.get("REDIS_URL")
-        raise click.ClickException(f"Redis is unreachable at {url} ({exc}); start it or set REDIS_URL") from None
+        # Never the password: the message lands in terminals, CI logs and bug reports.
+        url = logs.redact(str(current_app.config.get("REDIS_URL")))
+        raise click.ClickException(
+            logs.redact(f"Redis is unreachable at {url} ({exc}); start it or set REDIS_URL")
+        ) from None
 
 
 @click.command("recover")
@@ -64,7 +67,9 @@ def cleanup_command(dry_run: bool, older_than: int, force: bool) -> None:
             manager, reconciler, older_than=timedelta(minutes=older_than), force=force, dry_run=dry_run
         )
     except RedisError as exc:
-        raise click.ClickException(f"Redis failed during cleanup ({exc}); run it again when Redis is back") from None
+        raise click.ClickException(
+            logs.redact(f"Redis failed during cleanup ({exc}); run it again when Redis is back")
+        ) from None
     verb = "would end" if dry_run else "ended"
     for job_id, status, reason in report.jobs:
         click.echo(f"store: {verb} {job_id} ({status}): {reason}")
@@ -91,7 +96,7 @@ def clear_queues_command(flush_db: bool, yes: bool) -> None:
     try:
         result = maintenance.clear_queues(manager, flush_db=flush_db, by="clear-queues")
     except RedisError as exc:
-        raise click.ClickException(f"Redis failed while clearing ({exc})") from None
+        raise click.ClickException(logs.redact(f"Redis failed while clearing ({exc})")) from None
     click.echo(json.dumps(result, indent=2))
 
 
@@ -108,13 +113,17 @@ def register(app: Flask) -> None:
 def main(ctx: click.Context) -> None:
     """Job service maintenance commands."""
     from backend.app import create_app
+    from backend.secrets_check import InsecureSecrets
 
     # One pass of work, not a server: no background reconciler, and only errors logged
     # unless LOG_LEVEL says otherwise.
     overrides: dict[str, object] = {"RECONCILE_INTERVAL": 0}
     if not os.environ.get("LOG_LEVEL"):
         overrides["LOG_LEVEL"] = "ERROR"
-    app = create_app(overrides)
+    try:
+        app = create_app(overrides, role="cli")
+    except InsecureSecrets as exc:
+        raise click.ClickException(str(exc)) from None
     ctx.obj = app
     ctx.with_resource(app.app_context())
 

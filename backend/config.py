@@ -89,6 +89,12 @@ DEFAULTS: dict[str, object] = {
     # Logging: "text" or "json".
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
+    # "development" (set by `make run`, `python backend/app.py` and the tests) skips the
+    # start-up check of secrets (backend/secrets_check.py); anything else is a deployment.
+    "JOBSERVICE_ENV": "production",
+    # Peers (IPs or CIDRs) whose X-Forwarded-For names the client: a reverse proxy on the same
+    # host or pod. Anyone else's X-Forwarded-For is ignored (backend/forwarded.py).
+    "TRUSTED_PROXIES": "127.0.0.1,::1",
 }
 
 _INT_KEYS = {
@@ -150,14 +156,15 @@ def parse_api_keys(spec: str | None) -> dict[str, tuple[str, bool]]:
         ValueError: an entry is not ``name:key`` or ``name:key:admin``.
     """
     keys: dict[str, tuple[str, bool]] = {}
-    for entry in (spec or "").split(","):
+    for number, entry in enumerate((spec or "").split(","), start=1):
         entry = entry.strip()
         if not entry:
             continue
         parts = entry.split(":")
+        # The messages name the entry by its place, never its text: that holds a key.
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise ValueError(f"API_KEYS entry must be name:key[:admin], got {entry!r}")
+            raise ValueError(f"API_KEYS entry {number} must be name:key[:admin]")
         if len(parts) == 3 and parts[2] != "admin":
-            raise ValueError(f"API_KEYS flag must be 'admin', got {parts[2]!r}")
+            raise ValueError(f"API_KEYS entry {number} ({parts[0]!r}): the flag must be 'admin'")
         keys[parts[1]] = (parts[0], len(parts) == 3)
     return keys

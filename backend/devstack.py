@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from backend import processes
+from backend import logs, processes
 from backend.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,8 @@ def main() -> int:
     api_url = f"http://127.0.0.1:{port}"
     env.setdefault("API_BASE_URL", api_url)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One laptop: the start-up check of secrets (backend/secrets_check.py) does not apply.
+    env.setdefault("JOBSERVICE_ENV", "development")
 
     embedded = None
     if not env.get("REDIS_URL"):
@@ -79,9 +81,9 @@ def main() -> int:
                     "job service is up:",
                     f"  API            {api_url}  (try: curl {api_url}/tasks)",
                     f"  RQ Dashboard   {api_url}/rq",
-                    f"  Redis          {env['REDIS_URL']}"
+                    f"  Redis          {logs.redact(env['REDIS_URL'])}"
                     + ("  (embedded, data in backend/data/redis)" if embedded else ""),
-                    f"  job store      {env.get('DATABASE_URL', 'sqlite:///backend/data/jobs.db')}",
+                    f"  job store      {logs.redact(env.get('DATABASE_URL', 'sqlite:///backend/data/jobs.db'))}",
                     "  worker         worker-1 on high,default,low",
                     "  scheduler      fires the cron schedules of /scheduled-jobs",
                     "Ctrl+C stops everything.",

@@ -1,14 +1,52 @@
-"""gunicorn settings for the API: ``gunicorn -c backend/gunicorn_conf.py "backend.app:create_app()"``."""
+"""gunicorn settings for the API: ``gunicorn -c backend/gunicorn_conf.py "backend.app:create_app()"``.
+
+gunicorn's threads each read a whole request, headers and body, before the app sees it, and a
+thread waits as long as the client takes: 2 processes x 4 threads means 8 slow connections
+starve the API (a slowloris). So gunicorn is never the server that the internet talks to: it
+binds 127.0.0.1 by default, and nginx in front of it (deploy/nginx/jobservice.conf; the
+docker-compose `proxy` service, the Kubernetes sidecar, the systemd guide) reads each request
+whole, with timeouts, before handing it over. DEPLOYMENT_GUIDE.md, "Slow clients", says why
+nginx rather than an event-loop worker class.
+"""
+
+from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:5000")
+# This file is read by gunicorn's master before any worker imports the app: make the package
+# importable, and mask credentials in every line the master logs too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Private names: gunicorn takes every public name of this file as a setting ("config" is one).
+from backend import config as _config  # noqa: E402
+from backend import logs as _logs  # noqa: E402
+from backend import secrets_check as _secrets_check  # noqa: E402
+
+_logs.install_redaction()
+
+# Loopback: behind the reverse proxy. docker-compose sets 0.0.0.0:5000 (its proxy and workers
+# reach the API over the compose network; the port is not published).
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:5000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
+# Above nginx's upstream keepalive_timeout (60 s): gunicorn never closes an idle upstream
+# connection at the moment nginx reuses it.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 accesslog = "-"
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def on_starting(server):
+    """Refuse to start, with the reason and no traceback, when a secret will not do."""
+    try:
+        _secrets_check.enforce(_config.load(), role="api")
+    except _secrets_check.InsecureSecrets as exc:
+        server.log.error("%s", exc)
+        sys.exit(1)
 
 
 def child_exit(server, worker):

@@ -1,13 +1,117 @@
-"""Logging set-up: one line per event, as text or as JSON lines (LOG_FORMAT=json)."""
+"""Logging set-up: one line per event, as text or as JSON lines (LOG_FORMAT=json).
+
+Every log record of a process that called :func:`configure` has its credentials masked
+(:func:`redact`): a URL's password (``redis://:***@host``) and the values of the secret
+settings. It happens when the record is made, so it holds for every handler, ours, RQ's and
+gunicorn's alike, and for tracebacks; uncaught exceptions are masked the same way.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
+import threading
+import traceback
 
 #: Fields that log calls pass with ``extra=`` and that JSON lines carry as keys of their own.
 EVENT_FIELDS = ("job_id", "attempt", "worker", "task", "status")
+
+# The userinfo of a URL: scheme://user:password@ or scheme://token@. The password (or a
+# lone token, which Redis and many brokers take as the password) is what gets masked.
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:'\"]*)(?P<password>:[^\s/@'\"]*)?@"
+)
+MASK = "***"
+#: Settings whose values are secrets: masked wherever they appear in a log line.
+SECRET_SETTINGS = ("INTERNAL_SERVICE_TOKEN", "WEBHOOK_SECRET", "HEALTHCHECK_API_KEY", "REDIS_PASSWORD")
+# Shorter values are not masked as text: "abc" would mask every "abc" in every line (and
+# the start-up check refuses secrets that short outside development anyway).
+_MIN_MASKED_LENGTH = 8
+_secret_values: tuple[str, ...] = ()
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    if match.group("password") is not None:
+        return f"{match.group('scheme')}{match.group('user')}:{MASK}@"
+    if not match.group("user"):
+        return match.group(0)
+    return f"{match.group('scheme')}{MASK}@"
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials masked: ``scheme://user:pw@host`` becomes ``scheme://user:***@host``,
+    and the values of the secret settings (:func:`remember_secrets`) become ``***``."""
+    if not isinstance(text, str):
+        text = str(text)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    for value in _secret_values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def remember_secrets(settings: dict | None = None) -> None:
+    """Mask the values of the secret settings (from ``settings`` and the environment) in logs."""
+    from backend.config import parse_api_keys
+
+    found: set[str] = set()
+    sources = [os.environ, settings or {}]
+    for source in sources:
+        for name in SECRET_SETTINGS:
+            value = source.get(name)
+            if value:
+                found.add(str(value))
+        try:
+            found.update(parse_api_keys(source.get("API_KEYS")))
+        except ValueError:
+            # A malformed list: mask each piece of it that could be a key.
+            found.update(part for entry in str(source.get("API_KEYS")).split(",") for part in entry.split(":"))
+    global _secret_values
+    # Longest first, so that a secret containing another is masked whole.
+    _secret_values = tuple(sorted((v for v in found if len(v) >= _MIN_MASKED_LENGTH), key=len, reverse=True))
+
+
+def _redacting_factory(base):
+    def make_record(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it as it would
+            return record
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return record
+
+    make_record._jobservice = True
+    return make_record
+
+
+def _redacting_excepthook(exc_type, exc, tb) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
+
+
+def _redacting_thread_excepthook(args) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    sys.stderr.write(f"Exception in thread {name}:\n")
+    _redacting_excepthook(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def install_redaction(settings: dict | None = None) -> None:
+    """Mask credentials in every log record and uncaught traceback of this process."""
+    remember_secrets(settings)
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "_jobservice", False):
+        logging.setLogRecordFactory(_redacting_factory(factory))
+    sys.excepthook = _redacting_excepthook
+    threading.excepthook = _redacting_thread_excepthook
 
 
 def job_fields(job, **more) -> dict:
@@ -33,13 +137,14 @@ class JsonFormatter(logging.Formatter):
         for name in EVENT_FIELDS:
             if getattr(record, name, None) is not None:
                 entry[name] = getattr(record, name)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure(*, fmt: str = "text", level: str = "INFO") -> None:
-    """Send the service's logs to stderr, once per process."""
+def configure(*, fmt: str = "text", level: str = "INFO", settings: dict | None = None) -> None:
+    """Send the service's logs to stderr, once per process, with credentials masked."""
+    install_redaction(settings)
     root = logging.getLogger()
     if any(getattr(h, "_jobservice", False) for h in root.handlers):
         return

@@ -28,6 +28,7 @@ from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
 from backend.config import QUEUE_NAMES
+from backend.logs import redact
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
@@ -38,7 +39,7 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     """
     query = parse_qs(urlparse(url).query)
     if any(value.lower() in ("1", "true", "yes") for value in query.get("decode_responses", [])):
-        raise ValueError(f"RQ needs raw bytes from Redis; remove decode_responses from {url!r}")
+        raise ValueError(f"RQ needs raw bytes from Redis; remove decode_responses from {redact(url)!r}")
     return Redis.from_url(
         url,
         decode_responses=False,

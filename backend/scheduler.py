@@ -22,7 +22,7 @@ from datetime import datetime  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
-from backend import config, logs  # noqa: E402
+from backend import config, logs, secrets_check  # noqa: E402
 from backend.models import utcnow  # noqa: E402
 from backend.schedules import ScheduleManager  # noqa: E402
 from backend.services import build_services  # noqa: E402
@@ -59,6 +59,7 @@ class Scheduler:
 def main() -> int:
     settings = config.load()
     logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    secrets_check.enforce_or_exit(settings, role="scheduler")
     services = build_services(settings)
     scheduler = Scheduler(services.schedules, interval=float(settings["SCHEDULER_INTERVAL"]))
     for signum in (signal.SIGTERM, signal.SIGINT):

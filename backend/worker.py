@@ -31,7 +31,7 @@ from rq.job import JobStatus as RQStatus  # noqa: E402
 from rq.job_lifecycle import record_job_failure  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
-from backend import config, logs  # noqa: E402
+from backend import config, logs, secrets_check  # noqa: E402
 from backend.leases import LeaseKeeper  # noqa: E402
 from backend.queues import connect, fence_key, last_error, register_queues  # noqa: E402
 from backend.reporter import Reporter  # noqa: E402
@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--queues must name some of {list(config.QUEUE_NAMES)}, got {args.queues!r}")
     if not settings.get("INTERNAL_SERVICE_TOKEN"):
         raise SystemExit("INTERNAL_SERVICE_TOKEN is not set: the API would refuse this worker's reports")
+    secrets_check.enforce_or_exit(settings, role="worker")
     if not settings.get("REDIS_URL"):
         raise SystemExit("REDIS_URL is not set")
     load_task_modules(str(settings["TASK_MODULES"]))

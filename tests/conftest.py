@@ -27,6 +27,11 @@ TOKEN = "test-internal-token"
 TASK_MODULES = "backend.tasks.examples,tests.fixtures"
 
 
+# The suite is development: the start-up check of secrets (backend/secrets_check.py) would
+# refuse its short test keys. Set in the environment, so the processes tests start inherit it;
+# tests of the check itself take it out again.
+os.environ.setdefault("JOBSERVICE_ENV", "development")
+
 # One line per HTTP request from the live server drowns the useful logs of a failing test.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 

@@ -1,0 +1,188 @@
+"""Secrets: never printed or logged, and never a placeholder, empty or short at start-up.
+
+The processes are the real ones (``python -m backend``, ``python backend/worker.py``,
+``python backend/scheduler.py``, gunicorn with the shipped configuration), started with
+the environment a deployment would give them and without JOBSERVICE_ENV=development.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from backend import logs
+from backend.app import create_app
+from backend.redis_server import free_port
+from backend.secrets_check import InsecureSecrets
+from tests.conftest import ROOT, TASK_MODULES
+
+PASSWORD = "s3cret-redis-pw-0123456789abcdef"
+GOOD = {
+    "INTERNAL_SERVICE_TOKEN": "internal-token-0123456789abcdef",
+    "API_KEYS": "ops:admin-key-0123456789abcdef:admin,app:client-key-0123456789abcdef",
+    "WEBHOOK_SECRET": "webhook-secret-0123456789abcdef",
+}
+
+
+def example_env() -> dict[str, str]:
+    """The settings of .env.example, as docker-compose would pass them (placeholders and all)."""
+    env = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("# REDIS_URL="):  # the commented example that systemd users copy
+            line = line.removeprefix("# ")
+        if line and not line.startswith("#") and "=" in line:
+            name, value = line.split("=", 1)
+            env[name] = value
+    return env
+
+
+def deployment_env(**settings: str) -> dict[str, str]:
+    """A deployment's environment: no JOBSERVICE_ENV=development."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1", **settings}
+
+
+def run(args: list[str], env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- credentials never printed ----------------------------------------------------------
+
+
+def test_a_command_run_with_redis_down_does_not_print_the_redis_password(tmp_path):
+    # Given a Redis URL with a password, pointing at a port where nothing listens
+    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    env = deployment_env(REDIS_URL=url, DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}", TASK_MODULES=TASK_MODULES)
+
+    # When an operator runs a maintenance command
+    result = run([sys.executable, "-m", "backend", "cleanup", "--dry-run"], env)
+
+    # Then it fails saying where Redis was expected, with the password masked
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert PASSWORD not in output
+    assert "redis://:***@127.0.0.1" in output, output
+
+
+def test_every_log_line_and_traceback_masks_credentials(capfd):
+    # Given the service's logging set up (as every process does), and a text and a JSON
+    # handler of the kinds it uses
+    logs.configure(fmt="text", level="INFO", settings=GOOD)
+    logger = logging.getLogger("backend.test_secrets")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    text_handler = logging.StreamHandler(sys.stderr)
+    text_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    json_handler = logging.StreamHandler(sys.stdout)
+    json_handler.setFormatter(logs.JsonFormatter())
+    logger.addHandler(text_handler)
+    logger.addHandler(json_handler)
+    try:
+        # When lines carry a Redis URL, a database URL and a secret, as text, as arguments
+        # and inside an exception's traceback
+        logger.warning("connecting to redis://:%s@redis:6379/0", PASSWORD)
+        logger.warning("store at postgresql://jobs:%s@db/jobs", PASSWORD)
+        logger.warning("token is %s", GOOD["INTERNAL_SERVICE_TOKEN"])
+        try:
+            raise ConnectionError(f"cannot reach rediss://default:{PASSWORD}@cache:6380")
+        except ConnectionError:
+            logger.exception("Redis down")
+    finally:
+        logger.removeHandler(text_handler)
+        logger.removeHandler(json_handler)
+
+    # Then neither the password nor the secret appears, and the URLs still say where
+    out, err = capfd.readouterr()
+    assert PASSWORD not in out + err
+    assert GOOD["INTERNAL_SERVICE_TOKEN"] not in out + err
+    assert "redis://:***@redis:6379/0" in err and "postgresql://jobs:***@db/jobs" in err
+    assert "rediss://default:***@cache:6380" in err
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert "rediss://default:***@cache:6380" in entries[-1]["exc"]
+
+
+def test_redact_masks_userinfo_only():
+    assert logs.redact("redis://:pw@h:1/0 and redis://h:2/0") == "redis://:***@h:1/0 and redis://h:2/0"
+    assert logs.redact("amqp://user:pw@h/vhost") == "amqp://user:***@h/vhost"
+    assert logs.redact("redis://tokenonly@h") == "redis://***@h"
+    assert logs.redact("mail me at someone@example.com") == "mail me at someone@example.com"
+
+
+# -- refusing to start -------------------------------------------------------------------
+
+
+def test_the_api_refuses_to_start_with_the_example_settings_naming_each(tmp_path):
+    # Given the unedited .env.example and the shipped gunicorn configuration
+    env = deployment_env(
+        **{
+            **example_env(),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+            "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+            "GUNICORN_WORKERS": "1",
+        }
+    )
+
+    # When the API starts
+    result = run([sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"], env)
+
+    # Then it exits, naming every setting at fault and none of their values
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    for name in ("INTERNAL_SERVICE_TOKEN", "WEBHOOK_SECRET", "HEALTHCHECK_API_KEY", "REDIS_URL", "'ops'", "'app'"):
+        assert name in output, (name, output)
+    assert "CHANGE_ME_" not in output, output
+
+
+def test_a_worker_refuses_to_start_with_the_example_settings():
+    # Given the unedited .env.example
+    env = deployment_env(**example_env())
+
+    # When a worker starts
+    result = run([sys.executable, "backend/worker.py", "--name", "w-placeholder"], env, timeout=30)
+
+    # Then it exits at once, naming the settings
+    assert result.returncode != 0
+    assert "INTERNAL_SERVICE_TOKEN" in result.stderr and "REDIS_URL" in result.stderr, result.stderr
+    assert "CHANGE_ME_" not in result.stdout + result.stderr
+
+
+def test_the_scheduler_refuses_a_short_redis_password():
+    env = deployment_env(REDIS_URL=f"redis://:short@127.0.0.1:{free_port()}/0", TASK_MODULES=TASK_MODULES)
+
+    result = run([sys.executable, "backend/scheduler.py"], env, timeout=30)
+
+    assert result.returncode != 0
+    assert "REDIS_URL: its password is shorter than 16 characters" in result.stderr, result.stderr
+    assert "short@" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"INTERNAL_SERVICE_TOKEN": None}, "INTERNAL_SERVICE_TOKEN is not set"),
+        ({"INTERNAL_SERVICE_TOKEN": "too-short"}, "INTERNAL_SERVICE_TOKEN is shorter than 16"),
+        ({"WEBHOOK_SECRET": "CHANGE_ME_webhook_secret"}, "WEBHOOK_SECRET is still the CHANGE_ME placeholder"),
+        ({"API_KEYS": "ops:admin-key-0123456789abcdef:admin,app:abc"}, "API_KEYS: the key of 'app' is shorter"),
+    ],
+)
+def test_create_app_outside_development_refuses_each_bad_secret(settings, change, named):
+    # Given settings that are fine but for one secret, outside development
+    settings.update(GOOD, JOBSERVICE_ENV="production")
+    settings.update(change)
+
+    # When the API is built, then it refuses, naming the setting
+    with pytest.raises(InsecureSecrets, match=named):
+        create_app(settings)
+
+
+def test_good_secrets_start_outside_development_and_development_starts_with_anything(settings):
+    settings.update(GOOD, JOBSERVICE_ENV="production")
+    assert create_app(settings).test_client().get("/openapi.json").status_code == 200
+
+    settings.update(JOBSERVICE_ENV="development", INTERNAL_SERVICE_TOKEN="dev", API_KEYS="me:k1:admin")
+    assert create_app(settings).test_client().get("/openapi.json").status_code == 200
