@@ -9,16 +9,17 @@ at all (``skip``); never once per missed tick.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
-from croniter import croniter
-from sqlalchemy import select, update
+from croniter import CroniterBadDateError, croniter
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
-from backend.config import QUEUE_NAMES
 from backend.errors import NotFound, ValidationFailed
 from backend.job_manager import JobManager, JobRequest
 from backend.models import Job, ScheduledJob, ScheduleFiring, utcnow
@@ -28,41 +29,76 @@ from backend.tasks import get_task
 log = logging.getLogger(__name__)
 
 MISSED_POLICIES = ("once", "skip")
+#: A cron expression must be due within this many years (8: Feb 29 across a non-leap 2100).
+MAX_YEARS_BETWEEN_RUNS = 8
+#: The stored column's width; the longest IANA zone name has 32 characters.
+MAX_CRON_LENGTH = 100
+MAX_TIMEZONE_LENGTH = 64
 
 
 def check_cron(expression: object) -> str:
     """Return a valid five-field cron expression.
 
     Raises:
-        ValidationFailed: not a string, not five fields (a seconds field would fire more than
-            once a minute), or not valid cron.
+        ValidationFailed: not a string, too long, not five fields (a seconds field would fire
+            more than once a minute), not valid cron, or never due (``0 0 31 2 *``).
     """
     if not isinstance(expression, str) or not expression.strip():
-        raise ValidationFailed(f"cron must be a string like '*/5 * * * *', got {expression!r}")
+        raise ValidationFailed(f"cron must be a string like '*/5 * * * *', got {str(expression)[:40]!r}")
+    if len(expression) > MAX_CRON_LENGTH:
+        raise ValidationFailed(f"cron may have at most {MAX_CRON_LENGTH} characters, got {len(expression)}")
     fields = expression.split()
     if len(fields) != 5:
         raise ValidationFailed(
             f"cron must have 5 fields (minute hour day month weekday; at most one run a minute), got {expression!r}"
         )
-    if not croniter.is_valid(expression):
+    expression = " ".join(fields)
+    try:
+        valid = croniter.is_valid(expression)
+    except Exception:  # croniter raises more than its own errors on some odd input
+        valid = False
+    if not valid:
         raise ValidationFailed(f"cron is not a valid expression, got {expression!r}")
-    return " ".join(fields)
+    if next_fire_time(expression, "UTC", utcnow()) is None:
+        raise ValidationFailed(
+            f"cron is never due: {expression!r} matches no time in the next {MAX_YEARS_BETWEEN_RUNS} years"
+        )
+    return expression
+
+
+@functools.cache
+def known_timezones() -> frozenset[str]:
+    """The IANA zone names of this system's time zone database."""
+    return frozenset(available_timezones())
 
 
 def check_timezone(name: object) -> str:
+    """Return ``name`` if it names a real IANA zone.
+
+    A path-like name is never opened: "America" (a directory of the database) or a
+    10,000-character name used to reach ZoneInfo and fail there with an OSError.
+
+    Raises:
+        ValidationFailed: not a string, too long, or no zone of that name.
+    """
     if not isinstance(name, str):
-        raise ValidationFailed(f"timezone must be an IANA name like 'Europe/Paris', got {name!r}")
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationFailed(f"timezone is not a known IANA name, got {name!r}") from None
+        raise ValidationFailed(f"timezone must be an IANA name like 'Europe/Paris', got {str(name)[:40]!r}")
+    if len(name) > MAX_TIMEZONE_LENGTH:
+        raise ValidationFailed(f"timezone may have at most {MAX_TIMEZONE_LENGTH} characters, got {len(name)}")
+    if name not in known_timezones():
+        raise ValidationFailed(f"timezone is not a known IANA zone name like 'Europe/Paris', got {name!r}")
     return name
 
 
-def next_fire_time(cron: str, timezone: str, after: datetime) -> datetime:
-    """The first time after ``after`` (UTC) that ``cron`` matches in ``timezone``, in UTC."""
+def next_fire_time(cron: str, timezone: str, after: datetime) -> datetime | None:
+    """The first time after ``after`` (UTC) that ``cron`` matches in ``timezone``, in UTC;
+    None when it matches none within ``MAX_YEARS_BETWEEN_RUNS`` (the schedule never fires)."""
     local = after.astimezone(ZoneInfo(timezone))
-    return croniter(cron, local).get_next(datetime).astimezone(ZoneInfo("UTC"))
+    try:
+        nxt = croniter(cron, local, max_years_between_matches=MAX_YEARS_BETWEEN_RUNS).get_next(datetime)
+    except CroniterBadDateError:
+        return None
+    return nxt.astimezone(ZoneInfo("UTC"))
 
 
 class ScheduleManager:
@@ -122,6 +158,9 @@ class ScheduleManager:
                 session.flush()
             except IntegrityError:
                 raise ValidationFailed(f"a schedule named {schedule.name!r} exists already") from None
+            except StaleDataError:
+                # Deleted by a concurrent DELETE between our read and our write.
+                raise NotFound(f"no schedule {schedule_id!r}") from None
         return schedule
 
     def delete(self, schedule_id: str, *, owner: str | None) -> None:
@@ -129,7 +168,11 @@ class ScheduleManager:
             schedule = session.get(ScheduledJob, schedule_id)
             if schedule is None or (owner is not None and schedule.owner != owner):
                 raise NotFound(f"no schedule {schedule_id!r}")
-            session.delete(schedule)
+            # A Core DELETE that counts its rows: a concurrent DELETE that won leaves none,
+            # and this one answers 404 like any other request for a schedule that is gone.
+            deleted = session.execute(delete(ScheduledJob).where(ScheduledJob.id == schedule_id)).rowcount
+            if not deleted:
+                raise NotFound(f"no schedule {schedule_id!r}")
 
     def jobs_of(self, schedule_id: str, *, limit: int = 50) -> list[Job]:
         """The jobs a schedule started, newest first."""
@@ -212,57 +255,3 @@ class ScheduleManager:
                 .where(ScheduledJob.id == schedule.id, ScheduledJob.next_run_at == seen)
                 .values(next_run_at=next_fire_time(schedule.cron, schedule.timezone, now), updated_at=now)
             )
-
-
-def schedule_fields(body: dict, *, partial: bool, defaults: dict) -> dict:
-    """Check a schedule body from the API; returns the fields to store.
-
-    Raises:
-        ValidationFailed: an unknown or invalid field (the message names it).
-    """
-    allowed = {"name", "task", "cron", "args", "kwargs", "priority", "enabled", "timezone", "timeout", "max_retries"}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ValidationFailed(f"unknown fields {unknown}", details={"allowed": sorted(allowed)})
-    if not partial:
-        missing = [name for name in ("name", "task", "cron") if body.get(name) is None]
-        if missing:
-            raise ValidationFailed(f"missing fields {missing}")
-        body = {
-            "args": [],
-            "kwargs": {},
-            "priority": "default",
-            "enabled": True,
-            "timezone": "UTC",
-            "timeout": defaults["timeout"],
-            "max_retries": defaults["max_retries"],
-            **{k: v for k, v in body.items() if v is not None},
-        }
-    fields: dict = {}
-    for key, value in body.items():
-        if key == "name":
-            if not isinstance(value, str) or not 1 <= len(value) <= 200:
-                raise ValidationFailed(f"name must be a string of 1 to 200 characters, got {value!r}")
-        elif key == "task":
-            try:
-                get_task(value if isinstance(value, str) else "")
-            except NotFound:
-                raise ValidationFailed(f"task must name a registered task, got {value!r}") from None
-        elif key == "cron":
-            value = check_cron(value)
-        elif key == "timezone":
-            value = check_timezone(value)
-        elif key == "args" and not isinstance(value, list):
-            raise ValidationFailed(f"args must be a list, got {type(value).__name__}")
-        elif key == "kwargs" and not isinstance(value, dict):
-            raise ValidationFailed(f"kwargs must be an object, got {type(value).__name__}")
-        elif key == "priority" and value not in QUEUE_NAMES:
-            raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {value!r}")
-        elif key == "enabled" and not isinstance(value, bool):
-            raise ValidationFailed(f"enabled must be true or false, got {value!r}")
-        elif key in ("timeout", "max_retries") and (
-            isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "timeout" else 0)
-        ):
-            raise ValidationFailed(f"{key} must be a non-negative integer, got {value!r}")
-        fields[key] = value
-    return fields

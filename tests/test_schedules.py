@@ -45,7 +45,6 @@ def test_a_schedule_is_created_read_updated_listed_and_deleted(client):
         ({"cron": "not cron"}, "cron"),
         ({"cron": "* * * * * *"}, "5 fields"),
         ({"cron": "61 * * * *"}, "cron"),
-        ({"task": "nope"}, "task"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"args": [1]}, "bad arguments"),
         ({"priority": "urgent"}, "priority"),
@@ -56,6 +55,13 @@ def test_a_bad_schedule_is_422_naming_the_fault(client, overrides, fragment):
     response = client.post("/scheduled-jobs", json={**BODY, **overrides})
     assert response.status_code == 422
     assert fragment in response.get_json()["error"]["message"]
+    assert client.get("/scheduled-jobs").get_json()["scheduled_jobs"] == []
+
+
+def test_a_schedule_of_an_unknown_task_is_404_like_submitting_one(client):
+    response = client.post("/scheduled-jobs", json={**BODY, "task": "nope"})
+    assert response.status_code == 404
+    assert "no task named 'nope'" in response.get_json()["error"]["message"]
     assert client.get("/scheduled-jobs").get_json()["scheduled_jobs"] == []
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from backend.config import QUEUE_NAMES
 from backend.errors import BadRequest, UnsupportedMediaType, ValidationFailed
@@ -38,17 +41,22 @@ def json_body() -> dict:
 
     Raises:
         UnsupportedMediaType: the body is not declared as JSON.
-        BadRequest: the body is not valid JSON, nests too deep, or is not an object.
+        RequestEntityTooLarge: the body is over MAX_CONTENT_LENGTH, chunked or not (413).
+        BadRequest: the body is not valid JSON, holds a number that is not finite, nests too
+            deep, or is not an object.
     """
     if not request.is_json:
         raise UnsupportedMediaType(
             f"send the body as JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
         )
     raw = request.get_data(cache=True)
+    _refuse_cut_chunked_body(raw)
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except NotFinite as exc:
+        raise BadRequest(str(exc), details={"number": exc.text}) from None
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     max_depth = current_app.config["MAX_JSON_DEPTH"]
@@ -59,9 +67,37 @@ def json_body() -> dict:
     return body
 
 
+def _refuse_cut_chunked_body(raw: bytes) -> None:
+    # A body with a Content-Length over the cap is refused (413) before it is read. A chunked
+    # one has none: Werkzeug reads it up to MAX_CONTENT_LENGTH and silently stops there, so a
+    # cut body reached the JSON parser and was answered 400. One more byte from the server's
+    # own stream tells a body of exactly the cap from a longer one.
+    limit = request.max_content_length
+    cut = request.content_length is None and limit is not None and len(raw) >= limit
+    if cut and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge(f"the body is over the {limit}-byte cap (MAX_CONTENT_LENGTH)")
+
+
 def _reject_constant(name: str):
     # NaN and Infinity are not JSON: accepting them would echo invalid JSON back.
     raise ValueError(f"{name} is not valid JSON")
+
+
+class NotFinite(ValueError):
+    """A number in a body that is valid JSON but no finite float (``1e400``)."""
+
+    def __init__(self, text: str):
+        super().__init__(f"numbers must be finite, got {text[:40]} (beyond a double's range)")
+        self.text = text[:40]
+
+
+def _finite_float(text: str) -> float:
+    # json.loads turns 1e400 into inf, which every later read would emit as Infinity: refuse
+    # it here, for every route's whole body at once.
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotFinite(text)
+    return value
 
 
 def _depth(value: object) -> int:
@@ -86,19 +122,12 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     unknown = sorted(set(body) - SUBMIT_FIELDS)
     if unknown:
         raise ValidationFailed(f"unknown fields {unknown}", details={"allowed": sorted(SUBMIT_FIELDS)})
-    args = body.get("args") if body.get("args") is not None else []
-    kwargs = body.get("kwargs") if body.get("kwargs") is not None else {}
-    if not isinstance(args, list):
-        raise ValidationFailed(f"args must be a list, got {type(args).__name__}")
-    if not isinstance(kwargs, dict):
-        raise ValidationFailed(f"kwargs must be an object, got {type(kwargs).__name__}")
+    args, kwargs = call_option("args", body.get("args")), call_option("kwargs", body.get("kwargs"))
     check_argument_size(args, kwargs)
-    priority = body.get("priority") or "default"
-    if priority not in QUEUE_NAMES:
-        raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {priority!r}")
+    priority = call_option("priority", body.get("priority"))
+    timeout = call_option("timeout", body.get("timeout"))
+    max_retries = call_option("max_retries", body.get("max_retries"))
     config = current_app.config
-    timeout = _int_field(body, "timeout", config["DEFAULT_JOB_TIMEOUT"], 1, MAX_TIMEOUT)
-    max_retries = _int_field(body, "max_retries", config["DEFAULT_MAX_RETRIES"], 0, MAX_RETRIES)
     key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
@@ -158,12 +187,48 @@ def _run_at(value: object) -> datetime | None:
     return when
 
 
-def _int_field(body: dict, name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name)
+#: The options a job and a schedule share, checked by ``call_option`` for both.
+CALL_OPTIONS = ("args", "kwargs", "priority", "timeout", "max_retries")
+
+
+def call_option(name: str, value: object) -> object:
+    """Check one option that a submission and a schedule share (``CALL_OPTIONS``), with the
+    same limits for both; None (absent or null) gives the default.
+
+    Raises:
+        ValidationFailed: the value is of the wrong kind or out of range (the message names it).
+    """
+    config = current_app.config
+    if name == "args":
+        value = [] if value is None else value
+        if not isinstance(value, list):
+            raise ValidationFailed(f"args must be a list, got {type(value).__name__}")
+    elif name == "kwargs":
+        value = {} if value is None else value
+        if not isinstance(value, dict):
+            raise ValidationFailed(f"kwargs must be an object, got {type(value).__name__}")
+    elif name == "priority":
+        # Only null means "the default": 0, false or "" are mistakes, not a way to say it.
+        value = "default" if value is None else value
+        if not isinstance(value, str) or value not in QUEUE_NAMES:
+            raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {repr(value)[:40]}")
+    elif name == "timeout":
+        value = _int_option(name, value, config["DEFAULT_JOB_TIMEOUT"], 1, MAX_TIMEOUT)
+    elif name == "max_retries":
+        value = _int_option(name, value, config["DEFAULT_MAX_RETRIES"], 0, MAX_RETRIES)
+    else:
+        raise ValueError(f"{name} is not a call option")
+    return value
+
+
+def _int_option(name: str, value: object, default: int, low: int, high: int) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationFailed(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        raise ValidationFailed(
+            f"{name} must be an integer from {low} to {high}, got {str(value)[:40]}",
+            details={"field": name, "minimum": low, "maximum": high},
+        )
     return value
 
 
@@ -180,15 +245,18 @@ def _idempotency_key(from_body: object, from_header: str | None) -> str | None:
     return key
 
 
+_ASCII_INT = re.compile(r"-?[0-9]+")
+
+
 def query_int(name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter within [low, high]."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer, got {raw!r}") from None
+    # int() also takes "1_0", " 10" and full-width digits ("１０"): only ASCII digits are a number here.
+    if not _ASCII_INT.fullmatch(raw):
+        raise ValidationFailed(f"{name} must be an integer written in ASCII digits, got {raw[:40]!r}")
+    value = int(raw) if len(raw) <= 18 else high + 1
     if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be from {low} to {high}, got {value}")
+        raise ValidationFailed(f"{name} must be from {low} to {high}, got {raw[:40]}")
     return value

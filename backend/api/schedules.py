@@ -1,14 +1,20 @@
-"""Client routes for cron schedules."""
+"""Client routes for cron schedules.
+
+A schedule's body is checked here with the same checks as a job submission for what the two
+share (``payloads.call_option``: args, kwargs, priority, timeout, max_retries, and the size cap
+of the arguments), so a schedule can never hold a job that ``POST /tasks/<name>`` would refuse.
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify
 
 from backend.api.auth import authenticate_client
-from backend.api.payloads import json_body
+from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body
+from backend.errors import ValidationFailed
 from backend.models import ScheduledJob
 from backend.representations import iso, job_dict
-from backend.schedules import schedule_fields
+from backend.schedules import check_cron, check_timezone
 from backend.tasks import get_task
 
 bp = Blueprint("schedules", __name__, url_prefix="/scheduled-jobs")
@@ -39,11 +45,58 @@ def schedule_dict(schedule: ScheduledJob) -> dict:
     }
 
 
-def _defaults() -> dict:
-    return {
-        "timeout": current_app.config["DEFAULT_JOB_TIMEOUT"],
-        "max_retries": current_app.config["DEFAULT_MAX_RETRIES"],
-    }
+SCHEDULE_FIELDS = ("task", "name", "cron", "timezone", "enabled", *CALL_OPTIONS)
+REQUIRED_FIELDS = ("name", "task", "cron")
+MAX_NAME_LENGTH = 200
+
+
+def schedule_fields(body: dict, *, partial: bool) -> dict:
+    """Check a schedule body (all of it to create, ``partial`` to change one); returns the
+    fields to store. A null optional field means its default, as in a job submission.
+
+    Raises:
+        NotFound: the task is not registered (as ``POST /tasks/<name>`` answers).
+        ValidationFailed: an unknown, missing or invalid field (the message names it).
+    """
+    unknown = sorted(set(body) - set(SCHEDULE_FIELDS))
+    if unknown:
+        raise ValidationFailed(f"unknown fields {unknown}", details={"allowed": sorted(SCHEDULE_FIELDS)})
+    if not partial:
+        missing = [name for name in REQUIRED_FIELDS if body.get(name) is None]
+        if missing:
+            raise ValidationFailed(f"missing fields {missing}", details={"required": list(REQUIRED_FIELDS)})
+    fields: dict = {}
+    # In this order (the task first), whatever the body's order, so one body gets one answer.
+    for key in SCHEDULE_FIELDS:
+        if key not in body and partial:
+            continue
+        value = body.get(key)
+        if key == "name":
+            if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LENGTH:
+                raise ValidationFailed(
+                    f"name must be a string of 1 to {MAX_NAME_LENGTH} characters, got {str(value)[:40]!r}"
+                )
+        elif key == "task":
+            if not isinstance(value, str) or not value:
+                raise ValidationFailed(f"task must name a registered task, got {str(value)[:40]!r}")
+            get_task(value)
+        elif key == "cron":
+            value = check_cron(value)
+        elif key == "timezone":
+            value = "UTC" if value is None else check_timezone(value)
+        elif key == "enabled":
+            value = True if value is None else value
+            if not isinstance(value, bool):
+                raise ValidationFailed(f"enabled must be true or false, got {str(value)[:40]!r}")
+        else:
+            value = call_option(key, value)
+        fields[key] = value
+    return fields
+
+
+def _check_call(task: str, args: list, kwargs: dict) -> None:
+    check_argument_size(args, kwargs)
+    get_task(task).check_arguments(args, kwargs)
 
 
 @bp.get("")
@@ -53,8 +106,8 @@ def list_schedules():
 
 @bp.post("")
 def create_schedule():
-    fields = schedule_fields(json_body(), partial=False, defaults=_defaults())
-    get_task(fields["task"]).check_arguments(fields["args"], fields["kwargs"])
+    fields = schedule_fields(json_body(), partial=False)
+    _check_call(fields["task"], fields["args"], fields["kwargs"])
     schedule = _schedules().create(owner=g.principal.owner, fields=fields)
     response = jsonify(schedule_dict(schedule))
     response.status_code = 201
@@ -69,9 +122,9 @@ def get_schedule(schedule_id: str):
 @bp.patch("/<schedule_id>")
 def update_schedule(schedule_id: str):
     current = _schedules().get(schedule_id, owner=g.principal.scope)
-    fields = schedule_fields(json_body(), partial=True, defaults=_defaults())
+    fields = schedule_fields(json_body(), partial=True)
     merged = {"task": current.task, "args": current.args, "kwargs": current.kwargs, **fields}
-    get_task(merged["task"]).check_arguments(merged["args"], merged["kwargs"])
+    _check_call(merged["task"], merged["args"], merged["kwargs"])
     schedule = _schedules().update(schedule_id, owner=g.principal.scope, fields=fields)
     return jsonify(schedule_dict(schedule))
 
