@@ -62,6 +62,9 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
         max_attempts=int(settings["WEBHOOK_MAX_ATTEMPTS"]),
         backoff_seconds=float(settings["WEBHOOK_BACKOFF_SECONDS"]),
         timeout=float(settings["WEBHOOK_TIMEOUT"]),
+        concurrency=int(settings["WEBHOOK_CONCURRENCY"]),
+        per_host=int(settings["WEBHOOK_HOST_CONCURRENCY"]),
+        per_owner=int(settings["WEBHOOK_OWNER_CONCURRENCY"]),
     )
     app.extensions["webhooks"] = dispatcher
     if float(settings["WEBHOOK_INTERVAL"]) > 0:

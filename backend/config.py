@@ -79,6 +79,12 @@ DEFAULTS: dict[str, object] = {
     "WEBHOOK_BACKOFF_SECONDS": 10.0,
     "WEBHOOK_TIMEOUT": 10.0,
     "WEBHOOK_INTERVAL": 1.0,
+    # WEBHOOK_TIMEOUT bounds a whole delivery (resolve, connect, send, read), not each read.
+    # Deliveries in flight at once per API process, and at most so many to one receiver host
+    # and of one job owner, so that a slow receiver cannot hold up other owners' deliveries.
+    "WEBHOOK_CONCURRENCY": 8,
+    "WEBHOOK_HOST_CONCURRENCY": 2,
+    "WEBHOOK_OWNER_CONCURRENCY": 4,
     # Rate limits per API key (or client address when keys are off), flask-limiter syntax.
     "RATE_LIMIT_ENABLED": 1,
     "RATE_LIMIT_SUBMIT": "10/minute",
@@ -113,6 +119,9 @@ _INT_KEYS = {
     "MAX_PROGRESS_MESSAGE",
     "WEBHOOK_ALLOW_LOOPBACK",
     "WEBHOOK_MAX_ATTEMPTS",
+    "WEBHOOK_CONCURRENCY",
+    "WEBHOOK_HOST_CONCURRENCY",
+    "WEBHOOK_OWNER_CONCURRENCY",
     "RATE_LIMIT_ENABLED",
     "BATCH_MAX_JOBS",
 }

@@ -2,8 +2,11 @@
 
 When a job with a ``webhook_url`` ends (COMPLETED, FAILED or CANCELLED), the same store
 transaction adds a delivery row holding the job as JSON. The dispatcher (a thread in the API)
-POSTs it, signed the Standard Webhooks way, with a 10 s timeout and no redirects, up to
-``WEBHOOK_MAX_ATTEMPTS`` times with backoff, and records every attempt.
+POSTs it, signed the Standard Webhooks way, within one deadline for the whole exchange
+(``WEBHOOK_TIMEOUT``), reading only the status line back, to the address the SSRF guard checked,
+never following redirects, up to ``WEBHOOK_MAX_ATTEMPTS`` times with backoff, and records every
+attempt. Deliveries run concurrently (``WEBHOOK_CONCURRENCY``), a few per receiver host and per
+owner at most, so one slow receiver does not hold up the others.
 
 Verifying a delivery (the receiver's side)::
 
@@ -19,24 +22,32 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
+import threading
 import time
 import uuid
-from datetime import timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
-import requests
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend import webhook_http
 from backend.errors import ValidationFailed
 from backend.metrics import WEBHOOK_DELIVERIES
 from backend.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from backend.representations import iso, job_dict
-from backend.ssrf import check_webhook_url
+from backend.ssrf import resolve_webhook_url
 from backend.store import transaction
 
 log = logging.getLogger(__name__)
 
-CLAIM_SECONDS = 60
+#: A claim outlasts the delivery's deadline by this much: time to record the attempt.
+CLAIM_MARGIN_SECONDS = 60
+#: Due deliveries are read in pages of PAGE_SIZE, at most SCAN_LIMIT rows a pass.
+PAGE_SIZE = 100
+SCAN_LIMIT = 1000
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -71,7 +82,16 @@ def add_delivery(session: Session, job: Job) -> None:
 
 
 class Dispatcher:
-    """Sends due deliveries; safe to run in several API processes (rows are claimed)."""
+    """Sends due deliveries; safe to run in several API processes (rows are claimed).
+
+    Deliveries run on a pool of ``concurrency`` threads. So that one slow or hostile receiver
+    cannot hold every thread (and with them other owners' deliveries), at most ``per_host``
+    deliveries to one host name and ``per_owner`` of one job owner are in flight at once; the
+    rest wait for a later pass. Each delivery ends within ``timeout`` seconds (see
+    backend/webhook_http.py), and its claim lasts ``timeout + CLAIM_MARGIN_SECONDS``, so a
+    claim never lapses while its delivery runs. Recording an attempt is a compare-and-set on
+    the claim: a dispatcher whose claim was taken over records nothing.
+    """
 
     def __init__(
         self,
@@ -82,6 +102,11 @@ class Dispatcher:
         max_attempts: int = 3,
         backoff_seconds: float = 10.0,
         timeout: float = 10.0,
+        concurrency: int = 8,
+        per_host: int = 2,
+        per_owner: int = 4,
+        resolve=None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.sessions = sessions
         self.secret = secret_bytes(secret) if secret else None
@@ -89,39 +114,121 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.timeout = timeout
-        self.http = requests.Session()
+        self.concurrency = max(1, concurrency)
+        self.per_host = max(1, per_host)
+        self.per_owner = max(1, per_owner)
+        self.resolve = resolve  # None: socket.getaddrinfo (tests give one that rebinds)
+        self.ssl_context = ssl_context  # None: the system's trust store
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="webhook")
+        self._lock = threading.Condition()
+        self._in_flight: dict[str, tuple[str, str]] = {}  # delivery id -> (host, owner)
+
+    @property
+    def claim_seconds(self) -> float:
+        return self.timeout + CLAIM_MARGIN_SECONDS
 
     def run_once(self) -> int:
-        """Send every due delivery once; returns how many were attempted."""
+        """Start every due delivery there is room for; returns how many were started.
+
+        Deliveries run in the background; ``wait_idle`` waits for them.
+        """
         now = utcnow()
-        with self.sessions() as session:
-            due = list(
-                session.scalars(
-                    select(WebhookDelivery.id)
-                    .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-                    .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-                    .limit(100)
+        started, scanned, after = 0, 0, None
+        while self._free_slots() and scanned < SCAN_LIMIT:
+            page = self._due_page(now, after)
+            if not page:
+                break
+            for delivery_id, url, owner, next_attempt_at in page:
+                scanned += 1
+                after = (next_attempt_at, delivery_id)
+                host = (urlsplit(url).hostname or "").lower()
+                if not self._has_room(host, owner):
+                    continue
+                claim = self._claim(delivery_id)
+                if claim is None:
+                    continue
+                with self._lock:
+                    self._in_flight[delivery_id] = (host, owner)
+                self._pool.submit(self._run, delivery_id, claim)
+                started += 1
+                if not self._free_slots():
+                    break
+        return started
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no delivery of this dispatcher is in flight; False if some still are."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._in_flight, timeout)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - len(self._in_flight)
+
+    def _has_room(self, host: str, owner: str) -> bool:
+        with self._lock:
+            busy = list(self._in_flight.values())
+        return (
+            sum(1 for h, _ in busy if h == host) < self.per_host
+            and sum(1 for _, o in busy if o == owner) < self.per_owner
+        )
+
+    def _due_page(self, now, after) -> list:
+        """Due, unclaimed deliveries in order, skipping owners already at their limit."""
+        with self._lock:
+            owners = [owner for _, owner in self._in_flight.values()]
+        full = {owner for owner in owners if owners.count(owner) >= self.per_owner}
+        query = (
+            select(WebhookDelivery.id, WebhookDelivery.url, Job.owner, WebhookDelivery.next_attempt_at)
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(PAGE_SIZE)
+        )
+        if full:
+            # In SQL, so that one owner's thousands of due deliveries do not fill every page.
+            query = query.where(Job.owner.not_in(full))
+        if after is not None:
+            query = query.where(
+                or_(
+                    WebhookDelivery.next_attempt_at > after[0],
+                    and_(WebhookDelivery.next_attempt_at == after[0], WebhookDelivery.id > after[1]),
                 )
             )
-        sent = 0
-        for delivery_id in due:
-            if self._claim(delivery_id):
-                self._attempt(delivery_id)
-                sent += 1
-        return sent
+        with self.sessions() as session:
+            return [tuple(row) for row in session.execute(query)]
 
-    def _claim(self, delivery_id: str) -> bool:
+    def _claim(self, delivery_id: str) -> datetime | None:
+        """Claim a delivery; returns the claim (its ``claimed_until``), the token of this send."""
         now = utcnow()
+        claim = now + timedelta(seconds=self.claim_seconds)
         with transaction(self.sessions) as session:
             result = session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
                 .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-                .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+                .values(claimed_until=claim)
             )
-            return result.rowcount == 1
+            return claim if result.rowcount == 1 else None
 
-    def _attempt(self, delivery_id: str) -> None:
+    def _run(self, delivery_id: str, claim: datetime) -> None:
+        try:
+            self._attempt(delivery_id, claim)
+        except Exception:
+            log.exception("webhook %s: the attempt failed to run; its claim lapses and it is tried again", delivery_id)
+        finally:
+            with self._lock:
+                self._in_flight.pop(delivery_id, None)
+                self._lock.notify_all()
+
+    def _attempt(self, delivery_id: str, claim: datetime) -> None:
+        # The deadline starts now, before the name is resolved: the whole send ends within
+        # ``timeout`` of here, well before the claim (timeout + margin from the claim) lapses.
+        started = time.monotonic()
         with self.sessions() as session:
             delivery = session.get(WebhookDelivery, delivery_id)
         body = json.dumps(delivery.payload, separators=(",", ":")).encode()
@@ -129,23 +236,24 @@ class Dispatcher:
         headers = {"content-type": "application/json", "webhook-id": delivery.id, "webhook-timestamp": str(timestamp)}
         if self.secret is not None:
             headers["webhook-signature"] = sign(self.secret, delivery.id, timestamp, body)
-        started = time.monotonic()
         status_code, error = None, None
         try:
-            check_webhook_url(delivery.url, allow_loopback=self.allow_loopback)
-            response = self.http.post(
-                delivery.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            # Resolved once and checked here; the POST connects to these checked addresses.
+            target = resolve_webhook_url(delivery.url, allow_loopback=self.allow_loopback, resolve=self.resolve)
+            status_code = webhook_http.post(
+                target, body, headers, timeout=self.timeout, ssl_context=self.ssl_context, started=started
             )
-            status_code = response.status_code
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         except ValidationFailed as exc:
             error = f"refused: {exc.message}"
-        except requests.RequestException as exc:
-            error = f"{exc.__class__.__name__}: {exc}"
-        self._record(delivery, status_code, error, int((time.monotonic() - started) * 1000))
+        except webhook_http.DeliveryError as exc:
+            error = str(exc)
+        self._record(delivery, claim, status_code, error, int((time.monotonic() - started) * 1000))
 
-    def _record(self, delivery: WebhookDelivery, status_code: int | None, error: str | None, duration_ms: int) -> None:
+    def _record(
+        self, delivery: WebhookDelivery, claim: datetime, status_code: int | None, error: str | None, duration_ms: int
+    ) -> None:
         now = utcnow()
         attempts = delivery.attempts + 1
         refused = bool(error and error.startswith("refused"))
@@ -157,6 +265,23 @@ class Dispatcher:
             delay = self.backoff_seconds * 2 ** (attempts - 1)
             values = {"next_attempt_at": now + timedelta(seconds=delay)}
         with transaction(self.sessions) as session:
+            # Compare-and-set on this dispatcher's claim: if another dispatcher took the
+            # delivery over (the claim lapsed, e.g. this process was paused), its record stands.
+            result = session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery.id, WebhookDelivery.claimed_until == claim)
+                .values(attempts=attempts, claimed_until=None, **values)
+            )
+            if result.rowcount != 1:
+                log.warning(
+                    "job %s: webhook %s attempt %s (%s) not recorded: its claim was taken over",
+                    delivery.job_id,
+                    delivery.id,
+                    attempts,
+                    error or status_code,
+                )
+                WEBHOOK_DELIVERIES.labels("claim_lost").inc()
+                return
             session.add(
                 WebhookAttempt(
                     delivery_id=delivery.id,
@@ -165,11 +290,6 @@ class Dispatcher:
                     error=error,
                     duration_ms=duration_ms,
                 )
-            )
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery.id)
-                .values(attempts=attempts, claimed_until=None, **values)
             )
             if values.get("status") in ("delivered", "failed"):
                 session.execute(

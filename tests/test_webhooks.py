@@ -129,7 +129,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_redirects_are_not_followed
     client = app.test_client()
     job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": hook.url}).get_json()
 
-    client.post(f"/jobs/{job['job_id']}/cancel")
+    client.post(f"/jobs/{job['job_id']}/cancel", json={})
 
     wait_until(lambda: client.get(f"/jobs/{job['job_id']}").get_json()["webhook_delivered"] is False)
     assert len(hook.requests) == 3
@@ -169,11 +169,12 @@ def test_the_guard_is_applied_again_at_send_time(hook_settings, receiver):
     client = app.test_client()
     app.extensions["webhooks_thread"].stop()
     job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": hook.url}).get_json()
-    client.post(f"/jobs/{job['job_id']}/cancel")
+    client.post(f"/jobs/{job['job_id']}/cancel", json={})
     dispatcher = app.extensions["webhooks"]
     dispatcher.allow_loopback = False
 
     dispatcher.run_once()
+    dispatcher.wait_idle()
 
     assert hook.requests == []
     [delivery] = client.get(f"/jobs/{job['job_id']}/webhooks").get_json()["deliveries"]

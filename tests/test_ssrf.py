@@ -1,0 +1,215 @@
+"""The SSRF guard: what it refuses, and that a webhook connects to the address it checked."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from backend.app import create_app
+from backend.errors import ValidationFailed
+from backend.ssrf import check_webhook_url, resolve_webhook_url
+from backend.webhook_http import DeliveryError, post
+
+# Each one reaches (or may reach) an address that is not on the public internet.
+NEVER = [
+    "http://100.64.0.1/hook",  # shared address space (carrier-grade NAT)
+    "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+    "http://[2002:a9fe:a9fe::]/hook",  # 6to4 of the metadata address 169.254.169.254
+    "http://[64:ff9b::7f00:1]/hook",  # NAT64 of 127.0.0.1
+    "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
+    "http://[64:ff9b:1::a00:1]/hook",  # local-use NAT64
+    "http://[::7f00:1]/hook",  # IPv4-compatible 127.0.0.1
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",  # Teredo
+    "http://[::ffff:10.0.0.1]/hook",  # IPv4-mapped private
+    "http://[::ffff:169.254.169.254]/hook",
+    "http://224.0.0.1/hook",  # multicast
+    "http://[ff0e::1]/hook",
+    "http://0.0.0.0/hook",
+    "http://[::]/hook",
+    "http://192.0.2.10/hook",  # documentation
+    "http://198.18.0.1/hook",  # benchmarking
+    "http://240.0.0.1/hook",  # reserved
+    "http://255.255.255.255/hook",
+    "http://[fc00::1]/hook",  # unique local
+    "http://[fd00:ec2::254]/hook",  # AWS metadata over IPv6
+    "http://example.com:0/hook",  # port 0
+    "http://8.8.8.8:0/hook",
+    "http://8.8.8.8:65536/hook",
+]
+
+
+def public(host, port, proto=0):
+    """A resolver that answers a public address for every name (and an IP literal as itself)."""
+    if host.replace(".", "").isdigit() or ":" in host:
+        return socket.getaddrinfo(host, port, proto=proto)
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+
+@pytest.mark.parametrize("allow_loopback", [False, True])
+@pytest.mark.parametrize("url", NEVER)
+def test_addresses_that_are_not_globally_routable_are_refused_even_with_loopback_allowed(url, allow_loopback):
+    with pytest.raises(ValidationFailed):
+        check_webhook_url(url, allow_loopback=allow_loopback, resolve=public)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "http://[::1]/hook", "http://[::ffff:127.0.0.1]/hook"])
+def test_loopback_is_refused_unless_allowed(url):
+    with pytest.raises(ValidationFailed, match="loopback"):
+        check_webhook_url(url, allow_loopback=False)
+    assert check_webhook_url(url, allow_loopback=True) == url
+
+
+@pytest.mark.parametrize(
+    "url", ["https://8.8.8.8/hook", "https://[2606:4700:4700::1111]:8443/x?y=1", "https://hooks.example.com/hook"]
+)
+def test_public_addresses_are_accepted(url):
+    assert check_webhook_url(url, allow_loopback=False, resolve=public) == url
+
+
+def test_a_name_is_refused_if_any_of_its_addresses_is_not_global():
+    def resolve(host, port, proto=0):
+        return public(host, port) + [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2002:7f00:1::", port, 0, 0))]
+
+    with pytest.raises(ValidationFailed, match="embeds 127.0.0.1"):
+        check_webhook_url("https://hooks.example.com/hook", allow_loopback=True, resolve=resolve)
+
+
+@pytest.mark.parametrize("url", ["http://100.64.0.1/hook", "http://[2002:a9fe:a9fe::]/", "http://127.0.0.1:0/hook"])
+def test_the_api_refuses_them_with_422_even_with_loopback_allowed(settings, url):
+    settings["WEBHOOK_ALLOW_LOOPBACK"] = 1
+    client = create_app(settings).test_client()
+    response = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": url})
+    assert response.status_code == 422
+    assert "webhook_url" in response.get_json()["error"]["message"]
+    assert client.get("/jobs").get_json()["jobs"] == []
+
+
+class Receiver:
+    """A local HTTP(S) server that records the Host header (and the TLS SNI) of each POST."""
+
+    def __init__(self, context: ssl.SSLContext | None = None):
+        self.hosts: list[str] = []
+        self.sni: list[str | None] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.hosts.append(self.headers["Host"])
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            context.sni_callback = lambda sock, name, ctx: self.sni.append(name)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(context=None):
+        made.append(Receiver(context))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_dns_rebinding_after_the_check_never_reaches_loopback(settings, receiver):
+    # Given a job whose webhook names a host, and a real receiver on loopback
+    hook = receiver()
+    settings.update({"WEBHOOK_ALLOW_LOOPBACK": 1, "WEBHOOK_MAX_ATTEMPTS": 1, "WEBHOOK_TIMEOUT": 2})
+    app = create_app(settings)
+    client = app.test_client()
+    job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": f"http://localhost:{hook.port}/hook"})
+    job_id = job.get_json()["job_id"]
+    client.post(f"/jobs/{job_id}/cancel", headers={"X-Requested-With": "test"})
+
+    # When its name resolves to a public address when checked and to 127.0.0.1 afterwards
+    answers = []
+
+    def rebinding(host, port, proto=0):
+        if answers:
+            answers.append("127.0.0.1")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        answers.append("public")
+        # (an IPv6 address: where there is no IPv6 route nothing leaves the machine)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:4860:4860::8888", port, 0, 0))]
+
+    dispatcher = app.extensions["webhooks"]
+    dispatcher.allow_loopback = False
+    dispatcher.resolve = rebinding
+    dispatcher.run_once()
+    assert dispatcher.wait_idle(30)
+
+    # Then it was resolved once, and the loopback receiver never got the webhook
+    assert answers == ["public"]
+    assert hook.hosts == []
+    [delivery] = client.get(f"/jobs/{job_id}/webhooks").get_json()["deliveries"]
+    assert delivery["status"] == "failed"
+    assert "2001:4860:4860::8888" in delivery["attempts"][0]["error"] or "deadline" in delivery["attempts"][0]["error"]
+
+
+def make_certificate(directory, name: str):
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}"]
+        + ["-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def server_context(cert, key) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def to_loopback(host, port, proto=0):
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+
+def test_the_pinned_connection_keeps_the_host_name_for_host_sni_and_the_certificate(tmp_path, receiver):
+    # Given a TLS receiver on 127.0.0.1 with a certificate for hooks.test
+    cert, key = make_certificate(tmp_path, "hooks.test")
+    hook = receiver(server_context(cert, key))
+    trust = ssl.create_default_context(cafile=str(cert))
+    target = resolve_webhook_url(f"https://hooks.test:{hook.port}/hook", allow_loopback=True, resolve=to_loopback)
+    assert target.addresses == ("127.0.0.1",)
+
+    # When a webhook is posted to the address that was checked
+    status = post(target, b"{}", {"content-type": "application/json"}, timeout=5, ssl_context=trust)
+
+    # Then the server saw the name in SNI and Host, and the certificate was checked against it
+    assert status == 204
+    assert hook.sni == ["hooks.test"]
+    assert hook.hosts == [f"hooks.test:{hook.port}"]
+
+
+def test_a_certificate_for_another_name_is_refused(tmp_path, receiver):
+    cert, key = make_certificate(tmp_path, "other.test")
+    hook = receiver(server_context(cert, key))
+    trust = ssl.create_default_context(cafile=str(cert))
+    target = resolve_webhook_url(f"https://hooks.test:{hook.port}/hook", allow_loopback=True, resolve=to_loopback)
+
+    with pytest.raises(DeliveryError, match="certificate verify failed"):
+        post(target, b"{}", {}, timeout=5, ssl_context=trust)
+    assert hook.hosts == []

@@ -1,0 +1,304 @@
+"""Webhook deliveries against hostile receivers: real receiver processes and threads.
+
+A receiver that answers with a huge body, one that drips its status line a byte at a time,
+one that holds its deliveries while another receiver waits, and two dispatchers on one store.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psutil
+import pytest
+from sqlalchemy import select, update
+
+from backend.app import create_app
+from backend.models import WebhookDelivery, utcnow
+from backend.webhooks import Dispatcher
+
+# A receiver process: answers every POST as told by its first argument and prints what it
+# did, one line per request. "huge": a 200 OK with a 256 MB body (prints how many bytes it
+# managed to hand to the kernel before the client went away); "drip": the status line and
+# headers one byte every 1.5 s.
+RECEIVER = r"""
+import re, socket, sys, time
+mode = sys.argv[1]
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+while True:
+    conn, _ = server.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += conn.recv(65536)
+    sent = 0
+    try:
+        if mode == "huge":
+            size = 256 * 1024 * 1024
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size)
+            chunk = b"x" * (1024 * 1024)
+            while sent < size:
+                conn.sendall(chunk)
+                sent += len(chunk)
+        else:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                conn.send(bytes([byte]))
+                sent += 1
+                time.sleep(1.5)
+    except OSError:
+        pass
+    print(f"sent {sent}", flush=True)
+    conn.close()
+"""
+
+
+@pytest.fixture
+def receiver_process():
+    started = []
+
+    def start(mode: str) -> tuple[subprocess.Popen, int]:
+        process = subprocess.Popen([sys.executable, "-c", RECEIVER, mode], stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        return process, int(process.stdout.readline())
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+class HeldReceiver:
+    """A receiver thread that holds the n-th request until ``gates[n]`` (or ``release``) is
+    set, then answers it ``statuses[n]`` (200 past the list)."""
+
+    def __init__(self, statuses=()):
+        self.release = threading.Event()
+        self.gates: dict[int, threading.Event] = {}
+        self.received: list[str] = []
+        self.answered = 0
+        self.statuses = list(statuses)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                index = len(receiver.received)
+                receiver.received.append(self.headers["webhook-id"])
+                receiver.gates.get(index, receiver.release).wait(60)
+                self.send_response(receiver.statuses[index] if index < len(receiver.statuses) else 200)
+                self.end_headers()
+                receiver.answered += 1
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        for gate in self.gates.values():
+            gate.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def held_receiver():
+    receivers = []
+
+    def make(statuses=()):
+        receiver = HeldReceiver(statuses)
+        receivers.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in receivers:
+        receiver.close()
+
+
+def hook_app(settings, **overrides):
+    settings.update({"WEBHOOK_ALLOW_LOOPBACK": 1, "WEBHOOK_MAX_ATTEMPTS": 1, "WEBHOOK_INTERVAL": 0.1, **overrides})
+    return create_app(settings)
+
+
+def job_with_webhook(client, url: str) -> str:
+    """A job whose webhook is due at once (cancelling a queued job ends it)."""
+    job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": url}).get_json()
+    assert client.post(f"/jobs/{job['job_id']}/cancel", headers={"X-Requested-With": "test"}).status_code == 200
+    return job["job_id"]
+
+
+def wait_until(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} never held")
+
+
+def in_background(dispatcher: Dispatcher) -> threading.Thread:
+    """One dispatcher pass on its own thread, as the API runs it."""
+    thread = threading.Thread(target=dispatcher.run_once, daemon=True)
+    thread.start()
+    return thread
+
+
+def settle(*dispatchers: Dispatcher) -> None:
+    for dispatcher in dispatchers:
+        assert dispatcher.wait_idle(60)
+
+
+def delivery_of(client, job_id: str) -> dict:
+    [delivery] = client.get(f"/jobs/{job_id}/webhooks").get_json()["deliveries"]
+    return delivery
+
+
+def test_a_huge_response_body_is_not_read_the_connection_is_closed_after_a_few_kib(settings, receiver_process):
+    # Given a receiver process that answers 200 with a 256 MB body
+    process, port = receiver_process("huge")
+    app = hook_app(settings)
+    client = app.test_client()
+    rss_before = psutil.Process().memory_info().rss
+
+    # When a job's webhook is delivered to it
+    job_id = job_with_webhook(client, f"http://127.0.0.1:{port}/hook")
+    wait_until(lambda: delivery_of(client, job_id)["status"] != "pending", timeout=60, what="delivery ended")
+
+    # Then it counts as delivered (the status line is all that is needed) ...
+    delivery = delivery_of(client, job_id)
+    assert delivery["status"] == "delivered", delivery
+    assert delivery["attempts"][0]["status_code"] == 200
+    # ... the receiver could hand no more than the sockets' buffers before the API closed the
+    # connection (it was 256 MB, all read into the API's memory, before) ...
+    sent = int(process.stdout.readline().split()[1])
+    assert sent < 32 * 1024 * 1024, f"the receiver sent {sent} bytes"
+    # ... and the API's memory did not grow by the body
+    growth = psutil.Process().memory_info().rss - rss_before
+    assert growth < 64 * 1024 * 1024, f"RSS grew by {growth} bytes"
+    app.extensions["webhooks_thread"].stop()
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_delivery_deadline(settings, receiver_process):
+    # Given a receiver that sends its status line one byte every 1.5 s (40 bytes: a minute),
+    # and a 3 s deadline per delivery
+    process, port = receiver_process("drip")
+    app = hook_app(settings, WEBHOOK_TIMEOUT=3)
+    client = app.test_client()
+
+    # When a job's webhook goes there
+    job_id = job_with_webhook(client, f"http://127.0.0.1:{port}/hook")
+
+    # Then the attempt fails at the deadline (a per-read timeout would have waited a minute
+    # and called it delivered), saying so
+    wait_until(lambda: delivery_of(client, job_id)["status"] == "failed", timeout=20, what="delivery failed")
+    [attempt] = delivery_of(client, job_id)["attempts"]
+    assert attempt["error"] == "response deadline exceeded after 3 s"
+    assert attempt["status_code"] is None
+    assert 3000 <= attempt["duration_ms"] < 4500
+    # and the receiver got to send only the first bytes
+    assert int(process.stdout.readline().split()[1]) <= 4
+    app.extensions["webhooks_thread"].stop()
+
+
+def test_a_slow_receiver_does_not_hold_up_the_deliveries_to_another(settings, held_receiver):
+    # Given a receiver that holds every request (until released), with four deliveries due,
+    # and a prompt receiver with one delivery due after them
+    slow, fast = held_receiver(), held_receiver()
+    fast.release.set()
+    app = hook_app(settings, WEBHOOK_TIMEOUT=30, WEBHOOK_CONCURRENCY=8, WEBHOOK_HOST_CONCURRENCY=2)
+    client = app.test_client()
+    app.extensions["webhooks_thread"].stop()
+    slow_jobs = [job_with_webhook(client, f"http://localhost:{slow.port}/hook") for _ in range(4)]
+    fast_job = job_with_webhook(client, f"http://127.0.0.1:{fast.port}/hook")
+    dispatcher = app.extensions["webhooks"]
+
+    # When the dispatcher runs
+    runner = in_background(dispatcher)
+
+    # Then the prompt receiver gets its delivery while the slow one still holds its requests,
+    wait_until(lambda: delivery_of(client, fast_job)["status"] == "delivered", what="the prompt delivery")
+    assert slow.answered == 0
+    # and no more than two deliveries to the slow host are in flight: another pass starts none
+    runner.join(60)
+    wait_until(lambda: len(slow.received) == 2, what="two slow sends")
+    assert dispatcher.run_once() == 0
+    assert len(slow.received) == 2
+    slow.release.set()
+    settle(dispatcher)
+    for _ in range(3):  # the other two go at the next passes
+        dispatcher.run_once()
+        settle(dispatcher)
+    assert [delivery_of(client, job)["status"] for job in slow_jobs] == ["delivered"] * 4
+
+
+def test_a_claim_outlasts_its_delivery_and_a_second_dispatcher_does_not_send_it_again(settings, held_receiver):
+    # Given a 120 s deadline per delivery, and a receiver that holds the request
+    hook = held_receiver()
+    app = hook_app(settings, WEBHOOK_TIMEOUT=120)
+    client = app.test_client()
+    app.extensions["webhooks_thread"].stop()
+    job_id = job_with_webhook(client, f"http://127.0.0.1:{hook.port}/hook")
+    first = app.extensions["webhooks"]
+    second = Dispatcher(app.extensions["jobs"].sessions, secret=None, allow_loopback=True, timeout=120)
+
+    # When one dispatcher is sending it
+    runner = in_background(first)
+    wait_until(lambda: len(hook.received) == 1, what="the first send")
+
+    # Then its claim lasts at least as long as the delivery may (it was 60 s before)
+    with app.extensions["jobs"].sessions() as session:
+        claimed_until = session.scalar(select(WebhookDelivery.claimed_until))
+    assert claimed_until >= utcnow() + timedelta(seconds=115)
+    # and a second dispatcher on the same store does not send it again
+    assert second.run_once() == 0
+    hook.release.set()
+    runner.join(60)
+    settle(first, second)
+    assert len(hook.received) == 1
+    assert delivery_of(client, job_id)["status"] == "delivered"
+    assert [a["status_code"] for a in delivery_of(client, job_id)["attempts"]] == [200]
+
+
+def test_a_dispatcher_whose_claim_was_taken_over_records_nothing(settings, held_receiver):
+    # Given two dispatchers on one store, and a receiver that holds the first request and
+    # then answers it 500, and answers the second one 200 at once
+    hook = held_receiver(statuses=[500, 200])
+    first_answer = hook.gates[0] = threading.Event()
+    hook.release.set()
+    app = hook_app(settings, WEBHOOK_TIMEOUT=30, WEBHOOK_MAX_ATTEMPTS=3)
+    client = app.test_client()
+    app.extensions["webhooks_thread"].stop()
+    job_id = job_with_webhook(client, f"http://127.0.0.1:{hook.port}/hook")
+    sessions = app.extensions["jobs"].sessions
+    stale = app.extensions["webhooks"]
+    other = Dispatcher(sessions, secret=None, allow_loopback=True, timeout=30)
+    stale_runner = in_background(stale)
+    wait_until(lambda: len(hook.received) == 1, what="the first send")
+
+    # When the first dispatcher's claim lapses while it waits (as if its process had been
+    # paused past it), the other dispatcher delivers the message, and then the first one
+    # gets its (late, 500) answer
+    with sessions() as session, session.begin():
+        session.execute(update(WebhookDelivery).values(claimed_until=utcnow() - timedelta(seconds=1)))
+    in_background(other).join(60)
+    wait_until(lambda: delivery_of(client, job_id)["status"] == "delivered", what="delivered by the other")
+    first_answer.set()
+    wait_until(lambda: hook.answered == 2, what="both answered")
+    stale_runner.join(60)
+    settle(stale, other)
+
+    # Then the stale dispatcher's answer changes nothing: one attempt, delivered
+    delivery = delivery_of(client, job_id)
+    assert delivery["status"] == "delivered"
+    assert [a["status_code"] for a in delivery["attempts"]] == [200]
+    assert client.get(f"/jobs/{job_id}").get_json()["webhook_delivered"] is True
