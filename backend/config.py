@@ -92,6 +92,8 @@ DEFAULTS: dict[str, object] = {
     "RATE_LIMIT_DEFAULT": "100/minute",
     # Most jobs one batch may hold.
     "BATCH_MAX_JOBS": 1000,
+    # Most jobs one POST /jobs/cancel may cancel (ids listed, or matched by its filter).
+    "BULK_CANCEL_MAX_IDS": 1000,
     # Logging: "text" or "json".
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
@@ -124,6 +126,7 @@ _INT_KEYS = {
     "WEBHOOK_OWNER_CONCURRENCY",
     "RATE_LIMIT_ENABLED",
     "BATCH_MAX_JOBS",
+    "BULK_CANCEL_MAX_IDS",
 }
 _FLOAT_KEYS = {
     "REPORT_RETRY_SECONDS",

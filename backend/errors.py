@@ -91,6 +91,13 @@ class ValidationFailed(JobServiceError):
     code = "validation_failed"
 
 
+class IdempotencyKeyReused(ValidationFailed):
+    """Raised when an idempotency key held by a live job comes again with another request
+    (another task, arguments or options): as Stripe answers, the key is not silently reused."""
+
+    code = "idempotency_key_reused"
+
+
 class ServiceUnavailable(JobServiceError):
     """Raised when a dependency (Redis, the store) is down and the request cannot be taken."""
 

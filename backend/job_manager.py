@@ -21,7 +21,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import counts, webhooks
-from backend.errors import InvalidTransition, NotFound, ServiceUnavailable, StaleAttempt, ValidationFailed
+from backend.errors import (
+    IdempotencyKeyReused,
+    InvalidTransition,
+    JobServiceError,
+    NotFound,
+    ServiceUnavailable,
+    StaleAttempt,
+    ValidationFailed,
+)
 from backend.logs import job_fields
 from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
@@ -51,6 +59,40 @@ class JobRequest:
     depends_on: tuple[str, ...] = ()
     allow_failure: bool = False
     run_at: datetime | None = None
+
+
+def request_fingerprint(request: JobRequest) -> dict:
+    """What makes two submissions "the same request" for an idempotency key: the task, its
+    arguments and every option as they were recorded (defaults filled in), never the key."""
+    return {
+        "task": request.task.name,
+        "args": request.args,
+        "kwargs": request.kwargs,
+        "priority": request.priority,
+        "timeout": request.timeout,
+        "max_retries": request.max_retries,
+        "webhook_url": request.webhook_url,
+        "depends_on": list(request.depends_on),
+        "allow_failure": request.allow_failure,
+        "run_at": request.run_at,
+    }
+
+
+def recorded_fingerprint(job: Job) -> dict:
+    """``request_fingerprint`` of the request a job was recorded from (read back from its row:
+    these columns never change after the job is created, so no separate hash is stored)."""
+    return {
+        "task": job.task,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "priority": job.priority,
+        "timeout": job.timeout,
+        "max_retries": job.max_retries,
+        "webhook_url": job.webhook_url,
+        "depends_on": list(job.depends_on or []),
+        "allow_failure": bool(job.allow_failure),
+        "run_at": job.run_at,
+    }
 
 
 def new_job_id() -> str:
@@ -155,6 +197,9 @@ class JobManager:
         """Record a job (PENDING unless told); with an idempotency key held by a live job, return that job.
 
         The unique index on (owner, idempotency_key) decides between concurrent submissions.
+
+        Raises:
+            IdempotencyKeyReused: the key's live job was recorded from another request (422).
         """
         for _ in range(_CAS_ATTEMPTS):
             try:
@@ -165,6 +210,7 @@ class JobManager:
             except IntegrityError:
                 existing = self._live_job_with_key(owner, request.idempotency_key)
                 if existing is not None:
+                    _check_same_request(existing, request)
                     log.info("job %s returned for idempotency key", existing.id)
                     return existing, False
         raise RuntimeError(f"could not record a job for idempotency key {request.idempotency_key!r}")
@@ -329,14 +375,48 @@ class JobManager:
         return jobs[:limit], next_cursor
 
     def live_job_ids(
-        self, *, owner: str | None, status: JobStatus | None, task: str | None, batch_id: str | None = None
+        self,
+        *,
+        owner: str | None,
+        status: JobStatus | None,
+        task: str | None,
+        batch_id: str | None = None,
+        limit: int | None = None,
     ) -> list[str]:
-        """Ids of the live jobs matching the filter (for bulk cancel)."""
+        """Ids of the live jobs matching the filter (for bulk cancel), oldest first, at most ``limit``."""
         query = _filtered(select(Job.id).where(Job.status.in_(_NOT_TERMINAL)), owner=owner, status=status, task=task)
         if batch_id is not None:
             query = query.where(Job.batch_id == batch_id)
+        if limit is not None:
+            query = query.order_by(Job.created_at, Job.id).limit(limit)
         with self.sessions() as session:
             return list(session.scalars(query))
+
+    def cancel_many(self, job_ids: list[str], *, owner: str | None, by: str) -> tuple[list[str], list[dict]]:
+        """Cancel the listed jobs; returns the ids cancelled and, for the others, why not.
+
+        One query finds which of the ids exist (the owner's) and which of those are live: an
+        unknown or ended job costs no further work, only a live one is cancelled (fenced and
+        written one by one, as ``cancel_job`` does). The caller bounds how many ids one call takes.
+        """
+        wanted = list(dict.fromkeys(job_ids))
+        query = _filtered(select(Job.id, Job.status).where(Job.id.in_(wanted)), owner=owner, status=None, task=None)
+        with self.sessions() as session:
+            found = dict(session.execute(query).all()) if wanted else {}
+        cancelled: list[str] = []
+        skipped: list[dict] = []
+        for job_id in wanted:
+            status = found.get(job_id)
+            try:
+                if status is None:
+                    raise NotFound(f"no job {job_id!r}")
+                if status in _TERMINAL_VALUES:
+                    raise InvalidTransition(job_id, status, JobStatus.CANCELLED.value)
+                self.cancel_job(job_id, owner=owner, by=by)
+                cancelled.append(job_id)
+            except JobServiceError as exc:
+                skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
+        return cancelled, skipped
 
     def batch_summary(self, batch_id: str, *, owner: str | None) -> dict:
         """A batch's counts by status and overall progress (ended jobs count as 100%).
@@ -667,6 +747,17 @@ def _filtered(query, *, owner: str | None, status: JobStatus | None, task: str |
     if task is not None:
         query = query.where(Job.task == task)
     return query
+
+
+def _check_same_request(job: Job, request: JobRequest) -> None:
+    recorded, asked = recorded_fingerprint(job), request_fingerprint(request)
+    differing = sorted(name for name in asked if asked[name] != recorded[name])
+    if differing:
+        raise IdempotencyKeyReused(
+            f"idempotency key {request.idempotency_key!r} belongs to job {job.id}, recorded from another "
+            f"request (it differs in {', '.join(differing)}); use a new key for a new request",
+            details={"job_id": job.id, "differs_in": differing},
+        )
 
 
 def _encode_cursor(job: Job) -> str:

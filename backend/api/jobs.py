@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import json_body, query_int
-from backend.errors import JobServiceError, ValidationFailed
+from backend.errors import ValidationFailed
 from backend.representations import attempt_dict, job_dict
 from backend.states import JobStatus
 
@@ -74,33 +74,38 @@ def retry_job(job_id: str):
 
 @bp.post("/jobs/cancel")
 def cancel_many():
-    """Cancel ``{"job_ids": [...]}``, or every live job matching ``{"status", "task"}``."""
+    """Cancel ``{"job_ids": [...]}``, or the live jobs matching ``{"status", "task"}``, at most
+    ``BULK_CANCEL_MAX_IDS`` per request (the filter: the oldest first, ``more`` says if some are left)."""
     body = json_body()
+    cap = int(current_app.config["BULK_CANCEL_MAX_IDS"])
     unknown = sorted(set(body) - {"job_ids", "status", "task"})
     if unknown:
         raise ValidationFailed(f"unknown fields {unknown}; send job_ids, or status and/or task")
     job_ids = body.get("job_ids")
+    more = False
     if job_ids is not None:
-        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids) or len(job_ids) > 10000:
-            raise ValidationFailed("job_ids must be a list of at most 10000 job ids")
+        if body.get("status") is not None or body.get("task") is not None:
+            raise ValidationFailed("send job_ids or a filter (status and/or task), not both")
+        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
+            raise ValidationFailed("job_ids must be a list of job ids")
+        if len(job_ids) > cap:
+            raise ValidationFailed(
+                f"job_ids may list at most {cap} jobs per request (BULK_CANCEL_MAX_IDS), got {len(job_ids)}",
+                details={"setting": "BULK_CANCEL_MAX_IDS", "limit": cap},
+            )
     elif body.get("status") is None and body.get("task") is None:
         raise ValidationFailed("send job_ids, or a filter: status and/or task")
     else:
-        status = _status(body.get("status"))
+        raw_status, task = body.get("status"), body.get("task")
+        status = None if raw_status is None else _status(raw_status if raw_status != "" else "-")
         if status is not None and status.is_terminal:
             raise ValidationFailed(f"status must be a live status to cancel, got {status.value!r}")
-        task = body.get("task")
-        if task is not None and not isinstance(task, str):
-            raise ValidationFailed(f"task must be a string, got {task!r}")
-        job_ids = _jobs().live_job_ids(owner=g.principal.scope, status=status, task=task)
-    cancelled, skipped = [], []
-    for job_id in job_ids:
-        try:
-            _jobs().cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
-            cancelled.append(job_id)
-        except JobServiceError as exc:
-            skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
-    return jsonify({"cancelled": cancelled, "skipped": skipped})
+        if task is not None and (not isinstance(task, str) or not task):
+            raise ValidationFailed(f"task must be a task name, got {task!r}")
+        job_ids = _jobs().live_job_ids(owner=g.principal.scope, status=status, task=task, limit=cap + 1)
+        more, job_ids = len(job_ids) > cap, job_ids[:cap]
+    cancelled, skipped = _jobs().cancel_many(job_ids, owner=g.principal.scope, by=g.principal.owner)
+    return jsonify({"cancelled": cancelled, "skipped": skipped, "more": more})
 
 
 def _status(raw) -> JobStatus | None:

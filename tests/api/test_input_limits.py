@@ -10,10 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from rq import Queue
+from sqlalchemy import event
 
 from backend.config import QUEUE_NAMES
-
-AJAX = {"X-Requested-With": "test"}
 
 
 def stored_jobs(client) -> list:
@@ -114,3 +113,98 @@ def test_a_chunked_body_under_the_cap_is_taken(app, live_server):
     status, answer = _chunked_post(live_server, "/tasks/echo", [body[:500], body[500:]])
     assert status == 202, answer
     assert answer["args"] == ["x" * 1000]
+
+
+def test_an_idempotency_key_with_the_same_request_returns_the_first_job(client, redis_conn):
+    first = client.post("/tasks/add", json={"args": [1, 2]}, headers={"Idempotency-Key": "k"})
+    # The same request, with its defaults spelled out this time.
+    again = client.post(
+        "/tasks/add",
+        json={"args": [1, 2], "kwargs": {}, "priority": "default", "timeout": 600, "max_retries": 3},
+        headers={"Idempotency-Key": "k"},
+    )
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["job_id"] == first.get_json()["job_id"]
+    assert queued_count(redis_conn) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "differs"),
+    [
+        ("/tasks/add", {"args": [1, 3]}, "args"),
+        ("/tasks/echo", {"args": [1, 2]}, "task"),
+        ("/tasks/add", {"args": [1, 2], "priority": "high"}, "priority"),
+        ("/tasks/add", {"kwargs": {"a": 1, "b": 2}}, "args, kwargs"),
+        ("/tasks/add", {"args": [1, 2], "max_retries": 0}, "max_retries"),
+    ],
+)
+def test_an_idempotency_key_reused_with_another_request_is_422(client, redis_conn, path, body, differs):
+    first = client.post("/tasks/add", json={"args": [1, 2]}, headers={"Idempotency-Key": "k"}).get_json()
+    response = client.post(path, json=body, headers={"Idempotency-Key": "k"})
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "idempotency_key_reused"
+    assert f"differs in {differs}" in error["message"]
+    assert error["details"]["job_id"] == first["job_id"]
+    assert [job["job_id"] for job in stored_jobs(client)] == [first["job_id"]]
+    assert queued_count(redis_conn) == 1
+
+
+def test_a_bulk_cancel_over_the_cap_is_422_naming_it(client, redis_conn):
+    job = client.post("/tasks/echo", json={}).get_json()
+    cap = 1000
+    response = client.post("/jobs/cancel", json={"job_ids": [job["job_id"]] + [f"job_{i}" for i in range(cap)]})
+    assert response.status_code == 422
+    assert "BULK_CANCEL_MAX_IDS" in response.get_json()["error"]["message"]
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "QUEUED"
+
+
+def test_a_bulk_cancel_of_unknown_ids_costs_one_lookup(app, client):
+    job = client.post("/tasks/echo", json={}).get_json()
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    engine = app.extensions["engine"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        response = client.post("/jobs/cancel", json={"job_ids": [f"job_unknown_{i}" for i in range(999)]})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert answer["cancelled"] == [] and len(answer["skipped"]) == 999
+    assert {s["reason"] for s in answer["skipped"]} == {"not_found"}
+    # One SELECT for all 999 ids, instead of one (or more) per id.
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "QUEUED"
+
+
+def test_a_bulk_cancel_by_filter_takes_at_most_the_cap_and_says_more(settings, redis_conn):
+    from backend.app import create_app
+
+    settings["BULK_CANCEL_MAX_IDS"] = 2
+    client = create_app(settings).test_client()
+    ids = [client.post("/tasks/echo", json={"args": [i]}).get_json()["job_id"] for i in range(3)]
+    first = client.post("/jobs/cancel", json={"task": "echo"}).get_json()
+    assert (first["cancelled"], first["more"]) == (ids[:2], True)
+    second = client.post("/jobs/cancel", json={"task": "echo"}).get_json()
+    assert (second["cancelled"], second["more"]) == (ids[2:], False)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"job_ids": ["job_x"], "task": "echo"},
+        {"status": ""},
+        {"task": ""},
+        {"status": "COMPLETED"},
+        {},
+    ],
+)
+def test_a_bulk_cancel_takes_ids_or_a_filter(client, body):
+    client.post("/tasks/echo", json={})
+    response = client.post("/jobs/cancel", json=body)
+    assert response.status_code == 422
+    assert [job["status"] for job in stored_jobs(client)] == ["QUEUED"]
