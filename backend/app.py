@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 from flask import Flask  # noqa: E402
 
 from backend import api, cli, config, dashboard, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
+from backend.api import browser_guard  # noqa: E402
 from backend.api.error_handlers import register_error_handlers  # noqa: E402
 from backend.forwarded import TrustedProxies, parse_networks  # noqa: E402
 from backend.job_reads import JobReader  # noqa: E402
@@ -75,6 +76,8 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
     register_error_handlers(app)
     rate_limits.init_app(app)
     metrics.init_app(app)
+    # After the metrics timer, so that refused requests are counted too.
+    browser_guard.init_app(app)
     api.register(app)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(openapi.bp)

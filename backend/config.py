@@ -24,6 +24,12 @@ DEFAULTS: dict[str, object] = {
     "INTERNAL_SERVICE_TOKEN": None,
     # Client keys, "name:key[:admin],...". None: open, but only on loopback.
     "API_KEYS": None,
+    # Host names served besides loopback ones ("api.example.com,.example.com,*"). Unset: with
+    # no API_KEYS only loopback names are served (DNS rebinding), with keys any name.
+    "ALLOWED_HOSTS": None,
+    # Origins ("https://app.example.com,...") whose pages may POST/PUT/PATCH/DELETE here
+    # besides the API's own origin.
+    "TRUSTED_ORIGINS": None,
     # Where workers reach the API.
     "API_BASE_URL": "http://127.0.0.1:5000",
     # Modules whose @task functions are registered (comma separated).

@@ -318,6 +318,13 @@ def spec() -> dict:
         paths[f"/internal/jobs/{{job_id}}/{event}"] = {
             "post": {**_op(f"Worker report: {event}", "200", job, body=_ref("Report"), params=[job_id]), **internal}
         }
+    # The browser guard (backend/api/browser_guard.py) refuses a write that declares no JSON
+    # body and sends no X-Requested-With (415), so the body-less writes document the header.
+    requested_with = {"name": "X-Requested-With", "in": "header", "required": True, "schema": {"type": "string"}}
+    for item in paths.values():
+        for method, operation in item.items():
+            if method in ("post", "put", "patch", "delete") and "requestBody" not in operation:
+                operation.setdefault("parameters", []).append(requested_with)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Job service", "version": "1.0"},

@@ -119,7 +119,7 @@ def test_a_batch_over_the_limit_or_empty_is_422(client, settings):
 
 def test_a_batch_can_be_cancelled(client):
     batch = client.post("/tasks/add/batch", json={"jobs": [{"args": [1, 1]}] * 5}).get_json()
-    response = client.post(f"/batches/{batch['batch_id']}/cancel")
+    response = client.post(f"/batches/{batch['batch_id']}/cancel", json={})
     assert response.status_code == 200
     assert len(response.get_json()["cancelled"]) == 5
     assert client.get(f"/batches/{batch['batch_id']}").get_json()["counts"]["CANCELLED"] == 5

@@ -75,6 +75,8 @@ def test_the_quick_reference_runs_against_a_live_stack(stack, redis_server):
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert '"internal_error"' not in result.stdout
     assert '"too_many_requests"' not in result.stdout
+    # every write sends JSON (or X-Requested-With), as the browser guard requires
+    assert '"unsupported_media_type"' not in result.stdout
     # a few answers the guide promises
     assert '"status":"ok"' in result.stdout  # health with a live worker
     assert "webhook_url 'http://169.254.169.254/latest/meta-data' points to a link-local" in result.stdout

@@ -233,7 +233,7 @@ def test_while_redis_is_down_jobs_are_recorded_pending_and_health_says_so(settin
     assert health.headers["Retry-After"]
 
     # and a cancel is refused until Redis is back (no fence could keep a worker from the job)
-    cancel = client.post(f"/jobs/{job['job_id']}/cancel")
+    cancel = client.post(f"/jobs/{job['job_id']}/cancel", json={})
     assert cancel.status_code == 503 and cancel.headers["Retry-After"]
     assert cancel.get_json()["error"]["code"] == "service_unavailable"
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "PENDING"

@@ -68,7 +68,7 @@ def test_post_retry_runs_a_failed_job_again(client, run_burst_worker, tmp_path):
     run_burst_worker()
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "FAILED"
 
-    response = client.post(f"/jobs/{job['job_id']}/retry")
+    response = client.post(f"/jobs/{job['job_id']}/retry", json={})
     assert response.status_code == 202
     assert response.get_json()["status"] == "QUEUED"
     assert response.get_json()["attempt"] == 2
@@ -81,9 +81,9 @@ def test_post_retry_runs_a_failed_job_again(client, run_burst_worker, tmp_path):
 
 def test_post_retry_of_a_live_or_completed_job_is_409(client, run_burst_worker):
     job = submit(client, "add", args=[1, 2])
-    assert client.post(f"/jobs/{job['job_id']}/retry").status_code == 409
+    assert client.post(f"/jobs/{job['job_id']}/retry", json={}).status_code == 409
     run_burst_worker()
-    response = client.post(f"/jobs/{job['job_id']}/retry")
+    response = client.post(f"/jobs/{job['job_id']}/retry", json={})
     assert response.status_code == 409
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "COMPLETED"
 
@@ -113,7 +113,7 @@ def test_a_job_over_its_timeout_fails_with_a_timeout_error(client, run_burst_wor
 def test_a_cancelled_queued_job_leaves_its_queue_and_never_runs(client, redis_conn, run_burst_worker):
     job = submit(client, "add", args=[1, 2])
 
-    response = client.post(f"/jobs/{job['job_id']}/cancel")
+    response = client.post(f"/jobs/{job['job_id']}/cancel", json={})
 
     assert response.status_code == 200
     cancelled = response.get_json()
@@ -131,7 +131,7 @@ def test_a_job_cancelled_while_a_worker_holds_it_never_runs(client, redis_conn, 
     # copy is played here by putting the RQ job back on the queue after the cancel)
     marker = tmp_path / "ran"
     job = submit(client, "flaky", kwargs={"marker": str(marker), "failures": 0})
-    assert client.post(f"/jobs/{job['job_id']}/cancel").status_code == 200
+    assert client.post(f"/jobs/{job['job_id']}/cancel", json={}).status_code == 200
     queue = Queue("default", connection=redis_conn)
     redis_conn.rpush(queue.key, job["rq_job_id"])
 
@@ -146,8 +146,8 @@ def test_a_job_cancelled_while_a_worker_holds_it_never_runs(client, redis_conn, 
 
 def test_cancelling_an_ended_job_is_409(client):
     job = submit(client, "add", args=[1, 2])
-    client.post(f"/jobs/{job['job_id']}/cancel")
-    again = client.post(f"/jobs/{job['job_id']}/cancel")
+    client.post(f"/jobs/{job['job_id']}/cancel", json={})
+    again = client.post(f"/jobs/{job['job_id']}/cancel", json={})
     assert again.status_code == 409
     assert again.get_json()["error"]["code"] == "invalid_transition"
 
@@ -159,7 +159,7 @@ def test_a_running_job_is_stopped_and_its_late_reports_change_nothing(client, st
     wait_for_status(client, job["job_id"], {"PROCESSING"})
 
     # When it is cancelled
-    response = client.post(f"/jobs/{job['job_id']}/cancel")
+    response = client.post(f"/jobs/{job['job_id']}/cancel", json={})
 
     # Then RQ stops it, and nothing the worker says afterwards changes the job
     assert response.status_code == 200
@@ -178,7 +178,7 @@ def test_bulk_cancel_by_ids_and_by_filter(client):
     a = submit(client, "add", args=[1, 1])
     b = submit(client, "add", args=[2, 2])
     c = submit(client, "echo")
-    client.post(f"/jobs/{a['job_id']}/cancel")
+    client.post(f"/jobs/{a['job_id']}/cancel", json={})
 
     by_ids = client.post("/jobs/cancel", json={"job_ids": [a["job_id"], b["job_id"], "job_missing"]}).get_json()
     assert by_ids["cancelled"] == [b["job_id"]]
@@ -250,7 +250,7 @@ def test_a_repeated_failure_report_never_makes_two_new_attempts(client, app):
 def test_a_failure_report_after_a_cancel_leaves_it_cancelled(client):
     job = submit(client, "add", args=[1, 2], max_retries=3)
     client.post(f"/internal/jobs/{job['job_id']}/started", json={"attempt": 1, "worker": "w"}, headers=AUTH)
-    client.post(f"/jobs/{job['job_id']}/cancel")
+    client.post(f"/jobs/{job['job_id']}/cancel", json={})
 
     response = client.post(f"/internal/jobs/{job['job_id']}/failed", json={"attempt": 1, "error": "boom"}, headers=AUTH)
 
@@ -263,7 +263,7 @@ def test_a_job_cancelled_after_a_worker_popped_it_does_not_run(client, redis_con
     # Given a job cancelled in the store while its RQ job is still waiting to be run
     marker = tmp_path / "ran"
     job = submit(client, "flaky", kwargs={"marker": str(marker), "failures": 0})
-    client.post(f"/jobs/{job['job_id']}/cancel")
+    client.post(f"/jobs/{job['job_id']}/cancel", json={})
     rq_job = RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer)
     Queue("default", connection=redis_conn, serializer=JSONSerializer).enqueue_job(rq_job)
 
@@ -281,7 +281,7 @@ def test_a_simple_worker_stops_a_cancelled_task_at_its_next_progress_report(clie
     start_worker("--name", "simple-stopper", "--simple")
     wait_for_status(client, job["job_id"], {"PROCESSING"})
 
-    client.post(f"/jobs/{job['job_id']}/cancel")
+    client.post(f"/jobs/{job['job_id']}/cancel", json={})
 
     deadline = time.monotonic() + 10
     while RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer).get_status() != "stopped":

@@ -53,7 +53,7 @@ def test_reports_wait_for_an_api_that_is_down_then_land(client, settings):
 
 def test_a_refusal_is_remembered_and_the_memory_stays_bounded(client, live_server):
     job = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
-    assert client.post(f"/jobs/{job['job_id']}/cancel").status_code == 200
+    assert client.post(f"/jobs/{job['job_id']}/cancel", json={}).status_code == 200
     reporter = Reporter(live_server, TOKEN)
 
     # the API refuses a report for the cancelled attempt: the task's next progress sees it

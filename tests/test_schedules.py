@@ -35,7 +35,7 @@ def test_a_schedule_is_created_read_updated_listed_and_deleted(client):
     assert patched.status_code == 200
     assert patched.get_json()["next_run_at"] != schedule["next_run_at"]
     assert [s["id"] for s in client.get("/scheduled-jobs").get_json()["scheduled_jobs"]] == [schedule["id"]]
-    assert client.delete(f"/scheduled-jobs/{schedule['id']}").status_code == 204
+    assert client.delete(f"/scheduled-jobs/{schedule['id']}", content_type="application/json").status_code == 204
     assert client.get(f"/scheduled-jobs/{schedule['id']}").status_code == 404
 
 
@@ -108,7 +108,7 @@ def test_a_schedule_missed_for_hours_fires_once_or_not_at_all(settings, client, 
 
 def test_run_now_fires_at_once(client, run_burst_worker):
     schedule = create(client)
-    response = client.post(f"/scheduled-jobs/{schedule['id']}/run")
+    response = client.post(f"/scheduled-jobs/{schedule['id']}/run", json={})
     assert response.status_code == 202
     job = response.get_json()
     assert job["schedule_id"] == schedule["id"]
@@ -169,5 +169,5 @@ def test_a_key_never_sees_another_owners_schedule(settings):
     schedule = client.post("/scheduled-jobs", json=BODY, headers={"Authorization": "Bearer ka"}).get_json()
     bob = {"Authorization": "Bearer kb"}
     assert client.get(f"/scheduled-jobs/{schedule['id']}", headers=bob).status_code == 404
-    assert client.post(f"/scheduled-jobs/{schedule['id']}/run", headers=bob).status_code == 404
+    assert client.post(f"/scheduled-jobs/{schedule['id']}/run", json={}, headers=bob).status_code == 404
     assert client.get("/scheduled-jobs", headers=bob).get_json()["scheduled_jobs"] == []

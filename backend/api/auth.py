@@ -26,7 +26,8 @@ class Principal:
 
 
 @functools.lru_cache(maxsize=1024)
-def _is_loopback(address: str | None) -> bool:
+def is_loopback_address(address: str | None) -> bool:
+    """Whether ``address`` is a loopback IP address (127.0.0.0/8, ::1); False for names."""
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -38,7 +39,7 @@ def authenticate_client() -> None:
     keys: dict[str, tuple[str, bool]] = current_app.extensions["api_keys"]
     if not keys:
         # No keys configured: the API is a local development tool and serves loopback only.
-        if not _is_loopback(request.remote_addr):
+        if not is_loopback_address(request.remote_addr):
             raise Forbidden("no API_KEYS are configured, so this API only serves loopback clients")
         g.principal = Principal(owner=LOCAL_OWNER, is_admin=True)
         return

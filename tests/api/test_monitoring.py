@@ -32,7 +32,7 @@ def test_stats_counts_match_the_jobs_table(client, app, run_burst_worker):
         client.post("/tasks/add", json={"args": [1, 1]})
     client.post("/tasks/fail", json={"max_retries": 0})
     cancelled = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
-    client.post(f"/jobs/{cancelled['job_id']}/cancel")
+    client.post(f"/jobs/{cancelled['job_id']}/cancel", json={})
     run_burst_worker()
     client.post("/tasks/add", json={"args": [2, 2], "priority": "low"})
 
