@@ -7,26 +7,38 @@ row is read in full and serialised. Every write of a job's fields moves ``update
 served body is never older than the store. A job still waiting for dependencies is never
 reused (its ``waiting_for`` depends on other jobs), nor a body over ``MAX_BODY`` bytes; at most
 ``MAX_ENTRIES`` bodies and ``MAX_BYTES`` in all are kept, the least recently served dropped first.
+
+``GET /jobs`` pages are built here too, bounded in bytes as well as in jobs: the arguments and
+results of the jobs are read from the store only when asked for (``?fields=``), and a page
+stops at the job that would take it past ``JOBS_PAGE_MAX_BYTES``, its ``next_cursor`` going
+on from there. Rows are read a few at a time, so a page never holds more in memory than about
+its budget, however large the jobs behind it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import OrderedDict
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from backend.errors import NotFound
+from backend.job_manager import _decode_cursor, _encode_cursor, _filtered
 from backend.models import Job
-from backend.representations import job_dict
+from backend.representations import HEAVY_FIELDS, job_dict
+from backend.states import JobStatus
 
 MAX_ENTRIES = 10_000
 MAX_BODY = 64 * 1024
 #: Bodies kept per process, in all.
 MAX_BYTES = 16 * 1024 * 1024
+
+#: Rows read from the store at a time while a page of GET /jobs is built.
+LIST_FETCH = 16
 
 _STAMP = select(Job.owner, Job.updated_at).where(Job.id == bindparam("id"))
 
@@ -71,6 +83,52 @@ class JobReader:
                     _, (_, evicted) = self._bodies.popitem(last=False)
                     self._bytes -= len(evicted)
         return body
+
+    def list_json(
+        self,
+        *,
+        owner: str | None,
+        status: JobStatus | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        include: frozenset[str],
+        max_bytes: int,
+    ) -> bytes:
+        """The body of ``GET /jobs``: ``{"jobs": [...], "next_cursor": ...}``, newest first.
+
+        At most ``limit`` jobs, and no more than fit in ``max_bytes`` (the first job always
+        does: the cursor must move on); ``include`` names the heavy fields to show.
+
+        Raises:
+            ValidationFailed: a cursor this API did not give out.
+        """
+        omit = frozenset(HEAVY_FIELDS) - include
+        # Only the columns shown: a heavy column left out is never read from the store.
+        query = _filtered(
+            select(*(c for c in Job.__table__.c if c.name not in omit)), owner=owner, status=status, task=task
+        )
+        if cursor:
+            created_at, last_id = _decode_cursor(cursor)
+            query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        parts: list[bytes] = []
+        size, last, next_cursor = 0, None, None
+        with self.manager.sessions() as session:
+            rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
+            with contextlib.closing(rows):
+                for row in rows:
+                    if len(parts) == limit:
+                        next_cursor = _encode_cursor(last)
+                        break
+                    part = json.dumps(job_dict(row, omit=omit), separators=(",", ":")).encode()
+                    if parts and size + len(part) > max_bytes:
+                        next_cursor = _encode_cursor(last)
+                        break
+                    parts.append(part)
+                    size += len(part) + 1
+                    last = row
+        return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
 
     def _stamp(self, job_id: str) -> tuple | None:
         params = (job_id,) if self._positional else {"id": job_id}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from backend.config import QUEUE_NAMES
+from backend.representations import JOB_FIELDS
 from backend.states import JobStatus
 
 bp = Blueprint("openapi", __name__)
@@ -195,11 +196,12 @@ SCHEMAS = {
                     "type": "object",
                     "required": ["status"],
                     "properties": {
-                        "status": {"type": "integer", "enum": [200, 404, 409, 500]},
+                        "status": {"type": "integer", "enum": [200, 404, 409, 422, 500]},
                         "error": {"type": "string"},
                     },
                 },
-            }
+            },
+            "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
 }
@@ -213,6 +215,14 @@ def spec() -> dict:
         {"name": "task", "in": "query", "schema": {"type": "string"}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "fields",
+            "in": "query",
+            "description": "fields to include besides the default ones: args, kwargs, result (comma separated)",
+            "style": "form",
+            "explode": False,
+            "schema": {"type": "array", "items": {"type": "string", "enum": list(JOB_FIELDS)}},
+        },
     ]
     internal = {"security": [{"internalToken": []}], "tags": ["internal"]}
     paths = {

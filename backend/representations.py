@@ -14,17 +14,34 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_dict(job: Job, *, waiting_for: list[str] | None = None) -> dict:
+#: Fields that may be large (up to the size caps): a list of jobs leaves them out unless asked.
+HEAVY_FIELDS = ("args", "kwargs", "result")
+
+
+def job_dict(job: Job, *, waiting_for: list[str] | None = None, omit: frozenset[str] = frozenset()) -> dict:
+    """The job object of the contract; ``omit`` names heavy fields to leave out (they are not
+    read from ``job``, which may then be a row without them)."""
+    body = _job_fields(job, waiting_for)
+    for name in HEAVY_FIELDS:
+        if name in omit:
+            del body[name]
+        else:
+            body[name] = getattr(job, name)
+    return body
+
+
+def _job_fields(job: Job, waiting_for: list[str] | None) -> dict:
+    # The heavy fields are placeholders here, filled in (or dropped) by job_dict.
     return {
         "job_id": job.id,
         "task": job.task,
         "status": job.status,
         "priority": job.priority,
-        "args": job.args,
-        "kwargs": job.kwargs,
+        "args": None,
+        "kwargs": None,
         "progress": job.progress,
         "progress_message": job.progress_message,
-        "result": job.result,
+        "result": None,
         "error": job.error,
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
@@ -48,6 +65,10 @@ def job_dict(job: Job, *, waiting_for: list[str] | None = None) -> dict:
         "schedule_id": job.schedule_id,
         "batch_id": job.batch_id,
     }
+
+
+#: Every field of a job as the API shows it, in order (read off an empty job).
+JOB_FIELDS: tuple[str, ...] = tuple(_job_fields(Job(), None))
 
 
 def attempt_dict(attempt: Attempt) -> dict:

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from backend.api.auth import authenticate_client
 from backend.api.payloads import json_body, query_int
 from backend.errors import ValidationFailed
-from backend.representations import attempt_dict, job_dict
+from backend.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
 from backend.states import JobStatus
 
 bp = Blueprint("jobs", __name__)
@@ -45,17 +45,38 @@ def get_attempts(job_id: str):
 
 @bp.get("/jobs")
 def list_jobs():
+    """Jobs newest first, without their arguments and results unless ``?fields=`` names them;
+    a page holds at most ``limit`` jobs and stops once it reaches ``JOBS_PAGE_MAX_BYTES``."""
     config = current_app.config
     status = _status(request.args.get("status"))
     limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
-    jobs, next_cursor = _jobs().list_jobs(
+    body = current_app.extensions["job_reader"].list_json(
         owner=g.principal.scope,
         status=status,
         task=request.args.get("task") or None,
         limit=limit,
         cursor=request.args.get("cursor") or None,
+        include=_fields(request.args.get("fields")),
+        max_bytes=int(config["JOBS_PAGE_MAX_BYTES"]),
     )
-    return jsonify({"jobs": [job_dict(job) for job in jobs], "next_cursor": next_cursor})
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def _fields(raw: str | None) -> frozenset[str]:
+    """The heavy fields that ``?fields=`` asks for (any job field may be named; the others
+    are always shown).
+
+    Raises:
+        ValidationFailed: a name that is no field of a job.
+    """
+    names = {name.strip() for name in (raw or "").split(",") if name.strip()}
+    unknown = sorted(names - set(JOB_FIELDS))
+    if unknown:
+        raise ValidationFailed(
+            f"fields names no job field {unknown[0]!r}; list the fields to include, like fields=args,kwargs,result",
+            details={"allowed": list(JOB_FIELDS)},
+        )
+    return frozenset(names & set(HEAVY_FIELDS))
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -25,6 +25,9 @@ class JobContext:
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report how far the task is (0-100) with an optional message.
 
+        A message longer than ``MAX_PROGRESS_MESSAGE`` characters is shortened before it is
+        reported (its beginning is kept).
+
         Raises:
             TypeError: ``percent`` is not a number, or ``message`` not a string.
             ValueError: ``percent`` is outside 0-100.

@@ -4,7 +4,6 @@ worker -> API reports, and a list of jobs stays small however large its jobs are
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -231,3 +230,81 @@ def test_a_result_the_api_refuses_is_reported_as_the_attempts_failure(client, ap
     assert other["status"] == "FAILED" and len(other["error"].encode()) <= 300
     assert other["error"].endswith("e THE END")
     assert reporter.caps.result_bytes == 1000
+
+
+# -- lists of jobs ----------------------------------------------------------------------------
+
+
+def _big_jobs(client, count: int, size: int = 60_000) -> list[str]:
+    ids = []
+    for index in range(count):
+        response = client.post("/tasks/echo", json={"args": [f"{index:02d}" * (size // 2)]})
+        assert response.status_code == 202
+        ids.append(response.get_json()["job_id"])
+    return ids[::-1]  # newest first, as lists are
+
+
+def test_a_list_leaves_arguments_and_results_out_unless_asked(client):
+    ids = _big_jobs(client, 20)
+
+    response = client.get("/jobs?limit=20")
+
+    assert response.status_code == 200
+    assert len(response.get_data()) < 20_000, len(response.get_data())
+    page = response.get_json()
+    assert [job["job_id"] for job in page["jobs"]] == ids
+    assert not {"args", "kwargs", "result"} & set(page["jobs"][0])
+    assert page["jobs"][0]["status"] == "QUEUED" and page["next_cursor"] is None
+    # One job read alone is complete.
+    assert len(client.get(f"/jobs/{ids[0]}").get_json()["args"][0]) == 60_000
+
+
+def test_fields_asks_for_them_and_a_page_stops_at_its_byte_budget(client, app):
+    app.config["JOBS_PAGE_MAX_BYTES"] = 200_000
+    ids = _big_jobs(client, 20)
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = "/jobs?limit=20&fields=args,kwargs,result" + (f"&cursor={cursor}" if cursor else "")
+        response = client.get(query)
+        assert response.status_code == 200
+        assert len(response.get_data()) <= 200_000 + 1000
+        page = response.get_json()
+        assert all(len(job["args"][0]) == 60_000 and job["kwargs"] == {} for job in page["jobs"])
+        assert all(job["result"] is None for job in page["jobs"])
+        seen += [job["job_id"] for job in page["jobs"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    # Three 60 KB jobs fit in 200 KB: every job is listed once, in order, over seven pages.
+    assert seen == ids
+    assert pages == 7
+
+
+def test_a_page_always_holds_one_job_however_large(client, app):
+    app.config["JOBS_PAGE_MAX_BYTES"] = 1000
+    ids = _big_jobs(client, 2)
+
+    first = client.get("/jobs?fields=args").get_json()
+    second = client.get(f"/jobs?fields=args&cursor={first['next_cursor']}").get_json()
+
+    assert [job["job_id"] for job in first["jobs"] + second["jobs"]] == ids
+    assert second["next_cursor"] is None
+
+
+@pytest.mark.parametrize("fields", ["secret", "args,password", "args,,status", "RESULT"])
+def test_fields_names_only_job_fields(client, fields):
+    client.post("/tasks/echo", json={"args": [1]})
+
+    response = client.get(f"/jobs?fields={fields}")
+
+    if fields == "args,,status":
+        assert response.status_code == 200
+        assert response.get_json()["jobs"][0]["args"] == [1]
+    else:
+        assert response.status_code == 422
+        error = response.get_json()["error"]
+        assert error["code"] == "validation_failed" and "fields" in error["message"]
+        assert "result" in error["details"]["allowed"]

@@ -117,11 +117,12 @@ class Api:
         return response.json()
 
     def all_jobs(self) -> list[dict]:
-        """Every job in the store, through GET /jobs pages of 500."""
+        """Every job in the store, complete (arguments and results too), through GET /jobs pages
+        of up to 500."""
         jobs: list[dict] = []
         cursor = ""
         while True:
-            response = self.get(f"/jobs?limit=500&cursor={cursor}", timeout=20)
+            response = self.get(f"/jobs?limit=500&fields=args,kwargs,result&cursor={cursor}", timeout=20)
             assert response.status_code == 200, f"GET /jobs: {response.status_code} {response.text[:300]}"
             page = response.json()
             jobs.extend(page["jobs"])
