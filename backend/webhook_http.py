@@ -95,7 +95,7 @@ def _connect(target: WebhookTarget, deadline: _Deadline, ssl_context: ssl.SSLCon
             sock.settimeout(deadline.left("connect"))
             sock.connect((address, target.port))
             if target.scheme == "https":
-                context = ssl_context or ssl.create_default_context()
+                context = ssl_context or _default_context()
                 # The certificate is checked against the URL's host name, not the address.
                 sock = context.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
                 sock.settimeout(deadline.left("TLS handshake"))
@@ -114,6 +114,17 @@ def _connect(target: WebhookTarget, deadline: _Deadline, ssl_context: ssl.SSLCon
             sock.close()
             failures.append(f"{address}: {exc.strerror or exc}")
     raise DeliveryError(f"connection to {target.host_header} failed ({'; '.join(failures)})")
+
+
+_DEFAULT_CONTEXT: ssl.SSLContext | None = None
+
+
+def _default_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once (wrapping sockets with it is thread-safe)."""
+    global _DEFAULT_CONTEXT
+    if _DEFAULT_CONTEXT is None:
+        _DEFAULT_CONTEXT = ssl.create_default_context()
+    return _DEFAULT_CONTEXT
 
 
 def _request(target: WebhookTarget, body: bytes, headers: dict[str, str]) -> bytes:
@@ -155,8 +166,9 @@ def _read_status(sock: socket.socket, deadline: _Deadline) -> int:
             if end != -1:
                 buffer = buffer[end + 4 :]
                 continue
-        elif len(buffer) >= 12 and not buffer.startswith(b"HTTP/1."):
-            raise DeliveryError(f"the answer is not HTTP: {buffer[:40]!r}")
+        elif b"\n" in buffer or (len(buffer) >= 7 and not buffer.startswith(b"HTTP/1.")):
+            first_line = buffer.split(b"\n", 1)[0][:60]
+            raise DeliveryError(f"the answer is not an HTTP/1 status line: {first_line!r}")
         if read >= RESPONSE_READ_LIMIT:
             raise DeliveryError(f"no final status line in the first {RESPONSE_READ_LIMIT} bytes of the answer")
         sock.settimeout(deadline.left("response"))

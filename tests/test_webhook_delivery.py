@@ -6,6 +6,7 @@ one that holds its deliveries while another receiver waits, and two dispatchers 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -79,7 +80,7 @@ class HeldReceiver:
     """A receiver thread that holds the n-th request until ``gates[n]`` (or ``release``) is
     set, then answers it ``statuses[n]`` (200 past the list)."""
 
-    def __init__(self, statuses=()):
+    def __init__(self, statuses=(), address="127.0.0.1"):
         self.release = threading.Event()
         self.gates: dict[int, threading.Event] = {}
         self.received: list[str] = []
@@ -100,8 +101,9 @@ class HeldReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((address, 0), Handler)
         self.port = self.server.server_port
+        self.url = f"http://{address}:{self.port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -115,8 +117,8 @@ class HeldReceiver:
 def held_receiver():
     receivers = []
 
-    def make(statuses=()):
-        receiver = HeldReceiver(statuses)
+    def make(statuses=(), address="127.0.0.1"):
+        receiver = HeldReceiver(statuses, address)
         receivers.append(receiver)
         return receiver
 
@@ -241,6 +243,40 @@ def test_a_slow_receiver_does_not_hold_up_the_deliveries_to_another(settings, he
     assert [delivery_of(client, job)["status"] for job in slow_jobs] == ["delivered"] * 4
 
 
+def test_one_owner_with_many_slow_hosts_cannot_take_every_slot(settings, held_receiver):
+    # Given an owner with five deliveries to five slow hosts (as a wildcard DNS name gives),
+    # another owner with one delivery after them, and four delivery slots
+    slow = [held_receiver(address=f"127.0.0.{n}") for n in range(2, 7)]
+    prompt = held_receiver()
+    prompt.release.set()
+    app = hook_app(
+        settings,
+        API_KEYS="mallory:key-m,olivia:key-o",
+        WEBHOOK_TIMEOUT=30,
+        WEBHOOK_CONCURRENCY=4,
+        WEBHOOK_OWNER_CONCURRENCY=3,
+    )
+    client = app.test_client()
+    app.extensions["webhooks_thread"].stop()
+    dispatcher = app.extensions["webhooks"]
+    for receiver in slow:
+        client.environ_base["HTTP_AUTHORIZATION"] = "Bearer key-m"
+        job_with_webhook(client, receiver.url)
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer key-o"
+    olivia_job = job_with_webhook(client, prompt.url)
+
+    # When the dispatcher runs
+    in_background(dispatcher).join(60)
+
+    # Then the other owner's delivery is made while the first owner's three are held
+    wait_until(lambda: delivery_of(client, olivia_job)["status"] == "delivered", what="the other owner's delivery")
+    wait_until(lambda: sum(len(r.received) for r in slow) == 3, what="three slow sends")
+    assert dispatcher.run_once() == 0
+    for receiver in slow:
+        receiver.release.set()
+    settle(dispatcher)
+
+
 def test_a_claim_outlasts_its_delivery_and_a_second_dispatcher_does_not_send_it_again(settings, held_receiver):
     # Given a 120 s deadline per delivery, and a receiver that holds the request
     hook = held_receiver()
@@ -302,3 +338,39 @@ def test_a_dispatcher_whose_claim_was_taken_over_records_nothing(settings, held_
     assert delivery["status"] == "delivered"
     assert [a["status_code"] for a in delivery["attempts"]] == [200]
     assert client.get(f"/jobs/{job_id}").get_json()["webhook_delivered"] is True
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 204),
+        (b"HTTP/1.0 302 Found\r\nLocation: http://10.0.0.1/\r\n\r\n", 302),
+        (b"HTTP/1.1 200\r\n", 200),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "not an HTTP/1 status line"),
+        (b"", "closed the connection before answering"),
+        (b"HTTP/1.1 103 Early Hints\r\n" + b"Link: </x>; rel=preload\r\n" * 400, "in the first 4096 bytes"),
+    ],
+)
+def test_only_the_status_line_is_read_and_odd_answers_are_named(answer, outcome):
+    from backend.ssrf import resolve_webhook_url
+    from backend.webhook_http import DeliveryError, post
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(answer)
+        time.sleep(0.5)
+        conn.close()
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    target = resolve_webhook_url(f"http://127.0.0.1:{server.getsockname()[1]}/hook", allow_loopback=True)
+    try:
+        if isinstance(outcome, int):
+            assert post(target, b"{}", {}, timeout=5) == outcome
+        else:
+            with pytest.raises(DeliveryError, match=outcome):
+                post(target, b"{}", {}, timeout=5)
+    finally:
+        server.close()
