@@ -83,12 +83,14 @@ def _check_host(host: tuple[str, int | None] | None) -> None:
     raw = request.environ.get("HTTP_HOST")
     if raw is None:
         return  # HTTP/1.0 without Host: no browser sends that, so it cannot be rebinding
-    if host is not None and (_is_loopback_name(host[0]) or _matches(host[0], allowed)):
+    if host is not None and (
+        _is_loopback_name(host[0]) or _matches(host[0], allowed) or host[0] == _api_base_host(current_app.config)
+    ):
         return
     reason = "no API_KEYS are configured, so" if not current_app.extensions["api_keys"] else "ALLOWED_HOSTS is set, so"
     raise HostNotAllowed(
-        f"{reason} this API only serves requests addressed to a loopback name "
-        f"(localhost, 127.0.0.1, [::1]) or to a name listed in ALLOWED_HOSTS; got Host {raw[:100]!r}",
+        f"{reason} this API only serves requests addressed to a loopback name (localhost, "
+        f"127.0.0.1, [::1]), to the host of API_BASE_URL or to a name in ALLOWED_HOSTS; got Host {raw[:100]!r}",
         details={"host": raw[:100], "allowed_hosts": list(allowed)},
     )
 
@@ -133,6 +135,15 @@ def _request_host() -> tuple[str, int | None] | None:
         return None
     port = match["port"]
     return match["name"].strip("[]"), int(port) if port else None
+
+
+def _api_base_host(config) -> str | None:
+    # Workers reach the API at API_BASE_URL (e.g. http://api:5000 in docker-compose): the
+    # operator named that host, so it is served without being listed in ALLOWED_HOSTS too.
+    try:
+        return (urlsplit(str(config.get("API_BASE_URL") or "")).hostname or "").lower() or None
+    except ValueError:
+        return None
 
 
 def _is_loopback_name(name: str) -> bool:

@@ -108,6 +108,16 @@ def test_with_keys_any_host_is_served_unless_allowed_hosts_is_set(keyed, app, li
     assert call(live_server, "GET", "/jobs", headers={**keyed, "Host": "127.0.0.1:5000"})[0] == 200
 
 
+def test_the_host_workers_use_is_served_without_being_listed(keyed, app, live_server):
+    # docker-compose: API_BASE_URL=http://api:5000, ALLOWED_HOSTS names only the public name.
+    app.extensions["allowed_hosts"] = ("jobs.example.com",)
+    app.config["API_BASE_URL"] = "http://api:5000"
+    headers = {"Host": "api:5000", "Content-Type": "application/json", "X-Internal-Token": TOKEN}
+    status, raw = call(live_server, "POST", "/internal/reports", headers=headers, body='{"sent_at": 0, "reports": []}')
+    assert status == 200, raw[:300]
+    assert call(live_server, "GET", "/jobs", headers={**keyed, "Host": "api.evil:5000"})[0] == 403
+
+
 def test_allowed_hosts_is_read_from_settings(settings, keyed):
     from backend.app import create_app
 
