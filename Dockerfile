@@ -1,5 +1,7 @@
-# One image for the API, the workers, the scheduler and the standalone RQ Dashboard;
-# docker-compose.yml (or a Kubernetes manifest) picks the command.
+# One image for the API, the workers and the scheduler (RQ Dashboard is part of the API, at
+# /rq); docker-compose.yml (or a Kubernetes manifest) picks the command. The API's gunicorn
+# sits behind nginx (the stock nginx image with deploy/nginx/jobservice.conf), so this image
+# has no proxy of its own.
 #
 #   docker build -t jobservice:latest .
 
@@ -41,7 +43,9 @@ COPY deploy/healthcheck.py ./deploy/healthcheck.py
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 
-EXPOSE 5000 9181
+# gunicorn, for the proxy in front of it (docker-compose sets GUNICORN_BIND=0.0.0.0:5000;
+# the default, 127.0.0.1:5000, suits a proxy in the same pod).
+EXPOSE 5000
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"]
