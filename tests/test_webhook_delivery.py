@@ -207,8 +207,8 @@ def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_delivery_deadline(se
     assert attempt["error"] == "response deadline exceeded after 3 s"
     assert attempt["status_code"] is None
     assert 3000 <= attempt["duration_ms"] < 4500
-    # and the receiver got to send only the first bytes
-    assert int(process.stdout.readline().split()[1]) <= 4
+    # and the connection was closed: the receiver's next bytes found no reader (of 40)
+    assert int(process.stdout.readline().split()[1]) < 10
     app.extensions["webhooks_thread"].stop()
 
 
