@@ -138,11 +138,13 @@ class Reporter:
         self._drop_pending_progress()
         self._put({"job_id": job_id, "attempt": attempt, "event": "completed", "result": result})
 
-    def failed(self, job_id: str, attempt: int, error: str, *, at: float | None = None) -> None:
-        """Report a failed attempt; an error over the cap keeps its tail (where a traceback ends)."""
+    def failed(self, job_id: str, attempt: int, error: str) -> None:
         self._drop_pending_progress()
-        report = {"job_id": job_id, "attempt": attempt, "event": "failed", "error": self.caps.shorten_error(error)}
-        self._put(report, at=at)
+        self._put(self._failure(job_id, attempt, error))
+
+    def _failure(self, job_id: str, attempt: int, error: str) -> dict:
+        # An error over the cap keeps its tail: where a traceback names the fault.
+        return {"job_id": job_id, "attempt": attempt, "event": "failed", "error": self.caps.shorten_error(error)}
 
     def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
         """Report progress (coalesced). Returns False once the API has refused this attempt."""
@@ -288,7 +290,8 @@ class Reporter:
         """POST ``reports``; the ones to send again later (the API unreachable or failing).
 
         A batch the API refuses as a whole (400: one bad report; 413: too large) is split in
-        halves until the culprit stands alone and is dropped, so it never holds back the others.
+        halves until the culprit stands alone and is dropped, so it never holds back the others
+        (an attempt's end is then reported once more, as a failure: see _report_refused_end).
         """
         try:
             response = self._post_batch(reports)
@@ -333,7 +336,8 @@ class Reporter:
             error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
         else:
             error = report["error"]
-        self.failed(report["job_id"], report["attempt"], error, at=report["at"])
+        # Not through failed(): that would drop the pending progress of whichever job runs now.
+        self._put(self._failure(report["job_id"], report["attempt"], error), at=report["at"])
 
     def _post_batch(self, reports: list[dict]) -> requests.Response:
         body = {"sent_at": time.time(), "reports": reports}
