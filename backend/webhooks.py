@@ -81,6 +81,13 @@ def add_delivery(session: Session, job: Job) -> None:
     )
 
 
+def _host_of(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:  # refused when its attempt runs
+        return ""
+
+
 class Dispatcher:
     """Sends due deliveries; safe to run in several API processes (rows are claimed).
 
@@ -120,6 +127,7 @@ class Dispatcher:
         self.resolve = resolve  # None: socket.getaddrinfo (tests give one that rebinds)
         self.ssl_context = ssl_context  # None: the system's trust store
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="webhook")
+        self._pass = threading.Lock()
         self._lock = threading.Condition()
         self._in_flight: dict[str, tuple[str, str]] = {}  # delivery id -> (host, owner)
 
@@ -132,6 +140,12 @@ class Dispatcher:
 
         Deliveries run in the background; ``wait_idle`` waits for them.
         """
+        # One pass at a time (the periodic thread, an operator's call): the room checks below
+        # and the claims that follow them must not interleave with another pass's.
+        with self._pass:
+            return self._start_due()
+
+    def _start_due(self) -> int:
         now = utcnow()
         started, scanned, after = 0, 0, None
         while self._free_slots() and scanned < SCAN_LIMIT:
@@ -141,7 +155,7 @@ class Dispatcher:
             for delivery_id, url, owner, next_attempt_at in page:
                 scanned += 1
                 after = (next_attempt_at, delivery_id)
-                host = (urlsplit(url).hostname or "").lower()
+                host = _host_of(url)
                 if not self._has_room(host, owner):
                     continue
                 claim = self._claim(delivery_id)
