@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 
 from flask import Flask  # noqa: E402
 
-from backend import api, cli, config, dashboard, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
+from backend import api, cli, config, dashboard, html_security, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
 from backend.api import browser_guard  # noqa: E402
 from backend.api.error_handlers import register_error_handlers  # noqa: E402
 from backend.forwarded import TrustedProxies, parse_networks  # noqa: E402
@@ -74,6 +74,7 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
         app.extensions["webhooks_thread"] = thread
 
     register_error_handlers(app)
+    html_security.init_app(app)
     rate_limits.init_app(app)
     metrics.init_app(app)
     # After the metrics timer, so that refused requests are counted too.

@@ -1,27 +1,205 @@
-"""RQ Dashboard, mounted in the API at /rq for admins only."""
+"""RQ Dashboard, mounted in the API at /rq for admins only.
+
+We mount rq-dashboard's JSON endpoints and actions, but not its pages: its page scripts
+(rq-dashboard 0.9.0) put job fields into the page as HTML (``_.template`` with ``<%= %>``), so
+a tenant's result or error such as ``<img src=x onerror=...>`` ran as script in the admin's
+browser. Our own pages (``templates/rq/page.html`` and ``static/rq_dashboard.js``) read the same
+JSON and insert every value as text. They also need no inline script and no ``eval``
+(``_.template`` compiles with ``new Function``), so the Content-Security-Policy of
+``backend.html_security`` can forbid both.
+
+Our own blueprint, not rq-dashboard's, so that we choose which of its views are reachable and
+how: every action that changes Redis (requeue, delete, empty, compact) answers POST only;
+rq-dashboard 0.9.0 also requeues all failed jobs on a GET, which any page could trigger with
+an ``<img>``. Bad paths (an unknown Redis instance, registry, job; a page that is not a
+number) answer 404, where rq-dashboard raised a 500.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import rq_dashboard
-import rq_dashboard.web
-from flask import Flask
+import rq_dashboard.web as rqd
+from flask import Blueprint, Flask, current_app, jsonify, render_template, request
+from rq import Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend.api.auth import require_admin
+from backend.api.error_handlers import error_response
+from backend.errors import NotFound
 from backend.rate_limits import limiter
 
 URL_PREFIX = "/rq"
+REGISTRIES = ("queued", "scheduled", "deferred", "started", "finished", "failed", "canceled")
+ORDERS = ("asc", "dsc")
+MAX_PER_PAGE = 200
+
+# The blueprint keeps rq-dashboard's name: its JSON views build their links with
+# url_for(".jobs_overview", ...), relative to the blueprint that serves them. Static files
+# (Bootstrap's stylesheet) come from the installed package, unchanged.
+bp = Blueprint(
+    "rq_dashboard",
+    __name__,
+    static_folder=str(Path(rq_dashboard.__file__).parent / "static"),
+    static_url_path="/static",
+)
+# Registered first so that nobody reaches the dashboard without an admin key.
+bp.before_request(require_admin)
+
+
+@bp.before_request
+def _refuse_bad_paths() -> None:
+    args = request.view_args or {}
+    # We mount one Redis; rq-dashboard raised LookupError (a 500) for any other number.
+    if args.get("instance_number", 0) != 0:
+        raise NotFound(f"no Redis instance {args['instance_number']}; this dashboard has only instance 0")
+    if "registry_name" in args and args["registry_name"] not in REGISTRIES:
+        raise NotFound(f"unknown registry {args['registry_name']!r}; one of {', '.join(REGISTRIES)}")
+    if "order" in args and args["order"] not in ORDERS:
+        raise NotFound(f"unknown order {args['order']!r}; asc or dsc")
+    for name, top in (("per_page", MAX_PER_PAGE), ("page", None)):
+        if name in args:
+            value = str(args[name])
+            # isdecimal() alone accepts other scripts' digits; int() would then parse them.
+            if not (value.isascii() and value.isdecimal()) or int(value) < 1 or (top and int(value) > top):
+                limit = f"1 to {top}" if top else "1 or more"
+                raise NotFound(f"{name} must be a whole number from {limit}, got {value[:20]!r}")
+
+
+@bp.errorhandler(NoSuchJobError)
+def _no_such_job(exc: NoSuchJobError):
+    return error_response(404, "not_found", "no such job in Redis (it may have expired)", None)
+
+
+@bp.errorhandler(InvalidJobOperation)
+def _invalid_operation(exc: InvalidJobOperation):
+    # e.g. requeueing a job that is not in the failed registry
+    message = str(exc)[:500] or "RQ refused this operation on the job in its current state"
+    return error_response(409, "invalid_job_operation", message, None)
+
+
+def _page(view: str, **context):
+    response = current_app.make_response(
+        render_template(
+            "rq/page.html",
+            view=view,
+            prefix=URL_PREFIX + "/",
+            instance=0,
+            poll_interval=int(current_app.config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500)),
+            enable_delete=not current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"),
+            **context,
+        )
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# The page endpoints keep rq-dashboard's names and arguments: its JSON views link to them.
+def queues_overview(instance_number: int = 0):
+    return _page("queues")
+
+
+def workers_overview(instance_number: int):
+    return _page("workers")
+
+
+def jobs_overview(instance_number: int, queue_name, registry_name, per_page, order, page):
+    return _page(
+        "jobs",
+        queue_name=queue_name or "default",
+        registry_name=registry_name,
+        per_page=per_page,
+        order=order,
+        page=page,
+    )
+
+
+def list_workers(instance_number: int):
+    """rq-dashboard's ``list_workers`` reads workers with RQ's default (pickle) serializer, so it
+    answered 500 whenever a worker was busy with one of our JSON jobs; this one reads JSON."""
+    workers = []
+    for worker in Worker.all(connection=current_app.redis_conn, serializer=JSONSerializer):
+        try:
+            current = worker.get_current_job()
+        except NoSuchJobError:  # ended and expired between the two reads
+            current = None
+        workers.append(
+            {
+                "name": worker.name,
+                "pid": worker.pid,
+                "queues": [queue.name for queue in worker.queues],
+                "state": str(worker.get_state()),
+                "current_job": rqd.serialize_current_job(current),
+                "last_heartbeat": rqd.serialize_date(worker.last_heartbeat),
+                "birth_date": rqd.serialize_date(worker.birth_date),
+                "successful_job_count": worker.successful_job_count,
+                "failed_job_count": worker.failed_job_count,
+                "total_working_time": worker.total_working_time,
+                "version": getattr(worker, "version", ""),
+                "python_version": getattr(worker, "python_version", ""),
+            }
+        )
+    workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
+    return jsonify(workers=workers), {"Cache-Control": "no-store"}
+
+
+def job_view(instance_number: int, job_id: str):
+    job = Job.fetch(job_id, connection=current_app.redis_conn, serializer=JSONSerializer)
+    return _page("job", job_id=job.id)
+
+
+_JOBS_DEFAULTS = {"queue_name": None, "registry_name": "queued", "per_page": 8, "order": "asc", "page": 1}
+_JOBS_PATH = "/<int:instance_number>/view/jobs/<queue_name>/<registry_name>/<int:per_page>/<order>/<int:page>"
+
+PAGES = [
+    ("/", "queues_overview", queues_overview, {"defaults": {"instance_number": 0}}),
+    ("/<int:instance_number>/", "queues_overview", queues_overview, {}),
+    ("/<int:instance_number>/view", "queues_overview", queues_overview, {}),
+    ("/<int:instance_number>/view/queues", "queues_overview", queues_overview, {}),
+    ("/<int:instance_number>/view/workers", "workers_overview", workers_overview, {}),
+    ("/<int:instance_number>/view/jobs", "jobs_overview", jobs_overview, {"defaults": _JOBS_DEFAULTS}),
+    (_JOBS_PATH, "jobs_overview", jobs_overview, {}),
+    ("/<int:instance_number>/view/job/<job_id>", "job_view", job_view, {}),
+]
+
+# rq-dashboard's JSON endpoints (but workers'): they return job fields as JSON strings, which our
+# pages insert as text.
+DATA = [
+    ("/<int:instance_number>/data/queues.json", "list_queues", rqd.list_queues),
+    (
+        "/<int:instance_number>/data/jobs/<queue_name>/<registry_name>/<per_page>/<order>/<page>.json",
+        "list_jobs",
+        rqd.list_jobs,
+    ),
+    ("/<int:instance_number>/data/job/<job_id>.json", "job_info", rqd.job_info),
+    ("/<int:instance_number>/data/workers.json", "list_workers", list_workers),
+]
+
+# Everything that changes Redis: POST only.
+ACTIONS = [
+    ("/job/<job_id>/delete", "delete_job_view", rqd.delete_job_view),
+    ("/job/<job_id>/requeue", "requeue_job_view", rqd.requeue_job_view),
+    ("/requeue/<queue_name>", "requeue_all", rqd.requeue_all),
+    ("/queue/<queue_name>/<registry_name>/empty", "empty_queue", rqd.empty_queue),
+    ("/queue/<queue_name>/compact", "compact_queue", rqd.compact_queue),
+]
+
+for _path, _endpoint, _view, _options in PAGES:
+    bp.add_url_rule(_path, _endpoint, _view, methods=["GET"], **_options)
+for _path, _endpoint, _view in DATA:
+    bp.add_url_rule(_path, _endpoint, _view, methods=["GET"])
+for _path, _endpoint, _view in ACTIONS:
+    bp.add_url_rule(_path, _endpoint, _view, methods=["POST"])
 
 
 def mount(app: Flask, redis_url: str) -> None:
     # Our jobs are JSON-serialized; the dashboard must read them the same way.
-    rq_dashboard.web.config.serializer = JSONSerializer
+    rqd.config.serializer = JSONSerializer
     app.config.setdefault("RQ_DASHBOARD_REDIS_URL", redis_url)
-    rq_dashboard.web.setup_rq_connection(app)
-    blueprint = rq_dashboard.blueprint
-    if require_admin not in blueprint.before_request_funcs.get(None, []):
-        # Registered first so that nobody reaches the dashboard without an admin key.
-        blueprint.before_request_funcs.setdefault(None, []).insert(0, require_admin)
-    app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+    rqd.setup_rq_connection(app)
+    app.register_blueprint(bp, url_prefix=URL_PREFIX)
     # The dashboard polls several endpoints every few seconds: admins only, not limited.
-    limiter.exempt(blueprint)
+    limiter.exempt(bp)
