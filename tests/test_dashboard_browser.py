@@ -1,11 +1,16 @@
-"""The /dashboard page in a real headless Chromium: start a job, watch its bar reach 100%."""
+"""The /dashboard page in a real headless Chromium: start a job, watch its bar reach 100%; with
+API keys, the page lists tasks only once a key is entered."""
 
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+from werkzeug.serving import make_server
+
+from backend.app import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -58,3 +63,31 @@ def test_a_job_started_from_the_page_fills_its_bar_to_100(live_server, start_wor
         finally:
             browser.close()
     assert client.get(f"/jobs/{job_id}").get_json()["result"] == {"slept": 2}
+
+
+@pytest.mark.timeout(60)
+def test_with_keys_the_page_lists_tasks_only_after_a_key_is_entered(settings):
+    # The page itself names no task (GET /tasks answers 401 without a key); its script lists
+    # them from GET /tasks once the user enters a key.
+    settings["API_KEYS"] = "alice:alice-key-0123456789abcdef"
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{server.server_port}/dashboard")
+                page.wait_for_selector("#problem:has-text('API key')")
+                assert page.locator("#start-task option").count() == 0
+
+                page.fill("#key", "alice-key-0123456789abcdef")
+                page.dispatch_event("#key", "change")
+                page.wait_for_selector("#start-task option:has-text('sleep')", state="attached")
+                assert "word_count" in page.locator("#task").inner_text()
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
