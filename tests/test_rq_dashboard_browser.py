@@ -157,15 +157,17 @@ def test_job_results_and_errors_with_script_payloads_show_as_text_on_every_admin
 
 
 @pytest.mark.timeout(120)
-def test_the_rq_buttons_requeue_and_delete_with_a_post(live_server, run_burst_worker, client, redis_url, browser):
-    # Given two failed jobs in RQ's failed registry
-    first = client.post("/tasks/fail", json={"max_retries": 0}).get_json()
-    second = client.post("/tasks/fail", json={"max_retries": 0}).get_json()
+def test_the_rq_buttons_requeue_delete_and_requeue_all_with_a_post(
+    live_server, run_burst_worker, client, redis_url, browser
+):
+    # Given three failed jobs in RQ's failed registry
+    first, second, third = (client.post("/tasks/fail", json={"max_retries": 0}).get_json() for _ in range(3))
     run_burst_worker()
-    wait_for_status(client, second["job_id"], {"FAILED"})
+    for job in (first, second, third):
+        wait_for_status(client, job["job_id"], {"FAILED"})
     connection = Redis.from_url(redis_url)
     failed = FailedJobRegistry("default", connection=connection)
-    assert set(failed.get_job_ids()) == {first["rq_job_id"], second["rq_job_id"]}
+    assert set(failed.get_job_ids()) == {first["rq_job_id"], second["rq_job_id"], third["rq_job_id"]}
 
     watched = Watched(browser, accept_dialogs=True)
     page = watched.page
@@ -188,7 +190,13 @@ def test_the_rq_buttons_requeue_and_delete_with_a_post(live_server, run_burst_wo
     # Then it is gone, by a POST
     _wait(lambda: second["rq_job_id"] not in failed.get_job_ids())
     assert ("POST", f"{live_server}/rq/job/{second['rq_job_id']}/delete") in requests
-    assert watched.dialogs == [f"Delete job {second['rq_job_id']}?"]
+
+    # When the admin requeues all that are left (confirming), then the third is queued again
+    page.click("#requeue-all-btn")
+    _wait(lambda: failed.get_job_ids() == [])
+    assert third["rq_job_id"] in Queue("default", connection=connection, serializer=JSONSerializer).get_job_ids()
+    assert ("POST", f"{live_server}/rq/requeue/default") in requests
+    assert watched.dialogs == [f"Delete job {second['rq_job_id']}?", "Requeue all failed jobs of default?"]
     assert watched.errors == [], watched.errors
     assert all(method == "GET" for method, url in requests if "/rq/0/" in url)
 
