@@ -110,8 +110,12 @@ def install_redaction(settings: dict | None = None) -> None:
     factory = logging.getLogRecordFactory()
     if not getattr(factory, "_jobservice", False):
         logging.setLogRecordFactory(_redacting_factory(factory))
-    sys.excepthook = _redacting_excepthook
-    threading.excepthook = _redacting_thread_excepthook
+    # Only in place of Python's own hooks: one that a host installed (a test runner, an error
+    # reporter) stays theirs.
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _redacting_excepthook
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _redacting_thread_excepthook
 
 
 def job_fields(job, **more) -> dict:
