@@ -223,10 +223,12 @@ class QueueAdapter:
         return {rq_id.decode() for ids in lists for rq_id in ids}
 
     def fetch(self, rq_id: str) -> RQJob | None:
+        """The RQ job ``rq_id``; None when there is none, or the id is none RQ could hold
+        (RQ raises ValueError for characters other than letters, digits, _ and -)."""
         try:
             with self._guard():
                 return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
-        except NoSuchJobError:
+        except (NoSuchJobError, ValueError):
             return None
 
     def fence(self, rq_id: str) -> None:

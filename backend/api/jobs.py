@@ -102,10 +102,11 @@ def cancel_many():
     unknown = sorted(set(body) - {"job_ids", "status", "task"})
     if unknown:
         raise ValidationFailed(f"unknown fields {unknown}; send job_ids, or status and/or task")
-    job_ids = body.get("job_ids")
     more = False
-    if job_ids is not None:
-        if body.get("status") is not None or body.get("task") is not None:
+    # Presence decides, so that a null is refused like any other value of the wrong kind.
+    if "job_ids" in body:
+        job_ids = body["job_ids"]
+        if "status" in body or "task" in body:
             raise ValidationFailed("send job_ids or a filter (status and/or task), not both")
         if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
             raise ValidationFailed("job_ids must be a list of job ids")
@@ -114,16 +115,18 @@ def cancel_many():
                 f"job_ids may list at most {cap} jobs per request (BULK_CANCEL_MAX_IDS), got {len(job_ids)}",
                 details={"setting": "BULK_CANCEL_MAX_IDS", "limit": cap},
             )
-    elif body.get("status") is None and body.get("task") is None:
+    elif "status" not in body and "task" not in body:
         raise ValidationFailed("send job_ids, or a filter: status and/or task")
     else:
-        raw_status, task = body.get("status"), body.get("task")
-        status = None if raw_status is None else _status(raw_status if raw_status != "" else "-")
-        if status is not None and status.is_terminal:
-            raise ValidationFailed(f"status must be a live status to cancel, got {status.value!r}")
-        if task is not None and (not isinstance(task, str) or not task):
+        status, task = body.get("status"), body.get("task")
+        live = [s.value for s in JobStatus if not s.is_terminal]
+        if "status" in body and status not in live:
+            raise ValidationFailed(f"status must be a live status to cancel, one of {live}, got {status!r}")
+        if "task" in body and (not isinstance(task, str) or not task):
             raise ValidationFailed(f"task must be a task name, got {task!r}")
-        job_ids = _jobs().live_job_ids(owner=g.principal.scope, status=status, task=task, limit=cap + 1)
+        job_ids = _jobs().live_job_ids(
+            owner=g.principal.scope, status=JobStatus(status) if status else None, task=task, limit=cap + 1
+        )
         more, job_ids = len(job_ids) > cap, job_ids[:cap]
     cancelled, skipped = _jobs().cancel_many(job_ids, owner=g.principal.scope, by=g.principal.owner)
     return jsonify({"cancelled": cancelled, "skipped": skipped, "more": more})

@@ -251,7 +251,7 @@ _ASCII_INT = re.compile(r"-?[0-9]+")
 def query_int(name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter within [low, high]."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     # int() also takes "1_0", " 10" and full-width digits ("１０"): only ASCII digits are a number here.
     if not _ASCII_INT.fullmatch(raw):

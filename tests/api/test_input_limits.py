@@ -65,11 +65,18 @@ def test_a_null_priority_is_the_default(client):
     assert response.get_json()["priority"] == "default"
 
 
-@pytest.mark.parametrize("limit", ["1_0", "\uff11\uff10", " 10", "10 ", "+10", "1e1", "0x10", "\u0661\u0660"])
+@pytest.mark.parametrize("limit", ["", "1_0", "\uff11\uff10", " 10", "10 ", "+10", "1e1", "0x10", "\u0661\u0660"])
 def test_a_query_integer_must_be_ascii_digits(client, limit):
     response = client.get("/jobs", query_string={"limit": limit})
     assert response.status_code == 422, response.get_data(as_text=True)
     assert "ASCII digits" in response.get_json()["error"]["message"]
+
+
+def test_a_query_parameter_given_twice_is_422_not_its_first_value(client):
+    response = client.get("/jobs?limit=5&limit=500")
+    assert response.status_code == 422
+    assert "'limit' is given more than once" in response.get_json()["error"]["message"]
+    assert client.get("/jobs?status=QUEUED&status=FAILED").status_code == 422
 
 
 def test_ascii_query_integers_still_work(client):
