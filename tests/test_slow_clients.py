@@ -139,10 +139,14 @@ class Slowloris:
             ]
             * slow_bodies
         )
-        for opening in openings:
+        for number, opening in enumerate(openings):
             sock = socket.create_connection(self.address, timeout=5)
             sock.sendall(opening)
             self.talking.append(sock)
+            if number % 10 == 9:
+                # Spread over about a second: gunicorn's processes race to accept, and one
+                # that the scheduler keeps off the CPU for a burst would get none of them.
+                time.sleep(0.03)
         for _ in range(idle):
             self.idle.append(socket.create_connection(self.address, timeout=5))
         self.thread = threading.Thread(target=self._drip, daemon=True)
