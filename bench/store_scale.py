@@ -18,7 +18,7 @@ import time
 from bench import storedb
 from bench.common import CACHE_DIR, Results, Stack, Workdir, emit, ms, pct, session, table
 
-ADMIN_KEY = "bench-admin-key"
+ADMIN_KEY = "bench-admin-key-0123456789"
 SMALL_KEY = "bench-small-tenant-key"
 API_KEYS = f"ops:{ADMIN_KEY}:admin,{storedb.SMALL_OWNER}:{SMALL_KEY}"
 SECONDS_PER_ENDPOINT = 4.0
