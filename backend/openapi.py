@@ -54,7 +54,7 @@ def spec() -> dict:
         query_param("cursor", {"type": "string", "pattern": f"^({CURSOR_PATTERN.strip('^$')})?$"}),
         query_param(
             "fields",
-            {"type": "array", "items": {"type": "string", "enum": list(JOB_FIELDS)}},
+            {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_FIELDS)}},
             style="form",
             explode=False,
             description="heavy fields (args, kwargs, result) to include in each job",

@@ -69,7 +69,8 @@ def _fields(raw: str | None) -> frozenset[str]:
     Raises:
         ValidationFailed: a name that is no field of a job.
     """
-    names = {name.strip() for name in (raw or "").split(",") if name.strip()}
+    # Exactly the documented form: names joined by commas, no blanks or empty names.
+    names = set(raw.split(",")) if raw is not None else set()
     unknown = sorted(names - set(JOB_FIELDS))
     if unknown:
         raise ValidationFailed(
