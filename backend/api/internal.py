@@ -110,7 +110,7 @@ def batch():
     ``{"results": [...], "limits": {"MAX_RESULT_BYTES": ..., ...}}``; a malformed report fails
     the whole batch (400), one over a size cap only its own answer (422).
     """
-    body = json_body()
+    body = json_body(lone_surrogates=True)
     items = body.get("reports")
     if not isinstance(items, list) or len(items) > reports.MAX_BATCH:
         raise BadRequest(f"reports must be a list of at most {reports.MAX_BATCH} reports")
@@ -140,7 +140,7 @@ def batch():
 
 
 def _one(job_id: str, event: str):
-    job = reports.apply_one(_jobs(), _report(json_body(), event, job_id, _caps()))
+    job = reports.apply_one(_jobs(), _report(json_body(lone_surrogates=True), event, job_id, _caps()))
     return jsonify(job_dict(job))
 
 

@@ -36,14 +36,20 @@ MAX_RETRIES = 100
 MAX_IDEMPOTENCY_KEY = 200
 
 
-def json_body() -> dict:
+def json_body(*, lone_surrogates: bool = False) -> dict:
     """The request's JSON object.
+
+    Args:
+        lone_surrogates: take strings with an unpaired surrogate escape (``"\\ud800"``): JSON
+            allows them, Unicode text does not, so a client's is refused (it failed later, as
+            a 500, wherever the string met UTF-8: the store, Redis). Workers' reports take them
+            (a file name in a traceback) and replace them where they store them.
 
     Raises:
         UnsupportedMediaType: the body is not declared as JSON.
         RequestEntityTooLarge: the body is over MAX_CONTENT_LENGTH, chunked or not (413).
-        BadRequest: the body is not valid JSON, holds a number that is not finite, nests too
-            deep, or is not an object.
+        BadRequest: the body is not valid JSON, holds a number that is not finite or a string
+            that is not Unicode text, nests too deep, or is not an object.
     """
     if not request.is_json:
         raise UnsupportedMediaType(
@@ -60,8 +66,13 @@ def json_body() -> dict:
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     max_depth = current_app.config["MAX_JSON_DEPTH"]
-    if _depth(body) > max_depth:
+    depth, not_text = _walk(body)
+    if depth > max_depth:
         raise BadRequest(f"the body nests deeper than {max_depth} levels")
+    if not_text is not None and not lone_surrogates:
+        raise BadRequest(
+            f"the body holds a string that is not Unicode text (an unpaired surrogate escape): {not_text[:40]!r}"
+        )
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
     return body
@@ -100,16 +111,28 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _depth(value: object) -> int:
-    deepest, stack = 0, [(value, 1)]
+def _walk(value: object) -> tuple[int, str | None]:
+    """How deep ``value`` nests, and its first string (or key) that UTF-8 cannot encode."""
+    deepest, not_text, stack = 0, None, [(value, 1)]
     while stack:
         item, level = stack.pop()
         deepest = max(deepest, level)
         if isinstance(item, dict):
             stack.extend((child, level + 1) for child in item.values())
+            stack.extend((key, level) for key in item)
         elif isinstance(item, list):
             stack.extend((child, level + 1) for child in item)
-    return deepest
+        elif isinstance(item, str) and not_text is None and not _is_text(item):
+            not_text = item
+    return deepest, not_text
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = None) -> JobRequest:

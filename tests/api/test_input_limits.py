@@ -215,3 +215,30 @@ def test_a_bulk_cancel_takes_ids_or_a_filter(client, body):
     response = client.post("/jobs/cancel", json=body)
     assert response.status_code == 422
     assert [job["status"] for job in stored_jobs(client)] == ["QUEUED"]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/scheduled-jobs", b'{"name": "\\ud800", "task": "echo", "cron": "* * * * *"}'),
+        ("/tasks/echo", b'{"idempotency_key": "\\ud800"}'),
+        ("/tasks/echo", b'{"depends_on": ["\\udfff"]}'),
+        ("/tasks/echo", b'{"kwargs": {"\\ud800": 1}}'),
+        ("/jobs/cancel", b'{"job_ids": ["\\ud800"]}'),
+        ("/monitoring/queue/failed", b'{"job_id": "\\ud800"}'),
+    ],
+)
+def test_a_string_that_is_not_unicode_text_is_400_not_500(client, redis_conn, path, raw):
+    # An unpaired surrogate escape is valid JSON but no text: it failed as a 500 wherever the
+    # string met UTF-8 (a store parameter, a Redis key).
+    response = client.post(path, data=raw, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "not Unicode text" in response.get_json()["error"]["message"]
+    assert stored_jobs(client) == []
+    assert queued_count(redis_conn) == 0
+
+
+def test_a_surrogate_pair_is_text(client):
+    response = client.post("/tasks/echo", data=b'{"args": ["\\ud83d\\ude00"]}', content_type="application/json")
+    assert response.status_code == 202
+    assert response.get_json()["args"] == ["\U0001f600"]
