@@ -64,6 +64,13 @@ class InvalidTransition(JobServiceError):
         self.target = target
 
 
+class Conflict(JobServiceError):
+    """Raised when a request would take something another one holds (a schedule's name)."""
+
+    status = 409
+    code = "conflict"
+
+
 class StaleAttempt(JobServiceError):
     """Raised when a worker reports for an attempt that a newer attempt has replaced."""
 

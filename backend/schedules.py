@@ -20,7 +20,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from backend.errors import NotFound, ValidationFailed
+from backend.errors import Conflict, NotFound, ValidationFailed
 from backend.job_manager import JobManager, JobRequest
 from backend.models import Job, ScheduledJob, ScheduleFiring, utcnow
 from backend.store import transaction
@@ -115,7 +115,7 @@ class ScheduleManager:
         """Record a schedule (``fields`` already checked by the API).
 
         Raises:
-            ValidationFailed: the owner already has a schedule of that name.
+            Conflict: the owner already has a schedule of that name (409).
         """
         now = now or utcnow()
         schedule = ScheduledJob(id=f"sch_{uuid.uuid4().hex}", owner=owner, created_at=now, updated_at=now, **fields)
@@ -124,7 +124,7 @@ class ScheduleManager:
             with transaction(self.sessions) as session:
                 session.add(schedule)
         except IntegrityError:
-            raise ValidationFailed(f"a schedule named {schedule.name!r} exists already") from None
+            raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
         return schedule
 
     def get(self, schedule_id: str, *, owner: str | None) -> ScheduledJob:
@@ -154,10 +154,11 @@ class ScheduleManager:
                     next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
                 )
             schedule.updated_at = now
+            name = schedule.name  # read now: after a failed flush the session cannot load it
             try:
                 session.flush()
             except IntegrityError:
-                raise ValidationFailed(f"a schedule named {schedule.name!r} exists already") from None
+                raise Conflict(f"a schedule named {name!r} exists already") from None
             except StaleDataError:
                 # Deleted by a concurrent DELETE between our read and our write.
                 raise NotFound(f"no schedule {schedule_id!r}") from None

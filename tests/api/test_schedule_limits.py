@@ -110,3 +110,15 @@ def test_a_patch_racing_a_delete_is_404_never_500(live_server):
         assert answers["DELETE"].status_code in (204, 404, 409), answers["DELETE"].text
         assert session.get(url).status_code == 404
     assert all(delete == 204 for _, delete in statuses)
+
+
+def test_a_name_the_owner_already_uses_is_409(client):
+    first = client.post("/scheduled-jobs", json=BODY).get_json()
+    again = client.post("/scheduled-jobs", json={**BODY, "cron": "0 * * * *"})
+    assert again.status_code == 409
+    assert again.get_json()["error"]["code"] == "conflict"
+    other = client.post("/scheduled-jobs", json={**BODY, "name": "other"}).get_json()
+    renamed = client.patch(f"/scheduled-jobs/{other['id']}", json={"name": BODY["name"]})
+    assert renamed.status_code == 409
+    assert [s["id"] for s in client.get("/scheduled-jobs").get_json()["scheduled_jobs"]] == [first["id"], other["id"]]
+    assert client.get(f"/scheduled-jobs/{other['id']}").get_json()["name"] == "other"
