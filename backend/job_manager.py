@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend import counts, webhooks
 from backend.errors import (
-    IdempotencyKeyReused,
     InvalidTransition,
     JobServiceError,
     NotFound,
@@ -29,6 +28,7 @@ from backend.errors import (
     StaleAttempt,
     ValidationFailed,
 )
+from backend.idempotency import check_same_request
 from backend.logs import job_fields
 from backend.models import Attempt, Batch, Job, JobDependency, utcnow
 from backend.queues import QueueAdapter, rq_job_id
@@ -58,40 +58,6 @@ class JobRequest:
     depends_on: tuple[str, ...] = ()
     allow_failure: bool = False
     run_at: datetime | None = None
-
-
-def request_fingerprint(request: JobRequest) -> dict:
-    """What makes two submissions "the same request" for an idempotency key: the task, its
-    arguments and every option as they were recorded (defaults filled in), never the key."""
-    return {
-        "task": request.task.name,
-        "args": request.args,
-        "kwargs": request.kwargs,
-        "priority": request.priority,
-        "timeout": request.timeout,
-        "max_retries": request.max_retries,
-        "webhook_url": request.webhook_url,
-        "depends_on": list(request.depends_on),
-        "allow_failure": request.allow_failure,
-        "run_at": request.run_at,
-    }
-
-
-def recorded_fingerprint(job: Job) -> dict:
-    """``request_fingerprint`` of the request a job was recorded from (read back from its row:
-    these columns never change after the job is created, so no separate hash is stored)."""
-    return {
-        "task": job.task,
-        "args": job.args,
-        "kwargs": job.kwargs,
-        "priority": job.priority,
-        "timeout": job.timeout,
-        "max_retries": job.max_retries,
-        "webhook_url": job.webhook_url,
-        "depends_on": list(job.depends_on or []),
-        "allow_failure": bool(job.allow_failure),
-        "run_at": job.run_at,
-    }
 
 
 def new_job_id() -> str:
@@ -209,7 +175,7 @@ class JobManager:
             except IntegrityError:
                 existing = self._live_job_with_key(owner, request.idempotency_key)
                 if existing is not None:
-                    _check_same_request(existing, request)
+                    check_same_request(existing, request)
                     log.info("job %s returned for idempotency key", existing.id)
                     return existing, False
         raise RuntimeError(f"could not record a job for idempotency key {request.idempotency_key!r}")
@@ -746,17 +712,6 @@ def _filtered(query, *, owner: str | None, status: JobStatus | None, task: str |
     if task is not None:
         query = query.where(Job.task == task)
     return query
-
-
-def _check_same_request(job: Job, request: JobRequest) -> None:
-    recorded, asked = recorded_fingerprint(job), request_fingerprint(request)
-    differing = sorted(name for name in asked if asked[name] != recorded[name])
-    if differing:
-        raise IdempotencyKeyReused(
-            f"idempotency key {request.idempotency_key!r} belongs to job {job.id}, recorded from another "
-            f"request (it differs in {', '.join(differing)}); use a new key for a new request",
-            details={"job_id": job.id, "differs_in": differing},
-        )
 
 
 #: A page cursor: the last job's created_at in microseconds since the epoch, a dot, its id.
