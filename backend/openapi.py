@@ -227,7 +227,8 @@ def spec() -> dict:
                 "internalToken": {"type": "apiKey", "in": "header", "name": "X-Internal-Token"},
             },
         },
-        "security": [{"apiKey": []}],
+        # With no API_KEYS the API serves loopback clients without a key (and says so here).
+        "security": [{"apiKey": []}] if current_app.extensions["api_keys"] else [],
     }
 
 

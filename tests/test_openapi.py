@@ -85,3 +85,11 @@ def test_every_cursor_of_the_documented_form_is_taken(client):
     assert client.get("/jobs?cursor=0.job_x", headers=admin).get_json() == {"jobs": [], "next_cursor": None}
     assert client.get("/jobs?cursor=99999999999999999.zzz", headers=admin).status_code == 200
     assert client.get("/jobs?cursor=not-a-cursor", headers=admin).status_code == 422
+
+
+def test_the_document_asks_for_a_key_only_when_keys_are_configured(app, settings):
+    from backend.app import create_app
+
+    assert app.test_client().get("/openapi.json").get_json()["security"] == [{"apiKey": []}]
+    open_app = create_app({**settings, "API_KEYS": None})
+    assert open_app.test_client().get("/openapi.json").get_json()["security"] == []
