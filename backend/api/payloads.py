@@ -155,7 +155,8 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
         webhook_url = check_webhook_url(webhook_url, allow_loopback=bool(config["WEBHOOK_ALLOW_LOOPBACK"]))
-    depends_on = body.get("depends_on") or []
+    depends_on = body.get("depends_on")
+    depends_on = [] if depends_on is None else depends_on  # false, 0 or "" are mistakes, not "none"
     if not isinstance(depends_on, list) or not all(isinstance(i, str) and i for i in depends_on):
         raise ValidationFailed(f"depends_on must be a list of job ids, got {depends_on!r}")
     if len(depends_on) > MAX_DEPENDENCIES:

@@ -59,6 +59,14 @@ def test_a_falsy_or_unknown_priority_is_422_not_the_default(client, redis_conn, 
     assert queued_count(redis_conn) == 0
 
 
+@pytest.mark.parametrize("depends_on", [False, 0, "", {}])
+def test_a_falsy_depends_on_is_422_not_none(client, depends_on):
+    response = client.post("/tasks/echo", json={"depends_on": depends_on})
+    assert response.status_code == 422
+    assert "depends_on must be a list" in response.get_json()["error"]["message"]
+    assert stored_jobs(client) == []
+
+
 def test_a_null_priority_is_the_default(client):
     response = client.post("/tasks/echo", json={"priority": None})
     assert response.status_code == 202
