@@ -33,6 +33,7 @@ from backend.errors import JobServiceError
 from backend.job_manager import JobManager
 from backend.models import Job, utcnow
 from backend.queues import last_error, rq_status
+from backend.size_caps import SizeCaps
 from backend.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,17 @@ class Report:
 
 class Reconciler:
     def __init__(
-        self, manager: JobManager, *, lease_seconds: float, grace_seconds: float = 2.0, confirm_delay: float = 0.5
+        self,
+        manager: JobManager,
+        *,
+        lease_seconds: float,
+        grace_seconds: float = 2.0,
+        confirm_delay: float = 0.5,
+        caps: SizeCaps | None = None,
     ):
         self.manager = manager
+        # An outcome copied from RQ gets the caps a worker's report gets (backend/size_caps.py).
+        self.caps = caps or SizeCaps()
         self.queues = manager.queues
         self.grace = timedelta(seconds=grace_seconds)
         self.confirm_delay = confirm_delay
@@ -237,11 +246,14 @@ class Reconciler:
     def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
         status = rq_status(rq_job)
         self._record_start(job, rq_job)
-        if status == "finished":
-            self.manager.mark_completed(job.id, attempt=job.attempt, result=rq_job.return_value())
+        result = rq_job.return_value() if status == "finished" else None
+        problem = self.caps.result_problem(result) if status == "finished" else None
+        if status == "finished" and problem is None:
+            self.manager.mark_completed(job.id, attempt=job.attempt, result=result)
         else:
-            error = last_error(rq_job) or f"RQ job {status}"
+            error = problem or last_error(rq_job) or f"RQ job {status}"
             # A worker that died is no fault of the job: its retry starts at once.
             died = error.startswith("WorkerDied")
+            error = self.caps.shorten_error(error)
             self.manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=not died)
         report.copied.append(job.id)

@@ -18,6 +18,7 @@ from backend.queues import QueueAdapter, connect, register_queues
 from backend.reconciler import Reconciler
 from backend.retries import RetryPolicy
 from backend.schedules import ScheduleManager
+from backend.size_caps import SizeCaps
 from backend.store import make_engine, make_session_factory, migrate
 from backend.tasks import load_task_modules
 
@@ -63,6 +64,7 @@ def build_services(settings: dict, *, migrate_store: bool = True) -> Services:
         jobs,
         lease_seconds=float(settings["WORKER_LEASE_SECONDS"]),
         grace_seconds=float(settings["RECONCILE_GRACE"]),
+        caps=SizeCaps.from_settings(settings),
     )
     schedules = ScheduleManager(jobs, missed_policy=str(settings["SCHEDULE_MISSED_POLICY"]))
     return Services(engine=engine, redis=redis, jobs=jobs, reconciler=reconciler, schedules=schedules)

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import pytest
 from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
@@ -188,6 +189,32 @@ def test_an_outcome_whose_report_was_lost_is_copied_from_rq(app, client, setting
     [attempt] = client.get(f"/jobs/{job['job_id']}/attempts").get_json()["attempts"]
     assert (attempt["worker"], attempt["outcome"]) == ("mute", "COMPLETED")
     assert attempt["started_at"] <= attempt["ended_at"] == done["completed_at"]
+
+
+@pytest.fixture
+def tiny_result_cap(settings):
+    """An API whose result cap is 1 byte; the workers keep their own (the default 256 KiB)."""
+    settings["MAX_RESULT_BYTES"] = 1
+    return settings
+
+
+def test_an_outcome_copied_from_rq_gets_the_caps_a_report_gets(tiny_result_cap, app, client, start_worker):
+    # Given a job whose worker finished it in RQ but never reached the API
+    job = client.post("/tasks/add", json={"args": [20, 22], "max_retries": 0}).get_json()
+    worker = start_worker(
+        "--burst", "--simple", "--name", "mute",
+        env={"API_BASE_URL": "http://127.0.0.1:9", "REPORT_RETRY_SECONDS": "0.5"},
+    )  # fmt: skip
+    assert worker.wait(timeout=30) == 0
+    age(app, job["job_id"])
+
+    # When the reconciler copies its outcome from RQ
+    app.extensions["reconciler"].run_once()
+
+    # Then the result over the API's cap is not stored: the attempt failed, naming the cap
+    done = client.get(f"/jobs/{job['job_id']}").get_json()
+    assert done["status"] == "FAILED" and done["result"] is None
+    assert done["error"] == "ResultTooLarge: the result is 2 bytes, over MAX_RESULT_BYTES of 1 bytes"
 
 
 def test_one_reconciler_acts_at_a_time(app, redis_conn):
