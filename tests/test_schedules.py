@@ -171,3 +171,18 @@ def test_a_key_never_sees_another_owners_schedule(settings):
     assert client.get(f"/scheduled-jobs/{schedule['id']}", headers=bob).status_code == 404
     assert client.post(f"/scheduled-jobs/{schedule['id']}/run", json={}, headers=bob).status_code == 404
     assert client.get("/scheduled-jobs", headers=bob).get_json()["scheduled_jobs"] == []
+
+
+def test_a_schedules_jobs_leave_their_arguments_out_like_a_page_of_jobs(client):
+    # Given a schedule whose jobs carry 60 KB of arguments, fired 20 times
+    big = create(client, task="word_count", args=["x" * 60_000], name="big-args")
+    for _ in range(20):
+        assert client.post(f"/scheduled-jobs/{big['id']}/run", json={}).status_code == 202
+
+    # When its jobs are listed
+    response = client.get(f"/scheduled-jobs/{big['id']}/jobs")
+
+    # Then all 20 are there, without their arguments, and the answer stays small
+    jobs = response.get_json()["jobs"]
+    assert len(jobs) == 20 and all("kwargs" not in job and "args" not in job for job in jobs)
+    assert len(response.data) < 50_000

@@ -13,7 +13,7 @@ from backend.api.auth import authenticate_client
 from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body
 from backend.errors import ValidationFailed
 from backend.models import ScheduledJob
-from backend.representations import iso, job_dict
+from backend.representations import HEAVY_FIELDS, iso, job_dict
 from backend.schedules import check_cron, check_timezone
 from backend.tasks import get_task
 
@@ -146,4 +146,6 @@ def run_schedule(schedule_id: str):
 @bp.get("/<schedule_id>/jobs")
 def schedule_jobs(schedule_id: str):
     schedule = _schedules().get(schedule_id, owner=g.principal.scope)
-    return jsonify({"id": schedule.id, "jobs": [job_dict(job) for job in _schedules().jobs_of(schedule.id)]})
+    # Like a page of GET /jobs: without arguments and results, so that the answer stays small.
+    jobs = [job_dict(job, omit=frozenset(HEAVY_FIELDS)) for job in _schedules().jobs_of(schedule.id)]
+    return jsonify({"id": schedule.id, "jobs": jobs})
