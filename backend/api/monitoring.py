@@ -14,6 +14,7 @@ from backend.api.payloads import json_body, query_int
 from backend.errors import NotFound, ServiceUnavailable, ValidationFailed
 from backend.queues import last_error
 from backend.representations import iso, job_dict
+from backend.size_caps import SizeCaps
 from backend.states import JobStatus
 
 bp = Blueprint("monitoring", __name__, url_prefix="/monitoring")
@@ -130,6 +131,8 @@ def queue_workers():
 def failed_jobs():
     """RQ's failed registries, newest first, with each job's error and its store job id."""
     limit = query_int("limit", 100, 1, 1000)
+    # RQ keeps a task's error whole; a tenant's task may raise with its 64 KiB of arguments.
+    caps = SizeCaps.from_settings(current_app.config)
     entries = []
     try:
         for name, queue in _queues().queues.items():
@@ -143,7 +146,7 @@ def failed_jobs():
                         "rq_job_id": rq_id,
                         "job_id": (job.meta or {}).get("job_id"),
                         "func": job.func_name,
-                        "error": last_error(job),
+                        "error": caps.shorten_error(last_error(job) or "") or None,
                         "ended_at": iso(job.ended_at),
                     }
                 )

@@ -150,3 +150,17 @@ def test_metrics_add_up_across_gunicorn_processes(settings, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_failed_jobs_show_errors_within_the_error_cap(app, client, run_burst_worker):
+    # Given a task that failed with a 50 KB message (RQ keeps it whole)
+    app.config["MAX_ERROR_BYTES"] = 2048
+    job = client.post("/tasks/fail", json={"kwargs": {"message": "m" * 50_000}, "max_retries": 0}).get_json()
+    run_burst_worker()
+
+    # When an admin lists RQ's failed jobs
+    [entry] = client.get("/monitoring/queue/failed").get_json()["failed"]
+
+    # Then the error is cut to the cap, keeping its end
+    assert entry["job_id"] == job["job_id"]
+    assert len(entry["error"].encode()) <= 2048 and entry["error"].endswith("m" * 100)
