@@ -2,9 +2,15 @@
 
 Per API key (the client address when keys are off) and per endpoint class: submissions,
 batches and everything else. Workers' internal calls are never limited.
+
+Every route that starts an execution (a submission, a retry, a schedule's creation or run, a
+requeue) carries ``submit_limit``: they share one "submit" budget per key, so a tenant cannot
+start more work per minute through a retry or a schedule than through ``POST /tasks/<name>``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
@@ -22,6 +28,12 @@ def client_key() -> str:
 
 
 limiter = Limiter(key_func=client_key, headers_enabled=True, swallow_errors=True)
+
+
+def submit_limit(view: Callable) -> Callable:
+    """Count ``view`` against ``RATE_LIMIT_SUBMIT``, in the one budget that every route starting
+    an execution shares (a shared limit: one counter per key, whichever of them is called)."""
+    return limiter.shared_limit(lambda: current_app.config["RATE_LIMIT_SUBMIT"], scope="submit")(view)
 
 
 def init_app(app: Flask) -> None:

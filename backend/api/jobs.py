@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from backend.api.auth import authenticate_client
 from backend.api.payloads import json_body, query_int
 from backend.errors import ValidationFailed
+from backend.rate_limits import submit_limit
 from backend.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
 from backend.states import JobStatus
 
@@ -87,6 +88,7 @@ def cancel_job(job_id: str):
 
 
 @bp.post("/jobs/<job_id>/retry")
+@submit_limit
 def retry_job(job_id: str):
     job = _jobs().retry_job(job_id, owner=g.principal.scope)
     response = jsonify(job_dict(job))

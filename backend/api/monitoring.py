@@ -13,6 +13,7 @@ from backend.api.auth import require_admin
 from backend.api.payloads import json_body, query_int
 from backend.errors import NotFound, ServiceUnavailable, ValidationFailed
 from backend.queues import last_error
+from backend.rate_limits import submit_limit
 from backend.representations import iso, job_dict
 from backend.size_caps import SizeCaps
 from backend.states import JobStatus
@@ -157,6 +158,7 @@ def failed_jobs():
 
 
 @bp.post("/queue/failed")
+@submit_limit
 def requeue_failed():
     """Re-queue one failed job: ``{"job_id": ...}`` or ``{"rq_job_id": ...}``."""
     body = json_body()

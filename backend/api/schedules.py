@@ -13,6 +13,7 @@ from backend.api.auth import authenticate_client
 from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body
 from backend.errors import ValidationFailed
 from backend.models import ScheduledJob
+from backend.rate_limits import submit_limit
 from backend.representations import HEAVY_FIELDS, iso, job_dict
 from backend.schedules import check_cron, check_timezone
 from backend.tasks import get_task
@@ -105,6 +106,7 @@ def list_schedules():
 
 
 @bp.post("")
+@submit_limit
 def create_schedule():
     fields = schedule_fields(json_body(), partial=False)
     _check_call(fields["task"], fields["args"], fields["kwargs"])
@@ -136,6 +138,7 @@ def delete_schedule(schedule_id: str):
 
 
 @bp.post("/<schedule_id>/run")
+@submit_limit
 def run_schedule(schedule_id: str):
     job = _schedules().run_now(schedule_id, owner=g.principal.scope)
     response = jsonify(job_dict(job))

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, g, jsonify, request, url_for
 from backend.api.auth import authenticate_client
 from backend.api.payloads import job_request, json_body
 from backend.errors import ValidationFailed
-from backend.rate_limits import limiter
+from backend.rate_limits import limiter, submit_limit
 from backend.representations import job_dict
 from backend.tasks import all_tasks, get_task
 
@@ -25,7 +25,7 @@ def list_tasks():
 
 
 @bp.post("/tasks/<name>")
-@limiter.limit(lambda: current_app.config["RATE_LIMIT_SUBMIT"], scope="submit")
+@submit_limit
 def submit(name: str):
     spec = get_task(name)
     body = json_body()

@@ -68,3 +68,50 @@ def test_batches_have_their_own_limit(limited):
     assert client.post("/tasks/add/batch", json={"jobs": [{"args": [1, 1]}]}, headers=alice).status_code == 202
     assert client.post("/tasks/add/batch", json={"jobs": [{"args": [1, 1]}]}, headers=alice).status_code == 429
     assert client.post("/tasks/add", json={"args": [1, 1]}, headers=alice).status_code == 202
+
+
+def test_retries_and_requeues_count_against_the_submit_limit(limited):
+    # Before: a retry counted only against the 100/minute default, so a tenant could start
+    # as many runs per minute as it liked by cancelling and retrying one job.
+    limited["API_KEYS"] = "alice:ka,root:kr:admin"
+    limited["RATE_LIMIT_SUBMIT"] = "3/minute"
+    client = create_app(limited).test_client()
+    alice = {"Authorization": "Bearer ka", "X-Requested-With": "test"}
+    job_id = client.post("/tasks/add", json={"args": [1, 1]}, headers=alice).get_json()["job_id"]
+
+    answers = []
+    for _ in range(3):
+        assert client.post(f"/jobs/{job_id}/cancel", headers=alice).status_code == 200
+        answers.append(client.post(f"/jobs/{job_id}/retry", headers=alice))
+
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[-1].get_json()["error"]["code"] == "too_many_requests"
+    # the refused retry started nothing: the job is still cancelled, on its third attempt
+    job = client.get(f"/jobs/{job_id}", headers=alice).get_json()
+    assert (job["status"], job["attempt"]) == ("CANCELLED", 3)
+    # an admin's requeue counts against the admin's own submit budget, the same way
+    root = {"Authorization": "Bearer kr"}
+    requeues = [client.post("/monitoring/queue/failed", json={"job_id": job_id}, headers=root) for _ in range(4)]
+    assert requeues[0].status_code == 202
+    assert requeues[-1].status_code == 429
+
+
+def test_creating_and_running_schedules_count_against_the_submit_limit(limited):
+    # Before: both counted only against the 100/minute default.
+    limited["RATE_LIMIT_SUBMIT"] = "3/minute"
+    client = create_app(limited).test_client()
+    alice = {"Authorization": "Bearer ka", "X-Requested-With": "test"}
+    body = {"name": "often", "task": "add", "cron": "* * * * *", "args": [1, 1]}
+    created = client.post("/scheduled-jobs", json=body, headers=alice)
+    assert created.status_code == 201
+    schedule_id = created.get_json()["id"]
+
+    runs = [client.post(f"/scheduled-jobs/{schedule_id}/run", headers=alice) for _ in range(3)]
+
+    assert [r.status_code for r in runs] == [202, 202, 429]
+    assert runs[-1].get_json()["error"]["code"] == "too_many_requests"
+    assert client.post("/scheduled-jobs", json={**body, "name": "other"}, headers=alice).status_code == 429
+    assert len(client.get(f"/scheduled-jobs/{schedule_id}/jobs", headers=alice).get_json()["jobs"]) == 2
+    # another key's budget is its own
+    bob = {"Authorization": "Bearer kb", "X-Requested-With": "test"}
+    assert client.post("/tasks/add", json={"args": [1, 1]}, headers=bob).status_code == 202
