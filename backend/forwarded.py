@@ -9,7 +9,10 @@ header with the address it saw, so a client cannot choose it. From any other pee
 is ignored: a client that reaches gunicorn directly cannot claim to be loopback.
 
 Trusting a loopback peer gives nothing away: a local process that sends a forged header
-can only make itself look remote, never more trusted than it is.
+can only make itself look remote, never more trusted than it is. Trusting a network (say the
+compose network) trusts every host in it to name the client, but never to name a loopback
+client: only a loopback peer can be, or speak for, a loopback client, so no host on a trusted
+network can pose as loopback (which, with no API_KEYS, would make it an admin).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import ipaddress
 from collections.abc import Callable, Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The client of a request whose forwarded address cannot be believed: matches no rule.
+UNKNOWN = "0.0.0.0"
 
 
 def parse_networks(spec: str | None) -> tuple[Network, ...]:
@@ -62,19 +68,26 @@ class TrustedProxies:
 
     def client(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client's address, or None when ``peer`` is the client."""
-        if not forwarded_for or not self.trusted(_address(peer or "")):
+        peer_address = _address(peer or "")
+        if not forwarded_for or not self.trusted(peer_address):
             return None
         hops = [hop for hop in forwarded_for.split(",") if hop.strip()]
+        client = None
         for hop in reversed(hops):
             address = _address(hop)
             if address is None:
                 # Garbage in the header: whatever it names cannot be told apart from a
                 # forgery, so the client is unknown; never loopback.
-                return "0.0.0.0"
+                return UNKNOWN
+            client = address
             if not self.trusted(address):
-                return str(address)
-        # Every hop a trusted proxy: the left-most one is as far as the chain goes.
-        return str(_address(hops[0])) if hops else None
+                break
+        # (Every hop a trusted proxy: the left-most one is as far as the chain goes.)
+        if client is None:
+            return None
+        if (client.is_loopback or client.is_unspecified) and not peer_address.is_loopback:
+            return UNKNOWN  # only a loopback peer speaks for a loopback client
+        return str(client)
 
     def __call__(self, environ: dict, start_response: Callable):
         client = self.client(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
