@@ -146,6 +146,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+# Every control character but the newline: C0 (\r moves the cursor back over a line, \x1b starts
+# a terminal escape sequence), DEL, C1 (\x85 is a line break to some readers) and the Unicode
+# line and paragraph separators.
+_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\t": "\\t", "\r": "\\r"}
+#: What each line after a record's first starts with in the text format: a record starts with
+#: its timestamp, so a message's or traceback's further lines can never pass for one.
+CONTINUATION = "  | "
+
+
+def _escape_control(match: re.Match) -> str:
+    char = match.group(0)
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape_text_line(text: str) -> str:
+    """``text`` as one record of the text log: control characters escaped as ``\\x1b``,
+    ``\\r``..., and each line after the first indented by :data:`CONTINUATION`."""
+    return _CONTROLS.sub(_escape_control, text).replace("\n", "\n" + CONTINUATION)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, a record never passing for several: a tenant's error message (a task raising with
+    whatever text it was given) may contain newlines, carriage returns and terminal escapes,
+    and written raw it could print a whole fake record, or recolour and overwrite the ones
+    around it. The JSON format needs none of this: json.dumps escapes every control character.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_text_line(super().format(record))
+
+
 def configure(*, fmt: str = "text", level: str = "INFO", settings: dict | None = None) -> None:
     """Send the service's logs to stderr, once per process, with credentials masked."""
     install_redaction(settings)
@@ -157,6 +192,6 @@ def configure(*, fmt: str = "text", level: str = "INFO", settings: dict | None =
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
