@@ -100,6 +100,10 @@ DEFAULTS: dict[str, object] = {
     "BATCH_MAX_JOBS": 1000,
     # Most jobs one POST /jobs/cancel may cancel (ids listed, or matched by its filter).
     "BULK_CANCEL_MAX_IDS": 1000,
+    # Most attempts a job may reach by POST /jobs/<id>/retry (409 past it; its own automatic
+    # retries may still add max_retries more), and most schedules one owner may keep (409).
+    "MAX_ATTEMPTS_PER_JOB": 100,
+    "MAX_SCHEDULES_PER_OWNER": 1000,
     # Logging: "text" or "json".
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
@@ -133,6 +137,8 @@ _INT_KEYS = {
     "RATE_LIMIT_ENABLED",
     "BATCH_MAX_JOBS",
     "BULK_CANCEL_MAX_IDS",
+    "MAX_ATTEMPTS_PER_JOB",
+    "MAX_SCHEDULES_PER_OWNER",
 }
 _FLOAT_KEYS = {
     "REPORT_RETRY_SECONDS",

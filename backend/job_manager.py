@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend import counts, webhooks
 from backend.errors import (
+    Conflict,
     InvalidTransition,
     JobServiceError,
     NotFound,
@@ -315,9 +316,13 @@ class JobManager:
             raise NotFound(f"no job {job_id!r}")
         return job
 
-    def get_attempts(self, job_id: str) -> list[Attempt]:
+    def get_attempts(self, job_id: str, *, after: int = 0, limit: int | None = None) -> list[Attempt]:
+        """A job's attempts in order, those numbered above ``after``, at most ``limit``."""
+        query = select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt > after).order_by(Attempt.attempt)
+        if limit is not None:
+            query = query.limit(limit)
         with self.sessions() as session:
-            return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt)))
+            return list(session.scalars(query))
 
     def list_jobs(
         self,
@@ -494,17 +499,28 @@ class JobManager:
             job = self._load(session, job_id)
         return self._finish(job_id, job.attempt, JobStatus.FAILED, error=error)
 
-    def retry_job(self, job_id: str, *, owner: str | None = None) -> Job:
+    def retry_job(self, job_id: str, *, owner: str | None = None, max_attempts: int | None = None) -> Job:
         """Run a FAILED or CANCELLED job again, as a new attempt (``POST /jobs/<id>/retry``).
+
+        ``max_attempts`` (``MAX_ATTEMPTS_PER_JOB`` for clients): a job that has had so many
+        attempts is not retried by hand again. Every attempt keeps a row (its error up to
+        ``MAX_ERROR_BYTES``), so without it a loop of retries grew a job's history without end.
 
         Raises:
             InvalidTransition: the job has not ended, or it COMPLETED.
+            Conflict: the job has had ``max_attempts`` attempts already (409).
         """
         with transaction(self.sessions) as session:
             job = self._load(session, job_id, owner=owner)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise InvalidTransition(
                     job_id, job.status, JobStatus.PENDING.value, reason="only FAILED or CANCELLED jobs can be retried"
+                )
+            if max_attempts is not None and job.attempt >= max_attempts:
+                raise Conflict(
+                    f"job {job_id} has had {job.attempt} attempts, the most a job may have by retries "
+                    f"(MAX_ATTEMPTS_PER_JOB={max_attempts}); submit it as a new job",
+                    details={"setting": "MAX_ATTEMPTS_PER_JOB", "limit": max_attempts, "attempt": job.attempt},
                 )
             self._new_attempt(
                 session, job, job.attempt, MANUAL_RETRY_FROM,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
@@ -40,8 +42,36 @@ def get_webhooks(job_id: str):
 
 @bp.get("/jobs/<job_id>/attempts")
 def get_attempts(job_id: str):
+    """A job's attempts, oldest first, a page at a time like ``GET /jobs``: at most ``limit``,
+    and no more than fit in ``JOBS_PAGE_MAX_BYTES`` (each error may hold ``MAX_ERROR_BYTES``);
+    ``next_cursor`` (the last attempt's number) goes on from there."""
+    config = current_app.config
     job = _jobs().get_job(job_id, owner=g.principal.scope)
-    return jsonify({"job_id": job.id, "attempts": [attempt_dict(a) for a in _jobs().get_attempts(job.id)]})
+    limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
+    # Empty: the first page, as for GET /jobs.
+    after = query_int("cursor", 0, 0, ATTEMPT_CURSOR_MAX) if request.args.get("cursor") else 0
+    budget = int(config["JOBS_PAGE_MAX_BYTES"])
+    parts: list[bytes] = []
+    size, last, next_cursor = 0, after, None
+    for attempt in _jobs().get_attempts(job.id, after=after, limit=limit + 1):
+        part = json.dumps(attempt_dict(attempt), separators=(",", ":")).encode()
+        # The first attempt always goes in, so that the cursor moves on.
+        if len(parts) == limit or (parts and size + len(part) > budget):
+            next_cursor = str(last)
+            break
+        parts.append(part)
+        size += len(part) + 1
+        last = attempt.attempt
+    body = b'{"job_id":%s,"attempts":[%s],"next_cursor":%s}' % (
+        json.dumps(job.id).encode(),
+        b",".join(parts),
+        json.dumps(next_cursor).encode(),
+    )
+    return current_app.response_class(body, mimetype="application/json")
+
+
+#: The largest attempt number a cursor of GET /jobs/<id>/attempts may name (nine digits).
+ATTEMPT_CURSOR_MAX = 999_999_999
 
 
 @bp.get("/jobs")
@@ -90,7 +120,9 @@ def cancel_job(job_id: str):
 @bp.post("/jobs/<job_id>/retry")
 @submit_limit
 def retry_job(job_id: str):
-    job = _jobs().retry_job(job_id, owner=g.principal.scope)
+    job = _jobs().retry_job(
+        job_id, owner=g.principal.scope, max_attempts=int(current_app.config["MAX_ATTEMPTS_PER_JOB"])
+    )
     response = jsonify(job_dict(job))
     response.status_code = 202
     return response

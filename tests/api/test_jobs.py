@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.app import create_app
+from tests.conftest import TOKEN
 
 KEYS = "alice:alice-key,bob:bob-key,ops:ops-key:admin"
 
@@ -116,3 +117,71 @@ def test_a_waiting_job_shows_its_parent_ending(client):
     client.post(f"/internal/jobs/{parent['job_id']}/completed", json={"attempt": 1, "result": 3}, headers=AUTH)
 
     assert client.get(f"/jobs/{child['job_id']}").get_json()["waiting_for"] == []
+
+
+# -- attempts: a cap on retries, and pages bounded in bytes -------------------------------
+
+INTERNAL = {"X-Internal-Token": TOKEN}
+RETRY = {"X-Requested-With": "test"}
+
+
+def fail_attempt(client, job_id: str, attempt: int, error: str) -> None:
+    """What a worker reports when an attempt of the job raised ``error``."""
+    started = client.post(
+        f"/internal/jobs/{job_id}/started", json={"attempt": attempt, "worker": "w"}, headers=INTERNAL
+    )
+    assert started.status_code == 200, started.get_json()
+    failed = client.post(f"/internal/jobs/{job_id}/failed", json={"attempt": attempt, "error": error}, headers=INTERNAL)
+    assert failed.status_code == 200, failed.get_json()
+
+
+def test_a_retry_past_max_attempts_per_job_is_409_naming_the_cap(settings):
+    # Before: every retry was 202, so a loop of retries grew the job's attempts without end
+    # (560 retries in a minute made an 8.5 MB GET /jobs/<id>/attempts).
+    settings["MAX_ATTEMPTS_PER_JOB"] = 3
+    client = create_app(settings).test_client()
+    job_id = client.post("/tasks/add", json={"args": [1, 1], "max_retries": 0}).get_json()["job_id"]
+    for attempt in (1, 2):
+        fail_attempt(client, job_id, attempt, "boom")
+        assert client.post(f"/jobs/{job_id}/retry", headers=RETRY).status_code == 202
+    fail_attempt(client, job_id, 3, "boom")
+
+    refused = client.post(f"/jobs/{job_id}/retry", headers=RETRY)
+
+    assert refused.status_code == 409
+    error = refused.get_json()["error"]
+    assert error["code"] == "conflict" and "MAX_ATTEMPTS_PER_JOB" in error["message"]
+    assert error["details"]["setting"] == "MAX_ATTEMPTS_PER_JOB" and error["details"]["limit"] == 3
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert (job["status"], job["attempt"]) == ("FAILED", 3)
+    assert len(client.get(f"/jobs/{job_id}/attempts").get_json()["attempts"]) == 3
+
+
+def test_attempts_come_in_pages_bounded_in_bytes_and_by_limit(settings):
+    # Before: GET /jobs/<id>/attempts answered every attempt with its whole error in one body.
+    settings["JOBS_PAGE_MAX_BYTES"] = 40_000
+    client = create_app(settings).test_client()
+    job_id = client.post("/tasks/add", json={"args": [1, 1], "max_retries": 0}).get_json()["job_id"]
+    for attempt in range(1, 6):
+        fail_attempt(client, job_id, attempt, f"attempt {attempt} " + "x" * 15_000)
+        if attempt < 5:
+            assert client.post(f"/jobs/{job_id}/retry", headers=RETRY).status_code == 202
+
+    first = client.get(f"/jobs/{job_id}/attempts")
+    assert first.status_code == 200
+    assert len(first.data) <= 40_000 + 1_000
+    page = first.get_json()
+    assert [a["attempt"] for a in page["attempts"]] == [1, 2]
+    assert page["attempts"][0]["error"].startswith("attempt 1 ")
+    seen = [a["attempt"] for a in page["attempts"]]
+    while page["next_cursor"] is not None:
+        page = client.get(f"/jobs/{job_id}/attempts?cursor={page['next_cursor']}").get_json()
+        seen += [a["attempt"] for a in page["attempts"]]
+    assert seen == [1, 2, 3, 4, 5]
+
+    one = client.get(f"/jobs/{job_id}/attempts?limit=1&cursor=3").get_json()
+    assert ([a["attempt"] for a in one["attempts"]], one["next_cursor"]) == ([4], "4")
+    for bad in ("limit=0", "limit=x", "cursor=-1", "cursor=1_0", "cursor=9999999999"):
+        answer = client.get(f"/jobs/{job_id}/attempts?{bad}")
+        assert answer.status_code == 422, bad
+        assert answer.get_json()["error"]["code"] == "validation_failed"
