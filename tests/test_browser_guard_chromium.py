@@ -5,19 +5,15 @@ Sec-Fetch-Site, Host) is what the guard has to catch."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from rq import Queue
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"
-)
+from tests.browser import launch, playwright, requires_chromium
+
+pytestmark = requires_chromium
 
 ATTACK = """<!doctype html><html><body>
 <iframe name="sink1"></iframe><iframe name="sink2"></iframe>
@@ -68,14 +64,6 @@ class AttackerSite:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def launch(p, *extra: str):
-    return p.chromium.launch(
-        executable_path=CHROMIUM,
-        headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", *extra],
-    )
 
 
 @pytest.mark.timeout(120)

@@ -3,7 +3,6 @@ API keys, the page lists tasks only once a key is entered."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -11,12 +10,9 @@ import pytest
 from werkzeug.serving import make_server
 
 from backend.app import create_app
+from tests.browser import launch, playwright, requires_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"
-)
+pytestmark = requires_chromium
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "backend" / "data" / "dashboard.png"
 
@@ -25,11 +21,7 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "backend" / "data" / "dash
 def test_a_job_started_from_the_page_fills_its_bar_to_100(live_server, start_worker, client):
     start_worker("--name", "browser", "--simple")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{live_server}/dashboard")
@@ -75,7 +67,7 @@ def test_with_keys_the_page_lists_tasks_only_after_a_key_is_entered(settings):
     thread.start()
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            browser = launch(p)
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{server.server_port}/dashboard")

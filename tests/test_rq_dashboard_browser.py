@@ -10,7 +10,6 @@ Also: the /rq buttons that change Redis still work (they POST).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -21,13 +20,10 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from backend.tasks import task
+from tests.browser import launch, playwright, requires_chromium
 from tests.conftest import TASK_MODULES, wait_for_status
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"
-)
+pytestmark = requires_chromium
 
 # No quotes, so that the text reads the same in JSON, in a Python repr and in a traceback.
 PAYLOADS = (
@@ -58,11 +54,7 @@ def payload_tasks(settings):
 @pytest.fixture
 def browser():
     with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+        chromium = launch(p)
         try:
             yield chromium
         finally:
