@@ -20,6 +20,14 @@ from redis.exceptions import RedisError
 from backend import logs, maintenance
 
 
+class CommandError(click.ClickException):
+    """A command's failure, printed with every credential masked: messages land in terminals,
+    CI logs and bug reports, and an exception's text may quote a URL with its password."""
+
+    def format_message(self) -> str:
+        return logs.redact(self.message)
+
+
 def _app_parts():
     return current_app.extensions["jobs"], current_app.extensions["reconciler"]
 
@@ -29,11 +37,8 @@ def _require_redis() -> None:
     try:
         manager.queues.connection.ping()
     except RedisError as exc:
-        # Never the password: the message lands in terminals, CI logs and bug reports.
-        url = logs.redact(str(current_app.config.get("REDIS_URL")))
-        raise click.ClickException(
-            logs.redact(f"Redis is unreachable at {url} ({exc}); start it or set REDIS_URL")
-        ) from None
+        url = current_app.config.get("REDIS_URL")
+        raise CommandError(f"Redis is unreachable at {url} ({exc}); start it or set REDIS_URL") from None
 
 
 @click.command("recover")
@@ -67,9 +72,7 @@ def cleanup_command(dry_run: bool, older_than: int, force: bool) -> None:
             manager, reconciler, older_than=timedelta(minutes=older_than), force=force, dry_run=dry_run
         )
     except RedisError as exc:
-        raise click.ClickException(
-            logs.redact(f"Redis failed during cleanup ({exc}); run it again when Redis is back")
-        ) from None
+        raise CommandError(f"Redis failed during cleanup ({exc}); run it again when Redis is back") from None
     verb = "would end" if dry_run else "ended"
     for job_id, status, reason in report.jobs:
         click.echo(f"store: {verb} {job_id} ({status}): {reason}")
@@ -96,7 +99,7 @@ def clear_queues_command(flush_db: bool, yes: bool) -> None:
     try:
         result = maintenance.clear_queues(manager, flush_db=flush_db, by="clear-queues")
     except RedisError as exc:
-        raise click.ClickException(logs.redact(f"Redis failed while clearing ({exc})")) from None
+        raise CommandError(f"Redis failed while clearing ({exc})") from None
     click.echo(json.dumps(result, indent=2))
 
 
@@ -115,15 +118,15 @@ def main(ctx: click.Context) -> None:
     from backend.app import create_app
     from backend.secrets_check import InsecureSecrets
 
-    # One pass of work, not a server: no background reconciler, and only errors logged
-    # unless LOG_LEVEL says otherwise.
-    overrides: dict[str, object] = {"RECONCILE_INTERVAL": 0}
+    # One pass of work, not a server: no background reconciler or webhook dispatcher, and
+    # only errors logged unless LOG_LEVEL says otherwise.
+    overrides: dict[str, object] = {"RECONCILE_INTERVAL": 0, "WEBHOOK_INTERVAL": 0}
     if not os.environ.get("LOG_LEVEL"):
         overrides["LOG_LEVEL"] = "ERROR"
     try:
         app = create_app(overrides, role="cli")
     except InsecureSecrets as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(str(exc)) from None
     ctx.obj = app
     ctx.with_resource(app.app_context())
 
