@@ -9,19 +9,21 @@ at all (``skip``); never once per missed tick.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadDateError, croniter
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from backend.errors import Conflict, NotFound, ValidationFailed
-from backend.job_manager import JobManager, JobRequest
+from backend.job_manager import JobManager, JobRequest, _decode_cursor
 from backend.models import Job, ScheduledJob, ScheduleFiring, utcnow
 from backend.store import transaction
 from backend.tasks import get_task
@@ -111,17 +113,35 @@ class ScheduleManager:
 
     # -- CRUD -----------------------------------------------------------------------------
 
-    def create(self, *, owner: str, fields: dict, now: datetime | None = None) -> ScheduledJob:
+    def create(
+        self, *, owner: str, fields: dict, now: datetime | None = None, max_per_owner: int | None = None
+    ) -> ScheduledJob:
         """Record a schedule (``fields`` already checked by the API).
 
+        ``max_per_owner`` (``MAX_SCHEDULES_PER_OWNER`` for clients): an owner who keeps so many
+        schedules gets no more. Each holds up to ``MAX_ARGS_BYTES`` of arguments, so without it
+        one tenant's schedules grew the store and every listing of them without end.
+
         Raises:
-            Conflict: the owner already has a schedule of that name (409).
+            Conflict: the owner already has a schedule of that name, or ``max_per_owner`` (409).
         """
         now = now or utcnow()
         schedule = ScheduledJob(id=f"sch_{uuid.uuid4().hex}", owner=owner, created_at=now, updated_at=now, **fields)
         schedule.next_run_at = next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
         try:
             with transaction(self.sessions) as session:
+                if max_per_owner is not None:
+                    # Counted in the creating transaction; concurrent creations of one owner
+                    # can pass the cap by at most their number, which stays a bound.
+                    held = session.scalar(
+                        select(func.count()).select_from(ScheduledJob).where(ScheduledJob.owner == owner)
+                    )
+                    if held >= max_per_owner:
+                        raise Conflict(
+                            f"{owner!r} has {held} schedules, the most one owner may keep "
+                            f"(MAX_SCHEDULES_PER_OWNER={max_per_owner}); delete one first",
+                            details={"setting": "MAX_SCHEDULES_PER_OWNER", "limit": max_per_owner},
+                        )
                 session.add(schedule)
         except IntegrityError:
             raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
@@ -134,12 +154,32 @@ class ScheduleManager:
             raise NotFound(f"no schedule {schedule_id!r}")
         return schedule
 
-    def list(self, *, owner: str | None) -> list[ScheduledJob]:
-        query = select(ScheduledJob).order_by(ScheduledJob.created_at)
+    def page(
+        self, *, owner: str | None, limit: int, cursor: str | None, omit: frozenset[str] = frozenset()
+    ) -> Iterator[Row]:
+        """Schedules oldest first from ``cursor`` on (the ``<microseconds>.<id>`` of the last one
+        seen, as GET /jobs's cursors), at most ``limit``; the columns named in ``omit`` are not
+        read. Rows are read a few at a time, so a caller that stops early holds no more.
+
+        Raises:
+            ValidationFailed: a cursor this API did not give out.
+        """
+        query = select(*(c for c in ScheduledJob.__table__.c if c.name not in omit))
         if owner is not None:
             query = query.where(ScheduledJob.owner == owner)
+        if cursor:
+            created_at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    ScheduledJob.created_at > created_at,
+                    and_(ScheduledJob.created_at == created_at, ScheduledJob.id > last_id),
+                )
+            )
+        query = query.order_by(ScheduledJob.created_at, ScheduledJob.id).limit(limit)
         with self.sessions() as session:
-            return list(session.scalars(query))
+            rows = session.execute(query, execution_options={"yield_per": 16})
+            with contextlib.closing(rows):
+                yield from rows
 
     def update(self, schedule_id: str, *, owner: str | None, fields: dict, now: datetime | None = None):
         now = now or utcnow()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
+from backend.app import create_app
 from backend.config import load
 from backend.models import ScheduledJob
 from backend.scheduler import Scheduler
@@ -162,8 +163,6 @@ def test_two_scheduler_processes_fire_a_due_schedule_once(settings, client, app)
 
 
 def test_a_key_never_sees_another_owners_schedule(settings):
-    from backend.app import create_app
-
     settings["API_KEYS"] = "alice:ka,bob:kb"
     client = create_app(settings).test_client()
     schedule = client.post("/scheduled-jobs", json=BODY, headers={"Authorization": "Bearer ka"}).get_json()
@@ -186,3 +185,65 @@ def test_a_schedules_jobs_leave_their_arguments_out_like_a_page_of_jobs(client):
     jobs = response.get_json()["jobs"]
     assert len(jobs) == 20 and all("kwargs" not in job and "args" not in job for job in jobs)
     assert len(response.data) < 50_000
+
+
+# -- bounds: schedules per owner, and pages of the list bounded in bytes --------------------
+
+
+def test_an_owner_at_max_schedules_per_owner_gets_409_naming_the_cap(settings):
+    # Before: any number of schedules (600 of them with 64 KB arguments made GET
+    # /scheduled-jobs a 36 MB answer).
+    settings.update({"MAX_SCHEDULES_PER_OWNER": 2, "API_KEYS": "alice:ka,bob:kb"})
+    client = create_app(settings).test_client()
+    alice, bob = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kb"}
+    made = [client.post("/scheduled-jobs", json={**BODY, "name": f"s{i}"}, headers=alice) for i in range(2)]
+    assert [m.status_code for m in made] == [201, 201]
+
+    refused = client.post("/scheduled-jobs", json={**BODY, "name": "s2"}, headers=alice)
+
+    assert refused.status_code == 409
+    error = refused.get_json()["error"]
+    assert error["code"] == "conflict" and "MAX_SCHEDULES_PER_OWNER" in error["message"]
+    assert error["details"] == {"setting": "MAX_SCHEDULES_PER_OWNER", "limit": 2}
+    assert len(client.get("/scheduled-jobs", headers=alice).get_json()["scheduled_jobs"]) == 2
+    # the cap is per owner, and a deleted schedule makes room again
+    assert client.post("/scheduled-jobs", json=BODY, headers=bob).status_code == 201
+    deleted = client.delete(f"/scheduled-jobs/{made[0].get_json()['id']}", headers={**alice, "X-Requested-With": "t"})
+    assert deleted.status_code == 204
+    assert client.post("/scheduled-jobs", json={**BODY, "name": "s2"}, headers=alice).status_code == 201
+
+
+def test_the_schedule_list_shows_arguments_only_when_asked_in_pages_bounded_in_bytes(settings):
+    # Before: every schedule with its arguments, all in one answer, with no next_cursor.
+    settings["JOBS_PAGE_MAX_BYTES"] = 50_000
+    client = create_app(settings).test_client()
+    ids = [
+        create(client, name=f"big{i}", task="word_count", args=[], kwargs={"text": f"{i} " + "x" * 20_000})["id"]
+        for i in range(5)
+    ]
+
+    light = client.get("/scheduled-jobs")
+    assert light.status_code == 200 and len(light.data) < 10_000
+    page = light.get_json()
+    assert [s["id"] for s in page["scheduled_jobs"]] == ids and page["next_cursor"] is None
+    assert all("args" not in s and "kwargs" not in s for s in page["scheduled_jobs"])
+
+    first = client.get("/scheduled-jobs?fields=args,kwargs")
+    assert len(first.data) <= 50_000 + 1_000
+    page = first.get_json()
+    assert [s["kwargs"]["text"][:2] for s in page["scheduled_jobs"]] == ["0 ", "1 "]
+    seen = [s["id"] for s in page["scheduled_jobs"]]
+    while page["next_cursor"] is not None:
+        page = client.get(f"/scheduled-jobs?fields=kwargs&cursor={page['next_cursor']}").get_json()
+        assert all("kwargs" in s and "args" not in s for s in page["scheduled_jobs"])
+        seen += [s["id"] for s in page["scheduled_jobs"]]
+    assert seen == ids
+
+    two = client.get("/scheduled-jobs?limit=2").get_json()
+    assert [s["id"] for s in two["scheduled_jobs"]] == ids[:2]
+    rest = client.get(f"/scheduled-jobs?cursor={two['next_cursor']}").get_json()
+    assert [s["id"] for s in rest["scheduled_jobs"]] == ids[2:]
+    for bad in ("fields=", "fields=args,,kwargs", "fields=secret", "limit=0", "limit=501", "cursor=nope"):
+        answer = client.get(f"/scheduled-jobs?{bad}")
+        assert answer.status_code == 422, bad
+        assert answer.get_json()["error"]["code"] == "validation_failed"

@@ -7,11 +7,15 @@ of the arguments), so a schedule can never hold a job that ``POST /tasks/<name>`
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify
+import contextlib
+import json
+
+from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
-from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body
+from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_int
 from backend.errors import ValidationFailed
+from backend.job_manager import _encode_cursor
 from backend.models import ScheduledJob
 from backend.rate_limits import submit_limit
 from backend.representations import HEAVY_FIELDS, iso, job_dict
@@ -26,15 +30,23 @@ def _schedules():
     return current_app.extensions["schedules"]
 
 
-def schedule_dict(schedule: ScheduledJob) -> dict:
-    return {
+#: The fields of a schedule as the API shows it; the heavy ones (its arguments, up to
+#: MAX_ARGS_BYTES) only when asked for in a list (``?fields=``).
+SCHEDULE_OUTPUT_FIELDS = (
+    "id", "name", "task", "cron", "timezone", "args", "kwargs", "priority", "timeout", "max_retries",
+    "enabled", "next_run_at", "last_run_at", "last_job_id", "created_at",
+)  # fmt: skip
+SCHEDULE_HEAVY_FIELDS = ("args", "kwargs")
+
+
+def schedule_dict(schedule: ScheduledJob, *, omit: frozenset[str] = frozenset()) -> dict:
+    """A schedule (its row, or a row of its columns but those in ``omit``) as the API shows it."""
+    shown = {
         "id": schedule.id,
         "name": schedule.name,
         "task": schedule.task,
         "cron": schedule.cron,
         "timezone": schedule.timezone,
-        "args": schedule.args,
-        "kwargs": schedule.kwargs,
         "priority": schedule.priority,
         "timeout": schedule.timeout,
         "max_retries": schedule.max_retries,
@@ -44,6 +56,10 @@ def schedule_dict(schedule: ScheduledJob) -> dict:
         "last_job_id": schedule.last_job_id,
         "created_at": iso(schedule.created_at),
     }
+    for name in SCHEDULE_HEAVY_FIELDS:
+        if name not in omit:
+            shown[name] = getattr(schedule, name)
+    return {name: shown[name] for name in SCHEDULE_OUTPUT_FIELDS if name in shown}
 
 
 SCHEDULE_FIELDS = ("task", "name", "cron", "timezone", "enabled", *CALL_OPTIONS)
@@ -102,7 +118,47 @@ def _check_call(task: str, args: list, kwargs: dict) -> None:
 
 @bp.get("")
 def list_schedules():
-    return jsonify({"scheduled_jobs": [schedule_dict(s) for s in _schedules().list(owner=g.principal.scope)]})
+    """Schedules oldest first, a page at a time like ``GET /jobs``: without their arguments
+    unless ``?fields=`` names them, at most ``limit``, and no more than fit in
+    ``JOBS_PAGE_MAX_BYTES`` (the first always does, so that ``next_cursor`` moves on)."""
+    config = current_app.config
+    limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
+    omit = frozenset(SCHEDULE_HEAVY_FIELDS) - _fields(request.args.get("fields"))
+    budget = int(config["JOBS_PAGE_MAX_BYTES"])
+    rows = _schedules().page(
+        owner=g.principal.scope, limit=limit + 1, cursor=request.args.get("cursor") or None, omit=omit
+    )
+    parts: list[bytes] = []
+    size, last, next_cursor = 0, None, None
+    with contextlib.closing(rows):
+        for row in rows:
+            part = json.dumps(schedule_dict(row, omit=omit), separators=(",", ":")).encode()
+            if len(parts) == limit or (parts and size + len(part) > budget):
+                next_cursor = _encode_cursor(last)
+                break
+            parts.append(part)
+            size += len(part) + 1
+            last = row
+    body = b'{"scheduled_jobs":[' + b",".join(parts) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def _fields(raw: str | None) -> frozenset[str]:
+    """The heavy fields that ``?fields=`` asks for (any schedule field may be named; the
+    others are always shown).
+
+    Raises:
+        ValidationFailed: a name that is no field of a schedule.
+    """
+    # Exactly the documented form, as GET /jobs takes it: names joined by commas.
+    names = set(raw.split(",")) if raw is not None else set()
+    unknown = sorted(names - set(SCHEDULE_OUTPUT_FIELDS))
+    if unknown:
+        raise ValidationFailed(
+            f"fields names no schedule field {unknown[0]!r}; list the fields to include, like fields=args,kwargs",
+            details={"allowed": list(SCHEDULE_OUTPUT_FIELDS)},
+        )
+    return frozenset(names & set(SCHEDULE_HEAVY_FIELDS))
 
 
 @bp.post("")
@@ -110,7 +166,9 @@ def list_schedules():
 def create_schedule():
     fields = schedule_fields(json_body(), partial=False)
     _check_call(fields["task"], fields["args"], fields["kwargs"])
-    schedule = _schedules().create(owner=g.principal.owner, fields=fields)
+    schedule = _schedules().create(
+        owner=g.principal.owner, fields=fields, max_per_owner=int(current_app.config["MAX_SCHEDULES_PER_OWNER"])
+    )
     response = jsonify(schedule_dict(schedule))
     response.status_code = 201
     return response
