@@ -15,18 +15,27 @@ import re
 import sys
 import threading
 import traceback
+from urllib.parse import unquote
 
 #: Fields that log calls pass with ``extra=`` and that JSON lines carry as keys of their own.
 EVENT_FIELDS = ("job_id", "attempt", "worker", "task", "status")
 
 # The userinfo of a URL: scheme://user:password@ or scheme://token@. The password (or a
-# lone token, which Redis and many brokers take as the password) is what gets masked.
-_URL_USERINFO = re.compile(
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:'\"]*)(?P<password>:[^\s/@'\"]*)?@"
+# lone token, which Redis and many brokers take as the password) is what gets masked. It runs
+# to the last "@" before the host, whatever it holds ("@", quotes, ":" are all found in real
+# passwords); only whitespace and "/" end it, since neither can be in a URL's userinfo.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/]*)@")
+# A secret passed as a parameter: ?password=..., &token=..., REDIS_PASSWORD=..., api_key=...
+# A quoted value is masked to its closing quote, any other to the next space, "&" or "#".
+_SECRET_PARAMETER = re.compile(
+    r"(?i)(?P<key>\b\w*(?:password|passwd|pwd|pass|token|secret|api_?key)=)"
+    r"(?P<value>\"[^\"]*\"?|'[^']*'?|[^\s&#]+)"
 )
 MASK = "***"
 #: Settings whose values are secrets: masked wherever they appear in a log line.
 SECRET_SETTINGS = ("INTERNAL_SERVICE_TOKEN", "WEBHOOK_SECRET", "HEALTHCHECK_API_KEY", "REDIS_PASSWORD")
+#: Settings holding URLs whose passwords are masked as values too.
+URL_SETTINGS = ("REDIS_URL", "DATABASE_URL")
 # Shorter values are not masked as text: "abc" would mask every "abc" in every line (and
 # the start-up check refuses secrets that short outside development anyway).
 _MIN_MASKED_LENGTH = 8
@@ -34,28 +43,33 @@ _secret_values: tuple[str, ...] = ()
 
 
 def _mask_userinfo(match: re.Match) -> str:
-    if match.group("password") is not None:
-        return f"{match.group('scheme')}{match.group('user')}:{MASK}@"
-    if not match.group("user"):
+    userinfo = match.group("userinfo")
+    if ":" in userinfo:
+        return f"{match.group('scheme')}{userinfo.split(':', 1)[0]}:{MASK}@"
+    if not userinfo:
         return match.group(0)
     return f"{match.group('scheme')}{MASK}@"
 
 
 def redact(text: str) -> str:
     """``text`` with credentials masked: ``scheme://user:pw@host`` becomes ``scheme://user:***@host``,
-    and the values of the secret settings (:func:`remember_secrets`) become ``***``."""
+    ``?password=pw`` (and ``token=``, ``secret=``, ``api_key=``... anywhere) becomes
+    ``?password=***``, and the values of the secret settings (:func:`remember_secrets`) become
+    ``***``."""
     if not isinstance(text, str):
         text = str(text)
-    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    # The known values first: a pattern masks a secret only where it sits as a pattern expects.
     for value in _secret_values:
         if value in text:
             text = text.replace(value, MASK)
-    return text
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    return _SECRET_PARAMETER.sub(lambda match: f"{match.group('key')}{MASK}", text)
 
 
 def remember_secrets(settings: dict | None = None) -> None:
     """Mask the values of the secret settings (from ``settings`` and the environment) in logs."""
     from backend.config import parse_api_keys
+    from backend.secrets_check import url_passwords
 
     found: set[str] = set()
     sources = [os.environ, settings or {}]
@@ -64,6 +78,11 @@ def remember_secrets(settings: dict | None = None) -> None:
             value = source.get(name)
             if value:
                 found.add(str(value))
+        # A URL's password, as written and decoded: a driver's error may quote either, in
+        # a form no pattern recognises (a bare "password authentication failed for ...").
+        for name in URL_SETTINGS:
+            for password in url_passwords(source.get(name)):
+                found.update({password, unquote(password)})
         try:
             found.update(parse_api_keys(source.get("API_KEYS")))
         except ValueError:

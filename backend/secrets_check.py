@@ -10,7 +10,7 @@ stack started from an unedited ``.env.example``, whose values are public.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from backend.config import parse_api_keys
 
@@ -43,21 +43,27 @@ def _fault(value: str | None) -> str | None:
     return None
 
 
-def _url_password(url: object) -> tuple[bool, str | None]:
-    """(whether ``url`` carries a password, the password)."""
+def url_passwords(url: object) -> list[str]:
+    """Every password ``url`` carries: its userinfo's (``scheme://user:pw@`` or a lone
+    ``scheme://token@``, which Redis and most brokers take as the password) and a
+    ``?password=`` query value (redis-py and the database drivers read that too), as written in
+    the URL (percent-escapes and all)."""
     if not url:
-        return False, None
+        return []
     try:
         parts = urlsplit(str(url))
+        query = parse_qs(parts.query, keep_blank_values=True)
     except ValueError:
-        return False, None
-    if "@" not in parts.netloc:
-        return False, None
-    userinfo = parts.netloc.rsplit("@", 1)[0]
-    if ":" in userinfo:
-        return True, parts.password or ""
-    # redis://token@host: Redis (and most brokers) take a lone userinfo as the password.
-    return bool(userinfo), userinfo
+        return []
+    found: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+        elif userinfo:
+            found.append(userinfo)
+    found.extend(query.get("password", []))
+    return found
 
 
 def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[str]:
@@ -94,11 +100,11 @@ def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[st
             problems.append(f"API_KEYS: the key of {owner!r} {fault}")
 
     for name in ("REDIS_URL", "DATABASE_URL"):
-        has_password, password = _url_password(settings.get(name))
-        if has_password:
-            fault = _fault(password)
+        for password in url_passwords(settings.get(name)):
+            fault = _fault(unquote(password))
             if fault:
                 problems.append(f"{name}: its password {fault}")
+                break
     return problems
 
 

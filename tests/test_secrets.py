@@ -69,6 +69,50 @@ def test_a_command_run_with_redis_down_does_not_print_the_redis_password(tmp_pat
     assert "redis://:***@127.0.0.1" in output, output
 
 
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("redis://127.0.0.1:{port}/0?password=S3cretQueryPassw0rd", "S3cretQueryPassw0rd"),
+        ('redis://default:pa"ssw0rd-secret-xyz@127.0.0.1:{port}/0', 'pa"ssw0rd-secret-xyz'),
+        ("redis://default:p@ss'w0rd-secret-xyz@127.0.0.1:{port}/0", "p@ss'w0rd-secret-xyz"),
+    ],
+    ids=["query-password", "double-quote", "at-and-single-quote"],
+)
+def test_clear_queues_with_redis_down_masks_every_form_of_redis_password(tmp_path, url, password):
+    # Given a Redis URL whose password is a ?password= parameter, or holds a quote or an "@"
+    env = deployment_env(
+        REDIS_URL=url.format(port=free_port()),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+        TASK_MODULES=TASK_MODULES,
+    )
+
+    # When an operator clears the queues while Redis is down
+    result = run([sys.executable, "-m", "backend", "clear-queues", "--yes"], env)
+
+    # Then the command fails naming where Redis was expected, and no piece of the password shows
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Redis is unreachable at redis://" in output, output
+    assert "127.0.0.1" in output
+    for piece in (password, password[:6], password[-6:]):
+        assert piece not in output, output
+
+
+def test_a_short_query_password_is_refused_at_start(tmp_path):
+    # Given a Redis URL carrying a short password as ?password= (redis-py reads it)
+    env = deployment_env(
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0?password=short",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+        TASK_MODULES=TASK_MODULES,
+    )
+
+    # When a command starts, then the secrets check refuses it, naming the setting
+    result = run([sys.executable, "-m", "backend", "clear-queues", "--yes"], env)
+    assert result.returncode != 0
+    assert "REDIS_URL: its password is shorter than 16 characters" in result.stdout + result.stderr, result.stderr
+    assert "short" not in (result.stdout + result.stderr).replace("shorter", "")
+
+
 def test_every_log_line_and_traceback_masks_credentials(capfd):
     # Given the service's logging set up (as every process does), and a text and a JSON
     # handler of the kinds it uses
@@ -111,6 +155,21 @@ def test_redact_masks_userinfo_only():
     assert logs.redact("amqp://user:pw@h/vhost") == "amqp://user:***@h/vhost"
     assert logs.redact("redis://tokenonly@h") == "redis://***@h"
     assert logs.redact("mail me at someone@example.com") == "mail me at someone@example.com"
+    assert logs.redact('redis://default:pa"ss@w0rd@h:1/0') == "redis://default:***@h:1/0"
+    assert logs.redact("redis://h/0?db=1&password=pw-1&x=2") == "redis://h/0?db=1&password=***&x=2"
+    assert logs.redact("GET /jobs?token=abc HTTP/1.1") == "GET /jobs?token=*** HTTP/1.1"
+
+
+def test_the_password_of_a_url_setting_is_masked_wherever_it_appears():
+    # Given a Redis URL setting with a password, remembered as every process does at start
+    secret = "pa%22ss-0123456789abcdef"
+    logs.remember_secrets({"REDIS_URL": f"redis://default:{secret}@redis:6379/0"})
+    try:
+        # Then a driver's message quoting the password bare, escaped or decoded, is masked
+        line = logs.redact(f'AUTH failed for {secret}; tried pa"ss-0123456789abcdef')
+        assert "0123456789abcdef" not in line, line
+    finally:
+        logs.remember_secrets({})
 
 
 # -- refusing to start -------------------------------------------------------------------
