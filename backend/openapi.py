@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from backend.api.jobs import ATTEMPT_CURSOR_MAX
 from backend.api.payloads import MAX_IDEMPOTENCY_KEY
+from backend.api.schedules import SCHEDULE_OUTPUT_FIELDS
 from backend.errors import ValidationFailed
 from backend.job_manager import CURSOR_PATTERN
 from backend.openapi_schemas import (
@@ -59,6 +61,24 @@ def spec() -> dict:
             explode=False,
             description="heavy fields (args, kwargs, result) to include in each job",
         ),
+    ]
+    page_limit = query_param("limit", {"type": "integer", "minimum": 1, "maximum": int(config["JOBS_PAGE_MAX"])})
+    schedule_list_params = [
+        page_limit,
+        query_param("cursor", {"type": "string", "pattern": f"^({CURSOR_PATTERN.strip('^$')})?$"}),
+        query_param(
+            "fields",
+            {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(SCHEDULE_OUTPUT_FIELDS)}},
+            style="form",
+            explode=False,
+            description="heavy fields (args, kwargs) to include in each schedule",
+        ),
+    ]
+    attempt_params = [
+        job_id,
+        page_limit,
+        # The last attempt number of the page before (next_cursor); empty: the first page.
+        query_param("cursor", {"type": "string", "pattern": f"^([0-9]{{1,{len(str(ATTEMPT_CURSOR_MAX))}}})?$"}),
     ]
     idempotency_header = {
         "name": "Idempotency-Key",
@@ -130,7 +150,13 @@ def spec() -> dict:
         },
         "/jobs/{job_id}": {"get": operation("One job", "200", job, params=[job_id], tags=["jobs"])},
         "/jobs/{job_id}/attempts": {
-            "get": operation("A job's attempts", "200", OBJECT, params=[job_id], tags=["jobs"])
+            "get": operation(
+                "A job's attempts, oldest first, a page at a time",
+                "200",
+                ref("AttemptList"),
+                params=attempt_params,
+                tags=["jobs"],
+            )
         },
         "/jobs/{job_id}/webhooks": {
             "get": operation("A job's webhook deliveries", "200", OBJECT, params=[job_id], tags=["jobs"])
@@ -148,7 +174,13 @@ def spec() -> dict:
             "post": operation("Cancel a batch's live jobs", "200", OBJECT, params=[batch_id, SCRIPTED])
         },
         "/scheduled-jobs": {
-            "get": operation("Schedules", "200", OBJECT, tags=["schedules"]),
+            "get": operation(
+                "Schedules, oldest first, a page at a time",
+                "200",
+                ref("ScheduleList"),
+                params=schedule_list_params,
+                tags=["schedules"],
+            ),
             "post": operation(
                 "Create a schedule", "201", ref("Schedule"), body=ref("ScheduleCreate"), tags=["schedules"]
             ),

@@ -234,6 +234,37 @@ def component_schemas(caps: dict) -> dict:
                 "last_job_id": NULLABLE_STRING,
             },
         },
+        "ScheduleList": {
+            "type": "object",
+            "required": ["scheduled_jobs", "next_cursor"],
+            "properties": {
+                "scheduled_jobs": {"type": "array", "items": ref("Schedule")},
+                "next_cursor": NULLABLE_STRING,
+            },
+        },
+        "AttemptList": {
+            "type": "object",
+            "required": ["job_id", "attempts", "next_cursor"],
+            "properties": {
+                "job_id": STRING,
+                "attempts": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["attempt", "outcome", "error"],
+                        "properties": {
+                            "attempt": INTEGER,
+                            "worker": NULLABLE_STRING,
+                            "started_at": NULLABLE_STRING,
+                            "ended_at": NULLABLE_STRING,
+                            "outcome": NULLABLE_STRING,
+                            "error": NULLABLE_STRING,
+                        },
+                    },
+                },
+                "next_cursor": NULLABLE_STRING,
+            },
+        },
         "ScheduleCreate": _schedule_body(create=True),
         "ScheduleChange": _schedule_body(create=False),
         "Health": {
