@@ -91,6 +91,10 @@ DEFAULTS: dict[str, object] = {
     "WEBHOOK_CONCURRENCY": 8,
     "WEBHOOK_HOST_CONCURRENCY": 2,
     "WEBHOOK_OWNER_CONCURRENCY": 4,
+    # One request's (a batch's) webhook_url hosts: seconds they may take to resolve in all,
+    # and most distinct names (a slow DNS server must not hold an API thread).
+    "WEBHOOK_RESOLVE_SECONDS": 3.0,
+    "WEBHOOK_MAX_HOSTS": 10,
     # Rate limits per API key (or client address when keys are off), flask-limiter syntax.
     "RATE_LIMIT_ENABLED": 1,
     "RATE_LIMIT_SUBMIT": "10/minute",
@@ -134,6 +138,7 @@ _INT_KEYS = {
     "WEBHOOK_CONCURRENCY",
     "WEBHOOK_HOST_CONCURRENCY",
     "WEBHOOK_OWNER_CONCURRENCY",
+    "WEBHOOK_MAX_HOSTS",
     "RATE_LIMIT_ENABLED",
     "BATCH_MAX_JOBS",
     "BULK_CANCEL_MAX_IDS",
@@ -153,6 +158,7 @@ _FLOAT_KEYS = {
     "WEBHOOK_BACKOFF_SECONDS",
     "WEBHOOK_TIMEOUT",
     "WEBHOOK_INTERVAL",
+    "WEBHOOK_RESOLVE_SECONDS",
 }
 
 

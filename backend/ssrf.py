@@ -11,17 +11,25 @@ addresses, and the IPv6 forms that carry an IPv4 address (IPv4-mapped, 6to4, NAT
 IPv4-compatible), which are unwrapped and the IPv4 address checked too. Loopback is allowed
 only with WEBHOOK_ALLOW_LOOPBACK=1, for tests and local development; nothing else that is not
 global is allowed then.
+
+Names are resolved on a ``BoundedResolver`` (backend/bounded_resolver.py), within a
+``LookupBudget``: a deadline for all of a caller's lookups together (one API request's, batch
+included: WEBHOOK_RESOLVE_SECONDS; one delivery's: what is left of WEBHOOK_TIMEOUT) and, for a
+request, at most WEBHOOK_MAX_HOSTS distinct names. A slow DNS server so holds no thread longer
+than its caller's budget, and a request cannot make the service look up thousands of names.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import socket
+import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from backend.errors import ValidationFailed
+from backend.bounded_resolver import BoundedResolver, LookupTimeout, ResolverBusy
+from backend.errors import ServiceUnavailable, ValidationFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -40,6 +48,83 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 #: Characters kept as they are in the request target; anything else (spaces, control
 #: characters, non-ASCII) is percent-encoded, so the request line cannot be split.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+#: For callers that bring no budget (scripts, tests): the same bounds, a 5 s deadline.
+DEFAULT_RESOLVER = BoundedResolver()
+DEFAULT_LOOKUP_SECONDS = 5.0
+#: Lookup threads per API process for submissions: a request waits on at most one lookup at a
+#: time and leaves at most one behind (the one it gave up on), so slow names tie up these
+#: threads, never the request threads.
+SUBMISSION_LOOKUP_THREADS = 16
+_RESOLVER_MADE = threading.Lock()
+
+
+class LookupTimedOut(ValidationFailed):
+    """A webhook host that did not resolve within the budget: 422 at submission; at send time
+    a failed attempt that is tried again (unlike a refusal)."""
+
+
+class LookupsBusy(ServiceUnavailable):
+    """Every lookup thread is busy: answered at once (503 at submission, a failed attempt at send)."""
+
+
+class LookupBudget:
+    """What one caller may spend resolving webhook hosts: ``seconds`` for all its lookups
+    together, counted from ``started`` (a ``time.monotonic()`` value; now when not given), and
+    at most ``max_hosts`` distinct names (None: no cap).
+
+    ``setting`` names what sets the budget, for the messages. A name already resolved under
+    this budget is not looked up again (a batch's jobs naming one host cost one lookup).
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        max_hosts: int | None = None,
+        resolver: BoundedResolver | None = None,
+        setting: str | None = None,
+        started: float | None = None,
+    ):
+        self.seconds = seconds
+        self.ends = (time.monotonic() if started is None else started) + seconds
+        self.max_hosts = max_hosts
+        self.resolver = resolver or DEFAULT_RESOLVER
+        self.setting = setting
+        self._answers: dict[tuple[str, int], list] = {}
+        self._hosts: set[str] = set()
+
+    def getaddrinfo(self, host: str, port: int, lookup=None) -> list:
+        """``getaddrinfo`` within the budget.
+
+        Raises:
+            ValidationFailed: a name past ``max_hosts``.
+            LookupTimedOut: no answer before the budget ran out.
+            LookupsBusy: every lookup thread is busy.
+            OSError: the name does not resolve.
+        """
+        if (host, port) in self._answers:
+            return self._answers[(host, port)]
+        if host not in self._hosts and self.max_hosts is not None and len(self._hosts) >= self.max_hosts:
+            raise ValidationFailed(
+                f"one request may name at most {self.max_hosts} distinct webhook_url host names (WEBHOOK_MAX_HOSTS)",
+                details={"setting": "WEBHOOK_MAX_HOSTS", "limit": self.max_hosts},
+            )
+        named = f" ({self.setting})" if self.setting else ""
+        self._hosts.add(host)
+        try:
+            answer = self.resolver.getaddrinfo(host, port, timeout=self.ends - time.monotonic(), lookup=lookup)
+        except LookupTimeout:
+            raise LookupTimedOut(
+                f"webhook_url host {host!r} did not resolve within {self.seconds:.3g} s{named}",
+                details={"setting": self.setting, "limit": self.seconds},
+            ) from None
+        except ResolverBusy:
+            raise LookupsBusy(
+                "too many webhook_url host lookups are running; try again shortly", retry_after=2
+            ) from None
+        self._answers[(host, port)] = answer
+        return answer
 
 
 @dataclass(frozen=True)
@@ -114,14 +199,35 @@ def _ascii_host_name(host: str) -> str:
     return ascii_host
 
 
-def resolve_webhook_url(url: object, *, allow_loopback: bool, resolve=None) -> WebhookTarget:
+def submission_budget(config, extensions: dict) -> LookupBudget:
+    """The budget of one API request's webhook_url hosts (WEBHOOK_RESOLVE_SECONDS, WEBHOOK_MAX_HOSTS),
+    on the app's resolver (``extensions["webhook_resolver"]``, made on first use)."""
+    resolver = extensions.get("webhook_resolver")
+    if resolver is None:
+        with _RESOLVER_MADE:
+            resolver = extensions.setdefault("webhook_resolver", BoundedResolver(threads=SUBMISSION_LOOKUP_THREADS))
+    return LookupBudget(
+        float(config["WEBHOOK_RESOLVE_SECONDS"]),
+        max_hosts=int(config["WEBHOOK_MAX_HOSTS"]),
+        resolver=resolver,
+        setting="WEBHOOK_RESOLVE_SECONDS",
+    )
+
+
+def resolve_webhook_url(
+    url: object, *, allow_loopback: bool, resolve=None, budget: LookupBudget | None = None
+) -> WebhookTarget:
     """Check ``url`` and resolve its host once; the target names the addresses to connect to.
 
-    ``resolve`` is ``socket.getaddrinfo`` unless given (tests give a resolver that changes its answer).
+    ``resolve`` is ``socket.getaddrinfo`` unless given (tests give a resolver that changes its
+    answer); it runs on ``budget``'s resolver, within its deadline (DEFAULT_LOOKUP_SECONDS when
+    no budget is given).
 
     Raises:
         ValidationFailed: not an http(s) URL, a port outside 1-65535, or the host points (or
-            resolves) to an address that is not globally routable, or it does not resolve.
+            resolves) to an address that is not globally routable, or it does not resolve
+            (``LookupTimedOut``: not within the budget), or a name past the budget's cap.
+        LookupsBusy: every lookup thread is busy.
     """
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         raise ValidationFailed(f"webhook_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
@@ -146,7 +252,8 @@ def resolve_webhook_url(url: object, *, allow_loopback: bool, resolve=None) -> W
         addresses: list[IPAddress] = [literal]
     else:
         try:
-            infos = (resolve or socket.getaddrinfo)(host, port, proto=socket.IPPROTO_TCP)
+            budget = budget or LookupBudget(DEFAULT_LOOKUP_SECONDS)
+            infos = budget.getaddrinfo(host, port, resolve)
             addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
         except (OSError, UnicodeError, ValueError) as exc:
             raise ValidationFailed(f"webhook_url host {parts.hostname!r} does not resolve: {exc}") from None
@@ -163,11 +270,11 @@ def resolve_webhook_url(url: object, *, allow_loopback: bool, resolve=None) -> W
     return WebhookTarget(parts.scheme, host.rstrip(".") or host, port, request_target, connect_to)
 
 
-def check_webhook_url(url: object, *, allow_loopback: bool, resolve=None) -> str:
+def check_webhook_url(url: object, *, allow_loopback: bool, resolve=None, budget: LookupBudget | None = None) -> str:
     """Return ``url`` if a webhook may be sent there (see ``resolve_webhook_url``).
 
     Raises:
-        ValidationFailed: as ``resolve_webhook_url``.
+        ValidationFailed, LookupsBusy: as ``resolve_webhook_url``.
     """
-    resolve_webhook_url(url, allow_loopback=allow_loopback, resolve=resolve)
+    resolve_webhook_url(url, allow_loopback=allow_loopback, resolve=resolve, budget=budget)
     return url

@@ -34,11 +34,12 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import webhook_http
+from backend.bounded_resolver import BoundedResolver
 from backend.errors import ValidationFailed
 from backend.metrics import WEBHOOK_DELIVERIES
 from backend.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from backend.representations import iso, job_dict
-from backend.ssrf import resolve_webhook_url
+from backend.ssrf import LookupBudget, LookupsBusy, LookupTimedOut, resolve_webhook_url
 from backend.store import transaction
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,11 @@ class Dispatcher:
         self.per_host = max(1, per_host)
         self.per_owner = max(1, per_owner)
         self.resolve = resolve  # None: socket.getaddrinfo (tests give one that rebinds)
+        # Lookups run here, each waited on for what is left of its delivery's deadline. A
+        # lookup that outlives its delivery keeps its thread until the system resolver gives
+        # up, so there are more threads than deliveries; when all are busy an attempt fails
+        # at once and is tried again later.
+        self.resolver = BoundedResolver(threads=2 * self.concurrency)
         self.ssl_context = ssl_context  # None: the system's trust store
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="webhook")
         self._pass = threading.Lock()
@@ -252,13 +258,19 @@ class Dispatcher:
             headers["webhook-signature"] = sign(self.secret, delivery.id, timestamp, body)
         status_code, error = None, None
         try:
-            # Resolved once and checked here; the POST connects to these checked addresses.
-            target = resolve_webhook_url(delivery.url, allow_loopback=self.allow_loopback, resolve=self.resolve)
+            # Resolved once and checked here, within the delivery's deadline (the lookup waits
+            # only for what is left of it); the POST connects to these checked addresses.
+            budget = LookupBudget(self.timeout, started=started, resolver=self.resolver, setting="WEBHOOK_TIMEOUT")
+            target = resolve_webhook_url(
+                delivery.url, allow_loopback=self.allow_loopback, resolve=self.resolve, budget=budget
+            )
             status_code = webhook_http.post(
                 target, body, headers, timeout=self.timeout, ssl_context=self.ssl_context, started=started
             )
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
+        except (LookupTimedOut, LookupsBusy) as exc:
+            error = exc.message  # not a refusal: the attempt failed and is tried again
         except ValidationFailed as exc:
             error = f"refused: {exc.message}"
         except webhook_http.DeliveryError as exc:

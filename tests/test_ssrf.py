@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -213,3 +214,140 @@ def test_a_certificate_for_another_name_is_refused(tmp_path, receiver):
     with pytest.raises(DeliveryError, match="certificate verify failed"):
         post(target, b"{}", {}, timeout=5, ssl_context=trust)
     assert hook.hosts == []
+
+
+class SlowDNS:
+    """``socket.getaddrinfo`` for these tests: names under .slow.test answer only when released
+    (or after 3 s), names under .example.test at once (a public address for both), other names
+    as the system answers them (the test's Redis and store connections)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.asked: list[str] = []
+        self.answered: list[str] = []
+        self.system = socket.getaddrinfo
+
+    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
+        if not isinstance(host, str) or not host.endswith((".slow.test", ".example.test")):
+            return self.system(host, port, family, type, proto, flags)
+        self.asked.append(host)
+        if host.endswith(".slow.test"):
+            self.release.wait(3)
+        self.answered.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+
+@pytest.fixture
+def slow_dns(monkeypatch):
+    dns = SlowDNS()
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    yield dns
+    dns.release.set()
+
+
+def test_a_batch_whose_webhook_host_resolves_slowly_is_answered_422_while_the_lookup_still_runs(settings, slow_dns):
+    # Given half a second for one request's webhook lookups, and a host whose DNS answers late
+    settings["WEBHOOK_RESOLVE_SECONDS"] = 0.5
+    client = create_app(settings).test_client()
+    jobs = [{"args": [1, n], "webhook_url": "https://hooks.slow.test/hook"} for n in range(5)]
+
+    # When a batch names it
+    response = client.post("/tasks/add/batch", json={"jobs": jobs})
+
+    # Then the request is answered while the lookup is still waiting for DNS (the request's
+    # thread did not wait for it), with a 422 naming the host and the budget, nothing recorded
+    assert slow_dns.answered == []
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    assert "'hooks.slow.test' did not resolve within 0.5 s (WEBHOOK_RESOLVE_SECONDS)" in error["message"]
+    assert slow_dns.asked == ["hooks.slow.test"]
+    assert client.get("/jobs").get_json()["jobs"] == []
+
+    # And once DNS has answered, the client's retry is served from that answer at once
+    slow_dns.release.set()
+    for _ in range(100):
+        if slow_dns.answered:
+            break
+        time.sleep(0.05)
+    assert client.post("/tasks/add/batch", json={"jobs": jobs}).status_code == 202
+    assert slow_dns.asked == ["hooks.slow.test"]
+
+
+def test_a_request_naming_more_distinct_webhook_hosts_than_the_cap_is_422_naming_it(settings, slow_dns):
+    # Given at most 3 webhook host names per request
+    settings["WEBHOOK_MAX_HOSTS"] = 3
+    client = create_app(settings).test_client()
+
+    # When a batch names 3 hosts (20 jobs on one of them), and another names 60
+    three = [{"args": [1, 1], "webhook_url": "https://a.example.test/hook"}] * 20 + [
+        {"args": [1, 1], "webhook_url": f"https://{name}.example.test/hook"} for name in ("b", "c")
+    ]
+    accepted = client.post("/tasks/add/batch", json={"jobs": three})
+    many = [{"args": [1, 1], "webhook_url": f"https://h{n}.example.test/hook"} for n in range(60)]
+    refused = client.post("/tasks/add/batch", json={"jobs": many})
+
+    # Then the first is accepted, each name looked up once; the second is 422 naming the cap,
+    # after 3 lookups, not 60
+    assert accepted.status_code == 202
+    assert refused.status_code == 422
+    error = refused.get_json()["error"]
+    assert (
+        error["message"]
+        == "jobs[3]: one request may name at most 3 distinct webhook_url host names (WEBHOOK_MAX_HOSTS)"
+    )
+    assert slow_dns.asked == [f"{name}.example.test" for name in ("a", "b", "c", "h0", "h1", "h2")]
+    assert len(client.get("/jobs?limit=100").get_json()["jobs"]) == 22
+
+
+def test_when_every_lookup_thread_is_busy_a_submission_is_answered_503_without_waiting(settings, slow_dns):
+    from backend.bounded_resolver import BoundedResolver
+
+    # Given one lookup thread, taken by a lookup that its request gave up on
+    settings["WEBHOOK_RESOLVE_SECONDS"] = 0.2
+    app = create_app(settings)
+    app.extensions["webhook_resolver"] = BoundedResolver(threads=1)
+    client = app.test_client()
+    first = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": "https://one.slow.test/hook"})
+    assert first.status_code == 422
+
+    # When another submission names another host
+    second = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": "https://two.slow.test/hook"})
+
+    # Then it is answered at once, 503 with Retry-After, its name never looked up
+    assert second.status_code == 503
+    assert second.headers["Retry-After"] == "2"
+    assert "webhook_url host lookups" in second.get_json()["error"]["message"]
+    assert slow_dns.asked == ["one.slow.test"]
+    assert slow_dns.answered == []
+    assert client.get("/jobs").get_json()["jobs"] == []
+
+
+def test_callers_of_one_name_share_its_lookup_and_each_waits_only_its_own_timeout():
+    from backend.bounded_resolver import BoundedResolver, LookupTimeout
+
+    release, calls = threading.Event(), []
+
+    def slow(host, port, proto=0):
+        calls.append(host)
+        release.wait(5)
+        return public(host, port)
+
+    resolver = BoundedResolver(threads=1)
+    results = []
+
+    def caller(timeout):
+        try:
+            results.append(resolver.getaddrinfo("hooks.example.com", 443, timeout=timeout, lookup=slow))
+        except LookupTimeout:
+            results.append("timeout")
+
+    impatient = threading.Thread(target=caller, args=(0.1,))
+    patient = threading.Thread(target=caller, args=(10,))
+    impatient.start()
+    patient.start()
+    impatient.join(5)
+    assert results == ["timeout"]  # the impatient caller left; the lookup goes on
+    release.set()
+    patient.join(5)
+    assert results[1][0][4][0] == "93.184.216.34"
+    assert calls == ["hooks.example.com"]  # one lookup for both, on the one thread

@@ -212,6 +212,37 @@ def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_delivery_deadline(se
     app.extensions["webhooks_thread"].stop()
 
 
+def test_a_receiver_host_that_resolves_slowly_fails_the_attempt_within_the_delivery_deadline(settings):
+    # Given a 1 s deadline per delivery, and a receiver host whose DNS answer takes 10 s
+    app = hook_app(settings, WEBHOOK_TIMEOUT=1, WEBHOOK_MAX_ATTEMPTS=2)
+    client = app.test_client()
+    app.extensions["webhooks_thread"].stop()
+    job_id = job_with_webhook(client, "http://localhost:9/hook")  # resolved at once when submitted
+    released, answered = threading.Event(), []
+
+    def slow_dns(host, port, proto=0):
+        released.wait(10)
+        answered.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    dispatcher = app.extensions["webhooks"]
+    dispatcher.resolve = slow_dns
+
+    # When the dispatcher sends its webhook
+    dispatcher.run_once()
+
+    # Then the attempt ends while the lookup is still waiting for DNS: a failed attempt within
+    # the deadline, saying why, and the delivery is tried again (a slow answer is no refusal)
+    assert dispatcher.wait_idle(8)
+    assert answered == []
+    delivery = delivery_of(client, job_id)
+    [attempt] = delivery["attempts"]
+    assert attempt["error"] == "webhook_url host 'localhost' did not resolve within 1 s (WEBHOOK_TIMEOUT)"
+    assert attempt["duration_ms"] < 2500  # the deadline (1 s) and recording; the lookup takes 10 s
+    assert delivery["status"] == "pending"
+    released.set()
+
+
 def test_a_slow_receiver_does_not_hold_up_the_deliveries_to_another(settings, held_receiver):
     # Given a receiver that holds every request (until released), with four deliveries due,
     # and a prompt receiver with one delivery due after them

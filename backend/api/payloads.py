@@ -7,14 +7,14 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 
-from flask import current_app, request
+from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from backend.config import QUEUE_NAMES
 from backend.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from backend.job_manager import JobRequest
 from backend.size_caps import SizeCaps, TooLarge
-from backend.ssrf import check_webhook_url
+from backend.ssrf import check_webhook_url, submission_budget
 from backend.tasks import TaskSpec
 
 SUBMIT_FIELDS = {
@@ -154,7 +154,10 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
-        webhook_url = check_webhook_url(webhook_url, allow_loopback=bool(config["WEBHOOK_ALLOW_LOOPBACK"]))
+        if "webhook_lookups" not in g:  # one lookup budget per request: a batch's jobs share it
+            g.webhook_lookups = submission_budget(config, current_app.extensions)
+        allow_loopback = bool(config["WEBHOOK_ALLOW_LOOPBACK"])
+        webhook_url = check_webhook_url(webhook_url, allow_loopback=allow_loopback, budget=g.webhook_lookups)
     depends_on = body.get("depends_on")
     depends_on = [] if depends_on is None else depends_on  # false, 0 or "" are mistakes, not "none"
     if not isinstance(depends_on, list) or not all(isinstance(i, str) and i for i in depends_on):
