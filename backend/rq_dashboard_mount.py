@@ -11,31 +11,43 @@ JSON and insert every value as text. They also need no inline script and no ``ev
 Our own blueprint, not rq-dashboard's, so that we choose which of its views are reachable and
 how: every action that changes Redis (requeue, delete, empty, compact) answers POST only;
 rq-dashboard 0.9.0 also requeues all failed jobs on a GET, which any page could trigger with
-an ``<img>``. Bad paths (an unknown Redis instance, registry, job; a page that is not a
-number) answer 404, where rq-dashboard raised a 500.
+an ``<img>``. Bad paths (an unknown Redis instance, queue, registry, job; a page that is not
+a number) answer 404, where rq-dashboard raised a 500; an error of Redis or RQ that remains
+answers in JSON, 503 while Redis is unreachable, never 500.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import rq_dashboard
 import rq_dashboard.web as rqd
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request
-from rq import Worker
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue, Worker
+from rq.exceptions import DeserializationError, InvalidJobDependency, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend.api.auth import require_admin
 from backend.api.error_handlers import error_response
+from backend.config import QUEUE_NAMES
 from backend.errors import NotFound
+from backend.logs import redact
 from backend.rate_limits import limiter
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/rq"
 REGISTRIES = ("queued", "scheduled", "deferred", "started", "finished", "failed", "canceled")
 ORDERS = ("asc", "dsc")
 MAX_PER_PAGE = 200
+# Far past any real queue; a page beyond Redis' 64-bit ranges was a Redis error (a 500).
+MAX_PAGE = 10_000_000
 
 # The blueprint keeps rq-dashboard's name: its JSON views build their links with
 # url_for(".jobs_overview", ...), relative to the blueprint that serves them. Static files
@@ -56,17 +68,25 @@ def _refuse_bad_paths() -> None:
     # We mount one Redis; rq-dashboard raised LookupError (a 500) for any other number.
     if args.get("instance_number", 0) != 0:
         raise NotFound(f"no Redis instance {args['instance_number']}; this dashboard has only instance 0")
+    # The service's queues only: rq-dashboard answered an unknown name as an empty queue (200),
+    # and Compact of one raised a 500.
+    if args.get("queue_name") is not None and args["queue_name"] not in QUEUE_NAMES:
+        raise NotFound(f"unknown queue {args['queue_name'][:60]!r}; one of {', '.join(QUEUE_NAMES)}")
+    # The queue adapter's rule for a job id, so that /rq and the API agree: None for an id RQ
+    # cannot hold (RQ raised ValueError, a 500, for anything but letters, digits, _ and -) and
+    # for a job that is gone.
+    if "job_id" in args and current_app.extensions["jobs"].queues.fetch(args["job_id"]) is None:
+        raise NotFound(f"no job {args['job_id'][:60]!r} in Redis (it may have expired)")
     if "registry_name" in args and args["registry_name"] not in REGISTRIES:
         raise NotFound(f"unknown registry {args['registry_name']!r}; one of {', '.join(REGISTRIES)}")
     if "order" in args and args["order"] not in ORDERS:
         raise NotFound(f"unknown order {args['order']!r}; asc or dsc")
-    for name, top in (("per_page", MAX_PER_PAGE), ("page", None)):
+    for name, top in (("per_page", MAX_PER_PAGE), ("page", MAX_PAGE)):
         if name in args:
             value = str(args[name])
             # isdecimal() alone accepts other scripts' digits; int() would then parse them.
-            if not (value.isascii() and value.isdecimal()) or int(value) < 1 or (top and int(value) > top):
-                limit = f"1 to {top}" if top else "1 or more"
-                raise NotFound(f"{name} must be a whole number from {limit}, got {value[:20]!r}")
+            if not (value.isascii() and value.isdecimal()) or not 1 <= int(value) <= top:
+                raise NotFound(f"{name} must be a whole number from 1 to {top}, got {value[:20]!r}")
 
 
 @bp.errorhandler(NoSuchJobError)
@@ -79,6 +99,69 @@ def _invalid_operation(exc: InvalidJobOperation):
     # e.g. requeueing a job that is not in the failed registry
     message = str(exc)[:500] or "RQ refused this operation on the job in its current state"
     return error_response(409, "invalid_job_operation", message, None)
+
+
+@bp.errorhandler(DeserializationError)
+@bp.errorhandler(InvalidJobDependency)
+def _unreadable_job(exc: Exception):
+    # A job written by another RQ client (another serializer), or a broken dependency.
+    message = str(exc)[:500] or "RQ cannot read this job"
+    return error_response(409, "unreadable_job", message, None)
+
+
+# The net under the checks above: whatever else Redis or RQ raises answers in JSON, not 500.
+@bp.errorhandler(RedisConnectionError)
+@bp.errorhandler(RedisTimeoutError)
+def _redis_unreachable(exc: RedisError):
+    log.warning("RQ Dashboard: Redis unreachable: %s", redact(str(exc)))
+    return error_response(503, "service_unavailable", "Redis is unreachable", None, {"Retry-After": "5"})
+
+
+@bp.errorhandler(RedisError)
+def _redis_refused(exc: RedisError):
+    # e.g. WRONGTYPE: a key that something other than RQ wrote under RQ's name.
+    log.warning("RQ Dashboard: Redis refused a command: %s", redact(str(exc)))
+    return error_response(409, "redis_refused", f"Redis refused the operation: {redact(str(exc))[:300]}", None)
+
+
+def compact_queue(queue_name: str):
+    """Drop the ids of jobs that are gone from the queue. RQ renames the queue's list first,
+    which Redis refuses for a list that does not exist: an empty queue, where rq-dashboard then
+    answered 500. An empty queue has nothing to compact."""
+    queue = Queue(queue_name, connection=current_app.redis_conn, serializer=JSONSerializer)
+    try:
+        queue.compact()
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+    return jsonify(status="OK"), {"Cache-Control": "no-store"}
+
+
+def job_info(instance_number: int, job_id: str):
+    """One job as JSON. rq-dashboard's own view decodes the ids of a job's dependencies as
+    bytes, which RQ 3 already gives as text: it answered 500 for every job that has any."""
+    job = Job.fetch(job_id, connection=current_app.redis_conn, serializer=JSONSerializer)
+    latest = job.latest_result()
+    encoder = current_app.config.get("RQ_DASHBOARD_JSON_ENCODER", json.JSONEncoder)
+    body = {
+        "id": job.id,
+        "created_at": rqd.serialize_date(job.created_at),
+        "enqueued_at": rqd.serialize_date(job.enqueued_at),
+        "started_at": rqd.serialize_date(job.started_at),
+        "ended_at": rqd.serialize_date(job.ended_at),
+        "origin": job.origin,
+        "status": job.get_status(),
+        "result": job.return_value(),
+        "exc_info": latest.exc_string if latest else None,
+        "description": rqd.format_job_description(job),
+        "metadata": json.dumps(job.get_meta(), cls=encoder),
+    }
+    dependencies = [str(d).split(":")[-1] for d in job.dependency_ids]
+    if dependencies:
+        alive = current_app.extensions["jobs"].queues.existing(dependencies)
+        body["depends_on"] = dependencies
+        body["depends_on_status"] = ["active" if d in alive else "expired" for d in dependencies]
+    return jsonify(body), {"Cache-Control": "no-store"}
 
 
 def _page(view: str, **context):
@@ -174,7 +257,7 @@ DATA = [
         "list_jobs",
         rqd.list_jobs,
     ),
-    ("/<int:instance_number>/data/job/<job_id>.json", "job_info", rqd.job_info),
+    ("/<int:instance_number>/data/job/<job_id>.json", "job_info", job_info),
     ("/<int:instance_number>/data/workers.json", "list_workers", list_workers),
 ]
 
@@ -184,7 +267,7 @@ ACTIONS = [
     ("/job/<job_id>/requeue", "requeue_job_view", rqd.requeue_job_view),
     ("/requeue/<queue_name>", "requeue_all", rqd.requeue_all),
     ("/queue/<queue_name>/<registry_name>/empty", "empty_queue", rqd.empty_queue),
-    ("/queue/<queue_name>/compact", "compact_queue", rqd.compact_queue),
+    ("/queue/<queue_name>/compact", "compact_queue", compact_queue),
 ]
 
 for _path, _endpoint, _view, _options in PAGES:

@@ -3,6 +3,11 @@ busy worker does not break the workers list. The /dashboard page names no task b
 
 from __future__ import annotations
 
+import os
+import random
+import re
+from datetime import timedelta
+
 import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -73,6 +78,8 @@ def test_every_rq_action_answers_post_only(client, failed_job, redis_conn):
         "/rq/0/data/jobs/default/failed/x/asc/1.json",  # before: 500 (ValueError)
         "/rq/0/data/jobs/default/failed/8/asc/-1.json",
         "/rq/0/data/jobs/default/failed/8/asc/\u0661.json",  # an Arabic-Indic one
+        "/rq/0/data/jobs/default/failed/8/asc/99999999999999999999.json",  # before: 500 (Redis: out of range)
+        "/rq/0/data/jobs/default/queued/8/dsc/10000001.json",
         "/rq/0/data/jobs/default/failed/100000/asc/1.json",
         "/rq/0/data/jobs/default/failed/8/sideways/1.json",
         "/rq/0/view/jobs/default/failed/8/sideways/1",
@@ -93,6 +100,20 @@ def test_actions_on_unknown_or_unfit_jobs_answer_404_or_409(client, run_burst_wo
     response = client.post(f"/rq/job/{done['rq_job_id']}/requeue", headers=XHR)
     assert response.status_code == 409
     assert response.get_json()["error"]["code"] == "invalid_job_operation"
+
+
+def test_job_with_dependencies_is_shown_with_their_state(client, redis_conn):
+    # Before: 500 (rq-dashboard decoded RQ 3's dependency ids, already text, as bytes).
+    parent = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
+    child = client.post("/tasks/add", json={"args": [3, 4], "depends_on": [parent["job_id"]]}).get_json()
+    child_rq_id = client.get(f"/jobs/{child['job_id']}").get_json()["rq_job_id"]
+    response = client.get(f"/rq/0/data/job/{child_rq_id}.json")
+    assert response.status_code == 200, response.data[:300]
+    body = response.get_json()
+    assert body["status"] == "deferred"
+    assert body["depends_on"] == [parent["rq_job_id"]] and body["depends_on_status"] == ["active"]
+    redis_conn.delete(f"rq:job:{parent['rq_job_id']}")
+    assert client.get(f"/rq/0/data/job/{child_rq_id}.json").get_json()["depends_on_status"] == ["expired"]
 
 
 def test_workers_list_shows_a_busy_worker(client, start_worker):
@@ -123,3 +144,201 @@ def test_dashboard_page_names_no_task_when_keys_are_configured(settings):
         assert name not in html, name
     tasks = client.get("/tasks", headers={"Authorization": "Bearer alice-key-0123456789abcdef"}).get_json()
     assert "word_count" in {t["name"] for t in tasks["tasks"]}
+
+
+# Job ids RQ cannot hold (it raised ValueError from validate_job_id: a 500), and queue names
+# the service does not have, on every route that takes one.
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/rq/0/data/job/%00.json"),  # before: 500 (ValueError: Job ID must only contain ...)
+        ("GET", "/rq/0/view/job/%00"),  # before: 500
+        ("GET", "/rq/0/data/job/%C3%A9.json"),  # before: 500
+        ("GET", "/rq/0/view/job/no-such-job:x"),
+        ("POST", "/rq/job/%00/delete"),  # before: 500
+        ("POST", "/rq/job/%00/requeue"),  # before: 500
+        ("POST", "/rq/job/%C3%A9/requeue"),  # before: 500
+        ("POST", "/rq/job/a%20b/delete"),  # before: 500
+        ("POST", "/rq/queue/no-such-queue/compact"),  # before: 500 (ResponseError: no such key)
+        ("POST", "/rq/queue/no-such-queue/failed/empty"),  # before: 200, as if it had emptied one
+        ("POST", "/rq/queue/%00/queued/empty"),  # before: 200
+        ("POST", "/rq/requeue/no-such-queue"),  # before: 200 {"count": 0}
+        ("GET", "/rq/0/data/jobs/no-such-queue/failed/8/asc/1.json"),  # before: 200, an empty list
+        ("GET", "/rq/0/view/jobs/no-such-queue/failed/8/asc/1"),  # before: 200, a page of it
+    ],
+)
+def test_unholdable_job_ids_and_unknown_queues_answer_404_in_json(client, method, path, redis_conn):
+    keys_before = sorted(redis_conn.keys("*"))
+    response = client.open(path, method=method, headers=XHR)
+    assert response.status_code == 404, response.data[:300]
+    assert response.get_json()["error"]["code"] == "not_found"
+    assert sorted(redis_conn.keys("*")) == keys_before
+
+
+def test_compact_of_an_empty_queue_answers_200_and_changes_nothing(client, redis_conn):
+    # The jobs page's Compact button on an empty queue. Before: 500 (RQ renames the queue's
+    # list, which Redis refuses with "no such key" when the list is empty, so absent).
+    keys_before = sorted(redis_conn.keys("*"))
+    response = client.post("/rq/queue/default/compact", headers=XHR)
+    assert response.status_code == 200, response.data[:300]
+    assert response.get_json() == {"status": "OK"}
+    assert sorted(redis_conn.keys("*")) == keys_before
+
+
+def test_compact_keeps_the_queued_jobs_and_drops_dead_ids(client, redis_conn):
+    queued = [client.post("/tasks/add", json={"args": [i, 1]}).get_json()["rq_job_id"] for i in range(3)]
+    queue = Queue("default", connection=redis_conn, serializer=JSONSerializer)
+    redis_conn.rpush(queue.key, "gone-1")  # an id whose job hash is gone
+    response = client.post("/rq/queue/default/compact", headers=XHR)
+    assert response.status_code == 200 and response.get_json() == {"status": "OK"}
+    assert queue.get_job_ids() == queued
+
+
+def test_redis_down_answers_503_in_json_on_every_rq_route(settings):
+    # Before: 500 (redis.exceptions.ConnectionError escaped the dashboard's views).
+    import socket
+
+    from backend.app import create_app
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings["REDIS_URL"] = f"redis://:secret-password@127.0.0.1:{port}/0"
+    client = create_app(settings).test_client()
+    for method, path in (
+        ("GET", "/rq/0/data/queues.json"),
+        ("GET", "/rq/0/data/workers.json"),
+        ("GET", "/rq/0/data/jobs/default/failed/8/asc/1.json"),
+        ("GET", "/rq/0/data/job/some-job.json"),
+        ("GET", "/rq/0/view/job/some-job"),
+        ("POST", "/rq/requeue/default"),
+        ("POST", "/rq/queue/default/compact"),
+        ("POST", "/rq/job/some-job/delete"),
+    ):
+        response = client.open(path, method=method, headers=XHR)
+        assert response.status_code == 503, (path, response.data[:300])
+        assert response.get_json()["error"]["code"] == "service_unavailable", path
+        assert "secret-password" not in response.get_data(as_text=True)
+
+
+@pytest.fixture
+def jobs_in_every_state(client, run_burst_worker, start_worker, redis_conn):
+    """RQ ids of a job in each of RQ's states, in the queues and registries the dashboard shows."""
+    failed = client.post("/tasks/fail", json={"max_retries": 0}).get_json()
+    finished = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
+    run_burst_worker()
+    wait_for_status(client, failed["job_id"], {"FAILED"})
+    wait_for_status(client, finished["job_id"], {"COMPLETED"})
+    # A worker of the high queue only, busy for the whole test with one job.
+    start_worker("--name", "fuzz-busy", "--simple", "--queues", "high")
+    started = client.post("/tasks/sleep", json={"kwargs": {"seconds": 60, "steps": 1}, "priority": "high"}).get_json()
+    wait_for_status(client, started["job_id"], {"PROCESSING"})
+    queued = client.post("/tasks/add", json={"args": [3, 4]}).get_json()
+    deferred = client.post("/tasks/add", json={"args": [5, 6], "depends_on": [queued["job_id"]]}).get_json()
+    canceled = client.post("/tasks/add", json={"args": [7, 8], "priority": "low"}).get_json()
+    assert client.post(f"/jobs/{canceled['job_id']}/cancel", headers=XHR).status_code == 200
+    queue = Queue("default", connection=redis_conn, serializer=JSONSerializer)
+    scheduled = queue.enqueue_in(timedelta(hours=1), "tests.fixtures.add", 1, 2)
+    ids = {
+        "failed": failed["rq_job_id"],
+        "finished": finished["rq_job_id"],
+        "started": started["rq_job_id"],
+        "queued": queued["rq_job_id"],
+        "deferred": client.get(f"/jobs/{deferred['job_id']}").get_json()["rq_job_id"],
+        "canceled": canceled["rq_job_id"],
+        "scheduled": scheduled.id,
+    }
+    for state, rq_id in ids.items():
+        assert rq_id, state
+    return ids
+
+
+REGISTRY_NAMES = ("queued", "scheduled", "deferred", "started", "finished", "failed", "canceled")
+JUNK = ["%00", "%C3%A9", "%FF", "a:b", "%20", "..", "x" * 300, "%2F", "-", "_", "rq:job:x", "%D9%A1", "1e9", ""]
+
+# /rq's routes with the method each answers; the fuzz mostly keeps it, to reach the views.
+ROUTES = [
+    ("GET", "/rq/"),
+    ("GET", "/rq/{n}/"),
+    ("GET", "/rq/{n}/view"),
+    ("GET", "/rq/{n}/view/queues"),
+    ("GET", "/rq/{n}/view/workers"),
+    ("GET", "/rq/{n}/view/jobs"),
+    ("GET", "/rq/{n}/view/jobs/{q}/{r}/{num}/{o}/{num}"),
+    ("GET", "/rq/{n}/view/job/{id}"),
+    ("GET", "/rq/{n}/data/queues.json"),
+    ("GET", "/rq/{n}/data/jobs/{q}/{r}/{num}/{o}/{num}.json"),
+    ("GET", "/rq/{n}/data/job/{id}.json"),
+    ("GET", "/rq/{n}/data/workers.json"),
+    ("POST", "/rq/job/{id}/delete"),
+    ("POST", "/rq/job/{id}/requeue"),
+    ("POST", "/rq/requeue/{q}"),
+    ("POST", "/rq/queue/{q}/{r}/empty"),
+    ("POST", "/rq/queue/{q}/compact"),
+    ("GET", "/rq/static/{any}"),
+    ("GET", "/rq/{any}"),
+    ("GET", "/rq/{n}/{any}/{any}"),
+]
+
+
+def _random_requests(rng: random.Random, job_ids: list[str], count: int):
+    """``count`` requests to /rq: its routes, each segment a fitting value or (a third of the
+    time) a hostile one, now and then another method, query string or body."""
+    good = {
+        "n": ["0"],
+        "q": ["default", "default", "high", "low"],
+        "r": list(REGISTRY_NAMES),
+        "num": ["1", "2", "8", "200"],
+        "o": ["asc", "dsc"],
+        "id": job_ids,
+    }
+    bad = {
+        "n": ["1", "9", "-1", "00", "99999999999999999999999", "x"],
+        "q": ["no-such-queue", "Default", *JUNK],
+        "r": ["bogus", "Failed", *JUNK],
+        "num": ["201", "0", "-1", "x", "1.5", "99999999999999999999", *JUNK],
+        "o": ["desc", *JUNK],
+        "id": [*(f"{i}:x" for i in job_ids), *(i.upper() for i in job_ids), "no-such-job", *JUNK],
+    }
+    queries = ["", "", "", "", "?page=2", "?x=%00", "?per_page=-1&order=%FF", "?" + "a=1&" * 50]
+    for _ in range(count):
+        method, template = rng.choice(ROUTES)
+        path = ""
+        for part in re.split(r"(\{\w+\})", template):
+            kind = part[1:-1] if part.startswith("{") else None
+            if kind == "any":
+                path += "".join(rng.choice("aZ09-_.~%:;@!$&'()*+,= ") for _ in range(rng.randint(0, 12)))
+            elif kind:
+                path += rng.choice(bad[kind] if rng.random() < 0.3 else good[kind])
+            else:
+                path += part
+        if rng.random() < 0.15:
+            method = rng.choice(["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+        headers = dict(XHR) if rng.random() < 0.9 else {}
+        body = None
+        if method not in ("GET", "HEAD") and rng.random() < 0.3:
+            headers["Content-Type"] = "application/json"
+            body = rng.choice(["{}", "[]", '{"a": 1}', "not json", ""])
+        yield method, path + rng.choice(queries), headers, body
+
+
+def test_fuzzed_rq_requests_never_answer_500(client, jobs_in_every_state):
+    # A few hundred requests (seed fixed; RQ_FUZZ_SEED and RQ_FUZZ_REQUESTS explore further) with
+    # hostile path segments, methods, query strings and bodies, against a job in each state.
+    # Before: 500s from job ids RQ cannot hold, Compact on an empty or unknown queue, the data
+    # of a job with dependencies, a page past Redis' ranges. Every answer is below 500, and
+    # every error is JSON.
+    rng = random.Random(int(os.environ.get("RQ_FUZZ_SEED", "20261129")))
+    count = int(os.environ.get("RQ_FUZZ_REQUESTS", "400"))
+    failures = []
+    for method, path, headers, body in _random_requests(rng, list(jobs_in_every_state.values()), count):
+        response = client.open(path, method=method, headers=headers, data=body)
+        problem = None
+        if response.status_code >= 500:
+            problem = response.status_code
+        elif response.status_code >= 400 and method != "HEAD":
+            error = (response.get_json(silent=True) or {}).get("error") or {}
+            problem = None if error.get("code") and error.get("message") else "not a JSON error"
+        if problem:
+            failures.append((method, path[:120], problem, response.get_data(as_text=True)[:200]))
+    assert not failures, f"{len(failures)} of {count}:\n" + "\n".join(map(str, failures[:20]))
