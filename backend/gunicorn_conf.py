@@ -37,6 +37,13 @@ graceful_timeout = 30
 # connection at the moment nginx reuses it.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 accesslog = "-"
+# At least what nginx lets through (large_client_header_buffers 4 8k: a request line or a header
+# of up to 8190 bytes, 32 KiB of headers in all, however many), so that a request too large is
+# refused by nginx with the API's JSON, never by gunicorn with its HTML (gunicorn's defaults,
+# 4094 and 100 headers, were below nginx's). 8190 is the most gunicorn takes for a request line.
+limit_request_line = 8190
+limit_request_field_size = 16384
+limit_request_fields = 10000
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 

@@ -5,6 +5,8 @@ deploy/nginx/jobservice.conf), and, as the control, against gunicorn alone."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import shutil
 import socket
@@ -74,18 +76,18 @@ def render_nginx_conf(upstream: str, listen: str) -> str:
     return text
 
 
-@pytest.fixture
-def nginx(gunicorn, tmp_path) -> Iterator[str]:
-    """nginx with the shipped server block in front of ``gunicorn``, on a free port."""
+def start_nginx(upstream: str, prefix, worker_connections: int = 4096) -> subprocess.Popen:
+    """nginx with the shipped server block in front of ``upstream``, its files under ``prefix``;
+    waits until it answers."""
     port = free_port()
-    prefix = tmp_path / "nginx"
     for sub in ("temp", "conf.d"):
         (prefix / sub).mkdir(parents=True)
     (prefix / "conf.d/jobservice.conf").write_text(
-        render_nginx_conf(gunicorn.removeprefix("http://"), f"127.0.0.1:{port}")
+        render_nginx_conf(upstream.removeprefix("http://"), f"127.0.0.1:{port}")
     )
     # The main file is the distribution's part (nginx.conf of the image or the host); only its
-    # paths are this test's. The server block under test is included unchanged.
+    # paths and worker_connections are this test's. The server block under test is included
+    # unchanged.
     user = "user root;" if os.geteuid() == 0 else ""
     (prefix / "nginx.conf").write_text(
         f"""
@@ -94,7 +96,7 @@ def nginx(gunicorn, tmp_path) -> Iterator[str]:
         worker_processes 1;
         pid {prefix}/nginx.pid;
         error_log {prefix}/error.log warn;
-        events {{ worker_connections 4096; }}
+        events {{ worker_connections {worker_connections}; }}
         http {{
             access_log off;
             client_body_temp_path {prefix}/temp/body;
@@ -110,10 +112,21 @@ def nginx(gunicorn, tmp_path) -> Iterator[str]:
     check = subprocess.run([*command, "-t"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     try:
-        processes.wait_for_http(f"{url}/openapi.json", process=process)
-        yield url
+        processes.wait_for_http(f"{process.url}/openapi.json", process=process)  # type: ignore[attr-defined]
+    except BaseException:
+        processes.stop(process)
+        raise
+    return process
+
+
+@pytest.fixture
+def nginx(gunicorn, tmp_path) -> Iterator[str]:
+    """nginx with the shipped server block in front of ``gunicorn``, on a free port."""
+    process = start_nginx(gunicorn, tmp_path / "nginx")
+    try:
+        yield process.url  # type: ignore[attr-defined]
     finally:
         processes.stop(process)
 
@@ -124,9 +137,11 @@ class Slowloris:
     nothing at all; every second each one that talks sends one more byte."""
 
     def __init__(self, url: str, *, partial_lines: int = 100, partial_headers: int = 200, slow_bodies: int = 30,
-                 idle: int = 50):  # fmt: skip
+                 idle: int = 50, source: str | None = None):  # fmt: skip
         host, port = url.removeprefix("http://").split(":")
         self.address = (host, int(port))
+        # The client's own address (another loopback address stands for another client)
+        self.source = (source, 0) if source else None
         self.talking: list[socket.socket] = []
         self.idle: list[socket.socket] = []
         self.stopped = threading.Event()
@@ -140,15 +155,17 @@ class Slowloris:
             * slow_bodies
         )
         for number, opening in enumerate(openings):
-            sock = socket.create_connection(self.address, timeout=5)
-            sock.sendall(opening)
+            sock = socket.create_connection(self.address, timeout=5, source_address=self.source)
+            # The server may refuse this one (and close it) at once: that is its right.
+            with contextlib.suppress(OSError):
+                sock.sendall(opening)
             self.talking.append(sock)
             if number % 10 == 9:
                 # Spread over about a second: gunicorn's processes race to accept, and one
                 # that the scheduler keeps off the CPU for a burst would get none of them.
                 time.sleep(0.03)
         for _ in range(idle):
-            self.idle.append(socket.create_connection(self.address, timeout=5))
+            self.idle.append(socket.create_connection(self.address, timeout=5, source_address=self.source))
         self.thread = threading.Thread(target=self._drip, daemon=True)
         self.thread.start()
 
@@ -184,6 +201,90 @@ def test_hundreds_of_slow_connections_do_not_starve_the_api_behind_nginx(nginx):
         assert submitted.status_code == 202, submitted.text
     finally:
         attack.close()
+
+
+def ask(url: str, path: str = "/tasks", *, headers: dict | None = None, source: str | None = None,
+        timeout: float = ANSWER_WITHIN) -> tuple[int, str, str]:  # fmt: skip
+    """GET ``path`` exactly as given (no Host or other header but ``headers``) from ``source``:
+    (status, Content-Type, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(
+        host, int(port), timeout=timeout, source_address=(source, 0) if source else None
+    )
+    try:
+        connection.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        for name, value in {"Host": "localhost", **(headers or {})}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        answer = connection.getresponse()
+        return answer.status, answer.getheader("Content-Type", ""), answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+@needs_nginx
+def test_one_address_cannot_take_every_connection_of_nginx(gunicorn, tmp_path):
+    # Given the shipped server block in an nginx of 512 connections (the images' nginx.conf
+    # has 1024: the test needs fewer sockets to use them all)
+    process = start_nginx(gunicorn, tmp_path / "nginx", worker_connections=512)
+    url = process.url  # type: ignore[attr-defined]
+    try:
+        # and one client, 127.0.0.1, holding 600 requests whose bodies drip a byte a second
+        attack = Slowloris(url, partial_lines=0, partial_headers=0, slow_bodies=600, idle=0)
+        try:
+            time.sleep(2)
+
+            # When another client, 127.0.0.2, asks for the task list
+            status, _, body = ask(url, source="127.0.0.2")
+
+            # Then it is answered (it timed out: all 512 were the first client's)
+            assert status == 200, body
+            assert "add" in body
+
+            # And the first client's requests beyond its share are refused, in the API's format
+            status, content_type, body = ask(url, source="127.0.0.1")
+            assert (status, content_type) == (429, "application/json"), body
+            assert json.loads(body)["error"]["code"] == "too_many_requests"
+        finally:
+            attack.close()
+    finally:
+        processes.stop(process)
+
+
+@needs_nginx
+def test_requests_too_large_for_nginx_get_json_and_others_reach_the_api(nginx):
+    # A header of 12 KB, a request line of 9 KB: refused by nginx, in the API's format
+    status, content_type, body = ask(nginx, headers={"X-Big": "a" * 12_000})
+    assert (status, content_type) == (431, "application/json"), body
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    status, content_type, body = ask(nginx, "/jobs?q=" + "a" * 9_000)
+    assert (status, content_type) == (414, "application/json"), body
+    assert json.loads(body)["error"]["code"] == "uri_too_long"
+
+    # A query of 700 parameters and 150 headers are within nginx's limits: gunicorn takes them
+    # too (it answered 414 and 400 in HTML), and the API answers
+    status, content_type, body = ask(nginx, "/tasks?" + "&".join(f"p{number}=1" for number in range(700)))
+    assert content_type == "application/json", (status, body)
+    status, content_type, body = ask(nginx, headers={f"X-Header-{number}": "1" for number in range(150)})
+    assert (status, content_type) == (200, "application/json"), body
+
+    # Around each limit, whoever answers, it is JSON: a request line (with "GET " and
+    # " HTTP/1.1") of 8,180 to 8,200 bytes, a header line of 8,180 to 8,200 bytes
+    for length in range(8180, 8201):
+        path = "/tasks?q=" + "a" * (length - len("GET /tasks?q= HTTP/1.1"))
+        status, content_type, body = ask(nginx, path)
+        assert content_type == "application/json", (length, status, body)
+        value = "a" * (length - len("X-Pad: "))
+        status, content_type, body = ask(nginx, headers={"X-Pad": value})
+        assert content_type == "application/json", (length, status, body)
+
+    # Not HTTP at all: nginx's 400, as JSON
+    host, port = nginx.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=ANSWER_WITHIN) as sock:
+        sock.sendall(b"NOT A REQUEST\r\n\r\n")
+        answer = sock.recv(65536).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 400"), answer
+    assert '"code": "bad_request"' in answer and "application/json" in answer
 
 
 def test_the_same_slowloris_starves_gunicorn_alone(gunicorn):
