@@ -9,13 +9,12 @@ one job can never both win.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from redis.exceptions import RedisError
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -324,26 +323,6 @@ class JobManager:
         with self.sessions() as session:
             return list(session.scalars(query))
 
-    def list_jobs(
-        self,
-        *,
-        owner: str | None = None,
-        status: JobStatus | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[Job], str | None]:
-        """Jobs newest first, ``limit`` at a time; returns them and the cursor of the next page."""
-        query = _filtered(select(Job), owner=owner, status=status, task=task)
-        if cursor:
-            created_at, last_id = _decode_cursor(cursor)
-            query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
-        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        with self.sessions() as session:
-            jobs = list(session.scalars(query))
-        next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-        return jobs[:limit], next_cursor
-
     def live_job_ids(
         self,
         *,
@@ -354,7 +333,7 @@ class JobManager:
         limit: int | None = None,
     ) -> list[str]:
         """Ids of the live jobs matching the filter (for bulk cancel), oldest first, at most ``limit``."""
-        query = _filtered(select(Job.id).where(Job.status.in_(_NOT_TERMINAL)), owner=owner, status=status, task=task)
+        query = filter_jobs(select(Job.id).where(Job.status.in_(_NOT_TERMINAL)), owner=owner, status=status, task=task)
         if batch_id is not None:
             query = query.where(Job.batch_id == batch_id)
         if limit is not None:
@@ -370,7 +349,7 @@ class JobManager:
         written one by one, as ``cancel_job`` does). The caller bounds how many ids one call takes.
         """
         wanted = list(dict.fromkeys(job_ids))
-        query = _filtered(select(Job.id, Job.status).where(Job.id.in_(wanted)), owner=owner, status=None, task=None)
+        query = filter_jobs(select(Job.id, Job.status).where(Job.id.in_(wanted)), owner=owner, status=None, task=None)
         with self.sessions() as session:
             found = dict(session.execute(query).all()) if wanted else {}
         cancelled: list[str] = []
@@ -719,7 +698,7 @@ _NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
 _TERMINAL_VALUES = [status.value for status in TERMINAL]
 
 
-def _filtered(query, *, owner: str | None, status: JobStatus | None, task: str | None):
+def filter_jobs(query, *, owner: str | None, status: JobStatus | None, task: str | None):
     """``query`` narrowed to an owner, a status and a task, where given."""
     if owner is not None:
         query = query.where(Job.owner == owner)
@@ -728,24 +707,3 @@ def _filtered(query, *, owner: str | None, status: JobStatus | None, task: str |
     if task is not None:
         query = query.where(Job.task == task)
     return query
-
-
-#: A page cursor: the last job's created_at in microseconds since the epoch, a dot, its id.
-#: Every string of this form is a valid cursor, so /openapi.json can state it exactly.
-CURSOR_PATTERN = r"^[0-9]{1,17}\.[A-Za-z0-9_-]{1,64}$"
-_CURSOR = re.compile(CURSOR_PATTERN)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _encode_cursor(job: Job) -> str:
-    created_at = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
-    return f"{(created_at - _EPOCH) // timedelta(microseconds=1)}.{job.id}"
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    # re.match and $ as a JSON Schema validator reads the pattern (a final newline passes).
-    match = _CURSOR.match(cursor)
-    if match is None:
-        raise ValidationFailed(f"cursor is not one this API gave out, got {cursor[:100]!r}")
-    micros, _, job_id = match.group(0).partition(".")
-    return _EPOCH + timedelta(microseconds=int(micros)), job_id

@@ -26,8 +26,9 @@ from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from backend.cursors import decode_cursor, encode_cursor
 from backend.errors import NotFound
-from backend.job_manager import _decode_cursor, _encode_cursor, _filtered
+from backend.job_manager import filter_jobs
 from backend.models import Job
 from backend.representations import HEAVY_FIELDS, job_dict
 from backend.states import JobStatus
@@ -105,11 +106,11 @@ class JobReader:
         """
         omit = frozenset(HEAVY_FIELDS) - include
         # Only the columns shown: a heavy column left out is never read from the store.
-        query = _filtered(
+        query = filter_jobs(
             select(*(c for c in Job.__table__.c if c.name not in omit)), owner=owner, status=status, task=task
         )
         if cursor:
-            created_at, last_id = _decode_cursor(cursor)
+            created_at, last_id = decode_cursor(cursor)
             query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
         query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
         parts: list[bytes] = []
@@ -119,11 +120,11 @@ class JobReader:
             with contextlib.closing(rows):
                 for row in rows:
                     if len(parts) == limit:
-                        next_cursor = _encode_cursor(last)
+                        next_cursor = encode_cursor(last)
                         break
                     part = json.dumps(job_dict(row, omit=omit), separators=(",", ":")).encode()
                     if parts and size + len(part) > max_bytes:
-                        next_cursor = _encode_cursor(last)
+                        next_cursor = encode_cursor(last)
                         break
                     parts.append(part)
                     size += len(part) + 1

@@ -15,8 +15,8 @@ from flask import Blueprint, current_app, jsonify, request
 from backend.api.jobs import ATTEMPT_CURSOR_MAX
 from backend.api.payloads import MAX_IDEMPOTENCY_KEY
 from backend.api.schedules import SCHEDULE_OUTPUT_FIELDS
+from backend.cursors import CURSOR_PATTERN
 from backend.errors import ValidationFailed
-from backend.job_manager import CURSOR_PATTERN
 from backend.openapi_schemas import (
     EVENTS,
     LIVE_STATUSES,

@@ -22,8 +22,9 @@ from sqlalchemy import Row, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from backend.cursors import decode_cursor
 from backend.errors import Conflict, NotFound, ValidationFailed
-from backend.job_manager import JobManager, JobRequest, _decode_cursor
+from backend.job_manager import JobManager, JobRequest
 from backend.models import Job, ScheduledJob, ScheduleFiring, utcnow
 from backend.store import transaction
 from backend.tasks import get_task
@@ -168,7 +169,7 @@ class ScheduleManager:
         if owner is not None:
             query = query.where(ScheduledJob.owner == owner)
         if cursor:
-            created_at, last_id = _decode_cursor(cursor)
+            created_at, last_id = decode_cursor(cursor)
             query = query.where(
                 or_(
                     ScheduledJob.created_at > created_at,

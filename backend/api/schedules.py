@@ -14,8 +14,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_int
+from backend.cursors import encode_cursor
 from backend.errors import ValidationFailed
-from backend.job_manager import _encode_cursor
 from backend.models import ScheduledJob
 from backend.rate_limits import submit_limit
 from backend.representations import HEAVY_FIELDS, iso, job_dict
@@ -134,7 +134,7 @@ def list_schedules():
         for row in rows:
             part = json.dumps(schedule_dict(row, omit=omit), separators=(",", ":")).encode()
             if len(parts) == limit or (parts and size + len(part) > budget):
-                next_cursor = _encode_cursor(last)
+                next_cursor = encode_cursor(last)
                 break
             parts.append(part)
             size += len(part) + 1
