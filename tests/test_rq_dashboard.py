@@ -102,6 +102,29 @@ def test_actions_on_unknown_or_unfit_jobs_answer_404_or_409(client, run_burst_wo
     assert response.get_json()["error"]["code"] == "invalid_job_operation"
 
 
+def test_job_pages_hold_per_page_jobs_each_in_order(client, redis_conn):
+    # Before: page n held up to n x per_page jobs (here page 2 listed 6: jobs 4 to 9, and 'dsc'
+    # page 2 jobs 2 to 7), and a 'dsc' page past the last one listed nearly every job (9 of 10).
+    ids = [client.post("/tasks/add", json={"args": [i, 1]}).get_json()["rq_job_id"] for i in range(10)]
+    assert Queue("default", connection=redis_conn).get_job_ids() == ids
+
+    def page(order: str, number: int) -> list[str]:
+        response = client.get(f"/rq/0/data/jobs/default/queued/4/{order}/{number}.json")
+        assert response.status_code == 200, response.data[:300]
+        assert response.get_json()["pagination"]["num_pages"] == 3
+        return [job["id"] for job in response.get_json()["jobs"]]
+
+    assert [page("asc", n) for n in (1, 2, 3, 4)] == [ids[0:4], ids[4:8], ids[8:10], []]
+    newest_first = ids[::-1]
+    assert [page("dsc", n) for n in (1, 2, 3, 4)] == [newest_first[0:4], newest_first[4:8], newest_first[8:10], []]
+    # The same in a registry (a sorted set, where RQ takes an end index).
+    registry = Queue("default", connection=redis_conn).canceled_job_registry
+    for i, rq_id in enumerate(ids):
+        redis_conn.zadd(registry.key, {rq_id: 1000 + i})
+    response = client.get("/rq/0/data/jobs/default/canceled/4/asc/2.json")
+    assert [job["id"] for job in response.get_json()["jobs"]] == ids[4:8]
+
+
 def test_job_with_dependencies_is_shown_with_their_state(client, redis_conn):
     # Before: 500 (rq-dashboard decoded RQ 3's dependency ids, already text, as bytes).
     parent = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
