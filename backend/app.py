@@ -6,8 +6,10 @@ development (which starts an embedded Redis when REDIS_URL is unset).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import weakref
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python backend/app.py`: make the package importable
@@ -72,6 +74,9 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
         thread = PeriodicThread("webhooks", dispatcher.run_once, float(settings["WEBHOOK_INTERVAL"]))
         thread.start()
         app.extensions["webhooks_thread"] = thread
+    # At process exit: no new pass claims deliveries it cannot send. A weak reference, so
+    # that an app dropped early (tests make many) is not kept alive until exit.
+    atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
 
     register_error_handlers(app)
     html_security.init_app(app)
@@ -86,6 +91,21 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
     rq_dashboard_mount.mount(app, str(settings["REDIS_URL"]))
     _warn_about_open_doors(app)
     return app
+
+
+def stop_webhooks(app: Flask, wait: bool = True) -> None:
+    """Stop the app's webhook dispatcher: its periodic thread, then its delivery pool (with
+    ``wait``, until the deliveries in flight, each bounded by WEBHOOK_TIMEOUT, are recorded)."""
+    thread = app.extensions.pop("webhooks_thread", None)
+    if thread is not None:
+        thread.stop()
+    app.extensions["webhooks"].close(wait=wait)
+
+
+def _stop_webhooks_at_exit(app_ref: weakref.ref) -> None:
+    app = app_ref()
+    if app is not None:
+        stop_webhooks(app, wait=False)
 
 
 def _warn_about_open_doors(app: Flask) -> None:

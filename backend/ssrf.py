@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -59,9 +60,19 @@ SUBMISSION_LOOKUP_THREADS = 16
 _RESOLVER_MADE = threading.Lock()
 
 
-class LookupTimedOut(ValidationFailed):
-    """A webhook host that did not resolve within the budget: 422 at submission; at send time
-    a failed attempt that is tried again (unlike a refusal)."""
+class LookupNotAnswered(ValidationFailed):
+    """A webhook host whose lookup gave no answer this time (it may next time): 422 at
+    submission; at send time a failed attempt that is tried again (unlike a refusal)."""
+
+
+class LookupTimedOut(LookupNotAnswered):
+    """A webhook host that did not resolve within the budget."""
+
+
+#: getaddrinfo's answers that a name has no address: the name is refused. Any other failure
+#: (EAI_AGAIN "temporary failure in name resolution", EAI_FAIL, a system error) says nothing
+#: about the name and may pass.
+_NO_SUCH_NAME = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}
 
 
 class LookupsBusy(ServiceUnavailable):
@@ -225,8 +236,9 @@ def resolve_webhook_url(
 
     Raises:
         ValidationFailed: not an http(s) URL, a port outside 1-65535, or the host points (or
-            resolves) to an address that is not globally routable, or it does not resolve
-            (``LookupTimedOut``: not within the budget), or a name past the budget's cap.
+            resolves) to an address that is not globally routable, or no such name exists, or
+            a name past the budget's cap; ``LookupNotAnswered`` (``LookupTimedOut``: not
+            within the budget) when the lookup failed in a way that may pass.
         LookupsBusy: every lookup thread is busy.
     """
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
@@ -255,7 +267,14 @@ def resolve_webhook_url(
             budget = budget or LookupBudget(DEFAULT_LOOKUP_SECONDS)
             infos = budget.getaddrinfo(host, port, resolve)
             addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
-        except (OSError, UnicodeError, ValueError) as exc:
+        except OSError as exc:
+            if isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME:
+                raise ValidationFailed(f"webhook_url host {parts.hostname!r} does not resolve: {exc}") from None
+            raise LookupNotAnswered(
+                f"webhook_url host {parts.hostname!r} could not be resolved now (a temporary failure): {exc}",
+                details={"retryable": True},
+            ) from None
+        except (UnicodeError, ValueError) as exc:
             raise ValidationFailed(f"webhook_url host {parts.hostname!r} does not resolve: {exc}") from None
         if not addresses:
             raise ValidationFailed(f"webhook_url host {parts.hostname!r} does not resolve")

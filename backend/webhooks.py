@@ -25,10 +25,8 @@ import logging
 import ssl
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,9 +36,11 @@ from backend.bounded_resolver import BoundedResolver
 from backend.errors import ValidationFailed
 from backend.metrics import WEBHOOK_DELIVERIES
 from backend.models import Job, WebhookAttempt, WebhookDelivery, utcnow
-from backend.representations import iso, job_dict
-from backend.ssrf import LookupBudget, LookupsBusy, LookupTimedOut, resolve_webhook_url
+from backend.ssrf import LookupBudget, LookupNotAnswered, LookupsBusy, resolve_webhook_url
 from backend.store import transaction
+from backend.webhook_outbox import add_delivery, job_deliveries
+
+__all__ = ["Dispatcher", "add_delivery", "secret_bytes", "sign"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ CLAIM_MARGIN_SECONDS = 60
 #: Due deliveries are read in pages of PAGE_SIZE, at most SCAN_LIMIT rows a pass.
 PAGE_SIZE = 100
 SCAN_LIMIT = 1000
+#: An unexpected error is recorded with its attempt, cut to this many characters.
+MAX_ERROR_CHARS = 500
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -64,29 +66,8 @@ def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
 
 
-def add_delivery(session: Session, job: Job) -> None:
-    """Queue the webhook of a job that just ended, in the caller's transaction."""
-    now = utcnow()
-    session.add(
-        WebhookDelivery(
-            id=f"msg_{uuid.uuid4().hex}",
-            job_id=job.id,
-            event=job.status,
-            url=job.webhook_url,
-            payload={"type": f"job.{job.status.lower()}", "timestamp": now.isoformat(), "data": job_dict(job)},
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-    )
-
-
-def _host_of(url: str) -> str:
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:  # refused when its attempt runs
-        return ""
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
 
 
 class Dispatcher:
@@ -95,10 +76,13 @@ class Dispatcher:
     Deliveries run on a pool of ``concurrency`` threads. So that one slow or hostile receiver
     cannot hold every thread (and with them other owners' deliveries), at most ``per_host``
     deliveries to one host name and ``per_owner`` of one job owner are in flight at once; the
-    rest wait for a later pass. Each delivery ends within ``timeout`` seconds (see
-    backend/webhook_http.py), and its claim lasts ``timeout + CLAIM_MARGIN_SECONDS``, so a
-    claim never lapses while its delivery runs. Recording an attempt is a compare-and-set on
-    the claim: a dispatcher whose claim was taken over records nothing.
+    rest wait for a later pass. The hosts and owners at their cap are left out of the query
+    itself, so a backlog of thousands on one of them cannot fill a pass's scan. Each delivery
+    ends within ``timeout`` seconds (see backend/webhook_http.py), and its claim lasts
+    ``timeout + CLAIM_MARGIN_SECONDS``, so a claim never lapses while its delivery runs.
+    Recording an attempt is a compare-and-set on the claim: a dispatcher whose claim was taken
+    over records nothing. Every attempt that ran is recorded, an unexpected error too, so
+    ``max_attempts`` ends every delivery.
     """
 
     def __init__(
@@ -136,6 +120,7 @@ class Dispatcher:
         self._pass = threading.Lock()
         self._lock = threading.Condition()
         self._in_flight: dict[str, tuple[str, str]] = {}  # delivery id -> (host, owner)
+        self._closed = False
 
     @property
     def claim_seconds(self) -> float:
@@ -149,31 +134,68 @@ class Dispatcher:
         # One pass at a time (the periodic thread, an operator's call): the room checks below
         # and the claims that follow them must not interleave with another pass's.
         with self._pass:
+            if self._closed:
+                return 0
             return self._start_due()
+
+    def close(self, wait: bool = True) -> None:
+        """Start no more deliveries and shut the delivery pool down.
+
+        Deliveries already running end within ``timeout`` (and are recorded); with ``wait``
+        this returns once they have. Called when the API stops its dispatcher
+        (``backend.app.stop_webhooks``: at process exit, and by the tests' app teardown).
+        """
+        with self._pass:  # a pass under way finishes starting what it claimed
+            self._closed = True
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _start_due(self) -> int:
         now = utcnow()
         started, scanned, after = 0, 0, None
         while self._free_slots() and scanned < SCAN_LIMIT:
-            page = self._due_page(now, after)
+            full_hosts, full_owners = self._full()
+            page = self._due_page(now, after, full_hosts, full_owners)
             if not page:
                 break
-            for delivery_id, url, owner, next_attempt_at in page:
+            for delivery_id, host, owner, next_attempt_at in page:
                 scanned += 1
                 after = (next_attempt_at, delivery_id)
-                host = _host_of(url)
                 if not self._has_room(host, owner):
-                    continue
+                    # Its host or owner filled up during this page: read the next page with
+                    # that one left out in SQL, so that its backlog is not read row by row.
+                    break
                 claim = self._claim(delivery_id)
                 if claim is None:
                     continue
-                with self._lock:
-                    self._in_flight[delivery_id] = (host, owner)
-                self._pool.submit(self._run, delivery_id, claim)
+                if not self._start(delivery_id, claim, host, owner):
+                    return started
                 started += 1
                 if not self._free_slots():
                     break
         return started
+
+    def _start(self, delivery_id: str, claim: datetime, host: str, owner: str) -> bool:
+        """Run a claimed delivery on the pool; False (and the claim given back) once it is shut down."""
+        with self._lock:
+            self._in_flight[delivery_id] = (host, owner)
+        try:
+            self._pool.submit(self._run, delivery_id, claim)
+        except RuntimeError:  # the pool was shut down (close(), interpreter exit)
+            with self._lock:
+                self._in_flight.pop(delivery_id, None)
+                self._lock.notify_all()
+            self._release(delivery_id, claim)
+            return False
+        return True
+
+    def _release(self, delivery_id: str, claim: datetime) -> None:
+        """Give back a claim that no send followed, so that another dispatcher sends it now."""
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
+                .values(claimed_until=None)
+            )
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no delivery of this dispatcher is in flight; False if some still are."""
@@ -189,29 +211,36 @@ class Dispatcher:
             return self.concurrency - len(self._in_flight)
 
     def _has_room(self, host: str, owner: str) -> bool:
+        full_hosts, full_owners = self._full()
+        return host not in full_hosts and owner not in full_owners
+
+    def _full(self) -> tuple[set[str], set[str]]:
+        """The hosts and the owners that are at their cap of deliveries in flight."""
         with self._lock:
             busy = list(self._in_flight.values())
+        hosts = [host for host, _ in busy]
+        owners = [owner for _, owner in busy]
         return (
-            sum(1 for h, _ in busy if h == host) < self.per_host
-            and sum(1 for _, o in busy if o == owner) < self.per_owner
+            {host for host in hosts if hosts.count(host) >= self.per_host},
+            {owner for owner in owners if owners.count(owner) >= self.per_owner},
         )
 
-    def _due_page(self, now, after) -> list:
-        """Due, unclaimed deliveries in order, skipping owners already at their limit."""
-        with self._lock:
-            owners = [owner for _, owner in self._in_flight.values()]
-        full = {owner for owner in owners if owners.count(owner) >= self.per_owner}
+    def _due_page(self, now, after, full_hosts: set[str], full_owners: set[str]) -> list:
+        """Due, unclaimed deliveries in order, leaving out hosts and owners at their cap."""
         query = (
-            select(WebhookDelivery.id, WebhookDelivery.url, Job.owner, WebhookDelivery.next_attempt_at)
+            select(WebhookDelivery.id, WebhookDelivery.host, Job.owner, WebhookDelivery.next_attempt_at)
             .join(Job, Job.id == WebhookDelivery.job_id)
             .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
             .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
             .limit(PAGE_SIZE)
         )
-        if full:
-            # In SQL, so that one owner's thousands of due deliveries do not fill every page.
-            query = query.where(Job.owner.not_in(full))
+        # In SQL, so that one host's or one owner's thousands of due deliveries (sorted first)
+        # cannot fill every page of a pass and so keep other owners' deliveries out of it.
+        if full_hosts:
+            query = query.where(WebhookDelivery.host.not_in(full_hosts))
+        if full_owners:
+            query = query.where(Job.owner.not_in(full_owners))
         if after is not None:
             query = query.where(
                 or_(
@@ -236,27 +265,37 @@ class Dispatcher:
             return claim if result.rowcount == 1 else None
 
     def _run(self, delivery_id: str, claim: datetime) -> None:
+        # The deadline starts now, before the name is resolved: the whole send ends within
+        # ``timeout`` of here, well before the claim (timeout + margin from the claim) lapses.
+        started = time.monotonic()
         try:
-            self._attempt(delivery_id, claim)
-        except Exception:
-            log.exception("webhook %s: the attempt failed to run; its claim lapses and it is tried again", delivery_id)
+            self._attempt(delivery_id, claim, started)
+        except Exception as exc:
+            # A fault on this side (a bug, the store), not the receiver's answer. It is recorded
+            # as a failed attempt like any other, so that WEBHOOK_MAX_ATTEMPTS ends it: letting
+            # the claim lapse recorded nothing, and the delivery was tried again forever.
+            log.exception("webhook %s: the attempt failed to run", delivery_id)
+            error = f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR_CHARS]
+            try:
+                self._record(delivery_id, claim, None, error, _ms_since(started))
+            except Exception:
+                log.exception("webhook %s: the failed attempt was not recorded; its claim lapses", delivery_id)
         finally:
             with self._lock:
                 self._in_flight.pop(delivery_id, None)
                 self._lock.notify_all()
 
-    def _attempt(self, delivery_id: str, claim: datetime) -> None:
-        # The deadline starts now, before the name is resolved: the whole send ends within
-        # ``timeout`` of here, well before the claim (timeout + margin from the claim) lapses.
-        started = time.monotonic()
+    def _attempt(self, delivery_id: str, claim: datetime, started: float) -> None:
         with self.sessions() as session:
             delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None:
+            return  # its job was deleted (the delivery with it) since it was claimed
         body = json.dumps(delivery.payload, separators=(",", ":")).encode()
         timestamp = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": delivery.id, "webhook-timestamp": str(timestamp)}
         if self.secret is not None:
             headers["webhook-signature"] = sign(self.secret, delivery.id, timestamp, body)
-        status_code, error = None, None
+        status_code, error, refused = None, None, False
         try:
             # Resolved once and checked here, within the delivery's deadline (the lookup waits
             # only for what is left of it); the POST connects to these checked addresses.
@@ -269,48 +308,57 @@ class Dispatcher:
             )
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
-        except (LookupTimedOut, LookupsBusy) as exc:
-            error = exc.message  # not a refusal: the attempt failed and is tried again
+        except (LookupNotAnswered, LookupsBusy) as exc:
+            # No answer this time (slow or failing DNS, busy lookups): not a refusal, the
+            # attempt failed and is tried again.
+            error = exc.message
         except ValidationFailed as exc:
-            error = f"refused: {exc.message}"
+            error, refused = f"refused: {exc.message}", True
         except webhook_http.DeliveryError as exc:
             error = str(exc)
-        self._record(delivery, claim, status_code, error, int((time.monotonic() - started) * 1000))
+        self._record(delivery_id, claim, status_code, error, _ms_since(started), refused=refused)
 
     def _record(
-        self, delivery: WebhookDelivery, claim: datetime, status_code: int | None, error: str | None, duration_ms: int
+        self,
+        delivery_id: str,
+        claim: datetime,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int,
+        *,
+        refused: bool = False,
     ) -> None:
         now = utcnow()
-        attempts = delivery.attempts + 1
-        refused = bool(error and error.startswith("refused"))
-        if error is None:
-            values = {"status": "delivered", "delivered_at": now}
-        elif attempts >= self.max_attempts or refused:
-            values = {"status": "failed"}
-        else:
-            delay = self.backoff_seconds * 2 ** (attempts - 1)
-            values = {"next_attempt_at": now + timedelta(seconds=delay)}
         with transaction(self.sessions) as session:
+            row = session.execute(
+                select(WebhookDelivery.job_id, WebhookDelivery.attempts).where(
+                    WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim
+                )
+            ).first()
+            if row is None:
+                self._claim_lost(delivery_id, error or status_code)
+                return
+            attempts = row.attempts + 1
+            if error is None:
+                values = {"status": "delivered", "delivered_at": now}
+            elif refused or attempts >= self.max_attempts:
+                values = {"status": "failed"}
+            else:
+                delay = self.backoff_seconds * 2 ** (attempts - 1)
+                values = {"next_attempt_at": now + timedelta(seconds=delay)}
             # Compare-and-set on this dispatcher's claim: if another dispatcher took the
             # delivery over (the claim lapsed, e.g. this process was paused), its record stands.
             result = session.execute(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery.id, WebhookDelivery.claimed_until == claim)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
                 .values(attempts=attempts, claimed_until=None, **values)
             )
             if result.rowcount != 1:
-                log.warning(
-                    "job %s: webhook %s attempt %s (%s) not recorded: its claim was taken over",
-                    delivery.job_id,
-                    delivery.id,
-                    attempts,
-                    error or status_code,
-                )
-                WEBHOOK_DELIVERIES.labels("claim_lost").inc()
+                self._claim_lost(delivery_id, error or status_code)
                 return
             session.add(
                 WebhookAttempt(
-                    delivery_id=delivery.id,
+                    delivery_id=delivery_id,
                     attempted_at=now,
                     status_code=status_code,
                     error=error,
@@ -320,45 +368,18 @@ class Dispatcher:
             if values.get("status") in ("delivered", "failed"):
                 session.execute(
                     update(Job)
-                    .where(Job.id == delivery.job_id)
+                    .where(Job.id == row.job_id)
                     # updated_at moves with every change of a job's fields (see job_reads).
                     .values(webhook_delivered=values["status"] == "delivered", updated_at=now)
                 )
         WEBHOOK_DELIVERIES.labels(values.get("status", "retry")).inc()
-        log.info("job %s: webhook %s attempt %s: %s", delivery.job_id, delivery.id, attempts, error or status_code)
+        log.info("job %s: webhook %s attempt %s: %s", row.job_id, delivery_id, attempts, error or status_code)
+
+    @staticmethod
+    def _claim_lost(delivery_id: str, outcome: object) -> None:
+        log.warning("webhook %s: an attempt (%s) was not recorded: its claim was taken over", delivery_id, outcome)
+        WEBHOOK_DELIVERIES.labels("claim_lost").inc()
 
     def deliveries(self, job_id: str) -> list[dict]:
         """Every delivery of a job with its attempts (``GET /jobs/<id>/webhooks``)."""
-        with self.sessions() as session:
-            rows = list(
-                session.scalars(
-                    select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.created_at)
-                )
-            )
-            attempts = list(
-                session.scalars(
-                    select(WebhookAttempt)
-                    .where(WebhookAttempt.delivery_id.in_([row.id for row in rows]))
-                    .order_by(WebhookAttempt.id)
-                )
-            )
-        by_delivery: dict[str, list[dict]] = {}
-        for attempt in attempts:
-            by_delivery.setdefault(attempt.delivery_id, []).append(
-                {
-                    "attempted_at": iso(attempt.attempted_at),
-                    "status_code": attempt.status_code,
-                    "error": attempt.error,
-                    "duration_ms": attempt.duration_ms,
-                }
-            )
-        return [
-            {
-                "webhook_id": row.id,
-                "event": row.event,
-                "url": row.url,
-                "status": row.status,
-                "attempts": by_delivery.get(row.id, []),
-            }
-            for row in rows
-        ]
+        return job_deliveries(self.sessions, job_id)

@@ -19,7 +19,7 @@ from redis import Redis
 from werkzeug.serving import make_server
 
 from backend import processes
-from backend.app import create_app
+from backend.app import create_app, stop_webhooks
 from backend.redis_server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,10 @@ def settings(tmp_path, redis_url) -> dict:
 
 @pytest.fixture
 def app(settings):
-    return create_app(settings)
+    app = create_app(settings)
+    yield app
+    # Its webhook thread and delivery pool end with the test (they outlived it before).
+    stop_webhooks(app)
 
 
 @pytest.fixture
