@@ -137,6 +137,23 @@ def compact_queue(queue_name: str):
     return jsonify(status="OK"), {"Cache-Control": "no-store"}
 
 
+def requeue_all(queue_name: str):
+    """Requeue every failed job of a queue. rq-dashboard's stopped at the first id whose job
+    had expired (NoSuchJobError: a 404 after requeueing some); such an id is dropped here."""
+    connection = current_app.redis_conn
+    registry = Queue(queue_name, connection=connection, serializer=JSONSerializer).failed_job_registry
+    count = 0
+    for rq_id in registry.get_job_ids(cleanup=False):
+        try:
+            Job.fetch(rq_id, connection=connection, serializer=JSONSerializer).requeue()
+            count += 1
+        except NoSuchJobError:
+            registry.remove(rq_id)
+        except InvalidJobOperation:  # left the registry meanwhile (requeued or deleted by someone)
+            pass
+    return jsonify(status="OK", count=count), {"Cache-Control": "no-store"}
+
+
 def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str, page: str):
     """A page of a queue or registry, newest last (asc) or first (dsc). rq-dashboard's page n
     held up to n × per_page jobs (it gave RQ an end index where RQ takes a length, and widened
@@ -318,7 +335,7 @@ DATA = [
 ACTIONS = [
     ("/job/<job_id>/delete", "delete_job_view", rqd.delete_job_view),
     ("/job/<job_id>/requeue", "requeue_job_view", rqd.requeue_job_view),
-    ("/requeue/<queue_name>", "requeue_all", rqd.requeue_all),
+    ("/requeue/<queue_name>", "requeue_all", requeue_all),
     ("/queue/<queue_name>/<registry_name>/empty", "empty_queue", rqd.empty_queue),
     ("/queue/<queue_name>/compact", "compact_queue", compact_queue),
 ]

@@ -49,6 +49,17 @@ def test_requeue_all_works_on_post(client, failed_job, redis_conn):
     assert queue.get_job_ids() == [failed_job["rq_job_id"]]
 
 
+def test_requeue_all_skips_a_failed_entry_whose_job_expired(client, failed_job, redis_conn):
+    # Before: 404 (NoSuchJobError) at the expired entry, and the jobs after it stayed failed.
+    registry = Queue("default", connection=redis_conn).failed_job_registry
+    redis_conn.zadd(registry.key, {"expired-job": 1})  # sorts first
+    response = client.post("/rq/requeue/default", headers=XHR)
+    assert response.status_code == 200, response.data[:300]
+    assert response.get_json() == {"status": "OK", "count": 1}
+    assert registry.get_job_ids() == []
+    assert Queue("default", connection=redis_conn).get_job_ids() == [failed_job["rq_job_id"]]
+
+
 def test_every_rq_action_answers_post_only(client, failed_job, redis_conn):
     rq_id = failed_job["rq_job_id"]
     for path in (
