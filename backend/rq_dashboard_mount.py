@@ -137,6 +137,31 @@ def compact_queue(queue_name: str):
     return jsonify(status="OK"), {"Cache-Control": "no-store"}
 
 
+UNREADABLE = "(unreadable: not written by this service's JSON serializer)"
+
+
+def _readable(read):
+    """A job field that RQ decodes with our JSON serializer, or UNREADABLE: a job that another
+    RQ client wrote with another serializer (pickle) raised in the middle of the view (a 500)."""
+    try:
+        return read()
+    except (DeserializationError, ValueError):
+        return UNREADABLE
+
+
+def _job_summary(job: Job) -> dict:
+    """A job's line in a list (rq-dashboard's ``serialize_job``, which raised on such a job)."""
+    latest = _readable(job.latest_result)
+    return {
+        "id": job.id,
+        "created_at": rqd.serialize_date(job.created_at),
+        "started_at": rqd.serialize_date(job.started_at),
+        "ended_at": rqd.serialize_date(job.ended_at),
+        "exc_info": latest if isinstance(latest, str) else latest.exc_string if latest else None,
+        "description": rqd.format_job_description(job),
+    }
+
+
 def requeue_all(queue_name: str):
     """Requeue every failed job of a queue. rq-dashboard's stopped at the first id whose job
     had expired (NoSuchJobError: a 404 after requeueing some); such an id is dropped here."""
@@ -177,7 +202,7 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
     if order == "dsc":
         ids.reverse()
     # Job.fetch_many, not Queue.fetch_job: the latter removes a gone job's id from the queue.
-    jobs = [rqd.serialize_job(job) for job in Job.fetch_many(ids, connection, serializer=JSONSerializer) if job]
+    jobs = [_job_summary(job) for job in Job.fetch_many(ids, connection, serializer=JSONSerializer) if job]
     num_pages = -(-total // per_page)
 
     def link(number: int) -> dict:
@@ -211,20 +236,14 @@ def job_info(instance_number: int, job_id: str):
     """One job as JSON. rq-dashboard's own view decodes the ids of a job's dependencies as
     bytes, which RQ 3 already gives as text: it answered 500 for every job that has any."""
     job = Job.fetch(job_id, connection=current_app.redis_conn, serializer=JSONSerializer)
-    latest = job.latest_result()
     encoder = current_app.config.get("RQ_DASHBOARD_JSON_ENCODER", json.JSONEncoder)
     body = {
-        "id": job.id,
-        "created_at": rqd.serialize_date(job.created_at),
+        **_job_summary(job),
         "enqueued_at": rqd.serialize_date(job.enqueued_at),
-        "started_at": rqd.serialize_date(job.started_at),
-        "ended_at": rqd.serialize_date(job.ended_at),
         "origin": job.origin,
         "status": job.get_status(),
-        "result": job.return_value(),
-        "exc_info": latest.exc_string if latest else None,
-        "description": rqd.format_job_description(job),
-        "metadata": json.dumps(job.get_meta(), cls=encoder),
+        "result": _readable(job.return_value),
+        "metadata": _readable(lambda: json.dumps(job.get_meta(), cls=encoder)),
     }
     dependencies = [str(d).split(":")[-1] for d in job.dependency_ids]
     if dependencies:

@@ -150,6 +150,18 @@ def test_job_with_dependencies_is_shown_with_their_state(client, redis_conn):
     assert client.get(f"/rq/0/data/job/{child_rq_id}.json").get_json()["depends_on_status"] == ["expired"]
 
 
+def test_a_job_another_rq_client_wrote_with_pickle_is_shown(client, redis_conn):
+    # Before: 500 (UnicodeDecodeError: RQ read its pickled meta with our JSON serializer).
+    foreign = Queue("low", connection=redis_conn).enqueue("tests.fixtures.add", 5, 6, meta={"who": "other"})
+    response = client.get(f"/rq/0/data/job/{foreign.id}.json")
+    assert response.status_code == 200, response.data[:300]
+    body = response.get_json()
+    assert body["id"] == foreign.id and body["status"] == "queued"
+    assert body["metadata"].startswith("(unreadable")
+    listed = client.get("/rq/0/data/jobs/low/queued/8/asc/1.json").get_json()["jobs"]
+    assert [job["id"] for job in listed] == [foreign.id]
+
+
 def test_workers_list_shows_a_busy_worker(client, start_worker):
     # Before: rq-dashboard read workers with the pickle serializer, so its workers.json answered
     # 500 while a worker ran one of our JSON jobs.
@@ -273,6 +285,8 @@ def jobs_in_every_state(client, run_burst_worker, start_worker, redis_conn):
     assert client.post(f"/jobs/{canceled['job_id']}/cancel", headers=XHR).status_code == 200
     queue = Queue("default", connection=redis_conn, serializer=JSONSerializer)
     scheduled = queue.enqueue_in(timedelta(hours=1), "tests.fixtures.add", 1, 2)
+    # One that another RQ client wrote with RQ's default serializer (pickle), unreadable as JSON.
+    foreign = Queue("low", connection=redis_conn).enqueue("tests.fixtures.add", 5, 6, meta={"who": "other"})
     ids = {
         "failed": failed["rq_job_id"],
         "finished": finished["rq_job_id"],
@@ -281,6 +295,7 @@ def jobs_in_every_state(client, run_burst_worker, start_worker, redis_conn):
         "deferred": client.get(f"/jobs/{deferred['job_id']}").get_json()["rq_job_id"],
         "canceled": canceled["rq_job_id"],
         "scheduled": scheduled.id,
+        "foreign": foreign.id,
     }
     for state, rq_id in ids.items():
         assert rq_id, state
