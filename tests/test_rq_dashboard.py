@@ -267,6 +267,16 @@ def test_redis_down_answers_503_in_json_on_every_rq_route(settings):
         assert "secret-password" not in response.get_data(as_text=True)
 
 
+def test_a_key_redis_refuses_to_read_answers_409_in_json(client, redis_conn):
+    # The net: any Redis error left (here WRONGTYPE, a queue's key that something else wrote as
+    # a string) is a JSON 409 naming it. Before: 500.
+    redis_conn.set("rq:queue:default", "not a list")
+    response = client.get("/rq/0/data/jobs/default/queued/8/asc/1.json")
+    assert response.status_code == 409, response.data[:300]
+    error = response.get_json()["error"]
+    assert error["code"] == "redis_refused" and "WRONGTYPE" in error["message"]
+
+
 @pytest.fixture
 def jobs_in_every_state(client, run_burst_worker, start_worker, redis_conn):
     """RQ ids of a job in each of RQ's states, in the queues and registries the dashboard shows."""
