@@ -4,8 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-$("key").value = localStorage.getItem("jobservice-key") || "";
-$("key").addEventListener("change", () => { localStorage.setItem("jobservice-key", $("key").value); loadTasks(); refresh(); });
+$("key").value = sessionStorage.getItem("jobservice-key") || "";
+$("key").addEventListener("change", () => { sessionStorage.setItem("jobservice-key", $("key").value); loadTasks(); refresh(); });
 let selected = null;
 
 async function api(path, options = {}) {
