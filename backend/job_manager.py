@@ -365,7 +365,27 @@ class JobManager:
                 cancelled.append(job_id)
             except JobServiceError as exc:
                 skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
+            except Exception:
+                # One job's unforeseen failure must not abort the rest of the request (the ids
+                # after it would be neither cancelled nor reported): it is logged and reported,
+                # as cancelled if the store says so (the failure came after the write).
+                log.exception("job %s: bulk cancel failed", job_id)
+                if self._status_or_none(job_id, owner=owner) == JobStatus.CANCELLED.value:
+                    cancelled.append(job_id)
+                else:
+                    skipped.append(
+                        {"job_id": job_id, "reason": "cancel_failed", "message": "the cancel failed; try again"}
+                    )
         return cancelled, skipped
+
+    def _status_or_none(self, job_id: str, *, owner: str | None) -> str | None:
+        """A job's status in the store, or None when it cannot be read (unknown or store error)."""
+        try:
+            with self.sessions() as session:
+                return self._load(session, job_id, owner=owner).status
+        except Exception:
+            log.exception("job %s: status unreadable after a failed cancel", job_id)
+            return None
 
     def batch_summary(self, batch_id: str, *, owner: str | None) -> dict:
         """A batch's counts by status and overall progress (ended jobs count as 100%).

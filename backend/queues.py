@@ -10,6 +10,7 @@ that parameters named ``job_id``, ``timeout``, ``ttl``, ``description``, ``meta`
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from datetime import datetime
 from urllib.parse import parse_qs, urlparse
@@ -29,6 +30,8 @@ from rq.serializers import JSONSerializer
 
 from backend.config import QUEUE_NAMES
 from backend.logs import redact
+
+log = logging.getLogger(__name__)
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
@@ -243,16 +246,35 @@ class QueueAdapter:
             self.connection.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
 
     def cancel(self, rq_id: str) -> None:
-        """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored."""
+        """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored.
+
+        Called once the attempt is fenced (``fence``), so this is tidying, not the guarantee:
+        RQ's own errors here are logged, never raised. A worker may take the job between the
+        status read and RQ's walk of its registries; RQ then reads execution records that the
+        worker has not written yet (or has removed) and raises ``ValueError``. That worker
+        meets the fence and does not run the job; the stop-job command is sent even so.
+
+        Raises:
+            RedisError: Redis is unreachable or refused a command (the caller logs it).
+        """
         job = self.fetch(rq_id)
         if job is None:
             return
-        if job.get_status() == "started":
-            with contextlib.suppress(InvalidJobOperation):
-                send_stop_job_command(self.connection, rq_id, serializer=JSONSerializer)
-            return
-        with contextlib.suppress(InvalidJobOperation):
+        try:
+            if job.get_status() == "started":
+                self._stop(rq_id)
+                return
             job.cancel()
+        except (InvalidJobOperation, NoSuchJobError, ValueError) as exc:
+            log.warning(
+                "RQ job %s: not taken off its queue (%s: %s); its fence stops it", rq_id, type(exc).__name__, exc
+            )
+            self._stop(rq_id)
+
+    def _stop(self, rq_id: str) -> None:
+        """Send RQ's stop-job command; a job that no worker runs (any more) needs none."""
+        with contextlib.suppress(InvalidJobOperation, NoSuchJobError, ValueError):
+            send_stop_job_command(self.connection, rq_id, serializer=JSONSerializer)
 
     def abandon(self, rq_job: RQJob, reason: str) -> None:
         """Mark an RQ job whose worker died as failed, and take it out of its started registry."""

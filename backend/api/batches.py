@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify
 
 from backend.api.auth import authenticate_client
-from backend.errors import JobServiceError
 
 bp = Blueprint("batches", __name__)
 bp.before_request(authenticate_client)
@@ -20,11 +19,7 @@ def get_batch(batch_id: str):
 def cancel_batch(batch_id: str):
     manager = current_app.extensions["jobs"]
     summary = manager.batch_summary(batch_id, owner=g.principal.scope)
-    cancelled = []
-    for job_id in manager.live_job_ids(owner=g.principal.scope, status=None, task=None, batch_id=batch_id):
-        try:
-            manager.cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
-            cancelled.append(job_id)
-        except JobServiceError:
-            pass  # it ended meanwhile
-    return jsonify({"batch_id": summary["batch_id"], "cancelled": cancelled})
+    live = manager.live_job_ids(owner=g.principal.scope, status=None, task=None, batch_id=batch_id)
+    # The bulk cancel's per-job handling: one job's failure is reported, never aborts the rest.
+    cancelled, skipped = manager.cancel_many(live, owner=g.principal.scope, by=g.principal.owner)
+    return jsonify({"batch_id": summary["batch_id"], "cancelled": cancelled, "skipped": skipped})
