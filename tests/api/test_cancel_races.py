@@ -132,3 +132,34 @@ def test_concurrent_bulk_cancels_against_a_dequeuing_worker_never_answer_5xx(cli
         time.sleep(0.5)
     assert not live, live
     assert set(seen.values()) <= {"CANCELLED", "COMPLETED"}, set(seen.values())
+
+
+class FailsOnce(Redis):
+    """A real connection on which reading one RQ job raises an error nobody foresaw."""
+
+    target = ""
+    failed = False
+
+    def hgetall(self, name):
+        if not self.failed and name == self.target:
+            self.failed = True
+            raise RuntimeError("unforeseen")
+        return super().hgetall(name)
+
+
+def test_an_unforeseen_error_on_one_job_does_not_abort_a_bulk_cancel(app, client, redis_url):
+    jobs = [client.post("/tasks/sleep", json={"args": [60, 1]}).get_json() for _ in range(3)]
+    hooked = FailsOnce.from_url(redis_url)
+    hooked.target = f"rq:job:{jobs[1]['rq_job_id']}"
+    app.extensions["jobs"].queues.connection = hooked
+
+    response = client.post("/jobs/cancel", json={"job_ids": [j["job_id"] for j in jobs]})
+
+    assert hooked.failed
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    # The failure came after the store's write (the job is fenced and CANCELLED): reported so,
+    # and the job after it was still cancelled.
+    assert sorted(body["cancelled"]) == sorted(j["job_id"] for j in jobs), body
+    for j in jobs:
+        assert client.get(f"/jobs/{j['job_id']}").get_json()["status"] == "CANCELLED"
