@@ -17,6 +17,9 @@ Names are resolved on a ``BoundedResolver`` (backend/bounded_resolver.py), withi
 included: WEBHOOK_RESOLVE_SECONDS; one delivery's: what is left of WEBHOOK_TIMEOUT) and, for a
 request, at most WEBHOOK_MAX_HOSTS distinct names. A slow DNS server so holds no thread longer
 than its caller's budget, and a request cannot make the service look up thousands of names.
+A budget names its owner (the API key's owner, the job's owner at send time): one owner's
+lookups hold at most a quarter of the pool's threads until they really end, so one tenant's
+slow DNS leaves the other tenants' lookups room (see BoundedResolver).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from backend.bounded_resolver import BoundedResolver, LookupTimeout, ResolverBusy
+from backend.bounded_resolver import BoundedResolver, LookupTimeout, OwnerLookupsBusy, ResolverBusy
 from backend.errors import ServiceUnavailable, ValidationFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -76,13 +79,15 @@ _NO_SUCH_NAME = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") 
 
 
 class LookupsBusy(ServiceUnavailable):
-    """Every lookup thread is busy: answered at once (503 at submission, a failed attempt at send)."""
+    """Every lookup thread is busy, or the owner's share of them: answered at once (503 at
+    submission; at send time the delivery is put off a little, not counted as an attempt)."""
 
 
 class LookupBudget:
     """What one caller may spend resolving webhook hosts: ``seconds`` for all its lookups
     together, counted from ``started`` (a ``time.monotonic()`` value; now when not given), and
-    at most ``max_hosts`` distinct names (None: no cap).
+    at most ``max_hosts`` distinct names (None: no cap). ``owner`` is whose share of the
+    resolver's threads its lookups count in (None: no share).
 
     ``setting`` names what sets the budget, for the messages. A name already resolved under
     this budget is not looked up again (a batch's jobs naming one host cost one lookup).
@@ -96,12 +101,14 @@ class LookupBudget:
         resolver: BoundedResolver | None = None,
         setting: str | None = None,
         started: float | None = None,
+        owner: str | None = None,
     ):
         self.seconds = seconds
         self.ends = (time.monotonic() if started is None else started) + seconds
         self.max_hosts = max_hosts
         self.resolver = resolver or DEFAULT_RESOLVER
         self.setting = setting
+        self.owner = owner
         self._answers: dict[tuple[str, int], list] = {}
         self._hosts: set[str] = set()
 
@@ -111,7 +118,7 @@ class LookupBudget:
         Raises:
             ValidationFailed: a name past ``max_hosts``.
             LookupTimedOut: no answer before the budget ran out.
-            LookupsBusy: every lookup thread is busy.
+            LookupsBusy: every lookup thread is busy, or the owner's share of them.
             OSError: the name does not resolve.
         """
         if (host, port) in self._answers:
@@ -124,11 +131,20 @@ class LookupBudget:
         named = f" ({self.setting})" if self.setting else ""
         self._hosts.add(host)
         try:
-            answer = self.resolver.getaddrinfo(host, port, timeout=self.ends - time.monotonic(), lookup=lookup)
+            answer = self.resolver.getaddrinfo(
+                host, port, timeout=self.ends - time.monotonic(), lookup=lookup, owner=self.owner
+            )
         except LookupTimeout:
             raise LookupTimedOut(
                 f"webhook_url host {host!r} did not resolve within {self.seconds:.3g} s{named}",
                 details={"setting": self.setting, "limit": self.seconds},
+            ) from None
+        except OwnerLookupsBusy as exc:
+            raise LookupsBusy(
+                f"{exc.share} webhook_url host lookups of this owner are still running (slow DNS),"
+                " the most one owner may hold; try again shortly",
+                details={"limit": exc.share},
+                retry_after=2,
             ) from None
         except ResolverBusy:
             raise LookupsBusy(
@@ -210,9 +226,10 @@ def _ascii_host_name(host: str) -> str:
     return ascii_host
 
 
-def submission_budget(config, extensions: dict) -> LookupBudget:
+def submission_budget(config, extensions: dict, owner: str | None = None) -> LookupBudget:
     """The budget of one API request's webhook_url hosts (WEBHOOK_RESOLVE_SECONDS, WEBHOOK_MAX_HOSTS),
-    on the app's resolver (``extensions["webhook_resolver"]``, made on first use)."""
+    on the app's resolver (``extensions["webhook_resolver"]``, made on first use), its lookups
+    counted in ``owner``'s share of that resolver's threads."""
     resolver = extensions.get("webhook_resolver")
     if resolver is None:
         with _RESOLVER_MADE:
@@ -222,6 +239,7 @@ def submission_budget(config, extensions: dict) -> LookupBudget:
         max_hosts=int(config["WEBHOOK_MAX_HOSTS"]),
         resolver=resolver,
         setting="WEBHOOK_RESOLVE_SECONDS",
+        owner=owner,
     )
 
 

@@ -51,6 +51,9 @@ PAGE_SIZE = 100
 SCAN_LIMIT = 1000
 #: An unexpected error is recorded with its attempt, cut to this many characters.
 MAX_ERROR_CHARS = 500
+#: A delivery that found no free lookup thread (or its owner's share of them full) is tried
+#: again this much later (at most; WEBHOOK_BACKOFF_SECONDS when shorter), not counted as an attempt.
+LOOKUPS_BUSY_DELAY_SECONDS = 2.0
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -112,8 +115,10 @@ class Dispatcher:
         self.resolve = resolve  # None: socket.getaddrinfo (tests give one that rebinds)
         # Lookups run here, each waited on for what is left of its delivery's deadline. A
         # lookup that outlives its delivery keeps its thread until the system resolver gives
-        # up, so there are more threads than deliveries; when all are busy an attempt fails
-        # at once and is tried again later.
+        # up, so there are more threads than deliveries, and one owner's lookups hold at most a
+        # quarter of them (until they end), so one tenant's slow DNS leaves room for the
+        # others. When none is free for a delivery it is put off briefly, not counted as an
+        # attempt: the receiver was never tried.
         self.resolver = BoundedResolver(threads=2 * self.concurrency)
         self.ssl_context = ssl_context  # None: the system's trust store
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="webhook")
@@ -179,7 +184,7 @@ class Dispatcher:
         with self._lock:
             self._in_flight[delivery_id] = (host, owner)
         try:
-            self._pool.submit(self._run, delivery_id, claim)
+            self._pool.submit(self._run, delivery_id, claim, owner)
         except RuntimeError:  # the pool was shut down (close(), interpreter exit)
             with self._lock:
                 self._in_flight.pop(delivery_id, None)
@@ -264,12 +269,12 @@ class Dispatcher:
             )
             return claim if result.rowcount == 1 else None
 
-    def _run(self, delivery_id: str, claim: datetime) -> None:
+    def _run(self, delivery_id: str, claim: datetime, owner: str | None = None) -> None:
         # The deadline starts now, before the name is resolved: the whole send ends within
         # ``timeout`` of here, well before the claim (timeout + margin from the claim) lapses.
         started = time.monotonic()
         try:
-            self._attempt(delivery_id, claim, started)
+            self._attempt(delivery_id, claim, started, owner)
         except Exception as exc:
             # A fault on this side (a bug, the store), not the receiver's answer. It is recorded
             # as a failed attempt like any other, so that WEBHOOK_MAX_ATTEMPTS ends it: letting
@@ -285,7 +290,7 @@ class Dispatcher:
                 self._in_flight.pop(delivery_id, None)
                 self._lock.notify_all()
 
-    def _attempt(self, delivery_id: str, claim: datetime, started: float) -> None:
+    def _attempt(self, delivery_id: str, claim: datetime, started: float, owner: str | None = None) -> None:
         with self.sessions() as session:
             delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None:
@@ -299,24 +304,44 @@ class Dispatcher:
         try:
             # Resolved once and checked here, within the delivery's deadline (the lookup waits
             # only for what is left of it); the POST connects to these checked addresses.
-            budget = LookupBudget(self.timeout, started=started, resolver=self.resolver, setting="WEBHOOK_TIMEOUT")
-            target = resolve_webhook_url(
-                delivery.url, allow_loopback=self.allow_loopback, resolve=self.resolve, budget=budget
+            budget = LookupBudget(
+                self.timeout, started=started, resolver=self.resolver, setting="WEBHOOK_TIMEOUT", owner=owner
             )
+            try:
+                target = resolve_webhook_url(
+                    delivery.url, allow_loopback=self.allow_loopback, resolve=self.resolve, budget=budget
+                )
+            except LookupsBusy as exc:
+                # Nothing was tried (no lookup started, no connection): not an attempt. Counting
+                # it let one owner's slow DNS use up other owners' WEBHOOK_MAX_ATTEMPTS.
+                self._put_off(delivery_id, claim, exc.message)
+                return
             status_code = webhook_http.post(
                 target, body, headers, timeout=self.timeout, ssl_context=self.ssl_context, started=started
             )
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
-        except (LookupNotAnswered, LookupsBusy) as exc:
-            # No answer this time (slow or failing DNS, busy lookups): not a refusal, the
-            # attempt failed and is tried again.
+        except LookupNotAnswered as exc:
+            # No answer this time (slow or failing DNS): not a refusal, the attempt failed and
+            # is tried again.
             error = exc.message
         except ValidationFailed as exc:
             error, refused = f"refused: {exc.message}", True
         except webhook_http.DeliveryError as exc:
             error = str(exc)
         self._record(delivery_id, claim, status_code, error, _ms_since(started), refused=refused)
+
+    def _put_off(self, delivery_id: str, claim: datetime, reason: str) -> None:
+        """Give back the claim with the delivery due again shortly; its attempts stay as they are."""
+        delay = min(LOOKUPS_BUSY_DELAY_SECONDS, self.backoff_seconds)
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
+                .values(claimed_until=None, next_attempt_at=utcnow() + timedelta(seconds=delay))
+            )
+        WEBHOOK_DELIVERIES.labels("put_off").inc()
+        log.info("webhook %s: put off %.3g s, not attempted: %s", delivery_id, delay, reason)
 
     def _record(
         self,

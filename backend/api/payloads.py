@@ -155,7 +155,8 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
         if "webhook_lookups" not in g:  # one lookup budget per request: a batch's jobs share it
-            g.webhook_lookups = submission_budget(config, current_app.extensions)
+            # Counted in the key owner's share of the lookup threads (see backend/ssrf.py).
+            g.webhook_lookups = submission_budget(config, current_app.extensions, owner=g.principal.owner)
         allow_loopback = bool(config["WEBHOOK_ALLOW_LOOPBACK"])
         webhook_url = check_webhook_url(webhook_url, allow_loopback=allow_loopback, budget=g.webhook_lookups)
     depends_on = body.get("depends_on")
