@@ -200,3 +200,14 @@ def test_one_owners_slow_dns_leaves_another_owners_submission_accepted(settings,
         headers={"Authorization": "Bearer key-o"},
     )
     assert response.status_code == 202, response.get_json()
+
+    # And once her lookups really end (DNS gave up), her share is hers again
+    hanging_dns.release.set()
+    resolver = app.extensions["webhook_resolver"]
+    wait_until(lambda: resolver.held("mallory") == 0, what="mallory's lookups ended")
+    response = client.post(
+        "/tasks/add",
+        json={"args": [1, 1], "webhook_url": "http://ok.test:8080/hook"},
+        headers={"Authorization": "Bearer key-m"},
+    )
+    assert response.status_code == 202, response.get_json()
