@@ -30,6 +30,7 @@ from backend.cursors import decode_cursor, encode_cursor
 from backend.errors import NotFound
 from backend.job_manager import filter_jobs
 from backend.models import Job
+from backend.pages import encode, page_parts
 from backend.representations import HEAVY_FIELDS, job_dict
 from backend.states import JobStatus
 
@@ -113,23 +114,13 @@ class JobReader:
             created_at, last_id = decode_cursor(cursor)
             query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
         query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        parts: list[bytes] = []
-        size, last, next_cursor = 0, None, None
         with self.manager.sessions() as session:
             rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
             with contextlib.closing(rows):
-                for row in rows:
-                    if len(parts) == limit:
-                        next_cursor = encode_cursor(last)
-                        break
-                    part = json.dumps(job_dict(row, omit=omit), separators=(",", ":")).encode()
-                    if parts and size + len(part) > max_bytes:
-                        next_cursor = encode_cursor(last)
-                        break
-                    parts.append(part)
-                    size += len(part) + 1
-                    last = row
-        return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
+                parts, next_cursor = page_parts(
+                    rows, lambda row: encode(job_dict(row, omit=omit)), encode_cursor, limit=limit, max_bytes=max_bytes
+                )
+        return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + encode(next_cursor) + b"}"
 
     def _stamp(self, job_id: str) -> tuple | None:
         params = (job_id,) if self._positional else {"id": job_id}

@@ -47,32 +47,31 @@ def spec() -> dict:
     job, jobs, error = ref("Job"), ref("JobList"), ref("Error")
     job_id, name, schedule_id = path_param("job_id"), path_param("name"), path_param("schedule_id")
     batch_id = path_param("batch_id")
+    page_limit = query_param("limit", {"type": "integer", "minimum": 1, "maximum": int(config["JOBS_PAGE_MAX"])})
+    # Empty: the first page.
+    page_cursor = query_param("cursor", {"type": "string", "pattern": f"^({CURSOR_PATTERN.strip('^$')})?$"})
+
+    def fields_param(allowed: tuple[str, ...], description: str) -> dict:
+        return query_param(
+            "fields",
+            {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(allowed)}},
+            style="form",
+            explode=False,
+            description=description,
+        )
+
     list_params = [
         # An empty status or task is no filter.
         query_param("status", {"type": "string", "enum": [*STATUSES, ""]}),
         query_param("task", STRING),
-        query_param("limit", {"type": "integer", "minimum": 1, "maximum": int(config["JOBS_PAGE_MAX"])}),
-        # Empty: the first page.
-        query_param("cursor", {"type": "string", "pattern": f"^({CURSOR_PATTERN.strip('^$')})?$"}),
-        query_param(
-            "fields",
-            {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_FIELDS)}},
-            style="form",
-            explode=False,
-            description="heavy fields (args, kwargs, result) to include in each job",
-        ),
+        page_limit,
+        page_cursor,
+        fields_param(JOB_FIELDS, "heavy fields (args, kwargs, result) to include in each job"),
     ]
-    page_limit = query_param("limit", {"type": "integer", "minimum": 1, "maximum": int(config["JOBS_PAGE_MAX"])})
     schedule_list_params = [
         page_limit,
-        query_param("cursor", {"type": "string", "pattern": f"^({CURSOR_PATTERN.strip('^$')})?$"}),
-        query_param(
-            "fields",
-            {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(SCHEDULE_OUTPUT_FIELDS)}},
-            style="form",
-            explode=False,
-            description="heavy fields (args, kwargs) to include in each schedule",
-        ),
+        page_cursor,
+        fields_param(SCHEDULE_OUTPUT_FIELDS, "heavy fields (args, kwargs) to include in each schedule"),
     ]
     attempt_params = [
         job_id,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
-from backend.api.payloads import json_body, query_int
+from backend.api.payloads import json_body, query_fields, query_int
 from backend.errors import ValidationFailed
+from backend.pages import encode, page_parts
 from backend.rate_limits import submit_limit
 from backend.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
 from backend.states import JobStatus
@@ -51,22 +50,14 @@ def get_attempts(job_id: str):
     # Empty: the first page, as for GET /jobs.
     after = query_int("cursor", 0, 0, ATTEMPT_CURSOR_MAX) if request.args.get("cursor") else 0
     budget = int(config["JOBS_PAGE_MAX_BYTES"])
-    parts: list[bytes] = []
-    size, last, next_cursor = 0, after, None
-    for attempt in _jobs().get_attempts(job.id, after=after, limit=limit + 1):
-        part = json.dumps(attempt_dict(attempt), separators=(",", ":")).encode()
-        # The first attempt always goes in, so that the cursor moves on.
-        if len(parts) == limit or (parts and size + len(part) > budget):
-            next_cursor = str(last)
-            break
-        parts.append(part)
-        size += len(part) + 1
-        last = attempt.attempt
-    body = b'{"job_id":%s,"attempts":[%s],"next_cursor":%s}' % (
-        json.dumps(job.id).encode(),
-        b",".join(parts),
-        json.dumps(next_cursor).encode(),
+    parts, next_cursor = page_parts(
+        _jobs().get_attempts(job.id, after=after, limit=limit + 1),
+        lambda attempt: encode(attempt_dict(attempt)),
+        lambda attempt: str(attempt.attempt),
+        limit=limit,
+        max_bytes=budget,
     )
+    body = b'{"job_id":%s,"attempts":[%s],"next_cursor":%s}' % (encode(job.id), b",".join(parts), encode(next_cursor))
     return current_app.response_class(body, mimetype="application/json")
 
 
@@ -87,28 +78,10 @@ def list_jobs():
         task=request.args.get("task") or None,
         limit=limit,
         cursor=request.args.get("cursor") or None,
-        include=_fields(request.args.get("fields")),
+        include=query_fields("job", JOB_FIELDS, HEAVY_FIELDS),
         max_bytes=int(config["JOBS_PAGE_MAX_BYTES"]),
     )
     return current_app.response_class(body, mimetype="application/json")
-
-
-def _fields(raw: str | None) -> frozenset[str]:
-    """The heavy fields that ``?fields=`` asks for (any job field may be named; the others
-    are always shown).
-
-    Raises:
-        ValidationFailed: a name that is no field of a job.
-    """
-    # Exactly the documented form: names joined by commas, no blanks or empty names.
-    names = set(raw.split(",")) if raw is not None else set()
-    unknown = sorted(names - set(JOB_FIELDS))
-    if unknown:
-        raise ValidationFailed(
-            f"fields names no job field {unknown[0]!r}; list the fields to include, like fields=args,kwargs,result",
-            details={"allowed": list(JOB_FIELDS)},
-        )
-    return frozenset(names & set(HEAVY_FIELDS))
 
 
 @bp.post("/jobs/<job_id>/cancel")

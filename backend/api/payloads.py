@@ -288,3 +288,22 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValidationFailed(f"{name} must be from {low} to {high}, got {raw[:40]}")
     return value
+
+
+def query_fields(what: str, allowed: tuple[str, ...], heavy: tuple[str, ...]) -> frozenset[str]:
+    """The heavy fields that ``?fields=`` asks a list to include (any field of ``what`` may be
+    named; the others are always shown).
+
+    Raises:
+        ValidationFailed: a name that is no field of ``what``.
+    """
+    raw = request.args.get("fields")
+    # Exactly the documented form: names joined by commas, no blanks or empty names.
+    names = set(raw.split(",")) if raw is not None else set()
+    unknown = sorted(names - set(allowed))
+    if unknown:
+        raise ValidationFailed(
+            f"fields names no {what} field {unknown[0]!r}; list the fields to include, like fields={','.join(heavy)}",
+            details={"allowed": list(allowed)},
+        )
+    return frozenset(names & set(heavy))

@@ -8,15 +8,15 @@ of the arguments), so a schedule can never hold a job that ``POST /tasks/<name>`
 from __future__ import annotations
 
 import contextlib
-import json
 
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
-from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_int
+from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_fields, query_int
 from backend.cursors import encode_cursor
 from backend.errors import ValidationFailed
 from backend.models import ScheduledJob
+from backend.pages import encode, page_parts
 from backend.rate_limits import submit_limit
 from backend.representations import HEAVY_FIELDS, iso, job_dict
 from backend.schedules import check_cron, check_timezone
@@ -123,42 +123,17 @@ def list_schedules():
     ``JOBS_PAGE_MAX_BYTES`` (the first always does, so that ``next_cursor`` moves on)."""
     config = current_app.config
     limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
-    omit = frozenset(SCHEDULE_HEAVY_FIELDS) - _fields(request.args.get("fields"))
+    omit = frozenset(SCHEDULE_HEAVY_FIELDS) - query_fields("schedule", SCHEDULE_OUTPUT_FIELDS, SCHEDULE_HEAVY_FIELDS)
     budget = int(config["JOBS_PAGE_MAX_BYTES"])
     rows = _schedules().page(
         owner=g.principal.scope, limit=limit + 1, cursor=request.args.get("cursor") or None, omit=omit
     )
-    parts: list[bytes] = []
-    size, last, next_cursor = 0, None, None
     with contextlib.closing(rows):
-        for row in rows:
-            part = json.dumps(schedule_dict(row, omit=omit), separators=(",", ":")).encode()
-            if len(parts) == limit or (parts and size + len(part) > budget):
-                next_cursor = encode_cursor(last)
-                break
-            parts.append(part)
-            size += len(part) + 1
-            last = row
-    body = b'{"scheduled_jobs":[' + b",".join(parts) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
-    return current_app.response_class(body, mimetype="application/json")
-
-
-def _fields(raw: str | None) -> frozenset[str]:
-    """The heavy fields that ``?fields=`` asks for (any schedule field may be named; the
-    others are always shown).
-
-    Raises:
-        ValidationFailed: a name that is no field of a schedule.
-    """
-    # Exactly the documented form, as GET /jobs takes it: names joined by commas.
-    names = set(raw.split(",")) if raw is not None else set()
-    unknown = sorted(names - set(SCHEDULE_OUTPUT_FIELDS))
-    if unknown:
-        raise ValidationFailed(
-            f"fields names no schedule field {unknown[0]!r}; list the fields to include, like fields=args,kwargs",
-            details={"allowed": list(SCHEDULE_OUTPUT_FIELDS)},
+        parts, next_cursor = page_parts(
+            rows, lambda row: encode(schedule_dict(row, omit=omit)), encode_cursor, limit=limit, max_bytes=budget
         )
-    return frozenset(names & set(SCHEDULE_HEAVY_FIELDS))
+    body = b'{"scheduled_jobs":[' + b",".join(parts) + b'],"next_cursor":' + encode(next_cursor) + b"}"
+    return current_app.response_class(body, mimetype="application/json")
 
 
 @bp.post("")
