@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import counts, webhooks
+from backend import counts, webhook_outbox
 from backend.errors import (
     Conflict,
     InvalidTransition,
@@ -701,7 +701,7 @@ class JobManager:
                 if old_status != job.status:
                     counts.bump(session, job.task, old=old_status, new=job.status)
                 if target in TERMINAL and job.webhook_url:
-                    webhooks.add_delivery(session, job)
+                    webhook_outbox.add_delivery(session, job)
                 return True
             # Someone else moved the job between our read and our write: decide again.
         raise InvalidTransition(job.id, job.status, target.value, reason="too many concurrent changes")

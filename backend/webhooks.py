@@ -38,9 +38,9 @@ from backend.metrics import WEBHOOK_DELIVERIES
 from backend.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from backend.ssrf import LookupBudget, LookupNotAnswered, LookupsBusy, resolve_webhook_url
 from backend.store import transaction
-from backend.webhook_outbox import add_delivery, job_deliveries
+from backend.webhook_outbox import job_deliveries
 
-__all__ = ["Dispatcher", "add_delivery", "secret_bytes", "sign"]
+__all__ = ["Dispatcher", "secret_bytes", "sign"]
 
 log = logging.getLogger(__name__)
 
