@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m backend.devstack
+	$(PY) -m backend.dev.devstack
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

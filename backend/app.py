@@ -17,15 +17,25 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 
 from flask import Flask  # noqa: E402
 
-from backend import api, cli, config, dashboard, html_security, logs, metrics, openapi, rate_limits, rq_dashboard_mount  # noqa: E402
-from backend.api import browser_guard  # noqa: E402
+from backend import api, cli  # noqa: E402
+from backend.api import (
+    browser_guard,  # noqa: E402
+    dashboard,  # noqa: E402
+    html_security,  # noqa: E402
+    metrics,  # noqa: E402
+    openapi,  # noqa: E402
+    rate_limits,  # noqa: E402
+)
+from backend.api import rq_dashboard as rq_dashboard_mount  # noqa: E402
 from backend.api.error_handlers import register_error_handlers  # noqa: E402
-from backend.forwarded import TrustedProxies, parse_networks  # noqa: E402
-from backend.job_reads import JobReader  # noqa: E402
-from backend.periodic import PeriodicThread  # noqa: E402
-from backend.secrets_check import enforce as enforce_secrets  # noqa: E402
+from backend.api.forwarded import TrustedProxies, parse_networks  # noqa: E402
+from backend.core import logs  # noqa: E402
+from backend.core import settings as config  # noqa: E402
+from backend.core.background import PeriodicThread  # noqa: E402
+from backend.core.secrets_check import enforce as enforce_secrets  # noqa: E402
+from backend.service.job_reads import JobReader  # noqa: E402
 from backend.services import build_services  # noqa: E402
-from backend.webhooks import Dispatcher  # noqa: E402
+from backend.webhooks.dispatcher import Dispatcher  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +129,9 @@ def main() -> None:
     """Development server; starts an embedded Redis when REDIS_URL is unset."""
     import os
 
-    from backend.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
+    from backend.dev.redis_server import DEV_DATA_DIR, DEV_PORT, EmbeddedRedis
 
-    # The development server: the secrets check does not apply (see backend/secrets_check.py).
+    # The development server: the secrets check does not apply (see backend/core/secrets_check.py).
     os.environ.setdefault("JOBSERVICE_ENV", "development")
     embedded = None
     if not os.environ.get("REDIS_URL"):

@@ -17,7 +17,8 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from backend import logs, maintenance
+from backend.core import logs
+from backend.recovery import maintenance
 
 
 class CommandError(click.ClickException):
@@ -116,7 +117,7 @@ def register(app: Flask) -> None:
 def main(ctx: click.Context) -> None:
     """Job service maintenance commands."""
     from backend.app import create_app
-    from backend.secrets_check import InsecureSecrets
+    from backend.core.secrets_check import InsecureSecrets
 
     # One pass of work, not a server: no background reconciler or webhook dispatcher, and
     # only errors logged unless LOG_LEVEL says otherwise.

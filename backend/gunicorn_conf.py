@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Private names: gunicorn takes every public name of this file as a setting ("config" is one).
-from backend import config as _config  # noqa: E402
-from backend import logs as _logs  # noqa: E402
-from backend import secrets_check as _secrets_check  # noqa: E402
+from backend.core import logs as _logs  # noqa: E402
+from backend.core import secrets_check as _secrets_check  # noqa: E402
+from backend.core import settings as _config  # noqa: E402
 
 _logs.install_redaction()
 

@@ -22,10 +22,14 @@ from datetime import datetime  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
-from backend import config, logs, secrets_check  # noqa: E402
-from backend.models import utcnow  # noqa: E402
-from backend.schedules import ScheduleManager  # noqa: E402
+from backend.core import (
+    logs,  # noqa: E402
+    secrets_check,  # noqa: E402
+)
+from backend.core import settings as config  # noqa: E402
+from backend.service.schedules import ScheduleManager  # noqa: E402
 from backend.services import build_services  # noqa: E402
+from backend.store.models import utcnow  # noqa: E402
 
 log = logging.getLogger("backend.scheduler")
 

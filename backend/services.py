@@ -13,13 +13,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
-from backend.job_manager import JobManager
-from backend.queues import QueueAdapter, connect, register_queues
-from backend.reconciler import Reconciler
-from backend.retries import RetryPolicy
-from backend.schedules import ScheduleManager
-from backend.size_caps import SizeCaps
-from backend.store import make_engine, make_session_factory, migrate
+from backend.broker.queues import QueueAdapter, connect, register_queues
+from backend.core.size_caps import SizeCaps
+from backend.recovery.reconciler import Reconciler
+from backend.service.job_manager import JobManager
+from backend.service.retries import RetryPolicy
+from backend.service.schedules import ScheduleManager
+from backend.store.engine import make_engine, make_session_factory, migrate
 from backend.tasks import load_task_modules
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import psutil
 import requests
 from redis import Redis
 
-from backend.redis_server import EmbeddedRedis, free_port
+from backend.dev.redis_server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"

@@ -113,8 +113,8 @@ def _report_batch(client, job_ids: list[str]):
 def inproc(args) -> None:
     from sqlalchemy import bindparam, event, select, text
 
-    from backend import counts
-    from backend.models import Job
+    from backend.store import counts
+    from backend.store.models import Job
 
     workdir = Workdir()
     redis = start_redis(workdir)
@@ -205,7 +205,7 @@ def inproc(args) -> None:
                 row = conn.execute(by_id, {"id": ids[i % 200]}).mappings().first()
             return json.dumps(dict(row), default=str)
 
-        from backend.representations import job_dict
+        from backend.service.representations import job_dict
 
         def orm(i: int) -> str:
             return json.dumps(job_dict(manager.get_job(ids[i % 200])))

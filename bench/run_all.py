@@ -26,7 +26,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
-from backend.redis_server import redis_server_binary  # noqa: E402
+from backend.dev.redis_server import redis_server_binary  # noqa: E402
 from bench import execution, latency, memory, polling, store_scale, submission  # noqa: E402
 from bench.common import Results, Workdir, emit, table  # noqa: E402
 

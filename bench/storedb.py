@@ -1,6 +1,6 @@
 """Job stores of a given size, built fast: a migrated database filled with plain SQL.
 
-``backend.store.migrate`` creates the schema; rows go in with ``executemany`` (the jobs
+``backend.store.engine.migrate`` creates the schema; rows go in with ``executemany`` (the jobs
 table's secondary indexes are dropped for the load and re-created with their own SQL, so
 the result has exactly the migrated schema) and ``job_counts`` is written from the same
 rows, as the service keeps it. Rows are inserted in creation order with random ids, as a
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
-from backend.store import alembic_config, migrate
+from backend.store.engine import alembic_config, migrate
 
 GENERATOR_VERSION = 3
 TASKS = [("echo", 40), ("word_count", 30), ("sleep", 20), ("bench_noop", 10)]

@@ -20,8 +20,8 @@ import time  # noqa: E402
 
 from rq.worker.worker_classes import Worker  # noqa: E402
 
-import backend.worker as service_worker  # noqa: E402
-from backend.reporter import Reporter  # noqa: E402
+import backend.runner.worker as service_worker  # noqa: E402
+from backend.runner.reporter import Reporter  # noqa: E402
 
 
 def _log(what: str, seconds: float) -> None:

@@ -18,16 +18,16 @@ import pytest
 from redis import Redis
 from werkzeug.serving import make_server
 
-from backend import processes
 from backend.app import create_app, stop_webhooks
-from backend.redis_server import EmbeddedRedis
+from backend.dev import processes
+from backend.dev.redis_server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-internal-token"
 TASK_MODULES = "backend.tasks.examples,tests.fixtures"
 
 
-# The suite is development: the start-up check of secrets (backend/secrets_check.py) would
+# The suite is development: the start-up check of secrets (backend/core/secrets_check.py) would
 # refuse its short test keys. Set in the environment, so the processes tests start inherit it;
 # tests of the check itself take it out again.
 os.environ.setdefault("JOBSERVICE_ENV", "development")

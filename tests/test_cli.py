@@ -8,7 +8,7 @@ import sys
 from rq import Queue
 from rq.job import Job as RQJob
 
-from backend.redis_server import free_port
+from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, TASK_MODULES, TOKEN, wait_for_status
 
 AUTH = {"X-Internal-Token": TOKEN}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.config import load, parse_api_keys
+from backend.core.settings import load, parse_api_keys
 
 
 def test_api_keys_parse_names_keys_and_admins():
@@ -26,12 +26,12 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
     import json
     import logging
 
-    from backend.logs import JsonFormatter
+    from backend.core.logs import JsonFormatter
     from tests.conftest import TOKEN
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("backend.job_manager")
+    logger = logging.getLogger("backend.service.job_manager")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -46,4 +46,4 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
     started = next(line for line in lines if "started" in line["message"])
     assert (started["job_id"], started["attempt"], started["worker"]) == (job["job_id"], 1, "w-7")
-    assert started["level"] == "INFO" and started["logger"] == "backend.job_manager"
+    assert started["level"] == "INFO" and started["logger"] == "backend.service.job_manager"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend.config import DEFAULTS
+from backend.core.settings import DEFAULTS
 from tests.conftest import ROOT
 
 SENTINEL = "sentinel-redis-password-5f3a9c0e"
@@ -172,7 +172,7 @@ def test_redis_start_script_takes_the_password_from_the_environment_only(tmp_pat
     # the embedded redis-server in place of the image's and a password full of quotes
     from redis import Redis
 
-    from backend.redis_server import free_port, redis_server_binary
+    from backend.dev.redis_server import free_port, redis_server_binary
 
     if where == "docker-compose":
         script = interpolate(compose()["services"]["redis"]["command"][2], {"REDIS_MAXMEMORY": "0"})

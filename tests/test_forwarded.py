@@ -1,8 +1,8 @@
-"""Who the client is behind a trusted proxy (backend/forwarded.py)."""
+"""Who the client is behind a trusted proxy (backend/api/forwarded.py)."""
 
 from __future__ import annotations
 
-from backend.forwarded import TrustedProxies, parse_networks
+from backend.api.forwarded import TrustedProxies, parse_networks
 
 
 def proxies(spec: str) -> TrustedProxies:

@@ -10,8 +10,8 @@ from tests.conftest import wait_for_status
 # What a record of the text format starts with: "2026-11-29 12:00:00,123 LEVEL logger: ..."
 RECORD_START = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 FORGED = (
-    "boom\n2026-11-29 12:00:00,000 CRITICAL backend.worker: FAKE LINE all jobs deleted \x1b[31m"
-    "\r2026-11-29 12:00:01,000 CRITICAL backend.worker: FAKE CR LINE\x85\u2028next"
+    "boom\n2026-11-29 12:00:00,000 CRITICAL backend.runner.worker: FAKE LINE all jobs deleted \x1b[31m"
+    "\r2026-11-29 12:00:01,000 CRITICAL backend.runner.worker: FAKE CR LINE\x85\u2028next"
 )
 
 

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from backend.models import Base
-from backend.store import migrate
+from backend.store.engine import migrate
+from backend.store.models import Base
 
 
 def test_models_match_a_freshly_migrated_database(tmp_path):

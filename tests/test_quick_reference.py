@@ -12,8 +12,8 @@ import time
 import pytest
 import requests
 
-from backend.processes import wait_for_http
-from backend.redis_server import free_port
+from backend.dev.processes import wait_for_http
+from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, TOKEN
 
 GUIDE = ROOT / "QUICK_REFERENCE.md"

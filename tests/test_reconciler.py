@@ -11,12 +11,12 @@ from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from backend import counts
 from backend.api.payloads import JobRequest
 from backend.app import create_app
-from backend.reconciler import LOCK_KEY
-from backend.redis_server import EmbeddedRedis, free_port
-from backend.states import JobStatus
+from backend.core.states import JobStatus
+from backend.dev.redis_server import EmbeddedRedis, free_port
+from backend.recovery.reconciler import LOCK_KEY
+from backend.store import counts
 from backend.tasks import get_task
 from tests.conftest import wait_for_status
 
@@ -38,7 +38,7 @@ def age(app, job_id: str, seconds: float = 5) -> None:
 
     from sqlalchemy import update
 
-    from backend.models import Job, utcnow
+    from backend.store.models import Job, utcnow
 
     with app.extensions["jobs"].sessions() as session:
         session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow() - timedelta(seconds=seconds)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.reporter import RecentSet, Reporter
+from backend.runner.reporter import RecentSet, Reporter
 from tests.conftest import TOKEN
 
 
@@ -28,7 +28,7 @@ def test_reports_wait_for_an_api_that_is_down_then_land(client, settings):
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from backend.app import create_app
-    from backend.redis_server import free_port
+    from backend.dev.redis_server import free_port
 
     job = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
     port = free_port()

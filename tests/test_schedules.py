@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import update
 
 from backend.app import create_app
-from backend.config import load
-from backend.models import ScheduledJob
+from backend.core.settings import load
 from backend.scheduler import Scheduler
 from backend.services import build_services
+from backend.store.models import ScheduledJob
 from tests.conftest import ROOT, TASK_MODULES
 
 BODY = {"name": "nightly", "task": "add", "cron": "*/5 * * * *", "args": [1, 2]}

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from backend import logs
 from backend.app import create_app
-from backend.redis_server import free_port
-from backend.secrets_check import InsecureSecrets
+from backend.core import logs
+from backend.core.secrets_check import InsecureSecrets
+from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, TASK_MODULES
 
 PASSWORD = "s3cret-redis-pw-0123456789abcdef"

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from backend import processes
-from backend.redis_server import free_port
+from backend.dev import processes
+from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, TASK_MODULES, TOKEN
 
 NGINX = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]))
@@ -333,7 +333,7 @@ def test_the_sidecar_does_not_make_internet_clients_loopback(client):
 
 
 def test_forwarded_for_is_read_from_the_right_past_trusted_proxies():
-    from backend.forwarded import TrustedProxies, parse_networks
+    from backend.api.forwarded import TrustedProxies, parse_networks
 
     proxies = TrustedProxies(None, parse_networks("127.0.0.1,::1,10.0.0.0/8"))
     assert proxies.client("127.0.0.1", "203.0.113.7") == "203.0.113.7"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from backend.sqlite_writers import WriterTurnConnection
-from backend.store import make_engine
+from backend.store.engine import make_engine
+from backend.store.sqlite_writers import WriterTurnConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ WRITER = textwrap.dedent(
     import sys, threading
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
-    from backend.store import make_engine
+    from backend.store.engine import make_engine
 
     engine = make_engine(sys.argv[1])
     name, errors = sys.argv[2], []
@@ -149,7 +149,7 @@ def test_concurrent_submissions_to_the_api_under_gunicorn_all_land(settings, cli
     # Given the API under gunicorn as deployed (2 processes x 4 threads) on one SQLite file
     import requests
 
-    from backend.redis_server import free_port
+    from backend.dev.redis_server import free_port
 
     port = free_port()
     env = {

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from backend.app import create_app
-from backend.errors import ValidationFailed
-from backend.ssrf import check_webhook_url, resolve_webhook_url
-from backend.webhook_http import DeliveryError, post
+from backend.core.errors import ValidationFailed
+from backend.webhooks.http_post import DeliveryError, post
+from backend.webhooks.ssrf import check_webhook_url, resolve_webhook_url
 
 # Each one reaches (or may reach) an address that is not on the public internet.
 NEVER = [
@@ -300,7 +300,7 @@ def test_a_request_naming_more_distinct_webhook_hosts_than_the_cap_is_422_naming
 
 
 def test_when_every_lookup_thread_is_busy_a_submission_is_answered_503_without_waiting(settings, slow_dns):
-    from backend.bounded_resolver import BoundedResolver
+    from backend.webhooks.resolver import BoundedResolver
 
     # Given one lookup thread, taken by a lookup that its request gave up on
     settings["WEBHOOK_RESOLVE_SECONDS"] = 0.2
@@ -323,7 +323,7 @@ def test_when_every_lookup_thread_is_busy_a_submission_is_answered_503_without_w
 
 
 def test_callers_of_one_name_share_its_lookup_and_each_waits_only_its_own_timeout():
-    from backend.bounded_resolver import BoundedResolver, LookupTimeout
+    from backend.webhooks.resolver import BoundedResolver, LookupTimeout
 
     release, calls = threading.Event(), []
 

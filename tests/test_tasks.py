@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.errors import NotFound, ValidationFailed
+from backend.core.errors import NotFound, ValidationFailed
 from backend.tasks import current_job, get_task, task
 
 

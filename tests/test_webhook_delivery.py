@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import select, update
 
 from backend.app import create_app
-from backend.models import WebhookDelivery, utcnow
-from backend.webhooks import Dispatcher
+from backend.store.models import WebhookDelivery, utcnow
+from backend.webhooks.dispatcher import Dispatcher
 
 # A receiver process: answers every POST as told by its first argument and prints what it
 # did, one line per request. "huge": a 200 OK with a 256 MB body (prints how many bytes it
@@ -385,8 +385,8 @@ def test_a_dispatcher_whose_claim_was_taken_over_records_nothing(settings, held_
     ],
 )
 def test_only_the_status_line_is_read_and_odd_answers_are_named(answer, outcome):
-    from backend.ssrf import resolve_webhook_url
-    from backend.webhook_http import DeliveryError, post
+    from backend.webhooks.http_post import DeliveryError, post
+    from backend.webhooks.ssrf import resolve_webhook_url
 
     server = socket.create_server(("127.0.0.1", 0))
 

@@ -178,7 +178,7 @@ def test_the_migration_fills_the_host_of_deliveries_already_stored(tmp_path):
     from alembic import command
     from sqlalchemy import create_engine, text
 
-    from backend.store import alembic_config, migrate
+    from backend.store.engine import alembic_config, migrate
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     command.upgrade(alembic_config(url), "0004")

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from backend.app import create_app
-from backend.errors import ValidationFailed
-from backend.ssrf import check_webhook_url
+from backend.core.errors import ValidationFailed
+from backend.webhooks.ssrf import check_webhook_url
 
 SECRET = "whsec_" + base64.b64encode(b"test-secret-bytes").decode()
 
@@ -75,7 +75,7 @@ def hook_settings(settings):
 
 
 def verify(request: dict) -> dict:
-    """The verification recipe of backend/webhooks.py, as a receiver would run it."""
+    """The verification recipe of backend/webhooks/dispatcher.py, as a receiver would run it."""
     secret = base64.b64decode(SECRET.removeprefix("whsec_"))
     headers = request["headers"]
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + request["body"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from backend.api import batches, internal, jobs, monitoring, schedules, tasks
-from backend.rate_limits import limiter
+from backend.api.rate_limits import limiter
 
 
 def register(app: Flask) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from flask import current_app, g, request
 
-from backend.errors import Forbidden, Unauthorized
+from backend.core.errors import Forbidden, Unauthorized
 
 LOCAL_OWNER = "local"
 

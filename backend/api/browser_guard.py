@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, request
 
 from backend.api.auth import is_loopback_address
-from backend.errors import Forbidden, UnsupportedMediaType
+from backend.core.errors import Forbidden, UnsupportedMediaType
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -11,9 +11,9 @@ from flask import Flask, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from backend.errors import JobServiceError
+from backend.core.errors import JobServiceError
 
-log = logging.getLogger("backend.errors")
+log = logging.getLogger("backend.core.errors")
 
 
 def error_response(status: int, code: str, message: str, details: object = None, headers=None):

@@ -4,7 +4,7 @@ Every call needs ``X-Internal-Token``; every report names its attempt, and a rep
 older attempt is refused (409) without changing anything. Workers send their reports in
 batches to ``POST /internal/reports``; the one-report routes remain for scripts and tools.
 
-A result, error or progress message over its size cap (``backend/size_caps.py``) is refused
+A result, error or progress message over its size cap (``backend/core/size_caps.py``) is refused
 (422) and stores nothing; every batch answer carries the caps (``limits``), so that workers
 shorten and check what they report by the API's caps, not only by their own settings.
 """
@@ -15,12 +15,12 @@ import math
 
 from flask import Blueprint, current_app, jsonify
 
-from backend import reports
 from backend.api.auth import require_internal_token
 from backend.api.payloads import json_body
-from backend.errors import BadRequest, ValidationFailed
-from backend.representations import job_dict
-from backend.size_caps import SizeCaps
+from backend.core.errors import BadRequest, ValidationFailed
+from backend.core.size_caps import SizeCaps
+from backend.service import worker_reports as reports
+from backend.service.representations import job_dict
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 bp.before_request(require_internal_token)

@@ -6,11 +6,11 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import json_body, query_fields, query_int
-from backend.errors import ValidationFailed
-from backend.pages import encode, page_parts
-from backend.rate_limits import submit_limit
-from backend.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
-from backend.states import JobStatus
+from backend.api.rate_limits import submit_limit
+from backend.core.errors import ValidationFailed
+from backend.core.pages import encode, page_parts
+from backend.core.states import JobStatus
+from backend.service.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(authenticate_client)

@@ -8,15 +8,17 @@ from rq import Worker
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend import counts, leases, metrics
+from backend.api import metrics
 from backend.api.auth import require_admin
 from backend.api.payloads import json_body, query_int
-from backend.errors import NotFound, ServiceUnavailable, ValidationFailed
-from backend.queues import last_error
-from backend.rate_limits import submit_limit
-from backend.representations import iso, job_dict
-from backend.size_caps import SizeCaps
-from backend.states import JobStatus
+from backend.api.rate_limits import submit_limit
+from backend.broker import leases
+from backend.broker.queues import last_error
+from backend.core.errors import NotFound, ServiceUnavailable, ValidationFailed
+from backend.core.size_caps import SizeCaps
+from backend.core.states import JobStatus
+from backend.service.representations import iso, job_dict
+from backend.store import counts
 
 bp = Blueprint("monitoring", __name__, url_prefix="/monitoring")
 bp.before_request(require_admin)

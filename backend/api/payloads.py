@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from backend.config import QUEUE_NAMES
-from backend.errors import BadRequest, UnsupportedMediaType, ValidationFailed
-from backend.job_manager import JobRequest
-from backend.size_caps import SizeCaps, TooLarge
-from backend.ssrf import check_webhook_url, submission_budget
+from backend.core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from backend.core.settings import QUEUE_NAMES
+from backend.core.size_caps import SizeCaps, TooLarge
+from backend.service.job_manager import JobRequest
 from backend.tasks import TaskSpec
+from backend.webhooks.ssrf import check_webhook_url, submission_budget
 
 SUBMIT_FIELDS = {
     "args",
@@ -155,7 +155,7 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
         if "webhook_lookups" not in g:  # one lookup budget per request: a batch's jobs share it
-            # Counted in the key owner's share of the lookup threads (see backend/ssrf.py).
+            # Counted in the key owner's share of the lookup threads (see backend/webhooks/ssrf.py).
             g.webhook_lookups = submission_budget(config, current_app.extensions, owner=g.principal.owner)
         allow_loopback = bool(config["WEBHOOK_ALLOW_LOOPBACK"])
         webhook_url = check_webhook_url(webhook_url, allow_loopback=allow_loopback, budget=g.webhook_lookups)

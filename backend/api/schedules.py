@@ -13,13 +13,13 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_fields, query_int
-from backend.cursors import encode_cursor
-from backend.errors import ValidationFailed
-from backend.models import ScheduledJob
-from backend.pages import encode, page_parts
-from backend.rate_limits import submit_limit
-from backend.representations import HEAVY_FIELDS, iso, job_dict
-from backend.schedules import check_cron, check_timezone
+from backend.api.rate_limits import submit_limit
+from backend.core.cursors import encode_cursor
+from backend.core.errors import ValidationFailed
+from backend.core.pages import encode, page_parts
+from backend.service.representations import HEAVY_FIELDS, iso, job_dict
+from backend.service.schedules import check_cron, check_timezone
+from backend.store.models import ScheduledJob
 from backend.tasks import get_task
 
 bp = Blueprint("schedules", __name__, url_prefix="/scheduled-jobs")

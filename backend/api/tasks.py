@@ -6,9 +6,9 @@ from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from backend.api.auth import authenticate_client
 from backend.api.payloads import job_request, json_body
-from backend.errors import ValidationFailed
-from backend.rate_limits import limiter, submit_limit
-from backend.representations import job_dict
+from backend.api.rate_limits import limiter, submit_limit
+from backend.core.errors import ValidationFailed
+from backend.service.representations import job_dict
 from backend.tasks import all_tasks, get_task
 
 bp = Blueprint("tasks", __name__)

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend.errors import NotFound, ValidationFailed
+from backend.core.errors import NotFound, ValidationFailed
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 import requests
 from redis import Redis
 
-from backend.queues import fence_key
+from backend.broker.queues import fence_key
 
 LIVE = {"PENDING", "QUEUED", "PROCESSING"}
 

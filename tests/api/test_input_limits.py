@@ -12,7 +12,7 @@ import pytest
 from rq import Queue
 from sqlalchemy import event
 
-from backend.config import QUEUE_NAMES
+from backend.core.settings import QUEUE_NAMES
 
 
 def stored_jobs(client) -> list:

@@ -11,10 +11,10 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from backend import processes
 from backend.app import create_app
-from backend.models import Job
-from backend.redis_server import free_port
+from backend.dev import processes
+from backend.dev.redis_server import free_port
+from backend.store.models import Job
 from tests.conftest import ROOT, TASK_MODULES
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from rq import Queue
 
-from backend.config import QUEUE_NAMES
+from backend.core.settings import QUEUE_NAMES
 from tests.api.test_internal import AUTH
 from tests.conftest import wait_for_status
 
@@ -206,8 +206,8 @@ def test_a_result_the_api_refuses_is_reported_as_the_attempts_failure(client, ap
     # A reporter that does not know the API's caps yet (they changed after it learned them)
     # sends a result over them: the API refuses it, and the attempt is reported failed
     # with the API's reason instead of the report being dropped.
-    from backend.reporter import Reporter
-    from backend.size_caps import SizeCaps
+    from backend.core.size_caps import SizeCaps
+    from backend.runner.reporter import Reporter
     from tests.conftest import TOKEN
 
     job_id = _started(client, max_retries=0)

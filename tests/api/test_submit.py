@@ -9,7 +9,7 @@ import zlib
 import pytest
 from rq import Queue
 
-from backend.config import QUEUE_NAMES
+from backend.core.settings import QUEUE_NAMES
 
 
 def stored_jobs(client) -> list:

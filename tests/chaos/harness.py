@@ -29,8 +29,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from backend.reconciler import LOCK_KEY, LOCK_SECONDS
-from backend.redis_server import EmbeddedRedis, free_port
+from backend.dev.redis_server import EmbeddedRedis, free_port
+from backend.recovery.reconciler import LOCK_KEY, LOCK_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("CHAOS_SOAK", "") == "1"

@@ -17,7 +17,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Boolean, DateTime, Integer, create_engine, inspect, text
 
-from backend.store import alembic_config
+from backend.store.engine import alembic_config
 from tests.chaos.harness import (
     RECOVERY_BOUND,
     TOKEN,

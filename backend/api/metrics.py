@@ -1,0 +1,129 @@
+"""Prometheus metrics at ``GET /metrics`` (admin), with prometheus-client.
+
+Counters and histograms are recorded where things happen (requests, worker reports, webhook
+attempts). Under gunicorn with several processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an
+empty directory (prometheus-client's multiprocess mode; ``backend/gunicorn_conf.py`` marks
+dead processes) and the scrape sums every process. Job counts, queue depths and live
+workers are read at scrape time from the store's counters and Redis, so they are the same
+whichever process answers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from redis.exceptions import RedisError
+
+from backend.broker import leases
+from backend.store import counts
+
+REQUEST_LATENCY = Histogram(
+    "jobservice_http_request_duration_seconds",
+    "API request latency by endpoint",
+    ["endpoint", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+JOB_RUN_SECONDS = Histogram(
+    "jobservice_job_run_seconds",
+    "Time from an attempt's start to its end",
+    ["task", "status"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600),
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "jobservice_job_queue_wait_seconds",
+    "Time from a job's submission to the start of its first attempt",
+    ["task"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
+)
+#: HTTP methods that get a label of their own; any other method a client sends is "other",
+#: and a request that matched no route is "unmatched" (never its path): labels a client
+#: controls would grow /metrics, and every process's memory, without bound.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+WEBHOOK_DELIVERIES = Counter("jobservice_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"])
+
+
+class StateCollector:
+    """Job counts by task and status, queue depths and live workers, read at scrape time."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    def collect(self):
+        jobs = GaugeMetricFamily("jobservice_jobs", "Jobs in the store by task and status", labels=["task", "status"])
+        with self.app.extensions["jobs"].sessions() as session:
+            for task, status, count in counts.by_task_and_status(session):
+                jobs.add_metric([task, status], count)
+        yield jobs
+        depth = GaugeMetricFamily("jobservice_queue_depth", "Jobs waiting in each RQ queue", labels=["queue"])
+        workers = GaugeMetricFamily("jobservice_workers_alive", "Workers holding a lease")
+        up = GaugeMetricFamily("jobservice_redis_up", "1 when Redis answers")
+        queues = self.app.extensions["jobs"].queues
+        try:
+            with queues.connection.pipeline(transaction=False) as pipe:
+                for queue in queues.queues.values():
+                    pipe.llen(queue.key)
+                lengths = pipe.execute()
+            for name, length in zip(queues.queues, lengths, strict=True):
+                depth.add_metric([name], length)
+            workers.add_metric([], len(leases.all_alive(queues.connection)))
+            up.add_metric([], 1)
+        except RedisError:
+            up.add_metric([], 0)
+        yield depth
+        yield workers
+        yield up
+
+
+def render(app: Flask) -> Response:
+    """The Prometheus text of every metric (summed over processes in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(app.extensions["state_collector"])
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    collector = StateCollector(app)
+    app.extensions["state_collector"] = collector
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several apps may live in one process (tests): the default registry keeps the newest.
+        previous = REGISTRY._collector_to_names.keys()
+        for old in [c for c in previous if isinstance(c, StateCollector)]:
+            REGISTRY.unregister(old)
+        REGISTRY.register(collector)
+
+    # One histogram child per (route, method, status), looked up without prometheus-client's
+    # label checks on every request (the hot polling path runs through here).
+    children: dict[tuple, object] = {}
+
+    @app.before_request
+    def _start_timer():
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):
+        started = g.pop("request_started", None)
+        if started is not None:
+            rule = request.url_rule
+            method = request.method if request.method in STANDARD_METHODS else "other"
+            key = (rule.rule if rule is not None else "unmatched", method, response.status_code)
+            child = children.get(key)
+            if child is None:
+                child = children[key] = REQUEST_LATENCY.labels(key[0], key[1], str(key[2]))
+            child.observe(time.perf_counter() - started)
+        return response

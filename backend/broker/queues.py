@@ -1,0 +1,294 @@
+"""The queue adapter: the only module that talks to RQ on the API's side.
+
+Two rules from production incidents live here. The Redis connection never decodes
+responses (RQ stores binary job data; ``decode_responses=True`` crashes workers with
+UnicodeDecodeError). And a task's arguments always go to RQ as ``args=``/``kwargs=``, so
+that parameters named ``job_id``, ``timeout``, ``ttl``, ``description``, ``meta`` or
+``retry`` reach the task instead of being taken by RQ as its own options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import datetime
+from urllib.parse import parse_qs, urlparse
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+from rq.job_lifecycle import record_job_failure
+from rq.rate_limit import RateLimit
+from rq.serializers import JSONSerializer
+
+from backend.core.logs import redact
+from backend.core.settings import QUEUE_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
+    """Open a Redis connection for RQ: raw bytes, never ``decode_responses``.
+
+    Raises:
+        ValueError: the URL asks for ``decode_responses``.
+    """
+    query = parse_qs(urlparse(url).query)
+    if any(value.lower() in ("1", "true", "yes") for value in query.get("decode_responses", [])):
+        raise ValueError(f"RQ needs raw bytes from Redis; remove decode_responses from {redact(url)!r}")
+    return Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=2,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+    )
+
+
+def register_queues(connection: Redis, names=QUEUE_NAMES) -> None:
+    """Make the queues known to RQ (``rq info``, RQ Dashboard) before their first job."""
+    connection.sadd(Queue.redis_queues_keys, *(f"{Queue.redis_queue_namespace_prefix}{name}" for name in names))
+
+
+def rq_status(job: RQJob) -> str:
+    """An RQ job's status as text, from what was fetched (no round trip)."""
+    status = job.get_status(refresh=False)
+    return getattr(status, "value", status)
+
+
+def last_error(job: RQJob) -> str | None:
+    """The last line of an RQ job's latest failure (``"ValueError: ..."``), or None."""
+    result = job.latest_result()
+    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
+    return lines[-1] if lines else None
+
+
+def rq_job_id(job_id: str, attempt: int) -> str:
+    """The RQ job id of one attempt of a job: a new attempt is a new RQ job."""
+    return f"{job_id}-{attempt}"
+
+
+#: How long a fence outlives its attempt's cancellation or replacement.
+FENCE_SECONDS = 7 * 24 * 3600
+
+
+def fence_key(rq_id: str) -> str:
+    """Present while no worker may start this RQ job (its attempt was cancelled or replaced)."""
+    return f"jobservice:fenced:{rq_id}"
+
+
+class RedisUnavailable(RedisConnectionError):
+    """Raised without a network call while a recent failure says Redis is down."""
+
+
+class QueueAdapter:
+    """Enqueue, inspect and stop the RQ jobs behind the store's jobs."""
+
+    #: After a connection failure, calls fail fast for this long instead of each waiting
+    #: for a connect timeout, so submissions are recorded PENDING at full speed meanwhile.
+    DOWN_BACKOFF_SECONDS = 2.0
+
+    #: Outcomes must outlive the moment they are read back from RQ: by the forking worker's
+    #: parent as soon as its work-horse exits, and by the reconciler when a report was lost.
+    MIN_TTL_SECONDS = 60
+
+    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int):
+        for name, value in (("RQ_RESULT_TTL", result_ttl), ("RQ_FAILURE_TTL", failure_ttl)):
+            if value < self.MIN_TTL_SECONDS:
+                raise ValueError(f"{name} must be at least {self.MIN_TTL_SECONDS} seconds, got {value}")
+        self.connection = connection
+        self.result_ttl = result_ttl
+        self.failure_ttl = failure_ttl
+        self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUE_NAMES}
+        self._down_until = 0.0
+        self._answered_at = float("-inf")
+
+    #: Redis counts as up for this long after it last answered (see ``recently_up``).
+    UP_FOR_SECONDS = 1.0
+
+    @property
+    def recently_up(self) -> bool:
+        """Whether Redis answered this process within the last ``UP_FOR_SECONDS``."""
+        return time.monotonic() - self._answered_at < self.UP_FOR_SECONDS
+
+    @contextlib.contextmanager
+    def _guard(self):
+        if time.monotonic() < self._down_until:
+            raise RedisUnavailable("Redis was unreachable moments ago")
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError):
+            self._down_until = time.monotonic() + self.DOWN_BACKOFF_SECONDS
+            raise
+        self._answered_at = time.monotonic()
+
+    def enqueue(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        func_path: str,
+        args: list,
+        kwargs: dict,
+        priority: str,
+        timeout: int,
+        at: datetime | None = None,
+        depends_on: list[str] | None = None,
+        concurrency: tuple[str, int] | None = None,
+    ) -> str:
+        """Put one attempt of a job on the queue of its priority (at ``at``, through RQ's
+        scheduler, when given); return its RQ job id. Enqueueing an attempt twice is a no-op."""
+        rq_id = rq_job_id(job_id, attempt)
+        queue = self.queues[priority]
+        options = {
+            "args": list(args),
+            "kwargs": dict(kwargs),
+            "timeout": timeout,
+            "result_ttl": self.result_ttl,
+            "failure_ttl": self.failure_ttl,
+            "job_id": rq_id,
+            "meta": {"job_id": job_id, "attempt": attempt},
+            "description": f"{func_path} ({job_id} attempt {attempt})",
+        }
+        if depends_on:
+            # RQ holds the job in its deferred registry until these RQ jobs finish.
+            options["depends_on"] = list(depends_on)
+        if concurrency:
+            # RQ's concurrency limit, shared by every job of the task across all workers.
+            options["rate_limit"] = RateLimit(key=f"jobservice:task:{concurrency[0]}", concurrency=concurrency[1])
+        with self._guard():
+            if self.connection.exists(RQJob.key_for(rq_id)):
+                return rq_id
+            if at is None:
+                queue.enqueue_call(func_path, **options)
+            else:
+                queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at)
+        return rq_id
+
+    def discard_deferred(self, rq_id: str) -> bool:
+        """Delete an RQ job that waits in the deferred registry; True if there was one.
+
+        The store settles dependencies itself when a parent needed retries (its RQ job
+        changed), so the deferred copy is replaced by a fresh, ready one.
+        """
+        job = self.fetch(rq_id)
+        if job is None or job.get_status(refresh=False) != RQStatus.DEFERRED:
+            return False
+        queue = self.queues.get(job.origin)
+        with self._guard():
+            if queue is not None:
+                queue.deferred_job_registry.remove(job)
+            job.delete()
+        return True
+
+    def fetch_many(self, rq_ids: list[str]) -> dict[str, RQJob | None]:
+        """The RQ jobs of ``rq_ids`` in one round trip; None where the hash is gone or unreadable."""
+        with self._guard():
+            try:
+                jobs = RQJob.fetch_many(rq_ids, connection=self.connection, serializer=JSONSerializer)
+            except RedisError:
+                raise
+            except Exception:  # one corrupt hash: read them one by one, None for the unreadable
+                jobs = [self._fetch_or_none(rq_id) for rq_id in rq_ids]
+        return dict(zip(rq_ids, jobs, strict=True))
+
+    def _fetch_or_none(self, rq_id: str) -> RQJob | None:
+        try:
+            return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+        except RedisError:
+            raise
+        except Exception:
+            return None
+
+    def existing(self, rq_ids: list[str]) -> set[str]:
+        """The ids among ``rq_ids`` whose RQ job hash exists (one pipelined EXISTS each)."""
+        if not rq_ids:
+            return set()
+        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            for rq_id in rq_ids:
+                pipe.exists(RQJob.key_for(rq_id))
+            found = pipe.execute()
+        return {rq_id for rq_id, present in zip(rq_ids, found, strict=True) if present}
+
+    def queued_ids(self) -> set[str]:
+        """Every RQ job id waiting in the three queue lists."""
+        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            for queue in self.queues.values():
+                pipe.lrange(queue.key, 0, -1)
+            lists = pipe.execute()
+        return {rq_id.decode() for ids in lists for rq_id in ids}
+
+    def fetch(self, rq_id: str) -> RQJob | None:
+        """The RQ job ``rq_id``; None when there is none, or the id is none RQ could hold
+        (RQ raises ValueError for characters other than letters, digits, _ and -)."""
+        try:
+            with self._guard():
+                return RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+        except (NoSuchJobError, ValueError):
+            return None
+
+    def fence(self, rq_id: str) -> None:
+        """Forbid every worker to start this RQ job from now on.
+
+        A worker checks the fence after RQ marks the job started and before it runs the
+        task; ``cancel`` reads RQ's status after fencing. So a worker that passed the fence
+        is seen as started (and is sent the stop-job command), and one that had not is stopped
+        by the fence.
+        """
+        with self._guard():
+            self.connection.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
+
+    def cancel(self, rq_id: str) -> None:
+        """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored.
+
+        Called once the attempt is fenced (``fence``), so this is tidying, not the guarantee:
+        RQ's own errors here are logged, never raised. A worker may take the job between the
+        status read and RQ's walk of its registries; RQ then reads execution records that the
+        worker has not written yet (or has removed) and raises ``ValueError``. That worker
+        meets the fence and does not run the job; the stop-job command is sent even so.
+
+        Raises:
+            RedisError: Redis is unreachable or refused a command (the caller logs it).
+        """
+        job = self.fetch(rq_id)
+        if job is None:
+            return
+        try:
+            if job.get_status() == "started":
+                self._stop(rq_id)
+                return
+            job.cancel()
+        except (InvalidJobOperation, NoSuchJobError, ValueError) as exc:
+            log.warning(
+                "RQ job %s: not taken off its queue (%s: %s); its fence stops it", rq_id, type(exc).__name__, exc
+            )
+            self._stop(rq_id)
+
+    def _stop(self, rq_id: str) -> None:
+        """Send RQ's stop-job command; a job that no worker runs (any more) needs none."""
+        with contextlib.suppress(InvalidJobOperation, NoSuchJobError, ValueError):
+            send_stop_job_command(self.connection, rq_id, serializer=JSONSerializer)
+
+    def abandon(self, rq_job: RQJob, reason: str) -> None:
+        """Mark an RQ job whose worker died as failed, and take it out of its started registry."""
+        queue = Queue(rq_job.origin, connection=self.connection, serializer=JSONSerializer)
+        registry = queue.started_job_registry
+        with self._guard(), self.connection.pipeline() as pipe:
+            for entry in self.connection.zrange(registry.key, 0, -1):
+                if entry.decode().split(":", 1)[0] == rq_job.id:
+                    pipe.zrem(registry.key, entry)
+            record_job_failure(rq_job, reason, pipe)
+            pipe.execute()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.connection.ping())
+        except RedisError:
+            return False

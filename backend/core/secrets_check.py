@@ -1,0 +1,137 @@
+"""The start-up check of secrets: outside development, a service process refuses to start with
+a placeholder, an empty or a short secret, naming the setting (never its value).
+
+"Development" is said explicitly, by ``JOBSERVICE_ENV=development``: ``make run`` (devstack),
+``python backend/app.py`` and the test suite set it. Anything else, including unset, is a
+deployment, because a forgotten setting must fail closed: the failure this guards against is a
+stack started from an unedited ``.env.example``, whose values are public.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from backend.core.settings import parse_api_keys
+
+#: What every placeholder of .env.example and deploy/kubernetes/secret.example.yaml contains.
+PLACEHOLDER = "CHANGE_ME"
+#: Shortest secret accepted: 16 characters. `secrets.token_hex(32)` (what the docs suggest)
+#: gives 64; anything a person could type from memory is shorter than a guessable limit.
+MIN_LENGTH = 16
+#: Which processes must have the internal token: the API checks it, workers send it.
+NEEDS_INTERNAL_TOKEN = {"api", "worker"}
+HOW_TO_MAKE_ONE = "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+class InsecureSecrets(RuntimeError):
+    """Raised at start-up when a secret is a placeholder, empty or too short."""
+
+
+def is_development(settings: dict) -> bool:
+    return str(settings.get("JOBSERVICE_ENV") or "").strip().lower() == "development"
+
+
+def _fault(value: str | None) -> str | None:
+    """What is wrong with a secret's value, or None when it will do."""
+    if not value:
+        return "is empty"
+    if PLACEHOLDER.lower() in value.lower():
+        return f"is still the {PLACEHOLDER} placeholder of the example settings"
+    if len(value) < MIN_LENGTH:
+        return f"is shorter than {MIN_LENGTH} characters"
+    return None
+
+
+def url_passwords(url: object) -> list[str]:
+    """Every password ``url`` carries: its userinfo's (``scheme://user:pw@`` or a lone
+    ``scheme://token@``, which Redis and most brokers take as the password) and a
+    ``?password=`` query value (redis-py and the database drivers read that too), as written in
+    the URL (percent-escapes and all)."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(str(url))
+        query = parse_qs(parts.query, keep_blank_values=True)
+    except ValueError:
+        return []
+    found: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+        elif userinfo:
+            found.append(userinfo)
+    found.extend(query.get("password", []))
+    return found
+
+
+def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[str]:
+    """Every problem with the secrets ``role`` (api, worker, scheduler, cli) starts with."""
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+
+    token = settings.get("INTERNAL_SERVICE_TOKEN")
+    if token or role in NEEDS_INTERNAL_TOKEN:
+        fault = _fault(str(token or ""))
+        if fault == "is empty":
+            fault = "is not set (the API refuses workers' reports without it)"
+        if fault:
+            problems.append(f"INTERNAL_SERVICE_TOKEN {fault}")
+
+    # Optional secrets: checked when they are set at all.
+    for name, value in (
+        ("WEBHOOK_SECRET", settings.get("WEBHOOK_SECRET")),
+        ("HEALTHCHECK_API_KEY", environ.get("HEALTHCHECK_API_KEY")),
+        ("REDIS_PASSWORD", environ.get("REDIS_PASSWORD")),
+    ):
+        if value:
+            fault = _fault(str(value))
+            if fault:
+                problems.append(f"{name} {fault}")
+
+    try:
+        keys = parse_api_keys(settings.get("API_KEYS"))  # type: ignore[arg-type]
+    except ValueError:
+        keys = {}  # create_app reports a malformed list itself
+    for key, (owner, _admin) in keys.items():
+        fault = _fault(key)
+        if fault:
+            problems.append(f"API_KEYS: the key of {owner!r} {fault}")
+
+    for name in ("REDIS_URL", "DATABASE_URL"):
+        for password in url_passwords(settings.get(name)):
+            fault = _fault(unquote(password))
+            if fault:
+                problems.append(f"{name}: its password {fault}")
+                break
+    return problems
+
+
+_WHO = {"api": "the API", "worker": "a worker", "scheduler": "the scheduler", "cli": "this command"}
+
+
+def enforce(settings: dict, *, role: str) -> None:
+    """Refuse to start (outside development) when a secret will not do.
+
+    Raises:
+        InsecureSecrets: naming each setting at fault, never a value.
+    """
+    if is_development(settings):
+        return
+    problems = faults(settings, role=role)
+    if problems:
+        raise InsecureSecrets(
+            f"refusing to start {_WHO.get(role, role)}: "
+            + "; ".join(problems)
+            + f". Set each to a random value of at least {MIN_LENGTH} characters ({HOW_TO_MAKE_ONE}), "
+            "or set JOBSERVICE_ENV=development on a development machine."
+        )
+
+
+def enforce_or_exit(settings: dict, *, role: str) -> None:
+    """:func:`enforce` for a process's ``main``: exits with the reason instead of a traceback."""
+    try:
+        enforce(settings, role=role)
+    except InsecureSecrets as exc:
+        raise SystemExit(str(exc)) from None

@@ -1,0 +1,148 @@
+"""Maintenance: end stuck jobs (``cleanup``) and empty the queues (``clear-queues``).
+
+Both work on the store and on Redis together, so that neither is left pointing at what
+the other no longer has.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from rq.job import Job as RQJob
+from rq.job_lifecycle import record_job_failure
+from sqlalchemy import select
+
+from backend.broker import leases
+from backend.core.errors import JobServiceError
+from backend.core.states import JobStatus
+from backend.recovery.reconciler import Reconciler
+from backend.service.job_manager import JobManager
+from backend.store.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CleanupReport:
+    #: (job_id, status, reason) of store jobs ended as FAILED.
+    jobs: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (queue, where, rq_job_id, reason) of Redis entries removed.
+    redis: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+def cleanup(
+    manager: JobManager, reconciler: Reconciler, *, older_than: timedelta, force: bool, dry_run: bool
+) -> CleanupReport:
+    """End stuck jobs: live in the store for longer than ``older_than`` and held by nothing.
+
+    Without ``force``, a job is stuck when no live worker runs it and no queue or registry
+    holds it (what the reconciler would settle). With ``force``, every live job older than
+    ``older_than`` is ended. ``dry_run`` reports and changes nothing.
+    """
+    report = CleanupReport()
+    cutoff = utcnow() - older_than
+    with manager.sessions() as session:
+        old = list(
+            session.scalars(
+                select(Job).where(
+                    Job.status.in_([JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING]),
+                    Job.updated_at < cutoff,
+                )
+            )
+        )
+    verdicts = reconciler.diagnose(old, patient=False) if old else {}
+    if verdicts:
+        # Look twice: a job moving from a queue to a worker in that instant is not stuck.
+        time.sleep(reconciler.confirm_delay)
+        again = reconciler.diagnose(old, patient=False)
+        verdicts = {job_id: v for job_id, v in verdicts.items() if again.get(job_id, (None,))[0] == v[0]}
+    for job in old:
+        verdict = verdicts.get(job.id, (None, None))[0]
+        if verdict in ("requeue", "dead"):
+            reason = "no queue or registry holds it" if verdict == "requeue" else "its worker is gone"
+        elif force:
+            reason = "forced: live for longer than the cut-off"
+        else:
+            continue
+        report.jobs.append((job.id, job.status, reason))
+        if not dry_run:
+            try:
+                manager.end_job(job.id, error=f"Cleanup: ended as stuck ({reason})")
+            except JobServiceError as exc:
+                log.info("job %s: cleanup left it (%s)", job.id, exc.message)
+    _clean_registries(manager, report, dry_run=dry_run)
+    return report
+
+
+def _readable(job: RQJob | None) -> bool:
+    """True when a worker could run this RQ job: its hash exists and its call deserializes."""
+    if job is None:
+        return False
+    try:
+        job.func_name  # noqa: B018 - decoding the payload is the check
+        return True
+    except Exception:
+        return False
+
+
+def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bool) -> None:
+    connection = manager.queues.connection
+    for queue in manager.queues.queues.values():
+        registry = queue.started_job_registry
+        entries = [entry.decode() for entry in connection.zrange(registry.key, 0, -1)]
+        rq_ids = [entry.split(":", 1)[0] for entry in entries]
+        jobs = manager.queues.fetch_many(rq_ids) if rq_ids else {}
+        alive = leases.alive(connection, {job.worker_name for job in jobs.values() if job is not None})
+        for entry, rq_id in zip(entries, rq_ids, strict=True):
+            job = jobs.get(rq_id)
+            if not _readable(job):
+                job = None
+                reason = "job hash missing or unreadable"
+            elif job.worker_name not in alive:
+                reason = f"worker {job.worker_name or 'unknown'} is gone"
+            else:
+                continue
+            report.redis.append((queue.name, "started", rq_id, reason))
+            if dry_run:
+                continue
+            with connection.pipeline() as pipe:
+                pipe.zrem(registry.key, entry)
+                if job is None:
+                    pipe.delete(RQJob.key_for(rq_id))
+                else:
+                    record_job_failure(job, f"Cleanup: {reason}", pipe)
+                pipe.execute()
+        # Queue entries whose hash is gone or cannot be read would crash or stall workers.
+        queued = [rq_id.decode() for rq_id in connection.lrange(queue.key, 0, -1)]
+        readable = manager.queues.fetch_many(queued) if queued else {}
+        for rq_id in queued:
+            if not _readable(readable.get(rq_id)):
+                report.redis.append((queue.name, "queued", rq_id, "job hash missing or unreadable"))
+                if not dry_run:
+                    connection.lrem(queue.key, 0, rq_id)
+                    connection.delete(RQJob.key_for(rq_id))
+
+
+def clear_queues(manager: JobManager, *, flush_db: bool, by: str) -> dict:
+    """Empty the three queues (or flush the whole Redis database) and cancel, in the store,
+    every job that was waiting in them, so the reconciler does not put them back."""
+    connection = manager.queues.connection
+    counts = {name: queue.count for name, queue in manager.queues.queues.items()}
+    if flush_db:
+        connection.flushdb()
+    else:
+        for queue in manager.queues.queues.values():
+            queue.empty()
+    cancelled = []
+    for job_id in manager.live_job_ids(owner=None, status=None, task=None):
+        job = manager.get_job(job_id)
+        if job.status in (JobStatus.PENDING, JobStatus.QUEUED) or flush_db:
+            try:
+                manager.cancel_job(job_id, owner=None, by=by)
+                cancelled.append(job_id)
+            except JobServiceError:
+                pass
+    return {"emptied": counts, "flushed_db": flush_db, "cancelled_in_store": cancelled}

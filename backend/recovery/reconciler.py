@@ -1,0 +1,259 @@
+"""The reconciler: compares the job store with Redis and settles every difference.
+
+It runs at API start and then every ``RECONCILE_INTERVAL`` seconds in the API process
+(``python -m backend recover`` runs one pass). One reconciler acts at a time, under a Redis
+lock, so any number of API processes is safe. What it settles:
+
+- PENDING rows that never reached a queue (Redis was down, the API died mid-submit): enqueued.
+- QUEUED rows that no queue or registry holds (a submission whose enqueue failed or whose API
+  died before it, a worker popped the job with LPOP and died before registering it, an evicted
+  or deleted hash, a Redis that restarted empty): a new attempt is enqueued.
+- PROCESSING rows whose worker's lease expired: retried at once if retries are left, else
+  FAILED "worker died". Rows whose RQ job already ended: RQ's outcome is copied.
+
+Suspects (lost or dead) are looked at twice, ``confirm_delay`` apart, before anything is done,
+so that a job moving between a queue and a worker in that instant is not taken for lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta
+
+from redis.exceptions import LockError, RedisError
+from rq.job import Job as RQJob
+from sqlalchemy import bindparam, select
+
+from backend.broker import leases
+from backend.broker.queues import last_error, rq_status
+from backend.core.errors import JobServiceError
+from backend.core.size_caps import SizeCaps
+from backend.core.states import JobStatus
+from backend.service.job_manager import JobManager
+from backend.store.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "jobservice:reconciler:lock"
+LOCK_SECONDS = 15
+_LIVE = select(Job.id, Job.status, Job.attempt, Job.worker, Job.rq_job_id).where(
+    Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
+    Job.updated_at < bindparam("cutoff"),
+)
+# RQ statuses, as text (rq.job.JobStatus values). "rate_limited": held back by the task's
+# concurrency limit, released by RQ when a slot frees.
+_WAITING = {"queued", "deferred", "scheduled", "rate_limited"}
+_ENDED = {"finished", "failed", "stopped", "canceled"}
+
+
+@dataclass
+class Report:
+    """What one pass did, by job id."""
+
+    enqueued: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any((self.enqueued, self.requeued, self.retried, self.failed, self.copied))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "enqueued": self.enqueued,
+            "requeued": self.requeued,
+            "retried": self.retried,
+            "failed": self.failed,
+            "copied": self.copied,
+        }
+
+
+class Reconciler:
+    def __init__(
+        self,
+        manager: JobManager,
+        *,
+        lease_seconds: float,
+        grace_seconds: float = 2.0,
+        confirm_delay: float = 0.5,
+        caps: SizeCaps | None = None,
+    ):
+        self.manager = manager
+        # An outcome copied from RQ gets the caps a worker's report gets (backend/core/size_caps.py).
+        self.caps = caps or SizeCaps()
+        self.queues = manager.queues
+        self.grace = timedelta(seconds=grace_seconds)
+        self.confirm_delay = confirm_delay
+        # A lease must be seen missing for this long before its worker counts as dead: after
+        # a Redis outage or an empty restart, live workers need up to a renewal period
+        # (a third of the lease) to put their leases back.
+        self.dead_after = lease_seconds / 2
+        self._missing_since: dict[str, float] = {}
+        self._lock_token = f"reconciler-{uuid.uuid4().hex}"
+
+    # -- one pass -----------------------------------------------------------------------
+
+    def run_once(self) -> Report | None:
+        """One pass over every live job; None when another reconciler holds the lock."""
+        # Short-lived, so that an API killed mid-pass does not keep the others out for long;
+        # and taken with this reconciler's own token, so that a lock it left behind when Redis
+        # died mid-pass (and came back from its AOF) is still its own.
+        lock = self.queues.connection.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
+        if not lock.acquire(token=self._lock_token):
+            if self.queues.connection.get(LOCK_KEY) != self._lock_token.encode():
+                return None
+            lock.local.token = self._lock_token.encode()
+            lock.reacquire()
+        try:
+            return self._pass()
+        finally:
+            with contextlib.suppress(LockError, RedisError):
+                lock.release()
+
+    def _pass(self) -> Report:
+        report = Report()
+        cutoff = utcnow() - self.grace
+        with self.manager.sessions() as session:
+            # Only what a verdict needs: a backlog of many thousand queued jobs is read each pass.
+            live = list(session.execute(_LIVE, {"cutoff": cutoff}))
+        if not live:
+            return report
+        suspects = self.diagnose(live)
+        if any(action != "enqueue" for action, _ in suspects.values()):
+            time.sleep(self.confirm_delay)
+            again = self.diagnose(live)
+            suspects = {
+                job_id: verdict
+                for job_id, verdict in suspects.items()
+                if verdict[0] in ("enqueue", "copy") or again.get(job_id, (None,))[0] == verdict[0]
+            }
+        jobs = {job.id: job for job in live}
+        for job_id, (action, rq_job) in suspects.items():
+            try:
+                self._act(jobs[job_id], action, rq_job, report)
+            except JobServiceError as exc:
+                # The job moved on meanwhile (a report landed): nothing to settle.
+                log.info("job %s: reconciler left it (%s)", job_id, exc.message)
+            except RedisError:
+                raise  # Redis is gone: end this pass, the next one will see
+            except Exception:
+                # One job that cannot be settled must not keep the others from it.
+                log.exception("job %s: reconciler could not settle it (%s)", job_id, action)
+        if report:
+            log.warning("reconciler: %s", {k: len(v) for k, v in report.as_dict().items() if v})
+        return report
+
+    def diagnose(self, jobs: list[Job], *, patient: bool = True) -> dict[str, tuple[str, RQJob | None]]:
+        """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended).
+
+        Args:
+            patient: count a worker dead only once its lease was seen missing for a while
+                (False: as soon as it is missing, for operators' commands).
+        """
+        queued_ids = self.queues.queued_ids()
+        # A job waiting in its queue, its hash present, is fine: only the others' RQ jobs are
+        # read (a backlog of thousands would otherwise be read and decoded every pass).
+        waiting = self.queues.existing(
+            [job.rq_job_id for job in jobs if job.status == JobStatus.QUEUED and job.rq_job_id in queued_ids]
+        )
+        rq_jobs = self.queues.fetch_many([job.rq_job_id for job in jobs if job.rq_job_id not in waiting])
+        workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
+        dead = self._dead_workers({name or "" for name in workers}, patient=patient)
+        verdicts: dict[str, tuple[str, RQJob | None]] = {}
+        for job in jobs:
+            if job.rq_job_id in waiting:
+                continue
+            rq_job = rq_jobs.get(job.rq_job_id)
+            action = self._verdict(job, rq_job, queued_ids, dead)
+            if action is not None:
+                verdicts[job.id] = (action, rq_job)
+        return verdicts
+
+    def _dead_workers(self, names: set[str], *, patient: bool) -> set[str]:
+        """Workers whose lease has been missing for at least ``dead_after`` seconds."""
+        alive = leases.alive(self.queues.connection, names - {""})
+        now = time.monotonic()
+        for name in alive:
+            self._missing_since.pop(name, None)
+        self._missing_since = {n: t for n, t in self._missing_since.items() if n in names}
+        dead = set()
+        for name in names - alive:
+            if not patient or now - self._missing_since.setdefault(name, now) >= self.dead_after:
+                dead.add(name)
+        return dead
+
+    @staticmethod
+    def _verdict(job: Job, rq_job: RQJob | None, queued_ids: set[str], dead: set[str]) -> str | None:
+        if job.status == JobStatus.PENDING:
+            return "enqueue"
+        if rq_job is None:
+            if job.status == JobStatus.QUEUED:
+                return "requeue"
+            return "dead" if (job.worker or "") in dead else None
+        status = rq_status(rq_job)
+        if status in _ENDED:
+            return "copy"
+        if status == "started":
+            return "dead" if (rq_job.worker_name or job.worker or "") in dead else None
+        if status == "queued":
+            if job.rq_job_id in queued_ids:
+                return None
+            if job.status == JobStatus.PROCESSING:
+                # Popped and reported started, but RQ has not marked it started yet.
+                return "dead" if (job.worker or "") in dead else None
+            return "requeue"
+        if status in _WAITING:
+            return None
+        # "created": RQ never finished enqueueing it.
+        return "requeue" if job.status == JobStatus.QUEUED else None
+
+    def _act(self, job: Job, action: str, rq_job: RQJob | None, report: Report) -> None:
+        manager = self.manager
+        if action == "enqueue":
+            if manager.enqueue_job(job.id).status != JobStatus.PENDING:
+                report.enqueued.append(job.id)
+        elif action == "requeue":
+            manager.requeue_lost(job.id, attempt=job.attempt, reason="not in any RQ queue or registry")
+            report.requeued.append(job.id)
+        elif action == "dead":
+            worker = (rq_job.worker_name if rq_job else None) or job.worker or "unknown"
+            self._record_start(job, rq_job)
+            error = f"WorkerDied: worker {worker} stopped while running the job"
+            after = manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=False)
+            if rq_job is not None:
+                self.queues.abandon(rq_job, error)
+            (report.failed if after.status == JobStatus.FAILED else report.retried).append(job.id)
+        elif action == "copy":
+            self._copy_outcome(job, rq_job, report)
+
+    def _record_start(self, job: Job, rq_job: RQJob | None) -> None:
+        """Copy an attempt's start from RQ when its worker's report never came (the worker
+        died, or its reports were lost): the attempt then names the worker that ran it."""
+        if rq_job is None or job.status not in (JobStatus.PENDING, JobStatus.QUEUED) or not rq_job.worker_name:
+            return
+        started = rq_job.started_at
+        if started is not None:
+            # RQ's time is the worker's own clock: never later than now by ours.
+            started = min(started if started.tzinfo else started.replace(tzinfo=UTC), utcnow())
+        with contextlib.suppress(JobServiceError):
+            self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name, at=started)
+
+    def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
+        status = rq_status(rq_job)
+        self._record_start(job, rq_job)
+        result = rq_job.return_value() if status == "finished" else None
+        problem = self.caps.result_problem(result) if status == "finished" else None
+        if status == "finished" and problem is None:
+            self.manager.mark_completed(job.id, attempt=job.attempt, result=result)
+        else:
+            error = problem or last_error(rq_job) or f"RQ job {status}"
+            # A worker that died is no fault of the job: its retry starts at once.
+            died = error.startswith("WorkerDied")
+            error = self.caps.shorten_error(error)
+            self.manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=not died)
+        report.copied.append(job.id)

@@ -1,0 +1,356 @@
+"""Worker -> API reports over HTTP, with the internal token, sent in batches off the job's path.
+
+A job never waits for the API: ``started``, ``completed`` and ``failed`` are put on a queue
+that one background thread sends to ``POST /internal/reports`` over a keep-alive connection:
+everything gathered so far in one request, at once after a quiet spell, else at most one
+request per ``LINGER_SECONDS`` (a fast job's start and end then travel together). While the
+API is unreachable the thread retries with exponential backoff, each report for up to
+``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job from RQ. The API's
+refusals (409: the attempt was cancelled or replaced) are kept in ``refused`` (the latest
+``REFUSED_KEPT`` of them: a refusal matters only while its attempt may still run here), which
+the running task sees at its next progress report.
+
+Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``, the
+latest value wins, and a pending value is flushed by a timer.
+
+What a report carries is kept within the size caps (``backend/core/size_caps.py``): an error keeps
+its tail, a progress message its beginning. The caps start as the worker's settings and follow
+the ones the API announces in every answer. A result the API still refuses (its caps changed,
+or a body over its request cap) is never dropped: the attempt is reported failed with the
+API's reason instead, so the job is retried or ends FAILED rather than staying PROCESSING.
+
+A forked work-horse calls ``reset()``: it has no sender thread, so it posts progress directly
+with its own connection (its start and end are reported by the worker process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import requests
+
+from backend.core.size_caps import SizeCaps
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_START = 0.25
+_BACKOFF_CAP = 5.0
+_TIMEOUT = (3.05, 10)
+#: A work-horse posts progress itself, in the task's own thread: never long.
+_PROGRESS_TIMEOUT = (0.5, 1.0)
+#: Reports per request; the API accepts up to 1000.
+BATCH_SIZE = 500
+#: Refused attempts remembered; older ones have long ended.
+REFUSED_KEPT = 4096
+#: While reports keep coming, at most one request per this many seconds: the jobs of that
+#: interval share one request and one transaction, at the cost of the store learning of them
+#: up to that much later. A report after a quiet spell is sent at once.
+LINGER_SECONDS = 0.1
+
+
+class RecentSet:
+    """A set that keeps only its ``size`` most recently added members (thread-safe: the worker,
+    the sender thread and the progress timer all add to it)."""
+
+    def __init__(self, size: int = REFUSED_KEPT):
+        self.size = size
+        self._members: dict = {}
+        self._lock = threading.Lock()
+
+    def add(self, member) -> None:
+        with self._lock:
+            self._members.pop(member, None)
+            self._members[member] = None
+            if len(self._members) > self.size:
+                del self._members[next(iter(self._members))]
+
+    def __contains__(self, member) -> bool:
+        return member in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
+class Reporter:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        retry_seconds: float = 120.0,
+        progress_interval: float = 0.25,
+        caps: SizeCaps | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retry_seconds = retry_seconds
+        self.progress_interval = progress_interval
+        #: The size caps, replaced by the API's as soon as it answers (kept in a work-horse).
+        self.caps = caps or SizeCaps()
+        #: (job_id, attempt) pairs whose refused end was already reported again in another form.
+        self._replaced = RecentSet()
+        self._token = token
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+        self._last_progress_at = 0.0
+        self._pending: tuple[str, int, int, str | None] | None = None
+        self._timer: threading.Timer | None = None
+        #: (job_id, attempt) pairs the API refused (409): cancelled or replaced.
+        self.refused = RecentSet()
+        # The outbox: (deadline, report) pairs, sent in order by one thread.
+        self._outbox: deque[tuple[float, dict]] = deque()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._sender: threading.Thread | None = None
+        self._closed = False
+        self._direct = False
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.headers["X-Internal-Token"] = self._token
+        return self._session
+
+    def reset(self) -> None:
+        """Start afresh in a forked work-horse: no inherited connection, lock or thread."""
+        self._session = None
+        self._lock = threading.Lock()
+        self._timer = None
+        self._pending = None
+        self._last_progress_at = 0.0
+        self.refused = RecentSet()
+        self._replaced = RecentSet()
+        self._outbox = deque()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._sender = None
+        self._closed = False
+        self._direct = True
+
+    # -- reports ------------------------------------------------------------------------
+
+    def started(self, job_id: str, attempt: int, worker: str) -> None:
+        self._put({"job_id": job_id, "attempt": attempt, "event": "started", "worker": worker})
+
+    def completed(self, job_id: str, attempt: int, result: object) -> None:
+        self._drop_pending_progress()
+        self._put({"job_id": job_id, "attempt": attempt, "event": "completed", "result": result})
+
+    def failed(self, job_id: str, attempt: int, error: str) -> None:
+        self._drop_pending_progress()
+        self._put(self._failure(job_id, attempt, error))
+
+    def _failure(self, job_id: str, attempt: int, error: str) -> dict:
+        # An error over the cap keeps its tail: where a traceback names the fault.
+        return {"job_id": job_id, "attempt": attempt, "event": "failed", "error": self.caps.shorten_error(error)}
+
+    def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
+        """Report progress (coalesced). Returns False once the API has refused this attempt."""
+        if (job_id, attempt) in self.refused:
+            return False
+        if message is not None:
+            message = self.caps.shorten_message(message)
+        with self._lock:
+            self._pending = (job_id, attempt, percent, message)
+            wait = self._last_progress_at + self.progress_interval - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._flush_progress)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return True
+        self._flush_progress()
+        return (job_id, attempt) not in self.refused
+
+    def _flush_progress(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+            self._timer = None
+            if pending is None:
+                return
+            self._last_progress_at = time.monotonic()
+            job_id, attempt, percent, message = pending
+            report = {"job_id": job_id, "attempt": attempt, "event": "progress"}
+            report.update(progress=percent, message=message)
+            if self._direct:
+                self._post_now(report)
+            else:
+                self._put(report, best_effort=True)
+
+    def _drop_pending_progress(self) -> None:
+        with self._lock:
+            self._pending = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def check(self) -> int | None:
+        """Send an empty batch from this thread; the API's status code, or None if unreachable.
+
+        Called before the worker forks any work-horse: the first request imports modules
+        lazily (netrc, codecs), and a work-horse forked while the sender thread held such an
+        import's lock would hang at its own first request.
+        """
+        try:
+            response = self._post_batch([])
+        except requests.RequestException as exc:
+            self._session = None
+            log.warning("reporter: the API at %s is unreachable (%s)", self.base_url, exc)
+            return None
+        if response.status_code == 401:
+            log.error("reporter: the API at %s refuses this worker's INTERNAL_SERVICE_TOKEN", self.base_url)
+        elif response.status_code == 200:
+            self._adopt_caps(response)
+        return response.status_code
+
+    def _adopt_caps(self, response: requests.Response) -> None:
+        try:
+            announced = response.json().get("limits")
+        except (ValueError, AttributeError):
+            return
+        caps = self.caps.adopt(announced)
+        if caps != self.caps:
+            log.info("reporter: the API's size caps are %s", caps.as_settings())
+            self.caps = caps
+
+    # -- the outbox ---------------------------------------------------------------------
+
+    def _put(self, report: dict, *, best_effort: bool = False, at: float | None = None) -> None:
+        report["at"] = at if at is not None else time.time()
+        deadline = time.monotonic() + (0.0 if best_effort else self.retry_seconds)
+        with self._wakeup:
+            self._outbox.append((deadline, report))
+            self._closed = False
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(target=self._send_forever, name="reporter", daemon=True)
+                self._sender.start()
+            self._wakeup.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued report was answered or given up; False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._wakeup:
+            while self._outbox or self._in_flight:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wakeup.wait(left)
+        return True
+
+    def _send_forever(self) -> None:
+        delay = _BACKOFF_START
+        last_sent = 0.0
+        while True:
+            with self._wakeup:
+                while not self._outbox:
+                    if self._closed:
+                        return
+                    self._wakeup.wait()
+            wait = last_sent + LINGER_SECONDS - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            last_sent = time.monotonic()
+            with self._wakeup:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_SIZE))]
+                self._in_flight = len(batch)
+            try:
+                undelivered = self._deliver([report for _, report in batch])
+            except Exception:  # never let the sender die: the worker would report nothing more
+                log.exception("reporter: sending %d reports failed", len(batch))
+                undelivered = []
+            with self._wakeup:
+                if undelivered:
+                    now = time.monotonic()
+                    again = {id(report) for report in undelivered}
+                    kept = [item for item in batch if id(item[1]) in again and item[0] > now]
+                    for deadline, report in batch:
+                        if id(report) in again and deadline <= now and report["event"] != "progress":
+                            log.error("job %s: %s report abandoned after %.0f s", report["job_id"],
+                                      report["event"], self.retry_seconds)  # fmt: skip
+                    self._outbox.extendleft(reversed(kept))
+                self._in_flight = 0
+                self._wakeup.notify_all()
+                if self._closed and not self._outbox:
+                    return
+            if undelivered:
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_CAP)
+            else:
+                delay = _BACKOFF_START
+
+    def close(self) -> None:
+        """End the sender thread once the outbox is empty (call ``flush`` first to wait for it)."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify_all()
+
+    def _deliver(self, reports: list[dict]) -> list[dict]:
+        """POST ``reports``; the ones to send again later (the API unreachable or failing).
+
+        A batch the API refuses as a whole (400: one bad report; 413: too large) is split in
+        halves until the culprit stands alone and is dropped, so it never holds back the others
+        (an attempt's end is then reported once more, as a failure: see _report_refused_end).
+        """
+        try:
+            response = self._post_batch(reports)
+        except requests.RequestException as exc:
+            self._session = None  # a broken keep-alive connection is not reused
+            log.warning("reporter: %d reports not delivered (%s); will retry", len(reports), exc)
+            return reports
+        status = response.status_code
+        if status >= 500 or status in (404, 405):
+            # 404/405: an API that does not know batches yet, e.g. mid-way through an upgrade.
+            log.warning("reporter: %d reports answered %s; will retry", len(reports), status)
+            return reports
+        if status in (400, 413) and len(reports) > 1:
+            middle = len(reports) // 2
+            return self._deliver(reports[:middle]) + self._deliver(reports[middle:])
+        if status != 200:
+            log.error("reporter: %d reports refused (%s): %s", len(reports), status, response.text[:300])
+            if status in (400, 413, 422):
+                self._report_refused_end(reports[0], f"the API refused the report ({status}): {response.text[:300]}")
+            return []
+        self._adopt_caps(response)
+        for report, answer in zip(reports, response.json()["results"], strict=True):
+            if answer["status"] == 409:
+                self.refused.add((report["job_id"], report["attempt"]))
+            if answer["status"] >= 400:
+                log.info("job %s attempt %s: %s report refused (%s): %s", report["job_id"], report["attempt"],
+                         report["event"], answer["status"], answer.get("error"))  # fmt: skip
+            if answer["status"] == 422:
+                self._report_refused_end(report, answer.get("error") or "the API refused the report (422)")
+        return []
+
+    def _report_refused_end(self, report: dict, reason: str) -> None:
+        """An attempt's end that the API refused as too large (its caps differ from the ones this
+        worker knew) is reported once more, within the API's caps, so the job never stays
+        PROCESSING: a refused result fails the attempt with the API's reason, a refused error is
+        cut to the API's cap."""
+        key = (report["job_id"], report["attempt"])
+        if report["event"] not in ("completed", "failed") or key in self._replaced:
+            return
+        self._replaced.add(key)
+        if report["event"] == "completed":
+            error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
+        else:
+            error = report["error"]
+        # Not through failed(): that would drop the pending progress of whichever job runs now.
+        self._put(self._failure(report["job_id"], report["attempt"], error), at=report["at"])
+
+    def _post_batch(self, reports: list[dict]) -> requests.Response:
+        body = {"sent_at": time.time(), "reports": reports}
+        return self._http().post(f"{self.base_url}/internal/reports", json=body, timeout=_TIMEOUT)
+
+    def _post_now(self, report: dict) -> None:
+        """Send one progress report from a work-horse, at once, without retries, waiting at most
+        1.5 s (progress is best effort; the task waits for this call)."""
+        url = f"{self.base_url}/internal/jobs/{report['job_id']}/progress"
+        try:
+            response = self._http().post(url, json=report, timeout=_PROGRESS_TIMEOUT)
+        except requests.RequestException as exc:
+            log.warning("job %s: progress report not delivered: %s", report["job_id"], exc)
+            return
+        if response.status_code == 409:
+            self.refused.add((report["job_id"], report["attempt"]))

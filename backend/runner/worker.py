@@ -1,0 +1,370 @@
+"""The worker: RQ's own Worker (forking) or SimpleWorker, plus reports to the API.
+
+    python backend/worker.py --name worker-1 --queues high,default,low [--max-jobs N] [--burst] [--simple]
+
+RQ does the work loop, priority order of queues, heartbeats, timeouts, the stop-job command
+and warm shutdown on SIGTERM. This module adds what the store needs: it tells the API when
+an attempt starts, how far it is and how it ended, and gives the task its job context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import time
+import traceback
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+from rq.job_lifecycle import record_job_failure
+from rq.serializers import JSONSerializer
+
+from backend.broker.leases import LeaseKeeper
+from backend.broker.queues import connect, fence_key, last_error, register_queues
+from backend.core import logs, secrets_check
+from backend.core import settings as config
+from backend.core.size_caps import SizeCaps
+from backend.runner.reporter import Reporter
+from backend.tasks import load_task_modules
+from backend.tasks.context import JobContext, activate, deactivate
+
+log = logging.getLogger(__name__)
+
+
+def _store_ids(job: RQJob) -> tuple[str, int] | None:
+    """The store's job id and attempt of an RQ job, or None for jobs not enqueued by the API."""
+    meta = job.meta or {}
+    if "job_id" in meta and "attempt" in meta:
+        return str(meta["job_id"]), int(meta["attempt"])
+    return None
+
+
+def _lost_redis(exc: Exception) -> str:
+    """The error of a run whose outcome Redis lost (RQ's bookkeeping failed mid-job)."""
+    return f"WorkerLostRedis: {type(exc).__name__}: {exc}"
+
+
+class AttemptRefused(Exception):
+    """Raised before a task runs when the API refuses its attempt (cancelled or replaced)."""
+
+
+class ReportingMixin:
+    """Reports each attempt's start, progress and end to the API's internal endpoints.
+
+    Reports go through the reporter's outbox, so a job never waits for the API. Before a
+    task runs, its attempt's fence is checked in Redis (after RQ marked it started): an
+    attempt the API cancelled or replaced is not run.
+    """
+
+    reporter: Reporter
+    #: The forking worker reports starts and ends from its own process, not the work-horse.
+    reports_from_parent = False
+
+    def __init__(self, *args, reporter: Reporter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reporter = reporter
+        self._last_error: str | None = None
+        # RQ calls exception handlers with the task's exception; keep it for the report.
+        self.push_exc_handler(self._remember_error)
+
+    def _remember_error(self, job, exc_type, exc_value, tb) -> bool:
+        self._last_error = "".join(traceback.format_exception_only(exc_type, exc_value)).strip()
+        return True  # let RQ's other handlers run too
+
+    def perform_job(self, job: RQJob, queue, execution) -> bool:
+        ids = _store_ids(job)
+        if ids is None:
+            return super().perform_job(job, queue, execution)
+        job_id, attempt = ids
+        if self.is_horse:
+            self.reporter.reset()
+        context = JobContext(
+            job_id=job_id,
+            attempt=attempt,
+            _report=lambda percent, message: self.reporter.progress(job_id, attempt, percent, message),
+        )
+        self._last_error = None
+        token = activate(context)
+        try:
+            ok = super().perform_job(job, queue, execution)
+        except Exception as exc:
+            # RQ's own bookkeeping failed (Redis went away mid-job): the outcome reaches no one
+            # else, and Redis may come back without the job's state. Retried if it may be.
+            if not self.reports_from_parent:
+                self.reporter.failed(job_id, attempt, _lost_redis(exc))
+            raise
+        finally:
+            deactivate(token)
+        if (job_id, attempt) in self.reporter.refused:
+            # The API refused this attempt (cancelled, or replaced by a newer attempt):
+            # nothing to report, and RQ shows the run as stopped.
+            job.set_status(RQStatus.STOPPED)
+            return ok
+        if self.reports_from_parent:
+            return ok
+        if ok:
+            # RQ keeps the return value on the job it just ran: no Redis round trip.
+            self._report_result(job_id, attempt, job._result)
+        elif job.get_status(refresh=False) != "stopped":
+            self.reporter.failed(job_id, attempt, self._last_error or "the task failed")
+        return ok
+
+    def _report_result(self, job_id: str, attempt: int, result: object) -> None:
+        # A result the API would refuse (not JSON, NaN, over MAX_RESULT_BYTES) fails the
+        # attempt with that reason: retried like any failure, never a dropped report.
+        problem = self.reporter.caps.result_problem(result)
+        if problem:
+            self.reporter.failed(job_id, attempt, problem)
+        else:
+            self.reporter.completed(job_id, attempt, result)
+
+    stop_requested = False
+
+    def request_stop(self, signum, frame):
+        """SIGTERM / SIGINT: finish the current job, then exit (RQ's warm shutdown)."""
+        self.stop_requested = True
+        super().request_stop(signum, frame)
+
+    def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ marks the job started; then its fence is checked, and the store hears of it."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        ids = _store_ids(job)
+        if ids is None:
+            return
+        if self.connection.exists(fence_key(job.id)):
+            # Cancelled while it waited, or a newer attempt replaced it: do not run it.
+            self.reporter.refused.add(ids)
+            raise AttemptRefused(f"attempt {ids[1]} of job {ids[0]} was cancelled or replaced")
+        if not self.reports_from_parent:
+            self.reporter.started(*ids, self.name)
+
+
+class JobServiceWorker(ReportingMixin, Worker):
+    """RQ's forking worker: each job runs in a child process.
+
+    This process reports the start when it forks the work-horse and the end, read from RQ,
+    when the work-horse exits: the work-horse then needs no connection to the API (it opens
+    one only for progress).
+    """
+
+    reports_from_parent = True
+    _horse_death: str | None = None
+
+    def execute_job(self, job: RQJob, queue) -> None:
+        ids = _store_ids(job)
+        if ids is None:
+            return super().execute_job(job, queue)
+        self.reporter.started(*ids, self.name)
+        self._horse_death = None
+        try:
+            super().execute_job(job, queue)
+        except Exception as exc:
+            # Redis went away while the work-horse ran: the store heard of the start, and no
+            # one else would report an end. Retried if it may be.
+            self.reporter.failed(*ids, _lost_redis(exc))
+            raise
+        try:
+            self._report_end(job, *ids)
+        except InvalidJobOperation:
+            # The RQ job's hash is gone (deleted while it ran): its outcome is unknown, and
+            # no one else would ever report it. As for a lost run: retried if it may be.
+            self.reporter.failed(*ids, "JobLost: the RQ job was deleted before its outcome was read")
+        except RedisError as exc:
+            # The reconciler copies the outcome from RQ once Redis answers again.
+            log.warning("job %s: could not read its outcome from RQ: %s", ids[0], exc)
+
+    def _report_end(self, job: RQJob, job_id: str, attempt: int) -> None:
+        status = job.get_status(refresh=True)
+        if status == RQStatus.FINISHED:
+            self._report_result(job_id, attempt, job.return_value(refresh=True))
+        elif status == RQStatus.FAILED:
+            self.reporter.failed(job_id, attempt, self._horse_death or last_error(job) or "the task failed")
+        elif status != RQStatus.STOPPED:  # STOPPED: refused or cancelled, nothing to report
+            # Queued or started after its work-horse exited: Redis lost what the horse wrote.
+            self.reporter.failed(job_id, attempt, f"JobLost: RQ shows the job {status} after its run")
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        """The forked child died under the job (OOM killer, SIGKILL): say so in the report."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        code = os.waitstatus_to_exitcode(ret_val) if ret_val is not None else None
+        reason = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        self._horse_death = f"WorkHorseKilled: the work-horse process died ({reason})"
+
+
+class JobServiceSimpleWorker(ReportingMixin, SimpleWorker):
+    """RQ's SimpleWorker: jobs run in the worker's own process (faster, less isolated)."""
+
+
+def build_worker(
+    *,
+    name: str,
+    queues: list[str],
+    simple: bool,
+    settings: dict,
+    connection: Redis,
+) -> Worker:
+    """A worker for ``queues`` (in priority order) reporting to the API of ``settings``."""
+    reporter = Reporter(
+        str(settings["API_BASE_URL"]),
+        str(settings["INTERNAL_SERVICE_TOKEN"]),
+        retry_seconds=float(settings["REPORT_RETRY_SECONDS"]),
+        progress_interval=float(settings["PROGRESS_MIN_INTERVAL"]),
+        caps=SizeCaps.from_settings(settings),
+    )
+    worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
+    return worker_class(
+        queues,
+        name=name,
+        connection=connection,
+        serializer=JSONSerializer,
+        default_result_ttl=int(settings["RQ_RESULT_TTL"]),
+        reporter=reporter,
+    )
+
+
+def wait_for_redis(connection: Redis, *, what: str) -> None:
+    """Block until Redis answers, backing off up to 10 s between tries."""
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisError as exc:
+            log.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def forget_stale_registration(connection: Redis, name: str) -> None:
+    """Remove RQ's record of an earlier process of this name that died without saying so.
+
+    Only called while holding the name's lease, so that process is surely gone; without
+    this, RQ refuses to start a worker under the name for up to ~8 minutes.
+    """
+    key = f"{Worker.redis_worker_namespace_prefix}{name}"
+    if connection.exists(key) and not connection.hexists(key, "death"):
+        log.warning("worker %s: clearing the registration of a dead process of the same name", name)
+        connection.delete(key)
+        connection.srem(Worker.redis_workers_keys, key)
+
+
+def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> list[str]:
+    """Fail, in RQ, every job that RQ shows started under this worker's name.
+
+    Called before this process starts (or restarts) RQ's work loop, when it runs nothing:
+    such jobs belonged to an earlier process of the same name that died (a restarted
+    container reuses its name), or to a loop that Redis broke mid-job. Their name's lease is
+    alive again, so the reconciler would never call them dead; failed in RQ, it settles them
+    (a retry, or FAILED) at its next pass.
+    """
+    abandoned = []
+    for queue_name in queues:
+        registry = Queue(queue_name, connection=connection, serializer=JSONSerializer).started_job_registry
+        for entry in connection.zrange(registry.key, 0, -1):
+            rq_id = entry.decode().split(":", 1)[0]
+            try:
+                job = RQJob.fetch(rq_id, connection=connection, serializer=JSONSerializer)
+            except NoSuchJobError:
+                connection.zrem(registry.key, entry)
+                continue
+            if job.worker_name != name or job.get_status(refresh=False) != RQStatus.STARTED:
+                continue
+            reason = f"WorkerDied: worker {name} stopped while running the job"
+            with connection.pipeline() as pipe:
+                pipe.zrem(registry.key, entry)
+                record_job_failure(job, reason, pipe)
+                pipe.execute()
+            abandoned.append(rq_id)
+            log.warning("worker %s: job %s of an earlier process marked failed in RQ", name, rq_id)
+    return abandoned
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run a job service worker.")
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("RQ_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        help="worker name, unique across hosts (default: RQ_WORKER_NAME or host-pid)",
+    )
+    parser.add_argument(
+        "--queues",
+        default=os.environ.get("RQ_QUEUE_NAMES") or ",".join(config.QUEUE_NAMES),
+        help="queues in priority order (default: RQ_QUEUE_NAMES or high,default,low)",
+    )
+    parser.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--simple", action="store_true", help="run jobs in this process (RQ's SimpleWorker)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = config.load()
+    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    queues = [name.strip() for name in args.queues.split(",") if name.strip()]
+    unknown = [name for name in queues if name not in config.QUEUE_NAMES]
+    if not queues or unknown:
+        raise SystemExit(f"--queues must name some of {list(config.QUEUE_NAMES)}, got {args.queues!r}")
+    if not settings.get("INTERNAL_SERVICE_TOKEN"):
+        raise SystemExit("INTERNAL_SERVICE_TOKEN is not set: the API would refuse this worker's reports")
+    secrets_check.enforce_or_exit(settings, role="worker")
+    if not settings.get("REDIS_URL"):
+        raise SystemExit("REDIS_URL is not set")
+    load_task_modules(str(settings["TASK_MODULES"]))
+
+    connection = connect(str(settings["REDIS_URL"]))
+    # The lease thread gets a connection pool of its own: a forked work-horse must never
+    # inherit a pool lock that this thread held at the moment of the fork.
+    lease = LeaseKeeper(connect(str(settings["REDIS_URL"])), args.name, float(settings["WORKER_LEASE_SECONDS"]))
+    wait_for_redis(connection, what=f"worker {args.name}")
+    claim_deadline = time.monotonic() + 2 * float(settings["WORKER_LEASE_SECONDS"])
+    while not lease.claim():
+        # A restarted container often reuses its name: wait for the dead holder's lease to
+        # lapse; a holder that keeps renewing is a live worker, and then this one gives up.
+        if time.monotonic() > claim_deadline:
+            raise SystemExit(f"a live worker is already named {args.name!r}; pick another --name")
+        log.warning("worker %s: the name is leased; waiting for the lease to lapse", args.name)
+        time.sleep(1)
+    lease.start()
+    try:
+        while True:
+            forget_stale_registration(connection, args.name)
+            abandon_orphaned_jobs(connection, args.name, queues)
+            register_queues(connection, queues)
+            worker = build_worker(
+                name=args.name, queues=queues, simple=args.simple, settings=settings, connection=connection
+            )
+            worker.reporter.check()
+            try:
+                worker.work(
+                    burst=args.burst,
+                    max_jobs=args.max_jobs,
+                    with_scheduler=True,
+                    logging_level=str(settings["LOG_LEVEL"]),
+                )
+            except RedisError as exc:
+                log.warning("worker %s: lost Redis (%s)", args.name, exc)
+            finally:
+                # Whatever ends the loop, the reports of the jobs it ran are sent first.
+                if not worker.reporter.flush(timeout=float(settings["REPORT_RETRY_SECONDS"])):
+                    log.error("worker %s: some reports were not delivered; the reconciler settles them", args.name)
+                worker.reporter.close()
+            if worker.stop_requested or args.burst or args.max_jobs:
+                break
+            # RQ's loop gave up (on some Redis errors, or a job it could not read): wait for
+            # Redis if it is down, then go on working.
+            log.warning("worker %s: RQ's work loop ended unexpectedly; restarting it", args.name)
+            time.sleep(1)
+            wait_for_redis(connection, what=f"worker {args.name}")
+    except RedisError as exc:
+        log.warning("worker %s: Redis unavailable while starting (%s)", args.name, exc)
+    finally:
+        lease.stop()
+    log.info("worker %s stopped", args.name)
+    return 0

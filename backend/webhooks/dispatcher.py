@@ -1,0 +1,410 @@
+"""Webhooks: an outbox of deliveries, sent and retried by a dispatcher off the workers' path.
+
+When a job with a ``webhook_url`` ends (COMPLETED, FAILED or CANCELLED), the same store
+transaction adds a delivery row holding the job as JSON. The dispatcher (a thread in the API)
+POSTs it, signed the Standard Webhooks way, within one deadline for the whole exchange
+(``WEBHOOK_TIMEOUT``), reading only the status line back, to the address the SSRF guard checked,
+never following redirects, up to ``WEBHOOK_MAX_ATTEMPTS`` times with backoff, and records every
+attempt. Deliveries run concurrently (``WEBHOOK_CONCURRENCY``), a few per receiver host and per
+owner at most, so one slow receiver does not hold up the others.
+
+Verifying a delivery (the receiver's side)::
+
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + raw_body
+    expected = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
+    assert hmac.compare_digest(headers["webhook-signature"], f"v1,{expected}")
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.api.metrics import WEBHOOK_DELIVERIES
+from backend.core.errors import ValidationFailed
+from backend.store.engine import transaction
+from backend.store.models import Job, WebhookAttempt, WebhookDelivery, utcnow
+from backend.webhooks import http_post as webhook_http
+from backend.webhooks.outbox import job_deliveries
+from backend.webhooks.resolver import BoundedResolver
+from backend.webhooks.ssrf import LookupBudget, LookupNotAnswered, LookupsBusy, resolve_webhook_url
+
+__all__ = ["Dispatcher", "secret_bytes", "sign"]
+
+log = logging.getLogger(__name__)
+
+#: A claim outlasts the delivery's deadline by this much: time to record the attempt.
+CLAIM_MARGIN_SECONDS = 60
+#: Due deliveries are read in pages of PAGE_SIZE, at most SCAN_LIMIT rows a pass.
+PAGE_SIZE = 100
+SCAN_LIMIT = 1000
+#: An unexpected error is recorded with its attempt, cut to this many characters.
+MAX_ERROR_CHARS = 500
+#: A delivery that found no free lookup thread (or its owner's share of them full) is tried
+#: again this much later (at most; WEBHOOK_BACKOFF_SECONDS when shorter), not counted as an attempt.
+LOOKUPS_BUSY_DELAY_SECONDS = 2.0
+
+
+def secret_bytes(secret: str) -> bytes:
+    """Standard Webhooks secrets look like ``whsec_<base64>``; anything else is used as is."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    return secret.encode()
+
+
+def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for one message."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+class Dispatcher:
+    """Sends due deliveries; safe to run in several API processes (rows are claimed).
+
+    Deliveries run on a pool of ``concurrency`` threads. So that one slow or hostile receiver
+    cannot hold every thread (and with them other owners' deliveries), at most ``per_host``
+    deliveries to one host name and ``per_owner`` of one job owner are in flight at once; the
+    rest wait for a later pass. The hosts and owners at their cap are left out of the query
+    itself, so a backlog of thousands on one of them cannot fill a pass's scan. Each delivery
+    ends within ``timeout`` seconds (see backend/webhooks/http_post.py), and its claim lasts
+    ``timeout + CLAIM_MARGIN_SECONDS``, so a claim never lapses while its delivery runs.
+    Recording an attempt is a compare-and-set on the claim: a dispatcher whose claim was taken
+    over records nothing. Every attempt that ran is recorded, an unexpected error too, so
+    ``max_attempts`` ends every delivery.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        secret: str | None,
+        allow_loopback: bool,
+        max_attempts: int = 3,
+        backoff_seconds: float = 10.0,
+        timeout: float = 10.0,
+        concurrency: int = 8,
+        per_host: int = 2,
+        per_owner: int = 4,
+        resolve=None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        self.sessions = sessions
+        self.secret = secret_bytes(secret) if secret else None
+        self.allow_loopback = allow_loopback
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.timeout = timeout
+        self.concurrency = max(1, concurrency)
+        self.per_host = max(1, per_host)
+        self.per_owner = max(1, per_owner)
+        self.resolve = resolve  # None: socket.getaddrinfo (tests give one that rebinds)
+        # Lookups run here, each waited on for what is left of its delivery's deadline. A
+        # lookup that outlives its delivery keeps its thread until the system resolver gives
+        # up, so there are more threads than deliveries, and one owner's lookups hold at most a
+        # quarter of them (until they end), so one tenant's slow DNS leaves room for the
+        # others. When none is free for a delivery it is put off briefly, not counted as an
+        # attempt: the receiver was never tried.
+        self.resolver = BoundedResolver(threads=2 * self.concurrency)
+        self.ssl_context = ssl_context  # None: the system's trust store
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="webhook")
+        self._pass = threading.Lock()
+        self._lock = threading.Condition()
+        self._in_flight: dict[str, tuple[str, str]] = {}  # delivery id -> (host, owner)
+        self._closed = False
+
+    @property
+    def claim_seconds(self) -> float:
+        return self.timeout + CLAIM_MARGIN_SECONDS
+
+    def run_once(self) -> int:
+        """Start every due delivery there is room for; returns how many were started.
+
+        Deliveries run in the background; ``wait_idle`` waits for them.
+        """
+        # One pass at a time (the periodic thread, an operator's call): the room checks below
+        # and the claims that follow them must not interleave with another pass's.
+        with self._pass:
+            if self._closed:
+                return 0
+            return self._start_due()
+
+    def close(self, wait: bool = True) -> None:
+        """Start no more deliveries and shut the delivery pool down.
+
+        Deliveries already running end within ``timeout`` (and are recorded); with ``wait``
+        this returns once they have. Called when the API stops its dispatcher
+        (``backend.app.stop_webhooks``: at process exit, and by the tests' app teardown).
+        """
+        with self._pass:  # a pass under way finishes starting what it claimed
+            self._closed = True
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _start_due(self) -> int:
+        now = utcnow()
+        started, scanned, after = 0, 0, None
+        while self._free_slots() and scanned < SCAN_LIMIT:
+            full_hosts, full_owners = self._full()
+            page = self._due_page(now, after, full_hosts, full_owners)
+            if not page:
+                break
+            for delivery_id, host, owner, next_attempt_at in page:
+                scanned += 1
+                after = (next_attempt_at, delivery_id)
+                if not self._has_room(host, owner):
+                    # Its host or owner filled up during this page: read the next page with
+                    # that one left out in SQL, so that its backlog is not read row by row.
+                    break
+                claim = self._claim(delivery_id)
+                if claim is None:
+                    continue
+                if not self._start(delivery_id, claim, host, owner):
+                    return started
+                started += 1
+                if not self._free_slots():
+                    break
+        return started
+
+    def _start(self, delivery_id: str, claim: datetime, host: str, owner: str) -> bool:
+        """Run a claimed delivery on the pool; False (and the claim given back) once it is shut down."""
+        with self._lock:
+            self._in_flight[delivery_id] = (host, owner)
+        try:
+            self._pool.submit(self._run, delivery_id, claim, owner)
+        except RuntimeError:  # the pool was shut down (close(), interpreter exit)
+            with self._lock:
+                self._in_flight.pop(delivery_id, None)
+                self._lock.notify_all()
+            self._release(delivery_id, claim)
+            return False
+        return True
+
+    def _release(self, delivery_id: str, claim: datetime) -> None:
+        """Give back a claim that no send followed, so that another dispatcher sends it now."""
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
+                .values(claimed_until=None)
+            )
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no delivery of this dispatcher is in flight; False if some still are."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._in_flight, timeout)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - len(self._in_flight)
+
+    def _has_room(self, host: str, owner: str) -> bool:
+        full_hosts, full_owners = self._full()
+        return host not in full_hosts and owner not in full_owners
+
+    def _full(self) -> tuple[set[str], set[str]]:
+        """The hosts and the owners that are at their cap of deliveries in flight."""
+        with self._lock:
+            busy = list(self._in_flight.values())
+        hosts = [host for host, _ in busy]
+        owners = [owner for _, owner in busy]
+        return (
+            {host for host in hosts if hosts.count(host) >= self.per_host},
+            {owner for owner in owners if owners.count(owner) >= self.per_owner},
+        )
+
+    def _due_page(self, now, after, full_hosts: set[str], full_owners: set[str]) -> list:
+        """Due, unclaimed deliveries in order, leaving out hosts and owners at their cap."""
+        query = (
+            select(WebhookDelivery.id, WebhookDelivery.host, Job.owner, WebhookDelivery.next_attempt_at)
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(PAGE_SIZE)
+        )
+        # In SQL, so that one host's or one owner's thousands of due deliveries (sorted first)
+        # cannot fill every page of a pass and so keep other owners' deliveries out of it.
+        if full_hosts:
+            query = query.where(WebhookDelivery.host.not_in(full_hosts))
+        if full_owners:
+            query = query.where(Job.owner.not_in(full_owners))
+        if after is not None:
+            query = query.where(
+                or_(
+                    WebhookDelivery.next_attempt_at > after[0],
+                    and_(WebhookDelivery.next_attempt_at == after[0], WebhookDelivery.id > after[1]),
+                )
+            )
+        with self.sessions() as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    def _claim(self, delivery_id: str) -> datetime | None:
+        """Claim a delivery; returns the claim (its ``claimed_until``), the token of this send."""
+        now = utcnow()
+        claim = now + timedelta(seconds=self.claim_seconds)
+        with transaction(self.sessions) as session:
+            result = session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
+                .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
+                .values(claimed_until=claim)
+            )
+            return claim if result.rowcount == 1 else None
+
+    def _run(self, delivery_id: str, claim: datetime, owner: str | None = None) -> None:
+        # The deadline starts now, before the name is resolved: the whole send ends within
+        # ``timeout`` of here, well before the claim (timeout + margin from the claim) lapses.
+        started = time.monotonic()
+        try:
+            self._attempt(delivery_id, claim, started, owner)
+        except Exception as exc:
+            # A fault on this side (a bug, the store), not the receiver's answer. It is recorded
+            # as a failed attempt like any other, so that WEBHOOK_MAX_ATTEMPTS ends it: letting
+            # the claim lapse recorded nothing, and the delivery was tried again forever.
+            log.exception("webhook %s: the attempt failed to run", delivery_id)
+            error = f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR_CHARS]
+            try:
+                self._record(delivery_id, claim, None, error, _ms_since(started))
+            except Exception:
+                log.exception("webhook %s: the failed attempt was not recorded; its claim lapses", delivery_id)
+        finally:
+            with self._lock:
+                self._in_flight.pop(delivery_id, None)
+                self._lock.notify_all()
+
+    def _attempt(self, delivery_id: str, claim: datetime, started: float, owner: str | None = None) -> None:
+        with self.sessions() as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None:
+            return  # its job was deleted (the delivery with it) since it was claimed
+        body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+        timestamp = int(time.time())
+        headers = {"content-type": "application/json", "webhook-id": delivery.id, "webhook-timestamp": str(timestamp)}
+        if self.secret is not None:
+            headers["webhook-signature"] = sign(self.secret, delivery.id, timestamp, body)
+        status_code, error, refused = None, None, False
+        try:
+            # Resolved once and checked here, within the delivery's deadline (the lookup waits
+            # only for what is left of it); the POST connects to these checked addresses.
+            budget = LookupBudget(
+                self.timeout, started=started, resolver=self.resolver, setting="WEBHOOK_TIMEOUT", owner=owner
+            )
+            try:
+                target = resolve_webhook_url(
+                    delivery.url, allow_loopback=self.allow_loopback, resolve=self.resolve, budget=budget
+                )
+            except LookupsBusy as exc:
+                # Nothing was tried (no lookup started, no connection): not an attempt. Counting
+                # it let one owner's slow DNS use up other owners' WEBHOOK_MAX_ATTEMPTS.
+                self._put_off(delivery_id, claim, exc.message)
+                return
+            status_code = webhook_http.post(
+                target, body, headers, timeout=self.timeout, ssl_context=self.ssl_context, started=started
+            )
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except LookupNotAnswered as exc:
+            # No answer this time (slow or failing DNS): not a refusal, the attempt failed and
+            # is tried again.
+            error = exc.message
+        except ValidationFailed as exc:
+            error, refused = f"refused: {exc.message}", True
+        except webhook_http.DeliveryError as exc:
+            error = str(exc)
+        self._record(delivery_id, claim, status_code, error, _ms_since(started), refused=refused)
+
+    def _put_off(self, delivery_id: str, claim: datetime, reason: str) -> None:
+        """Give back the claim with the delivery due again shortly; its attempts stay as they are."""
+        delay = min(LOOKUPS_BUSY_DELAY_SECONDS, self.backoff_seconds)
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
+                .values(claimed_until=None, next_attempt_at=utcnow() + timedelta(seconds=delay))
+            )
+        WEBHOOK_DELIVERIES.labels("put_off").inc()
+        log.info("webhook %s: put off %.3g s, not attempted: %s", delivery_id, delay, reason)
+
+    def _record(
+        self,
+        delivery_id: str,
+        claim: datetime,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int,
+        *,
+        refused: bool = False,
+    ) -> None:
+        now = utcnow()
+        with transaction(self.sessions) as session:
+            row = session.execute(
+                select(WebhookDelivery.job_id, WebhookDelivery.attempts).where(
+                    WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim
+                )
+            ).first()
+            if row is None:
+                self._claim_lost(delivery_id, error or status_code)
+                return
+            attempts = row.attempts + 1
+            if error is None:
+                values = {"status": "delivered", "delivered_at": now}
+            elif refused or attempts >= self.max_attempts:
+                values = {"status": "failed"}
+            else:
+                delay = self.backoff_seconds * 2 ** (attempts - 1)
+                values = {"next_attempt_at": now + timedelta(seconds=delay)}
+            # Compare-and-set on this dispatcher's claim: if another dispatcher took the
+            # delivery over (the claim lapsed, e.g. this process was paused), its record stands.
+            result = session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
+                .values(attempts=attempts, claimed_until=None, **values)
+            )
+            if result.rowcount != 1:
+                self._claim_lost(delivery_id, error or status_code)
+                return
+            session.add(
+                WebhookAttempt(
+                    delivery_id=delivery_id,
+                    attempted_at=now,
+                    status_code=status_code,
+                    error=error,
+                    duration_ms=duration_ms,
+                )
+            )
+            if values.get("status") in ("delivered", "failed"):
+                session.execute(
+                    update(Job)
+                    .where(Job.id == row.job_id)
+                    # updated_at moves with every change of a job's fields (see job_reads).
+                    .values(webhook_delivered=values["status"] == "delivered", updated_at=now)
+                )
+        WEBHOOK_DELIVERIES.labels(values.get("status", "retry")).inc()
+        log.info("job %s: webhook %s attempt %s: %s", row.job_id, delivery_id, attempts, error or status_code)
+
+    @staticmethod
+    def _claim_lost(delivery_id: str, outcome: object) -> None:
+        log.warning("webhook %s: an attempt (%s) was not recorded: its claim was taken over", delivery_id, outcome)
+        WEBHOOK_DELIVERIES.labels("claim_lost").inc()
+
+    def deliveries(self, job_id: str) -> list[dict]:
+        """Every delivery of a job with its attempts (``GET /jobs/<id>/webhooks``)."""
+        return job_deliveries(self.sessions, job_id)

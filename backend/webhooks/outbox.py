@@ -1,0 +1,78 @@
+"""The webhook outbox's rows: a delivery added with the job that ended, and a job's deliveries
+as ``GET /jobs/<id>/webhooks`` shows them. The dispatcher (backend/webhooks/dispatcher.py) sends them."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.service.representations import iso, job_dict
+from backend.store.models import Job, WebhookAttempt, WebhookDelivery, utcnow
+
+
+def add_delivery(session: Session, job: Job) -> None:
+    """Queue the webhook of a job that just ended, in the caller's transaction."""
+    now = utcnow()
+    session.add(
+        WebhookDelivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            job_id=job.id,
+            event=job.status,
+            url=job.webhook_url,
+            host=delivery_host(job.webhook_url),
+            payload={"type": f"job.{job.status.lower()}", "timestamp": now.isoformat(), "data": job_dict(job)},
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+def delivery_host(url: str) -> str:
+    """The host a delivery's per-host cap counts against (stored in ``WebhookDelivery.host``)."""
+    try:
+        # At most the column's 255 characters: two longer names that share them share a cap.
+        return (urlsplit(url).hostname or "").lower()[:255]
+    except ValueError:  # refused when its attempt runs
+        return ""
+
+
+def job_deliveries(sessions: sessionmaker[Session], job_id: str) -> list[dict]:
+    """Every delivery of a job with its attempts."""
+    with sessions() as session:
+        rows = list(
+            session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.created_at)
+            )
+        )
+        attempts = list(
+            session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id.in_([row.id for row in rows]))
+                .order_by(WebhookAttempt.id)
+            )
+        )
+    by_delivery: dict[str, list[dict]] = {}
+    for attempt in attempts:
+        by_delivery.setdefault(attempt.delivery_id, []).append(
+            {
+                "attempted_at": iso(attempt.attempted_at),
+                "status_code": attempt.status_code,
+                "error": attempt.error,
+                "duration_ms": attempt.duration_ms,
+            }
+        )
+    return [
+        {
+            "webhook_id": row.id,
+            "event": row.event,
+            "url": row.url,
+            "status": row.status,
+            "attempts": by_delivery.get(row.id, []),
+        }
+        for row in rows
+    ]
