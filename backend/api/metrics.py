@@ -1,9 +1,9 @@
 """Prometheus metrics at ``GET /metrics`` (admin), with prometheus-client.
 
-Counters and histograms are recorded where things happen (requests, worker reports, webhook
-attempts). Under gunicorn with several processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an
-empty directory (prometheus-client's multiprocess mode; ``backend/gunicorn_conf.py`` marks
-dead processes) and the scrape sums every process. Job counts, queue depths and live
+Counters and histograms (defined in ``backend/core/instruments.py``) are recorded where things
+happen (requests, worker reports, webhook attempts). Under gunicorn with several processes,
+set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory (prometheus-client's multiprocess mode;
+``backend/gunicorn_conf.py`` marks dead processes) and the scrape sums every process. Job counts, queue depths and live
 workers are read at scrape time from the store's counters and Redis, so they are the same
 whichever process answers.
 """
@@ -18,8 +18,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
-    Counter,
-    Histogram,
     generate_latest,
     multiprocess,
 )
@@ -27,31 +25,13 @@ from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
 from backend.broker import leases
+from backend.core.instruments import REQUEST_LATENCY
 from backend.store import counts
 
-REQUEST_LATENCY = Histogram(
-    "jobservice_http_request_duration_seconds",
-    "API request latency by endpoint",
-    ["endpoint", "method", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
-JOB_RUN_SECONDS = Histogram(
-    "jobservice_job_run_seconds",
-    "Time from an attempt's start to its end",
-    ["task", "status"],
-    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600),
-)
-QUEUE_WAIT_SECONDS = Histogram(
-    "jobservice_job_queue_wait_seconds",
-    "Time from a job's submission to the start of its first attempt",
-    ["task"],
-    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
-)
 #: HTTP methods that get a label of their own; any other method a client sends is "other",
 #: and a request that matched no route is "unmatched" (never its path): labels a client
 #: controls would grow /metrics, and every process's memory, without bound.
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-WEBHOOK_DELIVERIES = Counter("jobservice_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"])
 
 
 class StateCollector:

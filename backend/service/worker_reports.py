@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
-from backend.api.metrics import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.core.errors import JobServiceError
+from backend.core.instruments import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.core.states import TERMINAL, JobStatus
 from backend.store import counts
 from backend.store.engine import dialect_insert, transaction

@@ -31,8 +31,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.api.metrics import WEBHOOK_DELIVERIES
 from backend.core.errors import ValidationFailed
+from backend.core.instruments import WEBHOOK_DELIVERIES
 from backend.store.engine import transaction
 from backend.store.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from backend.webhooks import http_post as webhook_http
