@@ -180,15 +180,3 @@ def run_burst_worker(start_worker):
         return worker
 
     return run
-
-
-def wait_for_status(client, job_id: str, statuses: set[str], timeout: float = 30, headers=None) -> dict:
-    """Poll GET /jobs/<id> until its status is in ``statuses``; return the job."""
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}", headers=headers).get_json()
-        if job.get("status") in statuses:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {statuses}; last seen {job}")

@@ -9,9 +9,8 @@ from rq import Queue
 from rq.job import Job as RQJob
 
 from backend.dev.redis_server import free_port
-from tests.conftest import ROOT, TASK_MODULES, TOKEN, wait_for_status
-
-AUTH = {"X-Internal-Token": TOKEN}
+from tests.conftest import ROOT, TASK_MODULES
+from tests.helpers import AUTH, wait_for_status
 
 
 def run_cli(settings: dict, *args: str, stdin: str = "", redis_url: str | None = None):

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import wait_for_status
-
-
-def submit(client, task: str, **body) -> dict:
-    response = client.post(f"/tasks/{task}", json=body)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()
-
-
-def get(client, job_id: str) -> dict:
-    return client.get(f"/jobs/{job_id}").get_json()
-
+from tests.helpers import get_job, submit, wait_for_status
 
 # -- dependencies -------------------------------------------------------------------------
 
@@ -25,12 +14,12 @@ def test_a_dependency_chain_runs_in_order(client, start_worker):
     b = submit(client, "add", args=[1, 1], depends_on=[a["job_id"]])
     c = submit(client, "add", args=[2, 2], depends_on=[b["job_id"]])
     assert b["status"] == "QUEUED" and b["waiting_for"] == [a["job_id"]]
-    assert get(client, c["job_id"])["waiting_for"] == [b["job_id"]]
+    assert get_job(client, c["job_id"])["waiting_for"] == [b["job_id"]]
 
     start_worker("--name", "chain", "--simple")
     wait_for_status(client, c["job_id"], {"COMPLETED"})
 
-    done = [get(client, j["job_id"]) for j in (a, b, c)]
+    done = [get_job(client, j["job_id"]) for j in (a, b, c)]
     assert [j["status"] for j in done] == ["COMPLETED"] * 3
     assert done[0]["completed_at"] <= done[1]["started_at"]
     assert done[1]["completed_at"] <= done[2]["started_at"]
@@ -46,13 +35,13 @@ def test_a_failed_parent_cancels_its_children_unless_they_allow_failure(client, 
     start_worker("--name", "parents", "--simple")
     wait_for_status(client, tolerant["job_id"], {"COMPLETED"})
 
-    assert get(client, parent["job_id"])["status"] == "FAILED"
-    cancelled = get(client, child["job_id"])
+    assert get_job(client, parent["job_id"])["status"] == "FAILED"
+    cancelled = get_job(client, child["job_id"])
     assert cancelled["status"] == "CANCELLED"
     assert cancelled["cancelled_by"] == "dependency"
     assert parent["job_id"] in cancelled["error"]
-    assert get(client, grandchild["job_id"])["status"] == "CANCELLED"
-    assert get(client, tolerant["job_id"])["result"] == 6
+    assert get_job(client, grandchild["job_id"])["status"] == "CANCELLED"
+    assert get_job(client, tolerant["job_id"])["result"] == 6
 
 
 def test_a_child_runs_after_its_parent_succeeds_on_a_retry(client, start_worker, tmp_path):
@@ -62,7 +51,7 @@ def test_a_child_runs_after_its_parent_succeeds_on_a_retry(client, start_worker,
     start_worker("--name", "retry-parent", "--simple")
 
     assert wait_for_status(client, child["job_id"], {"COMPLETED"}, timeout=30)["result"] == 2
-    assert get(client, parent["job_id"])["retry_count"] == 1
+    assert get_job(client, parent["job_id"])["retry_count"] == 1
 
 
 def test_a_child_of_an_ended_parent_is_settled_at_once(client, run_burst_worker):
@@ -100,7 +89,7 @@ def test_a_batch_of_1000_is_recorded_at_once_and_runs(client, run_burst_worker):
     summary = client.get(f"/batches/{batch['batch_id']}").get_json()
     assert summary["counts"]["COMPLETED"] == 1000
     assert summary["progress"] == 100.0 and summary["done"] is True
-    assert get(client, batch["job_ids"][999])["result"] == 1998
+    assert get_job(client, batch["job_ids"][999])["result"] == 1998
 
 
 def test_a_batch_with_one_bad_job_records_nothing(client, redis_conn):
@@ -141,7 +130,8 @@ def test_a_task_with_concurrency_one_never_runs_twice_at_once(client, start_work
         wait_for_status(client, job["job_id"], {"COMPLETED"}, timeout=30)
 
     spans = sorted(
-        (get(client, j["job_id"])["result"]["started"], get(client, j["job_id"])["result"]["ended"]) for j in jobs
+        (get_job(client, j["job_id"])["result"]["started"], get_job(client, j["job_id"])["result"]["ended"])
+        for j in jobs
     )
     for (_, ended), (started, _) in zip(spans, spans[1:], strict=False):
         assert started >= ended - 0.01, spans
@@ -158,7 +148,7 @@ def test_run_at_delays_a_job_through_rqs_scheduler(client, start_worker):
     assert job["run_at"] is not None
     start_worker("--name", "later", "--simple")
     time.sleep(1.5)
-    assert get(client, job["job_id"])["status"] == "QUEUED"
+    assert get_job(client, job["job_id"])["status"] == "QUEUED"
     done = wait_for_status(client, job["job_id"], {"COMPLETED"}, timeout=20)
     assert done["started_at"] >= when.isoformat()[:19]
 

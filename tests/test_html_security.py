@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 
 
 class PageParts(HTMLParser):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 
 # What a record of the text format starts with: "2026-11-29 12:00:00,123 LEVEL logger: ..."
 RECORD_START = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")

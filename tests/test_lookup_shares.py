@@ -15,7 +15,8 @@ import threading
 import pytest
 
 from backend.app import create_app, stop_webhooks
-from tests.test_webhook_delivery import HeldReceiver, delivery_of, hook_app, job_with_webhook, wait_until
+from tests.helpers import wait_until
+from tests.test_webhook_delivery import HeldReceiver, delivery_of, hook_app, job_with_webhook
 
 PUBLIC = "93.184.216.34"
 

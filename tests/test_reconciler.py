@@ -18,7 +18,7 @@ from backend.dev.redis_server import EmbeddedRedis, free_port
 from backend.recovery.reconciler import LOCK_KEY
 from backend.store import counts
 from backend.tasks import get_task
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 
 
 def reconcile_until(app, predicate, timeout: float = 20.0):

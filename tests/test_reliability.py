@@ -12,20 +12,7 @@ from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from tests.conftest import TOKEN, wait_for_status
-
-AUTH = {"X-Internal-Token": TOKEN}
-
-
-def submit(client, task: str, status: int = 202, **body) -> dict:
-    response = client.post(f"/tasks/{task}", json=body)
-    assert response.status_code == status, response.get_json()
-    return response.get_json()
-
-
-def attempts(client, job_id: str) -> list[dict]:
-    return client.get(f"/jobs/{job_id}/attempts").get_json()["attempts"]
-
+from tests.helpers import AUTH, attempts, submit, wait_for_status
 
 # -- retries ------------------------------------------------------------------------------
 

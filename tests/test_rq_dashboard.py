@@ -12,7 +12,7 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 
 XHR = {"X-Requested-With": "XMLHttpRequest"}
 

@@ -21,7 +21,8 @@ from rq.serializers import JSONSerializer
 
 from backend.tasks import task
 from tests.browser import launch, playwright, requires_chromium
-from tests.conftest import TASK_MODULES, wait_for_status
+from tests.conftest import TASK_MODULES
+from tests.helpers import wait_for_status, wait_until
 
 pytestmark = requires_chromium
 
@@ -171,7 +172,7 @@ def test_the_rq_buttons_requeue_delete_and_requeue_all_with_a_post(
     page.wait_for_selector("#requeue-job-btn:not([hidden])")
     page.click("#requeue-job-btn")
     # Then it leaves the failed registry and is queued again, by a POST
-    _wait(lambda: first["rq_job_id"] not in failed.get_job_ids())
+    wait_until(lambda: first["rq_job_id"] not in failed.get_job_ids())
     assert first["rq_job_id"] in Queue("default", connection=connection, serializer=JSONSerializer).get_job_ids()
     assert ("POST", f"{live_server}/rq/job/{first['rq_job_id']}/requeue") in requests
 
@@ -180,22 +181,14 @@ def test_the_rq_buttons_requeue_delete_and_requeue_all_with_a_post(
     button = page.locator(f"tr[data-job-id='{second['rq_job_id']}'] [data-role=delete-job-btn]")
     button.click()
     # Then it is gone, by a POST
-    _wait(lambda: second["rq_job_id"] not in failed.get_job_ids())
+    wait_until(lambda: second["rq_job_id"] not in failed.get_job_ids())
     assert ("POST", f"{live_server}/rq/job/{second['rq_job_id']}/delete") in requests
 
     # When the admin requeues all that are left (confirming), then the third is queued again
     page.click("#requeue-all-btn")
-    _wait(lambda: failed.get_job_ids() == [])
+    wait_until(lambda: failed.get_job_ids() == [])
     assert third["rq_job_id"] in Queue("default", connection=connection, serializer=JSONSerializer).get_job_ids()
     assert ("POST", f"{live_server}/rq/requeue/default") in requests
     assert watched.dialogs == [f"Delete job {second['rq_job_id']}?", "Requeue all failed jobs of default?"]
     assert watched.errors == [], watched.errors
     assert all(method == "GET" for method, url in requests if "/rq/0/" in url)
-
-
-def _wait(condition, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        time.sleep(0.1)

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from backend.app import create_app
 from backend.store.models import WebhookDelivery, utcnow
 from backend.webhooks.dispatcher import Dispatcher
+from tests.helpers import wait_until
 
 # A receiver process: answers every POST as told by its first argument and prints what it
 # did, one line per request. "huge": a 200 OK with a 256 MB body (prints how many bytes it
@@ -137,15 +138,6 @@ def job_with_webhook(client, url: str) -> str:
     job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": url}).get_json()
     assert client.post(f"/jobs/{job['job_id']}/cancel", headers={"X-Requested-With": "test"}).status_code == 200
     return job["job_id"]
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} never held")
 
 
 def in_background(dispatcher: Dispatcher) -> threading.Thread:

@@ -12,7 +12,8 @@ import threading
 import pytest
 
 from backend.app import stop_webhooks
-from tests.test_webhook_delivery import HeldReceiver, delivery_of, hook_app, job_with_webhook, wait_until
+from tests.helpers import wait_until
+from tests.test_webhook_delivery import HeldReceiver, delivery_of, hook_app, job_with_webhook
 
 M_KEY = {"Authorization": "Bearer key-m", "X-Requested-With": "test"}
 

@@ -15,6 +15,7 @@ import pytest
 from backend.app import create_app
 from backend.core.errors import ValidationFailed
 from backend.webhooks.ssrf import check_webhook_url
+from tests.helpers import wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"test-secret-bytes").decode()
 
@@ -83,15 +84,6 @@ def verify(request: dict) -> dict:
     assert hmac.compare_digest(headers["webhook-signature"], f"v1,{expected}")
     assert abs(time.time() - int(headers["webhook-timestamp"])) < 60
     return json.loads(request["body"])
-
-
-def wait_until(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition never held")
 
 
 def test_a_completed_job_posts_a_signed_webhook_retried_after_a_500(hook_settings, receiver, start_worker):

@@ -7,15 +7,9 @@ import time
 
 from flask import request
 
-from tests.conftest import wait_for_status
+from tests.helpers import submit, wait_for_status
 
 STATUS_ORDER = ["PENDING", "QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
-
-
-def submit(client, task: str, **body):
-    response = client.post(f"/tasks/{task}", json=body)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()
 
 
 def test_lifecycle_queued_processing_with_rising_progress_then_completed(client, start_worker):

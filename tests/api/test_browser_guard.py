@@ -13,6 +13,7 @@ import pytest
 from rq import Queue
 
 from tests.conftest import TOKEN
+from tests.helpers import submit, submit_add
 
 EVIL = "http://evil.example"
 
@@ -37,12 +38,6 @@ def port_of(base_url: str) -> int:
     return urlsplit(base_url).port
 
 
-def queued_job(client, task: str = "add", **body) -> dict:
-    response = client.post(f"/tasks/{task}", json={"args": [1, 2], **body} if task == "add" else body)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()
-
-
 # --- Host: DNS rebinding ----------------------------------------------------------------
 
 
@@ -50,7 +45,7 @@ def queued_job(client, task: str = "add", **body) -> dict:
     "path", ["/jobs", "/tasks", "/monitoring/queue/stats", "/metrics", "/dashboard", "/rq/", "/openapi.json"]
 )
 def test_foreign_host_is_refused_without_keys(client, live_server, path):
-    job = queued_job(client)
+    job = submit_add(client)
     for host in ("evil.example", f"evil.example:{port_of(live_server)}"):
         status, raw = call(live_server, "GET", path, headers={"Host": host})
         assert status == 403, (host, raw[:300])
@@ -59,7 +54,7 @@ def test_foreign_host_is_refused_without_keys(client, live_server, path):
 
 
 def test_foreign_host_changes_nothing_even_on_internal_routes(client, live_server):
-    job = queued_job(client)
+    job = submit_add(client)
     report = {"job_id": job["job_id"], "attempt": 1, "event": "started", "worker": "w"}
     status, raw = call(
         live_server,
@@ -132,7 +127,7 @@ def test_allowed_hosts_is_read_from_settings(settings, keyed):
 
 
 def test_cross_site_text_plain_cancel_and_retry_change_nothing(client, live_server):
-    job = queued_job(client)
+    job = submit_add(client)
     path = f"/jobs/{job['job_id']}/cancel"
     # What <form enctype="text/plain"> or fetch(..., {mode: "no-cors"}) sends: no preflight.
     plain = {"Content-Type": "text/plain", "Origin": EVIL}
@@ -153,10 +148,10 @@ def test_cross_site_text_plain_cancel_and_retry_change_nothing(client, live_serv
 
 
 def test_cross_site_form_posts_to_rq_dashboard_change_nothing(client, live_server, redis_conn, run_burst_worker):
-    failed = queued_job(client, "fail", kwargs={"message": "boom"}, max_retries=0)
+    failed = submit(client, "fail", kwargs={"message": "boom"}, max_retries=0)
     run_burst_worker()
     assert client.get(f"/jobs/{failed['job_id']}").get_json()["status"] == "FAILED"
-    queued = [queued_job(client)["job_id"] for _ in range(3)]
+    queued = [submit_add(client)["job_id"] for _ in range(3)]
     queue = Queue("default", connection=redis_conn)
     assert queue.count == 3 and queue.failed_job_registry.count == 1
 
@@ -247,7 +242,7 @@ def test_trusted_origins_may_write(app, client, live_server):
 
 
 def test_bodyless_post_without_json_or_header_is_415_and_changes_nothing(client):
-    job = queued_job(client)
+    job = submit_add(client)
     response = client.post(f"/jobs/{job['job_id']}/cancel")
     assert response.status_code == 415
     error = response.get_json()["error"]

@@ -9,18 +9,9 @@ import json
 from urllib.parse import urlsplit
 
 import pytest
-from rq import Queue
 from sqlalchemy import event
 
-from backend.core.settings import QUEUE_NAMES
-
-
-def stored_jobs(client) -> list:
-    return client.get("/jobs").get_json()["jobs"]
-
-
-def queued_count(redis_conn) -> int:
-    return sum(Queue(name, connection=redis_conn).count for name in QUEUE_NAMES)
+from tests.helpers import queued_count, stored_jobs
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import TOKEN
-
-AUTH = {"X-Internal-Token": TOKEN}
+from tests.helpers import AUTH, submit_add
 
 
 @pytest.fixture
 def job(client):
-    return client.post("/tasks/add", json={"args": [1, 2]}).get_json()
+    return submit_add(client)
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Internal-Token": "wrong"}, {"X-Internal-Token": ""}])

@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backend.app import create_app
-from tests.conftest import TOKEN
+from tests.helpers import AUTH, bearer
 
 KEYS = "alice:alice-key,bob:bob-key,ops:ops-key:admin"
-
-
-def bearer(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -84,8 +80,6 @@ def test_bad_list_queries_are_422(client, query):
 
 
 def test_repeated_polls_see_every_change_of_the_job(client, app):
-    from tests.api.test_internal import AUTH
-
     job = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
     url = f"/internal/jobs/{job['job_id']}"
     seen = [client.get(f"/jobs/{job['job_id']}").get_json()]
@@ -108,8 +102,6 @@ def test_repeated_polls_see_every_change_of_the_job(client, app):
 
 
 def test_a_waiting_job_shows_its_parent_ending(client):
-    from tests.api.test_internal import AUTH
-
     parent = client.post("/tasks/add", json={"args": [1, 2]}).get_json()
     child = client.post("/tasks/add", json={"args": [1, 2], "depends_on": [parent["job_id"]]}).get_json()
     assert client.get(f"/jobs/{child['job_id']}").get_json()["waiting_for"] == [parent["job_id"]]
@@ -121,17 +113,14 @@ def test_a_waiting_job_shows_its_parent_ending(client):
 
 # -- attempts: a cap on retries, and pages bounded in bytes -------------------------------
 
-INTERNAL = {"X-Internal-Token": TOKEN}
 RETRY = {"X-Requested-With": "test"}
 
 
 def fail_attempt(client, job_id: str, attempt: int, error: str) -> None:
     """What a worker reports when an attempt of the job raised ``error``."""
-    started = client.post(
-        f"/internal/jobs/{job_id}/started", json={"attempt": attempt, "worker": "w"}, headers=INTERNAL
-    )
+    started = client.post(f"/internal/jobs/{job_id}/started", json={"attempt": attempt, "worker": "w"}, headers=AUTH)
     assert started.status_code == 200, started.get_json()
-    failed = client.post(f"/internal/jobs/{job_id}/failed", json={"attempt": attempt, "error": error}, headers=INTERNAL)
+    failed = client.post(f"/internal/jobs/{job_id}/failed", json={"attempt": attempt, "error": error}, headers=AUTH)
     assert failed.status_code == 200, failed.get_json()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from tests.api.test_internal import AUTH
+from tests.helpers import AUTH, submit_add
 
 
 def _batch(client, reports, *, sent_at=None, headers=AUTH):
@@ -13,12 +13,8 @@ def _batch(client, reports, *, sent_at=None, headers=AUTH):
     return client.post("/internal/reports", json=body, headers=headers)
 
 
-def _submit(client, **body):
-    return client.post("/tasks/add", json={"args": [1, 2], **body}).get_json()
-
-
 def test_a_start_and_an_end_in_one_batch_complete_the_job_with_both_times(client):
-    job = _submit(client)
+    job = submit_add(client)
     now = time.time()
     reports = [
         {"job_id": job["job_id"], "attempt": 1, "event": "started", "worker": "w1", "at": now - 2.0},
@@ -42,7 +38,7 @@ def test_a_start_and_an_end_in_one_batch_complete_the_job_with_both_times(client
 
 
 def test_each_report_gets_its_own_answer_and_the_others_still_apply(client):
-    first, second = _submit(client), _submit(client)
+    first, second = submit_add(client), submit_add(client)
     reports = [
         {"job_id": first["job_id"], "attempt": 1, "event": "started", "worker": "w"},
         {"job_id": "job_nosuch", "attempt": 1, "event": "started", "worker": "w"},
@@ -60,7 +56,7 @@ def test_each_report_gets_its_own_answer_and_the_others_still_apply(client):
 
 
 def test_reports_after_the_end_are_refused_and_change_nothing(client):
-    job = _submit(client)
+    job = submit_add(client)
     _batch(client, [{"job_id": job["job_id"], "attempt": 1, "event": "completed", "result": 3}])
     before = client.get(f"/jobs/{job['job_id']}").get_json()
 
@@ -79,7 +75,7 @@ def test_reports_after_the_end_are_refused_and_change_nothing(client):
 
 
 def test_a_failure_with_retries_left_starts_the_next_attempt(client):
-    job = _submit(client, max_retries=1)
+    job = submit_add(client, max_retries=1)
     answers = _batch(
         client,
         [
@@ -109,7 +105,7 @@ def test_a_job_with_a_webhook_gets_its_delivery_row(settings):
 
 
 def test_a_malformed_batch_is_400_and_changes_nothing(client):
-    job = _submit(client)
+    job = submit_add(client)
     good = {"job_id": job["job_id"], "attempt": 1, "event": "started", "worker": "w"}
     for reports, fault in [
         ([good, {"job_id": job["job_id"], "attempt": 1, "event": "exploded"}], "reports[1].event"),
@@ -138,7 +134,7 @@ def test_a_malformed_batch_is_400_and_changes_nothing(client):
 
 
 def test_a_batch_without_the_token_is_401_and_changes_nothing(client):
-    job = _submit(client)
+    job = submit_add(client)
     reports = [{"job_id": job["job_id"], "attempt": 1, "event": "completed", "result": 3}]
     for headers in [{}, {"X-Internal-Token": "wrong"}]:
         assert _batch(client, reports, headers=headers).status_code == 401
@@ -151,7 +147,7 @@ def test_an_empty_batch_checks_the_token(client):
 
 
 def test_text_that_is_not_valid_unicode_is_stored_with_a_replacement(client):
-    job = _submit(client, max_retries=0)
+    job = submit_add(client, max_retries=0)
     error = "OSError: cannot open b\udcffd.txt"  # a file name decoded with surrogateescape
 
     answers = _batch(client, [{"job_id": job["job_id"], "attempt": 1, "event": "failed", "error": error}])

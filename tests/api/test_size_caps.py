@@ -7,17 +7,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from rq import Queue
 
-from backend.core.settings import QUEUE_NAMES
-from tests.api.test_internal import AUTH
-from tests.conftest import wait_for_status
+from tests.helpers import AUTH, queued_count, wait_for_status
 
 SIZE_TASKS = "backend.tasks.examples,tests.fixtures,tests.api.size_cap_tasks"
-
-
-def queued_count(redis_conn) -> int:
-    return sum(Queue(name, connection=redis_conn).count for name in QUEUE_NAMES)
 
 
 # -- submission -------------------------------------------------------------------------------

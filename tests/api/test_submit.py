@@ -9,15 +9,7 @@ import zlib
 import pytest
 from rq import Queue
 
-from backend.core.settings import QUEUE_NAMES
-
-
-def stored_jobs(client) -> list:
-    return client.get("/jobs").get_json()["jobs"]
-
-
-def queued_count(redis_conn) -> int:
-    return sum(Queue(name, connection=redis_conn).count for name in QUEUE_NAMES)
+from tests.helpers import queued_count, stored_jobs
 
 
 def test_submit_answers_202_with_a_queued_job(client, redis_conn):
