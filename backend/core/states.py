@@ -8,6 +8,9 @@ is the only way back to QUEUED, and it always carries a higher attempt number.
 from __future__ import annotations
 
 from enum import Enum
+from typing import NamedTuple
+
+from backend.core.errors import InvalidTransition, JobServiceError, StaleAttempt
 
 
 class JobStatus(str, Enum):
@@ -31,6 +34,9 @@ class JobStatus(str, Enum):
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 LIVE = frozenset(JobStatus) - TERMINAL
+#: The same sets as plain strings, as rows and SQL hold them (``Job.status.in_(LIVE_VALUES)``).
+TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+LIVE_VALUES = frozenset(status.value for status in LIVE)
 
 #: Moves allowed within one attempt. A move to the same status is a no-op, not a move.
 FORWARD: dict[JobStatus, frozenset[JobStatus]] = {
@@ -56,3 +62,120 @@ MANUAL_RETRY_FROM = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 def is_forward(current: JobStatus, target: JobStatus) -> bool:
     """True when ``target`` is a forward move from ``current`` within one attempt."""
     return target in FORWARD[current]
+
+
+# The table as strings: the batch path compares row values, and a str Enum hashes and formats
+# more slowly than the str it stands for (f"{JobStatus.QUEUED}" is not even "QUEUED").
+_FORWARD_VALUES = {status.value: frozenset(target.value for target in targets) for status, targets in FORWARD.items()}
+
+
+class Verdict(str, Enum):
+    """What ``decide`` says about a move."""
+
+    #: Write it: the move is forward (or a new attempt from an allowed status).
+    APPLY = "apply"
+    #: The job is already at the target: nothing to write, and not an error.
+    SAME = "same"
+    #: The job is already past the target and the caller tolerates that: nothing to write.
+    BEHIND = "behind"
+    #: The caller acts for an attempt that is not the job's current one.
+    STALE = "stale"
+    #: Backwards, out of an end, or a new attempt from a status that does not allow one.
+    REFUSED = "refused"
+
+
+class Move(NamedTuple):
+    """A decided move; a tuple because the batch path makes one per report."""
+
+    verdict: Verdict
+    #: The job's status and attempt when it was read.
+    current: str
+    attempt: int
+    #: The status asked for; None for a write within the live attempt (progress).
+    target: str | None
+    #: The attempt the caller acts for (None: the API's own move, any attempt).
+    reported: int | None
+    #: True when the move starts attempt ``attempt + 1``.
+    new_attempt: bool = False
+
+    @property
+    def applies(self) -> bool:
+        return self.verdict is Verdict.APPLY
+
+    @property
+    def refused(self) -> bool:
+        return self.verdict is Verdict.STALE or self.verdict is Verdict.REFUSED
+
+    @property
+    def next_attempt(self) -> int:
+        """The attempt the job is on after the move."""
+        return self.attempt + 1 if self.new_attempt and self.applies else self.attempt
+
+    def refusal(self) -> str:
+        """Why the move is refused, in the words of a report batch's answer."""
+        if self.verdict is Verdict.STALE:
+            return f"attempt {self.reported} is not the job's current attempt {self.attempt}"
+        if self.target is None:
+            return f"job has ended ({self.current})"
+        reason = f"cannot move from {self.current} to {self.target}"
+        return f"{reason}: cannot start a new attempt" if self.new_attempt else reason
+
+    def error(self, job_id: str) -> JobServiceError:
+        """The error to raise for a refused move (a 409 either way)."""
+        if self.verdict is Verdict.STALE:
+            return StaleAttempt(job_id, self.reported, self.attempt)
+        if self.target is None:
+            # Progress names the status the attempt would keep: it is running, or it has ended.
+            return InvalidTransition(job_id, self.current, JobStatus.PROCESSING.value, reason="job has ended")
+        if self.new_attempt:
+            return InvalidTransition(job_id, self.current, self.target, reason="cannot start a new attempt")
+        return InvalidTransition(job_id, self.current, self.target)
+
+
+def decide(
+    current: str,
+    current_attempt: int,
+    target: str | None,
+    attempt: int | None = None,
+    *,
+    new_attempt_from: frozenset | None = None,
+    tolerate_behind: bool = False,
+    strict: bool = False,
+) -> Move:
+    """Decide a move of a job at ``current``/``current_attempt`` to ``target``: the one state machine.
+
+    Pure: it reads no store, and both the job commands and the report batch path ask it.
+
+    Args:
+        current: the job's status as read (a ``JobStatus`` or its value).
+        current_attempt: the job's attempt as read.
+        target: the status asked for; None for a write within the live attempt that moves no
+            status (progress): allowed while the job has not ended.
+        attempt: the attempt the caller acts for; None for the API's own moves.
+        new_attempt_from: start attempt ``current_attempt + 1`` (at ``target``, PENDING)
+            instead of moving forward, from one of these statuses.
+        tolerate_behind: a job already at or past ``target`` is left as it is (BEHIND), not refused.
+        strict: a job already at ``target`` is refused too (a client asking twice).
+
+    Returns:
+        The ``Move``: APPLY, SAME or BEHIND (nothing to write), STALE or REFUSED (``move.error``).
+    """
+    if type(current) is not str:
+        current = current.value
+    if target is not None and type(target) is not str:
+        target = target.value
+    if attempt is not None and attempt != current_attempt:
+        return Move(Verdict.STALE, current, current_attempt, target, attempt, new_attempt_from is not None)
+    if new_attempt_from is not None:
+        # A str and its JobStatus hash alike: the sets of JobStatus answer for plain values.
+        verdict = Verdict.APPLY if current in new_attempt_from else Verdict.REFUSED
+        return Move(verdict, current, current_attempt, target, attempt, True)
+    if target is None:
+        verdict = Verdict.APPLY if current in LIVE_VALUES else Verdict.REFUSED
+    elif current == target and not strict:
+        verdict = Verdict.SAME
+    elif current != target and target in _FORWARD_VALUES[current]:
+        verdict = Verdict.APPLY
+    else:
+        verdict = Verdict.BEHIND if tolerate_behind else Verdict.REFUSED
+    return Move(verdict, current, current_attempt, target, attempt)
