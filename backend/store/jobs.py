@@ -1,0 +1,233 @@
+"""Every statement the job commands run on jobs, attempts, batches and dependency edges.
+
+``backend.service`` decides what happens to a job; this module is where it is read and
+written. ``JobRows`` wraps one session (one transaction): the commands open one with
+``JobRows.transaction`` (commits when the block ends) or ``JobRows.opened`` (the caller
+commits, for a command that talks to Redis between its read and its write). The status write
+is ``compare_and_set``: ``UPDATE ... WHERE status = :seen AND attempt = :seen``, so that two
+writers racing on one job can never both win; the maintained counts move with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.core.states import TERMINAL, JobStatus
+from backend.store import counts
+from backend.store.engine import transaction
+from backend.store.models import Attempt, Batch, Job, JobDependency
+
+#: The factory of sessions the service objects are built with (``make_session_factory``).
+Sessions = sessionmaker[Session]
+
+_NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
+_TERMINAL_VALUES = [status.value for status in TERMINAL]
+
+# The polling path's statement, built once: building it cost as much as running it.
+_GET_JOB = select(Job.__table__).where(Job.__table__.c.id == bindparam("id"))
+
+
+def filter_jobs(query, *, owner: str | None, status: JobStatus | None, task: str | None):
+    """``query`` narrowed to an owner, a status and a task, where given."""
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if task is not None:
+        query = query.where(Job.task == task)
+    return query
+
+
+def get_job_row(sessions: Sessions, job_id: str) -> Row | None:
+    """A job's row (the ``Job`` attributes, read-only), or None.
+
+    One prebuilt Core SELECT on a pooled connection, no ORM session: clients poll this.
+    """
+    with sessions.kw["bind"].connect() as connection:
+        return connection.execute(_GET_JOB, {"id": job_id}).first()
+
+
+class JobRows:
+    """The job commands' statements, run on one session."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    @classmethod
+    @contextmanager
+    def transaction(cls, sessions: Sessions) -> Iterator[JobRows]:
+        """Rows on a new session that commits when the block ends and rolls back when it raises."""
+        with transaction(sessions) as session:
+            yield cls(session)
+
+    @classmethod
+    @contextmanager
+    def opened(cls, sessions: Sessions) -> Iterator[JobRows]:
+        """Rows on a new session that the caller commits (``commit``); closed when the block ends."""
+        with sessions() as session:
+            yield cls(session)
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()
+
+    def close(self) -> None:
+        """Give the connection back before a long call (the session opens a new one if used again)."""
+        self.session.close()
+
+    def refresh(self, row) -> None:
+        """Read ``row`` again from the store (after a write that did not go through the ORM)."""
+        self.session.refresh(row)
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self.session.get(Job, job_id)
+
+    def jobs(self, job_ids: list[str]) -> list[Job]:
+        return list(self.session.scalars(select(Job).where(Job.id.in_(job_ids))))
+
+    def owned_ids(self, job_ids: list[str] | tuple[str, ...], *, owner: str) -> set[str]:
+        """Which of ``job_ids`` exist and are ``owner``'s."""
+        return set(self.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.owner == owner)))
+
+    def live_with_key(self, owner: str, key: str) -> Job | None:
+        """The job holding ``owner``'s idempotency key (only live jobs hold one)."""
+        return self.session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
+
+    def statuses(self, job_ids: list[str], *, owner: str | None) -> dict[str, str]:
+        """The status of each of ``job_ids`` that exists (and is ``owner``'s), by id."""
+        if not job_ids:
+            return {}
+        query = filter_jobs(select(Job.id, Job.status).where(Job.id.in_(job_ids)), owner=owner, status=None, task=None)
+        return dict(self.session.execute(query).all())
+
+    def live_ids(
+        self,
+        *,
+        owner: str | None,
+        status: JobStatus | None,
+        task: str | None,
+        batch_id: str | None,
+        limit: int | None,
+    ) -> list[str]:
+        """Ids of the live jobs matching the filter, oldest first when ``limit`` is given."""
+        query = filter_jobs(select(Job.id).where(Job.status.in_(_NOT_TERMINAL)), owner=owner, status=status, task=task)
+        if batch_id is not None:
+            query = query.where(Job.batch_id == batch_id)
+        if limit is not None:
+            query = query.order_by(Job.created_at, Job.id).limit(limit)
+        return list(self.session.scalars(query))
+
+    def add_job(self, job: Job) -> None:
+        """Add a new job, its count, and its dependency edges (from ``job.depends_on``)."""
+        self.session.add(job)
+        counts.bump(self.session, job.task, old=None, new=job.status)
+        if job.depends_on:
+            # The edges reference the new row: it must be in the store first.
+            self.session.flush()
+            self.session.add_all(JobDependency(job_id=job.id, depends_on_id=parent) for parent in job.depends_on)
+            self.session.execute(
+                update(Job)
+                .where(Job.id.in_(job.depends_on), Job.has_dependants.is_(False))
+                .values(has_dependants=True)
+                .execution_options(synchronize_session=False)
+            )
+
+    def compare_and_set(self, job: Job, values: dict) -> bool:
+        """Write ``values`` to ``job`` if its status and attempt are still those read; ``job`` is
+        read again either way. The job's count moves with its status.
+
+        Returns:
+            True when this write won; False when another writer changed the job first.
+        """
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == job.status, Job.attempt == job.attempt)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        old_status = job.status
+        self.session.refresh(job)
+        if result.rowcount != 1:
+            return False
+        if old_status != job.status:
+            counts.bump(self.session, job.task, old=old_status, new=job.status)
+        return True
+
+    def set_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None, now) -> bool:
+        """Record progress on attempt ``attempt`` of a live job; False when it is no longer that."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(_NOT_TERMINAL))
+            .values(progress=progress, progress_message=message, updated_at=now)
+        )
+        return result.rowcount != 0
+
+    # -- dependencies ---------------------------------------------------------------
+
+    def live_dependants(self, parent_id: str) -> list[Job]:
+        """The live jobs that depend on ``parent_id``."""
+        return list(
+            self.session.scalars(
+                select(Job)
+                .join(JobDependency, JobDependency.job_id == Job.id)
+                .where(JobDependency.depends_on_id == parent_id, Job.status.in_(_NOT_TERMINAL))
+            )
+        )
+
+    def ended_ids(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` have ended."""
+        return set(self.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(_TERMINAL_VALUES))))
+
+    # -- attempts -------------------------------------------------------------------
+
+    def attempts(self, job_id: str, *, after: int, limit: int | None) -> list[Attempt]:
+        """A job's attempts in order, those numbered above ``after``, at most ``limit``."""
+        query = select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt > after).order_by(Attempt.attempt)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self.session.scalars(query))
+
+    def start_attempt(self, job_id: str, attempt: int, *, worker: str, started_at) -> None:
+        self.session.add(Attempt(job_id=job_id, attempt=attempt, worker=worker, started_at=started_at))
+
+    def end_attempt(
+        self, job_id: str, attempt: int, outcome: JobStatus, error: str | None, now, *, only_open: bool = False
+    ) -> None:
+        """Record how an attempt ended, adding its row if it never started (unless ``only_open``)."""
+        row = self.session.scalars(select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt == attempt)).first()
+        if row is None and only_open:
+            return
+        if row is None:
+            row = Attempt(job_id=job_id, attempt=attempt, started_at=None)
+            self.session.add(row)
+        # Event times come from workers' clocks: an attempt never ends before it started.
+        row.ended_at = max(now, row.started_at) if row.started_at is not None else now
+        row.outcome = outcome.value
+        row.error = error
+
+    # -- batches --------------------------------------------------------------------
+
+    def add_batch(self, batch: Batch) -> None:
+        self.session.add(batch)
+
+    def batch(self, batch_id: str) -> Batch | None:
+        return self.session.get(Batch, batch_id)
+
+    def batch_counts(self, batch_id: str) -> list[tuple[str, int, int | None]]:
+        """(status, jobs, sum of their progress) for each status among a batch's jobs."""
+        return [
+            tuple(row)
+            for row in self.session.execute(
+                select(Job.status, func.count(), func.sum(Job.progress))
+                .where(Job.batch_id == batch_id)
+                .group_by(Job.status)
+            )
+        ]
