@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.broker.queues import connect
+from backend.broker.connection import connect
 
 
 def test_the_rq_connection_never_decodes_responses(redis_url):

@@ -1,4 +1,5 @@
-"""Worker leases: how the service knows, within seconds, that a worker is dead.
+"""Worker leases (how the service knows, within seconds, that a worker is dead) and the
+reconciler's lock.
 
 RQ's own worker heartbeat lives for ``job_monitoring_interval + 60`` s (and a SimpleWorker's
 for the whole job timeout), so a SIGKILLed worker looks alive for minutes. Each of our
@@ -11,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,29 @@ def all_alive(connection: Redis) -> set[str]:
     return {
         key.decode().removeprefix(LEASE_PREFIX) for key in connection.scan_iter(match=f"{LEASE_PREFIX}*", count=500)
     }
+
+
+@contextlib.contextmanager
+def exclusive(connection: Redis, key: str, *, token: str, seconds: float) -> Iterator[bool]:
+    """Hold ``key`` as a lock shared by every process for the block; yields False when another
+    holder has it.
+
+    A lock that this ``token`` left behind (Redis died mid-block and came back from its AOF)
+    is still its own and is taken back. Releasing is best-effort: the lock expires after
+    ``seconds`` anyway, so a holder killed mid-block does not keep the others out for long.
+    """
+    lock = connection.lock(key, timeout=seconds, blocking=False)
+    if not lock.acquire(token=token):
+        if connection.get(key) != token.encode():
+            yield False
+            return
+        lock.local.token = token.encode()
+        lock.reacquire()
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(LockError, RedisError):
+            lock.release()
 
 
 class LeaseKeeper:

@@ -1,10 +1,11 @@
-"""The queue adapter: the only module that talks to RQ on the API's side.
+"""The queue adapter: enqueues, inspects, fences and stops the RQ jobs behind the store's jobs.
 
-Two rules from production incidents live here. The Redis connection never decodes
-responses (RQ stores binary job data; ``decode_responses=True`` crashes workers with
-UnicodeDecodeError). And a task's arguments always go to RQ as ``args=``/``kwargs=``, so
-that parameters named ``job_id``, ``timeout``, ``ttl``, ``description``, ``meta`` or
-``retry`` reach the task instead of being taken by RQ as its own options.
+With ``registries.py`` (counts, listings, tidying) and ``leases.py`` it is the only code that
+talks to RQ on the API's side; ``connection.py`` opens the Redis connection (raw bytes, never
+``decode_responses``). A rule from production incidents lives here: a task's arguments always
+go to RQ as ``args=``/``kwargs=``, so that parameters named ``job_id``, ``timeout``, ``ttl``,
+``description``, ``meta`` or ``retry`` reach the task instead of being taken by RQ as its own
+options.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import logging
 import time
 from datetime import datetime
-from urllib.parse import parse_qs, urlparse
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,32 +24,14 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
-from rq.job_lifecycle import record_job_failure
 from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
-from backend.core.logs import redact
+from backend.broker import registries
+from backend.broker.connection import connect as connect
 from backend.core.settings import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
-
-
-def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
-    """Open a Redis connection for RQ: raw bytes, never ``decode_responses``.
-
-    Raises:
-        ValueError: the URL asks for ``decode_responses``.
-    """
-    query = parse_qs(urlparse(url).query)
-    if any(value.lower() in ("1", "true", "yes") for value in query.get("decode_responses", [])):
-        raise ValueError(f"RQ needs raw bytes from Redis; remove decode_responses from {redact(url)!r}")
-    return Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=2,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-    )
 
 
 def register_queues(connection: Redis, names=QUEUE_NAMES) -> None:
@@ -278,14 +260,10 @@ class QueueAdapter:
 
     def abandon(self, rq_job: RQJob, reason: str) -> None:
         """Mark an RQ job whose worker died as failed, and take it out of its started registry."""
-        queue = Queue(rq_job.origin, connection=self.connection, serializer=JSONSerializer)
-        registry = queue.started_job_registry
-        with self._guard(), self.connection.pipeline() as pipe:
-            for entry in self.connection.zrange(registry.key, 0, -1):
-                if entry.decode().split(":", 1)[0] == rq_job.id:
-                    pipe.zrem(registry.key, entry)
-            record_job_failure(rq_job, reason, pipe)
-            pipe.execute()
+        with self._guard():
+            key, entries = registries.started_entries(self.connection, rq_job.origin)
+            mine = [entry for entry, rq_id in entries if rq_id == rq_job.id]
+            registries.fail_started(self.connection, key, mine, rq_job, reason)
 
     def ping(self) -> bool:
         try:

@@ -7,20 +7,16 @@ the other no longer has.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from rq.job import Job as RQJob
-from rq.job_lifecycle import record_job_failure
-from sqlalchemy import select
-
-from backend.broker import leases
+from backend.broker import leases, registries
 from backend.core.errors import JobServiceError
 from backend.core.states import JobStatus
 from backend.recovery.reconciler import Reconciler
 from backend.service.job_manager import JobManager
-from backend.store.models import Job, utcnow
+from backend.store import job_scans
+from backend.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +40,9 @@ def cleanup(
     """
     report = CleanupReport()
     cutoff = utcnow() - older_than
-    with manager.sessions() as session:
-        old = list(
-            session.scalars(
-                select(Job).where(
-                    Job.status.in_([JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING]),
-                    Job.updated_at < cutoff,
-                )
-            )
-        )
-    verdicts = reconciler.diagnose(old, patient=False) if old else {}
-    if verdicts:
-        # Look twice: a job moving from a queue to a worker in that instant is not stuck.
-        time.sleep(reconciler.confirm_delay)
-        again = reconciler.diagnose(old, patient=False)
-        verdicts = {job_id: v for job_id, v in verdicts.items() if again.get(job_id, (None,))[0] == v[0]}
+    old = job_scans.live_jobs_before(manager.sessions, cutoff)
+    # Look twice: a job moving from a queue to a worker in that instant is not stuck.
+    verdicts = reconciler.confirmed(old, patient=False) if old else {}
     for job in old:
         verdict = verdicts.get(job.id, (None, None))[0]
         if verdict in ("requeue", "dead"):
@@ -77,28 +61,16 @@ def cleanup(
     return report
 
 
-def _readable(job: RQJob | None) -> bool:
-    """True when a worker could run this RQ job: its hash exists and its call deserializes."""
-    if job is None:
-        return False
-    try:
-        job.func_name  # noqa: B018 - decoding the payload is the check
-        return True
-    except Exception:
-        return False
-
-
 def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bool) -> None:
     connection = manager.queues.connection
     for queue in manager.queues.queues.values():
-        registry = queue.started_job_registry
-        entries = [entry.decode() for entry in connection.zrange(registry.key, 0, -1)]
-        rq_ids = [entry.split(":", 1)[0] for entry in entries]
+        key, entries = registries.started_entries(connection, queue.name)
+        rq_ids = [rq_id for _, rq_id in entries]
         jobs = manager.queues.fetch_many(rq_ids) if rq_ids else {}
         alive = leases.alive(connection, {job.worker_name for job in jobs.values() if job is not None})
-        for entry, rq_id in zip(entries, rq_ids, strict=True):
+        for entry, rq_id in entries:
             job = jobs.get(rq_id)
-            if not _readable(job):
+            if not registries.runnable(job):
                 job = None
                 reason = "job hash missing or unreadable"
             elif job.worker_name not in alive:
@@ -106,36 +78,22 @@ def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bo
             else:
                 continue
             report.redis.append((queue.name, "started", rq_id, reason))
-            if dry_run:
-                continue
-            with connection.pipeline() as pipe:
-                pipe.zrem(registry.key, entry)
-                if job is None:
-                    pipe.delete(RQJob.key_for(rq_id))
-                else:
-                    record_job_failure(job, f"Cleanup: {reason}", pipe)
-                pipe.execute()
+            if not dry_run:
+                registries.fail_started(connection, key, [entry], job, f"Cleanup: {reason}")
         # Queue entries whose hash is gone or cannot be read would crash or stall workers.
-        queued = [rq_id.decode() for rq_id in connection.lrange(queue.key, 0, -1)]
+        queued = registries.queue_ids(connection, queue)
         readable = manager.queues.fetch_many(queued) if queued else {}
         for rq_id in queued:
-            if not _readable(readable.get(rq_id)):
+            if not registries.runnable(readable.get(rq_id)):
                 report.redis.append((queue.name, "queued", rq_id, "job hash missing or unreadable"))
                 if not dry_run:
-                    connection.lrem(queue.key, 0, rq_id)
-                    connection.delete(RQJob.key_for(rq_id))
+                    registries.drop_queued(connection, queue, rq_id)
 
 
 def clear_queues(manager: JobManager, *, flush_db: bool, by: str) -> dict:
     """Empty the three queues (or flush the whole Redis database) and cancel, in the store,
     every job that was waiting in them, so the reconciler does not put them back."""
-    connection = manager.queues.connection
-    counts = {name: queue.count for name, queue in manager.queues.queues.items()}
-    if flush_db:
-        connection.flushdb()
-    else:
-        for queue in manager.queues.queues.values():
-            queue.empty()
+    counts = registries.empty_queues(manager.queues, flush_db=flush_db)
     cancelled = []
     for job_id in manager.live_job_ids(owner=None, status=None, task=None):
         job = manager.get_job(job_id)

@@ -21,29 +21,24 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
-from redis.exceptions import LockError, RedisError
-from rq.job import Job as RQJob
-from sqlalchemy import bindparam, select
-
 from backend.broker import leases
-from backend.broker.queues import last_error, rq_status
+from backend.broker.connection import BrokerError
+from backend.broker.queues import RQJob, last_error, rq_status
 from backend.core.errors import JobServiceError
 from backend.core.size_caps import SizeCaps
 from backend.core.states import JobStatus
 from backend.service.job_manager import JobManager
+from backend.store import job_scans
 from backend.store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "jobservice:reconciler:lock"
 LOCK_SECONDS = 15
-_LIVE = select(Job.id, Job.status, Job.attempt, Job.worker, Job.rq_job_id).where(
-    Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
-    Job.updated_at < bindparam("cutoff"),
-)
 # RQ statuses, as text (rq.job.JobStatus values). "rate_limited": held back by the task's
 # concurrency limit, released by RQ when a slot frees.
 _WAITING = {"queued", "deferred", "scheduled", "rate_limited"}
@@ -103,35 +98,17 @@ class Reconciler:
         # Short-lived, so that an API killed mid-pass does not keep the others out for long;
         # and taken with this reconciler's own token, so that a lock it left behind when Redis
         # died mid-pass (and came back from its AOF) is still its own.
-        lock = self.queues.connection.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
-        if not lock.acquire(token=self._lock_token):
-            if self.queues.connection.get(LOCK_KEY) != self._lock_token.encode():
-                return None
-            lock.local.token = self._lock_token.encode()
-            lock.reacquire()
-        try:
-            return self._pass()
-        finally:
-            with contextlib.suppress(LockError, RedisError):
-                lock.release()
+        with leases.exclusive(self.queues.connection, LOCK_KEY, token=self._lock_token, seconds=LOCK_SECONDS) as held:
+            return self._pass() if held else None
 
     def _pass(self) -> Report:
         report = Report()
         cutoff = utcnow() - self.grace
-        with self.manager.sessions() as session:
-            # Only what a verdict needs: a backlog of many thousand queued jobs is read each pass.
-            live = list(session.execute(_LIVE, {"cutoff": cutoff}))
+        live = job_scans.live_rows(self.manager.sessions, cutoff)
         if not live:
             return report
-        suspects = self.diagnose(live)
-        if any(action != "enqueue" for action, _ in suspects.values()):
-            time.sleep(self.confirm_delay)
-            again = self.diagnose(live)
-            suspects = {
-                job_id: verdict
-                for job_id, verdict in suspects.items()
-                if verdict[0] in ("enqueue", "copy") or again.get(job_id, (None,))[0] == verdict[0]
-            }
+        # Enqueueing a PENDING row and copying an ended RQ job's outcome are safe on one look.
+        suspects = self.confirmed(live, certain=("enqueue", "copy"))
         jobs = {job.id: job for job in live}
         for job_id, (action, rq_job) in suspects.items():
             try:
@@ -139,7 +116,7 @@ class Reconciler:
             except JobServiceError as exc:
                 # The job moved on meanwhile (a report landed): nothing to settle.
                 log.info("job %s: reconciler left it (%s)", job_id, exc.message)
-            except RedisError:
+            except BrokerError:
                 raise  # Redis is gone: end this pass, the next one will see
             except Exception:
                 # One job that cannot be settled must not keep the others from it.
@@ -147,6 +124,27 @@ class Reconciler:
         if report:
             log.warning("reconciler: %s", {k: len(v) for k, v in report.as_dict().items() if v})
         return report
+
+    def confirmed(
+        self, jobs: list[Job], *, patient: bool = True, certain: Iterable[str] = ()
+    ) -> dict[str, tuple[str, RQJob | None]]:
+        """The verdicts of ``diagnose`` that hold when looked at twice, ``confirm_delay`` apart.
+
+        A job moving between a queue and a worker in that instant looks lost or dead once, so
+        a verdict is kept only when the second look agrees, except for actions in ``certain``.
+        No second look when every verdict is ``enqueue`` (nothing moves a PENDING job).
+        """
+        certain = frozenset(certain)
+        verdicts = self.diagnose(jobs, patient=patient)
+        if any(action != "enqueue" for action, _ in verdicts.values()):
+            time.sleep(self.confirm_delay)
+            again = self.diagnose(jobs, patient=patient)
+            verdicts = {
+                job_id: verdict
+                for job_id, verdict in verdicts.items()
+                if verdict[0] in certain or again.get(job_id, (None,))[0] == verdict[0]
+            }
+        return verdicts
 
     def diagnose(self, jobs: list[Job], *, patient: bool = True) -> dict[str, tuple[str, RQJob | None]]:
         """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended).

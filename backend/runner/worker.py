@@ -18,13 +18,13 @@ import traceback
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker, Worker
+from rq import SimpleWorker, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
-from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
 
+from backend.broker import registries
 from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import connect, fence_key, last_error, register_queues
 from backend.core import logs, secrets_check
@@ -265,21 +265,17 @@ def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> li
     """
     abandoned = []
     for queue_name in queues:
-        registry = Queue(queue_name, connection=connection, serializer=JSONSerializer).started_job_registry
-        for entry in connection.zrange(registry.key, 0, -1):
-            rq_id = entry.decode().split(":", 1)[0]
+        registry_key, entries = registries.started_entries(connection, queue_name)
+        for entry, rq_id in entries:
             try:
                 job = RQJob.fetch(rq_id, connection=connection, serializer=JSONSerializer)
             except NoSuchJobError:
-                connection.zrem(registry.key, entry)
+                registries.forget_started(connection, registry_key, entry)
                 continue
             if job.worker_name != name or job.get_status(refresh=False) != RQStatus.STARTED:
                 continue
             reason = f"WorkerDied: worker {name} stopped while running the job"
-            with connection.pipeline() as pipe:
-                pipe.zrem(registry.key, entry)
-                record_job_failure(job, reason, pipe)
-                pipe.execute()
+            registries.fail_started(connection, registry_key, [entry], job, reason)
             abandoned.append(rq_id)
             log.warning("worker %s: job %s of an earlier process marked failed in RQ", name, rq_id)
     return abandoned

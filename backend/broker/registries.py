@@ -1,0 +1,125 @@
+"""RQ's queue lists and job registries, read and tidied for recovery, monitoring and metrics.
+
+The queue adapter (``queues.py``) enqueues and stops jobs; this module owns the other reads and
+writes of RQ's structures on the API's side: counting, listing, and removing entries that no
+worker will settle any more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job as RQJob
+from rq.job_lifecycle import record_job_failure
+from rq.serializers import JSONSerializer
+
+if TYPE_CHECKING:
+    from backend.broker.queues import QueueAdapter
+
+#: The registries counted by ``queue_counts``, in the order monitoring shows them.
+REGISTRY_KINDS = ("started", "finished", "failed", "deferred", "scheduled")
+
+
+def started_rq_id(entry: bytes | str) -> str:
+    """The RQ job id of a started-registry entry (``"<rq_id>:<execution id>"``).
+
+    Not RQ's ``StartedJobRegistry.parse_job_id``: it warns on a bare id and fails on an entry
+    with more than one colon, and cleanup must read whatever another client left there.
+    """
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    return text.split(":", 1)[0]
+
+
+def started_entries(connection: Redis, queue_name: str) -> tuple[str, list[tuple[bytes, str]]]:
+    """A queue's started-registry key and its entries, each with its RQ job id."""
+    key = Queue(queue_name, connection=connection, serializer=JSONSerializer).started_job_registry.key
+    return key, [(entry, started_rq_id(entry)) for entry in connection.zrange(key, 0, -1)]
+
+
+def fail_started(connection: Redis, registry_key: str, entries: list[bytes], job: RQJob | None, reason: str) -> None:
+    """Take entries out of a started registry and, in the same transaction, mark their RQ job
+    failed with ``reason`` (or delete its hash when ``job`` is None: nothing could read it)."""
+    with connection.pipeline() as pipe:
+        for entry in entries:
+            pipe.zrem(registry_key, entry)
+            if job is None:
+                pipe.delete(RQJob.key_for(started_rq_id(entry)))
+        if job is not None:
+            record_job_failure(job, reason, pipe)
+        pipe.execute()
+
+
+def forget_started(connection: Redis, registry_key: str, entry: bytes) -> None:
+    """Remove one started-registry entry whose job is gone."""
+    connection.zrem(registry_key, entry)
+
+
+def runnable(job: RQJob | None) -> bool:
+    """True when a worker could run this RQ job: its hash exists and its call deserializes."""
+    if job is None:
+        return False
+    try:
+        job.func_name  # noqa: B018 - decoding the payload is the check
+        return True
+    except Exception:
+        return False
+
+
+def queue_ids(connection: Redis, queue: Queue) -> list[str]:
+    """Every RQ job id waiting in one queue's list, in order."""
+    return [rq_id.decode() for rq_id in connection.lrange(queue.key, 0, -1)]
+
+
+def drop_queued(connection: Redis, queue: Queue, rq_id: str) -> None:
+    """Take a job id out of a queue's list and delete its hash (a worker would crash on it)."""
+    connection.lrem(queue.key, 0, rq_id)
+    connection.delete(RQJob.key_for(rq_id))
+
+
+def _registry(queue: Queue, kind: str):
+    return getattr(queue, f"{kind}_job_registry")
+
+
+def queue_counts(adapter: QueueAdapter, *, registries: bool = False) -> dict[str, dict[str, int]]:
+    """Per queue, its length (``"queued"``) and, with ``registries``, each registry's size,
+    in one round trip.
+
+    Raises:
+        BrokerError: Redis is unreachable or refused.
+    """
+    kinds = REGISTRY_KINDS if registries else ()
+    with adapter.connection.pipeline(transaction=False) as pipe:
+        for queue in adapter.queues.values():
+            pipe.llen(queue.key)
+            for kind in kinds:
+                pipe.zcard(_registry(queue, kind).key)
+        results = iter(pipe.execute())
+    return {name: {"queued": next(results), **{kind: next(results) for kind in kinds}} for name in adapter.queues}
+
+
+def newest_failed_ids(queue: Queue, limit: int) -> list[str]:
+    """The ids of a queue's ``limit`` most recently failed RQ jobs, newest first."""
+    return queue.failed_job_registry.get_job_ids(0, limit - 1, desc=True)
+
+
+def requeue(job: RQJob) -> None:
+    """Put a failed RQ job back on its queue as it is (a job that is not one of ours)."""
+    job.requeue()
+
+
+def empty_queues(adapter: QueueAdapter, *, flush_db: bool) -> dict[str, int]:
+    """Empty the queues (or flush the whole Redis database); return how many each held."""
+    counts = {name: queue.count for name, queue in adapter.queues.items()}
+    if flush_db:
+        adapter.connection.flushdb()
+    else:
+        for queue in adapter.queues.values():
+            queue.empty()
+    return counts
+
+
+def workers(connection: Redis) -> list[Worker]:
+    """Every worker RQ knows of (alive or not: see ``leases`` for which are)."""
+    return Worker.all(connection=connection)

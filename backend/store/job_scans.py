@@ -1,0 +1,34 @@
+"""The scans of live jobs that recovery runs: the reconciler's pass and ``cleanup``'s cut-off.
+
+Both read, never write: every change they decide goes through the job commands, and so
+through the state machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Row, bindparam, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.core.states import JobStatus
+from backend.store.models import Job
+
+_LIVE_STATUSES = [JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.PROCESSING.value]
+# Only what a verdict needs: a backlog of many thousand queued jobs is read on each pass.
+_LIVE = select(Job.id, Job.status, Job.attempt, Job.worker, Job.rq_job_id).where(
+    Job.status.in_(_LIVE_STATUSES), Job.updated_at < bindparam("cutoff")
+)
+
+
+def live_rows(sessions: sessionmaker[Session], cutoff: datetime) -> Sequence[Row]:
+    """Live jobs last changed before ``cutoff``: id, status, attempt, worker, rq_job_id."""
+    with sessions() as session:
+        return list(session.execute(_LIVE, {"cutoff": cutoff}))
+
+
+def live_jobs_before(sessions: sessionmaker[Session], cutoff: datetime) -> list[Job]:
+    """Live jobs last changed before ``cutoff``, whole (``cleanup`` reports and ends them)."""
+    with sessions() as session:
+        return list(session.scalars(select(Job).where(Job.status.in_(_LIVE_STATUSES), Job.updated_at < cutoff)))
