@@ -22,9 +22,9 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
-from redis.exceptions import RedisError
 
-from backend.broker import leases
+from backend.broker import leases, registries
+from backend.broker.connection import BrokerError
 from backend.core.instruments import REQUEST_LATENCY
 from backend.store import counts
 
@@ -51,15 +51,11 @@ class StateCollector:
         up = GaugeMetricFamily("jobservice_redis_up", "1 when Redis answers")
         queues = self.app.extensions["jobs"].queues
         try:
-            with queues.connection.pipeline(transaction=False) as pipe:
-                for queue in queues.queues.values():
-                    pipe.llen(queue.key)
-                lengths = pipe.execute()
-            for name, length in zip(queues.queues, lengths, strict=True):
-                depth.add_metric([name], length)
+            for name, sizes in registries.queue_counts(queues).items():
+                depth.add_metric([name], sizes["queued"])
             workers.add_metric([], len(leases.all_alive(queues.connection)))
             up.add_metric([], 1)
-        except RedisError:
+        except BrokerError:
             up.add_metric([], 0)
         yield depth
         yield workers

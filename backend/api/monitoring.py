@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
-from redis.exceptions import RedisError
-from rq import Worker
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from backend.api import metrics
 from backend.api.auth import require_admin
 from backend.api.payloads import json_body, query_int
 from backend.api.rate_limits import submit_limit
-from backend.broker import leases
+from backend.broker import connection as broker
+from backend.broker import leases, registries
+from backend.broker.connection import BrokerError
 from backend.broker.queues import last_error
 from backend.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from backend.core.size_caps import SizeCaps
 from backend.core.states import JobStatus
 from backend.service.representations import iso, job_dict
 from backend.store import counts
+from backend.store import health as store_health
 
 bp = Blueprint("monitoring", __name__, url_prefix="/monitoring")
 bp.before_request(require_admin)
@@ -39,21 +38,20 @@ def health():
     checks: dict[str, dict] = {}
     redis = current_app.extensions["redis"]
     try:
-        redis.ping()
+        broker.ping(redis)
         checks["redis"] = {"ok": True}
         workers = sorted(leases.all_alive(redis))
         checks["workers"] = {"ok": bool(workers), "alive": len(workers), "names": workers}
         if not workers:
             checks["workers"]["error"] = "no live worker"
-    except RedisError as exc:
+    except BrokerError as exc:
         checks["redis"] = {"ok": False, "error": f"Redis unreachable: {exc}"}
         checks["workers"] = {"ok": False, "error": "unknown while Redis is down"}
-    try:
-        with current_app.extensions["engine"].connect() as connection:
-            connection.execute(text("SELECT 1"))
+    problem = store_health.problem(current_app.extensions["engine"])
+    if problem is None:
         checks["store"] = {"ok": True}
-    except SQLAlchemyError as exc:
-        checks["store"] = {"ok": False, "error": f"job store unavailable: {exc.__class__.__name__}"}
+    else:
+        checks["store"] = {"ok": False, "error": f"job store unavailable: {problem}"}
     healthy = all(check["ok"] for check in checks.values())
     failing = [name for name, check in checks.items() if not check["ok"]]
     body = {"status": "ok" if healthy else "unhealthy", "failing": failing, "checks": checks}
@@ -73,16 +71,9 @@ def queue_stats():
     """Per queue: RQ's counts; per status: the store's maintained counters (no table scan)."""
     queues = {}
     try:
-        with _queues().connection.pipeline(transaction=False) as pipe:
-            for queue in _queues().queues.values():
-                pipe.llen(queue.key)
-                for registry in _registries(queue).values():
-                    pipe.zcard(registry.key)
-            results = iter(pipe.execute())
-        for name, queue in _queues().queues.items():
-            queues[name] = {"queued": next(results), **{kind: next(results) for kind in _registries(queue)}}
+        queues = registries.queue_counts(_queues(), registries=True)
         redis_error = None
-    except RedisError as exc:
+    except BrokerError as exc:
         redis_error = f"Redis unreachable: {exc}"
     with current_app.extensions["jobs"].sessions() as session:
         statuses = {status.value: 0 for status in JobStatus}
@@ -93,23 +84,13 @@ def queue_stats():
     return jsonify(body)
 
 
-def _registries(queue) -> dict:
-    return {
-        "started": queue.started_job_registry,
-        "finished": queue.finished_job_registry,
-        "failed": queue.failed_job_registry,
-        "deferred": queue.deferred_job_registry,
-        "scheduled": queue.scheduled_job_registry,
-    }
-
-
 @bp.get("/queue/workers")
 def queue_workers():
     connection = _queues().connection
     try:
-        workers = Worker.all(connection=connection)
+        workers = registries.workers(connection)
         alive = leases.alive(connection, {w.name for w in workers})
-    except RedisError as exc:
+    except BrokerError as exc:
         raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
     return jsonify(
         {
@@ -139,7 +120,7 @@ def failed_jobs():
     entries = []
     try:
         for name, queue in _queues().queues.items():
-            ids = queue.failed_job_registry.get_job_ids(0, limit - 1, desc=True)
+            ids = registries.newest_failed_ids(queue, limit)
             for rq_id, job in _queues().fetch_many(ids).items() if ids else []:
                 if job is None:
                     continue
@@ -153,7 +134,7 @@ def failed_jobs():
                         "ended_at": iso(job.ended_at),
                     }
                 )
-    except RedisError as exc:
+    except BrokerError as exc:
         raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
     entries.sort(key=lambda e: e["ended_at"] or "", reverse=True)
     return jsonify({"failed": entries[:limit]})
@@ -176,7 +157,7 @@ def requeue_failed():
         job_id = (rq_job.meta or {}).get("job_id")
         if job_id is None:
             # Not one of ours: let RQ put it back as it is.
-            rq_job.requeue()
+            registries.requeue(rq_job)
             return jsonify({"rq_job_id": rq_id, "requeued": True})
     if not isinstance(job_id, str):
         raise ValidationFailed(f"job_id must be a job id, got {job_id!r}")
