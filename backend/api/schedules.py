@@ -8,6 +8,7 @@ of the arguments), so a schedule can never hold a job that ``POST /tasks/<name>`
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -19,8 +20,10 @@ from backend.core.errors import ValidationFailed
 from backend.core.pages import encode, page_parts
 from backend.service.representations import HEAVY_FIELDS, iso, job_dict
 from backend.service.schedules import check_cron, check_timezone
-from backend.store.models import ScheduledJob
 from backend.tasks import get_task
+
+if TYPE_CHECKING:
+    from backend.store.models import ScheduledJob
 
 bp = Blueprint("schedules", __name__, url_prefix="/scheduled-jobs")
 bp.before_request(authenticate_client)

@@ -22,37 +22,25 @@ import json
 import threading
 from collections import OrderedDict
 
-from sqlalchemy import and_, bindparam, or_, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-
 from backend.core.cursors import decode_cursor, encode_cursor
-from backend.core.errors import NotFound
 from backend.core.pages import encode, page_parts
 from backend.core.states import JobStatus
-from backend.service.job_manager import filter_jobs
+from backend.service.ownership import owned
 from backend.service.representations import HEAVY_FIELDS, job_dict
-from backend.store.models import Job
+from backend.store.job_reads import JobStamps, job_page
 
 MAX_ENTRIES = 10_000
 MAX_BODY = 64 * 1024
 #: Bodies kept per process, in all.
 MAX_BYTES = 16 * 1024 * 1024
 
-#: Rows read from the store at a time while a page of GET /jobs is built.
-LIST_FETCH = 16
-
-_STAMP = select(Job.owner, Job.updated_at).where(Job.id == bindparam("id"))
-
 
 class JobReader:
-    def __init__(self, engine: Engine, manager):
-        self.engine = engine
+    """Serves ``GET /jobs/<id>`` (from a cache of bodies checked against the store) and ``GET /jobs``."""
+
+    def __init__(self, engine, manager):
         self.manager = manager
-        compiled = _STAMP.compile(dialect=engine.dialect)
-        self._stamp_sql = str(compiled)
-        self._positional = bool(compiled.positional)
-        self._dbapi_error = engine.dialect.loaded_dbapi.Error
+        self._stamps = JobStamps(engine)
         self._bodies: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -63,9 +51,8 @@ class JobReader:
         Raises:
             NotFound: no such job, or it belongs to someone else.
         """
-        stamp = self._stamp(job_id)
-        if stamp is None or (owner is not None and stamp[0] != owner):
-            raise NotFound(f"no job {job_id!r}")
+        stamp = self._stamps.read(job_id)
+        owned(stamp, owner, "job", job_id)
         with self._lock:
             cached = self._bodies.get(job_id)
             if cached is not None and cached[0] == stamp:
@@ -106,35 +93,13 @@ class JobReader:
             ValidationFailed: a cursor this API did not give out.
         """
         omit = frozenset(HEAVY_FIELDS) - include
+        after = decode_cursor(cursor) if cursor else None
         # Only the columns shown: a heavy column left out is never read from the store.
-        query = filter_jobs(
-            select(*(c for c in Job.__table__.c if c.name not in omit)), owner=owner, status=status, task=task
+        rows = job_page(
+            self.manager.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit
         )
-        if cursor:
-            created_at, last_id = decode_cursor(cursor)
-            query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
-        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        with self.manager.sessions() as session:
-            rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
-            with contextlib.closing(rows):
-                parts, next_cursor = page_parts(
-                    rows, lambda row: encode(job_dict(row, omit=omit)), encode_cursor, limit=limit, max_bytes=max_bytes
-                )
+        with contextlib.closing(rows):
+            parts, next_cursor = page_parts(
+                rows, lambda row: encode(job_dict(row, omit=omit)), encode_cursor, limit=limit, max_bytes=max_bytes
+            )
         return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + encode(next_cursor) + b"}"
-
-    def _stamp(self, job_id: str) -> tuple | None:
-        params = (job_id,) if self._positional else {"id": job_id}
-        dbapi_error = self._dbapi_error
-        try:
-            connection = self.engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                cursor.execute(self._stamp_sql, params)
-                row = cursor.fetchone()
-                cursor.close()
-            finally:
-                connection.close()
-        except dbapi_error as exc:
-            # As SQLAlchemy would raise it, so a store that is down answers 503 as elsewhere.
-            raise DBAPIError.instance(self._stamp_sql, params, exc, dbapi_error) from exc
-        return tuple(row) if row is not None else None

@@ -1,4 +1,8 @@
-"""Cron schedules: stored in the store, fired by ``backend/scheduler.py`` (any number of them).
+"""Schedules, the service: cron checks and the commands on schedules (create, fire, change).
+
+Not the scheduler process (``backend/scheduler.py``, which calls ``fire_due`` every few
+seconds; any number of them may run) nor the periodic thread (``backend/core/background.py``).
+The rows are read and written by ``backend.store.schedules``.
 
 Each due time of a schedule fires exactly once: the firing is recorded under a unique
 (schedule, due time) key in the same transaction as the job it starts, so a second scheduler
@@ -9,7 +13,6 @@ at all (``skip``); never once per missed tick.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import uuid
@@ -18,15 +21,15 @@ from datetime import datetime
 from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadDateError, croniter
-from sqlalchemy import Row, and_, delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
 
 from backend.core.cursors import decode_cursor
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.service.job_manager import JobManager, JobRequest
+from backend.service.ownership import owned
+from backend.store import schedules as schedule_rows
 from backend.store.engine import transaction
-from backend.store.models import Job, ScheduledJob, ScheduleFiring, utcnow
+from backend.store.errors import ConstraintViolated, RowVanished
+from backend.store.models import Job, ScheduledJob, utcnow
 from backend.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -130,34 +133,23 @@ class ScheduleManager:
         schedule = ScheduledJob(id=f"sch_{uuid.uuid4().hex}", owner=owner, created_at=now, updated_at=now, **fields)
         schedule.next_run_at = next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
         try:
-            with transaction(self.sessions) as session:
-                if max_per_owner is not None:
-                    # Counted in the creating transaction; concurrent creations of one owner
-                    # can pass the cap by at most their number, which stays a bound.
-                    held = session.scalar(
-                        select(func.count()).select_from(ScheduledJob).where(ScheduledJob.owner == owner)
-                    )
-                    if held >= max_per_owner:
-                        raise Conflict(
-                            f"{owner!r} has {held} schedules, the most one owner may keep "
-                            f"(MAX_SCHEDULES_PER_OWNER={max_per_owner}); delete one first",
-                            details={"setting": "MAX_SCHEDULES_PER_OWNER", "limit": max_per_owner},
-                        )
-                session.add(schedule)
-        except IntegrityError:
+            held = schedule_rows.insert_schedule(self.sessions, schedule, max_per_owner=max_per_owner)
+        except ConstraintViolated:
             raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
+        if held is not None:
+            raise Conflict(
+                f"{owner!r} has {held} schedules, the most one owner may keep "
+                f"(MAX_SCHEDULES_PER_OWNER={max_per_owner}); delete one first",
+                details={"setting": "MAX_SCHEDULES_PER_OWNER", "limit": max_per_owner},
+            )
         return schedule
 
     def get(self, schedule_id: str, *, owner: str | None) -> ScheduledJob:
-        with self.sessions() as session:
-            schedule = session.get(ScheduledJob, schedule_id)
-        if schedule is None or (owner is not None and schedule.owner != owner):
-            raise NotFound(f"no schedule {schedule_id!r}")
-        return schedule
+        return owned(schedule_rows.get_schedule(self.sessions, schedule_id), owner, "schedule", schedule_id)
 
     def page(
         self, *, owner: str | None, limit: int, cursor: str | None, omit: frozenset[str] = frozenset()
-    ) -> Iterator[Row]:
+    ) -> Iterator:
         """Schedules oldest first from ``cursor`` on (the ``<microseconds>.<id>`` of the last one
         seen, as GET /jobs's cursors), at most ``limit``; the columns named in ``omit`` are not
         read. Rows are read a few at a time, so a caller that stops early holds no more.
@@ -165,82 +157,53 @@ class ScheduleManager:
         Raises:
             ValidationFailed: a cursor this API did not give out.
         """
-        query = select(*(c for c in ScheduledJob.__table__.c if c.name not in omit))
-        if owner is not None:
-            query = query.where(ScheduledJob.owner == owner)
-        if cursor:
-            created_at, last_id = decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    ScheduledJob.created_at > created_at,
-                    and_(ScheduledJob.created_at == created_at, ScheduledJob.id > last_id),
-                )
-            )
-        query = query.order_by(ScheduledJob.created_at, ScheduledJob.id).limit(limit)
-        with self.sessions() as session:
-            rows = session.execute(query, execution_options={"yield_per": 16})
-            with contextlib.closing(rows):
-                yield from rows
+        after = decode_cursor(cursor) if cursor else None
+        return schedule_rows.schedule_page(self.sessions, owner=owner, after=after, limit=limit, omit=omit)
 
     def update(self, schedule_id: str, *, owner: str | None, fields: dict, now: datetime | None = None):
         now = now or utcnow()
-        with transaction(self.sessions) as session:
-            schedule = session.get(ScheduledJob, schedule_id)
-            if schedule is None or (owner is not None and schedule.owner != owner):
-                raise NotFound(f"no schedule {schedule_id!r}")
-            for key, value in fields.items():
-                setattr(schedule, key, value)
+        name = fields.get("name")
+
+        def change(schedule: ScheduledJob | None) -> dict:
+            nonlocal name
+            owned(schedule, owner, "schedule", schedule_id)
+            name = fields.get("name", schedule.name)  # read now: after a failed write it cannot be
+            values = dict(fields)
             if {"cron", "timezone", "enabled"} & set(fields):
-                schedule.next_run_at = (
-                    next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
+                changed = {"cron": schedule.cron, "timezone": schedule.timezone, "enabled": schedule.enabled, **fields}
+                values["next_run_at"] = (
+                    next_fire_time(changed["cron"], changed["timezone"], now) if changed["enabled"] else None
                 )
-            schedule.updated_at = now
-            name = schedule.name  # read now: after a failed flush the session cannot load it
-            try:
-                session.flush()
-            except IntegrityError:
-                raise Conflict(f"a schedule named {name!r} exists already") from None
-            except StaleDataError:
-                # Deleted by a concurrent DELETE between our read and our write.
-                raise NotFound(f"no schedule {schedule_id!r}") from None
-        return schedule
+            values["updated_at"] = now
+            return values
+
+        try:
+            return schedule_rows.update_schedule(self.sessions, schedule_id, change)
+        except ConstraintViolated:
+            raise Conflict(f"a schedule named {name!r} exists already") from None
+        except RowVanished:
+            # Deleted by a concurrent DELETE between our read and our write.
+            raise NotFound(f"no schedule {schedule_id!r}") from None
 
     def delete(self, schedule_id: str, *, owner: str | None) -> None:
-        with transaction(self.sessions) as session:
-            schedule = session.get(ScheduledJob, schedule_id)
-            if schedule is None or (owner is not None and schedule.owner != owner):
-                raise NotFound(f"no schedule {schedule_id!r}")
-            # A Core DELETE that counts its rows: a concurrent DELETE that won leaves none,
-            # and this one answers 404 like any other request for a schedule that is gone.
-            deleted = session.execute(delete(ScheduledJob).where(ScheduledJob.id == schedule_id)).rowcount
-            if not deleted:
-                raise NotFound(f"no schedule {schedule_id!r}")
+        # A concurrent DELETE that won leaves nothing to delete, and this one answers 404 like
+        # any other request for a schedule that is gone.
+        if not schedule_rows.delete_schedule(
+            self.sessions, schedule_id, lambda schedule: owned(schedule, owner, "schedule", schedule_id)
+        ):
+            raise NotFound(f"no schedule {schedule_id!r}")
 
     def jobs_of(self, schedule_id: str, *, limit: int = 50) -> list[Job]:
         """The jobs a schedule started, newest first."""
-        with self.sessions() as session:
-            return list(
-                session.scalars(
-                    select(Job)
-                    .where(Job.schedule_id == schedule_id)
-                    .order_by(Job.created_at.desc(), Job.id.desc())
-                    .limit(limit)
-                )
-            )
+        return schedule_rows.schedule_jobs(self.sessions, schedule_id, limit=limit)
 
     # -- firing ---------------------------------------------------------------------------
 
     def fire_due(self, now: datetime | None = None) -> list[Job]:
         """Fire every enabled schedule whose next run is due at ``now``; returns the new jobs."""
         now = now or utcnow()
-        with self.sessions() as session:
-            due = list(
-                session.scalars(
-                    select(ScheduledJob).where(ScheduledJob.enabled.is_(True), ScheduledJob.next_run_at <= now)
-                )
-            )
         fired = []
-        for schedule in due:
+        for schedule in schedule_rows.due_schedules(self.sessions, now):
             job = self._fire(schedule, fire_at=schedule.next_run_at, now=now, advance=True)
             if job is not None:
                 fired.append(job)
@@ -277,13 +240,13 @@ class ScheduleManager:
         try:
             with transaction(self.sessions) as session:
                 job = self.jobs.add_job(session, request, owner=schedule.owner, schedule_id=schedule.id)
-                session.flush()
-                session.add(ScheduleFiring(schedule_id=schedule.id, fire_at=fire_at, job_id=job.id, created_at=now))
                 values = {"last_run_at": now, "last_job_id": job.id, "updated_at": now}
                 if advance:
                     values["next_run_at"] = next_fire_time(schedule.cron, schedule.timezone, now)
-                session.execute(update(ScheduledJob).where(ScheduledJob.id == schedule.id).values(**values))
-        except IntegrityError:
+                schedule_rows.record_firing(
+                    session, schedule_id=schedule.id, fire_at=fire_at, job_id=job.id, now=now, values=values
+                )
+        except ConstraintViolated:
             # Another scheduler fired this due time first.
             log.info("schedule %s: %s fired by another scheduler", schedule.id, fire_at.isoformat())
             return None
@@ -291,9 +254,5 @@ class ScheduleManager:
         return self.jobs.enqueue_job(job.id)
 
     def _advance(self, schedule: ScheduledJob, *, seen: datetime, now: datetime, job_id: str | None) -> None:
-        with transaction(self.sessions) as session:
-            session.execute(
-                update(ScheduledJob)
-                .where(ScheduledJob.id == schedule.id, ScheduledJob.next_run_at == seen)
-                .values(next_run_at=next_fire_time(schedule.cron, schedule.timezone, now), updated_at=now)
-            )
+        next_run_at = next_fire_time(schedule.cron, schedule.timezone, now)
+        schedule_rows.advance_schedule(self.sessions, schedule.id, seen=seen, next_run_at=next_run_at, now=now)

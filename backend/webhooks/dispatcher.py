@@ -1,4 +1,4 @@
-"""Webhooks: an outbox of deliveries, sent and retried by a dispatcher off the workers' path.
+"""Webhooks, the dispatcher: sends the outbox's deliveries and retries them, off the workers' path.
 
 When a job with a ``webhook_url`` ends (COMPLETED, FAILED or CANCELLED), the same store
 transaction adds a delivery row holding the job as JSON. The dispatcher (a thread in the API)
@@ -28,13 +28,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
-
 from backend.core.errors import ValidationFailed
 from backend.core.instruments import WEBHOOK_DELIVERIES
-from backend.store.engine import transaction
-from backend.store.models import Job, WebhookAttempt, WebhookDelivery, utcnow
+from backend.store import deliveries as delivery_rows
+from backend.store.models import utcnow
 from backend.webhooks import http_post as webhook_http
 from backend.webhooks.outbox import job_deliveries
 from backend.webhooks.resolver import BoundedResolver
@@ -90,7 +87,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        sessions,
         *,
         secret: str | None,
         allow_loopback: bool,
@@ -159,7 +156,9 @@ class Dispatcher:
         started, scanned, after = 0, 0, None
         while self._free_slots() and scanned < SCAN_LIMIT:
             full_hosts, full_owners = self._full()
-            page = self._due_page(now, after, full_hosts, full_owners)
+            page = delivery_rows.due_page(
+                self.sessions, now, after=after, full_hosts=full_hosts, full_owners=full_owners, limit=PAGE_SIZE
+            )
             if not page:
                 break
             for delivery_id, host, owner, next_attempt_at in page:
@@ -189,18 +188,10 @@ class Dispatcher:
             with self._lock:
                 self._in_flight.pop(delivery_id, None)
                 self._lock.notify_all()
-            self._release(delivery_id, claim)
+            # Given back, so that another dispatcher sends it now.
+            delivery_rows.release(self.sessions, delivery_id, claim)
             return False
         return True
-
-    def _release(self, delivery_id: str, claim: datetime) -> None:
-        """Give back a claim that no send followed, so that another dispatcher sends it now."""
-        with transaction(self.sessions) as session:
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
-                .values(claimed_until=None)
-            )
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no delivery of this dispatcher is in flight; False if some still are."""
@@ -230,44 +221,11 @@ class Dispatcher:
             {owner for owner in owners if owners.count(owner) >= self.per_owner},
         )
 
-    def _due_page(self, now, after, full_hosts: set[str], full_owners: set[str]) -> list:
-        """Due, unclaimed deliveries in order, leaving out hosts and owners at their cap."""
-        query = (
-            select(WebhookDelivery.id, WebhookDelivery.host, Job.owner, WebhookDelivery.next_attempt_at)
-            .join(Job, Job.id == WebhookDelivery.job_id)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-            .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(PAGE_SIZE)
-        )
-        # In SQL, so that one host's or one owner's thousands of due deliveries (sorted first)
-        # cannot fill every page of a pass and so keep other owners' deliveries out of it.
-        if full_hosts:
-            query = query.where(WebhookDelivery.host.not_in(full_hosts))
-        if full_owners:
-            query = query.where(Job.owner.not_in(full_owners))
-        if after is not None:
-            query = query.where(
-                or_(
-                    WebhookDelivery.next_attempt_at > after[0],
-                    and_(WebhookDelivery.next_attempt_at == after[0], WebhookDelivery.id > after[1]),
-                )
-            )
-        with self.sessions() as session:
-            return [tuple(row) for row in session.execute(query)]
-
     def _claim(self, delivery_id: str) -> datetime | None:
         """Claim a delivery; returns the claim (its ``claimed_until``), the token of this send."""
         now = utcnow()
         claim = now + timedelta(seconds=self.claim_seconds)
-        with transaction(self.sessions) as session:
-            result = session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
-                .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-                .values(claimed_until=claim)
-            )
-            return claim if result.rowcount == 1 else None
+        return claim if delivery_rows.claim(self.sessions, delivery_id, now=now, until=claim) else None
 
     def _run(self, delivery_id: str, claim: datetime, owner: str | None = None) -> None:
         # The deadline starts now, before the name is resolved: the whole send ends within
@@ -291,8 +249,7 @@ class Dispatcher:
                 self._lock.notify_all()
 
     def _attempt(self, delivery_id: str, claim: datetime, started: float, owner: str | None = None) -> None:
-        with self.sessions() as session:
-            delivery = session.get(WebhookDelivery, delivery_id)
+        delivery = delivery_rows.get_delivery(self.sessions, delivery_id)
         if delivery is None:
             return  # its job was deleted (the delivery with it) since it was claimed
         body = json.dumps(delivery.payload, separators=(",", ":")).encode()
@@ -334,12 +291,7 @@ class Dispatcher:
     def _put_off(self, delivery_id: str, claim: datetime, reason: str) -> None:
         """Give back the claim with the delivery due again shortly; its attempts stay as they are."""
         delay = min(LOOKUPS_BUSY_DELAY_SECONDS, self.backoff_seconds)
-        with transaction(self.sessions) as session:
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
-                .values(claimed_until=None, next_attempt_at=utcnow() + timedelta(seconds=delay))
-            )
+        delivery_rows.release(self.sessions, delivery_id, claim, next_attempt_at=utcnow() + timedelta(seconds=delay))
         WEBHOOK_DELIVERIES.labels("put_off").inc()
         log.info("webhook %s: put off %.3g s, not attempted: %s", delivery_id, delay, reason)
 
@@ -354,56 +306,35 @@ class Dispatcher:
         refused: bool = False,
     ) -> None:
         now = utcnow()
-        with transaction(self.sessions) as session:
-            row = session.execute(
-                select(WebhookDelivery.job_id, WebhookDelivery.attempts).where(
-                    WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim
-                )
-            ).first()
-            if row is None:
-                self._claim_lost(delivery_id, error or status_code)
-                return
-            attempts = row.attempts + 1
-            if error is None:
-                values = {"status": "delivered", "delivered_at": now}
-            elif refused or attempts >= self.max_attempts:
-                values = {"status": "failed"}
-            else:
-                delay = self.backoff_seconds * 2 ** (attempts - 1)
-                values = {"next_attempt_at": now + timedelta(seconds=delay)}
-            # Compare-and-set on this dispatcher's claim: if another dispatcher took the
-            # delivery over (the claim lapsed, e.g. this process was paused), its record stands.
-            result = session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
-                .values(attempts=attempts, claimed_until=None, **values)
-            )
-            if result.rowcount != 1:
-                self._claim_lost(delivery_id, error or status_code)
-                return
-            session.add(
-                WebhookAttempt(
-                    delivery_id=delivery_id,
-                    attempted_at=now,
-                    status_code=status_code,
-                    error=error,
-                    duration_ms=duration_ms,
-                )
-            )
-            if values.get("status") in ("delivered", "failed"):
-                session.execute(
-                    update(Job)
-                    .where(Job.id == row.job_id)
-                    # updated_at moves with every change of a job's fields (see job_reads).
-                    .values(webhook_delivered=values["status"] == "delivered", updated_at=now)
-                )
-        WEBHOOK_DELIVERIES.labels(values.get("status", "retry")).inc()
-        log.info("job %s: webhook %s attempt %s: %s", row.job_id, delivery_id, attempts, error or status_code)
 
-    @staticmethod
-    def _claim_lost(delivery_id: str, outcome: object) -> None:
-        log.warning("webhook %s: an attempt (%s) was not recorded: its claim was taken over", delivery_id, outcome)
-        WEBHOOK_DELIVERIES.labels("claim_lost").inc()
+        def outcome(attempts: int) -> dict:
+            if error is None:
+                return {"status": "delivered", "delivered_at": now}
+            if refused or attempts >= self.max_attempts:
+                return {"status": "failed"}
+            return {"next_attempt_at": now + timedelta(seconds=self.backoff_seconds * 2 ** (attempts - 1))}
+
+        recorded = delivery_rows.record_attempt(
+            self.sessions,
+            delivery_id,
+            claim,
+            attempted_at=now,
+            status_code=status_code,
+            error=error,
+            duration_ms=duration_ms,
+            outcome=outcome,
+        )
+        if recorded is None:
+            log.warning(
+                "webhook %s: an attempt (%s) was not recorded: its claim was taken over",
+                delivery_id,
+                error or status_code,
+            )
+            WEBHOOK_DELIVERIES.labels("claim_lost").inc()
+            return
+        job_id, attempts, values = recorded
+        WEBHOOK_DELIVERIES.labels(values.get("status", "retry")).inc()
+        log.info("job %s: webhook %s attempt %s: %s", job_id, delivery_id, attempts, error or status_code)
 
     def deliveries(self, job_id: str) -> list[dict]:
         """Every delivery of a job with its attempts (``GET /jobs/<id>/webhooks``)."""

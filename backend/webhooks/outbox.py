@@ -1,34 +1,29 @@
-"""The webhook outbox's rows: a delivery added with the job that ended, and a job's deliveries
-as ``GET /jobs/<id>/webhooks`` shows them. The dispatcher (backend/webhooks/dispatcher.py) sends them."""
+"""Webhooks, the outbox: the delivery added with the job that ended, and a job's deliveries as
+``GET /jobs/<id>/webhooks`` shows them. The dispatcher (backend/webhooks/dispatcher.py) sends
+them; their rows are read and written by ``backend.store.deliveries``."""
 
 from __future__ import annotations
 
 import uuid
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
 from backend.service.representations import iso, job_dict
-from backend.store.models import Job, WebhookAttempt, WebhookDelivery, utcnow
+from backend.store import deliveries as delivery_rows
+from backend.store.models import Job, utcnow
 
 
-def add_delivery(session: Session, job: Job) -> None:
-    """Queue the webhook of a job that just ended, in the caller's transaction."""
+def add_delivery(session, job: Job) -> None:
+    """Queue the webhook of a job that just ended, in the caller's transaction (its ``session``)."""
     now = utcnow()
-    session.add(
-        WebhookDelivery(
-            id=f"msg_{uuid.uuid4().hex}",
-            job_id=job.id,
-            event=job.status,
-            url=job.webhook_url,
-            host=delivery_host(job.webhook_url),
-            payload={"type": f"job.{job.status.lower()}", "timestamp": now.isoformat(), "data": job_dict(job)},
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
+    delivery_rows.insert_delivery(
+        session,
+        delivery_id=f"msg_{uuid.uuid4().hex}",
+        job_id=job.id,
+        event=job.status,
+        url=job.webhook_url,
+        host=delivery_host(job.webhook_url),
+        payload={"type": f"job.{job.status.lower()}", "timestamp": now.isoformat(), "data": job_dict(job)},
+        now=now,
     )
 
 
@@ -41,21 +36,9 @@ def delivery_host(url: str) -> str:
         return ""
 
 
-def job_deliveries(sessions: sessionmaker[Session], job_id: str) -> list[dict]:
+def job_deliveries(sessions, job_id: str) -> list[dict]:
     """Every delivery of a job with its attempts."""
-    with sessions() as session:
-        rows = list(
-            session.scalars(
-                select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.created_at)
-            )
-        )
-        attempts = list(
-            session.scalars(
-                select(WebhookAttempt)
-                .where(WebhookAttempt.delivery_id.in_([row.id for row in rows]))
-                .order_by(WebhookAttempt.id)
-            )
-        )
+    rows, attempts = delivery_rows.job_deliveries(sessions, job_id)
     by_delivery: dict[str, list[dict]] = {}
     for attempt in attempts:
         by_delivery.setdefault(attempt.delivery_id, []).append(

@@ -1,0 +1,89 @@
+"""The store's reads behind ``GET /jobs/<id>`` and ``GET /jobs``: a job's stamp, a page of jobs.
+
+The stamp (owner, ``updated_at``) is read on every poll of a job, so it skips the ORM and
+SQLAlchemy's statement handling: one statement compiled once, run on a pooled DB-API
+connection. ``backend.service.job_reads`` compares it with what it served last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import Row, and_, bindparam, or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.core.states import JobStatus
+from backend.store.jobs import filter_jobs
+from backend.store.models import Job
+
+#: Rows read from the store at a time while a page of GET /jobs is built.
+LIST_FETCH = 16
+
+_STAMP = select(Job.owner, Job.updated_at).where(Job.id == bindparam("id"))
+
+
+class Stamp(NamedTuple):
+    """What changes whenever a job's fields do; compared as the database returns it."""
+
+    owner: str
+    updated_at: object
+
+
+class JobStamps:
+    """Reads a job's (owner, ``updated_at``) as the database returns them, on a raw cursor."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        compiled = _STAMP.compile(dialect=engine.dialect)
+        self._sql = str(compiled)
+        self._positional = bool(compiled.positional)
+        self._dbapi_error = engine.dialect.loaded_dbapi.Error
+
+    def read(self, job_id: str) -> Stamp | None:
+        """The job's ``(owner, updated_at)``; None when there is no such job."""
+        params = (job_id,) if self._positional else {"id": job_id}
+        dbapi_error = self._dbapi_error
+        try:
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self._sql, params)
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.close()
+        except dbapi_error as exc:
+            # As SQLAlchemy would raise it, so a store that is down answers 503 as elsewhere.
+            raise DBAPIError.instance(self._sql, params, exc, dbapi_error) from exc
+        return Stamp(*row) if row is not None else None
+
+
+def job_page(
+    sessions: sessionmaker[Session],
+    *,
+    owner: str | None,
+    status: JobStatus | None,
+    task: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+    omit: frozenset[str],
+) -> Iterator[Row]:
+    """Jobs newest first, after ``after`` (the ``(created_at, id)`` of the last one seen), at
+    most ``limit``; the columns named in ``omit`` are never read. Rows are read a few at a
+    time, so a caller that stops early (and closes this generator) holds no more."""
+    query = filter_jobs(
+        select(*(c for c in Job.__table__.c if c.name not in omit)), owner=owner, status=status, task=task
+    )
+    if after is not None:
+        created_at, last_id = after
+        query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    with sessions() as session:
+        rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
+        with contextlib.closing(rows):
+            yield from rows
