@@ -167,7 +167,7 @@ class ScheduleManager:
         def change(schedule: ScheduledJob | None) -> dict:
             nonlocal name
             owned(schedule, owner, "schedule", schedule_id)
-            name = fields.get("name", schedule.name)  # read now: after a failed write it cannot be
+            name = fields.get("name", schedule.name)  # read now: after a failed flush the session cannot load it
             values = dict(fields)
             if {"cron", "timezone", "enabled"} & set(fields):
                 changed = {"cron": schedule.cron, "timezone": schedule.timezone, "enabled": schedule.enabled, **fields}
