@@ -1,0 +1,160 @@
+"""The life of a job's attempts: started, progress, ended, and the next attempt.
+
+``Attempts`` is the part of ``JobManager`` that records what workers report (through
+``backend.service.worker_reports`` or the reconciler) and starts new attempts: an automatic
+retry, a client's retry, a job Redis lost. Every attempt keeps a row in ``attempts``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from backend.broker.queues import QueueAdapter, rq_job_id
+from backend.core.errors import Conflict, InvalidTransition
+from backend.core.logs import job_fields
+from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL, JobStatus
+from backend.service.retries import RetryPolicy
+from backend.service.transitions import check_attempt, load_job, new_attempt, transition
+from backend.store.jobs import JobRows, Sessions
+from backend.store.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Attempts:
+    """Recording attempts and starting new ones (a part of ``JobManager``).
+
+    ``at`` in the worker's events: when the worker says the event happened (default: now).
+    """
+
+    sessions: Sessions
+    queues: QueueAdapter
+    retry_policy: RetryPolicy
+
+    def mark_started(self, job_id: str, *, attempt: int, worker: str, at: datetime | None = None) -> Job:
+        with JobRows.transaction(self.sessions) as rows:
+            job = load_job(rows, job_id)
+            now = at or utcnow()
+            changed = transition(rows, job, JobStatus.PROCESSING, attempt=attempt, started_at=now, worker=worker)
+            if changed:
+                rows.start_attempt(job_id, attempt, worker=worker, started_at=now)
+                log.info("job %s attempt %s started on %s", job_id, attempt, worker, extra=job_fields(job))
+            return job
+
+    def update_job_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None) -> Job:
+        """Record progress of a running attempt (an unstarted one counts as started).
+
+        Raises:
+            InvalidTransition: the job already ended.
+            StaleAttempt: the report is for an older attempt.
+        """
+        with JobRows.transaction(self.sessions) as rows:
+            job = load_job(rows, job_id)
+            check_attempt(job, attempt)
+            if JobStatus(job.status) in TERMINAL:
+                raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
+            written = rows.set_progress(job_id, attempt=attempt, progress=progress, message=message, now=utcnow())
+            rows.refresh(job)
+            if not written:
+                raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
+            return job
+
+    def mark_completed(self, job_id: str, *, attempt: int, result: object, at: datetime | None = None) -> Job:
+        # The errors of earlier attempts stay in their attempt rows.
+        return self._finish(job_id, attempt, JobStatus.COMPLETED, at=at, result=result, progress=100, error=None)
+
+    def mark_failed(
+        self, job_id: str, *, attempt: int, error: str, backoff: bool = True, at: datetime | None = None
+    ) -> Job:
+        """Record a failed attempt: a new attempt when retries are left, else FAILED.
+
+        Args:
+            backoff: wait the policy's delay before the retry (False: retry at once, as for a
+                job whose worker died under it).
+        """
+        with JobRows.transaction(self.sessions) as rows:
+            job = load_job(rows, job_id)
+            check_attempt(job, attempt)
+            current = JobStatus(job.status)
+            if current in TERMINAL or job.retry_count >= job.max_retries:
+                retried = False
+            else:
+                retry_number = job.retry_count + 1
+                retry_at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
+                retried = new_attempt(
+                    rows, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=retry_at,
+                    error=error,
+                )  # fmt: skip
+                if retried:
+                    rows.end_attempt(job_id, attempt, JobStatus.FAILED, error, at or utcnow())
+                    log.info(
+                        "job %s attempt %s failed; retry %s at %s", job_id, attempt, retry_number, retry_at or "once"
+                    )
+        if retried:
+            return self.enqueue_job(job_id)
+        return self._finish(job_id, attempt, JobStatus.FAILED, at=at, error=error)
+
+    def end_job(self, job_id: str, *, error: str) -> Job:
+        """End a live job as FAILED now, retries or not (maintenance)."""
+        with JobRows.opened(self.sessions) as rows:
+            job = load_job(rows, job_id)
+        return self._finish(job_id, job.attempt, JobStatus.FAILED, error=error)
+
+    def retry_job(self, job_id: str, *, owner: str | None = None, max_attempts: int | None = None) -> Job:
+        """Run a FAILED or CANCELLED job again, as a new attempt (``POST /jobs/<id>/retry``).
+
+        ``max_attempts`` (``MAX_ATTEMPTS_PER_JOB`` for clients): a job that has had so many
+        attempts is not retried by hand again. Every attempt keeps a row (its error up to
+        ``MAX_ERROR_BYTES``), so without it a loop of retries grew a job's history without end.
+
+        Raises:
+            InvalidTransition: the job has not ended, or it COMPLETED.
+            Conflict: the job has had ``max_attempts`` attempts already (409).
+        """
+        with JobRows.transaction(self.sessions) as rows:
+            job = load_job(rows, job_id, owner=owner)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise InvalidTransition(
+                    job_id, job.status, JobStatus.PENDING.value, reason="only FAILED or CANCELLED jobs can be retried"
+                )
+            if max_attempts is not None and job.attempt >= max_attempts:
+                raise Conflict(
+                    f"job {job_id} has had {job.attempt} attempts, the most a job may have by retries "
+                    f"(MAX_ATTEMPTS_PER_JOB={max_attempts}); submit it as a new job",
+                    details={"setting": "MAX_ATTEMPTS_PER_JOB", "limit": max_attempts, "attempt": job.attempt},
+                )
+            new_attempt(
+                rows, job, job.attempt, MANUAL_RETRY_FROM,
+                next_retry_at=None, cancelled_by=None, cancelled_at=None, error=None,
+            )  # fmt: skip
+        return self.enqueue_job(job_id)
+
+    def requeue_lost(self, job_id: str, *, attempt: int, reason: str) -> Job:
+        """Start a new attempt of a job that Redis lost before any worker ran it.
+
+        The old attempt is fenced first, so a worker that popped it but had not started it
+        never runs it (a BrokerError here leaves the job as it was, for the next pass).
+        """
+        self.queues.fence(rq_job_id(job_id, attempt))
+        with JobRows.transaction(self.sessions) as rows:
+            job = load_job(rows, job_id)
+            if not new_attempt(rows, job, attempt, REQUEUE_FROM):
+                return job
+            log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
+        return self.enqueue_job(job_id)
+
+    def _finish(self, job_id: str, attempt: int, target: JobStatus, *, at: datetime | None = None, **fields) -> Job:
+        """End attempt ``attempt`` as ``target`` (an end status), then release the job's dependants."""
+        with JobRows.transaction(self.sessions) as rows:
+            job = load_job(rows, job_id)
+            now = at or utcnow()
+            if job.started_at is not None and job.attempt == attempt:
+                now = max(now, job.started_at)
+            changed = transition(rows, job, target, attempt=attempt, completed_at=now, **fields)
+            if changed:
+                rows.end_attempt(job_id, attempt, target, fields.get("error"), now)
+                log.info("job %s attempt %s %s", job_id, attempt, target.value, extra=job_fields(job))
+        if changed and job.has_dependants:
+            self._release_dependants(job_id)
+        return job

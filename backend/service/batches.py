@@ -1,0 +1,67 @@
+"""Batches: many jobs of one task recorded together (``POST /tasks/<name>/batch``), and their summary.
+
+``Batches`` is the part of ``JobManager`` for them; a batch's jobs are ordinary jobs with a
+``batch_id``, cancelled through the cancel part like any others.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from backend.core.states import TERMINAL, JobStatus
+from backend.service.ownership import owned
+from backend.service.representations import iso
+from backend.store.jobs import JobRows, Sessions
+from backend.store.models import Batch, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+
+
+class Batches:
+    """Recording batches and summing up their jobs (a part of ``JobManager``)."""
+
+    sessions: Sessions
+
+    def create_batch(self, requests: list, *, owner: str) -> tuple[Batch, list[Job]]:
+        """Record a batch and all its jobs (``JobRequest``s) in one transaction (all or none), then
+        enqueue them.
+
+        Unlike ``submit``, batch jobs are recorded PENDING: enqueueing a thousand takes long
+        enough that jobs recorded QUEUED could look lost to the reconciler meanwhile.
+        """
+        now = utcnow()
+        batch = Batch(id=f"bat_{uuid.uuid4().hex}", owner=owner, task=requests[0].task.name, size=len(requests),
+                      created_at=now)  # fmt: skip
+        with JobRows.transaction(self.sessions) as rows:
+            rows.add_batch(batch)
+            jobs = [self.add_job(rows, request, owner=owner, batch_id=batch.id) for request in requests]
+        log.info("batch %s recorded: %s jobs of %s", batch.id, len(jobs), batch.task)
+        return batch, [self.enqueue_job(job.id) for job in jobs]
+
+    def batch_summary(self, batch_id: str, *, owner: str | None) -> dict:
+        """A batch's counts by status and overall progress (ended jobs count as 100%).
+
+        Raises:
+            NotFound: no such batch, or not the owner's.
+        """
+        with JobRows.opened(self.sessions) as rows:
+            batch = owned(rows.batch(batch_id), owner, "batch", batch_id)
+            rows_by_status = rows.batch_counts(batch_id)
+        counts = {status.value: 0 for status in JobStatus}
+        progress_sum = 0
+        for status, count, progress in rows_by_status:
+            counts[status] = count
+            progress_sum += 100 * count if status in _TERMINAL_VALUES else int(progress or 0)
+        ended = sum(counts[s] for s in _TERMINAL_VALUES)
+        return {
+            "batch_id": batch.id,
+            "task": batch.task,
+            "size": batch.size,
+            "created_at": iso(batch.created_at),
+            "counts": counts,
+            "progress": round(progress_sum / batch.size, 1) if batch.size else 100.0,
+            "done": ended == batch.size,
+        }

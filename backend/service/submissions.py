@@ -1,0 +1,216 @@
+"""Submitting jobs: what a client asked for (``JobRequest``), recording it, putting it on a queue.
+
+``Submissions`` is the part of ``JobManager`` that creates jobs and enqueues them; it calls
+the parts for attempts (``_finish``) and dependencies (``_cancel_for_dependency``) when a job
+cannot be enqueued.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from backend.broker.connection import BrokerError
+from backend.broker.queues import QueueAdapter, rq_job_id
+from backend.core.errors import NotFound, StaleAttempt, ValidationFailed
+from backend.core.logs import job_fields
+from backend.core.states import TERMINAL, JobStatus
+from backend.service.idempotency import check_same_request
+from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
+from backend.store.errors import ConstraintViolated
+from backend.store.jobs import JobRows, Sessions
+from backend.store.models import Job, utcnow
+from backend.tasks import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a client asked for, already validated (see backend.api.payloads)."""
+
+    task: TaskSpec
+    args: list
+    kwargs: dict
+    priority: str
+    timeout: int
+    max_retries: int
+    webhook_url: str | None = None
+    idempotency_key: str | None = None
+    depends_on: tuple[str, ...] = ()
+    allow_failure: bool = False
+    run_at: datetime | None = None
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+class Submissions:
+    """Creating jobs and putting them on RQ's queues (a part of ``JobManager``)."""
+
+    sessions: Sessions
+    queues: QueueAdapter
+
+    def submit(self, request: JobRequest, *, owner: str) -> tuple[Job, bool]:
+        """Record a job and put it on its queue.
+
+        While Redis is answering, a job with no dependencies is recorded QUEUED and then put on
+        its queue: one write to the store, and no worker can see it before its row exists.
+        Should the enqueue fail, or the API die before it, the job stays QUEUED (a status never
+        goes back) and the reconciler, finding no RQ job for it, queues a new attempt once Redis
+        is back. Otherwise (Redis silent for a while, or dependencies to wait for) the job is
+        recorded PENDING and then enqueued (``enqueue_job``): while Redis is down, submissions
+        are PENDING until the reconciler enqueues them.
+
+        Returns:
+            The job, and False when an idempotency key matched a live job (nothing new).
+        """
+        straight = not request.depends_on and self.queues.recently_up
+        status = JobStatus.QUEUED if straight else JobStatus.PENDING
+        job, created = self.create_job(request, owner=owner, status=status)
+        if not created:
+            return job, False
+        if not straight:
+            return self.enqueue_job(job.id), True
+        try:
+            self._send(job, request.task, [])
+        except BrokerError as exc:
+            log.warning("job %s recorded QUEUED, but Redis refused it (%s): the reconciler requeues it", job.id, exc)
+        return job, True
+
+    def build_job(self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin) -> Job:
+        """A new job row for ``request``, PENDING unless told (not yet added to any session)."""
+        job_id = new_job_id()
+        now = utcnow()
+        return Job(
+            id=job_id,
+            owner=owner,
+            task=request.task.name,
+            status=status.value,
+            priority=request.priority,
+            args=request.args,
+            kwargs=request.kwargs,
+            progress=0,
+            created_at=now,
+            updated_at=now,
+            attempt=1,
+            retry_count=0,
+            max_retries=request.max_retries,
+            timeout=request.timeout,
+            webhook_url=request.webhook_url,
+            rq_job_id=rq_job_id(job_id, 1),
+            idempotency_key=request.idempotency_key,
+            depends_on=list(request.depends_on) or None,
+            allow_failure=request.allow_failure,
+            run_at=request.run_at,
+            **origin,
+        )
+
+    def add_job(
+        self, session, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin
+    ) -> Job:
+        """Add a new job and its dependency edges to ``session`` (the caller commits).
+
+        Args:
+            session: a store session (as ``backend.store.engine.transaction`` gives) or its
+                ``JobRows``.
+
+        Raises:
+            ValidationFailed: a job it depends on does not exist or is not the owner's.
+        """
+        rows = session if isinstance(session, JobRows) else JobRows(session)
+        job = self.build_job(request, owner=owner, status=status, **origin)
+        if request.depends_on:
+            missing = sorted(set(request.depends_on) - rows.owned_ids(request.depends_on, owner=owner))
+            if missing:
+                raise ValidationFailed(f"depends_on names jobs that do not exist: {missing}")
+        rows.add_job(job)
+        return job
+
+    def create_job(
+        self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin
+    ) -> tuple[Job, bool]:
+        """Record a job (PENDING unless told); with an idempotency key held by a live job, return that job.
+
+        The unique index on (owner, idempotency_key) decides between concurrent submissions.
+
+        Raises:
+            IdempotencyKeyReused: the key's live job was recorded from another request (422).
+        """
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                with JobRows.transaction(self.sessions) as rows:
+                    job = self.add_job(rows, request, owner=owner, status=status, **origin)
+                log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
+                return job, True
+            except ConstraintViolated:
+                existing = self._live_job_with_key(owner, request.idempotency_key)
+                if existing is not None:
+                    check_same_request(existing, request)
+                    log.info("job %s returned for idempotency key", existing.id)
+                    return existing, False
+        raise RuntimeError(f"could not record a job for idempotency key {request.idempotency_key!r}")
+
+    def _live_job_with_key(self, owner: str, key: str | None) -> Job | None:
+        if key is None:
+            return None
+        with JobRows.opened(self.sessions) as rows:
+            return rows.live_with_key(owner, key)
+
+    def enqueue_job(self, job_id: str) -> Job:
+        """Put a PENDING job's current attempt on its queue and mark it QUEUED.
+
+        A job with unfinished dependencies waits in RQ's deferred registry; one whose
+        dependency failed is cancelled (unless it allows failure); a job with a ``run_at`` or
+        a retry time waits in RQ's scheduler. When Redis is unreachable the job stays PENDING
+        (the reconciler enqueues it later).
+        """
+        with JobRows.opened(self.sessions) as rows:
+            job = load_job(rows, job_id)
+            if job.status != JobStatus.PENDING:
+                return job
+            try:
+                spec = get_task(job.task)
+            except NotFound:
+                rows.close()
+                return self._finish(job.id, job.attempt, JobStatus.FAILED, error=f"no task named {job.task!r} any more")
+            waiting_on: list[str] = []
+            if job.depends_on:
+                parents = rows.jobs(job.depends_on)
+                failed = [p for p in parents if p.status in (JobStatus.FAILED, JobStatus.CANCELLED)]
+                if failed and not job.allow_failure:
+                    rows.close()
+                    return self._cancel_for_dependency(job.id, failed[0])
+                waiting_on = [p.rq_job_id for p in parents if p.status not in TERMINAL]
+            try:
+                self._send(job, spec, waiting_on)
+            except BrokerError as exc:
+                log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
+                return job
+            # A fast worker may already have started it (QUEUED is then in the past), or even
+            # failed it into a new attempt: either way the job is where it should be.
+            try:
+                transition(rows, job, JobStatus.QUEUED, attempt=job.attempt, tolerate_behind=True)
+            except StaleAttempt:
+                rows.rollback()
+                rows.refresh(job)
+            rows.commit()
+            return job
+
+    def _send(self, job: Job, spec: TaskSpec, waiting_on: list[str]) -> None:
+        now = utcnow()
+        self.queues.enqueue(
+            job_id=job.id,
+            attempt=job.attempt,
+            func_path=spec.path,
+            args=job.args,
+            kwargs=job.kwargs,
+            priority=job.priority,
+            timeout=job.timeout,
+            at=max((t for t in (job.run_at, job.next_retry_at) if t is not None and t > now), default=None),
+            depends_on=waiting_on,
+            concurrency=(spec.name, spec.concurrency) if spec.concurrency else None,
+        )
