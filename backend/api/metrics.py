@@ -24,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from backend.broker import leases, registries
-from backend.broker.connection import BrokerError
+from backend.broker.errors import BrokerError
 from backend.core.instruments import REQUEST_LATENCY
 from backend.store import counts
 

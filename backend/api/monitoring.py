@@ -10,7 +10,7 @@ from backend.api.payloads import json_body, query_int
 from backend.api.rate_limits import submit_limit
 from backend.broker import connection as broker
 from backend.broker import leases, registries
-from backend.broker.connection import BrokerError
+from backend.broker.errors import BrokerError
 from backend.broker.queues import last_error
 from backend.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from backend.core.size_caps import SizeCaps

@@ -25,17 +25,19 @@ from pathlib import Path
 import rq_dashboard
 import rq_dashboard.web as rqd
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request, url_for
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Queue, Worker
-from rq.exceptions import DeserializationError, InvalidJobDependency, InvalidJobOperation, NoSuchJobError
-from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from backend.api.auth import require_admin
 from backend.api.error_handlers import error_response
 from backend.api.rate_limits import limiter
+from backend.broker import inspection
+from backend.broker.errors import (
+    BrokenDependency,
+    BrokerError,
+    BrokerUnreachable,
+    NoSuchJob,
+    RefusedOperation,
+    UndecodableJob,
+)
 from backend.core.errors import NotFound
 from backend.core.logs import redact
 from backend.core.settings import QUEUE_NAMES
@@ -89,20 +91,20 @@ def _refuse_bad_paths() -> None:
                 raise NotFound(f"{name} must be a whole number from 1 to {top}, got {value[:20]!r}")
 
 
-@bp.errorhandler(NoSuchJobError)
-def _no_such_job(exc: NoSuchJobError):
+@bp.errorhandler(NoSuchJob)
+def _no_such_job(exc: Exception):
     return error_response(404, "not_found", "no such job in Redis (it may have expired)", None)
 
 
-@bp.errorhandler(InvalidJobOperation)
-def _invalid_operation(exc: InvalidJobOperation):
+@bp.errorhandler(RefusedOperation)
+def _invalid_operation(exc: Exception):
     # e.g. requeueing a job that is not in the failed registry
     message = str(exc)[:500] or "RQ refused this operation on the job in its current state"
     return error_response(409, "invalid_job_operation", message, None)
 
 
-@bp.errorhandler(DeserializationError)
-@bp.errorhandler(InvalidJobDependency)
+@bp.errorhandler(UndecodableJob)
+@bp.errorhandler(BrokenDependency)
 def _unreadable_job(exc: Exception):
     # A job written by another RQ client (another serializer), or a broken dependency.
     message = str(exc)[:500] or "RQ cannot read this job"
@@ -110,30 +112,26 @@ def _unreadable_job(exc: Exception):
 
 
 # The net under the checks above: whatever else Redis or RQ raises answers in JSON, not 500.
-@bp.errorhandler(RedisConnectionError)
-@bp.errorhandler(RedisTimeoutError)
-def _redis_unreachable(exc: RedisError):
+def _redis_unreachable(exc: Exception):
     log.warning("RQ Dashboard: Redis unreachable: %s", redact(str(exc)))
     return error_response(503, "service_unavailable", "Redis is unreachable", None, {"Retry-After": "5"})
 
 
-@bp.errorhandler(RedisError)
-def _redis_refused(exc: RedisError):
+for _error in BrokerUnreachable:
+    bp.register_error_handler(_error, _redis_unreachable)
+
+
+@bp.errorhandler(BrokerError)
+def _redis_refused(exc: Exception):
     # e.g. WRONGTYPE: a key that something other than RQ wrote under RQ's name.
     log.warning("RQ Dashboard: Redis refused a command: %s", redact(str(exc)))
     return error_response(409, "redis_refused", f"Redis refused the operation: {redact(str(exc))[:300]}", None)
 
 
 def compact_queue(queue_name: str):
-    """Drop the ids of jobs that are gone from the queue. RQ renames the queue's list first,
-    which Redis refuses for a list that does not exist: an empty queue, where rq-dashboard then
-    answered 500. An empty queue has nothing to compact."""
-    queue = Queue(queue_name, connection=current_app.redis_conn, serializer=JSONSerializer)
-    try:
-        queue.compact()
-    except ResponseError as exc:
-        if "no such key" not in str(exc).lower():
-            raise
+    """Drop the ids of jobs that are gone from the queue; rq-dashboard answered 500 for an
+    empty queue (RQ renames the list first, which Redis refuses for a list that does not exist)."""
+    inspection.compact(current_app.redis_conn, queue_name)
     return jsonify(status="OK"), {"Cache-Control": "no-store"}
 
 
@@ -145,11 +143,11 @@ def _readable(read):
     RQ client wrote with another serializer (pickle) raised in the middle of the view (a 500)."""
     try:
         return read()
-    except (DeserializationError, ValueError):
+    except (UndecodableJob, ValueError):
         return UNREADABLE
 
 
-def _job_summary(job: Job) -> dict:
+def _job_summary(job) -> dict:
     """A job's line in a list (rq-dashboard's ``serialize_job``, which raised on such a job)."""
     latest = _readable(job.latest_result)
     return {
@@ -165,17 +163,7 @@ def _job_summary(job: Job) -> dict:
 def requeue_all(queue_name: str):
     """Requeue every failed job of a queue. rq-dashboard's stopped at the first id whose job
     had expired (NoSuchJobError: a 404 after requeueing some); such an id is dropped here."""
-    connection = current_app.redis_conn
-    registry = Queue(queue_name, connection=connection, serializer=JSONSerializer).failed_job_registry
-    count = 0
-    for rq_id in registry.get_job_ids(cleanup=False):
-        try:
-            Job.fetch(rq_id, connection=connection, serializer=JSONSerializer).requeue()
-            count += 1
-        except NoSuchJobError:
-            registry.remove(rq_id)
-        except InvalidJobOperation:  # left the registry meanwhile (requeued or deleted by someone)
-            pass
+    count = inspection.requeue_failed(current_app.redis_conn, queue_name)
     return jsonify(status="OK", count=count), {"Cache-Control": "no-store"}
 
 
@@ -185,24 +173,10 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
     registries' ranges by the offset), and a descending page past the last one nearly every
     job: answers unbounded in size, and pages that overlapped."""
     per_page, page = int(per_page), int(page)  # checked by _refuse_bad_paths
-    connection = current_app.redis_conn
-    queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
-    registry = None if registry_name == "queued" else getattr(queue, f"{registry_name}_job_registry")
-    total = queue.count if registry is None else registry.get_job_count(cleanup=False)
-    offset = (page - 1) * per_page
-    # [start, stop) in RQ's order, oldest first; a dsc page counts from the end.
-    start, stop = (max(0, total - offset - per_page), total - offset) if order == "dsc" else (offset, offset + per_page)
-    stop = min(stop, total)
-    ids: list[str] = []
-    if start < stop:
-        if registry is None:
-            ids = queue.get_job_ids(start, stop - start)
-        else:
-            ids = registry.get_job_ids(start, stop - 1, cleanup=False)
-    if order == "dsc":
-        ids.reverse()
-    # Job.fetch_many, not Queue.fetch_job: the latter removes a gone job's id from the queue.
-    jobs = [_job_summary(job) for job in Job.fetch_many(ids, connection, serializer=JSONSerializer) if job]
+    total, page_jobs = inspection.job_page(
+        current_app.redis_conn, queue_name, registry_name, per_page=per_page, page=page, order=order
+    )
+    jobs = [_job_summary(job) for job in page_jobs]
     num_pages = -(-total // per_page)
 
     def link(number: int) -> dict:
@@ -235,7 +209,7 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
 def job_info(instance_number: int, job_id: str):
     """One job as JSON. rq-dashboard's own view decodes the ids of a job's dependencies as
     bytes, which RQ 3 already gives as text: it answered 500 for every job that has any."""
-    job = Job.fetch(job_id, connection=current_app.redis_conn, serializer=JSONSerializer)
+    job = inspection.fetch(current_app.redis_conn, job_id)
     encoder = current_app.config.get("RQ_DASHBOARD_JSON_ENCODER", json.JSONEncoder)
     body = {
         **_job_summary(job),
@@ -293,11 +267,7 @@ def list_workers(instance_number: int):
     """rq-dashboard's ``list_workers`` reads workers with RQ's default (pickle) serializer, so it
     answered 500 whenever a worker was busy with one of our JSON jobs; this one reads JSON."""
     workers = []
-    for worker in Worker.all(connection=current_app.redis_conn, serializer=JSONSerializer):
-        try:
-            current = worker.get_current_job()
-        except NoSuchJobError:  # ended and expired between the two reads
-            current = None
+    for worker, current in inspection.workers(current_app.redis_conn):
         workers.append(
             {
                 "name": worker.name,
@@ -319,7 +289,7 @@ def list_workers(instance_number: int):
 
 
 def job_view(instance_number: int, job_id: str):
-    job = Job.fetch(job_id, connection=current_app.redis_conn, serializer=JSONSerializer)
+    job = inspection.fetch(current_app.redis_conn, job_id)
     return _page("job", job_id=job.id)
 
 
@@ -369,7 +339,7 @@ for _path, _endpoint, _view in ACTIONS:
 
 def mount(app: Flask, redis_url: str) -> None:
     # Our jobs are JSON-serialized; the dashboard must read them the same way.
-    rqd.config.serializer = JSONSerializer
+    rqd.config.serializer = inspection.SERIALIZER
     app.config.setdefault("RQ_DASHBOARD_REDIS_URL", redis_url)
     rqd.setup_rq_connection(app)
     app.register_blueprint(bp, url_prefix=URL_PREFIX)

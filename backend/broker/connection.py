@@ -1,8 +1,8 @@
-"""The Redis connection: the one place that opens it, and the errors callers may catch.
+"""The Redis connection: the one place that opens it.
 
 RQ stores binary job data, so the connection never decodes responses (``decode_responses=True``
-crashes workers with UnicodeDecodeError). Layers above the broker catch ``BrokerError`` and
-``BrokerUnreachable`` rather than importing redis themselves.
+crashes workers with UnicodeDecodeError). Sentinel and TLS options belong here too. Layers above
+the broker catch the aliases of ``errors.py`` rather than importing redis themselves.
 """
 
 from __future__ import annotations
@@ -10,18 +10,12 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlparse
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from backend.broker.errors import BrokerError, BrokerUnreachable
 from backend.core.logs import redact
 
-__all__ = ["BrokerError", "BrokerUnreachable", "LockError", "Redis", "connect", "ping"]
-
-#: Any error Redis raised: refused command, lost connection, timeout.
-BrokerError = RedisError
-#: The errors that mean Redis did not answer (as opposed to refusing a command).
-BrokerUnreachable = (RedisConnectionError, RedisTimeoutError)
+# The error aliases are re-exported here too: the connection is where callers first look.
+__all__ = ["BrokerError", "BrokerUnreachable", "Redis", "connect", "ping"]
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:

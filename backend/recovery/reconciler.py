@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
 from backend.broker import leases
-from backend.broker.connection import BrokerError
+from backend.broker.errors import BrokerError
 from backend.broker.queues import RQJob, last_error, rq_status
 from backend.core.errors import JobServiceError
 from backend.core.size_caps import SizeCaps

@@ -1,0 +1,35 @@
+"""The errors of Redis and RQ that layers above the broker catch, under the broker's names.
+
+Aliases, not wrappers: code inside the broker and RQ itself raise the originals, so an
+``except BrokerError`` above catches exactly what ``except RedisError`` caught.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DeserializationError, InvalidJobDependency, InvalidJobOperation, NoSuchJobError
+
+__all__ = [
+    "BrokenDependency",
+    "BrokerError",
+    "BrokerUnreachable",
+    "LockError",
+    "NoSuchJob",
+    "RefusedOperation",
+    "UndecodableJob",
+]
+
+#: Raised when Redis is unreachable or refuses a command (any redis-py error).
+BrokerError = RedisError
+#: The errors that mean Redis did not answer, as opposed to refusing a command.
+BrokerUnreachable = (RedisConnectionError, RedisTimeoutError)
+#: Raised by RQ when a job's hash is gone (expired or deleted).
+NoSuchJob = NoSuchJobError
+#: Raised by RQ for an operation the job's state does not allow (e.g. requeue a job not failed).
+RefusedOperation = InvalidJobOperation
+#: Raised by RQ for a job whose data another client wrote with another serializer (pickle).
+UndecodableJob = DeserializationError
+#: Raised by RQ for a job whose dependencies it cannot resolve.
+BrokenDependency = InvalidJobDependency
