@@ -177,7 +177,7 @@ class WebhookDelivery(Base):
     job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(Text)
-    #: The URL's host name, lowercased (backend.webhooks.outbox.delivery_host): the dispatcher's
+    #: The URL's host name, lowercased (backend.service.webhook_outbox.delivery_host): the dispatcher's
     #: per-host cap is applied in its query, so one host's backlog cannot fill a pass.
     host: Mapped[str] = mapped_column(String(255), server_default="")
     payload: Mapped[dict] = mapped_column(JSON)

@@ -30,10 +30,10 @@ from datetime import datetime, timedelta
 
 from backend.core.errors import ValidationFailed
 from backend.core.instruments import WEBHOOK_DELIVERIES
+from backend.service.webhook_outbox import job_deliveries
 from backend.store import deliveries as delivery_rows
 from backend.store.models import utcnow
 from backend.webhooks import http_post as webhook_http
-from backend.webhooks.outbox import job_deliveries
 from backend.webhooks.resolver import BoundedResolver
 from backend.webhooks.ssrf import LookupBudget, LookupNotAnswered, LookupsBusy, resolve_webhook_url
 

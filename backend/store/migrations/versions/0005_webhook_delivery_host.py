@@ -25,7 +25,7 @@ _CHUNK = 500
 
 
 def _host(url: str | None) -> str:
-    # The same value as backend.webhooks.outbox.delivery_host (copied: a migration must not change
+    # The same value as backend.service.webhook_outbox.delivery_host (copied: a migration must not change
     # when the code it was written against does).
     try:
         return (urlsplit(url or "").hostname or "").lower()[:255]
