@@ -13,7 +13,7 @@ from datetime import datetime
 from backend.broker.queues import QueueAdapter, rq_job_id
 from backend.core.errors import Conflict, InvalidTransition
 from backend.core.logs import job_fields
-from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL, JobStatus
+from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL_VALUES, JobStatus, decide
 from backend.service.retries import RetryPolicy
 from backend.service.transitions import check_attempt, load_job, new_attempt, transition
 from backend.store.jobs import JobRows, Sessions
@@ -51,9 +51,10 @@ class Attempts:
         """
         with JobRows.transaction(self.sessions) as rows:
             job = load_job(rows, job_id)
-            check_attempt(job, attempt)
-            if JobStatus(job.status) in TERMINAL:
-                raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
+            # No status move (target None): allowed on the current attempt while the job is live.
+            move = decide(job.status, job.attempt, None, attempt)
+            if move.refused:
+                raise move.error(job_id)
             written = rows.set_progress(job_id, attempt=attempt, progress=progress, message=message, now=utcnow())
             rows.refresh(job)
             if not written:
@@ -76,8 +77,7 @@ class Attempts:
         with JobRows.transaction(self.sessions) as rows:
             job = load_job(rows, job_id)
             check_attempt(job, attempt)
-            current = JobStatus(job.status)
-            if current in TERMINAL or job.retry_count >= job.max_retries:
+            if job.status in TERMINAL_VALUES or job.retry_count >= job.max_retries:
                 retried = False
             else:
                 retry_number = job.retry_count + 1
@@ -114,7 +114,7 @@ class Attempts:
         """
         with JobRows.transaction(self.sessions) as rows:
             job = load_job(rows, job_id, owner=owner)
-            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            if job.status not in MANUAL_RETRY_FROM:
                 raise InvalidTransition(
                     job_id, job.status, JobStatus.PENDING.value, reason="only FAILED or CANCELLED jobs can be retried"
                 )

@@ -9,15 +9,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from backend.core.states import TERMINAL, JobStatus
+from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.ownership import owned
 from backend.service.representations import iso
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Batch, Job, utcnow
 
 log = logging.getLogger(__name__)
-
-_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 
 
 class Batches:
@@ -54,8 +52,8 @@ class Batches:
         progress_sum = 0
         for status, count, progress in rows_by_status:
             counts[status] = count
-            progress_sum += 100 * count if status in _TERMINAL_VALUES else int(progress or 0)
-        ended = sum(counts[s] for s in _TERMINAL_VALUES)
+            progress_sum += 100 * count if status in TERMINAL_VALUES else int(progress or 0)
+        ended = sum(counts[s] for s in TERMINAL_VALUES)
         return {
             "batch_id": batch.id,
             "task": batch.task,

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 
-from backend.broker.connection import BrokerError
+from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter
 from backend.core.errors import InvalidTransition, JobServiceError, NotFound, ServiceUnavailable, StaleAttempt
-from backend.core.states import TERMINAL, JobStatus
+from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
-
-_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 
 
 class Cancels:
@@ -45,7 +43,7 @@ class Cancels:
         for _ in range(CAS_ATTEMPTS):
             with JobRows.opened(self.sessions) as rows:
                 seen = load_job(rows, job_id, owner=owner)
-            if JobStatus(seen.status) in TERMINAL:
+            if seen.status in TERMINAL_VALUES:
                 raise InvalidTransition(job_id, seen.status, JobStatus.CANCELLED.value)
             try:
                 self.queues.fence(seen.rq_job_id)
@@ -98,7 +96,7 @@ class Cancels:
             try:
                 if status is None:
                     raise NotFound(f"no job {job_id!r}")
-                if status in _TERMINAL_VALUES:
+                if status in TERMINAL_VALUES:
                     raise InvalidTransition(job_id, status, JobStatus.CANCELLED.value)
                 self.cancel_job(job_id, owner=owner, by=by)
                 cancelled.append(job_id)

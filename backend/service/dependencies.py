@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from backend.broker.queues import QueueAdapter
 from backend.core.errors import InvalidTransition
-from backend.core.states import TERMINAL, JobStatus
+from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job
 from backend.tasks import get_task
@@ -24,7 +24,7 @@ class Dependencies:
 
     def waiting_for(self, job: Job) -> list[str]:
         """The jobs this one still waits for (its dependencies that have not ended)."""
-        if not job.depends_on or job.status in TERMINAL:
+        if not job.depends_on or job.status in TERMINAL_VALUES:
             return []
         with JobRows.opened(self.sessions) as rows:
             ended = rows.ended_ids(job.depends_on)

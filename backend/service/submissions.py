@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from backend.broker.connection import BrokerError
+from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, rq_job_id
 from backend.core.errors import NotFound, StaleAttempt, ValidationFailed
 from backend.core.logs import job_fields
-from backend.core.states import TERMINAL, JobStatus
+from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.idempotency import check_same_request
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store.errors import ConstraintViolated
@@ -184,7 +184,7 @@ class Submissions:
                 if failed and not job.allow_failure:
                     rows.close()
                     return self._cancel_for_dependency(job.id, failed[0])
-                waiting_on = [p.rq_job_id for p in parents if p.status not in TERMINAL]
+                waiting_on = [p.rq_job_id for p in parents if p.status not in TERMINAL_VALUES]
             try:
                 self._send(job, spec, waiting_on)
             except BrokerError as exc:

@@ -1,19 +1,20 @@
 """The one place a job's status is written by the job commands.
 
-``transition`` enforces the state machine of ``backend.core.states`` and the attempt fence,
-and writes through the store's compare-and-set (``JobRows.compare_and_set``), so that two
-writers racing on one job can never both win: the loser reads the job again and decides again.
+``transition`` asks the state machine (``backend.core.states.decide``, which also holds the
+attempt fence) whether a move applies, and writes it through the store's compare-and-set
+(``JobRows.compare_and_set``), so that two writers racing on one job can never both win: the
+loser reads the job again and decides again.
 """
 
 from __future__ import annotations
 
 from backend.broker.queues import rq_job_id
-from backend.core.errors import InvalidTransition, StaleAttempt
-from backend.core.states import TERMINAL, JobStatus, is_forward
+from backend.core.errors import InvalidTransition
+from backend.core.states import TERMINAL, JobStatus, Verdict, decide
+from backend.service import webhook_outbox
 from backend.service.ownership import owned
 from backend.store.jobs import JobRows
 from backend.store.models import Job, utcnow
-from backend.webhooks import outbox as webhook_outbox
 
 #: How often a command reads a job again after losing a race for it, before giving up.
 CAS_ATTEMPTS = 5
@@ -30,8 +31,9 @@ def load_job(rows: JobRows, job_id: str, *, owner: str | None = None) -> Job:
 
 def check_attempt(job: Job, attempt: int | None) -> None:
     """Raises StaleAttempt when ``attempt`` (None: any) is not the job's current attempt."""
-    if attempt is not None and attempt != job.attempt:
-        raise StaleAttempt(job.id, attempt, job.attempt)
+    move = decide(job.status, job.attempt, job.status, attempt)
+    if move.verdict is Verdict.STALE:
+        raise move.error(job.id)
 
 
 def transition(
@@ -62,20 +64,17 @@ def transition(
         InvalidTransition: the move is backwards or out of a terminal status.
     """
     for _ in range(CAS_ATTEMPTS):
-        check_attempt(job, attempt)
-        current = JobStatus(job.status)
-        if new_attempt_from is not None:
-            if current not in new_attempt_from:
-                raise InvalidTransition(job.id, current.value, target.value, reason="cannot start a new attempt")
-        elif current == target and not strict:
-            return False
-        elif current == target or not is_forward(current, target):
-            if tolerate_behind:
-                return False
-            raise InvalidTransition(job.id, current.value, target.value)
+        move = decide(
+            job.status, job.attempt, target, attempt,
+            new_attempt_from=new_attempt_from, tolerate_behind=tolerate_behind, strict=strict,
+        )  # fmt: skip
+        if move.refused:
+            raise move.error(job.id)
+        if not move.applies:
+            return False  # already at the target, or past it and the caller tolerates that
         values = dict(fields, status=target.value, updated_at=utcnow())
-        if new_attempt_from is not None:
-            values["attempt"] = job.attempt + 1
+        if move.new_attempt:
+            values["attempt"] = move.next_attempt
         if target in TERMINAL:
             # An ended job frees its idempotency key: a dead job never blocks new work.
             values["idempotency_key"] = None

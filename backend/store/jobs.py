@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.core.states import TERMINAL, JobStatus
+from backend.core.states import LIVE_VALUES, TERMINAL_VALUES, JobStatus
 from backend.store import counts
 from backend.store.engine import transaction
 from backend.store.models import Attempt, Batch, Job, JobDependency
@@ -24,8 +24,6 @@ from backend.store.models import Attempt, Batch, Job, JobDependency
 #: The factory of sessions the service objects are built with (``make_session_factory``).
 Sessions = sessionmaker[Session]
 
-_NOT_TERMINAL = [status.value for status in JobStatus if status not in TERMINAL]
-_TERMINAL_VALUES = [status.value for status in TERMINAL]
 
 # The polling path's statement, built once: building it cost as much as running it.
 _GET_JOB = select(Job.__table__).where(Job.__table__.c.id == bindparam("id"))
@@ -118,7 +116,7 @@ class JobRows:
         limit: int | None,
     ) -> list[str]:
         """Ids of the live jobs matching the filter, oldest first when ``limit`` is given."""
-        query = filter_jobs(select(Job.id).where(Job.status.in_(_NOT_TERMINAL)), owner=owner, status=status, task=task)
+        query = filter_jobs(select(Job.id).where(Job.status.in_(LIVE_VALUES)), owner=owner, status=status, task=task)
         if batch_id is not None:
             query = query.where(Job.batch_id == batch_id)
         if limit is not None:
@@ -165,7 +163,7 @@ class JobRows:
         """Record progress on attempt ``attempt`` of a live job; False when it is no longer that."""
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(_NOT_TERMINAL))
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(LIVE_VALUES))
             .values(progress=progress, progress_message=message, updated_at=now)
         )
         return result.rowcount != 0
@@ -178,13 +176,13 @@ class JobRows:
             self.session.scalars(
                 select(Job)
                 .join(JobDependency, JobDependency.job_id == Job.id)
-                .where(JobDependency.depends_on_id == parent_id, Job.status.in_(_NOT_TERMINAL))
+                .where(JobDependency.depends_on_id == parent_id, Job.status.in_(LIVE_VALUES))
             )
         )
 
     def ended_ids(self, job_ids: list[str]) -> set[str]:
         """Which of ``job_ids`` have ended."""
-        return set(self.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(_TERMINAL_VALUES))))
+        return set(self.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL_VALUES))))
 
     # -- attempts -------------------------------------------------------------------
 
