@@ -1,7 +1,8 @@
-"""The API: ``create_app`` wires settings, the store, the queues and the routes.
+"""The API: ``create_app`` wires settings, the service objects and the routes; nothing more.
 
-Run it with ``gunicorn "backend.app:create_app()"``, or ``python backend/app.py`` for
-development (which starts an embedded Redis when REDIS_URL is unset).
+Run it with ``gunicorn -c backend/gunicorn_conf.py "backend.app:create_app()"`` (whose
+``post_worker_init`` hook starts each process's background threads), or ``python backend/app.py``
+for development (which starts an embedded Redis when REDIS_URL is unset).
 """
 
 from __future__ import annotations
@@ -18,75 +19,48 @@ if __package__ in (None, ""):  # `python backend/app.py`: make the package impor
 from flask import Flask  # noqa: E402
 
 from backend import api, cli  # noqa: E402
-from backend.api import (
-    browser_guard,  # noqa: E402
-    dashboard,  # noqa: E402
-    html_security,  # noqa: E402
-    metrics,  # noqa: E402
-    openapi,  # noqa: E402
-    rate_limits,  # noqa: E402
+from backend.api import (  # noqa: E402
+    browser_guard,
+    context,
+    dashboard,
+    html_security,
+    metrics,
+    openapi,
+    rate_limits,
 )
 from backend.api import rq_dashboard as rq_dashboard_mount  # noqa: E402
 from backend.api.error_handlers import register_error_handlers  # noqa: E402
 from backend.api.forwarded import TrustedProxies, parse_networks  # noqa: E402
 from backend.core import logs  # noqa: E402
-from backend.core import settings as config  # noqa: E402
 from backend.core.background import PeriodicThread  # noqa: E402
 from backend.core.secrets_check import enforce as enforce_secrets  # noqa: E402
-from backend.service.job_reads import JobReader  # noqa: E402
-from backend.services import build_services  # noqa: E402
-from backend.webhooks.dispatcher import Dispatcher  # noqa: E402
+from backend.core.settings import Settings, parse_api_keys  # noqa: E402
+from backend.services import TRANSIENT_ERRORS, build_services  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
-    """Build the API. ``test_config`` overrides settings read from the environment; ``role``
-    is "cli" for the operator commands, which need no internal token."""
-    settings = config.load(test_config)
-    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]), settings=settings)
+    """Build the API; no thread starts here (see ``start_background``).
+
+    Args:
+        test_config: settings by their capital names, over those of the environment.
+        role: "cli" for the operator commands under ``flask --app``, which need no internal token.
+    """
+    settings = Settings.load(test_config)
+    logs.configure(fmt=settings.log_format, level=settings.log_level, settings=settings.as_config())
     # Before anything connects: a deployment with placeholder or short secrets never serves.
     enforce_secrets(settings, role=role)
     app = Flask(__name__)
     # The client's address behind a reverse proxy (X-Forwarded-For from trusted peers only).
-    app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(str(settings["TRUSTED_PROXIES"])))
-    app.config.update(settings)
+    app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
     app.json.sort_keys = False
-    app.extensions["api_keys"] = config.parse_api_keys(settings["API_KEYS"])
-
     services = build_services(settings)
-    app.extensions["engine"] = services.engine
-    app.extensions["redis"] = services.redis
-    app.extensions["jobs"] = services.jobs
-    app.extensions["job_reader"] = JobReader(services.engine, services.jobs)
-    app.extensions["reconciler"] = services.reconciler
-    app.extensions["schedules"] = services.schedules
-    reconciler = services.reconciler
-    if float(settings["RECONCILE_INTERVAL"]) > 0:
-        # Recovers interrupted jobs at start, then keeps doing so.
-        thread = PeriodicThread("reconciler", reconciler.run_once, float(settings["RECONCILE_INTERVAL"]))
-        thread.start()
-        app.extensions["reconciler_thread"] = thread
-
-    dispatcher = Dispatcher(
-        services.jobs.sessions,
-        secret=settings["WEBHOOK_SECRET"],
-        allow_loopback=bool(int(settings["WEBHOOK_ALLOW_LOOPBACK"])),
-        max_attempts=int(settings["WEBHOOK_MAX_ATTEMPTS"]),
-        backoff_seconds=float(settings["WEBHOOK_BACKOFF_SECONDS"]),
-        timeout=float(settings["WEBHOOK_TIMEOUT"]),
-        concurrency=int(settings["WEBHOOK_CONCURRENCY"]),
-        per_host=int(settings["WEBHOOK_HOST_CONCURRENCY"]),
-        per_owner=int(settings["WEBHOOK_OWNER_CONCURRENCY"]),
-    )
-    app.extensions["webhooks"] = dispatcher
-    if float(settings["WEBHOOK_INTERVAL"]) > 0:
-        thread = PeriodicThread("webhooks", dispatcher.run_once, float(settings["WEBHOOK_INTERVAL"]))
-        thread.start()
-        app.extensions["webhooks_thread"] = thread
-    # At process exit: no new pass claims deliveries it cannot send. A weak reference, so
-    # that an app dropped early (tests make many) is not kept alive until exit.
-    atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
+    context.install(app, services)
+    app.extensions["api_keys"] = parse_api_keys(settings.api_keys)
+    # The service objects by name too, for tests and an operator's shell; code uses context.services().
+    for name in ("engine", "redis", "jobs", "job_reader", "reconciler", "schedules", "webhooks"):
+        app.extensions[name] = getattr(services, name)
 
     register_error_handlers(app)
     html_security.init_app(app)
@@ -98,9 +72,44 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(openapi.bp)
     cli.register(app)
-    rq_dashboard_mount.mount(app, str(settings["REDIS_URL"]))
-    _warn_about_open_doors(app)
+    rq_dashboard_mount.mount(app, str(settings.redis_url))
+    _warn_about_open_doors(settings, app.extensions["api_keys"])
     return app
+
+
+def start_background(app: Flask) -> Flask:
+    """Start the API process's periodic threads: the reconciler (recovers interrupted jobs at
+    start, then keeps doing so) and the webhook dispatcher, each unless its interval is 0.
+
+    Called by the processes that serve the API (gunicorn's ``post_worker_init``,
+    ``python backend/app.py``) and by the tests that need the threads; not by the commands.
+    Returns ``app``; a second call starts nothing.
+    """
+    settings, services = context.settings(app), context.services(app)
+    if settings.reconcile_interval > 0 and "reconciler_thread" not in app.extensions:
+        thread = PeriodicThread(
+            "reconciler", services.reconciler.run_once, settings.reconcile_interval, transient=TRANSIENT_ERRORS
+        )
+        thread.start()
+        app.extensions["reconciler_thread"] = thread
+    if settings.webhook_interval > 0 and "webhooks_thread" not in app.extensions:
+        thread = PeriodicThread(
+            "webhooks", services.webhooks.run_once, settings.webhook_interval, transient=TRANSIENT_ERRORS
+        )
+        thread.start()
+        app.extensions["webhooks_thread"] = thread
+        # At process exit: no new pass claims deliveries it cannot send. A weak reference, so
+        # that an app dropped early (tests make many) is not kept alive until exit.
+        atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
+    return app
+
+
+def stop_background(app: Flask, wait: bool = True) -> None:
+    """Stop what ``start_background`` started, and the webhook dispatcher's delivery pool."""
+    thread = app.extensions.pop("reconciler_thread", None)
+    if thread is not None:
+        thread.stop()
+    stop_webhooks(app, wait=wait)
 
 
 def stop_webhooks(app: Flask, wait: bool = True) -> None:
@@ -109,7 +118,7 @@ def stop_webhooks(app: Flask, wait: bool = True) -> None:
     thread = app.extensions.pop("webhooks_thread", None)
     if thread is not None:
         thread.stop()
-    app.extensions["webhooks"].close(wait=wait)
+    context.services(app).webhooks.close(wait=wait)
 
 
 def _stop_webhooks_at_exit(app_ref: weakref.ref) -> None:
@@ -118,10 +127,10 @@ def _stop_webhooks_at_exit(app_ref: weakref.ref) -> None:
         stop_webhooks(app, wait=False)
 
 
-def _warn_about_open_doors(app: Flask) -> None:
-    if not app.extensions["api_keys"]:
+def _warn_about_open_doors(settings: Settings, api_keys: dict) -> None:
+    if not api_keys:
         log.warning("API_KEYS is not set: the API serves loopback clients only, all as admin")
-    if not app.config.get("INTERNAL_SERVICE_TOKEN"):
+    if not settings.internal_service_token:
         log.warning("INTERNAL_SERVICE_TOKEN is not set: workers' reports will be refused (401)")
 
 
@@ -138,7 +147,8 @@ def main() -> None:
         embedded = EmbeddedRedis.start(data_dir=DEV_DATA_DIR, port=int(os.environ.get("REDIS_PORT", DEV_PORT)))
         os.environ["REDIS_URL"] = embedded.url
     try:
-        create_app().run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")), threaded=True)
+        app = start_background(create_app())
+        app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")), threaded=True)
     finally:
         if embedded is not None:
             embedded.stop()

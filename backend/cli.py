@@ -3,6 +3,8 @@
 recover                                   one reconciler pass
 cleanup [--dry-run] [--older-than MIN] [--force]
 clear-queues [--flush-db] [--yes]
+
+``python -m backend`` builds the service objects alone: no Flask app, no background thread.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import time
 from datetime import timedelta
 
 import click
-from flask import Flask, current_app
-from flask.cli import with_appcontext
-from redis.exceptions import RedisError
+from flask import Flask
 
+from backend.broker.errors import BrokerError
 from backend.core import logs
+from backend.core.secrets_check import InsecureSecrets
+from backend.core.secrets_check import enforce as enforce_secrets
+from backend.core.settings import Settings
 from backend.recovery import maintenance
+from backend.services import Services, build_services
 
 
 class CommandError(click.ClickException):
@@ -29,25 +34,33 @@ class CommandError(click.ClickException):
         return logs.redact(self.message)
 
 
-def _app_parts():
-    return current_app.extensions["jobs"], current_app.extensions["reconciler"]
+def _services() -> Services:
+    """The services ``main`` built, or under ``flask --app ...`` those of the app Flask loaded."""
+    ctx = click.get_current_context()
+    services = ctx.find_object(Services)
+    if services is None:
+        from flask.cli import ScriptInfo
+
+        from backend.api.context import services as app_services
+
+        services = app_services(ctx.ensure_object(ScriptInfo).load_app())
+    return services
 
 
-def _require_redis() -> None:
-    manager, _ = _app_parts()
+def _require_redis(services: Services) -> None:
     try:
-        manager.queues.connection.ping()
-    except RedisError as exc:
-        url = current_app.config.get("REDIS_URL")
+        services.redis.ping()
+    except BrokerError as exc:
+        url = services.settings.redis_url
         raise CommandError(f"Redis is unreachable at {url} ({exc}); start it or set REDIS_URL") from None
 
 
 @click.command("recover")
-@with_appcontext
 def recover_command() -> None:
     """Run one reconciler pass: settle every difference between the store and Redis."""
-    _require_redis()
-    _, reconciler = _app_parts()
+    services = _services()
+    _require_redis(services)
+    reconciler = services.reconciler
     # Two passes: a worker counts as dead only once its lease was seen missing for a while.
     reconciler.run_once()
     time.sleep(reconciler.dead_after)
@@ -63,16 +76,19 @@ def recover_command() -> None:
 @click.option("--older-than", type=click.IntRange(min=0), default=60, show_default=True, metavar="MIN",
               help="only jobs unchanged for this many minutes")  # fmt: skip
 @click.option("--force", is_flag=True, help="end every live job older than the cut-off, held or not")
-@with_appcontext
 def cleanup_command(dry_run: bool, older_than: int, force: bool) -> None:
     """End stuck jobs in the store and in Redis' registries."""
-    _require_redis()
-    manager, reconciler = _app_parts()
+    services = _services()
+    _require_redis(services)
     try:
         report = maintenance.cleanup(
-            manager, reconciler, older_than=timedelta(minutes=older_than), force=force, dry_run=dry_run
+            services.jobs,
+            services.reconciler,
+            older_than=timedelta(minutes=older_than),
+            force=force,
+            dry_run=dry_run,
         )
-    except RedisError as exc:
+    except BrokerError as exc:
         raise CommandError(f"Redis failed during cleanup ({exc}); run it again when Redis is back") from None
     verb = "would end" if dry_run else "ended"
     for job_id, status, reason in report.jobs:
@@ -89,17 +105,16 @@ def cleanup_command(dry_run: bool, older_than: int, force: bool) -> None:
 @click.command("clear-queues")
 @click.option("--flush-db", is_flag=True, help="flush the whole Redis database, not only the queues")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-@with_appcontext
 def clear_queues_command(flush_db: bool, yes: bool) -> None:
     """Empty the high, default and low queues, cancelling their jobs in the store."""
-    _require_redis()
-    manager, _ = _app_parts()
+    services = _services()
+    _require_redis(services)
     what = "FLUSH the whole Redis database" if flush_db else "empty the high, default and low queues"
     if not yes:
         click.confirm(f"This will {what} and cancel their jobs in the store. Go on?", abort=True)
     try:
-        result = maintenance.clear_queues(manager, flush_db=flush_db, by="clear-queues")
-    except RedisError as exc:
+        result = maintenance.clear_queues(services.jobs, flush_db=flush_db, by="clear-queues")
+    except BrokerError as exc:
         raise CommandError(f"Redis failed while clearing ({exc})") from None
     click.echo(json.dumps(result, indent=2))
 
@@ -108,6 +123,7 @@ COMMANDS = (recover_command, cleanup_command, clear_queues_command)
 
 
 def register(app: Flask) -> None:
+    """Add the commands to ``app``'s ``flask`` command line."""
     for command in COMMANDS:
         app.cli.add_command(command)
 
@@ -116,20 +132,14 @@ def register(app: Flask) -> None:
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Job service maintenance commands."""
-    from backend.app import create_app
-    from backend.core.secrets_check import InsecureSecrets
-
-    # One pass of work, not a server: no background reconciler or webhook dispatcher, and
-    # only errors logged unless LOG_LEVEL says otherwise.
-    overrides: dict[str, object] = {"RECONCILE_INTERVAL": 0, "WEBHOOK_INTERVAL": 0}
-    if not os.environ.get("LOG_LEVEL"):
-        overrides["LOG_LEVEL"] = "ERROR"
+    # One pass of work, not a server: only errors logged unless LOG_LEVEL says otherwise.
+    settings = Settings.load({} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "ERROR"})
+    logs.configure(fmt=settings.log_format, level=settings.log_level, settings=settings.as_config())
     try:
-        app = create_app(overrides, role="cli")
+        enforce_secrets(settings, role="cli")
     except InsecureSecrets as exc:
         raise CommandError(str(exc)) from None
-    ctx.obj = app
-    ctx.with_resource(app.app_context())
+    ctx.obj = build_services(settings)
 
 
 for _command in COMMANDS:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Private names: gunicorn takes every public name of this file as a setting ("config" is one).
 from backend.core import logs as _logs  # noqa: E402
 from backend.core import secrets_check as _secrets_check  # noqa: E402
-from backend.core import settings as _config  # noqa: E402
+from backend.core.settings import Settings as _Settings  # noqa: E402
 
 _logs.install_redaction()
 
@@ -50,10 +50,21 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 def on_starting(server):
     """Refuse to start, with the reason and no traceback, when a secret will not do."""
     try:
-        _secrets_check.enforce(_config.load(), role="api")
+        _secrets_check.enforce(_Settings.load(), role="api")
     except _secrets_check.InsecureSecrets as exc:
         server.log.error("%s", exc)
         sys.exit(1)
+
+
+def post_worker_init(worker):
+    """Start this process's reconciler and webhook threads once its app is loaded: in each
+    worker after the fork (a thread started in the master would not survive it)."""
+    from backend.api import context
+    from backend.app import start_background
+
+    # The same configuration serves bench/hello_app.py, which has no services to run.
+    if context.installed(worker.wsgi):
+        start_background(worker.wsgi)
 
 
 def child_exit(server, worker):

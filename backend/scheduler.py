@@ -1,8 +1,10 @@
-"""The scheduler process: fires due cron schedules.
+"""The scheduler process: fires due cron schedules every few seconds.
 
     python backend/scheduler.py
 
-Any number may run (on one host or many): each due time of a schedule fires exactly once.
+Any number may run (on one host or many): each due time of a schedule fires exactly once. The
+schedules themselves (cron checks, firing exactly once) are the service's
+(``ScheduleManager.fire_due`` in backend/service/schedules.py); this process only calls it.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from datetime import datetime  # noqa: E402
 
-from redis.exceptions import RedisError  # noqa: E402
-from sqlalchemy.exc import OperationalError  # noqa: E402
-
+from backend.broker.errors import BrokerError  # noqa: E402
 from backend.core import (
     logs,  # noqa: E402
     secrets_check,  # noqa: E402
 )
-from backend.core import settings as config  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
 from backend.service.schedules import ScheduleManager  # noqa: E402
 from backend.services import build_services  # noqa: E402
+from backend.store.errors import StoreUnavailable  # noqa: E402
 from backend.store.models import utcnow  # noqa: E402
 
 log = logging.getLogger("backend.scheduler")
@@ -52,7 +53,7 @@ class Scheduler:
         while not self.stopped.is_set():
             try:
                 self.tick()
-            except (RedisError, OperationalError) as exc:
+            except (BrokerError, StoreUnavailable) as exc:
                 log.warning("scheduler: a dependency is down (%s); will try again", exc)
             except Exception:
                 log.exception("scheduler pass failed; will try again")
@@ -61,11 +62,11 @@ class Scheduler:
 
 
 def main() -> int:
-    settings = config.load()
-    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    settings = Settings.load()
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
     secrets_check.enforce_or_exit(settings, role="scheduler")
     services = build_services(settings)
-    scheduler = Scheduler(services.schedules, interval=float(settings["SCHEDULER_INTERVAL"]))
+    scheduler = Scheduler(services.schedules, interval=settings.scheduler_interval)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: scheduler.stopped.set())
     scheduler.run()

@@ -1,70 +1,111 @@
-"""Builds the service objects (store, queues, job manager, reconciler...) from settings.
+"""Builds the service objects (store, queues, job manager, reconciler...) from the settings.
 
-Shared by the API (``create_app``), the scheduler process and the operator commands, so
-that each wires the same pieces the same way.
+Shared by the API (``create_app``), the scheduler process and the operator commands, so that
+each wires the same pieces the same way. ``Services`` is the one typed bundle of them: the API
+reaches it through ``backend.api.context.services()``, never through one service's attributes.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from redis import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.engine import Engine
-
+from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, connect, register_queues
+from backend.core.settings import Settings
 from backend.core.size_caps import SizeCaps
 from backend.recovery.reconciler import Reconciler
 from backend.service.job_manager import JobManager
+from backend.service.job_reads import JobReader
 from backend.service.retries import RetryPolicy
 from backend.service.schedules import ScheduleManager
 from backend.store.engine import make_engine, make_session_factory, migrate
 from backend.tasks import load_task_modules
+from backend.webhooks.dispatcher import Dispatcher
+
+if TYPE_CHECKING:  # types only: Redis and SQLAlchemy are the broker's and the store's to import
+    from redis import Redis
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
+
+#: The errors of a dependency that is down for a while: periodic passes log them without a traceback.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (BrokerError,)
 
 
 @dataclass
 class Services:
+    """The service objects of one process, built once from its ``settings``."""
+
+    settings: Settings
     engine: Engine
+    #: Sessions on the store, for the services that read or write it.
+    sessions: sessionmaker[Session]
     redis: Redis
+    #: The RQ side: queues, registries, fences.
+    queues: QueueAdapter
     jobs: JobManager
+    #: The fast reads of GET /jobs/<id> and GET /jobs.
+    job_reader: JobReader
     reconciler: Reconciler
     schedules: ScheduleManager
+    #: Webhook deliveries; its pool only runs once ``run_once`` is called (``start_background``).
+    webhooks: Dispatcher
 
 
-def build_services(settings: dict, *, migrate_store: bool = True) -> Services:
-    """Wire the store, Redis, the job manager, the reconciler and the schedules.
+def build_services(settings: Settings, *, migrate_store: bool = True) -> Services:
+    """Wire the store, Redis, the job manager, the reconciler, the schedules and the webhooks.
 
     Raises:
         RuntimeError: REDIS_URL is not set.
     """
-    if not settings["REDIS_URL"]:
+    if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set; `make run` or `python backend/app.py` starts one for you")
-    load_task_modules(str(settings["TASK_MODULES"]))
-    database_url = str(settings["DATABASE_URL"])
+    load_task_modules(settings.task_modules)
     if migrate_store:
-        migrate(database_url)
-    engine = make_engine(database_url)
+        migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
-    redis = connect(str(settings["REDIS_URL"]), socket_timeout=5)
-    queues = QueueAdapter(redis, result_ttl=int(settings["RQ_RESULT_TTL"]), failure_ttl=int(settings["RQ_FAILURE_TTL"]))
+    redis = connect(settings.redis_url, socket_timeout=5)
+    queues = QueueAdapter(redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl)
     try:
         register_queues(redis)
-    except RedisError as exc:
+    except BrokerError as exc:
         log.warning("Redis unreachable at start (%s); submissions stay PENDING until it is back", exc)
     policy = RetryPolicy(
-        base_seconds=float(settings["RETRY_BACKOFF_BASE"]),
-        cap_seconds=float(settings["RETRY_BACKOFF_CAP"]),
-        jitter=float(settings["RETRY_JITTER"]),
+        base_seconds=settings.retry_backoff_base,
+        cap_seconds=settings.retry_backoff_cap,
+        jitter=settings.retry_jitter,
     )
     jobs = JobManager(sessions, queues, retry_policy=policy)
     reconciler = Reconciler(
         jobs,
-        lease_seconds=float(settings["WORKER_LEASE_SECONDS"]),
-        grace_seconds=float(settings["RECONCILE_GRACE"]),
+        lease_seconds=settings.worker_lease_seconds,
+        grace_seconds=settings.reconcile_grace,
         caps=SizeCaps.from_settings(settings),
     )
-    schedules = ScheduleManager(jobs, missed_policy=str(settings["SCHEDULE_MISSED_POLICY"]))
-    return Services(engine=engine, redis=redis, jobs=jobs, reconciler=reconciler, schedules=schedules)
+    webhooks = Dispatcher(
+        sessions,
+        secret=settings.webhook_secret,
+        allow_loopback=settings.webhook_allow_loopback,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_seconds=settings.webhook_backoff_seconds,
+        timeout=settings.webhook_timeout,
+        concurrency=settings.webhook_concurrency,
+        per_host=settings.webhook_host_concurrency,
+        per_owner=settings.webhook_owner_concurrency,
+    )
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        redis=redis,
+        queues=queues,
+        jobs=jobs,
+        job_reader=JobReader(engine, jobs),
+        reconciler=reconciler,
+        schedules=ScheduleManager(jobs, missed_policy=settings.schedule_missed_policy),
+        webhooks=webhooks,
+    )

@@ -18,7 +18,8 @@ import pytest
 from redis import Redis
 from werkzeug.serving import make_server
 
-from backend.app import create_app, stop_webhooks
+from backend.api.context import update_settings
+from backend.app import create_app, start_background, stop_background
 from backend.dev import processes
 from backend.dev.redis_server import EmbeddedRedis
 
@@ -77,10 +78,11 @@ def settings(tmp_path, redis_url) -> dict:
 
 @pytest.fixture
 def app(settings):
-    app = create_app(settings)
+    """The API with its background threads, as a server runs it (those whose interval is not 0)."""
+    app = start_background(create_app(settings))
     yield app
-    # Its webhook thread and delivery pool end with the test (they outlived it before).
-    stop_webhooks(app)
+    # Its threads and delivery pool end with the test (they outlived it before).
+    stop_background(app)
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def live_server(app) -> Iterator[str]:
     """The app served over real HTTP on a free port, for workers' reports."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     url = f"http://127.0.0.1:{server.server_port}"
-    app.config["API_BASE_URL"] = url
+    update_settings(app, API_BASE_URL=url)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield url

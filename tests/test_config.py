@@ -18,8 +18,8 @@ def test_bad_api_keys_are_refused(spec):
 
 def test_environment_then_overrides(monkeypatch):
     monkeypatch.setenv("RQ_RESULT_TTL", "60")
-    assert load()["RQ_RESULT_TTL"] == 60
-    assert load({"RQ_RESULT_TTL": 5})["RQ_RESULT_TTL"] == 5
+    assert load().rq_result_ttl == 60
+    assert load({"RQ_RESULT_TTL": 5}).rq_result_ttl == 5
 
 
 def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):

@@ -12,7 +12,7 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from backend.api.payloads import JobRequest
-from backend.app import create_app
+from backend.app import create_app, start_background
 from backend.core.states import JobStatus
 from backend.dev.redis_server import EmbeddedRedis, free_port
 from backend.recovery.reconciler import LOCK_KEY
@@ -228,7 +228,7 @@ def test_the_api_reconciles_on_its_own_at_start(settings, client):
 
     Redis.from_url(settings["REDIS_URL"]).delete(RQJob.key_for(job["rq_job_id"]))
     settings.update({"RECONCILE_INTERVAL": 0.5, "RECONCILE_GRACE": 0})
-    second_api = create_app(settings)
+    second_api = start_background(create_app(settings))
     try:
         deadline = time.monotonic() + 10
         while client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] != 2:

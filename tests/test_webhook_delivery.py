@@ -18,7 +18,7 @@ import psutil
 import pytest
 from sqlalchemy import select, update
 
-from backend.app import create_app
+from backend.app import create_app, start_background
 from backend.store.models import WebhookDelivery, utcnow
 from backend.webhooks.dispatcher import Dispatcher
 from tests.helpers import wait_until
@@ -130,7 +130,7 @@ def held_receiver():
 
 def hook_app(settings, **overrides):
     settings.update({"WEBHOOK_ALLOW_LOOPBACK": 1, "WEBHOOK_MAX_ATTEMPTS": 1, "WEBHOOK_INTERVAL": 0.1, **overrides})
-    return create_app(settings)
+    return start_background(create_app(settings))
 
 
 def job_with_webhook(client, url: str) -> str:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend.app import create_app
+from backend.app import create_app, start_background
 from backend.core.errors import ValidationFailed
 from backend.webhooks.ssrf import check_webhook_url
 from tests.helpers import wait_until
@@ -89,7 +89,7 @@ def verify(request: dict) -> dict:
 def test_a_completed_job_posts_a_signed_webhook_retried_after_a_500(hook_settings, receiver, start_worker):
     # Given a receiver that fails once, then accepts
     hook = receiver([500, 200])
-    app = create_app(hook_settings)
+    app = start_background(create_app(hook_settings))
     client = app.test_client()
     # (start_worker reports to the ``app`` fixture's live server, which shares the store)
     job = client.post("/tasks/add", json={"args": [2, 3], "webhook_url": hook.url}).get_json()
@@ -117,7 +117,7 @@ def test_a_completed_job_posts_a_signed_webhook_retried_after_a_500(hook_setting
 
 def test_a_webhook_that_keeps_failing_is_given_up_and_redirects_are_not_followed(hook_settings, receiver):
     hook = receiver([302, 302, 302, 302])
-    app = create_app(hook_settings)
+    app = start_background(create_app(hook_settings))
     client = app.test_client()
     job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": hook.url}).get_json()
 
@@ -157,7 +157,7 @@ def test_a_private_or_odd_webhook_url_is_refused_with_422_and_nothing_is_recorde
 def test_the_guard_is_applied_again_at_send_time(hook_settings, receiver):
     # Given a job whose webhook host later resolves to a private address (DNS rebinding)
     hook = receiver()
-    app = create_app(hook_settings)
+    app = start_background(create_app(hook_settings))
     client = app.test_client()
     app.extensions["webhooks_thread"].stop()
     job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": hook.url}).get_json()

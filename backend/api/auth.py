@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from flask import current_app, g, request
 
+from backend.api.context import settings
 from backend.core.errors import Forbidden, Unauthorized
 
 LOCAL_OWNER = "local"
@@ -43,16 +44,23 @@ def authenticate_client() -> None:
             raise Forbidden("no API_KEYS are configured, so this API only serves loopback clients")
         g.principal = Principal(owner=LOCAL_OWNER, is_admin=True)
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token()
+    if token is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    token = token.strip()
     for key, (owner, is_admin) in keys.items():
         if hmac.compare_digest(key.encode(), token.encode()):
             g.principal = Principal(owner=owner, is_admin=is_admin)
             return
     raise Unauthorized("unknown API key")
+
+
+def bearer_token() -> str | None:
+    """The key of the request's ``Authorization: Bearer <key>`` header (stripped), or None
+    when there is no such header or it names another scheme or no key."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token.strip()
 
 
 def require_admin() -> None:
@@ -63,7 +71,7 @@ def require_admin() -> None:
 
 def require_internal_token() -> None:
     """``before_request`` of the internal blueprint: only workers with the shared token pass."""
-    expected = current_app.config.get("INTERNAL_SERVICE_TOKEN")
+    expected = settings().internal_service_token
     given = request.headers.get("X-Internal-Token", "")
     if not expected or not hmac.compare_digest(str(expected).encode(), given.encode()):
         raise Unauthorized("missing or wrong X-Internal-Token")

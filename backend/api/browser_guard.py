@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, request
 
 from backend.api.auth import is_loopback_address
+from backend.api.context import settings
 from backend.core.errors import Forbidden, UnsupportedMediaType
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -49,9 +50,10 @@ class CrossSiteRequest(Forbidden):
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["allowed_hosts"] = _split(app.config.get("ALLOWED_HOSTS"))
+    own = settings(app)
+    app.extensions["allowed_hosts"] = _split(own.allowed_hosts)
     trusted = set()
-    for origin in _split(app.config.get("TRUSTED_ORIGINS")):
+    for origin in _split(own.trusted_origins):
         parsed = _origin_of(origin)
         if parsed is None:
             raise ValueError(f"TRUSTED_ORIGINS entry must be scheme://host[:port], got {origin!r}")
@@ -84,7 +86,7 @@ def _check_host(host: tuple[str, int | None] | None) -> None:
     if raw is None:
         return  # HTTP/1.0 without Host: no browser sends that, so it cannot be rebinding
     if host is not None and (
-        _is_loopback_name(host[0]) or _matches(host[0], allowed) or host[0] == _api_base_host(current_app.config)
+        _is_loopback_name(host[0]) or _matches(host[0], allowed) or host[0] == _api_base_host(settings().api_base_url)
     ):
         return
     reason = "no API_KEYS are configured, so" if not current_app.extensions["api_keys"] else "ALLOWED_HOSTS is set, so"
@@ -137,11 +139,11 @@ def _request_host() -> tuple[str, int | None] | None:
     return match["name"].strip("[]"), int(port) if port else None
 
 
-def _api_base_host(config) -> str | None:
+def _api_base_host(api_base_url: str) -> str | None:
     # Workers reach the API at API_BASE_URL (e.g. http://api:5000 in docker-compose): the
     # operator named that host, so it is served without being listed in ALLOWED_HOSTS too.
     try:
-        return (urlsplit(str(config.get("API_BASE_URL") or "")).hostname or "").lower() or None
+        return (urlsplit(api_base_url).hostname or "").lower() or None
     except ValueError:
         return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
+from backend.api.context import services, settings
 from backend.api.payloads import json_body, query_fields, query_int
 from backend.api.rate_limits import submit_limit
 from backend.core.errors import ValidationFailed
@@ -16,25 +17,21 @@ bp = Blueprint("jobs", __name__)
 bp.before_request(authenticate_client)
 
 
-def _jobs():
-    return current_app.extensions["jobs"]
-
-
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    body = current_app.extensions["job_reader"].json(job_id, owner=g.principal.scope)
+    body = services().job_reader.json(job_id, owner=g.principal.scope)
     return current_app.response_class(body, mimetype="application/json")
 
 
 @bp.get("/jobs/<job_id>/webhooks")
 def get_webhooks(job_id: str):
-    job = _jobs().get_job(job_id, owner=g.principal.scope)
+    job = services().jobs.get_job(job_id, owner=g.principal.scope)
     return jsonify(
         {
             "job_id": job.id,
             "webhook_url": job.webhook_url,
             "webhook_delivered": job.webhook_delivered,
-            "deliveries": current_app.extensions["webhooks"].deliveries(job.id),
+            "deliveries": services().webhooks.deliveries(job.id),
         }
     )
 
@@ -44,18 +41,17 @@ def get_attempts(job_id: str):
     """A job's attempts, oldest first, a page at a time like ``GET /jobs``: at most ``limit``,
     and no more than fit in ``JOBS_PAGE_MAX_BYTES`` (each error may hold ``MAX_ERROR_BYTES``);
     ``next_cursor`` (the last attempt's number) goes on from there."""
-    config = current_app.config
-    job = _jobs().get_job(job_id, owner=g.principal.scope)
-    limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
+    config, jobs = settings(), services().jobs
+    job = jobs.get_job(job_id, owner=g.principal.scope)
+    limit = query_int("limit", config.jobs_page_default, 1, config.jobs_page_max)
     # Empty: the first page, as for GET /jobs.
     after = query_int("cursor", 0, 0, ATTEMPT_CURSOR_MAX) if request.args.get("cursor") else 0
-    budget = int(config["JOBS_PAGE_MAX_BYTES"])
     parts, next_cursor = page_parts(
-        _jobs().get_attempts(job.id, after=after, limit=limit + 1),
+        jobs.get_attempts(job.id, after=after, limit=limit + 1),
         lambda attempt: encode(attempt_dict(attempt)),
         lambda attempt: str(attempt.attempt),
         limit=limit,
-        max_bytes=budget,
+        max_bytes=config.jobs_page_max_bytes,
     )
     body = b'{"job_id":%s,"attempts":[%s],"next_cursor":%s}' % (encode(job.id), b",".join(parts), encode(next_cursor))
     return current_app.response_class(body, mimetype="application/json")
@@ -69,33 +65,31 @@ ATTEMPT_CURSOR_MAX = 999_999_999
 def list_jobs():
     """Jobs newest first, without their arguments and results unless ``?fields=`` names them;
     a page holds at most ``limit`` jobs and stops once it reaches ``JOBS_PAGE_MAX_BYTES``."""
-    config = current_app.config
+    config = settings()
     status = _status(request.args.get("status"))
-    limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
-    body = current_app.extensions["job_reader"].list_json(
+    limit = query_int("limit", config.jobs_page_default, 1, config.jobs_page_max)
+    body = services().job_reader.list_json(
         owner=g.principal.scope,
         status=status,
         task=request.args.get("task") or None,
         limit=limit,
         cursor=request.args.get("cursor") or None,
         include=query_fields("job", JOB_FIELDS, HEAVY_FIELDS),
-        max_bytes=int(config["JOBS_PAGE_MAX_BYTES"]),
+        max_bytes=config.jobs_page_max_bytes,
     )
     return current_app.response_class(body, mimetype="application/json")
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    job = _jobs().cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
+    job = services().jobs.cancel_job(job_id, owner=g.principal.scope, by=g.principal.owner)
     return jsonify(job_dict(job))
 
 
 @bp.post("/jobs/<job_id>/retry")
 @submit_limit
 def retry_job(job_id: str):
-    job = _jobs().retry_job(
-        job_id, owner=g.principal.scope, max_attempts=int(current_app.config["MAX_ATTEMPTS_PER_JOB"])
-    )
+    job = services().jobs.retry_job(job_id, owner=g.principal.scope, max_attempts=settings().max_attempts_per_job)
     response = jsonify(job_dict(job))
     response.status_code = 202
     return response
@@ -106,7 +100,8 @@ def cancel_many():
     """Cancel ``{"job_ids": [...]}``, or the live jobs matching ``{"status", "task"}``, at most
     ``BULK_CANCEL_MAX_IDS`` per request (the filter: the oldest first, ``more`` says if some are left)."""
     body = json_body()
-    cap = int(current_app.config["BULK_CANCEL_MAX_IDS"])
+    jobs = services().jobs
+    cap = settings().bulk_cancel_max_ids
     unknown = sorted(set(body) - {"job_ids", "status", "task"})
     if unknown:
         raise ValidationFailed(f"unknown fields {unknown}; send job_ids, or status and/or task")
@@ -132,11 +127,11 @@ def cancel_many():
             raise ValidationFailed(f"status must be a live status to cancel, one of {live}, got {status!r}")
         if "task" in body and (not isinstance(task, str) or not task):
             raise ValidationFailed(f"task must be a task name, got {task!r}")
-        job_ids = _jobs().live_job_ids(
+        job_ids = jobs.live_job_ids(
             owner=g.principal.scope, status=JobStatus(status) if status else None, task=task, limit=cap + 1
         )
         more, job_ids = len(job_ids) > cap, job_ids[:cap]
-    cancelled, skipped = _jobs().cancel_many(job_ids, owner=g.principal.scope, by=g.principal.owner)
+    cancelled, skipped = jobs.cancel_many(job_ids, owner=g.principal.scope, by=g.principal.owner)
     return jsonify({"cancelled": cancelled, "skipped": skipped, "more": more})
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from backend.api.context import settings
 from backend.api.jobs import ATTEMPT_CURSOR_MAX
 from backend.api.openapi_schemas import (
     EVENTS,
@@ -39,15 +40,15 @@ bp = Blueprint("openapi", __name__)
 
 
 def spec() -> dict:
-    config = current_app.config
+    config = settings()
     caps = {
-        "MAX_PROGRESS_MESSAGE": int(config["MAX_PROGRESS_MESSAGE"]),
-        "MAX_ERROR_BYTES": int(config["MAX_ERROR_BYTES"]),
+        "MAX_PROGRESS_MESSAGE": config.max_progress_message,
+        "MAX_ERROR_BYTES": config.max_error_bytes,
     }
     job, jobs, error = ref("Job"), ref("JobList"), ref("Error")
     job_id, name, schedule_id = path_param("job_id"), path_param("name"), path_param("schedule_id")
     batch_id = path_param("batch_id")
-    page_limit = query_param("limit", {"type": "integer", "minimum": 1, "maximum": int(config["JOBS_PAGE_MAX"])})
+    page_limit = query_param("limit", {"type": "integer", "minimum": 1, "maximum": config.jobs_page_max})
     # Empty: the first page.
     page_cursor = query_param("cursor", {"type": "string", "pattern": f"^({CURSOR_PATTERN.strip('^$')})?$"})
 
@@ -90,9 +91,7 @@ def spec() -> dict:
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["job_ids"],
-                "properties": {
-                    "job_ids": {"type": "array", "maxItems": int(config["BULK_CANCEL_MAX_IDS"]), "items": STRING}
-                },
+                "properties": {"job_ids": {"type": "array", "maxItems": config.bulk_cancel_max_ids, "items": STRING}},
             },
             {
                 "type": "object",
@@ -119,7 +118,7 @@ def spec() -> dict:
             "jobs": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": int(config["BATCH_MAX_JOBS"]),
+                "maxItems": config.batch_max_jobs,
                 "items": submission(with_key=False),
             }
         },

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from backend.api.context import settings
 from backend.core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from backend.core.settings import QUEUE_NAMES
 from backend.core.size_caps import SizeCaps, TooLarge
@@ -65,7 +66,7 @@ def json_body(*, lone_surrogates: bool = False) -> dict:
         raise BadRequest(str(exc), details={"number": exc.text}) from None
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    max_depth = current_app.config["MAX_JSON_DEPTH"]
+    max_depth = settings().max_json_depth
     depth, not_text = _walk(body)
     if depth > max_depth:
         raise BadRequest(f"the body nests deeper than {max_depth} levels")
@@ -150,15 +151,15 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     priority = call_option("priority", body.get("priority"))
     timeout = call_option("timeout", body.get("timeout"))
     max_retries = call_option("max_retries", body.get("max_retries"))
-    config = current_app.config
     key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
         if "webhook_lookups" not in g:  # one lookup budget per request: a batch's jobs share it
             # Counted in the key owner's share of the lookup threads (see backend/webhooks/ssrf.py).
-            g.webhook_lookups = submission_budget(config, current_app.extensions, owner=g.principal.owner)
-        allow_loopback = bool(config["WEBHOOK_ALLOW_LOOPBACK"])
-        webhook_url = check_webhook_url(webhook_url, allow_loopback=allow_loopback, budget=g.webhook_lookups)
+            g.webhook_lookups = submission_budget(current_app.config, current_app.extensions, owner=g.principal.owner)
+        webhook_url = check_webhook_url(
+            webhook_url, allow_loopback=settings().webhook_allow_loopback, budget=g.webhook_lookups
+        )
     depends_on = body.get("depends_on")
     depends_on = [] if depends_on is None else depends_on  # false, 0 or "" are mistakes, not "none"
     if not isinstance(depends_on, list) or not all(isinstance(i, str) and i for i in depends_on):
@@ -191,7 +192,7 @@ def check_argument_size(args: object, kwargs: object) -> None:
     Raises:
         TooLarge: 413, naming the cap and the arguments' size.
     """
-    caps = SizeCaps.from_settings(current_app.config)
+    caps = SizeCaps.from_settings(settings())
     problem = caps.arguments_problem(args, kwargs)
     if problem:
         raise TooLarge(problem, details={"setting": "MAX_ARGS_BYTES", "limit": caps.args_bytes})
@@ -226,7 +227,6 @@ def call_option(name: str, value: object) -> object:
     Raises:
         ValidationFailed: the value is of the wrong kind or out of range (the message names it).
     """
-    config = current_app.config
     if name == "args":
         value = [] if value is None else value
         if not isinstance(value, list):
@@ -241,9 +241,9 @@ def call_option(name: str, value: object) -> object:
         if not isinstance(value, str) or value not in QUEUE_NAMES:
             raise ValidationFailed(f"priority must be one of {list(QUEUE_NAMES)}, got {repr(value)[:40]}")
     elif name == "timeout":
-        value = _int_option(name, value, config["DEFAULT_JOB_TIMEOUT"], 1, MAX_TIMEOUT)
+        value = _int_option(name, value, settings().default_job_timeout, 1, MAX_TIMEOUT)
     elif name == "max_retries":
-        value = _int_option(name, value, config["DEFAULT_MAX_RETRIES"], 0, MAX_RETRIES)
+        value = _int_option(name, value, settings().default_max_retries, 0, MAX_RETRIES)
     else:
         raise ValueError(f"{name} is not a call option")
     return value

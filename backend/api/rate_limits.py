@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+
+from backend.api.auth import bearer_token
+from backend.api.context import settings
 
 
 def client_key() -> str:
     """Who a request counts against: its API key's owner, or its address."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    token = bearer_token()
     keys = current_app.extensions.get("api_keys") or {}
-    if scheme.lower() == "bearer" and token.strip() in keys:
-        return f"key:{keys[token.strip()][0]}"
+    if token is not None and token in keys:
+        return f"key:{keys[token][0]}"
     return f"addr:{get_remote_address()}"
 
 
@@ -33,13 +35,15 @@ limiter = Limiter(key_func=client_key, headers_enabled=True, swallow_errors=True
 def submit_limit(view: Callable) -> Callable:
     """Count ``view`` against ``RATE_LIMIT_SUBMIT``, in the one budget that every route starting
     an execution shares (a shared limit: one counter per key, whichever of them is called)."""
-    return limiter.shared_limit(lambda: current_app.config["RATE_LIMIT_SUBMIT"], scope="submit")(view)
+    return limiter.shared_limit(lambda: settings().rate_limit_submit, scope="submit")(view)
 
 
 def init_app(app: Flask) -> None:
-    app.config["RATELIMIT_ENABLED"] = bool(int(app.config["RATE_LIMIT_ENABLED"]))
-    app.config["RATELIMIT_STORAGE_URI"] = app.config["REDIS_URL"]
-    app.config["RATELIMIT_DEFAULT"] = app.config["RATE_LIMIT_DEFAULT"]
+    """Configure flask-limiter from the app's settings (it reads its own from app.config)."""
+    own = settings(app)
+    app.config["RATELIMIT_ENABLED"] = own.rate_limit_enabled
+    app.config["RATELIMIT_STORAGE_URI"] = own.redis_url
+    app.config["RATELIMIT_DEFAULT"] = own.rate_limit_default
     app.config["RATELIMIT_KEY_PREFIX"] = "jobservice:ratelimit"
     app.config["RATELIMIT_HEADERS_ENABLED"] = True
     limiter.init_app(app)

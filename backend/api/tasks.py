@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask import Blueprint, g, jsonify, request, url_for
 
 from backend.api.auth import authenticate_client
+from backend.api.context import services, settings
 from backend.api.payloads import job_request, json_body
 from backend.api.rate_limits import limiter, submit_limit
 from backend.core.errors import ValidationFailed
@@ -13,10 +14,6 @@ from backend.tasks import all_tasks, get_task
 
 bp = Blueprint("tasks", __name__)
 bp.before_request(authenticate_client)
-
-
-def _jobs():
-    return current_app.extensions["jobs"]
 
 
 @bp.get("/tasks")
@@ -30,15 +27,16 @@ def submit(name: str):
     spec = get_task(name)
     body = json_body()
     job_req = job_request(spec, body, idempotency_header=request.headers.get("Idempotency-Key"))
-    job, created = _jobs().submit(job_req, owner=g.principal.owner)
-    response = jsonify(job_dict(job, waiting_for=_jobs().waiting_for(job)))
+    jobs = services().jobs
+    job, created = jobs.submit(job_req, owner=g.principal.owner)
+    response = jsonify(job_dict(job, waiting_for=jobs.waiting_for(job)))
     response.status_code = 202 if created else 200
     response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
     return response
 
 
 @bp.post("/tasks/<name>/batch")
-@limiter.limit(lambda: current_app.config["RATE_LIMIT_BATCH"], scope="batch")
+@limiter.limit(lambda: settings().rate_limit_batch, scope="batch")
 def submit_batch(name: str):
     """Start many jobs of one task: all are recorded, or none (422 naming the bad one)."""
     spec = get_task(name)
@@ -47,7 +45,7 @@ def submit_batch(name: str):
     if unknown:
         raise ValidationFailed(f'unknown fields {unknown}; send {{"jobs": [...]}}')
     items = body.get("jobs")
-    limit = int(current_app.config["BATCH_MAX_JOBS"])
+    limit = settings().batch_max_jobs
     if not isinstance(items, list) or not items or len(items) > limit:
         raise ValidationFailed(f"jobs must be a list of 1 to {limit} job bodies")
     requests_ = []
@@ -60,7 +58,7 @@ def submit_batch(name: str):
             raise ValidationFailed(f"jobs[{index}]: {exc.message}", details={"index": index}) from None
     if any(r.idempotency_key for r in requests_):
         raise ValidationFailed("idempotency_key is not supported inside a batch")
-    batch, jobs = _jobs().create_batch(requests_, owner=g.principal.owner)
+    batch, jobs = services().jobs.create_batch(requests_, owner=g.principal.owner)
     response = jsonify({"batch_id": batch.id, "task": batch.task, "size": batch.size, "job_ids": [j.id for j in jobs]})
     response.status_code = 202
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch.id)

@@ -1,4 +1,8 @@
-"""A daemon thread that calls a function every few seconds until stopped."""
+"""The periodic thread (``PeriodicThread``): calls a function every few seconds until stopped.
+
+Not the scheduler process (backend/scheduler.py) nor the cron schedules (backend/service/schedules.py):
+the API runs its reconciler and webhook dispatcher on these (backend/app.py, ``start_background``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,28 @@ import logging
 import threading
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 log = logging.getLogger(__name__)
 
 
 class PeriodicThread:
-    def __init__(self, name: str, func: Callable[[], object], interval: float):
+    """A daemon thread calling ``func`` every ``interval`` seconds; one failed pass never ends it.
+
+    ``transient`` errors (a dependency down: the wiring passes the broker's) are logged as a
+    warning without a traceback; any other error with its traceback.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[[], object],
+        interval: float,
+        *,
+        transient: tuple[type[BaseException], ...] = (),
+    ):
         self.name = name
         self.func = func
         self.interval = interval
+        self.transient = transient
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -30,7 +46,7 @@ class PeriodicThread:
         while not self._stopped.is_set():
             try:
                 self.func()
-            except RedisError as exc:
+            except self.transient as exc:
                 log.warning("%s: Redis unavailable (%s); will try again", self.name, exc)
             except Exception:
                 log.exception("%s pass failed; will try again", self.name)

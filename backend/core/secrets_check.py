@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from backend.core.settings import parse_api_keys
+from backend.core.settings import Settings, parse_api_keys
 
 #: What every placeholder of .env.example and deploy/kubernetes/secret.example.yaml contains.
 PLACEHOLDER = "CHANGE_ME"
@@ -28,8 +28,8 @@ class InsecureSecrets(RuntimeError):
     """Raised at start-up when a secret is a placeholder, empty or too short."""
 
 
-def is_development(settings: dict) -> bool:
-    return str(settings.get("JOBSERVICE_ENV") or "").strip().lower() == "development"
+def is_development(settings: Settings) -> bool:
+    return settings.jobservice_env.strip().lower() == "development"
 
 
 def _fault(value: str | None) -> str | None:
@@ -66,12 +66,12 @@ def url_passwords(url: object) -> list[str]:
     return found
 
 
-def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[str]:
+def faults(settings: Settings, *, role: str, environ: dict | None = None) -> list[str]:
     """Every problem with the secrets ``role`` (api, worker, scheduler, cli) starts with."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
 
-    token = settings.get("INTERNAL_SERVICE_TOKEN")
+    token = settings.internal_service_token
     if token or role in NEEDS_INTERNAL_TOKEN:
         fault = _fault(str(token or ""))
         if fault == "is empty":
@@ -81,7 +81,7 @@ def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[st
 
     # Optional secrets: checked when they are set at all.
     for name, value in (
-        ("WEBHOOK_SECRET", settings.get("WEBHOOK_SECRET")),
+        ("WEBHOOK_SECRET", settings.webhook_secret),
         ("HEALTHCHECK_API_KEY", environ.get("HEALTHCHECK_API_KEY")),
         ("REDIS_PASSWORD", environ.get("REDIS_PASSWORD")),
     ):
@@ -91,7 +91,7 @@ def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[st
                 problems.append(f"{name} {fault}")
 
     try:
-        keys = parse_api_keys(settings.get("API_KEYS"))  # type: ignore[arg-type]
+        keys = parse_api_keys(settings.api_keys)
     except ValueError:
         keys = {}  # create_app reports a malformed list itself
     for key, (owner, _admin) in keys.items():
@@ -99,8 +99,8 @@ def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[st
         if fault:
             problems.append(f"API_KEYS: the key of {owner!r} {fault}")
 
-    for name in ("REDIS_URL", "DATABASE_URL"):
-        for password in url_passwords(settings.get(name)):
+    for name, url in (("REDIS_URL", settings.redis_url), ("DATABASE_URL", settings.database_url)):
+        for password in url_passwords(url):
             fault = _fault(unquote(password))
             if fault:
                 problems.append(f"{name}: its password {fault}")
@@ -111,7 +111,7 @@ def faults(settings: dict, *, role: str, environ: dict | None = None) -> list[st
 _WHO = {"api": "the API", "worker": "a worker", "scheduler": "the scheduler", "cli": "this command"}
 
 
-def enforce(settings: dict, *, role: str) -> None:
+def enforce(settings: Settings, *, role: str) -> None:
     """Refuse to start (outside development) when a secret will not do.
 
     Raises:
@@ -129,7 +129,7 @@ def enforce(settings: dict, *, role: str) -> None:
         )
 
 
-def enforce_or_exit(settings: dict, *, role: str) -> None:
+def enforce_or_exit(settings: Settings, *, role: str) -> None:
     """:func:`enforce` for a process's ``main``: exits with the reason instead of a traceback."""
     try:
         enforce(settings, role=role)

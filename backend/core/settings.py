@@ -1,12 +1,16 @@
-"""Settings, read from the environment in this one place.
+"""Settings: one typed, frozen ``Settings`` read from the environment once per process.
 
-Every setting has a documented default here; tests override any of them with the
-``test_config`` dict given to ``create_app``.
+Every setting is a field here with its type, its default and what it does; the environment
+variable of a field is its name in capitals (``redis_url`` <- ``REDIS_URL``). Tests override
+any of them with a dict of those capital names (``create_app(test_config={...})``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -15,168 +19,230 @@ DATA_DIR = PACKAGE_DIR / "data"
 #: Queues in priority order: a worker always takes from the first non-empty one.
 QUEUE_NAMES = ("high", "default", "low")
 
-DEFAULTS: dict[str, object] = {
-    # The queue broker; unset means "no Redis configured" (make run starts one).
-    "REDIS_URL": None,
-    # The job store of record.
-    "DATABASE_URL": f"sqlite:///{DATA_DIR / 'jobs.db'}",
-    # Shared secret between the API and workers for the internal endpoints.
-    "INTERNAL_SERVICE_TOKEN": None,
-    # Client keys, "name:key[:admin],...". None: open, but only on loopback.
-    "API_KEYS": None,
-    # Host names served besides loopback ones ("api.example.com,.example.com,*"). Unset: with
-    # no API_KEYS only loopback names are served (DNS rebinding), with keys any name.
-    "ALLOWED_HOSTS": None,
-    # Origins ("https://app.example.com,...") whose pages may POST/PUT/PATCH/DELETE here
-    # besides the API's own origin.
-    "TRUSTED_ORIGINS": None,
-    # Where workers reach the API.
-    "API_BASE_URL": "http://127.0.0.1:5000",
-    # Modules whose @task functions are registered (comma separated).
-    "TASK_MODULES": "backend.tasks.examples",
-    # Retention of finished and failed jobs in Redis (seconds).
-    "RQ_RESULT_TTL": 86400,
-    "RQ_FAILURE_TTL": 604800,
-    # Job defaults.
-    "DEFAULT_JOB_TIMEOUT": 600,
-    "DEFAULT_MAX_RETRIES": 3,
-    # Request body cap (bytes) and how deep JSON may nest.
-    "MAX_CONTENT_LENGTH": 1024 * 1024,
-    "MAX_JSON_DEPTH": 32,
-    # Page size of GET /jobs.
-    "JOBS_PAGE_DEFAULT": 50,
-    "JOBS_PAGE_MAX": 500,
-    # A page of GET /jobs stops adding jobs once its body would pass this many bytes (it
-    # always holds at least one job; next_cursor goes on from the last one it holds).
-    "JOBS_PAGE_MAX_BYTES": 1024 * 1024,
-    # Size caps on what requests store (backend/core/size_caps.py). Sizes are of compact UTF-8 JSON.
-    # A job's arguments (args and kwargs together): larger submissions are refused (413).
-    "MAX_ARGS_BYTES": 64 * 1024,
-    # A task's result: a larger one fails the attempt (retried like any failure).
-    "MAX_RESULT_BYTES": 256 * 1024,
-    # An attempt's error text (traceback): workers keep its tail, the API refuses more.
-    "MAX_ERROR_BYTES": 16 * 1024,
-    # A progress message, in characters: workers shorten it, the API refuses more.
-    # Workers start with their own values of these four and adopt the API's from its answers.
-    "MAX_PROGRESS_MESSAGE": 1024,
-    # Worker -> API reports: how long a report is retried while the API is unreachable,
-    # and the least time between two progress reports of one job.
-    "REPORT_RETRY_SECONDS": 120.0,
-    "PROGRESS_MIN_INTERVAL": 0.25,
-    # Retries: the n-th retry waits min(cap, base * 2**(n-1)) seconds, +/- jitter (a fraction).
-    "RETRY_BACKOFF_BASE": 120.0,
-    "RETRY_BACKOFF_CAP": 1800.0,
-    "RETRY_JITTER": 0.1,
-    # Recovery: a worker's lease lapses this long after it dies (the recovery bound is about
-    # lease + interval); the reconciler runs every RECONCILE_INTERVAL seconds in the API
-    # (0 turns the thread off) and leaves rows changed in the last RECONCILE_GRACE seconds.
-    "WORKER_LEASE_SECONDS": 15.0,
-    "RECONCILE_INTERVAL": 5.0,
-    "RECONCILE_GRACE": 2.0,
-    # Schedules: a due time missed while no scheduler ran fires "once" at the next pass, or
-    # is skipped ("skip"); schedulers look for due schedules every SCHEDULER_INTERVAL seconds.
-    "SCHEDULE_MISSED_POLICY": "once",
-    "SCHEDULER_INTERVAL": 1.0,
-    # Webhooks: HMAC-SHA256 secret, loopback allowed only for tests and local development,
-    # attempts per delivery, backoff base (seconds), and how often the dispatcher looks.
-    "WEBHOOK_SECRET": None,
-    "WEBHOOK_ALLOW_LOOPBACK": 0,
-    "WEBHOOK_MAX_ATTEMPTS": 3,
-    "WEBHOOK_BACKOFF_SECONDS": 10.0,
-    "WEBHOOK_TIMEOUT": 10.0,
-    "WEBHOOK_INTERVAL": 1.0,
-    # WEBHOOK_TIMEOUT bounds a whole delivery (resolve, connect, send, read), not each read.
-    # Deliveries in flight at once per API process, and at most so many to one receiver host
-    # and of one job owner, so that a slow receiver cannot hold up other owners' deliveries.
-    "WEBHOOK_CONCURRENCY": 8,
-    "WEBHOOK_HOST_CONCURRENCY": 2,
-    "WEBHOOK_OWNER_CONCURRENCY": 4,
-    # One request's (a batch's) webhook_url hosts: seconds they may take to resolve in all,
-    # and most distinct names (a slow DNS server must not hold an API thread).
-    "WEBHOOK_RESOLVE_SECONDS": 3.0,
-    "WEBHOOK_MAX_HOSTS": 10,
-    # Rate limits per API key (or client address when keys are off), flask-limiter syntax.
-    "RATE_LIMIT_ENABLED": 1,
-    "RATE_LIMIT_SUBMIT": "10/minute",
-    "RATE_LIMIT_BATCH": "5/minute",
-    "RATE_LIMIT_DEFAULT": "100/minute",
-    # Most jobs one batch may hold.
-    "BATCH_MAX_JOBS": 1000,
-    # Most jobs one POST /jobs/cancel may cancel (ids listed, or matched by its filter).
-    "BULK_CANCEL_MAX_IDS": 1000,
-    # Most attempts a job may reach by POST /jobs/<id>/retry (409 past it; its own automatic
-    # retries may still add max_retries more), and most schedules one owner may keep (409).
-    "MAX_ATTEMPTS_PER_JOB": 100,
-    "MAX_SCHEDULES_PER_OWNER": 1000,
-    # Logging: "text" or "json".
-    "LOG_FORMAT": "text",
-    "LOG_LEVEL": "INFO",
-    # "development" (set by `make run`, `python backend/app.py` and the tests) skips the
-    # start-up check of secrets (backend/core/secrets_check.py); anything else is a deployment.
-    "JOBSERVICE_ENV": "production",
-    # Peers (IPs or CIDRs) whose X-Forwarded-For names the client: a reverse proxy on the same
-    # host or pod. Anyone else's X-Forwarded-For is ignored (backend/api/forwarded.py).
-    "TRUSTED_PROXIES": "127.0.0.1,::1",
-}
 
-_INT_KEYS = {
-    "RQ_RESULT_TTL",
-    "RQ_FAILURE_TTL",
-    "DEFAULT_JOB_TIMEOUT",
-    "DEFAULT_MAX_RETRIES",
-    "MAX_CONTENT_LENGTH",
-    "MAX_JSON_DEPTH",
-    "JOBS_PAGE_DEFAULT",
-    "JOBS_PAGE_MAX",
-    "JOBS_PAGE_MAX_BYTES",
-    "MAX_ARGS_BYTES",
-    "MAX_RESULT_BYTES",
-    "MAX_ERROR_BYTES",
-    "MAX_PROGRESS_MESSAGE",
-    "WEBHOOK_ALLOW_LOOPBACK",
-    "WEBHOOK_MAX_ATTEMPTS",
-    "WEBHOOK_CONCURRENCY",
-    "WEBHOOK_HOST_CONCURRENCY",
-    "WEBHOOK_OWNER_CONCURRENCY",
-    "WEBHOOK_MAX_HOSTS",
-    "RATE_LIMIT_ENABLED",
-    "BATCH_MAX_JOBS",
-    "BULK_CANCEL_MAX_IDS",
-    "MAX_ATTEMPTS_PER_JOB",
-    "MAX_SCHEDULES_PER_OWNER",
-}
-_FLOAT_KEYS = {
-    "REPORT_RETRY_SECONDS",
-    "PROGRESS_MIN_INTERVAL",
-    "RETRY_BACKOFF_BASE",
-    "RETRY_BACKOFF_CAP",
-    "RETRY_JITTER",
-    "WORKER_LEASE_SECONDS",
-    "RECONCILE_INTERVAL",
-    "RECONCILE_GRACE",
-    "SCHEDULER_INTERVAL",
-    "WEBHOOK_BACKOFF_SECONDS",
-    "WEBHOOK_TIMEOUT",
-    "WEBHOOK_INTERVAL",
-    "WEBHOOK_RESOLVE_SECONDS",
-}
+class SettingError(ValueError):
+    """Raised when a setting's value cannot be read as its type, or a setting is unknown."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name} {message}")
+        self.name = name
 
 
-def load(overrides: dict | None = None) -> dict[str, object]:
-    """Return the settings: defaults, then the environment, then ``overrides``."""
-    settings = dict(DEFAULTS)
-    for key, _default in DEFAULTS.items():
-        raw = os.environ.get(key)
-        if raw is None or raw == "":
-            continue
-        if key in _INT_KEYS:
-            settings[key] = int(raw)
-        elif key in _FLOAT_KEYS:
-            settings[key] = float(raw)
-        else:
-            settings[key] = raw
-    settings.update(overrides or {})
-    return settings
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one process (API, worker, scheduler or command)."""
+
+    #: The queue broker; None means "no Redis configured" (make run starts one).
+    redis_url: str | None = None
+    #: The job store of record.
+    database_url: str = f"sqlite:///{DATA_DIR / 'jobs.db'}"
+    #: Shared secret between the API and workers for the internal endpoints.
+    internal_service_token: str | None = None
+    #: Client keys, "name:key[:admin],...". None: open, but only on loopback.
+    api_keys: str | None = None
+    #: Host names served besides loopback ones ("api.example.com,.example.com,*"). None: with no
+    #: API_KEYS only loopback names are served (DNS rebinding), with keys any name.
+    allowed_hosts: str | None = None
+    #: Origins ("https://app.example.com,...") whose pages may POST/PUT/PATCH/DELETE here besides
+    #: the API's own origin.
+    trusted_origins: str | None = None
+    #: Where workers reach the API.
+    api_base_url: str = "http://127.0.0.1:5000"
+    #: Modules whose @task functions are registered (comma separated).
+    task_modules: str = "backend.tasks.examples"
+    #: Retention of finished jobs in Redis (seconds).
+    rq_result_ttl: int = 86400
+    #: Retention of failed jobs in Redis (seconds).
+    rq_failure_ttl: int = 604800
+    #: A job's timeout (seconds) when its submission names none.
+    default_job_timeout: int = 600
+    #: A job's automatic retries when its submission names none.
+    default_max_retries: int = 3
+    #: Request body cap (bytes); Flask refuses larger bodies (413).
+    max_content_length: int = 1024 * 1024
+    #: How deep a request's JSON may nest.
+    max_json_depth: int = 32
+    #: Page size of GET /jobs (and the other lists) when ?limit= is absent.
+    jobs_page_default: int = 50
+    #: Largest ?limit= of a page.
+    jobs_page_max: int = 500
+    #: A page stops adding items once its body would pass this many bytes (it always holds at
+    #: least one; next_cursor goes on from the last one it holds).
+    jobs_page_max_bytes: int = 1024 * 1024
+    #: A job's arguments (args and kwargs, compact UTF-8 JSON): larger submissions are refused (413).
+    max_args_bytes: int = 64 * 1024
+    #: A task's result: a larger one fails the attempt (retried like any failure).
+    max_result_bytes: int = 256 * 1024
+    #: An attempt's error text (traceback): workers keep its tail, the API refuses more.
+    max_error_bytes: int = 16 * 1024
+    #: A progress message, in characters: workers shorten it, the API refuses more. Workers start
+    #: with their own values of these four caps and adopt the API's from its answers.
+    max_progress_message: int = 1024
+    #: How long a worker retries a report while the API is unreachable (seconds).
+    report_retry_seconds: float = 120.0
+    #: The least time between two progress reports of one job (seconds).
+    progress_min_interval: float = 0.25
+    #: The n-th retry waits min(cap, base * 2**(n-1)) seconds, +/- jitter: the base.
+    retry_backoff_base: float = 120.0
+    #: The retry wait's cap (seconds).
+    retry_backoff_cap: float = 1800.0
+    #: The retry wait's jitter, a fraction of it.
+    retry_jitter: float = 0.1
+    #: A worker's lease lapses this long after it dies (the recovery bound is about lease + interval).
+    worker_lease_seconds: float = 15.0
+    #: The reconciler runs every so many seconds in the API (0 turns the thread off).
+    reconcile_interval: float = 5.0
+    #: The reconciler leaves rows changed in the last so many seconds.
+    reconcile_grace: float = 2.0
+    #: A due time missed while no scheduler ran fires "once" at the next pass, or is skipped ("skip").
+    schedule_missed_policy: str = "once"
+    #: Schedulers look for due schedules every so many seconds.
+    scheduler_interval: float = 1.0
+    #: Webhooks' HMAC-SHA256 secret.
+    webhook_secret: str | None = None
+    #: Webhooks may go to loopback addresses: only for tests and local development.
+    webhook_allow_loopback: bool = False
+    #: Attempts per webhook delivery.
+    webhook_max_attempts: int = 3
+    #: Backoff base between a delivery's attempts (seconds).
+    webhook_backoff_seconds: float = 10.0
+    #: Bounds a whole delivery (resolve, connect, send, read), not each read (seconds).
+    webhook_timeout: float = 10.0
+    #: How often the API's webhook dispatcher looks for deliveries (seconds; 0 turns it off).
+    webhook_interval: float = 1.0
+    #: Deliveries in flight at once per API process.
+    webhook_concurrency: int = 8
+    #: Deliveries in flight to one receiver host, so that a slow receiver cannot hold up others.
+    webhook_host_concurrency: int = 2
+    #: Deliveries in flight of one job owner, so that one owner cannot hold up other owners.
+    webhook_owner_concurrency: int = 4
+    #: Seconds one request's (a batch's) webhook_url hosts may take to resolve in all.
+    webhook_resolve_seconds: float = 3.0
+    #: Most distinct webhook_url host names in one request (a slow DNS must not hold an API thread).
+    webhook_max_hosts: int = 10
+    #: Rate limits per API key (or client address when keys are off) are enforced.
+    rate_limit_enabled: bool = True
+    #: The submit budget shared by every route that starts an execution (flask-limiter syntax).
+    rate_limit_submit: str = "10/minute"
+    #: The budget of POST /tasks/<name>/batch.
+    rate_limit_batch: str = "5/minute"
+    #: The budget of every other route.
+    rate_limit_default: str = "100/minute"
+    #: Most jobs one batch may hold.
+    batch_max_jobs: int = 1000
+    #: Most jobs one POST /jobs/cancel may cancel (ids listed, or matched by its filter).
+    bulk_cancel_max_ids: int = 1000
+    #: Most attempts a job may reach by POST /jobs/<id>/retry (409 past it; its own automatic
+    #: retries may still add max_retries more).
+    max_attempts_per_job: int = 100
+    #: Most schedules one owner may keep (409 past it).
+    max_schedules_per_owner: int = 1000
+    #: Log lines as "text" or "json".
+    log_format: str = "text"
+    #: The least level logged.
+    log_level: str = "INFO"
+    #: "development" (set by `make run`, `python backend/app.py` and the tests) skips the start-up
+    #: check of secrets (backend/core/secrets_check.py); anything else is a deployment.
+    jobservice_env: str = "production"
+    #: Peers (IPs or CIDRs) whose X-Forwarded-For names the client: a reverse proxy on the same
+    #: host or pod. Anyone else's X-Forwarded-For is ignored (backend/api/forwarded.py).
+    trusted_proxies: str = "127.0.0.1,::1"
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, object] | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then the environment (read here, once), then ``overrides`` (by capital names).
+
+        Raises:
+            SettingError: a value is not of its setting's type, or an override names no setting.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field, raw)
+        for name, value in (overrides or {}).items():
+            field = _FIELDS.get(name.lower()) if name.isupper() else None
+            if field is None:
+                raise SettingError(name, "is not a setting")
+            values[field.name] = _parse(field, value)
+        return cls(**values)
+
+    def as_config(self) -> dict[str, object]:
+        """The settings under their capital names: for Flask's ``app.config`` and log redaction."""
+        return {field.name.upper(): getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` (capital names, parsed like overrides)."""
+        parsed = Settings.load(changes, environ={})
+        return dataclasses.replace(self, **{name.lower(): getattr(parsed, name.lower()) for name in changes})
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if isinstance(value, int | float):
+        return bool(value)
+    raise TypeError
+
+
+def _parse_int(value: object) -> int:
+    if isinstance(value, bool):
+        return int(value)  # the 0/1 flags the tests and old settings spell as numbers
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    if isinstance(value, str | int | float):
+        return int(value)
+    raise TypeError
+
+
+def _parse_float(value: object) -> float:
+    if isinstance(value, str | int | float):
+        return float(value)
+    raise TypeError
+
+
+def _parse_str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError
+
+
+# Keyed by the annotation's text: ``from __future__ import annotations`` keeps them as strings.
+_PARSERS: dict[str, tuple[Callable[[object], object], str]] = {
+    "bool": (_parse_bool, "a flag (1/0, true/false)"),
+    "int": (_parse_int, "an integer"),
+    "float": (_parse_float, "a number"),
+    "str": (_parse_str, "a string"),
+    "str | None": (_parse_str, "a string"),
+}
+_FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def _parse(field: dataclasses.Field, value: object) -> object:
+    if value is None and field.type == "str | None":
+        return None
+    parse, kind = _PARSERS[str(field.type)]
+    try:
+        return parse(value)
+    except (TypeError, ValueError):
+        raise SettingError(field.name.upper(), f"must be {kind}, got {value!r}") from None
+
+
+def load(overrides: Mapping[str, object] | None = None) -> Settings:
+    """``Settings.load``: the settings of this process, ``overrides`` applied last."""
+    return Settings.load(overrides)
+
+
+#: Every setting's default under its capital name (the deployment files list each of them).
+DEFAULTS: dict[str, object] = Settings().as_config()
 
 
 def parse_api_keys(spec: str | None) -> dict[str, tuple[str, bool]]:

@@ -20,9 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from backend.core.errors import ValidationFailed
+from backend.core.settings import Settings
 
 _ERROR_NOTE = "[error truncated: its first {dropped} bytes were dropped; the end is kept]\n"
 _MESSAGE_MARK = "…"
+# The caps' settings in the order of SizeCaps' fields.
+_CAP_SETTINGS = ("MAX_ARGS_BYTES", "MAX_RESULT_BYTES", "MAX_ERROR_BYTES", "MAX_PROGRESS_MESSAGE")
 
 
 class TooLarge(ValidationFailed):
@@ -42,12 +45,15 @@ class SizeCaps:
     progress_message: int = 1024
 
     @classmethod
-    def from_settings(cls, settings: Mapping) -> SizeCaps:
+    def from_settings(cls, settings: Settings | Mapping) -> SizeCaps:
+        """The caps of ``settings`` (a ``Settings``; a mapping of the capital names while callers move)."""
+        if isinstance(settings, Mapping):
+            return cls(*(int(settings[name]) for name in _CAP_SETTINGS))
         return cls(
-            args_bytes=int(settings["MAX_ARGS_BYTES"]),
-            result_bytes=int(settings["MAX_RESULT_BYTES"]),
-            error_bytes=int(settings["MAX_ERROR_BYTES"]),
-            progress_message=int(settings["MAX_PROGRESS_MESSAGE"]),
+            args_bytes=settings.max_args_bytes,
+            result_bytes=settings.max_result_bytes,
+            error_bytes=settings.max_error_bytes,
+            progress_message=settings.max_progress_message,
         )
 
     def as_settings(self) -> dict[str, int]:
@@ -69,7 +75,7 @@ class SizeCaps:
             value = announced.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 mine[name] = value
-        return SizeCaps.from_settings(mine)
+        return SizeCaps(*(mine[name] for name in _CAP_SETTINGS))
 
     # -- checks -----------------------------------------------------------------------------
 

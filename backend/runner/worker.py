@@ -28,7 +28,7 @@ from backend.broker import registries
 from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import connect, fence_key, last_error, register_queues
 from backend.core import logs, secrets_check
-from backend.core import settings as config
+from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
 from backend.runner.reporter import Reporter
 from backend.tasks import load_task_modules
@@ -206,15 +206,15 @@ def build_worker(
     name: str,
     queues: list[str],
     simple: bool,
-    settings: dict,
+    settings: Settings,
     connection: Redis,
 ) -> Worker:
     """A worker for ``queues`` (in priority order) reporting to the API of ``settings``."""
     reporter = Reporter(
-        str(settings["API_BASE_URL"]),
-        str(settings["INTERNAL_SERVICE_TOKEN"]),
-        retry_seconds=float(settings["REPORT_RETRY_SECONDS"]),
-        progress_interval=float(settings["PROGRESS_MIN_INTERVAL"]),
+        settings.api_base_url,
+        str(settings.internal_service_token),
+        retry_seconds=settings.report_retry_seconds,
+        progress_interval=settings.progress_min_interval,
         caps=SizeCaps.from_settings(settings),
     )
     worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
@@ -223,7 +223,7 @@ def build_worker(
         name=name,
         connection=connection,
         serializer=JSONSerializer,
-        default_result_ttl=int(settings["RQ_RESULT_TTL"]),
+        default_result_ttl=settings.rq_result_ttl,
         reporter=reporter,
     )
 
@@ -290,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--queues",
-        default=os.environ.get("RQ_QUEUE_NAMES") or ",".join(config.QUEUE_NAMES),
+        default=os.environ.get("RQ_QUEUE_NAMES") or ",".join(QUEUE_NAMES),
         help="queues in priority order (default: RQ_QUEUE_NAMES or high,default,low)",
     )
     parser.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
@@ -301,25 +301,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = config.load()
-    logs.configure(fmt=str(settings["LOG_FORMAT"]), level=str(settings["LOG_LEVEL"]))
+    settings = Settings.load()
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
     queues = [name.strip() for name in args.queues.split(",") if name.strip()]
-    unknown = [name for name in queues if name not in config.QUEUE_NAMES]
+    unknown = [name for name in queues if name not in QUEUE_NAMES]
     if not queues or unknown:
-        raise SystemExit(f"--queues must name some of {list(config.QUEUE_NAMES)}, got {args.queues!r}")
-    if not settings.get("INTERNAL_SERVICE_TOKEN"):
+        raise SystemExit(f"--queues must name some of {list(QUEUE_NAMES)}, got {args.queues!r}")
+    if not settings.internal_service_token:
         raise SystemExit("INTERNAL_SERVICE_TOKEN is not set: the API would refuse this worker's reports")
     secrets_check.enforce_or_exit(settings, role="worker")
-    if not settings.get("REDIS_URL"):
+    if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set")
-    load_task_modules(str(settings["TASK_MODULES"]))
+    load_task_modules(settings.task_modules)
 
-    connection = connect(str(settings["REDIS_URL"]))
+    connection = connect(settings.redis_url)
     # The lease thread gets a connection pool of its own: a forked work-horse must never
     # inherit a pool lock that this thread held at the moment of the fork.
-    lease = LeaseKeeper(connect(str(settings["REDIS_URL"])), args.name, float(settings["WORKER_LEASE_SECONDS"]))
+    lease = LeaseKeeper(connect(settings.redis_url), args.name, settings.worker_lease_seconds)
     wait_for_redis(connection, what=f"worker {args.name}")
-    claim_deadline = time.monotonic() + 2 * float(settings["WORKER_LEASE_SECONDS"])
+    claim_deadline = time.monotonic() + 2 * settings.worker_lease_seconds
     while not lease.claim():
         # A restarted container often reuses its name: wait for the dead holder's lease to
         # lapse; a holder that keeps renewing is a live worker, and then this one gives up.
@@ -342,13 +342,13 @@ def main(argv: list[str] | None = None) -> int:
                     burst=args.burst,
                     max_jobs=args.max_jobs,
                     with_scheduler=True,
-                    logging_level=str(settings["LOG_LEVEL"]),
+                    logging_level=settings.log_level,
                 )
             except RedisError as exc:
                 log.warning("worker %s: lost Redis (%s)", args.name, exc)
             finally:
                 # Whatever ends the loop, the reports of the jobs it ran are sent first.
-                if not worker.reporter.flush(timeout=float(settings["REPORT_RETRY_SECONDS"])):
+                if not worker.reporter.flush(timeout=settings.report_retry_seconds):
                     log.error("worker %s: some reports were not delivered; the reconciler settles them", args.name)
                 worker.reporter.close()
             if worker.stop_requested or args.burst or args.max_jobs:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from rq import Queue
 
+from backend.api.context import update_settings
 from tests.conftest import TOKEN
 from tests.helpers import submit, submit_add
 
@@ -106,7 +107,7 @@ def test_with_keys_any_host_is_served_unless_allowed_hosts_is_set(keyed, app, li
 def test_the_host_workers_use_is_served_without_being_listed(keyed, app, live_server):
     # docker-compose: API_BASE_URL=http://api:5000, ALLOWED_HOSTS names only the public name.
     app.extensions["allowed_hosts"] = ("jobs.example.com",)
-    app.config["API_BASE_URL"] = "http://api:5000"
+    update_settings(app, API_BASE_URL="http://api:5000")
     headers = {"Host": "api:5000", "Content-Type": "application/json", "X-Internal-Token": TOKEN}
     status, raw = call(live_server, "POST", "/internal/reports", headers=headers, body='{"sent_at": 0, "reports": []}')
     assert status == 200, raw[:300]

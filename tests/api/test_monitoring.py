@@ -11,6 +11,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from backend.api.context import update_settings
 from backend.app import create_app
 from backend.dev import processes
 from backend.dev.redis_server import free_port
@@ -154,7 +155,7 @@ def test_metrics_add_up_across_gunicorn_processes(settings, tmp_path):
 
 def test_failed_jobs_show_errors_within_the_error_cap(app, client, run_burst_worker):
     # Given a task that failed with a 50 KB message (RQ keeps it whole)
-    app.config["MAX_ERROR_BYTES"] = 2048
+    update_settings(app, MAX_ERROR_BYTES=2048)
     job = client.post("/tasks/fail", json={"kwargs": {"message": "m" * 50_000}, "max_retries": 0}).get_json()
     run_burst_worker()
 

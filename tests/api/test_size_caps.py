@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from backend.api.context import update_settings
 from tests.helpers import AUTH, queued_count, wait_for_status
 
 SIZE_TASKS = "backend.tasks.examples,tests.fixtures,tests.api.size_cap_tasks"
@@ -49,7 +50,7 @@ def test_a_batch_with_one_job_over_the_cap_is_refused_whole(client, redis_conn):
 
 
 def test_the_cap_is_a_setting(settings, client, app):
-    app.config["MAX_ARGS_BYTES"] = 100
+    update_settings(app, MAX_ARGS_BYTES=100)
 
     response = client.post("/tasks/echo", json={"args": ["x" * 120]})
 
@@ -72,7 +73,7 @@ def _batch(client, *reports):
 
 
 def test_reports_over_the_caps_are_refused_422_each_and_store_nothing(client, app):
-    app.config.update(MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=500, MAX_PROGRESS_MESSAGE=20)
+    update_settings(app, MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=500, MAX_PROGRESS_MESSAGE=20)
     job_id = _started(client)
     base = {"job_id": job_id, "attempt": 1}
 
@@ -112,7 +113,7 @@ def test_reports_over_the_caps_are_refused_422_each_and_store_nothing(client, ap
     ],
 )
 def test_the_one_report_routes_refuse_422_too(client, app, event, body):
-    app.config.update(MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=1000, MAX_PROGRESS_MESSAGE=1000)
+    update_settings(app, MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=1000, MAX_PROGRESS_MESSAGE=1000)
     job_id = _started(client)
 
     response = client.post(f"/internal/jobs/{job_id}/{event}", json={"attempt": 1, **body}, headers=AUTH)
@@ -152,7 +153,7 @@ def test_a_result_over_the_cap_fails_the_job_with_that_reason(size_settings, cli
 
 def test_workers_check_results_by_the_apis_caps(size_settings, app, client, start_worker):
     # The worker's own settings say 256 KiB; the API says 1,000 bytes, and the worker follows it.
-    app.config["MAX_RESULT_BYTES"] = 1000
+    update_settings(app, MAX_RESULT_BYTES=1000)
     too_big = client.post("/tasks/big_result", json={"args": [1001], "max_retries": 0}).get_json()
     fits = client.post("/tasks/big_result", json={"args": [1000], "max_retries": 0}).get_json()
 
@@ -169,7 +170,7 @@ def test_workers_check_results_by_the_apis_caps(size_settings, app, client, star
 
 @pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
 def test_a_long_error_keeps_its_tail_within_the_cap(size_settings, app, client, start_worker, simple):
-    app.config["MAX_ERROR_BYTES"] = 2048
+    update_settings(app, MAX_ERROR_BYTES=2048)
     job = client.post("/tasks/long_failure", json={"args": [50_000], "max_retries": 0}).get_json()
 
     _run_worker(start_worker, simple=simple)
@@ -185,7 +186,7 @@ def test_a_long_error_keeps_its_tail_within_the_cap(size_settings, app, client, 
 
 @pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
 def test_a_long_progress_message_is_shortened_by_the_worker(size_settings, app, client, start_worker, simple):
-    app.config["MAX_PROGRESS_MESSAGE"] = 100
+    update_settings(app, MAX_PROGRESS_MESSAGE=100)
     job = client.post("/tasks/long_progress", json={"args": [5000]}).get_json()
 
     _run_worker(start_worker, simple=simple)
@@ -205,7 +206,7 @@ def test_a_result_the_api_refuses_is_reported_as_the_attempts_failure(client, ap
 
     job_id = _started(client, max_retries=0)
     other_id = _started(client, max_retries=0)
-    app.config.update(MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=300)
+    update_settings(app, MAX_RESULT_BYTES=1000, MAX_ERROR_BYTES=300)
     reporter = Reporter(live_server, TOKEN, caps=SizeCaps())
     try:
         reporter.completed(job_id, 1, "x" * 2000)
@@ -253,7 +254,7 @@ def test_a_list_leaves_arguments_and_results_out_unless_asked(client):
 
 
 def test_fields_asks_for_them_and_a_page_stops_at_its_byte_budget(client, app):
-    app.config["JOBS_PAGE_MAX_BYTES"] = 200_000
+    update_settings(app, JOBS_PAGE_MAX_BYTES=200_000)
     ids = _big_jobs(client, 20)
 
     seen, cursor, pages = [], None, 0
@@ -277,7 +278,7 @@ def test_fields_asks_for_them_and_a_page_stops_at_its_byte_budget(client, app):
 
 
 def test_a_page_always_holds_one_job_however_large(client, app):
-    app.config["JOBS_PAGE_MAX_BYTES"] = 1000
+    update_settings(app, JOBS_PAGE_MAX_BYTES=1000)
     ids = _big_jobs(client, 2)
 
     first = client.get("/jobs?fields=args").get_json()

@@ -1,0 +1,52 @@
+"""The API's one accessor for its settings and service objects: ``settings()``, ``services()``.
+
+Routes ask these, never ``current_app.config`` or ``current_app.extensions`` by key, so a
+setting is read as its type and a service object is found in one place.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+from backend.core.settings import Settings
+
+if TYPE_CHECKING:  # the wiring sits above the API; only its type is named here
+    from backend.services import Services
+
+_KEY = "jobservice"
+
+
+def install(app: Flask, services: Services) -> None:
+    """Attach ``services`` (and their settings) to ``app``; ``create_app`` calls it once."""
+    app.extensions[_KEY] = services
+    # Flask and flask-limiter read some settings (MAX_CONTENT_LENGTH, the limits) from app.config.
+    app.config.update(services.settings.as_config())
+
+
+def installed(app: object) -> bool:
+    """Whether ``app`` is an API that ``create_app`` built (it has service objects)."""
+    return isinstance(app, Flask) and _KEY in app.extensions
+
+
+def services(app: Flask | None = None) -> Services:
+    """The service objects of ``app`` (the current app by default)."""
+    return (app or current_app).extensions[_KEY]
+
+
+def settings(app: Flask | None = None) -> Settings:
+    """The settings of ``app`` (the current app by default)."""
+    return services(app).settings
+
+
+def update_settings(app: Flask, **changes: object) -> Settings:
+    """Change settings of a running app (by capital names): for tests and tools, not requests.
+
+    Raises:
+        SettingError: a value is not of its setting's type, or names no setting.
+    """
+    bundle = services(app)
+    bundle.settings = bundle.settings.replace(**changes)
+    app.config.update({name: getattr(bundle.settings, name.lower()) for name in changes})
+    return bundle.settings
