@@ -31,7 +31,7 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("backend.service.job_manager")
+    logger = logging.getLogger("backend.service.attempts")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -46,4 +46,4 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
     started = next(line for line in lines if "started" in line["message"])
     assert (started["job_id"], started["attempt"], started["worker"]) == (job["job_id"], 1, "w-7")
-    assert started["level"] == "INFO" and started["logger"] == "backend.service.job_manager"
+    assert started["level"] == "INFO" and started["logger"] == "backend.service.attempts"
