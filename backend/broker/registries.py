@@ -7,7 +7,7 @@ worker will settle any more.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from redis import Redis
 from rq import Queue, Worker
@@ -15,11 +15,15 @@ from rq.job import Job as RQJob
 from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
 
-if TYPE_CHECKING:
-    from backend.broker.queues import QueueAdapter
-
 #: The registries counted by ``queue_counts``, in the order monitoring shows them.
 REGISTRY_KINDS = ("started", "finished", "failed", "deferred", "scheduled")
+
+
+class QueueSet(Protocol):
+    """What this module needs of ``queues.QueueAdapter`` (which imports this module)."""
+
+    connection: Redis
+    queues: dict[str, Queue]
 
 
 def started_rq_id(entry: bytes | str) -> str:
@@ -82,7 +86,7 @@ def _registry(queue: Queue, kind: str):
     return getattr(queue, f"{kind}_job_registry")
 
 
-def queue_counts(adapter: QueueAdapter, *, registries: bool = False) -> dict[str, dict[str, int]]:
+def queue_counts(adapter: QueueSet, *, registries: bool = False) -> dict[str, dict[str, int]]:
     """Per queue, its length (``"queued"``) and, with ``registries``, each registry's size,
     in one round trip.
 
@@ -109,7 +113,7 @@ def requeue(job: RQJob) -> None:
     job.requeue()
 
 
-def empty_queues(adapter: QueueAdapter, *, flush_db: bool) -> dict[str, int]:
+def empty_queues(adapter: QueueSet, *, flush_db: bool) -> dict[str, int]:
     """Empty the queues (or flush the whole Redis database); return how many each held."""
     counts = {name: queue.count for name, queue in adapter.queues.items()}
     if flush_db:
