@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from backend.service.representations import iso, job_dict
 from backend.store import deliveries as delivery_rows
+from backend.store.jobs import Sessions
 from backend.store.models import Job, utcnow
 
 
@@ -41,7 +42,7 @@ def delivery_host(url: str) -> str:
         return ""
 
 
-def job_deliveries(sessions, job_id: str) -> list[dict]:
+def job_deliveries(sessions: Sessions, job_id: str) -> list[dict]:
     """Every delivery of a job with its attempts."""
     rows, attempts = delivery_rows.job_deliveries(sessions, job_id)
     by_delivery: dict[str, list[dict]] = {}

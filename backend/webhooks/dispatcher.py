@@ -32,6 +32,7 @@ from backend.core.errors import ValidationFailed
 from backend.core.instruments import WEBHOOK_DELIVERIES
 from backend.service.webhook_outbox import job_deliveries
 from backend.store import deliveries as delivery_rows
+from backend.store.jobs import Sessions
 from backend.store.models import utcnow
 from backend.webhooks import http_post as webhook_http
 from backend.webhooks.resolver import BoundedResolver
@@ -87,7 +88,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        sessions,
+        sessions: Sessions,
         *,
         secret: str | None,
         allow_loopback: bool,
