@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from backend.core.errors import IdempotencyKeyReused
 
 if TYPE_CHECKING:
-    from backend.service.submissions import JobRequest
+    from backend.service.job_request import JobRequest
     from backend.store.models import Job
 
 

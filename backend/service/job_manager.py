@@ -2,7 +2,7 @@
 
 The class is put together from one part per concern, each in its own module:
 
-- ``submissions`` (``JobRequest``; submit, create, enqueue),
+- ``submissions`` (submit, create, enqueue a ``job_request.JobRequest``),
 - ``batches`` (create a batch, sum it up),
 - ``dependencies`` (release or cancel the jobs waiting for one that ended),
 - ``cancels`` (one job, or many),
@@ -20,9 +20,10 @@ from backend.service.attempts import Attempts
 from backend.service.batches import Batches
 from backend.service.cancels import Cancels
 from backend.service.dependencies import Dependencies
+from backend.service.job_request import JobRequest
 from backend.service.ownership import owned
 from backend.service.retries import RetryPolicy
-from backend.service.submissions import JobRequest, Submissions, new_job_id
+from backend.service.submissions import Submissions, new_job_id
 from backend.store.jobs import JobRows, Sessions, filter_jobs, get_job_row
 from backend.store.models import Attempt, Job
 

@@ -1,4 +1,4 @@
-"""Submitting jobs: what a client asked for (``JobRequest``), recording it, putting it on a queue.
+"""Submitting jobs: recording what a client asked for (a ``JobRequest``) and putting it on a queue.
 
 ``Submissions`` is the part of ``JobManager`` that creates jobs and enqueues them; it calls
 the parts for attempts (``_finish``) and dependencies (``_cancel_for_dependency``) when a job
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, rq_job_id
@@ -18,6 +16,7 @@ from backend.core.errors import NotFound, StaleAttempt, ValidationFailed
 from backend.core.logs import job_fields
 from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.idempotency import check_same_request
+from backend.service.job_request import JobRequest
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store.errors import ConstraintViolated
 from backend.store.jobs import JobRows, Sessions
@@ -25,23 +24,6 @@ from backend.store.models import Job, utcnow
 from backend.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """What a client asked for, already validated (see backend.api.payloads)."""
-
-    task: TaskSpec
-    args: list
-    kwargs: dict
-    priority: str
-    timeout: int
-    max_retries: int
-    webhook_url: str | None = None
-    idempotency_key: str | None = None
-    depends_on: tuple[str, ...] = ()
-    allow_failure: bool = False
-    run_at: datetime | None = None
 
 
 def new_job_id() -> str:
