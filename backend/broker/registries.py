@@ -1,8 +1,8 @@
 """RQ's queue lists and job registries, read and tidied for recovery, monitoring and metrics.
 
 The queue adapter (``queues.py``) enqueues and stops jobs; this module owns the other reads and
-writes of RQ's structures on the API's side: counting, listing, and removing entries that no
-worker will settle any more.
+writes of RQ's structures: counting, listing, and removing entries that no worker will settle
+any more (the API's cleanup and the worker's start-up tidying share them).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class QueueSet(Protocol):
 def started_rq_id(entry: bytes | str) -> str:
     """The RQ job id of a started-registry entry (``"<rq_id>:<execution id>"``).
 
-    Not RQ's ``StartedJobRegistry.parse_job_id``: it warns on a bare id and fails on an entry
-    with more than one colon, and cleanup must read whatever another client left there.
+    Not RQ's ``StartedJobRegistry.parse_job_id``: it warns on a bare id and raises ValueError on
+    an entry with more than one colon, and cleanup must read whatever another client left there.
     """
     text = entry.decode() if isinstance(entry, bytes) else entry
     return text.split(":", 1)[0]
