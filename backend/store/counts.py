@@ -1,7 +1,8 @@
 """Maintained job counts by task and status, so that stats and metrics never scan the jobs.
 
-Every write of a job's status (``JobManager._transition``) and every new job moves these
-counters in the same transaction, so they are exactly as true as the jobs table.
+Every write of a job's status (``jobs.JobRows.compare_and_set``, and the report batch path's
+``report_writes``) and every new job moves these counters in the same transaction, so they are
+exactly as true as the jobs table.
 """
 
 from __future__ import annotations
