@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 
 import requests
+
+
+class ProcessExited(RuntimeError):
+    """Raised when the process being waited for exited first."""
+
+    def __init__(self, returncode: int):
+        super().__init__(f"exited with status {returncode}")
+        self.returncode = returncode
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -19,20 +28,43 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
             process.wait()
 
 
+def wait_until(
+    probe: Callable[[], bool], *, timeout: float, interval: float, process: subprocess.Popen | None = None
+) -> bool:
+    """Call ``probe`` every ``interval`` seconds until it returns true (True) or ``timeout``
+    seconds pass (False): the one wait-until-ready loop of the servers `make run` starts.
+
+    Raises:
+        ProcessExited: ``process`` (the server being waited for) exited first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise ProcessExited(process.returncode)
+        if probe():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
 def wait_for_http(url: str, *, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
     """Block until ``url`` answers (any status).
 
     Raises:
         RuntimeError: ``process`` exited, or nothing answered within ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the process serving {url} exited with status {process.returncode}")
+
+    def answers() -> bool:
         try:
             requests.get(url, timeout=1)
-            return
         except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing answered at {url} within {timeout:.0f} s") from None
-            time.sleep(0.2)
+            return False
+        return True
+
+    try:
+        answered = wait_until(answers, timeout=timeout, interval=0.2, process=process)
+    except ProcessExited as exc:
+        raise RuntimeError(f"the process serving {url} exited with status {exc.returncode}") from None
+    if not answered:
+        raise RuntimeError(f"nothing answered at {url} within {timeout:.0f} s")

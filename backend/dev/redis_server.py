@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,18 +79,26 @@ class EmbeddedRedis:
         return server
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Block until the server answers PING.
+
+        Raises:
+            RuntimeError: it exited (with its error output), or did not answer within ``timeout`` s.
+        """
         client = Redis(port=self.port, socket_connect_timeout=0.5)
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {err.strip()}")
+
+        def answers() -> bool:
             try:
-                if client.ping():
-                    return
+                return bool(client.ping())
             except RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+                return False
+
+        try:
+            ready = processes.wait_until(answers, timeout=timeout, interval=0.05, process=self.process)
+        except processes.ProcessExited as exc:
+            err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            raise RuntimeError(f"redis-server exited with {exc.returncode}: {err.strip()}") from None
+        if not ready:
+            raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
 
     def stop(self) -> None:
         processes.stop(self.process)
