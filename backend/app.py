@@ -56,8 +56,7 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
     app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
     app.json.sort_keys = False
     services = build_services(settings)
-    context.install(app, services)
-    app.extensions["api_keys"] = parse_api_keys(settings.api_keys)
+    context.install(app, services, api_keys=parse_api_keys(settings.api_keys))
     # The service objects by name too, for tests and an operator's shell; code uses context.services().
     for name in ("engine", "redis", "jobs", "job_reader", "reconciler", "schedules", "webhooks"):
         app.extensions[name] = getattr(services, name)

@@ -7,9 +7,9 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
-from flask import current_app, g, request
+from flask import g, request
 
-from backend.api.context import settings
+from backend.api.context import api_keys, settings
 from backend.core.errors import Forbidden, Unauthorized
 
 LOCAL_OWNER = "local"
@@ -37,7 +37,7 @@ def is_loopback_address(address: str | None) -> bool:
 
 def authenticate_client() -> None:
     """``before_request`` of the client blueprints: sets ``g.principal`` or refuses."""
-    keys: dict[str, tuple[str, bool]] = current_app.extensions["api_keys"]
+    keys = api_keys()
     if not keys:
         # No keys configured: the API is a local development tool and serves loopback only.
         if not is_loopback_address(request.remote_addr):

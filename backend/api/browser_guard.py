@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, request
 
 from backend.api.auth import is_loopback_address
-from backend.api.context import settings
+from backend.api.context import api_keys, settings
 from backend.core.errors import Forbidden, UnsupportedMediaType
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -80,7 +80,7 @@ def guard_request() -> None:
 
 def _check_host(host: tuple[str, int | None] | None) -> None:
     allowed: tuple[str, ...] = current_app.extensions["allowed_hosts"]
-    if current_app.extensions["api_keys"] and not allowed:
+    if api_keys() and not allowed:
         return  # keys decide who is served; the Host name does not matter
     raw = request.environ.get("HTTP_HOST")
     if raw is None:
@@ -89,7 +89,7 @@ def _check_host(host: tuple[str, int | None] | None) -> None:
         _is_loopback_name(host[0]) or _matches(host[0], allowed) or host[0] == _api_base_host(settings().api_base_url)
     ):
         return
-    reason = "no API_KEYS are configured, so" if not current_app.extensions["api_keys"] else "ALLOWED_HOSTS is set, so"
+    reason = "no API_KEYS are configured, so" if not api_keys() else "ALLOWED_HOSTS is set, so"
     raise HostNotAllowed(
         f"{reason} this API only serves requests addressed to a loopback name (localhost, "
         f"127.0.0.1, [::1]), to the host of API_BASE_URL or to a name in ALLOWED_HOSTS; got Host {raw[:100]!r}",

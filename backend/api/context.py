@@ -18,9 +18,10 @@ if TYPE_CHECKING:  # the wiring sits above the API; only its type is named here
 _KEY = "jobservice"
 
 
-def install(app: Flask, services: Services) -> None:
-    """Attach ``services`` (and their settings) to ``app``; ``create_app`` calls it once."""
+def install(app: Flask, services: Services, *, api_keys: dict[str, tuple[str, bool]]) -> None:
+    """Attach ``services`` (and their settings) and the parsed ``api_keys`` to ``app``; ``create_app`` calls it once."""
     app.extensions[_KEY] = services
+    app.extensions["api_keys"] = api_keys
     # Flask and flask-limiter read some settings (MAX_CONTENT_LENGTH, the limits) from app.config.
     app.config.update(services.settings.as_config())
 
@@ -38,6 +39,11 @@ def services(app: Flask | None = None) -> Services:
 def settings(app: Flask | None = None) -> Settings:
     """The settings of ``app`` (the current app by default)."""
     return services(app).settings
+
+
+def api_keys() -> dict[str, tuple[str, bool]]:
+    """The client keys of the current app, parsed from API_KEYS: {key: (owner, is_admin)}; empty when off."""
+    return current_app.extensions["api_keys"]
 
 
 def update_settings(app: Flask, **changes: object) -> Settings:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from backend.api.context import settings
+from backend.api.context import api_keys, settings
 from backend.api.jobs import ATTEMPT_CURSOR_MAX
 from backend.api.openapi_schemas import (
     EVENTS,
@@ -258,7 +258,7 @@ def spec() -> dict:
             },
         },
         # With no API_KEYS the API serves loopback clients without a key (and says so here).
-        "security": [{"apiKey": []}] if current_app.extensions["api_keys"] else [],
+        "security": [{"apiKey": []}] if api_keys() else [],
     }
 
 

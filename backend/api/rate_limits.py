@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from backend.api.auth import bearer_token
-from backend.api.context import settings
+from backend.api.context import api_keys, settings
 
 
 def client_key() -> str:
     """Who a request counts against: its API key's owner, or its address."""
     token = bearer_token()
-    keys = current_app.extensions.get("api_keys") or {}
+    keys = api_keys()
     if token is not None and token in keys:
         return f"key:{keys[token][0]}"
     return f"addr:{get_remote_address()}"
