@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from backend.api.payloads import MAX_DEPENDENCIES, MAX_IDEMPOTENCY_KEY, MAX_RETRIES, MAX_TIMEOUT
 from backend.api.schedules import MAX_NAME_LENGTH
+from backend.core.protocol import EVENTS, MAX_BATCH
 from backend.core.settings import QUEUE_NAMES
 from backend.core.states import TERMINAL, JobStatus
 from backend.service.schedules import MAX_CRON_LENGTH, known_timezones
-from backend.service.worker_reports import MAX_BATCH
 
 STATUSES = [status.value for status in JobStatus]
 LIVE_STATUSES = [status.value for status in JobStatus if status not in TERMINAL]
-EVENTS = ("started", "progress", "completed", "failed")
 STRING, INTEGER, ANY = {"type": "string"}, {"type": "integer"}, {}
 OBJECT = {"type": "object"}
 NULLABLE_STRING = {"type": "string", "nullable": True}

@@ -8,6 +8,7 @@ is the only way back to QUEUED, and it always carries a higher attempt number.
 from __future__ import annotations
 
 from enum import Enum
+from functools import lru_cache
 from typing import NamedTuple
 
 from backend.core.errors import InvalidTransition, JobServiceError, StaleAttempt
@@ -84,6 +85,11 @@ class Verdict(str, Enum):
     REFUSED = "refused"
 
 
+# Module names for the members: reading ``Verdict.APPLY`` goes through the Enum's descriptor,
+# which costs more than the comparison it serves on the batch path.
+_APPLY, _SAME, _BEHIND, _STALE, _REFUSED = Verdict
+
+
 class Move(NamedTuple):
     """A decided move; a tuple because the batch path makes one per report."""
 
@@ -100,11 +106,11 @@ class Move(NamedTuple):
 
     @property
     def applies(self) -> bool:
-        return self.verdict is Verdict.APPLY
+        return self.verdict is _APPLY
 
     @property
     def refused(self) -> bool:
-        return self.verdict is Verdict.STALE or self.verdict is Verdict.REFUSED
+        return self.verdict is _STALE or self.verdict is _REFUSED
 
     @property
     def next_attempt(self) -> int:
@@ -113,7 +119,7 @@ class Move(NamedTuple):
 
     def refusal(self) -> str:
         """Why the move is refused, in the words of a report batch's answer."""
-        if self.verdict is Verdict.STALE:
+        if self.verdict is _STALE:
             return f"attempt {self.reported} is not the job's current attempt {self.attempt}"
         if self.target is None:
             return f"job has ended ({self.current})"
@@ -122,7 +128,7 @@ class Move(NamedTuple):
 
     def error(self, job_id: str) -> JobServiceError:
         """The error to raise for a refused move (a 409 either way)."""
-        if self.verdict is Verdict.STALE:
+        if self.verdict is _STALE:
             return StaleAttempt(job_id, self.reported, self.attempt)
         if self.target is None:
             # Progress names the status the attempt would keep: it is running, or it has ended.
@@ -160,22 +166,44 @@ def decide(
     Returns:
         The ``Move``: APPLY, SAME or BEHIND (nothing to write), STALE or REFUSED (``move.error``).
     """
+    if new_attempt_from is None and not tolerate_behind and not strict:
+        return _plain(current, current_attempt, target, attempt)
+    return _decide(current, current_attempt, target, attempt, new_attempt_from, tolerate_behind, strict)
+
+
+# The report batch path asks the same few questions (a start, a progress, an end of attempt 1
+# or 2) once per report; a Move is immutable, so a remembered answer serves them all, and
+# building a new one cost more than the rest of a report's planning.
+@lru_cache(maxsize=4096)
+def _plain(current: str, current_attempt: int, target: str | None, attempt: int | None) -> Move:
+    return _decide(current, current_attempt, target, attempt, None, False, False)
+
+
+def _decide(
+    current: str,
+    current_attempt: int,
+    target: str | None,
+    attempt: int | None,
+    new_attempt_from: frozenset | None,
+    tolerate_behind: bool,
+    strict: bool,
+) -> Move:
     if type(current) is not str:
         current = current.value
     if target is not None and type(target) is not str:
         target = target.value
     if attempt is not None and attempt != current_attempt:
-        return Move(Verdict.STALE, current, current_attempt, target, attempt, new_attempt_from is not None)
+        return Move(_STALE, current, current_attempt, target, attempt, new_attempt_from is not None)
     if new_attempt_from is not None:
         # A str and its JobStatus hash alike: the sets of JobStatus answer for plain values.
-        verdict = Verdict.APPLY if current in new_attempt_from else Verdict.REFUSED
+        verdict = _APPLY if current in new_attempt_from else _REFUSED
         return Move(verdict, current, current_attempt, target, attempt, True)
     if target is None:
-        verdict = Verdict.APPLY if current in LIVE_VALUES else Verdict.REFUSED
+        verdict = _APPLY if current in LIVE_VALUES else _REFUSED
     elif current == target and not strict:
-        verdict = Verdict.SAME
+        verdict = _SAME
     elif current != target and target in _FORWARD_VALUES[current]:
-        verdict = Verdict.APPLY
+        verdict = _APPLY
     else:
-        verdict = Verdict.BEHIND if tolerate_behind else Verdict.REFUSED
+        verdict = _BEHIND if tolerate_behind else _REFUSED
     return Move(verdict, current, current_attempt, target, attempt)

@@ -32,6 +32,7 @@ from collections import deque
 
 import requests
 
+from backend.core import protocol
 from backend.core.size_caps import SizeCaps
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _BACKOFF_CAP = 5.0
 _TIMEOUT = (3.05, 10)
 #: A work-horse posts progress itself, in the task's own thread: never long.
 _PROGRESS_TIMEOUT = (0.5, 1.0)
-#: Reports per request; the API accepts up to 1000.
+#: Reports per request, within the API's ``protocol.MAX_BATCH``.
 BATCH_SIZE = 500
 #: Refused attempts remembered; older ones have long ended.
 REFUSED_KEPT = 4096
@@ -110,7 +111,7 @@ class Reporter:
     def _http(self) -> requests.Session:
         if self._session is None:
             self._session = requests.Session()
-            self._session.headers["X-Internal-Token"] = self._token
+            self._session.headers[protocol.TOKEN_HEADER] = self._token
         return self._session
 
     def reset(self) -> None:
@@ -132,11 +133,11 @@ class Reporter:
     # -- reports ------------------------------------------------------------------------
 
     def started(self, job_id: str, attempt: int, worker: str) -> None:
-        self._put({"job_id": job_id, "attempt": attempt, "event": "started", "worker": worker})
+        self._put(protocol.started(job_id, attempt, worker))
 
     def completed(self, job_id: str, attempt: int, result: object) -> None:
         self._drop_pending_progress()
-        self._put({"job_id": job_id, "attempt": attempt, "event": "completed", "result": result})
+        self._put(protocol.completed(job_id, attempt, result))
 
     def failed(self, job_id: str, attempt: int, error: str) -> None:
         self._drop_pending_progress()
@@ -144,7 +145,7 @@ class Reporter:
 
     def _failure(self, job_id: str, attempt: int, error: str) -> dict:
         # An error over the cap keeps its tail: where a traceback names the fault.
-        return {"job_id": job_id, "attempt": attempt, "event": "failed", "error": self.caps.shorten_error(error)}
+        return protocol.failed(job_id, attempt, self.caps.shorten_error(error))
 
     def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
         """Report progress (coalesced). Returns False once the API has refused this attempt."""
@@ -172,8 +173,7 @@ class Reporter:
                 return
             self._last_progress_at = time.monotonic()
             job_id, attempt, percent, message = pending
-            report = {"job_id": job_id, "attempt": attempt, "event": "progress"}
-            report.update(progress=percent, message=message)
+            report = protocol.progress(job_id, attempt, percent, message)
             if self._direct:
                 self._post_now(report)
             else:
@@ -266,7 +266,7 @@ class Reporter:
                     again = {id(report) for report in undelivered}
                     kept = [item for item in batch if id(item[1]) in again and item[0] > now]
                     for deadline, report in batch:
-                        if id(report) in again and deadline <= now and report["event"] != "progress":
+                        if id(report) in again and deadline <= now and report["event"] != protocol.PROGRESS:
                             log.error("job %s: %s report abandoned after %.0f s", report["job_id"],
                                       report["event"], self.retry_seconds)  # fmt: skip
                     self._outbox.extendleft(reversed(kept))
@@ -329,10 +329,10 @@ class Reporter:
         PROCESSING: a refused result fails the attempt with the API's reason, a refused error is
         cut to the API's cap."""
         key = (report["job_id"], report["attempt"])
-        if report["event"] not in ("completed", "failed") or key in self._replaced:
+        if report["event"] not in protocol.ENDS or key in self._replaced:
             return
         self._replaced.add(key)
-        if report["event"] == "completed":
+        if report["event"] == protocol.COMPLETED:
             error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
         else:
             error = report["error"]
@@ -340,13 +340,13 @@ class Reporter:
         self._put(self._failure(report["job_id"], report["attempt"], error), at=report["at"])
 
     def _post_batch(self, reports: list[dict]) -> requests.Response:
-        body = {"sent_at": time.time(), "reports": reports}
-        return self._http().post(f"{self.base_url}/internal/reports", json=body, timeout=_TIMEOUT)
+        body = protocol.batch_body(reports, sent_at=time.time())
+        return self._http().post(f"{self.base_url}{protocol.BATCH_PATH}", json=body, timeout=_TIMEOUT)
 
     def _post_now(self, report: dict) -> None:
         """Send one progress report from a work-horse, at once, without retries, waiting at most
         1.5 s (progress is best effort; the task waits for this call)."""
-        url = f"{self.base_url}/internal/jobs/{report['job_id']}/progress"
+        url = self.base_url + protocol.one_report_path(report["job_id"], protocol.PROGRESS)
         try:
             response = self._http().post(url, json=report, timeout=_PROGRESS_TIMEOUT)
         except requests.RequestException as exc:

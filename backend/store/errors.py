@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
 #: Raised when a write breaks a unique or foreign-key constraint: a second live job under one
@@ -16,4 +16,7 @@ RowVanished = StaleDataError
 #: Raised when the store cannot be reached or is locked: a pass that meets it tries again later.
 StoreUnavailable = OperationalError
 
-__all__ = ["ConstraintViolated", "RowVanished", "StoreUnavailable"]
+#: Raised by the database driver for any failed statement (the store down, busy or refusing).
+StoreError = DBAPIError
+
+__all__ = ["ConstraintViolated", "RowVanished", "StoreError", "StoreUnavailable"]

@@ -1,0 +1,205 @@
+"""The report format between a worker and the API: both ends of one wire protocol.
+
+A worker's reporter encodes what happened to an attempt (``started``, ``progress``,
+``completed``, ``failed``) as JSON objects and POSTs them in batches to ``BATCH_PATH`` with
+``TOKEN_HEADER``; the API decodes and checks each one into a ``Report`` and answers one
+``{"status": ..., "error"?: ...}`` per report, with the size caps it holds (``limits``). Both
+sides import this module, so a field or event name changes in one place. It imports neither
+Flask nor SQLAlchemy: the worker imports it.
+
+Times: each report carries ``at`` and the batch ``sent_at``, both by the worker's clock; the
+API uses only their difference (a report's ``age``), so clock offsets between hosts cancel out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from backend.core.errors import BadRequest, ValidationFailed
+from backend.core.size_caps import SizeCaps
+
+STARTED, PROGRESS, COMPLETED, FAILED = "started", "progress", "completed", "failed"
+EVENTS = (STARTED, PROGRESS, COMPLETED, FAILED)
+#: The events that end an attempt: never dropped by the worker, never coalesced.
+ENDS = frozenset({COMPLETED, FAILED})
+#: Every field a report may hold; any other fails its batch (400).
+FIELDS = frozenset({"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message"})
+#: Reports per request the API accepts.
+MAX_BATCH = 1000
+#: How far back a report's own time may place an event (older ages are clamped).
+MAX_AGE_SECONDS = 3600.0
+
+TOKEN_HEADER = "X-Internal-Token"
+BATCH_PATH = "/internal/reports"
+
+
+def one_report_path(job_id: str, event: str) -> str:
+    """The one-report route of ``event`` (for scripts and a forked work-horse's progress)."""
+    return f"/internal/jobs/{job_id}/{event}"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One worker report, checked. ``age``: seconds from the event to the sending, by the worker's clock."""
+
+    job_id: str
+    attempt: int
+    event: str
+    age: float = 0.0
+    worker: str | None = None
+    result: object = None
+    error: str | None = None
+    progress: int | None = None
+    message: str | None = None
+
+    def event_time(self, now: datetime) -> datetime:
+        """When the event happened: ``now`` less the report's age (clock offsets cancel out)."""
+        return now - timedelta(seconds=min(max(self.age, 0.0), MAX_AGE_SECONDS))
+
+
+def answer(status: int, error: str | None = None) -> dict:
+    """The API's answer to one report: 200, or 404/409/422/500 with why."""
+    return {"status": status} if error is None else {"status": status, "error": error}
+
+
+# -- the worker's side: encode ------------------------------------------------------------
+
+
+def started(job_id: str, attempt: int, worker: str) -> dict:
+    return {"job_id": job_id, "attempt": attempt, "event": STARTED, "worker": worker}
+
+
+def progress(job_id: str, attempt: int, percent: int, message: str | None) -> dict:
+    return {"job_id": job_id, "attempt": attempt, "event": PROGRESS, "progress": percent, "message": message}
+
+
+def completed(job_id: str, attempt: int, result: object) -> dict:
+    return {"job_id": job_id, "attempt": attempt, "event": COMPLETED, "result": result}
+
+
+def failed(job_id: str, attempt: int, error: str) -> dict:
+    return {"job_id": job_id, "attempt": attempt, "event": FAILED, "error": error}
+
+
+def batch_body(reports: list[dict], *, sent_at: float) -> dict:
+    """The body of one ``POST BATCH_PATH``; each report's ``at`` is set when it was queued."""
+    return {"sent_at": sent_at, "reports": reports}
+
+
+# -- the API's side: decode and check ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportBatch:
+    """A decoded batch: the reports to apply, in order, and the 422 answers of the others."""
+
+    reports: list[Report]
+    #: By index in the batch: the answer of a report refused by a size cap (never applied).
+    refused: dict[int, dict]
+    size: int
+
+    def answers(self, applied: list[dict]) -> list[dict]:
+        """One answer per report of the batch, in its order: ``applied`` answers ``reports``."""
+        rest = iter(applied)
+        return [self.refused[index] if index in self.refused else next(rest) for index in range(self.size)]
+
+
+def batch_answer(answers: list[dict], caps: SizeCaps) -> dict:
+    """The API's answer to a batch: one answer per report, and the caps the worker must keep."""
+    return {"results": answers, "limits": caps.as_settings()}
+
+
+def decode_batch(body: dict, caps: SizeCaps) -> ReportBatch:
+    """The checked reports of a batch body; those over a size cap answered 422 on their own.
+
+    Raises:
+        BadRequest: the body or one report in it is malformed (the whole batch is refused).
+    """
+    items = body.get("reports")
+    if not isinstance(items, list) or len(items) > MAX_BATCH:
+        raise BadRequest(f"reports must be a list of at most {MAX_BATCH} reports")
+    sent_at = _seconds(body, "sent_at")
+    reports, refused = [], {}
+    for index, item in enumerate(items):
+        where = f"reports[{index}]."
+        if not isinstance(item, dict):
+            raise BadRequest(f"reports[{index}] must be an object")
+        unknown = sorted(set(item) - FIELDS)
+        if unknown:
+            raise BadRequest(f"{where}{unknown[0]} is not a report field")
+        event = item.get("event")
+        if event not in EVENTS:
+            raise BadRequest(f"{where}event must be one of {', '.join(EVENTS)}, got {event!r}")
+        job_id = _field(item, "job_id", str, where=where)
+        at = _seconds(item, "at", where)
+        age = sent_at - at if sent_at is not None and at is not None else 0.0
+        try:
+            reports.append(decode_one(item, event, job_id, caps, age=age, where=where))
+        except ValidationFailed as exc:
+            refused[index] = answer(422, exc.message)
+    return ReportBatch(reports, refused, len(items))
+
+
+def decode_one(body: dict, event: str, job_id: str, caps: SizeCaps, *, age: float = 0.0, where: str = "") -> Report:
+    """A checked report of ``event`` from a request body (or one item of a batch).
+
+    Raises:
+        BadRequest: a field is missing or of the wrong kind.
+        ValidationFailed: a result, error or message over its size cap.
+    """
+    attempt = _field(body, "attempt", int, where=where)
+    fields: dict = {}
+    problem = None
+    if event == STARTED:
+        fields["worker"] = _field(body, "worker", str, where=where)
+    elif event == PROGRESS:
+        fields["progress"] = _progress(body, where)
+        fields["message"] = _field(body, "message", str, required=False, where=where)
+        problem = caps.message_problem(fields["message"]) if fields["message"] is not None else None
+    elif event == COMPLETED:
+        fields["result"] = body.get("result")
+        problem = caps.result_problem(fields["result"])
+    else:
+        fields["error"] = _field(body, "error", str, where=where)
+        problem = caps.error_problem(fields["error"])
+    if problem:
+        # Not prefixed with ``where``: the worker reports the message as the attempt's error.
+        raise ValidationFailed(problem, details={"limits": caps.as_settings()})
+    return Report(job_id=job_id, attempt=attempt, event=event, age=age, **fields)
+
+
+def _field(body: dict, name: str, kind: type | tuple, *, required: bool = True, where: str = ""):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise BadRequest(f"{where}{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{where}{name} must be a finite number, got {value!r}")
+    if isinstance(value, str):
+        # A lone surrogate (a file name decoded with surrogateescape) cannot be stored as UTF-8.
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _seconds(body: dict, name: str, where: str = "") -> float | None:
+    """A unix time in seconds, or None when absent."""
+    value = _field(body, name, (int, float), required=False, where=where)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 <= seconds < 1e11:
+        raise BadRequest(f"{where}{name} must be a unix time in seconds, got {value!r}")
+    return seconds
+
+
+def _progress(body: dict, where: str = "") -> int:
+    value = _field(body, "progress", (int, float), where=where)
+    if not 0 <= value <= 100:
+        raise BadRequest(f"{where}progress must be within 0-100, got {value!r}")
+    return int(value)

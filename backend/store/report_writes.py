@@ -1,0 +1,99 @@
+"""The statements of the worker-report batch path (``backend.service.worker_reports``).
+
+A batch is applied in one transaction with a few Core statements, run on the session's
+connection: no ORM machinery per report. One read of the jobs, one compare-and-set UPDATE per
+job (``WHERE status = :seen AND attempt = :seen``: a writer racing us makes it match nothing),
+then the attempt rows and the status counters in bulk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.store import counts
+from backend.store.engine import dialect_insert, transaction
+from backend.store.models import Attempt, Job, utcnow
+
+_JOBS, _ATTEMPTS = Job.__table__, Attempt.__table__
+#: What the planner needs of a job, and no more (the result and args can be large).
+_READ = select(
+    _JOBS.c.id, _JOBS.c.status, _JOBS.c.attempt, _JOBS.c.task, _JOBS.c.created_at, _JOBS.c.started_at,
+    _JOBS.c.webhook_url, _JOBS.c.has_dependants,
+).where(_JOBS.c.id.in_(bindparam("ids", expanding=True)))  # fmt: skip
+
+# One prebuilt statement per set of columns written, and per dialect for the attempt upserts:
+# building a statement costs more than running it.
+_UPDATES: dict[tuple[str, ...], object] = {}
+_ATTEMPT_STATEMENTS: dict[str, tuple[object, object]] = {}
+
+
+class ReportWrites:
+    """One batch's statements, on one session's connection (one transaction)."""
+
+    def __init__(self, session: Session):
+        self._session = session
+        self._connection = session.connection()
+
+    def read(self, job_ids: list[str]) -> dict[str, Row]:
+        """The rows of the jobs named (those that exist), by id."""
+        return {row.id: row for row in self._connection.execute(_READ, {"ids": job_ids})}
+
+    def write(self, job_id: str, *, seen_status: str, seen_attempt: int, values: dict) -> bool:
+        """Compare-and-set one job's row; False when someone else changed it since our read.
+
+        ``values`` gains ``updated_at``.
+        """
+        values["updated_at"] = utcnow()
+        shape = tuple(sorted(values))
+        statement = _UPDATES.get(shape)
+        if statement is None:
+            c = _JOBS.c
+            statement = (
+                update(_JOBS)
+                .where(c.id == bindparam("_id"), c.status == bindparam("_status"), c.attempt == bindparam("_attempt"))
+                .values({name: bindparam(name) for name in shape})
+            )
+            _UPDATES[shape] = statement
+        params = dict(values, _id=job_id, _status=seen_status, _attempt=seen_attempt)
+        return self._connection.execute(statement, params).rowcount == 1
+
+    def record_attempts(self, opened: list[dict], ended: list[dict]) -> None:
+        """Insert the attempt rows of starts (kept if present) and upsert those of ends.
+
+        Each row: ``job_id, attempt, worker, started_at, ended_at, outcome, error``.
+        """
+        open_statement, end_statement = _attempt_statements(self._connection.dialect.name)
+        if opened:
+            self._connection.execute(open_statement, opened)
+        if ended:
+            self._connection.execute(end_statement, ended)
+
+    def count_moves(self, moves: dict[tuple[str, str, str], int]) -> None:
+        """Move the maintained counts: ``{(task, old, new): jobs}``."""
+        for (task, old, new), by in moves.items():
+            counts.bump(self._session, task, old=old, new=new, by=by)
+
+
+@contextmanager
+def report_writes(sessions: sessionmaker[Session]) -> Iterator[ReportWrites]:
+    """A batch's statements in one transaction: committed when the block ends, else rolled back."""
+    with transaction(sessions) as session:
+        yield ReportWrites(session)
+
+
+def _attempt_statements(dialect: str):
+    if dialect not in _ATTEMPT_STATEMENTS:
+        insert = dialect_insert(dialect)
+        key = [_ATTEMPTS.c.job_id, _ATTEMPTS.c.attempt]
+        opened = insert(_ATTEMPTS).on_conflict_do_nothing(index_elements=key)
+        ended = insert(_ATTEMPTS)
+        ended = ended.on_conflict_do_update(
+            index_elements=key,
+            set_={"ended_at": ended.excluded.ended_at, "outcome": ended.excluded.outcome, "error": None},
+        )
+        _ATTEMPT_STATEMENTS[dialect] = (opened, ended)
+    return _ATTEMPT_STATEMENTS[dialect]
