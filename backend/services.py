@@ -24,10 +24,9 @@ from backend.store.engine import make_engine, make_session_factory, migrate
 from backend.tasks import load_task_modules
 from backend.webhooks.dispatcher import Dispatcher
 
-if TYPE_CHECKING:  # types only: Redis and SQLAlchemy are the broker's and the store's to import
-    from redis import Redis
-    from sqlalchemy.engine import Engine
-    from sqlalchemy.orm import Session, sessionmaker
+if TYPE_CHECKING:  # types only, as the broker and the store name them (they alone import redis, sqlalchemy)
+    from backend.broker.connection import Redis
+    from backend.store.engine import Engine, Session, sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,10 @@ setting is read as its type and a service object is found in one place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from flask import Flask, current_app
 
 from backend.core.settings import Settings
-
-if TYPE_CHECKING:  # the wiring sits above the API; only its type is named here
-    from backend.services import Services
+from backend.services import Services
 
 _KEY = "jobservice"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from backend.core.errors import JobServiceError
+from backend.store.errors import StoreUnavailable
 
 log = logging.getLogger("backend.core.errors")
 
@@ -40,8 +40,8 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(exc.code or 500, code, exc.description or exc.name, None, headers)
 
-    @app.errorhandler(OperationalError)
-    def _store_down(exc: OperationalError):
+    @app.errorhandler(StoreUnavailable)
+    def _store_down(exc: StoreUnavailable):
         log.error("job store unavailable: %s", exc.orig)
         return error_response(503, "service_unavailable", "the job store is unavailable", None, {"Retry-After": "5"})
 
