@@ -27,7 +27,7 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
     import logging
 
     from backend.core.logs import JsonFormatter
-    from tests.conftest import TOKEN
+    from tests.helpers import AUTH
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
@@ -39,7 +39,7 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
         client.post(
             f"/internal/jobs/{job['job_id']}/started",
             json={"attempt": 1, "worker": "w-7"},
-            headers={"X-Internal-Token": TOKEN},
+            headers=AUTH,
         )
     finally:
         logger.removeHandler(handler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.app import create_app
-from tests.conftest import TOKEN
+from tests.helpers import AUTH
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_workers_internal_calls_are_never_limited(limited):
         response = client.post(
             f"/internal/jobs/{job['job_id']}/progress",
             json={"attempt": 1, "progress": 10},
-            headers={"X-Internal-Token": TOKEN},
+            headers=AUTH,
         )
         assert response.status_code == 200
         assert "X-RateLimit-Limit" not in response.headers
