@@ -18,6 +18,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 # The chaos scenarios of RELIABILITY.md with more jobs and more kills than in `make test`.
@@ -28,9 +29,11 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# ruff, then the import contracts of .importlinter (which layer may import which).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
