@@ -2,7 +2,9 @@
 
 ``Attempts`` is the part of ``JobManager`` that records what workers report (through
 ``backend.service.worker_reports`` or the reconciler) and starts new attempts: an automatic
-retry, a client's retry, a job Redis lost. Every attempt keeps a row in ``attempts``.
+retry, a client's retry, a job Redis lost. Every attempt keeps a row in ``attempts``. A new
+attempt is enqueued through the submissions part; an ended job's dependants are released
+through the dependencies part.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Batches: many jobs of one task recorded together (``POST /tasks/<name>/batch``), and their summary.
 
-``Batches`` is the part of ``JobManager`` for them; a batch's jobs are ordinary jobs with a
-``batch_id``, cancelled through the cancel part like any others.
+``Batches`` is the part of ``JobManager`` for them (it records and enqueues each job through
+the submissions part); a batch's jobs are ordinary jobs with a ``batch_id``, cancelled through
+the cancel part like any others.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import uuid
 
 from backend.core.states import TERMINAL_VALUES, JobStatus
+from backend.service.job_request import JobRequest
 from backend.service.ownership import owned
 from backend.service.representations import iso
 from backend.store.jobs import JobRows, Sessions
@@ -23,9 +25,8 @@ class Batches:
 
     sessions: Sessions
 
-    def create_batch(self, requests: list, *, owner: str) -> tuple[Batch, list[Job]]:
-        """Record a batch and all its jobs (``JobRequest``s) in one transaction (all or none), then
-        enqueue them.
+    def create_batch(self, requests: list[JobRequest], *, owner: str) -> tuple[Batch, list[Job]]:
+        """Record a batch and all its jobs in one transaction (all or none), then enqueue them.
 
         Unlike ``submit``, batch jobs are recorded PENDING: enqueueing a thousand takes long
         enough that jobs recorded QUEUED could look lost to the reconciler meanwhile.

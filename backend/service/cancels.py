@@ -1,7 +1,8 @@
 """Cancelling jobs: one (``POST /jobs/<id>/cancel``) or many (bulk and batch cancels).
 
 ``Cancels`` is the part of ``JobManager`` that fences a job's attempt in Redis, writes
-CANCELLED, takes the RQ job off its queue (or stops its worker) and releases its dependants.
+CANCELLED, takes the RQ job off its queue (or stops its worker) and releases its dependants
+(through the dependencies part).
 """
 
 from __future__ import annotations

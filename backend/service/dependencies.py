@@ -3,7 +3,8 @@
 ``Dependencies`` is the part of ``JobManager`` that, when a job ends, cancels the jobs that
 needed it to succeed and lets the others run. RQ's own dependencies hold a dependant in the
 deferred registry until its parent's RQ job finishes; the store's edges (``job_dependencies``)
-decide the rest, since a parent may finish through a retry (a new RQ job) or fail.
+decide the rest, since a parent may finish through a retry (a new RQ job) or fail. It cancels
+through the cancel part and enqueues through the submissions part.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -159,7 +160,7 @@ class JobRows:
             counts.bump(self.session, job.task, old=old_status, new=job.status)
         return True
 
-    def set_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None, now) -> bool:
+    def set_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None, now: datetime) -> bool:
         """Record progress on attempt ``attempt`` of a live job; False when it is no longer that."""
         result = self.session.execute(
             update(Job)
@@ -193,11 +194,18 @@ class JobRows:
             query = query.limit(limit)
         return list(self.session.scalars(query))
 
-    def start_attempt(self, job_id: str, attempt: int, *, worker: str, started_at) -> None:
+    def start_attempt(self, job_id: str, attempt: int, *, worker: str, started_at: datetime) -> None:
         self.session.add(Attempt(job_id=job_id, attempt=attempt, worker=worker, started_at=started_at))
 
     def end_attempt(
-        self, job_id: str, attempt: int, outcome: JobStatus, error: str | None, now, *, only_open: bool = False
+        self,
+        job_id: str,
+        attempt: int,
+        outcome: JobStatus,
+        error: str | None,
+        now: datetime,
+        *,
+        only_open: bool = False,
     ) -> None:
         """Record how an attempt ended, adding its row if it never started (unless ``only_open``)."""
         row = self.session.scalars(select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt == attempt)).first()
