@@ -24,11 +24,10 @@ from backend.service.job_request import JobRequest
 from backend.service.ownership import owned
 from backend.service.retries import RetryPolicy
 from backend.service.submissions import Submissions, new_job_id
-from backend.store.jobs import JobRows, Sessions, filter_jobs, get_job_row
+from backend.store.jobs import JobRows, Sessions, get_job_row
 from backend.store.models import Attempt, Job
 
-# filter_jobs: re-exported until backend.service.job_reads imports it from backend.store.jobs.
-__all__ = ["JobManager", "JobRequest", "filter_jobs", "new_job_id"]
+__all__ = ["JobManager", "JobRequest", "new_job_id"]
 
 
 class JobManager(Submissions, Batches, Dependencies, Cancels, Attempts):
