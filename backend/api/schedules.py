@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.api.auth import authenticate_client
+from backend.api.context import services, settings
 from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_fields, query_int
 from backend.api.rate_limits import submit_limit
 from backend.core.cursors import encode_cursor
@@ -30,7 +31,7 @@ bp.before_request(authenticate_client)
 
 
 def _schedules():
-    return current_app.extensions["schedules"]
+    return services().schedules
 
 
 #: The fields of a schedule as the API shows it; the heavy ones (its arguments, up to
@@ -124,10 +125,10 @@ def list_schedules():
     """Schedules oldest first, a page at a time like ``GET /jobs``: without their arguments
     unless ``?fields=`` names them, at most ``limit``, and no more than fit in
     ``JOBS_PAGE_MAX_BYTES`` (the first always does, so that ``next_cursor`` moves on)."""
-    config = current_app.config
-    limit = query_int("limit", config["JOBS_PAGE_DEFAULT"], 1, config["JOBS_PAGE_MAX"])
+    config = settings()
+    limit = query_int("limit", config.jobs_page_default, 1, config.jobs_page_max)
     omit = frozenset(SCHEDULE_HEAVY_FIELDS) - query_fields("schedule", SCHEDULE_OUTPUT_FIELDS, SCHEDULE_HEAVY_FIELDS)
-    budget = int(config["JOBS_PAGE_MAX_BYTES"])
+    budget = config.jobs_page_max_bytes
     rows = _schedules().page(
         owner=g.principal.scope, limit=limit + 1, cursor=request.args.get("cursor") or None, omit=omit
     )
@@ -145,7 +146,7 @@ def create_schedule():
     fields = schedule_fields(json_body(), partial=False)
     _check_call(fields["task"], fields["args"], fields["kwargs"])
     schedule = _schedules().create(
-        owner=g.principal.owner, fields=fields, max_per_owner=int(current_app.config["MAX_SCHEDULES_PER_OWNER"])
+        owner=g.principal.owner, fields=fields, max_per_owner=settings().max_schedules_per_owner
     )
     response = jsonify(schedule_dict(schedule))
     response.status_code = 201
