@@ -125,3 +125,31 @@ def test_recover_runs_one_pass(client, settings, redis_conn):
     result = run_cli(settings, "recover")
     assert result.returncode == 0, result.stderr
     assert '"requeued": []' in result.stdout
+
+
+def test_commands_build_no_api_and_start_no_thread(settings):
+    # Given a process that runs a command the way `python -m backend` does, then reports
+    probe = (
+        "import sys, threading\n"
+        "from backend.cli import main\n"
+        "try:\n"
+        "    main(['cleanup', '--dry-run'], prog_name='python -m backend')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(code, 'backend.app' in sys.modules, sorted(t.name for t in threading.enumerate()))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_URL": settings["REDIS_URL"],
+        "DATABASE_URL": settings["DATABASE_URL"],
+        "TASK_MODULES": TASK_MODULES,
+        "RECONCILE_INTERVAL": "5",
+        "WEBHOOK_INTERVAL": "1",
+    }
+    # When the command has run (with the server's thread intervals set)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    # Then it succeeded without building the API, and no reconciler or webhook thread ran
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 False ['MainThread']"

@@ -47,3 +47,22 @@ def test_json_log_lines_carry_the_job_id_attempt_and_worker(client, capfd):
     started = next(line for line in lines if "started" in line["message"])
     assert (started["job_id"], started["attempt"], started["worker"]) == (job["job_id"], 1, "w-7")
     assert started["level"] == "INFO" and started["logger"] == "backend.service.attempts"
+
+
+def test_create_app_starts_no_thread_start_background_does(settings):
+    from backend.app import create_app, start_background, stop_background
+
+    # Given the settings of a server: the reconciler and the webhook dispatcher on
+    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1})
+    # When the app is built, Then nothing runs in the background yet
+    app = create_app(settings)
+    assert "reconciler_thread" not in app.extensions and "webhooks_thread" not in app.extensions
+    # When a server process starts its threads, Then both run, once however often it is asked
+    start_background(app)
+    threads = app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]
+    start_background(app)
+    assert (app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]) == threads
+    assert all(thread.is_alive() for thread in threads)
+    # When they are stopped, Then they end
+    stop_background(app)
+    assert not any(thread.is_alive() for thread in threads)

@@ -38,6 +38,9 @@ class PeriodicThread:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join(timeout=15)
