@@ -108,6 +108,8 @@ def next_fire_time(cron: str, timezone: str, after: datetime) -> datetime | None
 
 
 class ScheduleManager:
+    """The commands on schedules; the scheduler process calls ``fire_due``, the API the rest."""
+
     def __init__(self, jobs: JobManager, *, missed_policy: str = "once"):
         if missed_policy not in MISSED_POLICIES:
             raise ValueError(f"SCHEDULE_MISSED_POLICY must be one of {MISSED_POLICIES}, got {missed_policy!r}")
