@@ -40,23 +40,23 @@ from backend.services import TRANSIENT_ERRORS, build_services  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
+def create_app(test_config: dict | None = None) -> Flask:
     """Build the API; no thread starts here (see ``start_background``).
 
     Args:
         test_config: settings by their capital names, over those of the environment.
-        role: "cli" for the operator commands under ``flask --app``, which need no internal token.
     """
     settings = Settings.load(test_config)
     logs.configure(fmt=settings.log_format, level=settings.log_level, settings=settings.as_config())
     # Before anything connects: a deployment with placeholder or short secrets never serves.
-    enforce_secrets(settings, role=role)
+    enforce_secrets(settings, role="api")
     app = Flask(__name__)
     # The client's address behind a reverse proxy (X-Forwarded-For from trusted peers only).
     app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
     app.json.sort_keys = False
+    api_keys = parse_api_keys(settings.api_keys)  # a malformed list fails before anything connects
     services = build_services(settings)
-    context.install(app, services, api_keys=parse_api_keys(settings.api_keys))
+    context.install(app, services, api_keys=api_keys)
     # The service objects by name too, for tests and an operator's shell; code uses context.services().
     for name in ("engine", "redis", "jobs", "job_reader", "reconciler", "schedules", "webhooks"):
         app.extensions[name] = getattr(services, name)
@@ -72,7 +72,7 @@ def create_app(test_config: dict | None = None, *, role: str = "api") -> Flask:
     app.register_blueprint(openapi.bp)
     cli.register(app)
     rq_dashboard_mount.mount(app, str(settings.redis_url))
-    _warn_about_open_doors(settings, app.extensions["api_keys"])
+    _warn_about_open_doors(settings, api_keys)
     return app
 
 
