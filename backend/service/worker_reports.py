@@ -8,9 +8,10 @@ compare-and-set, then the attempt rows and the status counters in bulk. Every mo
 by ``backend.core.states.decide``, the job commands' state machine too: within an attempt only
 forward, reports for other attempts refused.
 
-Reports that need the manager's full logic are handed to it one by one after the batch
-commits, in the order they came: a failure (it may start a retry), an end that releases
-dependants or owes a webhook, and a job that changed between our read and our write.
+Reports that need the manager's full logic are handed to it one by one, in the order they
+came: a failure (it may start a retry) and an end that releases dependants or owes a webhook
+before the batch's writes (a dependant's reports never land before its parent's end), a job
+that changed between our read and our write after the batch commits.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from backend.store.errors import StoreError
 from backend.store.models import Job, utcnow
 from backend.store.report_writes import report_writes
 
-log = logging.getLogger("backend.service.job_manager")
+# The job commands' logger: a report's line reads the same whichever path applied it.
+log = logging.getLogger("backend.service.attempts")
 
 _PROCESSING, _COMPLETED = JobStatus.PROCESSING.value, JobStatus.COMPLETED.value
 #: The status each event asks for; a progress report moves none (it writes within the live attempt).
@@ -57,8 +59,8 @@ def apply(manager, reports: list[Report]) -> list[dict]:
     for index, report in enumerate(reports):
         by_job.setdefault(report.job_id, []).append(index)
     answers: list[dict | None] = [None] * len(reports)
-    slow: list[str] = []
-    done: list[JobPlan] = []
+    plans: dict[str, JobPlan] = {}
+    first: list[str] = []
     with report_writes(manager.sessions) as store:
         rows = store.read(list(by_job))
         for job_id, indices in by_job.items():
@@ -68,25 +70,47 @@ def apply(manager, reports: list[Report]) -> list[dict]:
                     answers[index] = answer(404, f"no job {job_id!r}")
                 continue
             job_plan = plan(row, [reports[index] for index in indices], now)
-            if job_plan is None or (
-                job_plan.values
-                and not store.write(
-                    job_id, seen_status=job_plan.old_status, seen_attempt=job_plan.attempt, values=job_plan.values
-                )
-            ):
-                slow.append(job_id)
-                continue
-            for index, job_answer in zip(indices, job_plan.answers, strict=True):
-                answers[index] = job_answer
-            if job_plan.values:
-                done.append(job_plan)
-        store.record_attempts(*attempt_rows(done))
-        store.count_moves(count_moves(done))
+            if job_plan is None:
+                first.append(job_id)
+            else:
+                plans[job_id] = job_plan
+        if not first:
+            late, done = _write(store, plans, by_job, answers)
+    if first:
+        # The manager's reports go before the batch's writes (nothing was written yet): a
+        # parent's end releases its dependants there, and a dependant's own reports, later in
+        # the batch, must never be stored before it (a child COMPLETED under a PROCESSING
+        # parent). The plans stay good: a row changed meanwhile fails its compare-and-set.
+        _answer_manager(manager, first, by_job, reports, answers, now)
+        with report_writes(manager.sessions) as store:
+            late, done = _write(store, plans, by_job, answers)
     _observe(done)
-    for job_id in slow:
-        for index in by_job[job_id]:
-            answers[index] = _answer_one(manager, reports[index], now)
+    _answer_manager(manager, late, by_job, reports, answers, now)
     return answers  # type: ignore[return-value]
+
+
+def _write(store, plans: dict[str, JobPlan], by_job: dict[str, list[int]], answers: list) -> tuple[list, list]:
+    """Write the plans; the ids of the jobs someone else changed since our read, and the plans written."""
+    late: list[str] = []
+    done: list[JobPlan] = []
+    for job_id, job_plan in plans.items():
+        if job_plan.values:
+            if not store.write(job_id, seen_status=job_plan.old_status, seen_attempt=job_plan.attempt,
+                               values=job_plan.values):  # fmt: skip
+                late.append(job_id)
+                continue
+            done.append(job_plan)
+        for index, job_answer in zip(by_job[job_id], job_plan.answers, strict=True):
+            answers[index] = job_answer
+    store.record_attempts(*attempt_rows(done))
+    store.count_moves(count_moves(done))
+    return late, done
+
+
+def _answer_manager(manager, job_ids: list[str], by_job: dict, reports: list[Report], answers: list, now) -> None:
+    """The reports of ``job_ids`` through the job manager, one by one, in the order they came."""
+    for index in sorted(index for job_id in job_ids for index in by_job[job_id]):
+        answers[index] = _answer_one(manager, reports[index], now)
 
 
 def plan(row, reports: list[Report], now: datetime) -> JobPlan | None:

@@ -155,3 +155,32 @@ def test_text_that_is_not_valid_unicode_is_stored_with_a_replacement(client):
     assert answers.status_code == 200 and answers.get_json()["results"] == [{"status": 200}]
     after = client.get(f"/jobs/{job['job_id']}").get_json()
     assert after["status"] == "FAILED" and after["error"] == "OSError: cannot open b?d.txt"
+
+
+def test_a_dependants_reports_are_stored_after_its_parents_end_in_the_same_batch(app, client, monkeypatch):
+    # Given a parent (its end releases dependants: the job manager applies it) and its child
+    parent = submit_add(client)
+    child = submit_add(client, depends_on=[parent["job_id"]])
+    manager = app.extensions["jobs"]
+    child_when_parent_ends = []
+
+    def mark_completed(job_id, **kwargs):
+        child_when_parent_ends.append(client.get(f"/jobs/{child['job_id']}").get_json()["status"])
+        return type(manager).mark_completed(manager, job_id, **kwargs)
+
+    monkeypatch.setattr(manager, "mark_completed", mark_completed)
+    reports = [
+        {"job_id": parent["job_id"], "attempt": 1, "event": "started", "worker": "w"},
+        {"job_id": parent["job_id"], "attempt": 1, "event": "completed", "result": 3},
+        {"job_id": child["job_id"], "attempt": 1, "event": "started", "worker": "w"},
+        {"job_id": child["job_id"], "attempt": 1, "event": "completed", "result": 4},
+    ]
+
+    # When one worker's batch holds the parent's end and then the child's whole run
+    answers = _batch(client, reports).get_json()["results"]
+
+    # Then the parent's end was stored first: never a child COMPLETED under a live parent
+    assert answers == [{"status": 200}] * 4
+    assert child_when_parent_ends == ["QUEUED"]
+    after = [client.get(f"/jobs/{job['job_id']}").get_json() for job in (parent, child)]
+    assert [(job["status"], job["result"]) for job in after] == [("COMPLETED", 3), ("COMPLETED", 4)]
