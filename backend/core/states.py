@@ -60,11 +60,6 @@ REQUEUE_FROM = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
 MANUAL_RETRY_FROM = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-def is_forward(current: JobStatus, target: JobStatus) -> bool:
-    """True when ``target`` is a forward move from ``current`` within one attempt."""
-    return target in FORWARD[current]
-
-
 # The table as strings: the batch path compares row values, and a str Enum hashes and formats
 # more slowly than the str it stands for (f"{JobStatus.QUEUED}" is not even "QUEUED").
 _FORWARD_VALUES = {status.value: frozenset(target.value for target in targets) for status, targets in FORWARD.items()}
@@ -91,7 +86,7 @@ _APPLY, _SAME, _BEHIND, _STALE, _REFUSED = Verdict
 
 
 class Move(NamedTuple):
-    """A decided move; a tuple because the batch path makes one per report."""
+    """A decided move. Immutable (a tuple): ``decide`` hands the same one to every caller asking alike."""
 
     verdict: Verdict
     #: The job's status and attempt when it was read.
