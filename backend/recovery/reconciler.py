@@ -46,7 +46,7 @@ _ENDED = {"finished", "failed", "stopped", "canceled"}
 
 
 @dataclass
-class Report:
+class ReconcileReport:
     """What one pass did, by job id."""
 
     enqueued: list[str] = field(default_factory=list)
@@ -93,7 +93,7 @@ class Reconciler:
 
     # -- one pass -----------------------------------------------------------------------
 
-    def run_once(self) -> Report | None:
+    def run_once(self) -> ReconcileReport | None:
         """One pass over every live job; None when another reconciler holds the lock."""
         # Short-lived, so that an API killed mid-pass does not keep the others out for long;
         # and taken with this reconciler's own token, so that a lock it left behind when Redis
@@ -101,8 +101,8 @@ class Reconciler:
         with leases.exclusive(self.queues.connection, LOCK_KEY, token=self._lock_token, seconds=LOCK_SECONDS) as held:
             return self._pass() if held else None
 
-    def _pass(self) -> Report:
-        report = Report()
+    def _pass(self) -> ReconcileReport:
+        report = ReconcileReport()
         cutoff = utcnow() - self.grace
         live = job_scans.live_rows(self.manager.sessions, cutoff)
         if not live:
@@ -210,7 +210,7 @@ class Reconciler:
         # "created": RQ never finished enqueueing it.
         return "requeue" if job.status == JobStatus.QUEUED else None
 
-    def _act(self, job: Job, action: str, rq_job: RQJob | None, report: Report) -> None:
+    def _act(self, job: Job, action: str, rq_job: RQJob | None, report: ReconcileReport) -> None:
         manager = self.manager
         if action == "enqueue":
             if manager.enqueue_job(job.id).status != JobStatus.PENDING:
@@ -241,7 +241,7 @@ class Reconciler:
         with contextlib.suppress(JobServiceError):
             self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name, at=started)
 
-    def _copy_outcome(self, job: Job, rq_job: RQJob, report: Report) -> None:
+    def _copy_outcome(self, job: Job, rq_job: RQJob, report: ReconcileReport) -> None:
         status = rq_status(rq_job)
         self._record_start(job, rq_job)
         result = rq_job.return_value() if status == "finished" else None
