@@ -70,7 +70,7 @@ class Keys:
                 the service cannot know yet; past the recovery bound, the key is blocked.
         """
         before = self.current[key]
-        response = self.cluster.api.post("/tasks/chaos_sleep", json={"idempotency_key": key, **self.body[key]})
+        response = self.cluster.api.post_task("chaos_sleep", idempotency_key=key, **self.body[key])
         job = response.json()
         if response.status_code == 200:
             self.answers["200 same job"] += 1

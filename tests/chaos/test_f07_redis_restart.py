@@ -45,7 +45,7 @@ class Submitter(threading.Thread):
             down = self.redis_down.is_set()
             body = {"kwargs": {"seconds": round(rng.uniform(0.05, 0.4), 2)}, "max_retries": 5}
             try:
-                response = self.cluster.api.post("/tasks/chaos_sleep", json=body)
+                response = self.cluster.api.post_task("chaos_sleep", **body)
             except requests.RequestException as exc:
                 self.problems.append(f"no answer from the API: {exc}")
                 continue

@@ -50,7 +50,7 @@ def test_f9_api_killed_during_keyed_submissions_one_job_per_key(running):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                response = cluster.api.post("/tasks/chaos_sleep", json=body, headers={"Idempotency-Key": key})
+                response = cluster.api.post_task("chaos_sleep", headers={"Idempotency-Key": key}, **body)
             except requests.RequestException:
                 with lock:
                     retries["no answer"] += 1

@@ -1,0 +1,130 @@
+"""The checks every scenario ends with: wait until each job is terminal (failing on one stuck
+longer than the recovery bound), then the promise: store and RQ agree, no backward move, no 5xx."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import requests
+
+from tests.chaos.settings import RECOVERY_BOUND, RQ_AGREES, TERMINAL
+
+if TYPE_CHECKING:  # types only: the stack waits with wait_until, so it imports this module
+    from tests.chaos.recorder import Recorder
+    from tests.chaos.stack import Cluster
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(message or f"condition not met within {timeout} s")
+
+
+def wait_all_terminal(
+    cluster: Cluster,
+    job_ids: Iterable[str],
+    *,
+    timeout: float,
+    stall: float = RECOVERY_BOUND,
+    recorder: Recorder | None = None,
+    max_run: float | None = None,
+) -> dict[str, dict]:
+    """Poll until every job in ``job_ids`` is terminal; return them by id.
+
+    Fails when ``timeout`` passes, when none of the live jobs changed in any way for
+    ``stall`` seconds (nothing may be stuck for longer than the recovery bound), or, given
+    the ``recorder`` and ``max_run`` (the longest a task of the scenario runs), as soon as a
+    job has been PROCESSING the same attempt for longer than ``max_run`` + ``stall``.
+    """
+    wanted = set(job_ids)
+    deadline = time.monotonic() + timeout
+    last_change = time.monotonic()
+    last_view: dict[str, tuple] = {}
+    jobs: dict[str, dict] = {}
+    while True:
+        if recorder is not None:
+            listing = recorder.poll()
+        else:
+            try:
+                listing = cluster.api.all_jobs()
+            except requests.RequestException:
+                listing = None
+        if listing is not None:
+            jobs = {job["job_id"]: job for job in listing if job["job_id"] in wanted}
+            live = [job for job_id, job in jobs.items() if job["status"] not in TERMINAL]
+            missing = wanted - set(jobs)
+            assert not missing, f"acknowledged jobs missing from the store: {sorted(missing)[:10]}"
+            if not live:
+                return jobs
+            if recorder is not None and max_run is not None:
+                overdue = [
+                    cluster.describe(job)
+                    for job in live
+                    if job["status"] == "PROCESSING" and time.time() - recorder.since(job["job_id"]) > stall + max_run
+                ]
+                if overdue:
+                    raise AssertionError(
+                        f"{len(overdue)} job(s) PROCESSING for more than {max_run} + {stall} s, stuck:\n"
+                        + "\n".join([*overdue[:20], cluster.reconciler_lock()])
+                    )
+            view = {job["job_id"]: (job["status"], job["attempt"], job["progress"]) for job in live}
+            if view != last_view:
+                last_view = view
+                last_change = time.monotonic()
+        now = time.monotonic()
+        stuck = [cluster.describe(job) for job in jobs.values() if job["status"] not in TERMINAL]
+        if stuck and (now - last_change > stall or now > deadline):
+            stuck.append(cluster.reconciler_lock())
+        if now - last_change > stall:
+            raise AssertionError(f"{len(stuck)} job(s) unchanged for {stall} s, stuck:\n" + "\n".join(stuck[:20]))
+        if now > deadline:
+            raise AssertionError(f"{len(stuck)} job(s) not terminal after {timeout} s:\n" + "\n".join(stuck[:20]))
+        time.sleep(0.25)
+
+
+def store_rq_mismatches(cluster: Cluster, jobs: Iterable[dict], *, gone_ok: Iterable[str] = ()) -> list[str]:
+    """Terminal jobs whose current RQ job (``rq_job_id``) ended differently; ``gone_ok``:
+    jobs whose RQ job the test itself deleted, for which "gone" agrees with any end."""
+    gone_ok = set(gone_ok)
+    found = []
+    for job in jobs:
+        status = cluster.rq_status(job["rq_job_id"])
+        if status is None and job["job_id"] in gone_ok:
+            continue
+        if status not in RQ_AGREES.get(job["status"], set()):
+            found.append(f"{job['job_id']}: store {job['status']} but RQ {job['rq_job_id']} is {status!r}")
+    return found
+
+
+def check_invariants(
+    cluster: Cluster, jobs: dict[str, dict], recorder: Recorder | None, *, gone_ok: Iterable[str] = ()
+) -> None:
+    """The promise, for ``jobs`` (already waited for with ``wait_all_terminal``):
+    terminal, agreeing with RQ, never moved backwards, and no 500 anywhere."""
+    live = [cluster.describe(job) for job in jobs.values() if job["status"] not in TERMINAL]
+    assert not live, "jobs not terminal:\n" + "\n".join(live[:20])
+    mismatches = store_rq_mismatches(cluster, jobs.values(), gone_ok=gone_ok)
+    assert not mismatches, f"{len(mismatches)} store/RQ mismatch(es):\n" + "\n".join(mismatches[:20])
+    if recorder is not None:
+        backwards = recorder.violations()
+        assert not backwards, f"{len(backwards)} backward move(s):\n" + "\n".join(backwards[:20])
+    check_no_server_errors(cluster)
+
+
+def check_no_server_errors(cluster: Cluster) -> None:
+    assert not cluster.api.server_errors, "HTTP 5xx answers:\n" + "\n".join(cluster.api.server_errors[:20])
+    api_log = cluster.api_output()
+    assert "unhandled error" not in api_log, f"the API logged an unhandled error:\n{api_log[-5000:]}"
+    # Werkzeug's access log has every request, the workers' reports included.
+    answered_5xx = [line for line in api_log.splitlines() if re.search(r'HTTP/1\.[01]" 5(?!03)\d\d ', line)]
+    assert not answered_5xx, "the API answered 5xx:\n" + "\n".join(answered_5xx[:20])
+    for worker in cluster.workers:
+        out = worker.output()
+        for needle in ("HTTP 500", "report answered 500"):
+            assert needle not in out, f"worker {worker.name} got a 500 from the API:\n{out[-3000:]}"

@@ -1,0 +1,38 @@
+"""The chaos suite's settings: where the repository is, the recovery bounds every process of
+a scenario runs under, the statuses the checks compare, and the soak switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOAK = os.environ.get("CHAOS_SOAK", "") == "1"
+TOKEN = "chaos-internal-token"
+TASK_MODULES = "backend.tasks.examples,tests.chaos.tasks"
+MARKER_ENV = "CHAOS_RUN_MARKER"
+
+#: Recovery settings of every API and worker the harness starts.
+LEASE_SECONDS = 3.0
+RECONCILE_INTERVAL = 1.0
+RECONCILE_GRACE = 1.0
+#: The recovery bound under those settings: a dead worker's lease lapses (within 3 s), the
+#: reconciler, passing every second over rows older than the grace (1 s), counts it dead once
+#: the lease was missing for half a lease and confirms it 0.5 s later: ~6-7 s in all. 15 s
+#: leaves room for a loaded 2-core machine; the product's default bound is 60 s.
+RECOVERY_BOUND = 15.0
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+_RANK = {"PENDING": 0, "QUEUED": 1, "PROCESSING": 2, "COMPLETED": 3, "FAILED": 3, "CANCELLED": 3}
+#: The store's terminal status -> the RQ statuses of the current attempt that agree with it
+#: (None: the RQ job is gone).
+RQ_AGREES = {
+    "COMPLETED": {"finished"},
+    "FAILED": {"failed"},
+    "CANCELLED": {"canceled", "stopped", None},
+}
+
+
+def scaled(normal: int, soak: int) -> int:
+    """``soak`` under CHAOS_SOAK=1, else ``normal``."""
+    return soak if SOAK else normal
