@@ -10,6 +10,9 @@ python -m bench.profile cpu [-w 2]       # CPU seconds per job of the API, the w
                                          #   while W simple workers drain N jobs, ours and raw RQ
 python -m bench.profile query            # the tenant list queries on the 1M store, with and
                                          #   without a composite index (on a scratch copy)
+
+This module holds the command line, ``inproc`` and ``query``; ``phases``/``cpu`` are in
+bench/profile_costs.py and ``spy`` in bench/profile_spy.py.
 """
 
 from __future__ import annotations
@@ -20,33 +23,20 @@ import cProfile
 import json
 import logging
 import pstats
-import re
-import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench import storedb
 from bench.common import (
     CACHE_DIR,
-    PY,
-    ROOT,
     TOKEN,
-    Stack,
     Workdir,
-    cpu_seconds,
     emit,
-    ms,
-    pct,
-    session,
-    start_hello,
     start_redis,
-    submit_batches,
-    wrk,
 )
+from bench.profile_costs import cpu, phases
+from bench.profile_spy import spy
 
 INTERNAL = {"X-Internal-Token": TOKEN}
 
@@ -225,132 +215,6 @@ def inproc(args) -> None:
         workdir.cleanup()
 
 
-# -- a worker's phases --------------------------------------------------------------------
-
-
-def phases(args) -> None:
-    workdir = Workdir()
-    try:
-        with Stack(workdir, "phases") as stack:
-            for simple, n in ((True, args.n), (False, max(50, args.n // 4))):
-                submit_batches(stack.url, "bench_noop", n)
-                timings = workdir / f"timings-{simple}.jsonl"
-                command = [PY, str(ROOT / "bench" / "timed_worker.py"), "--name", f"timed-{simple}", "--burst"]
-                if simple:
-                    command.append("--simple")
-                t0 = time.perf_counter()
-                subprocess.run(command, cwd=ROOT, env=dict(stack.env, BENCH_TIMINGS=str(timings)), check=True)
-                elapsed = time.perf_counter() - t0
-                emit(
-                    f"\n{'SimpleWorker' if simple else 'forking Worker'}: {n} jobs, {elapsed / n * 1000:.1f} ms per job"
-                )
-                groups: dict[str, list[float]] = collections.defaultdict(list)
-                for line in timings.read_text().splitlines():
-                    record = json.loads(line)
-                    groups[record["what"]].append(record["seconds"])
-                for what, values in groups.items():
-                    emit(
-                        f"  {what:48} p50 {ms(pct(values, 50)):>6} ms  mean {sum(values) / len(values) * 1000:6.2f} ms"
-                    )
-    finally:
-        workdir.cleanup()
-
-
-# -- py-spy -------------------------------------------------------------------------------
-
-
-def _spy(py_spy: str, pid: int, out: Path, *flags: str) -> subprocess.Popen:
-    command = [py_spy, "record", "--format", "raw", "--rate", "200", "--subprocesses", "-o", str(out)]
-    return subprocess.Popen([*command, *flags, "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _stop(spy: subprocess.Popen) -> None:
-    spy.send_signal(signal.SIGINT)
-    spy.wait(timeout=60)
-
-
-def summarize(path: Path, *, only: str | None = None, top: int = 30) -> None:
-    """Inclusive share of the frames in py-spy's folded stacks (line numbers dropped)."""
-    total = 0
-    inclusive: collections.Counter = collections.Counter()
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if only and only not in stack:
-            continue
-        n = int(count)
-        total += n
-        frames = {re.sub(r":\d+\)", ")", frame) for frame in stack.split(";")}
-        inclusive.update({frame: n for frame in frames})
-    emit(f"{path.name}: {total} samples" + (f" in stacks through {only!r}" if only else ""))
-    shown = 0
-    for frame, n in inclusive.most_common():
-        if frame.startswith("process ") or "threading.py" in frame or "runpy" in frame:
-            continue
-        emit(f"  {100 * n / total:5.1f}%  {frame}")
-        shown += 1
-        if shown >= top:
-            break
-
-
-def spy(args) -> None:
-    py_spy = args.py_spy or shutil.which("py-spy") or "/tmp/benchvenv/bin/py-spy"
-    if not Path(py_spy).exists():
-        raise SystemExit("py-spy not found: python3 -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install py-spy")
-    workdir = Workdir()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with Stack(workdir, "spy") as stack:
-            if args.scenario == "drain":
-                submit_batches(stack.url, "bench_noop", args.n)
-                api = _spy(py_spy, stack.api.process.pid, out / "drain-api.txt", "--gil")
-                worker = stack.worker("ours", True)
-                wspy = _spy(py_spy, worker.process.pid, out / "drain-worker.txt", "--idle", "--nonblocking")
-                worker.wait(timeout=600)
-                _stop(api)
-                wspy.wait(timeout=60)
-                summarize(out / "drain-api.txt", only="ThreadWorker.handle")
-                summarize(out / "drain-api.txt", only="PeriodicThread", top=8)
-                summarize(out / "drain-worker.txt", only="BaseWorker.work", top=20)
-            elif args.scenario == "poll":
-                job_id = session().post(f"{stack.url}/tasks/bench_noop", json={}).json()["job_id"]
-                stack.worker("ours", True).wait(timeout=120)
-                hello = start_hello(stack.env, workdir)
-                try:
-                    for name, server, url in (
-                        ("poll-ours", stack.api, f"{stack.url}/jobs/{job_id}"),
-                        ("poll-hello", hello, f"{hello.url}/hello"),
-                    ):
-                        wrk(url, 8, 2)
-                        recorder = _spy(py_spy, server.process.pid, out / f"{name}.txt", "--gil")
-                        time.sleep(1)
-                        got = wrk(url, 8, 8)
-                        _stop(recorder)
-                        emit(f"{name}: {got['rate']:.0f} req/s, p50 {ms(got['p50'])} ms (while profiled)")
-                        summarize(out / f"{name}.txt", only="ThreadWorker.handle", top=25)
-                finally:
-                    hello.stop()
-            elif args.scenario == "submit":
-                from bench.submission import _threads
-
-                url = f"{stack.url}/tasks/bench_noop"
-
-                def post(http) -> None:
-                    http.post(url, json={}, timeout=60)
-
-                _threads(64, 8, session, post)
-                recorder = _spy(py_spy, stack.api.process.pid, out / "submit-api.txt", "--idle")
-                time.sleep(1)
-                elapsed, latencies = _threads(args.n, 8, session, post)
-                _stop(recorder)
-                p50, p99 = ms(pct(latencies, 50)), ms(pct(latencies, 99))
-                emit(f"submit: {args.n / elapsed:.0f}/s, p50 {p50} ms, p99 {p99} ms")
-                summarize(out / "submit-api.txt", only="ThreadWorker.handle", top=25)
-    finally:
-        workdir.cleanup()
-    emit(f"folded stacks in {out}")
-
-
 # -- queries ------------------------------------------------------------------------------
 
 TENANT_QUERIES = {
@@ -388,49 +252,6 @@ def query(args) -> None:
             emit(f"  {statement}  ({time.perf_counter() - t0:.1f} s)")
         run("with the two composite indexes:")
         conn.close()
-    finally:
-        workdir.cleanup()
-
-
-# -- CPU by process -----------------------------------------------------------------------
-
-
-def cpu(args) -> None:
-    """Where the CPU goes while W simple workers drain N jobs: ours against raw RQ.
-
-    Counted from the moment the workers start (submission excluded) to the end of the drain;
-    the workers' CPU is read from the exit accounting of this process's children.
-    """
-    import os
-
-    from bench.execution import _ours_span, drain, enqueue_raw
-
-    workdir = Workdir()
-    try:
-        with Stack(workdir, "cpu") as stack:
-            api_pids, redis_pid = [stack.api.process.pid, *stack.api.worker_pids()], [stack.redis.process.pid]
-            for kind in ("ours", "raw"):
-                ids = submit_batches(stack.url, "bench_noop", args.n) if kind == "ours" else enqueue_raw(stack, args.n)
-                api0, redis0, children0 = cpu_seconds(api_pids), cpu_seconds(redis_pid), os.times()
-                t0 = drain(stack, kind, True, args.w)
-                if kind == "ours":
-                    while _ours_span(stack.db_path, ids)[2] < args.n:
-                        time.sleep(0.01)
-                elapsed = time.time() - t0
-                children1 = os.times()
-                workers = (children1.children_user - children0.children_user) + (
-                    children1.children_system - children0.children_system
-                )
-                use = {
-                    "api": cpu_seconds(api_pids) - api0,
-                    "workers": workers,
-                    "redis": cpu_seconds(redis_pid) - redis0,
-                }
-                emit(
-                    f"{kind}: W={args.w} N={args.n}: {args.n / elapsed:.0f} jobs/s; CPU ms per job: "
-                    + ", ".join(f"{name} {1e3 * value / args.n:.2f}" for name, value in use.items())
-                    + f", total {1e3 * sum(use.values()) / args.n:.2f}"
-                )
     finally:
         workdir.cleanup()
 
