@@ -7,7 +7,6 @@ import ssl
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +14,7 @@ from backend.app import create_app
 from backend.core.errors import ValidationFailed
 from backend.webhooks.http_post import DeliveryError, post
 from backend.webhooks.ssrf import check_webhook_url, resolve_webhook_url
+from tests.receivers import receivers
 
 # Each one reaches (or may reach) an address that is not on the public internet.
 NEVER = [
@@ -90,46 +90,10 @@ def test_the_api_refuses_them_with_422_even_with_loopback_allowed(settings, url)
     assert client.get("/jobs").get_json()["jobs"] == []
 
 
-class Receiver:
-    """A local HTTP(S) server that records the Host header (and the TLS SNI) of each POST."""
-
-    def __init__(self, context: ssl.SSLContext | None = None):
-        self.hosts: list[str] = []
-        self.sni: list[str | None] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.hosts.append(self.headers["Host"])
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if context is not None:
-            context.sni_callback = lambda sock, name, ctx: self.sni.append(name)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 @pytest.fixture
 def receiver():
-    made = []
-
-    def make(context=None):
-        made.append(Receiver(context))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
+    with receivers(then=204) as make:
+        yield make
 
 
 def test_dns_rebinding_after_the_check_never_reaches_loopback(settings, receiver):
@@ -191,7 +155,7 @@ def to_loopback(host, port, proto=0):
 def test_the_pinned_connection_keeps_the_host_name_for_host_sni_and_the_certificate(tmp_path, receiver):
     # Given a TLS receiver on 127.0.0.1 with a certificate for hooks.test
     cert, key = make_certificate(tmp_path, "hooks.test")
-    hook = receiver(server_context(cert, key))
+    hook = receiver(context=server_context(cert, key))
     trust = ssl.create_default_context(cafile=str(cert))
     target = resolve_webhook_url(f"https://hooks.test:{hook.port}/hook", allow_loopback=True, resolve=to_loopback)
     assert target.addresses == ("127.0.0.1",)
@@ -207,7 +171,7 @@ def test_the_pinned_connection_keeps_the_host_name_for_host_sni_and_the_certific
 
 def test_a_certificate_for_another_name_is_refused(tmp_path, receiver):
     cert, key = make_certificate(tmp_path, "other.test")
-    hook = receiver(server_context(cert, key))
+    hook = receiver(context=server_context(cert, key))
     trust = ssl.create_default_context(cafile=str(cert))
     target = resolve_webhook_url(f"https://hooks.test:{hook.port}/hook", allow_loopback=True, resolve=to_loopback)
 

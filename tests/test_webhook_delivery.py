@@ -7,12 +7,9 @@ one that holds its deliveries while another receiver waits, and two dispatchers 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
@@ -22,110 +19,19 @@ from backend.app import create_app, start_background
 from backend.store.models import WebhookDelivery, utcnow
 from backend.webhooks.dispatcher import Dispatcher
 from tests.helpers import wait_until
-
-# A receiver process: answers every POST as told by its first argument and prints what it
-# did, one line per request. "huge": a 200 OK with a 256 MB body (prints how many bytes it
-# managed to hand to the kernel before the client went away); "drip": the status line and
-# headers one byte every 1.5 s.
-RECEIVER = r"""
-import re, socket, sys, time
-mode = sys.argv[1]
-server = socket.create_server(("127.0.0.1", 0))
-print(server.getsockname()[1], flush=True)
-while True:
-    conn, _ = server.accept()
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-    while len(body) < length:
-        body += conn.recv(65536)
-    sent = 0
-    try:
-        if mode == "huge":
-            size = 256 * 1024 * 1024
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size)
-            chunk = b"x" * (1024 * 1024)
-            while sent < size:
-                conn.sendall(chunk)
-                sent += len(chunk)
-        else:
-            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
-                conn.send(bytes([byte]))
-                sent += 1
-                time.sleep(1.5)
-    except OSError:
-        pass
-    print(f"sent {sent}", flush=True)
-    conn.close()
-"""
+from tests.receivers import raw_receivers, receivers
 
 
 @pytest.fixture
 def receiver_process():
-    started = []
-
-    def start(mode: str) -> tuple[subprocess.Popen, int]:
-        process = subprocess.Popen([sys.executable, "-c", RECEIVER, mode], stdout=subprocess.PIPE, text=True)
-        started.append(process)
-        return process, int(process.stdout.readline())
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
-
-
-class HeldReceiver:
-    """A receiver thread that holds the n-th request until ``gates[n]`` (or ``release``) is
-    set, then answers it ``statuses[n]`` (200 past the list)."""
-
-    def __init__(self, statuses=(), address="127.0.0.1"):
-        self.release = threading.Event()
-        self.gates: dict[int, threading.Event] = {}
-        self.received: list[str] = []
-        self.answered = 0
-        self.statuses = list(statuses)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                index = len(receiver.received)
-                receiver.received.append(self.headers["webhook-id"])
-                receiver.gates.get(index, receiver.release).wait(60)
-                self.send_response(receiver.statuses[index] if index < len(receiver.statuses) else 200)
-                self.end_headers()
-                receiver.answered += 1
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer((address, 0), Handler)
-        self.port = self.server.server_port
-        self.url = f"http://{address}:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        for gate in self.gates.values():
-            gate.set()
-        self.server.shutdown()
+    with raw_receivers() as start:
+        yield start
 
 
 @pytest.fixture
 def held_receiver():
-    receivers = []
-
-    def make(statuses=(), address="127.0.0.1"):
-        receiver = HeldReceiver(statuses, address)
-        receivers.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in receivers:
-        receiver.close()
+    with receivers(hold=True) as make:
+        yield make
 
 
 def hook_app(settings, **overrides):

@@ -6,9 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,50 +14,15 @@ from backend.app import create_app, start_background
 from backend.core.errors import ValidationFailed
 from backend.webhooks.ssrf import check_webhook_url
 from tests.helpers import wait_until
+from tests.receivers import receivers
 
 SECRET = "whsec_" + base64.b64encode(b"test-secret-bytes").decode()
 
 
-class Receiver:
-    """A local HTTP server that records requests and answers with scripted statuses."""
-
-    def __init__(self, statuses: list[int]):
-        self.statuses = list(statuses)
-        self.requests: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Location", "http://10.0.0.1/elsewhere")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 @pytest.fixture
 def receiver():
-    receivers = []
-
-    def make(statuses=()):
-        r = Receiver(list(statuses))
-        receivers.append(r)
-        return r
-
-    yield make
-    for r in receivers:
-        r.close()
+    with receivers() as make:
+        yield make
 
 
 @pytest.fixture
