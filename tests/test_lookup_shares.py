@@ -16,7 +16,8 @@ import pytest
 
 from backend.app import create_app, stop_webhooks
 from tests.helpers import wait_until
-from tests.test_webhook_delivery import HeldReceiver, delivery_of, hook_app, job_with_webhook
+from tests.receivers import Receiver
+from tests.test_webhook_delivery import delivery_of, hook_app, job_with_webhook
 
 PUBLIC = "93.184.216.34"
 
@@ -76,7 +77,7 @@ def lookups_busy_attempts(delivery: dict) -> list[str]:
 
 def test_one_owners_slow_dns_leaves_another_owners_webhook_delivered(settings, monkeypatch, hanging_dns):
     # Given two owners, and a receiver that answers at once
-    prompt = HeldReceiver()
+    prompt = Receiver(hold=True)
     prompt.release.set()
     monkeypatch.setattr(socket, "getaddrinfo", at_once)
     app = hook_app(
@@ -121,7 +122,7 @@ def test_one_owners_slow_dns_leaves_another_owners_webhook_delivered(settings, m
 
 def test_a_delivery_that_finds_every_lookup_thread_busy_is_put_off_not_counted(settings, monkeypatch, hanging_dns):
     # Given four owners whose slow-DNS webhooks fill the whole lookup pool (4 x their share of 4)
-    prompt = HeldReceiver()
+    prompt = Receiver(hold=True)
     prompt.release.set()
     monkeypatch.setattr(socket, "getaddrinfo", at_once)
     owners = ["a", "b", "c", "d"]

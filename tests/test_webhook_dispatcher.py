@@ -1,7 +1,7 @@
 """The dispatcher's own faults: fairness across owners under a backlog, errors of its own,
 temporary DNS failures at send time, and shutting its delivery pool down.
 
-Real receivers (threads of tests/test_webhook_delivery.py) and the real dispatcher of the app.
+Real receivers (threads of tests/receivers.py) and the real dispatcher of the app.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 
 from backend.app import stop_webhooks
 from tests.helpers import wait_until
-from tests.test_webhook_delivery import HeldReceiver, delivery_of, hook_app, job_with_webhook
+from tests.receivers import Receiver
+from tests.test_webhook_delivery import delivery_of, hook_app, job_with_webhook
 
 M_KEY = {"Authorization": "Bearer key-m", "X-Requested-With": "test"}
 
@@ -24,7 +25,7 @@ def receivers():
     made = []
 
     def make():
-        made.append(HeldReceiver())
+        made.append(Receiver(hold=True))
         return made[-1]
 
     yield make
