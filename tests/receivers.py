@@ -3,15 +3,18 @@
 ``Receiver`` is a well-behaved HTTP(S) server that records each POST and answers it as told
 (scripted statuses, held until released, TLS); ``Receivers`` makes them for one test and
 closes them all. ``start_raw_receiver`` runs a hostile one in its own process (a huge body,
-an answer dripped a byte at a time), where a thread would share the test's memory and GIL.
+an answer dripped a byte at a time), where a thread would share the test's memory and GIL;
+``one_answer`` sends one request's answer byte for byte (odd or broken HTTP).
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -172,3 +175,23 @@ def raw_receivers() -> Iterator:
         for process in started:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def one_answer(answer: bytes) -> Iterator[int]:
+    """A raw socket on a loopback port (yielded) that answers the first request with exactly
+    ``answer``, whatever it is (not HTTP, cut short), then holds the connection 0.5 s."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(answer)
+        time.sleep(0.5)
+        conn.close()
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()

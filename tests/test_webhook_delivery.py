@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from datetime import timedelta
 
 import psutil
@@ -19,7 +18,7 @@ from backend.app import create_app, start_background
 from backend.store.models import WebhookDelivery, utcnow
 from backend.webhooks.dispatcher import Dispatcher
 from tests.helpers import wait_until
-from tests.receivers import raw_receivers, receivers
+from tests.receivers import one_answer, raw_receivers, receivers
 
 
 @pytest.fixture
@@ -286,22 +285,10 @@ def test_only_the_status_line_is_read_and_odd_answers_are_named(answer, outcome)
     from backend.webhooks.http_post import DeliveryError, post
     from backend.webhooks.ssrf import resolve_webhook_url
 
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def answer_once():
-        conn, _ = server.accept()
-        conn.recv(65536)
-        conn.sendall(answer)
-        time.sleep(0.5)
-        conn.close()
-
-    threading.Thread(target=answer_once, daemon=True).start()
-    target = resolve_webhook_url(f"http://127.0.0.1:{server.getsockname()[1]}/hook", allow_loopback=True)
-    try:
+    with one_answer(answer) as port:
+        target = resolve_webhook_url(f"http://127.0.0.1:{port}/hook", allow_loopback=True)
         if isinstance(outcome, int):
             assert post(target, b"{}", {}, timeout=5) == outcome
         else:
             with pytest.raises(DeliveryError, match=outcome):
                 post(target, b"{}", {}, timeout=5)
-    finally:
-        server.close()
