@@ -42,7 +42,7 @@ def _timed(owner, name: str, label) -> None:
     setattr(owner, name, wrapper)
 
 
-_timed(Reporter, "_send", "sender thread: one batch of reports (no job waits)")
+_timed(Reporter, "_post_batch", "sender thread: one batch of reports (no job waits)")
 _timed(service_worker.ReportingMixin, "prepare_job_execution", "prepare_job_execution: RQ's, then the fence")
 _timed(service_worker.ReportingMixin, "perform_job", "perform_job: the task, reports queued")
 _timed(Worker, "fork_work_horse", "parent: fork")
