@@ -11,9 +11,10 @@ shorten and check what they report by the API's caps, not only by their own sett
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
 from backend.api.auth import require_internal_token
+from backend.api.context import services, settings
 from backend.api.payloads import json_body
 from backend.core import protocol
 from backend.core.size_caps import SizeCaps
@@ -25,11 +26,11 @@ bp.before_request(require_internal_token)
 
 
 def _jobs():
-    return current_app.extensions["jobs"]
+    return services().jobs
 
 
 def _caps() -> SizeCaps:
-    return SizeCaps.from_settings(current_app.config)
+    return SizeCaps.from_settings(settings())
 
 
 @bp.post("/reports")

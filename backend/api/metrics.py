@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from backend.api.context import services
 from backend.broker import leases, registries
 from backend.broker.errors import BrokerError
 from backend.core.instruments import REQUEST_LATENCY
@@ -42,14 +43,14 @@ class StateCollector:
 
     def collect(self):
         jobs = GaugeMetricFamily("jobservice_jobs", "Jobs in the store by task and status", labels=["task", "status"])
-        with self.app.extensions["jobs"].sessions() as session:
+        with services(self.app).sessions() as session:
             for task, status, count in counts.by_task_and_status(session):
                 jobs.add_metric([task, status], count)
         yield jobs
         depth = GaugeMetricFamily("jobservice_queue_depth", "Jobs waiting in each RQ queue", labels=["queue"])
         workers = GaugeMetricFamily("jobservice_workers_alive", "Workers holding a lease")
         up = GaugeMetricFamily("jobservice_redis_up", "1 when Redis answers")
-        queues = self.app.extensions["jobs"].queues
+        queues = services(self.app).queues
         try:
             for name, sizes in registries.queue_counts(queues).items():
                 depth.add_metric([name], sizes["queued"])

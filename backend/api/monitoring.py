@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify
 
 from backend.api import metrics
 from backend.api.auth import require_admin
+from backend.api.context import services, settings
 from backend.api.payloads import json_body, query_int
 from backend.api.rate_limits import submit_limit
 from backend.broker import connection as broker
@@ -36,7 +37,7 @@ def prometheus_metrics():
 def health():
     """200 when Redis, the store and at least one worker are up; else 503 naming what is down."""
     checks: dict[str, dict] = {}
-    redis = current_app.extensions["redis"]
+    redis = services().redis
     try:
         broker.ping(redis)
         checks["redis"] = {"ok": True}
@@ -47,7 +48,7 @@ def health():
     except BrokerError as exc:
         checks["redis"] = {"ok": False, "error": f"Redis unreachable: {exc}"}
         checks["workers"] = {"ok": False, "error": "unknown while Redis is down"}
-    problem = store_health.problem(current_app.extensions["engine"])
+    problem = store_health.problem(services().engine)
     if problem is None:
         checks["store"] = {"ok": True}
     else:
@@ -63,7 +64,7 @@ def health():
 
 
 def _queues():
-    return current_app.extensions["jobs"].queues
+    return services().queues
 
 
 @bp.get("/queue/stats")
@@ -75,7 +76,7 @@ def queue_stats():
         redis_error = None
     except BrokerError as exc:
         redis_error = f"Redis unreachable: {exc}"
-    with current_app.extensions["jobs"].sessions() as session:
+    with services().sessions() as session:
         statuses = {status.value: 0 for status in JobStatus}
         statuses.update(counts.by_status(session))
     body = {"queues": queues, "jobs": statuses, "total_jobs": sum(statuses.values())}
@@ -116,7 +117,7 @@ def failed_jobs():
     """RQ's failed registries, newest first, with each job's error and its store job id."""
     limit = query_int("limit", 100, 1, 1000)
     # RQ keeps a task's error whole; a tenant's task may raise with its 64 KiB of arguments.
-    caps = SizeCaps.from_settings(current_app.config)
+    caps = SizeCaps.from_settings(settings())
     entries = []
     try:
         for name, queue in _queues().queues.items():
@@ -147,7 +148,7 @@ def requeue_failed():
     body = json_body()
     if set(body) - {"job_id", "rq_job_id"} or len(body) != 1:
         raise ValidationFailed('send exactly one of {"job_id": ...} or {"rq_job_id": ...}')
-    manager = current_app.extensions["jobs"]
+    manager = services().jobs
     job_id = body.get("job_id")
     if "rq_job_id" in body:
         rq_id = body["rq_job_id"]

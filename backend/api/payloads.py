@@ -156,7 +156,7 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     if webhook_url is not None:
         if "webhook_lookups" not in g:  # one lookup budget per request: a batch's jobs share it
             # Counted in the key owner's share of the lookup threads (see backend/webhooks/ssrf.py).
-            g.webhook_lookups = submission_budget(current_app.config, current_app.extensions, owner=g.principal.owner)
+            g.webhook_lookups = submission_budget(settings(), current_app.extensions, owner=g.principal.owner)
         webhook_url = check_webhook_url(
             webhook_url, allow_loopback=settings().webhook_allow_loopback, budget=g.webhook_lookups
         )

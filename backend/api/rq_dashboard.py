@@ -27,6 +27,7 @@ import rq_dashboard.web as rqd
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request, url_for
 
 from backend.api.auth import require_admin
+from backend.api.context import services
 from backend.api.error_handlers import error_response
 from backend.api.rate_limits import limiter
 from backend.broker import inspection
@@ -77,7 +78,7 @@ def _refuse_bad_paths() -> None:
     # The queue adapter's rule for a job id, so that /rq and the API agree: None for an id RQ
     # cannot hold (RQ raised ValueError, a 500, for anything but letters, digits, _ and -) and
     # for a job that is gone.
-    if "job_id" in args and current_app.extensions["jobs"].queues.fetch(args["job_id"]) is None:
+    if "job_id" in args and services().queues.fetch(args["job_id"]) is None:
         raise NotFound(f"no job {args['job_id'][:60]!r} in Redis (it may have expired)")
     if "registry_name" in args and args["registry_name"] not in REGISTRIES:
         raise NotFound(f"unknown registry {args['registry_name']!r}; one of {', '.join(REGISTRIES)}")
@@ -221,7 +222,7 @@ def job_info(instance_number: int, job_id: str):
     }
     dependencies = [str(d).split(":")[-1] for d in job.dependency_ids]
     if dependencies:
-        alive = current_app.extensions["jobs"].queues.existing(dependencies)
+        alive = services().queues.existing(dependencies)
         body["depends_on"] = dependencies
         body["depends_on_status"] = ["active" if d in alive else "expired" for d in dependencies]
     return jsonify(body), {"Cache-Control": "no-store"}

@@ -16,7 +16,6 @@ framework: workers use it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from backend.core.errors import ValidationFailed
@@ -45,10 +44,7 @@ class SizeCaps:
     progress_message: int = 1024
 
     @classmethod
-    def from_settings(cls, settings: Settings | Mapping) -> SizeCaps:
-        """The caps of ``settings`` (a ``Settings``; a mapping of the capital names while callers move)."""
-        if isinstance(settings, Mapping):
-            return cls(*(int(settings[name]) for name in _CAP_SETTINGS))
+    def from_settings(cls, settings: Settings) -> SizeCaps:
         return cls(
             args_bytes=settings.max_args_bytes,
             result_bytes=settings.max_result_bytes,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from backend.core.errors import ServiceUnavailable, ValidationFailed
+from backend.core.settings import Settings
 from backend.webhooks.resolver import BoundedResolver, LookupTimeout, OwnerLookupsBusy, ResolverBusy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -226,7 +227,7 @@ def _ascii_host_name(host: str) -> str:
     return ascii_host
 
 
-def submission_budget(config, extensions: dict, owner: str | None = None) -> LookupBudget:
+def submission_budget(settings: Settings, extensions: dict, owner: str | None = None) -> LookupBudget:
     """The budget of one API request's webhook_url hosts (WEBHOOK_RESOLVE_SECONDS, WEBHOOK_MAX_HOSTS),
     on the app's resolver (``extensions["webhook_resolver"]``, made on first use), its lookups
     counted in ``owner``'s share of that resolver's threads."""
@@ -235,8 +236,8 @@ def submission_budget(config, extensions: dict, owner: str | None = None) -> Loo
         with _RESOLVER_MADE:
             resolver = extensions.setdefault("webhook_resolver", BoundedResolver(threads=SUBMISSION_LOOKUP_THREADS))
     return LookupBudget(
-        float(config["WEBHOOK_RESOLVE_SECONDS"]),
-        max_hosts=int(config["WEBHOOK_MAX_HOSTS"]),
+        settings.webhook_resolve_seconds,
+        max_hosts=settings.webhook_max_hosts,
         resolver=resolver,
         setting="WEBHOOK_RESOLVE_SECONDS",
         owner=owner,
