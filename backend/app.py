@@ -1,8 +1,9 @@
 """The API: ``create_app`` wires settings, the service objects and the routes; nothing more.
 
 Run it with ``gunicorn -c backend/gunicorn_conf.py "backend.app:create_app()"`` (whose
-``post_worker_init`` hook starts each process's background threads), or ``python backend/app.py``
-for development (which starts an embedded Redis when REDIS_URL is unset).
+``post_worker_init`` hook starts each process's background threads as the process starts), or
+``python backend/app.py`` for development (which starts an embedded Redis when REDIS_URL is
+unset). Served any other way, the app starts them itself on the first request it serves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import sys
+import threading
 import weakref
 from pathlib import Path
 
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the API; no thread starts here (see ``start_background``).
+    """Build the API; no thread starts here, but on its first request (see ``start_background``).
 
     Args:
         test_config: settings by their capital names, over those of the environment.
@@ -57,9 +59,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     api_keys = parse_api_keys(settings.api_keys)  # a malformed list fails before anything connects
     services = build_services(settings)
     context.install(app, services, api_keys=api_keys)
-    # The service objects by name too, for tests and an operator's shell; code uses context.services().
-    for name in ("engine", "redis", "jobs", "job_reader", "reconciler", "schedules", "webhooks"):
-        app.extensions[name] = getattr(services, name)
+    _start_background_on_first_request(app)
 
     register_error_handlers(app)
     html_security.init_app(app)
@@ -81,17 +81,23 @@ def start_background(app: Flask) -> Flask:
     start, then keeps doing so) and the webhook dispatcher, each unless its interval is 0.
 
     Called by the processes that serve the API (gunicorn's ``post_worker_init``,
-    ``python backend/app.py``) and by the tests that need the threads; not by the commands.
-    Returns ``app``; a second call starts nothing.
+    ``python backend/app.py``), by the app itself on the first request it serves (any other WSGI
+    server), and by the tests that need the threads; never by the commands, which serve no
+    request. Returns ``app``; only the first call starts anything, even once the threads stopped.
     """
+    background: _Background = app.extensions[_BACKGROUND]
+    with background.lock:  # two first requests at once on two server threads start one set
+        if background.started:
+            return app
+        background.started = True
     settings, services = context.settings(app), context.services(app)
-    if settings.reconcile_interval > 0 and "reconciler_thread" not in app.extensions:
+    if settings.reconcile_interval > 0:
         thread = PeriodicThread(
             "reconciler", services.reconciler.run_once, settings.reconcile_interval, transient=TRANSIENT_ERRORS
         )
         thread.start()
         app.extensions["reconciler_thread"] = thread
-    if settings.webhook_interval > 0 and "webhooks_thread" not in app.extensions:
+    if settings.webhook_interval > 0:
         thread = PeriodicThread(
             "webhooks", services.webhooks.run_once, settings.webhook_interval, transient=TRANSIENT_ERRORS
         )
@@ -101,6 +107,30 @@ def start_background(app: Flask) -> Flask:
         # that an app dropped early (tests make many) is not kept alive until exit.
         atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
     return app
+
+
+_BACKGROUND = "background"
+
+
+class _Background:
+    """Whether an app's threads were started: they start once per app, whoever asks first."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.lock = threading.Lock()
+
+
+def _start_background_on_first_request(app: Flask) -> None:
+    """Start the threads on the first request too, so that an app served without gunicorn_conf
+    (another WSGI server, a bare ``gunicorn backend.app:create_app()``) still recovers jobs and
+    sends webhooks; after that the hook costs one attribute read per request."""
+    background = app.extensions[_BACKGROUND] = _Background()
+
+    def start_background_once() -> None:
+        if not background.started:
+            start_background(app)  # returns the app: a before_request hook must return None
+
+    app.before_request(start_background_once)
 
 
 def stop_background(app: Flask, wait: bool = True) -> None:

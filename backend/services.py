@@ -103,8 +103,8 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         redis=redis,
         queues=queues,
         jobs=jobs,
-        job_reader=JobReader(engine, jobs),
+        job_reader=JobReader(engine, sessions, jobs),
         reconciler=reconciler,
-        schedules=ScheduleManager(jobs, missed_policy=settings.schedule_missed_policy),
+        schedules=ScheduleManager(jobs, sessions, missed_policy=settings.schedule_missed_policy),
         webhooks=webhooks,
     )

@@ -103,6 +103,7 @@ def _report_batch(client, job_ids: list[str]):
 def inproc(args) -> None:
     from sqlalchemy import bindparam, event, select, text
 
+    from backend.api.context import services
     from backend.store import counts
     from backend.store.models import Job
 
@@ -111,7 +112,7 @@ def inproc(args) -> None:
     try:
         app = _app(workdir, redis.url)
         client = app.test_client()
-        engine = app.extensions["engine"]
+        engine = services(app).engine
         current = ["-"]
         statements: collections.Counter = collections.Counter()
         commits: collections.Counter = collections.Counter()
@@ -161,7 +162,7 @@ def inproc(args) -> None:
             emit(f"  {label}: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in by.most_common(6)))
 
         emit("\nmicro-benchmarks (µs per call):")
-        sessions = app.extensions["jobs"].sessions
+        sessions = services(app).sessions
         decrement = text("UPDATE job_counts SET count = count - :n WHERE task = :task AND status = :status")
         upsert = text(
             "INSERT INTO job_counts (task, status, count) VALUES (:task, :status, :n) "
@@ -187,7 +188,7 @@ def inproc(args) -> None:
                     call(s)
                 emit(f"  {label:62} {(time.perf_counter() - t0) / 2000 * 1e6:7.1f}")
                 s.rollback()
-        manager = app.extensions["jobs"]
+        manager = services(app).jobs
         by_id = select(Job.__table__).where(Job.__table__.c.id == bindparam("id"))
 
         def core(i: int) -> str:

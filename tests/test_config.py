@@ -66,3 +66,26 @@ def test_create_app_starts_no_thread_start_background_does(settings):
     # When they are stopped, Then they end
     stop_background(app)
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_an_app_served_without_gunicorn_conf_starts_its_threads_on_its_first_request(settings):
+    from backend.app import create_app, stop_background
+
+    # Given an app built as any WSGI server builds it, with the server's thread intervals
+    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1})
+    app = create_app(settings)
+    try:
+        # When one of its commands runs (`flask --app ... recover`), Then no thread starts
+        result = app.test_cli_runner().invoke(args=["recover"])
+        assert result.exit_code == 0, result.output
+        assert "reconciler_thread" not in app.extensions and "webhooks_thread" not in app.extensions
+        # When it serves its first request, Then the reconciler and webhook threads run
+        client = app.test_client()
+        assert client.get("/monitoring/health").status_code in (200, 503)
+        threads = app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]
+        assert all(thread.is_alive() for thread in threads)
+        # When it serves more, Then they are the same threads (started once)
+        client.get("/monitoring/health")
+        assert (app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]) == threads
+    finally:
+        stop_background(app)

@@ -14,6 +14,7 @@ import threading
 
 import pytest
 
+from backend.api.context import services
 from backend.app import create_app, stop_webhooks
 from tests.helpers import wait_until
 from tests.receivers import Receiver
@@ -89,7 +90,7 @@ def test_one_owners_slow_dns_leaves_another_owners_webhook_delivered(settings, m
         WEBHOOK_BACKOFF_SECONDS=0.01,
     )
     client = app.test_client()
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
     dispatcher.resolve = hanging_dns
     try:
         # When mallory's 16 webhooks (the dispatcher's lookup pool is 16 threads) name
@@ -135,7 +136,7 @@ def test_a_delivery_that_finds_every_lookup_thread_busy_is_put_off_not_counted(s
         WEBHOOK_BACKOFF_SECONDS=0.01,
     )
     client = app.test_client()
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
     dispatcher.resolve = hanging_dns
     try:
         for owner in owners:

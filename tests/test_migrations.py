@@ -6,6 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from backend.api.context import services
 from backend.store.engine import migrate
 from backend.store.models import Base
 
@@ -29,7 +30,7 @@ def test_migrating_twice_is_harmless(tmp_path):
 
 
 def test_the_store_runs_in_wal_mode_with_foreign_keys(app):
-    with app.extensions["engine"].connect() as connection:
+    with services(app).engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.api.context import services
 from backend.broker.connection import connect
 
 
@@ -20,7 +21,7 @@ def test_a_url_asking_for_decode_responses_is_refused(redis_url):
 
 
 def test_the_app_and_worker_connections_do_not_decode(app):
-    assert app.extensions["redis"].connection_pool.connection_kwargs.get("decode_responses") is False
+    assert services(app).redis.connection_pool.connection_kwargs.get("decode_responses") is False
 
 
 @pytest.mark.parametrize("setting", ["RQ_RESULT_TTL", "RQ_FAILURE_TTL"])

@@ -11,6 +11,7 @@ from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from backend.api.context import services
 from backend.api.payloads import JobRequest
 from backend.app import create_app, start_background
 from backend.core.states import JobStatus
@@ -25,7 +26,7 @@ def reconcile_until(app, predicate, timeout: float = 20.0):
     """Run reconciler passes until ``predicate()`` holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        app.extensions["reconciler"].run_once()
+        services(app).reconciler.run_once()
         if predicate():
             return
         time.sleep(0.2)
@@ -40,7 +41,7 @@ def age(app, job_id: str, seconds: float = 5) -> None:
 
     from backend.store.models import Job, utcnow
 
-    with app.extensions["jobs"].sessions() as session:
+    with services(app).sessions() as session:
         session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow() - timedelta(seconds=seconds)))
         session.commit()
 
@@ -49,10 +50,10 @@ def test_a_pending_job_that_never_reached_a_queue_is_enqueued(app, client, redis
     # Given a job recorded PENDING (in a batch, or with dependencies) by an API that died
     # before enqueueing it
     request = JobRequest(task=get_task("add"), args=[1, 2], kwargs={}, priority="default", timeout=60, max_retries=0)
-    job, _ = app.extensions["jobs"].create_job(request, owner="local")
+    job, _ = services(app).jobs.create_job(request, owner="local")
     age(app, job.id)
 
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
 
     assert report.enqueued == [job.id]
     assert client.get(f"/jobs/{job.id}").get_json()["status"] == "QUEUED"
@@ -62,10 +63,10 @@ def test_a_pending_job_that_never_reached_a_queue_is_enqueued(app, client, redis
 def test_a_job_recorded_queued_by_an_api_that_died_before_enqueueing_it_runs(app, client, run_burst_worker):
     # Given a single submission recorded QUEUED (its one write) whose enqueue never happened
     request = JobRequest(task=get_task("add"), args=[4, 5], kwargs={}, priority="default", timeout=60, max_retries=0)
-    job, _ = app.extensions["jobs"].create_job(request, owner="local", status=JobStatus.QUEUED)
+    job, _ = services(app).jobs.create_job(request, owner="local", status=JobStatus.QUEUED)
     age(app, job.id)
 
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
 
     assert report.requeued == [job.id]
     run_burst_worker()
@@ -77,7 +78,7 @@ def test_a_queued_job_whose_hash_was_deleted_is_requeued_and_runs(app, client, r
     redis_conn.delete(RQJob.key_for(job["rq_job_id"]))
     age(app, job["job_id"])
 
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
 
     assert report.requeued == [job["job_id"]]
     requeued = client.get(f"/jobs/{job['job_id']}").get_json()
@@ -92,7 +93,7 @@ def test_a_job_lost_between_pop_and_start_is_requeued(app, client, redis_conn):
     redis_conn.lrem("rq:queue:default", 0, job["rq_job_id"])
     age(app, job["job_id"])
 
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
 
     assert report.requeued == [job["job_id"]]
     assert Queue("default", connection=redis_conn).job_ids == [f"{job['job_id']}-2"]
@@ -105,7 +106,7 @@ def test_jobs_held_back_by_a_concurrency_limit_are_left_waiting(app, client, run
         age(app, job["job_id"])
 
     # Then the reconciler leaves them be: waiting is not lost
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
     assert not report, report.as_dict()
     run_burst_worker()
     after = [client.get(f"/jobs/{job['job_id']}").get_json() for job in jobs]
@@ -115,7 +116,7 @@ def test_jobs_held_back_by_a_concurrency_limit_are_left_waiting(app, client, run
 def test_a_healthy_queued_job_is_left_alone(app, client):
     job = client.post("/tasks/add", json={"args": [2, 3]}).get_json()
     age(app, job["job_id"])
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
     assert not report
     assert client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 1
 
@@ -180,7 +181,7 @@ def test_an_outcome_whose_report_was_lost_is_copied_from_rq(app, client, setting
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "QUEUED"
     age(app, job["job_id"])
 
-    report = app.extensions["reconciler"].run_once()
+    report = services(app).reconciler.run_once()
 
     assert report.copied == [job["job_id"]]
     done = client.get(f"/jobs/{job['job_id']}").get_json()
@@ -209,7 +210,7 @@ def test_an_outcome_copied_from_rq_gets_the_caps_a_report_gets(tiny_result_cap, 
     age(app, job["job_id"])
 
     # When the reconciler copies its outcome from RQ
-    app.extensions["reconciler"].run_once()
+    services(app).reconciler.run_once()
 
     # Then the result over the API's cap is not stored: the attempt failed, naming the cap
     done = client.get(f"/jobs/{job['job_id']}").get_json()
@@ -219,7 +220,7 @@ def test_an_outcome_copied_from_rq_gets_the_caps_a_report_gets(tiny_result_cap, 
 
 def test_one_reconciler_acts_at_a_time(app, redis_conn):
     redis_conn.set(LOCK_KEY, "held-by-another-api-process", px=5000)
-    assert app.extensions["reconciler"].run_once() is None
+    assert services(app).reconciler.run_once() is None
 
 
 def test_the_api_reconciles_on_its_own_at_start(settings, client):
@@ -252,7 +253,7 @@ def test_while_redis_is_down_jobs_are_recorded_pending_and_health_says_so(settin
     job = response.get_json()
     assert job["status"] == "PENDING"
     assert client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "PENDING"
-    with app.extensions["jobs"].sessions() as session:  # the counts behind the stats agree
+    with services(app).sessions() as session:  # the counts behind the stats agree
         assert {s: n for s, n in counts.by_status(session).items() if n} == {"PENDING": 1}
     health = client.get("/monitoring/health")
     assert health.status_code == 503
@@ -304,7 +305,7 @@ def test_when_the_store_is_down_too_a_submission_is_503_with_retry_after(setting
     settings["DATABASE_URL"] = f"sqlite:///{store_dir / 'jobs.db'}"
     app = create_app(settings)
     client = app.test_client()
-    app.extensions["engine"].dispose()
+    services(app).engine.dispose()
     shutil.rmtree(store_dir)
 
     response = client.post("/tasks/add", json={"args": [1, 2]})
@@ -317,7 +318,7 @@ def test_when_the_store_is_down_too_a_submission_is_503_with_retry_after(setting
 
 def test_a_lock_this_reconciler_left_behind_does_not_lock_it_out(app, redis_conn):
     # Given the lock of a pass that Redis cut short (and restored from its AOF)
-    reconciler = app.extensions["reconciler"]
+    reconciler = services(app).reconciler
     redis_conn.set(LOCK_KEY, reconciler._lock_token, px=15000)
 
     # Then the next pass of the same reconciler runs, and frees the lock

@@ -12,6 +12,7 @@ from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from backend.api.context import services
 from tests.helpers import AUTH, attempts, submit, wait_for_status
 
 # -- retries ------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def test_the_same_key_for_another_owner_is_another_job(settings):
 
 def test_a_repeated_failure_report_never_makes_two_new_attempts(client, app):
     job = submit(client, "add", args=[1, 2], max_retries=3)
-    manager = app.extensions["jobs"]
+    manager = services(app).jobs
     manager.mark_started(job["job_id"], attempt=1, worker="w")
     manager.mark_failed(job["job_id"], attempt=1, error="boom")
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
+from backend.api.context import services
 from backend.app import create_app
 from backend.core.settings import load
 from backend.scheduler import Scheduler
@@ -129,7 +130,7 @@ def test_two_scheduler_processes_fire_a_due_schedule_once(settings, client, app)
     # Given a schedule that is due now, and not again during the test (a once-a-year cron: an
     # every-minute one is really due twice when the test spans a minute boundary)
     schedule = create(client, cron="0 0 1 1 *")
-    with app.extensions["jobs"].sessions() as session:
+    with services(app).sessions() as session:
         session.execute(
             update(ScheduledJob)
             .where(ScheduledJob.id == schedule["id"])

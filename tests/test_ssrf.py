@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from backend.api.context import services
 from backend.app import create_app
 from backend.core.errors import ValidationFailed
 from backend.webhooks.http_post import DeliveryError, post
@@ -117,7 +118,7 @@ def test_dns_rebinding_after_the_check_never_reaches_loopback(settings, receiver
         # (an IPv6 address: where there is no IPv6 route nothing leaves the machine)
         return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:4860:4860::8888", port, 0, 0))]
 
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
     dispatcher.allow_loopback = False
     dispatcher.resolve = rebinding
     dispatcher.run_once()

@@ -14,6 +14,7 @@ import psutil
 import pytest
 from sqlalchemy import select, update
 
+from backend.api.context import services
 from backend.app import create_app, start_background
 from backend.store.models import WebhookDelivery, utcnow
 from backend.webhooks.dispatcher import Dispatcher
@@ -124,7 +125,7 @@ def test_a_receiver_host_that_resolves_slowly_fails_the_attempt_within_the_deliv
         answered.append(host)
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
     dispatcher.resolve = slow_dns
 
     # When the dispatcher sends its webhook
@@ -152,7 +153,7 @@ def test_a_slow_receiver_does_not_hold_up_the_deliveries_to_another(settings, he
     app.extensions["webhooks_thread"].stop()
     slow_jobs = [job_with_webhook(client, f"http://localhost:{slow.port}/hook") for _ in range(4)]
     fast_job = job_with_webhook(client, f"http://127.0.0.1:{fast.port}/hook")
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
 
     # When the dispatcher runs
     runner = in_background(dispatcher)
@@ -188,7 +189,7 @@ def test_one_owner_with_many_slow_hosts_cannot_take_every_slot(settings, held_re
     )
     client = app.test_client()
     app.extensions["webhooks_thread"].stop()
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
     for receiver in slow:
         client.environ_base["HTTP_AUTHORIZATION"] = "Bearer key-m"
         job_with_webhook(client, receiver.url)
@@ -214,15 +215,15 @@ def test_a_claim_outlasts_its_delivery_and_a_second_dispatcher_does_not_send_it_
     client = app.test_client()
     app.extensions["webhooks_thread"].stop()
     job_id = job_with_webhook(client, f"http://127.0.0.1:{hook.port}/hook")
-    first = app.extensions["webhooks"]
-    second = Dispatcher(app.extensions["jobs"].sessions, secret=None, allow_loopback=True, timeout=120)
+    first = services(app).webhooks
+    second = Dispatcher(services(app).sessions, secret=None, allow_loopback=True, timeout=120)
 
     # When one dispatcher is sending it
     runner = in_background(first)
     wait_until(lambda: len(hook.received) == 1, what="the first send")
 
     # Then its claim lasts at least as long as the delivery may (it was 60 s before)
-    with app.extensions["jobs"].sessions() as session:
+    with services(app).sessions() as session:
         claimed_until = session.scalar(select(WebhookDelivery.claimed_until))
     assert claimed_until >= utcnow() + timedelta(seconds=115)
     # and a second dispatcher on the same store does not send it again
@@ -245,8 +246,8 @@ def test_a_dispatcher_whose_claim_was_taken_over_records_nothing(settings, held_
     client = app.test_client()
     app.extensions["webhooks_thread"].stop()
     job_id = job_with_webhook(client, f"http://127.0.0.1:{hook.port}/hook")
-    sessions = app.extensions["jobs"].sessions
-    stale = app.extensions["webhooks"]
+    sessions = services(app).sessions
+    stale = services(app).webhooks
     other = Dispatcher(sessions, secret=None, allow_loopback=True, timeout=30)
     stale_runner = in_background(stale)
     wait_until(lambda: len(hook.received) == 1, what="the first send")

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from backend.api.context import services
 from backend.app import stop_webhooks
 from tests.helpers import wait_until
 from tests.receivers import Receiver
@@ -67,7 +68,7 @@ def test_one_owners_backlog_on_one_slow_host_does_not_keep_another_owners_delive
     assert len(cancelled["cancelled"]) == 1000
     client.environ_base["HTTP_AUTHORIZATION"] = "Bearer key-o"
     olivia_job = job_with_webhook(client, prompt.url)
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
 
     # When the dispatcher makes one pass
     started = dispatcher.run_once()
@@ -89,7 +90,7 @@ def test_an_attempt_that_fails_on_an_unexpected_error_is_recorded_and_max_attemp
     app = apps(settings, WEBHOOK_MAX_ATTEMPTS=2, WEBHOOK_BACKOFF_SECONDS=0, WEBHOOK_INTERVAL=0)
     client = app.test_client()
     job_id = job_with_webhook(client, "http://localhost:9/hook")
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
 
     def broken_dns(host, port, proto=0):
         raise RuntimeError("resolver bug")
@@ -130,7 +131,7 @@ def test_a_temporary_dns_failure_at_send_time_is_tried_again_a_missing_name_is_r
     app = apps(settings, WEBHOOK_MAX_ATTEMPTS=3, WEBHOOK_INTERVAL=0)
     client = app.test_client()
     job_id = job_with_webhook(client, "http://localhost:9/hook")  # resolved when submitted
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
 
     def failing_dns(host, port, proto=0):
         raise socket.gaierror(errno, "from the test's resolver")
@@ -170,7 +171,7 @@ def test_stopping_the_webhooks_ends_the_delivery_pool_and_starts_nothing_more(se
         thread.join(10)
         assert not thread.is_alive()
     second = job_with_webhook(client, hook.url)
-    assert app.extensions["webhooks"].run_once() == 0
+    assert services(app).webhooks.run_once() == 0
     assert delivery_of(client, second)["status"] == "pending"
     assert len(hook.received) == 1
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from backend.api.context import services
 from backend.app import create_app, start_background
 from backend.core.errors import ValidationFailed
 from backend.webhooks.ssrf import check_webhook_url
@@ -125,7 +126,7 @@ def test_the_guard_is_applied_again_at_send_time(hook_settings, receiver):
     app.extensions["webhooks_thread"].stop()
     job = client.post("/tasks/add", json={"args": [1, 1], "webhook_url": hook.url}).get_json()
     client.post(f"/jobs/{job['job_id']}/cancel", json={})
-    dispatcher = app.extensions["webhooks"]
+    dispatcher = services(app).webhooks
     dispatcher.allow_loopback = False
 
     dispatcher.run_once()

@@ -45,7 +45,8 @@ def batch():
     """
     caps = _caps()
     reports = protocol.decode_batch(json_body(lone_surrogates=True), caps)
-    applied = worker_reports.apply(_jobs(), reports.reports)
+    bundle = services()
+    applied = worker_reports.apply(bundle.jobs, reports.reports, sessions=bundle.sessions)
     return jsonify(protocol.batch_answer(reports.answers(applied), caps))
 
 

@@ -21,6 +21,7 @@ import contextlib
 import json
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from backend.core.cursors import decode_cursor, encode_cursor
 from backend.core.pages import encode, page_parts
@@ -28,6 +29,11 @@ from backend.core.states import JobStatus
 from backend.service.ownership import owned
 from backend.service.representations import HEAVY_FIELDS, job_dict
 from backend.store.job_reads import JobStamps, job_page
+
+if TYPE_CHECKING:  # types only
+    from backend.service.job_manager import JobManager
+    from backend.store.engine import Engine
+    from backend.store.jobs import Sessions
 
 MAX_ENTRIES = 10_000
 MAX_BODY = 64 * 1024
@@ -38,7 +44,8 @@ MAX_BYTES = 16 * 1024 * 1024
 class JobReader:
     """Serves ``GET /jobs/<id>`` (from a cache of bodies checked against the store) and ``GET /jobs``."""
 
-    def __init__(self, engine, manager):
+    def __init__(self, engine: Engine, sessions: Sessions, manager: JobManager):
+        self.sessions = sessions
         self.manager = manager
         self._stamps = JobStamps(engine)
         self._bodies: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
@@ -96,7 +103,7 @@ class JobReader:
         after = decode_cursor(cursor) if cursor else None
         # Only the columns shown: a heavy column left out is never read from the store.
         rows = job_page(
-            self.manager.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit
+            self.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit
         )
         with contextlib.closing(rows):
             parts, next_cursor = page_parts(

@@ -29,6 +29,7 @@ from backend.service.ownership import owned
 from backend.store import schedules as schedule_rows
 from backend.store.engine import transaction
 from backend.store.errors import ConstraintViolated, RowVanished
+from backend.store.jobs import Sessions
 from backend.store.models import Job, ScheduledJob, utcnow
 from backend.tasks import get_task
 
@@ -110,11 +111,11 @@ def next_fire_time(cron: str, timezone: str, after: datetime) -> datetime | None
 class ScheduleManager:
     """The commands on schedules; the scheduler process calls ``fire_due``, the API the rest."""
 
-    def __init__(self, jobs: JobManager, *, missed_policy: str = "once"):
+    def __init__(self, jobs: JobManager, sessions: Sessions, *, missed_policy: str = "once"):
         if missed_policy not in MISSED_POLICIES:
             raise ValueError(f"SCHEDULE_MISSED_POLICY must be one of {MISSED_POLICIES}, got {missed_policy!r}")
         self.jobs = jobs
-        self.sessions = jobs.sessions
+        self.sessions = sessions
         self.missed_policy = missed_policy
 
     # -- CRUD -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from backend.core.instruments import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.core.protocol import COMPLETED, FAILED, PROGRESS, STARTED, Report, answer
 from backend.core.states import JobStatus, decide
 from backend.store.errors import StoreError
+from backend.store.jobs import Sessions
 from backend.store.models import Job, utcnow
 from backend.store.report_writes import report_writes
 
@@ -52,8 +53,12 @@ class JobPlan:
     started_at: datetime | None = None
 
 
-def apply(manager, reports: list[Report]) -> list[dict]:
-    """Apply ``reports`` in order; one answer each: ``{"status": 200|404|409|500, "error"?: ...}``."""
+def apply(manager, reports: list[Report], *, sessions: Sessions) -> list[dict]:
+    """Apply ``reports`` in order; one answer each: ``{"status": 200|404|409|500, "error"?: ...}``.
+
+    ``sessions`` opens the batch's transactions; ``manager`` takes the reports that need the job
+    commands' full logic.
+    """
     now = utcnow()
     by_job: dict[str, list[int]] = {}
     for index, report in enumerate(reports):
@@ -61,7 +66,7 @@ def apply(manager, reports: list[Report]) -> list[dict]:
     answers: list[dict | None] = [None] * len(reports)
     plans: dict[str, JobPlan] = {}
     first: list[str] = []
-    with report_writes(manager.sessions) as store:
+    with report_writes(sessions) as store:
         rows = store.read(list(by_job))
         for job_id, indices in by_job.items():
             row = rows.get(job_id)
@@ -82,7 +87,7 @@ def apply(manager, reports: list[Report]) -> list[dict]:
         # the batch, must never be stored before it (a child COMPLETED under a PROCESSING
         # parent). The plans stay good: a row changed meanwhile fails its compare-and-set.
         _answer_manager(manager, first, by_job, reports, answers, now)
-        with report_writes(manager.sessions) as store:
+        with report_writes(sessions) as store:
             late, done = _write(store, plans, by_job, answers)
     _observe(done)
     _answer_manager(manager, late, by_job, reports, answers, now)

@@ -15,6 +15,7 @@ import time
 import requests
 from redis import Redis
 
+from backend.api.context import services
 from backend.broker.queues import fence_key
 
 LIVE = {"PENDING", "QUEUED", "PROCESSING"}
@@ -41,7 +42,7 @@ class DequeuedMeanwhile(Redis):
 
 def test_a_job_dequeued_while_it_is_cancelled_is_cancelled_not_a_500(app, client, redis_url):
     job = client.post("/tasks/sleep", json={"args": [60, 1]}).get_json()
-    adapter = app.extensions["jobs"].queues
+    adapter = services(app).queues
     hooked = DequeuedMeanwhile.from_url(redis_url)
     hooked.target = f"rq:job:{job['rq_job_id']}"
     adapter.connection = hooked
@@ -58,7 +59,7 @@ def test_a_job_dequeued_while_it_is_cancelled_is_cancelled_not_a_500(app, client
 
 def test_a_bulk_cancel_reports_every_id_when_one_races_a_worker(app, client, redis_url):
     ids = [client.post("/tasks/sleep", json={"args": [60, 1]}).get_json() for _ in range(3)]
-    adapter = app.extensions["jobs"].queues
+    adapter = services(app).queues
     hooked = DequeuedMeanwhile.from_url(redis_url)
     hooked.target = f"rq:job:{ids[0]['rq_job_id']}"
     adapter.connection = hooked
@@ -75,7 +76,7 @@ def test_a_bulk_cancel_reports_every_id_when_one_races_a_worker(app, client, red
 def test_a_batch_cancel_racing_a_worker_cancels_the_whole_batch(app, client, redis_url):
     batch = client.post("/tasks/sleep/batch", json={"jobs": [{"args": [60, 1]}] * 3}).get_json()
     first = client.get(f"/jobs/{batch['job_ids'][0]}").get_json()
-    adapter = app.extensions["jobs"].queues
+    adapter = services(app).queues
     hooked = DequeuedMeanwhile.from_url(redis_url)
     hooked.target = f"rq:job:{first['rq_job_id']}"
     adapter.connection = hooked
@@ -151,7 +152,7 @@ def test_an_unforeseen_error_on_one_job_does_not_abort_a_bulk_cancel(app, client
     jobs = [client.post("/tasks/sleep", json={"args": [60, 1]}).get_json() for _ in range(3)]
     hooked = FailsOnce.from_url(redis_url)
     hooked.target = f"rq:job:{jobs[1]['rq_job_id']}"
-    app.extensions["jobs"].queues.connection = hooked
+    services(app).queues.connection = hooked
 
     response = client.post("/jobs/cancel", json={"job_ids": [j["job_id"] for j in jobs]})
 

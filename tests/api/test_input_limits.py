@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import event
 
+from backend.api.context import services
 from tests.helpers import queued_count, stored_jobs
 
 
@@ -172,7 +173,7 @@ def test_a_bulk_cancel_of_unknown_ids_costs_one_lookup(app, client):
     def count(conn, cursor, statement, *args):
         statements.append(statement)
 
-    engine = app.extensions["engine"]
+    engine = services(app).engine
     event.listen(engine, "before_cursor_execute", count)
     try:
         response = client.post("/jobs/cancel", json={"job_ids": [f"job_unknown_{i}" for i in range(999)]})

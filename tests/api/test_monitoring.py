@@ -11,7 +11,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from backend.api.context import update_settings
+from backend.api.context import services, update_settings
 from backend.app import create_app
 from backend.dev import processes
 from backend.dev.redis_server import free_port
@@ -39,7 +39,7 @@ def test_stats_counts_match_the_jobs_table(client, app, run_burst_worker):
 
     stats = client.get("/monitoring/queue/stats").get_json()
 
-    with app.extensions["jobs"].sessions() as session:
+    with services(app).sessions() as session:
         actual = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     assert {k: v for k, v in stats["jobs"].items() if v} == actual
     assert stats["jobs"] == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from backend.api.context import services
 from tests.helpers import AUTH, submit_add
 
 
@@ -161,7 +162,7 @@ def test_a_dependants_reports_are_stored_after_its_parents_end_in_the_same_batch
     # Given a parent (its end releases dependants: the job manager applies it) and its child
     parent = submit_add(client)
     child = submit_add(client, depends_on=[parent["job_id"]])
-    manager = app.extensions["jobs"]
+    manager = services(app).jobs
     child_when_parent_ends = []
 
     def mark_completed(job_id, **kwargs):
