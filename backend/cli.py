@@ -84,6 +84,8 @@ def cleanup_command(dry_run: bool, older_than: int, force: bool) -> None:
         report = maintenance.cleanup(
             services.jobs,
             services.reconciler,
+            services.sessions,
+            services.queues,
             older_than=timedelta(minutes=older_than),
             force=force,
             dry_run=dry_run,
@@ -113,7 +115,7 @@ def clear_queues_command(flush_db: bool, yes: bool) -> None:
     if not yes:
         click.confirm(f"This will {what} and cancel their jobs in the store. Go on?", abort=True)
     try:
-        result = maintenance.clear_queues(services.jobs, flush_db=flush_db, by="clear-queues")
+        result = maintenance.clear_queues(services.jobs, services.queues, flush_db=flush_db, by="clear-queues")
     except BrokerError as exc:
         raise CommandError(f"Redis failed while clearing ({exc})") from None
     click.echo(json.dumps(result, indent=2))

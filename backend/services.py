@@ -81,6 +81,8 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
     jobs = JobManager(sessions, queues, retry_policy=policy)
     reconciler = Reconciler(
         jobs,
+        sessions,
+        queues,
         lease_seconds=settings.worker_lease_seconds,
         grace_seconds=settings.reconcile_grace,
         caps=SizeCaps.from_settings(settings),

@@ -90,23 +90,23 @@ def queue_workers():
     connection = _queues().connection
     try:
         workers = registries.workers(connection)
-        alive = leases.alive(connection, {w.name for w in workers})
+        alive = leases.alive(connection, {w["name"] for w in workers})
     except BrokerError as exc:
         raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
     return jsonify(
         {
             "workers": [
                 {
-                    "name": worker.name,
-                    "state": worker.get_state(),
-                    "alive": worker.name in alive,
-                    "queues": worker.queue_names(),
-                    "current_job": worker.get_current_job_id(),
-                    "last_heartbeat": iso(worker.last_heartbeat),
-                    "successful_jobs": worker.successful_job_count,
-                    "failed_jobs": worker.failed_job_count,
+                    "name": worker["name"],
+                    "state": worker["state"],
+                    "alive": worker["name"] in alive,
+                    "queues": worker["queues"],
+                    "current_job": worker["current_job_id"],
+                    "last_heartbeat": iso(worker["last_heartbeat"]),
+                    "successful_jobs": worker["successful_job_count"],
+                    "failed_jobs": worker["failed_job_count"],
                 }
-                for worker in sorted(workers, key=lambda w: w.name)
+                for worker in sorted(workers, key=lambda w: w["name"])
             ]
         }
     )

@@ -10,11 +10,11 @@ from backend.api.payloads import MAX_DEPENDENCIES, MAX_IDEMPOTENCY_KEY, MAX_RETR
 from backend.api.schedules import MAX_NAME_LENGTH
 from backend.core.protocol import EVENTS, MAX_BATCH
 from backend.core.settings import QUEUE_NAMES
-from backend.core.states import TERMINAL, JobStatus
+from backend.core.states import LIVE, JobStatus
 from backend.service.schedules import MAX_CRON_LENGTH, known_timezones
 
 STATUSES = [status.value for status in JobStatus]
-LIVE_STATUSES = [status.value for status in JobStatus if status not in TERMINAL]
+LIVE_STATUSES = [status.value for status in JobStatus if status in LIVE]
 STRING, INTEGER, ANY = {"type": "string"}, {"type": "integer"}, {}
 OBJECT = {"type": "object"}
 NULLABLE_STRING = {"type": "string", "nullable": True}

@@ -30,7 +30,7 @@ from backend.api.auth import require_admin
 from backend.api.context import services
 from backend.api.error_handlers import error_response
 from backend.api.rate_limits import limiter
-from backend.broker import inspection
+from backend.broker import inspection, registries
 from backend.broker.errors import (
     BrokenDependency,
     BrokerError,
@@ -150,7 +150,7 @@ def _readable(read):
 
 def _job_summary(job) -> dict:
     """A job's line in a list (rq-dashboard's ``serialize_job``, which raised on such a job)."""
-    latest = _readable(job.latest_result)
+    latest = _readable(lambda: inspection.latest_result(job))
     return {
         "id": job.id,
         "created_at": rqd.serialize_date(job.created_at),
@@ -216,9 +216,9 @@ def job_info(instance_number: int, job_id: str):
         **_job_summary(job),
         "enqueued_at": rqd.serialize_date(job.enqueued_at),
         "origin": job.origin,
-        "status": job.get_status(),
-        "result": _readable(job.return_value),
-        "metadata": _readable(lambda: json.dumps(job.get_meta(), cls=encoder)),
+        "status": inspection.status(job),
+        "result": _readable(lambda: inspection.result(job)),
+        "metadata": _readable(lambda: json.dumps(inspection.meta(job), cls=encoder)),
     }
     dependencies = [str(d).split(":")[-1] for d in job.dependency_ids]
     if dependencies:
@@ -268,21 +268,21 @@ def list_workers(instance_number: int):
     """rq-dashboard's ``list_workers`` reads workers with RQ's default (pickle) serializer, so it
     answered 500 whenever a worker was busy with one of our JSON jobs; this one reads JSON."""
     workers = []
-    for worker, current in inspection.workers(current_app.redis_conn):
+    for worker in registries.workers(current_app.redis_conn, current_jobs=True):
         workers.append(
             {
-                "name": worker.name,
-                "pid": worker.pid,
-                "queues": [queue.name for queue in worker.queues],
-                "state": str(worker.get_state()),
-                "current_job": rqd.serialize_current_job(current),
-                "last_heartbeat": rqd.serialize_date(worker.last_heartbeat),
-                "birth_date": rqd.serialize_date(worker.birth_date),
-                "successful_job_count": worker.successful_job_count,
-                "failed_job_count": worker.failed_job_count,
-                "total_working_time": worker.total_working_time,
-                "version": getattr(worker, "version", ""),
-                "python_version": getattr(worker, "python_version", ""),
+                "name": worker["name"],
+                "pid": worker["pid"],
+                "queues": worker["queues"],
+                "state": str(worker["state"]),
+                "current_job": rqd.serialize_current_job(worker["current_job"]),
+                "last_heartbeat": rqd.serialize_date(worker["last_heartbeat"]),
+                "birth_date": rqd.serialize_date(worker["birth_date"]),
+                "successful_job_count": worker["successful_job_count"],
+                "failed_job_count": worker["failed_job_count"],
+                "total_working_time": worker["total_working_time"],
+                "version": worker["version"],
+                "python_version": worker["python_version"],
             }
         )
     workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))

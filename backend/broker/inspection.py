@@ -6,11 +6,14 @@ asks of Redis is here, read with the JSON serializer that our jobs are written w
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis import Redis
 from redis.exceptions import ResponseError
-from rq import Queue, Worker
+from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 #: How every job is written and read (rq-dashboard's own views are set to it too).
@@ -81,14 +84,25 @@ def compact(connection: Redis, queue_name: str) -> None:
             raise
 
 
-def workers(connection: Redis) -> list[tuple[Worker, RQJob | None]]:
-    """Every worker RQ knows of, with the job it runs (None when it ended and expired
-    between the two reads)."""
-    found = []
-    for worker in Worker.all(connection=connection, serializer=SERIALIZER):
-        try:
-            current = worker.get_current_job()
-        except NoSuchJobError:
-            current = None
-        found.append((worker, current))
-    return found
+def status(job: RQJob) -> str:
+    """An RQ job's status, read afresh from Redis (the fetched copy may be stale)."""
+    return job.get_status()
+
+
+def result(job: RQJob) -> Any:
+    """What an RQ job's latest successful execution returned (None otherwise); read from Redis.
+
+    Raises:
+        UndecodableJob: another client wrote it with another serializer.
+    """
+    return job.return_value()
+
+
+def meta(job: RQJob) -> dict:
+    """An RQ job's ``meta``, read afresh from Redis."""
+    return job.get_meta()
+
+
+def latest_result(job: RQJob) -> Result | None:
+    """An RQ job's latest execution result (its ``exc_string`` when it failed), read from Redis."""
+    return job.latest_result()

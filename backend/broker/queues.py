@@ -1,9 +1,14 @@
 """The queue adapter: enqueues, inspects, fences and stops the RQ jobs behind the store's jobs.
 
-With ``registries.py`` (counts, listings, tidying) and ``leases.py`` it is the only code that
-talks to RQ on the API's side; ``connection.py`` opens the Redis connection (raw bytes, never
-``decode_responses``). A rule from production incidents lives here: a task's arguments always
-go to RQ as ``args=``/``kwargs=``, so that parameters named ``job_id``, ``timeout``, ``ttl``,
+With the rest of ``backend/broker`` it is the only code of ours that talks to Redis and RQ
+on the API's side (rq-dashboard's own views, mounted at /rq, are the library's):
+``registries.py`` (counts, listings, workers, tidying), ``inspection.py`` (the /rq
+dashboard's reads and actions), ``leases.py`` (worker leases, the reconciler's lock),
+``connection.py`` (opens the connection: raw bytes, never ``decode_responses``) and
+``errors.py`` (Redis' and RQ's errors under the names the layers above catch).
+
+A rule from production incidents lives here: a task's arguments always go to RQ as
+``args=``/``kwargs=``, so that parameters named ``job_id``, ``timeout``, ``ttl``,
 ``description``, ``meta`` or ``retry`` reach the task instead of being taken by RQ as its own
 options.
 """
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,6 +49,16 @@ def rq_status(job: RQJob) -> str:
     """An RQ job's status as text, from what was fetched (no round trip)."""
     status = job.get_status(refresh=False)
     return getattr(status, "value", status)
+
+
+def outcome(job: RQJob) -> tuple[str, Any]:
+    """An RQ job's status as fetched and, when it finished, what it returned (read from Redis).
+
+    Raises:
+        BrokerError: Redis is unreachable or refused.
+    """
+    status = rq_status(job)
+    return status, (job.return_value() if status == "finished" else None)
 
 
 def last_error(job: RQJob) -> str | None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
@@ -124,6 +125,40 @@ def empty_queues(adapter: QueueSet, *, flush_db: bool) -> dict[str, int]:
     return counts
 
 
-def workers(connection: Redis) -> list[Worker]:
-    """Every worker RQ knows of (alive or not: see ``leases`` for which are)."""
-    return Worker.all(connection=connection)
+def workers(connection: Redis, *, current_jobs: bool = False) -> list[dict]:
+    """Every worker RQ knows of (alive or not: see ``leases`` for which are), as plain rows.
+
+    Each row holds what RQ keeps of the worker: name, pid, queues (names), state,
+    birth_date, last_heartbeat, successful_job_count, failed_job_count, total_working_time,
+    version, python_version, and current_job_id (None when idle). With ``current_jobs``,
+    also ``current_job``: the RQ job it runs (None when idle, or when the job ended and
+    expired between the two reads). Every Redis read happens here, so that a caller's
+    ``except BrokerError`` around this call covers them all.
+
+    Raises:
+        BrokerError: Redis is unreachable or refused.
+    """
+    rows = []
+    for worker in Worker.all(connection=connection, serializer=JSONSerializer):
+        current_id = worker.get_current_job_id()
+        row = {
+            "name": worker.name,
+            "pid": worker.pid,
+            "queues": worker.queue_names(),
+            "state": worker.get_state(),
+            "birth_date": worker.birth_date,
+            "last_heartbeat": worker.last_heartbeat,
+            "successful_job_count": worker.successful_job_count,
+            "failed_job_count": worker.failed_job_count,
+            "total_working_time": worker.total_working_time,
+            "version": getattr(worker, "version", ""),
+            "python_version": getattr(worker, "python_version", ""),
+            "current_job_id": current_id,
+        }
+        if current_jobs:
+            try:
+                row["current_job"] = worker.get_current_job()
+            except NoSuchJobError:
+                row["current_job"] = None
+        rows.append(row)
+    return rows

@@ -58,6 +58,9 @@ AUTO_RETRY_FROM = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROC
 REQUEUE_FROM = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
 #: and a client's ``POST /jobs/<id>/retry`` of an ended job.
 MANUAL_RETRY_FROM = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+#: The ends that are not a success: a dependant of such a parent is cancelled (or runs, with
+#: ``allow_failure``).
+UNSUCCESSFUL = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 # The table as strings: the batch path compares row values, and a str Enum hashes and formats

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from backend.broker import leases, registries
+from backend.broker.queues import QueueAdapter
 from backend.core.errors import JobServiceError
-from backend.core.states import JobStatus
+from backend.core.states import REQUEUE_FROM
 from backend.recovery.reconciler import Reconciler
 from backend.service.job_manager import JobManager
 from backend.store import job_scans
+from backend.store.jobs import Sessions
 from backend.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,14 @@ class CleanupReport:
 
 
 def cleanup(
-    manager: JobManager, reconciler: Reconciler, *, older_than: timedelta, force: bool, dry_run: bool
+    manager: JobManager,
+    reconciler: Reconciler,
+    sessions: Sessions,
+    queues: QueueAdapter,
+    *,
+    older_than: timedelta,
+    force: bool,
+    dry_run: bool,
 ) -> CleanupReport:
     """End stuck jobs: live in the store for longer than ``older_than`` and held by nothing.
 
@@ -40,7 +49,7 @@ def cleanup(
     """
     report = CleanupReport()
     cutoff = utcnow() - older_than
-    old = job_scans.live_jobs_before(manager.sessions, cutoff)
+    old = job_scans.live_jobs_before(sessions, cutoff)
     # Look twice: a job moving from a queue to a worker in that instant is not stuck.
     verdicts = reconciler.confirmed(old, patient=False) if old else {}
     for job in old:
@@ -57,16 +66,16 @@ def cleanup(
                 manager.end_job(job.id, error=f"Cleanup: ended as stuck ({reason})")
             except JobServiceError as exc:
                 log.info("job %s: cleanup left it (%s)", job.id, exc.message)
-    _clean_registries(manager, report, dry_run=dry_run)
+    _clean_registries(queues, report, dry_run=dry_run)
     return report
 
 
-def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bool) -> None:
-    connection = manager.queues.connection
-    for queue in manager.queues.queues.values():
+def _clean_registries(queues: QueueAdapter, report: CleanupReport, *, dry_run: bool) -> None:
+    connection = queues.connection
+    for queue in queues.queues.values():
         key, entries = registries.started_entries(connection, queue.name)
         rq_ids = [rq_id for _, rq_id in entries]
-        jobs = manager.queues.fetch_many(rq_ids) if rq_ids else {}
+        jobs = queues.fetch_many(rq_ids) if rq_ids else {}
         alive = leases.alive(connection, {job.worker_name for job in jobs.values() if job is not None})
         for entry, rq_id in entries:
             job = jobs.get(rq_id)
@@ -82,7 +91,7 @@ def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bo
                 registries.fail_started(connection, key, [entry], job, f"Cleanup: {reason}")
         # Queue entries whose hash is gone or cannot be read would crash or stall workers.
         queued = registries.queue_ids(connection, queue)
-        readable = manager.queues.fetch_many(queued) if queued else {}
+        readable = queues.fetch_many(queued) if queued else {}
         for rq_id in queued:
             if not registries.runnable(readable.get(rq_id)):
                 report.redis.append((queue.name, "queued", rq_id, "job hash missing or unreadable"))
@@ -90,14 +99,15 @@ def _clean_registries(manager: JobManager, report: CleanupReport, *, dry_run: bo
                     registries.drop_queued(connection, queue, rq_id)
 
 
-def clear_queues(manager: JobManager, *, flush_db: bool, by: str) -> dict:
+def clear_queues(manager: JobManager, queues: QueueAdapter, *, flush_db: bool, by: str) -> dict:
     """Empty the three queues (or flush the whole Redis database) and cancel, in the store,
     every job that was waiting in them, so the reconciler does not put them back."""
-    counts = registries.empty_queues(manager.queues, flush_db=flush_db)
+    counts = registries.empty_queues(queues, flush_db=flush_db)
     cancelled = []
     for job_id in manager.live_job_ids(owner=None, status=None, task=None):
         job = manager.get_job(job_id)
-        if job.status in (JobStatus.PENDING, JobStatus.QUEUED) or flush_db:
+        # Waiting in a queue (REQUEUE_FROM: not started by any worker), or anywhere once flushed.
+        if job.status in REQUEUE_FROM or flush_db:
             try:
                 manager.cancel_job(job_id, owner=None, by=by)
                 cancelled.append(job_id)

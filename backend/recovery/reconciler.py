@@ -27,12 +27,13 @@ from datetime import UTC, timedelta
 
 from backend.broker import leases
 from backend.broker.errors import BrokerError
-from backend.broker.queues import RQJob, last_error, rq_status
+from backend.broker.queues import QueueAdapter, RQJob, last_error, outcome, rq_status
 from backend.core.errors import JobServiceError
 from backend.core.size_caps import SizeCaps
-from backend.core.states import JobStatus
+from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
 from backend.store import job_scans
+from backend.store.jobs import Sessions
 from backend.store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class Reconciler:
     def __init__(
         self,
         manager: JobManager,
+        sessions: Sessions,
+        queues: QueueAdapter,
         *,
         lease_seconds: float,
         grace_seconds: float = 2.0,
@@ -79,9 +82,10 @@ class Reconciler:
         caps: SizeCaps | None = None,
     ):
         self.manager = manager
+        self.sessions = sessions
         # An outcome copied from RQ gets the caps a worker's report gets (backend/core/size_caps.py).
         self.caps = caps or SizeCaps()
-        self.queues = manager.queues
+        self.queues = queues
         self.grace = timedelta(seconds=grace_seconds)
         self.confirm_delay = confirm_delay
         # A lease must be seen missing for this long before its worker counts as dead: after
@@ -104,7 +108,7 @@ class Reconciler:
     def _pass(self) -> ReconcileReport:
         report = ReconcileReport()
         cutoff = utcnow() - self.grace
-        live = job_scans.live_rows(self.manager.sessions, cutoff)
+        live = job_scans.live_rows(self.sessions, cutoff)
         if not live:
             return report
         # Enqueueing a PENDING row and copying an ended RQ job's outcome are safe on one look.
@@ -232,7 +236,8 @@ class Reconciler:
     def _record_start(self, job: Job, rq_job: RQJob | None) -> None:
         """Copy an attempt's start from RQ when its worker's report never came (the worker
         died, or its reports were lost): the attempt then names the worker that ran it."""
-        if rq_job is None or job.status not in (JobStatus.PENDING, JobStatus.QUEUED) or not rq_job.worker_name:
+        # REQUEUE_FROM: the statuses before a worker's start, the only ones a start can follow.
+        if rq_job is None or job.status not in REQUEUE_FROM or not rq_job.worker_name:
             return
         started = rq_job.started_at
         if started is not None:
@@ -242,9 +247,8 @@ class Reconciler:
             self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name, at=started)
 
     def _copy_outcome(self, job: Job, rq_job: RQJob, report: ReconcileReport) -> None:
-        status = rq_status(rq_job)
         self._record_start(job, rq_job)
-        result = rq_job.return_value() if status == "finished" else None
+        status, result = outcome(rq_job)
         problem = self.caps.result_problem(result) if status == "finished" else None
         if status == "finished" and problem is None:
             self.manager.mark_completed(job.id, attempt=job.attempt, result=result)

@@ -14,7 +14,7 @@ from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, rq_job_id
 from backend.core.errors import NotFound, StaleAttempt, ValidationFailed
 from backend.core.logs import job_fields
-from backend.core.states import TERMINAL_VALUES, JobStatus
+from backend.core.states import TERMINAL_VALUES, UNSUCCESSFUL, JobStatus
 from backend.service.idempotency import check_same_request
 from backend.service.job_request import JobRequest
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
@@ -162,7 +162,7 @@ class Submissions:
             waiting_on: list[str] = []
             if job.depends_on:
                 parents = rows.jobs(job.depends_on)
-                failed = [p for p in parents if p.status in (JobStatus.FAILED, JobStatus.CANCELLED)]
+                failed = [p for p in parents if p.status in UNSUCCESSFUL]
                 if failed and not job.allow_failure:
                     rows.close()
                     return self._cancel_for_dependency(job.id, failed[0])

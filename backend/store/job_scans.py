@@ -12,13 +12,12 @@ from datetime import datetime
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.core.states import JobStatus
+from backend.core.states import LIVE_VALUES
 from backend.store.models import Job
 
-_LIVE_STATUSES = [JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.PROCESSING.value]
 # Only what a verdict needs: a backlog of many thousand queued jobs is read on each pass.
 _LIVE = select(Job.id, Job.status, Job.attempt, Job.worker, Job.rq_job_id).where(
-    Job.status.in_(_LIVE_STATUSES), Job.updated_at < bindparam("cutoff")
+    Job.status.in_(LIVE_VALUES), Job.updated_at < bindparam("cutoff")
 )
 
 
@@ -31,4 +30,4 @@ def live_rows(sessions: sessionmaker[Session], cutoff: datetime) -> Sequence[Row
 def live_jobs_before(sessions: sessionmaker[Session], cutoff: datetime) -> list[Job]:
     """Live jobs last changed before ``cutoff``, whole (``cleanup`` reports and ends them)."""
     with sessions() as session:
-        return list(session.scalars(select(Job).where(Job.status.in_(_LIVE_STATUSES), Job.updated_at < cutoff)))
+        return list(session.scalars(select(Job).where(Job.status.in_(LIVE_VALUES), Job.updated_at < cutoff)))
