@@ -69,6 +69,7 @@ def post_worker_init(worker):
 
 def child_exit(server, worker):
     """Drop a dead process's samples from prometheus-client's multiprocess files."""
+    # prometheus-client's own variable (see backend/api/metrics.py), hence not a Settings field.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -65,6 +65,8 @@ class StateCollector:
 
 def render(app: Flask) -> Response:
     """The Prometheus text of every metric (summed over processes in multiprocess mode)."""
+    # Not a Settings field: prometheus-client picks its multiprocess mode from this variable at
+    # import, so the environment, not an override, decides; we read what the library read.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

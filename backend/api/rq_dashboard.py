@@ -27,7 +27,7 @@ import rq_dashboard.web as rqd
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request, url_for
 
 from backend.api.auth import require_admin
-from backend.api.context import services
+from backend.api.context import services, settings
 from backend.api.error_handlers import error_response
 from backend.api.rate_limits import limiter
 from backend.broker import inspection, registries
@@ -211,6 +211,7 @@ def job_info(instance_number: int, job_id: str):
     """One job as JSON. rq-dashboard's own view decodes the ids of a job's dependencies as
     bytes, which RQ 3 already gives as text: it answered 500 for every job that has any."""
     job = inspection.fetch(current_app.redis_conn, job_id)
+    # A class, not a value an environment can spell: set on app.config by code that embeds the app.
     encoder = current_app.config.get("RQ_DASHBOARD_JSON_ENCODER", json.JSONEncoder)
     body = {
         **_job_summary(job),
@@ -235,8 +236,8 @@ def _page(view: str, **context):
             view=view,
             prefix=URL_PREFIX + "/",
             instance=0,
-            poll_interval=int(current_app.config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500)),
-            enable_delete=not current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"),
+            poll_interval=settings().rq_dashboard_poll_interval,
+            enable_delete=not settings().rq_dashboard_disable_delete,
             **context,
         )
     )

@@ -79,7 +79,9 @@ def faults(settings: Settings, *, role: str, environ: dict | None = None) -> lis
         if fault:
             problems.append(f"INTERNAL_SERVICE_TOKEN {fault}")
 
-    # Optional secrets: checked when they are set at all.
+    # Optional secrets: checked when they are set at all. HEALTHCHECK_API_KEY (deploy/healthcheck.py)
+    # and REDIS_PASSWORD (the Redis container) are deployment names the app never uses, so they
+    # are no Settings fields: only this check reads them.
     for name, value in (
         ("WEBHOOK_SECRET", settings.webhook_secret),
         ("HEALTHCHECK_API_KEY", environ.get("HEALTHCHECK_API_KEY")),

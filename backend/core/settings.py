@@ -50,6 +50,10 @@ class Settings:
     api_base_url: str = "http://127.0.0.1:5000"
     #: Modules whose @task functions are registered (comma separated).
     task_modules: str = "backend.tasks.examples"
+    #: Queues a worker takes from, in priority order (its --queues default).
+    rq_queue_names: str = ",".join(QUEUE_NAMES)
+    #: A worker's name, unique across hosts (its --name default); None: hostname-pid.
+    rq_worker_name: str | None = None
     #: Retention of finished jobs in Redis (seconds).
     rq_result_ttl: int = 86400
     #: Retention of failed jobs in Redis (seconds).
@@ -144,6 +148,10 @@ class Settings:
     #: "development" (set by `make run`, `python backend/app.py` and the tests) skips the start-up
     #: check of secrets (backend/core/secrets_check.py); anything else is a deployment.
     jobservice_env: str = "production"
+    #: How often the /rq pages refresh (milliseconds).
+    rq_dashboard_poll_interval: int = 2500
+    #: The /rq pages offer no delete or empty buttons, and refuse those requests.
+    rq_dashboard_disable_delete: bool = False
     #: Peers (IPs or CIDRs) whose X-Forwarded-For names the client: a reverse proxy on the same
     #: host or pod. Anyone else's X-Forwarded-For is ignored (backend/api/forwarded.py).
     trusted_proxies: str = "127.0.0.1,::1"
@@ -181,15 +189,16 @@ class Settings:
 
 
 def _parse_bool(value: object) -> bool:
+    """Any integer, nonzero meaning on (as the flags were always read: ``bool(int(x))``), or a word."""
     if isinstance(value, str):
         word = value.strip().lower()
-        if word in ("1", "true", "yes", "on"):
+        if word in ("true", "yes", "on"):
             return True
-        if word in ("0", "false", "no", "off"):
+        if word in ("false", "no", "off"):
             return False
-        raise ValueError
+        return bool(int(word))  # "2" and "-1" are on, "0" off; "1.0" or "maybe" a ValueError
     if isinstance(value, int | float):
-        return bool(value)
+        return bool(int(value))
     raise TypeError
 
 

@@ -281,16 +281,17 @@ def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> li
     return abandoned
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, settings: Settings | None = None) -> argparse.Namespace:
+    settings = settings or Settings.load()
     parser = argparse.ArgumentParser(description="Run a job service worker.")
     parser.add_argument(
         "--name",
-        default=os.environ.get("RQ_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        default=settings.rq_worker_name or f"{socket.gethostname()}-{os.getpid()}",
         help="worker name, unique across hosts (default: RQ_WORKER_NAME or host-pid)",
     )
     parser.add_argument(
         "--queues",
-        default=os.environ.get("RQ_QUEUE_NAMES") or ",".join(QUEUE_NAMES),
+        default=settings.rq_queue_names,
         help="queues in priority order (default: RQ_QUEUE_NAMES or high,default,low)",
     )
     parser.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
@@ -300,8 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     settings = Settings.load()
+    args = parse_args(argv, settings)
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     queues = [name.strip() for name in args.queues.split(",") if name.strip()]
     unknown = [name for name in queues if name not in QUEUE_NAMES]

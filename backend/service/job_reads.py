@@ -102,9 +102,7 @@ class JobReader:
         omit = frozenset(HEAVY_FIELDS) - include
         after = decode_cursor(cursor) if cursor else None
         # Only the columns shown: a heavy column left out is never read from the store.
-        rows = job_page(
-            self.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit
-        )
+        rows = job_page(self.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit)
         with contextlib.closing(rows):
             parts, next_cursor = page_parts(
                 rows, lambda row: encode(job_dict(row, omit=omit)), encode_cursor, limit=limit, max_bytes=max_bytes

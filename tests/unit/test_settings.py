@@ -52,6 +52,28 @@ def test_a_bad_value_is_refused_naming_the_setting_and_the_value(name, value, me
     assert caught.value.name == name
 
 
+@pytest.mark.parametrize(
+    ("raw", "on"),
+    [("1", True), ("2", True), ("-1", True), (" 7 ", True), ("0", False), ("00", False)]
+    + [("true", True), ("Yes", True), ("on", True), ("false", False), ("NO", False), ("off", False)],
+)
+def test_a_flag_is_any_integer_nonzero_meaning_on_or_a_word(raw, on):
+    # Given a flag spelled as the settings always took it (bool(int(x))) or as a word
+    # When it is read from the environment, Then nonzero integers and the yes-words turn it on
+    assert Settings.load(environ={"RATE_LIMIT_ENABLED": raw}).rate_limit_enabled is on
+
+
+@pytest.mark.parametrize(("value", "on"), [(2, True), (1, True), (0, False), (True, True), (False, False)])
+def test_a_flag_override_is_any_integer_or_a_bool(value, on):
+    assert Settings.load({"WEBHOOK_ALLOW_LOOPBACK": value}, environ={}).webhook_allow_loopback is on
+
+
+@pytest.mark.parametrize("raw", ["1.0", "maybe", "y"])
+def test_a_flag_that_is_no_integer_nor_word_is_refused(raw):
+    with pytest.raises(SettingError, match="RATE_LIMIT_ENABLED must be a flag"):
+        Settings.load(environ={"RATE_LIMIT_ENABLED": raw})
+
+
 def test_overrides_come_last_by_capital_names_and_are_parsed_too():
     settings = Settings.load(
         {"RQ_RESULT_TTL": 5, "RETRY_JITTER": 0, "WEBHOOK_ALLOW_LOOPBACK": 1}, environ={"RQ_RESULT_TTL": "60"}
