@@ -1,7 +1,9 @@
 """The API's one accessor for its settings and service objects: ``settings()``, ``services()``.
 
-Routes ask these, never ``current_app.config`` or ``current_app.extensions`` by key, so a
-setting is read as its type and a service object is found in one place.
+Routes ask these for settings and service objects, never ``current_app.config`` or
+``current_app.extensions`` by key, so a setting is read as its type and a service object is
+found in one place. (``app.extensions`` still holds a few modules' own state under their keys:
+the browser guard's hosts, the metrics collector, the webhook lookup budget.)
 """
 
 from __future__ import annotations

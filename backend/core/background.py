@@ -50,7 +50,8 @@ class PeriodicThread:
             try:
                 self.func()
             except self.transient as exc:
-                log.warning("%s: Redis unavailable (%s); will try again", self.name, exc)
+                # Which dependency is down is the wiring's business: name the error, not a guess.
+                log.warning("%s: a dependency is down (%s: %s); will try again", self.name, type(exc).__name__, exc)
             except Exception:
                 log.exception("%s pass failed; will try again", self.name)
             self._stopped.wait(self.interval)

@@ -8,8 +8,11 @@ The class is put together from one part per concern, each in its own module:
 - ``cancels`` (one job, or many),
 - ``attempts`` (started, progress, completed, failed; retry, requeue, end).
 
-Every change of a job's status goes through ``backend.service.transitions.transition``, over
-the table of ``backend.core.states``; every statement runs in ``backend.store.jobs``.
+Every change the job commands make to a job's status goes through
+``backend.service.transitions.transition``, over the table of ``backend.core.states``; every
+statement they run is in ``backend.store.jobs``. (The worker-report batch path writes through
+``backend.store.report_writes`` and schedules through ``backend.store.schedules``; the batch
+decides its moves with the same ``states.decide``.)
 """
 
 from __future__ import annotations

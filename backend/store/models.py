@@ -1,4 +1,4 @@
-"""The job store's tables. Alembic migrations (backend/migrations) own the schema;
+"""The job store's tables. Alembic migrations (backend/store/migrations) own the schema;
 tests/test_migrations.py fails whenever these models and the migrations differ."""
 
 from __future__ import annotations
