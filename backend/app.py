@@ -86,26 +86,29 @@ def start_background(app: Flask) -> Flask:
     request. Returns ``app``; only the first call starts anything, even once the threads stopped.
     """
     background: _Background = app.extensions[_BACKGROUND]
-    with background.lock:  # two first requests at once on two server threads start one set
+    # Under the lock: two first requests at once on two server threads start one set. The
+    # flag is set once both threads run, so a start that failed is tried again by the next
+    # caller, and the per-thread keys keep a retry from starting a second reconciler.
+    with background.lock:
         if background.started:
             return app
+        settings, services = context.settings(app), context.services(app)
+        if settings.reconcile_interval > 0 and "reconciler_thread" not in app.extensions:
+            thread = PeriodicThread(
+                "reconciler", services.reconciler.run_once, settings.reconcile_interval, transient=TRANSIENT_ERRORS
+            )
+            thread.start()
+            app.extensions["reconciler_thread"] = thread
+        if settings.webhook_interval > 0 and "webhooks_thread" not in app.extensions:
+            thread = PeriodicThread(
+                "webhooks", services.webhooks.run_once, settings.webhook_interval, transient=TRANSIENT_ERRORS
+            )
+            thread.start()
+            app.extensions["webhooks_thread"] = thread
+            # At process exit: no new pass claims deliveries it cannot send. A weak reference, so
+            # that an app dropped early (tests make many) is not kept alive until exit.
+            atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
         background.started = True
-    settings, services = context.settings(app), context.services(app)
-    if settings.reconcile_interval > 0:
-        thread = PeriodicThread(
-            "reconciler", services.reconciler.run_once, settings.reconcile_interval, transient=TRANSIENT_ERRORS
-        )
-        thread.start()
-        app.extensions["reconciler_thread"] = thread
-    if settings.webhook_interval > 0:
-        thread = PeriodicThread(
-            "webhooks", services.webhooks.run_once, settings.webhook_interval, transient=TRANSIENT_ERRORS
-        )
-        thread.start()
-        app.extensions["webhooks_thread"] = thread
-        # At process exit: no new pass claims deliveries it cannot send. A weak reference, so
-        # that an app dropped early (tests make many) is not kept alive until exit.
-        atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
     return app
 
 
@@ -128,7 +131,10 @@ def _start_background_on_first_request(app: Flask) -> None:
 
     def start_background_once() -> None:
         if not background.started:
-            start_background(app)  # returns the app: a before_request hook must return None
+            try:
+                start_background(app)
+            except Exception:  # the request goes on; the next one tries again
+                log.exception("could not start the reconciler and webhook threads; retrying on the next request")
 
     app.before_request(start_background_once)
 

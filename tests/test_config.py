@@ -89,3 +89,36 @@ def test_an_app_served_without_gunicorn_conf_starts_its_threads_on_its_first_req
         assert (app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]) == threads
     finally:
         stop_background(app)
+
+
+def test_a_thread_that_cannot_start_fails_no_request_and_is_tried_again(settings, monkeypatch, caplog):
+    from backend.app import create_app, stop_background
+    from backend.core.background import PeriodicThread
+
+    # Given an app served without gunicorn_conf, on a host that refuses the first new thread
+    # (a container's process limit: "can't start new thread")
+    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1})
+    app = create_app(settings)
+    real_start, refusals, started = PeriodicThread.start, [], []
+
+    def start(thread):
+        if not refusals:
+            refusals.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(PeriodicThread, "start", start)
+    try:
+        client = app.test_client()
+        # When it serves its first request, Then the request is answered as usual and the
+        # failure is logged
+        assert client.get("/monitoring/health").status_code in (200, 503)
+        assert refusals and "could not start the reconciler and webhook threads" in caplog.text
+        # When it serves the next one, Then both threads run, one of each
+        assert client.get("/monitoring/health").status_code in (200, 503)
+        threads = app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]
+        assert all(thread.is_alive() for thread in threads)
+        assert refusals == ["reconciler"] and started == ["reconciler", "webhooks"]
+    finally:
+        stop_background(app)

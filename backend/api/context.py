@@ -3,7 +3,9 @@
 Routes ask these for settings and service objects, never ``current_app.config`` or
 ``current_app.extensions`` by key, so a setting is read as its type and a service object is
 found in one place. (``app.extensions`` still holds a few modules' own state under their keys:
-the browser guard's hosts, the metrics collector, the webhook lookup budget.)
+the parsed API keys, the browser guard's hosts and origins, the metrics collector, the webhook
+host resolver, the background threads; and ``/rq`` reads rq-dashboard's two settings from
+``app.config``, where rq-dashboard's own views read them.)
 """
 
 from __future__ import annotations

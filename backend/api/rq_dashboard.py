@@ -27,7 +27,7 @@ import rq_dashboard.web as rqd
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request, url_for
 
 from backend.api.auth import require_admin
-from backend.api.context import services, settings
+from backend.api.context import services
 from backend.api.error_handlers import error_response
 from backend.api.rate_limits import limiter
 from backend.broker import inspection, registries
@@ -236,8 +236,11 @@ def _page(view: str, **context):
             view=view,
             prefix=URL_PREFIX + "/",
             instance=0,
-            poll_interval=settings().rq_dashboard_poll_interval,
-            enable_delete=not settings().rq_dashboard_disable_delete,
+            # From app.config, where rq-dashboard's own delete and empty views look (the
+            # settings put them there typed): a caller who changes them after create_app, as
+            # rq-dashboard documents, changes the buttons and the views alike.
+            poll_interval=current_app.config["RQ_DASHBOARD_POLL_INTERVAL"],
+            enable_delete=not current_app.config["RQ_DASHBOARD_DISABLE_DELETE"],
             **context,
         )
     )
