@@ -182,3 +182,20 @@ def run_burst_worker(start_worker):
         return worker
 
     return run
+
+
+# -- PostgreSQL (tests/postgres.py) --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL for the session; tests that use it skip when it is not installed."""
+    from tests.postgres import postgres_server_fixture
+
+    yield from postgres_server_fixture()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh empty database on the session's PostgreSQL."""
+    return postgres_server.create_database()
