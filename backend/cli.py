@@ -1,5 +1,6 @@
 """Operator commands: ``python -m backend <command>``, also ``flask --app "backend.app:create_app()" <command>``.
 
+migrate                                   bring the store to the newest schema
 recover                                   one reconciler pass
 cleanup [--dry-run] [--older-than MIN] [--force]
 clear-queues [--flush-db] [--yes]
@@ -24,6 +25,7 @@ from backend.core.secrets_check import enforce as enforce_secrets
 from backend.core.settings import Settings
 from backend.recovery import maintenance
 from backend.services import Services, build_services
+from backend.store.engine import migrate
 
 
 class CommandError(click.ClickException):
@@ -53,6 +55,20 @@ def _require_redis(services: Services) -> None:
     except BrokerError as exc:
         url = services.settings.redis_url
         raise CommandError(f"Redis is unreachable at {url} ({exc}); start it or set REDIS_URL") from None
+
+
+@click.command("migrate")
+def migrate_command() -> None:
+    """Bring the job store to the newest schema (any number of processes at once take turns)."""
+    ctx = click.get_current_context()
+    settings = ctx.find_object(Settings)
+    if settings is None:
+        settings = _services().settings
+    try:
+        migrate(settings.database_url)
+    except Exception as exc:  # the database's or Alembic's error: one line, credentials masked
+        raise CommandError(f"migration failed ({type(exc).__name__}: {exc})") from None
+    click.echo("job store at schema head")
 
 
 @click.command("recover")
@@ -121,7 +137,7 @@ def clear_queues_command(flush_db: bool, yes: bool) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
-COMMANDS = (recover_command, cleanup_command, clear_queues_command)
+COMMANDS = (migrate_command, recover_command, cleanup_command, clear_queues_command)
 
 
 def register(app: Flask) -> None:
@@ -141,6 +157,10 @@ def main(ctx: click.Context) -> None:
         enforce_secrets(settings, role="cli")
     except InsecureSecrets as exc:
         raise CommandError(str(exc)) from None
+    if ctx.invoked_subcommand == "migrate":
+        # Needs the store alone: no Redis, and no migration at start that would race its own.
+        ctx.obj = settings
+        return
     ctx.obj = build_services(settings)
 
 

@@ -63,9 +63,14 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set; `make run` or `python backend/app.py` starts one for you")
     load_task_modules(settings.task_modules)
-    if migrate_store:
+    if migrate_store and settings.migrate_on_start:
         migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     sessions = make_session_factory(engine)
     redis = connect(settings.redis_url, socket_timeout=5)
     queues = QueueAdapter(redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl)

@@ -34,8 +34,17 @@ class Settings:
 
     #: The queue broker; None means "no Redis configured" (make run starts one).
     redis_url: str | None = None
-    #: The job store of record.
+    #: The job store of record: a SQLite file, or postgresql+psycopg://user:password@host:5432/db.
     database_url: str = f"sqlite:///{DATA_DIR / 'jobs.db'}"
+    #: Processes bring the store to the newest schema when they start (off: run
+    #: `python -m backend migrate` before starting them, e.g. as a deployment's migration job).
+    migrate_on_start: bool = True
+    #: Connections each process keeps open to PostgreSQL (ignored for SQLite).
+    db_pool_size: int = 5
+    #: Connections a process may open past the pool's size under load (ignored for SQLite).
+    db_max_overflow: int = 10
+    #: How long a request waits for a free connection before failing (seconds; PostgreSQL only).
+    db_pool_timeout: float = 30.0
     #: Shared secret between the API and workers for the internal endpoints.
     internal_service_token: str | None = None
     #: Client keys, "name:key[:admin],...". None: open, but only on loopback.

@@ -2,8 +2,10 @@
 
 SQLite gets WAL (readers never wait for the writer), writers that take turns on a file lock
 (``backend.store.sqlite_writers``; the busy timeout still bounds other waits for SQLite's lock) and
-foreign keys on. The schema is whatever Alembic's head says; ``migrate`` brings any database
-there, and the API calls it at start.
+foreign keys on. PostgreSQL (``postgresql+psycopg://``) gets a bounded pool and no server-side
+prepared statements, so it works behind pgbouncer in transaction mode. The schema is whatever
+Alembic's head says; ``migrate`` brings any database there (the API calls it at start unless
+MIGRATE_ON_START is off), one process at a time.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, pool, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.settings import PACKAGE_DIR
@@ -29,14 +31,31 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = PACKAGE_DIR / "store" / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: The key of the PostgreSQL advisory lock that lets one process at a time migrate a database.
+MIGRATION_LOCK_KEY = 0x6A6F6273_6D696772  # "jobsmigr"
 
 
-def make_engine(url: str) -> Engine:
+def _connect_args(url: URL) -> dict[str, object]:
+    """Driver options: psycopg prepares no statement on the server, since pgbouncer in transaction
+    mode hands each transaction a different server connection that would not know them."""
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
+        return {"prepare_threshold": None}
+    return {}
+
+
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0) -> Engine:
     """Create the engine for ``url``; SQLite files get WAL, writers' turns, a busy timeout and
-    foreign keys."""
+    foreign keys, other databases a pool of ``pool_size`` (+ ``max_overflow``) connections."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            connect_args=_connect_args(parsed),
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
@@ -107,8 +126,26 @@ def _migration_lock(url: str) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def _migrate_postgresql(url: str) -> None:
+    """Upgrade under a transaction-level advisory lock taken on Alembic's own connection: the
+    other processes wait for the commit, then find the schema at head (PostgreSQL's DDL is
+    transactional, so a failed upgrade leaves nothing half done)."""
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args=_connect_args(make_url(url)))
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
 def migrate(url: str) -> None:
-    """Upgrade the database at ``url`` to the newest schema."""
-    with _migration_lock(url):
-        command.upgrade(alembic_config(url), "head")
+    """Upgrade the database at ``url`` to the newest schema; concurrent callers take turns."""
+    if make_url(url).get_backend_name() == "postgresql":
+        _migrate_postgresql(url)
+    else:
+        with _migration_lock(url):
+            command.upgrade(alembic_config(url), "head")
     log.info("job store at schema head")

@@ -12,6 +12,11 @@ target_metadata = Base.metadata
 
 
 def run_migrations_online() -> None:
+    # backend.store.engine passes its connection when it holds a lock on it (PostgreSQL).
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
     url = config.get_main_option("sqlalchemy.url")
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:

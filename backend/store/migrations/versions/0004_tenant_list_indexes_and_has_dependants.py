@@ -24,7 +24,12 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_owner_task_created", ["owner", "task", "created_at", "id"], unique=False)
 
     # ### end Alembic commands ###
-    op.execute("UPDATE jobs SET has_dependants = 1 WHERE id IN (SELECT depends_on_id FROM job_dependencies)")
+    # A boolean literal the dialect renders (1 on SQLite, true on PostgreSQL, where `= 1` fails).
+    jobs = sa.table("jobs", sa.column("id"), sa.column("has_dependants", sa.Boolean()))
+    dependencies = sa.table("job_dependencies", sa.column("depends_on_id"))
+    op.execute(
+        jobs.update().where(jobs.c.id.in_(sa.select(dependencies.c.depends_on_id))).values(has_dependants=sa.true())
+    )
 
 
 def downgrade() -> None:
