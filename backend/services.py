@@ -20,7 +20,7 @@ from backend.service.job_manager import JobManager
 from backend.service.job_reads import JobReader
 from backend.service.retries import RetryPolicy
 from backend.service.schedules import ScheduleManager
-from backend.store.engine import make_engine, make_session_factory, migrate
+from backend.store.engine import make_engine, make_session_factory, migrate, schema_behind
 from backend.tasks import load_task_modules
 from backend.webhooks.dispatcher import Dispatcher
 
@@ -71,6 +71,11 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
     )
+    if not (migrate_store and settings.migrate_on_start):
+        behind = schema_behind(engine)
+        if behind is not None:
+            engine.dispose()
+            raise RuntimeError(f"{behind}: run `python -m backend migrate` first (MIGRATE_ON_START is off)")
     sessions = make_session_factory(engine)
     redis = connect(settings.redis_url, socket_timeout=5)
     queues = QueueAdapter(redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl)

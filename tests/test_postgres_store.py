@@ -3,7 +3,6 @@ and migrations started by several processes at once on both databases."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -137,11 +136,10 @@ def test_migrate_on_start_off_leaves_an_empty_database_untouched(store, settings
     # Given an empty database and MIGRATE_ON_START=0
     url = request.getfixturevalue("postgres_url") if store == "postgresql" else f"sqlite:///{tmp_path / 'e.db'}"
     settings.update(DATABASE_URL=url, MIGRATE_ON_START=0)
-    # When the API starts (its start may fail on the missing tables: the operator runs
-    # `python -m backend migrate` first)
-    with contextlib.suppress(Exception):
+    # When the API starts, Then it refuses, saying what to run
+    with pytest.raises(RuntimeError, match=r"not at head .*python -m backend migrate"):
         create_app(test_config=settings)
-    # Then it created no table
+    # And it created no table
     assert _tables(url) == set()
 
 

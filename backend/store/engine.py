@@ -141,6 +141,24 @@ def _migrate_postgresql(url: str) -> None:
         engine.dispose()
 
 
+def schema_behind(engine: Engine) -> str | None:
+    """Why the store's schema is not at Alembic's head (its revision and the head), or None when it is."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(engine.url.render_as_string(hide_password=False)))
+    head = script.get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current == head:
+        return None
+    if current is not None and current not in {revision.revision for revision in script.walk_revisions()}:
+        # A revision newer than this code knows: a rolling update whose migration ran first.
+        log.warning("the store's schema is at revision %s, newer than this code's head %s", current, head)
+        return None
+    return f"the store's schema is at revision {current or 'none (an empty database)'}, not at head {head}"
+
+
 def migrate(url: str) -> None:
     """Upgrade the database at ``url`` to the newest schema; concurrent callers take turns."""
     if make_url(url).get_backend_name() == "postgresql":
