@@ -1,6 +1,7 @@
 """Operator commands: ``python -m backend <command>``, also ``flask --app "backend.app:create_app()" <command>``.
 
 migrate                                   bring the store to the newest schema
+copy-store --from URL --to URL            copy the whole store into an empty database, counts verified
 recover                                   one reconciler pass
 cleanup [--dry-run] [--older-than MIN] [--force]
 clear-queues [--flush-db] [--yes]
@@ -25,6 +26,7 @@ from backend.core.secrets_check import enforce as enforce_secrets
 from backend.core.settings import Settings
 from backend.recovery import maintenance
 from backend.services import Services, build_services
+from backend.store.copy import CopyError, copy_store
 from backend.store.engine import migrate
 
 
@@ -69,6 +71,22 @@ def migrate_command() -> None:
     except Exception as exc:  # the database's or Alembic's error: one line, credentials masked
         raise CommandError(f"migration failed ({type(exc).__name__}: {exc})") from None
     click.echo("job store at schema head")
+
+
+@click.command("copy-store")
+@click.option(
+    "--from", "source", required=True, metavar="URL", help="the store to copy (e.g. sqlite:///backend/data/jobs.db)"
+)
+@click.option("--to", "target", required=True, metavar="URL", help="an empty database (migrated to head first)")
+def copy_store_command(source: str, target: str) -> None:
+    """Copy every table of the job store into an empty database and verify the row counts."""
+    try:
+        total = copy_store(source, target, on_table=lambda name, count: click.echo(f"{name}: {count}"))
+    except CopyError as exc:
+        raise CommandError(f"copy-store refused or failed: {exc}") from None
+    except Exception as exc:  # the database's error: one line, credentials masked
+        raise CommandError(f"copy-store failed ({type(exc).__name__}: {exc})") from None
+    click.echo(f"copied {total} rows, counts verified")
 
 
 @click.command("recover")
@@ -137,7 +155,7 @@ def clear_queues_command(flush_db: bool, yes: bool) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
-COMMANDS = (migrate_command, recover_command, cleanup_command, clear_queues_command)
+COMMANDS = (migrate_command, copy_store_command, recover_command, cleanup_command, clear_queues_command)
 
 
 def register(app: Flask) -> None:
@@ -157,8 +175,9 @@ def main(ctx: click.Context) -> None:
         enforce_secrets(settings, role="cli")
     except InsecureSecrets as exc:
         raise CommandError(str(exc)) from None
-    if ctx.invoked_subcommand == "migrate":
-        # Needs the store alone: no Redis, and no migration at start that would race its own.
+    if ctx.invoked_subcommand in ("migrate", "copy-store"):
+        # Needs the store alone: no Redis, and no migration at start that would race its own
+        # (copy-store takes its databases from its options, not DATABASE_URL).
         ctx.obj = settings
         return
     ctx.obj = build_services(settings)
