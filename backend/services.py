@@ -11,8 +11,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from backend.broker.connection import connect
 from backend.broker.errors import BrokerError
-from backend.broker.queues import QueueAdapter, connect, register_queues
+from backend.broker.queues import QueueAdapter, register_queues
 from backend.core.settings import Settings
 from backend.core.size_caps import SizeCaps
 from backend.recovery.reconciler import Reconciler

@@ -11,11 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 from redis import Redis
 
-from backend.broker.errors import BrokerError, BrokerUnreachable
 from backend.core.logs import redact
-
-# The error aliases are re-exported here too: the connection is where callers first look.
-__all__ = ["BrokerError", "BrokerUnreachable", "Redis", "connect", "ping"]
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:

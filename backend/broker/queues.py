@@ -34,7 +34,6 @@ from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
 from backend.broker import registries
-from backend.broker.connection import connect as connect
 from backend.core.settings import QUEUE_NAMES
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from backend.broker import registries
+from backend.broker.connection import connect
 from backend.broker.leases import LeaseKeeper
-from backend.broker.queues import connect, fence_key, last_error, register_queues
+from backend.broker.queues import fence_key, last_error, register_queues
 from backend.core import logs, secrets_check
 from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
