@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
 from tests.chaos.harness import Cluster
 
 
@@ -31,6 +32,8 @@ def cluster(request, tmp_path) -> Iterator[Cluster]:
         if report is not None and report.failed:
             print(f"\n==== chaos logs in {tmp_path} ====")
             print("---- api.log (tail) ----\n" + chaos.api_output()[-4000:])
+            for host in chaos.api_hosts:
+                print(f"---- api-{host.name}.log (tail) ----\n" + host.output()[-3000:])
             for worker in chaos.workers[-6:]:
                 print(f"---- worker {worker.name} (tail) ----\n" + worker.output()[-2000:])
         if strays:
@@ -43,3 +46,17 @@ def running(cluster) -> Cluster:
     cluster.start_redis()
     cluster.start_api()
     return cluster
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, for a scenario that stops or restarts it (the
+    session's server is shared by every other test); skips, saying why, when none can start."""
+    try:
+        server = PostgresServer.launch()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.close()

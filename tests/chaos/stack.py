@@ -50,6 +50,8 @@ class Cluster(Faults):
         self.marker = uuid.uuid4().hex
         self.exec_log = directory / "exec.log"
         self.db_path = directory / "jobs.db"
+        #: The store's URL when not this directory's SQLite file (a PostgreSQL database).
+        self.store_url: str | None = None
         self.redis: EmbeddedRedis | None = None
         self.redis_port = free_port()
         self.api_port = free_port()
@@ -58,6 +60,8 @@ class Cluster(Faults):
         self.api_log = directory / "api.log"
         self.api_env: dict[str, str] = {}
         self.workers: list[WorkerProc] = []
+        #: API servers started by tests.chaos.api_hosts (several hosts on one store).
+        self.api_hosts: list = []
         self.kills: list[Kill] = []
         self._redis_client: Redis | None = None
         #: Called first thing at shutdown (a recorder's stop, say).
@@ -71,7 +75,7 @@ class Cluster(Faults):
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.db_path}"
+        return self.store_url or f"sqlite:///{self.db_path}"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -292,6 +296,7 @@ class Cluster(Faults):
         expected = {worker.pid for worker in self.live_workers()}
         if self.api_process is not None and self.api_process.poll() is None:
             expected.add(self.api_process.pid)
+        expected.update(host.pid for host in self.api_hosts if host.alive())
         frontier = list(expected)
         while frontier:
             children = children_of(frontier.pop())
@@ -317,6 +322,9 @@ class Cluster(Faults):
         if self.api_process is not None and self.api_process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.api_process.pid, signal.SIGKILL)
+        for host in self.api_hosts:
+            if host.alive():
+                host.kill()
         leftovers = []
         for _ in range(3):
             pids = marked_pids(self.marker)
