@@ -22,8 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -160,14 +161,41 @@ class QueueAdapter:
         if concurrency:
             # RQ's concurrency limit, shared by every job of the task across all workers.
             options["rate_limit"] = RateLimit(key=f"jobservice:task:{concurrency[0]}", concurrency=concurrency[1])
-        with self._guard():
-            if self.connection.exists(RQJob.key_for(rq_id)):
-                return rq_id
-            if at is None:
-                queue.enqueue_call(func_path, **options)
-            else:
-                queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at)
-        return rq_id
+        key = RQJob.key_for(rq_id)
+        # Atomic across hosts: the check and the enqueue are one MULTI under WATCH of the
+        # attempt's hash, so when two hosts enqueue it at once, the second EXEC fails and its
+        # second look finds the hash (without it, both passed the check and pushed it twice).
+        with self._guard(), self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if pipe.exists(key):
+                        return rq_id
+                    self._put(pipe, queue, func_path, options, at=at)
+                    pipe.execute()
+                    return rq_id
+                except WatchError:
+                    continue  # another host enqueued it, or a parent RQ job moved: look again
+
+    @staticmethod
+    def _put(pipe: Pipeline, queue: Queue, func_path: str, options: dict, *, at: datetime | None) -> None:
+        """Queue the writes that enqueue one RQ job on ``pipe`` (watching; MULTI once this returns)."""
+        if at is not None:
+            pipe.multi()
+            queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at, pipeline=pipe)
+        elif "rate_limit" not in options:
+            # RQ watches the parents (depends_on) on the same pipeline, then opens MULTI.
+            queue.enqueue_call(func_path, pipeline=pipe, **options)
+        else:
+            # RQ's enqueue_job refuses a pipeline for a rate-limited job (a caller's later save on
+            # it would undo the promotion; we save nothing after), so its steps are taken here:
+            # the parents, then RQ's own rate-limited enqueue, whose promotion script joins the MULTI.
+            job = queue.create_job(func_path, status=RQStatus.QUEUED, **options)
+            job.origin = queue.name
+            job = queue.setup_dependencies(job, pipeline=pipe)
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            if job.get_status(refresh=False) != RQStatus.DEFERRED:
+                queue._enqueue_rate_limited_job(job, pipeline=pipe)
 
     def discard_deferred(self, rq_id: str) -> bool:
         """Delete an RQ job that waits in the deferred registry; True if there was one.
