@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import text
+from sqlalchemy import func, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -29,3 +29,11 @@ def now(bind: Engine | Connection | Session) -> datetime:
     else:
         value = bind.execute(_NOW).scalar_one()
     return value.astimezone(UTC)
+
+
+def now_for_write(dialect: str):
+    """What a write stores as "now": on PostgreSQL an SQL expression that the server evaluates
+    (its ``statement_timestamp()`` as naive UTC, as the columns hold it); on SQLite this host's time."""
+    if dialect != "postgresql":
+        return utcnow()
+    return func.timezone("UTC", func.statement_timestamp())
