@@ -1,5 +1,9 @@
 """Shared fixtures: a real Redis for the session, a temporary store per test, the app,
-a live HTTP server for workers to report to, and real worker processes."""
+a live HTTP server for workers to report to, and real worker processes.
+
+The store is SQLite by default; ``TEST_STORE=postgres`` (make test's second pass) gives every
+test a fresh database on one PostgreSQL for the session instead (see ``make_store_url``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +31,11 @@ from backend.dev.redis_server import EmbeddedRedis
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-internal-token"
 TASK_MODULES = "backend.tasks.examples,tests.fixtures"
+
+#: The store the suite runs on: ``sqlite`` (the default) or ``postgres``.
+STORE = os.environ.get("TEST_STORE", "sqlite")
+if STORE not in ("sqlite", "postgres"):
+    raise pytest.UsageError(f"TEST_STORE must be sqlite or postgres, not {STORE!r}")
 
 
 # The suite is development: the start-up check of secrets (backend/core/secrets_check.py) would
@@ -56,11 +66,44 @@ def redis_conn(redis_url) -> Redis:
 
 
 @pytest.fixture
-def settings(tmp_path, redis_url) -> dict:
+def make_store_url(request, tmp_path):
+    """A factory of fresh stores for this test: ``make_store_url(name="jobs", migrated=True)``.
+
+    SQLite: a file in the test's directory (``migrated`` is moot: the app migrates at start).
+    PostgreSQL: a new database, a copy of the session's template at head when ``migrated``
+    (CREATE DATABASE ... TEMPLATE takes ~0.1 s where migrating takes longer), else empty;
+    dropped after the test.
+    """
+    created: list[str] = []
+
+    def make(name: str = "jobs", *, migrated: bool = True) -> str:
+        if STORE == "sqlite":
+            return f"sqlite:///{tmp_path / f'{name}.db'}"
+        server = request.getfixturevalue("postgres_server")
+        template = request.getfixturevalue("postgres_template") if migrated else None
+        database = f"t_{uuid.uuid4().hex[:12]}"
+        created.append(database)
+        return server.create_database(database, template=template)
+
+    yield make
+    if created:
+        server = request.getfixturevalue("postgres_server")
+        for database in created:
+            server.drop_database(database)
+
+
+@pytest.fixture
+def store_url(make_store_url) -> str:
+    """This test's store (``DATABASE_URL``), on the store the suite runs on."""
+    return make_store_url()
+
+
+@pytest.fixture
+def settings(store_url, redis_url) -> dict:
     """The app's settings for one test; tests may change them before using ``app``."""
     return {
         "REDIS_URL": redis_url,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "DATABASE_URL": store_url,
         "INTERNAL_SERVICE_TOKEN": TOKEN,
         "TASK_MODULES": TASK_MODULES,
         "API_KEYS": None,
@@ -123,8 +166,8 @@ def worker_env(settings: dict, api_url: str, **extra: str) -> dict:
 class WorkerProcess:
     """A real worker: ``python backend/worker.py`` in a subprocess."""
 
-    def __init__(self, settings: dict, api_url: str, *args: str, env: dict | None = None):
-        self.log_path = Path(settings["DATABASE_URL"].removeprefix("sqlite:///")).parent / f"worker-{id(self)}.log"
+    def __init__(self, settings: dict, api_url: str, *args: str, log_dir: Path, env: dict | None = None):
+        self.log_path = log_dir / f"worker-{id(self)}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait() / stop()
         self.process = subprocess.Popen(
             [sys.executable, "backend/worker.py", *args],
@@ -154,12 +197,12 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(settings, live_server):
+def start_worker(settings, live_server, tmp_path):
     """Start real worker processes reporting to the live server; all stopped after the test."""
     started: list[WorkerProcess] = []
 
     def start(*args: str, env: dict | None = None) -> WorkerProcess:
-        worker = WorkerProcess(settings, live_server, *args, env=env)
+        worker = WorkerProcess(settings, live_server, *args, log_dir=tmp_path, env=env)
         started.append(worker)
         return worker
 
@@ -195,7 +238,54 @@ def postgres_server():
     yield from postgres_server_fixture()
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server) -> str:
+    """The name of a database migrated to head once per session, which ``make_store_url``
+    copies (no connection is left open on it: CREATE DATABASE ... TEMPLATE refuses then)."""
+    from backend.store.engine import migrate
+
+    name = "jobs_template"
+    migrate(postgres_server.create_database(name))
+    return name
+
+
 @pytest.fixture
 def postgres_url(postgres_server) -> str:
     """A fresh empty database on the session's PostgreSQL."""
     return postgres_server.create_database()
+
+
+# -- The PostgreSQL pass (TEST_STORE=postgres) ----------------------------------------------
+
+
+def pytest_report_header(config):
+    return f"job store: {STORE} (TEST_STORE)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """In the PostgreSQL pass, skip what would only repeat the SQLite pass: tests that build no
+    store through ``make_store_url`` (their store, if any, is SQLite either way), tests about
+    SQLite itself, and the PostgreSQL-specific ones (they ran in the SQLite pass already)."""
+    if STORE != "postgres":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "about SQLite itself")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+        elif {"postgres_url", "postgres_server", "own_postgres"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the SQLite pass already"))
+        elif "make_store_url" not in item.fixturenames:
+            item.add_marker(pytest.mark.skip(reason="uses no test store: the same test as in the SQLite pass"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The PostgreSQL pass's skips, counted per reason (run_passes lists no skip one by one)."""
+    if STORE != "postgres":
+        return
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ") if isinstance(report.longrepr, tuple) else "?"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"skipped in the PostgreSQL pass: {count} x {reason}")

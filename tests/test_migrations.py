@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -11,8 +12,8 @@ from backend.store.engine import migrate
 from backend.store.models import Base
 
 
-def test_models_match_a_freshly_migrated_database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+def test_models_match_a_freshly_migrated_database(make_store_url):
+    url = make_store_url("fresh", migrated=False)
     migrate(url)
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -21,14 +22,15 @@ def test_models_match_a_freshly_migrated_database(tmp_path):
     assert diff == []
 
 
-def test_migrating_twice_is_harmless(tmp_path):
-    url = f"sqlite:///{tmp_path / 'twice.db'}"
+def test_migrating_twice_is_harmless(make_store_url):
+    url = make_store_url("twice", migrated=False)
     migrate(url)
     migrate(url)
     tables = set(inspect(create_engine(url)).get_table_names())
     assert {"jobs", "attempts", "alembic_version"} <= tables
 
 
+@pytest.mark.sqlite_only(reason="SQLite's pragmas")
 def test_the_store_runs_in_wal_mode_with_foreign_keys(app):
     with services(app).engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -297,6 +297,7 @@ def test_a_worker_waits_for_redis_instead_of_exiting(settings, client, start_wor
         server.stop()
 
 
+@pytest.mark.sqlite_only(reason="takes the store down by deleting its file (F14 stops PostgreSQL)")
 def test_when_the_store_is_down_too_a_submission_is_503_with_retry_after(settings, tmp_path):
     import shutil
 

@@ -54,10 +54,10 @@ def run(args: list[str], env: dict, timeout: float = 60) -> subprocess.Completed
 # -- credentials never printed ----------------------------------------------------------
 
 
-def test_a_command_run_with_redis_down_does_not_print_the_redis_password(tmp_path):
+def test_a_command_run_with_redis_down_does_not_print_the_redis_password(store_url):
     # Given a Redis URL with a password, pointing at a port where nothing listens
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
-    env = deployment_env(REDIS_URL=url, DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}", TASK_MODULES=TASK_MODULES)
+    env = deployment_env(REDIS_URL=url, DATABASE_URL=store_url, TASK_MODULES=TASK_MODULES)
 
     # When an operator runs a maintenance command
     result = run([sys.executable, "-m", "backend", "cleanup", "--dry-run"], env)
@@ -78,11 +78,11 @@ def test_a_command_run_with_redis_down_does_not_print_the_redis_password(tmp_pat
     ],
     ids=["query-password", "double-quote", "at-and-single-quote"],
 )
-def test_clear_queues_with_redis_down_masks_every_form_of_redis_password(tmp_path, url, password):
+def test_clear_queues_with_redis_down_masks_every_form_of_redis_password(store_url, url, password):
     # Given a Redis URL whose password is a ?password= parameter, or holds a quote or an "@"
     env = deployment_env(
         REDIS_URL=url.format(port=free_port()),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+        DATABASE_URL=store_url,
         TASK_MODULES=TASK_MODULES,
     )
 
@@ -98,11 +98,11 @@ def test_clear_queues_with_redis_down_masks_every_form_of_redis_password(tmp_pat
         assert piece not in output, output
 
 
-def test_a_short_query_password_is_refused_at_start(tmp_path):
+def test_a_short_query_password_is_refused_at_start(store_url):
     # Given a Redis URL carrying a short password as ?password= (redis-py reads it)
     env = deployment_env(
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0?password=short",
-        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+        DATABASE_URL=store_url,
         TASK_MODULES=TASK_MODULES,
     )
 
@@ -175,12 +175,12 @@ def test_the_password_of_a_url_setting_is_masked_wherever_it_appears():
 # -- refusing to start -------------------------------------------------------------------
 
 
-def test_the_api_refuses_to_start_with_the_example_settings_naming_each(tmp_path):
+def test_the_api_refuses_to_start_with_the_example_settings_naming_each(store_url):
     # Given the unedited .env.example and the shipped gunicorn configuration
     env = deployment_env(
         **{
             **example_env(),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+            "DATABASE_URL": store_url,
             "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
             "GUNICORN_WORKERS": "1",
         }

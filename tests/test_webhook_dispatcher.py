@@ -176,14 +176,14 @@ def test_stopping_the_webhooks_ends_the_delivery_pool_and_starts_nothing_more(se
     assert len(hook.received) == 1
 
 
-def test_the_migration_fills_the_host_of_deliveries_already_stored(tmp_path):
+def test_the_migration_fills_the_host_of_deliveries_already_stored(make_store_url):
     # Given a store at the revision before the host column, holding deliveries
     from alembic import command
     from sqlalchemy import create_engine, text
 
     from backend.store.engine import alembic_config, migrate
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = make_store_url("old", migrated=False)
     command.upgrade(alembic_config(url), "0004")
     engine = create_engine(url)
     with engine.begin() as connection:
@@ -192,7 +192,7 @@ def test_the_migration_fills_the_host_of_deliveries_already_stored(tmp_path):
                 "INSERT INTO jobs (id, owner, task, status, priority, args, kwargs, progress, created_at,"
                 " updated_at, attempt, retry_count, max_retries, timeout, has_dependants)"
                 " VALUES ('job_1', 'o', 'add', 'CANCELLED', 'default', '[]', '{}', 0, '2026-01-01 00:00:00',"
-                " '2026-01-01 00:00:00', 1, 0, 3, 600, 0)"
+                " '2026-01-01 00:00:00', 1, 0, 3, 600, false)"
             )
         )
         for delivery_id, hook in [("msg_a", "https://Hooks.Example.COM:8443/x"), ("msg_b", "http://[::1")]:

@@ -20,9 +20,11 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def cluster(request, tmp_path) -> Iterator[Cluster]:
+def cluster(request, tmp_path, make_store_url) -> Iterator[Cluster]:
     """An empty cluster: the test starts Redis, the API and workers as it needs them."""
     chaos = Cluster(tmp_path)
+    # The suite's store (TEST_STORE), empty as on a first deployment: the API migrates it.
+    chaos.store_url = make_store_url(migrated=False)
     try:
         yield chaos
     finally:
