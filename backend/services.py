@@ -22,6 +22,7 @@ from backend.service.job_reads import JobReader
 from backend.service.retries import RetryPolicy
 from backend.service.schedules import ScheduleManager
 from backend.store.engine import make_engine, make_session_factory, migrate, schema_behind
+from backend.store.errors import StoreUnavailable
 from backend.tasks import load_task_modules
 from backend.webhooks.dispatcher import Dispatcher
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # types only, as the broker and the store name them (they alo
 log = logging.getLogger(__name__)
 
 #: The errors of a dependency that is down for a while: periodic passes log them without a traceback.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (BrokerError,)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (BrokerError, *StoreUnavailable)
 
 
 @dataclass
@@ -71,6 +72,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
+        connect_timeout=settings.db_connect_timeout,
     )
     if not (migrate_store and settings.migrate_on_start):
         behind = schema_behind(engine)

@@ -11,7 +11,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from backend.core.errors import JobServiceError
-from backend.store.errors import StoreUnavailable
+from backend.store.errors import StoreError, StoreUnavailable, is_unavailable
 
 log = logging.getLogger("backend.core.errors")
 
@@ -40,10 +40,17 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(exc.code or 500, code, exc.description or exc.name, None, headers)
 
-    @app.errorhandler(StoreUnavailable)
-    def _store_down(exc: StoreUnavailable):
-        log.error("job store unavailable: %s", exc.orig)
+    def _store_error(exc: Exception):
+        # Any driver error lands here (Flask picks the handler by the exception's classes): the
+        # ones meaning "down or busy" are a 503 the client may retry, the others a bug.
+        if not is_unavailable(exc):
+            return _unexpected(exc)
+        # The driver's text names the host and port, never the password.
+        log.error("job store unavailable: %s", getattr(exc, "orig", None) or exc)
         return error_response(503, "service_unavailable", "the job store is unavailable", None, {"Retry-After": "5"})
+
+    for error_class in (StoreError, *StoreUnavailable):
+        app.register_error_handler(error_class, _store_error)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

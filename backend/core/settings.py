@@ -45,6 +45,10 @@ class Settings:
     db_max_overflow: int = 10
     #: How long a request waits for a free connection before failing (seconds; PostgreSQL only).
     db_pool_timeout: float = 30.0
+    #: How long opening a connection to PostgreSQL may take (whole seconds, at least 2; libpq's
+    #: connect_timeout): past it the request answers 503 instead of waiting on a server that
+    #: does not answer (psycopg's own bound is 130 s). A connect_timeout in DATABASE_URL wins.
+    db_connect_timeout: int = 5
     #: Shared secret between the API and workers for the internal endpoints.
     internal_service_token: str | None = None
     #: Client keys, "name:key[:admin],...". None: open, but only on loopback.

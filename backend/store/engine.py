@@ -35,17 +35,30 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_KEY = 0x6A6F6273_6D696772  # "jobsmigr"
 
 
-def _connect_args(url: URL) -> dict[str, object]:
+#: TCP keepalives on PostgreSQL connections (libpq's names): a server or link that vanished
+#: without closing (a partition, a host power cut) is noticed after about 30 + 3 * 10 s, and the
+#: request waiting on it answers 503 instead of holding its thread until gunicorn kills it.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def _connect_args(url: URL, *, connect_timeout: int | None = None) -> dict[str, object]:
     """Driver options: psycopg prepares no statement on the server, since pgbouncer in transaction
-    mode hands each transaction a different server connection that would not know them."""
+    mode hands each transaction a different server connection that would not know them; opening a
+    connection gives up after ``connect_timeout`` seconds (unless the URL names its own)."""
     if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
-        return {"prepare_threshold": None}
+        args: dict[str, object] = {"prepare_threshold": None, **PG_KEEPALIVES}
+        if connect_timeout is not None and "connect_timeout" not in url.query:
+            args["connect_timeout"] = connect_timeout
+        return args
     return {}
 
 
-def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0, connect_timeout: int = 5
+) -> Engine:
     """Create the engine for ``url``; SQLite files get WAL, writers' turns, a busy timeout and
-    foreign keys, other databases a pool of ``pool_size`` (+ ``max_overflow``) connections."""
+    foreign keys, other databases a pool of ``pool_size`` (+ ``max_overflow``) connections, each
+    opened within ``connect_timeout`` seconds."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(
@@ -54,7 +67,7 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_ti
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
-            connect_args=_connect_args(parsed),
+            connect_args=_connect_args(parsed, connect_timeout=connect_timeout),
         )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,179 @@
+"""What a PostgreSQL outage does: every route that needs the store answers 503 with Retry-After and
+a JSON error (never 500, never a hang), the health check names the store, workers' reports are
+refused with 503 and sent again, and when the server is back everything works without a restart.
+
+Each test has the module's own server (not the session's), since it stops it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
+from tests.conftest import TOKEN
+
+INTERNAL = {"X-Internal-Token": TOKEN}
+
+
+@pytest.fixture(scope="module")
+def outage_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL that these tests stop, block and start again."""
+    try:
+        server = PostgresServer.launch()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def settings(settings, outage_server) -> dict:
+    """The app's settings with the store on a fresh database of the outage server."""
+    if not outage_server.is_running():
+        outage_server.start()
+    settings["DATABASE_URL"] = outage_server.create_database()
+    return settings
+
+
+@contextlib.contextmanager
+def black_hole(port: int) -> Iterator[None]:
+    """A listener on ``port`` that never accepts: the kernel completes each TCP handshake, then
+    nothing answers, as with a hung server or a proxy in front of a dead one."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    try:
+        yield
+    finally:
+        sock.close()
+
+
+def wait_for(predicate, timeout: float = 60, message: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"{message} not reached within {timeout} s"
+        time.sleep(0.1)
+
+
+def assert_store_unavailable(response) -> None:
+    assert response.status_code == 503, (response.status_code, response.get_data(as_text=True)[:300])
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.get_json()["error"]["code"] == "service_unavailable"
+
+
+def store_requests(job_id: str, schedule_id: str) -> list[tuple[str, str, dict | None]]:
+    """One well-formed request to each route that reads or writes the store."""
+    report = {"job_id": job_id, "attempt": 1, "event": "started", "worker": "w1", "at": time.time()}
+    return [
+        ("POST", "/tasks/add", {"args": [1, 2]}),
+        ("POST", "/tasks/add", {"args": [1, 2], "idempotency_key": "outage-key"}),
+        ("POST", "/tasks/add/batch", {"jobs": [{"args": [1, 2]}]}),
+        ("GET", "/jobs", None),
+        ("GET", "/jobs?status=QUEUED", None),
+        ("GET", f"/jobs/{job_id}", None),
+        ("GET", f"/jobs/{job_id}/attempts", None),
+        ("GET", f"/jobs/{job_id}/webhooks", None),
+        ("POST", "/jobs/cancel", {"job_ids": [job_id]}),
+        ("GET", "/scheduled-jobs", None),
+        ("POST", "/scheduled-jobs", {"name": "outage", "task": "add", "cron": "* * * * *", "args": [1, 2]}),
+        ("GET", f"/scheduled-jobs/{schedule_id}", None),
+        ("PATCH", f"/scheduled-jobs/{schedule_id}", {"enabled": False}),
+        ("POST", f"/scheduled-jobs/{schedule_id}/run", {}),
+        ("POST", "/internal/reports", {"reports": [report]}),
+        ("GET", "/monitoring/queue/stats", None),
+        ("GET", "/metrics", None),
+        ("POST", f"/jobs/{job_id}/cancel", {}),
+        ("POST", f"/jobs/{job_id}/retry", {}),
+    ]
+
+
+def test_while_postgresql_is_down_the_store_routes_answer_503_and_all_work_again_when_it_is_back(client, outage_server):
+    # Given an API on PostgreSQL holding a job and a schedule
+    job_id = client.post("/tasks/add", json={"args": [1, 2]}).get_json()["job_id"]
+    schedule = client.post("/scheduled-jobs", json={"name": "s", "task": "add", "cron": "* * * * *", "args": [1, 2]})
+    schedule_id = schedule.get_json()["id"]
+    # When the server stops (its sessions end: the pool's connections are dead)
+    outage_server.stop("fast")
+    # Then every route that needs the store answers 503 with Retry-After and a JSON error
+    for method, path, body in store_requests(job_id, schedule_id):
+        response = client.open(path, method=method, json=body, headers=INTERNAL)
+        try:
+            assert_store_unavailable(response)
+        except AssertionError as exc:
+            raise AssertionError(f"{method} {path}: {exc}") from None
+    # And the health check says the store is down
+    health = client.get("/monitoring/health")
+    assert health.status_code == 503
+    assert "store" in health.get_json()["failing"]
+    assert health.get_json()["checks"]["store"]["ok"] is False
+    # When the server is back, the same app (no restart) serves every route again, the first
+    # request included (the pool's dead connections are replaced when they are checked out)
+    outage_server.start()
+    assert client.get(f"/jobs/{job_id}").status_code == 200
+    for method, path, body in store_requests(job_id, schedule_id):
+        response = client.open(path, method=method, json=body, headers=INTERNAL)
+        assert response.status_code < 500, (method, path, response.status_code, response.get_data(as_text=True))
+    assert client.get("/monitoring/health").get_json()["checks"]["store"] == {"ok": True}
+
+
+@pytest.fixture
+def small_pool(settings) -> dict:
+    """One connection and a short wait for it, so that concurrent requests queue for the pool."""
+    settings.update({"DB_POOL_SIZE": 1, "DB_MAX_OVERFLOW": 0, "DB_POOL_TIMEOUT": 1})
+    return settings
+
+
+def test_a_postgresql_that_never_answers_gets_503_from_every_request_instead_of_a_hang(
+    small_pool, live_server, outage_server
+):
+    # Given an API on PostgreSQL with one pooled connection, which is then lost, and a server
+    # address that accepts TCP connections but never answers (hung, or a dead proxy's target)
+    assert requests.get(f"{live_server}/jobs", timeout=30).status_code == 200
+    outage_server.stop("fast")
+    with black_hole(outage_server.port):
+        # When several clients call it at once (one opens a connection, the others wait for the pool)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: requests.get(f"{live_server}/jobs", timeout=30), range(3)))
+        health = requests.get(f"{live_server}/monitoring/health", timeout=30)
+    # Then each gets a 503 with Retry-After within DB_CONNECT_TIMEOUT (its default) or
+    # DB_POOL_TIMEOUT, not a hang (psycopg's own bound is 130 s) and not a 500
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"]
+        assert answer.json()["error"]["code"] == "service_unavailable"
+    assert health.status_code == 503 and "store" in health.json()["failing"]
+    # And once the server answers again the same process serves
+    outage_server.start()
+    assert requests.get(f"{live_server}/jobs", timeout=30).status_code == 200
+
+
+def test_workers_reports_get_503_while_postgresql_is_down_and_land_when_it_is_back(client, start_worker, outage_server):
+    # Given a job running on a real worker that retries its reports for two minutes
+    job_id = client.post("/tasks/crawl", json={"kwargs": {"steps": 8, "delay": 0.5}}).get_json()["job_id"]
+    worker = start_worker("--name", "outage-worker", env={"REPORT_RETRY_SECONDS": "120"})
+    wait_for(lambda: client.get(f"/jobs/{job_id}").get_json()["status"] == "PROCESSING", message="PROCESSING")
+    # When PostgreSQL stops while the job runs
+    outage_server.stop("fast")
+    # Then the worker's reports are answered 503, and it keeps them to send again
+    wait_for(lambda: "answered 503" in worker.output(), message="a report answered 503")
+    assert_store_unavailable(client.get(f"/jobs/{job_id}"))
+    # When PostgreSQL is back, the job's end lands (the reconciler is off: only the report can
+    # have set it) without restarting the API or the worker
+    outage_server.start()
+
+    def completed() -> bool:
+        response = client.get(f"/jobs/{job_id}")
+        return response.status_code == 200 and response.get_json()["status"] == "COMPLETED"
+
+    wait_for(completed, timeout=120, message="COMPLETED")
+    assert client.get(f"/jobs/{job_id}").get_json()["result"] == {"steps": 8}
