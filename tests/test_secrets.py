@@ -245,3 +245,22 @@ def test_good_secrets_start_outside_development_and_development_starts_with_anyt
 
     settings.update(JOBSERVICE_ENV="development", INTERNAL_SERVICE_TOKEN="dev", API_KEYS="me:k1:admin")
     assert create_app(settings).test_client().get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url, passwords",
+    [
+        # A database URL's lone userinfo is a user name: the password comes from a pgpass file,
+        # a client certificate or trust, and there is nothing to check.
+        ("postgresql+psycopg://jobs@db:5432/jobs", []),
+        ("postgresql://jobs:short@db/jobs", ["short"]),
+        ("postgresql+psycopg://jobs@db/jobs?password=short", ["short"]),
+        # Redis takes a lone userinfo as the password (AUTH <token>).
+        ("redis://token@redis:6379/0", ["token"]),
+        ("rediss://user:pw@redis:6379/0", ["pw"]),
+    ],
+)
+def test_a_database_user_without_a_password_is_not_taken_for_a_short_password(url, passwords):
+    from backend.core.secrets_check import url_passwords
+
+    assert url_passwords(url) == passwords

@@ -43,11 +43,16 @@ def _fault(value: str | None) -> str | None:
     return None
 
 
+#: URL schemes (before any ``+driver``) whose lone userinfo names a user, not a password.
+DATABASE_SCHEMES = frozenset({"postgresql", "postgres", "mysql", "mariadb", "sqlite"})
+
+
 def url_passwords(url: object) -> list[str]:
-    """Every password ``url`` carries: its userinfo's (``scheme://user:pw@`` or a lone
-    ``scheme://token@``, which Redis and most brokers take as the password) and a
-    ``?password=`` query value (redis-py and the database drivers read that too), as written in
-    the URL (percent-escapes and all)."""
+    """Every password ``url`` carries: its userinfo's (``scheme://user:pw@``, or a lone
+    ``redis://token@``, which Redis takes as the password) and a ``?password=`` query value
+    (redis-py and the database drivers read that too), as written in the URL (percent-escapes
+    and all). A database URL's lone userinfo is a user name: its password may come from
+    elsewhere (a pgpass file, a client certificate)."""
     if not url:
         return []
     try:
@@ -60,7 +65,7 @@ def url_passwords(url: object) -> list[str]:
         userinfo = parts.netloc.rsplit("@", 1)[0]
         if ":" in userinfo:
             found.append(userinfo.split(":", 1)[1])
-        elif userinfo:
+        elif userinfo and parts.scheme.split("+", 1)[0] not in DATABASE_SCHEMES:
             found.append(userinfo)
     found.extend(query.get("password", []))
     return found
