@@ -18,6 +18,7 @@ from backend.core.logs import job_fields
 from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL_VALUES, JobStatus, decide
 from backend.service.retries import RetryPolicy
 from backend.service.transitions import check_attempt, load_job, new_attempt, transition
+from backend.store import conflicts
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
@@ -35,14 +36,15 @@ class Attempts:
     retry_policy: RetryPolicy
 
     def mark_started(self, job_id: str, *, attempt: int, worker: str, at: datetime | None = None) -> Job:
-        with JobRows.transaction(self.sessions) as rows:
-            job = load_job(rows, job_id)
-            now = at or utcnow()
-            changed = transition(rows, job, JobStatus.PROCESSING, attempt=attempt, started_at=now, worker=worker)
-            if changed:
-                rows.start_attempt(job_id, attempt, worker=worker, started_at=now)
-                log.info("job %s attempt %s started on %s", job_id, attempt, worker, extra=job_fields(job))
-            return job
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                now = at or utcnow()
+                changed = transition(rows, job, JobStatus.PROCESSING, attempt=attempt, started_at=now, worker=worker)
+                if changed:
+                    rows.start_attempt(job_id, attempt, worker=worker, started_at=now)
+                    log.info("job %s attempt %s started on %s", job_id, attempt, worker, extra=job_fields(job))
+                return job
 
     def update_job_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None) -> Job:
         """Record progress of a running attempt (an unstarted one counts as started).
@@ -51,17 +53,18 @@ class Attempts:
             InvalidTransition: the job already ended.
             StaleAttempt: the report is for an older attempt.
         """
-        with JobRows.transaction(self.sessions) as rows:
-            job = load_job(rows, job_id)
-            # No status move (target None): allowed on the current attempt while the job is live.
-            move = decide(job.status, job.attempt, None, attempt)
-            if move.refused:
-                raise move.error(job_id)
-            written = rows.set_progress(job_id, attempt=attempt, progress=progress, message=message, now=utcnow())
-            rows.refresh(job)
-            if not written:
-                raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
-            return job
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                # No status move (target None): allowed on the current attempt while the job is live.
+                move = decide(job.status, job.attempt, None, attempt)
+                if move.refused:
+                    raise move.error(job_id)
+                written = rows.set_progress(job_id, attempt=attempt, progress=progress, message=message)
+                rows.refresh(job)
+                if not written:
+                    raise InvalidTransition(job_id, job.status, JobStatus.PROCESSING.value, reason="job has ended")
+                return job
 
     def mark_completed(self, job_id: str, *, attempt: int, result: object, at: datetime | None = None) -> Job:
         # The errors of earlier attempts stay in their attempt rows.
@@ -76,23 +79,28 @@ class Attempts:
             backoff: wait the policy's delay before the retry (False: retry at once, as for a
                 job whose worker died under it).
         """
-        with JobRows.transaction(self.sessions) as rows:
-            job = load_job(rows, job_id)
-            check_attempt(job, attempt)
-            if job.status in TERMINAL_VALUES or job.retry_count >= job.max_retries:
-                retried = False
-            else:
-                retry_number = job.retry_count + 1
-                retry_at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
-                retried = new_attempt(
-                    rows, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=retry_at,
-                    error=error,
-                )  # fmt: skip
-                if retried:
-                    rows.end_attempt(job_id, attempt, JobStatus.FAILED, error, at or utcnow())
-                    log.info(
-                        "job %s attempt %s failed; retry %s at %s", job_id, attempt, retry_number, retry_at or "once"
-                    )
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                check_attempt(job, attempt)
+                if job.status in TERMINAL_VALUES or job.retry_count >= job.max_retries:
+                    retried = False
+                else:
+                    retry_number = job.retry_count + 1
+                    retry_at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
+                    retried = new_attempt(
+                        rows, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=retry_at,
+                        error=error,
+                    )  # fmt: skip
+                    if retried:
+                        rows.end_attempt(job_id, attempt, JobStatus.FAILED, error, at or utcnow())
+                        log.info(
+                            "job %s attempt %s failed; retry %s at %s",
+                            job_id,
+                            attempt,
+                            retry_number,
+                            retry_at or "once",
+                        )
         if retried:
             return self.enqueue_job(job_id)
         return self._finish(job_id, attempt, JobStatus.FAILED, at=at, error=error)
@@ -114,22 +122,26 @@ class Attempts:
             InvalidTransition: the job has not ended, or it COMPLETED.
             Conflict: the job has had ``max_attempts`` attempts already (409).
         """
-        with JobRows.transaction(self.sessions) as rows:
-            job = load_job(rows, job_id, owner=owner)
-            if job.status not in MANUAL_RETRY_FROM:
-                raise InvalidTransition(
-                    job_id, job.status, JobStatus.PENDING.value, reason="only FAILED or CANCELLED jobs can be retried"
-                )
-            if max_attempts is not None and job.attempt >= max_attempts:
-                raise Conflict(
-                    f"job {job_id} has had {job.attempt} attempts, the most a job may have by retries "
-                    f"(MAX_ATTEMPTS_PER_JOB={max_attempts}); submit it as a new job",
-                    details={"setting": "MAX_ATTEMPTS_PER_JOB", "limit": max_attempts, "attempt": job.attempt},
-                )
-            new_attempt(
-                rows, job, job.attempt, MANUAL_RETRY_FROM,
-                next_retry_at=None, cancelled_by=None, cancelled_at=None, error=None,
-            )  # fmt: skip
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id, owner=owner)
+                if job.status not in MANUAL_RETRY_FROM:
+                    raise InvalidTransition(
+                        job_id,
+                        job.status,
+                        JobStatus.PENDING.value,
+                        reason="only FAILED or CANCELLED jobs can be retried",
+                    )
+                if max_attempts is not None and job.attempt >= max_attempts:
+                    raise Conflict(
+                        f"job {job_id} has had {job.attempt} attempts, the most a job may have by retries "
+                        f"(MAX_ATTEMPTS_PER_JOB={max_attempts}); submit it as a new job",
+                        details={"setting": "MAX_ATTEMPTS_PER_JOB", "limit": max_attempts, "attempt": job.attempt},
+                    )
+                new_attempt(
+                    rows, job, job.attempt, MANUAL_RETRY_FROM,
+                    next_retry_at=None, cancelled_by=None, cancelled_at=None, error=None,
+                )  # fmt: skip
         return self.enqueue_job(job_id)
 
     def requeue_lost(self, job_id: str, *, attempt: int, reason: str) -> Job:
@@ -139,24 +151,26 @@ class Attempts:
         never runs it (a BrokerError here leaves the job as it was, for the next pass).
         """
         self.queues.fence(rq_job_id(job_id, attempt))
-        with JobRows.transaction(self.sessions) as rows:
-            job = load_job(rows, job_id)
-            if not new_attempt(rows, job, attempt, REQUEUE_FROM):
-                return job
-            log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                if not new_attempt(rows, job, attempt, REQUEUE_FROM):
+                    return job
+                log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
         return self.enqueue_job(job_id)
 
     def _finish(self, job_id: str, attempt: int, target: JobStatus, *, at: datetime | None = None, **fields) -> Job:
         """End attempt ``attempt`` as ``target`` (an end status), then release the job's dependants."""
-        with JobRows.transaction(self.sessions) as rows:
-            job = load_job(rows, job_id)
-            now = at or utcnow()
-            if job.started_at is not None and job.attempt == attempt:
-                now = max(now, job.started_at)
-            changed = transition(rows, job, target, attempt=attempt, completed_at=now, **fields)
-            if changed:
-                rows.end_attempt(job_id, attempt, target, fields.get("error"), now)
-                log.info("job %s attempt %s %s", job_id, attempt, target.value, extra=job_fields(job))
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                now = at or utcnow()
+                if job.started_at is not None and job.attempt == attempt:
+                    now = max(now, job.started_at)
+                changed = transition(rows, job, target, attempt=attempt, completed_at=now, **fields)
+                if changed:
+                    rows.end_attempt(job_id, attempt, target, fields.get("error"), now)
+                    log.info("job %s attempt %s %s", job_id, attempt, target.value, extra=job_fields(job))
         if changed and job.has_dependants:
             self._release_dependants(job_id)
         return job

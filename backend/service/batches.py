@@ -14,6 +14,7 @@ from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.job_request import JobRequest
 from backend.service.ownership import owned
 from backend.service.representations import iso
+from backend.store import conflicts
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Batch, Job, utcnow
 
@@ -30,13 +31,26 @@ class Batches:
 
         Unlike ``submit``, batch jobs are recorded PENDING: enqueueing a thousand takes long
         enough that jobs recorded QUEUED could look lost to the reconciler meanwhile.
+
+        The jobs go in ordered by idempotency key and their parents are marked together in id
+        order, so two batches sharing keys or parents never wait for each other in a circle;
+        the transaction is run again after a deadlock all the same.
         """
         now = utcnow()
         batch = Batch(id=f"bat_{uuid.uuid4().hex}", owner=owner, task=requests[0].task.name, size=len(requests),
                       created_at=now)  # fmt: skip
-        with JobRows.transaction(self.sessions) as rows:
-            rows.add_batch(batch)
-            jobs = [self.add_job(rows, request, owner=owner, batch_id=batch.id) for request in requests]
+        # Keyed jobs first, in key order (a key's unique-index entry is what a rival insert waits for).
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].idempotency_key is None,
+                                                            requests[i].idempotency_key or ""))  # fmt: skip
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                rows.add_batch(batch)
+                added = {
+                    i: self.add_job(rows, requests[i], owner=owner, batch_id=batch.id, mark_parents=False)
+                    for i in order
+                }
+                rows.mark_parents([parent for request in requests for parent in request.depends_on])
+        jobs = [added[i] for i in range(len(requests))]
         log.info("batch %s recorded: %s jobs of %s", batch.id, len(jobs), batch.task)
         return batch, [self.enqueue_job(job.id) for job in jobs]
 

@@ -14,6 +14,7 @@ from backend.broker.queues import QueueAdapter
 from backend.core.errors import InvalidTransition, JobServiceError, NotFound, ServiceUnavailable, StaleAttempt
 from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
+from backend.store import conflicts
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
@@ -53,16 +54,18 @@ class Cancels:
                     raise ServiceUnavailable("Redis is unreachable: the job cannot be stopped now") from exc
                 log.warning("job %s: cancelled without a fence (%s)", job_id, exc)
             try:
-                with JobRows.transaction(self.sessions) as rows:
-                    job = load_job(rows, job_id, owner=owner)
-                    now = utcnow()
-                    transition(
-                        rows, job, JobStatus.CANCELLED, attempt=seen.attempt, strict=True, error=reason,
-                        cancelled_by=by, cancelled_at=now, completed_at=now, next_retry_at=None,
-                    )  # fmt: skip
-                    rows.end_attempt(
-                        job_id, job.attempt, JobStatus.CANCELLED, f"cancelled by {by}", now, only_open=True
-                    )
+                # Only the store's write is run again after a deadlock; the fence is in Redis, before.
+                for run in conflicts.attempts():
+                    with run, JobRows.transaction(self.sessions) as rows:
+                        job = load_job(rows, job_id, owner=owner)
+                        now = utcnow()
+                        transition(
+                            rows, job, JobStatus.CANCELLED, attempt=seen.attempt, strict=True, error=reason,
+                            cancelled_by=by, cancelled_at=now, completed_at=now, next_retry_at=None,
+                        )  # fmt: skip
+                        rows.end_attempt(
+                            job_id, job.attempt, JobStatus.CANCELLED, f"cancelled by {by}", now, only_open=True
+                        )
             except StaleAttempt:
                 continue  # a new attempt began meanwhile: fence that one instead
             break

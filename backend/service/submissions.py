@@ -2,11 +2,13 @@
 
 ``Submissions`` is the part of ``JobManager`` that creates jobs and enqueues them; it calls
 the parts for attempts (``_finish``) and dependencies (``_cancel_for_dependency``) when a job
-cannot be enqueued.
+cannot be enqueued. Every write runs as a unit that ``backend.store.conflicts`` runs again after
+a deadlock; Redis is called before or after such a unit, never inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
@@ -18,6 +20,7 @@ from backend.core.states import TERMINAL_VALUES, UNSUCCESSFUL, JobStatus
 from backend.service.idempotency import check_same_request
 from backend.service.job_request import JobRequest
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
+from backend.store import conflicts
 from backend.store.errors import ConstraintViolated
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
@@ -92,13 +95,21 @@ class Submissions:
         )
 
     def add_job(
-        self, session, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin
+        self,
+        session,
+        request: JobRequest,
+        *,
+        owner: str,
+        status: JobStatus = JobStatus.PENDING,
+        mark_parents: bool = True,
+        **origin,
     ) -> Job:
         """Add a new job and its dependency edges to ``session`` (the caller commits).
 
         Args:
             session: a store session (as ``backend.store.engine.transaction`` gives) or its
                 ``JobRows``.
+            mark_parents: see ``JobRows.add_job`` (False: the caller marks the parents of many).
 
         Raises:
             ValidationFailed: a job it depends on does not exist or is not the owner's.
@@ -109,7 +120,7 @@ class Submissions:
             missing = sorted(set(request.depends_on) - rows.owned_ids(request.depends_on, owner=owner))
             if missing:
                 raise ValidationFailed(f"depends_on names jobs that do not exist: {missing}")
-        rows.add_job(job)
+        rows.add_job(job, mark_parents=mark_parents)
         return job
 
     def create_job(
@@ -124,8 +135,9 @@ class Submissions:
         """
         for _ in range(CAS_ATTEMPTS):
             try:
-                with JobRows.transaction(self.sessions) as rows:
-                    job = self.add_job(rows, request, owner=owner, status=status, **origin)
+                for run in conflicts.attempts():
+                    with run, JobRows.transaction(self.sessions) as rows:
+                        job = self.add_job(rows, request, owner=owner, status=status, **origin)
                 log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
                 return job, True
             except ConstraintViolated:
@@ -149,6 +161,9 @@ class Submissions:
         dependency failed is cancelled (unless it allows failure); a job with a ``run_at`` or
         a retry time waits in RQ's scheduler. When Redis is unreachable the job stays PENDING
         (the reconciler enqueues it later).
+
+        Reads without locking, calls Redis, then writes QUEUED in a transaction of its own (the
+        unit run again after a deadlock): no connection is held while Redis answers.
         """
         with JobRows.opened(self.sessions) as rows:
             job = load_job(rows, job_id)
@@ -167,20 +182,20 @@ class Submissions:
                     rows.close()
                     return self._cancel_for_dependency(job.id, failed[0])
                 waiting_on = [p.rq_job_id for p in parents if p.status not in TERMINAL_VALUES]
-            try:
-                self._send(job, spec, waiting_on)
-            except BrokerError as exc:
-                log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
-                return job
-            # A fast worker may already have started it (QUEUED is then in the past), or even
-            # failed it into a new attempt: either way the job is where it should be.
-            try:
-                transition(rows, job, JobStatus.QUEUED, attempt=job.attempt, tolerate_behind=True)
-            except StaleAttempt:
-                rows.rollback()
-                rows.refresh(job)
-            rows.commit()
+        try:
+            self._send(job, spec, waiting_on)
+        except BrokerError as exc:
+            log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
             return job
+        sent = job.attempt
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                # A fast worker may already have started it (QUEUED is then in the past), or even
+                # failed it into a new attempt: either way the job is where it should be.
+                with contextlib.suppress(StaleAttempt):  # nothing was written: the job as read
+                    transition(rows, job, JobStatus.QUEUED, attempt=sent, tolerate_behind=True)
+        return job
 
     def _send(self, job: Job, spec: TaskSpec, waiting_on: list[str]) -> None:
         now = utcnow()

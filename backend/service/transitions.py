@@ -14,7 +14,7 @@ from backend.core.states import TERMINAL, JobStatus, Verdict, decide
 from backend.service import webhook_outbox
 from backend.service.ownership import owned
 from backend.store.jobs import JobRows
-from backend.store.models import Job, utcnow
+from backend.store.models import Job
 
 #: How often a command reads a job again after losing a race for it, before giving up.
 CAS_ATTEMPTS = 5
@@ -72,7 +72,8 @@ def transition(
             raise move.error(job.id)
         if not move.applies:
             return False  # already at the target, or past it and the caller tolerates that
-        values = dict(fields, status=target.value, updated_at=utcnow())
+        # updated_at is the store's to write (the database's time: compare_and_set).
+        values = dict(fields, status=target.value)
         if move.new_attempt:
             values["attempt"] = move.next_attempt
         if target in TERMINAL:

@@ -24,6 +24,7 @@ from backend.core.errors import JobServiceError
 from backend.core.instruments import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.core.protocol import COMPLETED, FAILED, PROGRESS, STARTED, Report, answer
 from backend.core.states import JobStatus, decide
+from backend.store import conflicts
 from backend.store.errors import StoreError
 from backend.store.jobs import Sessions
 from backend.store.models import Job, utcnow
@@ -64,41 +65,51 @@ def apply(manager, reports: list[Report], *, sessions: Sessions) -> list[dict]:
     for index, report in enumerate(reports):
         by_job.setdefault(report.job_id, []).append(index)
     answers: list[dict | None] = [None] * len(reports)
-    plans: dict[str, JobPlan] = {}
-    first: list[str] = []
-    with report_writes(sessions) as store:
-        rows = store.read(list(by_job))
-        for job_id, indices in by_job.items():
-            row = rows.get(job_id)
-            if row is None:
-                for index in indices:
-                    answers[index] = answer(404, f"no job {job_id!r}")
-                continue
-            job_plan = plan(row, [reports[index] for index in indices], now)
-            if job_plan is None:
-                first.append(job_id)
-            else:
-                plans[job_id] = job_plan
-        if not first:
-            late, done = _write(store, plans, by_job, answers)
+    # Each unit reads, plans and writes afresh when it is run again after a deadlock.
+    for run in conflicts.attempts():
+        with run, report_writes(sessions) as store:
+            plans, first = _plan(store.read(list(by_job)), by_job, reports, answers, now)
+            late, done = ([], []) if first else _write(store, plans, by_job, answers)
     if first:
         # The manager's reports go before the batch's writes (nothing was written yet): a
         # parent's end releases its dependants there, and a dependant's own reports, later in
         # the batch, must never be stored before it (a child COMPLETED under a PROCESSING
         # parent). The plans stay good: a row changed meanwhile fails its compare-and-set.
         _answer_manager(manager, first, by_job, reports, answers, now)
-        with report_writes(sessions) as store:
-            late, done = _write(store, plans, by_job, answers)
+        for run in conflicts.attempts():
+            with run, report_writes(sessions) as store:
+                late, done = _write(store, plans, by_job, answers)
     _observe(done)
     _answer_manager(manager, late, by_job, reports, answers, now)
     return answers  # type: ignore[return-value]
 
 
+def _plan(rows: dict, by_job: dict[str, list[int]], reports: list[Report], answers: list, now: datetime):
+    """The plans of the jobs read (404 answered for the others), and the ids the manager must decide."""
+    plans: dict[str, JobPlan] = {}
+    first: list[str] = []
+    for job_id, indices in by_job.items():
+        row = rows.get(job_id)
+        if row is None:
+            for index in indices:
+                answers[index] = answer(404, f"no job {job_id!r}")
+            continue
+        job_plan = plan(row, [reports[index] for index in indices], now)
+        if job_plan is None:
+            first.append(job_id)
+        else:
+            plans[job_id] = job_plan
+    return plans, first
+
+
 def _write(store, plans: dict[str, JobPlan], by_job: dict[str, list[int]], answers: list) -> tuple[list, list]:
-    """Write the plans; the ids of the jobs someone else changed since our read, and the plans written."""
+    """Write the plans in job-id order (the store's one lock order: two batches naming the same
+    jobs in any order never wait for each other in a circle); the ids of the jobs someone else
+    changed since our read, and the plans written."""
     late: list[str] = []
     done: list[JobPlan] = []
-    for job_id, job_plan in plans.items():
+    for job_id in sorted(plans):
+        job_plan = plans[job_id]
         if job_plan.values:
             if not store.write(job_id, seen_status=job_plan.old_status, seen_attempt=job_plan.attempt,
                                values=job_plan.values):  # fmt: skip

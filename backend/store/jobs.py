@@ -5,7 +5,12 @@ written. ``JobRows`` wraps one session (one transaction): the commands open one 
 ``JobRows.transaction`` (commits when the block ends) or ``JobRows.opened`` (the caller
 commits, for a command that talks to Redis between its read and its write). The status write
 is ``compare_and_set``: ``UPDATE ... WHERE status = :seen AND attempt = :seen``, so that two
-writers racing on one job can never both win; the maintained counts move with it.
+writers racing on one job can never both win; the maintained counts move with it (a delta row,
+``backend.store.counts``), and ``updated_at`` is the database's time (``clock.now_for_write``).
+
+One lock order: a transaction that writes several existing jobs locks them in id order (the
+parents marked by ``add_job``/``mark_parents``, the report batch path), and no shared counter row
+is locked at all, so two transactions never wait for each other in a circle.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.states import LIVE_VALUES, TERMINAL_VALUES, JobStatus
-from backend.store import counts
+from backend.store import clock, counts
 from backend.store.engine import transaction
 from backend.store.models import Attempt, Batch, Job, JobDependency
 
@@ -124,20 +129,41 @@ class JobRows:
             query = query.order_by(Job.created_at, Job.id).limit(limit)
         return list(self.session.scalars(query))
 
-    def add_job(self, job: Job) -> None:
-        """Add a new job, its count, and its dependency edges (from ``job.depends_on``)."""
+    def add_job(self, job: Job, *, mark_parents: bool = True) -> None:
+        """Add a new job, its count, and its dependency edges (from ``job.depends_on``).
+
+        Args:
+            mark_parents: mark the parents as having dependants now; False for a caller adding
+                many jobs, which marks all their parents at once (``mark_parents``), in id order.
+        """
         self.session.add(job)
         counts.bump(self.session, job.task, old=None, new=job.status)
         if job.depends_on:
             # The edges reference the new row: it must be in the store first.
             self.session.flush()
-            self.session.add_all(JobDependency(job_id=job.id, depends_on_id=parent) for parent in job.depends_on)
-            self.session.execute(
-                update(Job)
-                .where(Job.id.in_(job.depends_on), Job.has_dependants.is_(False))
-                .values(has_dependants=True)
-                .execution_options(synchronize_session=False)
-            )
+            parents = sorted(set(job.depends_on))
+            self.session.add_all(JobDependency(job_id=job.id, depends_on_id=parent) for parent in parents)
+            if mark_parents:
+                self.mark_parents(parents)
+
+    def mark_parents(self, parent_ids) -> None:
+        """Mark jobs as having dependants, locking their rows in id order (the one lock order)."""
+        if not parent_ids:
+            return
+        # FOR NO KEY UPDATE, ordered: the rows are locked in id order, and without blocking the
+        # edges' foreign-key checks (KEY SHARE) of other submissions naming the same parents.
+        unmarked = (
+            select(Job.id)
+            .where(Job.id.in_(sorted(set(parent_ids))), Job.has_dependants.is_(False))
+            .order_by(Job.id)
+            .with_for_update(key_share=True)
+        )
+        self.session.execute(
+            update(Job)
+            .where(Job.id.in_(unmarked.scalar_subquery()))
+            .values(has_dependants=True)
+            .execution_options(synchronize_session=False)
+        )
 
     def compare_and_set(self, job: Job, values: dict) -> bool:
         """Write ``values`` to ``job`` if its status and attempt are still those read; ``job`` is
@@ -146,6 +172,8 @@ class JobRows:
         Returns:
             True when this write won; False when another writer changed the job first.
         """
+        # The database's time: the reconciler, maybe on another host, compares it with its own.
+        values = dict(values, updated_at=clock.now_for_write(self.session.get_bind().dialect.name))
         result = self.session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == job.status, Job.attempt == job.attempt)
@@ -160,12 +188,17 @@ class JobRows:
             counts.bump(self.session, job.task, old=old_status, new=job.status)
         return True
 
-    def set_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None, now: datetime) -> bool:
-        """Record progress on attempt ``attempt`` of a live job; False when it is no longer that."""
+    def set_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None) -> bool:
+        """Record progress on attempt ``attempt`` of a live job; False when it is no longer that.
+
+        ``updated_at`` is the database's time; read the job again (``refresh``) to see it.
+        """
+        now = clock.now_for_write(self.session.get_bind().dialect.name)
         result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(LIVE_VALUES))
             .values(progress=progress, progress_message=message, updated_at=now)
+            .execution_options(synchronize_session=False)
         )
         return result.rowcount != 0
 

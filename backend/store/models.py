@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -208,10 +208,24 @@ class WebhookAttempt(Base):
 
 
 class JobCount(Base):
-    """How many jobs of a task are in a status; kept by backend/store/counts.py."""
+    """How many jobs of a task are in a status, up to the last roll-up (backend/store/counts.py)."""
 
     __tablename__ = "job_counts"
 
     task: Mapped[str] = mapped_column(String(200), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class JobCountDelta(Base):
+    """One move of jobs between statuses, appended by the write that made it and never updated,
+    so no two writers share a row; ``counts.roll_up`` folds these into ``job_counts``."""
+
+    __tablename__ = "job_count_deltas"
+
+    # BIGINT: a busy store appends billions of these over its life (SQLite's rowid is 64-bit).
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(200))
+    old_status: Mapped[str | None] = mapped_column(String(16))
+    new_status: Mapped[str | None] = mapped_column(String(16))
+    jobs: Mapped[int] = mapped_column(Integer)

@@ -3,7 +3,8 @@
 A batch is applied in one transaction with a few Core statements, run on the session's
 connection: no ORM machinery per report. One read of the jobs, one compare-and-set UPDATE per
 job (``WHERE status = :seen AND attempt = :seen``: a writer racing us makes it match nothing),
-then the attempt rows and the status counters in bulk.
+written in job-id order (the store's one lock order), then the attempt rows and the count
+deltas in bulk (one statement each, however many jobs).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from contextlib import contextmanager
 from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.store import counts
+from backend.store import clock, counts
 from backend.store.engine import dialect_insert, transaction
-from backend.store.models import Attempt, Job, utcnow
+from backend.store.models import Attempt, Job
 
 _JOBS, _ATTEMPTS = Job.__table__, Attempt.__table__
 #: What the planner needs of a job, and no more (the result and args can be large).
@@ -27,7 +28,7 @@ _READ = select(
 
 # One prebuilt statement per set of columns written, and per dialect for the attempt upserts:
 # building a statement costs more than running it.
-_UPDATES: dict[tuple[str, ...], object] = {}
+_UPDATES: dict[tuple[str, tuple[str, ...]], object] = {}
 _ATTEMPT_STATEMENTS: dict[str, tuple[object, object]] = {}
 
 
@@ -45,20 +46,25 @@ class ReportWrites:
     def write(self, job_id: str, *, seen_status: str, seen_attempt: int, values: dict) -> bool:
         """Compare-and-set one job's row; False when someone else changed it since our read.
 
-        ``values`` gains ``updated_at``.
+        ``updated_at`` is written too: the database's time (``clock.now_for_write``).
         """
-        values["updated_at"] = utcnow()
+        dialect = self._connection.dialect.name
         shape = tuple(sorted(values))
-        statement = _UPDATES.get(shape)
+        statement = _UPDATES.get((dialect, shape))
         if statement is None:
             c = _JOBS.c
+            now = clock.now_for_write(dialect)
             statement = (
                 update(_JOBS)
                 .where(c.id == bindparam("_id"), c.status == bindparam("_status"), c.attempt == bindparam("_attempt"))
                 .values({name: bindparam(name) for name in shape})
+                # PostgreSQL evaluates its clock in the statement; SQLite gets this host's time.
+                .values(updated_at=now if dialect == "postgresql" else bindparam("_now"))
             )
-            _UPDATES[shape] = statement
+            _UPDATES[(dialect, shape)] = statement
         params = dict(values, _id=job_id, _status=seen_status, _attempt=seen_attempt)
+        if dialect != "postgresql":
+            params["_now"] = clock.now_for_write(dialect)
         return self._connection.execute(statement, params).rowcount == 1
 
     def record_attempts(self, opened: list[dict], ended: list[dict]) -> None:
@@ -73,9 +79,8 @@ class ReportWrites:
             self._connection.execute(end_statement, ended)
 
     def count_moves(self, moves: dict[tuple[str, str, str], int]) -> None:
-        """Move the maintained counts: ``{(task, old, new): jobs}``."""
-        for (task, old, new), by in moves.items():
-            counts.bump(self._session, task, old=old, new=new, by=by)
+        """Move the maintained counts: ``{(task, old, new): jobs}``, in one statement."""
+        counts.record_moves(self._session, moves)
 
 
 @contextmanager
