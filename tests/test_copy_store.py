@@ -4,11 +4,15 @@ refused into one that holds rows (PostgreSQL tests skip when it is not installed
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
+import pytest
+from sqlalchemy import Engine, event
+
 from backend.app import create_app, stop_background
-from backend.store.copy import copy_store
+from backend.store.copy import CopyError, copy_store
 from backend.store.engine import make_engine
 from backend.store.models import Base
 from tests.conftest import ROOT
@@ -130,3 +134,35 @@ def test_rows_are_copied_in_batches_smaller_than_a_table(client, settings, tmp_p
     copied = _rows(settings["DATABASE_URL"])
     assert _rows(target) == copied and total == sum(map(len, copied.values()))
     assert sorted(seen) == sorted(copied)
+
+
+def test_a_source_written_to_during_the_copy_is_reported_and_leaves_the_target_empty(client, settings, tmp_path):
+    # Given a filled store whose API is still taking jobs while it is copied: a job is submitted
+    # just as the copy starts writing the jobs table (as a live API would, any time)
+    _fill(client)
+    source = settings["DATABASE_URL"]
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    submitted = []
+
+    def submit_during_the_copy(conn, _cursor, statement, *_args) -> None:
+        if not submitted and statement.startswith("INSERT INTO jobs") and str(conn.engine.url) == target:
+            submitted.append(submit_add(client)["job_id"])
+
+    event.listen(Engine, "before_cursor_execute", submit_during_the_copy)
+    try:
+        # When the store is copied
+        with pytest.raises(CopyError) as refused:
+            copy_store(source, target)
+    finally:
+        event.remove(Engine, "before_cursor_execute", submit_during_the_copy)
+    # Then the copy fails naming the table whose counts differ and what to do
+    assert submitted
+    message = str(refused.value)
+    jobs = re.search(r"\bjobs \((\d+) in the source, (\d+) ", message)
+    assert message.startswith("row counts differ after the copy: ") and jobs, message
+    assert int(jobs[1]) == int(jobs[2]) + 1, message
+    assert "stop every API, scheduler and worker" in message and "the target was left empty" in message
+    # And the target holds no rows, so once the writers are stopped the same copy simply runs again
+    assert not any(_rows(target).values())
+    total = copy_store(source, target)
+    assert _rows(target) == _rows(source) and total == sum(map(len, _rows(source).values()))

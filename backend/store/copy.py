@@ -2,8 +2,9 @@
 
 The target is migrated to head and must be empty, so a copy never merges into live data; rows go
 in batches in foreign-key order, so a store of a million jobs never sits in memory at once; the
-row counts are compared per table afterwards, and PostgreSQL's sequences are moved past the
-copied ids so the next insert does not collide with a copied row.
+row counts are compared per table before the copy commits (a source written to meanwhile leaves
+the target empty), and PostgreSQL's sequences are moved past the copied ids so the next insert
+does not collide with a copied row.
 """
 
 from __future__ import annotations
@@ -53,6 +54,27 @@ def _copy_table(source: Engine, writer: Connection, table: Table, batch_size: in
     return copied
 
 
+def _verified_counts(source: Engine, writer: Connection) -> list[tuple[str, int]]:
+    """Each table's row count in the target's transaction, compared with the source's now.
+
+    Raises:
+        CopyError: a table's counts differ (something wrote to the source during the copy).
+    """
+    counts, differing = [], []
+    for table in Base.metadata.sorted_tables:
+        found = writer.execute(select(func.count()).select_from(table)).scalar_one()
+        expected = _count(source, table)
+        if expected != found:
+            differing.append(f"{table.name} ({expected} in the source, {found} copied)")
+        counts.append((table.name, found))
+    if differing:
+        raise CopyError(
+            f"row counts differ after the copy: {', '.join(differing)}; something wrote to the source while it "
+            "was copied (stop every API, scheduler and worker on it first); the target was left empty"
+        )
+    return counts
+
+
 def _advance_sequences(connection: Connection) -> None:
     """Move each autoincrement id's PostgreSQL sequence past the copied maximum."""
     if connection.dialect.name != "postgresql":
@@ -99,27 +121,18 @@ def copy_store(
             occupied = _first_non_empty(target)
             if occupied is not None:
                 raise CopyError(f"the target is not empty (table {occupied} has rows); copy only into an empty store")
-            # One transaction: a copy that fails leaves the target empty, so it can simply be run again.
+            # One transaction, counts verified before it commits: a copy that fails or differs
+            # leaves the target empty, so it can simply be run again.
             with target.begin() as writer:
                 for table in Base.metadata.sorted_tables:
                     copied = _copy_table(source, writer, table, batch_size)
                     log.info("copied %d rows of %s", copied, table.name)
                 _advance_sequences(writer)
-            total = 0
-            differing = []
-            counts = []
-            for table in Base.metadata.sorted_tables:
-                expected, found = _count(source, table), _count(target, table)
-                if expected != found:
-                    differing.append(f"{table.name} ({expected} in the source, {found} in the target)")
-                counts.append((table.name, found))
-                total += found
-            if differing:
-                raise CopyError(f"row counts differ after the copy: {', '.join(differing)}")
+                counts = _verified_counts(source, writer)
             if on_table is not None:
                 for name, count in counts:
                     on_table(name, count)
-            return total
+            return sum(count for _name, count in counts)
         finally:
             target.dispose()
     finally:
