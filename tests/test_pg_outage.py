@@ -23,8 +23,9 @@ INTERNAL = {"X-Internal-Token": TOKEN}
 
 
 @pytest.fixture(scope="module")
-def outage_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL that these tests stop, block and start again."""
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL that these tests stop, block and start again (named like the chaos tests' own
+    server, so that the PostgreSQL pass of the suite, which has this one anyway, skips them)."""
     try:
         server = PostgresServer.launch()
     except PostgresUnavailable as exc:
@@ -36,11 +37,11 @@ def outage_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def settings(settings, outage_server) -> dict:
+def settings(settings, own_postgres) -> dict:
     """The app's settings with the store on a fresh database of the outage server."""
-    if not outage_server.is_running():
-        outage_server.start()
-    settings["DATABASE_URL"] = outage_server.create_database()
+    if not own_postgres.is_running():
+        own_postgres.start()
+    settings["DATABASE_URL"] = own_postgres.create_database()
     return settings
 
 
@@ -97,13 +98,13 @@ def store_requests(job_id: str, schedule_id: str) -> list[tuple[str, str, dict |
     ]
 
 
-def test_while_postgresql_is_down_the_store_routes_answer_503_and_all_work_again_when_it_is_back(client, outage_server):
+def test_while_postgresql_is_down_the_store_routes_answer_503_and_all_work_again_when_it_is_back(client, own_postgres):
     # Given an API on PostgreSQL holding a job and a schedule
     job_id = client.post("/tasks/add", json={"args": [1, 2]}).get_json()["job_id"]
     schedule = client.post("/scheduled-jobs", json={"name": "s", "task": "add", "cron": "* * * * *", "args": [1, 2]})
     schedule_id = schedule.get_json()["id"]
     # When the server stops (its sessions end: the pool's connections are dead)
-    outage_server.stop("fast")
+    own_postgres.stop("fast")
     # Then every route that needs the store answers 503 with Retry-After and a JSON error
     for method, path, body in store_requests(job_id, schedule_id):
         response = client.open(path, method=method, json=body, headers=INTERNAL)
@@ -118,7 +119,7 @@ def test_while_postgresql_is_down_the_store_routes_answer_503_and_all_work_again
     assert health.get_json()["checks"]["store"]["ok"] is False
     # When the server is back, the same app (no restart) serves every route again, the first
     # request included (the pool's dead connections are replaced when they are checked out)
-    outage_server.start()
+    own_postgres.start()
     assert client.get(f"/jobs/{job_id}").status_code == 200
     for method, path, body in store_requests(job_id, schedule_id):
         response = client.open(path, method=method, json=body, headers=INTERNAL)
@@ -134,13 +135,13 @@ def small_pool(settings) -> dict:
 
 
 def test_a_postgresql_that_never_answers_gets_503_from_every_request_instead_of_a_hang(
-    small_pool, live_server, outage_server
+    small_pool, live_server, own_postgres
 ):
     # Given an API on PostgreSQL with one pooled connection, which is then lost, and a server
     # address that accepts TCP connections but never answers (hung, or a dead proxy's target)
     assert requests.get(f"{live_server}/jobs", timeout=30).status_code == 200
-    outage_server.stop("fast")
-    with black_hole(outage_server.port):
+    own_postgres.stop("fast")
+    with black_hole(own_postgres.port):
         # When several clients call it at once (one opens a connection, the others wait for the pool)
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda _: requests.get(f"{live_server}/jobs", timeout=30), range(3)))
@@ -153,23 +154,23 @@ def test_a_postgresql_that_never_answers_gets_503_from_every_request_instead_of_
         assert answer.json()["error"]["code"] == "service_unavailable"
     assert health.status_code == 503 and "store" in health.json()["failing"]
     # And once the server answers again the same process serves
-    outage_server.start()
+    own_postgres.start()
     assert requests.get(f"{live_server}/jobs", timeout=30).status_code == 200
 
 
-def test_workers_reports_get_503_while_postgresql_is_down_and_land_when_it_is_back(client, start_worker, outage_server):
+def test_workers_reports_get_503_while_postgresql_is_down_and_land_when_it_is_back(client, start_worker, own_postgres):
     # Given a job running on a real worker that retries its reports for two minutes
     job_id = client.post("/tasks/crawl", json={"kwargs": {"steps": 8, "delay": 0.5}}).get_json()["job_id"]
     worker = start_worker("--name", "outage-worker", env={"REPORT_RETRY_SECONDS": "120"})
     wait_for(lambda: client.get(f"/jobs/{job_id}").get_json()["status"] == "PROCESSING", message="PROCESSING")
     # When PostgreSQL stops while the job runs
-    outage_server.stop("fast")
+    own_postgres.stop("fast")
     # Then the worker's reports are answered 503, and it keeps them to send again
     wait_for(lambda: "answered 503" in worker.output(), message="a report answered 503")
     assert_store_unavailable(client.get(f"/jobs/{job_id}"))
     # When PostgreSQL is back, the job's end lands (the reconciler is off: only the report can
     # have set it) without restarting the API or the worker
-    outage_server.start()
+    own_postgres.start()
 
     def completed() -> bool:
         response = client.get(f"/jobs/{job_id}")
