@@ -13,6 +13,9 @@ Every change the job commands make to a job's status goes through
 statement they run is in ``backend.store.jobs``. (The worker-report batch path writes through
 ``backend.store.report_writes`` and schedules through ``backend.store.schedules``; the batch
 decides its moves with the same ``states.decide``.)
+
+Each write transaction is a unit that ``backend.store.conflicts`` runs again when PostgreSQL
+aborts it for a deadlock; calls to Redis are made before or after such a unit, never inside.
 """
 
 from __future__ import annotations
