@@ -188,6 +188,7 @@ def test_f14_postgresql_restarted_immediate_under_load(cluster, own_postgres):
             "503_while_down": sum(count for label, count in labels.items() if " 503 (down)" in label),
             "longest_recovery_s": round(max(recoveries), 2),
             "client_problems": len(problems),
+            "5xx_not_503": len(cluster.api.server_errors),
             "worker_reports_5xx_not_503": len(worker_reports_5xx(cluster, allow_503=True)),
             "deadlocks": len(deadlocks),
             "seed": SEED,

@@ -43,6 +43,7 @@ def test_f15_five_api_servers_cold_start_together_on_an_empty_database(cluster, 
     mark = LogMark.now(postgres_server)
     slowest_up = 0.0
     processes = 0
+    server_errors = 0
     failures: list[str] = []
 
     for round_number in range(ROUNDS):
@@ -96,6 +97,7 @@ def test_f15_five_api_servers_cold_start_together_on_an_empty_database(cluster, 
                 if events != {"booted": host.gunicorn_workers, "exited": 0}:
                     failures.append(f"{host.name}: gunicorn workers {events}:\n{log[-3000:]}")
             if host.server_errors():
+                server_errors += len(host.server_errors())
                 failures.append(f"{host.name}: {host.server_errors()}")
         for host in hosts:
             host.kill()
@@ -111,6 +113,7 @@ def test_f15_five_api_servers_cold_start_together_on_an_empty_database(cluster, 
             "api_processes": processes,
             "slowest_up_s": round(slowest_up, 1),
             "failures": len(failures),
+            "5xx": server_errors,
             "deadlocks": len(deadlocks),
         },
     )
