@@ -29,7 +29,6 @@ def add_delivery(session, job: Job) -> None:
         url=job.webhook_url,
         host=delivery_host(job.webhook_url),
         payload={"type": f"job.{job.status.lower()}", "timestamp": now.isoformat(), "data": job_dict(job)},
-        now=now,
     )
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from backend.store.models import utcnow
 
@@ -37,3 +37,9 @@ def now_for_write(dialect: str):
     if dialect != "postgresql":
         return utcnow()
     return func.timezone("UTC", func.statement_timestamp())
+
+
+def store_now(sessions: sessionmaker[Session]) -> datetime:
+    """``now`` read through a session of ``sessions``, for callers that hold no session."""
+    with sessions() as session:
+        return now(session)

@@ -1,27 +1,44 @@
 """Store: every statement on the webhook outbox (``webhook_deliveries``, ``webhook_attempts``).
 
 The dispatcher (``backend.webhooks.dispatcher``) decides what to send and what an attempt's
-outcome means; this module reads and writes the rows. A delivery is claimed with a
-compare-and-set on ``claimed_until``, and each later write names the claim it holds, so a
-dispatcher whose claim was taken over writes nothing.
+outcome means; this module reads and writes the rows. A dispatcher claims a page of due
+deliveries in one transaction: on PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` gives each
+row to one dispatcher while the others pass over it (instead of queueing behind its lock), and
+SQLite's writers take turns, where the claiming UPDATE's own conditions decide. A claim is a
+fresh random token with a ``claimed_until`` from the database's clock (``backend.store.clock``),
+so hosts whose clocks disagree still agree on when it lapses; every later write names the
+token, so a dispatcher whose claim lapsed and was taken over writes nothing.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.store import clock
 from backend.store.engine import transaction
 from backend.store.models import Job, WebhookAttempt, WebhookDelivery
 
+#: A due delivery as the dispatcher sees it: (id, host, owner, next_attempt_at).
+DueRow = tuple[str, str, str, datetime]
+
+
+class _ClaimLost(Exception):
+    """The claim was taken over between reading the delivery and writing it: write nothing."""
+
 
 def insert_delivery(
-    session: Session, *, delivery_id: str, job_id: str, event: str, url: str, host: str, payload: dict, now: datetime
+    session: Session, *, delivery_id: str, job_id: str, event: str, url: str, host: str, payload: dict
 ) -> None:
-    """Add a pending delivery, due ``now``, in the caller's transaction (the one that ended its job)."""
+    """Add a pending delivery, due now by the database's clock, in the caller's transaction
+    (the one that ended its job)."""
+    # Due by the database's clock: a delivery added on a host whose clock is ahead would be
+    # due only later for the dispatchers of the other hosts.
+    now = clock.now_for_write(session.get_bind().dialect.name)
     session.add(
         WebhookDelivery(
             id=delivery_id,
@@ -38,61 +55,86 @@ def insert_delivery(
     )
 
 
-def due_page(
+def _unclaimed(now: datetime):
+    return or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now)
+
+
+def claim_due(
     sessions: sessionmaker[Session],
-    now: datetime,
     *,
     after: tuple[datetime, str] | None,
     full_hosts: set[str],
     full_owners: set[str],
     limit: int,
-) -> list[tuple[str, str, str, datetime]]:
-    """Due, unclaimed deliveries as ``(id, host, owner, next_attempt_at)`` in order, after
-    ``after``, leaving out the hosts and owners named."""
-    query = (
-        select(WebhookDelivery.id, WebhookDelivery.host, Job.owner, WebhookDelivery.next_attempt_at)
-        .join(Job, Job.id == WebhookDelivery.job_id)
-        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-        .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-        .limit(limit)
-    )
-    # In SQL, so that one host's or one owner's thousands of due deliveries (sorted first)
-    # cannot fill every page of a pass and so keep other owners' deliveries out of it.
-    if full_hosts:
-        query = query.where(WebhookDelivery.host.not_in(full_hosts))
-    if full_owners:
-        query = query.where(Job.owner.not_in(full_owners))
-    if after is not None:
-        query = query.where(
-            or_(
-                WebhookDelivery.next_attempt_at > after[0],
-                and_(WebhookDelivery.next_attempt_at == after[0], WebhookDelivery.id > after[1]),
+    claim_seconds: float,
+    pick: Callable[[list[DueRow]], list[str]],
+) -> tuple[list[DueRow], list[DueRow], str]:
+    """Claim the deliveries ``pick`` chooses from the next page of due ones, in one transaction.
+
+    The page: pending deliveries due, and unclaimed or their claim lapsed, by the database's
+    clock, in ``(next_attempt_at, id)`` order after ``after``, none to ``full_hosts`` or of
+    ``full_owners``, at most ``limit``; on PostgreSQL, none that another dispatcher has locked.
+    ``pick(page)`` returns the ids to claim, for ``claim_seconds`` of the database's time.
+
+    Returns:
+        ``(page, claimed, token)``: the rows read, those claimed (in page order), their claim's token.
+    """
+    token = secrets.token_hex(16)
+    with transaction(sessions) as session:
+        now = clock.now(session)
+        query = (
+            select(WebhookDelivery.id, WebhookDelivery.host, Job.owner, WebhookDelivery.next_attempt_at)
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now, _unclaimed(now))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(limit)
+            # Only the deliveries' rows: a job's row stays free for the commands on the job.
+            .with_for_update(of=WebhookDelivery, skip_locked=True)
+        )
+        # In SQL, so that one host's or one owner's thousands of due deliveries (sorted first)
+        # cannot fill every page of a pass and so keep other owners' deliveries out of it.
+        if full_hosts:
+            query = query.where(WebhookDelivery.host.not_in(full_hosts))
+        if full_owners:
+            query = query.where(Job.owner.not_in(full_owners))
+        if after is not None:
+            query = query.where(
+                or_(
+                    WebhookDelivery.next_attempt_at > after[0],
+                    and_(WebhookDelivery.next_attempt_at == after[0], WebhookDelivery.id > after[1]),
+                )
+            )
+        page: list[DueRow] = [tuple(row) for row in session.execute(query)]
+        chosen = pick(page) if page else []
+        if not chosen:
+            return page, [], token
+        # The page's conditions again: on PostgreSQL the rows are locked and still meet them;
+        # on SQLite the read took no lock, and another dispatcher may have claimed some since.
+        claimed = set(
+            session.scalars(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(chosen), WebhookDelivery.status == "pending", _unclaimed(now))
+                .values(claimed_until=now + timedelta(seconds=claim_seconds), claim_token=token)
+                .returning(WebhookDelivery.id),
+                execution_options={"synchronize_session": False},
             )
         )
-    with sessions() as session:
-        return [tuple(row) for row in session.execute(query)]
+    return page, [row for row in page if row[0] in claimed], token
 
 
-def claim(sessions: sessionmaker[Session], delivery_id: str, *, now: datetime, until: datetime) -> bool:
-    """Claim a pending delivery whose claim (if any) lapsed before ``now``, until ``until``."""
+def release(
+    sessions: sessionmaker[Session], delivery_id: str, token: str, *, delay_seconds: float | None = None
+) -> None:
+    """Give back the claim ``token``; with ``delay_seconds``, the delivery is due again that
+    much later (by the database's clock)."""
     with transaction(sessions) as session:
-        result = session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
-            .where(or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-            .values(claimed_until=until)
-        )
-        return result.rowcount == 1
-
-
-def release(sessions: sessionmaker[Session], delivery_id: str, claim: datetime, **values) -> None:
-    """Give back the claim ``claim``, writing ``values`` too (e.g. a later ``next_attempt_at``)."""
-    with transaction(sessions) as session:
+        values: dict = {"claimed_until": None, "claim_token": None}
+        if delay_seconds is not None:
+            values["next_attempt_at"] = clock.now(session) + timedelta(seconds=delay_seconds)
         session.execute(
             update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
-            .values(claimed_until=None, **values)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claim_token == token)
+            .values(**values)
         )
 
 
@@ -104,58 +146,63 @@ def get_delivery(sessions: sessionmaker[Session], delivery_id: str) -> WebhookDe
 def record_attempt(
     sessions: sessionmaker[Session],
     delivery_id: str,
-    claim: datetime,
+    token: str,
     *,
-    attempted_at: datetime,
     status_code: int | None,
     error: str | None,
     duration_ms: int,
-    outcome: Callable[[int], dict],
+    outcome: Callable[[int, datetime], dict],
 ) -> tuple[str, int, dict] | None:
-    """Record an attempt of a claimed delivery and its outcome, in one transaction.
+    """Record an attempt of a delivery claimed with ``token`` and its outcome, in one transaction.
 
-    ``outcome(attempts)`` gives the delivery's new column values from its attempts so far
-    (this one counted). A ``status`` of delivered or failed ends the delivery, and is written
-    to its job's ``webhook_delivered`` too.
+    ``outcome(attempts, now)`` gives the delivery's new column values from its attempts so far
+    (this one counted) and the database's time. A ``status`` of delivered or failed ends the
+    delivery, and is written to its job's ``webhook_delivered`` too.
 
     Returns:
         ``(job_id, attempts, values)``; None when the claim was taken over (nothing written).
     """
-    with transaction(sessions) as session:
-        row = session.execute(
-            select(WebhookDelivery.job_id, WebhookDelivery.attempts).where(
-                WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim
+    try:
+        with transaction(sessions) as session:
+            row = session.execute(
+                select(WebhookDelivery.job_id, WebhookDelivery.attempts).where(
+                    WebhookDelivery.id == delivery_id, WebhookDelivery.claim_token == token
+                )
+            ).first()
+            if row is None:
+                return None
+            now = clock.now(session)
+            attempts = row.attempts + 1
+            values = outcome(attempts, now)
+            if values.get("status") in ("delivered", "failed"):
+                # The job's row before the delivery's, the order in which every transaction
+                # locks them (a job's command inserts its delivery): no deadlock between them.
+                session.execute(
+                    update(Job)
+                    .where(Job.id == row.job_id)
+                    # updated_at moves with every change of a job's fields (see job_reads).
+                    .values(webhook_delivered=values["status"] == "delivered", updated_at=now)
+                )
+            # Compare-and-set on this dispatcher's token: if another dispatcher took the
+            # delivery over (the claim lapsed, e.g. this process was paused), its record stands.
+            result = session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claim_token == token)
+                .values(attempts=attempts, claimed_until=None, claim_token=None, **values)
             )
-        ).first()
-        if row is None:
-            return None
-        attempts = row.attempts + 1
-        values = outcome(attempts)
-        # Compare-and-set on this dispatcher's claim: if another dispatcher took the
-        # delivery over (the claim lapsed, e.g. this process was paused), its record stands.
-        result = session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_until == claim)
-            .values(attempts=attempts, claimed_until=None, **values)
-        )
-        if result.rowcount != 1:
-            return None
-        session.add(
-            WebhookAttempt(
-                delivery_id=delivery_id,
-                attempted_at=attempted_at,
-                status_code=status_code,
-                error=error,
-                duration_ms=duration_ms,
+            if result.rowcount != 1:
+                raise _ClaimLost  # and the job's update above is rolled back with it
+            session.add(
+                WebhookAttempt(
+                    delivery_id=delivery_id,
+                    attempted_at=now,
+                    status_code=status_code,
+                    error=error,
+                    duration_ms=duration_ms,
+                )
             )
-        )
-        if values.get("status") in ("delivered", "failed"):
-            session.execute(
-                update(Job)
-                .where(Job.id == row.job_id)
-                # updated_at moves with every change of a job's fields (see job_reads).
-                .values(webhook_delivered=values["status"] == "delivered", updated_at=attempted_at)
-            )
+    except _ClaimLost:
+        return None
     return row.job_id, attempts, values
 
 

@@ -25,6 +25,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -33,7 +34,6 @@ from backend.core.instruments import WEBHOOK_DELIVERIES
 from backend.service.webhook_outbox import job_deliveries
 from backend.store import deliveries as delivery_rows
 from backend.store.jobs import Sessions
-from backend.store.models import utcnow
 from backend.webhooks import http_post as webhook_http
 from backend.webhooks.resolver import BoundedResolver
 from backend.webhooks.ssrf import LookupBudget, LookupNotAnswered, LookupsBusy, resolve_webhook_url
@@ -72,7 +72,7 @@ def _ms_since(started: float) -> int:
 
 
 class Dispatcher:
-    """Sends due deliveries; safe to run in several API processes (rows are claimed).
+    """Sends due deliveries; safe to run in any number of API processes on any hosts (rows are claimed).
 
     Deliveries run on a pool of ``concurrency`` threads. So that one slow or hostile receiver
     cannot hold every thread (and with them other owners' deliveries), at most ``per_host``
@@ -80,10 +80,11 @@ class Dispatcher:
     rest wait for a later pass. The hosts and owners at their cap are left out of the query
     itself, so a backlog of thousands on one of them cannot fill a pass's scan. Each delivery
     ends within ``timeout`` seconds (see backend/webhooks/http_post.py), and its claim lasts
-    ``timeout + CLAIM_MARGIN_SECONDS``, so a claim never lapses while its delivery runs.
-    Recording an attempt is a compare-and-set on the claim: a dispatcher whose claim was taken
-    over records nothing. Every attempt that ran is recorded, an unexpected error too, so
-    ``max_attempts`` ends every delivery.
+    ``timeout + CLAIM_MARGIN_SECONDS`` of the database's time, so a claim never lapses while its
+    delivery runs, whatever this host's clock says. A pass claims what it starts a page at a
+    time (``backend.store.deliveries.claim_due``); each claim is a random token that every later
+    write names: a dispatcher whose claim was taken over records nothing. Every attempt that ran
+    is recorded, an unexpected error too, so ``max_attempts`` ends every delivery.
     """
 
     def __init__(
@@ -153,44 +154,64 @@ class Dispatcher:
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _start_due(self) -> int:
-        now = utcnow()
         started, scanned, after = 0, 0, None
         while self._free_slots() and scanned < SCAN_LIMIT:
             full_hosts, full_owners = self._full()
-            page = delivery_rows.due_page(
-                self.sessions, now, after=after, full_hosts=full_hosts, full_owners=full_owners, limit=PAGE_SIZE
+            page, claimed, token = delivery_rows.claim_due(
+                self.sessions,
+                after=after,
+                full_hosts=full_hosts,
+                full_owners=full_owners,
+                limit=PAGE_SIZE,
+                claim_seconds=self.claim_seconds,
+                pick=self._pick,
             )
             if not page:
                 break
-            for delivery_id, host, owner, next_attempt_at in page:
-                scanned += 1
-                after = (next_attempt_at, delivery_id)
-                if not self._has_room(host, owner):
-                    # Its host or owner filled up during this page: read the next page with
-                    # that one left out in SQL, so that its backlog is not read row by row.
-                    break
-                claim = self._claim(delivery_id)
-                if claim is None:
-                    continue
-                if not self._start(delivery_id, claim, host, owner):
+            scanned += len(page)
+            last_id, _, _, last_due = page[-1]
+            after = (last_due, last_id)
+            for index, (delivery_id, host, owner, _) in enumerate(claimed):
+                if not self._start(delivery_id, token, host, owner):
+                    # Shut down: the rest are given back too, so that another dispatcher sends them now.
+                    for rest, *_ in claimed[index + 1 :]:
+                        delivery_rows.release(self.sessions, rest, token)
                     return started
                 started += 1
-                if not self._free_slots():
-                    break
         return started
 
-    def _start(self, delivery_id: str, claim: datetime, host: str, owner: str) -> bool:
+    def _pick(self, page: list[delivery_rows.DueRow]) -> list[str]:
+        """The deliveries of ``page`` to claim: in order, as many as there are free slots, none
+        past its host's or its owner's cap (counting those in flight and those picked before it)."""
+        with self._lock:
+            busy = list(self._in_flight.values())
+        hosts = Counter(host for host, _ in busy)
+        owners = Counter(owner for _, owner in busy)
+        room = self.concurrency - len(busy)
+        picked: list[str] = []
+        for delivery_id, host, owner, _ in page:
+            if len(picked) >= room:
+                break
+            # Its host or owner is full: passed over here; the next page leaves it out in SQL.
+            if hosts[host] >= self.per_host or owners[owner] >= self.per_owner:
+                continue
+            hosts[host] += 1
+            owners[owner] += 1
+            picked.append(delivery_id)
+        return picked
+
+    def _start(self, delivery_id: str, token: str, host: str, owner: str) -> bool:
         """Run a claimed delivery on the pool; False (and the claim given back) once it is shut down."""
         with self._lock:
             self._in_flight[delivery_id] = (host, owner)
         try:
-            self._pool.submit(self._run, delivery_id, claim, owner)
+            self._pool.submit(self._run, delivery_id, token, owner)
         except RuntimeError:  # the pool was shut down (close(), interpreter exit)
             with self._lock:
                 self._in_flight.pop(delivery_id, None)
                 self._lock.notify_all()
             # Given back, so that another dispatcher sends it now.
-            delivery_rows.release(self.sessions, delivery_id, claim)
+            delivery_rows.release(self.sessions, delivery_id, token)
             return False
         return True
 
@@ -207,10 +228,6 @@ class Dispatcher:
         with self._lock:
             return self.concurrency - len(self._in_flight)
 
-    def _has_room(self, host: str, owner: str) -> bool:
-        full_hosts, full_owners = self._full()
-        return host not in full_hosts and owner not in full_owners
-
     def _full(self) -> tuple[set[str], set[str]]:
         """The hosts and the owners that are at their cap of deliveries in flight."""
         with self._lock:
@@ -222,18 +239,12 @@ class Dispatcher:
             {owner for owner in owners if owners.count(owner) >= self.per_owner},
         )
 
-    def _claim(self, delivery_id: str) -> datetime | None:
-        """Claim a delivery; returns the claim (its ``claimed_until``), the token of this send."""
-        now = utcnow()
-        claim = now + timedelta(seconds=self.claim_seconds)
-        return claim if delivery_rows.claim(self.sessions, delivery_id, now=now, until=claim) else None
-
-    def _run(self, delivery_id: str, claim: datetime, owner: str | None = None) -> None:
+    def _run(self, delivery_id: str, token: str, owner: str | None = None) -> None:
         # The deadline starts now, before the name is resolved: the whole send ends within
         # ``timeout`` of here, well before the claim (timeout + margin from the claim) lapses.
         started = time.monotonic()
         try:
-            self._attempt(delivery_id, claim, started, owner)
+            self._attempt(delivery_id, token, started, owner)
         except Exception as exc:
             # A fault on this side (a bug, the store), not the receiver's answer. It is recorded
             # as a failed attempt like any other, so that WEBHOOK_MAX_ATTEMPTS ends it: letting
@@ -241,7 +252,7 @@ class Dispatcher:
             log.exception("webhook %s: the attempt failed to run", delivery_id)
             error = f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR_CHARS]
             try:
-                self._record(delivery_id, claim, None, error, _ms_since(started))
+                self._record(delivery_id, token, None, error, _ms_since(started))
             except Exception:
                 log.exception("webhook %s: the failed attempt was not recorded; its claim lapses", delivery_id)
         finally:
@@ -249,7 +260,7 @@ class Dispatcher:
                 self._in_flight.pop(delivery_id, None)
                 self._lock.notify_all()
 
-    def _attempt(self, delivery_id: str, claim: datetime, started: float, owner: str | None = None) -> None:
+    def _attempt(self, delivery_id: str, token: str, started: float, owner: str | None = None) -> None:
         delivery = delivery_rows.get_delivery(self.sessions, delivery_id)
         if delivery is None:
             return  # its job was deleted (the delivery with it) since it was claimed
@@ -272,7 +283,7 @@ class Dispatcher:
             except LookupsBusy as exc:
                 # Nothing was tried (no lookup started, no connection): not an attempt. Counting
                 # it let one owner's slow DNS use up other owners' WEBHOOK_MAX_ATTEMPTS.
-                self._put_off(delivery_id, claim, exc.message)
+                self._put_off(delivery_id, token, exc.message)
                 return
             status_code = webhook_http.post(
                 target, body, headers, timeout=self.timeout, ssl_context=self.ssl_context, started=started
@@ -287,28 +298,27 @@ class Dispatcher:
             error, refused = f"refused: {exc.message}", True
         except webhook_http.DeliveryError as exc:
             error = str(exc)
-        self._record(delivery_id, claim, status_code, error, _ms_since(started), refused=refused)
+        self._record(delivery_id, token, status_code, error, _ms_since(started), refused=refused)
 
-    def _put_off(self, delivery_id: str, claim: datetime, reason: str) -> None:
+    def _put_off(self, delivery_id: str, token: str, reason: str) -> None:
         """Give back the claim with the delivery due again shortly; its attempts stay as they are."""
         delay = min(LOOKUPS_BUSY_DELAY_SECONDS, self.backoff_seconds)
-        delivery_rows.release(self.sessions, delivery_id, claim, next_attempt_at=utcnow() + timedelta(seconds=delay))
+        delivery_rows.release(self.sessions, delivery_id, token, delay_seconds=delay)
         WEBHOOK_DELIVERIES.labels("put_off").inc()
         log.info("webhook %s: put off %.3g s, not attempted: %s", delivery_id, delay, reason)
 
     def _record(
         self,
         delivery_id: str,
-        claim: datetime,
+        token: str,
         status_code: int | None,
         error: str | None,
         duration_ms: int,
         *,
         refused: bool = False,
     ) -> None:
-        now = utcnow()
-
-        def outcome(attempts: int) -> dict:
+        def outcome(attempts: int, now: datetime) -> dict:
+            # ``now`` is the database's: the next attempt is due by the clock every host reads.
             if error is None:
                 return {"status": "delivered", "delivered_at": now}
             if refused or attempts >= self.max_attempts:
@@ -318,8 +328,7 @@ class Dispatcher:
         recorded = delivery_rows.record_attempt(
             self.sessions,
             delivery_id,
-            claim,
-            attempted_at=now,
+            token,
             status_code=status_code,
             error=error,
             duration_ms=duration_ms,
