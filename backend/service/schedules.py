@@ -6,7 +6,11 @@ The rows are read and written by ``backend.store.schedules``.
 
 Each due time of a schedule fires exactly once: the firing is recorded under a unique
 (schedule, due time) key in the same transaction as the job it starts, so a second scheduler
-racing for the same due time fails that insert and does nothing. A schedule that was missed
+racing for the same due time fails that insert and does nothing; on PostgreSQL the firing
+first locks its schedule's row (``FOR NO KEY UPDATE SKIP LOCKED``), so a racing scheduler passes
+over it instead of adding a job only to roll it back. "Due" is judged by the store's clock
+(``backend.store.clock``) unless the caller passes ``now`` (tests): schedulers on hosts whose
+clocks differ agree on it. A schedule that was missed
 while no scheduler ran fires once at the next pass (``SCHEDULE_MISSED_POLICY=once``), or not
 at all (``skip``); never once per missed tick.
 """
@@ -26,6 +30,7 @@ from backend.core.cursors import decode_cursor
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.service.job_manager import JobManager, JobRequest
 from backend.service.ownership import owned
+from backend.store import clock
 from backend.store import schedules as schedule_rows
 from backend.store.engine import transaction
 from backend.store.errors import ConstraintViolated, RowVanished
@@ -132,7 +137,7 @@ class ScheduleManager:
         Raises:
             Conflict: the owner already has a schedule of that name, or ``max_per_owner`` (409).
         """
-        now = now or utcnow()
+        now = now or self.now()
         schedule = ScheduledJob(id=f"sch_{uuid.uuid4().hex}", owner=owner, created_at=now, updated_at=now, **fields)
         schedule.next_run_at = next_fire_time(schedule.cron, schedule.timezone, now) if schedule.enabled else None
         try:
@@ -164,7 +169,7 @@ class ScheduleManager:
         return schedule_rows.schedule_page(self.sessions, owner=owner, after=after, limit=limit, omit=omit)
 
     def update(self, schedule_id: str, *, owner: str | None, fields: dict, now: datetime | None = None):
-        now = now or utcnow()
+        now = now or self.now()
         name = fields.get("name")
 
         def change(schedule: ScheduledJob | None) -> dict:
@@ -202,9 +207,14 @@ class ScheduleManager:
 
     # -- firing ---------------------------------------------------------------------------
 
+    def now(self) -> datetime:
+        """The store's time (the database's): what every host's scheduler and API agree on."""
+        return clock.store_now(self.sessions)
+
     def fire_due(self, now: datetime | None = None) -> list[Job]:
-        """Fire every enabled schedule whose next run is due at ``now``; returns the new jobs."""
-        now = now or utcnow()
+        """Fire every enabled schedule whose next run is due at ``now`` (the store's time when
+        not given); returns the new jobs."""
+        now = now or self.now()
         fired = []
         for schedule in schedule_rows.due_schedules(self.sessions, now):
             job = self._fire(schedule, fire_at=schedule.next_run_at, now=now, advance=True)
@@ -214,7 +224,7 @@ class ScheduleManager:
 
     def run_now(self, schedule_id: str, *, owner: str | None, now: datetime | None = None) -> Job:
         """Fire a schedule now, outside its cron times (``POST /scheduled-jobs/<id>/run``)."""
-        now = now or utcnow()
+        now = now or self.now()
         schedule = self.get(schedule_id, owner=owner)
         job = self._fire(schedule, fire_at=now, now=now, advance=False)
         if job is None:
@@ -242,6 +252,11 @@ class ScheduleManager:
             return None
         try:
             with transaction(self.sessions) as session:
+                if advance and not schedule_rows.lock_due(session, schedule.id, fire_at):
+                    # Another scheduler is firing it, or fired it (or it was changed) since it
+                    # was read: nothing to do, and no job added only to be rolled back.
+                    log.info("schedule %s: %s taken by another scheduler", schedule.id, fire_at.isoformat())
+                    return None
                 job = self.jobs.add_job(session, request, owner=schedule.owner, schedule_id=schedule.id)
                 values = {"last_run_at": now, "last_job_id": job.id, "updated_at": now}
                 if advance:

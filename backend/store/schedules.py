@@ -3,7 +3,8 @@
 The rules (cron times, the missed policy, who may see which schedule) are
 ``backend.service.schedules``'s; this module only reads and writes rows. A firing is recorded
 under a unique (schedule, due time) key, so the second of two schedulers racing for one due
-time gets ``ConstraintViolated`` from ``record_firing`` and its transaction rolls back.
+time gets ``ConstraintViolated`` from ``record_firing`` and its transaction rolls back
+(``lock_due`` lets it pass over a schedule another scheduler is firing before it gets there).
 """
 
 from __future__ import annotations
@@ -128,6 +129,26 @@ def due_schedules(sessions: sessionmaker[Session], now: datetime) -> list[Schedu
         return list(
             session.scalars(select(ScheduledJob).where(ScheduledJob.enabled.is_(True), ScheduledJob.next_run_at <= now))
         )
+
+
+def lock_due(session: Session, schedule_id: str, fire_at: datetime) -> bool:
+    """In the caller's transaction: lock a schedule whose next run is still ``fire_at``, for its
+    firing; False when another transaction holds it (another scheduler firing it) or it has
+    moved on (fired, changed, disabled, deleted).
+
+    On PostgreSQL the row is locked ``FOR NO KEY UPDATE SKIP LOCKED``: a racing scheduler passes
+    over it at once, and inserts that refer to the schedule (its jobs, its firings) are not
+    held up. On SQLite, whose writers take turns, it is a plain read; the unique firing row
+    still makes the second of two racing firings fail.
+    """
+    return (
+        session.scalar(
+            select(ScheduledJob.id)
+            .where(ScheduledJob.id == schedule_id, ScheduledJob.next_run_at == fire_at)
+            .with_for_update(key_share=True, skip_locked=True)
+        )
+        is not None
+    )
 
 
 def record_firing(
