@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +77,29 @@ class Check:
     ok: bool | None  # None: informational
 
 
+#: Each PostgreSQL figure against its SQLite figure of the same run (issue 12): at least this.
+PG_FLOOR = 0.70
+
+
 @dataclass
 class Results:
     checks: list[Check] = field(default_factory=list)
     ratios: list[tuple[str, float]] = field(default_factory=list)
+    #: (figure, on SQLite, on PostgreSQL, PostgreSQL/SQLite with higher = PostgreSQL faster)
+    stores: list[tuple[str, str, str, float]] = field(default_factory=list)
 
     def ratio(self, name: str, value: float) -> None:
         self.ratios.append((name, value))
 
     def check(self, name: str, measured: str, target: str, ok: bool | None) -> None:
         self.checks.append(Check(name, measured, target, ok))
+
+    def stores_compared(self, name: str, sqlite: str, postgresql: str, speed: float) -> None:
+        """One figure on both stores; ``speed`` > 1 when PostgreSQL is faster (a rate's ratio,
+        or a latency's inverse ratio), checked against ``PG_FLOOR``."""
+        self.stores.append((name, sqlite, postgresql, speed))
+        self.ratio(f"{name}: PostgreSQL/SQLite", speed)
+        self.check(f"{name}: PostgreSQL/SQLite", f"{speed:.2f}", f">= {PG_FLOOR:.2f}", speed >= PG_FLOOR)
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -110,7 +122,7 @@ def start_redis(workdir: Workdir, name: str = "redis") -> EmbeddedRedis:
     return EmbeddedRedis.start(data_dir=workdir / name, port=0, appendonly=False)
 
 
-def service_env(redis_url: str, db_path: Path, api_url: str, **extra: str) -> dict:
+def service_env(redis_url: str, database_url: str, api_url: str, **extra: str) -> dict:
     env = dict(os.environ)
     for name in ("API_KEYS", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_WORKERS", "GUNICORN_THREADS"):
         env.pop(name, None)
@@ -118,7 +130,7 @@ def service_env(redis_url: str, db_path: Path, api_url: str, **extra: str) -> di
         {
             "REDIS_URL": redis_url,
             "BENCH_REDIS_URL": redis_url,
-            "DATABASE_URL": f"sqlite:///{db_path}",
+            "DATABASE_URL": database_url,
             "API_BASE_URL": api_url,
             "INTERNAL_SERVICE_TOKEN": TOKEN,
             "TASK_MODULES": TASK_MODULES,
@@ -227,14 +239,22 @@ def _port_of(env: dict) -> int:
 
 
 class Stack:
-    """A fresh Redis and the API (gunicorn, the repository's configuration) on a store."""
+    """A fresh Redis and the API (gunicorn, the repo's configuration) on a SQLite file or ``database_url``."""
 
-    def __init__(self, workdir: Workdir, name: str, db_path: Path | None = None, **extra_env: str):
+    def __init__(
+        self,
+        workdir: Workdir,
+        name: str,
+        db_path: Path | None = None,
+        database_url: str | None = None,
+        **extra_env: str,
+    ):
         self.workdir = workdir
         self.name = name
         self.redis = start_redis(workdir, f"redis-{name}")
         self.db_path = db_path or workdir / f"{name}.db"
-        self.env = service_env(self.redis.url, self.db_path, f"http://127.0.0.1:{free_port()}", **extra_env)
+        self.database_url = database_url or f"sqlite:///{self.db_path}"
+        self.env = service_env(self.redis.url, self.database_url, f"http://127.0.0.1:{free_port()}", **extra_env)
         try:
             self.api = start_api(self.env, workdir, name)
         except BaseException:
@@ -327,72 +347,3 @@ def submit_batches(api_url: str, task: str, count: int, size: int = 1000) -> lis
 
 def store_counts(api_url: str) -> dict[str, int]:
     return requests.get(f"{api_url}/monitoring/queue/stats", timeout=30).json()["jobs"]
-
-
-def concurrent_get(url: str, connections: int, duration: float) -> tuple[float, list[float]]:
-    """Python fallback for wrk: keep-alive clients in threads. Returns (req/s, latencies)."""
-    stop = time.monotonic() + duration
-    latencies: list[list[float]] = [[] for _ in range(connections)]
-
-    def run(i: int) -> None:
-        with session() as http:
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                http.get(url, timeout=30)
-                latencies[i].append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    flat = [x for lst in latencies for x in lst]
-    return len(flat) / elapsed, flat
-
-
-def wrk(url: str, connections: int, duration: float) -> dict:
-    """Load ``url`` for ``duration`` s over ``connections`` keep-alive connections: wrk when
-    installed, else the Python client. Returns rate (req/s), p50, p99 (s), requests, tool."""
-    binary = shutil.which("wrk")
-    if binary is None:
-        rate, lat = concurrent_get(url, connections, duration)
-        return {"rate": rate, "p50": pct(lat, 50), "p99": pct(lat, 99), "requests": len(lat), "tool": "python"}
-    out = subprocess.run(
-        [binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    got = {"rate": float("nan"), "p50": float("nan"), "p99": float("nan"), "requests": 0, "tool": "wrk"}
-    for line in out.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            got["rate"] = float(parts[1])
-        elif len(parts) == 2 and parts[0] == "50%":
-            got["p50"] = _wrk_seconds(parts[1])
-        elif len(parts) == 2 and parts[0] == "99%":
-            got["p99"] = _wrk_seconds(parts[1])
-        elif " requests in " in line:
-            got["requests"] = int(parts[0])
-        elif line.strip().startswith("Non-2xx"):
-            raise RuntimeError(f"wrk saw {parts[-1]} non-2xx answers from {url}")
-    return got
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by the processes ``pids``."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def _wrk_seconds(text: str) -> float:
-    for unit, factor in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)

@@ -12,12 +12,13 @@ Both sides also get a steady-state rate: N / (last end - first start), without s
 
 Each configuration runs ``rounds`` times, ours and raw alternating; the ratio is each side's
 best run against the other's (the median of the runs' ratios is printed too): on this shared
-VM raw RQ's own W=2 rate moved between 550 and 810 jobs/s from one run to the next.
+VM raw RQ's own W=2 rate moved between 550 and 810 jobs/s from one run to the next. With
+PostgreSQL, ours runs on both stores in every round (the order rotating), each against the same
+raw RQ runs, and each PostgreSQL rate is compared with the SQLite rate of the same configuration.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from datetime import UTC, datetime
 
@@ -25,36 +26,13 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench.common import RAW_QUEUE, Results, Stack, Workdir, emit, store_counts, submit_batches, table
+from bench.stores import POSTGRESQL, SQLITE, Postgres, completed_span, store_stacks
 
-
-def _sqlite_time(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+RAW = "raw"
 
 
 def _rq_time(raw: bytes) -> float:
     return datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-def _ours_span(db_path, ids: list[str]) -> tuple[float, float, int]:
-    """(first started_at, last updated_at, completed count) of ``ids`` in the store."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    first, last, done = float("inf"), 0.0, 0
-    try:
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            row = conn.execute(
-                f"SELECT min(started_at), max(updated_at), count(*) FROM jobs "
-                f"WHERE status = 'COMPLETED' AND id IN ({marks})",
-                chunk,
-            ).fetchone()
-            if row[2]:
-                first = min(first, _sqlite_time(row[0]))
-                last = max(last, _sqlite_time(row[1]))
-                done += row[2]
-    finally:
-        conn.close()
-    return first, last, done
 
 
 def drain(stack: Stack, kind: str, simple: bool, workers: int) -> float:
@@ -83,7 +61,7 @@ def run_ours(stack: Stack, n: int, workers: int, simple: bool) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the store never said COMPLETED for all {n} jobs")
         time.sleep(0.05)
-    first, last, done = _ours_span(stack.db_path, ids)
+    first, last, done = completed_span(stack.database_url, ids)
     assert done == n, (done, n)
     return {"elapsed": last - t0, "steady": last - first}
 
@@ -104,40 +82,76 @@ def run_raw(stack: Stack, n: int, workers: int, simple: bool) -> dict:
     return {"elapsed": last - t0, "steady": last - first}
 
 
+def _rounds(stacks: dict[str, Stack], n: int, w: int, simple: bool, rounds: int) -> dict[str, list[dict]]:
+    """Each side's runs: ours on every store and raw RQ (on the SQLite stack's Redis), the order
+    rotating from round to round so that no side always runs first."""
+    sides = [*stacks, RAW]
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for i in range(rounds):
+        for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+            if side == RAW:
+                runs[side].append(run_raw(stacks[SQLITE], n, w, simple))
+            else:
+                runs[side].append(run_ours(stacks[side], n, w, simple))
+    return runs
+
+
 def run(
-    workdir: Workdir, results: Results, *, n_simple: int, n_fork: int, rounds: int = 3, worker_counts=(1, 2)
+    workdir: Workdir,
+    results: Results,
+    *,
+    n_simple: int,
+    n_fork: int,
+    rounds: int = 3,
+    worker_counts=(1, 2),
+    pg: Postgres | None = None,
 ) -> None:
     rows = []
-    with Stack(workdir, "execution") as stack:
+    with store_stacks(workdir, "execution", pg) as stacks:
         for simple, n in ((True, n_simple), (False, n_fork)):
             cls = "SimpleWorker" if simple else "Worker (fork)"
             for w in worker_counts:
-                pairs = [(run_ours(stack, n, w, simple), run_raw(stack, n, w, simple)) for _ in range(rounds)]
-                ours = min((o for o, _ in pairs), key=lambda t: t["elapsed"])
-                raw = min((r for _, r in pairs), key=lambda t: t["elapsed"])
-                ours_rate, raw_rate = n / ours["elapsed"], n / raw["elapsed"]
-                ratio = ours_rate / raw_rate
-                steady = (n / min(o["steady"] for o, _ in pairs)) / (n / min(r["steady"] for _, r in pairs))
-                each = sorted(r["elapsed"] / o["elapsed"] for o, r in pairs)
-                median = each[len(each) // 2]
-                rows.append(
-                    [
-                        cls, w, n,
-                        f"{ours_rate:.0f}", f"{raw_rate:.0f}", f"{ratio:.2f}",
-                        f"{steady:.2f}", " ".join(f"{x:.2f}" for x in each), f"{median:.2f}",
-                    ]
-                )  # fmt: skip
-                emit(f"  execution {cls} W={w} N={n}: ours {ours_rate:.0f}/s, raw {raw_rate:.0f}/s, ratio {ratio:.2f}")
-                label = f"execution {'simple' if simple else 'fork'} W={w}"
-                results.ratio(f"{label} (ours/raw, best run of each, start to last completion)", ratio)
-                results.ratio(f"{label} (ours/raw, best run of each, steady state)", steady)
-                results.ratio(f"{label} (ours/raw, median of the runs' ratios)", median)
-                results.check(f"{label}: ours/raw jobs/s", f"{ratio:.2f}", ">= 0.70", ratio >= 0.7)
+                runs = _rounds(stacks, n, w, simple, rounds)
+                raw = min(runs[RAW], key=lambda t: t["elapsed"])
+                raw_rate = n / raw["elapsed"]
+                rates = {}
+                for store in stacks:
+                    ours = min(runs[store], key=lambda t: t["elapsed"])
+                    rates[store] = ours_rate = n / ours["elapsed"]
+                    ratio = ours_rate / raw_rate
+                    steady = min(r["steady"] for r in runs[RAW]) / min(o["steady"] for o in runs[store])
+                    each = sorted(r["elapsed"] / o["elapsed"] for o, r in zip(runs[store], runs[RAW], strict=True))
+                    median = each[len(each) // 2]
+                    rows.append(
+                        [
+                            cls, w, n, store,
+                            f"{ours_rate:.0f}", f"{raw_rate:.0f}", f"{ratio:.2f}",
+                            f"{steady:.2f}", " ".join(f"{x:.2f}" for x in each), f"{median:.2f}",
+                        ]
+                    )  # fmt: skip
+                    emit(
+                        f"  execution {cls} W={w} N={n} on {store}: ours {ours_rate:.0f}/s, raw {raw_rate:.0f}/s, "
+                        f"ratio {ratio:.2f}"
+                    )
+                    label = f"execution {'simple' if simple else 'fork'} W={w}"
+                    if store != SQLITE:
+                        label += f" on {store}"
+                    results.ratio(f"{label} (ours/raw, best run of each, start to last completion)", ratio)
+                    results.ratio(f"{label} (ours/raw, best run of each, steady state)", steady)
+                    results.ratio(f"{label} (ours/raw, median of the runs' ratios)", median)
+                    results.check(f"{label}: ours/raw jobs/s", f"{ratio:.2f}", ">= 0.70", ratio >= 0.7)
+                if POSTGRESQL in rates:
+                    results.stores_compared(
+                        f"execution {'simple' if simple else 'fork'} W={w} jobs/s",
+                        f"{rates[SQLITE]:.0f}",
+                        f"{rates[POSTGRESQL]:.0f}",
+                        rates[POSTGRESQL] / rates[SQLITE],
+                    )
     emit(
         table(
             "a. Execution: no-op jobs drained by burst workers (jobs/s)",
             [
-                "worker class", "W", "N", "ours (best)", "raw RQ (best)", "ours/raw",
+                "worker class", "W", "N", "store", "ours (best)", "raw RQ (best)", "ours/raw",
                 "steady ratio", "each run's ratio", "median",
             ],
             rows,

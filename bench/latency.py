@@ -16,6 +16,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench.common import RAW_QUEUE, Results, Stack, Workdir, emit, ms, pct, session, table
+from bench.stores import POSTGRESQL, SQLITE, Postgres, store_stacks
 
 KEY = "bench:stamps"
 IDLE_GAP = 0.02
@@ -91,20 +92,29 @@ def measure_raw(stack: Stack, simple: bool, samples: int, warmup: int) -> dict[s
     return out
 
 
-def run(workdir: Workdir, results: Results, *, samples_simple: int, samples_fork: int, warmup: int = 10) -> None:
+def run(
+    workdir: Workdir,
+    results: Results,
+    *,
+    samples_simple: int,
+    samples_fork: int,
+    warmup: int = 10,
+    pg: Postgres | None = None,
+) -> None:
     rows = []
-    with Stack(workdir, "latency") as stack:
+    with store_stacks(workdir, "latency", pg) as stacks:
         for simple, samples in ((True, samples_simple), (False, samples_fork)):
             cls = "simple" if simple else "fork"
-            ours = measure_ours(stack, simple, samples, warmup)
-            raw = measure_raw(stack, simple, samples, warmup)
-            rows.append(
-                [
-                    f"ours, {cls}", samples,
-                    ms(pct(ours["start"], 50)), ms(pct(ours["start"], 99)),
-                    ms(pct(ours["accepted"], 50)), ms(pct(ours["store"], 50)),
-                ]
-            )  # fmt: skip
+            ours = {store: measure_ours(stack, simple, samples, warmup) for store, stack in stacks.items()}
+            raw = measure_raw(stacks[SQLITE], simple, samples, warmup)
+            for store, got in ours.items():
+                rows.append(
+                    [
+                        f"ours on {store}, {cls}", samples,
+                        ms(pct(got["start"], 50)), ms(pct(got["start"], 99)),
+                        ms(pct(got["accepted"], 50)), ms(pct(got["store"], 50)),
+                    ]
+                )  # fmt: skip
             rows.append(
                 [
                     f"raw RQ, {cls}", samples,
@@ -112,12 +122,23 @@ def run(workdir: Workdir, results: Results, *, samples_simple: int, samples_fork
                     ms(pct(raw["accepted"], 50)), "",
                 ]
             )  # fmt: skip
-            p50 = pct(ours["start"], 50)
-            results.ratio(f"enqueue-to-start {cls} p50 (ours/raw)", p50 / pct(raw["start"], 50))
-            if simple:
-                results.check("enqueue-to-start p50, simple worker", f"{p50 * 1000:.2f} ms", "< 10 ms", p50 < 0.010)
-            else:
-                results.check("enqueue-to-start p50, forking worker", f"{p50 * 1000:.2f} ms", "(no target)", None)
+            for store, got in ours.items():
+                p50 = pct(got["start"], 50)
+                where = "" if store == SQLITE else f" on {store}"
+                results.ratio(f"enqueue-to-start {cls}{where} p50 (ours/raw)", p50 / pct(raw["start"], 50))
+                if simple:
+                    results.check(
+                        f"enqueue-to-start p50, simple worker{where}", f"{p50 * 1000:.2f} ms", "< 10 ms", p50 < 0.010
+                    )
+                else:
+                    results.check(
+                        f"enqueue-to-start p50, forking worker{where}", f"{p50 * 1000:.2f} ms", "(no target)", None
+                    )
+            if POSTGRESQL in ours:
+                sqlite, postgresql = pct(ours[SQLITE]["start"], 50), pct(ours[POSTGRESQL]["start"], 50)
+                results.stores_compared(
+                    f"enqueue-to-start {cls} p50 ms", ms(sqlite), ms(postgresql), sqlite / postgresql
+                )
     emit(
         table(
             "e. Enqueue-to-start on an idle worker (client send -> first line of the task)",

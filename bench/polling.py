@@ -1,7 +1,8 @@
 """c. Polling: ``GET /jobs/<id>`` of a COMPLETED job at 8 connections, against a hello-world
 Flask route served by the same gunicorn configuration (``bench/hello_app.py``).
 
-The two servers are loaded in alternating short rounds (wrk, else a Python keep-alive client).
+The servers (ours on SQLite, ours on PostgreSQL when it runs, hello-world) are loaded in
+rotating short rounds (wrk, else a Python keep-alive client).
 The ratio is each side's best round against the other's (as ``timeit`` takes the fastest of
 its repeats): on this shared VM either server sometimes runs a whole round at ~40% of its
 usual rate with ~1.6x the CPU per request, and that can hit most rounds of one side (once, 5 of
@@ -14,7 +15,11 @@ from __future__ import annotations
 
 import requests
 
-from bench.common import Results, Stack, Workdir, cpu_seconds, emit, ms, start_hello, table, wrk
+from bench.common import Results, Stack, Workdir, emit, ms, start_hello, table
+from bench.load import cpu_seconds, wrk
+from bench.stores import POSTGRESQL, SQLITE, Postgres, store_stacks
+
+HELLO = "hello"
 
 
 def _run(server, url: str, connections: int, duration: float) -> dict:
@@ -25,63 +30,89 @@ def _run(server, url: str, connections: int, duration: float) -> dict:
     return got
 
 
-def run(workdir: Workdir, results: Results, *, connections: int, duration: float, rounds: int) -> None:
-    with Stack(workdir, "polling") as stack:
-        job_id = requests.post(f"{stack.url}/tasks/bench_noop", json={}, timeout=30).json()["job_id"]
-        stack.worker("ours", True).wait(timeout=120)
-        job = requests.get(f"{stack.url}/jobs/{job_id}", timeout=30).json()
-        if job["status"] != "COMPLETED":
-            raise RuntimeError(f"the polled job is {job['status']}, expected COMPLETED")
-        hello = start_hello(stack.env, workdir)
+def _completed_job(stack: Stack) -> str:
+    """The id of a job run to completion on ``stack``: the job every poll asks for."""
+    job_id = requests.post(f"{stack.url}/tasks/bench_noop", json={}, timeout=30).json()["job_id"]
+    stack.worker("ours", True).wait(timeout=120)
+    job = requests.get(f"{stack.url}/jobs/{job_id}", timeout=30).json()
+    if job["status"] != "COMPLETED":
+        raise RuntimeError(f"the polled job is {job['status']}, expected COMPLETED")
+    return job_id
+
+
+def run(
+    workdir: Workdir, results: Results, *, connections: int, duration: float, rounds: int, pg: Postgres | None = None
+) -> None:
+    with store_stacks(workdir, "polling", pg) as stacks:
+        hello = start_hello(stacks[SQLITE].env, workdir)
         try:
-            ours_url, hello_url = f"{stack.url}/jobs/{job_id}", f"{hello.url}/hello"
-            wrk(ours_url, connections, 2)  # warm-up
-            wrk(hello_url, connections, 2)
-            runs = []
+            servers = {
+                store: (stack.api, f"{stack.url}/jobs/{_completed_job(stack)}") for store, stack in stacks.items()
+            }
+            servers[HELLO] = (hello, f"{hello.url}/hello")
+            for _server, url in servers.values():
+                wrk(url, connections, 2)  # warm-up
+            runs: dict[str, list[dict]] = {side: [] for side in servers}
+            order = list(servers)
             for i in range(rounds):
-                # Alternate which side goes first.
-                if i % 2 == 0:
-                    ours = _run(stack.api, ours_url, connections, duration)
-                    base = _run(hello, hello_url, connections, duration)
-                else:
-                    base = _run(hello, hello_url, connections, duration)
-                    ours = _run(stack.api, ours_url, connections, duration)
-                runs.append((ours, base))
+                # Rotate which side goes first.
+                for side in order[i % len(order) :] + order[: i % len(order)]:
+                    runs[side].append(_run(*servers[side], connections, duration))
         finally:
             hello.stop()
     rows = []
-    ratios, cpu_ratios = [], []
-    for i, (ours, base) in enumerate(runs, 1):
-        ratio = ours["rate"] / base["rate"]
-        cpu_ratio = base["cpu_per_request"] / ours["cpu_per_request"]
-        ratios.append(ratio)
-        cpu_ratios.append(cpu_ratio)
-        for name, got, extra in (
-            ("GET /jobs/<id>", ours, ["", ""]),
-            ("GET /hello", base, [f"{ratio:.2f}", f"{cpu_ratio:.2f}"]),
-        ):
+    for i in range(rounds):
+        base = runs[HELLO][i]
+        for side in servers:
+            got = runs[side][i]
+            name = "GET /hello" if side == HELLO else f"GET /jobs/<id> on {side}"
+            extra = ["", ""]
+            if side != HELLO:
+                extra = [f"{got['rate'] / base['rate']:.2f}", f"{base['cpu_per_request'] / got['cpu_per_request']:.2f}"]
             rows.append(
-                [f"{name} (round {i})", f"{got['rate']:.0f}", ms(got["p50"]), ms(got["p99"]),
+                [f"{name} (round {i + 1})", f"{got['rate']:.0f}", ms(got["p50"]), ms(got["p99"]),
                  f"{got['cpu_per_request'] * 1e6:.0f}", *extra]
             )  # fmt: skip
-    median = sorted(ratios)[len(ratios) // 2]
-    cpu_median = sorted(cpu_ratios)[len(cpu_ratios) // 2]
-    ratio = max(o["rate"] for o, _ in runs) / max(b["rate"] for _, b in runs)
-    cpu_ratio = min(b["cpu_per_request"] for _, b in runs) / min(o["cpu_per_request"] for o, _ in runs)
     emit(
         table(
-            f"c. Polling: {connections} connections, {duration:.0f} s per run, {rounds} alternating rounds "
-            f"({runs[0][0]['tool']})",
+            f"c. Polling: {connections} connections, {duration:.0f} s per run, {rounds} rotating rounds "
+            f"({runs[HELLO][0]['tool']})",
             ["route", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "ours/hello req/s", "ours/hello by CPU"],
             rows,
         )
     )
-    emit(
-        f"ours/hello, best round of each: {ratio:.2f} by req/s, {cpu_ratio:.2f} by server CPU per request "
-        f"(hello's CPU µs/req / ours); median of the rounds' ratios: {median:.2f} by req/s, "
-        f"{cpu_median:.2f} by CPU"
-    )
-    results.ratio(f"polling c={connections} (GET /jobs/<id> / hello req/s, best round of each)", ratio)
-    results.ratio(f"polling c={connections} (hello / GET /jobs/<id> server CPU per request, best of each)", cpu_ratio)
-    results.ratio(f"polling c={connections} (req/s, median of the rounds' ratios)", median)
-    results.check("polling: GET /jobs/<id> / hello-world req/s", f"{ratio:.2f}", ">= 0.70", ratio >= 0.7)
+    best_rate = {side: max(r["rate"] for r in got) for side, got in runs.items()}
+    best_cpu = {side: min(r["cpu_per_request"] for r in got) for side, got in runs.items()}
+    for store in stacks:
+        ratios = sorted(o["rate"] / b["rate"] for o, b in zip(runs[store], runs[HELLO], strict=True))
+        cpus = sorted(
+            b["cpu_per_request"] / o["cpu_per_request"] for o, b in zip(runs[store], runs[HELLO], strict=True)
+        )
+        median, cpu_median = ratios[len(ratios) // 2], cpus[len(cpus) // 2]
+        ratio = best_rate[store] / best_rate[HELLO]
+        cpu_ratio = best_cpu[HELLO] / best_cpu[store]
+        emit(
+            f"{store}: ours/hello, best round of each: {ratio:.2f} by req/s, {cpu_ratio:.2f} by server CPU per "
+            f"request (hello's CPU µs/req / ours); median of the rounds' ratios: {median:.2f} by req/s, "
+            f"{cpu_median:.2f} by CPU"
+        )
+        where = "" if store == SQLITE else f" on {store}"
+        results.ratio(f"polling c={connections}{where} (GET /jobs/<id> / hello req/s, best round of each)", ratio)
+        results.ratio(
+            f"polling c={connections}{where} (hello / GET /jobs/<id> server CPU per request, best of each)", cpu_ratio
+        )
+        results.ratio(f"polling c={connections}{where} (req/s, median of the rounds' ratios)", median)
+        results.check(f"polling{where}: GET /jobs/<id> / hello-world req/s", f"{ratio:.2f}", ">= 0.70", ratio >= 0.7)
+    if POSTGRESQL in stacks:
+        results.stores_compared(
+            "polling GET /jobs/<id> req/s (best round)",
+            f"{best_rate[SQLITE]:.0f}",
+            f"{best_rate[POSTGRESQL]:.0f}",
+            best_rate[POSTGRESQL] / best_rate[SQLITE],
+        )
+        results.stores_compared(
+            "polling GET /jobs/<id> server CPU µs/req (best round)",
+            f"{best_cpu[SQLITE] * 1e6:.0f}",
+            f"{best_cpu[POSTGRESQL] * 1e6:.0f}",
+            best_cpu[SQLITE] / best_cpu[POSTGRESQL],
+        )

@@ -8,11 +8,13 @@ python -m bench.profile spy drain|poll|submit [--py-spy PATH]
                                          #   python3 -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install py-spy
 python -m bench.profile cpu [-w 2]       # CPU seconds per job of the API, the workers and Redis
                                          #   while W simple workers drain N jobs, ours and raw RQ
+python -m bench.profile stores [-n 300]  # per endpoint on SQLite and on PostgreSQL: ms, CPU of the
+                                         #   API and of PostgreSQL, checkouts, statements, cProfile
 python -m bench.profile query            # the tenant list queries on the 1M store, with and
                                          #   without a composite index (on a scratch copy)
 
 This module holds the command line, ``inproc`` and ``query``; ``phases``/``cpu`` are in
-bench/profile_costs.py and ``spy`` in bench/profile_spy.py.
+bench/profile_costs.py, ``spy`` in bench/profile_spy.py and ``stores`` in bench/profile_stores.py.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bench.common import (
 )
 from bench.profile_costs import cpu, phases
 from bench.profile_spy import spy
+from bench.profile_stores import stores
 
 INTERNAL = {"X-Internal-Token": TOKEN}
 
@@ -276,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=3000)
     p.add_argument("-w", type=int, default=2)
     p.set_defaults(func=cpu)
+    p = sub.add_parser("stores")
+    p.add_argument("-n", type=int, default=300)
+    p.set_defaults(func=stores)
     p = sub.add_parser("query")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.set_defaults(func=query)

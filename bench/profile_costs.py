@@ -8,7 +8,8 @@ import json
 import subprocess
 import time
 
-from bench.common import PY, ROOT, Stack, Workdir, cpu_seconds, emit, ms, pct, submit_batches
+from bench.common import PY, ROOT, Stack, Workdir, emit, ms, pct, submit_batches
+from bench.load import cpu_seconds
 
 
 def phases(args) -> None:
@@ -47,7 +48,8 @@ def cpu(args) -> None:
     """
     import os
 
-    from bench.execution import _ours_span, drain, enqueue_raw
+    from bench.execution import drain, enqueue_raw
+    from bench.stores import completed_span
 
     workdir = Workdir()
     try:
@@ -58,7 +60,7 @@ def cpu(args) -> None:
                 api0, redis0, children0 = cpu_seconds(api_pids), cpu_seconds(redis_pid), os.times()
                 t0 = drain(stack, kind, True, args.w)
                 if kind == "ours":
-                    while _ours_span(stack.db_path, ids)[2] < args.n:
+                    while completed_span(stack.database_url, ids)[2] < args.n:
                         time.sleep(0.01)
                 elapsed = time.time() - t0
                 children1 = os.times()

@@ -11,7 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.common import Stack, Workdir, emit, ms, pct, session, start_hello, submit_batches, wrk
+from bench.common import Stack, Workdir, emit, ms, pct, session, start_hello, submit_batches
+from bench.load import wrk
 
 
 def _spy(py_spy: str, pid: int, out: Path, *flags: str) -> subprocess.Popen:

@@ -1,11 +1,14 @@
 """Run every benchmark, each against its baseline measured in the same invocation on the same
-Redis and machine, and print every table, every ratio and each target with PASS/MISS.
+Redis and machine, and print every table, every ratio and each target with PASS/MISS. Ours runs
+on SQLite and on a PostgreSQL server the bench starts itself (when PostgreSQL is installed; else
+it says why and measures SQLite only), and each PostgreSQL figure is set beside its SQLite one.
 
     .venv/bin/python -m bench                 # everything (what `make bench` runs)
     .venv/bin/python bench/run_all.py         # the same
     .venv/bin/python -m bench --only a,c      # some: a execution, b submission, c polling,
                                               #       d store scale, e latency, f memory
     .venv/bin/python -m bench --quick         # small counts, to check that it all works
+    .venv/bin/python -m bench --no-postgres   # SQLite only
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -27,11 +31,11 @@ import traceback  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 from backend.dev.redis_server import redis_server_binary  # noqa: E402
-from bench import execution, latency, memory, polling, store_scale, submission  # noqa: E402
-from bench.common import Results, Workdir, emit, table  # noqa: E402
+from bench import execution, latency, memory, polling, store_scale, stores, submission  # noqa: E402
+from bench.common import PG_FLOOR, Results, Workdir, emit, table  # noqa: E402
 
 
-def machine() -> list[tuple[str, str]]:
+def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,6 +67,8 @@ def machine() -> list[tuple[str, str]]:
         ("gunicorn", version("gunicorn")),
         ("SQLAlchemy", version("sqlalchemy")),
         ("SQLite", sqlite3.sqlite_version),
+        ("PostgreSQL", f"{pg.version} (durable commits: {', '.join(stores.DURABLE)} on)" if pg else "not run"),
+        ("psycopg", version("psycopg") if pg else "-"),
         ("wrk", wrk_version),
     ]
 
@@ -75,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
     parser.add_argument("--exec-rounds", type=int, default=3, help="alternating ours/raw runs per configuration")
     parser.add_argument("--submit-n", type=int, default=2000, help="submissions per side")
+    parser.add_argument("--submit-rounds", type=int, default=3, help="alternating rounds per side (best is kept)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent submission clients")
     parser.add_argument("--poll-seconds", type=float, default=3, help="seconds per wrk run")
     parser.add_argument("--poll-rounds", type=int, default=7, help="alternating ours/hello rounds (median ratio)")
@@ -85,9 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-fork", type=int, default=100, help="jobs measured, forking worker")
     parser.add_argument("--memory-jobs", type=int, default=10000, help="jobs run before measuring memory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
+    parser.add_argument("--no-postgres", action="store_true", help="measure on SQLite only")
     args = parser.parse_args(argv)
     if args.quick:
-        args.exec_n_simple, args.exec_n_fork, args.submit_n, args.exec_rounds = 200, 50, 200, 1
+        args.exec_n_simple, args.exec_n_fork, args.submit_n, args.exec_rounds, args.submit_rounds = 200, 50, 200, 1, 1
         args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
         args.latency_simple, args.latency_fork, args.memory_jobs = 20, 10, 1000
     return args
@@ -95,8 +103,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (timeout, a CI job cancelled) unwinds like Ctrl-C, so every server this run started stops.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     selected = {part.strip().lower() for part in args.only.split(",") if part.strip()}
-    emit(table("Machine", ["what", "value"], [list(row) for row in machine()]))
+    pg = None if args.no_postgres else stores.start_postgres(log=emit)
+    emit(table("Machine", ["what", "value"], [list(row) for row in machine(pg)]))
     emit(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     workdir = Workdir()
     emit(f"temporary directory: {workdir.path}")
@@ -104,15 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     plan = [
         ("a", "execution", lambda: execution.run(workdir, results, n_simple=args.exec_n_simple,
-                                                 n_fork=args.exec_n_fork, rounds=args.exec_rounds)),
-        ("b", "submission", lambda: submission.run(workdir, results, count=args.submit_n, clients=args.clients)),
+                                                 n_fork=args.exec_n_fork, rounds=args.exec_rounds, pg=pg)),
+        ("b", "submission", lambda: submission.run(workdir, results, count=args.submit_n, clients=args.clients,
+                                                   rounds=args.submit_rounds, pg=pg)),
         ("c", "polling", lambda: polling.run(workdir, results, connections=8, duration=args.poll_seconds,
-                                             rounds=args.poll_rounds)),
+                                             rounds=args.poll_rounds, pg=pg)),
         ("d", "store scale", lambda: store_scale.run(
             workdir, results, sizes=tuple(int(s) for s in args.store_sizes.split(",")),
-            samples=args.store_samples, use_cache=not args.no_cache)),
+            samples=args.store_samples, use_cache=not args.no_cache, pg=pg)),
         ("e", "latency", lambda: latency.run(workdir, results, samples_simple=args.latency_simple,
-                                             samples_fork=args.latency_fork)),
+                                             samples_fork=args.latency_fork, pg=pg)),
         ("f", "memory", lambda: memory.run(workdir, results, count=args.memory_jobs)),
     ]  # fmt: skip
     started = time.monotonic()
@@ -133,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(f"kept {workdir.path} (logs of every process)")
         else:
             workdir.cleanup()
+        if pg is not None:
+            pg.stop()
     summary(results, failures, time.monotonic() - started)
     return 1 if failures else 0
 
@@ -147,6 +161,15 @@ def summary(results: Results, failures: list[str], elapsed: float) -> None:
         )
     )  # fmt: skip
     emit(table("Summary: every ratio", ["ratio", "value"], [[name, f"{value:.2f}"] for name, value in results.ratios]))
+    if results.stores:
+        emit(
+            table(
+                "Summary: PostgreSQL beside SQLite (same run)",
+                ["figure", "SQLite", "PostgreSQL", "PostgreSQL/SQLite (>1: PostgreSQL faster)", f">= {PG_FLOOR:.2f}"],
+                [[name, a, b, f"{speed:.2f}", "PASS" if speed >= PG_FLOOR else "MISS"]
+                 for name, a, b, speed in results.stores],
+            )
+        )  # fmt: skip
     passed = sum(1 for c in results.checks if c.ok)
     missed = sum(1 for c in results.checks if c.ok is False)
     emit(

@@ -5,8 +5,9 @@ Each store is a migrated SQLite database filled with ended jobs (``bench/storedb
 stores (all of the 1k store, 0.1% of the 1M one: tenants ``big`` and ``medium`` own the rest),
 so its queries return the same rows at both sizes. The API (gunicorn, the repository's configuration) runs
 with API keys: an admin key (sees every job) and the ``small`` tenant's key (sees its own).
-Both stores are served at once, each by its own API; one keep-alive client per API sends the
-requests one at a time, the two sizes taking turns every ``ROUND`` requests so that both see
+With PostgreSQL, the same two stores are loaded into it (COPY, ``bench/stores.py``). All the
+stores are served at once, each by its own API; one keep-alive client per API sends the
+requests one at a time, the stores taking turns every ``ROUND`` requests so that all see
 the same background load; ``samples`` per endpoint and size (fewer when an endpoint is slow:
 about ``SECONDS_PER_ENDPOINT`` per size, at least ``MIN_SAMPLES``).
 """
@@ -17,6 +18,7 @@ import time
 
 from bench import storedb
 from bench.common import CACHE_DIR, Results, Stack, Workdir, emit, ms, pct, session, table
+from bench.stores import POSTGRESQL, SQLITE, Postgres, load_from_sqlite
 
 ADMIN_KEY = "bench-admin-key-0123456789"
 SMALL_KEY = "bench-small-tenant-key"
@@ -59,27 +61,27 @@ def _urls(stack: Stack, ids: dict[str, list[str]]) -> dict[str, list[str]]:
     return urls
 
 
-def _measure(stacks: dict[int, Stack], urls: dict[int, dict[str, list[str]]], samples: int):
-    """Latencies per size and endpoint, the sizes' requests interleaved in rounds of ``ROUND``
-    so that both stores see the same background load; and the jobs each request returned."""
-    out: dict[int, dict[str, list[float]]] = {size: {} for size in stacks}
-    returned: dict[int, dict[str, int | str]] = {size: {} for size in stacks}
-    clients = {size: session() for size in stacks}
+def _measure(stacks: dict[tuple, Stack], urls: dict[tuple, dict[str, list[str]]], samples: int):
+    """Latencies per store and endpoint, the stores' requests interleaved in rounds of ``ROUND``
+    so that all see the same background load; and the jobs each request returned."""
+    out: dict[tuple, dict[str, list[float]]] = {key: {} for key in stacks}
+    returned: dict[tuple, dict[str, int | str]] = {key: {} for key in stacks}
+    clients = {key: session() for key in stacks}
     try:
         for label, who, _path in ENDPOINTS:
             headers = {"Authorization": f"Bearer {KEYS[who]}"}
-            for size, http in clients.items():
+            for key, http in clients.items():
                 for i in range(10):  # warm-up
-                    r = http.get(urls[size][label][i % len(urls[size][label])], headers=headers, timeout=60)
+                    r = http.get(urls[key][label][i % len(urls[key][label])], headers=headers, timeout=60)
                     r.raise_for_status()
                 body = r.json()
-                returned[size][label] = len(body["jobs"]) if isinstance(body.get("jobs"), list) else "-"
-                out[size][label] = []
+                returned[key][label] = len(body["jobs"]) if isinstance(body.get("jobs"), list) else "-"
+                out[key][label] = []
             deadline = time.monotonic() + SECONDS_PER_ENDPOINT * len(stacks)
             done = 0
             while done < samples and (done < MIN_SAMPLES or time.monotonic() < deadline):
-                for size, http in clients.items():
-                    times, pool = out[size][label], urls[size][label]
+                for key, http in clients.items():
+                    times, pool = out[key][label], urls[key][label]
                     for i in range(done, min(done + ROUND, samples)):
                         t0 = time.perf_counter()
                         r = http.get(pool[i % len(pool)], headers=headers, timeout=60)
@@ -92,45 +94,84 @@ def _measure(stacks: dict[int, Stack], urls: dict[int, dict[str, list[str]]], sa
     return out, returned
 
 
-def run(workdir: Workdir, results: Results, *, sizes: tuple[int, ...], samples: int, use_cache: bool = True) -> None:
-    stacks: dict[int, Stack] = {}
-    urls: dict[int, dict[str, list[str]]] = {}
-    try:
-        for size in sizes:
-            cache = CACHE_DIR if use_cache and size >= 100_000 else None
-            db = storedb.obtain(size, workdir / f"store-{size}.db", cache, log=lambda m: emit(f"  {m}"))
-            ids = {
-                "admin": storedb.sample_ids(db, min(samples, 500)),
-                "small": storedb.sample_ids(db, min(samples, 500), owner=storedb.SMALL_OWNER),
-            }
-            stacks[size] = stack = Stack(workdir, f"store-{size}", db_path=db, API_KEYS=API_KEYS)
+def _start(workdir: Workdir, sizes, samples: int, use_cache: bool, pg: Postgres | None, stacks: dict) -> dict:
+    """Start an API on every (store, size) into ``stacks``; the URLs each endpoint's requests go to."""
+    urls: dict[tuple, dict[str, list[str]]] = {}
+    for size in sizes:
+        cache = CACHE_DIR if use_cache and size >= 100_000 else None
+        db = storedb.obtain(size, workdir / f"store-{size}.db", cache, log=lambda m: emit(f"  {m}"))
+        ids = {
+            "admin": storedb.sample_ids(db, min(samples, 500)),
+            "small": storedb.sample_ids(db, min(samples, 500), owner=storedb.SMALL_OWNER),
+        }
+        targets = [(SQLITE, {"db_path": db})]
+        if pg is not None:
+            url = pg.database()
+            load_from_sqlite(db, url, log=lambda m: emit(f"  {m}"))
+            targets.append((POSTGRESQL, {"database_url": url}))
+        for store, where in targets:
+            name = f"store-{size}" + ("" if store == SQLITE else "-pg")
+            stacks[store, size] = stack = Stack(workdir, name, API_KEYS=API_KEYS, **where)
             total = _total(stack)
             if total != size:
-                raise RuntimeError(f"the store says {total} jobs, expected {size}")
-            urls[size] = _urls(stack, ids)
+                raise RuntimeError(f"the store on {store} says {total} jobs, expected {size}")
+            urls[store, size] = _urls(stack, ids)
+    return urls
+
+
+def run(
+    workdir: Workdir,
+    results: Results,
+    *,
+    sizes: tuple[int, ...],
+    samples: int,
+    use_cache: bool = True,
+    pg: Postgres | None = None,
+) -> None:
+    stacks: dict[tuple, Stack] = {}
+    try:
+        urls = _start(workdir, sizes, samples, use_cache, pg, stacks)
         measured, returned = _measure(stacks, urls, samples)
     finally:
-        for stack in stacks.values():
+        for (store, _size), stack in stacks.items():
             stack.stop()
-            for leftover in (stack.db_path, *stack.db_path.parent.glob(stack.db_path.name + "-*")):
-                leftover.unlink(missing_ok=True)
+            if store == SQLITE:
+                for leftover in (stack.db_path, *stack.db_path.parent.glob(stack.db_path.name + "-*")):
+                    leftover.unlink(missing_ok=True)
+            else:
+                pg.server.drop_database(stack.database_url.rsplit("/", 1)[1])
+    stores = list(dict.fromkeys(store for store, _size in stacks))
+    large = max(sizes)
+    for store in stores:
+        _report(store, sizes, measured, returned, results)
+    if POSTGRESQL in stores:
+        _compare(large, measured, results)
+
+
+def _report(store: str, sizes, measured: dict, returned: dict, results: Results) -> None:
+    """The table of one store's sizes, and the 1M/1k checks."""
     small, large = min(sizes), max(sizes)
+    where = "" if store == SQLITE else f" on {store}"
     rows = []
     for label, _who, _path in ENDPOINTS:
         row = [label]
         for size in sizes:
-            got = measured[size][label]
+            got = measured[store, size][label]
             row += [ms(pct(got, 50)), ms(pct(got, 99))]
         if small != large:
-            r50 = pct(measured[large][label], 50) / pct(measured[small][label], 50)
-            r99 = pct(measured[large][label], 99) / pct(measured[small][label], 99)
+            r50 = pct(measured[store, large][label], 50) / pct(measured[store, small][label], 50)
+            r99 = pct(measured[store, large][label], 99) / pct(measured[store, small][label], 99)
             row += [f"{r50:.2f}", f"{r99:.2f}"]
-            results.ratio(f"store {label} p50 ({_n(large)}/{_n(small)})", r50)
-            results.ratio(f"store {label} p99 ({_n(large)}/{_n(small)})", r99)
-            results.check(f"store {label}: p50 at {_n(large)} / at {_n(small)}", f"{r50:.2f}", "<= 1.50", r50 <= 1.5)
-            results.check(f"store {label}: p99 at {_n(large)} / at {_n(small)}", f"{r99:.2f}", "<= 1.50", r99 <= 1.5)
-        row.append("/".join(str(returned[size][label]) for size in sizes))
-        row.append("/".join(str(len(measured[size][label])) for size in sizes))
+            results.ratio(f"store{where} {label} p50 ({_n(large)}/{_n(small)})", r50)
+            results.ratio(f"store{where} {label} p99 ({_n(large)}/{_n(small)})", r99)
+            results.check(
+                f"store{where} {label}: p50 at {_n(large)} / at {_n(small)}", f"{r50:.2f}", "<= 1.50", r50 <= 1.5
+            )
+            results.check(
+                f"store{where} {label}: p99 at {_n(large)} / at {_n(small)}", f"{r99:.2f}", "<= 1.50", r99 <= 1.5
+            )
+        row.append("/".join(str(returned[store, size][label]) for size in sizes))
+        row.append("/".join(str(len(measured[store, size][label])) for size in sizes))
         rows.append(row)
     headers = ["endpoint"]
     for size in sizes:
@@ -140,7 +181,9 @@ def run(workdir: Workdir, results: Results, *, sizes: tuple[int, ...], samples: 
     headers += ["jobs returned", "requests"]
     emit(
         table(
-            "d. Store scale: one request at a time, one keep-alive client per store, sizes interleaved", headers, rows
+            f"d. Store scale on {store}: one request at a time, one keep-alive client per store, all interleaved",
+            headers,
+            rows,
         )
     )
     emit(
@@ -148,10 +191,20 @@ def run(workdir: Workdir, results: Results, *, sizes: tuple[int, ...], samples: 
         f"in both stores ({100 * storedb.SMALL_JOBS / small:.3g}% of the {_n(small)} store, "
         f"{100 * storedb.SMALL_JOBS / large:.3g}% of the {_n(large)} store)."
     )
-    stats_p50 = pct(measured[large]["GET /monitoring/queue/stats"], 50)
+    stats_p50 = pct(measured[store, large]["GET /monitoring/queue/stats"], 50)
     results.check(
-        f"store: /monitoring/queue/stats p50 at {_n(large)}", f"{stats_p50 * 1000:.2f} ms", "< 20 ms", stats_p50 < 0.02
+        f"store{where}: /monitoring/queue/stats p50 at {_n(large)}",
+        f"{stats_p50 * 1000:.2f} ms",
+        "< 20 ms",
+        stats_p50 < 0.02,
     )
+
+
+def _compare(large: int, measured: dict, results: Results) -> None:
+    """Each endpoint's p50 at the large size, PostgreSQL against SQLite (a latency: SQLite's / PostgreSQL's)."""
+    for label, _who, _path in ENDPOINTS:
+        sqlite, postgresql = pct(measured[SQLITE, large][label], 50), pct(measured[POSTGRESQL, large][label], 50)
+        results.stores_compared(f"store {_n(large)} {label} p50 ms", ms(sqlite), ms(postgresql), sqlite / postgresql)
 
 
 def _total(stack: Stack) -> int:
