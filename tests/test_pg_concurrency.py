@@ -256,3 +256,54 @@ def test_updated_at_is_the_databases_time_whatever_this_hosts_clock_says(setting
     assert off_by(after_start) < 60 and off_by(after_progress) < 60
     assert off_by(updated_at()) < 60
     assert job.updated_at == updated_at().replace(tzinfo=UTC)
+
+
+def test_a_conflict_that_persists_ends_as_store_unavailable_and_other_errors_are_not_rerun(postgres_url):
+    # Given work that PostgreSQL aborts with a deadlock's SQLSTATE every time, and work that fails otherwise
+    from backend.store.errors import StoreUnavailable
+
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    runs = {"deadlock": 0, "other": 0}
+
+    def always_deadlocked(session) -> None:
+        runs["deadlock"] += 1
+        session.execute(text("DO $$ BEGIN RAISE EXCEPTION 'stand-in' USING ERRCODE = '40P01'; END $$"))
+
+    def divides_by_zero(session) -> None:
+        runs["other"] += 1
+        session.execute(text("SELECT 1 / 0"))
+
+    # When each runs through the retry helper
+    with pytest.raises(StoreUnavailable) as raised:
+        conflicts.retried(sessions, always_deadlocked)
+    with pytest.raises(Exception) as other:
+        conflicts.retried(sessions, divides_by_zero)
+
+    # Then the deadlock was run TRIES times and raised as StoreUnavailable (the API's 503 with
+    # Retry-After); the other error was raised on its first run
+    assert runs == {"deadlock": conflicts.TRIES, "other": 1}
+    assert conflicts.is_conflict(raised.value)
+    assert not conflicts.is_conflict(other.value)
+    engine.dispose()
+
+
+def test_the_reconciler_pass_rolls_the_deltas_up(app, client):
+    # Given jobs submitted and one cancelled (each move appended a delta), on the suite's store
+    from backend.api.context import services
+
+    ids = [client.post("/tasks/add", json={"args": [i, i]}).get_json()["job_id"] for i in range(3)]
+    assert client.post(f"/jobs/{ids[0]}/cancel", json={}).status_code == 200
+    sessions = services(app).sessions
+    with sessions() as session:
+        assert session.execute(text("SELECT COUNT(*) FROM job_count_deltas")).scalar_one() > 0
+        before = counts.by_status(session)
+
+    # When a reconciler pass runs
+    services(app).reconciler.run_once()
+
+    # Then no delta is left and the counts read the same
+    with sessions() as session:
+        assert session.execute(text("SELECT COUNT(*) FROM job_count_deltas")).scalar_one() == 0
+        assert {s: n for s, n in counts.by_status(session).items() if n} == {"QUEUED": 2, "CANCELLED": 1}
+        assert counts.by_status(session) == before
