@@ -106,23 +106,16 @@ def test_four_schedulers_ticking_concurrently_on_postgresql_fire_each_due_time_o
 
 @pytest.mark.parametrize("offset", [timedelta(days=1), timedelta(days=-1)], ids=["a-day-ahead", "a-day-behind"])
 def test_scheduler_processes_with_a_wrong_host_clock_fire_what_the_database_clock_says_is_due(
-    pg_settings, pg_client, postgres_server, offset
+    pg_settings, pg_client, postgres_server, tmp_path, offset
 ):
-    # Given ten schedules due a second ago and one due in an hour, by the database's clock
-    # (once-a-year crons, so none is due again during the test)
+    # Given eleven schedules due in an hour by the database's clock (once-a-year crons, so
+    # none is due again during the test), and three scheduler processes running on hosts
+    # whose clocks are a day off
     due = create_schedules(pg_client, 11, "0 0 1 1 *")
     later = due.pop()
     stored(
         pg_client,
-        "UPDATE scheduled_jobs SET next_run_at = (statement_timestamp() AT TIME ZONE 'UTC') + interval '1 hour'"
-        " WHERE id = :later",
-        later=later,
-    )
-    stored(
-        pg_client,
-        "UPDATE scheduled_jobs SET next_run_at = (statement_timestamp() AT TIME ZONE 'UTC') - interval '1 second'"
-        " WHERE id != :later",
-        later=later,
+        "UPDATE scheduled_jobs SET next_run_at = (statement_timestamp() AT TIME ZONE 'UTC') + interval '1 hour'",
     )
     env = {
         "PATH": "/usr/bin:/bin",
@@ -130,23 +123,39 @@ def test_scheduler_processes_with_a_wrong_host_clock_fire_what_the_database_cloc
         "DATABASE_URL": pg_settings["DATABASE_URL"],
         "TASK_MODULES": TASK_MODULES,
         "SCHEDULER_INTERVAL": "0.2",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
         "JOBSERVICE_ENV": "development",  # the test server's password is short
     }
     log_offset = postgres_server.log_path.stat().st_size
-
-    # When three scheduler processes run on hosts whose clocks are a day off
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", SKEWED_SCHEDULER, str(offset.total_seconds())],
-            cwd=ROOT,
-            env=env,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(3)
-    ]
+    logs = [tmp_path / f"scheduler-{n}.log" for n in range(3)]
+    processes = []
+    for log in logs:
+        with open(log, "wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", SKEWED_SCHEDULER, str(offset.total_seconds())],
+                    cwd=ROOT,
+                    env=env,
+                    stderr=out,
+                )
+            )
     try:
-        # Then the ten due schedules fire (before, a day behind: none did)
+        # (each one's SIGTERM handler is in place once it says so)
+        wait_until(
+            lambda: all("scheduler started" in log.read_text(errors="replace") for log in logs),
+            timeout=60,
+            what="three schedulers started",
+        )
+
+        # When ten of the schedules fall due (a second ago by the database's clock)
+        stored(
+            pg_client,
+            "UPDATE scheduled_jobs SET next_run_at = (statement_timestamp() AT TIME ZONE 'UTC')"
+            " - interval '1 second' WHERE id != :later",
+            later=later,
+        )
+
+        # Then they fire (before, a day behind: none did)
         wait_until(
             lambda: stored(pg_client, "SELECT count(*) FROM jobs WHERE schedule_id IS NOT NULL")[0][0] >= 10,
             timeout=30,
@@ -157,7 +166,7 @@ def test_scheduler_processes_with_a_wrong_host_clock_fire_what_the_database_cloc
         for process in processes:
             process.terminate()
         codes = [process.wait(timeout=30) for process in processes]
-    assert codes == [0, 0, 0], [p.stderr.read().decode() for p in processes]
+    assert codes == [0, 0, 0], [log.read_text(errors="replace")[-2000:] for log in logs]
     # each once, and the schedule due in an hour did not (before, a day ahead: it fired)
     fired = stored(pg_client, "SELECT schedule_id, count(*) FROM schedule_firings GROUP BY 1")
     assert sorted(fired) == sorted((schedule_id, 1) for schedule_id in due)
