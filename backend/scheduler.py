@@ -53,7 +53,7 @@ class Scheduler:
         while not self.stopped.is_set():
             try:
                 self.tick()
-            except (BrokerError, StoreUnavailable) as exc:
+            except (BrokerError, *StoreUnavailable) as exc:
                 log.warning("scheduler: a dependency is down (%s); will try again", exc)
             except Exception:
                 log.exception("scheduler pass failed; will try again")

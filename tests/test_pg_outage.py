@@ -10,14 +10,20 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from sqlalchemy import update
 
+from backend.api.context import services
 from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
-from tests.conftest import TOKEN
+from backend.store.models import ScheduledJob
+from tests.conftest import ROOT, TASK_MODULES, TOKEN
 
 INTERNAL = {"X-Internal-Token": TOKEN}
 
@@ -178,3 +184,50 @@ def test_workers_reports_get_503_while_postgresql_is_down_and_land_when_it_is_ba
 
     wait_for(completed, timeout=120, message="COMPLETED")
     assert client.get(f"/jobs/{job_id}").get_json()["result"] == {"steps": 8}
+
+
+def test_the_scheduler_process_rides_out_a_postgresql_outage_and_fires_once_it_is_back(
+    settings, client, app, own_postgres, tmp_path
+):
+    # Given a schedule not yet due and a real scheduler process on PostgreSQL
+    schedule = client.post("/scheduled-jobs", json={"name": "s", "task": "add", "cron": "0 0 1 1 *", "args": [1, 2]})
+    schedule_id = schedule.get_json()["id"]
+    log_path = tmp_path / "scheduler.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JOBSERVICE_ENV": "development",
+        "REDIS_URL": settings["REDIS_URL"],
+        "DATABASE_URL": settings["DATABASE_URL"],
+        "TASK_MODULES": TASK_MODULES,
+        "SCHEDULER_INTERVAL": "0.2",
+        "LOG_LEVEL": "INFO",
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "backend/scheduler.py"], cwd=ROOT, env=env, stderr=log, stdout=log)
+    try:
+        wait_for(lambda: "scheduler started" in log_path.read_text(), message="the scheduler's start")
+        # When PostgreSQL stops, the scheduler says a dependency is down and keeps running
+        own_postgres.stop("fast")
+        wait_for(
+            lambda: "a dependency is down" in log_path.read_text() or process.poll() is not None,
+            message="the scheduler's warning",
+        )
+        assert process.poll() is None, log_path.read_text()
+        # When it is back and the schedule is due, the same process fires it
+        own_postgres.start()
+        with services(app).sessions() as session:
+            session.execute(
+                update(ScheduledJob)
+                .where(ScheduledJob.id == schedule_id)
+                .values(next_run_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+            session.commit()
+        wait_for(
+            lambda: client.get(f"/scheduled-jobs/{schedule_id}/jobs").get_json()["jobs"] or process.poll() is not None,
+            message="the schedule's job",
+        )
+        assert len(client.get(f"/scheduled-jobs/{schedule_id}/jobs").get_json()["jobs"]) == 1, log_path.read_text()
+    finally:
+        process.terminate()
+        code = process.wait(timeout=30)
+    assert code == 0, log_path.read_text()
