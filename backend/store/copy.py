@@ -1,18 +1,18 @@
 """Copy the whole job store from one database to another, for moving from SQLite to PostgreSQL.
 
 The target is migrated to head and must be empty, so a copy never merges into live data; rows go
-in batches in foreign-key order, so a store of a million jobs never sits in memory at once; the
-row counts are compared per table before the copy commits (a source written to meanwhile leaves
-the target empty), and PostgreSQL's sequences are moved past the copied ids so the next insert
-does not collide with a copied row.
+in batches in foreign-key order (by COPY into PostgreSQL), so a store of a million jobs never
+sits in memory at once; the row counts are compared per table before the copy commits (a source
+written to meanwhile leaves the target empty), and PostgreSQL's sequences are moved past the
+copied ids so the next insert does not collide with a copied row.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
-from sqlalchemy import Connection, Engine, Integer, Table, func, select, text
+from sqlalchemy import Connection, Engine, Integer, Row, Table, func, select, text
 
 from backend.store.engine import make_engine, migrate, schema_behind
 from backend.store.models import Base
@@ -48,8 +48,31 @@ def _copy_table(source: Engine, writer: Connection, table: Table, batch_size: in
         result = reader.execution_options(stream_results=True, yield_per=batch_size).execute(
             select(table).order_by(*table.primary_key.columns)
         )
+        if writer.dialect.name == "postgresql":
+            return _copy_into_postgresql(result.partitions(batch_size), writer, table)
         for rows in result.partitions(batch_size):
             writer.execute(table.insert(), [dict(zip(keys, row, strict=True)) for row in rows])
+            copied += len(rows)
+    return copied
+
+
+def _copy_into_postgresql(batches: Iterable[Sequence[Row]], writer: Connection, table: Table) -> int:
+    """COPY the rows in: 4-5x faster than INSERTs, which PostgreSQL parses and plans row by row
+    (100k jobs and their attempts: 52 s by INSERT). Each value goes through its column type's bind
+    processing for this dialect first, so the rows stored are those an INSERT would have stored."""
+    processors = [column.type.dialect_impl(writer.dialect).bind_processor(writer.dialect) for column in table.columns]
+    names = ", ".join(writer.dialect.identifier_preparer.quote(column.name) for column in table.columns)
+    copied = 0
+    cursor = writer.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {writer.dialect.identifier_preparer.format_table(table)} ({names}) FROM STDIN") as copy:
+        for rows in batches:
+            for row in rows:
+                copy.write_row(
+                    [
+                        value if process is None else process(value)
+                        for process, value in zip(processors, row, strict=True)
+                    ]
+                )
             copied += len(rows)
     return copied
 
