@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 from redis import Redis
 from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +46,68 @@ def all_alive(connection: Redis) -> set[str]:
     }
 
 
+class HeldLock:
+    """A lock taken by ``exclusive``, renewed from a daemon thread until the block ends.
+
+    ``holds`` renews it now and says whether it is still this holder's: a holder stops acting
+    once it is not (a Redis failover that lost the key, or a stall longer than its TTL).
+    """
+
+    def __init__(self, lock: Lock, seconds: float):
+        self._lock = lock
+        self._lost = threading.Event()
+        self._stopped = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, args=(seconds / 3,), name=f"lock-{lock.name}", daemon=True)
+
+    def holds(self) -> bool:
+        """Renew the lock's TTL if it is still this holder's; False (for good) once it is not."""
+        if not self._lost.is_set():
+            try:
+                self._lock.reacquire()
+            except LockError:
+                log.warning("lock %s lost: another holder has it, or it expired", self._lock.name)
+                self._lost.set()
+            except RedisError as exc:
+                log.warning("lock %s not renewed: %s", self._lock.name, exc)
+                self._lost.set()
+        return not self._lost.is_set()
+
+    def _keep(self, interval: float) -> None:
+        while not self._stopped.wait(interval) and self.holds():
+            pass
+
+    def _start(self) -> None:
+        self._keeper.start()
+
+    def _stop(self) -> None:
+        self._stopped.set()
+        self._keeper.join(timeout=5)
+
+
 @contextlib.contextmanager
-def exclusive(connection: Redis, key: str, *, token: str, seconds: float) -> Iterator[bool]:
-    """Hold ``key`` as a lock shared by every process for the block; yields False when another
+def exclusive(connection: Redis, key: str, *, token: str, seconds: float) -> Iterator[HeldLock | None]:
+    """Hold ``key`` as a lock shared by every process for the block; yields None when another
     holder has it.
 
-    A lock that this ``token`` left behind (Redis died mid-block and came back from its AOF)
-    is still its own and is taken back. Releasing is best-effort: the lock expires after
-    ``seconds`` anyway, so a holder killed mid-block does not keep the others out for long.
+    The lock is renewed every third of ``seconds`` while the block runs (``HeldLock``), so a
+    block longer than ``seconds`` keeps it; a holder killed mid-block keeps the others out for
+    at most ``seconds``. A lock that this ``token`` left behind (Redis died mid-block and came
+    back from its AOF) is still its own and is taken back. Releasing is best-effort.
     """
-    lock = connection.lock(key, timeout=seconds, blocking=False)
+    # Not thread-local: the keeper thread renews the token that this thread took.
+    lock = connection.lock(key, timeout=seconds, blocking=False, thread_local=False)
     if not lock.acquire(token=token):
         if connection.get(key) != token.encode():
-            yield False
+            yield None
             return
         lock.local.token = token.encode()
         lock.reacquire()
+    held = HeldLock(lock, seconds)
+    held._start()
     try:
-        yield True
+        yield held
     finally:
+        held._stop()
         with contextlib.suppress(LockError, RedisError):
             lock.release()
 

@@ -16,9 +16,8 @@ from backend.core.errors import JobServiceError
 from backend.core.states import REQUEUE_FROM
 from backend.recovery.reconciler import Reconciler
 from backend.service.job_manager import JobManager
-from backend.store import job_scans
+from backend.store import clock, job_scans
 from backend.store.jobs import Sessions
-from backend.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,8 @@ def cleanup(
     ``older_than`` is ended. ``dry_run`` reports and changes nothing.
     """
     report = CleanupReport()
-    cutoff = utcnow() - older_than
+    # The database's time: it wrote the jobs' updated_at (another host's clock may differ from ours).
+    cutoff = clock.now(sessions.kw["bind"]) - older_than
     old = job_scans.live_jobs_before(sessions, cutoff)
     # Look twice: a job moving from a queue to a worker in that instant is not stuck.
     verdicts = reconciler.confirmed(old, patient=False) if old else {}

@@ -1,8 +1,12 @@
 """The reconciler: compares the job store with Redis and settles every difference.
 
 It runs at API start and then every ``RECONCILE_INTERVAL`` seconds in the API process
-(``python -m backend recover`` runs one pass). One reconciler acts at a time, under a Redis
-lock, so any number of API processes is safe. What it settles:
+(``python -m backend recover`` runs one pass). One reconciler acts at a time, so any number of
+API processes on any number of hosts is safe: the leader holds a PostgreSQL advisory lock for
+its pass when the store is PostgreSQL (``backend.store.leadership``: a Redis failover that loses
+a key cannot make two leaders), a Redis lock renewed during the pass on SQLite (one host). A
+leader checks that it still leads before each change, and stops when it does not. What it
+settles:
 
 - PENDING rows that never reached a queue (Redis was down, the API died mid-submit): enqueued.
 - QUEUED rows that no queue or registry holds (a submission whose enqueue failed or whose API
@@ -12,7 +16,9 @@ lock, so any number of API processes is safe. What it settles:
   FAILED "worker died". Rows whose RQ job already ended: RQ's outcome is copied.
 
 Suspects (lost or dead) are looked at twice, ``confirm_delay`` apart, before anything is done,
-so that a job moving between a queue and a worker in that instant is not taken for lost.
+so that a job moving between a queue and a worker in that instant is not taken for lost. "Quiet
+for longer than the grace period" is measured by the database's clock (``store.clock``), which
+wrote ``updated_at``; the two looks are timed by this process's own monotonic clock.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
@@ -32,12 +38,14 @@ from backend.core.errors import JobServiceError
 from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
-from backend.store import job_scans
+from backend.store import clock, counts, job_scans, leadership
 from backend.store.jobs import Sessions
-from backend.store.models import Job, utcnow
+from backend.store.models import Job
 
 log = logging.getLogger(__name__)
 
+#: The Redis lock of the reconciler's leadership on a SQLite store, and its TTL: renewed every
+#: third of it during a pass, so it only bounds how long a holder killed mid-pass keeps it.
 LOCK_KEY = "jobservice:reconciler:lock"
 LOCK_SECONDS = 15
 # RQ statuses, as text (rq.job.JobStatus values). "rate_limited": held back by the task's
@@ -94,27 +102,45 @@ class Reconciler:
         self.dead_after = lease_seconds / 2
         self._missing_since: dict[str, float] = {}
         self._lock_token = f"reconciler-{uuid.uuid4().hex}"
+        self.engine = sessions.kw["bind"]
 
     # -- one pass -----------------------------------------------------------------------
 
     def run_once(self) -> ReconcileReport | None:
-        """One pass over every live job; None when another reconciler holds the lock."""
-        # Short-lived, so that an API killed mid-pass does not keep the others out for long;
-        # and taken with this reconciler's own token, so that a lock it left behind when Redis
-        # died mid-pass (and came back from its AOF) is still its own.
-        with leases.exclusive(self.queues.connection, LOCK_KEY, token=self._lock_token, seconds=LOCK_SECONDS) as held:
-            return self._pass() if held else None
+        """One pass over every live job; None when another reconciler leads."""
+        with self._leadership() as leader:
+            return self._pass(leader) if leader is not None else None
 
-    def _pass(self) -> ReconcileReport:
+    @contextlib.contextmanager
+    def _leadership(self) -> Iterator[leases.HeldLock | leadership.Leader | None]:
+        """The pass's leadership: the store's advisory lock on PostgreSQL, else the Redis lock."""
+        if leadership.supported(self.engine):
+            with leadership.lead(self.engine, leadership.RECONCILER_KEY) as leader:
+                yield leader
+            return
+        # Taken with this reconciler's own token, so that a lock it left behind when Redis died
+        # mid-pass (and came back from its AOF) is still its own; LOCK_SECONDS read now, so
+        # tests can shorten it.
+        with leases.exclusive(self.queues.connection, LOCK_KEY, token=self._lock_token, seconds=LOCK_SECONDS) as held:
+            yield held
+
+    def _pass(self, leader: leases.HeldLock | leadership.Leader) -> ReconcileReport:
         report = ReconcileReport()
-        cutoff = utcnow() - self.grace
+        counts.roll_up(self.sessions)  # fold the job-count deltas (bounded; exact either way)
+        cutoff = clock.now(self.engine) - self.grace
         live = job_scans.live_rows(self.sessions, cutoff)
         if not live:
             return report
         # Enqueueing a PENDING row and copying an ended RQ job's outcome are safe on one look.
         suspects = self.confirmed(live, certain=("enqueue", "copy"))
         jobs = {job.id: job for job in live}
-        for job_id, (action, rq_job) in suspects.items():
+        for done, (job_id, (action, rq_job)) in enumerate(suspects.items()):
+            if not leader.holds():
+                # Another reconciler may lead by now: what this one saw is its to settle.
+                log.warning(
+                    "reconciler: lost its leadership mid-pass; %d job(s) left to the leader", len(suspects) - done
+                )
+                break
             try:
                 self._act(jobs[job_id], action, rq_job, report)
             except JobServiceError as exc:
@@ -241,8 +267,8 @@ class Reconciler:
             return
         started = rq_job.started_at
         if started is not None:
-            # RQ's time is the worker's own clock: never later than now by ours.
-            started = min(started if started.tzinfo else started.replace(tzinfo=UTC), utcnow())
+            # RQ's time is the worker's own clock: never later than now by the store's.
+            started = min(started if started.tzinfo else started.replace(tzinfo=UTC), clock.now(self.engine))
         with contextlib.suppress(JobServiceError):
             self.manager.mark_started(job.id, attempt=job.attempt, worker=rq_job.worker_name, at=started)
 
