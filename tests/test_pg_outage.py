@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from backend.api.context import services
 from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
+from backend.store.errors import StoreUnavailable, is_unavailable
 from backend.store.models import ScheduledJob
 from tests.conftest import ROOT, TASK_MODULES, TOKEN
 
@@ -231,3 +232,21 @@ def test_the_scheduler_process_rides_out_a_postgresql_outage_and_fires_once_it_i
         process.terminate()
         code = process.wait(timeout=30)
     assert code == 0, log_path.read_text()
+
+
+def test_a_connection_the_server_ends_mid_transaction_is_a_503_and_the_next_request_is_served(
+    client, app, own_postgres
+):
+    # Given a transaction open on the store, whose server process an administrator then ends
+    # (pg_terminate_backend: the client's next statement gets 57P01 admin_shutdown)
+    database = services(app).engine.url.database
+    with services(app).sessions() as session:
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        own_postgres.execute(f"SELECT pg_terminate_backend({pid})", database)
+        # When the transaction goes on, Then the error is one that means "the store is unavailable"
+        with pytest.raises(StoreUnavailable) as raised:
+            session.execute(text("SELECT 1"))
+    assert is_unavailable(raised.value)
+    assert "terminating connection due to administrator command" in str(raised.value)
+    # And the API serves the next request on a fresh connection
+    assert client.get("/jobs").status_code == 200
