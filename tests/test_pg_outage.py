@@ -1,6 +1,7 @@
 """What a PostgreSQL outage does: every route that needs the store answers 503 with Retry-After and
 a JSON error (never 500, never a hang), the health check names the store, workers' reports are
-refused with 503 and sent again, and when the server is back everything works without a restart.
+refused with 503 and sent again, the scheduler keeps running, and when the server is back
+everything works without a restart.
 
 Each test has the module's own server (not the session's), since it stops it.
 """
