@@ -146,6 +146,7 @@ def test_on_postgresql_killing_the_leaders_connection_frees_leadership(on_postgr
     assert client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 2
 
 
+@pytest.mark.sqlite_only(reason="the Redis lock leads on SQLite only")
 def test_on_sqlite_a_pass_longer_than_the_lock_ttl_keeps_the_lock(app, client, redis_conn, monkeypatch):
     # Given a Redis lock of 1 s and a pass that lasts longer (it looks twice, 2 s apart)
     monkeypatch.setattr("backend.recovery.reconciler.LOCK_SECONDS", 1)
@@ -166,6 +167,7 @@ def test_on_sqlite_a_pass_longer_than_the_lock_ttl_keeps_the_lock(app, client, r
     assert len(windows) == 1 and first.report.requeued == [job["job_id"]]
 
 
+@pytest.mark.sqlite_only(reason="the Redis lock leads on SQLite only")
 def test_on_sqlite_a_leader_whose_redis_lock_was_lost_stops_acting(app, client, redis_conn):
     # Given a reconciler in a pass on SQLite, looking at a lost job (and another that will
     # look for longer, so that the first is the one to act, if it acts)

@@ -218,6 +218,7 @@ def test_an_outcome_copied_from_rq_gets_the_caps_a_report_gets(tiny_result_cap, 
     assert done["error"] == "ResultTooLarge: the result is 2 bytes, over MAX_RESULT_BYTES of 1 bytes"
 
 
+@pytest.mark.sqlite_only(reason="the Redis lock leads on SQLite; PostgreSQL's leadership: tests/test_leadership.py")
 def test_one_reconciler_acts_at_a_time(app, redis_conn):
     redis_conn.set(LOCK_KEY, "held-by-another-api-process", px=5000)
     assert services(app).reconciler.run_once() is None
@@ -317,6 +318,7 @@ def test_when_the_store_is_down_too_a_submission_is_503_with_retry_after(setting
     assert client.get("/jobs/job_x").status_code == 503
 
 
+@pytest.mark.sqlite_only(reason="the Redis lock leads on SQLite; PostgreSQL's leadership: tests/test_leadership.py")
 def test_a_lock_this_reconciler_left_behind_does_not_lock_it_out(app, redis_conn):
     # Given the lock of a pass that Redis cut short (and restored from its AOF)
     reconciler = services(app).reconciler
