@@ -31,7 +31,8 @@ test: $(STAMP)
 chaos: $(STAMP)
 	CHAOS_SOAK=1 $(PY) -m pytest tests/chaos -s
 
-# Benchmarks against raw RQ and a hello-world route, measured in the same run (see BENCHMARKS.md).
+# Benchmarks against raw RQ and a hello-world route, measured in the same run, on SQLite and on a
+# PostgreSQL the run starts itself (SQLite only, saying why, when it is not installed); see BENCHMARKS.md.
 bench: $(STAMP)
 	$(PY) -m bench
 
