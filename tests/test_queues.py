@@ -110,3 +110,39 @@ def test_a_concurrency_limited_attempt_enqueued_by_many_hosts_at_once_is_queued_
     for n, job in enumerate(jobs):
         limit = RateLimitRegistry(key=f"jobservice:task:race-{n}", connection=redis_conn)
         assert (limit.get_allowed_job_ids(), limit.get_rate_limited_job_ids()) == ([job.rq_job_id], [])
+
+
+def test_a_deferred_attempt_released_by_many_hosts_at_once_is_replaced_once(app, redis_url, redis_conn):
+    # Given a job's attempt deferred in RQ behind a parent that has not run
+    import threading
+
+    adapter = services(app).queues
+    parent, child = record_pending(app, "add", a=1, b=2), record_pending(app, "add", a=3, b=4)
+    options = {"func_path": get_task("add").path, "args": [], "priority": "default", "timeout": 60}
+    adapter.enqueue(job_id=parent.id, attempt=1, kwargs=parent.kwargs, **options)
+    adapter.enqueue(job_id=child.id, attempt=1, kwargs=child.kwargs, depends_on=[parent.rq_job_id], **options)
+    assert adapter.fetch(child.rq_job_id).get_status() == "deferred"
+
+    # When eight hosts release it at the same instant (its parent needed retries: the store
+    # settles the dependency), each replacing the deferred copy by a ready one if it found it
+    hosts = [QueueAdapter(connect(redis_url), result_ttl=600, failure_ttl=600) for _ in range(8)]
+    start = threading.Barrier(len(hosts))
+    replaced = []
+
+    def release(host: QueueAdapter) -> None:
+        start.wait()
+        if host.discard_deferred(child.rq_job_id):
+            replaced.append(host)
+            host.enqueue(job_id=child.id, attempt=1, kwargs=child.kwargs, **options)
+
+    threads = [threading.Thread(target=release, args=(host,)) for host in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then one host replaced it, and it waits on its queue once, ready
+    assert len(replaced) == 1
+    queued = [rq_id.decode() for rq_id in redis_conn.lrange("rq:queue:default", 0, -1)]
+    assert queued == [parent.rq_job_id, child.rq_job_id]
+    assert adapter.fetch(child.rq_job_id).get_status() == "queued"

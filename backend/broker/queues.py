@@ -201,17 +201,28 @@ class QueueAdapter:
         """Delete an RQ job that waits in the deferred registry; True if there was one.
 
         The store settles dependencies itself when a parent needed retries (its RQ job
-        changed), so the deferred copy is replaced by a fresh, ready one.
+        changed), so the deferred copy is replaced by a fresh, ready one. Atomic across hosts
+        like ``enqueue``: the status read and the delete are one MULTI under WATCH of the hash,
+        so of hosts releasing one job at once only one finds it deferred (before, each deleted
+        whatever copy the previous one had just put back).
         """
-        job = self.fetch(rq_id)
-        if job is None or job.get_status(refresh=False) != RQStatus.DEFERRED:
-            return False
-        queue = self.queues.get(job.origin)
-        with self._guard():
-            if queue is not None:
-                queue.deferred_job_registry.remove(job)
-            job.delete()
-        return True
+        key = RQJob.key_for(rq_id)
+        with self._guard(), self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    job = self._fetch_or_none(rq_id)
+                    if job is None or job.get_status(refresh=False) != RQStatus.DEFERRED:
+                        return False
+                    queue = self.queues.get(job.origin)
+                    pipe.multi()
+                    if queue is not None:
+                        queue.deferred_job_registry.remove(job, pipeline=pipe)
+                    job.delete(pipeline=pipe)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # another host changed it meanwhile: look again
 
     def fetch_many(self, rq_ids: list[str]) -> dict[str, RQJob | None]:
         """The RQ jobs of ``rq_ids`` in one round trip; None where the hash is gone or unreadable."""
