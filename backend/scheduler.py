@@ -5,10 +5,10 @@
 Any number may run (on one host or many): each due time of a schedule fires exactly once, since
 a firing is a row whose (schedule, due time) is unique in the store, so nothing here needs a
 Redis key or a leader (a Redis that is down only leaves the fired job PENDING, for the
-reconciler to enqueue). "Due" is judged by the store's clock (``store.clock``): schedulers on
-hosts whose clocks differ fire a schedule at the same instant. The schedules themselves (cron
-checks, firing exactly once) are the service's (``ScheduleManager.fire_due`` in
-backend/service/schedules.py); this process only calls it.
+reconciler to enqueue). "Due" is judged by the store's clock (``ScheduleManager.now``):
+schedulers on hosts whose clocks differ fire a schedule at the same instant. The schedules
+themselves (cron checks, firing exactly once) are the service's (``ScheduleManager.fire_due``
+in backend/service/schedules.py); this process only calls it.
 """
 
 from __future__ import annotations
@@ -33,17 +33,15 @@ from backend.core import (
 from backend.core.settings import Settings  # noqa: E402
 from backend.service.schedules import ScheduleManager  # noqa: E402
 from backend.services import build_services  # noqa: E402
-from backend.store import clock as store_clock  # noqa: E402
 from backend.store.errors import StoreUnavailable  # noqa: E402
-from backend.store.models import utcnow  # noqa: E402
 
 log = logging.getLogger("backend.scheduler")
 
 
 class Scheduler:
-    """Fires due schedules every ``interval`` seconds; ``clock`` is injectable for tests."""
+    """Fires due schedules every ``interval`` seconds, due by the store's clock; tests may pass ``clock``."""
 
-    def __init__(self, schedules: ScheduleManager, *, interval: float, clock: Callable[[], datetime] = utcnow):
+    def __init__(self, schedules: ScheduleManager, *, interval: float, clock: Callable[[], datetime] | None = None):
         self.schedules = schedules
         self.interval = interval
         self.clock = clock
@@ -51,7 +49,7 @@ class Scheduler:
 
     def tick(self) -> int:
         """One pass; returns how many jobs it started."""
-        return len(self.schedules.fire_due(self.clock()))
+        return len(self.schedules.fire_due(self.clock() if self.clock is not None else None))
 
     def run(self) -> None:
         log.info("scheduler started (every %.1f s)", self.interval)
@@ -71,9 +69,7 @@ def main() -> int:
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     secrets_check.enforce_or_exit(settings, role="scheduler")
     services = build_services(settings)
-    scheduler = Scheduler(
-        services.schedules, interval=settings.scheduler_interval, clock=lambda: store_clock.now(services.engine)
-    )
+    scheduler = Scheduler(services.schedules, interval=settings.scheduler_interval)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: scheduler.stopped.set())
     scheduler.run()
