@@ -1,0 +1,43 @@
+"""A NUL character (0x00) anywhere a client can put a string is answered like any other odd
+input, on either store: PostgreSQL's text columns refuse NUL where SQLite keeps it, and
+schemathesis found it answered 500 there (GET /jobs, POST /jobs/cancel, POST /internal/reports)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TOKEN
+
+INTERNAL = {"X-Internal-Token": TOKEN}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/jobs?task=a%00b", None),
+        ("GET", "/jobs?status=QUEUED&task=%00", None),
+        ("GET", "/jobs/job_%00x", None),
+        ("POST", "/jobs/job_%00x/cancel", None),
+        ("POST", "/jobs/cancel", {"job_ids": ["job_\x00x"]}),
+        ("POST", "/tasks/add", {"args": [1, 2], "idempotency_key": "key\x00"}),
+        ("POST", "/tasks/echo", {"args": ["a\x00b"], "kwargs": {"k\x00": "v\x00"}}),
+        ("POST", "/tasks/echo/batch", {"jobs": [{"args": ["\x00"]}]}),
+        ("POST", "/scheduled-jobs", {"name": "n\x00", "task": "echo", "cron": "* * * * *"}),
+    ],
+)
+def test_a_nul_in_a_string_is_answered_without_a_server_error(client, method, path, body):
+    # When a client sends a NUL character in a path, a query or a body
+    response = client.open(path, method=method, json=body, headers=INTERNAL)
+
+    # Then the answer is JSON, and not a 5xx
+    assert response.status_code < 500, response.get_data(as_text=True)
+    assert response.is_json
+
+
+def test_a_worker_report_naming_a_job_with_a_nul_is_answered_without_a_server_error(client):
+    # When a worker's batch names a job id holding a NUL
+    report = {"job_id": "job_\x00", "attempt": 1, "event": "completed", "worker": "w", "result": None}
+    response = client.post("/internal/reports", json={"reports": [report], "sent_at": 0}, headers=INTERNAL)
+
+    # Then the API answers it (unknown job, or refused), not 500
+    assert response.status_code < 500, response.get_data(as_text=True)
