@@ -273,10 +273,16 @@ def pytest_collection_modifyitems(config, items):
         if marker is not None:
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "about SQLite itself")
             item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
-        elif {"postgres_url", "postgres_server", "own_postgres"} & set(item.fixturenames):
+        elif {"postgres_url", "postgres_server", "own_postgres"} & set(item.fixturenames) or _picks_its_store(item):
             item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the SQLite pass already"))
         elif "make_store_url" not in item.fixturenames:
             item.add_marker(pytest.mark.skip(reason="uses no test store: the same test as in the SQLite pass"))
+
+
+def _picks_its_store(item) -> bool:
+    """A test parametrized over the stores (``store``) builds each itself, the same in both passes."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "store" in callspec.params
 
 
 def pytest_terminal_summary(terminalreporter):
