@@ -76,10 +76,12 @@ class HeldLock:
         while not self._stopped.wait(interval) and self.holds():
             pass
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start renewing (``exclusive`` does, once the lock is taken)."""
         self._keeper.start()
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop renewing; the lock itself is released by ``exclusive``."""
         self._stopped.set()
         self._keeper.join(timeout=5)
 
@@ -103,11 +105,11 @@ def exclusive(connection: Redis, key: str, *, token: str, seconds: float) -> Ite
         lock.local.token = token.encode()
         lock.reacquire()
     held = HeldLock(lock, seconds)
-    held._start()
+    held.start()
     try:
         yield held
     finally:
-        held._stop()
+        held.stop()
         with contextlib.suppress(LockError, RedisError):
             lock.release()
 
