@@ -11,7 +11,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from backend.core.errors import JobServiceError
-from backend.store.errors import StoreError, StoreUnavailable, is_unavailable
+from backend.store.errors import StoreError, StoreUnavailable, ValueRefused, is_unavailable
 
 log = logging.getLogger("backend.core.errors")
 
@@ -42,7 +42,14 @@ def register_error_handlers(app: Flask) -> None:
 
     def _store_error(exc: Exception):
         # Any driver error lands here (Flask picks the handler by the exception's classes): the
-        # ones meaning "down or busy" are a 503 the client may retry, the others a bug.
+        # ones meaning "down or busy" are a 503 the client may retry, a value the database
+        # refuses is the client's (400), the others a bug.
+        if isinstance(exc, ValueRefused) and not is_unavailable(exc):
+            # The driver's first line names the rule ("PostgreSQL text fields cannot contain NUL
+            # (0x00) bytes", "integer out of range"), never the statement or its parameters.
+            reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "refused by the store"
+            log.warning("a request's value was refused by the store: %s", reason)
+            return error_response(400, "invalid_value", f"a value in the request cannot be stored: {reason}")
         if not is_unavailable(exc):
             return _unexpected(exc)
         # The driver's text names the host and port, never the password.

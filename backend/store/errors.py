@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -26,6 +26,11 @@ StoreUnavailable: tuple[type[Exception], ...] = (OperationalError, InterfaceErro
 #: Raised by the database driver for any failed statement (the store down, busy or refusing).
 StoreError = DBAPIError
 
+#: Raised when the database refuses a value the request carried: a NUL character (0x00) in a
+#: PostgreSQL text column (SQLite keeps it), a number out of its column's range, a string longer
+#: than its column. Bad input, not an outage: the API answers 400.
+ValueRefused = DataError
+
 
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the store is down or busy (try again later) rather than a bug: one of
@@ -33,4 +38,4 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, StoreUnavailable) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
-__all__ = ["ConstraintViolated", "RowVanished", "StoreError", "StoreUnavailable", "is_unavailable"]
+__all__ = ["ConstraintViolated", "RowVanished", "StoreError", "StoreUnavailable", "ValueRefused", "is_unavailable"]
