@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy import Row, bindparam, false, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.states import LIVE_VALUES, TERMINAL_VALUES, JobStatus
@@ -42,7 +42,9 @@ def filter_jobs(query, *, owner: str | None, status: JobStatus | None, task: str
     if status is not None:
         query = query.where(Job.status == status.value)
     if task is not None:
-        query = query.where(Job.task == task)
+        # No task's name holds a NUL, and PostgreSQL refuses one in a text comparison: such a
+        # filter matches nothing on either store, as any other unknown name does.
+        query = query.where(Job.task == task if "\x00" not in task else false())
     return query
 
 
