@@ -18,6 +18,7 @@ from backend.scheduler import Scheduler
 from backend.services import build_services
 from backend.store.models import ScheduledJob
 from tests.conftest import ROOT, TASK_MODULES
+from tests.helpers import wait_until
 
 BODY = {"name": "nightly", "task": "add", "cron": "*/5 * * * *", "args": [1, 2]}
 
@@ -143,23 +144,36 @@ def test_two_scheduler_processes_fire_a_due_schedule_once(settings, client, app)
         "DATABASE_URL": settings["DATABASE_URL"],
         "TASK_MODULES": TASK_MODULES,
         "SCHEDULER_INTERVAL": "0.2",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
     }
 
-    # When two real scheduler processes run for a while
+    # When two real scheduler processes run until both are up and the schedule has fired, and
+    # some passes more (a loaded machine takes seconds to import and migrate: a fixed sleep sent
+    # SIGTERM before the handler was in place)
     processes = [
         subprocess.Popen([sys.executable, "backend/scheduler.py"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
         for _ in range(2)
     ]
+    logs: list[list[str]] = [[] for _ in processes]
+    readers = [
+        threading.Thread(target=lambda p=p, lines=lines: lines.extend(line.decode() for line in p.stderr), daemon=True)
+        for p, lines in zip(processes, logs, strict=True)
+    ]
+    for reader in readers:
+        reader.start()
     try:
-        time.sleep(4)
+        wait_until(lambda: all(any("scheduler started" in line for line in lines) for lines in logs), 60, "both up")
+        wait_until(lambda: client.get(f"/scheduled-jobs/{schedule['id']}/jobs").get_json()["jobs"], 30, "a firing")
+        time.sleep(1)
     finally:
         for process in processes:
             process.terminate()
         codes = [process.wait(timeout=10) for process in processes]
+        for reader in readers:
+            reader.join(timeout=5)
 
     # Then the schedule fired once, and both stopped cleanly on SIGTERM
-    assert codes == [0, 0], [p.stderr.read().decode() for p in processes]
+    assert codes == [0, 0], logs
     assert len(client.get(f"/scheduled-jobs/{schedule['id']}/jobs").get_json()["jobs"]) == 1
 
 
