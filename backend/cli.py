@@ -67,7 +67,7 @@ def migrate_command() -> None:
     if settings is None:
         settings = _services().settings
     try:
-        migrate(settings.database_url)
+        migrate(settings.database_url, connect_timeout=settings.db_connect_timeout)
     except Exception as exc:  # the database's or Alembic's error: one line, credentials masked
         raise CommandError(f"migration failed ({type(exc).__name__}: {exc})") from None
     click.echo("job store at schema head")

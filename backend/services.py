@@ -66,7 +66,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         raise RuntimeError("REDIS_URL is not set; `make run` or `python backend/app.py` starts one for you")
     load_task_modules(settings.task_modules)
     if migrate_store and settings.migrate_on_start:
-        migrate(settings.database_url)
+        migrate(settings.database_url, connect_timeout=settings.db_connect_timeout)
     engine = make_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,

@@ -23,6 +23,7 @@ from sqlalchemy import text, update
 
 from backend.api.context import services
 from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
+from backend.dev.redis_server import free_port
 from backend.store.errors import StoreUnavailable, is_unavailable
 from backend.store.models import ScheduledJob
 from tests.conftest import ROOT, TASK_MODULES, TOKEN
@@ -251,3 +252,24 @@ def test_a_connection_the_server_ends_mid_transaction_is_a_503_and_the_next_requ
     assert "terminating connection due to administrator command" in str(raised.value)
     # And the API serves the next request on a fresh connection
     assert client.get("/jobs").status_code == 200
+
+
+def test_migrate_against_a_server_that_never_answers_fails_within_the_connect_timeout():
+    # Given a DATABASE_URL whose server takes the TCP handshake and then says nothing
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": f"postgresql+psycopg://jobs@127.0.0.1:{port}/jobs",
+        "DB_CONNECT_TIMEOUT": "1",
+        "JOBSERVICE_ENV": "development",
+    }
+
+    # When an operator runs the migration (psycopg alone would wait 130 s)
+    with black_hole(port):
+        done = subprocess.run(
+            [sys.executable, "-m", "backend", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    # Then it gives up with one line saying why, and exit 1
+    assert done.returncode == 1, done.stderr
+    assert "migration failed" in done.stderr

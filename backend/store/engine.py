@@ -148,11 +148,13 @@ def _migration_lock(url: str) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _migrate_postgresql(url: str) -> None:
+def _migrate_postgresql(url: str, *, connect_timeout: int) -> None:
     """Upgrade under a transaction-level advisory lock taken on Alembic's own connection: the
     other processes wait for the commit, then find the schema at head (PostgreSQL's DDL is
     transactional, so a failed upgrade leaves nothing half done)."""
-    engine = create_engine(url, poolclass=pool.NullPool, connect_args=_connect_args(make_url(url)))
+    engine = create_engine(
+        url, poolclass=pool.NullPool, connect_args=_connect_args(make_url(url), connect_timeout=connect_timeout)
+    )
     try:
         with engine.connect() as connection, connection.begin():
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
@@ -181,10 +183,13 @@ def schema_behind(engine: Engine) -> str | None:
     return f"the store's schema is at revision {current or 'none (an empty database)'}, not at head {head}"
 
 
-def migrate(url: str) -> None:
-    """Upgrade the database at ``url`` to the newest schema; concurrent callers take turns."""
+def migrate(url: str, *, connect_timeout: int = 5) -> None:
+    """Upgrade the database at ``url`` to the newest schema; concurrent callers take turns.
+
+    ``connect_timeout``: seconds to open a PostgreSQL connection (DB_CONNECT_TIMEOUT).
+    """
     if make_url(url).get_backend_name() == "postgresql":
-        _migrate_postgresql(url)
+        _migrate_postgresql(url, connect_timeout=connect_timeout)
     else:
         with _migration_lock(url):
             command.upgrade(alembic_config(url), "head")
