@@ -134,6 +134,7 @@ def _measure(store: str, url: str, server, redis_url: str, n: int, profiles: dic
         for label, call in [
             ("POST /tasks/bench_noop", lambda i: client.post("/tasks/bench_noop", json={})),
             ("GET /jobs/<id> (unchanged)", lambda i: client.get(f"/jobs/{more[i % 10]}")),
+            ("GET /jobs?limit=50", lambda i: client.get("/jobs?limit=50")),
         ]:
             profiler = cProfile.Profile()
             profiler.enable()
