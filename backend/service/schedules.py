@@ -30,7 +30,7 @@ from backend.core.cursors import decode_cursor
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.service.job_manager import JobManager, JobRequest
 from backend.service.ownership import owned
-from backend.store import clock
+from backend.store import clock, conflicts
 from backend.store import schedules as schedule_rows
 from backend.store.engine import transaction
 from backend.store.errors import ConstraintViolated, RowVanished
@@ -251,19 +251,21 @@ class ScheduleManager:
             self.update(schedule.id, owner=None, fields={"enabled": False}, now=now)
             return None
         try:
-            with transaction(self.sessions) as session:
-                if advance and not schedule_rows.lock_due(session, schedule.id, fire_at):
-                    # Another scheduler is firing it, or fired it (or it was changed) since it
-                    # was read: nothing to do, and no job added only to be rolled back.
-                    log.info("schedule %s: %s taken by another scheduler", schedule.id, fire_at.isoformat())
-                    return None
-                job = self.jobs.add_job(session, request, owner=schedule.owner, schedule_id=schedule.id)
-                values = {"last_run_at": now, "last_job_id": job.id, "updated_at": now}
-                if advance:
-                    values["next_run_at"] = next_fire_time(schedule.cron, schedule.timezone, now)
-                schedule_rows.record_firing(
-                    session, schedule_id=schedule.id, fire_at=fire_at, job_id=job.id, now=now, values=values
-                )
+            # A deadlock or serialization failure runs the firing again (nothing reached Redis yet).
+            for run in conflicts.attempts():
+                with run, transaction(self.sessions) as session:
+                    if advance and not schedule_rows.lock_due(session, schedule.id, fire_at):
+                        # Another scheduler is firing it, or fired it (or it was changed) since it
+                        # was read: nothing to do, and no job added only to be rolled back.
+                        log.info("schedule %s: %s taken by another scheduler", schedule.id, fire_at.isoformat())
+                        return None
+                    job = self.jobs.add_job(session, request, owner=schedule.owner, schedule_id=schedule.id)
+                    values = {"last_run_at": now, "last_job_id": job.id, "updated_at": now}
+                    if advance:
+                        values["next_run_at"] = next_fire_time(schedule.cron, schedule.timezone, now)
+                    schedule_rows.record_firing(
+                        session, schedule_id=schedule.id, fire_at=fire_at, job_id=job.id, now=now, values=values
+                    )
         except ConstraintViolated:
             # Another scheduler fired this due time first.
             log.info("schedule %s: %s fired by another scheduler", schedule.id, fire_at.isoformat())
