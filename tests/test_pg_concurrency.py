@@ -307,3 +307,64 @@ def test_the_reconciler_pass_rolls_the_deltas_up(app, client):
         assert session.execute(text("SELECT COUNT(*) FROM job_count_deltas")).scalar_one() == 0
         assert {s: n for s, n in counts.by_status(session).items() if n} == {"QUEUED": 2, "CANCELLED": 1}
         assert counts.by_status(session) == before
+
+
+def test_a_job_submitted_from_a_host_an_hour_ahead_is_stamped_with_the_databases_time_and_recovered(
+    settings, postgres_url, monkeypatch
+):
+    # Given an API host whose clock runs an hour ahead of the database's, and a Redis that
+    # refuses the enqueue after the job is recorded QUEUED (as if the API died in between)
+    import backend.service.submissions
+    import backend.service.transitions
+    import backend.store.models
+    from backend.api.context import services
+    from backend.broker.errors import BrokerError
+    from backend.store import clock
+
+    settings["RECONCILE_GRACE"] = 0.5
+    app = _pg_app(settings, postgres_url)
+    client = app.test_client()
+    ahead = lambda: backend.store.models.datetime.now(backend.store.models.UTC) + timedelta(hours=1)  # noqa: E731
+    for module in (backend.store.models, backend.service.submissions, backend.service.transitions):
+        monkeypatch.setattr(module, "utcnow", ahead, raising=False)
+    queues = services(app).jobs.queues
+    real_enqueue, refusing = queues.enqueue, [True]
+
+    def enqueue(**kwargs):
+        if refusing:
+            raise BrokerError("Redis refused the enqueue (test)")
+        return real_enqueue(**kwargs)
+
+    monkeypatch.setattr(queues, "enqueue", enqueue)
+    engine = services(app).engine
+
+    # When a client submits a job alone (Redis answered just before: it is recorded QUEUED) and a batch of three
+    queues.queued_ids()
+    job_id = client.post("/tasks/add", json={"args": [1, 2]}).get_json()["job_id"]
+    batch = client.post("/tasks/add/batch", json={"jobs": [{"args": [i, i]} for i in range(3)]})
+    assert batch.status_code in (201, 202), batch.get_json()
+    refusing.clear()
+    with engine.connect() as connection:
+        stamps = connection.execute(text("SELECT id, created_at, updated_at FROM jobs")).all()
+        status = connection.execute(text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one()
+
+    # Then every job's created_at and updated_at are the database's time (the host's is an hour
+    # off), the batch's jobs share one stamp, and the lone job is QUEUED with no RQ job
+    db_now = clock.now(engine)
+    for _, created_at, updated_at in stamps:
+        assert abs((created_at.replace(tzinfo=UTC) - db_now).total_seconds()) < 60
+        assert updated_at == created_at
+    assert len({created_at for id_, created_at, _ in stamps if id_ != job_id}) == 1
+    assert status == "QUEUED"
+
+    # And a reconciler pass (it compares updated_at with the database's clock) requeues it
+    reconciler = services(app).reconciler
+    deadline = time.monotonic() + 30
+    requeued: list[str] = []
+    while job_id not in requeued and time.monotonic() < deadline:
+        report = reconciler.run_once()
+        requeued += report.requeued if report is not None else []
+        time.sleep(0.2)
+    assert job_id in requeued
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert (job["attempt"], job["status"]) in ((2, "QUEUED"), (2, "PROCESSING"), (2, "COMPLETED"))
