@@ -8,6 +8,9 @@ hosts; a pass is made long by a lost job, which the reconciler looks at twice, s
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -234,3 +237,45 @@ def test_on_postgresql_cleanup_on_a_host_whose_clock_is_behind_sees_old_jobs(
 
     # Then it finds the job
     assert [entry[0] for entry in report.jobs] == [job["job_id"]]
+
+
+# -- a leader that hangs -------------------------------------------------------------------
+
+_HANGING_LEADER = """
+import sys, time
+from backend.store import leadership
+from backend.store.engine import make_engine
+with leadership.lead(make_engine(sys.argv[1]), leadership.RECONCILER_KEY, idle_timeout=2.0) as leader:
+    print("leading" if leader is not None else "refused", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_on_postgresql_a_leader_whose_process_hangs_loses_leadership_after_its_idle_timeout(postgres_url):
+    # Given a leader in another process, holding the lock with an idle timeout of 2 s
+    from backend.store import leadership
+    from backend.store.engine import make_engine, migrate
+
+    migrate(postgres_url)
+    child = subprocess.Popen([sys.executable, "-c", _HANGING_LEADER, postgres_url], stdout=subprocess.PIPE, text=True)
+    engine = make_engine(postgres_url)
+    try:
+        assert child.stdout.readline().strip() == "leading"
+        with leadership.lead(engine, leadership.RECONCILER_KEY) as leader:
+            assert leader is None
+
+        # When its process hangs (SIGSTOP: its kernel still answers TCP keepalives for it)
+        os.kill(child.pid, signal.SIGSTOP)
+
+        # Then another leads once the 2 s have passed (well before TCP would notice anything)
+        deadline = time.monotonic() + 20
+        led = False
+        while not led and time.monotonic() < deadline:
+            with leadership.lead(engine, leadership.RECONCILER_KEY) as leader:
+                led = leader is not None and leader.holds()
+            time.sleep(0.2)
+        assert led, "the hung leader still held the lock 20 s after it stopped"
+    finally:
+        child.kill()
+        child.wait()
+        engine.dispose()

@@ -52,6 +52,8 @@ LOCK_SECONDS = 15
 # concurrency limit, released by RQ when a slot frees.
 _WAITING = {"queued", "deferred", "scheduled", "rate_limited"}
 _ENDED = {"finished", "failed", "stopped", "canceled"}
+# Seconds between touches of the leader during a wait: well under leadership.IDLE_TIMEOUT.
+_TOUCH_EVERY = 5.0
 
 
 @dataclass
@@ -127,12 +129,16 @@ class Reconciler:
     def _pass(self, leader: leases.HeldLock | leadership.Leader) -> ReconcileReport:
         report = ReconcileReport()
         counts.roll_up(self.sessions)  # fold the job-count deltas (bounded; exact either way)
+        # holds() between the steps too: on PostgreSQL the leader's connection must see a
+        # statement more often than leadership.IDLE_TIMEOUT, or the server ends its lock.
+        if not leader.holds():
+            return report
         cutoff = clock.now(self.engine) - self.grace
         live = job_scans.live_rows(self.sessions, cutoff)
-        if not live:
+        if not live or not leader.holds():
             return report
         # Enqueueing a PENDING row and copying an ended RQ job's outcome are safe on one look.
-        suspects = self.confirmed(live, certain=("enqueue", "copy"))
+        suspects = self.confirmed(live, certain=("enqueue", "copy"), leader=leader)
         jobs = {job.id: job for job in live}
         for done, (job_id, (action, rq_job)) in enumerate(suspects.items()):
             if not leader.holds():
@@ -156,18 +162,24 @@ class Reconciler:
         return report
 
     def confirmed(
-        self, jobs: list[Job], *, patient: bool = True, certain: Iterable[str] = ()
+        self,
+        jobs: list[Job],
+        *,
+        patient: bool = True,
+        certain: Iterable[str] = (),
+        leader: leases.HeldLock | leadership.Leader | None = None,
     ) -> dict[str, tuple[str, RQJob | None]]:
         """The verdicts of ``diagnose`` that hold when looked at twice, ``confirm_delay`` apart.
 
         A job moving between a queue and a worker in that instant looks lost or dead once, so
         a verdict is kept only when the second look agrees, except for actions in ``certain``.
         No second look when every verdict is ``enqueue`` (nothing moves a PENDING job).
+        ``leader``, if given, is touched between the looks, so the wait never idles it out.
         """
         certain = frozenset(certain)
         verdicts = self.diagnose(jobs, patient=patient)
         if any(action != "enqueue" for action, _ in verdicts.values()):
-            time.sleep(self.confirm_delay)
+            self._wait(self.confirm_delay, leader)
             again = self.diagnose(jobs, patient=patient)
             verdicts = {
                 job_id: verdict
@@ -175,6 +187,18 @@ class Reconciler:
                 if verdict[0] in certain or again.get(job_id, (None,))[0] == verdict[0]
             }
         return verdicts
+
+    @staticmethod
+    def _wait(seconds: float, leader: leases.HeldLock | leadership.Leader | None) -> None:
+        """Sleep ``seconds``, touching ``leader`` before, after and every few seconds between."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if leader is not None:
+                leader.holds()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, _TOUCH_EVERY))
 
     def diagnose(self, jobs: list[Job], *, patient: bool = True) -> dict[str, tuple[str, RQJob | None]]:
         """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended).

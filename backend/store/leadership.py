@@ -5,9 +5,15 @@ PostgreSQL advisory lock, not by a Redis key alone: a Redis failover that loses 
 let a second leader in, since the lock lives in the store of record. The lock is taken with
 ``pg_try_advisory_xact_lock`` in a transaction that spans the pass, so it works behind pgbouncer
 in transaction mode (a session lock could be taken on one server connection and released on
-another), and it ends with the transaction: when the holder dies or its connection is killed,
-PostgreSQL frees it at once. The open transaction has written nothing and, on READ COMMITTED,
-holds no snapshot between statements, so it keeps nothing from vacuum.
+another), and it ends with the transaction: when the holder's connection is cut (its process
+exits, its connection is killed), PostgreSQL frees it at once. A holder that hangs (a stopped
+process, whose kernel still answers TCP keepalives) or is cut off by the network sends nothing
+more, so the server bounds its silence itself: the transaction's
+``idle_in_transaction_session_timeout`` ends the session after ``idle_timeout`` seconds without a
+statement (so the holder must call ``holds`` more often than that), and its TCP keepalives and
+user timeout, set for the session, notice a peer gone while a statement runs. The open transaction
+has written nothing and, on READ COMMITTED, holds no snapshot between statements, so it keeps
+nothing from vacuum.
 """
 
 from __future__ import annotations
@@ -25,8 +31,20 @@ log = logging.getLogger(__name__)
 #: The advisory lock key of the reconciler's leadership ("jobsrecn").
 RECONCILER_KEY = 0x6A6F6273_7265636E
 
+#: Seconds a leader may go without a statement on its connection before the server ends it.
+IDLE_TIMEOUT = 30.0
+
 _TRY = text("SELECT pg_try_advisory_xact_lock(:key)")
 _ALIVE = text("SELECT 1")
+# set_config(..., true) is SET LOCAL with bind parameters: it lasts for this transaction only, so
+# behind pgbouncer in transaction mode it never outlives the pass on a shared server connection.
+_BOUND = text(
+    "SELECT set_config('idle_in_transaction_session_timeout', :idle_ms, true),"
+    " set_config('tcp_keepalives_idle', :probe_s, true),"
+    " set_config('tcp_keepalives_interval', :probe_s, true),"
+    " set_config('tcp_keepalives_count', '3', true),"
+    " set_config('tcp_user_timeout', :idle_ms, true)"
+)
 
 
 def supported(engine: Engine) -> bool:
@@ -59,15 +77,24 @@ class Leader:
 
 
 @contextmanager
-def lead(engine: Engine, key: int) -> Iterator[Leader | None]:
+def lead(engine: Engine, key: int, *, idle_timeout: float = IDLE_TIMEOUT) -> Iterator[Leader | None]:
     """Hold the advisory lock ``key`` for the block; yields None when another holder has it.
+
+    Args:
+        idle_timeout: seconds without a statement on the holder's connection after which the
+            server ends its session, and the lock with it (the block must call ``holds``
+            more often); also about how long a peer gone mid-statement keeps it.
 
     Raises:
         StoreUnavailable: the database cannot be reached.
     """
+    idle_ms = str(max(1, round(idle_timeout * 1000)))
+    # Keepalive probes every third of the timeout, three unanswered ones end the session.
+    probe_s = str(max(1, round(idle_timeout / 3)))
     with engine.connect() as connection:
         transaction = connection.begin()
         try:
+            connection.execute(_BOUND, {"idle_ms": idle_ms, "probe_s": probe_s})
             if not connection.execute(_TRY, {"key": key}).scalar_one():
                 yield None
                 return
