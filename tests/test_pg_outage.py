@@ -273,3 +273,35 @@ def test_migrate_against_a_server_that_never_answers_fails_within_the_connect_ti
     # Then it gives up with one line saying why, and exit 1
     assert done.returncode == 1, done.stderr
     assert "migration failed" in done.stderr
+
+
+def test_a_failed_report_that_finds_no_free_pooled_connection_is_a_503_and_lands_when_sent_again(
+    small_pool, client, app
+):
+    # Given a job, on an API with one pooled connection, and a failure report whose job-manager
+    # path (a failure may start a retry) finds that connection held by another request
+    job_id = client.post("/tasks/add", json={"args": [1, 2], "max_retries": 0}).get_json()["job_id"]
+    manager = services(app).jobs
+    real_mark_failed, busy = manager.mark_failed, [True]
+
+    def mark_failed(*args, **kwargs):
+        if busy:
+            with services(app).engine.connect():  # the pool's one connection, in use meanwhile
+                return real_mark_failed(*args, **kwargs)
+        return real_mark_failed(*args, **kwargs)
+
+    manager.mark_failed = mark_failed
+    failed = {"job_id": job_id, "attempt": 1, "event": "failed", "error": "boom", "at": time.time()}
+
+    # When the worker's reporter sends it (SQLAlchemy's pool TimeoutError after DB_POOL_TIMEOUT)
+    response = client.post("/internal/reports", json={"reports": [failed]}, headers=INTERNAL)
+
+    # Then the whole batch is refused with 503 and Retry-After (the reporter sends it again),
+    # not answered 200 with a 500 for the report (which the reporter drops)
+    assert_store_unavailable(response)
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "QUEUED"
+    # And sent again once a connection is free, it lands
+    busy.clear()
+    again = client.post("/internal/reports", json={"reports": [failed]}, headers=INTERNAL)
+    assert again.status_code == 200 and again.get_json()["results"][0]["status"] == 200, again.get_json()
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "FAILED"

@@ -25,7 +25,7 @@ from backend.core.instruments import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
 from backend.core.protocol import COMPLETED, FAILED, PROGRESS, STARTED, Report, answer
 from backend.core.states import JobStatus, decide
 from backend.store import conflicts
-from backend.store.errors import StoreError
+from backend.store.errors import StoreError, StoreUnavailable
 from backend.store.jobs import Sessions
 from backend.store.models import Job, utcnow
 from backend.store.report_writes import report_writes
@@ -254,6 +254,10 @@ def _answer_one(manager, report: Report, now: datetime) -> dict:
         return {"status": exc.status, "error": exc.message}
     except StoreError:
         raise  # the store is down or busy: the whole batch is answered 503 and sent again
+    except StoreUnavailable:
+        # Not every one is a driver error: the pool's TimeoutError (no free connection within
+        # DB_POOL_TIMEOUT) is not, and as a per-report 500 the reporter would drop the report.
+        raise
     except Exception:
         # One report that cannot be applied must not hold back the others forever.
         log.exception("job %s: the %s report could not be applied", report.job_id, report.event)
