@@ -15,6 +15,7 @@ from backend.core.errors import InvalidTransition, JobServiceError, NotFound, Se
 from backend.core.states import TERMINAL_VALUES, JobStatus
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store import conflicts
+from backend.store.errors import is_unavailable
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
@@ -106,7 +107,12 @@ class Cancels:
                 cancelled.append(job_id)
             except JobServiceError as exc:
                 skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
-            except Exception:
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # The store is down or busy: the whole request answers 503 with Retry-After
+                    # (the jobs cancelled so far stay so; sent again, they are skipped as ended),
+                    # not 200 with every job after this one "cancel_failed".
+                    raise
                 # One job's unforeseen failure must not abort the rest of the request (the ids
                 # after it would be neither cancelled nor reported): it is logged and reported,
                 # as cancelled if the store says so (the failure came after the write).
