@@ -128,7 +128,11 @@ class Reconciler:
 
     def _pass(self, leader: leases.HeldLock | leadership.Leader) -> ReconcileReport:
         report = ReconcileReport()
-        counts.roll_up(self.sessions)  # fold the job-count deltas (bounded; exact either way)
+        try:
+            counts.roll_up(self.sessions)  # fold the job-count deltas (bounded; exact either way)
+        except Exception as exc:
+            # The counts stay exact unfolded (readers add the deltas): recovering jobs matters more.
+            log.warning("reconciler: job-count roll-up failed, recovery goes on (%s: %s)", type(exc).__name__, exc)
         # holds() between the steps too: on PostgreSQL the leader's connection must see a
         # statement more often than leadership.IDLE_TIMEOUT, or the server ends its lock.
         if not leader.holds():

@@ -217,7 +217,8 @@ class JobCount(Base):
 
     task: Mapped[str] = mapped_column(String(200), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
-    count: Mapped[int] = mapped_column(Integer)
+    # BIGINT: a roll-up adds a chunk's sum at once, and a busy task's count never wraps.
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class JobCountDelta(Base):

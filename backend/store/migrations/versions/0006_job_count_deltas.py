@@ -32,6 +32,10 @@ def upgrade() -> None:
         sa.Column("jobs", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    # BIGINT: a roll-up adds whole chunks to a count at once, and a busy task's completed count
+    # may pass 2**31 over a store's life. Batch mode: SQLite changes a type by copying the table.
+    with op.batch_alter_table("job_counts") as batch:
+        batch.alter_column("count", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
 
 
 def downgrade() -> None:
@@ -45,3 +49,5 @@ def downgrade() -> None:
         " ON CONFLICT (task, status) DO UPDATE SET count = job_counts.count + excluded.count"
     )
     op.drop_table("job_count_deltas")
+    with op.batch_alter_table("job_counts") as batch:
+        batch.alter_column("count", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
