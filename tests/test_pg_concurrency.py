@@ -368,3 +368,43 @@ def test_a_job_submitted_from_a_host_an_hour_ahead_is_stamped_with_the_databases
     assert job_id in requeued
     job = client.get(f"/jobs/{job_id}").get_json()
     assert (job["attempt"], job["status"]) in ((2, "QUEUED"), (2, "PROCESSING"), (2, "COMPLETED"))
+
+
+def test_a_retry_time_set_on_a_host_an_hour_ahead_is_the_databases_time_plus_the_backoff(
+    settings, postgres_url, monkeypatch
+):
+    # Given an API host whose clock runs an hour ahead of the database's, a 30 s backoff, and a
+    # job with a retry left
+    import backend.service.attempts
+    import backend.service.submissions
+    import backend.service.transitions
+    import backend.store.models
+    from backend.api.context import services
+    from backend.broker.queues import rq_job_id, rq_status
+    from backend.store import clock
+
+    settings["RETRY_BACKOFF_BASE"] = 30.0
+    app = _pg_app(settings, postgres_url)
+    client = app.test_client()
+    job_id = client.post("/tasks/add", json={"args": [1, 2], "max_retries": 1}).get_json()["job_id"]
+    ahead = lambda: backend.store.models.datetime.now(backend.store.models.UTC) + timedelta(hours=1)  # noqa: E731
+    for module in (backend.store.models, backend.service.attempts, backend.service.submissions,
+                   backend.service.transitions):  # fmt: skip
+        monkeypatch.setattr(module, "utcnow", ahead, raising=False)
+    engine = services(app).engine
+
+    # When its worker reports the first attempt failed
+    failed = {"job_id": job_id, "attempt": 1, "event": "failed", "error": "boom"}
+    answer = client.post("/internal/reports", json={"reports": [failed]}, headers={"X-Internal-Token": TOKEN})
+    assert answer.get_json()["results"] == [{"status": 200}]
+
+    # Then the retry is due 30 s after the database's time (not an hour later), and its RQ job
+    # waits in RQ's scheduler for it (compared with the database's time, not sent at once)
+    with engine.connect() as connection:
+        retry_at = connection.execute(
+            text("SELECT next_retry_at FROM jobs WHERE id = :id"), {"id": job_id}
+        ).scalar_one()
+    ahead_by = (retry_at.replace(tzinfo=UTC) - clock.now(engine)).total_seconds()
+    assert 0 < ahead_by <= 30
+    rq_job = services(app).jobs.queues.fetch_many([rq_job_id(job_id, 2)])[rq_job_id(job_id, 2)]
+    assert rq_job is not None and rq_status(rq_job) == "scheduled"

@@ -18,7 +18,7 @@ from backend.core.logs import job_fields
 from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL_VALUES, JobStatus, decide
 from backend.service.retries import RetryPolicy
 from backend.service.transitions import check_attempt, load_job, new_attempt, transition
-from backend.store import conflicts
+from backend.store import clock, conflicts
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
@@ -87,7 +87,9 @@ class Attempts:
                     retried = False
                 else:
                     retry_number = job.retry_count + 1
-                    retry_at = utcnow() + self.retry_policy.delay(retry_number) if backoff else None
+                    # The database's time: the reconciler and enqueue_job, maybe on other hosts,
+                    # compare next_retry_at with it (no extra query on SQLite).
+                    retry_at = clock.now(rows.session) + self.retry_policy.delay(retry_number) if backoff else None
                     retried = new_attempt(
                         rows, job, attempt, AUTO_RETRY_FROM, retry_count=retry_number, next_retry_at=retry_at,
                         error=error,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from datetime import datetime
 
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, rq_job_id
@@ -20,7 +21,7 @@ from backend.core.states import TERMINAL_VALUES, UNSUCCESSFUL, JobStatus
 from backend.service.idempotency import check_same_request
 from backend.service.job_request import JobRequest
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
-from backend.store import conflicts
+from backend.store import clock, conflicts
 from backend.store.errors import ConstraintViolated
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
@@ -61,7 +62,8 @@ class Submissions:
         if not straight:
             return self.enqueue_job(job.id), True
         try:
-            self._send(job, request.task, [])
+            # The job's stamp is the database's time of a moment ago (``JobRows.add_job``).
+            self._send(job, request.task, [], now=job.created_at)
         except BrokerError as exc:
             log.warning("job %s recorded QUEUED, but Redis refused it (%s): the reconciler requeues it", job.id, exc)
         return job, True
@@ -169,6 +171,9 @@ class Submissions:
             job = load_job(rows, job_id)
             if job.status != JobStatus.PENDING:
                 return job
+            # Only a job that waits for a time compares it with the database's (a round trip on
+            # PostgreSQL; none on SQLite, none for the others).
+            now = clock.now(rows.session) if job.run_at is not None or job.next_retry_at is not None else None
             try:
                 spec = get_task(job.task)
             except NotFound:
@@ -183,7 +188,7 @@ class Submissions:
                     return self._cancel_for_dependency(job.id, failed[0])
                 waiting_on = [p.rq_job_id for p in parents if p.status not in TERMINAL_VALUES]
         try:
-            self._send(job, spec, waiting_on)
+            self._send(job, spec, waiting_on, now=now)
         except BrokerError as exc:
             log.warning("job %s stays PENDING: Redis unavailable (%s)", job.id, exc)
             return job
@@ -197,8 +202,13 @@ class Submissions:
                     transition(rows, job, JobStatus.QUEUED, attempt=sent, tolerate_behind=True)
         return job
 
-    def _send(self, job: Job, spec: TaskSpec, waiting_on: list[str]) -> None:
-        now = utcnow()
+    def _send(self, job: Job, spec: TaskSpec, waiting_on: list[str], *, now: datetime | None = None) -> None:
+        """Put the job's attempt on its queue (in RQ's scheduler while its run_at or retry time is ahead).
+
+        ``now``: the database's time where the caller has it, since another host's clock may
+        differ (None: this host's).
+        """
+        now = now or utcnow()
         self.queues.enqueue(
             job_id=job.id,
             attempt=job.attempt,
