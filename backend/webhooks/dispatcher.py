@@ -33,6 +33,7 @@ from backend.core.errors import ValidationFailed
 from backend.core.instruments import WEBHOOK_DELIVERIES
 from backend.service.webhook_outbox import job_deliveries
 from backend.store import deliveries as delivery_rows
+from backend.store.errors import is_unavailable
 from backend.store.jobs import Sessions
 from backend.webhooks import http_post as webhook_http
 from backend.webhooks.resolver import BoundedResolver
@@ -52,6 +53,9 @@ MAX_ERROR_CHARS = 500
 #: A delivery that found no free lookup thread (or its owner's share of them full) is tried
 #: again this much later (at most; WEBHOOK_BACKOFF_SECONDS when shorter), not counted as an attempt.
 LOOKUPS_BUSY_DELAY_SECONDS = 2.0
+#: Recording an attempt that ran met the store down or busy: tried again after each of these
+#: delays (while the claim holds), so that a blip does not turn a sent delivery into a failed one.
+RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -84,7 +88,8 @@ class Dispatcher:
     delivery runs, whatever this host's clock says. A pass claims what it starts a page at a
     time (``backend.store.deliveries.claim_due``); each claim is a random token that every later
     write names: a dispatcher whose claim was taken over records nothing. Every attempt that ran
-    is recorded, an unexpected error too, so ``max_attempts`` ends every delivery.
+    is recorded, an unexpected error too, so ``max_attempts`` ends every delivery; the store
+    being unavailable is no attempt (the claim lapses, it is sent again: at least once).
     """
 
     def __init__(
@@ -125,6 +130,8 @@ class Dispatcher:
         self._lock = threading.Condition()
         self._in_flight: dict[str, tuple[str, str]] = {}  # delivery id -> (host, owner)
         self._closed = False
+        self._stopping = threading.Event()  # cuts short the waits between tries at recording
+        self.record_retry_delays = RECORD_RETRY_DELAYS
 
     @property
     def claim_seconds(self) -> float:
@@ -151,6 +158,7 @@ class Dispatcher:
         """
         with self._pass:  # a pass under way finishes starting what it claimed
             self._closed = True
+        self._stopping.set()
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _start_due(self) -> int:
@@ -246,7 +254,10 @@ class Dispatcher:
         try:
             self._attempt(delivery_id, token, started, owner)
         except Exception as exc:
-            # A fault on this side (a bug, the store), not the receiver's answer. It is recorded
+            if is_unavailable(exc):  # our store, before anything was sent: not an attempt
+                log.warning("webhook %s: not attempted (its claim lapses), store unavailable: %s", delivery_id, exc)
+                return
+            # A fault on this side (a bug), not the receiver's answer. It is recorded
             # as a failed attempt like any other, so that WEBHOOK_MAX_ATTEMPTS ends it: letting
             # the claim lapse recorded nothing, and the delivery was tried again forever.
             log.exception("webhook %s: the attempt failed to run", delivery_id)
@@ -298,7 +309,43 @@ class Dispatcher:
             error, refused = f"refused: {exc.message}", True
         except webhook_http.DeliveryError as exc:
             error = str(exc)
-        self._record(delivery_id, token, status_code, error, _ms_since(started), refused=refused)
+        self._record_ran(delivery_id, token, status_code, error, started, refused=refused)
+
+    def _record_ran(
+        self, delivery_id: str, token: str, status_code: int | None, error: str | None, started: float, *, refused: bool
+    ) -> None:
+        """Record an attempt that ran, trying again while the store is unavailable and the claim holds.
+
+        The receiver has had the delivery: a store error here is ours, and recording it as a
+        failed attempt sent the delivery again (or failed it for good at WEBHOOK_MAX_ATTEMPTS).
+        If the store stays down the delivery stays claimed: its claim lapses and another
+        dispatcher sends it again (at least once; receivers de-duplicate on ``webhook-id``).
+        """
+        duration_ms = _ms_since(started)
+        delays = iter(self.record_retry_delays)
+        while True:
+            try:
+                self._record(delivery_id, token, status_code, error, duration_ms, refused=refused)
+                return
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                delay = next(delays, None)
+                # Past the claim another dispatcher may send it again; a late record would still
+                # be safe (it names the token), but then it no longer saves a second send.
+                if delay is None or time.monotonic() - started + delay >= self.claim_seconds:
+                    log.warning(
+                        "webhook %s: attempt (%s) not recorded, the store is unavailable (%s);"
+                        " left claimed, it is sent again when the claim lapses",
+                        delivery_id,
+                        error or status_code,
+                        exc.__class__.__name__,
+                    )
+                    WEBHOOK_DELIVERIES.labels("unrecorded").inc()
+                    return
+                log.info("webhook %s: recording the attempt again in %.3g s: %s", delivery_id, delay, exc)
+                if self._stopping.wait(delay):
+                    delays = iter(())  # shutting down: one more try, no more waits
 
     def _put_off(self, delivery_id: str, token: str, reason: str) -> None:
         """Give back the claim with the delivery due again shortly; its attempts stay as they are."""
