@@ -12,6 +12,7 @@ from __future__ import annotations
 from backend.broker.queues import QueueAdapter
 from backend.core.errors import InvalidTransition
 from backend.core.states import TERMINAL_VALUES, JobStatus
+from backend.store import clock
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job
 from backend.tasks import get_task
@@ -46,6 +47,9 @@ class Dependencies:
         with JobRows.opened(self.sessions) as rows:
             parent = rows.get(parent_id)
             children = rows.live_dependants(parent_id)
+            # A child's run_at or retry time is compared with the database's time (hosts' clocks
+            # differ); only read when one has such a time, so most releases cost no query.
+            now = clock.now(rows.session) if any(c.run_at or c.next_retry_at for c in children) else None
         for child in children:
             if parent.status != JobStatus.COMPLETED and not child.allow_failure:
                 self._cancel_for_dependency(child.id, parent)
@@ -55,4 +59,4 @@ class Dependencies:
                 elif self.queues.discard_deferred(child.rq_job_id):
                     # RQ enqueues dependants when a parent's RQ job finishes; a parent that
                     # needed retries (a new RQ job) or failed with allow_failure is ours to do.
-                    self._send(child, get_task(child.task), [])
+                    self._send(child, get_task(child.task), [], now=now)
