@@ -279,3 +279,26 @@ def test_on_postgresql_a_leader_whose_process_hangs_loses_leadership_after_its_i
         child.kill()
         child.wait()
         engine.dispose()
+
+
+def test_on_postgresql_a_healthy_leader_keeps_leadership_through_a_step_longer_than_its_idle_timeout(postgres_url):
+    # Given a leader holding the lock with an idle timeout of 1 s
+    from backend.store import leadership
+    from backend.store.engine import make_engine, migrate
+
+    migrate(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        with leadership.lead(engine, leadership.RECONCILER_KEY, idle_timeout=1) as leader:
+            assert leader is not None
+
+            # When one step of its pass runs for several idle timeouts without touching it (a
+            # big Redis fetch, a wait for a pooled connection)
+            time.sleep(4)
+
+            # Then it still leads, and nobody else can
+            assert leader.holds(), "a live leader lost its lock during a long step"
+            with leadership.lead(engine, leadership.RECONCILER_KEY) as other:
+                assert other is None
+    finally:
+        engine.dispose()

@@ -133,8 +133,8 @@ class Reconciler:
         except Exception as exc:
             # The counts stay exact unfolded (readers add the deltas): recovering jobs matters more.
             log.warning("reconciler: job-count roll-up failed, recovery goes on (%s: %s)", type(exc).__name__, exc)
-        # holds() between the steps too: on PostgreSQL the leader's connection must see a
-        # statement more often than leadership.IDLE_TIMEOUT, or the server ends its lock.
+        # holds() between the steps too: a leader that lost its lock (its connection cut, a
+        # Redis lock taken over) stops before acting on what it read.
         if not leader.holds():
             return report
         cutoff = clock.now(self.engine) - self.grace

@@ -10,8 +10,9 @@ exits, its connection is killed), PostgreSQL frees it at once. A holder that han
 process, whose kernel still answers TCP keepalives) or is cut off by the network sends nothing
 more, so the server bounds its silence itself: the transaction's
 ``idle_in_transaction_session_timeout`` ends the session after ``idle_timeout`` seconds without a
-statement (so the holder must call ``holds`` more often than that), and its TCP keepalives and
-user timeout, set for the session, notice a peer gone while a statement runs. The open transaction
+statement, and its TCP keepalives and user timeout, set for the session, notice a peer gone while
+a statement runs. A live holder keeps its lock through a long step of its pass: a heartbeat thread
+touches the connection every third of the timeout (a stopped process stops that thread too). The open transaction
 has written nothing and, on READ COMMITTED, holds no snapshot between statements, so it keeps
 nothing from vacuum.
 """
@@ -19,6 +20,7 @@ nothing from vacuum.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -53,12 +55,22 @@ def supported(engine: Engine) -> bool:
 
 
 class Leader:
-    """The holder's side of a lock taken by ``lead``: ``holds`` says whether it still leads."""
+    """The holder's side of a lock taken by ``lead``: ``holds`` says whether it still leads.
 
-    def __init__(self, connection: Connection, key: int):
+    A heartbeat thread touches the connection every ``beat`` seconds, so that a step of the pass
+    longer than the idle timeout does not end a live leader's lock; ``holds`` and the heartbeat
+    take turns on the connection, which is not safe to share between threads.
+    """
+
+    def __init__(self, connection: Connection, key: int, *, beat: float):
         self._connection = connection
         self.key = key
         self._lost = False
+        self._turn = threading.Lock()
+        self._stopped = threading.Event()
+        self._beat = beat
+        self._heart = threading.Thread(target=self._keep, name=f"leader-{key:#x}", daemon=True)
+        self._heart.start()
 
     def holds(self) -> bool:
         """Whether the lock is still this holder's (one round trip on its connection).
@@ -66,14 +78,30 @@ class Leader:
         The lock ends only with its transaction, so the transaction still answering proves it
         held; a killed connection or an aborted transaction means another may lead by now.
         """
-        if self._lost:
-            return False
+        with self._turn:
+            return self._touch()
+
+    def _touch(self) -> bool:
+        if self._lost or self._stopped.is_set():
+            return not self._lost
         try:
             self._connection.execute(_ALIVE)
         except DBAPIError as exc:
             log.warning("leadership %#x lost: its connection failed (%s)", self.key, exc.__class__.__name__)
             self._lost = True
         return not self._lost
+
+    def _keep(self) -> None:
+        while not self._stopped.wait(self._beat):
+            with self._turn:
+                if not self._touch():
+                    return
+
+    def stop(self) -> None:
+        """End the heartbeat; the connection is the caller's again once this returns."""
+        with self._turn:
+            self._stopped.set()
+        self._heart.join()
 
 
 @contextmanager
@@ -82,8 +110,8 @@ def lead(engine: Engine, key: int, *, idle_timeout: float = IDLE_TIMEOUT) -> Ite
 
     Args:
         idle_timeout: seconds without a statement on the holder's connection after which the
-            server ends its session, and the lock with it (the block must call ``holds``
-            more often); also about how long a peer gone mid-statement keeps it.
+            server ends its session, and the lock with it (the leader's heartbeat touches it
+            three times as often); also about how long a peer gone mid-statement keeps it.
 
     Raises:
         StoreUnavailable: the database cannot be reached.
@@ -98,7 +126,11 @@ def lead(engine: Engine, key: int, *, idle_timeout: float = IDLE_TIMEOUT) -> Ite
             if not connection.execute(_TRY, {"key": key}).scalar_one():
                 yield None
                 return
-            yield Leader(connection, key)
+            leader = Leader(connection, key, beat=idle_timeout / 3)
+            try:
+                yield leader
+            finally:
+                leader.stop()
         finally:
             # Rolling back ends the transaction and with it the lock; a connection that died
             # has lost both already (the pool discards it).
