@@ -163,6 +163,13 @@ class Dispatcher:
 
     def _start_due(self) -> int:
         started, scanned, after = 0, 0, None
+        # A delivery sent in this pass that failed fast is due again at once (no backoff) and
+        # sorts after the cursor: one pass sends a delivery at most once.
+        sent: set[str] = set()
+
+        def pick(page: list[delivery_rows.DueRow]) -> list[str]:
+            return self._pick([row for row in page if row[0] not in sent])
+
         while self._free_slots() and scanned < SCAN_LIMIT:
             full_hosts, full_owners = self._full()
             page, claimed, token = delivery_rows.claim_due(
@@ -172,7 +179,7 @@ class Dispatcher:
                 full_owners=full_owners,
                 limit=PAGE_SIZE,
                 claim_seconds=self.claim_seconds,
-                pick=self._pick,
+                pick=pick,
             )
             if not page:
                 break
@@ -180,6 +187,7 @@ class Dispatcher:
             last_id, _, _, last_due = page[-1]
             after = (last_due, last_id)
             for index, (delivery_id, host, owner, _) in enumerate(claimed):
+                sent.add(delivery_id)
                 if not self._start(delivery_id, token, host, owner):
                     # Shut down: the rest are given back too, so that another dispatcher sends them now.
                     for rest, *_ in claimed[index + 1 :]:
