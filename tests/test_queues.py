@@ -112,6 +112,7 @@ def test_a_concurrency_limited_attempt_enqueued_by_many_hosts_at_once_is_queued_
         assert (limit.get_allowed_job_ids(), limit.get_rate_limited_job_ids()) == ([job.rq_job_id], [])
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_deferred_attempt_released_by_many_hosts_at_once_is_replaced_once(app, redis_url, redis_conn):
     # Given a job's attempt deferred in RQ behind a parent that has not run
     import threading

@@ -223,6 +223,11 @@ class QueueAdapter:
                     return True
                 except WatchError:
                     continue  # another host changed it meanwhile: look again
+                except InvalidJobOperation:
+                    # RQ read the status outside the MULTI and found the hash gone: another
+                    # host deleted it after our look. Look again (it finds nothing to discard).
+                    pipe.reset()
+                    continue
 
     def fetch_many(self, rq_ids: list[str]) -> dict[str, RQJob | None]:
         """The RQ jobs of ``rq_ids`` in one round trip; None where the hash is gone or unreadable."""
