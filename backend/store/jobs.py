@@ -112,6 +112,8 @@ class JobRows:
 
     def statuses(self, job_ids: list[str], *, owner: str | None) -> dict[str, str]:
         """The status of each of ``job_ids`` that exists (and is ``owner``'s), by id."""
+        # No job's id holds a NUL, and PostgreSQL refuses one in a comparison: such an id is unknown.
+        job_ids = [job_id for job_id in job_ids if "\x00" not in job_id]
         if not job_ids:
             return {}
         query = filter_jobs(select(Job.id, Job.status).where(Job.id.in_(job_ids)), owner=owner, status=None, task=None)
