@@ -22,11 +22,12 @@ import requests
 from sqlalchemy import text, update
 
 from backend.api.context import services
-from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
+from backend.dev.postgres_server import PostgresServer
 from backend.dev.redis_server import free_port
 from backend.store.errors import StoreUnavailable, is_unavailable
 from backend.store.models import ScheduledJob
 from tests.conftest import ROOT, TASK_MODULES, TOKEN
+from tests.postgres import postgres_server_fixture
 
 INTERNAL = {"X-Internal-Token": TOKEN}
 
@@ -35,14 +36,7 @@ INTERNAL = {"X-Internal-Token": TOKEN}
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL that these tests stop, block and start again (named like the chaos tests' own
     server, so that the PostgreSQL pass of the suite, which has this one anyway, skips them)."""
-    try:
-        server = PostgresServer.launch()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from postgres_server_fixture()
 
 
 @pytest.fixture

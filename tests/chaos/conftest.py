@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from backend.dev.postgres_server import PostgresServer, PostgresUnavailable
+from backend.dev.postgres_server import PostgresServer
 from tests.chaos.harness import Cluster
+from tests.postgres import postgres_server_fixture
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -54,11 +55,4 @@ def running(cluster) -> Cluster:
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the test's own, for a scenario that stops or restarts it (the
     session's server is shared by every other test); skips, saying why, when none can start."""
-    try:
-        server = PostgresServer.launch()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from postgres_server_fixture()
