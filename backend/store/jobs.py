@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Row, bindparam, false, func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.states import LIVE_VALUES, TERMINAL_VALUES, JobStatus
@@ -42,9 +42,7 @@ def filter_jobs(query, *, owner: str | None, status: JobStatus | None, task: str
     if status is not None:
         query = query.where(Job.status == status.value)
     if task is not None:
-        # No task's name holds a NUL, and PostgreSQL refuses one in a text comparison: such a
-        # filter matches nothing on either store, as any other unknown name does.
-        query = query.where(Job.task == task if "\x00" not in task else false())
+        query = query.where(Job.task == task)
     return query
 
 
@@ -112,8 +110,6 @@ class JobRows:
 
     def statuses(self, job_ids: list[str], *, owner: str | None) -> dict[str, str]:
         """The status of each of ``job_ids`` that exists (and is ``owner``'s), by id."""
-        # No job's id holds a NUL, and PostgreSQL refuses one in a comparison: such an id is unknown.
-        job_ids = [job_id for job_id in job_ids if "\x00" not in job_id]
         if not job_ids:
             return {}
         query = filter_jobs(select(Job.id, Job.status).where(Job.id.in_(job_ids)), owner=owner, status=None, task=None)

@@ -24,6 +24,29 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
+class Key(TypeDecorator):
+    """A name the service makes itself (an id, a task's name), never one holding a NUL.
+
+    PostgreSQL refuses a NUL (0x00) anywhere in a statement's text, comparisons included, where
+    SQLite compares it as any other character. So that a lookup by such a name answers as for any
+    other unknown name on both stores, PostgreSQL is sent an empty string instead, which no key
+    is: the lookup finds nothing. No key the service writes holds a NUL (ids are made here, task
+    names are the registered ones), so only lookups ever meet the substitution.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def bind_processor(self, dialect):
+        if dialect.name != "postgresql":
+            return None
+        return _nul_to_empty
+
+
+def _nul_to_empty(value: str | None) -> str | None:
+    return "" if value is not None and "\x00" in value else value
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -35,9 +58,9 @@ class Base(DeclarativeBase):
 class Job(Base):
     __tablename__ = "jobs"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[str] = mapped_column(Key(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
-    task: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(Key(200))
     status: Mapped[str] = mapped_column(String(16))
     priority: Mapped[str] = mapped_column(String(16))
     args: Mapped[list] = mapped_column(JSON)
@@ -65,8 +88,8 @@ class Job(Base):
     cancelled_by: Mapped[str | None] = mapped_column(String(100))
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Where the job came from, when not a plain submission.
-    schedule_id: Mapped[str | None] = mapped_column(String(40))
-    batch_id: Mapped[str | None] = mapped_column(String(40))
+    schedule_id: Mapped[str | None] = mapped_column(Key(40))
+    batch_id: Mapped[str | None] = mapped_column(Key(40))
     # Jobs that must complete first (see job_dependencies); the failure of one cancels this
     # job unless allow_failure.
     depends_on: Mapped[list | None] = mapped_column(JSON)
@@ -95,7 +118,7 @@ class Attempt(Base):
     __tablename__ = "attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -111,8 +134,8 @@ class JobDependency(Base):
 
     __tablename__ = "job_dependencies"
 
-    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    depends_on_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
 
     __table_args__ = (Index("ix_job_dependencies_parent", "depends_on_id"),)
 
@@ -120,9 +143,9 @@ class JobDependency(Base):
 class Batch(Base):
     __tablename__ = "batches"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[str] = mapped_column(Key(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
-    task: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(Key(200))
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -130,10 +153,10 @@ class Batch(Base):
 class ScheduledJob(Base):
     __tablename__ = "scheduled_jobs"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[str] = mapped_column(Key(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
-    task: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(Key(200))
     cron: Mapped[str] = mapped_column(String(100))
     timezone: Mapped[str] = mapped_column(String(64))
     args: Mapped[list] = mapped_column(JSON)
@@ -144,7 +167,7 @@ class ScheduledJob(Base):
     enabled: Mapped[bool] = mapped_column(Boolean)
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_job_id: Mapped[str | None] = mapped_column(String(40))
+    last_job_id: Mapped[str | None] = mapped_column(Key(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -160,9 +183,9 @@ class ScheduleFiring(Base):
     __tablename__ = "schedule_firings"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    schedule_id: Mapped[str] = mapped_column(String(40), ForeignKey("scheduled_jobs.id", ondelete="CASCADE"))
+    schedule_id: Mapped[str] = mapped_column(Key(40), ForeignKey("scheduled_jobs.id", ondelete="CASCADE"))
     fire_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    job_id: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str] = mapped_column(Key(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ux_schedule_firings_once", "schedule_id", "fire_at", unique=True),)
@@ -173,8 +196,8 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
+    id: Mapped[str] = mapped_column(Key(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(Text)
     #: The URL's host name, lowercased (backend.service.webhook_outbox.delivery_host): the dispatcher's
@@ -201,7 +224,7 @@ class WebhookAttempt(Base):
     __tablename__ = "webhook_attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[str] = mapped_column(String(40), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    delivery_id: Mapped[str] = mapped_column(Key(40), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
@@ -215,7 +238,7 @@ class JobCount(Base):
 
     __tablename__ = "job_counts"
 
-    task: Mapped[str] = mapped_column(String(200), primary_key=True)
+    task: Mapped[str] = mapped_column(Key(200), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     # BIGINT: a roll-up adds a chunk's sum at once, and a busy task's count never wraps.
     count: Mapped[int] = mapped_column(BigInteger)
@@ -229,7 +252,7 @@ class JobCountDelta(Base):
 
     # BIGINT: a busy store appends billions of these over its life (SQLite's rowid is 64-bit).
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    task: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(Key(200))
     old_status: Mapped[str | None] = mapped_column(String(16))
     new_status: Mapped[str | None] = mapped_column(String(16))
     jobs: Mapped[int] = mapped_column(Integer)

@@ -64,3 +64,48 @@ def test_a_bulk_cancel_naming_an_id_with_a_nul_answers_as_for_any_unknown_id_on_
     # Then it is answered as an unknown id is (schemathesis counts a 400 there as a rejected valid request)
     unknown = client.post("/jobs/cancel", json={"job_ids": ["job_nosuchjob"]})
     assert (response.status_code, response.get_json().keys()) == (unknown.status_code, unknown.get_json().keys())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/internal/reports", {"reports": [{"job_id": "job_\x00x", "attempt": 1, "event": "progress"}]}),
+        (
+            "POST",
+            "/internal/reports",
+            {"reports": [{"job_id": "\x00", "attempt": 9, "event": "progress"}, {"job_id": "I", "event": "completed"}]},
+        ),
+        ("POST", "/internal/jobs/job_%00x/progress", {"attempt": 1, "progress": 5}),
+        ("GET", "/jobs/job_%00x/attempts", None),
+        ("GET", "/jobs/job_%00x/webhooks", None),
+        ("POST", "/jobs/job_%00x/retry", None),
+        ("GET", "/batches/bat_%00x", None),
+        ("GET", "/scheduled-jobs/sch_%00x", None),
+        ("GET", "/jobs?schedule_id=sch_%00x", None),
+        ("POST", "/tasks/echo", {"args": [1], "depends_on": ["job_\x00x"]}),
+    ],
+)
+def test_an_id_holding_a_nul_is_answered_as_any_unknown_id_on_either_store(client, method, path, body):
+    # When a client or a worker names an id holding a NUL (no id the service makes can)
+    response = client.open(path, method=method, json=body, headers=INTERNAL)
+
+    # Then it is answered exactly as the same id without the NUL, which names no job either
+    # (schemathesis counts a 400 there as a rejected valid request)
+    unknown = client.open(path.replace("%00", ""), method=method, json=_without_nul(body), headers=INTERNAL)
+    assert response.status_code == unknown.status_code, response.get_data(as_text=True)
+    assert _shape(response.get_json()) == _shape(unknown.get_json())
+
+
+def _shape(body):
+    """The error's code, or the body's keys: the id itself appears in some messages."""
+    return body["error"]["code"] if "error" in body else sorted(body)
+
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    return value
