@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 
@@ -26,6 +27,16 @@ class Faults:
         assert self.redis is not None
         os.kill(self.redis.process.pid, signal.SIGKILL)
         self.redis.process.wait(timeout=10)
+
+    def replace_redis_with_empty(self) -> float:
+        """SIGKILL Redis, delete its data (the AOF too) and start an empty one on the same port:
+        a managed Redis that came back without its data. Returns the time of the kill."""
+        assert self.redis is not None
+        at = time.time()
+        self.kill_redis()
+        shutil.rmtree(self.redis.data_dir)
+        self.start_redis()
+        return at
 
     def kill_api(self) -> None:
         """SIGKILL the API process."""
