@@ -127,8 +127,8 @@ def test_compose_publishes_nginx_only_and_no_standalone_dashboard():
 def compose_config(tmp_path: Path, *files: str, env_extra: str = "") -> subprocess.CompletedProcess:
     """`docker-compose -f ... config` on a copy of the repository's files, with .env.example's
     Redis password replaced and ``env_extra`` appended to .env."""
-    for name in ("docker-compose.yml", "docker-compose.postgres.yml", "Dockerfile"):
-        shutil.copy(ROOT / name, tmp_path / name)
+    for path in [*ROOT.glob("docker-compose*.yml"), ROOT / "Dockerfile"]:
+        shutil.copy(path, tmp_path / path.name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     env = (ROOT / ".env.example").read_text().replace("CHANGE_ME_redis_password", SENTINEL)
     (tmp_path / ".env").write_text(env + env_extra)

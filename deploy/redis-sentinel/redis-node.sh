@@ -1,0 +1,52 @@
+#!/bin/sh
+# One Redis server of the Sentinel group (docker-compose.sentinel.yml): the master or a replica.
+#
+# Its role is asked of the Sentinels at every start, not written down once: after a failover
+# the old master, restarted, must come back as a replica of the new one (two masters would
+# split the queues). The first start, when no Sentinel answers yet, follows
+# REDIS_INITIAL_MASTER. The passwords come from the environment into a config file only Redis
+# reads (mode 0600): never into a process's arguments, where ps and /proc show them.
+#
+# Environment: REDISCLI_AUTH (the servers' password: requirepass and masterauth),
+# REDIS_SENTINEL_PASSWORD (the Sentinels' requirepass; may be empty), REDIS_ANNOUNCE_HOST (this
+# server's name on the network), REDIS_INITIAL_MASTER (host:port), REDIS_SENTINELS
+# (host:port,...), REDIS_MASTER_NAME, REDIS_MAXMEMORY. Outside the image (tests): REDIS_PORT,
+# REDIS_BIND, REDIS_DATA_DIR, REDIS_CONF, REDIS_SERVER and REDIS_CLI.
+set -eu
+umask 077
+
+port=${REDIS_PORT:-6379}
+me="${REDIS_ANNOUNCE_HOST:?}:$port"
+conf=${REDIS_CONF:-/tmp/redis.conf}
+cli=${REDIS_CLI:-redis-cli}
+
+# Where the Sentinels say the master is: the first one that answers with a host and a port.
+master=""
+for sentinel in $(printf '%s' "${REDIS_SENTINELS:?}" | tr ',' ' '); do
+    reply=$(REDISCLI_AUTH="${REDIS_SENTINEL_PASSWORD:-}" timeout 3 $cli --no-auth-warning \
+        -h "${sentinel%:*}" -p "${sentinel##*:}" sentinel get-master-addr-by-name "${REDIS_MASTER_NAME:?}" \
+        2>/dev/null) || continue
+    set -- $reply
+    if [ $# -eq 2 ] && [ -n "$2" ] && [ -z "$(printf '%s' "$2" | tr -d 0-9)" ]; then
+        master="$1:$2"
+        break
+    fi
+done
+[ -n "$master" ] || master=${REDIS_INITIAL_MASTER:?}
+
+quote() { printf '%s' "$1" | sed 's/[\\"]/\\&/g'; }
+pw=$(quote "${REDISCLI_AUTH:?}")
+{
+    printf 'port %s\n' "$port"
+    [ -z "${REDIS_BIND:-}" ] || printf 'bind %s\n' "$REDIS_BIND"
+    printf 'dir "%s"\n' "$(quote "${REDIS_DATA_DIR:-/data}")"
+    printf 'requirepass "%s"\nmasterauth "%s"\n' "$pw" "$pw"
+    # Replicas and Sentinels name this server by its network name, not its container address,
+    # which changes when the container is recreated.
+    printf 'replica-announce-ip "%s"\n' "$(quote "$REDIS_ANNOUNCE_HOST")"
+    printf 'appendonly yes\nappendfsync everysec\n'
+    printf 'maxmemory %s\nmaxmemory-policy noeviction\n' "${REDIS_MAXMEMORY:-0}"
+    [ "$master" = "$me" ] || printf 'replicaof %s %s\n' "${master%:*}" "${master##*:}"
+} > "$conf"
+chown redis:redis "$conf" 2>/dev/null || true
+exec ${REDIS_SERVER:-docker-entrypoint.sh redis-server} "$conf"
