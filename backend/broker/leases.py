@@ -21,6 +21,8 @@ from redis.lock import Lock
 log = logging.getLogger(__name__)
 
 LEASE_PREFIX = "jobservice:lease:"
+#: Seconds between a keeper's tries while Redis does not answer (at most a renewal interval).
+RETRY_SECONDS = 0.5
 
 
 def lease_key(worker_name: str) -> str:
@@ -133,11 +135,19 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         interval = self.ttl_ms / 1000 / 3
-        while not self._stopped.wait(interval):
+        wait, failing = interval, False
+        while not self._stopped.wait(wait):
             try:
+                # SET, not EXPIRE: it also puts back a lease that a failover or a restart lost.
                 self.connection.set(lease_key(self.worker_name), "1", px=self.ttl_ms)
+                wait, failing = interval, False
             except RedisError as exc:
-                log.warning("worker %s: lease not renewed: %s", self.worker_name, exc)
+                if not failing:
+                    log.warning("worker %s: lease not renewed: %s", self.worker_name, exc)
+                # Redis is down or failing over: try again soon, so that the lease is back within
+                # moments of Redis answering, well before the reconciler counts a lease missing
+                # for half its period as a dead worker (a whole interval could be too late).
+                wait, failing = min(interval, RETRY_SECONDS), True
 
     def stop(self) -> None:
         self._stopped.set()

@@ -110,8 +110,14 @@ class Reconciler:
 
     def run_once(self) -> ReconcileReport | None:
         """One pass over every live job; None when another reconciler leads."""
-        with self._leadership() as leader:
-            return self._pass(leader) if leader is not None else None
+        try:
+            with self._leadership() as leader:
+                return self._pass(leader) if leader is not None else None
+        except BrokerError:
+            # Redis did not answer (an outage, a failover): a lease missing before it does not
+            # count as missing through it, since its keeper could not put it back meanwhile.
+            self._missing_since.clear()
+            raise
 
     @contextlib.contextmanager
     def _leadership(self) -> Iterator[leases.HeldLock | leadership.Leader | None]:

@@ -26,8 +26,9 @@ from rq.serializers import JSONSerializer
 
 from backend.broker import registries
 from backend.broker.connection import connect
+from backend.broker.fences import StartCheck, start_check
 from backend.broker.leases import LeaseKeeper
-from backend.broker.queues import fence_key, last_error, register_queues
+from backend.broker.queues import last_error, register_queues
 from backend.core import logs, secrets_check
 from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
@@ -138,7 +139,12 @@ class ReportingMixin:
         ids = _store_ids(job)
         if ids is None:
             return
-        if self.connection.exists(fence_key(job.id)):
+        check = start_check(self.connection, job.id, job.created_at)
+        # ASK_STORE: Redis failed over or restarted since this job was created, and its fence may be
+        # one of the writes it lost. The store, the record, answers the start before the task runs.
+        if check is StartCheck.ASK_STORE and not self.reporter.start_allowed(*ids, self.name):
+            check = StartCheck.FENCED
+        if check is StartCheck.FENCED:
             # Cancelled while it waited, or a newer attempt replaced it: do not run it.
             self.reporter.refused.add(ids)
             raise AttemptRefused(f"attempt {ids[1]} of job {ids[0]} was cancelled or replaced")
