@@ -27,7 +27,8 @@ def _verdict(code: int) -> str:
 
 
 def main(args: list[str]) -> int:
-    command = [sys.executable, "-m", "pytest", *args]
+    # --durations: each pass lists its slowest tests, to see where the 15-minute budget goes.
+    command = [sys.executable, "-m", "pytest", "--durations=25", *args]
     reason = unavailable_reason()
     if reason:
         print(f"PostgreSQL pass skipped: {reason}", flush=True)
