@@ -25,6 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from backend.broker.connection import connect
 from backend.dev.redis_server import EmbeddedRedis, free_port
 from backend.recovery.reconciler import LOCK_KEY, LOCK_SECONDS
 from tests.chaos.checks import wait_until
@@ -53,6 +54,8 @@ class Cluster(Faults):
         #: The store's URL when not this directory's SQLite file (a PostgreSQL database).
         self.store_url: str | None = None
         self.redis: EmbeddedRedis | None = None
+        #: REDIS_URL of every process when not this cluster's own Redis (a redis+sentinel:// URL).
+        self.broker_url: str | None = None
         self.redis_port = free_port()
         self.api_port = free_port()
         self.api = Api(f"http://127.0.0.1:{self.api_port}")
@@ -71,7 +74,7 @@ class Cluster(Faults):
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.broker_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def database_url(self) -> str:
@@ -105,6 +108,9 @@ class Cluster(Faults):
 
     @property
     def rconn(self) -> Redis:
+        if self._redis_client is None and self.broker_url:
+            # The service's own way in, which follows a Sentinel URL's master through a failover.
+            self._redis_client = connect(self.broker_url, socket_timeout=5)
         if self._redis_client is None:
             self._redis_client = Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
         return self._redis_client
