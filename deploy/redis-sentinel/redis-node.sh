@@ -20,12 +20,21 @@ me="${REDIS_ANNOUNCE_HOST:?}:$port"
 conf=${REDIS_CONF:-/tmp/redis.conf}
 cli=${REDIS_CLI:-redis-cli}
 
+# Asks a Sentinel, with its password from the environment (never an argument); none when the
+# Sentinels require none (an empty REDISCLI_AUTH would still send AUTH, and fail).
+ask() {
+    if [ -n "${REDIS_SENTINEL_PASSWORD:-}" ]; then
+        REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" timeout 3 $cli --no-auth-warning -h "$1" -p "$2" \
+            sentinel get-master-addr-by-name "${REDIS_MASTER_NAME:?}"
+    else
+        (unset REDISCLI_AUTH; exec timeout 3 $cli -h "$1" -p "$2" sentinel get-master-addr-by-name "${REDIS_MASTER_NAME:?}")
+    fi
+}
+
 # Where the Sentinels say the master is: the first one that answers with a host and a port.
 master=""
 for sentinel in $(printf '%s' "${REDIS_SENTINELS:?}" | tr ',' ' '); do
-    reply=$(REDISCLI_AUTH="${REDIS_SENTINEL_PASSWORD:-}" timeout 3 $cli --no-auth-warning \
-        -h "${sentinel%:*}" -p "${sentinel##*:}" sentinel get-master-addr-by-name "${REDIS_MASTER_NAME:?}" \
-        2>/dev/null) || continue
+    reply=$(ask "${sentinel%:*}" "${sentinel##*:}" 2>/dev/null) || continue
     set -- $reply
     if [ $# -eq 2 ] && [ -n "$2" ] && [ -z "$(printf '%s' "$2" | tr -d 0-9)" ]; then
         master="$1:$2"
