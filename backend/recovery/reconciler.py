@@ -12,8 +12,9 @@ settles:
 - QUEUED rows that no queue or registry holds (a submission whose enqueue failed or whose API
   died before it, a worker popped the job with LPOP and died before registering it, an evicted
   or deleted hash, a Redis that restarted empty): a new attempt is enqueued.
-- PROCESSING rows whose worker's lease expired: retried at once if retries are left, else
-  FAILED "worker died". Rows whose RQ job already ended: RQ's outcome is copied.
+- PROCESSING rows whose worker's lease expired: an interruption, not a failure (queued again at
+  once, no retry spent; FAILED past ``max_interruptions``: ``backend.core.interruptions``).
+  Rows whose RQ job already ended: RQ's outcome is copied.
 
 Suspects (lost or dead) are looked at twice, ``confirm_delay`` apart, before anything is done,
 so that a job moving between a queue and a worker in that instant is not taken for lost. "Quiet
@@ -35,6 +36,7 @@ from backend.broker import leases
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, RQJob, last_error, outcome, rq_status
 from backend.core.errors import JobServiceError
+from backend.core.interruptions import is_interruption
 from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
@@ -286,7 +288,7 @@ class Reconciler:
             worker = (rq_job.worker_name if rq_job else None) or job.worker or "unknown"
             self._record_start(job, rq_job)
             error = f"WorkerDied: worker {worker} stopped while running the job"
-            after = manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=False)
+            after = manager.mark_interrupted(job.id, attempt=job.attempt, error=error)
             if rq_job is not None:
                 self.queues.abandon(rq_job, error)
             (report.failed if after.status == JobStatus.FAILED else report.retried).append(job.id)
@@ -314,8 +316,11 @@ class Reconciler:
             self.manager.mark_completed(job.id, attempt=job.attempt, result=result)
         else:
             error = problem or last_error(rq_job) or f"RQ job {status}"
-            # A worker that died is no fault of the job: its retry starts at once.
-            died = error.startswith("WorkerDied")
             error = self.caps.shorten_error(error)
-            self.manager.mark_failed(job.id, attempt=job.attempt, error=error, backoff=not died)
+            if is_interruption(error):
+                # A worker that died (marked so by its restarted namesake, or by RQ's cleanup) is
+                # no fault of the job: it runs again at once, no retry spent.
+                self.manager.mark_interrupted(job.id, attempt=job.attempt, error=error)
+            else:
+                self.manager.mark_failed(job.id, attempt=job.attempt, error=error)
         report.copied.append(job.id)

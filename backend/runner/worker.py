@@ -48,7 +48,11 @@ def _store_ids(job: RQJob) -> tuple[str, int] | None:
 
 
 def _lost_redis(exc: Exception) -> str:
-    """The error of a run whose outcome Redis lost (RQ's bookkeeping failed mid-job)."""
+    """The error of a run whose outcome Redis lost (RQ's bookkeeping failed mid-job).
+
+    An interruption, not the task's failure (``backend.core.interruptions``): the API queues
+    the job again at once, without spending a retry.
+    """
     return f"WorkerLostRedis: {type(exc).__name__}: {exc}"
 
 
@@ -173,7 +177,9 @@ class JobServiceWorker(ReportingMixin, Worker):
             super().execute_job(job, queue)
         except Exception as exc:
             # Redis went away while the work-horse ran: the store heard of the start, and no
-            # one else would report an end. Retried if it may be.
+            # one else would report an end. The API queues the job again at once, so the run
+            # is cut here: its outcome could reach no one, and it must not run beside the next.
+            self._end_horse()
             self.reporter.failed(*ids, _lost_redis(exc))
             raise
         try:
@@ -185,6 +191,16 @@ class JobServiceWorker(ReportingMixin, Worker):
         except RedisError as exc:
             # The reconciler copies the outcome from RQ once Redis answers again.
             log.warning("job %s: could not read its outcome from RQ: %s", ids[0], exc)
+
+    def _end_horse(self) -> None:
+        """Kill the work-horse if one still runs (no horse: pid 0, never our own group)."""
+        if self._horse_pid:
+            try:
+                self.kill_horse()
+                self.wait_for_horse()
+            except OSError as exc:
+                log.warning("worker %s: could not end the work-horse %s: %s", self.name, self._horse_pid, exc)
+            self._horse_pid = 0
 
     def _report_end(self, job: RQJob, job_id: str, attempt: int) -> None:
         status = job.get_status(refresh=True)

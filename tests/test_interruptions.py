@@ -1,0 +1,214 @@
+"""A run cut by the infrastructure is an interruption, not a failure (issue 13 item 4).
+
+It runs again at once, without backoff and without spending ``max_retries``; it is counted in
+``interruptions``; a job interrupted more than ``max_interruptions`` times (a poison pill)
+ends FAILED saying so. A task's own failure keeps its retries and backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import datetime
+
+import pytest
+from rq import Queue
+
+from backend.api.context import services
+from backend.broker.errors import BrokerError
+from backend.dev.redis_server import EmbeddedRedis
+from tests.helpers import AUTH, attempts, get_job, submit, submit_add, wait_for_status, wait_until
+from tests.test_reconciler import age, reconcile_until
+
+
+@pytest.fixture
+def long_backoff(settings):
+    """A task failure's first retry waits 120 s (the default), so 'at once' cannot be it."""
+    settings["RETRY_BACKOFF_BASE"] = 120.0
+    return settings
+
+
+def _report(client, job: dict, *events: dict) -> list[int]:
+    """Send a worker's reports for attempt 1 of ``job``; the status of each answer."""
+    reports = [{"job_id": job["job_id"], "attempt": 1, **event} for event in events]
+    response = client.post("/internal/reports", json={"reports": reports}, headers=AUTH)
+    assert response.status_code == 200, response.get_json()
+    return [answer["status"] for answer in response.get_json()["results"]]
+
+
+STARTED = {"event": "started", "worker": "w1"}
+LOST_REDIS = {"event": "failed", "error": "WorkerLostRedis: ConnectionError: Connection refused"}
+
+
+def test_a_killed_workers_job_without_retries_runs_again_at_once_and_completes(app, client, start_worker):
+    # Given a job that may not be retried, running on a worker with a 1 s lease
+    job = submit(client, "crawl", kwargs={"steps": 6, "delay": 0.5}, max_retries=0)
+    worker = start_worker("--name", "doomed", "--simple")
+    wait_for_status(client, job["job_id"], {"PROCESSING"})
+
+    # When the worker is SIGKILLed mid-run
+    os.kill(worker.process.pid, signal.SIGKILL)
+    age(app, job["job_id"])
+
+    # Then the job is queued again at once, its retries untouched (it used to end FAILED "WorkerDied")
+    reconcile_until(app, lambda: get_job(client, job["job_id"])["attempt"] == 2)
+    back = get_job(client, job["job_id"])
+    assert back["status"] == "QUEUED" and back["next_retry_at"] is None
+    assert (back["retry_count"], back["interruptions"]) == (0, 1)
+    assert back["error"].startswith("WorkerDied:")
+    # and another worker completes it
+    start_worker("--name", "rescuer", "--simple")
+    done = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED"})
+    assert (done["status"], done["result"], done["error"]) == ("COMPLETED", {"steps": 6}, None)
+    assert (done["retry_count"], done["interruptions"], done["max_interruptions"]) == (0, 1, 3)
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["INTERRUPTED", "COMPLETED"]
+
+
+def test_a_job_that_kills_its_workers_ends_failed_past_max_interruptions(app, client, start_worker):
+    # Given a poison pill: a task that SIGKILLs the worker running it, allowed one interruption
+    job = submit(client, "kill_own_worker", max_retries=3, max_interruptions=1)
+
+    # When two workers in turn pick it up and die
+    for name in ("first", "second"):
+        worker = start_worker("--name", name, "--simple")
+        assert worker.wait(timeout=30) == -signal.SIGKILL, worker.output()
+        age(app, job["job_id"])
+        seen = get_job(client, job["job_id"])["interruptions"]
+        reconcile_until(app, lambda seen=seen: get_job(client, job["job_id"])["interruptions"] > seen)
+
+    # Then it ends FAILED, saying why, with none of its retries spent
+    failed = get_job(client, job["job_id"])
+    assert failed["status"] == "FAILED"
+    assert (failed["interruptions"], failed["retry_count"], failed["attempt"]) == (2, 0, 2)
+    assert failed["error"] == (
+        "Interrupted: the job's run was interrupted 2 times (max_interruptions 1); "
+        "last: WorkerDied: worker second stopped while running the job"
+    )
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["INTERRUPTED", "INTERRUPTED"]
+
+
+def test_a_worker_that_lost_redis_mid_run_gets_its_job_queued_at_once(
+    long_backoff, client, redis_conn, run_burst_worker
+):
+    # Given a running job whose task failures would wait 120 s before a retry
+    job = submit_add(client, max_retries=1)
+    Queue("default", connection=redis_conn).remove(job["rq_job_id"])  # popped by the worker
+
+    # When its worker reports that it lost Redis mid-run
+    assert _report(client, job, STARTED, LOST_REDIS) == [200, 200]
+
+    # Then the next attempt is on its queue now, with no backoff and no retry spent
+    back = get_job(client, job["job_id"])
+    assert (back["status"], back["attempt"], back["next_retry_at"]) == ("QUEUED", 2, None)
+    assert (back["retry_count"], back["interruptions"]) == (0, 1)
+    assert Queue("default", connection=redis_conn).job_ids == [back["rq_job_id"]]
+    run_burst_worker()
+    assert get_job(client, job["job_id"])["result"] == 3
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["INTERRUPTED", "COMPLETED"]
+
+
+def _reconciled(app) -> bool:
+    """One reconciler pass; False while the API still takes Redis for down (it was, moments ago)."""
+    try:
+        services(app).reconciler.run_once()
+    except BrokerError:
+        return False
+    return True
+
+
+@pytest.fixture
+def own_redis(settings, tmp_path):
+    """A Redis of this test's own (it is stopped and started again), for the app and the workers."""
+    server = EmbeddedRedis.start(data_dir=tmp_path / "redis", appendonly=False)
+    settings["REDIS_URL"] = server.url
+    yield server
+    server.stop()
+
+
+def test_a_worker_that_loses_redis_mid_run_runs_the_job_again_without_backoff(
+    own_redis, long_backoff, app, client, start_worker
+):
+    # Given a job running on a real worker, whose task failures would wait 120 s for a retry
+    job = submit(client, "crawl", kwargs={"steps": 4, "delay": 0.5}, max_retries=1)
+    start_worker("--name", "cut-off", "--simple")
+    wait_for_status(client, job["job_id"], {"PROCESSING"})
+
+    # When Redis goes away under the run (RQ cannot record its end: WorkerLostRedis)
+    own_redis.stop()
+    wait_until(lambda: get_job(client, job["job_id"])["attempt"] == 2, timeout=30, what="the worker's report")
+
+    # Then the next attempt is due now (PENDING until Redis is back), no retry spent
+    back = get_job(client, job["job_id"])
+    assert (back["status"], back["next_retry_at"], back["retry_count"], back["interruptions"]) == (
+        "PENDING",
+        None,
+        0,
+        1,
+    )
+    assert back["error"].startswith("WorkerLostRedis:")
+    # and once Redis is back, the reconciler queues it and the same worker completes it
+    restarted = EmbeddedRedis.start(data_dir=own_redis.data_dir, port=own_redis.port, appendonly=False)
+    try:
+        age(app, job["job_id"])
+        wait_until(lambda: _reconciled(app) and get_job(client, job["job_id"])["status"] != "PENDING", timeout=20)
+        done = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED"})
+    finally:
+        restarted.stop()
+    assert (done["status"], done["retry_count"], done["interruptions"]) == ("COMPLETED", 0, 1)
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["INTERRUPTED", "COMPLETED"]
+
+
+def test_a_job_allowed_no_interruption_fails_at_its_first(client):
+    job = submit_add(client, max_interruptions=0)
+
+    assert _report(client, job, STARTED, LOST_REDIS) == [200, 200]
+
+    failed = get_job(client, job["job_id"])
+    assert (failed["status"], failed["interruptions"], failed["retry_count"]) == ("FAILED", 1, 0)
+    assert failed["error"] == (
+        "Interrupted: the job's run was interrupted 1 time (max_interruptions 0); last: " + LOST_REDIS["error"]
+    )
+
+
+def test_a_task_failure_still_spends_a_retry_and_waits_its_backoff(long_backoff, client):
+    job = submit_add(client, max_retries=1)
+
+    assert _report(client, job, STARTED, {"event": "failed", "error": "ValueError: no"}) == [200, 200]
+
+    retried = get_job(client, job["job_id"])
+    assert (retried["attempt"], retried["retry_count"], retried["interruptions"]) == (2, 1, 0)
+    wait = datetime.fromisoformat(retried["next_retry_at"]) - datetime.fromisoformat(retried["updated_at"])
+    assert wait.total_seconds() > 100  # the 120 s backoff, less its jitter
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["FAILED"]
+
+
+@pytest.mark.parametrize("value", [-1, 101, "3", 1.5, True])
+def test_max_interruptions_out_of_range_or_not_an_integer_is_refused(client, value):
+    answer = client.post("/tasks/add", json={"args": [1, 2], "max_interruptions": value})
+
+    assert answer.status_code == 422, answer.get_json()
+    assert "max_interruptions must be an integer from 0 to 100" in answer.get_json()["error"]["message"]
+
+
+def test_a_job_shows_its_interruptions_and_their_limit(client):
+    default = submit_add(client)
+    chosen = submit_add(client, max_interruptions=7)
+    batch = client.post("/tasks/add/batch", json={"jobs": [{"args": [1, 1], "max_interruptions": 0}]})
+    assert batch.status_code == 202, batch.get_json()
+    [item_id] = batch.get_json()["job_ids"]
+
+    shown = [get_job(client, job_id) for job_id in (default["job_id"], chosen["job_id"], item_id)]
+    assert [(job["interruptions"], job["max_interruptions"]) for job in shown] == [(0, 3), (0, 7), (0, 0)]
+    assert client.get("/jobs").get_json()["jobs"][0]["max_interruptions"] in (3, 7, 0)
+    # and a bad batch item is refused like a bad submission
+    bad = client.post("/tasks/add/batch", json={"jobs": [{"args": [1, 1], "max_interruptions": -1}]})
+    assert bad.status_code == 422, bad.get_json()
+
+
+def test_an_idempotency_key_reused_with_another_max_interruptions_is_refused(client):
+    submit_add(client, idempotency_key="k", max_interruptions=2)
+
+    again = client.post("/tasks/add", json={"args": [1, 2], "idempotency_key": "k", "max_interruptions": 5})
+
+    assert again.status_code == 422
+    assert again.get_json()["error"]["details"]["differs_in"] == ["max_interruptions"]
