@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from backend.tasks import current_job, task
@@ -64,3 +65,9 @@ def one_at_a_time(seconds: float = 0.3) -> dict:
     started = time.time()
     time.sleep(seconds)
     return {"started": started, "ended": time.time()}
+
+
+@task("kill_own_worker")
+def kill_own_worker() -> None:
+    """SIGKILL the process that runs it (under a SimpleWorker, the worker): a poison pill."""
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -121,40 +121,18 @@ def test_a_healthy_queued_job_is_left_alone(app, client):
     assert client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 1
 
 
-def test_a_killed_workers_job_is_retried_then_completes(app, client, start_worker):
-    # Given a job running on a worker with a 1 s lease
-    job = client.post("/tasks/crawl", json={"kwargs": {"steps": 6, "delay": 0.5}, "max_retries": 1}).get_json()
-    worker = start_worker("--name", "doomed", "--simple")
-    wait_for_status(client, job["job_id"], {"PROCESSING"})
-
-    # When the worker is SIGKILLed
-    os.kill(worker.process.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    age(app, job["job_id"])
-
-    # Then the reconciler puts the job back on a queue as a new attempt within seconds
-    reconcile_until(app, lambda: client.get(f"/jobs/{job['job_id']}").get_json()["attempt"] == 2)
-    assert time.monotonic() - killed_at < 10
-    retried = client.get(f"/jobs/{job['job_id']}").get_json()
-    assert retried["status"] == "QUEUED" and retried["retry_count"] == 1
-    assert "WorkerDied" in retried["error"]
-    # and a new worker finishes it
-    start_worker("--name", "rescuer", "--simple")
-    assert wait_for_status(client, job["job_id"], {"COMPLETED"})["result"] == {"steps": 6}
-    outcomes = [a["outcome"] for a in client.get(f"/jobs/{job['job_id']}/attempts").get_json()["attempts"]]
-    assert outcomes == ["FAILED", "COMPLETED"]
+# A killed worker's job running again at once (an interruption, no retry spent): tests/test_interruptions.py
 
 
-def test_a_killed_workers_job_without_retries_fails_and_frees_its_key(app, client, start_worker, redis_conn):
-    job = client.post(
-        "/tasks/crawl", json={"kwargs": {"steps": 20, "delay": 0.5}, "max_retries": 0, "idempotency_key": "k"}
-    ).get_json()
+def test_a_killed_workers_job_allowed_no_interruption_fails_and_frees_its_key(app, client, start_worker, redis_conn):
+    body = {"kwargs": {"steps": 20, "delay": 0.5}, "max_interruptions": 0, "idempotency_key": "k"}
+    job = client.post("/tasks/crawl", json=body).get_json()
     worker = start_worker("--name", "doomed", "--simple")
     wait_for_status(client, job["job_id"], {"PROCESSING"})
     os.kill(worker.process.pid, signal.SIGKILL)
     age(app, job["job_id"])
 
-    # When the reconciler finds its worker dead, the job fails (no retries left)
+    # When the reconciler finds its worker dead, the job fails (no interruption allowed)
     reconcile_until(app, lambda: client.get(f"/jobs/{job['job_id']}").get_json()["status"] == "FAILED")
     dead = client.get(f"/jobs/{job['job_id']}").get_json()
     assert "WorkerDied" in dead["error"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from backend.api.payloads import MAX_DEPENDENCIES, MAX_IDEMPOTENCY_KEY, MAX_RETRIES, MAX_TIMEOUT
 from backend.api.schedules import MAX_NAME_LENGTH
+from backend.core.interruptions import MAX_INTERRUPTIONS
 from backend.core.protocol import EVENTS, MAX_BATCH
 from backend.core.settings import QUEUE_NAMES
 from backend.core.states import LIVE, JobStatus
@@ -75,6 +76,7 @@ def _call_options() -> dict:
 def submission(*, with_key: bool) -> dict:
     properties = {
         **_call_options(),
+        "max_interruptions": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_INTERRUPTIONS}),
         "webhook_url": NULLABLE_STRING,
         "depends_on": _nullable(
             {"type": "array", "maxItems": MAX_DEPENDENCIES, "items": {"type": "string", "minLength": 1}}
@@ -182,6 +184,8 @@ def component_schemas(caps: dict) -> dict:
                 "attempt": {"type": "integer", "minimum": 1},
                 "retry_count": {"type": "integer", "minimum": 0},
                 "max_retries": {"type": "integer", "minimum": 0},
+                "interruptions": {"type": "integer", "minimum": 0},
+                "max_interruptions": {"type": "integer", "minimum": 0},
                 "timeout": INTEGER,
                 "webhook_delivered": {"type": "boolean", "nullable": True},
                 "depends_on": {"type": "array", "items": STRING},

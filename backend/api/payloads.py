@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from backend.api.context import settings
 from backend.core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from backend.core.interruptions import DEFAULT_MAX_INTERRUPTIONS, MAX_INTERRUPTIONS
 from backend.core.settings import QUEUE_NAMES
 from backend.core.size_caps import SizeCaps, TooLarge
 from backend.service.job_manager import JobRequest
@@ -24,6 +25,7 @@ SUBMIT_FIELDS = {
     "priority",
     "timeout",
     "max_retries",
+    "max_interruptions",
     "webhook_url",
     "idempotency_key",
     "depends_on",
@@ -151,6 +153,10 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     priority = call_option("priority", body.get("priority"))
     timeout = call_option("timeout", body.get("timeout"))
     max_retries = call_option("max_retries", body.get("max_retries"))
+    # A job's own, not a schedule's: how many runs cut by the infrastructure it may survive.
+    max_interruptions = _int_option(
+        "max_interruptions", body.get("max_interruptions"), DEFAULT_MAX_INTERRUPTIONS, 0, MAX_INTERRUPTIONS
+    )
     key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
@@ -178,6 +184,7 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
         priority=priority,
         timeout=timeout,
         max_retries=max_retries,
+        max_interruptions=max_interruptions,
         webhook_url=webhook_url,
         idempotency_key=key,
         depends_on=tuple(dict.fromkeys(depends_on)),

@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 
 from backend.broker.queues import QueueAdapter, rq_job_id
+from backend.core import interruptions
 from backend.core.errors import Conflict, InvalidTransition
 from backend.core.logs import job_fields
 from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL_VALUES, JobStatus, decide
@@ -76,8 +77,9 @@ class Attempts:
         """Record a failed attempt: a new attempt when retries are left, else FAILED.
 
         Args:
-            backoff: wait the policy's delay before the retry (False: retry at once, as for a
-                job whose worker died under it).
+            backoff: wait the policy's delay before the retry (False: retry at once).
+
+        A run cut by the infrastructure is no failure: see ``mark_interrupted``.
         """
         for run in conflicts.attempts():
             with run, JobRows.transaction(self.sessions) as rows:
@@ -106,6 +108,40 @@ class Attempts:
         if retried:
             return self.enqueue_job(job_id)
         return self._finish(job_id, attempt, JobStatus.FAILED, at=at, error=error)
+
+    def mark_interrupted(self, job_id: str, *, attempt: int, error: str, at: datetime | None = None) -> Job:
+        """Record an attempt whose run the infrastructure cut: a new attempt at once, no retry spent.
+
+        Such a run is no fault of its task (``backend.core.interruptions``): it is queued again
+        without backoff, and ``retry_count`` stays. It counts in ``interruptions``; the one past
+        ``max_interruptions`` ends the job FAILED instead (a job that keeps killing its workers).
+        The attempt's outcome is ``INTERRUPTED`` either way.
+        """
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                check_attempt(job, attempt)
+                count = job.interruptions + 1
+                limit = job.max_interruptions
+                requeued = False
+                if job.status not in TERMINAL_VALUES and count <= limit:
+                    requeued = new_attempt(
+                        rows, job, attempt, AUTO_RETRY_FROM, interruptions=count, next_retry_at=None, error=error
+                    )
+                    if requeued:
+                        rows.end_attempt(job_id, attempt, interruptions.OUTCOME, error, at or utcnow())
+                        log.warning(
+                            "job %s attempt %s interrupted (%s of %s); attempt %s queued at once: %s",
+                            job_id, attempt, count, limit, job.attempt, error,
+                        )  # fmt: skip
+        if requeued:
+            return self.enqueue_job(job_id)
+        if job.status in TERMINAL_VALUES:
+            return self._finish(job_id, attempt, JobStatus.FAILED, at=at, error=error)  # refused or a repeat
+        return self._finish(
+            job_id, attempt, JobStatus.FAILED, at=at, outcome=interruptions.OUTCOME,
+            error=interruptions.too_many(count, limit, error), interruptions=count,
+        )  # fmt: skip
 
     def end_job(self, job_id: str, *, error: str) -> Job:
         """End a live job as FAILED now, retries or not (maintenance)."""
@@ -161,8 +197,20 @@ class Attempts:
                 log.warning("job %s attempt %s lost (%s); attempt %s queued", job_id, attempt, reason, job.attempt)
         return self.enqueue_job(job_id)
 
-    def _finish(self, job_id: str, attempt: int, target: JobStatus, *, at: datetime | None = None, **fields) -> Job:
-        """End attempt ``attempt`` as ``target`` (an end status), then release the job's dependants."""
+    def _finish(
+        self,
+        job_id: str,
+        attempt: int,
+        target: JobStatus,
+        *,
+        at: datetime | None = None,
+        outcome: str | None = None,
+        **fields,
+    ) -> Job:
+        """End attempt ``attempt`` as ``target`` (an end status), then release the job's dependants.
+
+        ``outcome``: the attempt's recorded outcome, when not ``target`` (an interrupted run).
+        """
         for run in conflicts.attempts():
             with run, JobRows.transaction(self.sessions) as rows:
                 job = load_job(rows, job_id)
@@ -171,7 +219,7 @@ class Attempts:
                     now = max(now, job.started_at)
                 changed = transition(rows, job, target, attempt=attempt, completed_at=now, **fields)
                 if changed:
-                    rows.end_attempt(job_id, attempt, target, fields.get("error"), now)
+                    rows.end_attempt(job_id, attempt, outcome or target, fields.get("error"), now)
                     log.info("job %s attempt %s %s", job_id, attempt, target.value, extra=job_fields(job))
         if changed and job.has_dependants:
             self._release_dependants(job_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from backend.core.interruptions import DEFAULT_MAX_INTERRUPTIONS
 from backend.tasks import TaskSpec
 
 
@@ -22,6 +23,7 @@ class JobRequest:
     priority: str
     timeout: int
     max_retries: int
+    max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
     webhook_url: str | None = None
     idempotency_key: str | None = None
     depends_on: tuple[str, ...] = ()

@@ -50,6 +50,8 @@ def _job_fields(job: Job, waiting_for: list[str] | None) -> dict:
         "attempt": job.attempt,
         "retry_count": job.retry_count,
         "max_retries": job.max_retries,
+        "interruptions": job.interruptions,
+        "max_interruptions": job.max_interruptions,
         "next_retry_at": iso(job.next_retry_at),
         "timeout": job.timeout,
         "webhook_url": job.webhook_url,

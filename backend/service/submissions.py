@@ -86,6 +86,7 @@ class Submissions:
             attempt=1,
             retry_count=0,
             max_retries=request.max_retries,
+            max_interruptions=request.max_interruptions,
             timeout=request.timeout,
             webhook_url=request.webhook_url,
             rq_job_id=rq_job_id(job_id, 1),

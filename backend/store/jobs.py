@@ -244,7 +244,7 @@ class JobRows:
         self,
         job_id: str,
         attempt: int,
-        outcome: JobStatus,
+        outcome: JobStatus | str,
         error: str | None,
         now: datetime,
         *,
@@ -259,7 +259,7 @@ class JobRows:
             self.session.add(row)
         # Event times come from workers' clocks: an attempt never ends before it started.
         row.ended_at = max(now, row.started_at) if row.started_at is not None else now
-        row.outcome = outcome.value
+        row.outcome = outcome.value if isinstance(outcome, JobStatus) else outcome  # or INTERRUPTED
         row.error = error
 
     # -- batches --------------------------------------------------------------------

@@ -76,6 +76,10 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     max_retries: Mapped[int] = mapped_column(Integer)
+    # Runs cut by the infrastructure (a worker killed, Redis lost mid-run), counted apart from
+    # retry_count: they spend no retry, and more than max_interruptions end the job FAILED.
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_interruptions: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     timeout: Mapped[int] = mapped_column(Integer)
     webhook_url: Mapped[str | None] = mapped_column(Text)
