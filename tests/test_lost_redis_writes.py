@@ -141,9 +141,9 @@ def _processing_job(app, client, worker: str) -> dict:
 
 def test_a_lease_missing_before_a_redis_outage_is_given_its_time_again_after_it(own_redis, request):
     app, client = request.getfixturevalue("app"), request.getfixturevalue("client")
-    # Given a reconciler with 2 s leases (a worker counts as dead once its lease was missing 1 s)
+    # Given a reconciler with 4 s leases (a worker counts as dead once its lease was missing 2 s)
     base = services(app).reconciler
-    reconciler = Reconciler(base.manager, base.sessions, base.queues, lease_seconds=2.0, confirm_delay=0.2)
+    reconciler = Reconciler(base.manager, base.sessions, base.queues, lease_seconds=4.0, confirm_delay=0.2)
     # and a job whose worker's lease a failover has just lost
     job = _processing_job(app, client, "live-worker")
     own_redis.connection.delete(*own_redis.connection.keys("rq:job:*"))
@@ -153,16 +153,16 @@ def test_a_lease_missing_before_a_redis_outage_is_given_its_time_again_after_it(
     own_redis.kill()
     with pytest.raises(BrokerError):
         reconciler.run_once()
-    time.sleep(QueueAdapter.DOWN_BACKOFF_SECONDS + 0.2)  # past the adapter's fail-fast spell too
+    # longer than 2 s, and past the adapter's fail-fast spell after a failure
+    time.sleep(max(reconciler.dead_after, QueueAdapter.DOWN_BACKOFF_SECONDS) + 0.3)
     own_redis.start()
 
     # Then the first pass after the outage does not take the worker for dead
     report = reconciler.run_once()
     assert not report, report.as_dict()
     # and once its keeper has put the lease back, the job is left to its worker for good
-    keeper = leases.LeaseKeeper(Redis.from_url(own_redis.url), "live-worker", ttl=2.0)
+    keeper = leases.LeaseKeeper(Redis.from_url(own_redis.url), "live-worker", ttl=4.0)
     assert keeper.claim()
-    time.sleep(1.2)
     assert not reconciler.run_once()
     after = get_job(client, job["job_id"])
     assert (after["status"], after["attempt"]) == ("PROCESSING", 1)
