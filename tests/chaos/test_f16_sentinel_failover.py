@@ -36,6 +36,11 @@ from tests.sentinels import SentinelGroup
 
 JOBS = scaled(60, 300)
 RATE = scaled(20, 20)
+#: The kill comes once this many jobs are acknowledged (and both workers run one): the rest of
+#: the load meets the failover.
+KILL_AFTER = scaled(10, 100)
+#: How long each job sleeps: short enough that 300 run on two workers within the bound.
+LOW, HIGH = 0.05, 0.25
 #: The promise: every acknowledged job done within this many seconds of the promotion.
 AFTER_PROMOTION = 60.0
 SEED = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
@@ -50,16 +55,16 @@ def test_f16_master_killed_under_load_and_sentinel_promotes_the_replica(cluster,
     workers = [cluster.start_worker(f"f16-w{i}", wait=False) for i in range(2)]
     for worker in workers:
         cluster.wait_worker_ready(worker)
-    load = Load(cluster.api, total=JOBS, rate=RATE, seed=SEED, low=0.1, high=0.4)
+    load = Load(cluster.api, total=JOBS, rate=RATE, seed=SEED, low=LOW, high=HIGH)
     started = time.monotonic()
 
     with Recorder(cluster.api, interval=0.3) as recorder:
         # Given jobs being submitted and running on both workers
         load.start()
         wait_until(
-            lambda: all(cluster.inflight_on(worker) for worker in workers),
-            timeout=20,
-            message="not both workers got a job in flight",
+            lambda: len(load.acked) >= KILL_AFTER and all(cluster.inflight_on(worker) for worker in workers),
+            timeout=20 + KILL_AFTER / RATE,
+            message=f"not {KILL_AFTER} jobs acknowledged with both workers running one",
         )
 
         # When the master is SIGKILLed and the Sentinels promote the replica
@@ -79,7 +84,7 @@ def test_f16_master_killed_under_load_and_sentinel_promotes_the_replica(cluster,
                 load.acked,
                 timeout=AFTER_PROMOTION + promoted_at - time.time(),
                 recorder=recorder,
-                max_run=0.4,
+                max_run=HIGH,
             )
         except AssertionError as exc:  # report the figures first, then fail
             stuck = str(exc)

@@ -32,6 +32,10 @@ JOBS = scaled(40, 600)
 #: Submissions a second: the load outlasts the moment both workers are busy, so some
 #: submissions meet the replacement.
 RATE = scaled(20, 20)
+#: The replacement comes once this many jobs are acknowledged (and both workers run one).
+REPLACE_AFTER = scaled(10, 200)
+#: How long each job sleeps.
+LOW, HIGH = 0.05, 0.25
 SEED = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
 
 
@@ -41,16 +45,16 @@ def test_f17_redis_replaced_by_an_empty_one_under_load(running):
     workers = [cluster.start_worker(f"f17-w{i}", wait=False) for i in range(2)]
     for worker in workers:
         cluster.wait_worker_ready(worker)
-    load = Load(cluster.api, total=JOBS, rate=RATE, seed=SEED, low=0.1, high=0.4)
+    load = Load(cluster.api, total=JOBS, rate=RATE, seed=SEED, low=LOW, high=HIGH)
     started = time.monotonic()
 
     with Recorder(cluster.api, interval=0.3) as recorder:
         # Given jobs being submitted and running on both workers
         load.start()
         wait_until(
-            lambda: all(cluster.inflight_on(worker) for worker in workers),
-            timeout=20,
-            message="not both workers got a job in flight",
+            lambda: len(load.acked) >= REPLACE_AFTER and all(cluster.inflight_on(worker) for worker in workers),
+            timeout=20 + REPLACE_AFTER / RATE,
+            message=f"not {REPLACE_AFTER} jobs acknowledged with both workers running one",
         )
 
         # When Redis is SIGKILLed and an empty one takes its place
@@ -63,8 +67,8 @@ def test_f17_redis_replaced_by_an_empty_one_under_load(running):
         stuck = None
         try:
             # The bound follows the work: the recovery bound, then the backlog on two workers.
-            timeout = RECOVERY_BOUND + 60 + len(load.acked) * (0.4 + 0.2) / 2
-            jobs = wait_all_terminal(cluster, load.acked, timeout=timeout, recorder=recorder, max_run=0.4)
+            timeout = RECOVERY_BOUND + 60 + len(load.acked) * (HIGH + 0.2) / 2
+            jobs = wait_all_terminal(cluster, load.acked, timeout=timeout, recorder=recorder, max_run=HIGH)
         except AssertionError as exc:  # report the figures first, then fail
             stuck = str(exc)
             jobs = {job["job_id"]: job for job in cluster.api.all_jobs() if job["job_id"] in set(load.acked)}
