@@ -218,3 +218,33 @@ def test_a_superseded_attempts_result_does_not_land_over_the_new_attempt(app, cl
     run_burst_worker()
     done = wait_for_status(client, job["job_id"], {JobStatus.COMPLETED.value})
     assert (done["attempt"], done["result"]) == (2, 3)
+
+
+def test_a_redis_that_refuses_info_in_scripts_still_has_its_fences_obeyed(tmp_path):
+    import subprocess
+
+    from backend.dev import processes
+    from backend.dev.redis_server import free_port, redis_server_binary
+
+    # Given a Redis that renamed INFO away, as some managed services restrict commands
+    port = free_port()
+    (tmp_path / "redis.conf").write_text('rename-command INFO ""\n')
+    command = [redis_server_binary(), str(tmp_path / "redis.conf"), "--port", str(port), "--save", ""]
+    server = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        connection = Redis(port=port)
+        wait_until(lambda: _answers(connection), what="redis-server answering")
+        # Then a worker's start check falls back to the fence alone: absent, the job runs
+        assert fences.start_check(connection, "job-1", None) is fences.StartCheck.CLEAR
+        # present, it does not
+        connection.set(fence_key("job-1"), 1)
+        assert fences.start_check(connection, "job-1", None) is fences.StartCheck.FENCED
+    finally:
+        processes.stop(server)
+
+
+def _answers(connection: Redis) -> bool:
+    try:
+        return bool(connection.ping())
+    except Exception:
+        return False

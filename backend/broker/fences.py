@@ -57,6 +57,10 @@ return {0, replid or false, noted[1] or false, noted[2] or false}
 )
 
 
+#: The refusal of the script, once seen (logged once per process).
+_refused: list[Exception] = []
+
+
 def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> StartCheck:
     """The fence's verdict on ``rq_id``, and whether Redis' history can vouch for its absence.
 
@@ -68,8 +72,10 @@ def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> S
     try:
         fenced, *history = _CHECK(keys=[fence_key(rq_id), HISTORY_KEY], client=connection)
     except ResponseError as exc:
-        # A managed Redis that refuses INFO in scripts: the fence alone, as before.
-        log.debug("history check refused (%s): a missing fence is trusted", exc)
+        # A Redis that refuses scripts or INFO in them: the fence alone, as before (said once).
+        if not _refused:
+            _refused.append(exc)
+            log.warning("Redis refused the start check (%s): a fence a failover loses is not made up for", exc)
         return StartCheck.FENCED if connection.exists(fence_key(rq_id)) else StartCheck.CLEAR
     if fenced:
         return StartCheck.FENCED
