@@ -248,3 +248,24 @@ def _answers(connection: Redis) -> bool:
         return bool(connection.ping())
     except Exception:
         return False
+
+
+def test_a_demoted_master_counts_as_down_like_an_unreachable_one(tmp_path):
+    from redis.exceptions import ReadOnlyError
+
+    from backend.broker.queues import RedisUnavailable
+
+    # Given the API's queue adapter on a master that a failover demoted (it answers READONLY)
+    server = EmbeddedRedis.start(data_dir=tmp_path / "demoted", appendonly=False)
+    try:
+        Redis.from_url(server.url).replicaof("127.0.0.1", 1)
+        queues = QueueAdapter(Redis.from_url(server.url), result_ttl=60, failure_ttl=60)
+        job = {"job_id": "job_x", "attempt": 1, "func_path": "add", "args": [1, 2], "kwargs": {}}
+        with pytest.raises(ReadOnlyError):
+            queues.enqueue(**job, priority="default", timeout=60)
+        # Then, as after a refused connection, the next submissions meet "Redis is down" at once
+        # (recorded PENDING without waiting on Redis) until the back-off ends
+        with pytest.raises(RedisUnavailable):
+            queues.enqueue(**job, priority="default", timeout=60)
+    finally:
+        server.stop()

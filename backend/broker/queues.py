@@ -24,7 +24,7 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import ReadOnlyError, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -122,7 +122,9 @@ class QueueAdapter:
             raise RedisUnavailable("Redis was unreachable moments ago")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError):
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError):
+            # READONLY: a master that a failover demoted (redis:// URLs see it as it is; Sentinel's
+            # connections turn it into a ConnectionError): down until the new master is found.
             self._down_until = time.monotonic() + self.DOWN_BACKOFF_SECONDS
             raise
         self._answered_at = time.monotonic()
