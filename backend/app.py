@@ -71,7 +71,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(openapi.bp)
     cli.register(app)
-    rq_dashboard_mount.mount(app, str(settings.redis_url))
+    rq_dashboard_mount.mount(app)
     _warn_about_open_doors(settings, api_keys)
     return app
 

@@ -23,7 +23,7 @@ from backend.broker.errors import BrokerError
 from backend.core import logs
 from backend.core.secrets_check import InsecureSecrets
 from backend.core.secrets_check import enforce as enforce_secrets
-from backend.core.settings import Settings
+from backend.core.settings import SettingError, Settings
 from backend.recovery import maintenance
 from backend.services import Services, build_services
 from backend.store.copy import CopyError, copy_store
@@ -173,7 +173,7 @@ def main(ctx: click.Context) -> None:
     logs.configure(fmt=settings.log_format, level=settings.log_level, settings=settings.as_config())
     try:
         enforce_secrets(settings, role="cli")
-    except InsecureSecrets as exc:
+    except (InsecureSecrets, SettingError) as exc:
         raise CommandError(str(exc)) from None
     if ctx.invoked_subcommand in ("migrate", "copy-store"):
         # Needs the store alone: no Redis, and no migration at start that would race its own

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backend.broker.connection import connect
+from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, register_queues
 from backend.core.settings import Settings
@@ -80,12 +80,14 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
             engine.dispose()
             raise RuntimeError(f"{behind}: run `python -m backend migrate` first (MIGRATE_ON_START is off)")
     sessions = make_session_factory(engine)
-    redis = connect(settings.redis_url, socket_timeout=5)
+    redis = connect_for(settings, socket_timeout=5)
     queues = QueueAdapter(redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl)
     try:
         register_queues(redis)
     except BrokerError as exc:
         log.warning("Redis unreachable at start (%s); submissions stay PENDING until it is back", exc)
+    else:
+        warn_if_evicting(redis, "start-up check")
     policy = RetryPolicy(
         base_seconds=settings.retry_backoff_base,
         cap_seconds=settings.retry_backoff_cap,

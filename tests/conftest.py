@@ -65,6 +65,26 @@ def redis_conn(redis_url) -> Redis:
     return Redis.from_url(redis_url)
 
 
+@pytest.fixture(scope="session")
+def sentinel_session_group(tmp_path_factory):
+    """A Sentinel group (tests/sentinels.py) for the session, started by the first test that asks."""
+    from tests.sentinels import SentinelGroup
+
+    group = SentinelGroup.start(tmp_path_factory.mktemp("sentinel"))
+    yield group
+    group.close()
+
+
+@pytest.fixture
+def sentinel_group(sentinel_session_group):
+    """The session's Sentinel group, its master flushed; a test that kills the master gets it
+    restored (the killed server back as a replica) before the next test."""
+    group = sentinel_session_group
+    Redis(*group.master_address()).flushall()
+    yield group
+    group.restore()
+
+
 @pytest.fixture
 def make_store_url(request, tmp_path):
     """A factory of fresh stores for this test: ``make_store_url(name="jobs", migrated=True)``.

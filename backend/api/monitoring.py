@@ -35,12 +35,19 @@ def prometheus_metrics():
 
 @bp.get("/health")
 def health():
-    """200 when Redis, the store and at least one worker are up; else 503 naming what is down."""
+    """200 when Redis, the store and at least one worker are up; else 503 naming what is down.
+
+    Redis's ``maxmemory_policy`` is reported (None: CONFIG GET refused), with a ``warning`` when
+    it is not noeviction; that alone does not fail the check: the API still serves."""
     checks: dict[str, dict] = {}
     redis = services().redis
     try:
         broker.ping(redis)
-        checks["redis"] = {"ok": True}
+        policy = broker.eviction_policy(redis)
+        checks["redis"] = {"ok": True, "maxmemory_policy": policy}
+        warning = broker.eviction_warning(policy)
+        if warning:
+            checks["redis"]["warning"] = warning
         workers = sorted(leases.all_alive(redis))
         checks["workers"] = {"ok": bool(workers), "alive": len(workers), "names": workers}
         if not workers:

@@ -17,7 +17,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from backend.api.auth import bearer_token
-from backend.api.context import api_keys, settings
+from backend.api.context import api_keys, services, settings
 
 
 def client_key() -> str:
@@ -39,10 +39,15 @@ def submit_limit(view: Callable) -> Callable:
 
 
 def init_app(app: Flask) -> None:
-    """Configure flask-limiter from the app's settings (it reads its own from app.config)."""
+    """Configure flask-limiter from the app's settings (it reads its own from app.config).
+
+    The counters go through the app's own Redis connection pool (``connect``): a Sentinel
+    URL, the TLS settings and the drop-on-READONLY rule hold for them too, and limits never
+    opens Redis by itself (the URI only picks its Redis storage; the pool says where)."""
     own = settings(app)
     app.config["RATELIMIT_ENABLED"] = own.rate_limit_enabled
-    app.config["RATELIMIT_STORAGE_URI"] = own.redis_url
+    app.config["RATELIMIT_STORAGE_URI"] = "redis://"
+    app.config["RATELIMIT_STORAGE_OPTIONS"] = {"connection_pool": services(app).redis.connection_pool}
     app.config["RATELIMIT_DEFAULT"] = own.rate_limit_default
     app.config["RATELIMIT_KEY_PREFIX"] = "jobservice:ratelimit"
     app.config["RATELIMIT_HEADERS_ENABLED"] = True

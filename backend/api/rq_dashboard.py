@@ -342,11 +342,12 @@ for _path, _endpoint, _view in ACTIONS:
     bp.add_url_rule(_path, _endpoint, _view, methods=["POST"])
 
 
-def mount(app: Flask, redis_url: str) -> None:
+def mount(app: Flask) -> None:
+    """Serve the dashboard at /rq on the app's own Redis connection (``connect``: Sentinel, TLS and
+    failover rules included), never one that rq-dashboard would open from the URL itself."""
     # Our jobs are JSON-serialized; the dashboard must read them the same way.
     rqd.config.serializer = inspection.SERIALIZER
-    app.config.setdefault("RQ_DASHBOARD_REDIS_URL", redis_url)
-    rqd.setup_rq_connection(app)
+    app.redis_conn = services(app).redis
     app.register_blueprint(bp, url_prefix=URL_PREFIX)
     # The dashboard polls several endpoints every few seconds: admins only, not limited.
     limiter.exempt(bp)

@@ -33,7 +33,13 @@ _SECRET_PARAMETER = re.compile(
 )
 MASK = "***"
 #: Settings whose values are secrets: masked wherever they appear in a log line.
-SECRET_SETTINGS = ("INTERNAL_SERVICE_TOKEN", "WEBHOOK_SECRET", "HEALTHCHECK_API_KEY", "REDIS_PASSWORD")
+SECRET_SETTINGS = (
+    "INTERNAL_SERVICE_TOKEN",
+    "WEBHOOK_SECRET",
+    "HEALTHCHECK_API_KEY",
+    "REDIS_PASSWORD",
+    "REDIS_SENTINEL_PASSWORD",
+)
 #: Settings holding URLs whose passwords are masked as values too.
 URL_SETTINGS = ("REDIS_URL", "DATABASE_URL")
 # Shorter values are not masked as text: "abc" would mask every "abc" in every line (and

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from backend.core.settings import Settings, parse_api_keys
+from backend.core import redis_target
+from backend.core.settings import SettingError, Settings, parse_api_keys
 
 #: What every placeholder of .env.example and deploy/kubernetes/secret.example.yaml contains.
 PLACEHOLDER = "CHANGE_ME"
@@ -91,6 +92,7 @@ def faults(settings: Settings, *, role: str, environ: dict | None = None) -> lis
         ("WEBHOOK_SECRET", settings.webhook_secret),
         ("HEALTHCHECK_API_KEY", environ.get("HEALTHCHECK_API_KEY")),
         ("REDIS_PASSWORD", environ.get("REDIS_PASSWORD")),
+        ("REDIS_SENTINEL_PASSWORD", settings.redis_sentinel_password),
     ):
         if value:
             fault = _fault(str(value))
@@ -119,11 +121,15 @@ _WHO = {"api": "the API", "worker": "a worker", "scheduler": "the scheduler", "c
 
 
 def enforce(settings: Settings, *, role: str) -> None:
-    """Refuse to start (outside development) when a secret will not do.
+    """Refuse to start (outside development) when a secret will not do; and, always, when REDIS_URL
+    or a REDIS_SSL_... setting will not do (before anything connects).
 
     Raises:
+        SettingError: REDIS_URL, REDIS_SSL_CA_CERTS or REDIS_SSL_CERT_REQS, named, no password.
         InsecureSecrets: naming each setting at fault, never a value.
     """
+    if settings.redis_url:  # unset: each process says so itself (the CLI's store commands need none)
+        redis_target.from_settings(settings)
     if is_development(settings):
         return
     problems = faults(settings, role=role)
@@ -140,5 +146,7 @@ def enforce_or_exit(settings: Settings, *, role: str) -> None:
     """:func:`enforce` for a process's ``main``: exits with the reason instead of a traceback."""
     try:
         enforce(settings, role=role)
-    except InsecureSecrets as exc:
-        raise SystemExit(str(exc)) from None
+    except (InsecureSecrets, SettingError) as exc:
+        raise SystemExit(
+            f"refusing to start {_WHO.get(role, role)}: {exc}" if isinstance(exc, SettingError) else str(exc)
+        ) from None

@@ -34,6 +34,14 @@ class Settings:
 
     #: The queue broker; None means "no Redis configured" (make run starts one).
     redis_url: str | None = None
+    #: The password of the Sentinels (a redis+sentinel:// REDIS_URL), when they require one; the
+    #: master's own password goes in the URL.
+    redis_sentinel_password: str | None = None
+    #: A CA bundle (PEM file) that a rediss:// server's certificate must chain to; None: the system's.
+    redis_ssl_ca_certs: str | None = None
+    #: How a rediss:// server's certificate is checked: "required" (redis-py's default when
+    #: unset), "optional" or "none".
+    redis_ssl_cert_reqs: str | None = None
     #: The job store of record: a SQLite file, or postgresql+psycopg://user:password@host:5432/db.
     database_url: str = f"sqlite:///{DATA_DIR / 'jobs.db'}"
     #: Processes bring the store to the newest schema when they start (off: run

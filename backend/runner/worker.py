@@ -25,7 +25,7 @@ from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from backend.broker import registries
-from backend.broker.connection import connect
+from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.fences import StartCheck, start_check
 from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import last_error, register_queues
@@ -338,11 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("REDIS_URL is not set")
     load_task_modules(settings.task_modules)
 
-    connection = connect(settings.redis_url)
+    connection = connect_for(settings)
     # The lease thread gets a connection pool of its own: a forked work-horse must never
     # inherit a pool lock that this thread held at the moment of the fork.
-    lease = LeaseKeeper(connect(settings.redis_url), args.name, settings.worker_lease_seconds)
+    lease = LeaseKeeper(connect_for(settings), args.name, settings.worker_lease_seconds)
     wait_for_redis(connection, what=f"worker {args.name}")
+    warn_if_evicting(connection, f"worker {args.name}")
     claim_deadline = time.monotonic() + 2 * settings.worker_lease_seconds
     while not lease.claim():
         # A restarted container often reuses its name: wait for the dead holder's lease to
