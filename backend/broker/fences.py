@@ -45,7 +45,8 @@ class StartCheck(Enum):
 
 #: One round trip, as the fence's EXISTS alone took: the fence, then (only when there is none)
 #: Redis' replication id and the history noted. INFO inside a script, so that the reply is the
-#: id alone (parsing INFO's whole section on every job cost more than the round trip).
+#: id alone: cheaper than parsing INFO's section in Python on every job (~30 us more than the
+#: EXISTS alone here, against ~70 us for a pipeline of EXISTS, INFO and HMGET).
 _CHECK = Script(
     None,
     b"""
