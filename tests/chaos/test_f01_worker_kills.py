@@ -55,7 +55,9 @@ def test_f1_random_worker_sigkilled_every_few_seconds(running):
         with ThreadPoolExecutor(4) as pool:
             submitted = list(
                 pool.map(
-                    lambda seconds: cluster.api.submit("chaos_sleep", kwargs={"seconds": seconds}, max_retries=10),
+                    lambda seconds: cluster.api.submit(
+                        "chaos_sleep", kwargs={"seconds": seconds}, max_retries=10, max_interruptions=10
+                    ),
                     plan,
                 )
             )

@@ -56,6 +56,8 @@ def test_f5_multi_queue_workers_killed_every_second(running):
                 kwargs={"seconds": round(rng.uniform(0.02, 0.15), 3)},
                 priority=rng.choice(["high", "default", "low"]),
                 max_retries=20,
+                # Kills are interruptions (issue 13 item 4): a job may be under several of them.
+                max_interruptions=20,
             )["job_id"]
             for _ in range(JOBS)
         ]
