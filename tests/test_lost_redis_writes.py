@@ -102,6 +102,32 @@ def test_a_cancel_whose_fence_a_failover_lost_still_keeps_the_job_from_running(o
     assert runs(kept_marker) == 1
 
 
+def test_a_job_that_completed_just_before_a_failover_is_not_run_again_from_the_queue_it_came_back_to(
+    own_redis, request, tmp_path
+):
+    client = request.getfixturevalue("client")
+    run_burst_worker = request.getfixturevalue("run_burst_worker")
+    # Given a queued job, in a Redis snapshot too
+    done_marker, new_marker = tmp_path / "done.runs", tmp_path / "new.runs"
+    done = client.post("/tasks/flaky", json={"kwargs": {"marker": str(done_marker), "failures": 0}}).get_json()
+    fences.start_check(own_redis.connection, "any", None)  # the history a worker notes at its first job
+    own_redis.snapshot()
+    # that a worker then ran to COMPLETED
+    run_burst_worker()
+    assert get_job(client, done["job_id"])["status"] == "COMPLETED"
+
+    # When Redis fails over to a copy that missed the run (the job is back on its queue)
+    own_redis.back_to_snapshot()
+    new = client.post("/tasks/flaky", json={"kwargs": {"marker": str(new_marker), "failures": 0}}).get_json()
+    run_burst_worker()
+
+    # Then the store refuses the old job's second start: it ran once; a job submitted since runs
+    assert runs(done_marker) == 1
+    assert get_job(client, done["job_id"])["status"] == "COMPLETED"
+    assert runs(new_marker) == 1
+    assert get_job(client, new["job_id"])["status"] == "COMPLETED"
+
+
 def test_a_worker_trusts_a_missing_fence_only_for_jobs_created_since_the_redis_history_began(redis_conn):
     from datetime import UTC, datetime, timedelta
 
