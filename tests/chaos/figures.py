@@ -34,7 +34,7 @@ def unexplained_reruns(cluster: Cluster, runs: dict[str, list[Execution]]) -> li
 
     A job may run again only after a run in a process the test killed (a worker or its
     work-horse), and the store must say so: every attempt before the last one that ran is
-    recorded FAILED because its worker died, on a worker the test killed.
+    recorded as cut short (INTERRUPTED) by its worker's death, on a worker the test killed.
     """
     killed = {kill.pid for kill in cluster.kills} | {pid for kill in cluster.kills for pid in kill.horses}
     killed_names = {kill.worker for kill in cluster.kills}
@@ -53,7 +53,8 @@ def unexplained_reruns(cluster: Cluster, runs: dict[str, list[Execution]]) -> li
             if run.attempt == last:
                 continue
             row = attempts.get(run.attempt) or {}
-            died = row.get("outcome") == "FAILED" and row.get("worker") in killed_names
+            # INTERRUPTED since issue 13 (a run its worker's death cut), FAILED before it.
+            died = row.get("outcome") in ("INTERRUPTED", "FAILED") and row.get("worker") in killed_names
             if not died:
                 found.append(f"{job_id} ran again after attempt {run.attempt}, recorded as {row}: {detail}")
     return found
@@ -82,3 +83,44 @@ def report_figures(scenario: str, figures: dict) -> None:
     if path:
         with open(path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def scenario_name() -> str:
+    """The running test's name (pytest's PYTEST_CURRENT_TEST), for figures printed by a check."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "?")
+    return current.split("::")[-1].split(" ")[0]
+
+
+def drain_figures(
+    cluster: Cluster, jobs: dict[str, dict], recorder: Recorder | None, *, started: float, live_at_start: int | None
+) -> dict:
+    """How a wait for jobs to end went: how many, how long, how fast, how often each ran, the
+    longest a job waited for a worker and how many retries waited a backoff."""
+    seconds = time.time() - started
+    ended = sum(1 for job in jobs.values() if job["status"] in TERMINAL)
+    live = len(jobs) - ended
+    drained = (live_at_start or 0) - live
+    waits = [wait for job_id in jobs for wait in _waits(recorder, job_id)] if recorder is not None else []
+    return {
+        "test": scenario_name(),
+        "jobs": len(jobs),
+        "live_when_wait_began": live_at_start,
+        "live_at_end": live,
+        "seconds_to_drain": round(seconds, 1),
+        "drain_rate_jobs_per_s": round(drained / seconds, 2) if seconds > 0 and drained > 0 else None,
+        "executions_per_job": histogram(executions_per_job(cluster, jobs)),
+        "statuses": dict(Counter(job["status"] for job in jobs.values())),
+        "jobs_retried": sum(1 for job in jobs.values() if job.get("retry_count")),
+        "jobs_interrupted": sum(1 for job in jobs.values() if job.get("interruptions")),
+        "longest_wait_for_a_worker_s": round(max(waits), 1) if waits else None,
+    }
+
+
+def _waits(recorder: Recorder, job_id: str) -> list[float]:
+    """Seconds from each time the job was first seen QUEUED to when it was seen served."""
+    history = list(recorder.history.get(job_id, ()))
+    return [
+        later - at
+        for (at, attempt, status, _), (later, next_attempt, next_status, _) in zip(history, history[1:], strict=False)
+        if status == "QUEUED" and next_attempt == attempt and next_status in ("PROCESSING", "COMPLETED", "FAILED")
+    ]

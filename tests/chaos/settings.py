@@ -21,6 +21,11 @@ RECONCILE_GRACE = 1.0
 #: the lease was missing for half a lease and confirms it 0.5 s later: ~6-7 s in all. 15 s
 #: leaves room for a loaded 2-core machine; the product's default bound is 60 s.
 RECOVERY_BOUND = 15.0
+#: The slowest a working stack drains a backlog of the scenarios' jobs (up to 1.5 s each, on 3
+#: workers sharing 2 cores), in jobs per second: the soak measured 2.65 (F3, jobs of 0.6-1.5 s)
+#: and 8.7 (F7, 0.05-0.4 s). A wait's safety net allows this much per job still to run, so
+#: that it grows with the job count (``checks.drain_timeout``).
+SLOWEST_DRAIN_RATE = 1.0
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 _RANK = {"PENDING": 0, "QUEUED": 1, "PROCESSING": 2, "COMPLETED": 3, "FAILED": 3, "CANCELLED": 3}
