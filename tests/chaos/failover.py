@@ -19,10 +19,14 @@ from tests.chaos.stack import Cluster
 SEEN_LATE = 1.0
 
 
-def in_flight_at(cluster: Cluster, at: float) -> dict[str, Execution]:
-    """job id -> its run that had started and not ended at ``at``."""
+def in_flight_at(cluster: Cluster, at: float, *, until: float | None = None) -> dict[str, Execution]:
+    """job id -> its run that had started by ``until`` (a fault that took from ``at`` to
+    ``until``; default ``at``) and not ended at ``at``."""
+    started_by = at if until is None else until
     return {
-        run.job_id: run for run in cluster.executions() if run.started <= at and (run.ended is None or run.ended > at)
+        run.job_id: run
+        for run in cluster.executions()
+        if run.started <= started_by and (run.ended is None or run.ended > at)
     }
 
 
