@@ -102,6 +102,50 @@ def test_a_cancel_whose_fence_a_failover_lost_still_keeps_the_job_from_running(o
     assert runs(kept_marker) == 1
 
 
+def test_a_cancel_a_promoted_replica_never_received_still_keeps_the_job_from_running(settings, request, tmp_path):
+    # Given a master and its replica (real replication), the API on the master
+    master = EmbeddedRedis.start(data_dir=tmp_path / "master", appendonly=False)
+    replica = EmbeddedRedis.start(data_dir=tmp_path / "replica", appendonly=False)
+    try:
+        on_master, on_replica = Redis.from_url(master.url), Redis.from_url(replica.url)
+        on_master.config_set("repl-diskless-sync-delay", 0)  # 5 s by default: a full sync at once
+        on_replica.replicaof("127.0.0.1", master.port)
+        settings["REDIS_URL"] = master.url
+        client = request.getfixturevalue("client")
+        markers = {name: tmp_path / f"{name}.runs" for name in ("cancelled", "kept")}
+        jobs = {
+            name: client.post("/tasks/flaky", json={"kwargs": {"marker": str(marker), "failures": 0}}).get_json()
+            for name, marker in markers.items()
+        }
+        fences.start_check(on_master, "any", None)  # the history a worker notes at its first job
+        wait_until(
+            lambda: (
+                on_replica.exists(fences.HISTORY_KEY, *(f"rq:job:{job['rq_job_id']}" for job in jobs.values())) == 3
+            ),
+            what="the replica to have the jobs",
+        )
+        # When the replica is promoted (Sentinel's REPLICAOF NO ONE) before the cancel reaches it
+        on_replica.replicaof("NO", "ONE")
+        cancelled = jobs["cancelled"]
+        assert client.post(f"/jobs/{cancelled['job_id']}/cancel", json={}).status_code == 200
+        assert on_master.exists(fence_key(cancelled["rq_job_id"]))
+        assert not on_replica.exists(fence_key(cancelled["rq_job_id"]))
+        # and a worker takes the jobs from the new master
+        worker = request.getfixturevalue("start_worker")(
+            "--burst", "--simple", "--name", "after-failover", env={"REDIS_URL": replica.url}
+        )
+        assert worker.wait(timeout=60) == 0, worker.output()
+
+        # Then the cancelled job never ran and stays CANCELLED; the other one ran once
+        assert runs(markers["cancelled"]) == 0
+        assert get_job(client, cancelled["job_id"])["status"] == "CANCELLED"
+        assert runs(markers["kept"]) == 1
+        assert get_job(client, jobs["kept"]["job_id"])["status"] == "COMPLETED"
+    finally:
+        replica.stop()
+        master.stop()
+
+
 def test_a_job_that_completed_just_before_a_failover_is_not_run_again_from_the_queue_it_came_back_to(
     own_redis, request, tmp_path
 ):
