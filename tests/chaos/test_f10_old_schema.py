@@ -69,6 +69,7 @@ def _value(column: dict, job_id: str, status: str, worker: str | None, now: date
         "attempt": 1,
         "retry_count": 0,
         "max_retries": 3,
+        "max_interruptions": 3,  # its server default (0008): 0 would fail the dead worker's job
         "timeout": 600,
         "rq_job_id": f"{job_id}-1",
         "worker": worker,
