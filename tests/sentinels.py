@@ -153,7 +153,10 @@ class SentinelGroup:
     # -- the processes -------------------------------------------------------------------------
 
     def _server(self, port: int, replica_of: Address | None = None) -> Address:
-        args = ["--replicaof", replica_of[0], str(replica_of[1])] if replica_of else []
+        # No wait before a full sync (Redis 7 waits 5 s for more replicas to share a diskless one).
+        args = ["--repl-diskless-sync-delay", "0"]
+        if replica_of:
+            args += ["--replicaof", replica_of[0], str(replica_of[1])]
         self.servers[port] = start_redis(self.directory, *args, port=port).process
         return HOST, port
 

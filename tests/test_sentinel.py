@@ -4,6 +4,7 @@ same client, the API and a worker all go on against the new master; meanwhile th
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -47,7 +48,7 @@ def test_the_api_and_a_worker_ride_through_a_failover(sentinel_group, client, st
         answers.append(response.status_code)
         return response.get_json()
 
-    start_worker("--name", "through-failover", "--simple")
+    worker = start_worker("--name", "through-failover", "--simple")
     before = submit()
     assert wait_for_status(client, before["job_id"], {"COMPLETED"})["result"] == 5
 
@@ -75,6 +76,10 @@ def test_the_api_and_a_worker_ride_through_a_failover(sentinel_group, client, st
     for job in [queued, *during, after]:
         if job["job_id"] not in cancelled:
             assert wait_for_status(client, job["job_id"], {"COMPLETED"}, timeout=60)["result"] == 5
+
+    # And the idle worker stops when asked (SIGTERM lands inside its blocking read of the queues).
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()[-3000:]
 
 
 @pytest.fixture

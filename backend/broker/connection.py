@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from redis import Redis
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ReadOnlyError, ResponseError
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from backend.broker.errors import BrokerUnreachable
 from backend.core import redis_target
@@ -80,6 +80,20 @@ class FailoverUnixConnection(_DropOnReadOnly, UnixDomainSocketConnection):
     """A Unix socket (``unix://``)."""
 
 
+class FailoverSentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel connection (``redis+sentinel://``), closed when a read is cut short.
+
+    Plain connections close on any exception while reading a reply; redis-py's Sentinel one does
+    not (its ``disconnect_on_error`` defaults to False). RQ stops an idle worker by raising from
+    its SIGTERM handler, inside the blocking BLMOVE: the connection went back to the pool with
+    that reply pending, and the next command (RQ's register_death) waited for it for ever, so a
+    worker on Sentinel never stopped gracefully. Closed, the next command opens a fresh one.
+    """
+
+    def read_response(self, *args, disconnect_on_error: bool = True, **kwargs):
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+
 _CLASSES = {"redis": FailoverConnection, "rediss": FailoverSSLConnection, "unix": FailoverUnixConnection}
 
 
@@ -127,6 +141,7 @@ def _master(target: redis_target.RedisTarget, options: dict) -> Redis:
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
     return sentinel.master_for(
         target.master_name,
+        connection_class=FailoverSentinelConnection,
         db=target.db,
         username=target.username,
         password=target.password,
