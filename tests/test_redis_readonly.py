@@ -5,6 +5,7 @@ connection is dropped, so the next command connects afresh. Also the maxmemory-p
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from redis import Redis
@@ -13,6 +14,7 @@ from backend.app import create_app
 from backend.broker.connection import connect
 from backend.broker.errors import BrokerUnreachable
 from backend.dev.redis_server import free_port
+from tests.helpers import wait_for_status
 from tests.sentinels import start_redis
 
 pytestmark = pytest.mark.sqlite_only(reason="about Redis; the store plays no part")
@@ -56,6 +58,27 @@ def test_submit_and_cancel_take_the_redis_down_paths_on_a_read_only_redis(own_re
 
     assert cancel.status_code == 503 and cancel.headers["Retry-After"]
     assert submit.status_code == 202 and submit.get_json()["status"] in ("PENDING", "QUEUED")
+
+
+@pytest.fixture
+def on_own_redis(settings, own_redis) -> dict:
+    """The settings of the app and workers a test asks for after this: on ``own_redis``."""
+    settings["REDIS_URL"] = own_redis.url
+    return settings
+
+
+def test_a_worker_waits_out_a_read_only_redis_and_goes_on(own_redis, on_own_redis, client, start_worker):
+    worker = start_worker("--name", "waits-out-readonly", "--simple")
+    first = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
+    wait_for_status(client, first["job_id"], {"COMPLETED"})
+
+    demote(own_redis)  # the idle worker's blocking read is cut, its next writes refused
+    time.sleep(1.5)
+    Redis(port=own_redis.port).replicaof("NO", "ONE")
+    second = client.post("/tasks/add", json={"args": [2, 2]}).get_json()
+
+    assert wait_for_status(client, second["job_id"], {"COMPLETED"}, timeout=30)["result"] == 4
+    assert worker.process.poll() is None  # it waited; it did not exit
 
 
 def test_a_policy_other_than_noeviction_is_warned_about_at_start_and_in_health(own_redis, settings, caplog):
