@@ -8,7 +8,9 @@ from rq.rate_limit import RateLimitRegistry
 from backend.api.context import services
 from backend.api.payloads import JobRequest
 from backend.broker.connection import connect
+from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter
+from backend.dev.redis_server import EmbeddedRedis
 from backend.tasks import get_task
 
 
@@ -147,3 +149,23 @@ def test_a_deferred_attempt_released_by_many_hosts_at_once_is_replaced_once(app,
     queued = [rq_id.decode() for rq_id in redis_conn.lrange("rq:queue:default", 0, -1)]
     assert queued == [parent.rq_job_id, child.rq_job_id]
     assert adapter.fetch(child.rq_job_id).get_status() == "queued"
+
+
+def test_redis_refusing_a_call_ends_the_moment_it_counts_as_recently_up(tmp_path):
+    # Given an adapter whose Redis has just answered (submissions are then recorded QUEUED)
+    redis = EmbeddedRedis.start(data_dir=tmp_path, appendonly=False)
+    adapter = QueueAdapter(connect(redis.url, socket_timeout=1), result_ttl=60, failure_ttl=60)
+    try:
+        adapter.existing(["any"])
+        assert adapter.recently_up
+
+        # When Redis goes away and the next call fails
+        redis.stop()
+        with pytest.raises(BrokerError):
+            adapter.existing(["any"])
+
+        # Then Redis no longer counts as up: the next submissions are recorded PENDING (the
+        # reconciler enqueues them) rather than QUEUED without a queue entry
+        assert not adapter.recently_up
+    finally:
+        redis.stop()

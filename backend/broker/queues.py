@@ -126,6 +126,9 @@ class QueueAdapter:
             # READONLY: a master that a failover demoted (redis:// URLs see it as it is; Sentinel's
             # connections turn it into a ConnectionError): down until the new master is found.
             self._down_until = time.monotonic() + self.DOWN_BACKOFF_SECONDS
+            # No longer "recently up": submissions meanwhile are recorded PENDING (the reconciler
+            # enqueues them), not QUEUED with no queue entry to wait for a new attempt.
+            self._answered_at = float("-inf")
             raise
         self._answered_at = time.monotonic()
 
