@@ -108,3 +108,41 @@ def test_a_redis_that_refuses_config_get_is_reported_as_unchecked(tmp_path, sett
         server.stop()
     assert "maxmemory-policy could not be checked" in caplog.text
     assert redis["ok"] is True and redis["maxmemory_policy"] is None and "could not be checked" in redis["warning"]
+
+
+READ_AND_WRITE_ROUTES = [
+    ("GET", "/jobs"),
+    ("GET", "/jobs/{job}"),
+    ("GET", "/jobs/{job}/attempts"),
+    ("POST", "/jobs/{job}/retry"),
+    ("POST", "/jobs/cancel"),
+    ("POST", "/tasks/add/batch"),
+    ("GET", "/monitoring/health"),
+    ("GET", "/monitoring/queue/stats"),
+    ("GET", "/monitoring/queue/workers"),
+    ("GET", "/monitoring/queue/failed"),
+    ("POST", "/monitoring/queue/failed"),
+    ("GET", "/metrics"),
+    ("GET", "/rq/"),
+    ("GET", "/dashboard"),
+]
+
+
+def test_no_route_answers_a_server_error_other_than_503_on_a_read_only_redis(own_redis, settings):
+    # Given the API on a Redis that a failover demoted (reads answer, writes are refused)
+    client = create_app({**settings, "REDIS_URL": own_redis.url}).test_client()
+    job = client.post("/tasks/add", json={"args": [1, 2]}).get_json()["job_id"]
+    demote(own_redis)
+
+    # When a client calls routes that read from or write to Redis
+    bodies = {"/jobs/cancel": {"job_ids": [job]}, "/tasks/add/batch": {"jobs": [{"args": [1, 2]}]}}
+    answers = {}
+    for method, path in READ_AND_WRITE_ROUTES:
+        path = path.format(job=job)
+        response = client.open(path, method=method, json=bodies.get(path, {}) if method == "POST" else None)
+        answers[f"{method} {path}"] = (response.status_code, response.headers.get("Retry-After"))
+
+    # Then none answers a server error but 503 with Retry-After
+    bad = {route: answer for route, answer in answers.items() if answer[0] >= 500 and answer != (503, answer[1])}
+    bad |= {route: answer for route, answer in answers.items() if answer[0] == 503 and not answer[1]}
+    assert not bad, answers
