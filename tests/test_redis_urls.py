@@ -3,6 +3,7 @@ and that every process refuses a bad one as it starts, naming the setting, never
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ from redis.sentinel import SentinelConnectionPool
 
 from backend.app import create_app
 from backend.broker.connection import connect, connect_for
+from backend.core.redis_target import masked
+from backend.core.secrets_check import enforce
 from backend.core.settings import SettingError, Settings
 from tests.conftest import ROOT, TOKEN
 
@@ -74,6 +77,37 @@ BAD = [
     ("redis://:{pw}@127.0.0.1:6379/0?decode_responses=true", {}, "REDIS_URL asks for decode_responses"),
     ("rediss://:{pw}@127.0.0.1:6379/0", {"REDIS_SSL_CERT_REQS": "sometimes"}, "REDIS_SSL_CERT_REQS must be one of"),
     ("rediss://:{pw}@127.0.0.1:6379/0", {"REDIS_SSL_CA_CERTS": "/nonexistent/ca.pem"}, "REDIS_SSL_CA_CERTS names no"),
+    # A password pasted with an unencoded "/" (Azure's access keys have them): refused, masked whole.
+    ("redis://:ab/{pw}@host:6379/0", {}, "REDIS_URL has a '/' in its password (before '@'); percent-encode it"),
+    ("rediss://default:ab/{pw}@host:6380", {}, "REDIS_URL has a '/' in its password"),
+    ("redis+sentinel://:ab/{pw}@h1:26379/m/0", {}, "REDIS_URL has a '/' in its password"),
+    # TLS settings with a scheme that has no TLS: the connection would be plaintext.
+    (
+        "redis://:{pw}@h:6379/0",
+        {"REDIS_SSL_CA_CERTS": __file__},
+        "REDIS_SSL_CA_CERTS is set, but REDIS_URL is redis://",
+    ),
+    (
+        "redis+sentinel://:{pw}@h:26379/m",
+        {"REDIS_SSL_CERT_REQS": "required"},
+        "REDIS_SSL_CERT_REQS is set, but REDIS_URL is redis+sentinel://",
+    ),
+    (
+        "unix:///run/redis.sock?password={pw}",
+        {"REDIS_SSL_CERT_REQS": "none"},
+        "REDIS_SSL_CERT_REQS is set, but REDIS_URL is unix://",
+    ),
+    ("redis://:{pw}@h:6379/0?ssl_cert_reqs=required", {}, "REDIS_URL has ?ssl_... options, but redis:// is not TLS"),
+    ("rediss://:{pw}@h:6380/0?ssl_cert_reqs=maybe", {}, "REDIS_URL has ssl_cert_reqs='maybe'; it must be one of"),
+    # Sentinel addresses that can never work.
+    ("redis+sentinel://,/m", {}, "REDIS_URL names no Sentinel host"),
+    ("redis+sentinel://:{pw}@ , /m", {}, "REDIS_URL names no Sentinel host"),
+    ("redis+sentinel://::1/m", {}, "without brackets; write it as [::1]:26379"),
+    ("redis+sentinel://:{pw}@fe80::1:26379/m/0", {}, "without brackets; write it as [::1]:26379"),
+    ("redis+sentinel://:{pw}@[::1:26379/m/0", {}, "with '[' but no ']'; write IPv6 as [::1]:26379"),
+    # A lone name before "@" is a user name (redis-py's reading of redis://name@host), not a password.
+    ("redis+sentinel://{pw}@h/m", {}, "REDIS_URL names a user but no password: a lone name before '@' is a user name"),
+    ("redis://{pw}@h:6379/0", {}, "REDIS_URL names a user but no password"),
 ]
 
 
@@ -84,6 +118,40 @@ def test_a_bad_redis_setting_is_refused_naming_it_without_the_password(url, extr
         connect_for(settings)
     assert message in str(refused.value)
     assert SECRET not in str(refused.value)
+    assert "ab/" not in str(refused.value)  # nor the part of a password before a "/"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:ab/{SECRET}@host:6379/0", "redis://***@host:6379/0"),
+        (f"redis+sentinel://:ab/{SECRET}@h1:26379/m/0", "redis+sentinel://***@h1:26379/m/0"),
+        (f"rediss://:{SECRET}@host:6380/0?ssl_cert_reqs=none", "rediss://***@host:6380/0?***"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_a_quoted_url_shows_where_but_nothing_before_its_last_at(url, shown):
+    assert masked(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "warned"),
+    [
+        ("rediss://h:6380/0", {"REDIS_SSL_CERT_REQS": "none"}, "REDIS_SSL_CERT_REQS=none"),
+        ("rediss://h:6380/0?ssl_cert_reqs=none", {"REDIS_SSL_CERT_REQS": "required"}, "?ssl_cert_reqs=none"),
+        ("rediss://h:6380/0?ssl_cert_reqs=required", {"REDIS_SSL_CERT_REQS": "none"}, None),  # the URL wins
+        ("rediss://h:6380/0", {"REDIS_SSL_CERT_REQS": "required"}, None),
+    ],
+)
+def test_certificate_checks_turned_off_are_warned_about_at_start(url, extra, warned, caplog):
+    settings = Settings.load({"REDIS_URL": url, "JOBSERVICE_ENV": "development", **extra}, environ={})
+    with caplog.at_level(logging.WARNING):
+        enforce(settings, role="cli")
+    found = [record.getMessage() for record in caplog.records if "certificate is not checked" in record.getMessage()]
+    if warned:
+        assert len(found) == 1 and warned in found[0], found
+    else:
+        assert not found, found
 
 
 def test_the_api_refuses_to_start_on_a_bad_redis_url(tmp_path):

@@ -160,6 +160,12 @@ def test_redact_masks_userinfo_only():
     assert logs.redact("GET /jobs?token=abc HTTP/1.1") == "GET /jobs?token=*** HTTP/1.1"
 
 
+def test_redact_masks_a_password_holding_an_unencoded_slash():
+    # An Azure access key pasted into a URL as it is: everything up to the last "@" is userinfo.
+    assert logs.redact("got 'redis://:pa/ss@host:6379/0'") == "got 'redis://:***@host:6379/0'"
+    assert logs.redact("redis+sentinel://:se/cret@h1:26379/m/0 down") == "redis+sentinel://:***@h1:26379/m/0 down"
+
+
 def test_the_password_of_a_url_setting_is_masked_wherever_it_appears():
     # Given a Redis URL setting with a password, remembered as every process does at start
     secret = "pa%22ss-0123456789abcdef"
@@ -258,6 +264,7 @@ def test_good_secrets_start_outside_development_and_development_starts_with_anyt
         # Redis takes a lone userinfo as the password (AUTH <token>).
         ("redis://token@redis:6379/0", ["token"]),
         ("rediss://user:pw@redis:6379/0", ["pw"]),
+        ("redis://:pa/ss@redis:6379/0", ["pa/ss"]),  # a "/" pasted unencoded: still the password
     ],
 )
 def test_a_database_user_without_a_password_is_not_taken_for_a_short_password(url, passwords):

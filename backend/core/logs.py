@@ -22,9 +22,9 @@ EVENT_FIELDS = ("job_id", "attempt", "worker", "task", "status")
 
 # The userinfo of a URL: scheme://user:password@ or scheme://token@. The password (or a
 # lone token, which Redis and many brokers take as the password) is what gets masked. It runs
-# to the last "@" before the host, whatever it holds ("@", quotes, ":" are all found in real
-# passwords); only whitespace and "/" end it, since neither can be in a URL's userinfo.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/]*)@")
+# to the last "@" before the host, whatever it holds ("@", quotes, ":", "/" are all found in
+# real passwords, a "/" in Azure's access keys pasted unencoded); only whitespace ends it.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>\S*)@")
 # A secret passed as a parameter: ?password=..., &token=..., REDIS_PASSWORD=..., api_key=...
 # A quoted value is masked to its closing quote, any other to the next space, "&" or "#".
 _SECRET_PARAMETER = re.compile(

@@ -22,6 +22,8 @@ SENTINEL_PORT = 26379
 #: REDIS_SSL_CERT_REQS: how strictly a rediss:// server's certificate is checked.
 CERT_REQS = ("none", "optional", "required")
 EXAMPLE = "redis+sentinel://[:password@]host1:26379,host2:26379/<master_name>/<db>"
+#: How a password with a character that ends a URL's userinfo must be written.
+ENCODE = "percent-encode it: / as %2F, ? as %3F, # as %23, % as %25"
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,29 @@ class RedisTarget:
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: str | None = None
 
+    @property
+    def unchecked_by(self) -> str | None:
+        """The setting that turned a rediss:// server's certificate checks off, or None."""
+        if self.scheme != "rediss":
+            return None
+        in_url = parse_qs(urlsplit(self.url).query).get("ssl_cert_reqs", [])
+        if in_url:  # the URL's own options win over the settings (redis-py's rule)
+            return "REDIS_URL's ?ssl_cert_reqs=none" if in_url[-1].lower() == "none" else None
+        return "REDIS_SSL_CERT_REQS=none" if self.ssl_cert_reqs == "none" else None
+
 
 def masked(url: str) -> str:
-    """``url`` with everything that may hold a secret masked: the userinfo and the ?query."""
+    """``url`` with everything that may hold a secret masked: the userinfo and the ?query.
+
+    The userinfo runs from ``://`` to the LAST "@", whatever it holds: a password pasted with an
+    unencoded "/" (Azure's access keys have them) must not show from that "/" on."""
     scheme, separator, rest = url.partition("://")
     if not separator:  # no scheme: "host:6379" or "password@host"
         return "***@" + url.rsplit("@", 1)[1] if "@" in url else url.partition("?")[0]
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    _userinfo, at, after = rest.rpartition("@")
+    netloc, slash, path = (after if at else rest).partition("/")
     path, question, _query = path.partition("?")
-    return f"{scheme}://{netloc}{slash}{path}{'?***' if question else ''}"
+    return f"{scheme}://{'***@' if at else ''}{netloc}{slash}{path}{'?***' if question else ''}"
 
 
 def _refuse(name: str, url: str, why: str) -> SettingError:
@@ -69,8 +83,12 @@ def _db(text: str, url: str) -> int:
 
 def _host_port(item: str, url: str) -> tuple[str, int]:
     if item.startswith("["):  # [::1]:26379
-        host, _, rest = item[1:].partition("]")
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket:
+            raise _refuse("REDIS_URL", url, "has a Sentinel address with '[' but no ']'; write IPv6 as [::1]:26379")
         port_text = rest.removeprefix(":")
+    elif item.count(":") > 1:  # ::1 or fe80::1:26379: which ":" starts the port cannot be told
+        raise _refuse("REDIS_URL", url, "has an IPv6 Sentinel address without brackets; write it as [::1]:26379")
     else:
         host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
     if not host:
@@ -90,14 +108,13 @@ def _sentinel(url: str, **tls: str | None) -> RedisTarget:
     username = password = None
     if "@" in netloc:
         userinfo, netloc = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            user, secret = userinfo.split(":", 1)
-            username, password = unquote(user) or None, unquote(secret) or None
-        else:
-            password = unquote(userinfo) or None
-    if not netloc:
-        raise _refuse("REDIS_URL", url, f"names no Sentinel host; the form is {EXAMPLE}")
+        # A lone name is the user name, as redis-py reads redis://name@host (refused below).
+        user, _, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
     sentinels = tuple(_host_port(item.strip(), url) for item in netloc.split(",") if item.strip())
+    if not sentinels:
+        raise _refuse("REDIS_URL", url, f"names no Sentinel host; the form is {EXAMPLE}")
+    _check_credentials(username, password, url)
     parts = [part for part in path.split("/") if part]
     if not parts:
         raise _refuse("REDIS_URL", url, f"names no master (Sentinel's service name); the form is {EXAMPLE}")
@@ -115,6 +132,24 @@ def _sentinel(url: str, **tls: str | None) -> RedisTarget:
     )
 
 
+def _check_credentials(username: str | None, password: str | None, url: str) -> None:
+    if username and not password:  # redis-py would send AUTH <user> without a password, and fail
+        raise _refuse(
+            "REDIS_URL",
+            url,
+            "names a user but no password: a lone name before '@' is a user name (redis-py's reading); "
+            "write :password@ for a password alone, or user:password@",
+        )
+
+
+def _check_userinfo(url: str, scheme: str) -> None:
+    """Refuse a userinfo holding an unencoded "/": read as a path, the password's tail would
+    become the host, the port or the master's name."""
+    head = url.partition("://")[2].partition("?")[0]
+    if scheme != "unix" and "/" in head.rpartition("@")[0]:
+        raise _refuse("REDIS_URL", url, f"has a '/' in its password (before '@'); {ENCODE}")
+
+
 def _server(url: str, scheme: str, **tls: str | None) -> RedisTarget:
     try:
         parts = urlsplit(url)
@@ -122,6 +157,15 @@ def _server(url: str, scheme: str, **tls: str | None) -> RedisTarget:
     except ValueError:
         raise _refuse("REDIS_URL", url, "has a bad port") from None
     query = parse_qs(parts.query)
+    if scheme != "rediss" and any(name.startswith("ssl") for name in query):
+        raise _refuse("REDIS_URL", url, f"has ?ssl_... options, but {scheme}:// is not TLS; use rediss://")
+    for value in query.get("ssl_cert_reqs", []):
+        if value.lower() not in CERT_REQS:
+            raise _refuse(
+                "REDIS_URL", url, f"has ssl_cert_reqs={value[:20]!r}; it must be one of {', '.join(CERT_REQS)}"
+            )
+    if scheme != "unix":
+        _check_credentials(unquote(parts.username or ""), parts.password, url)
     if any(value.lower() in ("1", "true", "yes") for value in query.get("decode_responses", [])):
         raise _refuse("REDIS_URL", url, "asks for decode_responses; RQ needs raw bytes from Redis, remove it")
     db = 0
@@ -161,6 +205,12 @@ def parse(
         raise SettingError("REDIS_SSL_CERT_REQS", f"must be one of {', '.join(CERT_REQS)}, got {ssl_cert_reqs!r}")
     if ssl_ca_certs and not os.path.isfile(ssl_ca_certs):
         raise SettingError("REDIS_SSL_CA_CERTS", f"names no readable file: {ssl_ca_certs!r}")
+    for name, value in (("REDIS_SSL_CA_CERTS", ssl_ca_certs), ("REDIS_SSL_CERT_REQS", ssl_cert_reqs)):
+        if value and scheme != "rediss":  # ignored, the connection would be plaintext
+            raise SettingError(
+                name, f"is set, but REDIS_URL is {scheme}://, which has no TLS; use rediss:// or unset it"
+            )
+    _check_userinfo(url, scheme)
     tls = {
         "sentinel_password": sentinel_password or None,
         "ssl_ca_certs": ssl_ca_certs or None,

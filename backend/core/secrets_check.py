@@ -9,6 +9,7 @@ stack started from an unedited ``.env.example``, whose values are public.
 
 from __future__ import annotations
 
+import logging
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,6 +24,8 @@ MIN_LENGTH = 16
 #: Which processes must have the internal token: the API checks it, workers send it.
 NEEDS_INTERNAL_TOKEN = {"api", "worker"}
 HOW_TO_MAKE_ONE = "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+
+log = logging.getLogger(__name__)
 
 
 class InsecureSecrets(RuntimeError):
@@ -62,8 +65,11 @@ def url_passwords(url: object) -> list[str]:
     except ValueError:
         return []
     found: list[str] = []
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
+    # To the last "@" before any ?query, not urlsplit's netloc: that ends at a "/" which a
+    # password pasted unencoded may hold (redis_target refuses such a URL, but masks it first).
+    head = str(url).partition("://")[2].partition("?")[0]
+    if "@" in head:
+        userinfo = head.rsplit("@", 1)[0]
         if ":" in userinfo:
             found.append(userinfo.split(":", 1)[1])
         elif userinfo and parts.scheme.split("+", 1)[0] not in DATABASE_SCHEMES:
@@ -129,7 +135,13 @@ def enforce(settings: Settings, *, role: str) -> None:
         InsecureSecrets: naming each setting at fault, never a value.
     """
     if settings.redis_url:  # unset: each process says so itself (the CLI's store commands need none)
-        redis_target.from_settings(settings)
+        unchecked_by = redis_target.from_settings(settings).unchecked_by
+        if unchecked_by:  # allowed, to try a connection out; never meant to go unnoticed
+            log.warning(
+                "%s: the Redis server's certificate is not checked, so anyone on the path can pose as "
+                "Redis and read its password; set REDIS_SSL_CERT_REQS=required (and REDIS_SSL_CA_CERTS)",
+                unchecked_by,
+            )
     if is_development(settings):
         return
     problems = faults(settings, role=role)
