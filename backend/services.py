@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.errors import BrokerError
+from backend.broker.fences import note_history
 from backend.broker.queues import QueueAdapter, register_queues
 from backend.core.settings import Settings
 from backend.core.size_caps import SizeCaps
@@ -83,6 +84,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
     redis = connect_for(settings, socket_timeout=5)
     queues = QueueAdapter(redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl)
     try:
+        note_history(redis)  # before register_queues: an empty Redis is noted as such
         register_queues(redis)
     except BrokerError as exc:
         log.warning("Redis unreachable at start (%s); submissions stay PENDING until it is back", exc)

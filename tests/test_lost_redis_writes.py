@@ -238,6 +238,38 @@ def test_a_lease_missing_before_a_redis_outage_is_given_its_time_again_after_it(
     assert (after["status"], after["attempt"]) == ("PROCESSING", 1)
 
 
+def test_a_redis_failing_every_other_pass_still_lets_a_dead_worker_be_declared_dead(app, client, redis_conn):
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from backend.dev.redis_server import free_port
+
+    # Given a reconciler with 1 s leases (dead once a lease was missing 0.5 s of Redis answering)
+    base = services(app).reconciler
+    reconciler = Reconciler(base.manager, base.sessions, base.queues, lease_seconds=1.0, confirm_delay=0.1)
+    # and a job whose worker is gone for good (no lease, its RQ job lost)
+    job = _processing_job(app, client, "gone-worker")
+    redis_conn.flushdb()
+    up = reconciler.queues
+    unreachable = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    down = QueueAdapter(unreachable, result_ttl=60, failure_ttl=60)
+
+    # When Redis answers one pass in two (a flapping network, a failover's retry storm)
+    for _ in range(6):
+        if get_job(client, job["job_id"])["attempt"] == 2:
+            break
+        reconciler.run_once()
+        time.sleep(0.3)  # Redis answering: this time counts
+        reconciler.queues = down
+        with pytest.raises(BrokerError):
+            reconciler.run_once()
+        reconciler.queues = up
+
+    # Then the time Redis answered adds up: the worker is declared dead, its job runs again
+    after = get_job(client, job["job_id"])
+    assert (after["status"], after["attempt"]) == ("QUEUED", 2), after
+
+
 @pytest.mark.parametrize("verdict", ["requeue", "dead"])
 def test_two_reconciler_passes_at_once_settle_a_job_once(app, client, redis_conn, verdict):
     # Given two reconcilers that both lead (the Redis lock of one was lost in a failover)

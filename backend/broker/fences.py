@@ -9,12 +9,13 @@ every restart. So the first worker that meets a new id notes the moment in ``HIS
 a missing fence is trusted only for RQ jobs created after that moment (their fences, if any,
 were written to this history); for older ones the store, the record, decides (the worker's
 start report is answered before the task runs). Without a failover nothing more is asked.
-A Redis with no history noted at all (new, or emptied: its queues went with it) holds nothing
-from an earlier history.
+A Redis with no history noted is trusted only when it holds no RQ queues either (new, or
+emptied): one restored from a snapshot older than the first note still has its queues.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from enum import Enum
 from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
+from rq import Queue
 
 from backend.broker.queues import fence_key
 
@@ -44,16 +46,23 @@ class StartCheck(Enum):
 
 
 #: One round trip, as the fence's EXISTS alone took: the fence, then (only when there is none)
-#: Redis' replication id and the history noted. INFO inside a script, so that the reply is the
-#: id alone: cheaper than parsing INFO's section in Python on every job (~30 us more than the
-#: EXISTS alone here, against ~70 us for a pipeline of EXISTS, INFO and HMGET).
+#: Redis' replication id and the history noted, noted anew in the same script when the id is new.
+#: INFO inside a script, so that the reply is the id alone: cheaper than parsing INFO's section in
+#: Python on every job (~30 us more than the EXISTS alone here, against ~70 us for a pipeline of
+#: EXISTS, INFO and HMGET). Noting in the script makes it one write however many workers meet the
+#: new id at once. Reply: {1} fenced, or {0, since or false, the id when noted just now}.
 _CHECK = Script(
     None,
     b"""
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+if not replid then return {0, false} end
 local noted = redis.call('HMGET', KEYS[2], 'replid', 'since')
-return {0, replid or false, noted[1] or false, noted[2] or false}
+if noted[1] == replid then return {0, noted[2] or '0'} end
+local since = ARGV[1]
+if not noted[1] and redis.call('EXISTS', KEYS[3]) == 0 then since = '0' end
+redis.call('HSET', KEYS[2], 'replid', replid, 'since', since)
+return {0, since, replid}
 """,
 )
 
@@ -65,13 +74,13 @@ _refused: list[Exception] = []
 def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> StartCheck:
     """The fence's verdict on ``rq_id``, and whether Redis' history can vouch for its absence.
 
-    One round trip; a second one only when a worker meets a new Redis history.
+    One round trip, also when it notes a new Redis history.
 
     Raises:
         RedisError: Redis is unreachable or refused.
     """
     try:
-        fenced, *history = _CHECK(keys=[fence_key(rq_id), HISTORY_KEY], client=connection)
+        fenced, *history = _run(connection, fence_key(rq_id))
     except ResponseError as exc:
         # A Redis that refuses scripts or INFO in them: the fence alone, as before (said once).
         if not _refused:
@@ -80,7 +89,7 @@ def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> S
         return StartCheck.FENCED if connection.exists(fence_key(rq_id)) else StartCheck.CLEAR
     if fenced:
         return StartCheck.FENCED
-    since = _since(connection, *history)
+    since = _since(*history)
     if since is None:
         return StartCheck.CLEAR
     created = _timestamp(created_at)
@@ -89,28 +98,39 @@ def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> S
     return StartCheck.CLEAR
 
 
-def _since(connection: Redis, replid: bytes | None, noted: bytes | None, since: bytes | None) -> float | None:
-    """When this Redis history began (as first noted), noting it now if it is new; None when
-    Redis does not say its replication id: the fence is then trusted."""
-    if not replid:
+def note_history(connection: Redis) -> None:
+    """Note Redis' current history now if it is new (the API and a worker at start), so that its
+    beginning is not noted later, at the first job a worker takes.
+
+    Raises:
+        RedisError: Redis is unreachable or refused (scripts or INFO refused: nothing noted).
+    """
+    with contextlib.suppress(ResponseError):  # the start check says so, once, at the first job
+        _since(*_run(connection, "")[1:])
+
+
+def _run(connection: Redis, fence: str) -> list:
+    # The replication id's history starts now, or (a Redis with no history noted and no RQ
+    # queues: new, or emptied) at 0, since nothing in it comes from an earlier history.
+    keys = [fence, HISTORY_KEY, Queue.redis_queues_keys]
+    return _CHECK(keys=keys, args=[repr(time.time())], client=connection)
+
+
+def _since(since: bytes | None = None, noted: bytes | None = None) -> float | None:
+    """When this Redis history began, as noted; None when Redis does not say its replication id
+    (the fence is then trusted)."""
+    if since is None:
         return None
-    if noted == replid:
-        try:
-            return float(since or 0)
-        except ValueError:
-            pass
-    if noted is None:
-        # No history noted: a Redis that never had workers, or one that lost all its data (its
-        # queues with it). Nothing in it came from an earlier history: every fence is trusted.
-        connection.hset(HISTORY_KEY, mapping={"replid": replid, "since": "0"})
-        return 0.0
-    # A new history (a failover, a restart from the AOF): the writes just before it may be lost.
-    # Several workers may note it at once; a later ``since`` only asks about more jobs.
-    now = time.time()
-    connection.hset(HISTORY_KEY, mapping={"replid": replid, "since": repr(now)})
-    log.warning("Redis has a new history (replication id %s): jobs created before it start once the store agrees",
-                replid.decode())  # fmt: skip
-    return now
+    try:
+        value = float(since)
+    except ValueError:
+        return time.time()  # a garbled note: ask about every job until it is noted again
+    if noted and value:
+        # A new history (a failover, a restart from a snapshot, a Redis with RQ's queues and no
+        # note): the writes just before it may be lost.
+        log.warning("Redis has a new history (replication id %s): jobs created before it start once the store "
+                    "agrees", noted.decode())  # fmt: skip
+    return value
 
 
 def _timestamp(value: datetime | None) -> float | None:

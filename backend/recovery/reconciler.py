@@ -105,6 +105,8 @@ class Reconciler:
         # (a third of the lease) to put their leases back.
         self.dead_after = lease_seconds / 2
         self._missing_since: dict[str, float] = {}
+        #: When the pass that met Redis down began (None: Redis answered the last pass).
+        self._down_since: float | None = None
         self._lock_token = f"reconciler-{uuid.uuid4().hex}"
         self.engine = sessions.kw["bind"]
 
@@ -112,13 +114,19 @@ class Reconciler:
 
     def run_once(self) -> ReconcileReport | None:
         """One pass over every live job; None when another reconciler leads."""
+        started = time.monotonic()
+        if self._down_since is not None:
+            # Redis did not answer from then until now (an outage, a failover): its keeper could not
+            # put a lease back meanwhile, so that time is not counted as missing. The time counted
+            # before it is kept: a Redis that fails every other pass still lets a dead worker die.
+            outage = started - self._down_since
+            self._missing_since = {name: since + outage for name, since in self._missing_since.items()}
+            self._down_since = None
         try:
             with self._leadership() as leader:
                 return self._pass(leader) if leader is not None else None
         except BrokerError:
-            # Redis did not answer (an outage, a failover): a lease missing before it does not
-            # count as missing through it, since its keeper could not put it back meanwhile.
-            self._missing_since.clear()
+            self._down_since = started
             raise
 
     @contextlib.contextmanager
