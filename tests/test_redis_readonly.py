@@ -5,7 +5,6 @@ connection is dropped, so the next command connects afresh. Also the maxmemory-p
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from redis import Redis
@@ -14,7 +13,7 @@ from backend.app import create_app
 from backend.broker.connection import connect
 from backend.broker.errors import BrokerUnreachable
 from backend.dev.redis_server import free_port
-from tests.helpers import wait_for_status
+from tests.helpers import wait_for_status, wait_until
 from tests.sentinels import start_redis
 
 pytestmark = pytest.mark.sqlite_only(reason="about Redis; the store plays no part")
@@ -72,8 +71,19 @@ def test_a_worker_waits_out_a_read_only_redis_and_goes_on(own_redis, on_own_redi
     first = client.post("/tasks/add", json={"args": [1, 1]}).get_json()
     wait_for_status(client, first["job_id"], {"COMPLETED"})
 
+    before = len(worker.output())
     demote(own_redis)  # the idle worker's blocking read is cut, its next writes refused
-    time.sleep(1.5)
+
+    # Promoted back only once the worker's work loop has met the read-only Redis (its log says
+    # so; the lease thread's "lease not renewed" does not count: it meets it whatever the loop does).
+    def met_read_only() -> bool:
+        lines = worker.output()[before:].splitlines()
+        return any("read only replica" in line and "backend.broker.leases" not in line for line in lines)
+
+    try:
+        wait_until(met_read_only, timeout=30, what="READONLY")
+    except AssertionError:
+        raise AssertionError(f"the worker never met the read-only Redis:\n{worker.output()[before:][-4000:]}") from None
     Redis(port=own_redis.port).replicaof("NO", "ONE")
     second = client.post("/tasks/add", json={"args": [2, 2]}).get_json()
 
