@@ -244,9 +244,9 @@ def test_a_redis_failing_every_other_pass_still_lets_a_dead_worker_be_declared_d
 
     from backend.dev.redis_server import free_port
 
-    # Given a reconciler with 1 s leases (dead once a lease was missing 0.5 s of Redis answering)
+    # Given a reconciler with 2 s leases (dead once a lease was missing 1 s of Redis answering)
     base = services(app).reconciler
-    reconciler = Reconciler(base.manager, base.sessions, base.queues, lease_seconds=1.0, confirm_delay=0.1)
+    reconciler = Reconciler(base.manager, base.sessions, base.queues, lease_seconds=2.0, confirm_delay=0.1)
     # and a job whose worker is gone for good (no lease, its RQ job lost)
     job = _processing_job(app, client, "gone-worker")
     redis_conn.flushdb()
@@ -256,10 +256,10 @@ def test_a_redis_failing_every_other_pass_still_lets_a_dead_worker_be_declared_d
 
     # When Redis answers one pass in two (a flapping network, a failover's retry storm)
     for _ in range(6):
+        reconciler.run_once()
         if get_job(client, job["job_id"])["attempt"] == 2:
             break
-        reconciler.run_once()
-        time.sleep(0.3)  # Redis answering: this time counts
+        time.sleep(0.5)  # Redis answering: this time counts
         reconciler.queues = down
         with pytest.raises(BrokerError):
             reconciler.run_once()
