@@ -37,7 +37,9 @@ def _report(client, job: dict, *events: dict) -> list[int]:
 
 
 STARTED = {"event": "started", "worker": "w1"}
-LOST_REDIS = {"event": "failed", "error": "WorkerLostRedis: ConnectionError: Connection refused"}
+LOST_REDIS = {"event": "failed", "error": "WorkerLostRedis: ConnectionError: Connection refused", "interrupted": True}
+#: Task errors worded like an interruption: RQ's abandoned-job words, and a last line "WorkerDied:".
+LOOKALIKES = ("due to AbandonedJobError", "boom\nWorkerDied: not really")
 
 
 def test_a_killed_workers_job_without_retries_runs_again_at_once_and_completes(app, client, start_worker):
@@ -128,9 +130,9 @@ def own_redis(settings, tmp_path):
 def test_a_worker_that_loses_redis_mid_run_runs_the_job_again_without_backoff(
     own_redis, long_backoff, app, client, start_worker
 ):
-    # Given a job running on a real worker, whose task failures would wait 120 s for a retry
+    # Given a job running on a real (forking) worker, whose task failures would wait 120 s for a retry
     job = submit(client, "crawl", kwargs={"steps": 3, "delay": 0.4}, max_retries=1)
-    start_worker("--name", "cut-off", "--simple")
+    start_worker("--name", "cut-off")
     wait_for_status(client, job["job_id"], {"PROCESSING"})
 
     # When Redis goes away under the run (RQ cannot record its end: WorkerLostRedis)
@@ -156,6 +158,20 @@ def test_a_worker_that_loses_redis_mid_run_runs_the_job_again_without_backoff(
         restarted.stop()
     assert (done["status"], done["retry_count"], done["interruptions"]) == ("COMPLETED", 0, 1)
     assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["INTERRUPTED", "COMPLETED"]
+
+
+def test_a_simple_worker_that_loses_redis_under_a_run_reports_the_outcome_it_holds(own_redis, client, start_worker):
+    # Given a job running on a simple worker (its task runs in the worker's own process)
+    job = submit(client, "crawl", kwargs={"steps": 3, "delay": 0.4}, max_retries=1)
+    start_worker("--name", "holder", "--simple")
+    wait_for_status(client, job["job_id"], {"PROCESSING"})
+
+    # When Redis goes away under the run (RQ cannot record its end)
+    own_redis.stop()
+
+    # Then the worker reports the outcome it holds: the one run completed the job, nothing re-runs
+    done = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED", "PENDING", "QUEUED"})
+    assert (done["status"], done["attempt"], done["interruptions"], done["result"]) == ("COMPLETED", 1, 0, {"steps": 3})
 
 
 def test_a_job_allowed_no_interruption_fails_at_its_first(client):
@@ -212,3 +228,58 @@ def test_an_idempotency_key_reused_with_another_max_interruptions_is_refused(cli
 
     assert again.status_code == 422
     assert again.get_json()["error"]["details"]["differs_in"] == ["max_interruptions"]
+
+
+@pytest.mark.parametrize("kind", ["--simple", "--forking"])
+def test_a_task_failure_worded_like_an_interruption_spends_its_retries(client, start_worker, kind):
+    # Given tasks that fail with the words of an interruption, allowed no retry
+    jobs = [submit(client, "fail", kwargs={"message": text}, max_retries=0, max_interruptions=1) for text in LOOKALIKES]
+
+    # When a worker runs them
+    start_worker("--name", f"lookalike{kind}", *(["--simple"] if kind == "--simple" else []))
+
+    # Then each is a failure: FAILED after its one run, no interruption counted, its own error kept
+    for job, text in zip(jobs, LOOKALIKES, strict=True):
+        done = wait_for_status(client, job["job_id"], {"FAILED"})
+        assert (done["attempt"], done["retry_count"], done["interruptions"]) == (1, 0, 0), done
+        assert done["error"].endswith(text.splitlines()[-1]) and not done["error"].startswith("Interrupted")
+        assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["FAILED"]
+
+
+def test_a_failed_report_is_an_interruption_only_when_it_says_so(client):
+    error = "WorkerDied: worker w1 stopped while running the job"
+    plain, flagged = submit_add(client, max_retries=0), submit_add(client, max_retries=0)
+
+    # A failure whose error merely starts like a worker's is the task's: no retry left, FAILED
+    assert _report(client, plain, STARTED, {"event": "failed", "error": error}) == [200, 200]
+    # The worker's own mark makes it an interruption: queued again at once, no retry spent
+    assert _report(client, flagged, STARTED, {"event": "failed", "error": error, "interrupted": True}) == [200, 200]
+
+    failed, back = get_job(client, plain["job_id"]), get_job(client, flagged["job_id"])
+    assert (failed["status"], failed["interruptions"], failed["error"]) == ("FAILED", 0, error)
+    assert (back["status"], back["attempt"], back["interruptions"], back["retry_count"]) == ("QUEUED", 2, 1, 0)
+    # and the mark must be a boolean
+    report = {"job_id": plain["job_id"], "attempt": 1, "event": "failed", "error": error, "interrupted": "yes"}
+    refused = client.post("/internal/reports", json={"reports": [report]}, headers=AUTH)
+    assert refused.status_code == 400
+    assert "interrupted must be bool" in refused.get_json()["error"]["message"]
+
+
+def test_the_reconciler_copies_a_task_failure_worded_like_an_interruption_as_a_failure(app, client, start_worker):
+    # Given failures RQ recorded (tracebacks ending in an interruption's words) whose reports were lost
+    jobs = [submit(client, "fail", kwargs={"message": text}, max_retries=0) for text in LOOKALIKES]
+    mute = start_worker(
+        "--burst", "--simple", "--name", "mute",
+        env={"API_BASE_URL": "http://127.0.0.1:9", "REPORT_RETRY_SECONDS": "0.5"},
+    )  # fmt: skip
+    assert mute.wait(timeout=30) == 0, mute.output()
+    for job in jobs:
+        age(app, job["job_id"])
+
+    # When the reconciler copies their outcomes from RQ
+    services(app).reconciler.run_once()
+
+    # Then each is a failure: FAILED, no interruption counted
+    for job, last_line in zip(jobs, ("RuntimeError: due to AbandonedJobError", "WorkerDied: not really"), strict=True):
+        done = get_job(client, job["job_id"])
+        assert (done["status"], done["interruptions"], done["error"]) == ("FAILED", 0, last_line)

@@ -61,11 +61,24 @@ def outcome(job: RQJob) -> tuple[str, Any]:
     return status, (job.return_value() if status == "finished" else None)
 
 
+def failure_record(job: RQJob) -> str | None:
+    """The whole of an RQ job's latest failure as RQ stored it (a traceback, or a line a worker
+    or the reconciler wrote: ``backend.core.interruptions.recorded_interruption``), or None."""
+    result = job.latest_result()
+    if result is None:
+        return None
+    return (result.exc_string or "").strip() or None
+
+
+def last_line(record: str | None) -> str | None:
+    """The last line of a failure record (a traceback's ``"ValueError: ..."``), or None."""
+    lines = (record or "").splitlines()
+    return lines[-1] if lines else None
+
+
 def last_error(job: RQJob) -> str | None:
     """The last line of an RQ job's latest failure (``"ValueError: ..."``), or None."""
-    result = job.latest_result()
-    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
-    return lines[-1] if lines else None
+    return last_line(failure_record(job))
 
 
 def rq_job_id(job_id: str, attempt: int) -> str:

@@ -6,10 +6,13 @@ without spending one of ``max_retries`` (as BullMQ's stalled jobs and Sidekiq's 
 They are counted apart (``interruptions``), and a job that keeps taking its workers down (a
 poison pill) ends FAILED once it has been interrupted more than ``max_interruptions`` times.
 
-The worker and the reconciler mark such a run by the first word of its error, so that a
-report from a worker of an older version (the same words) is understood too, and the wire
-protocol needs no new field. A timeout is the task's failure (RQ's ``JobTimeoutException``),
-and so is a work-horse killed under its job (the OOM killer): the worker itself lived on.
+Who wrote an error decides, never its text (a task controls its own exception's message): the
+worker marks a report of its own infrastructure failure with ``"interrupted": true``
+(``backend.core.protocol``), which no task's failure sets; the reconciler takes RQ's stored
+failure for an interruption only when the whole of it is a line the worker or the reconciler
+wrote for one, or RQ's own abandoned-job words (``recorded_interruption``). A timeout is the
+task's failure (RQ's ``JobTimeoutException``), and so is a work-horse killed under its job (the
+OOM killer): the worker itself lived on.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ WORKER_DIED = "WorkerDied"
 WORKER_LOST_REDIS = "WorkerLostRedis"
 #: Redis lost the run's outcome (a failover or an empty restart) or its RQ job's hash.
 JOB_LOST = "JobLost"
-PREFIXES = tuple(f"{name}:" for name in (WORKER_DIED, WORKER_LOST_REDIS, JOB_LOST))
-#: RQ's own word for a started job whose worker stopped heartbeating (its registry cleanup).
-_RQ_ABANDONED = "due to AbandonedJobError"
+#: The store did not confirm a start Redis could not vouch for, in time (``backend/runner/start_gate.py``).
+START_UNCONFIRMED = "StartUnconfirmed"
+PREFIXES = tuple(f"{name}:" for name in (WORKER_DIED, WORKER_LOST_REDIS, JOB_LOST, START_UNCONFIRMED))
+#: How RQ's registry cleanup records a started job whose worker stopped heartbeating
+#: (rq/registry.py: "Moved to FailedJobRegistry, due to AbandonedJobError, at <time>").
+RQ_ABANDONED = "Moved to FailedJobRegistry, due to AbandonedJobError"
 
 #: ``max_interruptions`` when a submission does not say, and the most it may say.
 DEFAULT_MAX_INTERRUPTIONS = 3
@@ -35,9 +41,16 @@ OUTCOME = "INTERRUPTED"
 ERROR_PREFIX = "Interrupted"
 
 
-def is_interruption(error: str | None) -> bool:
-    """Whether a run that ended with ``error`` was cut by the infrastructure, not by its task."""
-    return bool(error) and (error.startswith(PREFIXES) or _RQ_ABANDONED in error)
+def recorded_interruption(exc_string: str | None) -> bool:
+    """Whether RQ's stored failure of a run (its WHOLE ``exc_string``) records an interruption.
+
+    The worker and the reconciler record a worker that died as one line of their own
+    (``"WorkerDied: ..."``), RQ its abandoned jobs in its own words; a task's failure is stored as
+    a traceback (``"Traceback (most recent call last): ..."``), so no message a task raises, on
+    any of its lines, can pass for either.
+    """
+    text = (exc_string or "").strip()
+    return text.startswith(RQ_ABANDONED) or (text.startswith(PREFIXES) and "\n" not in text)
 
 
 def too_many(count: int, limit: int, last: str) -> str:

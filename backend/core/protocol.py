@@ -25,7 +25,9 @@ EVENTS = (STARTED, PROGRESS, COMPLETED, FAILED)
 #: The events that end an attempt: never dropped by the worker, never coalesced.
 ENDS = frozenset({COMPLETED, FAILED})
 #: Every field a report may hold; any other fails its batch (400).
-FIELDS = frozenset({"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message"})
+FIELDS = frozenset(
+    {"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message", "interrupted"}
+)
 #: Reports per request the API accepts.
 MAX_BATCH = 1000
 #: How far back a report's own time may place an event (older ages are clamped).
@@ -53,6 +55,9 @@ class Report:
     error: str | None = None
     progress: int | None = None
     message: str | None = None
+    #: A failure of the worker's own (it died, lost Redis, Redis lost the outcome), not the
+    #: task's: only the worker sets it, whatever an error's text (``backend.core.interruptions``).
+    interrupted: bool = False
 
     def event_time(self, now: datetime) -> datetime:
         """When the event happened: ``now`` less the report's age (clock offsets cancel out)."""
@@ -79,8 +84,11 @@ def completed(job_id: str, attempt: int, result: object) -> dict:
     return {"job_id": job_id, "attempt": attempt, "event": COMPLETED, "result": result}
 
 
-def failed(job_id: str, attempt: int, error: str) -> dict:
-    return {"job_id": job_id, "attempt": attempt, "event": FAILED, "error": error}
+def failed(job_id: str, attempt: int, error: str, *, interrupted: bool = False) -> dict:
+    report = {"job_id": job_id, "attempt": attempt, "event": FAILED, "error": error}
+    if interrupted:
+        report["interrupted"] = True
+    return report
 
 
 def batch_body(reports: list[dict], *, sent_at: float) -> dict:
@@ -163,6 +171,7 @@ def decode_one(body: dict, event: str, job_id: str, caps: SizeCaps, *, age: floa
         problem = caps.result_problem(fields["result"])
     else:
         fields["error"] = _field(body, "error", str, where=where)
+        fields["interrupted"] = bool(_field(body, "interrupted", bool, required=False, where=where))
         problem = caps.error_problem(fields["error"])
     if problem:
         # Not prefixed with ``where``: the worker reports the message as the attempt's error.

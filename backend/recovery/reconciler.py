@@ -34,9 +34,9 @@ from datetime import UTC, timedelta
 
 from backend.broker import leases
 from backend.broker.errors import BrokerError
-from backend.broker.queues import QueueAdapter, RQJob, last_error, outcome, rq_status
+from backend.broker.queues import QueueAdapter, RQJob, failure_record, last_line, outcome, rq_status
 from backend.core.errors import JobServiceError
-from backend.core.interruptions import is_interruption
+from backend.core.interruptions import recorded_interruption
 from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
@@ -323,11 +323,12 @@ class Reconciler:
         if status == "finished" and problem is None:
             self.manager.mark_completed(job.id, attempt=job.attempt, result=result)
         else:
-            error = problem or last_error(rq_job) or f"RQ job {status}"
-            error = self.caps.shorten_error(error)
-            if is_interruption(error):
+            record = failure_record(rq_job)
+            error = self.caps.shorten_error(problem or last_line(record) or f"RQ job {status}")
+            if problem is None and recorded_interruption(record):
                 # A worker that died (marked so by its restarted namesake, or by RQ's cleanup) is
-                # no fault of the job: it runs again at once, no retry spent.
+                # no fault of the job: it runs again at once, no retry spent. Judged by the whole
+                # record: a task's traceback may end in any words it likes.
                 self.manager.mark_interrupted(job.id, attempt=job.attempt, error=error)
             else:
                 self.manager.mark_failed(job.id, attempt=job.attempt, error=error)

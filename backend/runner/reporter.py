@@ -169,13 +169,14 @@ class Reporter:
         self._drop_pending_progress()
         self._put(protocol.completed(job_id, attempt, result))
 
-    def failed(self, job_id: str, attempt: int, error: str) -> None:
+    def failed(self, job_id: str, attempt: int, error: str, *, interrupted: bool = False) -> None:
+        """Report an attempt's end in failure; ``interrupted``: the worker's own (never a task's)."""
         self._drop_pending_progress()
-        self._put(self._failure(job_id, attempt, error))
+        self._put(self._failure(job_id, attempt, error, interrupted=interrupted))
 
-    def _failure(self, job_id: str, attempt: int, error: str) -> dict:
+    def _failure(self, job_id: str, attempt: int, error: str, *, interrupted: bool = False) -> dict:
         # An error over the cap keeps its tail: where a traceback names the fault.
-        return protocol.failed(job_id, attempt, self.caps.shorten_error(error))
+        return protocol.failed(job_id, attempt, self.caps.shorten_error(error), interrupted=interrupted)
 
     def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
         """Report progress (coalesced). Returns False once the API has refused this attempt."""
@@ -366,8 +367,10 @@ class Reporter:
             error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
         else:
             error = report["error"]
+        interrupted = bool(report.get("interrupted"))  # the worker's mark outlives the shortening
+        failure = self._failure(report["job_id"], report["attempt"], error, interrupted=interrupted)
         # Not through failed(): that would drop the pending progress of whichever job runs now.
-        self._put(self._failure(report["job_id"], report["attempt"], error), at=report["at"])
+        self._put(failure, at=report["at"])
 
     def _post_batch(self, reports: list[dict]) -> requests.Response:
         body = protocol.batch_body(reports, sent_at=time.time())

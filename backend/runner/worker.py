@@ -28,10 +28,12 @@ from backend.broker import registries
 from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.fences import StartCheck, start_check
 from backend.broker.leases import LeaseKeeper
-from backend.broker.queues import last_error, register_queues
+from backend.broker.queues import failure_record, last_line, register_queues
 from backend.core import logs, secrets_check
+from backend.core.interruptions import recorded_interruption
 from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
+from backend.runner.outcomes import HeldOutcome, lost_redis
 from backend.runner.reporter import Reporter
 from backend.tasks import load_task_modules
 from backend.tasks.context import JobContext, activate, deactivate
@@ -45,15 +47,6 @@ def _store_ids(job: RQJob) -> tuple[str, int] | None:
     if "job_id" in meta and "attempt" in meta:
         return str(meta["job_id"]), int(meta["attempt"])
     return None
-
-
-def _lost_redis(exc: Exception) -> str:
-    """The error of a run whose outcome Redis lost (RQ's bookkeeping failed mid-job).
-
-    An interruption, not the task's failure (``backend.core.interruptions``): the API queues
-    the job again at once, without spending a retry.
-    """
-    return f"WorkerLostRedis: {type(exc).__name__}: {exc}"
 
 
 class AttemptRefused(Exception):
@@ -96,14 +89,21 @@ class ReportingMixin:
             _report=lambda percent, message: self.reporter.progress(job_id, attempt, percent, message),
         )
         self._last_error = None
+        held = None if self.reports_from_parent else HeldOutcome(job)
         token = activate(context)
         try:
             ok = super().perform_job(job, queue, execution)
         except Exception as exc:
             # RQ's own bookkeeping failed (Redis went away mid-job): the outcome reaches no one
-            # else, and Redis may come back without the job's state. Retried if it may be.
-            if not self.reports_from_parent:
-                self.reporter.failed(job_id, attempt, _lost_redis(exc))
+            # else, and Redis may come back without the job's state. The task's own outcome when
+            # it ended (this process holds it), else an interruption: run again at once.
+            if held is not None and (job_id, attempt) not in self.reporter.refused:
+                if not held.ended:
+                    self.reporter.failed(job_id, attempt, lost_redis(exc), interrupted=True)
+                elif held.error is None:
+                    self._report_result(job_id, attempt, held.result)
+                else:
+                    self.reporter.failed(job_id, attempt, held.error)
             raise
         finally:
             deactivate(token)
@@ -180,14 +180,14 @@ class JobServiceWorker(ReportingMixin, Worker):
             # one else would report an end. The API queues the job again at once, so the run
             # is cut here: its outcome could reach no one, and it must not run beside the next.
             self._end_horse()
-            self.reporter.failed(*ids, _lost_redis(exc))
+            self.reporter.failed(*ids, lost_redis(exc), interrupted=True)
             raise
         try:
             self._report_end(job, *ids)
         except InvalidJobOperation:
             # The RQ job's hash is gone (deleted while it ran): its outcome is unknown, and
             # no one else would ever report it. As for a lost run: retried if it may be.
-            self.reporter.failed(*ids, "JobLost: the RQ job was deleted before its outcome was read")
+            self.reporter.failed(*ids, "JobLost: the RQ job was deleted before its outcome was read", interrupted=True)
         except RedisError as exc:
             # The reconciler copies the outcome from RQ once Redis answers again.
             log.warning("job %s: could not read its outcome from RQ: %s", ids[0], exc)
@@ -207,10 +207,14 @@ class JobServiceWorker(ReportingMixin, Worker):
         if status == RQStatus.FINISHED:
             self._report_result(job_id, attempt, job.return_value(refresh=True))
         elif status == RQStatus.FAILED:
-            self.reporter.failed(job_id, attempt, self._horse_death or last_error(job) or "the task failed")
+            # An interruption only when RQ's whole record is one (the job was marked abandoned while
+            # the horse ran): a task's traceback may end in an interruption's words.
+            record = None if self._horse_death else failure_record(job)
+            error = self._horse_death or last_line(record) or "the task failed"
+            self.reporter.failed(job_id, attempt, error, interrupted=recorded_interruption(record))
         elif status != RQStatus.STOPPED:  # STOPPED: refused or cancelled, nothing to report
             # Queued or started after its work-horse exited: Redis lost what the horse wrote.
-            self.reporter.failed(job_id, attempt, f"JobLost: RQ shows the job {status} after its run")
+            self.reporter.failed(job_id, attempt, f"JobLost: RQ shows the job {status} after its run", interrupted=True)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
         """The forked child died under the job (OOM killer, SIGKILL): say so in the report."""

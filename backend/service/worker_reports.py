@@ -22,7 +22,6 @@ from datetime import datetime
 
 from backend.core.errors import JobServiceError
 from backend.core.instruments import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
-from backend.core.interruptions import is_interruption
 from backend.core.protocol import COMPLETED, FAILED, PROGRESS, STARTED, Report, answer
 from backend.core.states import JobStatus, decide
 from backend.store import conflicts
@@ -238,8 +237,9 @@ def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
         )
     if report.event == COMPLETED:
         job = manager.mark_completed(report.job_id, attempt=report.attempt, result=report.result, at=at)
-    elif is_interruption(report.error):
-        # The worker lost Redis mid-run, or Redis lost the run's outcome: run it again at once.
+    elif report.interrupted:
+        # The worker's own mark (never an error's text, which the task controls): it died, lost
+        # Redis mid-run, or Redis lost the run's outcome. Run it again at once.
         job = manager.mark_interrupted(report.job_id, attempt=report.attempt, error=report.error, at=at)
     else:
         error = report.error or "the task failed"
