@@ -46,6 +46,8 @@ def test_the_sentinel_override_runs_a_master_a_replica_and_three_sentinels_that_
         assert services[name]["environment"]["REDIS_URL"] == SENTINEL_URL, name
         assert services[name]["environment"]["REDIS_SENTINEL_PASSWORD"] == SENTINEL_PW, name
         assert {"sentinel-1", "sentinel-2", "sentinel-3"} <= set(services[name]["depends_on"]), name
+        # (a `redis` that is gone after a failover must not keep them from starting)
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_started", name
     target = redis_target.parse(SENTINEL_URL, sentinel_password=SENTINEL_PW)
     assert target.sentinels == (("sentinel-1", 26379), ("sentinel-2", 26379), ("sentinel-3", 26379))
     assert (target.master_name, target.db, target.password) == ("mymaster", 0, SENTINEL)
@@ -58,6 +60,8 @@ def test_the_sentinel_override_runs_a_master_a_replica_and_three_sentinels_that_
         assert service["command"] == ["sh", f"/jobservice/{script}"], name
         assert service["environment"]["REDIS_ANNOUNCE_HOST"] == name, name
         assert "ports" not in service, name
+        # and starts whether or not another member is up: no server waits for `redis` to be healthy
+        assert "depends_on" not in service, name
     # And the passwords reach the servers through their environment, never an argument
     assert services["redis-replica"]["environment"]["REDISCLI_AUTH"] == SENTINEL
     assert services["sentinel-1"]["environment"]["REDISCLI_AUTH"] == SENTINEL_PW
@@ -103,7 +107,7 @@ class Group:
         sentinels = ",".join(f"127.0.0.1:{self.ports[name]}" for name in ("s1", "s2", "s3"))
         return f"redis+sentinel://:{SENTINEL}@{sentinels}/mymaster/0"
 
-    def start_node(self, name: str) -> None:
+    def start_node(self, name: str, *, ready: bool = True) -> None:
         data = self.root / name
         data.mkdir(exist_ok=True)
         env = {
@@ -114,9 +118,12 @@ class Group:
             "REDIS_PORT": str(self.ports[name]),
             "REDIS_DATA_DIR": str(data),
             "REDIS_CONF": str(self.root / f"{name}.conf"),
+            # The first start here has no Sentinel yet: take REDIS_INITIAL_MASTER at once.
+            "REDIS_FIRST_START_WAIT": "0",
         }
         self._spawn(name, "redis-node.sh", env)
-        self.cli(name, "ping", expect="PONG")
+        if ready:
+            self.cli(name, "ping", expect="PONG")
 
     def start_sentinel(self, name: str) -> None:
         data = self.root / name
@@ -154,9 +161,9 @@ class Group:
             assert time.monotonic() < deadline, (name, command, answer, self.logs())
             time.sleep(0.1)
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, sig)
         process.wait(timeout=10)
 
     def logs(self) -> str:
@@ -218,5 +225,23 @@ def test_the_shipped_scripts_make_a_group_that_fails_over_and_takes_the_old_mast
         group.kill("s1")
         group.start_sentinel("s1")
         group.cli("s1", "sentinel", "get-master-addr-by-name", "mymaster", expect=str(group.ports["redis-replica"]))
+        # When the old master stops, the master takes a write the old one never sees, then
+        # everything stops (docker-compose down, a host's reboot) and the servers start again
+        # before any Sentinel
+        group.kill("redis", signal.SIGTERM)
+        client.set("cold", "3")
+        for name in ("s1", "s2", "s3", "redis-replica"):
+            group.kill(name, signal.SIGTERM)
+        group.start_node("redis", ready=False)
+        group.start_node("redis-replica", ready=False)
+        for name in ("s1", "s2", "s3"):
+            group.start_sentinel(name)
+        # Then each server waits for the Sentinels and takes the role they name: the new master
+        # stays master with its data, the old one follows it (none took REDIS_INITIAL_MASTER)
+        group.cli("redis-replica", "role", expect="master")
+        group.cli("redis", "info", "replication", expect=f"master_port:{group.ports['redis-replica']}")
+        group.cli("redis", "info", "replication", expect="master_link_status:up")
+        assert group.cli("redis-replica", "get", "cold").strip() == "3"
+        group.cli("redis", "get", "cold", expect="3")
     finally:
         group.close()
