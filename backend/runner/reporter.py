@@ -135,36 +135,6 @@ class Reporter:
     def started(self, job_id: str, attempt: int, worker: str) -> None:
         self._put(protocol.started(job_id, attempt, worker))
 
-    def start_allowed(self, job_id: str, attempt: int, worker: str) -> bool:
-        """Report a start and wait for the store's answer: False when it refuses the attempt (409:
-        cancelled or replaced). Only for a start Redis cannot vouch for (backend/broker/fences.py);
-        sent again until answered, for up to ``retry_seconds``, then True (the run goes ahead: the
-        store refuses its reports if it was cancelled after all)."""
-        report = protocol.started(job_id, attempt, worker)
-        deadline = time.monotonic() + self.retry_seconds
-        delay = _BACKOFF_START
-        while True:
-            report["at"] = time.time()
-            try:
-                # Its own session: the sender thread may be using the shared one.
-                with requests.Session() as session:
-                    session.headers[protocol.TOKEN_HEADER] = self._token
-                    body = protocol.batch_body([report], sent_at=time.time())
-                    response = session.post(f"{self.base_url}{protocol.BATCH_PATH}", json=body, timeout=_TIMEOUT)
-                if response.status_code == 200:
-                    status = response.json()["results"][0]["status"]
-                    if status == 409:
-                        self.refused.add((job_id, attempt))
-                    return status != 409
-                log.warning("job %s: start check answered %s", job_id, response.status_code)
-            except (requests.RequestException, ValueError, KeyError, IndexError) as exc:
-                log.warning("job %s: start check not answered (%s)", job_id, exc)
-            if time.monotonic() + delay > deadline:
-                log.error("job %s: the store did not answer its start check; running it", job_id)
-                return True
-            time.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_CAP)
-
     def completed(self, job_id: str, attempt: int, result: object) -> None:
         self._drop_pending_progress()
         self._put(protocol.completed(job_id, attempt, result))

@@ -26,7 +26,6 @@ from rq.serializers import JSONSerializer
 
 from backend.broker import registries
 from backend.broker.connection import connect_for, warn_if_evicting
-from backend.broker.fences import StartCheck, start_check
 from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import failure_record, last_line, register_queues
 from backend.core import logs, secrets_check
@@ -35,6 +34,7 @@ from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
 from backend.runner.outcomes import HeldOutcome, lost_redis
 from backend.runner.reporter import Reporter
+from backend.runner.start_gate import StartChecks, StartGate
 from backend.tasks import load_task_modules
 from backend.tasks.context import JobContext, activate, deactivate
 
@@ -49,11 +49,7 @@ def _store_ids(job: RQJob) -> tuple[str, int] | None:
     return None
 
 
-class AttemptRefused(Exception):
-    """Raised before a task runs when the API refuses its attempt (cancelled or replaced)."""
-
-
-class ReportingMixin:
+class ReportingMixin(StartChecks):
     """Reports each attempt's start, progress and end to the API's internal endpoints.
 
     Reports go through the reporter's outbox, so a job never waits for the API. Before a
@@ -65,9 +61,10 @@ class ReportingMixin:
     #: The forking worker reports starts and ends from its own process, not the work-horse.
     reports_from_parent = False
 
-    def __init__(self, *args, reporter: Reporter, **kwargs):
+    def __init__(self, *args, reporter: Reporter, start_gate: StartGate, **kwargs):
         super().__init__(*args, **kwargs)
         self.reporter = reporter
+        self.start_gate = start_gate
         self._last_error: str | None = None
         # RQ calls exception handlers with the task's exception; keep it for the report.
         self.push_exc_handler(self._remember_error)
@@ -118,7 +115,8 @@ class ReportingMixin:
             # RQ keeps the return value on the job it just ran: no Redis round trip.
             self._report_result(job_id, attempt, job._result)
         elif job.get_status(refresh=False) != "stopped":
-            self.reporter.failed(job_id, attempt, self._last_error or "the task failed")
+            error = self._interruption or self._last_error or "the task failed"  # _interruption: start_gate.py
+            self.reporter.failed(job_id, attempt, error, interrupted=bool(self._interruption))
         return ok
 
     def _report_result(self, job_id: str, attempt: int, result: object) -> None:
@@ -143,17 +141,7 @@ class ReportingMixin:
         ids = _store_ids(job)
         if ids is None:
             return
-        check = start_check(self.connection, job.id, job.created_at)
-        # ASK_STORE: Redis failed over or restarted since this job was created, and its fence may be
-        # one of the writes it lost. The store, the record, answers the start before the task runs.
-        if check is StartCheck.ASK_STORE and not self.reporter.start_allowed(*ids, self.name):
-            check = StartCheck.FENCED
-        if check is StartCheck.FENCED:
-            # Cancelled while it waited, or a newer attempt replaced it: do not run it.
-            self.reporter.refused.add(ids)
-            raise AttemptRefused(f"attempt {ids[1]} of job {ids[0]} was cancelled or replaced")
-        if not self.reports_from_parent:
-            self.reporter.started(*ids, self.name)
+        self.check_start(job, *ids)  # raises when the task must not run (backend/runner/start_gate.py)
 
 
 class JobServiceWorker(ReportingMixin, Worker):
@@ -252,6 +240,7 @@ def build_worker(
         serializer=JSONSerializer,
         default_result_ttl=settings.rq_result_ttl,
         reporter=reporter,
+        start_gate=StartGate(settings.api_base_url, str(settings.internal_service_token)),
     )
 
 
