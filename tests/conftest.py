@@ -27,6 +27,7 @@ from backend.api.context import update_settings
 from backend.app import create_app, start_background, stop_background
 from backend.dev import processes
 from backend.dev.redis_server import EmbeddedRedis
+from tests.run_passes import POSTGRES_PASS_RUNS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-internal-token"
@@ -284,9 +285,18 @@ def pytest_report_header(config):
 
 def pytest_collection_modifyitems(config, items):
     """In the PostgreSQL pass, skip what would only repeat the SQLite pass: tests that build no
-    store through ``make_store_url`` (their store, if any, is SQLite either way), tests about
-    SQLite itself, and the PostgreSQL-specific ones (they ran in the SQLite pass already)."""
+    store through ``make_store_url`` (their store, if any, is SQLite either way) and tests about
+    SQLite itself. The PostgreSQL-specific ones run in the PostgreSQL pass when run_passes runs
+    one, else in the SQLite pass (``pytest`` alone)."""
     if STORE != "postgres":
+        if os.environ.get(POSTGRES_PASS_RUNS):
+            # run_passes runs a PostgreSQL pass beside this one: the PostgreSQL-specific tests
+            # run there, so that the two passes take about as long (make test's 15 minutes).
+            for item in items:
+                if {"postgres_url", "postgres_server", "own_postgres"} & set(item.fixturenames) or _picks_its_store(
+                    item
+                ):
+                    item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the PostgreSQL pass"))
         return
     for item in items:
         marker = item.get_closest_marker("sqlite_only")
@@ -294,7 +304,8 @@ def pytest_collection_modifyitems(config, items):
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "about SQLite itself")
             item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
         elif {"postgres_url", "postgres_server", "own_postgres"} & set(item.fixturenames) or _picks_its_store(item):
-            item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the SQLite pass already"))
+            if not os.environ.get(POSTGRES_PASS_RUNS):
+                item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the SQLite pass already"))
         elif "make_store_url" not in item.fixturenames:
             item.add_marker(pytest.mark.skip(reason="uses no test store: the same test as in the SQLite pass"))
 

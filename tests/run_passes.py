@@ -20,6 +20,8 @@ from pathlib import Path
 from backend.dev.postgres_server import unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Set in both passes when the PostgreSQL pass runs beside the SQLite one (see tests/conftest.py).
+POSTGRES_PASS_RUNS = "TEST_POSTGRES_PASS_RUNS"
 
 
 def _verdict(code: int) -> str:
@@ -41,13 +43,13 @@ def main(args: list[str]) -> int:
         postgres = subprocess.Popen(
             [*command, "-rfE"],
             cwd=ROOT,
-            env={**os.environ, "TEST_STORE": "postgres"},
+            env={**os.environ, "TEST_STORE": "postgres", POSTGRES_PASS_RUNS: "1"},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
             print("==== pass 1: SQLite (the PostgreSQL pass runs alongside; its output follows) ====", flush=True)
-            sqlite_code = subprocess.call(command, cwd=ROOT)
+            sqlite_code = subprocess.call(command, cwd=ROOT, env={**os.environ, POSTGRES_PASS_RUNS: "1"})
             sqlite_done = time.monotonic() - started
             postgres_code = postgres.wait()
         finally:
