@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.chaos.checks import drain_timeout
 from tests.chaos.harness import (
     RECOVERY_BOUND,
     Recorder,
@@ -76,8 +77,17 @@ def test_f9_api_killed_during_keyed_submissions_one_job_per_key(running):
 
     kills = 0
     killed_holding_lock = False
+    killer_failed: list[Exception] = []
 
     def killer() -> None:
+        try:
+            kill_and_restart()
+        except Exception as exc:  # an API that did not come back, say: the test's failure
+            killer_failed.append(exc)
+        finally:  # the clients submit until this is set: a killer that failed must stop them too
+            done.set()
+
+    def kill_and_restart() -> None:
         nonlocal kills, killed_holding_lock
         for number in range(API_KILLS):
             time.sleep(rng.uniform(0.5, 1.5))
@@ -93,7 +103,6 @@ def test_f9_api_killed_during_keyed_submissions_one_job_per_key(running):
             time.sleep(rng.uniform(0.0, 0.5))
             cluster.start_api()
         time.sleep(0.5)
-        done.set()
 
     def client(number: int) -> list[str]:
         mine = []
@@ -112,6 +121,7 @@ def test_f9_api_killed_during_keyed_submissions_one_job_per_key(running):
     with ThreadPoolExecutor(CLIENTS) as pool:
         keys = [key for mine in pool.map(client, range(CLIENTS)) for key in mine]
     killing.join(timeout=30)
+    assert not killer_failed, f"killing and restarting the API failed: {killer_failed[0]}"
 
     # Then there is one job per key, named by every answer for it
     listing = cluster.api.all_jobs()
@@ -150,7 +160,7 @@ def test_f9_api_killed_during_keyed_submissions_one_job_per_key(running):
     for name in ("f9-a", "f9-b", "f9-c"):
         cluster.start_worker(name, simple=True, wait=False)
     jobs = wait_all_terminal(
-        cluster, [job["job_id"] for job in listing], timeout=RECOVERY_BOUND + 60, recorder=recorder, max_run=0.5
+        cluster, [job["job_id"] for job in listing], timeout=drain_timeout(len(listing)), recorder=recorder, max_run=0.5
     )
     recorder.stop()
     assert all(job["status"] == "COMPLETED" for job in jobs.values()), [cluster.describe(j) for j in jobs.values()]
