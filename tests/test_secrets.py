@@ -166,6 +166,31 @@ def test_redact_masks_a_password_holding_an_unencoded_slash():
     assert logs.redact("redis+sentinel://:se/cret@h1:26379/m/0 down") == "redis+sentinel://:***@h1:26379/m/0 down"
 
 
+def test_redact_takes_linear_time_on_a_tenant_message_of_schemes():
+    # A task failing with a message of a megabyte of "a://" is logged (RQ logs the traceback),
+    # and every record goes through redact: the pattern that scanned each "a://" to the end of
+    # the text took ~17 minutes here (pytest's 120 s timeout fails this test); a bounded one is
+    # linear. The text holds no credential (an "@", but no userinfo), so it comes back whole.
+    text = "RuntimeError: from bob@example.com: " + "a://" * 262_144
+    assert logs.redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pip install git+https://github.com/org/repo.git@v1.2.3",
+        "GET http://h/a?next=/b@c",
+        '{"url":"https://api.example.com/v1/items","owner":"bob@example.com"}',
+        '{"url":"https://api.example.com:443/v1","owner":"bob@example.com"}',
+    ],
+    ids=["git-ref", "path-then-at", "json-email", "json-port-email"],
+)
+def test_redact_leaves_an_at_after_a_url_path_alone(text):
+    # An "@" after a URL's host and path (a git ref, a query, the next JSON field's email) is
+    # not the end of a userinfo: the text comes back as it was, quotes and all.
+    assert logs.redact(text) == text
+
+
 def test_the_password_of_a_url_setting_is_masked_wherever_it_appears():
     # Given a Redis URL setting with a password, remembered as every process does at start
     secret = "pa%22ss-0123456789abcdef"
