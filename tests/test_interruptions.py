@@ -38,8 +38,9 @@ def _report(client, job: dict, *events: dict) -> list[int]:
 
 STARTED = {"event": "started", "worker": "w1"}
 LOST_REDIS = {"event": "failed", "error": "WorkerLostRedis: ConnectionError: Connection refused", "interrupted": True}
-#: Task errors worded like an interruption: RQ's abandoned-job words, and a last line "WorkerDied:".
-LOOKALIKES = ("due to AbandonedJobError", "boom\nWorkerDied: not really")
+#: Task errors worded like an interruption: RQ's abandoned-job words, a last line "WorkerDied:", and
+#: one worded like the worker's own line for a start the store never confirmed.
+LOOKALIKES = ("due to AbandonedJobError", "boom\nWorkerDied: not really", "boom\nStartUnconfirmed: not really")
 
 
 def test_a_killed_workers_job_without_retries_runs_again_at_once_and_completes(app, client, start_worker):
@@ -265,6 +266,26 @@ def test_a_failed_report_is_an_interruption_only_when_it_says_so(client):
     assert "interrupted must be bool" in refused.get_json()["error"]["message"]
 
 
+def test_an_unstarted_report_spends_neither_a_retry_nor_an_interruption(client):
+    # Given a job allowed no retry and no interruption
+    job = submit_add(client, max_retries=0, max_interruptions=0)
+    error = f"StartUnconfirmed: no answer to the start check of job {job['job_id']} attempt 1 in 0.0 s"
+
+    # When its worker says it ended the run before the task, the store never having confirmed its start
+    assert _report(client, job, STARTED, {"event": "failed", "error": error, "unstarted": True}) == [200, 200]
+
+    # Then the job gets a new attempt, after a short delay, with nothing spent
+    back = get_job(client, job["job_id"])
+    assert (back["status"], back["attempt"], back["retry_count"], back["interruptions"]) == ("QUEUED", 2, 0, 0)
+    assert back["next_retry_at"] is not None
+    assert [(a["outcome"], a["error"]) for a in attempts(client, job["job_id"])][0] == ("UNSTARTED", error)
+    # and the mark must be a boolean
+    report = {"job_id": job["job_id"], "attempt": 2, "event": "failed", "error": error, "unstarted": 1}
+    refused = client.post("/internal/reports", json={"reports": [report]}, headers=AUTH)
+    assert refused.status_code == 400
+    assert "unstarted must be bool" in refused.get_json()["error"]["message"]
+
+
 def test_the_reconciler_copies_a_task_failure_worded_like_an_interruption_as_a_failure(app, client, start_worker):
     # Given failures RQ recorded (tracebacks ending in an interruption's words) whose reports were lost
     jobs = [submit(client, "fail", kwargs={"message": text}, max_retries=0) for text in LOOKALIKES]
@@ -280,6 +301,7 @@ def test_the_reconciler_copies_a_task_failure_worded_like_an_interruption_as_a_f
     services(app).reconciler.run_once()
 
     # Then each is a failure: FAILED, no interruption counted
-    for job, last_line in zip(jobs, ("RuntimeError: due to AbandonedJobError", "WorkerDied: not really"), strict=True):
+    last_lines = ("RuntimeError: due to AbandonedJobError", "WorkerDied: not really", "StartUnconfirmed: not really")
+    for job, last_line in zip(jobs, last_lines, strict=True):
         done = get_job(client, job["job_id"])
         assert (done["status"], done["interruptions"], done["error"]) == ("FAILED", 0, last_line)

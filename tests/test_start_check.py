@@ -3,11 +3,14 @@
 A job created before Redis' current history began (a failover, a restart from a snapshot) may
 have lost its cancel fence, so its worker asks the store before running it
 (backend/broker/fences.py, backend/runner/start_gate.py). Only an accepted start runs the task;
-a refusal or no answer within the bound (below RQ's own timers) does not.
+a refusal or no answer within the bound (below RQ's own timers) does not. A start left unconfirmed
+cut no run: the job gets a new attempt after a short delay, spending neither a retry nor an
+interruption, so a slow answer never ends a healthy job FAILED.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +21,9 @@ from rq.serializers import JSONSerializer
 from backend.api.context import services
 from backend.broker import fences
 from backend.broker.queues import register_queues
+from backend.service import worker_reports
 from tests.conftest import TOKEN
+from tests.helpers import attempts, get_job, wait_for_status, wait_until
 
 
 def _old_history(connection) -> None:
@@ -59,7 +64,7 @@ def test_the_store_answers_the_start_check_yes_only_for_a_start_it_accepts(clien
 
 
 @pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
-def test_a_start_the_store_cannot_confirm_does_not_run_and_is_an_interruption(
+def test_a_start_the_store_cannot_confirm_does_not_run_and_is_no_interruption(
     app, client, redis_conn, start_worker, tmp_path: Path, simple
 ):
     from tests.test_reconciler import age
@@ -79,8 +84,60 @@ def test_a_start_the_store_cannot_confirm_does_not_run_and_is_an_interruption(
     rq_job = RQJob.fetch(job["rq_job_id"], connection=redis_conn, serializer=JSONSerializer)
     assert rq_job.get_status() == "failed"
     assert rq_job.latest_result().exc_string.startswith("StartUnconfirmed: ")
-    # and the reconciler takes it for an interruption: a new attempt at once, no retry spent
+    # and the reconciler copies it as unstarted: a new attempt after a short delay, nothing spent
     age(app, job["job_id"])
     services(app).reconciler.run_once()
     after = client.get(f"/jobs/{job['job_id']}").get_json()
-    assert (after["status"], after["attempt"], after["retry_count"], after["interruptions"]) == ("QUEUED", 2, 0, 1)
+    assert (after["status"], after["attempt"], after["retry_count"], after["interruptions"]) == ("QUEUED", 2, 0, 0)
+    assert after["next_retry_at"] is not None
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
+def test_a_start_answered_too_late_for_the_worker_does_not_fail_a_healthy_job(
+    client, redis_conn, start_worker, tmp_path: Path, monkeypatch, simple
+):
+    # Given an API that answers a start in 0.3 s, and the next attempt of an unstarted run 3 s away
+    applied = worker_reports.apply
+
+    def slow_to_start(manager, reports, **kwargs):
+        if any(report.event == "started" for report in reports):
+            time.sleep(0.3)
+        return applied(manager, reports, **kwargs)
+
+    monkeypatch.setattr(worker_reports, "apply", slow_to_start)
+    monkeypatch.setattr("backend.service.attempts.UNSTARTED_RETRY_SECONDS", 3.0)
+    # and a job queued before Redis failed over (so its worker must ask the store)
+    marker = tmp_path / "runs"
+    job = client.post("/tasks/flaky", json={"kwargs": {"marker": str(marker), "failures": 0}}).get_json()
+    _old_history(redis_conn)
+
+    # When its worker waits less for the answer than the API takes (REPORT_RETRY_SECONDS 0.05)
+    mode = ["--simple"] if simple else []
+    hasty = start_worker("--name", "hasty", *mode, env={"REPORT_RETRY_SECONDS": "0.05"})
+    wait_until(lambda: get_job(client, job["job_id"])["attempt"] > 1, what="a second attempt")
+    hasty.stop()
+
+    # Then the task did not run, and the job waits for its next attempt with nothing spent
+    # (it used to be an interruption, run again at once: "FAILED ... interrupted 4 times" within 2 s)
+    assert not marker.exists(), hasty.output()
+    waiting = get_job(client, job["job_id"])
+    assert (waiting["status"], waiting["retry_count"], waiting["interruptions"]) == ("QUEUED", 0, 0), waiting
+    assert waiting["next_retry_at"] is not None
+    # and once that attempt is due, a worker whose start check gets the store's answer runs it
+    due = datetime.fromisoformat(waiting["next_retry_at"])
+    time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.1)
+    patient = start_worker("--burst", "--name", "patient", *mode)
+    assert patient.wait(timeout=60) == 0, patient.output()
+    done = wait_for_status(client, job["job_id"], {"COMPLETED"})
+    assert (done["attempt"], done["retry_count"], done["interruptions"]) == (2, 0, 0)
+    assert marker.read_text() == "run\n"
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["UNSTARTED", "COMPLETED"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_report_retry_time_of_no_seconds_is_refused_at_start(value):
+    from backend.core.settings import SettingError, Settings
+
+    # A start check that may wait no time never asks the store: every start after a failover unconfirmed
+    with pytest.raises(SettingError, match="REPORT_RETRY_SECONDS must be a number of seconds above 0"):
+        Settings.load(environ={"REPORT_RETRY_SECONDS": value})

@@ -114,7 +114,9 @@ def _report_item(event: str) -> dict:
     """One report of ``event`` in a batch: the fields of the other events are ignored, and one
     over a size cap is answered 422 in its own result (the batch is still 200)."""
     own = _report_fields(event, None)
-    properties = {name: ANY for name in ("worker", "progress", "message", "result", "error", "interrupted")}
+    properties = {
+        name: ANY for name in ("worker", "progress", "message", "result", "error", "interrupted", "unstarted")
+    }
     properties.update(
         job_id=STRING, attempt=INTEGER, event={"type": "string", "enum": [event]}, at=UNIX_TIME, **own["properties"]
     )
@@ -139,8 +141,10 @@ def _report_fields(event: str, caps: dict | None) -> dict:
     if event == "completed":
         return {"required": [], "properties": {"result": ANY}}
     # interrupted: the worker's own failure (it died, lost Redis), not the task's; absent or null: false.
-    interrupted = {"type": "boolean", "nullable": True}
-    return {"required": ["error"], "properties": {"error": error, "interrupted": interrupted}}
+    # unstarted: the worker ended the run before its task began (the store never confirmed the
+    # start): a new attempt after a short delay, neither a retry nor an interruption spent.
+    flag = {"type": "boolean", "nullable": True}
+    return {"required": ["error"], "properties": {"error": error, "interrupted": flag, "unstarted": flag}}
 
 
 def _progress() -> dict:

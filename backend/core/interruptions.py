@@ -12,7 +12,8 @@ worker marks a report of its own infrastructure failure with ``"interrupted": tr
 failure for an interruption only when the whole of it is a line the worker or the reconciler
 wrote for one, or RQ's own abandoned-job words (``recorded_interruption``). A timeout is the
 task's failure (RQ's ``JobTimeoutException``), and so is a work-horse killed under its job (the
-OOM killer): the worker itself lived on.
+OOM killer): the worker itself lived on. A start the store never confirmed is neither: its task
+never ran (``START_UNCONFIRMED``, ``recorded_unstarted``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ WORKER_DIED = "WorkerDied"
 WORKER_LOST_REDIS = "WorkerLostRedis"
 #: Redis lost the run's outcome (a failover or an empty restart) or its RQ job's hash.
 JOB_LOST = "JobLost"
-#: The store did not confirm a start Redis could not vouch for, in time (``backend/runner/start_gate.py``).
+PREFIXES = tuple(f"{name}:" for name in (WORKER_DIED, WORKER_LOST_REDIS, JOB_LOST))
+#: The store did not confirm, in time, a start Redis could not vouch for (``backend/runner/start_gate.py``).
+#: Not an interruption: the task never ran, so no run was cut. The worker marks its report
+#: ``"unstarted": true``; the job gets a new attempt after a short delay (so it cannot spin),
+#: spending neither a retry nor an interruption (``Attempts.requeue_unstarted``).
 START_UNCONFIRMED = "StartUnconfirmed"
-PREFIXES = tuple(f"{name}:" for name in (WORKER_DIED, WORKER_LOST_REDIS, JOB_LOST, START_UNCONFIRMED))
+#: The outcome recorded on an attempt whose start the store never confirmed (its task never ran).
+UNSTARTED_OUTCOME = "UNSTARTED"
 #: How RQ's registry cleanup records a started job whose worker stopped heartbeating
 #: (rq/registry.py: "Moved to FailedJobRegistry, due to AbandonedJobError, at <time>").
 RQ_ABANDONED = "Moved to FailedJobRegistry, due to AbandonedJobError"
@@ -51,6 +57,13 @@ def recorded_interruption(exc_string: str | None) -> bool:
     """
     text = (exc_string or "").strip()
     return text.startswith(RQ_ABANDONED) or (text.startswith(PREFIXES) and "\n" not in text)
+
+
+def recorded_unstarted(exc_string: str | None) -> bool:
+    """Whether RQ's stored failure of a run (its WHOLE ``exc_string``) is the worker's own line for
+    a start the store never confirmed: one line, which no task's traceback can be."""
+    text = (exc_string or "").strip()
+    return text.startswith(f"{START_UNCONFIRMED}:") and "\n" not in text
 
 
 def too_many(count: int, limit: int, last: str) -> str:

@@ -26,7 +26,7 @@ EVENTS = (STARTED, PROGRESS, COMPLETED, FAILED)
 ENDS = frozenset({COMPLETED, FAILED})
 #: Every field a report may hold; any other fails its batch (400).
 FIELDS = frozenset(
-    {"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message", "interrupted"}
+    {"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message", "interrupted", "unstarted"}
 )
 #: Reports per request the API accepts.
 MAX_BATCH = 1000
@@ -58,6 +58,9 @@ class Report:
     #: A failure of the worker's own (it died, lost Redis, Redis lost the outcome), not the
     #: task's: only the worker sets it, whatever an error's text (``backend.core.interruptions``).
     interrupted: bool = False
+    #: A run the worker ended before its task began because the store never confirmed its start:
+    #: no run was cut, so neither a retry nor an interruption is spent (only the worker sets it).
+    unstarted: bool = False
 
     def event_time(self, now: datetime) -> datetime:
         """When the event happened: ``now`` less the report's age (clock offsets cancel out)."""
@@ -84,10 +87,12 @@ def completed(job_id: str, attempt: int, result: object) -> dict:
     return {"job_id": job_id, "attempt": attempt, "event": COMPLETED, "result": result}
 
 
-def failed(job_id: str, attempt: int, error: str, *, interrupted: bool = False) -> dict:
+def failed(job_id: str, attempt: int, error: str, *, interrupted: bool = False, unstarted: bool = False) -> dict:
     report = {"job_id": job_id, "attempt": attempt, "event": FAILED, "error": error}
     if interrupted:
         report["interrupted"] = True
+    if unstarted:
+        report["unstarted"] = True
     return report
 
 
@@ -172,6 +177,7 @@ def decode_one(body: dict, event: str, job_id: str, caps: SizeCaps, *, age: floa
     else:
         fields["error"] = _field(body, "error", str, where=where)
         fields["interrupted"] = bool(_field(body, "interrupted", bool, required=False, where=where))
+        fields["unstarted"] = bool(_field(body, "unstarted", bool, required=False, where=where))
         problem = caps.error_problem(fields["error"])
     if problem:
         # Not prefixed with ``where``: the worker reports the message as the attempt's error.

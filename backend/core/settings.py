@@ -197,6 +197,11 @@ class Settings:
             if field is None:
                 raise SettingError(name, "is not a setting")
             values[field.name] = _parse(field, value)
+        retry = values.get("report_retry_seconds", cls.report_retry_seconds)
+        if not retry > 0:  # also NaN
+            # The worker's start check waits within it: at 0 it would never ask the store, and
+            # every job created before a Redis failover would end unstarted, over and over.
+            raise SettingError("REPORT_RETRY_SECONDS", f"must be a number of seconds above 0, got {retry!r}")
         return cls(**values)
 
     def as_config(self) -> dict[str, object]:

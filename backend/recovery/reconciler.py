@@ -36,7 +36,7 @@ from backend.broker import leases
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, RQJob, failure_record, last_line, outcome, rq_status
 from backend.core.errors import JobServiceError
-from backend.core.interruptions import recorded_interruption
+from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
@@ -325,7 +325,11 @@ class Reconciler:
         else:
             record = failure_record(rq_job)
             error = self.caps.shorten_error(problem or last_line(record) or f"RQ job {status}")
-            if problem is None and recorded_interruption(record):
+            if problem is None and recorded_unstarted(record):
+                # The worker's own line for a start the store never confirmed: its task never ran,
+                # so no run was cut (neither a retry nor an interruption spent).
+                self.manager.requeue_unstarted(job.id, attempt=job.attempt, reason=error)
+            elif problem is None and recorded_interruption(record):
                 # A worker that died (marked so by its restarted namesake, or by RQ's cleanup) is
                 # no fault of the job: it runs again at once, no retry spent. Judged by the whole
                 # record: a task's traceback may end in any words it likes.

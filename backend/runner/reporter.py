@@ -139,14 +139,20 @@ class Reporter:
         self._drop_pending_progress()
         self._put(protocol.completed(job_id, attempt, result))
 
-    def failed(self, job_id: str, attempt: int, error: str, *, interrupted: bool = False) -> None:
-        """Report an attempt's end in failure; ``interrupted``: the worker's own (never a task's)."""
+    def failed(
+        self, job_id: str, attempt: int, error: str, *, interrupted: bool = False, unstarted: bool = False
+    ) -> None:
+        """Report an attempt's end in failure; ``interrupted``: the worker's own (never a task's);
+        ``unstarted``: its task never ran (the store did not confirm the start)."""
         self._drop_pending_progress()
-        self._put(self._failure(job_id, attempt, error, interrupted=interrupted))
+        self._put(self._failure(job_id, attempt, error, interrupted=interrupted, unstarted=unstarted))
 
-    def _failure(self, job_id: str, attempt: int, error: str, *, interrupted: bool = False) -> dict:
+    def _failure(
+        self, job_id: str, attempt: int, error: str, *, interrupted: bool = False, unstarted: bool = False
+    ) -> dict:
         # An error over the cap keeps its tail: where a traceback names the fault.
-        return protocol.failed(job_id, attempt, self.caps.shorten_error(error), interrupted=interrupted)
+        error = self.caps.shorten_error(error)
+        return protocol.failed(job_id, attempt, error, interrupted=interrupted, unstarted=unstarted)
 
     def progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> bool:
         """Report progress (coalesced). Returns False once the API has refused this attempt."""
@@ -337,8 +343,9 @@ class Reporter:
             error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
         else:
             error = report["error"]
-        interrupted = bool(report.get("interrupted"))  # the worker's mark outlives the shortening
-        failure = self._failure(report["job_id"], report["attempt"], error, interrupted=interrupted)
+        # The worker's marks outlive the shortening.
+        marks = {"interrupted": bool(report.get("interrupted")), "unstarted": bool(report.get("unstarted"))}
+        failure = self._failure(report["job_id"], report["attempt"], error, **marks)
         # Not through failed(): that would drop the pending progress of whichever job runs now.
         self._put(failure, at=report["at"])
 

@@ -9,8 +9,10 @@ The wait is bounded well below RQ's own timers: the worker and job heartbeat TTL
 starts (``min(timeout, 30) + 60`` s, at least 61: a simple worker does not heartbeat while it
 waits, and past it RQ's cleanup would take the job for abandoned and a second run could start)
 and the forking worker's kill of a work-horse at ``timeout + 60`` s. A start the store cannot
-confirm within it is not run: the run ends as an interruption (``StartUnconfirmed``), queued
-again at once, since a cancelled attempt must not run just because the API was away too.
+confirm within it is not run, since a cancelled attempt must not run just because the API was
+away too: the run ends ``StartUnconfirmed``, reported ``"unstarted": true``, and the job gets a
+new attempt after a short delay. Its task never ran, so it is no interruption: neither a retry
+nor an interruption is spent (``Attempts.requeue_unstarted``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class AttemptRefused(Exception):
 
 
 class StartUnconfirmed(Exception):
-    """The store did not answer a start check in time: the run is ended as an interruption."""
+    """The store did not answer a start check in time: the run is ended before its task, unstarted."""
 
 
 def wait_bound(retry_seconds: float, heartbeat_ttl: float, timeout: float | None) -> float:
@@ -127,12 +129,13 @@ class StartChecks:
     """The worker's side (``ReportingMixin``): the fence, and the store's answer when Redis'
     history cannot vouch for a missing fence; run in the process that runs the task."""
 
-    #: The error of a run ended before its task as an interruption (its start unconfirmed).
-    _interruption: str | None = None
+    #: The error of a run ended before its task because its start was unconfirmed; reset by the
+    #: worker at each job's start (``perform_job``, ``prepare_job_execution``) and here.
+    _unstarted: str | None = None
 
     def check_start(self, job, job_id: str, attempt: int) -> None:
         """Return when the task may run; raise AttemptRefused or StartUnconfirmed when not."""
-        self._interruption = None
+        self._unstarted = None
         check = start_check(self.connection, job.id, job.created_at)
         verdict = None
         # ASK_STORE: Redis failed over or restarted since this job was created, and its fence may be
@@ -141,12 +144,12 @@ class StartChecks:
             within = wait_bound(self.reporter.retry_seconds, self.get_heartbeat_ttl(job), job.timeout)
             verdict = self.start_gate.ask(job_id, attempt, self.name, within=within)
             if verdict is Verdict.UNANSWERED:
-                # No answer is no yes: not run, an interruption (queued again at once). The start is
-                # reported first, so the store has an attempt to end whenever the API is back.
-                self._interruption = unconfirmed(job_id, attempt, within)
+                # No answer is no yes: not run, and no run cut (a new attempt after a short delay).
+                # The start is reported first, so the store has an attempt to end when the API is back.
+                self._unstarted = unconfirmed(job_id, attempt, within)
                 if not self.reports_from_parent:
                     self.reporter.started(job_id, attempt, self.name)
-                raise StartUnconfirmed(self._interruption)
+                raise StartUnconfirmed(self._unstarted)
         if check is StartCheck.FENCED or verdict is Verdict.REFUSED:
             # Cancelled while it waited, or a newer attempt replaced it: do not run it.
             self.reporter.refused.add((job_id, attempt))
@@ -155,8 +158,8 @@ class StartChecks:
             self.reporter.started(job_id, attempt, self.name)
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        """RQ records a run ended before its task as an interruption by its reason alone (one line,
-        no traceback): what the reconciler and the forking parent read as ours, not the task's."""
-        if self._interruption:
-            exc_string = self._interruption
+        """RQ records a run ended before its task by its reason alone (one line, no traceback): what
+        the reconciler and the forking parent read as the worker's own unstarted run, not the task's."""
+        if self._unstarted:
+            exc_string = self._unstarted
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)

@@ -29,7 +29,7 @@ from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import failure_record, last_line, register_queues
 from backend.core import logs, secrets_check
-from backend.core.interruptions import recorded_interruption
+from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
 from backend.runner.outcomes import HeldOutcome, lost_redis
@@ -74,6 +74,7 @@ class ReportingMixin(StartChecks):
         return True  # let RQ's other handlers run too
 
     def perform_job(self, job: RQJob, queue, execution) -> bool:
+        self._unstarted = None  # never the verdict of an earlier job (start_gate.py)
         ids = _store_ids(job)
         if ids is None:
             return super().perform_job(job, queue, execution)
@@ -114,9 +115,18 @@ class ReportingMixin(StartChecks):
         if ok:
             # RQ keeps the return value on the job it just ran: no Redis round trip.
             self._report_result(job_id, attempt, job._result)
-        elif job.get_status(refresh=False) != "stopped":
-            error = self._interruption or self._last_error or "the task failed"  # _interruption: start_gate.py
-            self.reporter.failed(job_id, attempt, error, interrupted=bool(self._interruption))
+        elif job.get_status(refresh=False) == "stopped":
+            pass  # stopped (cancelled): nothing to report
+        elif held is not None and held.ended and held.error is None:
+            # The task returned, but RQ failed recording it (Redis failed in handle_job_success and
+            # answered again for its failure bookkeeping, which returns False without raising):
+            # the run completed, and this process holds its result. No cheap test makes Redis fail
+            # between those two calls; the branch only reads what this process already holds.
+            self._report_result(job_id, attempt, held.result)
+        else:
+            # _unstarted: the store never confirmed the start, the task never ran (start_gate.py).
+            error = self._unstarted or self._last_error or "the task failed"
+            self.reporter.failed(job_id, attempt, error, unstarted=bool(self._unstarted))
         return ok
 
     def _report_result(self, job_id: str, attempt: int, result: object) -> None:
@@ -137,6 +147,7 @@ class ReportingMixin(StartChecks):
 
     def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
         """RQ marks the job started; then its fence is checked, and the store hears of it."""
+        self._unstarted = None
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         ids = _store_ids(job)
         if ids is None:
@@ -196,10 +207,12 @@ class JobServiceWorker(ReportingMixin, Worker):
             self._report_result(job_id, attempt, job.return_value(refresh=True))
         elif status == RQStatus.FAILED:
             # An interruption only when RQ's whole record is one (the job was marked abandoned while
-            # the horse ran): a task's traceback may end in an interruption's words.
+            # the horse ran), unstarted only when it is the horse's own line for a start the store
+            # never confirmed: a task's traceback may end in either's words.
             record = None if self._horse_death else failure_record(job)
             error = self._horse_death or last_line(record) or "the task failed"
-            self.reporter.failed(job_id, attempt, error, interrupted=recorded_interruption(record))
+            marks = {"interrupted": recorded_interruption(record), "unstarted": recorded_unstarted(record)}
+            self.reporter.failed(job_id, attempt, error, **marks)
         elif status != RQStatus.STOPPED:  # STOPPED: refused or cancelled, nothing to report
             # Queued or started after its work-horse exited: Redis lost what the horse wrote.
             self.reporter.failed(job_id, attempt, f"JobLost: RQ shows the job {status} after its run", interrupted=True)

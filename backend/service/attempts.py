@@ -10,7 +10,7 @@ through the dependencies part.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from backend.broker.queues import QueueAdapter, rq_job_id
 from backend.core import interruptions
@@ -24,6 +24,11 @@ from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
+
+#: How long a job whose start the store never confirmed waits for its next attempt: not at once,
+#: so that a worker that cannot get an answer does not spin through attempts, and short, since
+#: no run was cut (past the fences' window a new RQ job needs no answer anyway).
+UNSTARTED_RETRY_SECONDS = 5.0
 
 
 class Attempts:
@@ -142,6 +147,38 @@ class Attempts:
             job_id, attempt, JobStatus.FAILED, at=at, outcome=interruptions.OUTCOME,
             error=interruptions.too_many(count, limit, error), interruptions=count,
         )  # fmt: skip
+
+    def requeue_unstarted(
+        self, job_id: str, *, attempt: int, reason: str, delay: float | None = None, at: datetime | None = None
+    ) -> Job:
+        """A new attempt of a job whose worker did not run it: the store never confirmed its start.
+
+        No run was cut, so neither ``retry_count`` nor ``interruptions`` moves (spending them
+        would end a healthy job FAILED for an API that was slow to answer). The next attempt
+        waits ``delay`` (default ``UNSTARTED_RETRY_SECONDS``) in RQ's scheduler, so it cannot spin.
+        The attempt's outcome is ``UNSTARTED``. A job that already ended is left as it is.
+        """
+        delay = UNSTARTED_RETRY_SECONDS if delay is None else delay
+        requeued = False
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                check_attempt(job, attempt)
+                if job.status in TERMINAL_VALUES:
+                    return job
+                retry_at = clock.now(rows.session) + timedelta(seconds=delay)
+                requeued = new_attempt(rows, job, attempt, AUTO_RETRY_FROM, next_retry_at=retry_at, error=reason)
+                if requeued:
+                    rows.end_attempt(job_id, attempt, interruptions.UNSTARTED_OUTCOME, reason, at or utcnow())
+                    log.warning(
+                        "job %s attempt %s not started (%s); attempt %s at %s",
+                        job_id,
+                        attempt,
+                        reason,
+                        job.attempt,
+                        retry_at,
+                    )
+        return self.enqueue_job(job_id) if requeued else job
 
     def end_job(self, job_id: str, *, error: str) -> Job:
         """End a live job as FAILED now, retries or not (maintenance)."""

@@ -237,6 +237,10 @@ def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
         )
     if report.event == COMPLETED:
         job = manager.mark_completed(report.job_id, attempt=report.attempt, result=report.result, at=at)
+    elif report.unstarted:
+        # The worker's own mark: the store never confirmed the start, so the task never ran. Not
+        # an interruption (no run was cut): a new attempt after a short delay, nothing spent.
+        job = manager.requeue_unstarted(report.job_id, attempt=report.attempt, reason=report.error, at=at)
     elif report.interrupted:
         # The worker's own mark (never an error's text, which the task controls): it died, lost
         # Redis mid-run, or Redis lost the run's outcome. Run it again at once.
