@@ -1,0 +1,197 @@
+"""A job's live events in Redis: a bounded STREAM (the history a reconnect replays) and a
+pub/sub channel (what open streams hear now).
+
+Every Redis access for events is here. The worker appends ``progress``/``output``/``log``
+events; the API publishes ``status`` (deduplicated by a key holding the last status published,
+so many hosts seeing the same change add one event) and ``end``. Each append is one round
+trip (a Lua script: XADD + EXPIRE + PUBLISH), and every key expires EVENTS_TTL_SECONDS after
+the job's last event, so a forgotten job's events cost nothing for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.client import PubSub
+
+__all__ = ["Event", "EventLog", "EventSubscriber", "Received", "channel", "compare_ids", "parse_id", "stream_key"]
+
+_PREFIX = "jobservice:events:"
+
+#: KEYS: stream (also the channel), status key. ARGV: kind, data, maxlen, ttl.
+#: The entry id is the SSE event id; the PUBLISH carries "<id> <kind> <data>".
+_APPEND = b"""
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'k', ARGV[1], 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', KEYS[1], id .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
+return id
+"""
+
+#: KEYS: stream, status key. ARGV: status key value, job json, terminal ('1'/'0'), maxlen, ttl.
+#: Nothing when the status key is the one published last; a terminal status is followed by
+#: ``end`` with the same data. Reply: the status event's id, or false.
+_STATUS = b"""
+if redis.call('GET', KEYS[2]) == ARGV[1] then return false end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'status', 'd', ARGV[2])
+redis.call('PUBLISH', KEYS[1], id .. ' status ' .. ARGV[2])
+if ARGV[3] == '1' then
+  local last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'end', 'd', ARGV[2])
+  redis.call('PUBLISH', KEYS[1], last .. ' end ' .. ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return id
+"""
+
+
+def stream_key(job_id: str) -> str:
+    """The job's STREAM of events (its bounded history)."""
+    return _PREFIX + job_id
+
+
+def channel(job_id: str) -> str:
+    """The pub/sub channel of the job's live events (same name as its stream)."""
+    return _PREFIX + job_id
+
+
+def _status_key(job_id: str) -> str:
+    return _PREFIX + job_id + ":status"
+
+
+def parse_id(event_id: str) -> tuple[int, int]:
+    """An entry id ``<ms>-<seq>`` as a pair compared in order; ValueError when malformed."""
+    ms, sep, seq = event_id.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit() or len(ms) > 20 or len(seq) > 20:
+        raise ValueError(f"not an event id: {event_id[:64]!r}")
+    return int(ms), int(seq)
+
+
+def compare_ids(a: str, b: str) -> int:
+    """-1, 0 or 1 as entry id ``a`` is before, the same as or after ``b``."""
+    pa, pb = parse_id(a), parse_id(b)
+    return (pa > pb) - (pa < pb)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a job: its entry id (the SSE id), its kind and its data (JSON text)."""
+
+    id: str
+    kind: str
+    data: str
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class EventLog:
+    """Append, publish and read a job's events; one per connection (its scripts registered once)."""
+
+    def __init__(self, connection: Redis, *, history: int = 500, ttl: int = 3600):
+        self._connection = connection
+        self._history = int(history)
+        self._ttl = int(ttl)
+        self._append = connection.register_script(_APPEND)
+        self._status = connection.register_script(_STATUS)
+
+    def append(self, job_id: str, kind: str, data_json: str) -> str:
+        """Add one event to the job's history and publish it; its entry id.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        keys = [stream_key(job_id), _status_key(job_id)]
+        return _text(self._append(keys=keys, args=[kind, data_json, self._history, self._ttl]))
+
+    def publish_status(self, job_id: str, status_key: str, job_json: str, *, terminal: bool) -> str | None:
+        """Publish a ``status`` event unless ``status_key`` is the last published (then None);
+        a terminal one is followed by ``end``.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        keys = [stream_key(job_id), _status_key(job_id)]
+        args = [status_key, job_json, "1" if terminal else "0", self._history, self._ttl]
+        reply = self._status(keys=keys, args=args)
+        return _text(reply) if reply else None
+
+    def history(self, job_id: str, *, after: str | None, limit: int) -> list[Event]:
+        """The newest ``limit`` events after ``after`` (exclusive; None: from the start), oldest first.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        low = "-" if after is None else "(" + after
+        rows = self._connection.xrevrange(stream_key(job_id), max="+", min=low, count=max(1, int(limit)))
+        return [_event(entry_id, fields) for entry_id, fields in reversed(rows)]
+
+    def subscriber(self) -> EventSubscriber:
+        """A pub/sub connection of its own, to be used by one thread."""
+        return EventSubscriber(self._connection.pubsub(ignore_subscribe_messages=False))
+
+
+def _event(entry_id, fields: dict) -> Event:
+    return Event(_text(entry_id), _text(fields.get(b"k", b"")), _text(fields.get(b"d", b"null")))
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the subscriber read: ``kind`` is ``event`` (with ``event``), ``subscribe`` or
+    ``unsubscribe`` (a confirmation), for ``job_id``."""
+
+    kind: str
+    job_id: str
+    event: Event | None = None
+
+
+class EventSubscriber:
+    """One pub/sub connection: subscribe, unsubscribe and read, all from the same thread."""
+
+    def __init__(self, pubsub: PubSub):
+        self._pubsub = pubsub
+
+    def subscribe(self, job_id: str) -> None:
+        """Send SUBSCRIBE; its confirmation comes through :meth:`get`.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        self._pubsub.subscribe(channel(job_id))
+
+    def unsubscribe(self, job_id: str) -> None:
+        """Send UNSUBSCRIBE (confirmed through :meth:`get`).
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        self._pubsub.unsubscribe(channel(job_id))
+
+    def get(self, timeout: float) -> Received | None:
+        """The next message, waiting at most ``timeout`` seconds; None when none came.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        # Not subscribed to anything: redis-py waits ``timeout`` and answers None.
+        message = self._pubsub.get_message(timeout=timeout)
+        if not message:
+            return None
+        name = _text(message.get("channel") or b"")
+        if not name.startswith(_PREFIX):
+            return None
+        job_id = name[len(_PREFIX) :]
+        kind = _text(message.get("type") or b"")
+        if kind != "message":
+            return Received(kind, job_id) if kind in ("subscribe", "unsubscribe") else None
+        entry_id, _, rest = _text(message.get("data") or b"").partition(" ")
+        event_kind, _, data = rest.partition(" ")
+        return Received("event", job_id, Event(entry_id, event_kind, data))
+
+    def close(self) -> None:
+        """Drop the connection (errors swallowed: it is being thrown away)."""
+        with contextlib.suppress(Exception):  # a broken connection closes as well as it can
+            self._pubsub.close()
