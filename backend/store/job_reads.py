@@ -95,7 +95,11 @@ def job_page(
     most ``limit``; the columns named in ``omit`` are never read. Rows are read a few at a
     time, so a caller that stops early (and closes this generator) holds no more."""
     query = filter_jobs(
-        select(*(c for c in Job.__table__.c if c.name not in omit)), owner=owner, status=status, task=task
+        # Never the checkpoint: no page shows it.
+        select(*(c for c in Job.__table__.c if c.name not in omit and c.name != "checkpoint")),
+        owner=owner,
+        status=status,
+        task=task,
     )
     if after is not None:
         created_at, last_id = after

@@ -32,7 +32,8 @@ Sessions = sessionmaker[Session]
 
 
 # The polling path's statement, built once: building it cost as much as running it.
-_GET_JOB = select(Job.__table__).where(Job.__table__.c.id == bindparam("id"))
+# Without the checkpoint (up to MAX_CHECKPOINT_BYTES, read only by its own route).
+_GET_JOB = select(*(c for c in Job.__table__.c if c.name != "checkpoint")).where(Job.__table__.c.id == bindparam("id"))
 
 
 def filter_jobs(query, *, owner: str | None, status: JobStatus | None, task: str | None):

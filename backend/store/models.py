@@ -103,6 +103,19 @@ class Job(Base):
     has_dependants: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # Not before this time (RQ's scheduler holds it until then).
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Times the task snoozed (ran again later, no failure counted); the one past max_snoozes
+    # ends the job FAILED (a task that snoozes for ever).
+    snoozes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_snoozes: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
+    # The newest state a task saved for its next attempt, the attempt that saved it and when.
+    # Deferred: up to MAX_CHECKPOINT_BYTES, read only by the checkpoint route, never by the
+    # job commands or the polling path (backend/store/checkpoints.py).
+    checkpoint: Mapped[object | None] = mapped_column(JSON, deferred=True)
+    checkpoint_attempt: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What job_logs keeps of this job (the cut marker included): the per-job cap costs no COUNT.
+    log_lines: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    log_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_jobs_schedule_created", "schedule_id", "created_at"),
@@ -131,6 +144,22 @@ class Attempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ux_attempts_job_attempt", "job_id", "attempt", unique=True),)
+
+
+class JobLog(Base):
+    """One line a task logged while it ran (``GET /jobs/<job_id>/logs``); its id is the line's ``seq``."""
+
+    __tablename__ = "job_logs"
+
+    # BIGINT: up to MAX_LOG_LINES_PER_JOB lines per job add up over a store's life.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
 
 
 class JobDependency(Base):
