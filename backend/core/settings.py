@@ -176,6 +176,15 @@ class Settings:
     #: Peers (IPs or CIDRs) whose X-Forwarded-For names the client: a reverse proxy on the same
     #: host or pod. Anyone else's X-Forwarded-For is ignored (backend/api/forwarded.py).
     trusted_proxies: str = "127.0.0.1,::1"
+    #: GET /jobs/<id>/events: events kept per job in Redis for a reconnect to replay (Last-Event-ID).
+    events_history: int = 500
+    #: A job's events expire this long after its last one (seconds).
+    events_ttl_seconds: int = 3600
+    #: How often an API process reads the status of the jobs it streams (seconds).
+    events_poll_seconds: float = 0.1
+    #: Open event streams per API process (503 past it), and per owner in a process (429).
+    events_max_streams: int = 1000
+    events_max_streams_per_owner: int = 100
 
     @classmethod
     def load(
@@ -202,6 +211,7 @@ class Settings:
             # The worker's start check waits within it: at 0 it would never ask the store, and
             # every job created before a Redis failover would end unstarted, over and over.
             raise SettingError("REPORT_RETRY_SECONDS", f"must be a number of seconds above 0, got {retry!r}")
+        _check_events(values, cls)
         return cls(**values)
 
     def as_config(self) -> dict[str, object]:
@@ -212,6 +222,15 @@ class Settings:
         """A copy with ``changes`` (capital names, parsed like overrides)."""
         parsed = Settings.load(changes, environ={})
         return dataclasses.replace(self, **{name.lower(): getattr(parsed, name.lower()) for name in changes})
+
+
+def _check_events(values: dict[str, object], cls: type[Settings]) -> None:
+    """The EVENTS_ settings' bounds: each is a count or a time above 0 (0 would turn streams into busy loops)."""
+    for name in ("events_history", "events_ttl_seconds", "events_poll_seconds", "events_max_streams",
+                 "events_max_streams_per_owner"):  # fmt: skip
+        value = values.get(name, getattr(cls, name))
+        if not value > 0 or value == float("inf"):  # also NaN
+            raise SettingError(name.upper(), f"must be above 0, got {value!r}")
 
 
 def _parse_bool(value: object) -> bool:
