@@ -9,6 +9,11 @@ Flask nor SQLAlchemy: the worker imports it.
 
 Times: each report carries ``at`` and the batch ``sent_at``, both by the worker's clock; the
 API uses only their difference (a report's ``age``), so clock offsets between hosts cancel out.
+
+Long tasks (issue 14) add two events: ``snoozed`` ends an attempt that asked to run again later
+(``raise Snooze(seconds, reason)``: no failure), and ``log`` carries lines the task logged (for
+any attempt of the job, whatever its status: lines may arrive after the end). Checkpoints are
+not reports: they are synchronous calls to ``CHECKPOINT_PATH`` (the task must know it is saved).
 """
 
 from __future__ import annotations
@@ -18,16 +23,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from backend.core.errors import BadRequest, ValidationFailed
-from backend.core.size_caps import SizeCaps
+from backend.core.long_tasks import LOG_LEVELS, MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_REPORT, MAX_SNOOZE_SECONDS
+from backend.core.size_caps import SizeCaps, text_size
 
 STARTED, PROGRESS, COMPLETED, FAILED = "started", "progress", "completed", "failed"
-EVENTS = (STARTED, PROGRESS, COMPLETED, FAILED)
+SNOOZED, LOG = "snoozed", "log"
+EVENTS = (STARTED, PROGRESS, COMPLETED, FAILED, SNOOZED, LOG)
 #: The events that end an attempt: never dropped by the worker, never coalesced.
-ENDS = frozenset({COMPLETED, FAILED})
+ENDS = frozenset({COMPLETED, FAILED, SNOOZED})
 #: Every field a report may hold; any other fails its batch (400).
 FIELDS = frozenset(
-    {"job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message", "interrupted", "unstarted"}
+    {
+        *("job_id", "attempt", "event", "at", "worker", "result", "error", "progress", "message"),
+        *("interrupted", "unstarted", "seconds", "reason", "lines"),
+    }
 )
+#: The fields of one line of a ``log`` report.
+LINE_FIELDS = frozenset({"at", "level", "message"})
 #: Reports per request the API accepts.
 MAX_BATCH = 1000
 #: How far back a report's own time may place an event (older ages are clamped).
@@ -35,11 +47,48 @@ MAX_AGE_SECONDS = 3600.0
 
 TOKEN_HEADER = "X-Internal-Token"
 BATCH_PATH = "/internal/reports"
+#: ``PUT`` ``{"attempt", "state"}`` saves a checkpoint; ``GET ?attempt=n`` reads the newest one.
+CHECKPOINT_PATH = "/internal/jobs/{job_id}/checkpoint"
+#: How the worker records a snoozed run in RQ (its whole failure record, one line): what the
+#: forking parent and the reconciler read as a snooze, never a task's traceback.
+SNOOZE_RECORD_PREFIX = "Snoozed:"
 
 
 def one_report_path(job_id: str, event: str) -> str:
     """The one-report route of ``event`` (for scripts and a forked work-horse's progress)."""
     return f"/internal/jobs/{job_id}/{event}"
+
+
+def checkpoint_path(job_id: str) -> str:
+    return CHECKPOINT_PATH.format(job_id=job_id)
+
+
+def snooze_record(seconds: float, reason: str) -> str:
+    """RQ's failure record of a snoozed run: one line (``recorded_snooze`` reads it back)."""
+    return f"{SNOOZE_RECORD_PREFIX} {float(seconds)!r} {' '.join(reason.split())}".rstrip()
+
+
+def recorded_snooze(exc_string: str | None) -> tuple[float, str] | None:
+    """The (seconds, reason) of RQ's stored failure of a run (its WHOLE ``exc_string``) when it is
+    the worker's own snooze line, else None: a task's failure is a traceback, never one line."""
+    text = (exc_string or "").strip()
+    if not text.startswith(SNOOZE_RECORD_PREFIX) or "\n" in text:
+        return None
+    seconds, _, reason = text[len(SNOOZE_RECORD_PREFIX) :].strip().partition(" ")
+    try:
+        value = float(seconds)
+    except ValueError:
+        return None
+    return (value, reason) if 0 < value <= MAX_SNOOZE_SECONDS else None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One captured log line: ``at`` unix seconds (the worker's clock), a level of LOG_LEVELS."""
+
+    at: float
+    level: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +110,11 @@ class Report:
     #: A run the worker ended before its task began because the store never confirmed its start:
     #: no run was cut, so neither a retry nor an interruption is spent (only the worker sets it).
     unstarted: bool = False
+    #: ``snoozed``: run again after this many seconds (0 < seconds <= MAX_SNOOZE_SECONDS), and why.
+    seconds: float | None = None
+    reason: str | None = None
+    #: ``log``: the lines, oldest first.
+    lines: tuple[LogLine, ...] = ()
 
     def event_time(self, now: datetime) -> datetime:
         """When the event happened: ``now`` less the report's age (clock offsets cancel out)."""
@@ -94,6 +148,16 @@ def failed(job_id: str, attempt: int, error: str, *, interrupted: bool = False, 
     if unstarted:
         report["unstarted"] = True
     return report
+
+
+def snoozed(job_id: str, attempt: int, seconds: float, reason: str) -> dict:
+    return {"job_id": job_id, "attempt": attempt, "event": SNOOZED, "seconds": seconds, "reason": reason}
+
+
+def log_lines(job_id: str, attempt: int, lines) -> dict:
+    """A ``log`` report of ``lines`` (LogLine, at most MAX_LOG_LINES_PER_REPORT)."""
+    encoded = [{"at": line.at, "level": line.level, "message": line.message} for line in lines]
+    return {"job_id": job_id, "attempt": attempt, "event": LOG, "lines": encoded}
 
 
 def batch_body(reports: list[dict], *, sent_at: float) -> dict:
@@ -174,6 +238,16 @@ def decode_one(body: dict, event: str, job_id: str, caps: SizeCaps, *, age: floa
     elif event == COMPLETED:
         fields["result"] = body.get("result")
         problem = caps.result_problem(fields["result"])
+    elif event == SNOOZED:
+        fields["seconds"] = _snooze_seconds(body, where)
+        fields["reason"] = _field(body, "reason", str, required=False, where=where) or ""
+        size = len(fields["reason"])
+        if size > caps.progress_message:
+            problem = (
+                f"the snooze reason is {size:,} characters, over MAX_PROGRESS_MESSAGE of {caps.progress_message:,}"
+            )
+    elif event == LOG:
+        fields["lines"], problem = _lines(body, where)
     else:
         fields["error"] = _field(body, "error", str, where=where)
         fields["interrupted"] = bool(_field(body, "interrupted", bool, required=False, where=where))
@@ -218,3 +292,36 @@ def _progress(body: dict, where: str = "") -> int:
     if not 0 <= value <= 100:
         raise BadRequest(f"{where}progress must be within 0-100, got {value!r}")
     return int(value)
+
+
+def _snooze_seconds(body: dict, where: str = "") -> float:
+    value = float(_field(body, "seconds", (int, float), where=where))
+    if not 0 < value <= MAX_SNOOZE_SECONDS:
+        raise BadRequest(f"{where}seconds must be above 0 and at most {MAX_SNOOZE_SECONDS}, got {value!r}")
+    return value
+
+
+def _lines(body: dict, where: str = "") -> tuple[tuple[LogLine, ...], str | None]:
+    """The checked lines of a ``log`` report, and the problem of a message over its cap (or None)."""
+    items = body.get("lines")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_LOG_LINES_PER_REPORT:
+        raise BadRequest(f"{where}lines must be a list of 1 to {MAX_LOG_LINES_PER_REPORT} lines")
+    lines, problem = [], None
+    for index, item in enumerate(items):
+        at = f"{where}lines[{index}]."
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where}lines[{index}] must be an object")
+        unknown = sorted(set(item) - LINE_FIELDS)
+        if unknown:
+            raise BadRequest(f"{at}{unknown[0]} is not a log line field")
+        seconds = _seconds(item, "at", at)
+        if seconds is None:
+            raise BadRequest(f"{at}at must be a unix time in seconds, got None")
+        level = item.get("level")
+        if level not in LOG_LEVELS:
+            raise BadRequest(f"{at}level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+        message = _field(item, "message", str, where=at)
+        if problem is None and text_size(message) > MAX_LOG_LINE_BYTES:
+            problem = f"log line {index}'s message is {text_size(message):,} bytes, over {MAX_LOG_LINE_BYTES:,} bytes"
+        lines.append(LogLine(seconds, level, message))
+    return tuple(lines), problem

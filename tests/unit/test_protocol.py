@@ -6,6 +6,7 @@ import pytest
 
 from backend.core import protocol
 from backend.core.errors import BadRequest
+from backend.core.long_tasks import MAX_LOG_LINE_BYTES
 from backend.core.size_caps import SizeCaps
 
 
@@ -16,6 +17,8 @@ def test_what_the_worker_encodes_the_api_decodes_to_the_same_reports():
         protocol.progress("job_1", 1, 50, "half"),
         protocol.completed("job_1", 1, {"sum": 3}),
         protocol.failed("job_2", 2, "ValueError: no"),
+        protocol.snoozed("job_3", 1, 30, "rate limited"),
+        protocol.log_lines("job_3", 1, [protocol.LogLine(99.5, "INFO", "fetched page 1")]),
     ]
     for at, report in enumerate(encoded, start=100):
         report["at"] = float(at)
@@ -24,12 +27,14 @@ def test_what_the_worker_encodes_the_api_decodes_to_the_same_reports():
     batch = protocol.decode_batch(protocol.batch_body(encoded, sent_at=110.0), SizeCaps())
 
     # Then each report keeps its fields, and its age is the worker's own clock difference
-    assert batch.refused == {} and batch.size == 4
+    assert batch.refused == {} and batch.size == 6
     assert batch.reports == [
         protocol.Report("job_1", 1, "started", 10.0, worker="w1"),
         protocol.Report("job_1", 1, "progress", 9.0, progress=50, message="half"),
         protocol.Report("job_1", 1, "completed", 8.0, result={"sum": 3}),
         protocol.Report("job_2", 2, "failed", 7.0, error="ValueError: no"),
+        protocol.Report("job_3", 1, "snoozed", 6.0, seconds=30.0, reason="rate limited"),
+        protocol.Report("job_3", 1, "log", 5.0, lines=(protocol.LogLine(99.5, "INFO", "fetched page 1"),)),
     ]
     assert all(set(report) <= protocol.FIELDS for report in encoded)
     assert {report["event"] for report in encoded} == set(protocol.EVENTS)
@@ -48,6 +53,13 @@ def test_a_report_over_a_size_cap_gets_its_own_answer_in_its_place():
     assert protocol.batch_answer([], caps) == {"results": [], "limits": caps.as_settings()}
 
 
+_LINE = {"at": 1.0, "level": "INFO", "message": "hello"}
+
+
+def _log_report(**line) -> dict:
+    return {"job_id": "j", "attempt": 1, "event": "log", "lines": [{**_LINE, **line}]}
+
+
 @pytest.mark.parametrize(
     ("body", "fault"),
     [
@@ -57,6 +69,16 @@ def test_a_report_over_a_size_cap_gets_its_own_answer_in_its_place():
         ({"reports": [{"job_id": "j", "attempt": True, "event": "started", "worker": "w"}]}, "reports[0].attempt"),
         ({"reports": [{"job_id": "j", "attempt": 1, "event": "started", "colour": "red"}]}, "reports[0].colour"),
         ({"sent_at": -5, "reports": []}, "sent_at"),
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "snoozed", "seconds": 0}]}, "reports[0].seconds"),
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "snoozed", "seconds": 31 * 86400}]}, "at most"),
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "snoozed"}]}, "reports[0].seconds"),
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "log", "lines": []}]}, "1 to 200 lines"),
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "log", "lines": [_LINE] * 201}]}, "1 to 200 lines"),
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "log", "lines": ["hi"]}]}, "lines[0] must be"),
+        ({"reports": [_log_report(level="LOUD")]}, "reports[0].lines[0].level"),
+        ({"reports": [_log_report(at=None)]}, "reports[0].lines[0].at"),
+        ({"reports": [_log_report(colour="red")]}, "lines[0].colour is not"),
+        ({"reports": [_log_report(message=7)]}, "lines[0].message must be str"),
     ],
 )
 def test_a_malformed_batch_is_refused_naming_the_fault(body, fault):
@@ -69,3 +91,45 @@ def test_paths_and_header_are_the_ones_the_api_serves():
     assert protocol.BATCH_PATH == "/internal/reports"
     assert protocol.one_report_path("job_1", protocol.PROGRESS) == "/internal/jobs/job_1/progress"
     assert protocol.TOKEN_HEADER == "X-Internal-Token"
+    assert protocol.checkpoint_path("job_1") == "/internal/jobs/job_1/checkpoint"
+
+
+def test_a_snooze_reason_or_log_line_over_its_cap_is_refused_on_its_own():
+    caps = SizeCaps(progress_message=10)
+    long_line = protocol.LogLine(1.0, "INFO", "x" * (MAX_LOG_LINE_BYTES + 1))
+    body = protocol.batch_body(
+        [
+            protocol.snoozed("j", 1, 5, "r" * 11),
+            protocol.log_lines("j", 1, [long_line]),
+            protocol.snoozed("j", 1, 5.5, "r" * 10),
+        ],
+        sent_at=1.0,
+    )
+
+    batch = protocol.decode_batch(body, caps)
+
+    assert sorted(batch.refused) == [0, 1]
+    assert "snooze reason" in batch.refused[0]["error"] and "log line 0" in batch.refused[1]["error"]
+    assert batch.reports == [protocol.Report("j", 1, "snoozed", seconds=5.5, reason="r" * 10)]
+
+
+def test_snoozed_and_failed_end_an_attempt_log_and_progress_do_not():
+    assert {"completed", "failed", "snoozed"} == protocol.ENDS
+
+
+@pytest.mark.parametrize(
+    ("record", "read"),
+    [
+        (protocol.snooze_record(30, "rate limited by the provider"), (30.0, "rate limited by the provider")),
+        (protocol.snooze_record(0.5, "line one\nline two"), (0.5, "line one line two")),
+        (protocol.snooze_record(2, ""), (2.0, "")),
+        ("Traceback (most recent call last):\n  ...\nSnoozed: 30.0 x", None),
+        ("Snoozed: 30.0 a\nValueError: b", None),
+        ("Snoozed: soon", None),
+        ("Snoozed: 0.0 never", None),
+        ("Snoozed: 1e9 too long", None),
+        (None, None),
+    ],
+)
+def test_the_rq_record_of_a_snooze_reads_back_and_no_traceback_passes_for_one(record, read):
+    assert protocol.recorded_snooze(record) == read
