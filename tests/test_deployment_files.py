@@ -91,7 +91,7 @@ def test_docker_compose_config_passes_and_keeps_the_password_out_of_arguments(tm
     result = subprocess.run(["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
-    assert set(config["services"]) == {"redis", "api", "proxy", "worker", "scheduler"}
+    assert set(config["services"]) == {"redis", "api", "streams", "proxy", "worker", "scheduler"}
     assert "appendfsync" in result.stdout and "noeviction" in result.stdout
     for name, service in config["services"].items():
         for text in argv_strings(service):
@@ -121,6 +121,9 @@ def test_compose_publishes_nginx_only_and_no_standalone_dashboard():
     assert proxy["ports"] == ["${API_PUBLISH:-0.0.0.0:5000}:8080"]
     assert "./deploy/nginx/jobservice.conf:/etc/nginx/templates/default.conf.template:ro" in proxy["volumes"]
     assert proxy["environment"]["JOBSERVICE_UPSTREAM"] == "api:5000"
+    # The event streams: the gevent process, behind the same proxy, never published
+    assert proxy["environment"]["JOBSERVICE_STREAMS_UPSTREAM"] == "streams:5001"
+    assert services["streams"]["command"][:3] == ["gunicorn", "-c", "backend/gunicorn_streams.py"]
     assert "env_file" not in proxy  # nginx gets no secrets
 
 
@@ -145,7 +148,7 @@ def test_compose_with_the_postgresql_override_runs_two_apis_on_a_healthy_migrate
     # Then the configuration is valid
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "api", "proxy", "worker", "scheduler"}
+    assert set(services) == {"redis", "postgres", "migrate", "api", "streams", "proxy", "worker", "scheduler"}
     # And PostgreSQL keeps its data in a volume and is healthy once pg_isready says so
     postgres = services["postgres"]
     assert postgres["image"].startswith("postgres:16")
@@ -154,14 +157,14 @@ def test_compose_with_the_postgresql_override_runs_two_apis_on_a_healthy_migrate
     assert "ports" not in postgres
     # And every process of the service uses it, the API scaled to two behind nginx
     url = f"postgresql+psycopg://jobs:{PG_SENTINEL}@postgres:5432/jobs"
-    for name in ("migrate", "api", "scheduler", "worker"):
+    for name in ("migrate", "api", "streams", "scheduler", "worker"):
         assert services[name]["environment"]["DATABASE_URL"] == url, name
     assert services["api"]["scale"] >= 2
     assert services["proxy"]["environment"]["JOBSERVICE_UPSTREAM"] == "api:5000"
     # And migrate runs once the server is healthy, and the API and scheduler only after it
     assert services["migrate"]["command"] == ["python", "-m", "backend", "migrate"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "scheduler"):
+    for name in ("api", "streams", "scheduler"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
         assert services[name]["environment"]["MIGRATE_ON_START"] == "0", name
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -227,6 +230,10 @@ def test_kubernetes_sends_clients_through_the_nginx_sidecar():
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     env = {var["name"]: var.get("value") for var in nginx["env"]}
     assert env["JOBSERVICE_UPSTREAM"] == "127.0.0.1:5000"
+    # The event streams' gevent gunicorn in the same pod, on its loopback default too
+    assert env["JOBSERVICE_STREAMS_UPSTREAM"] == "127.0.0.1:5001"
+    assert containers["streams"]["command"][:3] == ["gunicorn", "-c", "backend/gunicorn_streams.py"]
+    assert "ports" not in containers["streams"]
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert "nginx.yaml" in kustomization["resources"]
 

@@ -63,11 +63,12 @@ def gunicorn(settings, tmp_path) -> Iterator[str]:
         processes.stop(process)
 
 
-def render_nginx_conf(upstream: str, listen: str) -> str:
-    """deploy/nginx/jobservice.conf with its three values filled in, as envsubst would."""
+def render_nginx_conf(upstream: str, listen: str, streams_upstream: str | None = None) -> str:
+    """deploy/nginx/jobservice.conf with its four values filled in, as envsubst would."""
     text = (ROOT / "deploy/nginx/jobservice.conf").read_text()
     for name, value in (
         ("JOBSERVICE_UPSTREAM", upstream),
+        ("JOBSERVICE_STREAMS_UPSTREAM", streams_upstream or upstream),
         ("JOBSERVICE_LISTEN", listen),
         ("MAX_CONTENT_LENGTH", str(MAX_CONTENT_LENGTH)),
     ):
