@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.errors import BrokerError
+from backend.broker.events import EventLog
 from backend.broker.fences import note_history
 from backend.broker.queues import QueueAdapter, register_queues
 from backend.core.settings import Settings
 from backend.core.size_caps import SizeCaps
 from backend.recovery.reconciler import Reconciler
+from backend.service.job_events import EventHub
 from backend.service.job_manager import JobManager
 from backend.service.job_reads import JobReader
 from backend.service.retries import RetryPolicy
@@ -55,6 +57,8 @@ class Services:
     schedules: ScheduleManager
     #: Webhook deliveries; its pool only runs once ``run_once`` is called (``start_background``).
     webhooks: Dispatcher
+    #: GET /jobs/<id>/events: subscriptions and status events of this process's streams.
+    event_hub: EventHub
 
 
 def build_services(settings: Settings, *, migrate_store: bool = True) -> Services:
@@ -115,7 +119,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         per_host=settings.webhook_host_concurrency,
         per_owner=settings.webhook_owner_concurrency,
     )
-    return Services(
+    built = Services(
         settings=settings,
         engine=engine,
         sessions=sessions,
@@ -126,4 +130,14 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         reconciler=reconciler,
         schedules=ScheduleManager(jobs, sessions, missed_policy=settings.schedule_missed_policy),
         webhooks=webhooks,
+        event_hub=None,  # type: ignore[arg-type]  # below: it serves jobs through job_reader
     )
+    built.event_hub = EventHub(
+        EventLog(redis, history=settings.events_history, ttl=settings.events_ttl_seconds),
+        sessions,
+        built.job_reader,
+        poll_seconds=settings.events_poll_seconds,
+        max_streams=settings.events_max_streams,
+        max_streams_per_owner=settings.events_max_streams_per_owner,
+    )
+    return built

@@ -7,8 +7,13 @@ reconnecting with Last-Event-ID; it must see every event once and in order.
 from __future__ import annotations
 
 import json
+import threading
 
-from backend.broker.events import EventLog
+import pytest
+import requests
+
+from backend.broker.events import EventLog, parse_id
+from tests.helpers import submit, wait_until
 
 
 def test_event_log_appends_publishes_and_dedupes_status(redis_conn):
@@ -34,3 +39,117 @@ def test_event_log_appends_publishes_and_dedupes_status(redis_conn):
     assert [e.kind for e in events.history("j1", after=None, limit=2)] == ["status", "end"]
     assert redis_conn.ttl("jobservice:events:j1") > 0
     subscriber.close()
+
+
+# -- GET /jobs/<job_id>/events, read by a real HTTP client ------------------------------------
+
+
+def read_stream(url: str, *, headers: dict | None = None, received: list | None = None, stop=None):
+    """Read an SSE stream as a client would: the events (id, kind, data) until the server closes
+    it, or until ``stop(events)`` holds; ``received`` (if given) fills as they arrive."""
+    events = received if received is not None else []
+    with requests.get(url, headers=headers, stream=True, timeout=(5, 30)) as response:
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["Cache-Control"] == "no-cache"
+        fields: dict[str, str] = {}
+        for line in response.iter_lines(decode_unicode=True):
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "event" in fields:
+                events.append((fields["id"], fields["event"], json.loads(fields["data"])))
+                if stop is not None and stop(events):
+                    break
+            fields = {}
+    return events
+
+
+def statuses(events) -> list[str]:
+    return [data["status"] for _, kind, data in events if kind == "status"]
+
+
+def test_streams_follow_a_job_to_its_end_and_a_reconnect_gets_only_what_it_missed(
+    client, live_server, run_burst_worker
+):
+    job_id = submit(client, "crawl", kwargs={"steps": 3, "delay": 0.2})["job_id"]
+    url = f"{live_server}/jobs/{job_id}/events"
+    # Two clients on the same job, open before any worker takes it.
+    streams = [[], []]
+    readers = [threading.Thread(target=read_stream, args=(url,), kwargs={"received": s}) for s in streams]
+    for reader in readers:
+        reader.start()
+    wait_until(lambda: all(streams), what="both streams' first status event")
+
+    run_burst_worker()
+    for reader in readers:
+        reader.join(timeout=30)
+
+    events = streams[0]
+    assert streams[1] == events  # every event to both, in the same order
+    assert statuses(events) == ["QUEUED", "PROCESSING", "COMPLETED"]
+    final = client.get(f"/jobs/{job_id}").get_json()
+    assert events[-1][1] == "end" and events[-1][2] == final and final["result"] == {"steps": 3}
+    ids = [parse_id(event_id) for event_id, _, _ in events]
+    assert ids == sorted(set(ids))  # in order, none twice
+
+    # A client that saw up to PROCESSING gets the rest, once.
+    seen = next(i for i, (_, kind, data) in enumerate(events) if kind == "status" and data["status"] == "PROCESSING")
+    missed = read_stream(url, headers={"Last-Event-ID": events[seen][0]})
+    assert missed == events[seen + 1 :]
+    # A stream on the ended job: its history, then end, at once.
+    assert read_stream(url) == events
+    # After end, a reconnect is told to stop.
+    after_end = requests.get(url, params={"last_event_id": events[-1][0]}, timeout=10)
+    assert after_end.status_code == 204
+
+
+def test_progress_events_reach_an_open_stream_as_a_worker_appends_them(client, live_server, redis_conn):
+    job_id = submit(client, "add", args=[1, 2])["job_id"]  # no worker: it stays QUEUED
+    received: list = []
+    reader = threading.Thread(
+        target=read_stream,
+        args=(f"{live_server}/jobs/{job_id}/events",),
+        kwargs={"received": received, "stop": lambda events: len(events) == 3},
+    )
+    reader.start()
+    wait_until(lambda: received, what="the first status event")
+
+    worker_side = EventLog(redis_conn)
+    worker_side.append(job_id, "progress", json.dumps({"progress": 40, "message": "reading"}))
+    worker_side.append(job_id, "output", json.dumps({"data": {"token": "Hel"}, "attempt": 1}))
+    reader.join(timeout=30)
+
+    assert [(kind, data) for _, kind, data in received] == [
+        ("status", client.get(f"/jobs/{job_id}").get_json()),
+        ("progress", {"progress": 40, "message": "reading"}),
+        ("output", {"data": {"token": "Hel"}, "attempt": 1}),
+    ]
+
+
+@pytest.fixture
+def keyed_server(settings, request) -> str:
+    settings["API_KEYS"] = "alice:alice-key-0123456789abcdef,bob:bob-key-0123456789abcdef"
+    settings["EVENTS_MAX_STREAMS_PER_OWNER"] = 1
+    return request.getfixturevalue("live_server")
+
+
+ALICE = {"Authorization": "Bearer alice-key-0123456789abcdef"}
+BOB = {"Authorization": "Bearer bob-key-0123456789abcdef"}
+
+
+def test_streams_keep_owners_apart_refuse_bad_ids_and_cap_each_owner(keyed_server):
+    created = requests.post(f"{keyed_server}/tasks/add", json={"args": [1, 2]}, headers=ALICE, timeout=10)
+    url = f"{keyed_server}/jobs/{created.json()['job_id']}/events"
+
+    others = requests.get(url, headers=BOB, timeout=10)
+    assert others.status_code == 404 and others.json()["error"]["code"] == "not_found"
+    malformed = requests.get(url, headers={**ALICE, "Last-Event-ID": "yesterday"}, timeout=10)
+    assert malformed.status_code == 400 and "Last-Event-ID" in malformed.json()["error"]["message"]
+
+    with requests.get(url, headers=ALICE, stream=True, timeout=10) as first:
+        assert first.status_code == 200
+        second = requests.get(url, headers=ALICE, timeout=10)
+        assert second.status_code == 429 and second.headers["Retry-After"]
+        assert "EVENTS_MAX_STREAMS_PER_OWNER" in second.json()["error"]["message"]

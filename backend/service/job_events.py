@@ -1,0 +1,286 @@
+"""The event hub of one API process: what its open event streams hear, and their status events.
+
+One thread (a greenlet under gevent) owns the Redis subscriber: it sends SUBSCRIBE/UNSUBSCRIBE
+for the jobs being watched between short reads, hands every event to the watching streams'
+bounded queues, and every EVENTS_POLL_SECONDS reads the (status, attempt) of all watched jobs
+in one store query; for a job whose status key changed it publishes a ``status`` event (and
+``end`` when terminal) with the job's JSON as ``GET /jobs/<id>`` shows it. The write paths are
+not hooked: whoever changes a job, on whichever host, the hubs watching it see it. Nothing runs
+while no stream is open. A Redis error closes every stream (the clients reconnect with
+Last-Event-ID) and drops the subscriber; the next stream starts over. No lock is held across
+a blocking call, so it works under threads and under gevent alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from backend.broker.errors import BrokerError
+from backend.core.errors import JobServiceError, ServiceUnavailable
+from backend.core.states import JobStatus
+from backend.store.errors import StoreUnavailable
+from backend.store.event_reads import status_keys
+
+if TYPE_CHECKING:  # types only
+    from backend.broker.events import Event, EventLog, EventSubscriber
+    from backend.service.job_reads import JobReader
+    from backend.store.jobs import Sessions
+
+log = logging.getLogger(__name__)
+
+#: One read of the subscriber waits at most this long, so that (un)subscribes and polls go out.
+READ_SECONDS = 0.05
+#: Messages handed out per read before the thread polls and (un)subscribes again.
+READ_BATCH = 1000
+#: Per stream: events waiting for a slow client. Past either cap the stream closes and its
+#: client reconnects with Last-Event-ID (the history fills the gap).
+QUEUE_EVENTS = 1000
+QUEUE_BYTES = 1024 * 1024
+#: How long opening a stream waits for its SUBSCRIBE to be confirmed.
+SUBSCRIBE_SECONDS = 5.0
+
+
+class TooManyStreams(ServiceUnavailable):
+    """Raised when this process holds EVENTS_MAX_STREAMS streams already."""
+
+
+class TooManyOwnerStreams(JobServiceError):
+    """Raised when the owner holds EVENTS_MAX_STREAMS_PER_OWNER streams in this process already."""
+
+    status = 429
+    code = "too_many_streams"
+
+
+class StreamClosed(Exception):
+    """The hub closed the stream (Redis error, or the client fell too far behind)."""
+
+
+@dataclass(eq=False)
+class Watch:
+    """One open stream's end: the events of ``job_id`` in order, from a bounded queue."""
+
+    job_id: str
+    owner: str | None
+    ready: threading.Event = field(default_factory=threading.Event)
+    closed: bool = False
+    _queue: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_EVENTS + 1))
+    _bytes: int = 0
+
+    def next(self, timeout: float) -> Event:
+        """The next event; ``queue.Empty`` after ``timeout`` seconds without one.
+
+        Raises:
+            StreamClosed: the hub closed this stream; its client should reconnect.
+        """
+        if self.closed:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                raise StreamClosed from None
+        else:
+            item = self._queue.get(timeout=timeout)
+        if item is None:
+            raise StreamClosed
+        self._bytes -= len(item.data)
+        return item
+
+    def _offer(self, event: Event) -> bool:
+        """Queue ``event`` (hub thread); False when the stream is over its caps."""
+        if self.closed or self._queue.qsize() >= QUEUE_EVENTS or self._bytes + len(event.data) > QUEUE_BYTES:
+            return False
+        self._bytes += len(event.data)
+        self._queue.put_nowait(event)
+        return True
+
+    def _close(self) -> None:
+        self.closed = True
+        self.ready.set()  # a stream still opening gives up at once
+        # Wakes a reader waiting on an empty queue; a full one wakes its reader anyway.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+
+
+class EventHub:
+    """Streams' subscriptions and status events for one API process."""
+
+    def __init__(
+        self,
+        events: EventLog,
+        sessions: Sessions,
+        reader: JobReader,
+        *,
+        poll_seconds: float = 0.1,
+        max_streams: int = 1000,
+        max_streams_per_owner: int = 100,
+    ):
+        self.events = events
+        self._sessions = sessions
+        self._reader = reader
+        self._poll_seconds = poll_seconds
+        self._max_streams = max_streams
+        self._max_per_owner = max_streams_per_owner
+        self._lock = threading.Lock()
+        self._watches: dict[str, set[Watch]] = {}
+        self._owners: dict[str | None, int] = {}
+        self._count = 0
+        #: Jobs whose SUBSCRIBE Redis has confirmed (and no UNSUBSCRIBE sent since).
+        self._confirmed: set[str] = set()
+        self._running = False
+        self._generation = 0
+
+    # -- the streams' side ------------------------------------------------------------------
+
+    def watch(self, job_id: str, owner: str | None) -> Watch:
+        """Open a stream on ``job_id``: subscribed (confirmed) when this returns.
+
+        Raises:
+            TooManyStreams: the process's cap (503); TooManyOwnerStreams: the owner's (429).
+            ServiceUnavailable: Redis did not confirm the subscription.
+        """
+        watch = Watch(job_id, owner)
+        with self._lock:
+            if self._count >= self._max_streams:
+                raise TooManyStreams(f"this API process holds {self._count} event streams (EVENTS_MAX_STREAMS)")
+            if self._owners.get(owner, 0) >= self._max_per_owner:
+                raise TooManyOwnerStreams(
+                    f"at most {self._max_per_owner} open event streams per key (EVENTS_MAX_STREAMS_PER_OWNER)",
+                    headers={"Retry-After": "5"},
+                )
+            self._count += 1
+            self._owners[owner] = self._owners.get(owner, 0) + 1
+            self._watches.setdefault(job_id, set()).add(watch)
+            if job_id in self._confirmed:
+                watch.ready.set()
+            start = not self._running
+            self._running = True
+            generation = self._generation
+        if start:
+            threading.Thread(target=self._run, args=(generation,), name="event-hub", daemon=True).start()
+        if not watch.ready.wait(SUBSCRIBE_SECONDS) or watch.closed:
+            self.release(watch)
+            raise ServiceUnavailable("Redis did not confirm the event subscription; try again", retry_after=2)
+        return watch
+
+    def release(self, watch: Watch) -> None:
+        """The stream is over: forget ``watch`` (its job is unsubscribed by the hub thread)."""
+        with self._lock:
+            watching = self._watches.get(watch.job_id)
+            if watching is None or watch not in watching:
+                return
+            watching.discard(watch)
+            if not watching:
+                del self._watches[watch.job_id]
+            self._count -= 1
+            self._owners[watch.owner] -= 1
+            if not self._owners[watch.owner]:
+                del self._owners[watch.owner]
+
+    def publish(self, job_id: str, body: bytes) -> None:
+        """Publish the job's status from its JSON as GET /jobs/<id> serves it (deduplicated).
+
+        Raises:
+            BrokerError: Redis did not answer or refused.
+        """
+        job = json.loads(body)
+        status = job["status"]
+        self.events.publish_status(
+            job_id, f"{status}:{job.get('attempt')}", body.decode(), terminal=JobStatus(status).is_terminal
+        )
+
+    # -- the hub thread ---------------------------------------------------------------------
+
+    def _run(self, generation: int) -> None:
+        subscriber = self.events.subscriber()
+        sent: set[str] = set()
+        keys: dict[str, str] = {}
+        next_poll = 0.0
+        try:
+            while True:
+                with self._lock:
+                    wanted = set(self._watches)
+                    if not wanted and not sent:
+                        self._running = False
+                        return
+                    self._confirmed -= sent - wanted
+                for job_id in wanted - sent:
+                    subscriber.subscribe(job_id)
+                for job_id in sent - wanted:
+                    subscriber.unsubscribe(job_id)
+                    keys.pop(job_id, None)
+                sent = wanted
+                self._read(subscriber)
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self._poll_seconds
+                    self._poll(wanted, keys)
+        except BrokerError as exc:
+            log.warning("event hub: Redis failed (%s); closing %d event streams, they reconnect", exc, self._count)
+            self._reset(generation)
+        except Exception:
+            log.exception("event hub failed; closing its event streams")
+            self._reset(generation)
+        finally:
+            subscriber.close()
+
+    def _read(self, subscriber: EventSubscriber) -> None:
+        """Hand out what the subscriber has: waits READ_SECONDS for the first, then takes the rest."""
+        timeout = READ_SECONDS
+        for _ in range(READ_BATCH):  # then polls and (un)subscribes get their turn
+            received = subscriber.get(timeout)
+            if received is None:
+                return
+            timeout = 0.0
+            with self._lock:
+                watching = list(self._watches.get(received.job_id, ()))
+                if received.kind == "subscribe":
+                    self._confirmed.add(received.job_id)
+                    for watch in watching:
+                        watch.ready.set()
+            if received.kind != "event":
+                continue
+            for watch in watching:
+                if not watch._offer(received.event):
+                    log.info("event stream of job %s fell behind; closed, its client reconnects", watch.job_id)
+                    watch._close()
+                    self.release(watch)
+
+    def _poll(self, job_ids: set[str], keys: dict[str, str]) -> None:
+        """Publish the status of every watched job whose (status, attempt) changed."""
+        if not job_ids:
+            return
+        try:
+            current = status_keys(self._sessions, job_ids)
+        except StoreUnavailable as exc:
+            log.warning("event hub: store unavailable (%s); status events wait for it", exc)
+            return
+        for job_id, (status, attempt) in current.items():
+            key = f"{status}:{attempt}"
+            if keys.get(job_id) == key:
+                continue
+            try:
+                body = self._reader.json(job_id, owner=None)
+            except (JobServiceError, *StoreUnavailable):
+                continue  # deleted in between, or the store is down: the next poll tries again
+            self.publish(job_id, body)
+            keys[job_id] = key
+
+    def _reset(self, generation: int) -> None:
+        """Close every stream and let the next one start a new thread."""
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._generation += 1
+            watches = [watch for watching in self._watches.values() for watch in watching]
+            self._watches.clear()
+            self._owners.clear()
+            self._count = 0
+            self._confirmed.clear()
+            self._running = False
+        for watch in watches:
+            watch._close()
