@@ -39,6 +39,15 @@ from backend.service.representations import JOB_FIELDS
 bp = Blueprint("openapi", __name__)
 
 
+def event_id_params() -> list[dict]:
+    """Where a reconnecting client names the last event it got (``GET /jobs/<id>/events``)."""
+    event_id = {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"}
+    return [
+        {"name": "Last-Event-ID", "in": "header", "schema": event_id},
+        query_param("last_event_id", event_id),
+    ]
+
+
 def spec() -> dict:
     config = settings()
     caps = {
@@ -154,6 +163,21 @@ def spec() -> dict:
                 ref("AttemptList"),
                 params=attempt_params,
                 tags=["jobs"],
+            )
+        },
+        "/jobs/{job_id}/events": {
+            "get": operation(
+                "A job's live events as Server-Sent Events (status, progress, log, output, then end)",
+                "200",
+                params=[job_id, *event_id_params()],
+                tags=["jobs"],
+                more={
+                    "200": {
+                        "description": "the stream: id, event and data (JSON) per event; closed after end",
+                        "content": {"text/event-stream": {"schema": STRING}},
+                    },
+                    "204": {"description": "Last-Event-ID is the end event's: nothing more will come"},
+                },
             )
         },
         "/jobs/{job_id}/webhooks": {

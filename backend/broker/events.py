@@ -64,7 +64,8 @@ def _status_key(job_id: str) -> str:
 def parse_id(event_id: str) -> tuple[int, int]:
     """An entry id ``<ms>-<seq>`` as a pair compared in order; ValueError when malformed."""
     ms, sep, seq = event_id.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit() or len(ms) > 20 or len(seq) > 20:
+    digits = (ms + seq).isascii() and ms.isdigit() and seq.isdigit()
+    if not sep or not digits or len(ms) > 20 or len(seq) > 20:
         raise ValueError(f"not an event id: {event_id[:64]!r}")
     return int(ms), int(seq)
 
