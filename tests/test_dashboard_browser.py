@@ -49,7 +49,7 @@ def test_a_job_started_from_the_page_fills_its_bar_to_100(live_server, start_wor
             )
             assert "COMPLETED" in row.inner_text()
             row.click()
-            page.wait_for_selector('#detail:has-text(\'"outcome": "COMPLETED"\')')
+            page.wait_for_selector("#detail .attempts td.COMPLETED")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:

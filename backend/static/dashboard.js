@@ -1,64 +1,79 @@
-// The /dashboard page: reads the JSON API with the API key the user enters (when keys are
-// configured) and refreshes every second. Every value from the API goes into the page as text
-// (textContent, DOM nodes), never as HTML: tenants choose task arguments, results and messages.
+// The /dashboard page: the job list, the start form, schedules; the job view is in
+// dashboard_job.js, the event stream reader in dashboard_stream.js. It reads the JSON API with
+// the API key the user enters (when keys are configured). Every value from the API goes into
+// the page as text (textContent, DOM nodes), never as HTML: tenants choose task arguments,
+// results, output, logs and messages.
+//
+// Refreshing: the list (and schedules) is read again every LIST_REFRESH_MS, a slow timer; the
+// job that is open in the job view is followed live through its event stream, and its row
+// follows its events at once. No job is polled every second.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-$("key").value = sessionStorage.getItem("jobservice-key") || "";
-$("key").addEventListener("change", () => { sessionStorage.setItem("jobservice-key", $("key").value); loadTasks(); refresh(); });
-let selected = null;
+import { $, api, restoreKey, saveKey } from "./dashboard_api.js";
+import { cell, el, progressBar, tickCountdowns, waitingNode } from "./dashboard_parts.js";
+import { JobView } from "./dashboard_job.js";
 
-async function api(path, options = {}) {
-  const headers = { "Content-Type": "application/json" };
-  if ($("key").value) headers["Authorization"] = "Bearer " + $("key").value;
-  const response = await fetch(path, { ...options, headers });
-  const body = response.status === 204 ? null : await response.json();
-  if (!response.ok) throw new Error((body && body.error && body.error.message) || response.statusText);
-  return body;
-}
+const LIST_REFRESH_MS = 5000;
 
-function cell(text) { const td = document.createElement("td"); td.textContent = text ?? ""; return td; }
+const view = new JobView($("detail"), { onJob: updateRow, onProgress: updateRowProgress });
 
 function button(label, onClick) {
-  const b = document.createElement("button"); b.textContent = label;
-  b.addEventListener("click", async (event) => { event.stopPropagation(); try { await onClick(); } catch (e) { $("problem").textContent = e.message; } refresh(); });
+  const b = el("button", label);
+  b.addEventListener("click", async (event) => {
+    event.stopPropagation();
+    try { await onClick(); } catch (e) { $("problem").textContent = e.message; }
+    refresh();
+  });
   return b;
 }
 
+function progressCell(percent, message) {
+  const td = el("td");
+  const bar = progressBar(percent);
+  td.append(bar, ` ${bar.getAttribute("aria-valuenow")}%`);
+  if (message) td.append(" ", el("span", message, "progress-message"));
+  return td;
+}
+
 function row(job) {
-  const tr = document.createElement("tr");
+  const tr = el("tr");
   tr.dataset.jobId = job.job_id;
+  if (job.job_id === view.jobId) tr.classList.add("selected");
   tr.appendChild(cell(job.job_id));
   tr.appendChild(cell(job.task));
-  const status = cell(job.status); status.className = job.status; tr.appendChild(status);
-  const percent = Math.min(100, Math.max(0, Number(job.progress) || 0));
-  const progress = document.createElement("td");
-  const bar = document.createElement("span");
-  bar.className = "bar";
-  bar.setAttribute("role", "progressbar");
-  bar.setAttribute("aria-valuenow", String(percent));
-  const fill = document.createElement("span");
-  fill.style.width = `${percent}%`; // set through the DOM: the CSP refuses style="" in markup
-  bar.appendChild(fill);
-  progress.append(bar, ` ${percent}%`);
-  if (job.progress_message) progress.append(" " + job.progress_message);
-  tr.appendChild(progress);
+  const status = cell(job.status);
+  status.className = job.status;
+  status.appendChild(waitingNode(job));
+  tr.appendChild(status);
+  tr.appendChild(progressCell(job.progress, job.progress_message));
   tr.appendChild(cell(job.attempt));
   tr.appendChild(cell(job.created_at));
-  const actions = document.createElement("td");
+  const actions = el("td");
   if (["PENDING", "QUEUED", "PROCESSING"].includes(job.status)) actions.appendChild(button("Cancel", () => api(`/jobs/${job.job_id}/cancel`, { method: "POST" })));
   if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", () => api(`/jobs/${job.job_id}/retry`, { method: "POST" })));
   tr.appendChild(actions);
-  tr.addEventListener("click", () => { selected = job.job_id; showDetail(); });
+  tr.addEventListener("click", () => select(job.job_id));
   return tr;
 }
 
-async function showDetail() {
-  if (!selected) return;
-  const [job, attempts, hooks] = await Promise.all([
-    api(`/jobs/${selected}`), api(`/jobs/${selected}/attempts`), api(`/jobs/${selected}/webhooks`),
-  ]);
-  $("detail").textContent = JSON.stringify({ job, attempts: attempts.attempts, webhooks: hooks.deliveries }, null, 2);
+const rowOf = (jobId) => document.querySelector(`#jobs tr[data-job-id="${CSS.escape(jobId)}"]`);
+
+// A newer JSON of a listed job (from the job view's events): its row shows it at once.
+function updateRow(job) {
+  const old = rowOf(job.job_id);
+  if (old) old.replaceWith(row(job));
+}
+
+function updateRowProgress(jobId, percent, message) {
+  const tr = rowOf(jobId);
+  if (tr) tr.children[3].replaceWith(progressCell(percent, message));
+}
+
+function select(jobId) {
+  for (const tr of document.querySelectorAll("#jobs tr.selected")) tr.classList.remove("selected");
+  const tr = rowOf(jobId);
+  if (tr) tr.classList.add("selected");
+  view.show(jobId);
 }
 
 // The task names come from GET /tasks, with the key: the page itself names none.
@@ -69,41 +84,58 @@ async function loadTasks() {
     for (const [id, first] of [["task", "any"], ["start-task", null]]) {
       const select = $(id);
       const chosen = select.value;
-      const options = names.map((name) => { const o = document.createElement("option"); o.textContent = name; return o; });
-      if (first) { const o = document.createElement("option"); o.value = ""; o.textContent = first; options.unshift(o); }
+      const options = names.map((name) => el("option", name));
+      if (first) { const o = el("option", first); o.value = ""; options.unshift(o); }
       select.replaceChildren(...options);
       if (chosen && names.includes(chosen)) select.value = chosen;
     }
   } catch (e) { $("problem").textContent = e.message; }
 }
 
+let refreshing = false;
+
 async function refresh() {
+  if (refreshing) return; // a slow API: never stack reads
+  refreshing = true;
   try {
     const query = new URLSearchParams({ limit: "50" });
     if ($("status").value) query.set("status", $("status").value);
     if ($("task").value) query.set("task", $("task").value);
     const data = await api("/jobs?" + query);
     $("jobs").replaceChildren(...data.jobs.map(row));
+    data.jobs.forEach((job) => view.updateFromList(job));
     const schedules = await api("/scheduled-jobs");
     $("schedules").replaceChildren(...schedules.scheduled_jobs.map((s) => {
-      const tr = document.createElement("tr");
+      const tr = el("tr");
       [s.name, s.task, s.cron + " " + s.timezone, s.enabled ? "yes" : "no", s.next_run_at, s.last_job_id].forEach((v) => tr.appendChild(cell(v)));
       return tr;
     }));
-    await showDetail();
     $("problem").textContent = "";
-  } catch (e) { $("problem").textContent = e.message; }
+  } catch (e) {
+    $("problem").textContent = e.message;
+  } finally {
+    refreshing = false;
+  }
 }
 
 $("start").addEventListener("submit", async (event) => {
   event.preventDefault();
   try {
-    const job = await api(`/tasks/${$("start-task").value}`, { method: "POST", body: JSON.stringify({ kwargs: JSON.parse($("start-kwargs").value || "{}") }) });
+    const job = await api(`/tasks/${encodeURIComponent($("start-task").value)}`, { method: "POST", body: JSON.stringify({ kwargs: JSON.parse($("start-kwargs").value || "{}") }) });
     $("start-result").textContent = "started " + job.job_id;
-  } catch (e) { $("start-result").textContent = e.message; }
+    await refresh();
+    select(job.job_id); // a job started here is followed live at once
+  } catch (e) { $("start-result").textContent = e.message; refresh(); }
+});
+$("key").addEventListener("change", () => {
+  saveKey();
+  loadTasks();
   refresh();
+  if (view.jobId) view.show(view.jobId); // its stream reconnects with the new key
 });
 ["status", "task"].forEach((id) => $(id).addEventListener("change", refresh));
+restoreKey();
 loadTasks();
 refresh();
-setInterval(refresh, 1000);
+setInterval(refresh, LIST_REFRESH_MS);
+setInterval(tickCountdowns, 1000); // page-local: counts "resumes in 40 s" down, no request
