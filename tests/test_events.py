@@ -153,3 +153,14 @@ def test_streams_keep_owners_apart_refuse_bad_ids_and_cap_each_owner(keyed_serve
         second = requests.get(url, headers=ALICE, timeout=10)
         assert second.status_code == 429 and second.headers["Retry-After"]
         assert "EVENTS_MAX_STREAMS_PER_OWNER" in second.json()["error"]["message"]
+
+
+def test_a_stream_answers_503_while_redis_is_down(settings, request):
+    settings["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    live_server = request.getfixturevalue("live_server")
+    job_id = requests.post(f"{live_server}/tasks/add", json={"args": [1, 2]}, timeout=10).json()["job_id"]
+
+    response = requests.get(f"{live_server}/jobs/{job_id}/events", timeout=30)
+
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.json()["error"]["code"] == "service_unavailable"
