@@ -8,9 +8,10 @@ from backend.api.auth import authenticate_client
 from backend.api.context import services, settings
 from backend.api.payloads import json_body, query_fields, query_int
 from backend.api.rate_limits import submit_limit
-from backend.core.errors import ValidationFailed
+from backend.core.errors import BadRequest, ValidationFailed
 from backend.core.pages import encode, page_parts
 from backend.core.states import JobStatus
+from backend.service import job_logs
 from backend.service.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
 
 bp = Blueprint("jobs", __name__)
@@ -59,6 +60,40 @@ def get_attempts(job_id: str):
 
 #: The largest attempt number a cursor of GET /jobs/<id>/attempts may name (nine digits).
 ATTEMPT_CURSOR_MAX = 999_999_999
+#: GET /jobs/<id>/logs: lines per page, by default and at most; the largest ``after`` (a BIGINT id).
+LOGS_PAGE_DEFAULT, LOGS_PAGE_MAX = 200, 1000
+LOG_SEQ_MAX = 10**18 - 1
+
+
+@bp.get("/jobs/<job_id>/logs")
+def get_logs(job_id: str):
+    """The lines the job's task logged, oldest first, those after ``seq`` ``after`` (default 0):
+    at most ``limit`` (1-1000, default 200) and no more than fit in ``JOBS_PAGE_MAX_BYTES``.
+    ``next_after`` goes on from there (null: no more lines yet); ``truncated``: lines were dropped
+    (the job's log passed its cap; a marker line says where)."""
+    after = _query_int_400("after", 0, 0, LOG_SEQ_MAX)
+    limit = _query_int_400("limit", LOGS_PAGE_DEFAULT, 1, LOGS_PAGE_MAX)
+    bundle = services()
+    job = bundle.jobs.get_job(job_id, owner=g.principal.scope)
+    parts, next_after = page_parts(
+        job_logs.page(bundle.sessions, job.id, after=after, limit=limit + 1),
+        lambda line: encode(job_logs.line_dict(line)),
+        lambda line: line.id,
+        limit=limit,
+        max_bytes=settings().jobs_page_max_bytes,
+    )
+    body = b'{"job_id":%s,"lines":[%s],"next_after":%s,"truncated":%s}' % (
+        encode(job.id), b",".join(parts), encode(next_after), encode(job_logs.is_cut(job.log_lines)),
+    )  # fmt: skip
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def _query_int_400(name: str, default: int, low: int, high: int) -> int:
+    """``query_int``, a bad value answered 400 (a malformed query, not a body that failed its checks)."""
+    try:
+        return query_int(name, default, low, high)
+    except ValidationFailed as exc:
+        raise BadRequest(exc.message) from None
 
 
 @bp.get("/jobs")

@@ -13,6 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from backend.api.context import settings
 from backend.core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from backend.core.interruptions import DEFAULT_MAX_INTERRUPTIONS, MAX_INTERRUPTIONS
+from backend.core.long_tasks import DEFAULT_MAX_SNOOZES, MAX_SNOOZES_LIMIT
 from backend.core.settings import QUEUE_NAMES
 from backend.core.size_caps import SizeCaps, TooLarge
 from backend.service.job_manager import JobRequest
@@ -26,6 +27,7 @@ SUBMIT_FIELDS = {
     "timeout",
     "max_retries",
     "max_interruptions",
+    "max_snoozes",
     "webhook_url",
     "idempotency_key",
     "depends_on",
@@ -157,6 +159,8 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
     max_interruptions = _int_option(
         "max_interruptions", body.get("max_interruptions"), DEFAULT_MAX_INTERRUPTIONS, 0, MAX_INTERRUPTIONS
     )
+    # How many times the task may snooze (``raise Snooze``) before the job ends FAILED.
+    max_snoozes = _int_option("max_snoozes", body.get("max_snoozes"), DEFAULT_MAX_SNOOZES, 0, MAX_SNOOZES_LIMIT)
     key = _idempotency_key(body.get("idempotency_key"), idempotency_header)
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:
@@ -185,6 +189,7 @@ def job_request(spec: TaskSpec, body: dict, *, idempotency_header: str | None = 
         timeout=timeout,
         max_retries=max_retries,
         max_interruptions=max_interruptions,
+        max_snoozes=max_snoozes,
         webhook_url=webhook_url,
         idempotency_key=key,
         depends_on=tuple(dict.fromkeys(depends_on)),

@@ -37,6 +37,7 @@ from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, RQJob, failure_record, last_line, outcome, rq_status
 from backend.core.errors import JobServiceError
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
+from backend.core.protocol import recorded_snooze
 from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
@@ -325,7 +326,11 @@ class Reconciler:
         else:
             record = failure_record(rq_job)
             error = self.caps.shorten_error(problem or last_line(record) or f"RQ job {status}")
-            if problem is None and recorded_unstarted(record):
+            snooze = recorded_snooze(record) if problem is None else None
+            if snooze is not None:
+                # The worker's own line for a task that asked to run later: no failure.
+                self.manager.mark_snoozed(job.id, attempt=job.attempt, seconds=snooze[0], reason=snooze[1])
+            elif problem is None and recorded_unstarted(record):
                 # The worker's own line for a start the store never confirmed: its task never ran,
                 # so no run was cut (neither a retry nor an interruption spent).
                 self.manager.requeue_unstarted(job.id, attempt=job.attempt, reason=error)

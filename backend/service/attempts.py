@@ -16,6 +16,7 @@ from backend.broker.queues import QueueAdapter, rq_job_id
 from backend.core import interruptions
 from backend.core.errors import Conflict, InvalidTransition
 from backend.core.logs import job_fields
+from backend.core.long_tasks import SNOOZED_OUTCOME
 from backend.core.states import AUTO_RETRY_FROM, MANUAL_RETRY_FROM, REQUEUE_FROM, TERMINAL_VALUES, JobStatus, decide
 from backend.service.retries import RetryPolicy
 from backend.service.transitions import check_attempt, load_job, new_attempt, transition
@@ -179,6 +180,48 @@ class Attempts:
                         retry_at,
                     )
         return self.enqueue_job(job_id) if requeued else job
+
+    def mark_snoozed(
+        self, job_id: str, *, attempt: int, seconds: float, reason: str, at: datetime | None = None
+    ) -> Job:
+        """Record an attempt whose task asked to run again later (``raise Snooze(seconds, reason)``).
+
+        No failure and no cut run: neither ``retry_count`` nor ``interruptions`` moves. A new
+        attempt waits ``seconds`` in RQ's scheduler (from the database's time), QUEUED meanwhile;
+        ``snoozes`` counts it, and the snooze past ``max_snoozes`` ends the job FAILED instead (a
+        task that snoozes for ever). The attempt's outcome is ``SNOOZED`` with the reason as its
+        error text either way. A job that already ended is left as it is.
+        """
+        requeued = False
+        for run in conflicts.attempts():
+            with run, JobRows.transaction(self.sessions) as rows:
+                job = load_job(rows, job_id)
+                check_attempt(job, attempt)
+                if job.status in TERMINAL_VALUES:
+                    return job
+                count, limit = job.snoozes + 1, job.max_snoozes
+                if count > limit:
+                    break
+                retry_at = clock.now(rows.session) + timedelta(seconds=seconds)
+                # error None: a snooze is no failure (and a row with snoozes > 0, next_retry_at ahead
+                # and no error reads as snoozed in a list's waiting_reason).
+                requeued = new_attempt(
+                    rows, job, attempt, AUTO_RETRY_FROM, snoozes=count, next_retry_at=retry_at, error=None
+                )
+                if requeued:
+                    rows.end_attempt(job_id, attempt, SNOOZED_OUTCOME, reason, at or utcnow())
+                    log.info(
+                        "job %s attempt %s snoozed (%s of %s) for %.3g s: %s; attempt %s at %s",
+                        job_id, attempt, count, limit, seconds, reason, job.attempt, retry_at,
+                    )  # fmt: skip
+        if requeued:
+            return self.enqueue_job(job_id)
+        if job.status in TERMINAL_VALUES or count <= limit:
+            return job  # a repeat, or a move refused by a racing writer
+        error = f"snoozed more than max_snoozes ({limit}) times; last reason: {reason or 'none given'}"
+        return self._finish(
+            job_id, attempt, JobStatus.FAILED, at=at, outcome=SNOOZED_OUTCOME, error=error, snoozes=count
+        )
 
     def end_job(self, job_id: str, *, error: str) -> Job:
         """End a live job as FAILED now, retries or not (maintenance)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from backend.core.interruptions import DEFAULT_MAX_INTERRUPTIONS
+from backend.core.long_tasks import DEFAULT_MAX_SNOOZES
 from backend.tasks import TaskSpec
 
 
@@ -24,6 +25,7 @@ class JobRequest:
     timeout: int
     max_retries: int
     max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
     webhook_url: str | None = None
     idempotency_key: str | None = None
     depends_on: tuple[str, ...] = ()

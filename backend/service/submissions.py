@@ -87,6 +87,7 @@ class Submissions:
             retry_count=0,
             max_retries=request.max_retries,
             max_interruptions=request.max_interruptions,
+            max_snoozes=request.max_snoozes,
             timeout=request.timeout,
             webhook_url=request.webhook_url,
             rq_job_id=rq_job_id(job_id, 1),

@@ -11,7 +11,10 @@ forward, reports for other attempts refused.
 Reports that need the manager's full logic are handed to it one by one, in the order they
 came: a failure (it may start a retry) and an end that releases dependants or owes a webhook
 before the batch's writes (a dependant's reports never land before its parent's end), a job
-that changed between our read and our write after the batch commits.
+that changed between our read and our write after the batch commits. A snooze is an end the
+manager decides too (a new attempt later). ``log`` reports move no job: their lines are kept by
+``backend.service.job_logs`` in a transaction of their own, after the moves (a batch without
+any pays one comparison per report for them).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from datetime import datetime
 
 from backend.core.errors import JobServiceError
 from backend.core.instruments import JOB_RUN_SECONDS, QUEUE_WAIT_SECONDS
-from backend.core.protocol import COMPLETED, FAILED, PROGRESS, STARTED, Report, answer
+from backend.core.protocol import COMPLETED, FAILED, LOG, PROGRESS, SNOOZED, STARTED, Report, answer
 from backend.core.states import JobStatus, decide
+from backend.service import job_logs
 from backend.store import conflicts
 from backend.store.errors import StoreError, StoreUnavailable
 from backend.store.jobs import Sessions
@@ -36,6 +40,8 @@ log = logging.getLogger("backend.service.attempts")
 _PROCESSING, _COMPLETED = JobStatus.PROCESSING.value, JobStatus.COMPLETED.value
 #: The status each event asks for; a progress report moves none (it writes within the live attempt).
 _TARGETS = {STARTED: _PROCESSING, PROGRESS: None, COMPLETED: _COMPLETED}
+#: The ends the manager decides: a failure (it may start a retry), a snooze (a new attempt later).
+_MANAGER_ENDS = frozenset({FAILED, SNOOZED})
 
 
 @dataclass
@@ -62,9 +68,24 @@ def apply(manager, reports: list[Report], *, sessions: Sessions) -> list[dict]:
     """
     now = utcnow()
     by_job: dict[str, list[int]] = {}
+    logged: list[int] = []
     for index, report in enumerate(reports):
-        by_job.setdefault(report.job_id, []).append(index)
+        if report.event == LOG:
+            # Lines move no status and are taken for any attempt: apart from the moves.
+            logged.append(index)
+        else:
+            by_job.setdefault(report.job_id, []).append(index)
     answers: list[dict | None] = [None] * len(reports)
+    if by_job:
+        _apply_moves(manager, reports, by_job, answers, sessions, now)
+    if logged:
+        for index, job_answer in zip(logged, job_logs.record(sessions, [reports[i] for i in logged]), strict=True):
+            answers[index] = job_answer
+    return answers  # type: ignore[return-value]
+
+
+def _apply_moves(manager, reports: list[Report], by_job: dict[str, list[int]], answers: list, sessions, now) -> None:
+    """The reports that move jobs (all but ``log``), in one transaction; see ``apply``."""
     # Each unit reads, plans and writes afresh when it is run again after a deadlock.
     for run in conflicts.attempts():
         with run, report_writes(sessions) as store:
@@ -81,7 +102,6 @@ def apply(manager, reports: list[Report], *, sessions: Sessions) -> list[dict]:
                 late, done = _write(store, plans, by_job, answers)
     _observe(done)
     _answer_manager(manager, late, by_job, reports, answers, now)
-    return answers  # type: ignore[return-value]
 
 
 def _plan(rows: dict, by_job: dict[str, list[int]], reports: list[Report], answers: list, now: datetime):
@@ -142,7 +162,7 @@ def plan(row, reports: list[Report], now: datetime) -> JobPlan | None:
     status = row.status
     for report in reports:
         event = report.event
-        if event == FAILED:
+        if event in _MANAGER_ENDS:
             return None
         move = decide(status, row.attempt, _TARGETS[event], report.attempt)
         if move.applies:
@@ -237,6 +257,11 @@ def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
         )
     if report.event == COMPLETED:
         job = manager.mark_completed(report.job_id, attempt=report.attempt, result=report.result, at=at)
+    elif report.event == SNOOZED:
+        # No failure: a new attempt after ``seconds``, nothing spent but one of max_snoozes.
+        job = manager.mark_snoozed(
+            report.job_id, attempt=report.attempt, seconds=report.seconds, reason=report.reason or "", at=at
+        )
     elif report.unstarted:
         # The worker's own mark: the store never confirmed the start, so the task never ran. Not
         # an interruption (no run was cut): a new attempt after a short delay, nothing spent.
