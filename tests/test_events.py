@@ -164,3 +164,17 @@ def test_a_stream_answers_503_while_redis_is_down(settings, request):
 
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert response.json()["error"]["code"] == "service_unavailable"
+
+
+def test_a_job_run_again_after_its_end_streams_its_new_attempt(client, live_server):
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    client.post(f"/jobs/{job_id}/cancel", json={})
+    url = f"{live_server}/jobs/{job_id}/events"
+    assert [kind for _, kind, _ in read_stream(url)] == ["status", "end"]
+
+    assert client.post(f"/jobs/{job_id}/retry", json={}).status_code == 202
+    events = read_stream(url, stop=lambda events: statuses(events)[-1:] == ["QUEUED"])
+
+    # The first run's end is history: the stream stays open for the second attempt.
+    assert [kind for _, kind, _ in events] == ["status", "status"]
+    assert statuses(events) == ["CANCELLED", "QUEUED"] and events[-1][2]["attempt"] == 2

@@ -52,12 +52,18 @@ def job_events(job_id: str):
     if terminal and after is not None and not history:
         hub.release(watch)  # the client saw the end already
         return Response(status=204, headers=HEADERS)
+    # An `end` before the job was run again (POST /jobs/<id>/retry) is not this stream's end:
+    # only the last one counts, and only while the job is ended.
+    ends = [event.id for event in history if event.kind == "end"]
+    final_end = ends[-1] if terminal and ends else None
 
     def stream():
         last = after
         try:
             yield f"retry: {RETRY_MS}\n\n"
             for event in history:
+                if event.kind == "end" and event.id != final_end:
+                    continue
                 if last is None or compare_ids(event.id, last) > 0:
                     yield _frame(event)
                     last = event.id
