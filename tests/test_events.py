@@ -178,3 +178,20 @@ def test_a_job_run_again_after_its_end_streams_its_new_attempt(client, live_serv
     # The first run's end is history: the stream stays open for the second attempt.
     assert [kind for _, kind, _ in events] == ["status", "status"]
     assert statuses(events) == ["CANCELLED", "QUEUED"] and events[-1][2]["attempt"] == 2
+
+
+def test_streams_close_when_redis_drops_the_hub_and_a_reconnect_misses_nothing(client, live_server, redis_conn):
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    url = f"{live_server}/jobs/{job_id}/events"
+    first: list = []
+    reader = threading.Thread(target=read_stream, args=(url,), kwargs={"received": first})
+    reader.start()
+    wait_until(lambda: first, what="the first status event")
+
+    redis_conn.client_kill_filter(_type="pubsub")  # the hub's subscriber connection is gone
+    reader.join(timeout=15)
+    assert not reader.is_alive()  # the server ended the stream: the client reconnects
+    EventLog(redis_conn).append(job_id, "progress", json.dumps({"progress": 5, "message": None}))
+
+    missed = read_stream(url, headers={"Last-Event-ID": first[-1][0]}, stop=lambda events: True)
+    assert [(kind, data) for _, kind, data in missed] == [("progress", {"progress": 5, "message": None})]
