@@ -47,6 +47,8 @@ def test_a_job_started_from_the_page_fills_its_bar_to_100(live_server, start_wor
                 arg=job_id,
                 timeout=30000,
             )
+            # (the bar follows the job's progress events, so it may reach 100% just before the end)
+            page.wait_for_selector(f"tr[data-job-id='{job_id}'] td.COMPLETED", timeout=30000)
             assert "COMPLETED" in row.inner_text()
             row.click()
             page.wait_for_selector("#detail .attempts td.COMPLETED")

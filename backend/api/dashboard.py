@@ -1,6 +1,7 @@
 """The jobs page at ``/dashboard``: what RQ Dashboard cannot show, because it does not know
-the store. A static page; its script (``static/dashboard.js``) reads the JSON API (with the
-API key the user enters, when keys are configured) and refreshes every second.
+the store. A static page; its scripts (``static/dashboard*.js``, ES modules) read the JSON API
+(with the API key the user enters, when keys are configured): the list every 5 seconds, and the
+job that is open live, from its event stream (``GET /jobs/<id>/events``).
 
 The page itself names no task and no job: anyone may load it, but with API keys set only a
 caller with a key may list tasks (``GET /tasks`` answers 401 without one).
