@@ -85,8 +85,10 @@ def test_max_snoozes_zero_fails_the_first_snooze_and_a_stale_snooze_is_refused(c
     assert _report(client, _snoozed(job_id, 2, 5, "stale")) == [409]
     assert get_job(client, job_id)["status"] == "QUEUED"
 
-    assert _report(client, _snoozed(job_id, 1, 5, "no")) == [200]
+    # A NUL in the reason (PostgreSQL's text cannot hold one) is replaced, not a failed batch
+    assert _report(client, _snoozed(job_id, 1, 5, "no\x00way")) == [200]
     assert get_job(client, job_id)["status"] == "FAILED"
+    assert attempts(client, job_id)[0]["error"].endswith("last reason: no\ufffdway")
 
 
 def test_max_snoozes_outside_0_to_the_limit_is_a_clear_422(client):

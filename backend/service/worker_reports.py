@@ -258,10 +258,10 @@ def apply_one(manager, report: Report, *, now: datetime | None = None) -> Job:
     if report.event == COMPLETED:
         job = manager.mark_completed(report.job_id, attempt=report.attempt, result=report.result, at=at)
     elif report.event == SNOOZED:
-        # No failure: a new attempt after ``seconds``, nothing spent but one of max_snoozes.
-        job = manager.mark_snoozed(
-            report.job_id, attempt=report.attempt, seconds=report.seconds, reason=report.reason or "", at=at
-        )
+        # No failure: a new attempt after ``seconds``, nothing spent but one of max_snoozes. A
+        # NUL, which PostgreSQL's text cannot hold, would fail the whole batch.
+        reason = (report.reason or "").replace("\0", "\ufffd")
+        job = manager.mark_snoozed(report.job_id, attempt=report.attempt, seconds=report.seconds, reason=reason, at=at)
     elif report.unstarted:
         # The worker's own mark: the store never confirmed the start, so the task never ran. Not
         # an interruption (no run was cut): a new attempt after a short delay, nothing spent.
