@@ -31,7 +31,7 @@ from tests.run_passes import POSTGRES_PASS_RUNS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-internal-token"
-TASK_MODULES = "backend.tasks.examples,tests.fixtures"
+TASK_MODULES = "backend.tasks.examples,tests.fixtures,tests.long_task_fixtures"
 
 #: The store the suite runs on: ``sqlite`` (the default) or ``postgres``.
 STORE = os.environ.get("TEST_STORE", "sqlite")

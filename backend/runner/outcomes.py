@@ -30,6 +30,8 @@ class HeldOutcome:
         self.ended = False
         self.result: object = None
         self.error: str | None = None
+        #: What the task raised (a ``Snooze`` is no failure), or None.
+        self.exception: BaseException | None = None
         perform = job.perform
 
         def run():
@@ -37,6 +39,7 @@ class HeldOutcome:
                 self.result = perform()
             except BaseException as exc:
                 # The task raised, or RQ's timeout fired in it: the task's own failure.
+                self.exception = exc
                 self.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 raise
             finally:

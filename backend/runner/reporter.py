@@ -11,7 +11,9 @@ refusals (409: the attempt was cancelled or replaced) are kept in ``refused`` (t
 the running task sees at its next progress report.
 
 Progress is best effort and coalesced: at most one report per ``PROGRESS_MIN_INTERVAL``, the
-latest value wins, and a pending value is flushed by a timer.
+latest value wins, and a pending value is flushed by a timer, or before the attempt's end (so
+the task's last message is the one the job keeps: a finished ``sleep`` shows "step 10 of 10").
+Log lines (``log_lines``) are queued like ends; a snooze (``snoozed``) ends an attempt.
 
 What a report carries is kept within the size caps (``backend/core/size_caps.py``): an error keeps
 its tail, a progress message its beginning. The caps start as the worker's settings and follow
@@ -19,8 +21,8 @@ the ones the API announces in every answer. A result the API still refuses (its 
 or a body over its request cap) is never dropped: the attempt is reported failed with the
 API's reason instead, so the job is retried or ends FAILED rather than staying PROCESSING.
 
-A forked work-horse calls ``reset()``: it has no sender thread, so it posts progress directly
-with its own connection (its start and end are reported by the worker process).
+A forked work-horse calls ``reset()``: it has no sender thread, so it posts progress and log lines
+directly with its own connection (its start and end are reported by the worker process).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import requests
 
 from backend.core import protocol
 from backend.core.size_caps import SizeCaps
+from backend.runner.recent import REFUSED_KEPT, RecentSet
+
+__all__ = ["REFUSED_KEPT", "RecentSet", "Reporter"]
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +47,14 @@ _BACKOFF_CAP = 5.0
 _TIMEOUT = (3.05, 10)
 #: A work-horse posts progress itself, in the task's own thread: never long.
 _PROGRESS_TIMEOUT = (0.5, 1.0)
+#: A work-horse's log lines, posted every ~0.5 s off the task's thread and once at its end.
+_LOG_TIMEOUT = (1.0, 3.0)
 #: Reports per request, within the API's ``protocol.MAX_BATCH``.
 BATCH_SIZE = 500
-#: Refused attempts remembered; older ones have long ended.
-REFUSED_KEPT = 4096
 #: While reports keep coming, at most one request per this many seconds: the jobs of that
 #: interval share one request and one transaction, at the cost of the store learning of them
 #: up to that much later. A report after a quiet spell is sent at once.
 LINGER_SECONDS = 0.1
-
-
-class RecentSet:
-    """A set that keeps only its ``size`` most recently added members (thread-safe: the worker,
-    the sender thread and the progress timer all add to it)."""
-
-    def __init__(self, size: int = REFUSED_KEPT):
-        self.size = size
-        self._members: dict = {}
-        self._lock = threading.Lock()
-
-    def add(self, member) -> None:
-        with self._lock:
-            self._members.pop(member, None)
-            self._members[member] = None
-            if len(self._members) > self.size:
-                del self._members[next(iter(self._members))]
-
-    def __contains__(self, member) -> bool:
-        return member in self._members
-
-    def __len__(self) -> int:
-        return len(self._members)
 
 
 class Reporter:
@@ -136,15 +118,30 @@ class Reporter:
         self._put(protocol.started(job_id, attempt, worker))
 
     def completed(self, job_id: str, attempt: int, result: object) -> None:
-        self._drop_pending_progress()
+        self.finish_progress()
         self._put(protocol.completed(job_id, attempt, result))
+
+    def snoozed(self, job_id: str, attempt: int, seconds: float, reason: str) -> None:
+        """Report an attempt that asked to run again after ``seconds`` (no failure)."""
+        self.finish_progress()
+        self._put(protocol.snoozed(job_id, attempt, seconds, self.caps.shorten_message(reason)))
+
+    def log_lines(self, job_id: str, attempt: int, lines: list[protocol.LogLine]) -> None:
+        """Send a run's log lines (at most MAX_LOG_LINES_PER_REPORT): queued, or posted at once
+        from a work-horse."""
+        report = protocol.log_lines(job_id, attempt, lines)
+        if self._direct:
+            report["at"] = time.time()
+            self._post_now(report, timeout=_LOG_TIMEOUT)
+        else:
+            self._put(report)
 
     def failed(
         self, job_id: str, attempt: int, error: str, *, interrupted: bool = False, unstarted: bool = False
     ) -> None:
         """Report an attempt's end in failure; ``interrupted``: the worker's own (never a task's);
         ``unstarted``: its task never ran (the store did not confirm the start)."""
-        self._drop_pending_progress()
+        self.finish_progress()
         self._put(self._failure(job_id, attempt, error, interrupted=interrupted, unstarted=unstarted))
 
     def _failure(
@@ -172,9 +169,11 @@ class Reporter:
         self._flush_progress()
         return (job_id, attempt) not in self.refused
 
-    def _flush_progress(self) -> None:
+    def _flush_progress(self, *, last: bool = False) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
+            if last and self._timer is not None:
+                self._timer.cancel()
             self._timer = None
             if pending is None:
                 return
@@ -184,14 +183,13 @@ class Reporter:
             if self._direct:
                 self._post_now(report)
             else:
-                self._put(report, best_effort=True)
+                # The last one goes with the attempt's end, delivered like it: its message stays.
+                self._put(report, best_effort=not last)
 
-    def _drop_pending_progress(self) -> None:
-        with self._lock:
-            self._pending = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+    def finish_progress(self) -> None:
+        """Send the progress still coalesced (a run's last report) now, ahead of its end."""
+        if self._pending is not None or self._timer is not None:
+            self._flush_progress(last=True)
 
     def check(self) -> int | None:
         """Send an empty batch from this thread; the API's status code, or None if unreachable.
@@ -341,26 +339,29 @@ class Reporter:
         self._replaced.add(key)
         if report["event"] == protocol.COMPLETED:
             error = reason if reason.startswith("Result") else f"ResultRefused: {reason}"
+        elif report["event"] == protocol.SNOOZED:
+            error = f"SnoozeRefused: {reason}"
         else:
             error = report["error"]
         # The worker's marks outlive the shortening.
         marks = {"interrupted": bool(report.get("interrupted")), "unstarted": bool(report.get("unstarted"))}
         failure = self._failure(report["job_id"], report["attempt"], error, **marks)
-        # Not through failed(): that would drop the pending progress of whichever job runs now.
+        # Not through failed(): that would send the pending progress of whichever job runs now first.
         self._put(failure, at=report["at"])
 
     def _post_batch(self, reports: list[dict]) -> requests.Response:
         body = protocol.batch_body(reports, sent_at=time.time())
         return self._http().post(f"{self.base_url}{protocol.BATCH_PATH}", json=body, timeout=_TIMEOUT)
 
-    def _post_now(self, report: dict) -> None:
-        """Send one progress report from a work-horse, at once, without retries, waiting at most
-        1.5 s (progress is best effort; the task waits for this call)."""
-        url = self.base_url + protocol.one_report_path(report["job_id"], protocol.PROGRESS)
+    def _post_now(self, report: dict, *, timeout: tuple = _PROGRESS_TIMEOUT) -> None:
+        """Send one progress or log report from a work-horse, at once, without retries, waiting at
+        most ``timeout`` (both are best effort there; the task may wait for this call)."""
+        url = self.base_url + protocol.one_report_path(report["job_id"], report["event"])
         try:
-            response = self._http().post(url, json=report, timeout=_PROGRESS_TIMEOUT)
+            response = self._http().post(url, json=report, timeout=timeout)
         except requests.RequestException as exc:
-            log.warning("job %s: progress report not delivered: %s", report["job_id"], exc)
+            self._session = None
+            log.warning("job %s: %s report not delivered: %s", report["job_id"], report["event"], exc)
             return
         if response.status_code == 409:
             self.refused.add((report["job_id"], report["attempt"]))

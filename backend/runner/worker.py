@@ -19,24 +19,28 @@ import traceback
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker, Worker
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from backend.broker import registries
 from backend.broker.connection import connect_for, warn_if_evicting
 from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import failure_record, last_line, register_queues
-from backend.core import logs, secrets_check
+from backend.core import logs, protocol, secrets_check
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
+from backend.runner.checkpoints import CheckpointClient
 from backend.runner.outcomes import HeldOutcome, lost_redis
 from backend.runner.reporter import Reporter
 from backend.runner.start_gate import StartChecks, StartGate
-from backend.tasks import load_task_modules
-from backend.tasks.context import JobContext, activate, deactivate
+from backend.runner.startup import abandon_orphaned_jobs, forget_stale_registration, wait_for_redis
+from backend.runner.task_io import EventSender, RunServices
+from backend.tasks import Snooze, load_task_modules
+from backend.tasks.context import activate, deactivate
+
+__all__ = ["abandon_orphaned_jobs", "build_worker", "forget_stale_registration", "main", "wait_for_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +64,14 @@ class ReportingMixin(StartChecks):
     reporter: Reporter
     #: The forking worker reports starts and ends from its own process, not the work-horse.
     reports_from_parent = False
+    #: What the running task raised to snooze (set where the task ran), else None.
+    _snoozed: Snooze | None = None
 
-    def __init__(self, *args, reporter: Reporter, start_gate: StartGate, **kwargs):
+    def __init__(self, *args, reporter: Reporter, start_gate: StartGate, run_services: RunServices, **kwargs):
         super().__init__(*args, **kwargs)
         self.reporter = reporter
         self.start_gate = start_gate
+        self.run_services = run_services
         self._last_error: str | None = None
         # RQ calls exception handlers with the task's exception; keep it for the report.
         self.push_exc_handler(self._remember_error)
@@ -73,21 +80,34 @@ class ReportingMixin(StartChecks):
         self._last_error = "".join(traceback.format_exception_only(exc_type, exc_value)).strip()
         return True  # let RQ's other handlers run too
 
+    def handle_exception(self, job: RQJob, *exc_info) -> None:
+        """A task raising ``Snooze`` asked to run later: no failure, no traceback in the log."""
+        if isinstance(exc_info[1], Snooze) and _store_ids(job) is not None:
+            self._snoozed = exc_info[1]
+            log.info("job %s: %s", job.id, self._snoozed)
+            return
+        super().handle_exception(job, *exc_info)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        """RQ records a snoozed run by the worker's one line (``protocol.snooze_record``): what the
+        forking parent and the reconciler read as a snooze, never as the task's failure."""
+        if self._snoozed is not None:
+            exc_string = protocol.snooze_record(self._snoozed.seconds, self._snoozed.reason)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
     def perform_job(self, job: RQJob, queue, execution) -> bool:
         self._unstarted = None  # never the verdict of an earlier job (start_gate.py)
+        self._snoozed = None
         ids = _store_ids(job)
         if ids is None:
             return super().perform_job(job, queue, execution)
         job_id, attempt = ids
         if self.is_horse:
             self.reporter.reset()
-        context = JobContext(
-            job_id=job_id,
-            attempt=attempt,
-            _report=lambda percent, message: self.reporter.progress(job_id, attempt, percent, message),
-        )
         self._last_error = None
         held = None if self.reports_from_parent else HeldOutcome(job)
+        # Progress, output, log lines and checkpoints of the run (backend/runner/task_io.py).
+        context = self.run_services.context(job, job_id, attempt, self.reporter)
         token = activate(context)
         try:
             ok = super().perform_job(job, queue, execution)
@@ -98,6 +118,8 @@ class ReportingMixin(StartChecks):
             if held is not None and (job_id, attempt) not in self.reporter.refused:
                 if not held.ended:
                     self.reporter.failed(job_id, attempt, lost_redis(exc), interrupted=True)
+                elif isinstance(held.exception, Snooze):
+                    self.reporter.snoozed(job_id, attempt, held.exception.seconds, held.exception.reason)
                 elif held.error is None:
                     self._report_result(job_id, attempt, held.result)
                 else:
@@ -117,6 +139,8 @@ class ReportingMixin(StartChecks):
             self._report_result(job_id, attempt, job._result)
         elif job.get_status(refresh=False) == "stopped":
             pass  # stopped (cancelled): nothing to report
+        elif self._snoozed is not None:
+            self.reporter.snoozed(job_id, attempt, self._snoozed.seconds, self._snoozed.reason)
         elif held is not None and held.ended and held.error is None:
             # The task returned, but RQ failed recording it (Redis failed in handle_job_success and
             # answered again for its failure bookkeeping, which returns False without raising):
@@ -210,6 +234,10 @@ class JobServiceWorker(ReportingMixin, Worker):
             # the horse ran), unstarted only when it is the horse's own line for a start the store
             # never confirmed: a task's traceback may end in either's words.
             record = None if self._horse_death else failure_record(job)
+            snooze = protocol.recorded_snooze(record)
+            if snooze is not None:  # the work-horse's own record of a task that raised Snooze
+                self.reporter.snoozed(job_id, attempt, *snooze)
+                return
             error = self._horse_death or last_line(record) or "the task failed"
             marks = {"interrupted": recorded_interruption(record), "unstarted": recorded_unstarted(record)}
             self.reporter.failed(job_id, attempt, error, **marks)
@@ -254,60 +282,13 @@ def build_worker(
         default_result_ttl=settings.rq_result_ttl,
         reporter=reporter,
         start_gate=StartGate(settings.api_base_url, str(settings.internal_service_token)),
+        run_services=RunServices(
+            EventSender(connection, history=settings.events_history, ttl=settings.events_ttl_seconds),
+            CheckpointClient(
+                settings.api_base_url, str(settings.internal_service_token), patience=settings.report_retry_seconds
+            ),
+        ),
     )
-
-
-def wait_for_redis(connection: Redis, *, what: str) -> None:
-    """Block until Redis answers, backing off up to 10 s between tries."""
-    delay = 0.5
-    while True:
-        try:
-            connection.ping()
-            return
-        except RedisError as exc:
-            log.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-
-def forget_stale_registration(connection: Redis, name: str) -> None:
-    """Remove RQ's record of an earlier process of this name that died without saying so.
-
-    Only called while holding the name's lease, so that process is surely gone; without
-    this, RQ refuses to start a worker under the name for up to ~8 minutes.
-    """
-    key = f"{Worker.redis_worker_namespace_prefix}{name}"
-    if connection.exists(key) and not connection.hexists(key, "death"):
-        log.warning("worker %s: clearing the registration of a dead process of the same name", name)
-        connection.delete(key)
-        connection.srem(Worker.redis_workers_keys, key)
-
-
-def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> list[str]:
-    """Fail, in RQ, every job that RQ shows started under this worker's name.
-
-    Called before this process starts (or restarts) RQ's work loop, when it runs nothing:
-    such jobs belonged to an earlier process of the same name that died (a restarted
-    container reuses its name), or to a loop that Redis broke mid-job. Their name's lease is
-    alive again, so the reconciler would never call them dead; failed in RQ, it settles them
-    (a retry, or FAILED) at its next pass.
-    """
-    abandoned = []
-    for queue_name in queues:
-        registry_key, entries = registries.started_entries(connection, queue_name)
-        for entry, rq_id in entries:
-            try:
-                job = RQJob.fetch(rq_id, connection=connection, serializer=JSONSerializer)
-            except NoSuchJobError:
-                registries.forget_started(connection, registry_key, entry)
-                continue
-            if job.worker_name != name or job.get_status(refresh=False) != RQStatus.STARTED:
-                continue
-            reason = f"WorkerDied: worker {name} stopped while running the job"
-            registries.fail_started(connection, registry_key, [entry], job, reason)
-            abandoned.append(rq_id)
-            log.warning("worker %s: job %s of an earlier process marked failed in RQ", name, rq_id)
-    return abandoned
 
 
 def parse_args(argv: list[str] | None = None, settings: Settings | None = None) -> argparse.Namespace:

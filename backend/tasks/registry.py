@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.core.errors import NotFound, ValidationFailed
+from backend.core.long_tasks import LOG_LEVELS
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class TaskSpec:
     func: Callable
     path: str
     concurrency: int | None = None
+    #: The lowest level of the ``logging`` records captured into the job's log while it runs.
+    log_level: str = "INFO"
 
     @property
     def signature(self) -> inspect.Signature:
@@ -60,10 +63,15 @@ class TaskSpec:
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
+#: The same specs by their function's import path (what a worker's RQ job names).
+_BY_PATH: dict[str, TaskSpec] = {}
 
 
-def task(name: str, *, concurrency: int | None = None) -> Callable[[Callable], Callable]:
+def task(name: str, *, concurrency: int | None = None, log_level: str = "INFO") -> Callable[[Callable], Callable]:
     """Register a top-level function as the task ``name``.
+
+    ``log_level``: records of this level and above that the task logs through ``logging`` while
+    it runs (and its ``current_job().log()`` lines) are kept in the job's log.
 
     Raises:
         TypeError: the function is not importable by its module path (nested, lambda), or
@@ -75,11 +83,14 @@ def task(name: str, *, concurrency: int | None = None) -> Callable[[Callable], C
             raise TypeError(f"a task must be a top-level function, got {func.__qualname__!r}")
         if concurrency is not None and concurrency < 1:
             raise TypeError(f"concurrency must be at least 1, got {concurrency!r}")
+        if not isinstance(log_level, str) or log_level.upper() not in LOG_LEVELS:
+            raise TypeError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
         path = f"{func.__module__}.{func.__qualname__}"
         existing = _REGISTRY.get(name)
         if existing is not None and existing.path != path:
             raise TypeError(f"task name {name!r} is already taken by {existing.path}")
-        _REGISTRY[name] = TaskSpec(name=name, func=func, path=path, concurrency=concurrency)
+        spec = TaskSpec(name=name, func=func, path=path, concurrency=concurrency, log_level=log_level.upper())
+        _REGISTRY[name] = _BY_PATH[path] = spec
         return func
 
     return register
@@ -95,6 +106,11 @@ def get_task(name: str) -> TaskSpec:
     if spec is None:
         raise NotFound(f"no task named {name!r}", details={"tasks": sorted(_REGISTRY)})
     return spec
+
+
+def task_for_path(path: str) -> TaskSpec | None:
+    """The registered task whose function is at ``path`` (``module.function``), or None."""
+    return _BY_PATH.get(path)
 
 
 def all_tasks() -> list[TaskSpec]:

@@ -1,0 +1,293 @@
+"""One run's channels besides its result: progress and output events, captured log lines and
+checkpoints, wired into the task's ``JobContext`` (``backend/tasks/context.py``).
+
+- Events go straight to the job's Redis stream (``backend/broker/events.py``), best effort: a
+  Redis error is logged once per job and swallowed, and appends pause for a few seconds after
+  one (a task emitting tokens must not wait for a socket timeout on each).
+- Log lines: while the task runs, a root ``logging`` handler captures the records of its level
+  and above from any logger but the worker runtime's own (RQ, the reporter, Redis and HTTP
+  clients), plus ``current_job().log()`` lines. They are buffered and flushed every
+  ``FLUSH_SECONDS`` and at the run's end, as ``log`` reports (the reporter's batch, or a forked
+  work-horse's own post) and ``log`` events. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or
+  MAX_LOG_BYTES_PER_JOB bytes are sent (the store marks the cut), so the buffer is bounded too.
+- Checkpoints: synchronous calls through ``CheckpointClient``.
+
+A task that uses none of these costs no Redis round trip and no HTTP call: everything here
+happens only when the task reports, emits, logs or checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from backend.broker.errors import BrokerError
+from backend.broker.events import EventLog
+from backend.core.long_tasks import (
+    LOG_LEVELS,
+    MAX_LOG_BYTES_PER_JOB,
+    MAX_LOG_LINE_BYTES,
+    MAX_LOG_LINES_PER_JOB,
+    MAX_LOG_LINES_PER_REPORT,
+)
+from backend.core.protocol import LogLine
+from backend.core.size_caps import text_size
+from backend.runner.checkpoints import CheckpointClient
+from backend.runner.reporter import Reporter
+from backend.tasks.context import JobCancelled, JobContext
+from backend.tasks.registry import task_for_path
+
+log = logging.getLogger(__name__)
+
+#: How often a run's captured lines are sent while it runs.
+FLUSH_SECONDS = 0.5
+#: After a failed append, events are dropped (not tried) for this long.
+EVENTS_PAUSE_SECONDS = 5.0
+#: The worker runtime's own loggers: their records are the worker's log, never a job's.
+RUNTIME_LOGGERS = ("rq", "backend.runner", "backend.broker", "urllib3", "requests", "redis")
+_LINE_MARK = "…"
+
+
+def level_name(levelno: int) -> str:
+    """The LOG_LEVELS name of a record's level (a custom level counts as the standard one below)."""
+    for name in reversed(LOG_LEVELS):
+        if levelno >= logging.getLevelName(name):
+            return name
+    return "DEBUG"
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def shorten_line(message: str) -> str:
+    """``message`` within MAX_LOG_LINE_BYTES: its beginning, marked as cut."""
+    if text_size(message) <= MAX_LOG_LINE_BYTES:
+        return message
+    room = MAX_LOG_LINE_BYTES - len(_LINE_MARK.encode())
+    return message.encode("utf-8", "replace")[:room].decode("utf-8", "ignore") + _LINE_MARK
+
+
+class EventSender:
+    """Best-effort appends to jobs' event streams: one per worker process, shared by its runs."""
+
+    def __init__(self, connection, *, history: int = 500, ttl: int = 3600):
+        self._log = EventLog(connection, history=history, ttl=ttl)
+        self._paused_until = 0.0
+        self._warned: str | None = None
+
+    def append(self, job_id: str, kind: str, data_json: str) -> None:
+        if self._paused_until and time.monotonic() < self._paused_until:
+            return
+        try:
+            self._log.append(job_id, kind, data_json)
+        except BrokerError as exc:
+            self._paused_until = time.monotonic() + EVENTS_PAUSE_SECONDS
+            if self._warned != job_id:  # once per job: a task emitting tokens would flood the log
+                self._warned = job_id
+                log.warning("job %s: %s event not sent, Redis failed (%s); events paused %.0f s", job_id, kind,
+                            exc, EVENTS_PAUSE_SECONDS)  # fmt: skip
+        else:
+            self._paused_until = 0.0
+
+
+class RunLog:
+    """One run's captured lines: capped, buffered, flushed every FLUSH_SECONDS and at the end."""
+
+    def __init__(self, job_id: str, attempt: int, reporter: Reporter, events: EventSender):
+        self.job_id, self.attempt = job_id, attempt
+        self._reporter, self._events = reporter, events
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()
+        self._buffer: list[LogLine] = []
+        self._timer: threading.Timer | None = None
+        self.lines = self.bytes = self.dropped = 0
+        self._full = False
+
+    def add(self, at: float, level: str, message: str) -> None:
+        message = shorten_line(message)
+        size = text_size(message)
+        with self._lock:
+            if self._full or self.lines >= MAX_LOG_LINES_PER_JOB or self.bytes + size > MAX_LOG_BYTES_PER_JOB:
+                # Past either cap nothing more is sent for this attempt: the store marks the cut.
+                self._full = True
+                self.dropped += 1
+                return
+            self.lines += 1
+            self.bytes += size
+            self._buffer.append(LogLine(at, level, message))
+            if self._timer is None:
+                self._timer = threading.Timer(FLUSH_SECONDS, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Send what is buffered: ``log`` events first (live), then the reports (the record)."""
+        with self._sending:  # one flush at a time keeps the lines in order
+            with self._lock:
+                lines, self._buffer = self._buffer, []
+                self._timer = None
+            for line in lines:
+                data = {"at": iso(line.at), "level": line.level, "message": line.message, "attempt": self.attempt}
+                self._events.append(self.job_id, "log", json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+            for start in range(0, len(lines), MAX_LOG_LINES_PER_REPORT):
+                self._reporter.log_lines(self.job_id, self.attempt, lines[start : start + MAX_LOG_LINES_PER_REPORT])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.flush()
+        if self.dropped:
+            log.info("job %s attempt %s: %d log lines over the per-job caps were not sent", self.job_id,
+                     self.attempt, self.dropped)  # fmt: skip
+
+
+class _Capture(logging.Handler):
+    """The root handler of one run: the task's records of its level and above become lines."""
+
+    def __init__(self, run_log: RunLog, level: int):
+        super().__init__(level)
+        self._run_log = run_log
+        self._inside = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = record.name
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in RUNTIME_LOGGERS):
+            return
+        if getattr(self._inside, "active", False):
+            return  # a record logged while capturing one (never loops)
+        self._inside.active = True
+        try:
+            message = record.getMessage()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                message = f"{message}\n{record.exc_text}"
+            self._run_log.add(record.created, level_name(record.levelno), message)
+        except Exception:  # a task's logging must never fail the task
+            pass
+        finally:
+            self._inside.active = False
+
+
+@contextlib.contextmanager
+def capturing(run_log: RunLog, level: int):
+    """Capture the records of ``level`` and above while the block runs.
+
+    When the task's level is below the root logger's, the root is lowered for the run, and the
+    worker's own handlers are raised to the root's old level: they print what they printed.
+    """
+    root = logging.getLogger()
+    handler = _Capture(run_log, level)
+    old_level = root.level
+    raised = []
+    if level < root.getEffectiveLevel():
+        for existing in root.handlers:
+            if existing.level < root.getEffectiveLevel():
+                raised.append((existing, existing.level))
+                existing.setLevel(root.getEffectiveLevel())
+        root.setLevel(level)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        for existing, previous in raised:
+            existing.setLevel(previous)
+
+
+class RunIO:
+    """The runtime side of one run's ``JobContext`` (``backend.tasks.context.TaskIO``)."""
+
+    def __init__(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        reporter: Reporter,
+        events: EventSender,
+        checkpoints: CheckpointClient,
+        log_level: str = "INFO",
+    ):
+        self.job_id, self.attempt = job_id, attempt
+        self.level = logging.getLevelName(log_level)
+        self._reporter, self._events, self._checkpoints = reporter, events, checkpoints
+        self.run_log = RunLog(job_id, attempt, reporter, events)
+        self._attempt_json = f',"attempt":{int(attempt)}}}'
+
+    def progress(self, percent: int, message: str | None) -> bool:
+        """The context's progress: a coalesced report, and a ``progress`` event on every call."""
+        if not self._reporter.progress(self.job_id, self.attempt, percent, message):
+            return False
+        if message is not None:
+            message = self._reporter.caps.shorten_message(message)
+        data = json.dumps({"progress": percent, "message": message}, separators=(",", ":"), ensure_ascii=False)
+        self._events.append(self.job_id, "progress", data)
+        return True
+
+    def emit(self, data_json: str) -> None:
+        self._events.append(self.job_id, "output", '{"data":' + data_json + self._attempt_json)
+
+    def log(self, level: str, message: str, at: float) -> None:
+        if logging.getLevelName(level) >= self.level:
+            self.run_log.add(at, level, message)
+
+    def load_checkpoint(self) -> object:
+        with self._refusals():
+            return self._checkpoints.load(self.job_id, self.attempt)
+
+    def save_checkpoint(self, state: object) -> None:
+        with self._refusals():
+            self._checkpoints.save(self.job_id, self.attempt, state)
+
+    @contextlib.contextmanager
+    def _refusals(self):
+        try:
+            yield
+        except JobCancelled:
+            # As a refused progress report: the worker reports nothing more of this attempt.
+            self._reporter.refused.add((self.job_id, self.attempt))
+            raise
+
+    def finish(self) -> None:
+        """At the run's end, before its outcome is reported: its last lines and progress."""
+        self.run_log.close()
+        self._reporter.finish_progress()
+
+    @contextlib.contextmanager
+    def running(self):
+        """Around the task's own call: capture its logging, then send what it left."""
+        try:
+            with capturing(self.run_log, self.level):
+                yield
+        finally:
+            self.finish()
+
+
+class RunServices:
+    """What every run of one worker process shares: its event sender and checkpoint client."""
+
+    def __init__(self, events: EventSender, checkpoints: CheckpointClient):
+        self.events, self.checkpoints = events, checkpoints
+
+    def context(self, job, job_id: str, attempt: int, reporter: Reporter) -> JobContext:
+        """The context of one run of the RQ job ``job``; its task's call is wrapped to capture
+        its logging and send what it left before the run's outcome is recorded."""
+        spec = task_for_path(job.func_name)
+        run = RunIO(job_id, attempt, reporter=reporter, events=self.events, checkpoints=self.checkpoints,
+                    log_level=spec.log_level if spec is not None else "INFO")  # fmt: skip
+        perform = job.perform
+
+        def perform_captured():
+            with run.running():
+                return perform()
+
+        job.perform = perform_captured
+        return JobContext(job_id=job_id, attempt=attempt, _report=run.progress, _io=run)

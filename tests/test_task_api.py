@@ -1,0 +1,125 @@
+"""The task API of long tasks with real workers: output and progress events, captured logs, the
+final progress message, snooze and checkpoints (``backend/tasks/context.py``, ``backend/runner``).
+
+Each behaviour that differs between the two kinds of worker (a ``--simple`` worker runs the task
+in its own process; the forking worker in a work-horse that exits after it) runs on both.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backend.broker.events import EventLog
+from tests.helpers import attempts, get_job, submit, wait_for_status
+
+KINDS = pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
+
+
+def _events(redis_conn, job_id: str) -> list[tuple[str, object]]:
+    """The job's events in its Redis stream, oldest first: (kind, data)."""
+    return [
+        (event.kind, json.loads(event.data)) for event in EventLog(redis_conn).history(job_id, after=None, limit=500)
+    ]
+
+
+def _logs(client, job_id: str) -> list[tuple[int, str, str]]:
+    response = client.get(f"/jobs/{job_id}/logs")
+    assert response.status_code == 200, response.get_json()
+    return [(line["attempt"], line["level"], line["message"]) for line in response.get_json()["lines"]]
+
+
+@KINDS
+def test_a_finished_job_keeps_the_last_progress_message_its_task_reported(client, run_burst_worker, simple):
+    # Given a sleep task reporting ten steps faster than the reporter sends progress (coalesced)
+    job_id = submit(client, "sleep", kwargs={"seconds": 0.5, "steps": 10})["job_id"]
+
+    # When a real worker runs it to the end
+    run_burst_worker(simple=simple)
+
+    # Then the job shows the task's last message, not one of the coalesced ones before it
+    done = get_job(client, job_id)
+    assert (done["status"], done["progress"], done["progress_message"]) == ("COMPLETED", 100, "step 10 of 10")
+
+
+@KINDS
+def test_emit_progress_and_logging_reach_the_jobs_event_stream_and_its_log(
+    client, run_burst_worker, redis_conn, simple
+):
+    # Given a task that emits three words, reports progress after each, and logs
+    job_id = submit(client, "chatty", kwargs={"words": ["alpha", "beta", "gamma"]})["job_id"]
+
+    # When a real worker runs it
+    run_burst_worker(simple=simple)
+
+    # Then its Redis stream holds an output and a progress event per word, in order
+    events = _events(redis_conn, job_id)
+    assert [data for kind, data in events if kind == "output"] == [
+        {"data": {"word": word}, "attempt": 1} for word in ("alpha", "beta", "gamma")
+    ]
+    assert [data for kind, data in events if kind == "progress"] == [
+        {"progress": 33, "message": "word 1 of 3"},
+        {"progress": 66, "message": "word 2 of 3"},
+        {"progress": 100, "message": "word 3 of 3"},
+    ]
+    # And a log event per captured line: INFO and up from logging, and the task's own line,
+    # neither the DEBUG record under the task's level nor the worker runtime's own records
+    lines = [data for kind, data in events if kind == "log"]
+    assert [(line["level"], line["message"], line["attempt"]) for line in lines] == [
+        ("INFO", "said 3 words", 1),
+        ("WARNING", "by hand", 1),
+    ]
+    assert all(line["at"].endswith("Z") for line in lines)
+    # And the job's log in the store holds the same lines
+    assert get_job(client, job_id)["status"] == "COMPLETED"
+    assert _logs(client, job_id) == [(1, "INFO", "said 3 words"), (1, "WARNING", "by hand")]
+
+
+def test_a_task_log_level_of_debug_keeps_its_debug_lines(client, run_burst_worker, redis_conn):
+    job_id = submit(client, "chatty_debug")["job_id"]
+
+    worker = run_burst_worker()
+
+    assert _logs(client, job_id) == [
+        (1, "DEBUG", "a debug line"),
+        (1, "DEBUG", "a debug line by hand"),
+        (1, "INFO", "an info line"),
+    ]
+    # The worker's own log stayed at its level while the task's was lower
+    assert "a debug line" not in worker.output()
+
+
+@KINDS
+def test_a_snoozing_task_waits_queued_without_a_failure_then_completes(client, start_worker, simple):
+    # Given a task that snoozes 1 s on its first attempt
+    job_id = submit(client, "snooze_once", kwargs={"seconds": 1})["job_id"]
+
+    # When a real worker (with RQ's scheduler) runs it
+    args = ["--name", f"snoozer-{simple}"] + (["--simple"] if simple else [])
+    worker = start_worker(*args)
+
+    # Then its first attempt ends snoozed: queued again, no retry spent
+    wait_for_status(client, job_id, {"COMPLETED"}, timeout=30)
+    done = get_job(client, job_id)
+    assert (done["result"], done["attempt"], done["retry_count"], done["snoozes"]) == (2, 2, 0, 1), worker.output()
+    assert [(a["attempt"], a["outcome"], a["error"]) for a in attempts(client, job_id)] == [
+        (1, "SNOOZED", "the provider said 429"),
+        (2, "COMPLETED", None),
+    ]
+    # And the worker logged no traceback for it
+    assert "Traceback" not in worker.output()
+
+
+@KINDS
+def test_a_checkpoint_is_what_the_next_attempt_starts_from(client, start_worker, simple):
+    # Given a task counting to 10 with a checkpoint per step, whose first attempt fails at step 6
+    job_id = submit(client, "count_with_checkpoints", kwargs={"to": 10, "fail_at": 6}, max_retries=1)["job_id"]
+
+    # When a real worker runs both attempts (the retry waits RETRY_BACKOFF_BASE, 1 s)
+    worker = start_worker("--name", f"counter-{simple}", *(["--simple"] if simple else []))
+    done = wait_for_status(client, job_id, {"COMPLETED", "FAILED"}, timeout=30)
+
+    # Then the second attempt started from the first one's last checkpoint and ran steps 6-9 only
+    assert done["result"] == {"ran": [6, 7, 8, 9], "resumed_from": {"next": 6}, "attempt": 2}, worker.output()
+    assert done["checkpoint_at"] is not None and done["retry_count"] == 1
