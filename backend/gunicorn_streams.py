@@ -45,6 +45,9 @@ workers = int(os.environ.get("STREAMS_WORKERS", "1"))
 # answered 503 with Retry-After) should stay below it, so that a stream past the cap gets an
 # answer rather than a refused connection.
 worker_connections = int(os.environ.get("STREAMS_WORKER_CONNECTIONS", "4000"))
+# The app's cap of streams per process (EVENTS_MAX_STREAMS, 1000 by default: what a threaded
+# server could never hold anyway) is raised here unless set: this process is made for them.
+os.environ.setdefault("EVENTS_MAX_STREAMS", "3000")
 # A gevent worker notifies the master from its own greenlet, so a stream open for hours does not
 # count against it; a process whose loop is stuck this long is restarted.
 timeout = int(os.environ.get("STREAMS_TIMEOUT", "60"))

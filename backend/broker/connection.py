@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 2.0
 #: A Sentinel that accepted the connection must answer within this many seconds.
 SENTINEL_TIMEOUT = 2.0
+#: A process's pool of connections. redis-py 6+ caps it at 100 and refuses the 101st at once
+#: (MaxConnectionsError); a threaded process never gets near, but under gevent
+#: (backend/gunicorn_streams.py) every stream opening at once is a greenlet that may hold one:
+#: 200 streams opened together were refused. Steady streams hold none (the hub reads for all).
+MAX_CONNECTIONS = 2000
 #: The only eviction policy under which Redis never drops a lease, a fence or a queued job.
 SAFE_POLICY = "noeviction"
 
@@ -118,6 +123,7 @@ def connect(
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": socket_timeout,
         "health_check_interval": 30,
+        "max_connections": MAX_CONNECTIONS,
     }
     if target.scheme == "redis+sentinel":
         return _master(target, options)
