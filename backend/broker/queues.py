@@ -35,6 +35,7 @@ from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
 from backend.broker import registries
+from backend.broker.waiting_facts import task_limit_key
 from backend.core.settings import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class QueueAdapter:
             options["depends_on"] = list(depends_on)
         if concurrency:
             # RQ's concurrency limit, shared by every job of the task across all workers.
-            options["rate_limit"] = RateLimit(key=f"jobservice:task:{concurrency[0]}", concurrency=concurrency[1])
+            options["rate_limit"] = RateLimit(key=task_limit_key(concurrency[0]), concurrency=concurrency[1])
         key = RQJob.key_for(rq_id)
         # Atomic across hosts: the check and the enqueue are one MULTI under WATCH of the
         # attempt's hash, so when two hosts enqueue it at once, the second EXEC fails and its

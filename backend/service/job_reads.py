@@ -7,28 +7,34 @@ row is read in full and serialised. Every write of a job's fields moves ``update
 served body is never older than the store. A job still waiting for dependencies is never
 reused (its ``waiting_for`` depends on other jobs), nor a body over ``MAX_BODY`` bytes; at most
 ``MAX_ENTRIES`` bodies and ``MAX_BYTES`` in all are kept, the least recently served dropped first.
+The waiting fields of a job that waits (``waiting_reason``...: service/waiting.py) depend on the
+time and on Redis, not only on the row: its body is kept cut around them, with the few row
+values they are decided from, and they are decided afresh on every request.
 
 ``GET /jobs`` pages are built here too, bounded in bytes as well as in jobs: the arguments and
 results of the jobs are read from the store only when asked for (``?fields=``), and a page
 stops at the job that would take it past ``JOBS_PAGE_MAX_BYTES``, its ``next_cursor`` going
 on from there. Rows are read a few at a time, so a page never holds more in memory than about
-its budget, however large the jobs behind it.
+its budget, however large the jobs behind it. The waiting fields of a page come from one
+(cached) Redis snapshot, and the dependencies of its waiting jobs from one query.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from backend.broker.waiting_facts import WaitingFacts
 from backend.core.cursors import decode_cursor, encode_cursor
 from backend.core.pages import encode, page_parts
 from backend.core.states import JobStatus
 from backend.service.ownership import owned
-from backend.service.representations import HEAVY_FIELDS, job_dict
+from backend.service.representations import HEAVY_FIELDS, WAITING_NULLS, job_dict, waiting_fields
+from backend.service.waiting import NOT_WAITING, WaitingReasons, WaitRow, may_have_snoozed, snoozed_attempt, utcnow
 from backend.store.job_reads import JobStamps, job_page
+from backend.store.jobs import JobRows
 
 if TYPE_CHECKING:  # types only
     from backend.service.job_manager import JobManager
@@ -39,16 +45,22 @@ MAX_ENTRIES = 10_000
 MAX_BODY = 64 * 1024
 #: Bodies kept per process, in all.
 MAX_BYTES = 16 * 1024 * 1024
+#: The waiting fields as a body holds them before they are decided: where a body is cut.
+_WAITING_CUT = encode(WAITING_NULLS)[1:-1]
 
 
 class JobReader:
     """Serves ``GET /jobs/<id>`` (from a cache of bodies checked against the store) and ``GET /jobs``."""
 
-    def __init__(self, engine: Engine, sessions: Sessions, manager: JobManager):
+    def __init__(self, engine: Engine, sessions: Sessions, manager: JobManager, waiting: WaitingReasons | None = None):
         self.sessions = sessions
         self.manager = manager
+        # The broker facts of the waiting fields come through the queues' Redis connection.
+        self.waiting = waiting or WaitingReasons(WaitingFacts(manager.queues.connection))
         self._stamps = JobStamps(engine)
-        self._bodies: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
+        # job id -> (stamp, body; or for a job that waits: the body before and after its
+        # waiting fields, and the row values they are decided from)
+        self._bodies: OrderedDict[str, tuple[object, bytes, bytes, WaitRow | None]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -64,21 +76,45 @@ class JobReader:
             cached = self._bodies.get(job_id)
             if cached is not None and cached[0] == stamp:
                 self._bodies.move_to_end(job_id)
-                return cached[1]
+        if cached is not None and cached[0] == stamp:
+            _, head, tail, row = cached
+            return head if row is None else self._with_waiting(head, tail, row, waiting_for=[])
         job = self.manager.get_job(job_id, owner=owner)
         waiting_for = self.manager.waiting_for(job)
-        body = json.dumps(job_dict(job, waiting_for=waiting_for), separators=(",", ":")).encode()
-        if not waiting_for and len(body) <= MAX_BODY:
+        row = self._wait_row(job)
+        if not row.waits:
+            head, tail, row = encode(job_dict(job, waiting_for=waiting_for, waiting=NOT_WAITING)), b"", None
+            body = head
+        else:
+            # Cut around the placeholders: the first match is theirs (only job_id, task and
+            # status come before them, and a JSON string cannot hold an unescaped quote).
+            head, _, tail = encode(job_dict(job, waiting_for=waiting_for, waiting=NOT_WAITING)).partition(_WAITING_CUT)
+            body = self._with_waiting(head, tail, row, waiting_for=waiting_for)
+        if not waiting_for and len(head) + len(tail) <= MAX_BODY:
             # Stored under the stamp read before the row: if the job changed in between, the
             # next request's stamp differs and the body is rebuilt.
             with self._lock:
                 previous = self._bodies.pop(job_id, None)
-                self._bytes += len(body) - (len(previous[1]) if previous else 0)
-                self._bodies[job_id] = (stamp, body)
+                self._bytes += len(head) + len(tail) - (len(previous[1]) + len(previous[2]) if previous else 0)
+                self._bodies[job_id] = (stamp, head, tail, row)
                 while len(self._bodies) > MAX_ENTRIES or self._bytes > MAX_BYTES:
-                    _, (_, evicted) = self._bodies.popitem(last=False)
-                    self._bytes -= len(evicted)
+                    _, (_, old_head, old_tail, _) = self._bodies.popitem(last=False)
+                    self._bytes -= len(old_head) + len(old_tail)
         return body
+
+    def _wait_row(self, job) -> WaitRow:
+        """The row values the waiting fields are decided from; when the attempt before may have
+        snoozed (rare: snoozes > 0 and a retry time ahead), that attempt is read to be sure."""
+        row = WaitRow.of(job)
+        if not may_have_snoozed(row, utcnow()):
+            return row
+        before = self.manager.get_attempts(job.id, after=job.attempt - 2, limit=1)
+        snoozed, reason = snoozed_attempt(before[0] if before and before[0].attempt == job.attempt - 1 else None)
+        return WaitRow.of(job, snoozed=snoozed, snooze_reason=reason)
+
+    def _with_waiting(self, head: bytes, tail: bytes, row: WaitRow, *, waiting_for: list[str]) -> bytes:
+        fields = waiting_fields(self.waiting.for_job(row, waiting_for=waiting_for))
+        return head + encode(fields)[1:-1] + tail
 
     def list_json(
         self,
@@ -103,8 +139,28 @@ class JobReader:
         after = decode_cursor(cursor) if cursor else None
         # Only the columns shown: a heavy column left out is never read from the store.
         rows = job_page(self.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit)
+        waiting = self.waiting.for_rows()
+        # Waiting jobs with dependencies: (index on the page, row), settled after the page.
+        dependants: list[tuple[int, object]] = []
+        encoded = 0
+
+        def encode_row(row) -> bytes:
+            nonlocal encoded
+            wait_row = WaitRow.of(row)
+            if wait_row.waits and wait_row.depends_on:
+                dependants.append((encoded, row))
+            encoded += 1
+            return encode(job_dict(row, omit=omit, waiting=waiting.of(wait_row, waiting_for=None)))
+
         with contextlib.closing(rows):
-            parts, next_cursor = page_parts(
-                rows, lambda row: encode(job_dict(row, omit=omit)), encode_cursor, limit=limit, max_bytes=max_bytes
-            )
+            parts, next_cursor = page_parts(rows, encode_row, encode_cursor, limit=limit, max_bytes=max_bytes)
+        dependants = [(i, row) for i, row in dependants if i < len(parts)]
+        if dependants:
+            # One query for the page (a row read is done by now: its connection is back).
+            with JobRows.opened(self.sessions) as job_rows:
+                ended = job_rows.ended_ids(sorted({p for _, row in dependants for p in row.depends_on}))
+            for i, row in dependants:
+                waiting_for = [parent for parent in row.depends_on if parent not in ended]
+                fields = waiting.of(WaitRow.of(row), waiting_for=waiting_for)
+                parts[i] = encode(job_dict(row, waiting_for=waiting_for, omit=omit, waiting=fields))
         return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + encode(next_cursor) + b"}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from backend.service.waiting import Waiting, WaitRow, decide
 from backend.store.models import Attempt, Job
 
 
@@ -14,14 +15,36 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def waiting_fields(waiting: Waiting) -> dict:
+    """The waiting fields of the job object, in their order."""
+    return {
+        "waiting_reason": waiting.reason,
+        "resumes_at": iso(waiting.resumes_at),
+        "queue_position": waiting.queue_position,
+        "waiting_detail": waiting.detail,
+    }
+
+
+WAITING_NULLS = waiting_fields(Waiting())
+
 #: Fields that may be large (up to the size caps): a list of jobs leaves them out unless asked.
 HEAVY_FIELDS = ("args", "kwargs", "result")
 
 
-def job_dict(job: Job, *, waiting_for: list[str] | None = None, omit: frozenset[str] = frozenset()) -> dict:
+def job_dict(
+    job: Job,
+    *,
+    waiting_for: list[str] | None = None,
+    omit: frozenset[str] = frozenset(),
+    waiting: Waiting | None = None,
+) -> dict:
     """The job object of the contract; ``omit`` names heavy fields to leave out (they are not
-    read from ``job``, which may then be a row without them)."""
+    read from ``job``, which may then be a row without them). ``waiting``: the job's waiting
+    fields (backend/service/waiting.py); None: what its row alone says (no Redis read)."""
     body = _job_fields(job, waiting_for)
+    if waiting is None:
+        waiting = decide(WaitRow.of(job), waiting_for=waiting_for, facts=None)
+    body.update(waiting_fields(waiting))
     for name in HEAVY_FIELDS:
         if name in omit:
             del body[name]
@@ -36,6 +59,9 @@ def _job_fields(job: Job, waiting_for: list[str] | None) -> dict:
         "job_id": job.id,
         "task": job.task,
         "status": job.status,
+        # Placeholders (job_dict fills them in) kept together right after "status", so that a
+        # served body can be cut around them (service/job_reads.py).
+        **WAITING_NULLS,
         "priority": job.priority,
         "args": None,
         "kwargs": None,

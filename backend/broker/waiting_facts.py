@@ -1,0 +1,174 @@
+"""What RQ knows about why a job waits: live workers per queue, concurrency slots, queue places.
+
+The service decides a job's ``waiting_reason`` from its row plus these facts. They are read
+cheaply: a ``snapshot`` (live workers per queue, each limited task's slots) costs two round
+trips and is kept for ``ttl`` seconds per process, so a list of any length and every poll in
+that second share it; a job's ``place`` (its position in its queue and whether RQ's
+concurrency limit holds it back) is one pipelined round trip, for a single-job GET only.
+
+Redis unreachable: both answer None at once for ``DOWN_SECONDS`` after a failure (no caller
+waits for a connect timeout on every request), and the caller falls back to what the row says.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.queue import Queue
+from rq.rate_limit import RateLimitRegistry
+from rq.worker import Worker
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from backend.broker import leases
+from backend.broker.errors import BrokerUnreachable
+from backend.core.settings import QUEUE_NAMES
+
+log = logging.getLogger(__name__)
+
+#: A queue position is looked for among this many entries from the head (LPOS ... MAXLEN), so
+#: a read never scans a long queue; further back, the position is unknown (None).
+POSITION_SCAN = 10_000
+#: At most this many holders of a task's slots are read into a snapshot (a limit is small).
+MAX_HOLDERS = 1_000
+
+
+def task_limit_key(task: str) -> str:
+    """The key of RQ's concurrency limit shared by every job of ``task`` (``RateLimit(key=...)``)."""
+    return f"jobservice:task:{task}"
+
+
+@dataclass(frozen=True)
+class TaskSlots:
+    """One limited task's slots in RQ: how many are held (its jobs queued or running past the
+    limiter), how many of its jobs the limiter holds back, and the RQ ids holding slots."""
+
+    held: int
+    held_back: int
+    holders: frozenset[str]
+
+
+@dataclass(frozen=True)
+class QueueFacts:
+    """A snapshot: live workers listening on each queue, and the slots of each limited task."""
+
+    workers: Mapping[str, int]
+    slots: Mapping[str, TaskSlots]
+
+
+@dataclass(frozen=True)
+class JobPlace:
+    """One RQ job's place: its 1-based position in its queue (None: not within ``POSITION_SCAN``
+    of the head, or not on the list), and, for a limited task, whether the limiter holds it
+    back and how many slots are held."""
+
+    position: int | None
+    held_back: bool = False
+    held: int = 0
+
+
+class WaitingFacts:
+    """Reads the facts above from Redis; the snapshot is cached per process for ``ttl`` seconds."""
+
+    #: After Redis failed to answer, calls answer None without a round trip for this long.
+    DOWN_SECONDS = 2.0
+
+    def __init__(self, connection: Redis, *, ttl: float = 1.0):
+        self.connection = connection
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._cached: tuple[float, tuple[str, ...], QueueFacts] | None = None
+        self._down_until = 0.0
+        self._limits: dict[str, RateLimitRegistry] = {}
+
+    def snapshot(self, tasks: Iterable[str]) -> QueueFacts | None:
+        """Live workers per queue and the slots of ``tasks`` (those with a concurrency limit),
+        at most ``ttl`` seconds old; None while Redis does not answer."""
+        key = tuple(sorted(set(tasks)))
+        cached = self._cached
+        if cached is not None and cached[1] == key and time.monotonic() - cached[0] < self.ttl:
+            return cached[2]
+        if not self._lock.acquire(blocking=cached is None):
+            # Another thread is refreshing it: the facts of a moment ago will do meanwhile.
+            return cached[2] if cached[1] == key else None
+        try:
+            cached = self._cached
+            if cached is not None and cached[1] == key and time.monotonic() - cached[0] < self.ttl:
+                return cached[2]
+            facts = self._guarded(lambda: self._read_snapshot(key))
+            if facts is not None:
+                self._cached = (time.monotonic(), key, facts)
+            return facts
+        finally:
+            self._lock.release()
+
+    def place(self, rq_id: str, queue: str, *, task: str | None) -> JobPlace | None:
+        """Where the RQ job ``rq_id`` waits on ``queue``; ``task``: its task when that has a
+        concurrency limit (else None). One round trip; None while Redis does not answer."""
+        return self._guarded(lambda: self._read_place(rq_id, queue, task))
+
+    def _guarded(self, read):
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            return read()
+        except BrokerUnreachable as exc:
+            self._down_until = time.monotonic() + self.DOWN_SECONDS
+            log.warning("waiting reasons without Redis's facts for %.0f s: %s", self.DOWN_SECONDS, exc)
+        except RedisError as exc:  # a refusal (a key of the wrong type): this read only
+            log.warning("waiting reasons without Redis's facts: %s", exc)
+        return None
+
+    def _limit(self, task: str) -> RateLimitRegistry:
+        registry = self._limits.get(task)
+        if registry is None:
+            # Keys only: building it sends nothing to Redis.
+            registry = self._limits[task] = RateLimitRegistry(task_limit_key(task), self.connection)
+        return registry
+
+    def _read_snapshot(self, tasks: tuple[str, ...]) -> QueueFacts:
+        with self.connection.pipeline(transaction=False) as pipe:
+            for name in QUEUE_NAMES:
+                pipe.smembers(WORKERS_BY_QUEUE_KEY % name)
+            for task in tasks:
+                limit = self._limit(task)
+                pipe.zcard(limit.allowed_key)
+                pipe.zcard(limit.rate_limited_key)
+                pipe.zrange(limit.allowed_key, 0, MAX_HOLDERS - 1)
+            answers = pipe.execute()
+        prefix = Worker.redis_worker_namespace_prefix
+        listening = {
+            name: {_text(key).removeprefix(prefix) for key in members}
+            for name, members in zip(QUEUE_NAMES, answers, strict=False)
+        }
+        # RQ's registration outlives a SIGKILLed worker for minutes; its lease does not.
+        alive = leases.alive(self.connection, {worker for names in listening.values() for worker in names})
+        slots = {}
+        rest = answers[len(QUEUE_NAMES) :]
+        for i, task in enumerate(tasks):
+            held, held_back, holders = rest[3 * i : 3 * i + 3]
+            slots[task] = TaskSlots(int(held), int(held_back), frozenset(_text(h) for h in holders))
+        return QueueFacts(workers={name: len(names & alive) for name, names in listening.items()}, slots=slots)
+
+    def _read_place(self, rq_id: str, queue: str, task: str | None) -> JobPlace:
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.lpos(f"{Queue.redis_queue_namespace_prefix}{queue}", rq_id, maxlen=POSITION_SCAN)
+            if task is not None:
+                limit = self._limit(task)
+                pipe.zscore(limit.rate_limited_key, rq_id)
+                pipe.zcard(limit.allowed_key)
+            answers = pipe.execute()
+        index = answers[0]
+        position = None if index is None else int(index) + 1
+        if task is None:
+            return JobPlace(position)
+        return JobPlace(position, held_back=answers[1] is not None, held=int(answers[2]))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
