@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from backend.tasks import Snooze, current_job, task
 
@@ -54,3 +55,13 @@ def count_with_checkpoints(to: int = 10, fail_at: int = 6) -> dict:
         ran.append(step)
         job.checkpoint({"next": step + 1})
     return {"ran": ran, "resumed_from": state, "attempt": job.attempt}
+
+
+@task("checkpoint_until_cancelled")
+def checkpoint_until_cancelled(delay: float = 0.05, steps: int = 1200) -> int:
+    """Save a checkpoint every ``delay`` seconds, ``steps`` times (a minute by default)."""
+    job = current_job()
+    for step in range(steps):
+        job.checkpoint({"step": step})
+        time.sleep(delay)
+    return steps

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from rq.job import Job as RQJob
 
 from backend.broker.events import EventLog
-from tests.helpers import attempts, get_job, submit, wait_for_status
+from tests.helpers import attempts, get_job, submit, wait_for_status, wait_until
 
 KINDS = pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
 
@@ -123,3 +124,19 @@ def test_a_checkpoint_is_what_the_next_attempt_starts_from(client, start_worker,
     # Then the second attempt started from the first one's last checkpoint and ran steps 6-9 only
     assert done["result"] == {"ran": [6, 7, 8, 9], "resumed_from": {"next": 6}, "attempt": 2}, worker.output()
     assert done["checkpoint_at"] is not None and done["retry_count"] == 1
+
+
+def test_a_checkpoint_after_the_job_was_cancelled_stops_the_task_in_a_simple_worker(client, start_worker, redis_conn):
+    # Given a task saving a checkpoint every 50 ms for a minute, in a simple worker (which cannot kill it)
+    job_id = submit(client, "checkpoint_until_cancelled")["job_id"]
+    worker = start_worker("--burst", "--simple", "--name", "cancelled-checkpointer")
+    wait_until(lambda: get_job(client, job_id)["checkpoint_at"] is not None, what="a first checkpoint")
+
+    # When the job is cancelled
+    assert client.post(f"/jobs/{job_id}/cancel", json={}).status_code == 200
+
+    # Then its next checkpoint stops the task: the burst worker ends long before the minute is up
+    assert worker.wait(timeout=30) == 0, worker.output()
+    job = get_job(client, job_id)
+    assert (job["status"], job["result"]) == ("CANCELLED", None)
+    assert RQJob.fetch(f"{job_id}-1", connection=redis_conn).get_status() == "stopped"
