@@ -5,13 +5,18 @@ First the API's side (a worker's ``snoozed`` report, as a worker sends it), then
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from rq import Queue
 
 from backend.core.settings import QUEUE_NAMES
-from tests.helpers import AUTH, attempts, get_job, submit, submit_add
+from tests.conftest import TASK_MODULES
+from tests.helpers import AUTH, attempts, get_job, submit, submit_add, wait_for_status
 
 
 def _report(client, *reports):
@@ -102,3 +107,82 @@ def test_max_snoozes_is_taken_by_batches_too(client):
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["job_ids"][0]
     assert get_job(client, job_id)["max_snoozes"] == 7
+
+
+# -- real workers -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_tasks(settings) -> dict:
+    """This module's tasks, known to the API (ask for it before ``client``) and to the workers (``env``)."""
+    settings["TASK_MODULES"] = f"{TASK_MODULES},tests.store_long_task_fixtures"
+    return {"TASK_MODULES": settings["TASK_MODULES"]}
+
+
+@contextmanager
+def rate_limited_provider(refusals: dict[str, int | None]):
+    """A local HTTP API answering ``GET /<name>`` 429 with ``Retry-After: 1`` the first
+    ``refusals[name]`` times (None: always), then 200; yields its base URL."""
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.strip("/")
+            with lock:
+                left = refusals.get(name, 0)
+                if left:
+                    refusals[name] = left - 1
+            self.send_response(429 if left or left is None else 200)
+            if left or left is None:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_a_task_snoozes_as_long_as_a_429_says_then_completes_or_fails_past_max_snoozes(
+    store_tasks, client, start_worker
+):
+    with rate_limited_provider({"twice": 2, "always": None}) as provider:
+        # Given a task whose provider refuses it twice with 429 Retry-After: 1, and one whose
+        # provider always does (that job may snooze once)
+        patient = submit(client, "call_rate_limited", kwargs={"url": f"{provider}/twice"})["job_id"]
+        limited = submit(client, "call_rate_limited", kwargs={"url": f"{provider}/always"}, max_snoozes=1)["job_id"]
+
+        # When a real worker (with RQ's scheduler) runs them
+        worker = start_worker("--simple", "--name", "snoozer", env=store_tasks)
+        done = wait_for_status(client, patient, {"COMPLETED", "FAILED"}, timeout=40)
+        failed = wait_for_status(client, limited, {"COMPLETED", "FAILED"}, timeout=40)
+
+    # Then the first completed on its third attempt, after two snoozes and no failure
+    assert (done["status"], done["result"], done["attempt"]) == ("COMPLETED", 200, 3), worker.output()
+    assert (done["retry_count"], done["snoozes"], done["interruptions"]) == (0, 2, 0)
+    history = attempts(client, patient)
+    assert [(a["outcome"], a["error"]) for a in history] == [
+        ("SNOOZED", "rate limited"),
+        ("SNOOZED", "rate limited"),
+        ("COMPLETED", None),
+    ]
+    # And each snooze lasted what the provider's Retry-After said (1 s), not the default 60 s
+    # (times in milliseconds, the end by the worker's report and the start by RQ's scheduler)
+    for snoozed, after in zip(history, history[1:], strict=False):
+        gap = datetime.fromisoformat(after["started_at"]) - datetime.fromisoformat(snoozed["ended_at"])
+        assert timedelta(seconds=0.9) <= gap < timedelta(seconds=30), history
+    last = datetime.fromisoformat(done["next_retry_at"]) - datetime.fromisoformat(history[1]["ended_at"])
+    assert timedelta(seconds=0.99) <= last < timedelta(seconds=2), (done, history)
+
+    # And the second ended FAILED at its second snooze, saying why, with no retry spent
+    assert (failed["status"], failed["retry_count"], failed["snoozes"]) == ("FAILED", 0, 2)
+    assert failed["error"] == "snoozed more than max_snoozes (1) times; last reason: rate limited"
+    assert [a["outcome"] for a in attempts(client, limited)] == ["SNOOZED", "SNOOZED"]
