@@ -82,8 +82,12 @@ def test_a_job_without_a_worker_scheduled_or_waiting_for_a_parent_says_so(client
     assert listed(client)[scheduled["job_id"]]["waiting_reason"] is None
 
 
-def test_a_failed_attempt_waiting_for_its_retry_says_retry_backoff(settings, client, run_burst_worker):
-    settings["RETRY_BACKOFF_BASE"] = 600.0  # the retry waits 10 minutes: long past the test
+@pytest.fixture
+def slow_retries(settings) -> None:
+    settings["RETRY_BACKOFF_BASE"] = 600.0  # a retry waits 10 minutes: long past the test
+
+
+def test_a_failed_attempt_waiting_for_its_retry_says_retry_backoff(slow_retries, client, run_burst_worker):
     job = submit(client, "fail", max_retries=2)
     run_burst_worker()
     job = wait_for_status(client, job["job_id"], {"QUEUED"})
@@ -94,6 +98,22 @@ def test_a_failed_attempt_waiting_for_its_retry_says_retry_backoff(settings, cli
     retry_at = datetime.fromisoformat(job["next_retry_at"].replace("Z", "+00:00"))
     assert job["waiting_detail"] == f"retry 1 of 2 at {retry_at:%Y-%m-%d %H:%M:%S} UTC, after a failure"
     assert listed(client)[job["job_id"]]["waiting_reason"] == "retry_backoff"
+
+
+def test_a_snoozed_job_says_until_when_and_why(client, run_burst_worker):
+    job = submit(client, "snooze_once", kwargs={"seconds": 600})  # tests/long_task_fixtures.py
+    run_burst_worker()
+    wait_until(lambda: get_job(client, job["job_id"])["snoozes"] == 1, what="the snooze recorded")
+    job = get_job(client, job["job_id"])
+    assert (job["status"], job["retry_count"], job["error"]) == ("QUEUED", 0, None)
+    assert job["waiting_reason"] == "snoozed", job
+    assert job["resumes_at"] == job["next_retry_at"] is not None
+    until = datetime.fromisoformat(job["next_retry_at"].replace("Z", "+00:00"))
+    assert job["waiting_detail"] == f"snoozed until {until:%Y-%m-%d %H:%M:%S} UTC: the provider said 429"
+    # A list decides from the row alone (a snooze leaves no error), without the reason.
+    row = listed(client)[job["job_id"]]
+    assert (row["waiting_reason"], row["resumes_at"]) == ("snoozed", job["resumes_at"])
+    assert row["waiting_detail"] == f"snoozed until {until:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def test_a_worker_busy_with_a_limited_task_shows_slots_positions_and_queues_nobody_serves(
