@@ -195,3 +195,37 @@ def test_streams_close_when_redis_drops_the_hub_and_a_reconnect_misses_nothing(c
 
     missed = read_stream(url, headers={"Last-Event-ID": first[-1][0]}, stop=lambda events: True)
     assert [(kind, data) for _, kind, data in missed] == [("progress", {"progress": 5, "message": None})]
+
+
+def test_a_client_that_falls_behind_is_cut_off_and_catches_up_by_reconnecting(settings, request, redis_conn):
+    settings["EVENTS_HISTORY"] = 2000
+    live_server = request.getfixturevalue("live_server")
+    job_id = requests.post(f"{live_server}/tasks/add", json={"args": [1, 2]}, timeout=10).json()["job_id"]
+    url = f"{live_server}/jobs/{job_id}/events"
+    total, text = 1000, "x" * 15_000  # 15 MB: more than the sockets' buffers and the stream's queue
+    with requests.get(url, stream=True, timeout=(5, 30)) as response:
+        # The client reads nothing while the task emits.
+        worker_side = EventLog(redis_conn, history=2000)
+        for number in range(total):
+            worker_side.append(job_id, "output", json.dumps({"data": [number, text], "attempt": 1}))
+        wait_until(
+            lambda: all(c["omem"] == "0" for c in redis_conn.client_list(_type="pubsub")),
+            what="the hub to have read every event",
+        )
+        first = []
+        lines = response.iter_lines(decode_unicode=True)
+        fields: dict = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            elif "event" in fields:
+                first.append((fields["id"], fields["event"], json.loads(fields["data"])))
+                fields = {}
+    outputs = [data["data"][0] for _, kind, data in first if kind == "output"]
+    assert len(outputs) < total  # the server closed the stream: it did not buffer 15 MB for it
+
+    rest = read_stream(
+        url, headers={"Last-Event-ID": first[-1][0]}, stop=lambda events: events[-1][2]["data"][0] == total - 1
+    )
+    assert outputs + [data["data"][0] for _, _, data in rest] == list(range(total))
