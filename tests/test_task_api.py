@@ -13,6 +13,7 @@ import pytest
 from rq.job import Job as RQJob
 
 from backend.broker.events import EventLog
+from backend.runner.task_io import EventSender
 from tests.helpers import attempts, get_job, submit, wait_for_status, wait_until
 
 KINDS = pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
@@ -140,3 +141,12 @@ def test_a_checkpoint_after_the_job_was_cancelled_stops_the_task_in_a_simple_wor
     job = get_job(client, job_id)
     assert (job["status"], job["result"]) == ("CANCELLED", None)
     assert RQJob.fetch(f"{job_id}-1", connection=redis_conn).get_status() == "stopped"
+
+
+def test_an_event_with_a_lone_surrogate_reaches_redis_with_a_question_mark(redis_conn):
+    sender = EventSender(redis_conn)  # the worker's, best effort
+
+    sender.append("job_surrogate", "output", '{"data":"file-\udcff.txt","attempt":1}')
+
+    (event,) = EventLog(redis_conn).history("job_surrogate", after=None, limit=10)
+    assert (event.kind, event.data) == ("output", '{"data":"file-?.txt","attempt":1}')

@@ -83,6 +83,10 @@ class EventSender:
     def append(self, job_id: str, kind: str, data_json: str) -> None:
         if self._paused_until and time.monotonic() < self._paused_until:
             return
+        if not data_json.isascii():
+            # A lone surrogate (a file name decoded with surrogateescape) is no UTF-8: Redis' client
+            # would raise on it, so it is sent as "?".
+            data_json = data_json.encode("utf-8", "replace").decode("utf-8")
         try:
             self._log.append(job_id, kind, data_json)
         except BrokerError as exc:
@@ -280,7 +284,10 @@ class RunServices:
     def context(self, job, job_id: str, attempt: int, reporter: Reporter) -> JobContext:
         """The context of one run of the RQ job ``job``; its task's call is wrapped to capture
         its logging and send what it left before the run's outcome is recorded."""
-        spec = task_for_path(job.func_name)
+        try:
+            spec = task_for_path(job.func_name)
+        except Exception:  # an undecodable job: RQ fails it when it calls the task, as before
+            spec = None
         run = RunIO(job_id, attempt, reporter=reporter, events=self.events, checkpoints=self.checkpoints,
                     log_level=spec.log_level if spec is not None else "INFO")  # fmt: skip
         perform = job.perform
