@@ -4,7 +4,9 @@
 
 RQ does the work loop, priority order of queues, heartbeats, timeouts, the stop-job command
 and warm shutdown on SIGTERM. This module adds what the store needs: it tells the API when
-an attempt starts, how far it is and how it ended, and gives the task its job context.
+an attempt starts, how far it is and how it ended (a task raising ``Snooze`` ended it snoozed, no
+failure), and gives the task its job context, wired by ``backend/runner/task_io.py`` to the job's
+event stream, its captured log lines and its checkpoints.
 """
 
 from __future__ import annotations
