@@ -52,3 +52,29 @@ def chaos_subprocess(seconds: float = 30.0) -> dict:
     subprocess.run(["sleep", str(seconds)], check=True)
     _record("end")
     return {"slept": seconds}
+
+
+@task("chaos_count")
+def chaos_count(to: int = 100, delay: float = 0.1) -> dict:
+    """Count to ``to`` from the last checkpoint, saving one after each step; every step it runs
+    appends ``step <job_id> <attempt> <step> <pid> <unix time>`` to the execution log."""
+    _record("start")
+    job = current_job()
+    state = job.checkpoint_state
+    done = state["done"] if state else 0
+    for step in range(done + 1, to + 1):
+        _append(f"step {job.job_id} {job.attempt} {step} {os.getpid()} {time.time():.3f}\n")
+        time.sleep(delay)
+        job.checkpoint({"done": step})
+    _record("end")
+    return {"resumed_after": done, "attempt": job.attempt}
+
+
+def _append(line: str) -> None:
+    path = os.environ.get(EXEC_LOG_ENV)
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
