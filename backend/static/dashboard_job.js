@@ -26,6 +26,9 @@ export class JobView {
     this.jobId = null;
     this.stream = null;
     this.timer = null;
+    // Bumped by every show(): an answer or event for an earlier view (another job, or the same
+    // job opened again) is dropped, never written into the view now shown.
+    this.generation = 0;
   }
 
   close() {
@@ -37,20 +40,22 @@ export class JobView {
 
   async show(jobId) {
     this.close();
+    const generation = ++this.generation;
     this.jobId = jobId;
     this.progressAttempt = null;
     this.job = null;
     this.build();
-    const mine = () => this.jobId === jobId;
+    const mine = () => this.generation === generation;
+    const problem = (error) => { if (mine()) this.parts.problem.textContent = error.message; };
     try {
       const job = await api(`/jobs/${encodeURIComponent(jobId)}`);
       if (!mine()) return;
       this.render(job);
-      await Promise.all([this.loadAttempts(), this.loadWebhooks(), this.loadLogs()]);
     } catch (error) {
-      if (mine()) this.parts.problem.textContent = error.message;
-      return;
+      return problem(error); // unknown job, no key: nothing to follow
     }
+    // The stored log lines first: the stream's replayed `log` events are matched against them.
+    await Promise.all([this.loadAttempts().catch(problem), this.loadWebhooks().catch(problem), this.loadLogs()]);
     if (!mine()) return;
     this.stream = openEventStream(`/jobs/${encodeURIComponent(jobId)}/events`, {
       headers: authHeaders,
@@ -140,15 +145,22 @@ export class JobView {
       if (changed || kind === "end") this.loadAttempts().catch((e) => { this.parts.problem.textContent = e.message; });
       if (kind === "end") {
         this.loadWebhooks().catch(() => {});
-        const jobId = this.jobId;
-        this.timer = setTimeout(() => { if (this.jobId === jobId) this.loadLogs().catch(() => {}); }, LATE_LOGS_MS);
+        this.timer = setTimeout(() => this.loadLogs().catch(() => {}), LATE_LOGS_MS);
       }
     }
   }
 
+  // What a load reads now, and a check that the view is still the one it was read for.
+  current() {
+    const generation = this.generation;
+    return { path: `/jobs/${encodeURIComponent(this.jobId)}`, parts: this.parts, mine: () => this.generation === generation };
+  }
+
   async loadAttempts() {
-    const data = await api(`/jobs/${encodeURIComponent(this.jobId)}/attempts?limit=100`);
-    this.parts.attempts.replaceChildren(...data.attempts.map((a) => {
+    const { path, parts, mine } = this.current();
+    const data = await api(`${path}/attempts?limit=100`);
+    if (!mine()) return;
+    parts.attempts.replaceChildren(...data.attempts.map((a) => {
       const tr = el("tr");
       [a.attempt, a.worker, a.started_at, a.ended_at, a.outcome, a.error].forEach((v) => tr.appendChild(cell(v)));
       tr.children[4].className = a.outcome || "";
@@ -157,26 +169,31 @@ export class JobView {
   }
 
   async loadWebhooks() {
-    const data = await api(`/jobs/${encodeURIComponent(this.jobId)}/webhooks`);
-    this.parts.webhooks.textContent = data.webhook_url ? jsonText({ url: data.webhook_url, deliveries: data.deliveries }) : "none";
+    const { path, parts, mine } = this.current();
+    const data = await api(`${path}/webhooks`);
+    if (!mine()) return;
+    parts.webhooks.textContent = data.webhook_url ? jsonText({ url: data.webhook_url, deliveries: data.deliveries }) : "none";
   }
 
   // The stored lines after the last one read (all of them the first time), a page at a time.
   async loadLogs() {
+    const { path, mine } = this.current();
+    const pane = this.logPane;
     for (let page = 0; page < LOG_PAGES; page++) {
       const query = new URLSearchParams({ limit: "1000" });
-      if (this.logPane.after != null) query.set("after", String(this.logPane.after));
+      if (pane.after != null) query.set("after", String(pane.after));
       let data;
       try {
-        data = await api(`/jobs/${encodeURIComponent(this.jobId)}/logs?${query}`);
+        data = await api(`${path}/logs?${query}`);
       } catch (error) {
-        this.logPane.notice(`logs unavailable: ${error.message}`);
+        if (mine()) pane.notice(`logs unavailable: ${error.message}`);
         return;
       }
-      data.lines.forEach((line) => this.logPane.addStored(line));
+      if (!mine()) return;
+      data.lines.forEach((line) => pane.addStored(line));
       if (data.next_after == null) return;
-      this.logPane.after = data.next_after;
+      pane.after = data.next_after;
     }
-    this.logPane.notice(`more lines than these: GET /jobs/${this.jobId}/logs?after=${this.logPane.after}`);
+    pane.notice(`more lines than these: GET ${path}/logs?after=${pane.after}`);
   }
 }

@@ -54,10 +54,10 @@ export function waitingWords(job) {
   return words ? words(job) : job.waiting_reason;
 }
 
-// "in 2 min 5 s" from now, or "" once passed.
+// "in 2 min 5 s" from now, or "now" once passed.
 export function untilText(iso) {
   const ms = Date.parse(iso) - Date.now();
-  if (!(ms > 0)) return "";
+  if (!(ms > 0)) return "now";
   let s = Math.ceil(ms / 1000);
   const parts = [];
   for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
@@ -74,10 +74,12 @@ export function waitingNode(job) {
   if (!words) return node;
   node.append(el("span", words, "waiting-words"));
   if (job.resumes_at) {
-    node.append(" · resumes ", el("time", new Date(job.resumes_at).toLocaleString()), " ");
-    const countdown = el("span", untilText(job.resumes_at), "countdown");
+    // The sentence often names the time already: here a countdown, the local time on hover.
+    const countdown = el("time", untilText(job.resumes_at), "countdown");
     countdown.dataset.until = job.resumes_at;
-    node.append(countdown);
+    countdown.dateTime = job.resumes_at;
+    countdown.title = new Date(job.resumes_at).toLocaleString();
+    node.append(" · resumes ", countdown);
   }
   node.firstChild.dataset.reason = job.waiting_reason;
   return node;
