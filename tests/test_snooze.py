@@ -14,9 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from rq import Queue
 
+from backend.api.context import services
 from backend.core.settings import QUEUE_NAMES
 from tests.conftest import TASK_MODULES
 from tests.helpers import AUTH, attempts, get_job, submit, submit_add, wait_for_status
+from tests.test_reconciler import age
 
 
 def _report(client, *reports):
@@ -186,3 +188,24 @@ def test_a_task_snoozes_as_long_as_a_429_says_then_completes_or_fails_past_max_s
     assert (failed["status"], failed["retry_count"], failed["snoozes"]) == ("FAILED", 0, 2)
     assert failed["error"] == "snoozed more than max_snoozes (1) times; last reason: rate limited"
     assert [a["outcome"] for a in attempts(client, limited)] == ["SNOOZED", "SNOOZED"]
+
+
+def test_a_snooze_whose_report_was_lost_is_copied_from_rq_as_a_snooze(app, client, start_worker):
+    # Given a worker that cannot reach the API, running a task that snoozes on its first attempt
+    job_id = submit(client, "snooze_once", kwargs={"seconds": 60})["job_id"]
+    worker = start_worker(
+        "--burst", "--simple", "--name", "mute",
+        env={"API_BASE_URL": "http://127.0.0.1:9", "REPORT_RETRY_SECONDS": "0.5"},
+    )  # fmt: skip
+    assert worker.wait(timeout=30) == 0, worker.output()
+    assert get_job(client, job_id)["status"] == "QUEUED"
+    age(app, job_id)
+
+    # When the reconciler copies the outcome RQ recorded
+    report = services(app).reconciler.run_once()
+
+    # Then it is a snooze, as the report would have said: no failure, a new attempt in 60 s
+    assert report.copied == [job_id], worker.output()
+    after = get_job(client, job_id)
+    assert (after["status"], after["attempt"], after["retry_count"], after["snoozes"]) == ("QUEUED", 2, 0, 1)
+    assert [(a["outcome"], a["error"]) for a in attempts(client, job_id)] == [("SNOOZED", "the provider said 429")]
