@@ -7,7 +7,8 @@ it says why and measures SQLite only), and each PostgreSQL figure is set beside 
     .venv/bin/python bench/run_all.py         # the same
     .venv/bin/python -m bench --only a,c      # some: a execution, b submission, c polling,
                                               #       d store scale, e latency, f memory,
-                                              #       g copy-store (into PostgreSQL)
+                                              #       g copy-store (into PostgreSQL),
+                                              #       h event streams (1,000 open; latency)
     .venv/bin/python -m bench --quick         # small counts, to check that it all works
     .venv/bin/python -m bench --no-postgres   # SQLite only
 """
@@ -32,7 +33,7 @@ import traceback  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 from backend.dev.redis_server import redis_server_binary  # noqa: E402
-from bench import copy_store, execution, latency, memory, polling, store_scale, stores, submission  # noqa: E402
+from bench import copy_store, execution, latency, memory, polling, store_scale, stores, streams, submission  # noqa: E402
 from bench.common import PG_FLOOR, Results, Workdir, emit, table  # noqa: E402
 
 
@@ -76,7 +77,7 @@ def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmarks of the job service.")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g", help="which benchmarks, e.g. a,c (default: all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h", help="which benchmarks, e.g. a,c (default: all)")
     parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
     parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
@@ -93,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-fork", type=int, default=100, help="jobs measured, forking worker")
     parser.add_argument("--memory-jobs", type=int, default=10000, help="jobs run before measuring memory")
     parser.add_argument("--copy-jobs", type=int, default=100_000, help="jobs of the store copy-store copies")
+    parser.add_argument("--streams", type=int, default=1000, help="streams held open in h")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--no-postgres", action="store_true", help="measure on SQLite only")
     args = parser.parse_args(argv)
@@ -100,6 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.exec_n_simple, args.exec_n_fork, args.submit_n, args.exec_rounds, args.submit_rounds = 200, 50, 200, 1, 1
         args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
         args.latency_simple, args.latency_fork, args.memory_jobs, args.copy_jobs = 20, 10, 1000, 2000
+        args.streams = 100
     return args
 
 
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                                              samples_fork=args.latency_fork, pg=pg)),
         ("f", "memory", lambda: memory.run(workdir, results, count=args.memory_jobs)),
         ("g", "copy-store", lambda: copy_store.run(workdir, results, jobs=args.copy_jobs, pg=pg)),
+        ("h", "event streams", lambda: streams.run(workdir, results, streams=args.streams,
+                                                   samples=20 if args.quick else 100)),
     ]  # fmt: skip
     started = time.monotonic()
     try:
