@@ -9,7 +9,8 @@ checkpoints, wired into the task's ``JobContext`` (``backend/tasks/context.py``)
   clients), plus ``current_job().log()`` lines. They are buffered and flushed every
   ``FLUSH_SECONDS`` and at the run's end, as ``log`` reports (the reporter's batch, or a forked
   work-horse's own post) and ``log`` events. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or
-  MAX_LOG_BYTES_PER_JOB bytes are sent (the store marks the cut), so the buffer is bounded too.
+  MAX_LOG_BYTES_PER_JOB bytes are sent, and the first line past them, which the store replaces by
+  its "[log cut: ...]" marker; so the buffer is bounded too.
 - Checkpoints: synchronous calls through ``CheckpointClient``.
 
 A task that uses none of these costs no Redis round trip and no HTTP call: everything here
@@ -116,11 +117,13 @@ class RunLog:
         message = shorten_line(message)
         size = text_size(message)
         with self._lock:
-            if self._full or self.lines >= MAX_LOG_LINES_PER_JOB or self.bytes + size > MAX_LOG_BYTES_PER_JOB:
-                # Past either cap nothing more is sent for this attempt: the store marks the cut.
-                self._full = True
+            if self._full:
                 self.dropped += 1
                 return
+            if self.lines >= MAX_LOG_LINES_PER_JOB or self.bytes + size > MAX_LOG_BYTES_PER_JOB:
+                # The first line past either cap is still sent: the store, over the same caps, puts
+                # its "[log cut: ...]" marker in its place. Nothing more is sent for this attempt.
+                self._full = True
             self.lines += 1
             self.bytes += size
             self._buffer.append(LogLine(at, level, message))

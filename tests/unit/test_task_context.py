@@ -157,15 +157,16 @@ def _run_log():
     return RunLog("j", 1, reporter, events), reporter, events
 
 
-def test_a_run_sends_at_most_the_per_job_line_cap_in_reports_of_200():
+def test_a_run_sends_the_per_job_line_cap_and_the_first_line_past_it_in_reports_of_200():
     run_log, reporter, events = _run_log()
     for index in range(MAX_LOG_LINES_PER_JOB + 5):
         run_log.add(1.0, "INFO", f"line {index}")
     run_log.close()
 
-    assert [len(report) for report in reporter.reports] == [200] * 5
-    assert reporter.reports[-1][-1].message == f"line {MAX_LOG_LINES_PER_JOB - 1}"
-    assert len(events.appended) == MAX_LOG_LINES_PER_JOB and run_log.dropped == 5
+    # The line past the cap is the store's cue for its "[log cut: ...]" marker
+    assert [len(report) for report in reporter.reports] == [200] * 5 + [1]
+    assert reporter.reports[-1][-1].message == f"line {MAX_LOG_LINES_PER_JOB}"
+    assert len(events.appended) == MAX_LOG_LINES_PER_JOB + 1 and run_log.dropped == 4
 
 
 def test_a_run_stops_at_the_byte_cap_and_cuts_long_lines():
@@ -176,9 +177,9 @@ def test_a_run_stops_at_the_byte_cap_and_cuts_long_lines():
     run_log.close()
 
     sent = [line for report in reporter.reports for line in report]
-    assert len(sent) == MAX_LOG_BYTES_PER_JOB // MAX_LOG_LINE_BYTES
+    assert len(sent) == MAX_LOG_BYTES_PER_JOB // MAX_LOG_LINE_BYTES + 1  # the last one past the cap
     assert all(text_size(line.message) <= MAX_LOG_LINE_BYTES and line.message.endswith("…") for line in sent)
-    assert run_log.bytes <= MAX_LOG_BYTES_PER_JOB and run_log.dropped == 4
+    assert sum(text_size(line.message) for line in sent[:-1]) <= MAX_LOG_BYTES_PER_JOB and run_log.dropped == 3
 
 
 def test_capture_keeps_the_tasks_records_of_its_level_not_the_runtimes():
