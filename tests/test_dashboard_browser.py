@@ -1,5 +1,5 @@
 """The /dashboard page in a real headless Chromium: start a job, watch its bar reach 100%; with
-API keys, the page lists tasks only once a key is entered."""
+API keys, the page lists tasks only once a key is entered, and follows a job's events with it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 from backend.app import create_app
@@ -72,14 +73,28 @@ def test_with_keys_the_page_lists_tasks_only_after_a_key_is_entered(settings):
             browser = launch(p)
             try:
                 page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{server.server_port}/dashboard")
+                base = f"http://127.0.0.1:{server.server_port}"
+                page.goto(f"{base}/dashboard")
                 page.wait_for_selector("#problem:has-text('API key')")
                 assert page.locator("#start-task option").count() == 0
 
+                # a job of alice's waits (no worker)
+                job = requests.post(
+                    f"{base}/tasks/sleep",
+                    json={},
+                    headers={"Authorization": "Bearer alice-key-0123456789abcdef"},
+                    timeout=10,
+                ).json()
                 page.fill("#key", "alice-key-0123456789abcdef")
                 page.dispatch_event("#key", "change")
                 page.wait_for_selector("#start-task option:has-text('sleep')", state="attached")
                 assert "word_count" in page.locator("#task").inner_text()
+
+                # Its view follows it live: the event stream is read with the key (EventSource,
+                # which cannot send it, would get 401 here)
+                page.click(f"tr[data-job-id='{job['job_id']}'] td:first-child")
+                page.wait_for_selector("#detail .job-stream:has-text('live')")
+                assert "no live worker" in page.inner_text("#detail .waiting")
             finally:
                 browser.close()
     finally:
