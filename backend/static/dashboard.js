@@ -49,8 +49,8 @@ function row(job) {
   tr.appendChild(cell(job.attempt));
   tr.appendChild(cell(job.created_at));
   const actions = el("td");
-  if (["PENDING", "QUEUED", "PROCESSING"].includes(job.status)) actions.appendChild(button("Cancel", () => api(`/jobs/${job.job_id}/cancel`, { method: "POST" })));
-  if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", () => api(`/jobs/${job.job_id}/retry`, { method: "POST" })));
+  if (["PENDING", "QUEUED", "PROCESSING"].includes(job.status)) actions.appendChild(button("Cancel", () => api(`/jobs/${encodeURIComponent(job.job_id)}/cancel`, { method: "POST" })));
+  if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", () => api(`/jobs/${encodeURIComponent(job.job_id)}/retry`, { method: "POST" })));
   tr.appendChild(actions);
   tr.addEventListener("click", () => select(job.job_id));
   return tr;
