@@ -145,6 +145,8 @@ class RunLog:
                 self._reporter.log_lines(self.job_id, self.attempt, lines[start : start + MAX_LOG_LINES_PER_REPORT])
 
     def close(self) -> None:
+        if not self._buffer and self._timer is None and not self.dropped:
+            return  # nothing was logged (a flush under way holds its lines already out of the buffer)
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
@@ -156,19 +158,23 @@ class RunLog:
 
 
 class _Capture(logging.Handler):
-    """The root handler of one run: the task's records of its level and above become lines."""
+    """The root handler of the running task: its records of its level and above become lines.
 
-    def __init__(self, run_log: RunLog, level: int):
-        super().__init__(level)
-        self._run_log = run_log
+    One per process, pointed at each run's log in turn (a handler made and dropped per job costs
+    more than the job's other bookkeeping here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.run_log: RunLog | None = None
         self._inside = threading.local()
 
     def emit(self, record: logging.LogRecord) -> None:
         name = record.name
         if any(name == prefix or name.startswith(prefix + ".") for prefix in RUNTIME_LOGGERS):
             return
-        if getattr(self._inside, "active", False):
-            return  # a record logged while capturing one (never loops)
+        run_log = self.run_log
+        if run_log is None or getattr(self._inside, "active", False):
+            return  # between runs, or a record logged while capturing one (never loops)
         self._inside.active = True
         try:
             message = record.getMessage()
@@ -176,38 +182,61 @@ class _Capture(logging.Handler):
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
             if record.exc_text:
                 message = f"{message}\n{record.exc_text}"
-            self._run_log.add(record.created, level_name(record.levelno), message)
+            run_log.add(record.created, level_name(record.levelno), message)
         except Exception:  # a task's logging must never fail the task
             pass
         finally:
             self._inside.active = False
 
 
-@contextlib.contextmanager
-def capturing(run_log: RunLog, level: int):
-    """Capture the records of ``level`` and above while the block runs.
+_capture: _Capture | None = None
+
+
+def start_capture(run_log: RunLog, level: int) -> tuple:
+    """Capture the records of ``level`` and above into ``run_log`` until ``stop_capture``.
 
     When the task's level is below the root logger's, the root is lowered for the run, and the
     worker's own handlers are raised to the root's old level: they print what they printed.
+    (Only then is the root's level touched: setting it clears every logger's level cache.)
     """
+    global _capture
+    handler = _capture = _capture or _Capture()
     root = logging.getLogger()
-    handler = _Capture(run_log, level)
     old_level = root.level
     raised = []
-    if level < root.getEffectiveLevel():
+    lowered = level < root.getEffectiveLevel()
+    if lowered:
         for existing in root.handlers:
             if existing.level < root.getEffectiveLevel():
                 raised.append((existing, existing.level))
                 existing.setLevel(root.getEffectiveLevel())
         root.setLevel(level)
+    handler.setLevel(level)
+    handler.run_log = run_log
     root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
+    return handler, (old_level, raised) if lowered else None
+
+
+def stop_capture(started: tuple) -> None:
+    handler, lowered = started
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    handler.run_log = None
+    if lowered is not None:
+        old_level, raised = lowered
         root.setLevel(old_level)
         for existing, previous in raised:
             existing.setLevel(previous)
+
+
+@contextlib.contextmanager
+def capturing(run_log: RunLog, level: int):
+    """``start_capture`` .. ``stop_capture`` around a block."""
+    started = start_capture(run_log, level)
+    try:
+        yield
+    finally:
+        stop_capture(started)
 
 
 class RunIO:
@@ -268,13 +297,13 @@ class RunIO:
         self.run_log.close()
         self._reporter.finish_progress()
 
-    @contextlib.contextmanager
-    def running(self):
-        """Around the task's own call: capture its logging, then send what it left."""
+    def call(self, perform):
+        """The task's own call: its logging captured, then what it left sent."""
+        started = start_capture(self.run_log, self.level)
         try:
-            with capturing(self.run_log, self.level):
-                yield
+            return perform()
         finally:
+            stop_capture(started)
             self.finish()
 
 
@@ -294,10 +323,5 @@ class RunServices:
         run = RunIO(job_id, attempt, reporter=reporter, events=self.events, checkpoints=self.checkpoints,
                     log_level=spec.log_level if spec is not None else "INFO")  # fmt: skip
         perform = job.perform
-
-        def perform_captured():
-            with run.running():
-                return perform()
-
-        job.perform = perform_captured
+        job.perform = lambda: run.call(perform)
         return JobContext(job_id=job_id, attempt=attempt, _report=run.progress, _io=run)
