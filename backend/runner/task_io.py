@@ -51,6 +51,8 @@ EVENTS_PAUSE_SECONDS = 5.0
 #: The worker runtime's own loggers: their records are the worker's log, never a job's.
 RUNTIME_LOGGERS = ("rq", "backend.runner", "backend.broker", "urllib3", "requests", "redis")
 _LINE_MARK = "…"
+#: The most JSON bytes of lines one ``log`` report carries (well under MAX_CONTENT_LENGTH's 1 MiB).
+REPORT_BYTES = 256 * 1024
 
 
 def level_name(levelno: int) -> str:
@@ -71,6 +73,22 @@ def shorten_line(message: str) -> str:
         return message
     room = MAX_LOG_LINE_BYTES - len(_LINE_MARK.encode())
     return message.encode("utf-8", "replace")[:room].decode("utf-8", "ignore") + _LINE_MARK
+
+
+def report_chunks(lines: list[LogLine]) -> list[list[LogLine]]:
+    """``lines`` in reports of at most MAX_LOG_LINES_PER_REPORT lines and REPORT_BYTES of JSON: a
+    line of control characters or non-ASCII text grows up to six times as JSON, and a report over
+    the API's MAX_CONTENT_LENGTH would be refused whole."""
+    chunks: list[list[LogLine]] = []
+    size = 0
+    for line in lines:
+        line_size = len(json.dumps(line.message)) + 64  # + its time, level and the keys
+        if not chunks or len(chunks[-1]) >= MAX_LOG_LINES_PER_REPORT or size + line_size > REPORT_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += line_size
+    return chunks
 
 
 class EventSender:
@@ -141,8 +159,8 @@ class RunLog:
             for line in lines:
                 data = {"at": iso(line.at), "level": line.level, "message": line.message, "attempt": self.attempt}
                 self._events.append(self.job_id, "log", json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-            for start in range(0, len(lines), MAX_LOG_LINES_PER_REPORT):
-                self._reporter.log_lines(self.job_id, self.attempt, lines[start : start + MAX_LOG_LINES_PER_REPORT])
+            for chunk in report_chunks(lines):
+                self._reporter.log_lines(self.job_id, self.attempt, chunk)
 
     def close(self) -> None:
         if not self._buffer and self._timer is None and not self.dropped:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,9 @@ from backend.core.long_tasks import (
     MAX_OUTPUT_BYTES,
     MAX_SNOOZE_SECONDS,
 )
+from backend.core.protocol import LogLine
 from backend.core.size_caps import text_size
-from backend.runner.task_io import EventSender, RunLog, capturing, level_name
+from backend.runner.task_io import REPORT_BYTES, EventSender, RunLog, capturing, level_name, report_chunks
 from backend.tasks import JobContext, Snooze, current_job, task
 
 
@@ -224,3 +226,13 @@ def test_events_are_best_effort_a_redis_that_refuses_is_warned_once_per_job(capl
 
     warnings = [record.getMessage() for record in caplog.records if record.name == "backend.runner.task_io"]
     assert len(warnings) == 1 and warnings[0].startswith("job job_1: output event not sent")
+
+
+def test_log_reports_stay_small_as_json_whatever_the_lines_hold():
+    plain = [LogLine(1.0, "INFO", "x") for _ in range(450)]
+    controls = [LogLine(1.0, "INFO", "\x01" * MAX_LOG_LINE_BYTES) for _ in range(64)]  # 6 bytes each as JSON
+
+    assert [len(chunk) for chunk in report_chunks(plain)] == [200, 200, 50]
+    chunks = report_chunks(controls)
+    assert sum(len(chunk) for chunk in chunks) == 64 and len(chunks) > 1
+    assert all(len(json.dumps([line.message for line in chunk])) <= REPORT_BYTES for chunk in chunks)
