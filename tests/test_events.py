@@ -66,6 +66,10 @@ def read_stream(url: str, *, headers: dict | None = None, received: list | None 
     return events
 
 
+def of_kind(events, wanted: str) -> list:
+    return [data for _, kind, data in events if kind == wanted]
+
+
 def statuses(events) -> list[str]:
     return [data["status"] for _, kind, data in events if kind == "status"]
 
@@ -73,7 +77,8 @@ def statuses(events) -> list[str]:
 def test_streams_follow_a_job_to_its_end_and_a_reconnect_gets_only_what_it_missed(
     client, live_server, run_burst_worker
 ):
-    job_id = submit(client, "crawl", kwargs={"steps": 3, "delay": 0.2})["job_id"]
+    text = "One two. Three four five."  # its longest sentence, emitted word by word
+    job_id = submit(client, "summarise_stream", kwargs={"text": text, "sentences": 1, "delay": 0.2})["job_id"]
     url = f"{live_server}/jobs/{job_id}/events"
     # Two clients on the same job, open before any worker takes it.
     streams = [[], []]
@@ -89,8 +94,18 @@ def test_streams_follow_a_job_to_its_end_and_a_reconnect_gets_only_what_it_misse
     events = streams[0]
     assert streams[1] == events  # every event to both, in the same order
     assert statuses(events) == ["QUEUED", "PROCESSING", "COMPLETED"]
+    assert "".join(data["data"]["token"] for data in of_kind(events, "output")) == "Three four five."
+    assert [(data["progress"], data["message"]) for data in of_kind(events, "progress")] == [
+        (33, "1 of 3 words"),
+        (66, "2 of 3 words"),
+        (100, "3 of 3 words"),
+    ]
+    assert [(data["level"], data["message"]) for data in of_kind(events, "log")] == [
+        ("INFO", "summarising 2 sentences into 1"),
+        ("INFO", "summary of 3 words ready"),
+    ]
     final = client.get(f"/jobs/{job_id}").get_json()
-    assert events[-1][1] == "end" and events[-1][2] == final and final["result"] == {"steps": 3}
+    assert events[-1][1] == "end" and events[-1][2] == final and final["result"]["summary"] == "Three four five."
     ids = [parse_id(event_id) for event_id, _, _ in events]
     assert ids == sorted(set(ids))  # in order, none twice
 
