@@ -78,9 +78,10 @@ def test_streams_follow_a_job_to_its_end_and_a_reconnect_gets_only_what_it_misse
     client, live_server, run_burst_worker
 ):
     text = "One two. Three four five."  # its longest sentence, emitted word by word
-    job_id = submit(client, "summarise_stream", kwargs={"text": text, "sentences": 1, "delay": 0.2})["job_id"]
+    job_id = submit(client, "summarise_stream", kwargs={"text": text, "sentences": 1, "delay": 0.3})["job_id"]
     url = f"{live_server}/jobs/{job_id}/events"
-    # Two clients on the same job, open before any worker takes it.
+    # Two clients on the same job, open before any worker takes it. The task runs for about a
+    # second, over several of the hub's status polls (every 0.1 s), so PROCESSING is seen.
     streams = [[], []]
     readers = [threading.Thread(target=read_stream, args=(url,), kwargs={"received": s}) for s in streams]
     for reader in readers:
