@@ -245,3 +245,10 @@ def test_a_client_that_falls_behind_is_cut_off_and_catches_up_by_reconnecting(se
         url, headers={"Last-Event-ID": first[-1][0]}, stop=lambda events: events[-1][2]["data"][0] == total - 1
     )
     assert outputs + [data["data"][0] for _, _, data in rest] == list(range(total))
+
+
+def test_the_browser_guard_keeps_a_rebinding_page_off_the_stream(client):
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    # A page on evil.example whose name resolves to 127.0.0.1 (DNS rebinding), API_KEYS unset.
+    response = client.get(f"/jobs/{job_id}/events", headers={"Host": "evil.example"})
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "host_not_allowed"
