@@ -156,18 +156,17 @@ class WaitingFacts:
         return QueueFacts(workers={name: len(names & alive) for name, names in listening.items()}, slots=slots)
 
     def _read_place(self, rq_id: str, queue: str, task: str | None) -> JobPlace:
+        queue_key = f"{Queue.redis_queue_namespace_prefix}{queue}"
+        if task is None:  # one command: no pipeline to build (the common case, and a poll's)
+            index = self.connection.lpos(queue_key, rq_id, maxlen=POSITION_SCAN)
+            return JobPlace(None if index is None else int(index) + 1)
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.lpos(f"{Queue.redis_queue_namespace_prefix}{queue}", rq_id, maxlen=POSITION_SCAN)
-            if task is not None:
-                limit = self._limit(task)
-                pipe.zscore(limit.rate_limited_key, rq_id)
-                pipe.zcard(limit.allowed_key)
-            answers = pipe.execute()
-        index = answers[0]
-        position = None if index is None else int(index) + 1
-        if task is None:
-            return JobPlace(position)
-        return JobPlace(position, held_back=answers[1] is not None, held=int(answers[2]))
+            pipe.lpos(queue_key, rq_id, maxlen=POSITION_SCAN)
+            limit = self._limit(task)
+            pipe.zscore(limit.rate_limited_key, rq_id)
+            pipe.zcard(limit.allowed_key)
+            index, held_back, held = pipe.execute()
+        return JobPlace(None if index is None else int(index) + 1, held_back=held_back is not None, held=int(held))
 
 
 def _text(value: bytes | str) -> str:

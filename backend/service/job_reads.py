@@ -32,7 +32,15 @@ from backend.core.pages import encode, page_parts
 from backend.core.states import JobStatus
 from backend.service.ownership import owned
 from backend.service.representations import HEAVY_FIELDS, WAITING_NULLS, job_dict, waiting_fields
-from backend.service.waiting import NOT_WAITING, WaitingReasons, WaitRow, may_have_snoozed, snoozed_attempt, utcnow
+from backend.service.waiting import (
+    NOT_WAITING,
+    WAITING_STATUSES,
+    WaitingReasons,
+    WaitRow,
+    may_have_snoozed,
+    snoozed_attempt,
+    utcnow,
+)
 from backend.store.job_reads import JobStamps, job_page
 from backend.store.jobs import JobRows
 
@@ -146,11 +154,14 @@ class JobReader:
 
         def encode_row(row) -> bytes:
             nonlocal encoded
-            wait_row = WaitRow.of(row)
-            if wait_row.waits and wait_row.depends_on:
-                dependants.append((encoded, row))
+            fields = NOT_WAITING
+            if row.status in WAITING_STATUSES:
+                wait_row = WaitRow.of(row)
+                if wait_row.depends_on:
+                    dependants.append((encoded, row))
+                fields = waiting.of(wait_row, waiting_for=None)
             encoded += 1
-            return encode(job_dict(row, omit=omit, waiting=waiting.of(wait_row, waiting_for=None)))
+            return encode(job_dict(row, omit=omit, waiting=fields))
 
         with contextlib.closing(rows):
             parts, next_cursor = page_parts(rows, encode_row, encode_cursor, limit=limit, max_bytes=max_bytes)

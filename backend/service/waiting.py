@@ -34,7 +34,7 @@ from backend.tasks.registry import all_tasks, get_task
 WAITING_STATUSES = frozenset({JobStatus.PENDING.value, JobStatus.QUEUED.value})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Waiting:
     """The four waiting fields of one job (all None for a job that runs or has ended)."""
 
@@ -47,7 +47,7 @@ class Waiting:
 NOT_WAITING = Waiting()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WaitRow:
     """What the decision reads of a job's row: small, so a served body can keep it."""
 
