@@ -159,10 +159,16 @@ class EventHub:
             if job_id in self._confirmed:
                 watch.ready.set()
             start = not self._running
+            if start:
+                # A new run: the threads of an earlier one (a poller still asleep) see it and stop.
+                self._generation += 1
             self._running = True
             generation = self._generation
         if start:
             threading.Thread(target=self._run, args=(generation,), name="event-hub", daemon=True).start()
+            # The store poll has a thread of its own: a store read that waits (a PostgreSQL lock,
+            # an outage up to the pool's timeout) must not hold up the events Redis hands out.
+            threading.Thread(target=self._poll_loop, args=(generation,), name="event-hub-poll", daemon=True).start()
         if not watch.ready.wait(SUBSCRIBE_SECONDS) or watch.closed:
             self.release(watch)
             raise ServiceUnavailable("Redis did not confirm the event subscription; try again", retry_after=2)
@@ -199,8 +205,6 @@ class EventHub:
     def _run(self, generation: int) -> None:
         subscriber = self.events.subscriber()
         sent: set[str] = set()
-        keys: dict[str, str] = {}
-        next_poll = 0.0
         try:
             while True:
                 with self._lock:
@@ -213,12 +217,8 @@ class EventHub:
                     subscriber.subscribe(job_id)
                 for job_id in sent - wanted:
                     subscriber.unsubscribe(job_id)
-                    keys.pop(job_id, None)
                 sent = wanted
                 self._read(subscriber)
-                if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + self._poll_seconds
-                    self._poll(wanted, keys)
         except BrokerError as exc:
             log.warning("event hub: Redis failed (%s); closing %d event streams, they reconnect", exc, self._count)
             self._reset(generation)
@@ -249,6 +249,26 @@ class EventHub:
                     log.info("event stream of job %s fell behind; closed, its client reconnects", watch.job_id)
                     watch._close()
                     self.release(watch)
+
+    def _poll_loop(self, generation: int) -> None:
+        """Every ``poll_seconds``, publish the watched jobs' status changes, while this hub runs."""
+        keys: dict[str, str] = {}
+        try:
+            while True:
+                time.sleep(self._poll_seconds)
+                with self._lock:
+                    if generation != self._generation or not self._running:
+                        return
+                    wanted = set(self._watches)
+                for job_id in set(keys) - wanted:
+                    del keys[job_id]
+                self._poll(wanted, keys)
+        except BrokerError as exc:
+            log.warning("event hub: Redis failed (%s); closing %d event streams, they reconnect", exc, self._count)
+            self._reset(generation)
+        except Exception:
+            log.exception("event hub's status poll failed; closing its event streams")
+            self._reset(generation)
 
     def _poll(self, job_ids: set[str], keys: dict[str, str]) -> None:
         """Publish the status of every watched job whose (status, attempt) changed."""
