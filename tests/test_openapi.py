@@ -29,9 +29,14 @@ def settings(settings):
     return settings
 
 
-@pytest.mark.timeout(600)
-def test_schemathesis_finds_no_failure_at_50_examples(live_server, start_worker, tmp_path):
-    start_worker("--name", "schemathesis-worker", "--simple")
+#: A stream stays open until its job ends: the stateful phase (which submits jobs and follows the
+#: links to their paths) could open one on a job that never ends and wait for ever. The stream's
+#: route is fuzzed in a run of its own without that phase (every job id is unknown: 404 or 400).
+EVENTS = "/jobs/{job_id}/events"
+
+
+def schemathesis(live_server: str, tmp_path: Path, *extra: str) -> str:
+    """Run ``st run`` with every check against the live server; fail with its output unless it passed."""
     command = [
         str(Path(sys.executable).parent / "st"),
         "run",
@@ -49,11 +54,26 @@ def test_schemathesis_finds_no_failure_at_50_examples(live_server, start_worker,
         f"Authorization: Bearer {ADMIN_KEY}",
         "-H",
         f"X-Internal-Token: {TOKEN}",
+        *extra,
     ]
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=540)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-20000:]
+    return output
+
+
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_failure_at_50_examples(live_server, start_worker, tmp_path):
+    start_worker("--name", "schemathesis-worker", "--simple")
+    output = schemathesis(live_server, tmp_path, "--exclude-path", EVENTS)
     assert "30 selected" in output or "selected / " in output
+    # schemathesis 4.32 sends Last-Event-ID headers that do not match their documented pattern
+    # (such as "0") as valid ones: their 400 is right, so that one check is left out here.
+    streams = schemathesis(
+        live_server, tmp_path, "--include-path", EVENTS, "--phases", "examples,coverage,fuzzing",
+        "--request-timeout", "20", "--exclude-checks", "positive_data_acceptance",
+    )  # fmt: skip
+    assert "1 selected" in streams, streams[-3000:]
 
 
 def test_the_document_names_every_route(app):

@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from backend.api.context import api_keys, settings
 from backend.api.jobs import ATTEMPT_CURSOR_MAX
+from backend.api.openapi_long_tasks import checkpoint_path_item, events_operation, logs_operation, long_task_schemas
 from backend.api.openapi_schemas import (
     EVENTS,
     LIVE_STATUSES,
@@ -37,15 +38,6 @@ from backend.core.errors import ValidationFailed
 from backend.service.representations import JOB_FIELDS
 
 bp = Blueprint("openapi", __name__)
-
-
-def event_id_params() -> list[dict]:
-    """Where a reconnecting client names the last event it got (``GET /jobs/<id>/events``)."""
-    event_id = {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"}
-    return [
-        {"name": "Last-Event-ID", "in": "header", "schema": event_id},
-        query_param("last_event_id", event_id),
-    ]
 
 
 def spec() -> dict:
@@ -165,21 +157,8 @@ def spec() -> dict:
                 tags=["jobs"],
             )
         },
-        "/jobs/{job_id}/events": {
-            "get": operation(
-                "A job's live events as Server-Sent Events (status, progress, log, output, then end)",
-                "200",
-                params=[job_id, *event_id_params()],
-                tags=["jobs"],
-                more={
-                    "200": {
-                        "description": "the stream: id, event and data (JSON) per event; closed after end",
-                        "content": {"text/event-stream": {"schema": STRING}},
-                    },
-                    "204": {"description": "Last-Event-ID is the end event's: nothing more will come"},
-                },
-            )
-        },
+        "/jobs/{job_id}/events": {"get": events_operation(job_id)},
+        "/jobs/{job_id}/logs": {"get": logs_operation(job_id)},
         "/jobs/{job_id}/webhooks": {
             "get": operation("A job's webhook deliveries", "200", OBJECT, params=[job_id], tags=["jobs"])
         },
@@ -264,18 +243,21 @@ def spec() -> dict:
         },
     }
     for event in EVENTS:
+        # A log report's answer is the job's id alone (lines are no change of the job).
+        answer = job if event != "log" else {"type": "object", "required": ["job_id"], "properties": {"job_id": STRING}}
         paths[f"/internal/jobs/{{job_id}}/{event}"] = {
             "post": {
-                **operation(f"Worker report: {event}", "200", job, body=single_report(event, caps), params=[job_id]),
+                **operation(f"Worker report: {event}", "200", answer, body=single_report(event, caps), params=[job_id]),
                 **internal,
             }
         }
+    paths["/internal/jobs/{job_id}/checkpoint"] = checkpoint_path_item(job_id, internal)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Job service", "version": "1.0"},
         "paths": paths,
         "components": {
-            "schemas": component_schemas(caps),
+            "schemas": {**component_schemas(caps), **long_task_schemas()},
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer"},
                 "internalToken": {"type": "apiKey", "in": "header", "name": "X-Internal-Token"},

@@ -9,6 +9,14 @@ from __future__ import annotations
 from backend.api.payloads import MAX_DEPENDENCIES, MAX_IDEMPOTENCY_KEY, MAX_RETRIES, MAX_TIMEOUT
 from backend.api.schedules import MAX_NAME_LENGTH
 from backend.core.interruptions import MAX_INTERRUPTIONS
+from backend.core.long_tasks import (
+    LOG_LEVELS,
+    MAX_LOG_LINE_BYTES,
+    MAX_LOG_LINES_PER_REPORT,
+    MAX_SNOOZE_SECONDS,
+    MAX_SNOOZES_LIMIT,
+    WAITING_REASONS,
+)
 from backend.core.protocol import EVENTS, MAX_BATCH
 from backend.core.settings import QUEUE_NAMES
 from backend.core.states import LIVE, JobStatus
@@ -77,6 +85,7 @@ def submission(*, with_key: bool) -> dict:
     properties = {
         **_call_options(),
         "max_interruptions": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_INTERRUPTIONS}),
+        "max_snoozes": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_SNOOZES_LIMIT}),
         "webhook_url": NULLABLE_STRING,
         "depends_on": _nullable(
             {"type": "array", "maxItems": MAX_DEPENDENCIES, "items": {"type": "string", "minLength": 1}}
@@ -115,7 +124,19 @@ def _report_item(event: str) -> dict:
     over a size cap is answered 422 in its own result (the batch is still 200)."""
     own = _report_fields(event, None)
     properties = {
-        name: ANY for name in ("worker", "progress", "message", "result", "error", "interrupted", "unstarted")
+        name: ANY
+        for name in (
+            "worker",
+            "progress",
+            "message",
+            "result",
+            "error",
+            "interrupted",
+            "unstarted",
+            "seconds",
+            "reason",
+            "lines",
+        )
     }
     properties.update(
         job_id=STRING, attempt=INTEGER, event={"type": "string", "enum": [event]}, at=UNIX_TIME, **own["properties"]
@@ -140,11 +161,29 @@ def _report_fields(event: str, caps: dict | None) -> dict:
         return {"required": ["progress"], "properties": {"progress": _progress(), "message": message}}
     if event == "completed":
         return {"required": [], "properties": {"result": ANY}}
+    if event == "snoozed":
+        seconds = {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_SNOOZE_SECONDS}
+        return {"required": ["seconds"], "properties": {"seconds": seconds, "reason": message}}
+    if event == "log":
+        return {"required": ["lines"], "properties": {"lines": _log_lines(caps)}}
     # interrupted: the worker's own failure (it died, lost Redis), not the task's; absent or null: false.
     # unstarted: the worker ended the run before its task began (the store never confirmed the
     # start): a new attempt after a short delay, neither a retry nor an interruption spent.
     flag = {"type": "boolean", "nullable": True}
     return {"required": ["error"], "properties": {"error": error, "interrupted": flag, "unstarted": flag}}
+
+
+def _log_lines(caps: dict | None) -> dict:
+    """A ``log`` report's lines; with ``caps``, a message's cap in bytes as a length (in ASCII)."""
+    message = {"type": "string"} if caps is None else {"type": "string", "maxLength": MAX_LOG_LINE_BYTES}
+    line = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["at", "level", "message"],
+        "properties": {"at": {**UNIX_TIME, "nullable": False}, "level": {"type": "string", "enum": list(LOG_LEVELS)},
+                       "message": message},
+    }  # fmt: skip
+    return {"type": "array", "minItems": 1, "maxItems": MAX_LOG_LINES_PER_REPORT, "items": line}
 
 
 def _progress() -> dict:
@@ -197,6 +236,11 @@ def component_schemas(caps: dict) -> dict:
                 "depends_on": {"type": "array", "items": STRING},
                 "allow_failure": {"type": "boolean"},
                 "waiting_for": {"type": "array", "items": STRING},
+                # Why a live job that is not running waits (null for a running or ended job).
+                "waiting_reason": {"type": "string", "enum": [*WAITING_REASONS, None], "nullable": True},
+                "queue_position": {"type": "integer", "minimum": 1, "nullable": True},
+                "snoozes": {"type": "integer", "minimum": 0},
+                "max_snoozes": {"type": "integer", "minimum": 0},
                 **{
                     name: NULLABLE_STRING
                     for name in (
@@ -213,6 +257,9 @@ def component_schemas(caps: dict) -> dict:
                         "run_at",
                         "schedule_id",
                         "batch_id",
+                        "resumes_at",
+                        "waiting_detail",
+                        "checkpoint_at",
                     )
                 },  # fmt: skip
             },
