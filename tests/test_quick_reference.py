@@ -82,3 +82,7 @@ def test_the_quick_reference_runs_against_a_live_stack(stack, redis_server):
     assert "webhook_url 'http://169.254.169.254/latest/meta-data' points to a link-local" in result.stdout
     assert "X-RateLimit-Limit: 100" in result.stdout
     assert "dry run:" in result.stdout
+    # streams end by themselves after end; a reconnect after end is 204
+    assert "event: end" in result.stdout and "\n204\n" in result.stdout
+    assert '"resumed_after":3' in result.stdout and '"outcome":"SNOOZED"' in result.stdout
+    assert '"truncated":false' in result.stdout
