@@ -127,12 +127,13 @@ def decide(
     facts: QueueFacts | None,
     place: JobPlace | None = None,
     now: datetime | None = None,
+    redis_down: bool = False,
 ) -> Waiting:
     """The waiting fields of a job (the order of the module's docstring).
 
     ``waiting_for``: the dependencies not ended yet (None: not read; then a job that has
-    dependencies is taken to wait for them). ``facts``:
-    None when Redis did not answer. ``place``: the job's place in RQ (single-job GET), or None.
+    dependencies is taken to wait for them). ``facts``: None when not read, or (``redis_down``)
+    when Redis did not answer. ``place``: the job's place in RQ (single-job GET), or None.
     """
     if not row.waits:
         return NOT_WAITING
@@ -147,6 +148,10 @@ def decide(
         return Waiting("dependencies", detail="waiting for its dependencies to end")
     on_queue = row.status == JobStatus.QUEUED.value and row.rq_job_id
     if facts is None:
+        if not redis_down:  # not read (a submission's answer, a webhook): the row's words
+            return Waiting(
+                "queued", detail=f"queued on {row.queue}" if on_queue else f"about to go on queue {row.queue}"
+            )
         if not on_queue:
             return Waiting("queued", detail=f"recorded; goes on queue {row.queue} once Redis answers")
         return Waiting("queued", detail=f"queued on {row.queue} (Redis does not answer: no position)")
@@ -236,7 +241,7 @@ class WaitingReasons:
         place = None
         if facts is not None and row.status == JobStatus.QUEUED.value and row.rq_job_id:
             place = self.facts.place(row.rq_job_id, row.queue, task=row.task if row.task in limits else None)
-        return decide(row, waiting_for=waiting_for, facts=facts, place=place, now=now)
+        return decide(row, waiting_for=waiting_for, facts=facts, place=place, now=now, redis_down=facts is None)
 
     def for_rows(self) -> RowsWaiting:
         """A decider for the rows of one list: at most one (cached) snapshot for all of them."""
@@ -260,4 +265,6 @@ class RowsWaiting:
             return decide(row, waiting_for=waiting_for, facts=None, now=self.now)
         if self._snapshot is self._UNSET:
             self._snapshot = self._facts.snapshot(limited_tasks())
-        return decide(row, waiting_for=waiting_for, facts=self._snapshot, now=self.now)
+        return decide(
+            row, waiting_for=waiting_for, facts=self._snapshot, now=self.now, redis_down=self._snapshot is None
+        )

@@ -9,7 +9,8 @@ from tests.helpers import AUTH, submit_add
 
 @pytest.fixture
 def job(client):
-    return submit_add(client)
+    # As GET shows it (a submission's answer does not read Redis for the waiting fields).
+    return client.get(f"/jobs/{submit_add(client)['job_id']}").get_json()
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Internal-Token": "wrong"}, {"X-Internal-Token": ""}])
