@@ -12,7 +12,8 @@ from sqlalchemy import delete, func, select
 from backend.api.context import services
 from backend.core.long_tasks import MAX_LOG_BYTES_PER_JOB, MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_JOB
 from backend.store.models import Job, JobLog
-from tests.helpers import AUTH, bearer, submit_add
+from tests.helpers import AUTH, bearer, submit, submit_add
+from tests.test_snooze import store_tasks  # noqa: F401 (a fixture)
 
 
 def _lines(job_id, attempt, messages, level="INFO"):
@@ -124,3 +125,25 @@ def test_deleting_a_job_deletes_its_log_lines(client, app):
 
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(JobLog).where(JobLog.job_id == job_id)) == 0
+
+
+# -- real workers -------------------------------------------------------------------------
+
+
+def test_a_task_that_logs_past_the_cap_keeps_the_first_lines_and_a_marker(store_tasks, client, start_worker):  # noqa: F811
+    # Given a task that logs ten lines more than a job keeps
+    job_id = submit(client, "log_many", kwargs={"count": MAX_LOG_LINES_PER_JOB + 10})["job_id"]
+
+    # When a real worker runs it
+    worker = start_worker("--burst", "--simple", "--name", "logger", env=store_tasks)
+    assert worker.wait(timeout=60) == 0, worker.output()
+
+    # Then the job's log holds its first lines, then one marker, and says it was cut
+    first = _logs(client, job_id, "?limit=1000")
+    rest = _logs(client, job_id, f"?after={first['next_after']}")
+    lines = first["lines"] + rest["lines"]
+    assert [line["message"] for line in lines[:-1]] == [f"line {n}" for n in range(MAX_LOG_LINES_PER_JOB)], (
+        worker.output()
+    )
+    assert (lines[-1]["level"], lines[-1]["message"][:10]) == ("WARNING", "[log cut: ")
+    assert (first["truncated"], rest["next_after"]) == (True, None)
