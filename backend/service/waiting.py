@@ -198,6 +198,11 @@ def _time_reason(row: WaitRow, now: datetime) -> Waiting | None:
     return None
 
 
+def _needs_facts(row: WaitRow, waiting_for: list[str] | None, now: datetime) -> bool:
+    """Whether the reason goes past what the row says (time, dependencies) to Redis's facts."""
+    return _time_reason(row, now) is None and not waiting_for and not (waiting_for is None and row.depends_on)
+
+
 def _held_back(row: WaitRow, facts: QueueFacts, place: JobPlace | None) -> int | None:
     """How many slots are held when RQ's limiter holds this job back, else None."""
     if place is not None:
@@ -234,7 +239,7 @@ class WaitingReasons:
         if not row.waits:
             return NOT_WAITING
         now = now or utcnow()
-        if _time_reason(row, now) is not None or waiting_for:
+        if not _needs_facts(row, waiting_for, now):
             return decide(row, waiting_for=waiting_for, facts=None, now=now)
         limits = limited_tasks()
         facts = self.facts.snapshot(limits)
@@ -261,7 +266,7 @@ class RowsWaiting:
     def of(self, row: WaitRow, *, waiting_for: list[str] | None) -> Waiting:
         if not row.waits:
             return NOT_WAITING
-        if _time_reason(row, self.now) is not None or waiting_for:
+        if not _needs_facts(row, waiting_for, self.now):
             return decide(row, waiting_for=waiting_for, facts=None, now=self.now)
         if self._snapshot is self._UNSET:
             self._snapshot = self._facts.snapshot(limited_tasks())
