@@ -16,6 +16,7 @@ here: the API process runs them.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -87,3 +88,38 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+#: What this process serves: reads. A write here could deadlock it (SQLite's writers take turns on
+#: an flock, which blocks the whole process: a greenlet waiting for the turn never lets the one
+#: holding it run), so writes are refused before the app sees them; nginx never sends them here.
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _refuse_writes(app):
+    """The app, answering a JSON 405 to any method that could write the store."""
+
+    def guarded(environ, start_response):
+        if environ.get("REQUEST_METHOD", "GET") in _READ_METHODS:
+            return app(environ, start_response)
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "method_not_allowed",
+                    "message": "this process serves event streams and reads; send writes to the API",
+                    "details": {"allowed": sorted(_READ_METHODS)},
+                }
+            }
+        ).encode()
+        start_response(
+            "405 METHOD NOT ALLOWED",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Allow", "GET, HEAD, OPTIONS")],
+        )
+        return [body]
+
+    return guarded
+
+
+def post_worker_init(worker):
+    """Refuse writes in this process (see ``_READ_METHODS``)."""
+    worker.wsgi = _refuse_writes(worker.wsgi)

@@ -33,6 +33,7 @@ from backend.dev.redis_server import free_port
 from bench.common import PY, ROOT, Results, Stack, Workdir, _terminate, emit, ms, pct, session, table
 
 STREAMS_CONF = "backend/gunicorn_streams.py"
+HEADERS_A = ["round", "streams", "GET /jobs/<id> req/s", "submissions jobs/s", "streams process CPU %"]
 
 
 def raise_nofile() -> None:
@@ -81,7 +82,8 @@ async def _hold_one(port: int, job_id: str, opened: list[int], stop: asyncio.Eve
         writer.write(request.encode())
         head = await reader.readuntil(b"\r\n\r\n")
         if b" 200 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+            body = await asyncio.wait_for(reader.read(500), 5)
+            raise RuntimeError((head.split(b"\r\n", 1)[0] + b" " + body).decode(errors="replace"))
         while b"event: status" not in await reader.readuntil(b"\n\n"):
             pass
     opened[0] += 1
@@ -247,7 +249,7 @@ def run(workdir: Workdir, results: Results, *, streams: int = 1000, seconds: flo
                         release.set()
                         holder.join(60)
             emit(table(f"h(a). API with and without {streams} open streams ({clients} clients, {seconds:.0f} s each)",
-                       ["round", "streams", "GET /jobs/<id> req/s", "submissions jobs/s", "streams process CPU %"], rows))  # fmt: skip
+                       HEADERS_A, rows))  # fmt: skip
             for i, name in ((0, "GET /jobs/<id>"), (1, "submissions")):
                 without = sorted(f[i] for f in figures["without"])
                 with_ = sorted(f[i] for f in figures["with"])

@@ -163,6 +163,9 @@ def test_two_hundred_open_streams_each_get_their_jobs_events_while_the_process_a
     answer = requests.get(f"{streams_server}/jobs/{job_ids[7]}", timeout=ANSWER_WITHIN)
     # Then it answers
     assert answer.status_code == 200 and answer.json()["job_id"] == job_ids[7]
+    # And it refuses writes, which could deadlock it on SQLite's writers' flock
+    refused = requests.post(f"{streams_server}/tasks/add", json={"args": [1, 2]}, timeout=ANSWER_WITHIN)
+    assert refused.status_code == 405 and refused.json()["error"]["code"] == "method_not_allowed"
     # When each job emits output (the worker's path) and a real worker runs them all
     emit_outputs(redis_conn, job_ids, "partial")
     assert wait_for(lambda: all(stream.outputs() for stream in streams))
