@@ -102,6 +102,27 @@ def test_lines_for_no_job_are_404_and_bad_paging_is_400(client):
         assert (response.status_code, response.is_json) == (400, True), query
 
 
+def test_a_log_report_with_an_attempt_no_store_can_hold_is_a_400_not_a_500(client):
+    job_id = submit_add(client)["job_id"]
+    line = {"at": time.time(), "level": "INFO", "message": "m"}
+
+    # The one-report route (a work-horse's), and a batch holding such a report
+    one = client.post(f"/internal/jobs/{job_id}/log", json={"attempt": 10**30, "lines": [line]}, headers=AUTH)
+    batch = client.post(
+        "/internal/reports",
+        json={
+            "sent_at": time.time(),
+            "reports": [{"job_id": job_id, "attempt": 10**30, "event": "log", "lines": [line]}],
+        },
+        headers=AUTH,
+    )
+
+    for response in (one, batch):
+        assert (response.status_code, response.is_json) == (400, True), response.get_data()[:300]
+        assert "attempt must be an integer from 1 to 999999999" in response.get_json()["error"]["message"]
+    assert _logs(client, job_id)["lines"] == []
+
+
 def test_another_owners_job_logs_are_404(settings):
     from backend.app import create_app
 

@@ -101,6 +101,18 @@ def test_max_snoozes_zero_fails_the_first_snooze_and_a_stale_snooze_is_refused(c
     assert attempts(client, job_id)[0]["error"].endswith("last reason: no\ufffdway")
 
 
+def test_a_snooze_of_too_many_seconds_for_a_float_or_a_huge_attempt_is_a_400_not_a_500(client):
+    job_id = submit_add(client)["job_id"]
+    for body in ({"attempt": 1, "seconds": 10**400}, {"attempt": 10**30, "seconds": 5}):
+        # The one-report route, and a batch holding such a report
+        one = client.post(f"/internal/jobs/{job_id}/snoozed", json=body, headers=AUTH)
+        report = {"job_id": job_id, "event": "snoozed", **body}
+        batch = client.post("/internal/reports", json={"sent_at": time.time(), "reports": [report]}, headers=AUTH)
+        for response in (one, batch):
+            assert (response.status_code, response.is_json) == (400, True), (body, response.get_data()[:300])
+    assert get_job(client, job_id)["status"] == "QUEUED"
+
+
 def test_max_snoozes_outside_0_to_the_limit_is_a_clear_422(client):
     for value in [-1, 10_001, "3", True, 1.5]:
         body = submit(client, "add", status=422, args=[1, 2], max_snoozes=value)

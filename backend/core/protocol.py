@@ -42,6 +42,10 @@ FIELDS = frozenset(
 LINE_FIELDS = frozenset({"at", "level", "message"})
 #: Reports per request the API accepts.
 MAX_BATCH = 1000
+#: The largest attempt number a report may carry (nine digits, as the checkpoint routes and the
+#: attempts' cursors): a larger one fits no store's integer column and would fail its batch's
+#: transaction (a 500) instead of the report (a 400).
+MAX_ATTEMPT = 999_999_999
 #: How far back a report's own time may place an event (older ages are clamped).
 MAX_AGE_SECONDS = 3600.0
 
@@ -227,6 +231,8 @@ def decode_one(body: dict, event: str, job_id: str, caps: SizeCaps, *, age: floa
         ValidationFailed: a result, error or message over its size cap.
     """
     attempt = _field(body, "attempt", int, where=where)
+    if not 1 <= attempt <= MAX_ATTEMPT:
+        raise BadRequest(f"{where}attempt must be an integer from 1 to {MAX_ATTEMPT}, got {str(attempt)[:40]}")
     fields: dict = {}
     problem = None
     if event == STARTED:
@@ -295,10 +301,15 @@ def _progress(body: dict, where: str = "") -> int:
 
 
 def _snooze_seconds(body: dict, where: str = "") -> float:
-    value = float(_field(body, "seconds", (int, float), where=where))
-    if not 0 < value <= MAX_SNOOZE_SECONDS:
-        raise BadRequest(f"{where}seconds must be above 0 and at most {MAX_SNOOZE_SECONDS}, got {value!r}")
-    return value
+    value = _field(body, "seconds", (int, float), where=where)
+    try:
+        seconds = float(value)
+    except OverflowError:  # a JSON integer past a float's range: too long, as any other
+        seconds = math.inf
+    if not 0 < seconds <= MAX_SNOOZE_SECONDS:
+        shown = str(value) if len(str(value)) <= 40 else str(value)[:40] + "..."
+        raise BadRequest(f"{where}seconds must be above 0 and at most {MAX_SNOOZE_SECONDS}, got {shown}")
+    return seconds
 
 
 def _lines(body: dict, where: str = "") -> tuple[tuple[LogLine, ...], str | None]:

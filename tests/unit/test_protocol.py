@@ -79,12 +79,24 @@ def _log_report(**line) -> dict:
         ({"reports": [_log_report(at=None)]}, "reports[0].lines[0].at"),
         ({"reports": [_log_report(colour="red")]}, "lines[0].colour is not"),
         ({"reports": [_log_report(message=7)]}, "lines[0].message must be str"),
+        # attempt: 1..999,999,999 for every event (a store's integer column holds no more)
+        ({"reports": [{**_log_report(), "attempt": 10**30}]}, "reports[0].attempt must be an integer from 1"),
+        ({"reports": [{**_log_report(), "attempt": 0}]}, "reports[0].attempt must be an integer from 1"),
+        ({"reports": [{"job_id": "j", "attempt": -5, "event": "started", "worker": "w"}]}, "reports[0].attempt"),
+        ({"reports": [{"job_id": "j", "attempt": 10**9, "event": "progress", "progress": 1}]}, "reports[0].attempt"),
+        # a JSON integer too large for a float
+        ({"reports": [{"job_id": "j", "attempt": 1, "event": "snoozed", "seconds": 10**400}]}, "reports[0].seconds"),
     ],
 )
 def test_a_malformed_batch_is_refused_naming_the_fault(body, fault):
     with pytest.raises(BadRequest) as refused:
         protocol.decode_batch(body, SizeCaps())
     assert fault in refused.value.message
+
+
+def test_the_largest_attempt_is_999_999_999():
+    body = protocol.batch_body([protocol.started("j", 999_999_999, "w")], sent_at=1.0)
+    assert protocol.decode_batch(body, SizeCaps()).reports[0].attempt == 999_999_999
 
 
 def test_paths_and_header_are_the_ones_the_api_serves():
