@@ -34,11 +34,12 @@ def chatty_debug() -> None:
 
 
 @task("snooze_once")
-def snooze_once(seconds: float = 1.0) -> int:
-    """Snooze on the first attempt; return the attempt that ran to the end."""
+def snooze_once(seconds: float = 1.0, reason: str = "the provider said 429", repeat: int = 1) -> int:
+    """Snooze on the first attempt (``reason`` ``repeat`` times: a provider's whole error body);
+    return the attempt that ran to the end."""
     job = current_job()
     if job.attempt == 1:
-        raise Snooze(seconds, "the provider said 429")
+        raise Snooze(seconds, reason * repeat)
     return job.attempt
 
 

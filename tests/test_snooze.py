@@ -224,3 +224,25 @@ def test_a_snooze_whose_report_was_lost_is_copied_from_rq_as_a_snooze(app, clien
     after = get_job(client, job_id)
     assert (after["status"], after["attempt"], after["retry_count"], after["snoozes"]) == ("QUEUED", 2, 0, 1)
     assert [(a["outcome"], a["error"]) for a in attempts(client, job_id)] == [("SNOOZED", "the provider said 429")]
+
+
+def test_a_snooze_copied_from_rq_keeps_a_reason_within_the_message_cap(app, client, start_worker):
+    # Given a worker that cannot reach the API, running a task that snoozes with a 200,000
+    # character reason (a provider's whole error body)
+    job_id = submit(client, "snooze_once", kwargs={"seconds": 60, "reason": "x", "repeat": 200_000})["job_id"]
+    worker = start_worker(
+        "--burst", "--simple", "--name", "mute-long",
+        env={"API_BASE_URL": "http://127.0.0.1:9", "REPORT_RETRY_SECONDS": "0.5"},
+    )  # fmt: skip
+    assert worker.wait(timeout=30) == 0, worker.output()[-2000:]
+    age(app, job_id)
+
+    # When the reconciler copies the outcome RQ recorded
+    report = services(app).reconciler.run_once()
+
+    # Then the snooze's reason is cut to MAX_PROGRESS_MESSAGE (1,024), as a reported one is
+    assert report.copied == [job_id]
+    assert get_job(client, job_id)["snoozes"] == 1
+    (only,) = attempts(client, job_id)
+    assert only["outcome"] == "SNOOZED" and 0 < len(only["error"]) <= 1024, len(only["error"])
+    assert only["error"].startswith("xxx")

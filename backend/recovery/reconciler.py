@@ -328,8 +328,10 @@ class Reconciler:
             error = self.caps.shorten_error(problem or last_line(record) or f"RQ job {status}")
             snooze = recorded_snooze(record) if problem is None else None
             if snooze is not None:
-                # The worker's own line for a task that asked to run later: no failure.
-                self.manager.mark_snoozed(job.id, attempt=job.attempt, seconds=snooze[0], reason=snooze[1])
+                # The worker's own line for a task that asked to run later: no failure. Its reason is
+                # cut as a reported one is (an older worker wrote it whole into RQ's record).
+                reason = self.caps.shorten_message(snooze[1])
+                self.manager.mark_snoozed(job.id, attempt=job.attempt, seconds=snooze[0], reason=reason)
             elif problem is None and recorded_unstarted(record):
                 # The worker's own line for a start the store never confirmed: its task never ran,
                 # so no run was cut (neither a retry nor an interruption spent).

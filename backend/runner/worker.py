@@ -94,7 +94,9 @@ class ReportingMixin(StartChecks):
         """RQ records a snoozed run by the worker's one line (``protocol.snooze_record``): what the
         forking parent and the reconciler read as a snooze, never as the task's failure."""
         if self._snoozed is not None:
-            exc_string = protocol.snooze_record(self._snoozed.seconds, self._snoozed.reason)
+            # Cut as a reported reason is (Reporter.snoozed): the reconciler copies it to the store.
+            reason = self.reporter.caps.shorten_message(self._snoozed.reason)
+            exc_string = protocol.snooze_record(self._snoozed.seconds, reason)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def perform_job(self, job: RQJob, queue, execution) -> bool:
