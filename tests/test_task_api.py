@@ -8,11 +8,15 @@ in its own process; the forking worker in a work-horse that exits after it) runs
 from __future__ import annotations
 
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from rq.job import Job as RQJob
 
 from backend.broker.events import EventLog
+from backend.runner.reporter import Reporter
 from backend.runner.task_io import EventSender
 from tests.helpers import attempts, get_job, submit, wait_for_status, wait_until
 
@@ -150,3 +154,41 @@ def test_an_event_with_a_lone_surrogate_reaches_redis_with_a_question_mark(redis
 
     (event,) = EventLog(redis_conn).history("job_surrogate", after=None, limit=10)
     assert (event.kind, event.data) == ("output", '{"data":"file-?.txt","attempt":1}')
+
+
+def test_finish_progress_waits_for_the_progress_post_under_way_in_a_work_horse():
+    received: list[bytes] = []
+
+    class SlowAPI(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if b"step 10" in body:
+                time.sleep(0.4)  # an API answering in 400 ms (under the worker's 1 s read timeout)
+            received.append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reporter = Reporter(f"http://127.0.0.1:{server.server_port}", "t", progress_interval=0.1)
+        reporter.reset()  # as a forked work-horse: it posts progress itself
+        # Given a task that reported step 9 (sent at once), then step 10 (coalesced: the timer posts it)
+        reporter.progress("job_x", 1, 90, "step 9 of 10")
+        reporter.progress("job_x", 1, 100, "step 10 of 10")
+        wait_until(lambda: reporter._timer is None, what="the timer's post under way")
+        time.sleep(0.02)
+
+        # When the run ends (the work-horse exits right after finish_progress)
+        reporter.finish_progress()
+
+        # Then the last progress had reached the API
+        assert any(b"step 10 of 10" in body for body in received), received
+    finally:
+        server.shutdown()

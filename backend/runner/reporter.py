@@ -187,9 +187,13 @@ class Reporter:
                 self._put(report, best_effort=not last)
 
     def finish_progress(self) -> None:
-        """Send the progress still coalesced (a run's last report) now, ahead of its end."""
-        if self._pending is not None or self._timer is not None:
-            self._flush_progress(last=True)
+        """Send the progress still coalesced (a run's last report) now, ahead of its end.
+
+        Always under the lock, also with nothing pending: the timer may have taken the last value
+        and be posting it (a work-horse) or queueing it; returning before it is done would let a
+        work-horse exit mid-post, or queue the end ahead of it (the job would keep an earlier
+        message)."""
+        self._flush_progress(last=True)
 
     def check(self) -> int | None:
         """Send an empty batch from this thread; the API's status code, or None if unreachable.
