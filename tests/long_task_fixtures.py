@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from backend.tasks import Snooze, current_job, task
@@ -41,6 +42,18 @@ def snooze_once(seconds: float = 1.0, reason: str = "the provider said 429", rep
     if job.attempt == 1:
         raise Snooze(seconds, reason * repeat)
     return job.attempt
+
+
+@task("leave_a_logging_thread")
+def leave_a_logging_thread(secret: str, delay: float = 0.5) -> None:
+    """Return at once, leaving a thread that logs ``secret`` ``delay`` seconds later (as an SDK's
+    background thread or a retry timer would)."""
+
+    def later():
+        time.sleep(delay)
+        log.warning("left behind by an earlier job: %s", secret)
+
+    threading.Thread(target=later, daemon=True).start()
 
 
 @task("count_with_checkpoints")

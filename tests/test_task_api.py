@@ -156,6 +156,22 @@ def test_an_event_with_a_lone_surrogate_reaches_redis_with_a_question_mark(redis
     assert (event.kind, event.data) == ("output", '{"data":"file-?.txt","attempt":1}')
 
 
+def test_a_job_log_holds_nothing_a_thread_left_by_an_earlier_job_logs(client, start_worker):
+    # Given a job (tenant A) whose task returns leaving a thread that logs its secret 0.5 s later,
+    # then a job (tenant B) running for 1.5 s
+    first = submit(client, "leave_a_logging_thread", kwargs={"secret": "tenant-A-token-123"})["job_id"]
+    second = submit(client, "sleep", kwargs={"seconds": 1.5, "steps": 1})["job_id"]
+
+    # When one simple worker runs both in turn
+    worker = start_worker("--burst", "--simple", "--name", "leftover-thread")
+    assert worker.wait(timeout=60) == 0, worker.output()
+    assert [get_job(client, job)["status"] for job in (first, second)] == ["COMPLETED", "COMPLETED"]
+
+    # Then the second job's log holds none of it (the line was logged: the worker printed it)
+    assert _logs(client, second) == []
+    assert "tenant-A-token-123" in worker.output()
+
+
 def test_finish_progress_waits_for_the_progress_post_under_way_in_a_work_horse():
     received: list[bytes] = []
 

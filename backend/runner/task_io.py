@@ -5,9 +5,11 @@ checkpoints, wired into the task's ``JobContext`` (``backend/tasks/context.py``)
   Redis error is logged once per job and swallowed, and appends pause for a few seconds after
   one (a task emitting tokens must not wait for a socket timeout on each).
 - Log lines: while the task runs, a root ``logging`` handler captures the records of its level
-  and above from any logger but the worker runtime's own (RQ, the reporter, Redis and HTTP
-  clients), plus ``current_job().log()`` lines. They are buffered and flushed every
-  ``FLUSH_SECONDS`` and at the run's end, as ``log`` reports (the reporter's batch, or a forked
+  and above that the task's own thread logs, from any logger but the worker runtime's own (RQ,
+  the reporter, Redis and HTTP clients), plus ``current_job().log()`` lines. Records of other
+  threads are never a job's (a thread an earlier job left behind would leak its lines into
+  whichever job runs now). Lines are buffered and flushed every ``FLUSH_SECONDS`` and at the
+  run's end, as ``log`` reports (the reporter's batch, or a forked
   work-horse's own post) and ``log`` events. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or
   MAX_LOG_BYTES_PER_JOB bytes are sent, and the first line past them, which the store replaces by
   its "[log cut: ...]" marker; so the buffer is bounded too.
@@ -184,6 +186,8 @@ class _Capture(logging.Handler):
     def __init__(self):
         super().__init__()
         self.run_log: RunLog | None = None
+        #: The thread running the task: only its records are the task's lines.
+        self.thread: int | None = None
         self._inside = threading.local()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -193,6 +197,11 @@ class _Capture(logging.Handler):
         run_log = self.run_log
         if run_log is None or getattr(self._inside, "active", False):
             return  # between runs, or a record logged while capturing one (never loops)
+        if threading.get_ident() != self.thread:
+            # Not the task's own thread: one an earlier job left behind (an SDK's background
+            # thread, a pool, a timer) would otherwise write into this job's log, another
+            # tenant's maybe. Handlers run in the logging thread, so its ident is the record's.
+            return
         self._inside.active = True
         try:
             message = record.getMessage()
@@ -230,6 +239,7 @@ def start_capture(run_log: RunLog, level: int) -> tuple:
                 existing.setLevel(root.getEffectiveLevel())
         root.setLevel(level)
     handler.setLevel(level)
+    handler.thread = threading.get_ident()  # start_capture runs in the task's thread
     handler.run_log = run_log
     root.addHandler(handler)
     return handler, (old_level, raised) if lowered else None
@@ -240,6 +250,7 @@ def stop_capture(started: tuple) -> None:
     root = logging.getLogger()
     root.removeHandler(handler)
     handler.run_log = None
+    handler.thread = None
     if lowered is not None:
         old_level, raised = lowered
         root.setLevel(old_level)
