@@ -44,6 +44,16 @@ def snooze_once(seconds: float = 1.0, reason: str = "the provider said 429", rep
     return job.attempt
 
 
+@task("log_then_work")
+def log_then_work(lines: int = 1000, pause: float = 0.55) -> int:
+    """Log ``lines`` lines at once, then work ``pause`` seconds: the run log's flush timer (0.5 s)
+    is sending them when the task returns."""
+    for number in range(lines):
+        log.info("line %d", number)
+    time.sleep(pause)
+    return lines
+
+
 @task("leave_a_logging_thread")
 def leave_a_logging_thread(secret: str, delay: float = 0.5) -> None:
     """Return at once, leaving a thread that logs ``secret`` ``delay`` seconds later (as an SDK's

@@ -156,6 +156,23 @@ def test_an_event_with_a_lone_surrogate_reaches_redis_with_a_question_mark(redis
     assert (event.kind, event.data) == ("output", '{"data":"file-?.txt","attempt":1}')
 
 
+def test_a_work_horse_keeps_every_line_its_flush_timer_was_sending_when_the_task_returned(client, run_burst_worker):
+    # Given a task that logs 1,000 lines, then works 0.55 s: the run log's 0.5 s flush timer is
+    # sending them when it returns, and the forked work-horse exits (os._exit) right after
+    job_id = submit(client, "log_then_work", kwargs={"lines": 1000, "pause": 0.55})["job_id"]
+
+    # When a forking worker runs it
+    worker = run_burst_worker(simple=False)
+
+    # Then the job completed and its log holds every line, in order
+    assert get_job(client, job_id)["status"] == "COMPLETED"
+    page = client.get(f"/jobs/{job_id}/logs?limit=1000").get_json()
+    assert [line["message"] for line in page["lines"]] == [f"line {n}" for n in range(1000)], (
+        len(page["lines"]),
+        worker.output()[-500:],
+    )
+
+
 def test_a_job_log_holds_nothing_a_thread_left_by_an_earlier_job_logs(client, start_worker):
     # Given a job (tenant A) whose task returns leaving a thread that logs its secret 0.5 s later,
     # then a job (tenant B) running for 1.5 s

@@ -9,8 +9,8 @@ checkpoints, wired into the task's ``JobContext`` (``backend/tasks/context.py``)
   the reporter, Redis and HTTP clients), plus ``current_job().log()`` lines. Records of other
   threads are never a job's (a thread an earlier job left behind would leak its lines into
   whichever job runs now). Lines are buffered and flushed every ``FLUSH_SECONDS`` and at the
-  run's end, as ``log`` reports (the reporter's batch, or a forked
-  work-horse's own post) and ``log`` events. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or
+  run's end (which waits for a flush under way), as ``log`` reports first (the reporter's batch, or a forked
+  work-horse's own post) and then ``log`` events. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or
   MAX_LOG_BYTES_PER_JOB bytes are sent, and the first line past them, which the store replaces by
   its "[log cut: ...]" marker; so the buffer is bounded too.
 - Checkpoints: synchronous calls through ``CheckpointClient``.
@@ -153,25 +153,28 @@ class RunLog:
                 self._timer.start()
 
     def flush(self) -> None:
-        """Send what is buffered: ``log`` events first (live), then the reports (the record)."""
+        """Send what is buffered: the reports first (the record), then the ``log`` events (the
+        live copy)."""
         with self._sending:  # one flush at a time keeps the lines in order
             with self._lock:
                 lines, self._buffer = self._buffer, []
                 self._timer = None
+            for chunk in report_chunks(lines):
+                self._reporter.log_lines(self.job_id, self.attempt, chunk)
             for line in lines:
                 data = {"at": iso(line.at), "level": line.level, "message": line.message, "attempt": self.attempt}
                 self._events.append(self.job_id, "log", json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-            for chunk in report_chunks(lines):
-                self._reporter.log_lines(self.job_id, self.attempt, chunk)
 
     def close(self) -> None:
-        if not self._buffer and self._timer is None and not self.dropped:
-            return  # nothing was logged (a flush under way holds its lines already out of the buffer)
+        """Send what is left, after waiting for a flush under way: the timer's flush may have taken
+        the last lines and be sending them, and a work-horse exits (os._exit) once this returns."""
+        if not self.lines:
+            return  # nothing was ever logged: no flush to wait for
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-        self.flush()
+        self.flush()  # waits on ``_sending`` for the timer's flush, then sends the rest
         if self.dropped:
             log.info("job %s attempt %s: %d log lines over the per-job caps were not sent", self.job_id,
                      self.attempt, self.dropped)  # fmt: skip
