@@ -13,11 +13,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from redis import Connection, ConnectionPool, Redis
 from rq.job import Job as RQJob
 
 from backend.broker.events import EventLog
 from backend.runner.reporter import Reporter
-from backend.runner.task_io import EventSender
+from backend.runner.task_io import EventSender, RunLog
 from tests.helpers import attempts, get_job, submit, wait_for_status, wait_until
 
 KINDS = pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
@@ -225,3 +226,56 @@ def test_finish_progress_waits_for_the_progress_post_under_way_in_a_work_horse()
         assert any(b"step 10 of 10" in body for body in received), received
     finally:
         server.shutdown()
+
+
+class _CountingConnection(Connection):
+    """A Redis connection counting its writes to the socket: one per round trip."""
+
+    sends = 0
+
+    def send_packed_command(self, command, check_health=True):
+        type(self).sends += 1
+        return super().send_packed_command(command, check_health)
+
+
+def test_a_log_flush_is_one_round_trip_to_redis_and_sends_the_reports_first(redis_url, redis_conn):
+    counted = Redis(connection_pool=ConnectionPool.from_url(redis_url, connection_class=_CountingConnection))
+    reports: list[tuple[int, int]] = []
+
+    class Reports:  # the reporter's side: how many lines, and how many events Redis held by then
+        def log_lines(self, job_id, attempt, lines):
+            reports.append((len(lines), len(EventLog(redis_conn).history(job_id, after=None, limit=1000))))
+
+    job_id = f"job_flush_{time.monotonic_ns()}"
+    run_log = RunLog(job_id, 1, Reports(), EventSender(counted))
+    for number in range(1000):
+        run_log.add(time.time(), "INFO", f"line {number}")
+    counted.ping()  # the connection's own handshake is not the flush's
+    _CountingConnection.sends = 0
+
+    run_log.close()
+
+    # One pipeline for the 1,000 events (a NOSCRIPT answer would add a SCRIPT LOAD and one more)
+    assert _CountingConnection.sends <= 3, _CountingConnection.sends
+    # The reports went first, 200 lines each, before any event
+    assert reports == [(200, 0)] * 5
+    # And the events are there, in order (the stream keeps its newest ~500)
+    events = [
+        json.loads(event.data)["message"] for event in EventLog(redis_conn).history(job_id, after=None, limit=1000)
+    ]
+    assert len(events) >= 500 and events == [f"line {n}" for n in range(1000 - len(events), 1000)]
+
+
+def test_a_flush_after_redis_forgot_the_append_script_still_appends_in_order(redis_conn):
+    # Given a Redis that lost its scripts (restarted, or SCRIPT FLUSH) since the worker started
+    sender = EventSender(redis_conn)
+    redis_conn.script_flush()
+
+    # When a flush appends its lines' events
+    sender.append_many("job_noscript", [("log", '{"n":1}'), ("log", '{"n":2}')])
+
+    # Then they are there, in order
+    assert [event.data for event in EventLog(redis_conn).history("job_noscript", after=None, limit=10)] == [
+        '{"n":1}',
+        '{"n":2}',
+    ]

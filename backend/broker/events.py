@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import PubSub
+from redis.exceptions import NoScriptError
 
 __all__ = ["Event", "EventLog", "EventSubscriber", "Received", "channel", "compare_ids", "parse_id", "stream_key"]
 
@@ -107,6 +108,31 @@ class EventLog:
         """
         keys = [stream_key(job_id), _status_key(job_id)]
         return _text(self._append(keys=keys, args=[kind, data_json, self._history, self._ttl]))
+
+    def append_many(self, job_id: str, events: list[tuple[str, str]]) -> list[str]:
+        """Append ``events`` ((kind, data json) pairs, in order) in one round trip: the append
+        script in a pipeline (EVALSHA; loaded first only when Redis answers NOSCRIPT). Their ids.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        keys = [stream_key(job_id), _status_key(job_id)]
+        replies = self._pipeline(keys, events)
+        missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # a restarted or flushed Redis: load the script, send those again (only those)
+            self._connection.script_load(_APPEND)
+            for index, reply in zip(missing, self._pipeline(keys, [events[i] for i in missing]), strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [_text(reply) for reply in replies]
+
+    def _pipeline(self, keys: list[str], events: list[tuple[str, str]]) -> list:
+        pipe = self._connection.pipeline(transaction=False)
+        for kind, data_json in events:
+            pipe.evalsha(self._append.sha, len(keys), *keys, kind, data_json, self._history, self._ttl)
+        return pipe.execute(raise_on_error=False)
 
     def publish_status(self, job_id: str, status_key: str, job_json: str, *, terminal: bool) -> str | None:
         """Publish a ``status`` event unless ``status_key`` is the last published (then None);

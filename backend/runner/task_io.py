@@ -9,10 +9,11 @@ checkpoints, wired into the task's ``JobContext`` (``backend/tasks/context.py``)
   the reporter, Redis and HTTP clients), plus ``current_job().log()`` lines. Records of other
   threads are never a job's (a thread an earlier job left behind would leak its lines into
   whichever job runs now). Lines are buffered and flushed every ``FLUSH_SECONDS`` and at the
-  run's end (which waits for a flush under way), as ``log`` reports first (the reporter's batch, or a forked
-  work-horse's own post) and then ``log`` events. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or
-  MAX_LOG_BYTES_PER_JOB bytes are sent, and the first line past them, which the store replaces by
-  its "[log cut: ...]" marker; so the buffer is bounded too.
+  run's end (which waits for a flush under way), as ``log`` reports first (the reporter's batch,
+  or a forked work-horse's own post) and then ``log`` events, all of one flush in one Redis
+  round trip. Per attempt, at most MAX_LOG_LINES_PER_JOB lines or MAX_LOG_BYTES_PER_JOB bytes
+  are sent, and the first line past them, which the store replaces by its "[log cut: ...]"
+  marker; so the buffer is bounded too.
 - Checkpoints: synchronous calls through ``CheckpointClient``.
 
 A task that uses none of these costs no Redis round trip and no HTTP call: everything here
@@ -104,20 +105,36 @@ class EventSender:
     def append(self, job_id: str, kind: str, data_json: str) -> None:
         if self._paused_until and time.monotonic() < self._paused_until:
             return
-        if not data_json.isascii():
-            # A lone surrogate (a file name decoded with surrogateescape) is no UTF-8: Redis' client
-            # would raise on it, so it is sent as "?".
-            data_json = data_json.encode("utf-8", "replace").decode("utf-8")
         try:
-            self._log.append(job_id, kind, data_json)
+            self._log.append(job_id, kind, _utf8(data_json))
         except BrokerError as exc:
-            self._paused_until = time.monotonic() + EVENTS_PAUSE_SECONDS
-            if self._warned != job_id:  # once per job: a task emitting tokens would flood the log
-                self._warned = job_id
-                log.warning("job %s: %s event not sent, Redis failed (%s); events paused %.0f s", job_id, kind,
-                            exc, EVENTS_PAUSE_SECONDS)  # fmt: skip
+            self._failed(job_id, kind, exc)
         else:
             self._paused_until = 0.0
+
+    def append_many(self, job_id: str, events: list[tuple[str, str]]) -> None:
+        """``append`` of each (kind, data json) pair, in order, in one Redis round trip."""
+        if not events or self._paused_until and time.monotonic() < self._paused_until:
+            return
+        try:
+            self._log.append_many(job_id, [(kind, _utf8(data_json)) for kind, data_json in events])
+        except BrokerError as exc:
+            self._failed(job_id, events[0][0], exc)
+        else:
+            self._paused_until = 0.0
+
+    def _failed(self, job_id: str, kind: str, exc: Exception) -> None:
+        self._paused_until = time.monotonic() + EVENTS_PAUSE_SECONDS
+        if self._warned != job_id:  # once per job: a task emitting tokens would flood the log
+            self._warned = job_id
+            log.warning("job %s: %s event not sent, Redis failed (%s); events paused %.0f s", job_id, kind,
+                        exc, EVENTS_PAUSE_SECONDS)  # fmt: skip
+
+
+def _utf8(data_json: str) -> str:
+    """A lone surrogate (a file name decoded with surrogateescape) is no UTF-8: Redis' client would
+    raise on it, so it is sent as "?"."""
+    return data_json if data_json.isascii() else data_json.encode("utf-8", "replace").decode("utf-8")
 
 
 class RunLog:
@@ -154,16 +171,18 @@ class RunLog:
 
     def flush(self) -> None:
         """Send what is buffered: the reports first (the record), then the ``log`` events (the
-        live copy)."""
+        live copy) in one Redis round trip."""
         with self._sending:  # one flush at a time keeps the lines in order
             with self._lock:
                 lines, self._buffer = self._buffer, []
                 self._timer = None
             for chunk in report_chunks(lines):
                 self._reporter.log_lines(self.job_id, self.attempt, chunk)
+            events = []
             for line in lines:
                 data = {"at": iso(line.at), "level": line.level, "message": line.message, "attempt": self.attempt}
-                self._events.append(self.job_id, "log", json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+                events.append(("log", json.dumps(data, separators=(",", ":"), ensure_ascii=False)))
+            self._events.append_many(self.job_id, events)
 
     def close(self) -> None:
         """Send what is left, after waiting for a flush under way: the timer's flush may have taken

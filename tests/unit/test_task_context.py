@@ -153,6 +153,9 @@ class _Events:
     def append(self, job_id, kind, data_json):
         self.appended.append((kind, data_json))
 
+    def append_many(self, job_id, events):
+        self.appended.extend(events)
+
 
 def _run_log():
     reporter, events = _Reporter(), _Events()
