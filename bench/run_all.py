@@ -67,6 +67,7 @@ def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
         ("Redis server", redis_version),
         ("Flask", version("flask")),
         ("gunicorn", version("gunicorn")),
+        ("gevent", version("gevent")),
         ("SQLAlchemy", version("sqlalchemy")),
         ("SQLite", sqlite3.sqlite_version),
         ("PostgreSQL", f"{pg.version} (durable commits: {', '.join(stores.DURABLE)} on)" if pg else "not run"),
