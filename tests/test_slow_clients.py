@@ -77,14 +77,16 @@ def render_nginx_conf(upstream: str, listen: str, streams_upstream: str | None =
     return text
 
 
-def start_nginx(upstream: str, prefix, worker_connections: int = 4096) -> subprocess.Popen:
+def start_nginx(upstream: str, prefix, worker_connections: int = 4096, streams: str | None = None) -> subprocess.Popen:
     """nginx with the shipped server block in front of ``upstream``, its files under ``prefix``;
     waits until it answers."""
     port = free_port()
     for sub in ("temp", "conf.d"):
         (prefix / sub).mkdir(parents=True)
     (prefix / "conf.d/jobservice.conf").write_text(
-        render_nginx_conf(upstream.removeprefix("http://"), f"127.0.0.1:{port}")
+        render_nginx_conf(
+            upstream.removeprefix("http://"), f"127.0.0.1:{port}", streams and streams.removeprefix("http://")
+        )
     )
     # The main file is the distribution's part (nginx.conf of the image or the host); only its
     # paths and worker_connections are this test's. The server block under test is included

@@ -20,6 +20,7 @@ from backend.broker.events import EventLog
 from backend.dev import processes
 from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, STORE, TASK_MODULES, TOKEN
+from tests.test_slow_clients import needs_nginx, start_nginx
 
 # A functional deadline (a stalled server never answers), far above what an answer takes.
 ANSWER_WITHIN = 10.0
@@ -172,6 +173,29 @@ def test_two_hundred_open_streams_each_get_their_jobs_events_while_the_process_a
     run_burst_worker()
     # Then every stream got its own job's output and statuses, and ended with the job
     assert_each_stream_saw_its_job_end(streams, ["partial"])
+
+
+@needs_nginx
+def test_nginx_sends_the_events_path_to_the_streams_process_and_the_rest_to_the_api(
+    streams_server, live_server, redis_conn, run_burst_worker, tmp_path
+):
+    # Given the shipped server block in front of the API and of the streams process
+    proxy = start_nginx(live_server, tmp_path / "nginx", streams=streams_server)
+    try:
+        # When a job is submitted and its stream opened, both through nginx
+        submitted = requests.post(f"{proxy.url}/tasks/add", json={"args": [4, 1]}, timeout=ANSWER_WITHIN)
+        assert submitted.status_code == 202  # a write: the API took it (the streams process refuses writes)
+        job_id = submitted.json()["job_id"]
+        stream = open_streams(proxy.url, [job_id], per_job=1)[0]
+        # Then an event reaches the client while the stream is open (nothing held in a buffer)
+        emit_outputs(redis_conn, [job_id], "through nginx")
+        assert wait_for(lambda: stream.outputs())
+        run_burst_worker()
+        assert_each_stream_saw_its_job_end([stream], ["through nginx"])
+    finally:
+        processes.stop(proxy)
+    # And the stream was served by the gevent process
+    assert f"GET /jobs/{job_id}/events" in (tmp_path / "streams.log").read_text()
 
 
 LOCK_HOLDER = """
