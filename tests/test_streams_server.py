@@ -253,10 +253,6 @@ with psycopg.connect(sys.argv[1]) as db:
 
 
 @pytest.mark.skipif(STORE != "postgres", reason="a PostgreSQL lock: psycopg waits for it cooperatively")
-# Fails today (22:31 UTC run): the hub polls the store in the thread that reads Redis, so its poll,
-# waiting for the lock like the GET, stalls every stream's live events (NOTES14, F -> A). Not run
-# until the poll has its own thread: it would wait 30 s for the events each pass.
-@pytest.mark.xfail(run=False, reason="the event hub's store poll blocks its Redis reading (NOTES14)")
 def test_a_request_waiting_for_a_postgresql_lock_stalls_no_other_request_of_the_process(
     streams_server, live_server, redis_conn, run_burst_worker, settings
 ):
