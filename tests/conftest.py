@@ -288,6 +288,8 @@ def pytest_collection_modifyitems(config, items):
     store through ``make_store_url`` (their store, if any, is SQLite either way) and tests about
     SQLite itself. The PostgreSQL-specific ones run in the PostgreSQL pass when run_passes runs
     one, else in the SQLite pass (``pytest`` alone)."""
+    if os.environ.get(POSTGRES_PASS_RUNS):
+        _keep_one_pass_tests_to_their_pass(items)
     if STORE != "postgres":
         if os.environ.get(POSTGRES_PASS_RUNS):
             # run_passes runs a PostgreSQL pass beside this one: the PostgreSQL-specific tests
@@ -308,6 +310,20 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the SQLite pass already"))
         elif "make_store_url" not in item.fixturenames:
             item.add_marker(pytest.mark.skip(reason="uses no test store: the same test as in the SQLite pass"))
+
+
+def _keep_one_pass_tests_to_their_pass(items) -> None:
+    """Under run_passes, a ``one_pass`` test runs in its store's pass only: it checks nothing a
+    store changes (a page in Chromium, workers killed under load), and running it twice would
+    spend make test's 15 minutes on a repeat. Which pass is chosen to even out the two."""
+    for item in items:
+        marker = item.get_closest_marker("one_pass")
+        if marker is None:
+            continue
+        store = marker.kwargs.get("store", "sqlite")
+        if store != STORE:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "store-independent")
+            item.add_marker(pytest.mark.skip(reason=f"runs in the {store} pass only ({reason})"))
 
 
 def _picks_its_store(item) -> bool:
