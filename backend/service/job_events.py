@@ -208,6 +208,8 @@ class EventHub:
         try:
             while True:
                 with self._lock:
+                    if generation != self._generation:
+                        return  # reset (by the poll, say): a newer run owns the streams now
                     wanted = set(self._watches)
                     if not wanted and not sent:
                         self._running = False
