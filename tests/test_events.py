@@ -7,6 +7,7 @@ reconnecting with Last-Event-ID; it must see every event once and in order.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 
 import pytest
@@ -252,3 +253,133 @@ def test_the_browser_guard_keeps_a_rebinding_page_off_the_stream(client):
     # A page on evil.example whose name resolves to 127.0.0.1 (DNS rebinding), API_KEYS unset.
     response = client.get(f"/jobs/{job_id}/events", headers={"Host": "evil.example"})
     assert response.status_code == 403 and response.get_json()["error"]["code"] == "host_not_allowed"
+
+
+# -- review 41: what a client must never see, and what a stream must not hold ----------------
+
+
+def test_a_reconnect_after_end_is_204_and_a_new_stream_ends_at_the_end_whatever_came_after(
+    client, live_server, redis_conn
+):
+    # A cancelled running task keeps emitting until the stop reaches it: its events land after the end.
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    client.post(f"/jobs/{job_id}/cancel", json={})
+    url = f"{live_server}/jobs/{job_id}/events"
+    events = read_stream(url)
+    assert [kind for _, kind, _ in events] == ["status", "end"]
+    worker_side = EventLog(redis_conn)
+    worker_side.append_many(job_id, [("output", json.dumps({"data": n, "attempt": 1})) for n in range(600)])
+
+    again = requests.get(url, headers={"Last-Event-ID": events[-1][0]}, timeout=10)
+    assert again.status_code == 204, (again.status_code, again.text)
+    # More than the history's 500 events came after the end: a new client still gets the end, last.
+    fresh = read_stream(url)
+    assert fresh[-1] == events[-1] and [kind for _, kind, _ in fresh] == ["end"]
+
+
+def test_a_late_publish_of_an_older_status_does_not_follow_the_end(client, live_server):
+    from backend.api.context import services
+
+    with client.application.app_context():
+        hub = services().event_hub
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    read_before = client.get(f"/jobs/{job_id}").data  # one host read the job while QUEUED ...
+    client.post(f"/jobs/{job_id}/cancel", json={})
+    url = f"{live_server}/jobs/{job_id}/events"
+    events = read_stream(url)  # ... another published CANCELLED + end ...
+    hub.publish(job_id, read_before)  # ... then the first host's publish lands.
+
+    assert read_stream(url) == events  # no QUEUED after the end
+    again = requests.get(url, headers={"Last-Event-ID": events[-1][0]}, timeout=10)
+    assert again.status_code == 204, (again.status_code, again.text)
+
+
+def test_a_reset_by_the_status_poll_leaves_one_hub_thread_delivering_each_event_once(client, redis_conn):
+    from redis.exceptions import ResponseError
+
+    from backend.api.context import services
+
+    with client.application.app_context():
+        hub = services().event_hub
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    real, failures = hub.events.publish_status, [ResponseError("OOM command not allowed")]
+
+    def refused_once(*args, **kwargs):  # a Redis that refuses one write; the subscriber is fine
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    hub.events.publish_status = refused_once
+    try:
+        first = hub.watch(job_id, "local")
+        wait_until(lambda: first.closed, what="the poll's reset to close the stream")
+        second = hub.watch(job_id, "local")  # the client reconnects
+        wait_until(lambda: len([t for t in threading.enumerate() if t.name == "event-hub"]) == 1, timeout=5)
+        EventLog(redis_conn).append(job_id, "progress", json.dumps({"progress": 5, "message": None}))
+        delivered = []
+        while not delivered or delivered[-1] == "status":
+            delivered.append(second.next(5).kind)
+        with pytest.raises(queue.Empty):  # nothing queued twice
+            delivered.append(second.next(0.5).kind)
+        hub.release(second)
+    finally:
+        hub.events.publish_status = real
+    assert delivered.count("progress") == 1, delivered
+
+
+def test_a_last_event_id_past_redis_range_is_a_400_not_a_503(client, live_server):
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    url = f"{live_server}/jobs/{job_id}/events"
+    response = requests.get(url, headers={"Last-Event-ID": "99999999999999999999-0"}, timeout=10)
+    assert response.status_code == 400, (response.status_code, response.text)
+
+
+def test_a_stream_whose_client_went_away_frees_its_slot_within_the_keep_alive(settings, request):
+    import socket
+
+    settings["EVENTS_MAX_STREAMS_PER_OWNER"] = 1
+    live_server = request.getfixturevalue("live_server")
+    job_id = submit(request.getfixturevalue("client"), "add", args=[1, 2])["job_id"]  # QUEUED: silent
+    host, port = live_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        received = b""
+        while b"event: status" not in received:
+            received += sock.recv(4096)
+    # The tab was closed: the slot is free once the next keep-alive finds the socket gone.
+
+    def opened() -> bool:
+        with requests.get(f"{live_server}/jobs/{job_id}/events", stream=True, timeout=10) as again:
+            return again.status_code == 200
+
+    wait_until(opened, timeout=10, what="the closed stream's slot to be freed")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_streams_that_read_nothing_do_not_hold_the_replayed_history(client, live_server, redis_conn):
+    import socket
+    import time
+
+    job_id = submit(client, "add", args=[1, 2])["job_id"]
+    # The bounded history full of the largest outputs a task may emit (500 x 16 KiB).
+    EventLog(redis_conn).append_many(
+        job_id, [("output", json.dumps({"data": [n, "x" * 16_000], "attempt": 1})) for n in range(500)]
+    )
+    host, port = live_server.removeprefix("http://").split(":")
+    before, sockets = _rss_mib(), []
+    try:
+        for _ in range(30):  # one tenant's streams that read nothing (a small receive window)
+            s = socket.create_connection((host, int(port)))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            sockets.append(s)
+        time.sleep(2)  # they have all replayed as far as their sockets let them
+        grown = _rss_mib() - before
+    finally:
+        for s in sockets:
+            s.close()
+    assert grown < 60, f"the server grew {grown:.0f} MiB for 30 streams that read nothing"

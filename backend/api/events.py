@@ -14,7 +14,7 @@ import queue
 from flask import Blueprint, Response, g, request
 
 from backend.api.auth import authenticate_client
-from backend.api.context import services, settings
+from backend.api.context import services
 from backend.broker.errors import BrokerError
 from backend.broker.events import Event, compare_ids, parse_id
 from backend.core.errors import BadRequest, ServiceUnavailable
@@ -24,10 +24,15 @@ from backend.service.job_events import StreamClosed
 bp = Blueprint("events", __name__)
 bp.before_request(authenticate_client)
 
-#: A comment line this often keeps proxies and clients from timing an idle stream out.
-KEEPALIVE_SECONDS = 15.0
+#: A comment line this often keeps proxies and clients from timing an idle stream out. A
+#: stream whose client went away is only noticed at its next write, so this is also how long
+#: a closed stream may keep its slot (EVENTS_MAX_STREAMS, EVENTS_MAX_STREAMS_PER_OWNER): 5 s.
+KEEPALIVE_SECONDS = 5.0
 #: EventSource waits this long before reconnecting (milliseconds).
 RETRY_MS = 2000
+#: A replay reads the history this many events at a time and sends each page before reading the
+#: next: a client that reads nothing holds one page (<= 16 x 16 KiB outputs), not the history.
+REPLAY_PAGE = 16
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -41,36 +46,35 @@ def job_events(job_id: str):
     try:
         body = reader.json(job_id, owner=owner)
         hub.publish(job_id, body)
-        history = hub.events.history(job_id, after=after, limit=settings().events_history)
+        # The end of the last status published (None while the job is live, or run again).
+        final_end = hub.events.end_id(job_id) if JobStatus(json.loads(body)["status"]).is_terminal else None
     except BrokerError as exc:
         hub.release(watch)
         raise ServiceUnavailable(f"Redis is unavailable for event streams: {type(exc).__name__}") from None
     except BaseException:
         hub.release(watch)
         raise
-    terminal = JobStatus(json.loads(body)["status"]).is_terminal
-    if terminal and after is not None and not history:
-        hub.release(watch)  # the client saw the end already
+    if final_end is not None and after is not None and compare_ids(after, final_end) >= 0:
+        hub.release(watch)  # the client saw the end already (whatever landed after it)
         return Response(status=204, headers=HEADERS)
-    # An `end` before the job was run again (POST /jobs/<id>/retry) is not this stream's end:
-    # only the last one counts, and only while the job is ended.
-    ends = [event.id for event in history if event.kind == "end"]
-    final_end = ends[-1] if terminal and ends else None
 
     def stream():
         last = after
         try:
             yield f"retry: {RETRY_MS}\n\n"
-            for event in history:
-                if event.kind == "end" and event.id != final_end:
-                    continue
-                if last is None or compare_ids(event.id, last) > 0:
+            try:
+                for event in _replay(hub.events, job_id, after, final_end):
+                    # An `end` before the job was run again is not this stream's end.
+                    if event.kind == "end" and event.id != final_end:
+                        continue
                     yield _frame(event)
                     last = event.id
-                    if event.kind == "end":
-                        return
-            if terminal:
-                return  # an ended job: its history, then the end (sent above unless seen before)
+            except BrokerError:
+                return  # Redis failed mid-replay: the client reconnects with Last-Event-ID
+            if final_end is not None:
+                if last != final_end:  # trimmed from the history by what came after it
+                    yield _frame(Event(final_end, "end", body.decode()))
+                return
             while True:
                 try:
                     event = watch.next(KEEPALIVE_SECONDS)
@@ -90,6 +94,26 @@ def job_events(job_id: str):
     response = Response(stream(), mimetype="text/event-stream", headers=HEADERS)
     response.call_on_close(lambda: hub.release(watch))  # also when the body was never read
     return response
+
+
+def _replay(events, job_id: str, after: str | None, final_end: str | None):
+    """The history after ``after``, read a page at a time; on an ended job it stops at its end.
+
+    Raises:
+        BrokerError: Redis failed between pages.
+    """
+    last = after
+    while True:
+        page = events.page(job_id, after=last, count=REPLAY_PAGE)
+        for event in page:
+            if final_end is not None and compare_ids(event.id, final_end) > 0:
+                return  # nothing after the end of an ended job
+            yield event
+            if event.id == final_end:
+                return
+        if len(page) < REPLAY_PAGE:
+            return
+        last = page[-1].id
 
 
 def _last_event_id() -> str | None:

@@ -31,21 +31,37 @@ redis.call('PUBLISH', KEYS[1], id .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
 return id
 """
 
-#: KEYS: stream, status key. ARGV: status key value, job json, terminal ('1'/'0'), maxlen, ttl.
-#: Nothing when the status key is the one published last; a terminal status is followed by
-#: ``end`` with the same data. Reply: the status event's id, or false.
+#: KEYS: stream, status key. ARGV: status key value, job json, terminal ('1'/'0'), maxlen, ttl,
+#: attempt, rank (PENDING 0 < QUEUED 1 < PROCESSING 2 < an end 3).
+#: The status key holds "<attempt> <rank> <end id or ->" of the last status published. A status
+#: that is not after it in (attempt, rank) is refused: it is a repeat, or a publisher that read
+#: the job before a change publishing after it (a status must never go backwards nor follow the
+#: end of its attempt). A terminal status is followed by ``end`` with the same data.
+#: Reply: the status event's id, or false.
 _STATUS = b"""
-if redis.call('GET', KEYS[2]) == ARGV[1] then return false end
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
+local cur = redis.call('GET', KEYS[2])
+local attempt, rank = tonumber(ARGV[6]), tonumber(ARGV[7])
+if cur then
+  local a, r = string.match(cur, '^(%d+) (%d+)')
+  if a and (attempt < tonumber(a) or (attempt == tonumber(a) and rank <= tonumber(r))) then return false end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'status', 'd', ARGV[2])
 redis.call('PUBLISH', KEYS[1], id .. ' status ' .. ARGV[2])
+local last = '-'
 if ARGV[3] == '1' then
-  local last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'end', 'd', ARGV[2])
+  last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'end', 'd', ARGV[2])
   redis.call('PUBLISH', KEYS[1], last .. ' end ' .. ARGV[2])
 end
+redis.call('SET', KEYS[2], attempt .. ' ' .. rank .. ' ' .. last, 'EX', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return id
 """
+
+#: Redis entry ids are two unsigned 64-bit numbers.
+_ID_MAX = 2**64 - 1
+#: The rank of a status within an attempt (anything else is an end).
+_RANKS = {"PENDING": 0, "QUEUED": 1, "PROCESSING": 2}
+_END_RANK = 3
 
 
 def stream_key(job_id: str) -> str:
@@ -66,7 +82,7 @@ def parse_id(event_id: str) -> tuple[int, int]:
     """An entry id ``<ms>-<seq>`` as a pair compared in order; ValueError when malformed."""
     ms, sep, seq = event_id.partition("-")
     digits = (ms + seq).isascii() and ms.isdigit() and seq.isdigit()
-    if not sep or not digits or len(ms) > 20 or len(seq) > 20:
+    if not sep or not digits or len(ms) > 20 or len(seq) > 20 or int(ms) > _ID_MAX or int(seq) > _ID_MAX:
         raise ValueError(f"not an event id: {event_id[:64]!r}")
     return int(ms), int(seq)
 
@@ -135,16 +151,42 @@ class EventLog:
         return pipe.execute(raise_on_error=False)
 
     def publish_status(self, job_id: str, status_key: str, job_json: str, *, terminal: bool) -> str | None:
-        """Publish a ``status`` event unless ``status_key`` is the last published (then None);
-        a terminal one is followed by ``end``.
+        """Publish a ``status`` event unless ``status_key`` (``<status>:<attempt>``) is not after
+        the last published in (attempt, status order) (then None); a terminal one is followed by ``end``.
 
         Raises:
             BrokerUnreachable, BrokerError: Redis did not answer or refused.
         """
+        status, _, attempt = status_key.rpartition(":")
+        rank = _END_RANK if terminal else _RANKS.get(status, 0)
+        number = int(attempt) if attempt.isdigit() else 0
         keys = [stream_key(job_id), _status_key(job_id)]
-        args = [status_key, job_json, "1" if terminal else "0", self._history, self._ttl]
+        args = [status_key, job_json, "1" if terminal else "0", self._history, self._ttl, number, rank]
         reply = self._status(keys=keys, args=args)
         return _text(reply) if reply else None
+
+    def end_id(self, job_id: str) -> str | None:
+        """The id of the ``end`` event of the last status published, when that status is an end.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        value = _text(self._connection.get(_status_key(job_id)) or b"")
+        parts = value.split(" ")
+        return parts[2] if len(parts) == 3 and parts[2] != "-" else None
+
+    def page(self, job_id: str, *, after: str | None, count: int) -> list[Event]:
+        """At most ``count`` events after ``after`` (exclusive; None: from the oldest kept), oldest first.
+
+        A replay reads the history page by page, so that a stream holds one page, not the
+        history, while its client is slow to read.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        low = "-" if after is None else "(" + after
+        rows = self._connection.xrange(stream_key(job_id), min=low, max="+", count=max(1, int(count)))
+        return [_event(entry_id, fields) for entry_id, fields in rows]
 
     def history(self, job_id: str, *, after: str | None, limit: int) -> list[Event]:
         """The newest ``limit`` events after ``after`` (exclusive; None: from the start), oldest first.
