@@ -259,3 +259,26 @@ def test_the_job_view_shows_live_output_logs_and_a_waiting_reason_in_words(
     assert page.errors == []
     for job_id in (running, held["job_id"]):
         assert sum(url.endswith(f"/jobs/{job_id}") for url in requests) == 1, job_id
+
+
+@pytest.mark.timeout(90)
+def test_the_open_job_view_follows_its_job_when_it_is_run_again(live_server, client, page):
+    job_id = client.post("/tasks/add", json={"args": [1, 2]}).get_json()["job_id"]  # no worker: it waits
+    client.post(f"/jobs/{job_id}/cancel", json={})
+    page.goto(f"{live_server}/dashboard")
+    row = f"tr[data-job-id='{job_id}']"
+    page.click(f"{row} td:first-child")  # the user opens the cancelled job: its stream ended
+    page.wait_for_selector("#detail .job-stream:has-text('ended')")
+
+    # When the user presses Retry on its row, the view follows the new attempt at once
+    page.click(f"{row} button:has-text('Retry')")
+    page.wait_for_selector("#detail .job-status.QUEUED", timeout=15000)
+    page.wait_for_selector("#detail dd:text-is('2')")
+    # and when another client cancels it (seen live) and runs it again, the list's refresh brings it back
+    client.post(f"/jobs/{job_id}/cancel", json={})
+    page.wait_for_selector("#detail .job-stream:has-text('ended')", timeout=15000)
+    assert client.post(f"/jobs/{job_id}/retry", json={}).status_code == 202
+    page.wait_for_selector("#detail .job-status.QUEUED", timeout=15000)
+    page.wait_for_selector("#detail dd:text-is('3')")
+    assert "ended" not in page.inner_text("#detail .job-stream")
+    assert page.errors == []

@@ -50,7 +50,10 @@ function row(job) {
   tr.appendChild(cell(job.created_at));
   const actions = el("td");
   if (["PENDING", "QUEUED", "PROCESSING"].includes(job.status)) actions.appendChild(button("Cancel", () => api(`/jobs/${encodeURIComponent(job.job_id)}/cancel`, { method: "POST" })));
-  if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", () => api(`/jobs/${encodeURIComponent(job.job_id)}/retry`, { method: "POST" })));
+  if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", async () => {
+    await api(`/jobs/${encodeURIComponent(job.job_id)}/retry`, { method: "POST" });
+    if (view.jobId === job.job_id) view.show(job.job_id); // its view's stream ended: follow the new attempt
+  }));
   tr.appendChild(actions);
   tr.addEventListener("click", () => select(job.job_id));
   return tr;

@@ -65,9 +65,14 @@ export class JobView {
   }
 
   // Called by the list's refresh: the wait (its reason, its queue position) changes without a
-  // status change, so without a status event; the list, read every few seconds, has it.
+  // status change, so without a status event; the list, read every few seconds, has it. A job
+  // run again after its end (a retry by anyone) has a newer attempt, and the view's stream
+  // closed at the end: open the view again, which follows the new attempt.
   updateFromList(job) {
-    if (this.job && job.job_id === this.jobId && job.status === this.job.status && LIVE.includes(job.status)) {
+    if (!this.job || job.job_id !== this.jobId) return;
+    if (!LIVE.includes(this.job.status) && job.attempt > this.job.attempt) {
+      this.show(this.jobId);
+    } else if (job.status === this.job.status && LIVE.includes(job.status)) {
       this.parts.waiting.replaceWith((this.parts.waiting = waitingNode(job)));
     }
   }
