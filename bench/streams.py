@@ -33,7 +33,7 @@ from backend.dev.redis_server import free_port
 from bench.common import PY, ROOT, Results, Stack, Workdir, _terminate, emit, ms, pct, session, table
 
 STREAMS_CONF = "backend/gunicorn_streams.py"
-KEEP_ALIVE_SECONDS = 15
+KEEP_ALIVE_SECONDS = 5
 HEADERS_A = ["round", "streams", "GET /jobs/<id> req/s", "submissions jobs/s", "streams process CPU %"]
 
 
@@ -250,7 +250,7 @@ def run(workdir: Workdir, results: Results, *, streams: int = 1000, seconds: flo
                         release.set()
                         holder.join(60)
                         # The server learns that a client went away only when it next writes to
-                        # it (the 15 s keep-alive): until then the closed streams still count.
+                        # it (the 5 s keep-alive): until then the closed streams still count.
                         time.sleep(KEEP_ALIVE_SECONDS + 1)
             emit(table(f"h(a). API with and without {streams} open streams ({clients} clients, {seconds:.0f} s each)",
                        HEADERS_A, rows))  # fmt: skip
