@@ -40,7 +40,7 @@ def test_the_sentinel_override_runs_a_master_a_replica_and_three_sentinels_that_
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     group = {"redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
-    assert group | {"postgres", "migrate", "api", "proxy", "worker", "scheduler"} == set(services)
+    assert group | {"postgres", "migrate", "api", "streams", "proxy", "worker", "scheduler"} == set(services)
     # And the API, the workers and the scheduler find the master through the three Sentinels
     for name in ("api", "worker", "scheduler"):
         assert services[name]["environment"]["REDIS_URL"] == SENTINEL_URL, name

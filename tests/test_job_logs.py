@@ -119,7 +119,7 @@ def test_a_log_report_with_an_attempt_no_store_can_hold_is_a_400_not_a_500(clien
 
     for response in (one, batch):
         assert (response.status_code, response.is_json) == (400, True), response.get_data()[:300]
-        assert "attempt must be an integer from 1 to 999999999" in response.get_json()["error"]["message"]
+        assert "attempt must be an integer from 0 to 999999999" in response.get_json()["error"]["message"]
     assert _logs(client, job_id)["lines"] == []
 
 

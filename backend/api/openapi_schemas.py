@@ -17,7 +17,7 @@ from backend.core.long_tasks import (
     MAX_SNOOZES_LIMIT,
     WAITING_REASONS,
 )
-from backend.core.protocol import EVENTS, MAX_BATCH
+from backend.core.protocol import EVENTS, MAX_ATTEMPT, MAX_BATCH
 from backend.core.settings import QUEUE_NAMES
 from backend.core.states import LIVE, JobStatus
 from backend.service.schedules import MAX_CRON_LENGTH, known_timezones
@@ -139,7 +139,11 @@ def _report_item(event: str) -> dict:
         )
     }
     properties.update(
-        job_id=STRING, attempt=INTEGER, event={"type": "string", "enum": [event]}, at=UNIX_TIME, **own["properties"]
+        job_id=STRING,
+        attempt=REPORT_ATTEMPT,
+        event={"type": "string", "enum": [event]},
+        at=UNIX_TIME,
+        **own["properties"],
     )
     return {
         "type": "object",
@@ -147,6 +151,10 @@ def _report_item(event: str) -> dict:
         "required": ["job_id", "attempt", "event", *own["required"]],
         "properties": properties,
     }
+
+
+#: A report's attempt: 0 names no attempt (answered 409 as a stale one), past nine digits is a 400.
+REPORT_ATTEMPT = {"type": "integer", "minimum": 0, "maximum": MAX_ATTEMPT}
 
 
 def _report_fields(event: str, caps: dict | None) -> dict:
@@ -195,7 +203,7 @@ def single_report(event: str, caps: dict) -> dict:
     return {
         "type": "object",
         "required": ["attempt", *own["required"]],
-        "properties": {"attempt": INTEGER, **own["properties"]},
+        "properties": {"attempt": REPORT_ATTEMPT, **own["properties"]},
     }
 
 

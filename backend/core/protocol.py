@@ -231,8 +231,10 @@ def decode_one(body: dict, event: str, job_id: str, caps: SizeCaps, *, age: floa
         ValidationFailed: a result, error or message over its size cap.
     """
     attempt = _field(body, "attempt", int, where=where)
-    if not 1 <= attempt <= MAX_ATTEMPT:
-        raise BadRequest(f"{where}attempt must be an integer from 1 to {MAX_ATTEMPT}, got {str(attempt)[:40]}")
+    # 0 names no attempt (attempts count from 1): answered 409 as a stale attempt, as the
+    # replay of a report for "the attempt before the first" always was.
+    if not 0 <= attempt <= MAX_ATTEMPT:
+        raise BadRequest(f"{where}attempt must be an integer from 0 to {MAX_ATTEMPT}, got {str(attempt)[:40]}")
     fields: dict = {}
     problem = None
     if event == STARTED:

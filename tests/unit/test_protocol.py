@@ -80,8 +80,8 @@ def _log_report(**line) -> dict:
         ({"reports": [_log_report(colour="red")]}, "lines[0].colour is not"),
         ({"reports": [_log_report(message=7)]}, "lines[0].message must be str"),
         # attempt: 1..999,999,999 for every event (a store's integer column holds no more)
-        ({"reports": [{**_log_report(), "attempt": 10**30}]}, "reports[0].attempt must be an integer from 1"),
-        ({"reports": [{**_log_report(), "attempt": 0}]}, "reports[0].attempt must be an integer from 1"),
+        ({"reports": [{**_log_report(), "attempt": 10**30}]}, "reports[0].attempt must be an integer from 0"),
+        ({"reports": [{**_log_report(), "attempt": -1}]}, "reports[0].attempt must be an integer from 0"),
         ({"reports": [{"job_id": "j", "attempt": -5, "event": "started", "worker": "w"}]}, "reports[0].attempt"),
         ({"reports": [{"job_id": "j", "attempt": 10**9, "event": "progress", "progress": 1}]}, "reports[0].attempt"),
         # a JSON integer too large for a float
