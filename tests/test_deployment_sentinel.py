@@ -21,6 +21,8 @@ from backend.dev.redis_server import free_port, redis_server_binary
 from tests.conftest import ROOT
 from tests.test_deployment_files import SENTINEL, argv_strings, compose_config, needs_compose
 
+pytestmark = pytest.mark.one_pass(reason="the shipped Sentinel files")
+
 SENTINEL_PW = "9b1e4c7a2f5d8e3b6a0c9d2e5f8a1b4c"
 SCRIPTS = ROOT / "deploy/redis-sentinel"
 SENTINEL_URL = f"redis+sentinel://:{SENTINEL}@sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/mymaster/0"

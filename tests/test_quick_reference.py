@@ -16,6 +16,10 @@ from backend.dev.processes import wait_for_http
 from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, TOKEN
 
+pytestmark = pytest.mark.one_pass(
+    reason="the guide's commands against a live stack; every route it calls is tested on both stores elsewhere"
+)
+
 GUIDE = ROOT / "QUICK_REFERENCE.md"
 
 

@@ -17,6 +17,8 @@ from backend.core.secrets_check import enforce
 from backend.core.settings import SettingError, Settings
 from tests.conftest import ROOT, TOKEN
 
+pytestmark = pytest.mark.one_pass(reason="how each process reads REDIS_URL")
+
 SECRET = "s3cret-password-xyz"
 
 

@@ -10,6 +10,8 @@ from rq.serializers import JSONSerializer
 
 from tests.helpers import XHR, wait_for_status
 
+pytestmark = pytest.mark.one_pass(reason="RQ Dashboard reads Redis only")
+
 
 @pytest.fixture
 def failed_job(client, run_burst_worker, redis_conn):

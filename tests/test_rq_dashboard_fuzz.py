@@ -14,6 +14,8 @@ from rq.serializers import JSONSerializer
 
 from tests.helpers import XHR, wait_for_status
 
+pytestmark = pytest.mark.one_pass(reason="RQ Dashboard reads Redis only")
+
 
 @pytest.fixture
 def jobs_in_every_state(client, run_burst_worker, start_worker, redis_conn):

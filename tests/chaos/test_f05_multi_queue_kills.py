@@ -26,6 +26,8 @@ from tests.chaos.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.one_pass(store="postgres", reason="workers killed under load")
+
 QUEUES = "high,default,low"
 WORKERS = 3
 JOBS = scaled(200, 1500)

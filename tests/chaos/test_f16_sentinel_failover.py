@@ -34,6 +34,8 @@ from tests.chaos.harness import (
 from tests.chaos.load import Load
 from tests.sentinels import SentinelGroup
 
+pytestmark = pytest.mark.one_pass(store="postgres", reason="a Sentinel failover under load")
+
 JOBS = scaled(60, 300)
 RATE = scaled(20, 20)
 #: The kill comes once this many jobs are acknowledged (and both workers run one): the rest of

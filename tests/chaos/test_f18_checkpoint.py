@@ -15,9 +15,12 @@ from tests.chaos.harness import (
     wait_all_terminal,
     wait_until,
 )
+from tests.chaos.settings import SOAK
 
 TO = 100
 KILL_AT = 60
+#: Seconds per step: 5 s of counting under make test, 10 s in the soak.
+STEP_SECONDS = 0.1 if SOAK else 0.05
 
 
 def steps_run(cluster, job_id: str) -> list[tuple[int, int]]:
@@ -37,7 +40,7 @@ def test_f18_a_killed_count_resumes_from_its_checkpoint(running):
     worker = cluster.start_worker("f18-w")
     with Recorder(cluster.api, interval=0.2) as recorder:
         # Given a job counting to 100, a checkpoint saved after each step
-        job_id = cluster.api.submit("chaos_count", kwargs={"to": TO, "delay": 0.1}, max_retries=0)["job_id"]
+        job_id = cluster.api.submit("chaos_count", kwargs={"to": TO, "delay": STEP_SECONDS}, max_retries=0)["job_id"]
 
         # When its worker (and work-horse) is SIGKILLed once it has run step 60
         wait_until(
