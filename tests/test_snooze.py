@@ -246,3 +246,56 @@ def test_a_snooze_copied_from_rq_keeps_a_reason_within_the_message_cap(app, clie
     (only,) = attempts(client, job_id)
     assert only["outcome"] == "SNOOZED" and 0 < len(only["error"]) <= 1024, len(only["error"])
     assert only["error"].startswith("xxx")
+
+
+@contextmanager
+def recording_server(seen: list[str]):
+    """A local HTTP service (an admin port, cloud metadata) that notes every path asked of it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def test_the_provider_example_snoozes_on_its_429_and_a_client_cannot_point_it_at_an_address(client, start_worker):
+    seen: list[str] = []
+    # Given an internal HTTP service only the worker's network reaches
+    with recording_server(seen) as internal:
+        # When a client asks for the old URL-fetching example, or hands the provider example a URL
+        gone = client.post("/tasks/fetch_url", json={"kwargs": {"url": f"{internal}/admin"}})
+        pointed = client.post("/tasks/call_provider", json={"kwargs": {"prompt": "hi", "url": f"{internal}/admin"}})
+        # Then neither is accepted (no such task; no such argument)
+        assert gone.status_code == 404, gone.get_json()
+        assert pointed.status_code == 422 and "url" in str(pointed.get_json()), pointed.get_json()
+
+        # And the example shows the lesson with no network: its in-process provider's 429 with
+        # Retry-After: 1 snoozes the job that long, and the next attempt gets the answer
+        job_id = submit(client, "call_provider", kwargs={"prompt": "two words", "retry_after": 1})["job_id"]
+        worker = start_worker("--simple", "--name", "provider-example")
+        done = wait_for_status(client, job_id, {"COMPLETED", "FAILED"}, timeout=40)
+    assert seen == []
+    assert (done["status"], done["result"], done["snoozes"]) == (
+        "COMPLETED",
+        {"status": 200, "answer": "(simulated) 2 words received", "attempt": 2},
+        1,
+    ), worker.output()
+    history = attempts(client, job_id)
+    assert [(a["outcome"], a["error"]) for a in history] == [
+        ("SNOOZED", "provider answered 429 (Retry-After: 1)"),
+        ("COMPLETED", None),
+    ]
+    gap = datetime.fromisoformat(history[1]["started_at"]) - datetime.fromisoformat(history[0]["ended_at"])
+    assert timedelta(seconds=0.9) <= gap < timedelta(seconds=30), history

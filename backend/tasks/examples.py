@@ -8,8 +8,6 @@ import re
 import time
 from collections import Counter
 
-import requests
-
 from backend.tasks import Snooze, current_job, task
 
 log = logging.getLogger(__name__)
@@ -73,21 +71,47 @@ def count_to(to: int = 10, delay: float = 0.5, snooze_at: int | None = None, sno
     return {"counted_to": to, "resumed_after": start, "attempt": job.attempt}
 
 
-@task("fetch_url")
-def fetch_url(url: str, timeout: float = 10.0) -> dict:
-    """GET ``url``; a 429 answer snoozes the job for its Retry-After (no failure counted).
+#: The simulated provider's limits: an example any API key may run must not let it make the
+#: worker snooze for long or often (every snooze is an attempt row and events).
+PROVIDER_MAX_BUSY_ATTEMPTS = 3
+PROVIDER_MAX_RETRY_AFTER = 30
+PROVIDER_MAX_PROMPT = 4096
 
-    Only http(s) URLs; the body is not returned, only its status, type and size.
+
+def _simulated_provider(prompt: str, attempt: int, busy_attempts: int, retry_after: int) -> tuple[int, dict, str]:
+    """A rate-limited model API, in-process: (status, headers, body) as an HTTP client would see.
+
+    In-process so that the example reaches no network at all: a task that fetched a URL a client
+    chose would let any API key make the worker GET internal addresses (SECURITY.md).
     """
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
-    response = requests.get(url, timeout=timeout)
-    if response.status_code == 429:
-        raise Snooze.from_retry_after(response.headers.get("Retry-After"), reason=f"{url} answered 429")
-    log.info("GET %s: %d, %d bytes", url, response.status_code, len(response.content))
-    response.raise_for_status()
-    return {"status": response.status_code, "content_type": response.headers.get("Content-Type"),
-            "bytes": len(response.content)}  # fmt: skip
+    if attempt <= busy_attempts:
+        return 429, {"Retry-After": str(retry_after)}, "rate limited"
+    return 200, {"Content-Type": "text/plain"}, f"(simulated) {len(prompt.split())} words received"
+
+
+@task("call_provider")
+def call_provider(prompt: str, busy_attempts: int = 1, retry_after: int = 2) -> dict:
+    """Ask a rate-limited model API (simulated in-process) about ``prompt``: its 429 snoozes the
+    job for exactly its Retry-After (no failure counted), and the next attempt asks again.
+
+    The provider answers 429 with ``Retry-After: retry_after`` to the first ``busy_attempts``
+    attempts. A real task calls its provider at a URL the operator configures, never one a client
+    sends, and reads a bounded body without following redirects.
+    """
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROVIDER_MAX_PROMPT:
+        raise ValueError(f"prompt must be a non-empty string of at most {PROVIDER_MAX_PROMPT} characters")
+    if not 0 <= busy_attempts <= PROVIDER_MAX_BUSY_ATTEMPTS or not 1 <= retry_after <= PROVIDER_MAX_RETRY_AFTER:
+        raise ValueError(
+            f"busy_attempts must be 0..{PROVIDER_MAX_BUSY_ATTEMPTS} and retry_after 1..{PROVIDER_MAX_RETRY_AFTER}, "
+            f"got {busy_attempts!r} and {retry_after!r}"
+        )
+    job = current_job()
+    status, headers, body = _simulated_provider(prompt, job.attempt, busy_attempts, retry_after)
+    if status == 429:
+        reason = f"provider answered 429 (Retry-After: {headers.get('Retry-After')})"
+        raise Snooze.from_retry_after(headers.get("Retry-After"), reason=reason)
+    log.info("provider answered %d on attempt %d", status, job.attempt)
+    return {"status": status, "answer": body, "attempt": job.attempt}
 
 
 @task("summarise_stream")
