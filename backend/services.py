@@ -99,7 +99,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         cap_seconds=settings.retry_backoff_cap,
         jitter=settings.retry_jitter,
     )
-    jobs = JobManager(sessions, queues, retry_policy=policy)
+    jobs = JobManager(sessions, queues, retry_policy=policy, max_attempts=settings.max_attempts_per_job)
     reconciler = Reconciler(
         jobs,
         sessions,

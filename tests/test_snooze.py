@@ -85,6 +85,25 @@ def test_the_snooze_past_max_snoozes_ends_the_job_failed_with_a_clear_error(clie
     ]
 
 
+def test_a_snooze_past_max_attempts_per_job_ends_the_job_failed_naming_the_setting(settings, request):
+    # Given a service allowing 3 attempts per job, and a job that may snooze 10,000 times
+    settings["MAX_ATTEMPTS_PER_JOB"] = 3
+    client = request.getfixturevalue("client")
+    job_id = submit_add(client, max_snoozes=10_000)["job_id"]
+
+    # When each of its attempts snoozes (as a task behind a provider answering 429 would)
+    for attempt in range(1, 6):
+        _report(client, _started(job_id, attempt), _snoozed(job_id, attempt, 1, "429"))
+
+    # Then the snooze that would have started a 4th attempt ended it FAILED instead, saying why
+    after = get_job(client, job_id)
+    assert (after["status"], after["attempt"], after["retry_count"], after["snoozes"]) == ("FAILED", 3, 0, 3)
+    assert after["error"] == (
+        "snoozed on attempt 3, the most a job may have (MAX_ATTEMPTS_PER_JOB=3); last reason: 429"
+    )
+    assert [a["outcome"] for a in attempts(client, job_id)] == ["SNOOZED"] * 3
+
+
 def test_max_snoozes_zero_fails_the_first_snooze_and_a_stale_snooze_is_refused(client):
     job_id = submit_add(client, max_snoozes=0)["job_id"]
 

@@ -41,6 +41,8 @@ class Attempts:
     sessions: Sessions
     queues: QueueAdapter
     retry_policy: RetryPolicy
+    #: ``MAX_ATTEMPTS_PER_JOB``: a snooze that would start an attempt past it ends the job (None: no cap).
+    max_attempts: int | None = None
 
     def mark_started(self, job_id: str, *, attempt: int, worker: str, at: datetime | None = None) -> Job:
         for run in conflicts.attempts():
@@ -189,10 +191,12 @@ class Attempts:
         No failure and no cut run: neither ``retry_count`` nor ``interruptions`` moves. A new
         attempt waits ``seconds`` in RQ's scheduler (from the database's time), QUEUED meanwhile;
         ``snoozes`` counts it, and the snooze past ``max_snoozes`` ends the job FAILED instead (a
-        task that snoozes for ever). The attempt's outcome is ``SNOOZED`` with the reason as its
-        error text either way. A job that already ended is left as it is.
+        task that snoozes for ever), and so does one whose new attempt would pass
+        ``max_attempts`` (``MAX_ATTEMPTS_PER_JOB``: every snooze keeps an attempt row, and
+        max_snoozes may be far above it). The attempt's outcome is ``SNOOZED`` with the reason as
+        its error text either way. A job that already ended is left as it is.
         """
-        requeued = False
+        requeued = over_cap = False
         for run in conflicts.attempts():
             with run, JobRows.transaction(self.sessions) as rows:
                 job = load_job(rows, job_id)
@@ -200,7 +204,8 @@ class Attempts:
                 if job.status in TERMINAL_VALUES:
                     return job
                 count, limit = job.snoozes + 1, job.max_snoozes
-                if count > limit:
+                over_cap = self.max_attempts is not None and attempt >= self.max_attempts
+                if count > limit or over_cap:
                     break
                 retry_at = clock.now(rows.session) + timedelta(seconds=seconds)
                 # error None: a snooze is no failure (and a row with snoozes > 0, next_retry_at ahead
@@ -216,9 +221,15 @@ class Attempts:
                     )  # fmt: skip
         if requeued:
             return self.enqueue_job(job_id)
-        if job.status in TERMINAL_VALUES or count <= limit:
+        if job.status in TERMINAL_VALUES or (count <= limit and not over_cap):
             return job  # a repeat, or a move refused by a racing writer
-        error = f"snoozed more than max_snoozes ({limit}) times; last reason: {reason or 'none given'}"
+        if count > limit:
+            error = f"snoozed more than max_snoozes ({limit}) times; last reason: {reason or 'none given'}"
+        else:
+            error = (
+                f"snoozed on attempt {attempt}, the most a job may have (MAX_ATTEMPTS_PER_JOB={self.max_attempts}); "
+                f"last reason: {reason or 'none given'}"
+            )
         return self._finish(
             job_id, attempt, JobStatus.FAILED, at=at, outcome=SNOOZED_OUTCOME, error=error, snoozes=count
         )

@@ -39,10 +39,13 @@ __all__ = ["JobManager", "JobRequest", "new_job_id"]
 class JobManager(Submissions, Batches, Dependencies, Cancels, Attempts):
     """Owns the jobs in the store and their way onto RQ's queues."""
 
-    def __init__(self, sessions: Sessions, queues: QueueAdapter, *, retry_policy: RetryPolicy):
+    def __init__(
+        self, sessions: Sessions, queues: QueueAdapter, *, retry_policy: RetryPolicy, max_attempts: int | None = None
+    ):
         self.sessions = sessions
         self.queues = queues
         self.retry_policy = retry_policy
+        self.max_attempts = max_attempts
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
         """Return a read-only snapshot of a job (its row; the ``Job`` attributes); with
