@@ -89,4 +89,7 @@ def test_the_quick_reference_runs_against_a_live_stack(stack, redis_server):
     # streams end by themselves after end; a reconnect after end is 204
     assert "event: end" in result.stdout and "\n204\n" in result.stdout
     assert '"resumed_after":3' in result.stdout and '"outcome":"SNOOZED"' in result.stdout
+    # the rate-limit line shows a snooze of its provider's Retry-After, then the answer
+    assert '"error":"provider answered 429 (Retry-After: 2)"' in result.stdout
+    assert '"answer":"(simulated) 3 words received"' in result.stdout
     assert '"truncated":false' in result.stdout
