@@ -31,12 +31,13 @@ redis.call('PUBLISH', KEYS[1], id .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
 return id
 """
 
-#: KEYS: stream, status key. ARGV: status key value, job json, terminal ('1'/'0'), maxlen, ttl,
-#: attempt, rank (PENDING 0 < QUEUED 1 < PROCESSING 2 < an end 3).
+#: KEYS: stream, status key. ARGV: status key value, status data (the job's JSON without its
+#: heavy fields), terminal ('1'/'0'), maxlen, ttl, attempt, rank (PENDING 0 < QUEUED 1 <
+#: PROCESSING 2 < an end 3), end data (the whole job JSON: the result matters there).
 #: The status key holds "<attempt> <rank> <end id or ->" of the last status published. A status
 #: that is not after it in (attempt, rank) is refused: it is a repeat, or a publisher that read
 #: the job before a change publishing after it (a status must never go backwards nor follow the
-#: end of its attempt). A terminal status is followed by ``end`` with the same data.
+#: end of its attempt). A terminal status is followed by ``end`` with the end data.
 #: Reply: the status event's id, or false.
 _STATUS = b"""
 local cur = redis.call('GET', KEYS[2])
@@ -49,8 +50,8 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'status
 redis.call('PUBLISH', KEYS[1], id .. ' status ' .. ARGV[2])
 local last = '-'
 if ARGV[3] == '1' then
-  last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'end', 'd', ARGV[2])
-  redis.call('PUBLISH', KEYS[1], last .. ' end ' .. ARGV[2])
+  last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', 'end', 'd', ARGV[8])
+  redis.call('PUBLISH', KEYS[1], last .. ' end ' .. ARGV[8])
 end
 redis.call('SET', KEYS[2], attempt .. ' ' .. rank .. ' ' .. last, 'EX', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -150,9 +151,13 @@ class EventLog:
             pipe.evalsha(self._append.sha, len(keys), *keys, kind, data_json, self._history, self._ttl)
         return pipe.execute(raise_on_error=False)
 
-    def publish_status(self, job_id: str, status_key: str, job_json: str, *, terminal: bool) -> str | None:
+    def publish_status(
+        self, job_id: str, status_key: str, job_json: str, *, terminal: bool, end_json: str | None = None
+    ) -> str | None:
         """Publish a ``status`` event unless ``status_key`` (``<status>:<attempt>``) is not after
-        the last published in (attempt, status order) (then None); a terminal one is followed by ``end``.
+        the last published in (attempt, status order) (then None); a terminal one is followed by
+        ``end`` carrying ``end_json`` (default ``job_json``). Why two: a status event carries the
+        job without its heavy fields, so that the bounded history stays small in bytes.
 
         Raises:
             BrokerUnreachable, BrokerError: Redis did not answer or refused.
@@ -162,6 +167,7 @@ class EventLog:
         number = int(attempt) if attempt.isdigit() else 0
         keys = [stream_key(job_id), _status_key(job_id)]
         args = [status_key, job_json, "1" if terminal else "0", self._history, self._ttl, number, rank]
+        args.append(job_json if end_json is None else end_json)
         reply = self._status(keys=keys, args=args)
         return _text(reply) if reply else None
 
@@ -174,6 +180,15 @@ class EventLog:
         value = _text(self._connection.get(_status_key(job_id)) or b"")
         parts = value.split(" ")
         return parts[2] if len(parts) == 3 and parts[2] != "-" else None
+
+    def last_id(self, job_id: str) -> str | None:
+        """The id of the newest event the job's history holds; None when it holds none.
+
+        Raises:
+            BrokerUnreachable, BrokerError: Redis did not answer or refused.
+        """
+        rows = self._connection.xrevrange(stream_key(job_id), max="+", min="-", count=1)
+        return _text(rows[0][0]) if rows else None
 
     def page(self, job_id: str, *, after: str | None, count: int) -> list[Event]:
         """At most ``count`` events after ``after`` (exclusive; None: from the oldest kept), oldest first.

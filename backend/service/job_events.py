@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from backend.broker.errors import BrokerError
 from backend.core.errors import JobServiceError, ServiceUnavailable
 from backend.core.states import JobStatus
+from backend.service.representations import HEAVY_FIELDS
 from backend.store.errors import StoreUnavailable
 from backend.store.event_reads import status_keys
 
@@ -189,15 +190,24 @@ class EventHub:
                 del self._owners[watch.owner]
 
     def publish(self, job_id: str, body: bytes) -> None:
-        """Publish the job's status from its JSON as GET /jobs/<id> serves it (deduplicated).
+        """Publish the job's status from its JSON as GET /jobs/<id> serves it (deduplicated):
+        ``status`` without the heavy fields, ``end`` (when terminal) whole.
 
         Raises:
             BrokerError: Redis did not answer or refused.
         """
         job = json.loads(body)
         status = job["status"]
+        # The status event leaves out args, kwargs and result (as GET /jobs lists jobs): the
+        # history keeps EVENTS_HISTORY events, and each snooze or retry adds status events, so a
+        # copy of 64 KiB of arguments in each would hold ~32 MiB of Redis per job. `end` is whole.
+        light = {name: value for name, value in job.items() if name not in HEAVY_FIELDS}
         self.events.publish_status(
-            job_id, f"{status}:{job.get('attempt')}", body.decode(), terminal=JobStatus(status).is_terminal
+            job_id,
+            f"{status}:{job.get('attempt')}",
+            json.dumps(light, separators=(",", ":")),
+            terminal=JobStatus(status).is_terminal,
+            end_json=body.decode(),
         )
 
     # -- the hub thread ---------------------------------------------------------------------

@@ -146,7 +146,8 @@ export class JobView {
     } else if (kind === "status" || kind === "end") {
       const changed = !this.job || this.job.status !== data.status || this.job.attempt !== data.attempt;
       if (this.job && data.attempt !== this.job.attempt) this.progressAttempt = null;
-      this.render(data);
+      // A status event leaves out args, kwargs and result (the history stays small): keep the args.
+      this.render(kind === "status" && this.job ? { args: this.job.args, kwargs: this.job.kwargs, ...data } : data);
       if (changed || kind === "end") this.loadAttempts().catch((e) => { this.parts.problem.textContent = e.message; });
       if (kind === "end") {
         this.loadWebhooks().catch(() => {});
