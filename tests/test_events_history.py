@@ -11,8 +11,10 @@ from __future__ import annotations
 import threading
 import time
 
+import requests
+
 from backend.service.representations import HEAVY_FIELDS
-from tests.helpers import AUTH, get_job, submit, wait_until
+from tests.helpers import AUTH, get_job, submit, submit_add, wait_until
 from tests.test_events import of_kind, read_stream, statuses
 
 
@@ -55,3 +57,26 @@ def test_status_events_leave_out_the_heavy_fields_so_a_snoozing_job_holds_little
     assert of_kind(received, "status")[-1] == {k: v for k, v in whole.items() if k not in HEAVY_FIELDS}
     # ... and `end` is the whole job.
     assert of_kind(received, "end") == [whole] and whole["kwargs"] == {"text": pad}
+
+
+def test_a_last_event_id_ahead_of_the_history_replays_it_and_the_stream_still_ends(client, live_server):
+    job_id = submit_add(client)["job_id"]  # no worker: QUEUED
+    url = f"{live_server}/jobs/{job_id}/events"
+    ahead = f"{int(time.time() * 1000) + 3_600_000}-0"  # an hour past every event
+    received: list = []
+    done = threading.Event()
+
+    def read():
+        try:
+            read_stream(url, headers={"Last-Event-ID": ahead}, received=received)
+        finally:
+            done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_until(lambda: received, what="the replayed status event")
+    assert client.post(f"/jobs/{job_id}/cancel", json={}).status_code == 200
+    # Before: every event, `end` too, was dropped as seen; the stream stayed open on keep-alives.
+    assert done.wait(8), f"the stream is still open 8 s after the job ended; got {received}"
+    assert statuses(received) == ["QUEUED", "CANCELLED"] and [k for _, k, _ in received][-1] == "end"
+    # On the ended job the same id is past its end: 204, as for the end's own id.
+    assert requests.get(url, headers={"Last-Event-ID": ahead}, timeout=(5, 30)).status_code == 204

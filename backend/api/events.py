@@ -3,7 +3,8 @@
 Same auth and isolation as ``GET /jobs/<job_id>``. The stream subscribes first (the hub), makes
 sure the job's current status is published, replays the history after ``Last-Event-ID``, then
 sends live events, comparing ids so that nothing goes out twice, and closes after ``end``.
-A reconnect after ``end`` answers 204, which tells EventSource to stop.
+A reconnect after ``end`` answers 204, which tells EventSource to stop. A Last-Event-ID newer
+than the job's newest event counts as none on a live job (its whole history is replayed).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def job_events(job_id: str):
         hub.publish(job_id, body)
         # The end of the last status published (None while the job is live, or run again).
         final_end = hub.events.end_id(job_id) if JobStatus(json.loads(body)["status"]).is_terminal else None
+        if after is not None and final_end is None and _ahead(hub.events, job_id, after):
+            # An id past every event (a Redis that lost its data, a client's bug) would drop every
+            # live event, `end` too, as seen: the stream would never end. Replay what there is.
+            # (On an ended job such an id is past its end: the 204 below.)
+            after = None
     except BrokerError as exc:
         hub.release(watch)
         raise ServiceUnavailable(f"Redis is unavailable for event streams: {type(exc).__name__}") from None
@@ -114,6 +120,16 @@ def _replay(events, job_id: str, after: str | None, final_end: str | None):
         if len(page) < REPLAY_PAGE:
             return
         last = page[-1].id
+
+
+def _ahead(events, job_id: str, after: str) -> bool:
+    """Whether ``after`` is newer than the newest event of the job's history (or it has none).
+
+    Raises:
+        BrokerError: Redis did not answer or refused.
+    """
+    newest = events.last_id(job_id)
+    return newest is None or compare_ids(after, newest) > 0
 
 
 def _last_event_id() -> str | None:
