@@ -19,20 +19,23 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying aga
 EVENTS_DESCRIPTION = """Server-Sent Events (`text/event-stream`), with the same auth and isolation as
 `GET /jobs/{job_id}` (404 for another owner's job). The stream starts with `retry: 2000`, then one
 frame per event: `id: <ms>-<seq>`, `event: <kind>`, `data: <JSON>`, and a blank line; a comment line
-`: keep-alive` comes every 15 s. Kinds and their data:
+`: keep-alive` comes every 5 s. Kinds and their data:
 
-- `status`: on every status change (and once at the start): the job's JSON as `GET /jobs/{job_id}`
-  answers it (schema `Job`).
+- `status`: once at the start, then for every status the store holds when the API reads it (every
+  EVENTS_POLL_SECONDS; a status shorter than that may be folded into the next, `started_at` says a
+  job ran): the job's JSON as `GET /jobs/{job_id}` answers it without `args`, `kwargs`, `result`
+  (schema `Job`).
 - `progress`: `{"progress": 0-100, "message": str|null}` (schema `ProgressEvent`).
 - `log`: one line the task logged: `{"at", "level", "message", "attempt"}` (schema `LogEvent`).
 - `output`: what the task emitted with `current_job().emit(data)`: `{"data", "attempt"}`
   (schema `OutputEvent`).
-- `end`: the final job JSON (schema `Job`); the server then closes the stream.
+- `end`: the final job JSON, whole (schema `Job`); the server then closes the stream.
 
 A stream on an ended job sends its history, then `end` at once. A client that reconnects with the
 id of the last event it got (the `Last-Event-ID` header, or `?last_event_id=`) gets only the events
 after it (up to EVENTS_HISTORY events are kept, EVENTS_TTL_SECONDS after the job's last one), never
-one twice; 204 when that id is the `end` event's."""
+one twice; 204 when that id is the `end` event's. An id newer than every event counts as none on a
+live job (the kept history is replayed), as past the end on an ended one (204)."""
 
 
 def events_operation(job_id: dict) -> dict:
