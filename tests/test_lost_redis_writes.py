@@ -29,6 +29,8 @@ from backend.recovery.reconciler import Reconciler, ReconcileReport
 from tests.conftest import TOKEN
 from tests.helpers import get_job, wait_for_status, wait_until
 
+pytestmark = pytest.mark.one_pass(reason="what a worker does when Redis loses its writes")
+
 
 class SnapshotRedis:
     """A Redis of the test's own that can go back to an earlier snapshot, as a failover does."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from backend.runner.reporter import RecentSet, Reporter
 from tests.conftest import TOKEN
+
+pytestmark = pytest.mark.one_pass(reason="the worker runtime; the store's side of its reports is tested on both stores")
 
 
 def test_one_bad_report_is_dropped_and_the_rest_of_its_batch_lands(client, live_server):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 from flask import request
 
 from tests.helpers import submit, wait_for_status
+
+pytestmark = pytest.mark.one_pass(reason="the worker runtime; the store's side of its reports is tested on both stores")
 
 STATUS_ORDER = ["PENDING", "QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 

@@ -35,6 +35,8 @@ from tests.chaos.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.one_pass(reason="every worker killed at once")
+
 NAMES = ["f3-a", "f3-b", "f3-c"]
 ROUNDS = scaled(1, 6)
 JOBS_PER_ROUND = scaled(24, 60)
