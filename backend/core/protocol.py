@@ -205,11 +205,7 @@ def decode_batch(body: dict, caps: SizeCaps) -> ReportBatch:
     reports, refused = [], {}
     for index, item in enumerate(items):
         where = f"reports[{index}]."
-        if not isinstance(item, dict):
-            raise BadRequest(f"reports[{index}] must be an object")
-        unknown = sorted(set(item) - FIELDS)
-        if unknown:
-            raise BadRequest(f"{where}{unknown[0]} is not a report field")
+        _check_object(item, f"reports[{index}]", FIELDS, "a report field")
         event = item.get("event")
         if event not in EVENTS:
             raise BadRequest(f"{where}event must be one of {', '.join(EVENTS)}, got {event!r}")
@@ -314,6 +310,15 @@ def _snooze_seconds(body: dict, where: str = "") -> float:
     return seconds
 
 
+def _check_object(item, name: str, allowed: frozenset[str], what: str) -> None:
+    """Raise BadRequest unless ``item`` (called ``name``) is an object of ``allowed`` fields only."""
+    if not isinstance(item, dict):
+        raise BadRequest(f"{name} must be an object")
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise BadRequest(f"{name}.{unknown[0]} is not {what}")
+
+
 def _lines(body: dict, where: str = "") -> tuple[tuple[LogLine, ...], str | None]:
     """The checked lines of a ``log`` report, and the problem of a message over its cap (or None)."""
     items = body.get("lines")
@@ -322,11 +327,7 @@ def _lines(body: dict, where: str = "") -> tuple[tuple[LogLine, ...], str | None
     lines, problem = [], None
     for index, item in enumerate(items):
         at = f"{where}lines[{index}]."
-        if not isinstance(item, dict):
-            raise BadRequest(f"{where}lines[{index}] must be an object")
-        unknown = sorted(set(item) - LINE_FIELDS)
-        if unknown:
-            raise BadRequest(f"{at}{unknown[0]} is not a log line field")
+        _check_object(item, f"{where}lines[{index}]", LINE_FIELDS, "a log line field")
         seconds = _seconds(item, "at", at)
         if seconds is None:
             raise BadRequest(f"{at}at must be a unix time in seconds, got None")
