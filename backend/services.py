@@ -22,6 +22,7 @@ from backend.recovery.reconciler import Reconciler
 from backend.service.job_events import EventHub
 from backend.service.job_manager import JobManager
 from backend.service.job_reads import JobReader
+from backend.service.queue_pauses import QueuePauses
 from backend.service.retries import RetryPolicy
 from backend.service.schedules import ScheduleManager
 from backend.store.engine import make_engine, make_session_factory, migrate, schema_behind
@@ -59,6 +60,8 @@ class Services:
     webhooks: Dispatcher
     #: GET /jobs/<id>/events: subscriptions and status events of this process's streams.
     event_hub: EventHub
+    #: Paused queues: the store's record and Redis's mirror for the workers.
+    pauses: QueuePauses
 
 
 def build_services(settings: Settings, *, migrate_store: bool = True) -> Services:
@@ -100,6 +103,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         jitter=settings.retry_jitter,
     )
     jobs = JobManager(sessions, queues, retry_policy=policy, max_attempts=settings.max_attempts_per_job)
+    pauses = QueuePauses(sessions, redis)
     reconciler = Reconciler(
         jobs,
         sessions,
@@ -107,6 +111,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         lease_seconds=settings.worker_lease_seconds,
         grace_seconds=settings.reconcile_grace,
         caps=SizeCaps.from_settings(settings),
+        pauses=pauses,
     )
     webhooks = Dispatcher(
         sessions,
@@ -131,6 +136,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         schedules=ScheduleManager(jobs, sessions, missed_policy=settings.schedule_missed_policy),
         webhooks=webhooks,
         event_hub=None,  # type: ignore[arg-type]  # below: it serves jobs through job_reader
+        pauses=pauses,
     )
     built.event_hub = EventHub(
         EventLog(redis, history=settings.events_history, ttl=settings.events_ttl_seconds),

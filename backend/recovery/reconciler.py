@@ -41,6 +41,7 @@ from backend.core.protocol import recorded_snooze
 from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
+from backend.service.queue_pauses import QueuePauses
 from backend.store import clock, counts, job_scans, leadership
 from backend.store.jobs import Sessions
 from backend.store.models import Job
@@ -93,8 +94,11 @@ class Reconciler:
         grace_seconds: float = 2.0,
         confirm_delay: float = 0.5,
         caps: SizeCaps | None = None,
+        pauses: QueuePauses | None = None,
     ):
         self.manager = manager
+        #: Paused queues: each pass puts the store's record back into Redis (a flushed Redis).
+        self.pauses = pauses
         self.sessions = sessions
         # An outcome copied from RQ gets the caps a worker's report gets (backend/core/size_caps.py).
         self.caps = caps or SizeCaps()
@@ -124,6 +128,8 @@ class Reconciler:
             self._missing_since = {name: since + outage for name, since in self._missing_since.items()}
             self._down_since = None
         try:
+            if self.pauses is not None:
+                self.pauses.sync()  # every process's pass: one small read and a compare
             with self._leadership() as leader:
                 return self._pass(leader) if leader is not None else None
         except BrokerError:

@@ -128,6 +128,8 @@ class Job(Base):
         Index("ix_jobs_task_created", "task", "created_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
         Index("ux_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+        # GET /queues counts the jobs completed in the last minute: a range, never a scan.
+        Index("ix_jobs_completed", "completed_at"),
     )
 
 
@@ -289,3 +291,14 @@ class JobCountDelta(Base):
     old_status: Mapped[str | None] = mapped_column(String(16))
     new_status: Mapped[str | None] = mapped_column(String(16))
     jobs: Mapped[int] = mapped_column(Integer)
+
+
+class QueuePause(Base):
+    """A paused queue: recorded here so that the pause survives every restart (Redis holds its
+    mirror for the workers, backend/broker/pauses.py); the row goes when the queue resumes."""
+
+    __tablename__ = "queue_pauses"
+
+    queue: Mapped[str] = mapped_column(String(16), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    paused_by: Mapped[str] = mapped_column(String(200))

@@ -1,0 +1,77 @@
+"""Store: the record of paused queues (``queue_pauses``) and the jobs each queue completed lately.
+
+The record is what a pause is: Redis's set (backend/broker/pauses.py) is its mirror for the
+workers, put back from here by the reconciler's pass. A pause and a resume are idempotent: the
+row of a queue paused twice keeps its first time and author.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, literal_column, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.core.states import JobStatus
+from backend.store import clock
+from backend.store.engine import transaction
+from backend.store.models import Job, QueuePause, utcnow
+
+_PAUSES, _JOBS = QueuePause.__table__, Job.__table__
+#: "The last minute" of GET /queues' throughput.
+RECENT = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A recorded pause: its queue, since when (the store's clock) and by whom."""
+
+    queue: str
+    paused_at: datetime
+    paused_by: str
+
+
+def pause(sessions: sessionmaker[Session], queue: str, by: str) -> tuple[Pause, bool]:
+    """Record ``queue`` as paused; (the pause, whether this call recorded it)."""
+    with transaction(sessions) as session:
+        dialect = session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        # One statement either way: two hosts pausing at once record one pause, no error.
+        added = session.execute(
+            insert(_PAUSES)
+            .values(queue=queue, paused_at=clock.now_for_write(dialect), paused_by=by)
+            .on_conflict_do_nothing(index_elements=["queue"])
+        ).rowcount
+        row = session.execute(select(_PAUSES).where(_PAUSES.c.queue == queue)).one()
+    return Pause(row.queue, row.paused_at, row.paused_by), bool(added)
+
+
+def resume(sessions: sessionmaker[Session], queue: str) -> bool:
+    """Remove ``queue``'s pause; whether it was paused."""
+    with transaction(sessions) as session:
+        return bool(session.execute(delete(_PAUSES).where(_PAUSES.c.queue == queue)).rowcount)
+
+
+def paused(sessions: sessionmaker[Session]) -> dict[str, Pause]:
+    """Every recorded pause, by queue."""
+    with sessions() as session:
+        return {row.queue: Pause(row.queue, row.paused_at, row.paused_by) for row in session.execute(select(_PAUSES))}
+
+
+def completed_recently(sessions: sessionmaker[Session]) -> dict[str, int]:
+    """Per queue (a job's priority), the jobs COMPLETED in the last minute by the store's clock:
+    one statement, a range of ``ix_jobs_completed``."""
+    with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            since = literal_column("timezone('UTC', statement_timestamp()) - interval '60 seconds'")
+        else:
+            since = utcnow() - RECENT
+        statement = (
+            select(_JOBS.c.priority, func.count())
+            .where(_JOBS.c.completed_at >= since, _JOBS.c.status == JobStatus.COMPLETED.value)
+            .group_by(_JOBS.c.priority)
+        )
+        return {priority: int(count) for priority, count in session.execute(statement)}
