@@ -6,7 +6,8 @@ RQ does the work loop, priority order of queues, heartbeats, timeouts, the stop-
 and warm shutdown on SIGTERM. This module adds what the store needs: it tells the API when
 an attempt starts, how far it is and how it ended (a task raising ``Snooze`` ended it snoozed, no
 failure), and gives the task its job context, wired by ``backend/runner/task_io.py`` to the job's
-event stream, its captured log lines and its checkpoints.
+event stream, its captured log lines and its checkpoints. It takes no job of a paused queue
+(backend/runner/paused.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from backend.core.settings import QUEUE_NAMES, Settings
 from backend.core.size_caps import SizeCaps
 from backend.runner.checkpoints import CheckpointClient
 from backend.runner.outcomes import HeldOutcome, lost_redis
+from backend.runner.paused import PauseAwareDequeue
 from backend.runner.reporter import Reporter
 from backend.runner.start_gate import StartChecks, StartGate
 from backend.runner.startup import abandon_orphaned_jobs, forget_stale_registration, wait_for_redis
@@ -183,7 +185,7 @@ class ReportingMixin(StartChecks):
         self.check_start(job, *ids)  # raises when the task must not run (backend/runner/start_gate.py)
 
 
-class JobServiceWorker(ReportingMixin, Worker):
+class JobServiceWorker(PauseAwareDequeue, ReportingMixin, Worker):
     """RQ's forking worker: each job runs in a child process.
 
     This process reports the start when it forks the work-horse and the end, read from RQ,
@@ -257,7 +259,7 @@ class JobServiceWorker(ReportingMixin, Worker):
         self._horse_death = f"WorkHorseKilled: the work-horse process died ({reason})"
 
 
-class JobServiceSimpleWorker(ReportingMixin, SimpleWorker):
+class JobServiceSimpleWorker(PauseAwareDequeue, ReportingMixin, SimpleWorker):
     """RQ's SimpleWorker: jobs run in the worker's own process (faster, less isolated)."""
 
 
