@@ -5,14 +5,17 @@ copy-store --from URL --to URL            copy the whole store into an empty dat
 recover                                   one reconciler pass
 cleanup [--dry-run] [--older-than MIN] [--force]
 clear-queues [--flush-db] [--yes]
+pause QUEUE / resume QUEUE                stop / restart the starts of a queue's jobs (recorded in the store)
 
 ``python -m backend`` builds the service objects alone: no Flask app, no background thread.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import socket
 import time
 from datetime import timedelta
 
@@ -21,9 +24,10 @@ from flask import Flask
 
 from backend.broker.errors import BrokerError
 from backend.core import logs
+from backend.core.errors import ServiceUnavailable
 from backend.core.secrets_check import InsecureSecrets
 from backend.core.secrets_check import enforce as enforce_secrets
-from backend.core.settings import SettingError, Settings
+from backend.core.settings import QUEUE_NAMES, SettingError, Settings
 from backend.recovery import maintenance
 from backend.services import Services, build_services
 from backend.store.copy import CopyError, copy_store
@@ -155,7 +159,55 @@ def clear_queues_command(flush_db: bool, yes: bool) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
-COMMANDS = (migrate_command, copy_store_command, recover_command, cleanup_command, clear_queues_command)
+def _who() -> str:
+    """Who paused, as the record shows it: the command line, by user and host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"[:200]
+
+
+def _pause_line(outcome) -> str:
+    if not outcome.paused:
+        return f"queue {outcome.queue} {'resumed' if outcome.changed else 'was not paused'}"
+    since = outcome.paused_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if outcome.changed:
+        return f"queue {outcome.queue} paused (since {since}, by {outcome.paused_by})"
+    return f"queue {outcome.queue} was already paused (since {since}, by {outcome.paused_by})"
+
+
+@click.command("pause")
+@click.argument("queue", type=click.Choice(QUEUE_NAMES))
+def pause_command(queue: str) -> None:
+    """Pause QUEUE: workers start none of its jobs (running ones finish) until it is resumed."""
+    try:
+        outcome = _services().pauses.pause(queue, by=_who())
+    except ServiceUnavailable as exc:
+        raise CommandError(exc.message) from None
+    click.echo(_pause_line(outcome))
+
+
+@click.command("resume")
+@click.argument("queue", type=click.Choice(QUEUE_NAMES))
+def resume_command(queue: str) -> None:
+    """Resume QUEUE: workers start its jobs again within seconds."""
+    try:
+        outcome = _services().pauses.resume(queue)
+    except ServiceUnavailable as exc:
+        raise CommandError(exc.message) from None
+    click.echo(_pause_line(outcome))
+
+
+COMMANDS = (
+    migrate_command,
+    copy_store_command,
+    recover_command,
+    cleanup_command,
+    clear_queues_command,
+    pause_command,
+    resume_command,
+)
 
 
 def register(app: Flask) -> None:

@@ -27,6 +27,7 @@ from backend.api.context import services
 from backend.broker import leases, registries
 from backend.broker.errors import BrokerError
 from backend.core.instruments import REQUEST_LATENCY
+from backend.core.settings import QUEUE_NAMES
 from backend.store import counts
 
 #: HTTP methods that get a label of their own; any other method a client sends is "other",
@@ -36,7 +37,7 @@ STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "
 
 
 class StateCollector:
-    """Job counts by task and status, queue depths and live workers, read at scrape time."""
+    """Job counts by task and status, paused queues, queue depths and live workers, read at scrape time."""
 
     def __init__(self, app: Flask):
         self.app = app
@@ -47,6 +48,12 @@ class StateCollector:
             for task, status, count in counts.by_task_and_status(session):
                 jobs.add_metric([task, status], count)
         yield jobs
+        # From the store's record of pauses (what GET /queues shows), so the same in every process.
+        paused = GaugeMetricFamily("jobservice_queue_paused", "1 when the queue is paused", labels=["queue"])
+        recorded = services(self.app).pauses.paused()
+        for name in QUEUE_NAMES:
+            paused.add_metric([name], 1 if name in recorded else 0)
+        yield paused
         depth = GaugeMetricFamily("jobservice_queue_depth", "Jobs waiting in each RQ queue", labels=["queue"])
         workers = GaugeMetricFamily("jobservice_workers_alive", "Workers holding a lease")
         up = GaugeMetricFamily("jobservice_redis_up", "1 when Redis answers")

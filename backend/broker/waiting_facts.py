@@ -1,7 +1,7 @@
 """What RQ knows about why a job waits: live workers per queue, concurrency slots, queue places.
 
 The service decides a job's ``waiting_reason`` from its row plus these facts. They are read
-cheaply: a ``snapshot`` (live workers per queue, each limited task's slots) costs two round
+cheaply: a ``snapshot`` (live workers per queue, paused queues, each limited task's slots) costs two round
 trips and is kept for ``ttl`` seconds per process, so a list of any length and every poll in
 that second share it; a job's ``place`` (its position in its queue and whether RQ's
 concurrency limit holds it back) is one pipelined round trip, for a single-job GET only.
@@ -27,6 +27,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from backend.broker import leases
 from backend.broker.errors import BrokerUnreachable
+from backend.broker.pauses import PAUSED_KEY
 from backend.core.settings import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class QueueFacts:
 
     workers: Mapping[str, int]
     slots: Mapping[str, TaskSlots]
+    #: The queues paused in Redis (what workers obey: backend/broker/pauses.py).
+    paused: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,9 @@ class WaitingFacts:
                 pipe.zcard(limit.allowed_key)
                 pipe.zcard(limit.rate_limited_key)
                 pipe.zrange(limit.allowed_key, 0, MAX_HOLDERS - 1)
+            pipe.smembers(PAUSED_KEY)  # in the same round trip
             answers = pipe.execute()
+        paused = frozenset(_text(name) for name in answers.pop())
         prefix = Worker.redis_worker_namespace_prefix
         listening = {
             name: {_text(key).removeprefix(prefix) for key in members}
@@ -153,7 +158,8 @@ class WaitingFacts:
         for i, task in enumerate(tasks):
             held, held_back, holders = rest[3 * i : 3 * i + 3]
             slots[task] = TaskSlots(int(held), int(held_back), frozenset(_text(h) for h in holders))
-        return QueueFacts(workers={name: len(names & alive) for name, names in listening.items()}, slots=slots)
+        workers = {name: len(names & alive) for name, names in listening.items()}
+        return QueueFacts(workers=workers, slots=slots, paused=paused)
 
     def _read_place(self, rq_id: str, queue: str, task: str | None) -> JobPlace:
         queue_key = f"{Queue.redis_queue_namespace_prefix}{queue}"

@@ -9,6 +9,7 @@ what. They are decided here, in one function over the job's row and cheap broker
   the attempt before ended SNOOZED, else a failure's backoff or an unconfirmed start);
 - ``scheduled``: ``run_at`` is ahead;
 - ``dependencies``: jobs it depends on have not ended (``waiting_for``);
+- ``queue_paused``: its queue is paused (``POST /queues/<name>/pause``), workers start none of its jobs;
 - ``concurrency_limit``: its task's concurrency limit holds it back in RQ;
 - ``no_worker``: no live worker listens on its queue;
 - ``queued``: waiting for a worker to take it (``queue_position`` when known).
@@ -156,6 +157,12 @@ def decide(
             return Waiting("queued", detail=f"recorded; goes on queue {row.queue} once Redis answers")
         return Waiting("queued", detail=f"queued on {row.queue} (Redis does not answer: no position)")
     position = place.position if place is not None else None
+    if row.queue in facts.paused:
+        return Waiting(
+            "queue_paused",
+            queue_position=position,
+            detail=f"queue {row.queue} is paused: no worker starts its jobs until it is resumed",
+        )
     limit = task_limit(row.task)
     if on_queue and limit:
         held = _held_back(row, facts, place)
