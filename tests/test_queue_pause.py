@@ -1,0 +1,144 @@
+"""Pausing and resuming queues (issue 15 item 3), with real workers, the real store and Redis:
+a paused queue's jobs stay QUEUED (``queue_paused``) while the worker serves the other queues,
+through a restart of the worker and of the API, until the queue is resumed; the command line;
+a Redis that lost its keys gets the pause back from the store; ``GET /queues``; admin only."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from backend.api.context import services
+from backend.app import create_app
+from backend.broker.pauses import PAUSED_KEY
+from tests.helpers import bearer, get_job, submit, wait_for_status, wait_until
+from tests.test_cli import run_cli
+
+#: A POST without a JSON body says it comes from a script (the browser guard).
+SCRIPTED = {"X-Requested-With": "test"}
+ADMIN, TENANT = "admin-key-0123456789abcdef", "tenant-key-0123456789abcdef"
+
+
+def queues_by_name(client, headers: dict | None = None) -> dict[str, dict]:
+    response = client.get("/queues", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return {queue["name"]: queue for queue in response.get_json()["queues"]}
+
+
+def command(client, queue: str, verb: str, headers: dict | None = None):
+    return client.post(f"/queues/{queue}/{verb}", headers={**SCRIPTED, **(headers or {})})
+
+
+def test_a_paused_queue_waits_through_restarts_while_the_worker_serves_the_others(settings, client, start_worker):
+    paused = command(client, "default", "pause")
+    assert paused.status_code == 200, paused.get_json()
+    first = paused.get_json()
+    assert first["queue"] == "default" and first["paused"] and first["changed"] and first["paused_by"] == "local"
+    again = command(client, "default", "pause").get_json()  # idempotent: the first pause stays
+    assert again == {**first, "changed": False}
+
+    first_worker = start_worker("--name", "pause-w1")
+    held = submit(client, "add", args=[1, 2])  # default; first in line for an idle worker
+    ran = submit(client, "add", args=[2, 3], priority="high")
+    assert wait_for_status(client, ran["job_id"], {"COMPLETED"})["result"] == 5
+    job = get_job(client, held["job_id"])
+    assert job["status"] == "QUEUED" and job["waiting_reason"] == "queue_paused", job
+    assert job["waiting_detail"] == "queue default is paused: no worker starts its jobs until it is resumed"
+    assert "pause-w1" in queues_by_name(client)["default"]["workers"]
+
+    # Restart both: the worker (another name, so no lease to wait for) and the API (a new app).
+    first_worker.stop()
+    restarted = create_app(settings).test_client()
+    overview = queues_by_name(restarted)
+    assert overview["default"]["paused"] and overview["default"]["paused_at"] == first["paused_at"]
+    assert overview["default"]["paused_in_redis"] and not overview["high"]["paused"]
+    start_worker("--name", "pause-w2")
+    ran_again = submit(restarted, "add", args=[3, 4], priority="high")
+    assert wait_for_status(restarted, ran_again["job_id"], {"COMPLETED"})["result"] == 7
+    assert get_job(restarted, held["job_id"])["waiting_reason"] == "queue_paused"
+
+    resumed = command(restarted, "default", "resume").get_json()
+    assert resumed == {"queue": "default", "paused": False, "changed": True, "paused_at": None, "paused_by": None}
+    assert wait_for_status(restarted, held["job_id"], {"COMPLETED"})["result"] == 3
+    assert command(restarted, "default", "resume").get_json()["changed"] is False
+
+
+def test_the_command_line_pauses_and_resumes(settings, client):
+    paused = run_cli(settings, "pause", "low")
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.startswith("queue low paused (since ") and ", by cli:" in paused.stdout
+    low = queues_by_name(client)["low"]
+    assert low["paused"] and low["paused_in_redis"] and low["paused_by"].startswith("cli:")
+    unknown = run_cli(settings, "pause", "urgent")
+    assert unknown.returncode == 2 and "urgent" in unknown.stderr
+    resumed = run_cli(settings, "resume", "low")
+    assert resumed.returncode == 0 and resumed.stdout == "queue low resumed\n", resumed.stderr
+    assert not queues_by_name(client)["low"]["paused"]
+
+
+def test_a_redis_that_lost_its_keys_gets_the_pause_back_from_the_store(app, client, redis_conn):
+    assert command(client, "low", "pause").status_code == 200
+    redis_conn.flushall()  # a Redis restarted empty
+    low = queues_by_name(client)["low"]
+    assert low["paused"] and not low["paused_in_redis"]
+    services(app).reconciler.run_once()
+    assert redis_conn.smembers(PAUSED_KEY) == {b"low"}
+    assert queues_by_name(client)["low"]["paused_in_redis"]
+    job = submit(client, "add", args=[1, 1], priority="low")
+    assert get_job(client, job["job_id"])["waiting_reason"] == "queue_paused"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'jobservice_queue_paused{queue="low"} 1.0' in metrics
+    assert 'jobservice_queue_paused{queue="default"} 0.0' in metrics
+
+
+def test_a_worker_with_every_queue_paused_waits_and_stops_on_sigterm(client, start_worker):
+    for name in ("high", "default", "low"):
+        assert command(client, name, "pause").status_code == 200
+    job = submit(client, "add", args=[1, 1], priority="high")
+    worker = start_worker("--name", "pause-all")
+    # Its wait has begun (after RQ installed its SIGTERM handler): it logs what it serves.
+    wait_until(lambda: "serving none (waiting for a resume)" in worker.output(), what="the worker waits")
+    assert "pause-all" in queues_by_name(client)["high"]["workers"]
+    assert get_job(client, job["job_id"])["waiting_reason"] == "queue_paused"
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.output()
+    assert get_job(client, job["job_id"])["status"] == "QUEUED"
+
+
+class TestAdminOnly:
+    @pytest.fixture
+    def settings(self, settings):
+        settings["API_KEYS"] = f"admin:{ADMIN}:admin,tenant:{TENANT}"
+        return settings
+
+    def test_get_queues_shows_each_queue_and_only_admins_pause(self, client, run_burst_worker):
+        admin, tenant = bearer(ADMIN), bearer(TENANT)
+        assert client.get("/queues", headers=tenant).status_code == 403
+        for verb in ("pause", "resume"):
+            refused = command(client, "default", verb, headers=tenant)
+            assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+        unknown = command(client, "urgent", "pause", headers=admin)
+        assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "not_found"
+
+        done = submit(client, "add", args=[1, 2], headers=admin)
+        run_burst_worker()
+        assert wait_for_status(client, done["job_id"], {"COMPLETED"}, headers=admin)
+        submit(client, "add", args=[1, 2], priority="low", headers=admin)
+        assert command(client, "low", "pause", headers=admin).get_json()["paused_by"] == "admin"
+        queues = client.get("/queues", headers=admin).get_json()["queues"]
+        assert [queue["name"] for queue in queues] == ["high", "default", "low"]
+        by_name = {queue["name"]: queue for queue in queues}
+        assert by_name["default"] == {
+            "name": "default",
+            "depth": 0,
+            "paused": False,
+            "paused_at": None,
+            "paused_by": None,
+            "paused_in_redis": False,
+            "workers": [],
+            "completed_last_minute": 1,
+        }
+        low = by_name["low"]
+        assert low["depth"] == 1 and low["paused"] and low["paused_in_redis"] and low["completed_last_minute"] == 0
+        assert low["paused_at"].endswith("Z") and low["paused_by"] == "admin"
