@@ -6,14 +6,34 @@ a Redis that lost its keys gets the pause back from the store; ``GET /queues``; 
 from __future__ import annotations
 
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from backend.api.context import services
 from backend.app import create_app
 from backend.broker.pauses import PAUSED_KEY
+from backend.runner.paused import PausedQueues
+from backend.tasks import task
+from tests.conftest import TASK_MODULES
 from tests.helpers import bearer, get_job, submit, wait_for_status, wait_until
 from tests.test_cli import run_cli
+
+THIS_MODULE = __name__
+
+
+@task("hold_a_while")
+def hold_a_while(release_file: str) -> str:
+    """Run until ``release_file`` exists, and at least 1.5 s (30 s at most): longer than a
+    worker keeps its read of the paused queues, so its next dequeue reads them again."""
+    started = time.monotonic()
+    while time.monotonic() - started < 30:
+        if Path(release_file).exists() and time.monotonic() - started >= 1.5:
+            break
+        time.sleep(0.05)
+    return "released"
+
 
 #: A POST without a JSON body says it comes from a script (the browser guard).
 SCRIPTED = {"X-Requested-With": "test"}
@@ -62,6 +82,42 @@ def test_a_paused_queue_waits_through_restarts_while_the_worker_serves_the_other
     assert resumed == {"queue": "default", "paused": False, "changed": True, "paused_at": None, "paused_by": None}
     assert wait_for_status(restarted, held["job_id"], {"COMPLETED"})["result"] == 3
     assert command(restarted, "default", "resume").get_json()["changed"] is False
+
+
+@pytest.fixture
+def holding_tasks(settings) -> dict:
+    """The API and the workers know ``hold_a_while`` (this module) besides the usual tasks."""
+    settings["TASK_MODULES"] = f"{TASK_MODULES},{THIS_MODULE}"
+    return {"TASK_MODULES": settings["TASK_MODULES"]}
+
+
+def test_a_running_job_finishes_when_its_queue_is_paused_and_the_next_one_waits(
+    holding_tasks, client, tmp_path, start_worker
+):
+    release = tmp_path / "release"
+    start_worker("--name", "pause-busy", env=holding_tasks)
+    running = submit(client, "hold_a_while", args=[str(release)])
+    wait_for_status(client, running["job_id"], {"PROCESSING"})
+    queued = submit(client, "add", args=[1, 2])
+    assert command(client, "default", "pause").status_code == 200
+    low = submit(client, "add", args=[2, 2], priority="low")
+    release.touch()
+    assert wait_for_status(client, running["job_id"], {"COMPLETED"})["result"] == "released"
+    # Unpaused, the default job would run before the low one (queues in priority order).
+    assert wait_for_status(client, low["job_id"], {"COMPLETED"})["result"] == 4
+    job = get_job(client, queued["job_id"])
+    assert job["status"] == "QUEUED" and job["waiting_reason"] == "queue_paused", job
+
+
+def test_a_worker_reads_the_paused_queues_at_most_once_a_second(redis_conn):
+    now = [100.0]
+    cache = PausedQueues(clock=lambda: now[0])
+    assert cache.current(redis_conn) == frozenset()
+    redis_conn.sadd(PAUSED_KEY, "low")
+    now[0] += 0.9
+    assert cache.current(redis_conn) == frozenset()  # the read of 0.9 s ago still holds
+    now[0] += 0.1
+    assert cache.current(redis_conn) == {"low"}
 
 
 def test_the_command_line_pauses_and_resumes(settings, client):

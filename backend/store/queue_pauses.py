@@ -39,14 +39,16 @@ def pause(sessions: sessionmaker[Session], queue: str, by: str) -> tuple[Pause, 
     with transaction(sessions) as session:
         dialect = session.get_bind().dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        # One statement either way: two hosts pausing at once record one pause, no error.
+        # One statement either way: two hosts pausing at once record one pause, no error. The
+        # row it inserted comes back (rowcount of an ignored insert is not 0 on every driver).
         added = session.execute(
             insert(_PAUSES)
             .values(queue=queue, paused_at=clock.now_for_write(dialect), paused_by=by)
             .on_conflict_do_nothing(index_elements=["queue"])
-        ).rowcount
+            .returning(_PAUSES.c.queue)
+        ).first()
         row = session.execute(select(_PAUSES).where(_PAUSES.c.queue == queue)).one()
-    return Pause(row.queue, row.paused_at, row.paused_by), bool(added)
+    return Pause(row.queue, row.paused_at, row.paused_by), added is not None
 
 
 def resume(sessions: sessionmaker[Session], queue: str) -> bool:
