@@ -14,6 +14,7 @@ import pytest
 from backend.api.context import services
 from backend.app import create_app
 from backend.broker.pauses import PAUSED_KEY
+from backend.dev.redis_server import free_port
 from backend.runner.paused import PausedQueues
 from backend.tasks import task
 from tests.conftest import TASK_MODULES
@@ -198,3 +199,12 @@ class TestAdminOnly:
         low = by_name["low"]
         assert low["depth"] == 1 and low["paused"] and low["paused_in_redis"] and low["completed_last_minute"] == 0
         assert low["paused_at"].endswith("Z") and low["paused_by"] == "admin"
+
+
+def test_without_redis_a_pause_is_recorded_and_answers_503_until_redis_has_it(settings):
+    client = create_app({**settings, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).test_client()
+    paused = command(client, "high", "pause")
+    assert paused.status_code == 503 and paused.headers["Retry-After"], paused.get_json()
+    assert "paused in the store" in paused.get_json()["error"]["message"]
+    assert client.get("/queues").status_code == 503
+    assert client.get("/metrics").get_data(as_text=True).count('jobservice_queue_paused{queue="high"} 1.0') == 1
