@@ -114,6 +114,16 @@ def call_provider(prompt: str, busy_attempts: int = 1, retry_after: int = 2) -> 
     return {"status": status, "answer": body, "attempt": job.attempt}
 
 
+@task("call_limited_provider", rate_limit="60/minute", rate_key="provider")
+def call_limited_provider(prompt: str, provider: str = "example") -> dict:
+    """Call an upstream provider (simulated in-process) at most 60 times a minute per ``provider``,
+    across all workers: a job over the limit waits (``waiting_reason: "rate_limit"``), holding no
+    worker, and starts when a slot frees."""
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROVIDER_MAX_PROMPT:
+        raise ValueError(f"prompt must be a non-empty string of at most {PROVIDER_MAX_PROMPT} characters")
+    return {"provider": provider, "answer": f"(simulated) {len(prompt.split())} words received"}
+
+
 @task("summarise_stream")
 def summarise_stream(text: str, sentences: int = 2, delay: float = 0.05) -> dict:
     """An LLM-style task: "summarise" ``text`` (its ``sentences`` longest sentences, in order),

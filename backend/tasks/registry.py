@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 from backend.core.errors import NotFound, ValidationFailed
 from backend.core.long_tasks import LOG_LEVELS
+from backend.core.rate_spec import parse_rate
+
+#: The longest rate key a submission may name (a tenant chooses it: it names Redis keys).
+MAX_RATE_KEY = 200
+#: The kinds of value a rate key argument may hold (its text is the key).
+_KEY_TYPES = (str, int, float, bool)
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,10 @@ class TaskSpec:
     concurrency: int | None = None
     #: The lowest level of the ``logging`` records captured into the job's log while it runs.
     log_level: str = "INFO"
+    #: At most this many starts per window for each rate key (canonical text, e.g. "60/minute").
+    rate_limit: str | None = None
+    #: The keyword argument whose value is the rate key; None: the task's name is the key.
+    rate_key: str | None = None
 
     @property
     def signature(self) -> inspect.Signature:
@@ -49,7 +59,33 @@ class TaskSpec:
             "description": doc.splitlines()[0] if doc else None,
             "parameters": params,
             "concurrency": self.concurrency,
+            "rate_limit": self.rate_limit,
+            "rate_key": self.rate_key,
         }
+
+    def rate_for(self, kwargs: dict) -> tuple[str, str] | None:
+        """(rate key, limit text) for a job of these arguments, or None when the task has no limit.
+
+        The key is the value of the ``rate_key`` argument when it is given and not None, else the
+        task's name.
+
+        Raises:
+            ValidationFailed: the argument is not a str, int, float or bool, or its text is empty
+                or longer than ``MAX_RATE_KEY``.
+        """
+        if self.rate_limit is None:
+            return None
+        value = kwargs.get(self.rate_key) if self.rate_key is not None else None
+        if value is None:
+            return self.name, self.rate_limit
+        key = str(value) if isinstance(value, _KEY_TYPES) else None
+        if key is None or not 0 < len(key) <= MAX_RATE_KEY:
+            raise ValidationFailed(
+                f"argument {self.rate_key!r} of task {self.name!r} is its rate key: a string, number or "
+                f"boolean of 1..{MAX_RATE_KEY} characters",
+                details={"task": self.name, "rate_key": self.rate_key},
+            )
+        return key, self.rate_limit
 
     def check_arguments(self, args: list, kwargs: dict) -> None:
         """Raise ValidationFailed, naming the fault, unless the task accepts these arguments."""
@@ -60,6 +96,7 @@ class TaskSpec:
                 f"bad arguments for task {self.name!r}: {exc}",
                 details={"task": self.name, "parameters": self.describe()["parameters"]},
             ) from None
+        self.rate_for(kwargs)
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -67,11 +104,22 @@ _REGISTRY: dict[str, TaskSpec] = {}
 _BY_PATH: dict[str, TaskSpec] = {}
 
 
-def task(name: str, *, concurrency: int | None = None, log_level: str = "INFO") -> Callable[[Callable], Callable]:
+def task(
+    name: str,
+    *,
+    concurrency: int | None = None,
+    log_level: str = "INFO",
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+) -> Callable[[Callable], Callable]:
     """Register a top-level function as the task ``name``.
 
     ``log_level``: records of this level and above that the task logs through ``logging`` while
     it runs (and its ``current_job().log()`` lines) are kept in the job's log.
+
+    ``rate_limit`` ("60/minute", "10/5s": backend/core/rate_spec.py): at most that many of its
+    jobs start in any such window per rate key, across all workers; ``rate_key`` names the keyword
+    argument whose value is the key (the task's name when absent or not given).
 
     Raises:
         TypeError: the function is not importable by its module path (nested, lambda), or
@@ -85,15 +133,42 @@ def task(name: str, *, concurrency: int | None = None, log_level: str = "INFO") 
             raise TypeError(f"concurrency must be at least 1, got {concurrency!r}")
         if not isinstance(log_level, str) or log_level.upper() not in LOG_LEVELS:
             raise TypeError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+        limit = _rate_limit(name, func, rate_limit, rate_key)
         path = f"{func.__module__}.{func.__qualname__}"
         existing = _REGISTRY.get(name)
         if existing is not None and existing.path != path:
             raise TypeError(f"task name {name!r} is already taken by {existing.path}")
-        spec = TaskSpec(name=name, func=func, path=path, concurrency=concurrency, log_level=log_level.upper())
+        spec = TaskSpec(
+            name=name,
+            func=func,
+            path=path,
+            concurrency=concurrency,
+            log_level=log_level.upper(),
+            rate_limit=limit,
+            rate_key=rate_key,
+        )
         _REGISTRY[name] = _BY_PATH[path] = spec
         return func
 
     return register
+
+
+def _rate_limit(name: str, func: Callable, rate_limit: str | None, rate_key: str | None) -> str | None:
+    """The canonical limit text of a declaration, checked at import so a bad one never runs."""
+    if rate_limit is None:
+        if rate_key is not None:
+            raise TypeError(f"task {name!r}: rate_key={rate_key!r} needs a rate_limit")
+        return None
+    try:
+        limit = parse_rate(rate_limit).text
+    except ValueError as exc:
+        raise TypeError(f"task {name!r}: bad rate_limit: {exc}") from None
+    if rate_key is not None:
+        params = inspect.signature(func).parameters
+        takes_any = any(param.kind is param.VAR_KEYWORD for param in params.values())
+        if not isinstance(rate_key, str) or not (rate_key in params or takes_any):
+            raise TypeError(f"task {name!r}: rate_key={rate_key!r} names none of its keyword arguments")
+    return limit
 
 
 def get_task(name: str) -> TaskSpec:

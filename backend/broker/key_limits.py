@@ -1,0 +1,295 @@
+"""Rate limits per key: a sliding log of starts per key in Redis, shared by every worker and host.
+
+A job whose RQ meta carries ``rate`` (``{"key": ..., "limit": "60/minute"}``, written at submission
+from the task's declaration) is admitted by ``admit`` after a worker popped it: it starts iff the
+starts logged for its key in the window ending now number fewer than the limit; its start is
+then logged at now. Otherwise the same script holds it (out of every queue list, in the key's
+``held`` set) and the workers' ``release_due`` later moves as many held jobs as have free slots
+back to the FRONT of their queue, logging a grant for each (its reserved slot, which its own
+admission takes back). So no window of ``window`` seconds ever holds more than ``limit``
+logged starts, and a held job holds no worker.
+
+Each step is one Lua script (atomic); the clock is Redis's ``TIME`` (one clock for every host)
+unless a test passes ``now``. An operator's override (``OVERRIDES``, written by the API) wins over
+the declared limit at the next admission or release. Everything per key expires or is deleted
+once the key holds nothing: a tenant's rate key values never grow Redis without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from redis import Redis
+from redis.commands.core import Script
+from rq.job import Job as RQJob
+from rq.queue import Queue
+
+from backend.core.rate_spec import parse_rate
+
+log = logging.getLogger(__name__)
+
+PREFIX = "jobservice:rl:"
+#: Key -> time (s) its next slot frees, for keys that hold jobs.
+DUE = PREFIX + "due"
+#: RQ id -> key, for every held job (the reconciler counts them waiting; waiting facts).
+HELD_JOBS = PREFIX + "held-jobs"
+#: Key -> the limit text the held jobs declared (``release_due`` reads it).
+LIMITS = PREFIX + "limits"
+#: Key -> an operator's limit text (wins over the declared one).
+OVERRIDES = PREFIX + "overrides"
+#: Key -> how many times a job of it was held (the metric ``jobservice_rate_limited_total``).
+HELD_TOTAL = PREFIX + "held-total"
+#: ``HELD_TOTAL`` counts at most this many keys; held jobs of further keys count under OTHER_KEY.
+MAX_TOTAL_KEYS = 1000
+OTHER_KEY = "(other keys)"
+#: The longest rate key (the same cap as TaskSpec.rate_for's).
+MAX_KEY = 200
+#: One ``release_due`` looks at most at this many due keys (the next call takes the rest).
+RELEASE_KEYS = 100
+
+
+def log_key(key: str) -> str:
+    """The ZSET of a key's logged starts and grants (member RQ id, score its time)."""
+    return f"{PREFIX}{key}:log"
+
+
+def held_key(key: str) -> str:
+    """The ZSET of a key's held RQ ids (score: arrival order)."""
+    return f"{PREFIX}{key}:held"
+
+
+# Shared by the scripts: the grammar of backend/core/rate_spec.py, and the clock.
+_PRELUDE = """
+local UNITS = {second = 1, minute = 60, hour = 3600, day = 86400}
+-- A limit text's count and window, or nil when it does not parse (garbled: no limit).
+local function parse(text)
+  if not text then return nil end
+  local n, unit = string.match(text, '^(%d+)/(%a+)$')
+  local w = UNITS[unit or '']
+  if not w then n, w = string.match(text, '^(%d+)/(%d+)s$') end
+  n, w = tonumber(n), tonumber(w)
+  if not n or not w or n < 1 or n > 1000000 or w < 1 or w > 86400 then return nil end
+  return n, w
+end
+-- Now in seconds: the caller's (tests' fake clock) or the server's, one clock for all hosts.
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: log, held, due, held-jobs, limits, overrides, held-total
+# ARGV: key, rq id, declared limit text, now ('' = server time), max keys counted, other key
+_ADMIT = (
+    _PRELUDE
+    + """
+local now = clock(ARGV[4])
+-- The limit: the operator's override when it parses, else the job's declared one.
+local count, window = parse(redis.call('HGET', KEYS[6], ARGV[1]))
+if not count then count, window = parse(ARGV[3]) end
+if not count then return false end
+-- Forget starts that left the window; take back this job's own grant (a release reserved it).
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local granted = redis.call('ZREM', KEYS[1], ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < count then
+  -- Admitted: logged at now, so every later admission within the window counts it.
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000))
+  return false
+end
+-- Held: by arrival; a grant that came too late to use its slot goes back to the head.
+local order = now
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if granted == 1 and head[2] then order = math.min(now, tonumber(head[2]) - 1) end
+redis.call('ZADD', KEYS[2], order, ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+-- The next slot frees when the oldest logged start leaves the window (LT: keep an earlier wake).
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local due = tonumber(oldest[2]) + window
+redis.call('ZADD', KEYS[3], 'LT', due, ARGV[1])
+-- The metric's count, capped in keys: past the cap, new keys count under one name.
+local name = ARGV[1]
+if redis.call('HEXISTS', KEYS[7], name) == 0 and redis.call('HLEN', KEYS[7]) >= tonumber(ARGV[5]) then
+  name = ARGV[6]
+end
+redis.call('HINCRBY', KEYS[7], name, 1)
+return string.format('%.6f', due)
+"""
+)
+
+# KEYS: due, held-jobs, limits, overrides
+# ARGV: now ('' = server time), max keys, key prefix, RQ job prefix, RQ queue prefix
+_RELEASE = (
+    _PRELUDE
+    + """
+local now = clock(ARGV[1])
+local released = 0
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local log, held = ARGV[3] .. key .. ':log', ARGV[3] .. key .. ':held'
+  -- The key's limit now: the override, else the declared one; neither parses: no limit.
+  local count, window = parse(redis.call('HGET', KEYS[4], key))
+  if not count then count, window = parse(redis.call('HGET', KEYS[3], key)) end
+  local free = math.huge
+  if count then
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+    free = count - redis.call('ZCARD', log)
+  end
+  -- Take the oldest held ids while slots are free; a job no longer queued (cancelled) takes none.
+  local pushes = {}
+  while free > 0 do
+    local head = redis.call('ZPOPMIN', held)
+    if not head[1] then break end
+    local id = head[1]
+    redis.call('HDEL', KEYS[2], id)
+    local job = redis.call('HMGET', ARGV[4] .. id, 'status', 'origin')
+    if job[1] == 'queued' and job[2] then
+      pushes[job[2]] = pushes[job[2]] or {}
+      table.insert(pushes[job[2]], id)
+      -- The grant: its slot, counted by every admission until the job's own takes it back.
+      if count then redis.call('ZADD', log, now, id) end
+      free = free - 1
+      released = released + 1
+    end
+  end
+  -- Back to the FRONT of the origin queue, oldest at the head.
+  for origin, ids in pairs(pushes) do
+    for i = #ids, 1, -1 do redis.call('LPUSH', ARGV[5] .. origin, ids[i]) end
+  end
+  if count then redis.call('PEXPIRE', log, math.ceil(window * 2000)) end
+  -- Nothing held: the key leaves the due set; else it is due when its oldest start leaves the window.
+  if redis.call('ZCARD', held) == 0 then
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('HDEL', KEYS[3], key)
+  else
+    local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', KEYS[1], tonumber(oldest[2]) + window, key)
+  end
+end
+return released
+"""
+)
+
+# KEYS: held-jobs, due; ARGV: RQ ids. Returns id, key, due time (text, '' when unknown) triples.
+_HELD_UNTIL = """
+local out = {}
+for _, id in ipairs(ARGV) do
+  local key = redis.call('HGET', KEYS[1], id)
+  if key then
+    local due = redis.call('ZSCORE', KEYS[2], key)
+    table.insert(out, id)
+    table.insert(out, key)
+    table.insert(out, due or '')
+  end
+end
+return out
+"""
+
+_SOURCES = {"admit": _ADMIT, "release": _RELEASE, "held_until": _HELD_UNTIL}
+#: Registered once per process; each call names the connection it runs on (EVALSHA, loaded on a miss).
+_scripts: dict[str, Script] = {}
+
+
+def _script(connection: Redis, name: str) -> Script:
+    script = _scripts.get(name)
+    if script is None:
+        script = _scripts[name] = connection.register_script(_SOURCES[name])
+    return script
+
+
+def _now(now: float | None) -> str:
+    return "" if now is None else repr(float(now))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def declared_rate(meta: Any) -> tuple[str, str] | None:
+    """The (key, canonical limit text) a job's RQ meta declares, or None: absent or garbled meta
+    means no limit (never an exception in the worker)."""
+    try:
+        rate = meta.get("rate") if isinstance(meta, dict) else None
+        if not isinstance(rate, dict):
+            return None
+        key, limit = rate.get("key"), rate.get("limit")
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY:
+            return None
+        return key, parse_rate(limit).text
+    except (ValueError, TypeError):
+        return None
+
+
+def admit(connection: Redis, job: RQJob, now: float | None = None) -> float | None:
+    """None: the job may start now (its start is logged). A float: the limiter holds the job (it is
+    in no queue list now) and its key's next slot frees at that time (epoch seconds).
+
+    Raises:
+        RedisError: Redis is unreachable or refused (the worker's loop handles it).
+    """
+    try:
+        meta = job.meta
+    except Exception:  # an unreadable meta is no limit, not a crashed worker
+        return None
+    rate = declared_rate(meta)
+    if rate is None:
+        return None
+    key, text = rate
+    keys = [log_key(key), held_key(key), DUE, HELD_JOBS, LIMITS, OVERRIDES, HELD_TOTAL]
+    args = [key, job.id, text, _now(now), MAX_TOTAL_KEYS, OTHER_KEY]
+    due = _script(connection, "admit")(keys=keys, args=args, client=connection)
+    return None if due is None else float(due)
+
+
+def release_due(connection: Redis, now: float | None = None) -> int:
+    """Move the held jobs whose slots are free back to the front of their queues; how many moved.
+
+    Raises:
+        RedisError: Redis is unreachable or refused.
+    """
+    args = [_now(now), RELEASE_KEYS, PREFIX, RQJob.redis_job_namespace_prefix, Queue.redis_queue_namespace_prefix]
+    return int(_script(connection, "release")(keys=[DUE, HELD_JOBS, LIMITS, OVERRIDES], args=args, client=connection))
+
+
+def wake(connection: Redis, key: str) -> None:
+    """Make ``key``'s held jobs due now (after an override changed its limit): the next
+    ``release_due`` of any worker releases as many as the new limit allows."""
+    connection.zadd(DUE, {key: 0}, xx=True)
+
+
+def held_ids(connection: Redis) -> set[str]:
+    """The RQ ids of every held job (they wait, though in no queue list)."""
+    return {_text(rq_id) for rq_id in connection.hkeys(HELD_JOBS)}
+
+
+def held_until(connection: Redis, rq_ids: Iterable[str]) -> dict[str, tuple[str, float | None]]:
+    """For each of ``rq_ids`` that the limiter holds: (its key, when the key's next slot frees,
+    epoch seconds, or None when not known). One round trip."""
+    ids = list(rq_ids)
+    if not ids:
+        return {}
+    flat = _script(connection, "held_until")(keys=[HELD_JOBS, DUE], args=ids, client=connection)
+    found = {}
+    for index in range(0, len(flat), 3):
+        due = _text(flat[index + 2])
+        found[_text(flat[index])] = (_text(flat[index + 1]), float(due) if due else None)
+    return found
+
+
+def held_counts(connection: Redis, keys: Iterable[str]) -> dict[str, int]:
+    """How many jobs of each of ``keys`` are held now (one pipelined ZCARD each)."""
+    names = list(keys)
+    with connection.pipeline(transaction=False) as pipe:
+        for key in names:
+            pipe.zcard(held_key(key))
+        counts = pipe.execute()
+    return dict(zip(names, counts, strict=True))
+
+
+def held_totals(connection: Redis, top: int = 100) -> dict[str, int]:
+    """How many times a job of each key was held, for the ``top`` keys with the most."""
+    totals = {_text(key): int(count) for key, count in connection.hgetall(HELD_TOTAL).items()}
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:top])
