@@ -193,7 +193,7 @@ def pause_command(queue: str) -> None:
 def resume_command(queue: str) -> None:
     """Resume QUEUE: workers start its jobs again within seconds."""
     try:
-        outcome = _services().pauses.resume(queue)
+        outcome = _services().pauses.resume(queue, by=_who())
     except ServiceUnavailable as exc:
         raise CommandError(exc.message) from None
     click.echo(_pause_line(outcome))

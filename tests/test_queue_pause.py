@@ -5,11 +5,14 @@ a Redis that lost its keys gets the pause back from the store; ``GET /queues``; 
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from backend.api.context import services
 from backend.app import create_app
@@ -20,6 +23,7 @@ from backend.tasks import task
 from tests.conftest import TASK_MODULES
 from tests.helpers import bearer, get_job, submit, wait_for_status, wait_until
 from tests.test_cli import run_cli
+from tests.test_reconciler import age
 
 THIS_MODULE = __name__
 
@@ -208,3 +212,53 @@ def test_without_redis_a_pause_is_recorded_and_answers_503_until_redis_has_it(se
     assert "paused in the store" in paused.get_json()["error"]["message"]
     assert client.get("/queues").status_code == 503
     assert client.get("/metrics").get_data(as_text=True).count('jobservice_queue_paused{queue="high"} 1.0') == 1
+
+
+def test_pauses_and_resumes_racing_each_other_all_answer_and_redis_ends_as_the_store(app, redis_conn):
+    """Threads pausing and resuming one queue at once (two operators, a script run twice): each
+    call answers the queue's state (on PostgreSQL a resume landing between a pause's insert and
+    its read once made that pause a 500); the reconciler's sync then leaves Redis as the store."""
+    pauses = services(app).pauses
+    errors: list[BaseException] = []
+
+    def hammer(index: int) -> None:
+        try:
+            for turn in range(40):
+                if (index + turn) % 2:
+                    outcome = pauses.pause("low", by=f"operator-{index}")
+                    assert outcome.paused and outcome.paused_at is not None and outcome.paused_by
+                else:
+                    assert not pauses.resume("low", by=f"operator-{index}").paused
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    pauses.sync()
+    recorded = set(pauses.paused())
+    assert {name.decode() for name in redis_conn.smembers(PAUSED_KEY)} == recorded
+
+
+def test_each_pause_and_resume_that_changes_a_queue_is_logged_once_with_who(client, caplog):
+    caplog.set_level(logging.INFO, logger="backend.service.queue_pauses")
+    for verb in ("pause", "pause", "resume", "resume"):
+        assert command(client, "high", verb).status_code == 200
+    lines = [record.getMessage() for record in caplog.records if record.name == "backend.service.queue_pauses"]
+    assert lines == ["queue high paused by local", "queue high resumed by local"]
+
+
+def test_a_pass_whose_pause_sync_fails_still_recovers_a_lost_job(app, client, redis_conn, caplog):
+    job = submit(client, "add", args=[2, 3])
+    redis_conn.lrem("rq:queue:default", 0, job["rq_job_id"])  # popped by a worker that then died
+    age(app, job["job_id"])
+    with services(app).sessions() as session:  # the pauses' record unreadable: a store error
+        session.execute(text("DROP TABLE queue_pauses"))
+        session.commit()
+    report = services(app).reconciler.run_once()
+    assert report.requeued == [job["job_id"]]
+    assert "paused queues not synced, recovery goes on" in caplog.text
+    assert get_job(client, job["job_id"])["status"] == "QUEUED"

@@ -47,4 +47,4 @@ def pause(name: str):
 
 @bp.post("/<name>/resume")
 def resume(name: str):
-    return _outcome(services().pauses.resume(name))
+    return _outcome(services().pauses.resume(name, by=g.principal.owner))

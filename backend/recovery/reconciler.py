@@ -129,7 +129,14 @@ class Reconciler:
             self._down_since = None
         try:
             if self.pauses is not None:
-                self.pauses.sync()  # every process's pass: one small read and a compare
+                # First, so that after an empty Redis restart the paused set is back before this
+                # pass puts a lost job on a paused queue; its own try: recovery matters more.
+                try:
+                    self.pauses.sync()  # every process's pass: one small read and a compare
+                except Exception as exc:
+                    log.warning(
+                        "reconciler: paused queues not synced, recovery goes on (%s: %s)", type(exc).__name__, exc
+                    )
             with self._leadership() as leader:
                 return self._pass(leader) if leader is not None else None
         except BrokerError:

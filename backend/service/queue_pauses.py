@@ -61,13 +61,17 @@ class QueuePauses:
         """
         check_queue(queue)
         recorded, changed = store_pauses.pause(self.sessions, queue, by)
+        if changed:  # once per change: a repeated pause changes nothing, so says nothing
+            log.info("queue %s paused by %s", queue, by)
         self._mirror(broker_pauses.add, queue, "paused")
         return PauseOutcome(queue, True, changed, recorded.paused_at, recorded.paused_by)
 
-    def resume(self, queue: str) -> PauseOutcome:
-        """Resume ``queue`` (idempotent). Raises as ``pause``."""
+    def resume(self, queue: str, *, by: str) -> PauseOutcome:
+        """Resume ``queue`` (idempotent); ``by`` is for the log line. Raises as ``pause``."""
         check_queue(queue)
         changed = store_pauses.resume(self.sessions, queue)
+        if changed:
+            log.info("queue %s resumed by %s", queue, by)
         self._mirror(broker_pauses.remove, queue, "resumed")
         return PauseOutcome(queue, False, changed)
 

@@ -35,15 +35,28 @@ class Pause:
 
 
 def pause(sessions: sessionmaker[Session], queue: str, by: str) -> tuple[Pause, bool]:
-    """Record ``queue`` as paused; (the pause, whether this call recorded it)."""
+    """Record ``queue`` as paused; (the pause as recorded, whether this call recorded it).
+
+    One statement that always answers the row, whatever races it: on PostgreSQL an upsert whose
+    no-op update returns the row another transaction committed (a plain insert-or-ignore and a
+    second read could miss it: a resume deleting it between the two was a 500); ``xmax = 0``
+    marks a row this statement inserted. SQLite lets one transaction write at a time, and the
+    insert takes that turn until commit, so its read after an ignored insert cannot miss.
+    """
     with transaction(sessions) as session:
         dialect = session.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        # One statement either way: two hosts pausing at once record one pause, no error. The
-        # row it inserted comes back (rowcount of an ignored insert is not 0 on every driver).
+        values = {"queue": queue, "paused_at": clock.now_for_write(dialect), "paused_by": by}
+        if dialect == "postgresql":
+            statement = pg_insert(_PAUSES).values(values)
+            row = session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["queue"], set_={"queue": statement.excluded.queue}
+                ).returning(*_PAUSES.c, literal_column("xmax = 0").label("inserted"))
+            ).one()
+            return Pause(row.queue, row.paused_at, row.paused_by), bool(row.inserted)
         added = session.execute(
-            insert(_PAUSES)
-            .values(queue=queue, paused_at=clock.now_for_write(dialect), paused_by=by)
+            sqlite_insert(_PAUSES)
+            .values(values)
             .on_conflict_do_nothing(index_elements=["queue"])
             .returning(_PAUSES.c.queue)
         ).first()
