@@ -23,6 +23,7 @@ from backend.service.job_events import EventHub
 from backend.service.job_manager import JobManager
 from backend.service.job_reads import JobReader
 from backend.service.queue_pauses import QueuePauses
+from backend.service.rate_limits import RateLimits
 from backend.service.retries import RetryPolicy
 from backend.service.schedules import ScheduleManager
 from backend.store.engine import make_engine, make_session_factory, migrate, schema_behind
@@ -62,6 +63,8 @@ class Services:
     event_hub: EventHub
     #: Paused queues: the store's record and Redis's mirror for the workers.
     pauses: QueuePauses
+    #: Rate limits set at run time per key: the store's record and Redis's mirror for the limiter.
+    rate_limits: RateLimits
 
 
 def build_services(settings: Settings, *, migrate_store: bool = True) -> Services:
@@ -104,6 +107,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
     )
     jobs = JobManager(sessions, queues, retry_policy=policy, max_attempts=settings.max_attempts_per_job)
     pauses = QueuePauses(sessions, redis)
+    rate_limits = RateLimits(sessions, redis)
     reconciler = Reconciler(
         jobs,
         sessions,
@@ -112,6 +116,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         grace_seconds=settings.reconcile_grace,
         caps=SizeCaps.from_settings(settings),
         pauses=pauses,
+        rate_limits=rate_limits,
     )
     webhooks = Dispatcher(
         sessions,
@@ -137,6 +142,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         webhooks=webhooks,
         event_hub=None,  # type: ignore[arg-type]  # below: it serves jobs through job_reader
         pauses=pauses,
+        rate_limits=rate_limits,
     )
     built.event_hub = EventHub(
         EventLog(redis, history=settings.events_history, ttl=settings.events_ttl_seconds),

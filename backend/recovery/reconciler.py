@@ -42,6 +42,7 @@ from backend.core.size_caps import SizeCaps
 from backend.core.states import REQUEUE_FROM, JobStatus
 from backend.service.job_manager import JobManager
 from backend.service.queue_pauses import QueuePauses
+from backend.service.rate_limits import RateLimits
 from backend.store import clock, counts, job_scans, leadership
 from backend.store.jobs import Sessions
 from backend.store.models import Job
@@ -95,10 +96,13 @@ class Reconciler:
         confirm_delay: float = 0.5,
         caps: SizeCaps | None = None,
         pauses: QueuePauses | None = None,
+        rate_limits: RateLimits | None = None,
     ):
         self.manager = manager
         #: Paused queues: each pass puts the store's record back into Redis (a flushed Redis).
         self.pauses = pauses
+        #: Rate limit overrides: each pass puts the store's record back into Redis, as the pauses.
+        self.rate_limits = rate_limits
         self.sessions = sessions
         # An outcome copied from RQ gets the caps a worker's report gets (backend/core/size_caps.py).
         self.caps = caps or SizeCaps()
@@ -137,6 +141,11 @@ class Reconciler:
                     log.warning(
                         "reconciler: paused queues not synced, recovery goes on (%s: %s)", type(exc).__name__, exc
                     )
+            if self.rate_limits is not None:
+                try:
+                    self.rate_limits.sync()  # the overrides, as the pauses (few rows)
+                except Exception as exc:  # recovering jobs matters more; the next pass tries again
+                    log.warning("reconciler: rate limit overrides not synced (%s: %s)", type(exc).__name__, exc)
             with self._leadership() as leader:
                 return self._pass(leader) if leader is not None else None
         except BrokerError:

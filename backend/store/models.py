@@ -302,3 +302,16 @@ class QueuePause(Base):
     queue: Mapped[str] = mapped_column(String(16), primary_key=True)
     paused_at: Mapped[datetime] = mapped_column(UTCDateTime)
     paused_by: Mapped[str] = mapped_column(String(200))
+
+
+class RateLimitOverride(Base):
+    """A rate limit set at run time for one key (``PUT /rate-limits/<key>``): recorded here so that
+    it survives every restart (Redis holds its mirror for the workers, backend/broker/limit_overrides.py);
+    it wins over the limit a task declares, and the row goes when it is cleared."""
+
+    __tablename__ = "rate_limit_overrides"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    limit_text: Mapped[str] = mapped_column(String(40))
+    set_by: Mapped[str] = mapped_column(String(200))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,153 @@
+"""Rate limits per key set at run time (``PUT /rate-limits/<key>``), and the overview of
+``GET /rate-limits``. Not the API's submission limiter (backend/api/rate_limits.py).
+
+An override is recorded in the store first (the record every restart keeps), then written to the
+hash in Redis that the limiter's script reads at each admission; clearing removes both. A Redis
+that did not answer the second step gets it from the reconciler's next pass (``sync``), which makes
+the hash hold exactly what the store records. An override wins over the limit a task declares
+(``@task(..., rate_limit=..., rate_key=...)``) for every job of that key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from backend.broker import limit_overrides as broker_overrides
+from backend.broker.errors import BrokerError
+from backend.core.errors import ServiceUnavailable, ValidationFailed
+from backend.core.rate_spec import parse_rate
+from backend.store import rate_limit_overrides as store_overrides
+from backend.store.jobs import Sessions
+from backend.tasks.registry import all_tasks
+
+if TYPE_CHECKING:  # the type only, as the broker names it (it alone imports redis)
+    from backend.broker.connection import Redis
+
+log = logging.getLogger(__name__)
+
+#: The longest key (the same cap as a key a task's argument names, backend/core/rate_spec.py).
+MAX_KEY = 200
+
+
+@dataclass(frozen=True)
+class OverrideOutcome:
+    """What a PUT or DELETE did: the key's override after it (None: none), the one before, and
+    whether this call changed it."""
+
+    key: str
+    limit: str | None
+    previous: str | None
+    set_by: str | None = None
+    set_at: datetime | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.limit != self.previous
+
+
+def check_key(key: str) -> str:
+    """``key`` when it may name a rate limit, else ValidationFailed (422)."""
+    if not key or len(key) > MAX_KEY:
+        raise ValidationFailed(f"a rate limit's key is 1 to {MAX_KEY} characters, got {len(key)}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in key):
+        raise ValidationFailed("a rate limit's key holds no control characters")
+    return key
+
+
+def check_limit(limit: object) -> str:
+    """The canonical limit text when ``parse_rate`` takes it, else ValidationFailed (422) saying why."""
+    if not isinstance(limit, str):
+        raise ValidationFailed('"limit" is a string such as "100/minute" or "10/5s"')
+    try:
+        # Stored as the canonical text ("100/MINUTE " -> "100/minute"), the form the limiter reads.
+        return parse_rate(limit).text
+    except ValueError as exc:
+        raise ValidationFailed(f'"limit": {exc}') from None
+
+
+class RateLimits:
+    """The override commands over the store's record and Redis's mirror."""
+
+    def __init__(self, sessions: Sessions, redis: Redis):
+        self.sessions = sessions
+        self.redis = redis
+
+    def set(self, key: str, limit: object, *, by: str) -> OverrideOutcome:
+        """Set ``key``'s limit (setting the same again changes nothing but its time and author).
+
+        Raises:
+            ValidationFailed: the key or the limit is not one.
+            ServiceUnavailable: recorded, but Redis did not take it (the next pass puts it there).
+        """
+        check_key(key)
+        text = check_limit(limit)
+        recorded, previous = store_overrides.set_limit(self.sessions, key, text, by)
+        self._mirror(lambda: broker_overrides.put(self.redis, key, text), key, f"set to {text}")
+        return OverrideOutcome(key, recorded.limit, previous, recorded.set_by, recorded.set_at)
+
+    def clear(self, key: str) -> OverrideOutcome:
+        """Remove ``key``'s override (idempotent); its jobs go back to their task's limit."""
+        check_key(key)
+        previous = store_overrides.clear(self.sessions, key)
+        self._mirror(lambda: broker_overrides.remove(self.redis, key), key, "cleared")
+        return OverrideOutcome(key, None, previous)
+
+    def _mirror(self, write, key: str, what: str) -> None:
+        try:
+            write()
+        except BrokerError as exc:
+            raise ServiceUnavailable(
+                f"the rate limit of key {key!r} is {what} in the store, but Redis did not answer ({exc}); "
+                "workers obey it once Redis is back (the reconciler's next pass writes it), or send this request again"
+            ) from None
+
+    def overrides(self) -> dict[str, store_overrides.Override]:
+        """The recorded overrides, by key."""
+        return store_overrides.overrides(self.sessions)
+
+    def sync(self) -> bool | None:
+        """Make Redis's hash hold what the store records (the reconciler's pass calls this): True
+        when it changed the hash, False when it held that, None when a PUT or DELETE raced it (left
+        for the next pass). Raises BrokerError / StoreUnavailable as they come."""
+        changed = broker_overrides.replace(
+            self.redis, lambda: {key: row.limit for key, row in self.overrides().items()}
+        )
+        if changed:
+            log.warning("rate limit overrides in Redis differed from the store's record; put back from the store")
+        return changed
+
+    def overview(self) -> dict:
+        """``GET /rate-limits``: the limits tasks declare, the overrides, and the keys holding jobs.
+
+        Raises:
+            ServiceUnavailable: Redis does not answer (held jobs live there).
+        """
+        overrides = self.overrides()
+        try:
+            held = broker_overrides.held_keys(self.redis)
+        except BrokerError as exc:
+            raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
+        declared = [
+            {"task": spec.name, "rate_limit": spec.rate_limit, "rate_key": spec.rate_key}
+            for spec in all_tasks()
+            if getattr(spec, "rate_limit", None)
+        ]
+        return {
+            "tasks": sorted(declared, key=lambda entry: entry["task"]),
+            "overrides": [
+                {"key": row.key, "limit": row.limit, "set_by": row.set_by, "set_at": row.set_at}
+                for row in overrides.values()
+            ],
+            "held": [
+                {
+                    "key": entry.key,
+                    "held": entry.held,
+                    "limit": entry.limit,
+                    "next_slot_at": datetime.fromtimestamp(entry.next_slot_at, UTC),
+                }
+                for entry in held
+            ],
+        }

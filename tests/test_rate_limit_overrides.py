@@ -1,0 +1,123 @@
+"""Rate limits set at run time per key (issue 15 item 2): ``PUT``/``DELETE /rate-limits/<key>``
+and ``GET /rate-limits``, with the real store and Redis: the override is recorded in the store and
+mirrored into the hash the limiter reads; a Redis that lost it gets it back from the reconciler's
+pass; bad input is a clear JSON error; without Redis the store records it and the answer is 503;
+admin only."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.api.context import services
+from backend.app import create_app
+from backend.broker.limit_overrides import OVERRIDES_KEY
+from backend.dev.redis_server import free_port
+from tests.helpers import bearer
+
+ADMIN, TENANT = "admin-key-0123456789abcdef", "tenant-key-0123456789abcdef"
+
+
+def put(client, key: str, body, headers: dict | None = None):
+    return client.put(f"/rate-limits/{key}", json=body, headers=headers)
+
+
+def delete(client, key: str, headers: dict | None = None):
+    """A DELETE without a body says it comes from a script (the browser guard)."""
+    return client.delete(f"/rate-limits/{key}", headers={"X-Requested-With": "test", **(headers or {})})
+
+
+def mirrored(redis_conn) -> dict[str, str]:
+    return {key.decode(): limit.decode() for key, limit in redis_conn.hgetall(OVERRIDES_KEY).items()}
+
+
+def test_an_override_is_set_shown_replaced_and_cleared(client, redis_conn):
+    answer = put(client, "openai", {"limit": " 100/MINUTE"})
+    assert answer.status_code == 200, answer.get_json()
+    first = answer.get_json()
+    assert first["key"] == "openai" and first["limit"] == "100/minute" and first["previous"] is None
+    assert first["changed"] and first["set_by"] == "local" and first["set_at"].endswith("Z")
+    assert mirrored(redis_conn) == {"openai": "100/minute"}
+
+    again = put(client, "openai", {"limit": "100/minute"}).get_json()
+    assert again["previous"] == "100/minute" and not again["changed"]
+    # A key may hold a slash (a provider's host and path) and any printable character.
+    slashed = put(client, "api.example.com/v1 ü", {"limit": "10/5s"}).get_json()
+    assert slashed["key"] == "api.example.com/v1 ü" and slashed["limit"] == "10/5s"
+    replaced = put(client, "openai", {"limit": "1/second"}).get_json()
+    assert replaced["previous"] == "100/minute" and replaced["limit"] == "1/second" and replaced["changed"]
+
+    listed = client.get("/rate-limits").get_json()
+    assert [(o["key"], o["limit"], o["set_by"]) for o in listed["overrides"]] == [
+        ("api.example.com/v1 ü", "10/5s", "local"),
+        ("openai", "1/second", "local"),
+    ]
+    assert listed["held"] == []
+    assert all(entry["rate_limit"] and "rate_key" in entry for entry in listed["tasks"])
+    assert mirrored(redis_conn) == {"openai": "1/second", "api.example.com/v1 ü": "10/5s"}
+
+    cleared = delete(client, "openai").get_json()
+    assert cleared == {**cleared, "limit": None, "previous": "1/second", "changed": True}
+    assert delete(client, "openai").get_json()["changed"] is False  # idempotent
+    assert mirrored(redis_conn) == {"api.example.com/v1 ü": "10/5s"}
+    assert [o["key"] for o in client.get("/rate-limits").get_json()["overrides"]] == ["api.example.com/v1 ü"]
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "words"),
+    [
+        ("openai", {"limit": "100 per minute"}, "N/second, N/minute"),
+        ("openai", {"limit": "0/minute"}, "count must be 1.."),
+        ("openai", {"limit": "5/90000s"}, "window must be"),
+        ("openai", {"limit": 100}, '"limit" is a string'),
+        ("openai", {}, '"limit" is required'),
+        ("openai", {"limit": "1/second", "burst": 3}, "unknown fields ['burst']"),
+        ("k" * 201, {"limit": "1/second"}, "1 to 200 characters"),
+        ("tab%09key", {"limit": "1/second"}, "no control characters"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(client, redis_conn, key, body, words):
+    answer = put(client, key, body)
+    assert answer.status_code == 422, answer.get_json()
+    assert words in answer.get_json()["error"]["message"]
+    assert client.get("/rate-limits").get_json()["overrides"] == [] and mirrored(redis_conn) == {}
+
+
+def test_a_body_that_is_not_json_is_refused(client):
+    answer = client.put("/rate-limits/openai", data="limit=1/second", content_type="text/plain")
+    assert answer.status_code == 415 and answer.get_json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_a_redis_that_lost_the_overrides_gets_them_back_from_the_store(app, client, redis_conn):
+    assert put(client, "openai", {"limit": "60/minute"}).status_code == 200
+    redis_conn.delete(OVERRIDES_KEY)  # a Redis restarted empty
+    redis_conn.hset(OVERRIDES_KEY, "stale", "1/second")  # and one the store does not record
+    services(app).reconciler.run_once()
+    assert mirrored(redis_conn) == {"openai": "60/minute"}
+    assert services(app).rate_limits.sync() is False  # in step: nothing to write
+
+
+def test_without_redis_an_override_is_recorded_and_answers_503(settings, redis_conn):
+    client = create_app({**settings, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).test_client()
+    answer = put(client, "openai", {"limit": "60/minute"})
+    assert answer.status_code == 503 and answer.headers["Retry-After"], answer.get_json()
+    assert "set to 60/minute in the store" in answer.get_json()["error"]["message"]
+    assert client.get("/rate-limits").status_code == 503
+    # Once Redis answers, the reconciler's pass (here: a process on the real Redis) mirrors it.
+    assert services(create_app(settings)).rate_limits.sync() is True
+    assert mirrored(redis_conn) == {"openai": "60/minute"}
+
+
+class TestAdminOnly:
+    @pytest.fixture
+    def settings(self, settings):
+        settings["API_KEYS"] = f"admin:{ADMIN}:admin,tenant:{TENANT}"
+        return settings
+
+    def test_only_admins_read_or_change_rate_limits(self, client, redis_conn):
+        tenant, admin = bearer(TENANT), bearer(ADMIN)
+        assert client.get("/rate-limits", headers=tenant).status_code == 403
+        assert put(client, "openai", {"limit": "1/second"}, headers=tenant).status_code == 403
+        assert delete(client, "openai", headers=tenant).status_code == 403
+        assert client.get("/rate-limits").status_code == 401
+        assert mirrored(redis_conn) == {}
+        assert put(client, "openai", {"limit": "1/second"}, headers=admin).get_json()["set_by"] == "admin"
