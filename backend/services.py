@@ -92,7 +92,9 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
             raise RuntimeError(f"{behind}: run `python -m backend migrate` first (MIGRATE_ON_START is off)")
     sessions = make_session_factory(engine)
     redis = connect_for(settings, socket_timeout=5)
-    queues = QueueAdapter(redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl)
+    queues = QueueAdapter(
+        redis, result_ttl=settings.rq_result_ttl, failure_ttl=settings.rq_failure_ttl, fair_share=settings.fair_share
+    )
     try:
         note_history(redis)  # before register_queues: an empty Redis is noted as such
         register_queues(redis)

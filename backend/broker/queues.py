@@ -34,7 +34,7 @@ from rq.job import JobStatus as RQStatus
 from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
-from backend.broker import registries
+from backend.broker import fair_queue, key_limits, registries
 from backend.broker.waiting_facts import task_limit_key
 from backend.core.settings import QUEUE_NAMES
 
@@ -111,11 +111,13 @@ class QueueAdapter:
     #: parent as soon as its work-horse exits, and by the reconciler when a report was lost.
     MIN_TTL_SECONDS = 60
 
-    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int):
+    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int, fair_share: bool = True):
         for name, value in (("RQ_RESULT_TTL", result_ttl), ("RQ_FAILURE_TTL", failure_ttl)):
             if value < self.MIN_TTL_SECONDS:
                 raise ValueError(f"{name} must be at least {self.MIN_TTL_SECONDS} seconds, got {value}")
         self.connection = connection
+        #: Index each job RQ pushes at once for the workers' fair pop (backend/broker/fair_queue.py).
+        self.fair_share = fair_share
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
         self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUE_NAMES}
@@ -159,9 +161,14 @@ class QueueAdapter:
         at: datetime | None = None,
         depends_on: list[str] | None = None,
         concurrency: tuple[str, int] | None = None,
+        owner: str | None = None,
+        rate: tuple[str, str] | None = None,
     ) -> str:
         """Put one attempt of a job on the queue of its priority (at ``at``, through RQ's
-        scheduler, when given); return its RQ job id. Enqueueing an attempt twice is a no-op."""
+        scheduler, when given); return its RQ job id. Enqueueing an attempt twice is a no-op.
+
+        ``owner``: who submitted it, for fair share; ``rate``: (key, limit text) of a task with a
+        rate limit, read by the worker after its pop (backend/broker/key_limits.py)."""
         rq_id = rq_job_id(job_id, attempt)
         queue = self.queues[priority]
         options = {
@@ -171,7 +178,11 @@ class QueueAdapter:
             "result_ttl": self.result_ttl,
             "failure_ttl": self.failure_ttl,
             "job_id": rq_id,
-            "meta": {"job_id": job_id, "attempt": attempt},
+            "meta": {
+                "job_id": job_id,
+                "attempt": attempt,
+                **({"rate": {"key": rate[0], "limit": rate[1]}} if rate else {}),
+            },
             "description": f"{func_path} ({job_id} attempt {attempt})",
         }
         if depends_on:
@@ -190,21 +201,26 @@ class QueueAdapter:
                     pipe.watch(key)
                     if pipe.exists(key):
                         return rq_id
-                    self._put(pipe, queue, func_path, options, at=at)
+                    self._put(pipe, queue, func_path, options, at=at, owner=owner if self.fair_share else None)
                     pipe.execute()
                     return rq_id
                 except WatchError:
                     continue  # another host enqueued it, or a parent RQ job moved: look again
 
     @staticmethod
-    def _put(pipe: Pipeline, queue: Queue, func_path: str, options: dict, *, at: datetime | None) -> None:
+    def _put(
+        pipe: Pipeline, queue: Queue, func_path: str, options: dict, *, at: datetime | None, owner: str | None = None
+    ) -> None:
         """Queue the writes that enqueue one RQ job on ``pipe`` (watching; MULTI once this returns)."""
         if at is not None:
             pipe.multi()
             queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at, pipeline=pipe)
         elif "rate_limit" not in options:
             # RQ watches the parents (depends_on) on the same pipeline, then opens MULTI.
-            queue.enqueue_call(func_path, pipeline=pipe, **options)
+            job = queue.enqueue_call(func_path, pipeline=pipe, **options)
+            if owner is not None and job.get_status(refresh=False) == RQStatus.QUEUED:
+                # Pushed now (not deferred): indexed in the same MULTI, so the list and the index agree.
+                fair_queue.index_writes(pipe, queue.name, job.id, owner)
         else:
             # RQ's enqueue_job refuses a pipeline for a rate-limited job (a caller's later save on
             # it would undo the promotion; we save nothing after), so its steps are taken here:
@@ -280,10 +296,11 @@ class QueueAdapter:
     def queued_ids(self) -> set[str]:
         """Every RQ job id waiting in the three queue lists."""
         with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            held = key_limits.held_ids(self.connection)  # first: a release moves a job from held to a list
             for queue in self.queues.values():
                 pipe.lrange(queue.key, 0, -1)
             lists = pipe.execute()
-        return {rq_id.decode() for ids in lists for rq_id in ids}
+        return {rq_id.decode() for ids in lists for rq_id in ids} | held
 
     def fetch(self, rq_id: str) -> RQJob | None:
         """The RQ job ``rq_id``; None when there is none, or the id is none RQ could hold

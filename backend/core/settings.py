@@ -75,6 +75,11 @@ class Settings:
     rq_queue_names: str = ",".join(QUEUE_NAMES)
     #: A worker's name, unique across hosts (its --name default); None: hostname-pid.
     rq_worker_name: str | None = None
+    #: Fair share across owners: within a queue, workers interleave the owners' jobs (weighted by
+    #: OWNER_WEIGHTS) instead of taking them first come, first served. Set it alike on API and workers.
+    fair_share: bool = True
+    #: Owners' weights for fair share, "name:3,other:2" (positive integers; an owner not named weighs 1).
+    owner_weights: str = ""
     #: Retention of finished jobs in Redis (seconds).
     rq_result_ttl: int = 86400
     #: Retention of failed jobs in Redis (seconds).
@@ -212,6 +217,7 @@ class Settings:
             # every job created before a Redis failover would end unstarted, over and over.
             raise SettingError("REPORT_RETRY_SECONDS", f"must be a number of seconds above 0, got {retry!r}")
         _check_events(values, cls)
+        parse_owner_weights(values.get("owner_weights", cls.owner_weights))  # fails at start, not at a pop
         return cls(**values)
 
     def as_config(self) -> dict[str, object]:
@@ -297,6 +303,37 @@ def load(overrides: Mapping[str, object] | None = None) -> Settings:
 
 #: Every setting's default under its capital name (the deployment files list each of them).
 DEFAULTS: dict[str, object] = Settings().as_config()
+
+
+#: An owner's name in OWNER_WEIGHTS is at most this long (the store caps owners at 100 characters).
+OWNER_NAME_MAX = 100
+#: The most weights OWNER_WEIGHTS may name (the worker passes them to every pop).
+OWNER_WEIGHTS_MAX = 100
+
+
+def parse_owner_weights(spec: str | None) -> dict[str, int]:
+    """Parse ``OWNER_WEIGHTS`` ("name:3,other:2") into {owner: weight}.
+
+    Raises:
+        SettingError: an entry is not ``name:weight`` with a name and a whole weight from 1 to 1,000.
+    """
+    weights: dict[str, int] = {}
+    entries = [entry.strip() for entry in (spec or "").split(",") if entry.strip()]
+    if len(entries) > OWNER_WEIGHTS_MAX:
+        raise SettingError("OWNER_WEIGHTS", f"names {len(entries)} owners, at most {OWNER_WEIGHTS_MAX}")
+    for entry in entries:
+        name, sep, weight = entry.rpartition(":")
+        name = name.strip()
+        if not sep or not name or len(name) > OWNER_NAME_MAX:
+            raise SettingError(
+                "OWNER_WEIGHTS", f"entry {entry!r} must be name:weight (a name of 1 to {OWNER_NAME_MAX} characters)"
+            )
+        if not weight.strip().isdigit() or not 1 <= int(weight) <= 1000:
+            raise SettingError("OWNER_WEIGHTS", f"entry {entry!r}: the weight must be a whole number from 1 to 1000")
+        if name in weights:
+            raise SettingError("OWNER_WEIGHTS", f"names {name!r} twice")
+        weights[name] = int(weight)
+    return weights
 
 
 def parse_api_keys(spec: str | None) -> dict[str, tuple[str, bool]]:

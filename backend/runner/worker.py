@@ -6,8 +6,8 @@ RQ does the work loop, priority order of queues, heartbeats, timeouts, the stop-
 and warm shutdown on SIGTERM. This module adds what the store needs: it tells the API when
 an attempt starts, how far it is and how it ended (a task raising ``Snooze`` ended it snoozed, no
 failure), and gives the task its job context, wired by ``backend/runner/task_io.py`` to the job's
-event stream, its captured log lines and its checkpoints. It takes no job of a paused queue
-(backend/runner/paused.py).
+event stream, its captured log lines and its checkpoints. It takes its jobs fairly across owners and
+never from a paused queue (backend/runner/dequeue.py).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import failure_record, last_line, register_queues
 from backend.core import logs, protocol, secrets_check
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
-from backend.core.settings import QUEUE_NAMES, Settings
+from backend.core.settings import QUEUE_NAMES, Settings, parse_owner_weights
 from backend.core.size_caps import SizeCaps
 from backend.runner.checkpoints import CheckpointClient
+from backend.runner.dequeue import FairDequeue
 from backend.runner.outcomes import HeldOutcome, lost_redis
-from backend.runner.paused import PauseAwareDequeue
 from backend.runner.reporter import Reporter
 from backend.runner.start_gate import StartChecks, StartGate
 from backend.runner.startup import abandon_orphaned_jobs, forget_stale_registration, wait_for_redis
@@ -185,7 +185,7 @@ class ReportingMixin(StartChecks):
         self.check_start(job, *ids)  # raises when the task must not run (backend/runner/start_gate.py)
 
 
-class JobServiceWorker(PauseAwareDequeue, ReportingMixin, Worker):
+class JobServiceWorker(FairDequeue, ReportingMixin, Worker):
     """RQ's forking worker: each job runs in a child process.
 
     This process reports the start when it forks the work-horse and the end, read from RQ,
@@ -259,7 +259,7 @@ class JobServiceWorker(PauseAwareDequeue, ReportingMixin, Worker):
         self._horse_death = f"WorkHorseKilled: the work-horse process died ({reason})"
 
 
-class JobServiceSimpleWorker(PauseAwareDequeue, ReportingMixin, SimpleWorker):
+class JobServiceSimpleWorker(FairDequeue, ReportingMixin, SimpleWorker):
     """RQ's SimpleWorker: jobs run in the worker's own process (faster, less isolated)."""
 
 
@@ -280,7 +280,7 @@ def build_worker(
         caps=SizeCaps.from_settings(settings),
     )
     worker_class = JobServiceSimpleWorker if simple else JobServiceWorker
-    return worker_class(
+    worker = worker_class(
         queues,
         name=name,
         connection=connection,
@@ -295,6 +295,9 @@ def build_worker(
             ),
         ),
     )
+    worker.fair_share = settings.fair_share
+    worker.owner_weights = parse_owner_weights(settings.owner_weights)
+    return worker
 
 
 def parse_args(argv: list[str] | None = None, settings: Settings | None = None) -> argparse.Namespace:

@@ -222,4 +222,6 @@ class Submissions:
             at=max((t for t in (job.run_at, job.next_retry_at) if t is not None and t > now), default=None),
             depends_on=waiting_on,
             concurrency=(spec.name, spec.concurrency) if spec.concurrency else None,
+            owner=job.owner,
+            rate=spec.rate_for(job.kwargs),
         )
