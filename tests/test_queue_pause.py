@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from backend.api.context import services
 from backend.app import create_app
 from backend.broker.pauses import PAUSED_KEY
 from backend.dev.redis_server import free_port
+from backend.store import queue_pauses as store_pauses
 from backend.tasks import task
 from tests.conftest import TASK_MODULES
 from tests.helpers import bearer, get_job, submit, wait_for_status, wait_until
@@ -256,14 +257,26 @@ def test_the_count_of_jobs_completed_lately_reads_a_range_of_its_index(app):
     """GET /queues counts each queue's jobs completed in the last minute: a range of
     ``ix_jobs_completed`` on both stores, never every COMPLETED job (both planners once took
     ``ix_jobs_status_created`` for ``status = 'COMPLETED'`` and filtered all of them by time)."""
-    engine = services(app).sessions.kw["bind"]
+    sessions = services(app).sessions
+    engine = sessions.kw["bind"]
+    executed: list[tuple[str, object]] = []
+
+    def capture(_connection, _cursor, statement, parameters, _context, _many):
+        if "count(" in statement:
+            executed.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        store_pauses.completed_recently(sessions)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    ((statement, parameters),) = executed  # the one statement, as it ran
     with engine.connect() as connection:
-        statement = store_pauses.completed_recently_statement(connection.dialect.name)
-        sql = str(statement.compile(connection, compile_kwargs={"literal_binds": True}))
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SET enable_seqscan = off"))  # a test's few rows: a scan costs nothing
-            plan = "\n".join(row[0] for row in connection.execute(text(f"EXPLAIN {sql}")))
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET enable_seqscan = off")  # a test's few rows: a scan costs nothing
+            plan = "\n".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters))
             assert "Index Only Scan using ix_jobs_completed" in plan, plan
         else:
-            plan = "\n".join(row[3] for row in connection.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plan = "\n".join(row[3] for row in rows)
             assert "USING COVERING INDEX ix_jobs_completed (completed_at>?)" in plan, plan
