@@ -1,5 +1,6 @@
 // The JSON API as the /dashboard page calls it: with the API key the user entered (kept for the
-// browser tab only, in sessionStorage), errors turned into Error objects carrying the API's message.
+// browser tab only, in sessionStorage), errors turned into Error objects carrying the API's message
+// and the HTTP status.
 "use strict";
 
 export const $ = (id) => document.getElementById(id);
@@ -23,6 +24,10 @@ export async function api(path, options = {}) {
   const headers = { "Content-Type": "application/json", ...authHeaders() };
   const response = await fetch(path, { ...options, headers });
   const body = response.status === 204 ? null : await response.json().catch(() => null);
-  if (!response.ok) throw new Error((body && body.error && body.error.message) || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const error = new Error((body && body.error && body.error.message) || `${response.status} ${response.statusText}`);
+    error.status = response.status; // 401/403: this key may not; a panel then says so, once
+    throw error;
+  }
   return body;
 }

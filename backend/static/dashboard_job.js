@@ -99,7 +99,9 @@ export class JobView {
     p.logs.id = "job-logs";
     p.webhooks = el("pre", null, "job-webhooks");
     p.problem = el("p", null, "error");
-    this.root.replaceChildren(head, p.problem, progress, p.waiting, p.fields, section("Attempts", attempts),
+    const scroll = el("div", null, "scroll"); // six columns: on a phone they scroll in place
+    scroll.appendChild(attempts);
+    this.root.replaceChildren(head, p.problem, progress, p.waiting, p.fields, section("Attempts", scroll),
       section("Output (live)", p.output), section("Logs", p.logs), section("Webhooks", p.webhooks));
     this.logPane = new LogPane(p.logs);
     this.outputPane = new OutputPane(p.output);
