@@ -170,6 +170,13 @@ class TestAdminOnly:
             assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
         unknown = command(client, "urgent", "pause", headers=admin)
         assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "not_found"
+        long = command(client, "q" * 5000, "resume", headers=admin).get_json()["error"]
+        assert long["code"] == "not_found" and len(long["message"]) < 200, long  # not the name echoed whole
+        for url in ("/queues/low", "/queues/low/stop", "/queues//pause"):
+            missing = client.post(url, headers={**SCRIPTED, **admin})
+            assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+        wrong = client.get("/queues/low/pause", headers=admin)
+        assert wrong.status_code == 405 and wrong.get_json()["error"]["code"] == "method_not_allowed"
 
         done = submit(client, "add", args=[1, 2], headers=admin)
         run_burst_worker()

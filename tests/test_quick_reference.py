@@ -93,3 +93,6 @@ def test_the_quick_reference_runs_against_a_live_stack(stack, redis_server):
     assert '"error":"provider answered 429 (Retry-After: 2)"' in result.stdout
     assert '"answer":"(simulated) 3 words received"' in result.stdout
     assert '"truncated":false' in result.stdout
+    # a job of a paused queue says why it waits; the command line pauses and resumes
+    assert '"waiting_reason":"queue_paused"' in result.stdout and '"paused_by":"local"' in result.stdout
+    assert "queue low paused (since " in result.stdout and "queue low resumed\n" in result.stdout

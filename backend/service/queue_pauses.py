@@ -41,7 +41,8 @@ class PauseOutcome:
 def check_queue(name: str) -> str:
     """``name`` when it is one of the queues, else NotFound (404)."""
     if name not in QUEUE_NAMES:
-        raise NotFound(f"no queue {name!r}; the queues are {', '.join(QUEUE_NAMES)}")
+        shown = name if len(name) <= 40 else f"{name[:40]}..."  # the answer does not echo a long path back
+        raise NotFound(f"no queue {shown!r}; the queues are {', '.join(QUEUE_NAMES)}")
     return name
 
 
