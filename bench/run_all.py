@@ -8,7 +8,8 @@ it says why and measures SQLite only), and each PostgreSQL figure is set beside 
     .venv/bin/python -m bench --only a,c      # some: a execution, b submission, c polling,
                                               #       d store scale, e latency, f memory,
                                               #       g copy-store (into PostgreSQL),
-                                              #       h event streams (1,000 open; latency)
+                                              #       h event streams (1,000 open; latency),
+                                              #       i fair share on/off (execution)
     .venv/bin/python -m bench --quick         # small counts, to check that it all works
     .venv/bin/python -m bench --no-postgres   # SQLite only
 """
@@ -33,7 +34,7 @@ import traceback  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 from backend.dev.redis_server import redis_server_binary  # noqa: E402
-from bench import copy_store, execution, latency, memory, polling, store_scale, stores, streams, submission  # noqa: E402
+from bench import copy_store, execution, fair_share, latency, memory, polling, store_scale, stores, streams, submission  # noqa: E402,E501
 from bench.common import PG_FLOOR, Results, Workdir, emit, table  # noqa: E402
 
 
@@ -78,10 +79,11 @@ def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmarks of the job service.")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g,h", help="which benchmarks, e.g. a,c (default: all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i", help="which benchmarks, e.g. a,c (default: all)")
     parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
     parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
+    parser.add_argument("--fair-n", type=int, default=2000, help="jobs per fair share on/off run (SimpleWorker)")
     parser.add_argument("--exec-rounds", type=int, default=3, help="alternating ours/raw runs per configuration")
     parser.add_argument("--submit-n", type=int, default=2000, help="submissions per side")
     parser.add_argument("--submit-rounds", type=int, default=3, help="alternating rounds per side (best is kept)")
@@ -103,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.exec_n_simple, args.exec_n_fork, args.submit_n, args.exec_rounds, args.submit_rounds = 200, 50, 200, 1, 1
         args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
         args.latency_simple, args.latency_fork, args.memory_jobs, args.copy_jobs = 20, 10, 1000, 2000
-        args.streams = 100
+        args.streams, args.fair_n = 100, 200
     return args
 
 
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         ("g", "copy-store", lambda: copy_store.run(workdir, results, jobs=args.copy_jobs, pg=pg)),
         ("h", "event streams", lambda: streams.run(workdir, results, streams=args.streams,
                                                    samples=20 if args.quick else 100)),
+        ("i", "fair share", lambda: fair_share.run(workdir, results, n=args.fair_n, rounds=args.exec_rounds)),
     ]  # fmt: skip
     started = time.monotonic()
     try:

@@ -130,6 +130,15 @@ def test_with_fair_share_off_nothing_is_indexed_and_the_pop_is_first_come_first_
     assert drain(FairQueues(redis_conn, fair=False), 4) == [*a, *b]
 
 
+def test_workers_with_fair_share_off_keep_no_state_of_an_api_that_indexes(adapter, redis_conn):
+    put(adapter, "a", 3)  # this API has FAIR_SHARE on
+    fifo = FairQueues(redis_conn, fair=False)
+    assert isinstance(fifo.pop(["default"]), tuple)
+    assert redis_conn.keys("jobservice:fair:*") == []  # dropped while the list still holds jobs
+    put(adapter, "b", 1)
+    assert drain(fifo, 3) == ["a-1-1", "a-2-1", "b-0-1"]
+
+
 def test_a_worker_with_two_of_three_queues_paused_leaves_no_intermediate_entry(client, redis_conn, run_burst_worker):
     redis_conn.sadd(PAUSED_KEY, "high", "low")
     job = submit(client, "add", args=[2, 3])

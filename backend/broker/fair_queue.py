@@ -49,11 +49,22 @@ POP_SCRIPT = """
 local fair, job_prefix, queue_prefix, n = ARGV[1] == '1', ARGV[2], ARGV[3], tonumber(ARGV[4])
 local weights = {}
 for i = 5 + n, #ARGV - 1, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+-- Drop a queue's fair state (its list is empty, or fair share is off here): nothing else grows.
+local function drop(fk)
+  if redis.call('EXISTS', fk .. 'owners') == 1 then
+    for _, owner in ipairs(redis.call('ZRANGE', fk .. 'owners', 0, -1)) do
+      redis.call('DEL', fk .. 'owner:' .. owner)
+    end
+  end
+  redis.call('DEL', fk .. 'owners', fk .. 'index', fk .. 'clock')
+end
 -- Take one id from a non-empty list: the head when it is not indexed (or fair share is off),
 -- else the oldest job of the owner with the lowest virtual time.
 local function take(list, fk)
   local head = redis.call('LINDEX', list, 0)
-  if fair and redis.call('HEXISTS', fk .. 'index', head) == 1 then
+  if not fair then
+    drop(fk)  -- an API still indexing (FAIR_SHARE differs): no state kept for it
+  elseif redis.call('HEXISTS', fk .. 'index', head) == 1 then
     local clock = tonumber(redis.call('GET', fk .. 'clock') or '0')
     local dropped = 0
     while dropped < tonumber(ARGV[#ARGV]) do
@@ -94,13 +105,7 @@ for i = 5, 4 + n do
     if redis.call('LLEN', list) > 0 then
       return {1, name, take(list, fk)}
     end
-    -- An empty list: whatever fair state is left is stale; drop it (no growth).
-    if redis.call('EXISTS', fk .. 'owners') == 1 then
-      for _, owner in ipairs(redis.call('ZRANGE', fk .. 'owners', 0, -1)) do
-        redis.call('DEL', fk .. 'owner:' .. owner)
-      end
-    end
-    redis.call('DEL', fk .. 'owners', fk .. 'index', fk .. 'clock')
+    drop(fk)  -- an empty list: whatever fair state is left is stale (no growth)
   end
 end
 return {0, unpack(open)}
