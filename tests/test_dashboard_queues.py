@@ -11,11 +11,12 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from tests.browser import launch, playwright, requires_chromium
-from tests.helpers import bearer, get_job, submit
+from tests.helpers import bearer, get_job, submit, wait_for_status, wait_until
 
 pytestmark = [
     requires_chromium,
@@ -194,6 +195,51 @@ def test_names_from_the_api_show_as_text_and_a_rate_limited_job_says_when_it_res
     countdown = page.inner_text("tr[data-job-id='j-1'] .countdown")
     assert re.fullmatch(r"in 1 min \d+ s", countdown), countdown
     assert page.get_attribute("tr[data-job-id='j-1'] .waiting-words", "data-reason") == "rate_limit"
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.evaluate("() => document.querySelectorAll('img').length") == 0
+    assert [e for e in page.errors if not REFUSED.search(e)] == [], page.errors
+    assert {path for _, path, _ in page.refused} <= {"favicon.ico"}, page.refused
+
+
+@pytest.mark.timeout(120)
+def test_the_rate_limits_list_shows_a_held_key_and_its_job_says_when_it_resumes(
+    live_server, client, start_worker, page
+):
+    admin = bearer(ADMIN)
+    # Given a key a tenant chose (the task's rate_key argument) limited to one start a minute
+    key = PAYLOAD
+    put = client.put(f"/rate-limits/{quote(key, safe='')}", json={"limit": "1/60s"}, headers=admin)
+    assert put.status_code == 200, put.get_json()
+    start_worker("--name", "limits-worker", "--simple")
+    kwargs = {"prompt": "hello", "provider": key}
+    first = submit(client, "call_limited_provider", kwargs=kwargs, headers=admin)
+    assert wait_for_status(client, first["job_id"], {"COMPLETED"}, headers=admin)
+    held = submit(client, "call_limited_provider", kwargs=kwargs, headers=admin)["job_id"]
+    wait_until(lambda: get_job(client, held, headers=admin)["waiting_reason"] == "rate_limit", what="held")
+
+    # When an admin opens the page
+    page.add_init_script(f"sessionStorage.setItem('jobservice-key', '{ADMIN}')")
+    page.goto(f"{live_server}/dashboard")
+
+    # Then the Rate limits list shows the key as text, its override, the job it holds and when
+    # its next slot frees; and the limits the tasks declare
+    wait_for_text(page, "#rate-limits", key)
+    row = page.inner_text("#rate-limits tbody tr")
+    assert row.split("\t")[:3] == [key, "1/minute set by admin", "1"], row
+    assert re.search(r"in (1 min|\d+ s)", row), row
+    assert "call_limited_provider 60/minute per value of provider" in page.inner_text("#rate-limits")
+    # and the held job's row and its view say why it waits and when it resumes
+    job_row = f"tr[data-job-id='{held}']"
+    wait_for_text(page, f"{job_row} .waiting", f"rate limit of key {key}: 1/minute")
+    assert re.search(r"resumes in (1 min|\d+ s)", page.inner_text(f"{job_row} .waiting"))
+    page.click(f"{job_row} td:first-child")
+    wait_for_text(page, "#detail .waiting", f"rate limit of key {key}")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "dashboard-rate-limits-1280.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 800})
+    widths = page.evaluate(WIDTHS)
+    assert widths["page"] <= widths["screen"] and widths["panel"] <= widths["screen"], widths
+    page.screenshot(path=str(SHOTS / "dashboard-rate-limits-375.png"), full_page=True)
     assert page.evaluate("() => window.__pwned") is None
     assert page.evaluate("() => document.querySelectorAll('img').length") == 0
     assert [e for e in page.errors if not REFUSED.search(e)] == [], page.errors

@@ -1,6 +1,6 @@
 // The /dashboard page: the job list, the start form, schedules; the job view is in
 // dashboard_job.js, the event stream reader in dashboard_stream.js, the Queues panel (admins)
-// in dashboard_queues.js. It reads the JSON API with
+// in dashboard_queues.js with its Rate limits list in dashboard_limits.js. It reads the JSON API with
 // the API key the user enters (when keys are configured). Every value from the API goes into
 // the page as text (textContent, DOM nodes), never as HTML: tenants choose task arguments,
 // results, output, logs and messages.
@@ -14,12 +14,13 @@ import { $, api, restoreKey, saveKey } from "./dashboard_api.js";
 import { cell, el, progressBar, tickCountdowns, waitingNode } from "./dashboard_parts.js";
 import { JobView } from "./dashboard_job.js";
 import { QueuesPanel } from "./dashboard_queues.js";
+import { RateLimitsList } from "./dashboard_limits.js";
 
 const LIST_REFRESH_MS = 5000;
 
 const view = new JobView($("detail"), { onJob: updateRow, onProgress: updateRowProgress });
 // A pause or resume changes the waiting reasons of the listed jobs: read the list again.
-const queues = new QueuesPanel($("queues-panel"), { onChange: () => refresh() });
+const queues = new QueuesPanel($("queues-panel"), { onChange: () => refresh(), limits: new RateLimitsList($("rate-limits")) });
 
 function button(label, onClick) {
   const b = el("button", label);

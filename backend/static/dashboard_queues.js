@@ -41,9 +41,11 @@ function labelled(label) {
 export class QueuesPanel {
   // root holds .queues-note and table.queues; onChange() is called after a pause or resume
   // (the job list's waiting reasons changed with it).
-  constructor(root, { onChange }) {
+  // limits: the Rate limits list inside the panel (dashboard_limits.js), read with the queues.
+  constructor(root, { onChange, limits }) {
     this.root = root;
     this.onChange = onChange;
+    this.limits = limits;
     this.note = root.querySelector(".queues-note");
     this.table = root.querySelector("table.queues");
     this.body = this.table.querySelector("tbody");
@@ -77,6 +79,7 @@ export class QueuesPanel {
       if (this.failure) this.say(this.failure, "error");
       else this.say("", "");
       for (const queue of data.queues) this.show(queue);
+      if (this.limits) await this.limits.refresh(); // it says its own errors
     } catch (error) {
       if (error.status === 401 || error.status === 403) {
         this.denied = true;
