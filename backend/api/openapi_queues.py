@@ -52,11 +52,11 @@ def queue_paths() -> dict:
         "/queues/{name}/pause": {
             "post": _command(
                 "Pause a queue: workers start none of its jobs until it is resumed",
-                "Recorded in the store (it survives API, worker and Redis restarts), then set in Redis, where "
-                "workers read it at most a second late; an idle worker stops taking the queue's jobs within "
-                "about three seconds. Running jobs finish; the other queues are served. The queue's jobs stay "
-                "QUEUED with `waiting_reason: queue_paused`. Idempotent: pausing a paused queue changes "
-                "nothing (`changed: false`, its first `paused_at` and `paused_by`).",
+                "Recorded in the store (it survives API, worker and Redis restarts), then set in Redis, which "
+                "every worker's pop reads atomically: once this answers, no worker starts a job of the queue. "
+                "Running jobs finish; the other queues are served. The queue's jobs stay QUEUED with "
+                "`waiting_reason: queue_paused`. Idempotent: pausing a paused queue changes nothing "
+                "(`changed: false`, its first `paused_at` and `paused_by`).",
             )
         },
         "/queues/{name}/resume": {
