@@ -318,3 +318,16 @@ def test_a_bad_declaration_fails_at_import_naming_the_task(options, message):
 
 def badly_limited(provider: str = "x") -> None:
     """A task function whose declarations the test above gets wrong."""
+
+
+def test_get_tasks_shows_each_tasks_limit_and_a_bad_rate_key_is_refused_at_submission(client):
+    tasks = {entry["name"]: entry for entry in client.get("/tasks").get_json()["tasks"]}
+    assert (tasks["call_limited_provider"]["rate_limit"], tasks["call_limited_provider"]["rate_key"]) == (
+        "60/minute",
+        "provider",
+    )
+    assert (tasks["echo"]["rate_limit"], tasks["echo"]["rate_key"]) == (None, None)
+    response = client.post("/tasks/call_limited_provider", json={"kwargs": {"prompt": "hi", "provider": ["x"]}})
+    assert response.status_code == 422, response.get_json()  # as any bad argument of a task
+    assert "rate key" in response.get_json()["error"]["message"]
+    assert client.get("/jobs").get_json()["jobs"] == []
