@@ -175,6 +175,18 @@ def test_an_override_lowers_and_raises_the_limit_at_once(redis_conn, queue):
     assert key_limits.admit(redis_conn, take(queue, "o5"), now=0.7) == pytest.approx(10.0)
 
 
+def test_one_release_moves_a_bounded_number_of_jobs_and_the_next_goes_on(redis_conn, queue, monkeypatch):
+    monkeypatch.setattr(key_limits, "RELEASE_JOBS", 2)
+    for index in range(6):
+        put(queue, f"b{index}", limit="1/10s")
+    for t in range(6):
+        key_limits.admit(redis_conn, pop(queue), now=float(t))
+    redis_conn.hset(key_limits.OVERRIDES, "provider", "100/10s")
+    key_limits.wake(redis_conn, "provider")
+    assert [key_limits.release_due(redis_conn, now=6.0) for _ in range(4)] == [2, 2, 1, 0]
+    assert queue_ids(queue) == ["b5", "b3", "b4", "b1", "b2"]
+
+
 def test_per_key_state_expires_and_is_deleted_when_nothing_is_held(redis_conn, queue, monkeypatch):
     for index in range(3):
         put(queue, f"e{index}", limit="1/10s")

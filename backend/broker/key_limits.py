@@ -46,8 +46,10 @@ MAX_TOTAL_KEYS = 1000
 OTHER_KEY = "(other keys)"
 #: The longest rate key (the same cap as TaskSpec.rate_for's).
 MAX_KEY = 200
-#: One ``release_due`` looks at most at this many due keys (the next call takes the rest).
+#: One ``release_due`` looks at most at this many due keys, and moves at most ``RELEASE_JOBS`` jobs
+#: of each (the next call takes the rest): a script blocks Redis while it runs.
 RELEASE_KEYS = 100
+RELEASE_JOBS = 1000
 
 
 def log_key(key: str) -> str:
@@ -122,7 +124,7 @@ return string.format('%.6f', due)
 )
 
 # KEYS: due, held-jobs, limits, overrides
-# ARGV: now ('' = server time), max keys, key prefix, RQ job prefix, RQ queue prefix
+# ARGV: now ('' = server time), max keys, key prefix, RQ job prefix, RQ queue prefix, max jobs per key
 _RELEASE = (
     _PRELUDE
     + """
@@ -138,6 +140,9 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
     free = count - redis.call('ZCARD', log)
   end
+  -- A bounded step: one call moves at most ARGV[6] jobs of a key (the next call goes on).
+  local capped = free > tonumber(ARGV[6])
+  if capped then free = tonumber(ARGV[6]) end
   -- Take the oldest held ids while slots are free; a job no longer queued (cancelled) takes none.
   local pushes = {}
   while free > 0 do
@@ -164,6 +169,8 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
   if redis.call('ZCARD', held) == 0 then
     redis.call('ZREM', KEYS[1], key)
     redis.call('HDEL', KEYS[3], key)
+  elseif capped and free == 0 then
+    redis.call('ZADD', KEYS[1], now, key)
   else
     local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
     redis.call('ZADD', KEYS[1], tonumber(oldest[2]) + window, key)
@@ -250,7 +257,14 @@ def release_due(connection: Redis, now: float | None = None) -> int:
     Raises:
         RedisError: Redis is unreachable or refused.
     """
-    args = [_now(now), RELEASE_KEYS, PREFIX, RQJob.redis_job_namespace_prefix, Queue.redis_queue_namespace_prefix]
+    args = [
+        _now(now),
+        RELEASE_KEYS,
+        PREFIX,
+        RQJob.redis_job_namespace_prefix,
+        Queue.redis_queue_namespace_prefix,
+        RELEASE_JOBS,
+    ]
     return int(_script(connection, "release")(keys=[DUE, HELD_JOBS, LIMITS, OVERRIDES], args=args, client=connection))
 
 
