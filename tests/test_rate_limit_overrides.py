@@ -2,7 +2,9 @@
 and ``GET /rate-limits``, with the real store and Redis: the override is recorded in the store and
 mirrored into the hash the limiter reads; a Redis that lost it gets it back from the reconciler's
 pass; bad input is a clear JSON error; without Redis the store records it and the answer is 503;
-admin only."""
+admin only. With a real worker: an override releases held jobs at its pace, GET /rate-limits
+shows them, the metric counts them; a rate key's value that cannot be a key is refused at
+submission and nothing is stored."""
 
 from __future__ import annotations
 
@@ -12,7 +14,24 @@ from backend.api.context import services
 from backend.app import create_app
 from backend.broker.limit_overrides import OVERRIDES_KEY
 from backend.dev.redis_server import free_port
-from tests.helpers import bearer
+from backend.tasks import task
+from tests.conftest import TASK_MODULES
+from tests.helpers import bearer, get_job, queued_count, stored_jobs, submit, wait_for_status
+
+THIS_MODULE = __name__
+
+
+@task("once_a_minute", rate_limit="1/minute")
+def once_a_minute(n: int) -> int:
+    """At most one start a minute (no rate_key: the task's name is the key)."""
+    return n
+
+
+@pytest.fixture
+def limited_tasks(settings) -> None:
+    """The API knows ``once_a_minute`` (workers import it by its path)."""
+    settings["TASK_MODULES"] = f"{TASK_MODULES},{THIS_MODULE}"
+
 
 ADMIN, TENANT = "admin-key-0123456789abcdef", "tenant-key-0123456789abcdef"
 
@@ -31,7 +50,7 @@ def mirrored(redis_conn) -> dict[str, str]:
 
 
 def test_an_override_is_set_shown_replaced_and_cleared(client, redis_conn):
-    answer = put(client, "openai", {"limit": " 100/MINUTE"})
+    answer = put(client, "openai", {"limit": "100/minute"})
     assert answer.status_code == 200, answer.get_json()
     first = answer.get_json()
     assert first["key"] == "openai" and first["limit"] == "100/minute" and first["previous"] is None
@@ -42,6 +61,8 @@ def test_an_override_is_set_shown_replaced_and_cleared(client, redis_conn):
     assert again["previous"] == "100/minute" and not again["changed"]
     # A key may hold a slash (a provider's host and path) and any printable character.
     slashed = put(client, "api.example.com/v1 ü", {"limit": "10/5s"}).get_json()
+    assert put(client, "per-minute", {"limit": "10/60s"}).get_json()["limit"] == "10/minute"  # canonical
+    assert delete(client, "per-minute").get_json()["previous"] == "10/minute"
     assert slashed["key"] == "api.example.com/v1 ü" and slashed["limit"] == "10/5s"
     replaced = put(client, "openai", {"limit": "1/second"}).get_json()
     assert replaced["previous"] == "100/minute" and replaced["limit"] == "1/second" and replaced["changed"]
@@ -67,6 +88,8 @@ def test_an_override_is_set_shown_replaced_and_cleared(client, redis_conn):
     [
         ("openai", {"limit": "100 per minute"}, "N/second, N/minute"),
         ("openai", {"limit": "0/minute"}, "count must be 1.."),
+        ("openai", {"limit": " 100/MINUTE"}, "write it as '100/minute'"),
+        ("openai", {"limit": "1/second\n"}, "write it as '1/second'"),
         ("openai", {"limit": "5/90000s"}, "window must be"),
         ("openai", {"limit": 100}, '"limit" is a string'),
         ("openai", {}, '"limit" is required'),
@@ -121,3 +144,43 @@ class TestAdminOnly:
         assert client.get("/rate-limits").status_code == 401
         assert mirrored(redis_conn) == {}
         assert put(client, "openai", {"limit": "1/second"}, headers=admin).get_json()["set_by"] == "admin"
+
+
+def test_an_override_releases_held_jobs_at_its_pace_and_is_shown_and_counted(limited_tasks, client, run_burst_worker):
+    jobs = [submit(client, "once_a_minute", args=[n])["job_id"] for n in range(3)]
+    run_burst_worker()  # the first starts; the other two are held (in no queue list): it ends
+    assert wait_for_status(client, jobs[0], {"COMPLETED"})["result"] == 0
+    assert [get_job(client, job_id)["waiting_reason"] for job_id in jobs[1:]] == ["rate_limit", "rate_limit"]
+    overview = client.get("/rate-limits").get_json()
+    assert {"task": "once_a_minute", "rate_limit": "1/minute", "rate_key": None} in overview["tasks"]
+    assert [(h["key"], h["held"], h["limit"]) for h in overview["held"]] == [("once_a_minute", 2, "1/minute")]
+    assert overview["held"][0]["next_slot_at"].endswith("Z")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'jobservice_rate_limited_total{key="once_a_minute"} 2.0' in metrics
+
+    # Two a minute: one start is in the window, so one more slot is free now; the older held job takes it.
+    assert put(client, "once_a_minute", {"limit": "2/minute"}).get_json()["changed"]
+    run_burst_worker()
+    assert wait_for_status(client, jobs[1], {"COMPLETED"})["result"] == 1
+    job = get_job(client, jobs[2])
+    assert job["waiting_reason"] == "rate_limit" and "once_a_minute: 2/minute; next slot at" in job["waiting_detail"]
+    held = client.get("/rate-limits").get_json()["held"]
+    assert [(h["key"], h["held"], h["limit"]) for h in held] == [("once_a_minute", 1, "2/minute")]
+
+    assert put(client, "once_a_minute", {"limit": "100/minute"}).status_code == 200
+    run_burst_worker()
+    assert wait_for_status(client, jobs[2], {"COMPLETED"})["result"] == 2
+    assert client.get("/rate-limits").get_json()["held"] == []
+
+
+def test_a_rate_key_value_that_cannot_be_a_key_is_refused_and_nothing_is_stored(client, redis_conn):
+    for bad in (["openai"], {"name": "openai"}, "", "k" * 201):
+        answer = client.post("/tasks/call_limited_provider", json={"kwargs": {"prompt": "hi", "provider": bad}})
+        assert answer.status_code == 422, answer.get_json()
+        assert "is its rate key" in answer.get_json()["error"]["message"]
+    good, bad = {"kwargs": {"prompt": "a", "provider": "openai"}}, {"kwargs": {"prompt": "b", "provider": ["x"]}}
+    batch = client.post("/tasks/call_limited_provider/batch", json={"jobs": [good, bad]})
+    assert batch.status_code == 422 and batch.get_json()["error"]["message"].startswith("jobs[1]: ")
+    assert stored_jobs(client) == [] and queued_count(redis_conn) == 0
+    # A number is a key as its text; an absent key argument leaves its default, a key like any other.
+    assert submit(client, "call_limited_provider", kwargs={"prompt": "c", "provider": 7})["status"] == "QUEUED"

@@ -29,6 +29,12 @@ def hold_slot(release_file: str) -> str:
     return "released"
 
 
+@task("call_once_a_minute", rate_limit="1/minute", rate_key="provider")
+def call_once_a_minute(provider: str = "example") -> str:
+    """At most one start a minute per ``provider``."""
+    return provider
+
+
 @pytest.fixture
 def waiting_tasks(settings) -> dict:
     """The API and the workers know ``hold_slot`` (this module) besides the usual tasks."""
@@ -167,6 +173,38 @@ def test_a_worker_busy_with_a_limited_task_shows_slots_positions_and_queues_nobo
     os.killpg(worker.process.pid, signal.SIGKILL)
     wait_until(lambda: get_job(client, ahead["job_id"])["waiting_reason"] == "no_worker", what="no_worker")
     assert get_job(client, ahead["job_id"])["queue_position"] == 1
+
+
+def test_a_job_over_its_rate_limit_says_rate_limit_until_its_key_frees_a_slot(waiting_tasks, client, run_burst_worker):
+    first, second = (submit(client, "call_once_a_minute", kwargs={"provider": "openai"}) for _ in range(2))
+    other = submit(client, "call_once_a_minute", kwargs={"provider": "anthropic"})
+    # The burst worker starts the first of each key and puts the second aside (held by the
+    # limiter, in no queue list): with nothing left to pop it ends, the second still QUEUED.
+    run_burst_worker()
+    assert wait_for_status(client, first["job_id"], {"COMPLETED"})["result"] == "openai"
+    assert wait_for_status(client, other["job_id"], {"COMPLETED"})["result"] == "anthropic"
+    job = get_job(client, second["job_id"])
+    assert job["status"] == "QUEUED" and job["waiting_reason"] == "rate_limit", job
+    resumes_at = datetime.fromisoformat(job["resumes_at"].replace("Z", "+00:00"))
+    # The key's next slot frees when the first start leaves its minute.
+    assert datetime.now(UTC) < resumes_at <= datetime.now(UTC) + timedelta(seconds=61)
+    assert (
+        job["waiting_detail"] == f"rate limit of key openai: 1/minute; next slot at {resumes_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    assert job["queue_position"] is None
+    # A list asks Redis once for its page's rows and says the same.
+    shown = listed(client)[second["job_id"]]
+    assert (shown["waiting_reason"], shown["resumes_at"], shown["waiting_detail"]) == (
+        "rate_limit",
+        job["resumes_at"],
+        job["waiting_detail"],
+    )
+    # An operator's limit for the key is the one the detail names (the limiter obeys it).
+    assert client.put("/rate-limits/openai", json={"limit": "1/hour"}).status_code == 200
+    wait_until(
+        lambda: "rate limit of key openai: 1/hour" in get_job(client, second["job_id"])["waiting_detail"],
+        what="the override in the detail",
+    )
 
 
 def test_with_redis_down_a_job_says_what_its_row_does(settings):

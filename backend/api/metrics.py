@@ -21,10 +21,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from backend.api.context import services
-from backend.broker import leases, registries
+from backend.broker import key_limits, leases, registries
 from backend.broker.errors import BrokerError
 from backend.core.instruments import REQUEST_LATENCY
 from backend.core.settings import QUEUE_NAMES
@@ -57,16 +57,24 @@ class StateCollector:
         depth = GaugeMetricFamily("jobservice_queue_depth", "Jobs waiting in each RQ queue", labels=["queue"])
         workers = GaugeMetricFamily("jobservice_workers_alive", "Workers holding a lease")
         up = GaugeMetricFamily("jobservice_redis_up", "1 when Redis answers")
+        # Counted in Redis by the limiter's script (every worker's holds); the 100 keys held most
+        # (a tenant names keys: the labels stay bounded). Prometheus adds the _total suffix.
+        limited = CounterMetricFamily(
+            "jobservice_rate_limited", "Jobs held by their rate limit per key (top 100 keys)", labels=["key"]
+        )
         queues = services(self.app).queues
         try:
             for name, sizes in registries.queue_counts(queues).items():
                 depth.add_metric([name], sizes["queued"])
             workers.add_metric([], len(leases.all_alive(queues.connection)))
+            for key, count in key_limits.held_totals(queues.connection, top=100).items():
+                limited.add_metric([key], count)
             up.add_metric([], 1)
         except BrokerError:
             up.add_metric([], 0)
         yield depth
         yield workers
+        yield limited
         yield up
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from backend.api.openapi_queues import RETRY_AFTER
 from backend.api.openapi_schemas import INTEGER, NULLABLE_STRING, SCRIPTED, STRING, operation, ref
 from backend.core.rate_spec import MAX_TEXT
-from backend.service.rate_limits import MAX_KEY
+from backend.service.rate_limits import KEY_PATTERN, LIMIT_PATTERN, MAX_KEY
 
 KEY = {
     "name": "key",
@@ -15,13 +15,14 @@ KEY = {
     "required": True,
     "description": "a rate limit's key: the value of the argument a task's rate_key names (such as "
     "`openai`), or the task's name; may hold a slash, no control characters",
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": KEY_PATTERN},
 }
 LIMIT = {
     "type": "string",
     "maxLength": MAX_TEXT,
+    "pattern": LIMIT_PATTERN,
     "description": "N/second, N/minute, N/hour, N/day or N/<seconds>s (such as 10/5s); N is 1..1,000,000, "
-    "the window 1 s..1 day",
+    "the window 1 s..1 day; lower case, no spaces or leading zeros",
     "example": "100/minute",
 }
 _ERROR = {"application/json": {"schema": ref("Error")}}

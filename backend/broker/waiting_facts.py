@@ -1,4 +1,5 @@
-"""What RQ knows about why a job waits: live workers per queue, concurrency slots, queue places.
+"""What RQ knows about why a job waits: live workers per queue, concurrency slots, queue places,
+the jobs the rate limiter holds.
 
 The service decides a job's ``waiting_reason`` from its row plus these facts. They are read
 cheaply: a ``snapshot`` (live workers per queue, paused queues, each limited task's slots) costs two round
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -25,7 +26,7 @@ from rq.rate_limit import RateLimitRegistry
 from rq.worker import Worker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from backend.broker import leases
+from backend.broker import key_limits, leases
 from backend.broker.errors import BrokerUnreachable
 from backend.broker.pauses import PAUSED_KEY
 from backend.core.settings import QUEUE_NAMES
@@ -62,6 +63,8 @@ class QueueFacts:
     slots: Mapping[str, TaskSlots]
     #: The queues paused in Redis (what workers obey: backend/broker/pauses.py).
     paused: frozenset[str] = frozenset()
+    #: Rate limits set at run time, key -> limit text (few: an admin sets them).
+    overrides: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class JobPlace:
     position: int | None
     held_back: bool = False
     held: int = 0
+    #: When its task's rate limiter holds it (in no queue list): (its rate key, when the key's
+    #: next slot frees, epoch seconds, or None when not known).
+    rate_held: tuple[str, float | None] | None = None
 
 
 class WaitingFacts:
@@ -110,10 +116,24 @@ class WaitingFacts:
         finally:
             self._lock.release()
 
-    def place(self, rq_id: str, queue: str, *, task: str | None) -> JobPlace | None:
+    def place(self, rq_id: str, queue: str, *, task: str | None, rate_limited: bool = False) -> JobPlace | None:
         """Where the RQ job ``rq_id`` waits on ``queue``; ``task``: its task when that has a
-        concurrency limit (else None). One round trip; None while Redis does not answer."""
-        return self._guarded(lambda: self._read_place(rq_id, queue, task))
+        concurrency limit (else None); ``rate_limited``: its task has a rate limit, so a job not on
+        the list may be held by the limiter (then a second round trip asks). One round trip
+        otherwise; None while Redis does not answer."""
+        place = self._guarded(lambda: self._read_place(rq_id, queue, task))
+        if place is None or place.position is not None or not rate_limited:
+            return place
+        held = self.held_until([rq_id])
+        return place if not held else replace(place, rate_held=held[rq_id])
+
+    def held_until(self, rq_ids: Iterable[str]) -> dict[str, tuple[str, float | None]] | None:
+        """Of ``rq_ids``, those the rate limiter holds: rq id -> (key, when its next slot frees).
+        One round trip for all of them (a page's); None while Redis does not answer."""
+        ids = list(rq_ids)
+        if not ids:
+            return {}
+        return self._guarded(lambda: key_limits.held_until(self.connection, ids))
 
     def _guarded(self, read):
         if time.monotonic() < self._down_until:
@@ -144,7 +164,9 @@ class WaitingFacts:
                 pipe.zcard(limit.rate_limited_key)
                 pipe.zrange(limit.allowed_key, 0, MAX_HOLDERS - 1)
             pipe.smembers(PAUSED_KEY)  # in the same round trip
+            pipe.hgetall(key_limits.OVERRIDES)
             answers = pipe.execute()
+        overrides = {_text(key): _text(limit) for key, limit in answers.pop().items()}
         paused = frozenset(_text(name) for name in answers.pop())
         prefix = Worker.redis_worker_namespace_prefix
         listening = {
@@ -159,7 +181,7 @@ class WaitingFacts:
             held, held_back, holders = rest[3 * i : 3 * i + 3]
             slots[task] = TaskSlots(int(held), int(held_back), frozenset(_text(h) for h in holders))
         workers = {name: len(names & alive) for name, names in listening.items()}
-        return QueueFacts(workers=workers, slots=slots, paused=paused)
+        return QueueFacts(workers=workers, slots=slots, paused=paused, overrides=overrides)
 
     def _read_place(self, rq_id: str, queue: str, task: str | None) -> JobPlace:
         queue_key = f"{Queue.redis_queue_namespace_prefix}{queue}"

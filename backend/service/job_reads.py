@@ -150,6 +150,8 @@ class JobReader:
         waiting = self.waiting.for_rows()
         # Waiting jobs with dependencies: (index on the page, row), settled after the page.
         dependants: list[tuple[int, object]] = []
+        # Waiting jobs the rate limiter may hold: (index, row, waiting_for), asked once for the page.
+        rate_limited: list[tuple[int, object, list[str] | None]] = []
         encoded = 0
 
         def encode_row(row) -> bytes:
@@ -160,6 +162,8 @@ class JobReader:
                 if wait_row.depends_on:
                     dependants.append((encoded, row))
                 fields = waiting.of(wait_row, waiting_for=None)
+                if not wait_row.depends_on and waiting.may_be_held(wait_row, fields):
+                    rate_limited.append((encoded, row, None))
             encoded += 1
             return encode(job_dict(row, omit=omit, waiting=fields))
 
@@ -173,5 +177,13 @@ class JobReader:
             for i, row in dependants:
                 waiting_for = [parent for parent in row.depends_on if parent not in ended]
                 fields = waiting.of(WaitRow.of(row), waiting_for=waiting_for)
+                parts[i] = encode(job_dict(row, waiting_for=waiting_for, omit=omit, waiting=fields))
+                if waiting.may_be_held(WaitRow.of(row), fields):
+                    rate_limited.append((i, row, waiting_for))
+        rate_limited = [entry for entry in rate_limited if entry[0] < len(parts)]
+        held = waiting.held_until(row.rq_job_id for _, row, _ in rate_limited) if rate_limited else {}
+        for i, row, waiting_for in rate_limited:
+            if row.rq_job_id in held:
+                fields = waiting.of(WaitRow.of(row), waiting_for=waiting_for, held=held[row.rq_job_id])
                 parts[i] = encode(job_dict(row, waiting_for=waiting_for, omit=omit, waiting=fields))
         return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + encode(next_cursor) + b"}"

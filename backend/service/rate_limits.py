@@ -11,6 +11,7 @@ the hash hold exactly what the store records. An override wins over the limit a 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -28,8 +29,18 @@ if TYPE_CHECKING:  # the type only, as the broker names it (it alone imports red
 
 log = logging.getLogger(__name__)
 
-#: The longest key (the same cap as a key a task's argument names, backend/core/rate_spec.py).
+#: The longest key (the same cap as a key a task's argument names, backend/tasks/registry.py).
 MAX_KEY = 200
+#: A key: no control characters (ECMA and Python read it alike; /openapi.json shows it).
+KEY_PATTERN = "^[^\\u0000-\\u001f\\u007f]+$"
+#: A limit as an operator writes it, exactly what parse_rate takes in range: count 1..1,000,000,
+#: a named window or 1..86,400 seconds; lower case, no spaces, no leading zeros (/openapi.json
+#: shows the same pattern, so a request the document calls valid is never refused).
+LIMIT_PATTERN = (
+    "^([1-9][0-9]{0,5}|1000000)/(second|minute|hour|day|"
+    "([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s)$"
+)
+_KEY, _LIMIT = re.compile(KEY_PATTERN), re.compile(LIMIT_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ def check_key(key: str) -> str:
     """``key`` when it may name a rate limit, else ValidationFailed (422)."""
     if not key or len(key) > MAX_KEY:
         raise ValidationFailed(f"a rate limit's key is 1 to {MAX_KEY} characters, got {len(key)}")
-    if any(ord(char) < 32 or ord(char) == 127 for char in key):
+    if not _KEY.fullmatch(key):
         raise ValidationFailed("a rate limit's key holds no control characters")
     return key
 
@@ -62,10 +73,13 @@ def check_limit(limit: object) -> str:
     if not isinstance(limit, str):
         raise ValidationFailed('"limit" is a string such as "100/minute" or "10/5s"')
     try:
-        # Stored as the canonical text ("100/MINUTE " -> "100/minute"), the form the limiter reads.
-        return parse_rate(limit).text
+        rate = parse_rate(limit)
     except ValueError as exc:
         raise ValidationFailed(f'"limit": {exc}') from None
+    if not _LIMIT.fullmatch(limit):
+        raise ValidationFailed(f'"limit": write it as {rate.text!r} (lower case, no spaces or leading zeros)')
+    # Stored as the canonical text ("10/60s" -> "10/minute"), the form the limiter reads.
+    return rate.text
 
 
 class RateLimits:

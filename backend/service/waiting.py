@@ -10,6 +10,9 @@ what. They are decided here, in one function over the job's row and cheap broker
 - ``scheduled``: ``run_at`` is ahead;
 - ``dependencies``: jobs it depends on have not ended (``waiting_for``);
 - ``queue_paused``: its queue is paused (``POST /queues/<name>/pause``), workers start none of its jobs;
+- ``rate_limit``: its task's rate limit per key holds it (out of the queue list) until ``resumes_at``,
+  when the key's next slot frees (read only for tasks that declare a rate limit: one round trip
+  for a list's page, never one per row);
 - ``concurrency_limit``: its task's concurrency limit holds it back in RQ;
 - ``no_worker``: no live worker listens on its queue;
 - ``queued``: waiting for a worker to take it (``queue_position`` when known).
@@ -114,6 +117,22 @@ def limited_tasks() -> dict[str, int]:
     return {spec.name: spec.concurrency for spec in all_tasks() if spec.concurrency}
 
 
+def rate_limited_tasks() -> frozenset[str]:
+    """The registered tasks with a rate limit per key."""
+    return frozenset(spec.name for spec in all_tasks() if spec.rate_limit)
+
+
+def _declared_rate(task: str) -> str | None:
+    try:
+        return get_task(task).rate_limit
+    except NotFound:
+        return None
+
+
+#: The reasons a job the rate limiter may hold would show without reading that (they come after).
+RATE_HIDDEN = frozenset({"concurrency_limit", "no_worker", "queued"})
+
+
 def task_limit(task: str) -> int | None:
     try:
         return get_task(task).concurrency
@@ -129,12 +148,14 @@ def decide(
     place: JobPlace | None = None,
     now: datetime | None = None,
     redis_down: bool = False,
+    held: tuple[str, float | None] | None = None,
 ) -> Waiting:
     """The waiting fields of a job (the order of the module's docstring).
 
     ``waiting_for``: the dependencies not ended yet (None: not read; then a job that has
     dependencies is taken to wait for them). ``facts``: None when not read, or (``redis_down``)
     when Redis did not answer. ``place``: the job's place in RQ (single-job GET), or None.
+    ``held``: (rate key, next slot time) when the rate limiter holds the job (a list's page read it).
     """
     if not row.waits:
         return NOT_WAITING
@@ -163,6 +184,9 @@ def decide(
             queue_position=position,
             detail=f"queue {row.queue} is paused: no worker starts its jobs until it is resumed",
         )
+    held = held or (place.rate_held if place is not None else None)
+    if on_queue and held is not None:
+        return _rate_limited(row, held, facts)
     limit = task_limit(row.task)
     if on_queue and limit:
         held = _held_back(row, facts, place)
@@ -185,6 +209,16 @@ def decide(
         detail=f"queued on {row.queue}, "
         + ("next in line" if not ahead else f"{ahead} job{'s' if ahead > 1 else ''} ahead"),
     )
+
+
+def _rate_limited(row: WaitRow, held: tuple[str, float | None], facts: QueueFacts) -> Waiting:
+    key, due = held
+    # The limit it obeys: the operator's override, else the one its task declares.
+    limit = facts.overrides.get(key) or _declared_rate(row.task) or "its limit"
+    if due is None:
+        return Waiting("rate_limit", detail=f"rate limit of key {key}: {limit}; waiting for a free slot")
+    at = datetime.fromtimestamp(due, UTC)
+    return Waiting("rate_limit", resumes_at=at, detail=f"rate limit of key {key}: {limit}; next slot at {_words(at)}")
 
 
 def _time_reason(row: WaitRow, now: datetime) -> Waiting | None:
@@ -252,7 +286,12 @@ class WaitingReasons:
         facts = self.facts.snapshot(limits)
         place = None
         if facts is not None and row.status == JobStatus.QUEUED.value and row.rq_job_id:
-            place = self.facts.place(row.rq_job_id, row.queue, task=row.task if row.task in limits else None)
+            place = self.facts.place(
+                row.rq_job_id,
+                row.queue,
+                task=row.task if row.task in limits else None,
+                rate_limited=row.task in rate_limited_tasks(),
+            )
         return decide(row, waiting_for=waiting_for, facts=facts, place=place, now=now, redis_down=facts is None)
 
     def for_rows(self) -> RowsWaiting:
@@ -268,9 +307,13 @@ class RowsWaiting:
     def __init__(self, facts: WaitingFacts):
         self._facts = facts
         self._snapshot: object = self._UNSET
+        self._rate_limited = rate_limited_tasks()
         self.now = utcnow()
 
-    def of(self, row: WaitRow, *, waiting_for: list[str] | None) -> Waiting:
+    def of(
+        self, row: WaitRow, *, waiting_for: list[str] | None, held: tuple[str, float | None] | None = None
+    ) -> Waiting:
+        """``held``: what ``held_until`` answered for the row's RQ id (None: not held, or not read)."""
         if not row.waits:
             return NOT_WAITING
         if not _needs_facts(row, waiting_for, self.now):
@@ -278,5 +321,27 @@ class RowsWaiting:
         if self._snapshot is self._UNSET:
             self._snapshot = self._facts.snapshot(limited_tasks())
         return decide(
-            row, waiting_for=waiting_for, facts=self._snapshot, now=self.now, redis_down=self._snapshot is None
+            row,
+            waiting_for=waiting_for,
+            facts=self._snapshot,
+            now=self.now,
+            redis_down=self._snapshot is None,
+            held=held,
         )
+
+    def may_be_held(self, row: WaitRow, waiting: Waiting) -> bool:
+        """Whether the rate limiter may hold this row's job: its task has a rate limit and the
+        reason decided without that is one the limiter's comes before (its caller then asks
+        ``held_until`` once for the page's such rows)."""
+        return (
+            waiting.reason in RATE_HIDDEN
+            and row.task in self._rate_limited
+            and row.status == JobStatus.QUEUED.value
+            and row.rq_job_id is not None
+            and self._snapshot is not None
+        )
+
+    def held_until(self, rq_ids: Iterable[str]) -> dict[str, tuple[str, float | None]]:
+        """Of a page's ``rq_ids``, those the rate limiter holds (one round trip; none when Redis
+        does not answer: the rows keep the reason decided without it)."""
+        return self._facts.held_until(rq_ids) or {}
