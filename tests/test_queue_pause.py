@@ -234,9 +234,32 @@ def test_pauses_and_resumes_racing_each_other_all_answer_and_redis_ends_as_the_s
     for thread in threads:
         thread.join()
     assert not errors, errors
-    pauses.sync()
-    recorded = set(pauses.paused())
-    assert {name.decode() for name in redis_conn.smembers(PAUSED_KEY)} == recorded
+    assert {name.decode() for name in redis_conn.smembers(PAUSED_KEY)} == set(pauses.paused())
+
+
+def test_after_a_pause_and_a_resume_at_once_workers_obey_what_the_store_records(app, redis_conn):
+    """Each command writes Redis from the store as it stands after its own commit, so the later
+    writer always wins in both: a pause committed first but mirrored last no longer leaves
+    workers skipping a queue the store says is open (until the reconciler's next pass)."""
+    pauses = services(app).pauses
+    differed = 0
+
+    def command_now(verb: str, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        if verb == "pause":
+            pauses.pause("low", by="one")
+        else:
+            pauses.resume("low", by="other")
+
+    for _ in range(50):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=command_now, args=(verb, barrier)) for verb in ("pause", "resume")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        differed += {name.decode() for name in redis_conn.smembers(PAUSED_KEY)} != set(pauses.paused())
+    assert differed == 0, f"Redis differed from the store after {differed} of 50 races"
 
 
 def test_each_pause_and_resume_that_changes_a_queue_is_logged_once_with_who(client, caplog):

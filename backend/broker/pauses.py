@@ -2,8 +2,8 @@
 
 The store records a pause (``backend/store/queue_pauses.py``), so that it survives any restart;
 Redis holds its mirror, ``PAUSED_KEY``, a set of queue names, because a worker reads only Redis
-(never the store). The API writes the set after the store's commit, and the reconciler's pass
-puts it back from the store (``replace``), so a Redis that lost its keys gets its pauses back.
+(never the store). After the store's commit the API writes the set from the store (``replace``),
+and the reconciler's pass does the same, so a Redis that lost its keys gets its pauses back.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from backend.broker import leases
 
 #: The set of paused queue names (the broker owns the key; workers and the API read it).
 PAUSED_KEY = "jobservice:paused-queues"
+#: A counter every write of the set bumps, so that a concurrent writer's WATCH always fires.
+VERSION_KEY = "jobservice:paused-queues:version"
 
 
 def _text(value: bytes | str) -> str:
@@ -32,38 +34,35 @@ def paused(connection: Redis) -> frozenset[str]:
     return frozenset(_text(name) for name in connection.smembers(PAUSED_KEY))
 
 
-def add(connection: Redis, queue: str) -> None:
-    connection.sadd(PAUSED_KEY, queue)
-
-
-def remove(connection: Redis, queue: str) -> None:
-    connection.srem(PAUSED_KEY, queue)
-
-
-def replace(connection: Redis, recorded: Callable[[], Iterable[str]]) -> bool | None:
+def replace(connection: Redis, recorded: Callable[[], Iterable[str]], *, force: bool = False) -> bool | None:
     """Make the set hold exactly what ``recorded()`` (the store) says; True when it changed it,
-    False when it held that already, None when a pause or resume landed meanwhile (the set is
-    then left as that writer made it: the next pass looks again).
+    False when it held that already, None when another writer landed meanwhile (the set is then
+    left as that writer made it, from a later read of the store).
 
-    The set is watched from before the store is read, so a writer that changed the store and
-    then the set while this ran is never overwritten by this older read.
+    The set and ``VERSION_KEY`` are watched from before the store is read, so this older read
+    never overwrites a writer's newer one. ``force`` (a pause or resume, after its commit) writes
+    even an unchanged set and bumps the version: a writer that read the store before this one's
+    commit then fails its EXEC, so the last write to land is always from the latest read (a
+    pause committed first but mirrored last would otherwise leave workers obeying it after a
+    resume). The reconciler's pass does not force: a write that changes nothing changes no outcome.
     """
     with connection.pipeline(transaction=True) as pipe:
-        pipe.watch(PAUSED_KEY)
+        pipe.watch(PAUSED_KEY, VERSION_KEY)
         held = frozenset(_text(name) for name in pipe.smembers(PAUSED_KEY))
         wanted = frozenset(recorded())
-        if held == wanted:
+        if held == wanted and not force:
             pipe.unwatch()
             return False
         pipe.multi()
         pipe.delete(PAUSED_KEY)
         if wanted:
             pipe.sadd(PAUSED_KEY, *sorted(wanted))
+        pipe.incr(VERSION_KEY)  # every write touches a key, even DEL of an absent set
         try:
             pipe.execute()
         except WatchError:
             return None
-    return True
+    return held != wanted
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Pausing and resuming queues, and the overview of ``GET /queues``.
 
-A pause is recorded in the store first (the record every restart keeps), then written to the set
-in Redis that workers read before each dequeue; a resume removes both. A Redis that did not
-answer the second step gets it from the reconciler's next pass (``sync``), which makes the set
-hold exactly what the store records. Pausing stops new starts only: running jobs finish, and the
+A pause is recorded in the store first (the record every restart keeps), then Redis's set, which
+workers read at each dequeue, is written from the store as it stands after that commit (so of
+two commands racing, the one committed last is what both hold); a resume likewise. A Redis that
+did not answer the second step gets it from the reconciler's next pass (``sync``), which makes the
+set hold exactly what the store records. Pausing stops new starts only: running jobs finish, and the
 queue's jobs stay QUEUED with ``waiting_reason: "queue_paused"``.
 """
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # the type only, as the broker names it (it alone imports red
     from backend.broker.connection import Redis
 
 log = logging.getLogger(__name__)
+#: Tries of a command's write of Redis's set; each lost try means a newer writer's write landed.
+MIRROR_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class QueuePauses:
         recorded, changed = store_pauses.pause(self.sessions, queue, by)
         if changed:  # once per change: a repeated pause changes nothing, so says nothing
             log.info("queue %s paused by %s", queue, by)
-        self._mirror(broker_pauses.add, queue, "paused")
+        self._mirror(queue, "paused")
         return PauseOutcome(queue, True, changed, recorded.paused_at, recorded.paused_by)
 
     def resume(self, queue: str, *, by: str) -> PauseOutcome:
@@ -73,17 +76,23 @@ class QueuePauses:
         changed = store_pauses.resume(self.sessions, queue)
         if changed:
             log.info("queue %s resumed by %s", queue, by)
-        self._mirror(broker_pauses.remove, queue, "resumed")
+        self._mirror(queue, "resumed")
         return PauseOutcome(queue, False, changed)
 
-    def _mirror(self, write, queue: str, what: str) -> None:
+    def _mirror(self, queue: str, what: str) -> None:
+        """Write Redis's set from the store as it stands after this command's commit; a writer
+        that raced this one and read the store later wins instead (then nothing is left to do)."""
         try:
-            write(self.redis, queue)
+            for _ in range(MIRROR_ATTEMPTS):
+                if broker_pauses.replace(self.redis, lambda: self.paused().keys(), force=True) is not None:
+                    return
         except BrokerError as exc:
             raise ServiceUnavailable(
                 f"queue {queue} is {what} in the store, but Redis did not answer ({exc}); workers see it "
                 "once Redis is back (the reconciler's next pass writes it), or send this request again"
             ) from None
+        # Only under a storm of commands: every attempt lost to a newer writer, whose write stands.
+        log.warning("queue %s %s: Redis's copy left to the writers that raced it and the next pass", queue, what)
 
     def paused(self) -> dict[str, store_pauses.Pause]:
         """The recorded pauses, by queue."""
