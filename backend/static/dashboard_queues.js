@@ -88,6 +88,7 @@ export class QueuesPanel {
         this.body.replaceChildren();
         // A tenant's key: nothing here is theirs, so the panel goes. No key yet: say what it needs.
         this.root.hidden = error.status === 403;
+        if (this.limits) this.limits.root.hidden = true;
         this.say("Enter an admin key to see the queues and pause them.", "note");
       } else {
         this.say(`Queues: ${error.message}`, "error");
@@ -141,10 +142,13 @@ export class QueuesPanel {
       workers.append(list);
     }
     done.textContent = String(queue.completed_last_minute);
-    if (!parts.busy) {
-      parts.button.textContent = queue.paused ? "Resume" : "Pause";
-      parts.button.setAttribute("aria-label", `${queue.paused ? "Resume" : "Pause"} queue ${queue.name}`);
-    }
+    if (!parts.busy) this.label(parts);
+  }
+
+  label(parts) {
+    const verb = parts.queue.paused ? "Resume" : "Pause";
+    parts.button.textContent = verb;
+    parts.button.setAttribute("aria-label", `${verb} queue ${parts.queue.name}`);
   }
 
   // Pause an open queue, resume a paused one: as the row showed it when clicked.
@@ -157,13 +161,15 @@ export class QueuesPanel {
     parts.button.textContent = verb === "pause" ? "Pausing…" : "Resuming…";
     this.failure = null;
     try {
-      await api(`/queues/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
+      const outcome = await api(`/queues/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
+      parts.queue = { ...parts.queue, paused: outcome.paused }; // the button's next verb, before the read below
     } catch (error) {
       // Kept in view until the next click: a 503 says the store has it and to send it again.
       this.failure = `Could not ${verb} queue ${name}: ${error.message}`;
     }
     parts.busy = false;
     parts.button.disabled = false;
+    this.label(parts);
     await this.refresh();
     this.onChange(); // even after a 503: the store may have recorded it
   }
