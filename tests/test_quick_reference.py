@@ -96,3 +96,7 @@ def test_the_quick_reference_runs_against_a_live_stack(stack, redis_server):
     # a job of a paused queue says why it waits; the command line pauses and resumes
     assert '"waiting_reason":"queue_paused"' in result.stdout and '"paused_by":"local"' in result.stdout
     assert "queue low paused (since " in result.stdout and "queue low resumed\n" in result.stdout
+    # a job over its key's rate limit says so, and starts once the limit set for the key is cleared
+    assert '"waiting_reason":"rate_limit"' in result.stdout and '"limit":"1/minute"' in result.stdout
+    assert 'jobservice_rate_limited_total{key="quickref"} 1.0' in result.stdout
+    assert '"provider":"quickref"' in result.stdout and "(simulated) 1 words received" in result.stdout
