@@ -218,6 +218,10 @@ def test_with_redis_down_a_job_says_what_its_row_does(settings):
     run_at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
     scheduled = submit_add(client, run_at=iso_z(run_at))
     plain = submit_add(client)
+    # A task with a rate limit: without Redis nothing says the limiter holds it, so the row's words.
+    limited = submit(client, "call_limited_provider", kwargs={"prompt": "hi", "provider": "openai"})
+    assert get_job(client, limited["job_id"])["waiting_reason"] == "queued"
+    assert listed(client)[limited["job_id"]]["waiting_reason"] == "queued"
     for _ in range(2):
         job = get_job(client, plain["job_id"])
         assert job["status"] == "PENDING"
