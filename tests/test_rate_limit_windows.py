@@ -115,6 +115,7 @@ def test_starts_stay_within_the_limit_and_use_it_and_held_jobs_hold_no_worker(
 
 
 @pytest.mark.skipif(not SOAK, reason="the issue's 2-minute figure runs with CHAOS_SOAK=1")
+@pytest.mark.timeout(600)
 def test_soak_60_a_minute_with_4_workers_and_500_jobs(settings, client, redis_conn, start_worker):
     starts, _ = run_backlog(
         client, redis_conn, start_worker, task="call_limited_provider", jobs=500, workers=4, span=120
