@@ -297,6 +297,8 @@ def test_parse_rate_reads_the_texts_and_refuses_the_rest():
         "1e3/hour",
         None,
         60,
+        ["1/second"],
+        "9" * 50,
     ):
         with pytest.raises(ValueError, match="rate limit"):
             parse_rate(bad)

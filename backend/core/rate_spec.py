@@ -37,16 +37,21 @@ class Rate:
         return f"{self.count}/{self.window_seconds}s"
 
 
-@functools.lru_cache(maxsize=256)
 def parse_rate(text: str) -> Rate:
     """The rate ``text`` names (surrounding spaces and case ignored).
 
     Raises:
-        ValueError: not ``N/second|minute|hour|day`` or ``N/<seconds>s``, or the count is not
-            1..1,000,000, or the window not 1 s..1 day; the message says which.
+        ValueError: not a text (a list, a number: still ValueError, never TypeError), not
+            ``N/second|minute|hour|day`` or ``N/<seconds>s``, or the count is not 1..1,000,000,
+            or the window not 1 s..1 day; the message says which.
     """
     if not isinstance(text, str) or len(text) > MAX_TEXT:
         raise ValueError(f"a rate limit is a short text such as '60/minute' or '10/5s', got {text!r:.60}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> Rate:
     match = _PATTERN.fullmatch(text.strip().lower())
     if match is None:
         raise ValueError(f"a rate limit reads N/second, N/minute, N/hour, N/day or N/<seconds>s, got {text!r}")
