@@ -144,7 +144,13 @@ def test_an_admin_pauses_a_queue_from_the_page_and_its_job_waits_until_resumed(l
         page.wait_for_selector(f"{queue_row('default')} button:text-is('Pause')")
         page.wait_for_selector("#detail .job-status.COMPLETED", timeout=30000)
         assert get_job(client, job_id, headers=admin)["result"] == 5
-        wait_for_text(page, f"{queue_row('default')} .queue-open", "open")
+        # and the panel's next read shows the queue empty and the job done in the last minute
+        page.wait_for_function(
+            "row => { const r = document.querySelector(row); return r && r.children[1].innerText === '0'"
+            " && r.children[4].innerText === '1' && r.innerText.includes('open'); }",
+            arg=queue_row("default"),
+            timeout=15000,
+        )
         page.screenshot(path=str(SHOTS / "dashboard-queue-resumed-1280.png"), full_page=True)
     finally:
         client.post("/queues/default/resume", headers={**admin, "X-Requested-With": "test"})
