@@ -5,12 +5,14 @@ differs from /openapi.json, no valid request refused, no invalid one accepted).
 It runs the schemathesis CLI as a user would, against the live server with a real worker (so
 that /monitoring/health is 200). About 40-60 s on two cores. The same run by hand:
 
-    st run http://127.0.0.1:5000/openapi.json --checks all --max-examples 50 \\
+    SCHEMATHESIS_HOOKS=tests.schemathesis_hooks st --config-file tests/schemathesis.toml \\
+        run http://127.0.0.1:5000/openapi.json --checks all --max-examples 50 \\
         -H "Authorization: Bearer <admin key>" -H "X-Internal-Token: <token>"
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from tests.conftest import TOKEN
 
 ADMIN_KEY = "admin-key-for-schemathesis-0123456789"
 EXAMPLES = 50
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -40,6 +43,8 @@ def schemathesis(live_server: str, tmp_path: Path, *extra: str) -> str:
     """Run ``st run`` with every check against the live server; fail with its output unless it passed."""
     command = [
         str(Path(sys.executable).parent / "st"),
+        "--config-file",
+        str(ROOT / "tests" / "schemathesis.toml"),
         "run",
         f"{live_server}/openapi.json",
         "--checks",
@@ -57,7 +62,9 @@ def schemathesis(live_server: str, tmp_path: Path, *extra: str) -> str:
         f"X-Internal-Token: {TOKEN}",
         *extra,
     ]
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=540)
+    # The hooks teach schemathesis the ``cron`` format (tests/schemathesis_hooks.py).
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-20000:]
     return output
