@@ -307,10 +307,14 @@ def test_parse_rate_reads_the_texts_and_refuses_the_rest():
 def test_a_task_declares_its_limit_and_key():
     spec = get_task("call_limited_provider")
     assert (spec.describe()["rate_limit"], spec.describe()["rate_key"]) == ("60/minute", "provider")
-    assert spec.rate_for({"prompt": "x", "provider": "openai"}) == ("openai", "60/minute")
-    assert spec.rate_for({"prompt": "x"}) == ("call_limited_provider", "60/minute")
-    assert spec.rate_for({"provider": 7}) == ("7", "60/minute")
-    assert get_task("echo").rate_for({"provider": "x"}) is None
+    assert spec.rate_for([], {"prompt": "x", "provider": "openai"}) == ("openai", "60/minute")
+    # Passed by position, the same provider is the same key (else a caller doubles the limit).
+    assert spec.rate_for(["x", "openai"], {}) == ("openai", "60/minute")
+    # Left out, the key is the default the task gets; None (or no rate_key) is the task's name.
+    assert spec.rate_for([], {"prompt": "x"}) == ("example", "60/minute")
+    assert spec.rate_for([], {"prompt": "x", "provider": None}) == ("call_limited_provider", "60/minute")
+    assert spec.rate_for([], {"provider": 7}) == ("7", "60/minute")
+    assert get_task("echo").rate_for([], {"provider": "x"}) is None
     for value in (["a"], {"a": 1}, "", "k" * 201):
         with pytest.raises(ValidationFailed, match="rate key"):
             spec.check_arguments([], {"prompt": "x", "provider": value})

@@ -63,11 +63,12 @@ class TaskSpec:
             "rate_key": self.rate_key,
         }
 
-    def rate_for(self, kwargs: dict) -> tuple[str, str] | None:
+    def rate_for(self, args: list, kwargs: dict) -> tuple[str, str] | None:
         """(rate key, limit text) for a job of these arguments, or None when the task has no limit.
 
-        The key is the value of the ``rate_key`` argument when it is given and not None, else the
-        task's name.
+        The key is the value the task's ``rate_key`` parameter gets, whether it is passed by name,
+        by position or left to its default (a caller passing it positionally must not land in
+        another bucket than one naming it); the task's name when that value is None.
 
         Raises:
             ValidationFailed: the argument is not a str, int, float or bool, or its text is empty
@@ -75,7 +76,16 @@ class TaskSpec:
         """
         if self.rate_limit is None:
             return None
-        value = kwargs.get(self.rate_key) if self.rate_key is not None else None
+        value = None
+        if self.rate_key is not None:
+            value = kwargs.get(self.rate_key)
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError:
+                bound = None  # refused by check_arguments; a recorded job's arguments bind
+            if bound is not None:
+                bound.apply_defaults()
+                value = bound.arguments.get(self.rate_key, value)
         if value is None:
             return self.name, self.rate_limit
         key = str(value) if isinstance(value, _KEY_TYPES) else None
@@ -96,7 +106,7 @@ class TaskSpec:
                 f"bad arguments for task {self.name!r}: {exc}",
                 details={"task": self.name, "parameters": self.describe()["parameters"]},
             ) from None
-        self.rate_for(kwargs)
+        self.rate_for(args, kwargs)
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
