@@ -5,12 +5,18 @@ pushing a job of a queue paused meanwhile back to the front, and never RQ's inte
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from rq.job import Job as RQJob
 
 from backend.broker.fair_queue import FairQueues, fair_prefix
 from backend.broker.pauses import PAUSED_KEY
 from backend.broker.queues import QueueAdapter
+from backend.core.settings import SettingError, Settings
+from tests.conftest import ROOT
 from tests.helpers import submit, wait_for_status
 
 pytestmark = pytest.mark.one_pass("the pop script and the worker's dequeue: Redis only, no store")
@@ -147,3 +153,20 @@ def test_a_worker_with_two_of_three_queues_paused_leaves_no_intermediate_entry(c
     for name in ("high", "default", "low"):
         assert redis_conn.llen(f"rq:queue:{name}:intermediate") == 0
     assert RQJob.fetch(f"{job['job_id']}-1", connection=redis_conn).get_status() == "finished"
+
+
+@pytest.mark.parametrize("bad", ["alice", "alice:0", "alice:1.5", ":3", "alice:2,alice:3", "alice:x"])
+def test_a_bad_owner_weights_setting_stops_the_process_at_start_naming_it(bad):
+    with pytest.raises(SettingError, match="OWNER_WEIGHTS"):
+        Settings.load({"OWNER_WEIGHTS": bad})
+    assert Settings.load({"OWNER_WEIGHTS": "alice:3, bob:2"}).owner_weights == "alice:3, bob:2"
+
+
+def test_a_worker_with_bad_owner_weights_refuses_to_start_with_one_line():
+    env = {**os.environ, "OWNER_WEIGHTS": "alice:0"}
+    result = subprocess.run(
+        [sys.executable, "backend/worker.py", "--burst"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "refusing to start the worker: OWNER_WEIGHTS entry 'alice:0'" in result.stderr
+    assert "Traceback" not in result.stderr

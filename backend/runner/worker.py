@@ -32,7 +32,7 @@ from backend.broker.leases import LeaseKeeper
 from backend.broker.queues import failure_record, last_line, register_queues
 from backend.core import logs, protocol, secrets_check
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
-from backend.core.settings import QUEUE_NAMES, Settings, parse_owner_weights
+from backend.core.settings import QUEUE_NAMES, SettingError, Settings, parse_owner_weights
 from backend.core.size_caps import SizeCaps
 from backend.runner.checkpoints import CheckpointClient
 from backend.runner.dequeue import FairDequeue
@@ -320,7 +320,10 @@ def parse_args(argv: list[str] | None = None, settings: Settings | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings.load()
+    try:
+        settings = Settings.load()
+    except SettingError as exc:  # e.g. OWNER_WEIGHTS: one line naming the setting, no traceback
+        raise SystemExit(f"refusing to start the worker: {exc}") from None
     args = parse_args(argv, settings)
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     queues = [name.strip() for name in args.queues.split(",") if name.strip()]
