@@ -184,3 +184,124 @@ def test_a_rate_key_value_that_cannot_be_a_key_is_refused_and_nothing_is_stored(
     assert stored_jobs(client) == [] and queued_count(redis_conn) == 0
     # A number is a key as its text; an absent key argument leaves its default, a key like any other.
     assert submit(client, "call_limited_provider", kwargs={"prompt": "c", "provider": 7})["status"] == "QUEUED"
+
+
+def test_a_put_whose_redis_write_lands_late_does_not_undo_a_later_put(app, redis_conn, monkeypatch):
+    """PUT 1000/minute commits, then stalls before its Redis write; PUT 10/minute commits and
+    writes meanwhile; the stalled write lands last. Redis must still hold what the store records."""
+    import threading
+    import time
+
+    from backend.store import rate_limit_overrides as store_overrides
+
+    original = store_overrides.set_limit
+
+    def slow_after_commit(sessions, key, limit, by):
+        answer = original(sessions, key, limit, by)  # committed
+        if limit == "1000/minute":
+            time.sleep(0.3)  # a GC pause, a busy pool: before its Redis write
+        return answer
+
+    monkeypatch.setattr(store_overrides, "set_limit", slow_after_commit)
+    limits = services(app).rate_limits
+    first = threading.Thread(target=lambda: limits.set("openai", "1000/minute", by="one"))
+    first.start()
+    time.sleep(0.1)
+    assert limits.set("openai", "10/minute", by="other").limit == "10/minute"
+    first.join()
+    assert limits.overrides()["openai"].limit == "10/minute"
+    assert mirrored(redis_conn) == {"openai": "10/minute"}
+
+
+def test_two_admins_setting_one_key_at_once_leave_redis_as_the_store_records(app, redis_conn):
+    """Barrier-started PUT/PUT and PUT/DELETE pairs of one key: after each, Redis's hash (what
+    workers obey) holds what the store records."""
+    import threading
+
+    limits = services(app).rate_limits
+    differed = []
+    commands = [
+        lambda: limits.set("openai", "10/minute", by="a"),
+        lambda: limits.set("openai", "1000/minute", by="b"),
+        lambda: limits.clear("openai"),
+    ]
+    for round_ in range(40):
+        barrier = threading.Barrier(2)
+        pair = (commands[0], commands[1 + round_ % 2])
+        threads = [threading.Thread(target=lambda c=c, b=barrier: (b.wait(), c())) for c in pair]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        recorded = {key: row.limit for key, row in limits.overrides().items()}
+        if mirrored(redis_conn) != recorded:
+            differed.append((round_, recorded, mirrored(redis_conn)))
+    assert not differed, f"Redis differed from the store after {len(differed)} of 40 races: {differed[:5]}"
+
+
+@pytest.mark.parametrize("path", ["%2Fv1%2Fchat", "/v1/chat", "v1%2F%2Fchat", "a%09b"])
+def test_a_key_no_route_can_carry_is_refused_before_any_redirect(client, redis_conn, path):
+    """A key beginning with "/" (or holding "//") made a path Werkzeug answered with a 308 to the
+    merged path: a client following it set ANOTHER key ("v1/chat") and got 200. Such keys (and
+    control characters) are refused with a 422 JSON error; submission refuses them too."""
+    for answer in (put(client, path, {"limit": "1/minute"}), delete(client, path)):
+        assert answer.status_code == 422, (answer.status_code, answer.headers.get("Location"))
+        assert answer.get_json()["error"]["code"] == "validation_failed", answer.get_json()
+    assert client.get("/rate-limits").get_json()["overrides"] == [] and mirrored(redis_conn) == {}
+    # A slash inside a key is fine.
+    assert put(client, "v1/chat", {"limit": "1/minute"}).get_json()["key"] == "v1/chat"
+
+
+def hold_by_hand(redis_conn, count: int) -> None:
+    """A worker's steps, by hand: pop each queued job of ``default`` and let the limiter admit it."""
+    from rq.job import Job as RQJob
+    from rq.serializers import JSONSerializer
+
+    from backend.broker import key_limits
+
+    for _ in range(count):
+        rq_id = redis_conn.lpop("rq:queue:default").decode()
+        key_limits.admit(redis_conn, RQJob.fetch(rq_id, connection=redis_conn, serializer=JSONSerializer))
+
+
+def epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_held_job_never_resumes_before_now_after_an_override(limited_tasks, client, redis_conn):
+    """PUT wakes the key (its due time 0) for the workers' next release; with no worker running, a
+    held job said it resumes at 1970-01-01 and GET /rate-limits its next slot 56 years ago."""
+    import time
+
+    jobs = [submit(client, "once_a_minute", args=[n])["job_id"] for n in range(2)]
+    hold_by_hand(redis_conn, 2)  # the first admitted (logged), the second held
+    assert put(client, "once_a_minute", {"limit": "1/hour"}).status_code == 200
+    job = get_job(client, jobs[1])
+    assert job["waiting_reason"] == "rate_limit", job
+    assert epoch(job["resumes_at"]) > time.time() - 5 and "1970" not in job["waiting_detail"], job
+    listed = client.get("/rate-limits").get_json()["held"]
+    assert epoch(listed[0]["next_slot_at"]) > time.time() - 5, listed
+    assert delete(client, "once_a_minute").status_code == 200
+    assert epoch(get_job(client, jobs[1])["resumes_at"]) > time.time() - 5
+
+
+def test_each_held_job_of_a_key_says_when_its_own_turn_comes(app, client, redis_conn):
+    """At 1/minute with 5 jobs, the 4th held one starts about 4 minutes after the first, not at
+    the key's next slot (every held job said the same resumes_at); a list says the same as GET."""
+    import time
+
+    ids = [
+        submit(client, "call_limited_provider", kwargs={"prompt": "p", "provider": "solo"})["job_id"] for _ in range(5)
+    ]
+    assert put(client, "solo", {"limit": "1/minute"}).status_code == 200
+    hold_by_hand(redis_conn, 5)
+    shown = [get_job(client, job_id) for job_id in ids[1:]]
+    assert all(job["waiting_reason"] == "rate_limit" for job in shown), shown
+    waits = [epoch(job["resumes_at"]) - time.time() for job in shown]
+    assert 0 < waits[0] <= 61 and all(180 < wait <= 241 for wait in waits[3:]), waits
+    assert waits == sorted(waits) and waits[1] - waits[0] > 50, waits
+    assert "3 jobs of the key ahead" in shown[3]["waiting_detail"], shown[3]
+    page = {job["job_id"]: job for job in client.get("/jobs?limit=10").get_json()["jobs"]}
+    assert [page[job["job_id"]]["resumes_at"] for job in shown] == [job["resumes_at"] for job in shown]

@@ -9,6 +9,7 @@ per-API-key submission limiter, which is backend/api/rate_limits.py.
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify
+from werkzeug.routing import PathConverter
 
 from backend.api.auth import require_admin
 from backend.api.context import services
@@ -19,6 +20,19 @@ from backend.service.representations import iso
 
 bp = Blueprint("key_limits", __name__, url_prefix="/rate-limits")
 bp.before_request(require_admin)
+
+
+class AnyKeyConverter(PathConverter):
+    """Every rest of the path, a leading or a doubled "/" too: Werkzeug's ``path`` cannot begin
+    with "/", and a merged "//" answered a 308 to another key, which a following client then set.
+    Such a key reaches the view whole and the service refuses it (422)."""
+
+    regex = ".+"
+    part_isolating = False  # it spans "/" (Werkzeug guesses True for a regex without one)
+
+
+# Registered before the rules below are (a blueprint's deferred functions run in order).
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("rate_key", AnyKeyConverter))
 
 #: The fields a PUT's body may hold.
 PUT_FIELDS = frozenset({"limit"})
@@ -48,8 +62,9 @@ def list_limits():
     return jsonify(overview)
 
 
-# ``path``: a key may hold a slash (a provider's host and path); every character else is checked by the service.
-@bp.put("/<path:key>")
+# A key may hold a slash (a provider's host and path); the service checks every character.
+# merge_slashes=False: "//" is the key's to answer for (422), never a redirect to another key.
+@bp.put("/<rate_key:key>", merge_slashes=False)
 def set_limit(key: str):
     """Set ``key``'s limit; it wins over the declared one for every job of the key, at its next admission."""
     body = json_body()
@@ -61,7 +76,7 @@ def set_limit(key: str):
     return _outcome(services().rate_limits.set(key, body["limit"], by=g.principal.owner))
 
 
-@bp.delete("/<path:key>")
+@bp.delete("/<rate_key:key>", merge_slashes=False)
 def clear_limit(key: str):
     """Clear ``key``'s override (idempotent): its jobs go back to the limit their task declares."""
     return _outcome(services().rate_limits.clear(key))

@@ -3,8 +3,9 @@
 
 The store records an override (``backend/store/rate_limit_overrides.py``), so that it survives any
 restart; Redis holds its mirror, ``OVERRIDES_KEY`` (key -> limit text), because the limiter's
-script runs in Redis and reads it there (backend/broker/key_limits.py). The API writes the hash
-after the store's commit, and the reconciler's pass puts it back from the store (``replace``).
+script runs in Redis and reads it there (backend/broker/key_limits.py). After the store's commit
+the API writes the whole hash from the store (``replace``, watched and retried, as queue pauses
+do), and the reconciler's pass does the same, so a Redis that lost its keys gets them back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from backend.broker.key_limits import LIMITS as DECLARED_KEY
 from backend.broker.key_limits import OVERRIDES as OVERRIDES_KEY
 from backend.broker.key_limits import held_key
 
+#: A counter every write of the hash bumps, so that a concurrent writer's WATCH always fires.
+VERSION_KEY = OVERRIDES_KEY + ":version"
+
 #: GET /rate-limits shows at most this many keys that hold jobs (the soonest due first).
 MAX_HELD_KEYS = 100
 
@@ -33,47 +37,41 @@ def read(connection: Redis) -> dict[str, str]:
     return {_text(key): _text(limit) for key, limit in connection.hgetall(OVERRIDES_KEY).items()}
 
 
-def put(connection: Redis, key: str, limit: str) -> None:
-    """Set ``key``'s override, and make its held jobs due now: the next ``release_due`` of any
-    worker releases as many as the new limit allows (one round trip)."""
-    with connection.pipeline(transaction=True) as pipe:
-        pipe.hset(OVERRIDES_KEY, key, limit)
-        pipe.zadd(DUE_KEY, {key: 0}, xx=True)
-        pipe.execute()
-
-
-def remove(connection: Redis, key: str) -> None:
-    """Clear ``key``'s override (its jobs go back to the declared limit, which may free slots now)."""
-    with connection.pipeline(transaction=True) as pipe:
-        pipe.hdel(OVERRIDES_KEY, key)
-        pipe.zadd(DUE_KEY, {key: 0}, xx=True)
-        pipe.execute()
-
-
-def replace(connection: Redis, recorded: Callable[[], Mapping[str, str]]) -> bool | None:
+def replace(
+    connection: Redis, recorded: Callable[[], Mapping[str, str]], *, force: bool = False, wake: str | None = None
+) -> bool | None:
     """Make the hash hold exactly what ``recorded()`` (the store) says; True when it changed it,
-    False when it held that already, None when a PUT or DELETE landed meanwhile (the hash is then
-    left as that writer made it: the next pass looks again).
+    False when it held that already, None when another writer landed meanwhile (the hash is then
+    left as that writer made it, from a later read of the store).
 
-    The hash is watched from before the store is read, so a writer that changed the store and then
-    the hash while this ran is never overwritten by this older read.
+    The hash and ``VERSION_KEY`` are watched from before the store is read, so this older read
+    never overwrites a writer's newer one. ``force`` (a PUT or DELETE, after its commit) writes
+    even an unchanged hash and bumps the version: a writer that read the store before this one's
+    commit then fails its EXEC, so the last write to land is always from the latest read (of two
+    PUTs racing, workers never obey the one the store says was replaced). ``wake``: the key whose
+    held jobs become due now, in the same MULTI, so that the next ``release_due`` of any worker
+    releases as many as its new limit allows. The reconciler's pass does not force.
     """
     with connection.pipeline(transaction=True) as pipe:
-        pipe.watch(OVERRIDES_KEY)
+        pipe.watch(OVERRIDES_KEY, VERSION_KEY)
         held = {_text(key): _text(limit) for key, limit in pipe.hgetall(OVERRIDES_KEY).items()}
         wanted = dict(recorded())
-        if held == wanted:
+        if held == wanted and not force:
             pipe.unwatch()
             return False
         pipe.multi()
         pipe.delete(OVERRIDES_KEY)
         if wanted:
             pipe.hset(OVERRIDES_KEY, mapping=wanted)
+        pipe.incr(VERSION_KEY)  # every write touches a key, even DEL of an absent hash
+        if wake is not None:
+            # Due at 0 (XX: only a key holding jobs): readers show max(due, now), never 1970.
+            pipe.zadd(DUE_KEY, {wake: 0}, xx=True)
         try:
             pipe.execute()
         except WatchError:
             return None
-    return True
+    return held != wanted
 
 
 @dataclass(frozen=True)

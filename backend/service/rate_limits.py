@@ -1,8 +1,9 @@
 """Rate limits per key set at run time (``PUT /rate-limits/<key>``), and the overview of
 ``GET /rate-limits``. Not the API's submission limiter (backend/api/rate_limits.py).
 
-An override is recorded in the store first (the record every restart keeps), then written to the
-hash in Redis that the limiter's script reads at each admission; clearing removes both. A Redis
+An override is recorded in the store first (the record every restart keeps), then the hash in Redis
+that the limiter's script reads at each admission is written from the store as it stands after that
+commit (so of two commands racing, the one committed last is what both hold); clearing likewise. A Redis
 that did not answer the second step gets it from the reconciler's next pass (``sync``), which makes
 the hash hold exactly what the store records. An override wins over the limit a task declares
 (``@task(..., rate_limit=..., rate_key=...)``) for every job of that key.
@@ -28,11 +29,16 @@ if TYPE_CHECKING:  # the type only, as the broker names it (it alone imports red
     from backend.broker.connection import Redis
 
 log = logging.getLogger(__name__)
+#: Tries of a command's write of Redis's hash; each lost try means a newer writer's write landed.
+MIRROR_ATTEMPTS = 5
 
 #: The longest key (the same cap as a key a task's argument names, backend/tasks/registry.py).
 MAX_KEY = 200
-#: A key: no control characters (ECMA and Python read it alike; /openapi.json shows it).
-KEY_PATTERN = "^[^\\u0000-\\u001f\\u007f]+$"
+#: A key: no control characters, not beginning with "/" nor holding "//" (no URL path carries
+#: them: servers and proxies merge slashes, and Werkzeug answered them with a redirect to ANOTHER
+#: key); written without lookarounds, so ECMA, Python and schemathesis read it alike.
+KEY_PATTERN = "^[^/\\u0000-\\u001f\\u007f]+(/[^/\\u0000-\\u001f\\u007f]+)*/?$"
+_CONTROL = re.compile("[\\u0000-\\u001f\\u007f]")
 #: A limit as an operator writes it, exactly what parse_rate takes in range: count 1..1,000,000,
 #: a named window or 1..86,400 seconds; lower case, no spaces, no leading zeros (/openapi.json
 #: shows the same pattern, so a request the document calls valid is never refused).
@@ -63,8 +69,12 @@ def check_key(key: str) -> str:
     """``key`` when it may name a rate limit, else ValidationFailed (422)."""
     if not key or len(key) > MAX_KEY:
         raise ValidationFailed(f"a rate limit's key is 1 to {MAX_KEY} characters, got {len(key)}")
-    if not _KEY.fullmatch(key):
+    if _CONTROL.search(key):
         raise ValidationFailed("a rate limit's key holds no control characters")
+    if not _KEY.fullmatch(key):
+        raise ValidationFailed(
+            'a rate limit\'s key does not begin with "/" nor hold "//" (no URL path carries it intact)'
+        )
     return key
 
 
@@ -99,24 +109,33 @@ class RateLimits:
         check_key(key)
         text = check_limit(limit)
         recorded, previous = store_overrides.set_limit(self.sessions, key, text, by)
-        self._mirror(lambda: broker_overrides.put(self.redis, key, text), key, f"set to {text}")
+        self._mirror(key, f"set to {text}")
         return OverrideOutcome(key, recorded.limit, previous, recorded.set_by, recorded.set_at)
 
     def clear(self, key: str) -> OverrideOutcome:
         """Remove ``key``'s override (idempotent); its jobs go back to their task's limit."""
         check_key(key)
         previous = store_overrides.clear(self.sessions, key)
-        self._mirror(lambda: broker_overrides.remove(self.redis, key), key, "cleared")
+        self._mirror(key, "cleared")
         return OverrideOutcome(key, None, previous)
 
-    def _mirror(self, write, key: str, what: str) -> None:
+    def _mirror(self, key: str, what: str) -> None:
+        """Write Redis's hash from the store as it stands after this command's commit (and wake
+        ``key``'s held jobs); a writer that raced this one and read the store later wins instead."""
+        recorded = lambda: {name: row.limit for name, row in self.overrides().items()}  # noqa: E731
         try:
-            write()
+            for _ in range(MIRROR_ATTEMPTS):
+                if broker_overrides.replace(self.redis, recorded, force=True, wake=key) is not None:
+                    return
         except BrokerError as exc:
             raise ServiceUnavailable(
                 f"the rate limit of key {key!r} is {what} in the store, but Redis did not answer ({exc}); "
                 "workers obey it once Redis is back (the reconciler's next pass writes it), or send this request again"
             ) from None
+        # Only under a storm of commands: every attempt lost to a newer writer, whose write stands.
+        log.warning(
+            "rate limit of key %r %s: Redis's copy left to the writers that raced it and the next pass", key, what
+        )
 
     def overrides(self) -> dict[str, store_overrides.Override]:
         """The recorded overrides, by key."""
