@@ -5,9 +5,11 @@ from the task's declaration) is admitted by ``admit`` after a worker popped it: 
 starts logged for its key in the window ending now number fewer than the limit; its start is
 then logged at now. Otherwise the same script holds it (out of every queue list, in the key's
 ``held`` set) and the workers' ``release_due`` later moves as many held jobs as have free slots
-back to the FRONT of their queue, logging a grant for each (its reserved slot, which its own
-admission takes back). So no window of ``window`` seconds ever holds more than ``limit``
-logged starts, and a held job holds no worker.
+back to the FRONT of their queue (high priority first, oldest first within one; jobs of a paused
+queue stay held), logging a grant for each (its reserved slot, which its own admission takes
+back). So no window of ``window`` seconds ever holds more than ``limit`` logged starts, and a
+held job holds no worker. Several limits may share a key (two tasks keyed by one provider): each
+admission counts its own window, and the key's log keeps the longest window any of them used.
 
 Each step is one Lua script (atomic); the clock is Redis's ``TIME`` (one clock for every host)
 unless a test passes ``now``. An operator's override (``OVERRIDES``, written by the API) wins over
@@ -26,7 +28,9 @@ from redis.commands.core import Script
 from rq.job import Job as RQJob
 from rq.queue import Queue
 
+from backend.broker.pauses import PAUSED_KEY
 from backend.core.rate_spec import parse_rate
+from backend.core.settings import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,13 @@ HELD_JOBS = PREFIX + "held-jobs"
 LIMITS = PREFIX + "limits"
 #: Key -> an operator's limit text (wins over the declared one).
 OVERRIDES = PREFIX + "overrides"
-#: Key -> how many times a job of it was held (the metric ``jobservice_rate_limited_total``).
-HELD_TOTAL = PREFIX + "held-total"
-#: ``HELD_TOTAL`` counts at most this many keys; held jobs of further keys count under OTHER_KEY.
+#: ZSET key -> how many times a job of it was held (the metric ``jobservice_rate_limited_total``).
+HELD_TOTAL = PREFIX + "held-counts"
+#: ``HELD_TOTAL`` keeps at most this many keys: past it, the least held key other than the one just
+#: held leaves it and its count is added to ``HELD_OTHER`` (shown as OTHER_KEY). So a key first
+#: held after 1,000 others still gets its own count, and the metric stays bounded.
 MAX_TOTAL_KEYS = 1000
+HELD_OTHER = PREFIX + "held-other"
 OTHER_KEY = "(other keys)"
 #: The longest rate key (the same cap as TaskSpec.rate_for's).
 MAX_KEY = 200
@@ -58,11 +65,16 @@ def log_key(key: str) -> str:
 
 
 def held_key(key: str) -> str:
-    """The ZSET of a key's held RQ ids (score: arrival order)."""
+    """The ZSET of a key's held RQ ids (score: its queue's priority rank x 1e10 + arrival time)."""
     return f"{PREFIX}{key}:held"
 
 
-# Shared by the scripts: the grammar of backend/core/rate_spec.py, and the clock.
+def window_key(key: str) -> str:
+    """The longest window (s) any limit of a key used: its log keeps that long (expires with it)."""
+    return f"{PREFIX}{key}:window"
+
+
+# Shared by the scripts: the grammar of backend/core/rate_spec.py, the clock, and score texts.
 _PRELUDE = """
 local UNITS = {second = 1, minute = 60, hour = 3600, day = 86400}
 -- A limit text's count and window, or nil when it does not parse (garbled: no limit).
@@ -81,10 +93,25 @@ local function clock(arg)
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+-- A score as text, every digit kept (concatenated into '(' exclusive bounds).
+local function fmt(x) return string.format('%.17g', x) end
+-- Trim a key's log to its longest window and drop entries dated after now (a clock stepped back
+-- must not keep them in every window); how many remain within this limit's window.
+local function trim(log, now, window, longest)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', fmt(now - longest))
+  redis.call('ZREMRANGEBYSCORE', log, '(' .. fmt(now + 1), '+inf')
+  return redis.call('ZCOUNT', log, '(' .. fmt(now - window), '+inf')
+end
+-- When the next slot frees: as many entries of the window must leave as it holds beyond count - 1.
+local function next_slot(log, now, window, count, inwindow)
+  local from = '(' .. fmt(now - window)
+  local at = redis.call('ZRANGEBYSCORE', log, from, '+inf', 'WITHSCORES', 'LIMIT', inwindow - count, 1)
+  return tonumber(at[2]) + window
+end
 """
 
-# KEYS: log, held, due, held-jobs, limits, overrides, held-total
-# ARGV: key, rq id, declared limit text, now ('' = server time), max keys counted, other key
+# KEYS: log, held, due, held-jobs, limits, overrides, held-counts, held-other, window
+# ARGV: key, rq id, declared limit text, now ('' = server time), max keys counted, priority rank
 _ADMIT = (
     _PRELUDE
     + """
@@ -93,87 +120,110 @@ local now = clock(ARGV[4])
 local count, window = parse(redis.call('HGET', KEYS[6], ARGV[1]))
 if not count then count, window = parse(ARGV[3]) end
 if not count then return false end
--- Forget starts that left the window; take back this job's own grant (a release reserved it).
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+-- The log keeps the longest window any limit of this key used (a shorter one must not erase it).
+local longest = math.max(window, tonumber(redis.call('GET', KEYS[9]) or '0'))
+local ttl = math.ceil(longest * 2000)
+redis.call('SET', KEYS[9], longest, 'PX', ttl)
+-- Take back this job's own grant (a release reserved it); count this limit's window only.
 local granted = redis.call('ZREM', KEYS[1], ARGV[2])
-if redis.call('ZCARD', KEYS[1]) < count then
+local inwindow = trim(KEYS[1], now, window, longest)
+if inwindow < count then
   -- Admitted: logged at now, so every later admission within the window counts it.
-  redis.call('ZADD', KEYS[1], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000))
+  redis.call('ZADD', KEYS[1], fmt(now), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl)
   return false
 end
--- Held: by arrival; a grant that came too late to use its slot goes back to the head.
-local order = now
-local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-if granted == 1 and head[2] then order = math.min(now, tonumber(head[2]) - 1) end
-redis.call('ZADD', KEYS[2], order, ARGV[2])
+-- Held: by priority (its queue's rank), then arrival; a grant that came too late goes back to
+-- the head of its priority.
+local base = tonumber(ARGV[6]) * 1e10
+local order = base + now
+local head = redis.call('ZRANGEBYSCORE', KEYS[2], fmt(base), '(' .. fmt(base + 1e10), 'WITHSCORES', 'LIMIT', 0, 1)
+if granted == 1 and head[2] then order = math.min(order, tonumber(head[2]) - 1) end
+redis.call('ZADD', KEYS[2], fmt(order), ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
--- The next slot frees when the oldest logged start leaves the window (LT: keep an earlier wake).
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local due = tonumber(oldest[2]) + window
-redis.call('ZADD', KEYS[3], 'LT', due, ARGV[1])
--- The metric's count, capped in keys: past the cap, new keys count under one name.
-local name = ARGV[1]
-if redis.call('HEXISTS', KEYS[7], name) == 0 and redis.call('HLEN', KEYS[7]) >= tonumber(ARGV[5]) then
-  name = ARGV[6]
+redis.call('PEXPIRE', KEYS[1], ttl)
+local due = next_slot(KEYS[1], now, window, count, inwindow)
+redis.call('ZADD', KEYS[3], 'LT', fmt(due), ARGV[1])
+-- The metric's counts, capped in keys: past the cap the least held other key folds into one count.
+redis.call('ZINCRBY', KEYS[7], 1, ARGV[1])
+if redis.call('ZCARD', KEYS[7]) > tonumber(ARGV[5]) then
+  local low = redis.call('ZRANGE', KEYS[7], 0, 1, 'WITHSCORES')
+  local i = (low[1] == ARGV[1]) and 3 or 1
+  redis.call('ZREM', KEYS[7], low[i])
+  redis.call('INCRBY', KEYS[8], tonumber(low[i + 1]))
 end
-redis.call('HINCRBY', KEYS[7], name, 1)
-return string.format('%.6f', due)
+return fmt(due)
 """
 )
 
-# KEYS: due, held-jobs, limits, overrides
+# KEYS: due, held-jobs, limits, overrides, paused queues
 # ARGV: now ('' = server time), max keys, key prefix, RQ job prefix, RQ queue prefix, max jobs per key
 _RELEASE = (
     _PRELUDE
     + """
 local now = clock(ARGV[1])
+local paused = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do paused[name] = true end
+-- Due keys, and keys due beyond any window (dated before Redis's clock stepped back).
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[2]))
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(now + 86400), '+inf', 'LIMIT', 0, 10)) do
+  table.insert(keys, key)
+end
 local released = 0
-for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+for _, key in ipairs(keys) do
   local log, held = ARGV[3] .. key .. ':log', ARGV[3] .. key .. ':held'
   -- The key's limit now: the override, else the declared one; neither parses: no limit.
   local count, window = parse(redis.call('HGET', KEYS[4], key))
   if not count then count, window = parse(redis.call('HGET', KEYS[3], key)) end
-  local free = math.huge
+  local free, longest = math.huge, 0
   if count then
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-    free = count - redis.call('ZCARD', log)
+    longest = math.max(window, tonumber(redis.call('GET', ARGV[3] .. key .. ':window') or '0'))
+    free = count - trim(log, now, window, longest)
   end
-  -- A bounded step: one call moves at most ARGV[6] jobs of a key (the next call goes on).
+  -- A bounded step: one call looks at most at ARGV[6] held jobs of a key (the next call goes on).
   local capped = free > tonumber(ARGV[6])
   if capped then free = tonumber(ARGV[6]) end
-  -- Take the oldest held ids while slots are free; a job no longer queued (cancelled) takes none.
-  local pushes = {}
-  while free > 0 do
-    local head = redis.call('ZPOPMIN', held)
-    if not head[1] then break end
-    local id = head[1]
-    redis.call('HDEL', KEYS[2], id)
+  -- Walk the held ids (priority, then age) while slots are free: a job no longer queued (cancelled)
+  -- leaves and takes none; one whose queue is paused stays held in its place and takes none.
+  local pushes, skipped, looked = {}, 0, 0
+  while free > 0 and looked < tonumber(ARGV[6]) do
+    local id = redis.call('ZRANGE', held, skipped, skipped)[1]
+    if not id then break end
+    looked = looked + 1
     local job = redis.call('HMGET', ARGV[4] .. id, 'status', 'origin')
-    if job[1] == 'queued' and job[2] then
-      pushes[job[2]] = pushes[job[2]] or {}
-      table.insert(pushes[job[2]], id)
-      -- The grant: its slot, counted by every admission until the job's own takes it back.
-      if count then redis.call('ZADD', log, now, id) end
-      free = free - 1
-      released = released + 1
+    if job[1] == 'queued' and job[2] and paused[job[2]] then
+      skipped = skipped + 1
+    else
+      redis.call('ZREM', held, id)
+      redis.call('HDEL', KEYS[2], id)
+      if job[1] == 'queued' and job[2] then
+        pushes[job[2]] = pushes[job[2]] or {}
+        table.insert(pushes[job[2]], id)
+        -- The grant: its slot, counted by every admission until the job's own takes it back.
+        if count then redis.call('ZADD', log, fmt(now), id) end
+        free = free - 1
+        released = released + 1
+      end
     end
   end
-  -- Back to the FRONT of the origin queue, oldest at the head.
+  -- Back to the FRONT of the origin queue, in release order.
   for origin, ids in pairs(pushes) do
     for i = #ids, 1, -1 do redis.call('LPUSH', ARGV[5] .. origin, ids[i]) end
   end
-  if count then redis.call('PEXPIRE', log, math.ceil(window * 2000)) end
-  -- Nothing held: the key leaves the due set; else it is due when its oldest start leaves the window.
+  if count then redis.call('PEXPIRE', log, math.ceil(longest * 2000)) end
+  -- Nothing held: the key leaves the due set. Only paused jobs within reach: look again in a
+  -- second (a resume). Stopped by the bound: due now. Else: when its next slot frees.
   if redis.call('ZCARD', held) == 0 then
     redis.call('ZREM', KEYS[1], key)
     redis.call('HDEL', KEYS[3], key)
-  elseif capped and free == 0 then
-    redis.call('ZADD', KEYS[1], now, key)
+  elseif free > 0 and skipped > 0 then
+    redis.call('ZADD', KEYS[1], fmt(now + 1), key)
+  elseif free > 0 or capped then
+    redis.call('ZADD', KEYS[1], fmt(now), key)
   else
-    local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-    redis.call('ZADD', KEYS[1], tonumber(oldest[2]) + window, key)
+    local inwindow = redis.call('ZCOUNT', log, '(' .. fmt(now - window), '+inf')
+    redis.call('ZADD', KEYS[1], fmt(next_slot(log, now, window, count, inwindow)), key)
   end
 end
 return released
@@ -245,8 +295,10 @@ def admit(connection: Redis, job: RQJob, now: float | None = None) -> float | No
     if rate is None:
         return None
     key, text = rate
-    keys = [log_key(key), held_key(key), DUE, HELD_JOBS, LIMITS, OVERRIDES, HELD_TOTAL]
-    args = [key, job.id, text, _now(now), MAX_TOTAL_KEYS, OTHER_KEY]
+    origin = getattr(job, "origin", None)
+    rank = QUEUE_NAMES.index(origin) if origin in QUEUE_NAMES else len(QUEUE_NAMES)
+    keys = [log_key(key), held_key(key), DUE, HELD_JOBS, LIMITS, OVERRIDES, HELD_TOTAL, HELD_OTHER, window_key(key)]
+    args = [key, job.id, text, _now(now), MAX_TOTAL_KEYS, rank]
     due = _script(connection, "admit")(keys=keys, args=args, client=connection)
     return None if due is None else float(due)
 
@@ -265,7 +317,8 @@ def release_due(connection: Redis, now: float | None = None) -> int:
         Queue.redis_queue_namespace_prefix,
         RELEASE_JOBS,
     ]
-    return int(_script(connection, "release")(keys=[DUE, HELD_JOBS, LIMITS, OVERRIDES], args=args, client=connection))
+    keys = [DUE, HELD_JOBS, LIMITS, OVERRIDES, PAUSED_KEY]
+    return int(_script(connection, "release")(keys=keys, args=args, client=connection))
 
 
 def wake(connection: Redis, key: str) -> None:
@@ -304,6 +357,13 @@ def held_counts(connection: Redis, keys: Iterable[str]) -> dict[str, int]:
 
 
 def held_totals(connection: Redis, top: int = 100) -> dict[str, int]:
-    """How many times a job of each key was held, for the ``top`` keys with the most."""
-    totals = {_text(key): int(count) for key, count in connection.hgetall(HELD_TOTAL).items()}
-    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:top])
+    """How many times a job of each key was held, for the ``top`` keys with the most, and under
+    OTHER_KEY the counts of keys that left the capped set (one round trip)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zrevrange(HELD_TOTAL, 0, top - 1, withscores=True)
+        pipe.get(HELD_OTHER)
+        ranked, other = pipe.execute()
+    totals = {_text(key): int(count) for key, count in ranked}
+    if other and int(other) > 0:
+        totals[OTHER_KEY] = totals.get(OTHER_KEY, 0) + int(other)
+    return totals

@@ -223,5 +223,5 @@ class Submissions:
             depends_on=waiting_on,
             concurrency=(spec.name, spec.concurrency) if spec.concurrency else None,
             owner=job.owner,
-            rate=spec.rate_for(job.args, job.kwargs),
+            rate=spec.recorded_rate(job.args, job.kwargs),
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +19,12 @@ from backend.core.rate_spec import parse_rate
 
 #: The longest rate key a submission may name (a tenant chooses it: it names Redis keys).
 MAX_RATE_KEY = 200
-#: The kinds of value a rate key argument may hold (its text is the key).
-_KEY_TYPES = (str, int, float, bool)
+#: Characters a rate key may not hold: an operator could not name it in PUT /rate-limits/<key>.
+_BAD_KEY = re.compile(r"[\x00-\x1f\x7f]")
+#: Tasks whose recorded jobs' rate keys no longer validated (warned once each: the log stays short).
+_WARNED: set[str] = set()
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,13 @@ class TaskSpec:
         by position or left to its default (a caller passing it positionally must not land in
         another bucket than one naming it); the task's name when that value is None.
 
+        Only a str or an int (as its decimal text) is a key: 1, 1.0 and true would be one account
+        to the task but three keys, so floats and booleans are refused.
+
         Raises:
-            ValidationFailed: the argument is not a str, int, float or bool, or its text is empty
-                or longer than ``MAX_RATE_KEY``.
+            ValidationFailed: the argument is not a str or int, its text is empty or longer than
+                ``MAX_RATE_KEY``, holds a control character or begins with "/" (an operator could
+                not override it), or names a task whose key is its own name (its budget).
         """
         if self.rate_limit is None:
             return None
@@ -88,14 +98,42 @@ class TaskSpec:
                 value = bound.arguments.get(self.rate_key, value)
         if value is None:
             return self.name, self.rate_limit
-        key = str(value) if isinstance(value, _KEY_TYPES) else None
+        return self._checked_key(value), self.rate_limit
+
+    def _checked_key(self, value: object) -> str:
+        """The rate key text of ``value``, or ValidationFailed saying what is wrong with it."""
+        key = None
+        if isinstance(value, str):
+            key = value
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**MAX_RATE_KEY:
+            key = str(value)
+        fault = None
         if key is None or not 0 < len(key) <= MAX_RATE_KEY:
+            fault = f"a string or an integer (not a float or boolean) of 1..{MAX_RATE_KEY} characters"
+        elif _BAD_KEY.search(key) or key.startswith("/"):
+            fault = 'a text without control characters that does not begin with "/"'
+        elif key != self.name and _keyed_by_name(key):
+            fault = f"not the name of task {key!r}, whose own limit is kept under its name"
+        if fault is not None:
             raise ValidationFailed(
-                f"argument {self.rate_key!r} of task {self.name!r} is its rate key: a string, number or "
-                f"boolean of 1..{MAX_RATE_KEY} characters",
+                f"argument {self.rate_key!r} of task {self.name!r} is its rate key: {fault}",
                 details={"task": self.name, "rate_key": self.rate_key},
             )
-        return key, self.rate_limit
+        return key
+
+    def recorded_rate(self, args: list, kwargs: dict) -> tuple[str, str] | None:
+        """``rate_for`` for a job already recorded (its next attempt, a requeue): a value that no
+        longer makes a key (a deploy added the rate_key) takes the task's name as its key, still
+        limited, so the job is never stuck unsent; a warning says so once per task."""
+        try:
+            return self.rate_for(args, kwargs)
+        except ValidationFailed as exc:
+            if self.name not in _WARNED:
+                _WARNED.add(self.name)
+                log.warning(
+                    "task %s: a recorded job's rate key is unusable (%s); its key is the task's name", self.name, exc
+                )
+            return self.name, self.rate_limit
 
     def check_arguments(self, args: list, kwargs: dict) -> None:
         """Raise ValidationFailed, naming the fault, unless the task accepts these arguments."""
@@ -179,6 +217,12 @@ def _rate_limit(name: str, func: Callable, rate_limit: str | None, rate_key: str
         if not isinstance(rate_key, str) or not (rate_key in params or takes_any):
             raise TypeError(f"task {name!r}: rate_key={rate_key!r} names none of its keyword arguments")
     return limit
+
+
+def _keyed_by_name(key: str) -> bool:
+    """Whether ``key`` names a rate-limited task keyed by its own name (no rate_key)."""
+    spec = _REGISTRY.get(key)
+    return spec is not None and spec.rate_limit is not None and spec.rate_key is None
 
 
 def get_task(name: str) -> TaskSpec:
