@@ -2,7 +2,7 @@
 backlog, owner B's 10 jobs start after about (owners with waiting jobs) x (workers) of A's, not
 after A's backlog; every job of both completes (one owner alone is not stalled). The figure: each
 B job's start position among A's starts, from RQ's ``started_at`` (the worker's own clock, to the
-microsecond). Under make test A's backlog is 300 jobs; with CHAOS_SOAK=1 it is 10,000."""
+microsecond). Under make test A's backlog is 200 jobs; with CHAOS_SOAK=1 it is 10,000."""
 
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ def submit_batch(client, key: str, n: int) -> tuple[str, list[str]]:
 
 
 def rq_started_at(redis_conn, job_ids: list[str]) -> list[float]:
-    """When a worker started each job's first attempt (RQ's own record), epoch seconds."""
+    """When a worker started each job's first attempt (RQ's own record), epoch seconds; the jobs
+    not started yet are left out."""
     with redis_conn.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(f"rq:job:{job_id}-1", "started_at")
         stamps = pipe.execute()
-    assert all(stamps), "a job has no start in RQ"
-    return [datetime.strptime(s.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp() for s in stamps]
+    return [datetime.strptime(s.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp() for s in stamps if s]
 
 
 def completed(client, job_ids: list[str], key: str) -> int:
@@ -59,36 +59,42 @@ def completed(client, job_ids: list[str], key: str) -> int:
             return done
 
 
-def fairness_figure(client, redis_conn, start_worker, backlog: int, head_start: int) -> list[int]:
+def fairness_figure(client, redis_conn, start_worker, backlog: int, head_start: int, *workers_args: str) -> list[int]:
     """Run the scenario; the start position of each of B's 10 jobs among A's starts since B submitted."""
     _, a_ids = submit_batch(client, ALICE, backlog)
     for n in range(WORKERS):
-        start_worker("--name", f"fair-{n}")
+        start_worker("--name", f"fair-{n}", *workers_args)
     # B arrives once A's backlog is being worked through (A alone: at full speed, in order).
     wait_until(lambda: redis_conn.llen("rq:queue:default") <= backlog - head_start, timeout=60, what="A's head start")
     b_arrived = time.time()
     _, b_ids = submit_batch(client, BOB, 10)
     deadline = 60 + backlog / 20
     wait_until(lambda: completed(client, b_ids, BOB) == 10, timeout=deadline, what="B's jobs to complete")
-    wait_until(lambda: completed(client, a_ids, ALICE) == backlog, timeout=deadline, what="A's backlog to complete")
+    # Every A job started before B's last one has its start recorded by now.
     a_starts = sorted(t for t in rq_started_at(redis_conn, a_ids) if t >= b_arrived)
     b_starts = sorted(rq_started_at(redis_conn, b_ids))
     positions = [sum(1 for a in a_starts if a < b) for b in b_starts]
     print(f"\nfair share, A backlog {backlog}, {WORKERS} workers: B's starts after {positions} of A's")
+    wait_until(lambda: completed(client, a_ids, ALICE) == backlog, timeout=deadline, what="A's backlog to complete")
     return positions
 
 
 @pytest.mark.one_pass("the workers' pop decides the order; the store only records it")
 def test_another_owners_jobs_start_among_a_backlog_not_after_it(two_owners, client, redis_conn, start_worker):
-    positions = fairness_figure(client, redis_conn, start_worker, backlog=300, head_start=20)
-    bound = OWNERS * WORKERS
-    assert positions[0] <= bound, positions  # first come, first served put it after ~280
+    # Forking workers, as deployed: SimpleWorkers run the same pop but start A's jobs faster than
+    # the API enqueues B's batch one job at a time, so B's later jobs are not waiting yet.
+    positions = fairness_figure(client, redis_conn, start_worker, 200, 20)
+    # "About" owners x workers: each worker may also hold a job of A that it popped before B arrived
+    # and starts after (B's positions count A's starts from B's submission on).
+    bound = OWNERS * WORKERS + WORKERS
+    assert positions[0] <= bound, positions  # first come, first served put it after ~180
     assert positions[-1] <= 2 * 10 + bound, positions
     assert positions == sorted(positions)
 
 
 @pytest.mark.skipif(not SOAK, reason="the 10,000-job figure runs with CHAOS_SOAK=1 (minutes)")
+@pytest.mark.timeout(1800)
 def test_soak_another_owners_jobs_start_among_a_10000_job_backlog(two_owners, client, redis_conn, start_worker):
     positions = fairness_figure(client, redis_conn, start_worker, backlog=10_000, head_start=200)
-    bound = OWNERS * WORKERS
+    bound = OWNERS * WORKERS + WORKERS
     assert positions[0] <= bound and positions[-1] <= 2 * 10 + bound, positions
