@@ -1,0 +1,236 @@
+"""Fair share after review 15a: the pop script on the session's real Redis, and real workers for the
+jobs RQ pushes itself. A head job whose owner's fair entries were lost is not stuck; jobs RQ pushes
+when they fall due (run_at, retries, dependants, concurrency promotions) start next instead of after
+the backlog; an owner's virtual time survives its FIFO emptying; a pop of a recent job does not walk
+the whole list; a cancelled batch neither turns fair share into FIFO nor leaves fair state behind."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rq import Queue
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+
+from backend.broker.fair_queue import FairQueues, drop_idle_state, fair_prefix
+from backend.broker.queues import QueueAdapter
+from tests.helpers import bearer, wait_until
+from tests.test_fair_share import ALICE, BOB, completed, submit_batch
+
+FUNC = "backend.tasks.examples.add"
+ALL = ("high", "default", "low")
+WORKERS = 2
+POP_ONLY = pytest.mark.one_pass("the pop script: Redis only, no store")
+
+
+@pytest.fixture
+def adapter(redis_conn) -> QueueAdapter:
+    return QueueAdapter(redis_conn, result_ttl=600, failure_ttl=600)
+
+
+def put(adapter: QueueAdapter, owner: str, n: int, *, priority: str = "default", tag: str = "", **options) -> list[str]:
+    """``n`` jobs of ``owner`` (job ids name the owner); their RQ ids."""
+    return [
+        adapter.enqueue(
+            job_id=f"{owner}{tag}-{i}", attempt=1, func_path=FUNC, args=[1, 2], kwargs={},
+            priority=priority, timeout=60, owner=owner, **options,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def pops_until(fair: FairQueues, wanted: str, limit: int) -> int:
+    """How many pops (1-based) until ``wanted`` is popped."""
+    for n in range(1, limit + 1):
+        popped = fair.pop(ALL)
+        assert isinstance(popped, tuple), popped
+        if popped[1] == wanted:
+            return n
+    raise AssertionError(f"{wanted} not popped in {limit} pops")
+
+
+def owner_of(rq_id: str) -> str:
+    return rq_id.split("-")[0]
+
+
+def started_at(redis_conn, job_ids: list[str]) -> list[float]:
+    """When a worker started each job's first attempt (RQ's record), epoch seconds; unstarted left out."""
+    with redis_conn.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(f"rq:job:{job_id}-1", "started_at")
+        stamps = pipe.execute()
+    return [datetime.strptime(s.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp() for s in stamps if s]
+
+
+@POP_ONLY
+def test_a_head_job_whose_owner_fifo_was_lost_is_not_stuck_while_others_have_jobs(adapter, redis_conn):
+    stuck = put(adapter, "a", 1)[0]
+    redis_conn.delete(fair_prefix("default") + "owner:a")  # evicted (allkeys-lru) or deleted
+    fair = FairQueues(redis_conn)
+    taken = []
+    for i in range(5):
+        put(adapter, "b", 1, tag=f"s{i}")  # b keeps a job waiting
+        taken.append(fair.pop(ALL)[1])
+    assert taken[0] == stuck, f"a's job at the head of the list was passed over: {taken}"
+
+
+@POP_ONLY
+def test_a_head_job_whose_owner_left_the_owners_set_is_taken_and_its_owner_served_again(adapter, redis_conn):
+    a = put(adapter, "a", 3)
+    redis_conn.zrem(fair_prefix("default") + "owners", "a")  # lost from the ZSET, its FIFO kept
+    b = put(adapter, "b", 3)
+    taken = [FairQueues(redis_conn).pop(ALL)[1] for _ in range(6)]
+    assert taken[0] == a[0]
+    assert sorted(taken) == sorted(a + b)  # a is back among the owners: nothing passed over
+
+
+@POP_ONLY
+def test_a_due_retry_of_b_is_not_starved_behind_a_backlog(adapter, redis_conn):
+    put(adapter, "a", 200)
+    # B's retry (or run_at job) falls due: RQ's scheduler pushes it, as the adapter created it.
+    (retry,) = put(adapter, "b", 1, tag="retry", at=datetime.now(UTC) - timedelta(seconds=1))
+    scheduler = RQScheduler(["default"], connection=redis_conn, serializer=JSONSerializer)
+    scheduler.prepare_registries(["default"])
+    scheduler.enqueue_scheduled_jobs()
+    put(adapter, "b", 50)  # B's jobs submitted after it
+    position = pops_until(FairQueues(redis_conn), retry, 400)
+    assert position == 1, f"B's due retry started after {position - 1} other jobs (FIFO: 200)"
+
+
+@POP_ONLY
+def test_a_dependant_released_during_a_backlog_starts_next(adapter, redis_conn):
+    (parent,) = put(adapter, "b", 1, priority="high", tag="parent")
+    (child,) = put(adapter, "b", 1, tag="child", depends_on=[parent])
+    put(adapter, "a", 100)
+    assert redis_conn.hget(f"rq:job:{child}", "status") == b"deferred"
+    queue = Queue("high", connection=redis_conn, serializer=JSONSerializer)
+    parent_job = queue.fetch_job(parent)
+    redis_conn.lrem("rq:queue:high", 1, parent)
+    parent_job.set_status("finished")
+    queue.enqueue_dependents(parent_job)  # what RQ does when the parent ends
+    assert FairQueues(redis_conn).pop(ALL) == ("default", child)
+
+
+@POP_ONLY
+def test_jobs_pushed_now_keep_their_order_and_are_not_put_first(adapter, redis_conn):
+    a = put(adapter, "a", 3)
+    (done,) = put(adapter, "a", 1, priority="high", tag="p")
+    Queue("high", connection=redis_conn, serializer=JSONSerializer).fetch_job(done).set_status("finished")
+    later = put(adapter, "a", 1, tag="late", depends_on=[done])  # its parent has ended: pushed now
+    assert [i.decode() for i in redis_conn.lrange("rq:queue:default", 0, -1)] == [*a, *later]
+
+
+@POP_ONLY
+def test_an_owner_with_one_job_waiting_at_each_pop_does_not_take_every_pop(adapter, redis_conn):
+    put(adapter, "a", 100)
+    fair = FairQueues(redis_conn)
+    assert owner_of(fair.pop(ALL)[1]) == "a"
+    owners = []
+    for i in range(40):
+        put(adapter, "b", 1, tag=f"s{i}")  # a steady producer: one job per pop
+        owners.append(owner_of(fair.pop(ALL)[1])[0])
+    assert owners.count("a") >= 19, f"a got {owners.count('a')} of 40 pops: {''.join(owners)}"
+
+
+@POP_ONLY
+def test_idle_owners_are_forgotten_once_the_clock_passes_them(adapter, redis_conn):
+    put(adapter, "a", 30)
+    for name in ("b", "c", "d"):
+        put(adapter, name, 1)
+    fair = FairQueues(redis_conn)
+    for _ in range(10):
+        fair.pop(ALL)
+    assert redis_conn.zrange(fair_prefix("default") + "owners", 0, -1) == [b"a"]
+
+
+@POP_ONLY
+def test_popping_a_recent_job_behind_a_long_backlog_costs_no_walk_of_the_backlog(redis_conn):
+    prefix, n = fair_prefix("default"), 100_000
+    with redis_conn.pipeline(transaction=False) as pipe:
+        for i in range(n + 10):
+            owner = "a" if i < n else "b"
+            rq_id = f"{owner}-{i:07d}-1"
+            pipe.rpush("rq:queue:default", rq_id)
+            pipe.hset(prefix + "index", rq_id, owner)
+            pipe.rpush(prefix + "owner:" + owner, rq_id)
+            pipe.hset(f"rq:job:{rq_id}", "status", "queued")
+            if i % 10_000 == 0:
+                pipe.execute()
+        pipe.zadd(prefix + "owners", {"a": 0, "b": 0})
+        pipe.execute()
+    fair = FairQueues(redis_conn)
+    cost: dict[str, list[float]] = {"a": [], "b": []}
+    for _ in range(12):
+        t = time.perf_counter()
+        popped = fair.pop(["default"])
+        cost[owner_of(popped[1])].append(time.perf_counter() - t)
+    a, b = min(cost["a"]), min(cost["b"])
+    print(f"\npop of a (head): {a * 1000:.2f} ms, pop of b (behind {n}): {b * 1000:.2f} ms")
+    assert len(cost["b"]) == 6 and redis_conn.llen("rq:queue:default") == n + 10 - 12
+    assert b < 5 * a, f"a pop of b's job costs {b * 1000:.2f} ms vs {a * 1000:.2f} ms at the head (a walk)"
+
+
+@POP_ONLY
+def test_cancelled_jobs_of_a_queue_no_worker_pops_leave_no_fair_state(adapter, redis_conn):
+    ids = put(adapter, "a", 200, priority="low")
+    for rq_id in ids[::-1]:  # newest first: each removal from the owner's FIFO is near its tail
+        adapter.fence(rq_id)
+        adapter.cancel(rq_id)
+    assert redis_conn.llen("rq:queue:low") == 0
+    FairQueues(redis_conn).pop(["high", "default"])  # workers listen on high,default only
+    assert redis_conn.keys(fair_prefix("low") + "*") == [b"jobservice:fair:low:owners"]  # a, idle
+    drop_idle_state(redis_conn, ALL)  # the reconciler's pass
+    assert redis_conn.keys(fair_prefix("low") + "*") == []
+
+
+@POP_ONLY
+def test_a_cancelled_batch_does_not_turn_fair_share_into_fifo(adapter, redis_conn):
+    put(adapter, "a", 300)
+    cancelled = put(adapter, "c", 1000)
+    with redis_conn.pipeline(transaction=False) as pipe:
+        for rq_id in cancelled:  # what RQ's cancel leaves (a cancel by RQ Dashboard, say)
+            pipe.lrem("rq:queue:default", 1, rq_id)
+            pipe.hset(f"rq:job:{rq_id}", "status", "canceled")
+        pipe.execute()
+    put(adapter, "b", 10)
+    fair = FairQueues(redis_conn)
+    owners = "".join(owner_of(fair.pop(ALL)[1]) for _ in range(20))
+    assert owners == "ab" * 10, owners
+
+
+@pytest.fixture
+def two_owners(settings) -> dict:
+    settings["API_KEYS"] = f"alice:{ALICE},bob:{BOB}"
+    return settings
+
+
+@pytest.mark.one_pass("the workers' pop decides the order")
+def test_a_scheduled_job_of_b_due_during_a_backlog_starts_among_a_not_after_it(
+    two_owners, client, redis_conn, start_worker
+):
+    backlog = 300
+    _, a_ids = submit_batch(client, ALICE, backlog)
+    due = datetime.now(UTC) + timedelta(seconds=3)
+    r = client.post(
+        "/tasks/add", json={"args": [1, 2], "run_at": due.isoformat().replace("+00:00", "Z")}, headers=bearer(BOB)
+    )
+    assert r.status_code == 202, r.get_json()
+    scheduled = r.get_json()["job_id"]
+    for n in range(WORKERS):
+        start_worker("--name", f"fair-{n}")
+    wait_until(
+        lambda: redis_conn.hget(f"rq:job:{scheduled}-1", "status") in (b"queued", b"started", b"finished"),
+        timeout=30,
+        what="RQ's scheduler to push B's job",
+    )
+    pushed_at = time.time()
+    left = redis_conn.llen("rq:queue:default")
+    wait_until(lambda: completed(client, [scheduled], BOB) == 1, timeout=120, what="B's scheduled job")
+    a_starts = [t for t in started_at(redis_conn, a_ids) if t >= pushed_at]
+    (s_start,) = started_at(redis_conn, [scheduled])
+    position = sum(1 for a in a_starts if a < s_start)
+    print(f"\n{left} jobs waiting when B's scheduled job was pushed: it started after {position} of A's")
+    assert position <= 2 * WORKERS, f"B's due job started after {position} of A's ({left} were waiting)"
+    wait_until(lambda: completed(client, a_ids, ALICE) == backlog, timeout=120, what="A's backlog")
