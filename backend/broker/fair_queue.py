@@ -5,10 +5,15 @@ reconciler's ``queued_ids`` read them as before). A submission that RQ pushes on
 also writes, in the same MULTI, an index entry (rq_id -> owner), the id at the tail of its
 owner's FIFO, and the owner into the queue's owners ZSET (NX, score 0: "new"). The pop script
 takes, in the first open non-empty queue, the oldest job of the owner with the lowest virtual
-time, and charges that owner 1/weight: a small weighted fair queue whose state is bounded by the
-jobs waiting (an empty list drops it). Jobs RQ pushes itself (the scheduler, dependents, RQ's
-concurrency promotion, a rate limiter's release) are not indexed: at the head, they go first.
-The script reads the paused set itself, so no pop can race a pause (DESIGN15 sections 1 and 2).
+time, and charges that owner 1/weight (kept when its FIFO empties, forgotten once it reaches the
+top idle): a small weighted fair queue whose state is bounded by the jobs waiting and the owners
+active lately (an empty list drops it; so does the reconciler's pass, ``drop_idle_state``; a
+cancel removes its job's entries, ``forget``). Jobs RQ pushes itself when they fall due (the
+scheduler, dependants, RQ's concurrency promotion, a rate limiter's release) are not indexed and
+go to the FRONT of the list (queues.py creates them with ``enqueue_at_front``): at the head, they
+go first. An indexed head whose owner's fair entries were lost goes first too (else nothing
+could reach it). The script reads the paused set itself, so no pop can race a pause (DESIGN15
+sections 1 and 2).
 """
 
 from __future__ import annotations
@@ -17,14 +22,19 @@ from collections.abc import Iterable, Mapping
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 from rq.job import Job as RQJob
 from rq.queue import Queue
 
 from backend.broker.pauses import PAUSED_KEY
 
-#: Stale ids (cancelled, taken by the blocking fallback) one pop drops at most before it takes the
-#: head of the list instead: a pop never loops long inside Redis, whatever was cancelled.
+#: Stale ids (cancelled, taken by the blocking fallback) one pop drops from one owner's FIFO before it
+#: moves on to the next owner; a pop tries at most ``MAX_STALE_PER_POP * 5`` steps in all, then takes
+#: the head of the list: a pop never loops long inside Redis, whatever was cancelled.
 MAX_STALE_PER_POP = 100
+#: How far from the head the pop looks for a picked job before it removes it from the tail end
+#: instead (LREM walks from where it starts: a recent job behind a long backlog is near the tail).
+HEAD_PROBE = 1000
 
 
 def fair_prefix(queue: str) -> str:
@@ -38,18 +48,14 @@ def index_writes(pipe: Pipeline, queue: str, rq_id: str, owner: str) -> None:
     pipe.hset(prefix + "index", rq_id, owner)
     pipe.rpush(prefix + "owner:" + owner, rq_id)
     # Score 0 means "new": the pop lifts it to the queue's clock, so a newcomer gets no credit
-    # for the time it was away (the clock cannot be read inside a MULTI).
+    # for the time it was away (the clock cannot be read inside a MULTI). NX: an owner still in
+    # the set (its FIFO emptied moments ago) keeps its virtual time.
     pipe.zadd(prefix + "owners", {owner: 0}, nx=True)
 
 
-# KEYS[1] the paused set. ARGV: fair flag ("1"/"0"), RQ's job key prefix, RQ's queue key prefix,
-# n, n queue names in priority order, then weight pairs (owner, weight). Returns {1, queue, rq_id},
-# or {0, open queue names...} when nothing is ready (the caller blocks on those).
-POP_SCRIPT = """
-local fair, job_prefix, queue_prefix, n = ARGV[1] == '1', ARGV[2], ARGV[3], tonumber(ARGV[4])
-local weights = {}
-for i = 5 + n, #ARGV - 1, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
--- Drop a queue's fair state (its list is empty, or fair share is off here): nothing else grows.
+# Lua shared by the scripts: drop one queue's fair state; remove one id from a list, walking from
+# the end nearer to it (a probe of HEAD_PROBE entries from the head, else from the tail).
+_LUA_HELPERS = f"""
 local function drop(fk)
   if redis.call('EXISTS', fk .. 'owners') == 1 then
     for _, owner in ipairs(redis.call('ZRANGE', fk .. 'owners', 0, -1)) do
@@ -58,40 +64,74 @@ local function drop(fk)
   end
   redis.call('DEL', fk .. 'owners', fk .. 'index', fk .. 'clock')
 end
+local function remove(list, id)
+  if redis.call('LPOS', list, id, 'MAXLEN', {HEAD_PROBE}) then return redis.call('LREM', list, 1, id) end
+  return redis.call('LREM', list, -1, id)
+end
+"""
+
+# KEYS[1] the paused set. ARGV: fair flag ("1"/"0"), RQ's job key prefix, RQ's queue key prefix,
+# n, n queue names in priority order, then weight pairs (owner, weight), then MAX_STALE_PER_POP.
+# Returns {1, queue, rq_id}, or {0, open queue names...} when nothing is ready (the caller blocks).
+POP_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local fair, job_prefix, queue_prefix, n = ARGV[1] == '1', ARGV[2], ARGV[3], tonumber(ARGV[4])
+local max_stale = tonumber(ARGV[#ARGV])
+local weights = {}
+for i = 5 + n, #ARGV - 2, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+-- The oldest waiting job of the owner with the lowest virtual time, or nil (only stale ids met).
+local function pick(list, fk)
+  local owners, index = fk .. 'owners', fk .. 'index'
+  local clock = tonumber(redis.call('GET', fk .. 'clock') or '0')
+  local rank, stale = 0, 0
+  for _ = 1, 5 * max_stale do
+    local top = redis.call('ZRANGE', owners, rank, rank, 'WITHSCORES')
+    if #top == 0 then return nil end
+    local owner = top[1]
+    local id = redis.call('LPOP', fk .. 'owner:' .. owner)
+    if not id then
+      -- Idle: at the top its time is at most everyone's, so forgetting it loses nothing.
+      if rank == 0 then redis.call('ZREM', owners, owner) else rank, stale = rank + 1, 0 end
+    elseif redis.call('HEXISTS', index, id) == 1 and redis.call('HGET', job_prefix .. id, 'status') == 'queued'
+        and remove(list, id) == 1 then
+      redis.call('HDEL', index, id)
+      local base = math.max(tonumber(top[2]), clock)  -- a new owner starts at the clock
+      -- Charged 1/weight; kept when its FIFO empties (ZADD NX at its next submission keeps it).
+      redis.call('ZADD', owners, base + 1 / (weights[owner] or 1), owner)
+      redis.call('SET', fk .. 'clock', base)
+      return id
+    else
+      -- Stale (cancelled, deleted, taken by the fallback): dropped, not charged. After
+      -- max_stale of one owner's, the next owner's turn (the rest are dropped by later pops).
+      redis.call('HDEL', index, id)
+      stale = stale + 1
+      if stale >= max_stale then rank, stale = rank + 1, 0 end
+    end
+  end
+  return nil
+end
 -- Take one id from a non-empty list: the head when it is not indexed (or fair share is off),
--- else the oldest job of the owner with the lowest virtual time.
+-- else by fair share.
 local function take(list, fk)
   local head = redis.call('LINDEX', list, 0)
   if not fair then
     drop(fk)  -- an API still indexing (FAIR_SHARE differs): no state kept for it
-  elseif redis.call('HEXISTS', fk .. 'index', head) == 1 then
-    local clock = tonumber(redis.call('GET', fk .. 'clock') or '0')
-    local dropped = 0
-    while dropped < tonumber(ARGV[#ARGV]) do
-      local top = redis.call('ZRANGE', fk .. 'owners', 0, 0, 'WITHSCORES')
-      if #top == 0 then break end
-      local owner, fifo = top[1], fk .. 'owner:' .. top[1]
-      local id = redis.call('LPOP', fifo)
-      if not id then
-        redis.call('ZREM', fk .. 'owners', owner)  -- only stale ids were left: not charged
-      else
-        redis.call('HDEL', fk .. 'index', id)
-        -- Stale (cancelled, deleted, already taken): dropped, not charged. LREM is the proof.
-        if redis.call('HGET', job_prefix .. id, 'status') == 'queued' and redis.call('LREM', list, 1, id) == 1 then
-          local base = math.max(tonumber(top[2]), clock)  -- a new owner starts at the clock
-          if redis.call('LLEN', fifo) == 0 then
-            redis.call('ZREM', fk .. 'owners', owner)
-          else
-            redis.call('ZADD', fk .. 'owners', base + 1 / (weights[owner] or 1), owner)
-          end
-          redis.call('SET', fk .. 'clock', base)
-          return id
-        end
-        dropped = dropped + 1
+  else
+    local owner = redis.call('HGET', fk .. 'index', head)
+    if owner then
+      local fifo_kept = redis.call('EXISTS', fk .. 'owner:' .. owner) == 1
+      if fifo_kept and redis.call('ZSCORE', fk .. 'owners', owner) then
+        local id = pick(list, fk)
+        if id then return id end
+      elseif fifo_kept then
+        -- Its owner's place was lost (evicted, deleted): the fair path could never reach this
+        -- head, so it goes now, and the owner is back among the owners at the clock.
+        redis.call('ZADD', fk .. 'owners', 'NX', redis.call('GET', fk .. 'clock') or '0', owner)
       end
     end
   end
-  -- Not indexed, fair share off, or too many stale ids at once: the head, FIFO.
+  -- Not indexed, its owner's fair entries lost, fair share off, or only stale ids met: the head.
   redis.call('LPOP', list)
   redis.call('HDEL', fk .. 'index', head)
   return head
@@ -110,6 +150,55 @@ for i = 5, 4 + n do
 end
 return {0, unpack(open)}
 """
+)
+
+# ARGV: RQ's queue key prefix, queue names. Drops the fair state of each queue whose list is empty
+# (the reconciler's pass: a queue no worker pops, or a long pause, keeps nothing).
+DROP_IDLE_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local dropped = 0
+for i = 2, #ARGV do
+  if redis.call('LLEN', ARGV[1] .. ARGV[i]) == 0 and redis.call('EXISTS', 'jobservice:fair:' .. ARGV[i] .. ':index',
+      'jobservice:fair:' .. ARGV[i] .. ':owners') > 0 then
+    drop('jobservice:fair:' .. ARGV[i] .. ':')
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+)
+
+# KEYS[1] a queue's index. ARGV: its fair prefix, the rq_id. A cancelled job's fair entries.
+FORGET_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local owner = redis.call('HGET', KEYS[1], ARGV[2])
+if not owner then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+return remove(ARGV[1] .. 'owner:' .. owner, ARGV[2])
+"""
+)
+
+_scripts: dict[str, Script] = {}
+
+
+def _run(connection: Redis, text: str, keys: list, args: list):
+    """Run a script registered once per process (its SHA; redis-py reloads it on NOSCRIPT)."""
+    if text not in _scripts:
+        _scripts[text] = connection.register_script(text)
+    return _scripts[text](keys=keys, args=args, client=connection)
+
+
+def drop_idle_state(connection: Redis, queue_names: Iterable[str]) -> int:
+    """Drop the fair state of the queues whose RQ list is empty; how many held some. One round trip."""
+    return int(_run(connection, DROP_IDLE_SCRIPT, [], [Queue.redis_queue_namespace_prefix, *queue_names]) or 0)
+
+
+def forget(connection: Redis, queue: str, rq_id: str) -> bool:
+    """Remove a cancelled job's fair entries (index, its owner's FIFO); True if it had some."""
+    prefix = fair_prefix(queue)
+    return bool(_run(connection, FORGET_SCRIPT, [prefix + "index"], [prefix, rq_id]))
 
 
 def _text(value: bytes | str) -> str:

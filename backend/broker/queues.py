@@ -212,12 +212,21 @@ class QueueAdapter:
         pipe: Pipeline, queue: Queue, func_path: str, options: dict, *, at: datetime | None, owner: str | None = None
     ) -> None:
         """Queue the writes that enqueue one RQ job on ``pipe`` (watching; MULTI once this returns)."""
+        # A job RQ pushes later (its scheduler at ``at``, its parents' end, a concurrency slot) has
+        # waited its turn already: RQ pushes it to the FRONT then (the flag is saved on its hash),
+        # where the fair pop takes it next instead of after the whole backlog (it is not indexed).
         if at is not None:
             pipe.multi()
-            queue.schedule_job(queue.create_job(func_path, status=RQStatus.SCHEDULED, **options), at, pipeline=pipe)
+            job = queue.create_job(func_path, status=RQStatus.SCHEDULED, **options)
+            job.enqueue_at_front = True
+            queue.schedule_job(job, at, pipeline=pipe)
         elif "rate_limit" not in options:
+            job = queue.create_job(func_path, status=RQStatus.QUEUED, **options)
+            job.enqueue_at_front = True if "depends_on" in options else None
             # RQ watches the parents (depends_on) on the same pipeline, then opens MULTI.
-            job = queue.enqueue_call(func_path, pipeline=pipe, **options)
+            job = queue.enqueue_job(job, pipeline=pipe)
+            if job.enqueue_at_front and job.get_status(refresh=False) == RQStatus.QUEUED:
+                pipe.hdel(job.key, "enqueue_at_front")  # its parents had ended: pushed now, to the tail
             if owner is not None and job.get_status(refresh=False) == RQStatus.QUEUED:
                 # Pushed now (not deferred): indexed in the same MULTI, so the list and the index agree.
                 fair_queue.index_writes(pipe, queue.name, job.id, owner)
@@ -227,6 +236,7 @@ class QueueAdapter:
             # the parents, then RQ's own rate-limited enqueue, whose promotion script joins the MULTI.
             job = queue.create_job(func_path, status=RQStatus.QUEUED, **options)
             job.origin = queue.name
+            job.enqueue_at_front = True  # RQ's promotion script LPUSHes it when a slot frees
             job = queue.setup_dependencies(job, pipeline=pipe)
             pipe.sadd(queue.redis_queues_keys, queue.key)
             if job.get_status(refresh=False) != RQStatus.DEFERRED:
@@ -347,6 +357,10 @@ class QueueAdapter:
                 "RQ job %s: not taken off its queue (%s: %s); its fence stops it", rq_id, type(exc).__name__, exc
             )
             self._stop(rq_id)
+        # Its fair entries too (the index field, its owner's FIFO entry): else they stay until a
+        # pop of that queue meets them, and a queue no worker pops would keep them.
+        if job.origin:
+            fair_queue.forget(self.connection, job.origin, rq_id)
 
     def _stop(self, rq_id: str) -> None:
         """Send RQ's stop-job command; a job that no worker runs (any more) needs none."""
