@@ -68,6 +68,19 @@ class QueueFacts:
 
 
 @dataclass(frozen=True)
+class HeldPlace:
+    """A job the rate limiter holds: its key, when the key's next slot frees (never before now),
+    how many held jobs of the key go before it, and when its own turn comes at the key's current
+    limit (an estimate: the next slot plus one window per ``limit`` jobs ahead). Times are epoch
+    seconds of Redis's clock, the limiter's; None when the key's next slot is not known."""
+
+    key: str
+    next_slot: float | None
+    ahead: int = 0
+    resumes_at: float | None = None
+
+
+@dataclass(frozen=True)
 class JobPlace:
     """One RQ job's place: its 1-based position in its queue (None: not within ``POSITION_SCAN``
     of the head, or not on the list), and, for a limited task, whether the limiter holds it
@@ -76,9 +89,8 @@ class JobPlace:
     position: int | None
     held_back: bool = False
     held: int = 0
-    #: When its task's rate limiter holds it (in no queue list): (its rate key, when the key's
-    #: next slot frees, epoch seconds, or None when not known).
-    rate_held: tuple[str, float | None] | None = None
+    #: When its task's rate limiter holds it (in no queue list): where it stands there.
+    rate_held: HeldPlace | None = None
 
 
 class WaitingFacts:
@@ -127,13 +139,14 @@ class WaitingFacts:
         held = self.held_until([rq_id])
         return place if not held else replace(place, rate_held=held[rq_id])
 
-    def held_until(self, rq_ids: Iterable[str]) -> dict[str, tuple[str, float | None]] | None:
-        """Of ``rq_ids``, those the rate limiter holds: rq id -> (key, when its next slot frees).
-        One round trip for all of them (a page's); None while Redis does not answer."""
+    def held_until(self, rq_ids: Iterable[str]) -> dict[str, HeldPlace] | None:
+        """Of ``rq_ids``, those the rate limiter holds, each with its own turn (``HeldPlace``).
+        One round trip for all of them (a page's: one script, a ZRANK per id inside it); None
+        while Redis does not answer."""
         ids = list(rq_ids)
         if not ids:
             return {}
-        return self._guarded(lambda: key_limits.held_until(self.connection, ids))
+        return self._guarded(lambda: held_places(self.connection, ids))
 
     def _guarded(self, read):
         if time.monotonic() < self._down_until:
@@ -197,5 +210,61 @@ class WaitingFacts:
         return JobPlace(None if index is None else int(index) + 1, held_back=held_back is not None, held=int(held))
 
 
-def _text(value: bytes | str) -> str:
+# KEYS: held-jobs, due, overrides, declared limits. ARGV: the key prefix, then RQ ids. Returns
+# (id, key, next slot or '', jobs of the key ahead, its turn or '') for each id held. The limiter's
+# own grammar and clock (its prelude): the estimate reads a key's limit exactly as release_due does.
+_HELD_PLACES = (
+    key_limits._PRELUDE
+    + """
+local now = clock('')
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local key = redis.call('HGET', KEYS[1], id)
+  if key then
+    local due = tonumber(redis.call('ZSCORE', KEYS[2], key))
+    -- A key woken by an override (due 0) or overdue frees its slot at the next release: now.
+    if due then due = math.max(due, now) end
+    local ahead = redis.call('ZRANK', ARGV[1] .. key .. ':held', id) or 0
+    local count, window = parse(redis.call('HGET', KEYS[3], key))
+    if not count then count, window = parse(redis.call('HGET', KEYS[4], key)) end
+    local turn = ''
+    if due and count then turn = string.format('%.6f', due + math.floor(ahead / count) * window) end
+    table.insert(out, id)
+    table.insert(out, key)
+    table.insert(out, due and string.format('%.6f', due) or '')
+    table.insert(out, ahead)
+    table.insert(out, turn)
+  end
+end
+return out
+"""
+)
+
+
+def held_places(connection: Redis, rq_ids: list[str]) -> dict[str, HeldPlace]:
+    """Of ``rq_ids``, those the rate limiter holds, with their own turns (one round trip)."""
+    keys = [key_limits.HELD_JOBS, key_limits.DUE, key_limits.OVERRIDES, key_limits.LIMITS]
+    flat = _script(connection)(keys=keys, args=[key_limits.PREFIX, *rq_ids], client=connection)
+    found = {}
+    for index in range(0, len(flat), 5):
+        rq_id, key, due, ahead, turn = (_text(value) for value in flat[index : index + 5])
+        next_slot = float(due) if due else None
+        found[rq_id] = HeldPlace(key, next_slot, int(ahead), float(turn) if turn else next_slot)
+    return found
+
+
+_scripts: dict[int, object] = {}
+
+
+def _script(connection: Redis):
+    """Registered once per process (EVALSHA; redis-py loads it again on a NOSCRIPT)."""
+    if not _scripts:
+        _scripts[0] = connection.register_script(_HELD_PLACES)
+    return _scripts[0]
+
+
+def _text(value: bytes | str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
     return value.decode() if isinstance(value, bytes) else value

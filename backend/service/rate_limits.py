@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -163,6 +164,7 @@ class RateLimits:
             held = broker_overrides.held_keys(self.redis)
         except BrokerError as exc:
             raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
+        now = time.time()
         declared = [
             {"task": spec.name, "rate_limit": spec.rate_limit, "rate_key": spec.rate_key}
             for spec in all_tasks()
@@ -179,7 +181,8 @@ class RateLimits:
                     "key": entry.key,
                     "held": entry.held,
                     "limit": entry.limit,
-                    "next_slot_at": datetime.fromtimestamp(entry.next_slot_at, UTC),
+                    # Never before now: a key an override woke is due at 0 until a worker's release.
+                    "next_slot_at": datetime.fromtimestamp(max(entry.next_slot_at, now), UTC),
                 }
                 for entry in held
             ],

@@ -11,8 +11,9 @@ what. They are decided here, in one function over the job's row and cheap broker
 - ``dependencies``: jobs it depends on have not ended (``waiting_for``);
 - ``queue_paused``: its queue is paused (``POST /queues/<name>/pause``), workers start none of its jobs;
 - ``rate_limit``: its task's rate limit per key holds it (out of the queue list) until ``resumes_at``,
-  when the key's next slot frees (read only for tasks that declare a rate limit: one round trip
-  for a list's page, never one per row);
+  its own turn at the key's current limit (an estimate: the key's next slot, never before now, plus
+  one window per ``limit`` held jobs of the key ahead of it); read only for tasks that declare a
+  rate limit: one round trip for a list's page, never one per row;
 - ``concurrency_limit``: its task's concurrency limit holds it back in RQ;
 - ``no_worker``: no live worker listens on its queue;
 - ``queued``: waiting for a worker to take it (``queue_position`` when known).
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backend.broker.waiting_facts import JobPlace, QueueFacts, WaitingFacts
+from backend.broker.waiting_facts import HeldPlace, JobPlace, QueueFacts, WaitingFacts
 from backend.core.errors import NotFound
 from backend.core.long_tasks import SNOOZED_OUTCOME
 from backend.core.states import JobStatus
@@ -148,14 +149,14 @@ def decide(
     place: JobPlace | None = None,
     now: datetime | None = None,
     redis_down: bool = False,
-    held: tuple[str, float | None] | None = None,
+    held: HeldPlace | None = None,
 ) -> Waiting:
     """The waiting fields of a job (the order of the module's docstring).
 
     ``waiting_for``: the dependencies not ended yet (None: not read; then a job that has
     dependencies is taken to wait for them). ``facts``: None when not read, or (``redis_down``)
     when Redis did not answer. ``place``: the job's place in RQ (single-job GET), or None.
-    ``held``: (rate key, next slot time) when the rate limiter holds the job (a list's page read it).
+    ``held``: where the rate limiter holds the job, when it does (a list's page read it).
     """
     if not row.waits:
         return NOT_WAITING
@@ -211,14 +212,19 @@ def decide(
     )
 
 
-def _rate_limited(row: WaitRow, held: tuple[str, float | None], facts: QueueFacts) -> Waiting:
-    key, due = held
+def _rate_limited(row: WaitRow, held: HeldPlace, facts: QueueFacts) -> Waiting:
+    key = held.key
     # The limit it obeys: the operator's override, else the one its task declares.
     limit = facts.overrides.get(key) or _declared_rate(row.task) or "its limit"
-    if due is None:
-        return Waiting("rate_limit", detail=f"rate limit of key {key}: {limit}; waiting for a free slot")
-    at = datetime.fromtimestamp(due, UTC)
-    return Waiting("rate_limit", resumes_at=at, detail=f"rate limit of key {key}: {limit}; next slot at {_words(at)}")
+    words = f"rate limit of key {key}: {limit}"
+    if held.ahead:
+        words += f"; {held.ahead} job{'s' if held.ahead > 1 else ''} of the key ahead"
+    if held.resumes_at is None:
+        return Waiting("rate_limit", detail=f"{words}; waiting for a free slot")
+    # Its own turn (never before now: the facts' script clamps the key's next slot to Redis's now).
+    at = datetime.fromtimestamp(held.resumes_at, UTC)
+    when = f"next slot at {_words(at)}" if not held.ahead else f"its turn at about {_words(at)}"
+    return Waiting("rate_limit", resumes_at=at, detail=f"{words}; {when}")
 
 
 def _time_reason(row: WaitRow, now: datetime) -> Waiting | None:
@@ -310,9 +316,7 @@ class RowsWaiting:
         self._rate_limited = rate_limited_tasks()
         self.now = utcnow()
 
-    def of(
-        self, row: WaitRow, *, waiting_for: list[str] | None, held: tuple[str, float | None] | None = None
-    ) -> Waiting:
+    def of(self, row: WaitRow, *, waiting_for: list[str] | None, held: HeldPlace | None = None) -> Waiting:
         """``held``: what ``held_until`` answered for the row's RQ id (None: not held, or not read)."""
         if not row.waits:
             return NOT_WAITING
@@ -341,7 +345,7 @@ class RowsWaiting:
             and self._snapshot is not None
         )
 
-    def held_until(self, rq_ids: Iterable[str]) -> dict[str, tuple[str, float | None]]:
+    def held_until(self, rq_ids: Iterable[str]) -> dict[str, HeldPlace]:
         """Of a page's ``rq_ids``, those the rate limiter holds (one round trip; none when Redis
         does not answer: the rows keep the reason decided without it)."""
         return self._facts.held_until(rq_ids) or {}
