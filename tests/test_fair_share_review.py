@@ -14,9 +14,10 @@ from rq import Queue
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
+from backend.api.context import services
 from backend.broker.fair_queue import FairQueues, drop_idle_state, fair_prefix
 from backend.broker.queues import QueueAdapter
-from tests.helpers import bearer, wait_until
+from tests.helpers import bearer, submit_add, wait_until
 from tests.test_fair_share import ALICE, BOB, completed, submit_batch
 
 FUNC = "backend.tasks.examples.add"
@@ -234,3 +235,13 @@ def test_a_scheduled_job_of_b_due_during_a_backlog_starts_among_a_not_after_it(
     print(f"\n{left} jobs waiting when B's scheduled job was pushed: it started after {position} of A's")
     assert position <= 2 * WORKERS, f"B's due job started after {position} of A's ({left} were waiting)"
     wait_until(lambda: completed(client, a_ids, ALICE) == backlog, timeout=120, what="A's backlog")
+
+
+def test_cancelled_jobs_leave_no_fair_state_and_the_reconciler_drops_an_emptied_queues(app, client, redis_conn):
+    low = [submit_add(client, priority="low")["job_id"] for _ in range(3)]
+    assert client.post(f"/jobs/{low[0]}/cancel", json={}).status_code == 200
+    prefix = fair_prefix("low")
+    assert redis_conn.hlen(prefix + "index") == 2 and redis_conn.llen(prefix + "owner:local") == 2
+    redis_conn.delete("rq:queue:low")  # emptied by hand (RQ Dashboard's "empty", rq empty)
+    services(app).reconciler.run_once()
+    assert redis_conn.keys(prefix + "*") == []

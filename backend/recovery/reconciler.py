@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
-from backend.broker import leases
+from backend.broker import fair_queue, leases
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter, RQJob, failure_record, last_line, outcome, rq_status
 from backend.core.errors import JobServiceError
@@ -146,6 +146,10 @@ class Reconciler:
                     self.rate_limits.sync()  # the overrides, as the pauses (few rows)
                 except Exception as exc:  # recovering jobs matters more; the next pass tries again
                     log.warning("reconciler: rate limit overrides not synced (%s: %s)", type(exc).__name__, exc)
+            try:  # fair share's state of queues with nothing waiting (a queue no worker pops keeps none)
+                fair_queue.drop_idle_state(self.queues.connection, self.queues.queues)
+            except Exception as exc:
+                log.warning("reconciler: idle fair-share state not dropped (%s: %s)", type(exc).__name__, exc)
             with self._leadership() as leader:
                 return self._pass(leader) if leader is not None else None
         except BrokerError:
