@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from backend.api.context import services
 from backend.broker.fair_queue import FairQueues, drop_idle_state, fair_prefix
 from backend.broker.queues import QueueAdapter
-from tests.helpers import bearer, submit_add, wait_until
+from tests.helpers import bearer, submit, submit_add, wait_until
 from tests.test_fair_share import ALICE, BOB, completed, submit_batch
 
 FUNC = "backend.tasks.examples.add"
@@ -245,3 +245,32 @@ def test_cancelled_jobs_leave_no_fair_state_and_the_reconciler_drops_an_emptied_
     redis_conn.delete("rq:queue:low")  # emptied by hand (RQ Dashboard's "empty", rq empty)
     services(app).reconciler.run_once()
     assert redis_conn.keys(prefix + "*") == []
+
+
+def rq_stamp(redis_conn, job_id: str, field: str) -> float:
+    value = redis_conn.hget(f"rq:job:{job_id}-1", field)
+    return datetime.strptime(value.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+@pytest.mark.one_pass("the workers' pop decides the order")
+def test_a_dependant_and_a_concurrency_promotion_start_next_not_after_the_backlog(
+    two_owners, client, redis_conn, start_worker
+):
+    # B's first job holds the task's one slot; its second waits for the slot, its third for the first.
+    first = submit(client, "one_at_a_time", kwargs={"seconds": 0.5}, headers=bearer(BOB))["job_id"]
+    promoted = submit(client, "one_at_a_time", kwargs={"seconds": 0.05}, headers=bearer(BOB))["job_id"]
+    dependant = submit(client, "add", args=[1, 2], depends_on=[first], headers=bearer(BOB))["job_id"]
+    _, a_ids = submit_batch(client, ALICE, 300)
+    for n in range(WORKERS):
+        start_worker("--name", f"fair-{n}")
+    wait_until(lambda: completed(client, [first, promoted, dependant], BOB) == 3, timeout=120, what="B's jobs")
+    wait_until(lambda: completed(client, a_ids, ALICE) == 300, timeout=120, what="A's backlog")
+    ended = rq_stamp(redis_conn, first, "ended_at")
+    a_starts = [t for t in started_at(redis_conn, a_ids) if t >= ended]
+    positions = {
+        name: sum(1 for a in a_starts if a < rq_stamp(redis_conn, job_id, "started_at"))
+        for name, job_id in (("promoted", promoted), ("dependant", dependant))
+    }
+    print(f"\n{len(a_starts)} of A's started after B's first job ended; B's next: after {positions} of them")
+    assert len(a_starts) >= 100, f"B's first job ended after {300 - len(a_starts)} of A's 300 started"
+    assert max(positions.values()) <= 2 * WORKERS, positions
