@@ -53,7 +53,8 @@ def queue_paths() -> dict:
             "post": _command(
                 "Pause a queue: workers start none of its jobs until it is resumed",
                 "Recorded in the store (it survives API, worker and Redis restarts), then set in Redis, which "
-                "every worker's pop reads atomically: once this answers, no worker starts a job of the queue. "
+                "every worker's pop reads atomically: once this answers, no worker takes a job of the queue "
+                "(one taken just before still starts). "
                 "Running jobs finish; the other queues are served. The queue's jobs stay QUEUED with "
                 "`waiting_reason: queue_paused`. Idempotent: pausing a paused queue changes nothing "
                 "(`changed: false`, its first `paused_at` and `paused_by`).",
