@@ -231,3 +231,37 @@ def test_with_redis_down_a_job_says_what_its_row_does(settings):
         jobs = listed(client)
         assert jobs[plain["job_id"]]["waiting_reason"] == "queued"
         assert jobs[scheduled["job_id"]]["waiting_reason"] == "scheduled"
+
+
+class TestFairShare:
+    """Under fair share (the default) workers do not take a queue's jobs in list order."""
+
+    @pytest.fixture
+    def settings(self, settings):
+        from tests.test_fair_share import ALICE, BOB
+
+        settings["API_KEYS"] = f"alice:{ALICE},bob:{BOB}"
+        return settings
+
+    def test_queue_position_says_when_a_job_starts_not_its_place_in_the_list(self, client, redis_conn, monkeypatch):
+        """Bob's one job behind Alice's 50 is one of the next two a worker takes, yet GET said
+        position 51; Alice's 11th is about the 12th to start."""
+        from backend.broker import waiting_facts
+        from backend.broker.fair_queue import FairQueues
+        from tests.helpers import bearer
+        from tests.test_fair_share import ALICE, BOB, submit_batch
+
+        _, alice = submit_batch(client, ALICE, 50)
+        bob = submit(client, "add", args=[1, 2], headers=bearer(BOB))["job_id"]
+        shown = get_job(client, bob, headers=bearer(BOB))
+        assert shown["queue_position"] in (1, 2), shown
+        assert "fair share across 2 owners" in shown["waiting_detail"], shown
+        eleventh = get_job(client, alice[10], headers=bearer(ALICE))
+        assert eleventh["queue_position"] in (11, 12), eleventh
+        # Behind more of Alice's jobs than a read scans of the list, it still knows its turn.
+        monkeypatch.setattr(waiting_facts, "POSITION_SCAN", 20)
+        assert get_job(client, bob, headers=bearer(BOB))["queue_position"] == shown["queue_position"]
+        assert get_job(client, alice[30], headers=bearer(ALICE))["queue_position"] is None
+        # What the workers' pop does: Bob's job is among the next two.
+        pops = [FairQueues(redis_conn).pop(["high", "default", "low"])[1] for _ in range(2)]
+        assert f"{bob}-1" in pops

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.job import Job as RQJob
 from rq.queue import Queue
 from rq.rate_limit import RateLimitRegistry
 from rq.worker import Worker
@@ -28,6 +29,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from backend.broker import key_limits, leases
 from backend.broker.errors import BrokerUnreachable
+from backend.broker.fair_queue import fair_prefix
 from backend.broker.pauses import PAUSED_KEY
 from backend.core.settings import QUEUE_NAMES
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 POSITION_SCAN = 10_000
 #: At most this many holders of a task's slots are read into a snapshot (a limit is small).
 MAX_HOLDERS = 1_000
+#: A fair-share position reads at most this many owners of the queue (the lowest virtual times:
+#: those whose jobs go first); past them the estimate leaves the rest out.
+MAX_FAIR_OWNERS = 200
 
 
 def task_limit_key(task: str) -> str:
@@ -91,6 +96,10 @@ class JobPlace:
     held: int = 0
     #: When its task's rate limiter holds it (in no queue list): where it stands there.
     rate_held: HeldPlace | None = None
+    #: Under fair share (its job is in its queue's fair index): how many owners have jobs waiting
+    #: on the queue; ``position`` is then an estimate of when the fair pop takes it, not its
+    #: place in RQ's list. None: first come, first served (``position`` is the list's).
+    fair_owners: int | None = None
 
 
 class WaitingFacts:
@@ -197,18 +206,62 @@ class WaitingFacts:
         return QueueFacts(workers=workers, slots=slots, paused=paused, overrides=overrides)
 
     def _read_place(self, rq_id: str, queue: str, task: str | None) -> JobPlace:
-        queue_key = f"{Queue.redis_queue_namespace_prefix}{queue}"
-        if task is None:  # one command: no pipeline to build (the common case, and a poll's)
-            index = self.connection.lpos(queue_key, rq_id, maxlen=POSITION_SCAN)
-            return JobPlace(None if index is None else int(index) + 1)
+        place = _script(self.connection, _FAIR_PLACE)
+        keys = [f"{Queue.redis_queue_namespace_prefix}{queue}", fair_prefix(queue), key_limits.HELD_JOBS]
+        args = [rq_id, POSITION_SCAN, MAX_FAIR_OWNERS, RQJob.redis_job_namespace_prefix]
+        if task is None:  # one script call: no pipeline to build (the common case, and a poll's)
+            return _place(place(keys=keys, args=args, client=self.connection))
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.lpos(queue_key, rq_id, maxlen=POSITION_SCAN)
+            place(keys=keys, args=args, client=pipe)
             limit = self._limit(task)
             pipe.zscore(limit.rate_limited_key, rq_id)
             pipe.zcard(limit.allowed_key)
-            index, held_back, held = pipe.execute()
-        return JobPlace(None if index is None else int(index) + 1, held_back=held_back is not None, held=int(held))
+            found, held_back, held = pipe.execute()
+        return replace(_place(found), held_back=held_back is not None, held=int(held))
 
+
+def _place(found: list) -> JobPlace:
+    index, owners = int(found[0]), int(found[1])
+    return JobPlace(None if index < 0 else index + 1, fair_owners=None if owners < 0 else owners)
+
+
+# KEYS: the queue's RQ list, its fair prefix (backend/broker/fair_queue.py), the rate limiter's
+# held jobs. ARGV: rq id, scan, owners read at most, RQ's job key prefix. Returns {place, owners}:
+# {-1, -1} when the job is not seen waiting within ``scan``; a job outside the fair index: its
+# 0-based index in RQ's list and -1; a job in it: how many jobs the fair pop takes before it (read
+# from its owner's FIFO and the other owners' virtual times and backlogs, the way the pop picks:
+# lowest time, ties by name; equal weights assumed, OWNER_WEIGHTS is the workers') and how many
+# owners have jobs waiting.
+_FAIR_PLACE = """
+local id, scan = ARGV[1], tonumber(ARGV[2])
+local fk = KEYS[2]
+local index = redis.call('LPOS', KEYS[1], id, 'MAXLEN', scan)
+local owner = redis.call('HGET', fk .. 'index', id)
+local rank = owner and redis.call('LPOS', fk .. 'owner:' .. owner, id, 'MAXLEN', scan)
+-- Not near the list's head: still waiting there when queued and not held by the rate limiter (a
+-- held job, or one a blocking pop took, may keep a stale index entry).
+if not index and (not rank or redis.call('HGET', ARGV[4] .. id, 'status') ~= 'queued'
+    or redis.call('HEXISTS', KEYS[3], id) == 1) then
+  return {-1, -1}
+end
+if not rank then return {index, -1} end  -- not indexed: first come, first served
+local clock = tonumber(redis.call('GET', fk .. 'clock') or '0')
+local mine = math.max(tonumber(redis.call('ZSCORE', fk .. 'owners', owner) or '0'), clock)
+local turn = mine + rank  -- the virtual time at which the pop takes this job
+local ahead, waiting = rank, 0
+local others = redis.call('ZRANGE', fk .. 'owners', 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+for i = 1, #others, 2 do
+  local backlog = redis.call('LLEN', fk .. 'owner:' .. others[i])
+  if backlog > 0 then waiting = waiting + 1 end
+  if others[i] ~= owner and backlog > 0 then
+    local gap = turn - math.max(tonumber(others[i + 1]), clock)
+    local before = math.ceil(gap)  -- its jobs whose time is below this job's
+    if gap == math.floor(gap) and others[i] < owner then before = gap + 1 end  -- a tie goes by name
+    ahead = ahead + math.min(backlog, math.max(0, before))
+  end
+end
+return {ahead, waiting}
+"""
 
 # KEYS: held-jobs, due, overrides, declared limits. ARGV: the key prefix, then RQ ids. Returns
 # (id, key, next slot or '', jobs of the key ahead, its turn or '') for each id held. The limiter's
@@ -245,7 +298,7 @@ return out
 def held_places(connection: Redis, rq_ids: list[str]) -> dict[str, HeldPlace]:
     """Of ``rq_ids``, those the rate limiter holds, with their own turns (one round trip)."""
     keys = [key_limits.HELD_JOBS, key_limits.DUE, key_limits.OVERRIDES, key_limits.LIMITS]
-    flat = _script(connection)(keys=keys, args=[key_limits.PREFIX, *rq_ids], client=connection)
+    flat = _script(connection, _HELD_PLACES)(keys=keys, args=[key_limits.PREFIX, *rq_ids], client=connection)
     found = {}
     for index in range(0, len(flat), 5):
         rq_id, key, due, ahead, turn = (_text(value) for value in flat[index : index + 5])
@@ -254,14 +307,15 @@ def held_places(connection: Redis, rq_ids: list[str]) -> dict[str, HeldPlace]:
     return found
 
 
-_scripts: dict[int, object] = {}
+_scripts: dict[str, object] = {}
 
 
-def _script(connection: Redis):
+def _script(connection: Redis, source: str):
     """Registered once per process (EVALSHA; redis-py loads it again on a NOSCRIPT)."""
-    if not _scripts:
-        _scripts[0] = connection.register_script(_HELD_PLACES)
-    return _scripts[0]
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = connection.register_script(source)
+    return script
 
 
 def _text(value: bytes | str | int) -> str:

@@ -16,7 +16,8 @@ what. They are decided here, in one function over the job's row and cheap broker
   rate limit: one round trip for a list's page, never one per row;
 - ``concurrency_limit``: its task's concurrency limit holds it back in RQ;
 - ``no_worker``: no live worker listens on its queue;
-- ``queued``: waiting for a worker to take it (``queue_position`` when known).
+- ``queued``: waiting for a worker to take it (``queue_position`` when known: under fair share an
+  estimate of the order the workers' fair pop takes the queue's jobs in, not RQ's list order).
 
 Without Redis's facts (Redis down) the reason is what the row alone says: the first three, or
 ``queued``. The times compared are this host's; a few seconds of skew only shift the moment a
@@ -183,7 +184,8 @@ def decide(
         return Waiting(
             "queue_paused",
             queue_position=position,
-            detail=f"queue {row.queue} is paused: no worker starts its jobs until it is resumed",
+            detail=f"queue {row.queue} is paused: no worker starts its jobs until it is resumed"
+            + _fair_words(place, position),
         )
     held = held or (place.rate_held if place is not None else None)
     if on_queue and held is not None:
@@ -198,18 +200,20 @@ def decide(
                 detail=f"waiting for a free slot of task {row.task} ({held} running)",
             )
     if facts.workers.get(row.queue, 0) == 0:
-        return Waiting("no_worker", queue_position=position, detail=f"no live worker listens on queue {row.queue}")
+        return Waiting(
+            "no_worker",
+            queue_position=position,
+            detail=f"no live worker listens on queue {row.queue}{_fair_words(place, position)}",
+        )
     if not on_queue:
         return Waiting("queued", detail=f"about to go on queue {row.queue}")
     if position is None:
         return Waiting("queued", detail=f"queued on {row.queue}")
     ahead = position - 1
-    return Waiting(
-        "queued",
-        queue_position=position,
-        detail=f"queued on {row.queue}, "
-        + ("next in line" if not ahead else f"{ahead} job{'s' if ahead > 1 else ''} ahead"),
-    )
+    words = "next in line" if not ahead else f"{ahead} job{'s' if ahead > 1 else ''} ahead"
+    if _fair_words(place, position):  # an estimate of the fair pop's order, not RQ's list order
+        words = f"{'about ' if ahead else ''}{words}{_fair_words(place, position)}"
+    return Waiting("queued", queue_position=position, detail=f"queued on {row.queue}, {words}")
 
 
 def _rate_limited(row: WaitRow, held: HeldPlace, facts: QueueFacts) -> Waiting:
@@ -225,6 +229,14 @@ def _rate_limited(row: WaitRow, held: HeldPlace, facts: QueueFacts) -> Waiting:
     at = datetime.fromtimestamp(held.resumes_at, UTC)
     when = f"next slot at {_words(at)}" if not held.ahead else f"its turn at about {_words(at)}"
     return Waiting("rate_limit", resumes_at=at, detail=f"{words}; {when}")
+
+
+def _fair_words(place: JobPlace | None, position: int | None) -> str:
+    """ " (fair share across N owners)" when ``position`` is the fair pop's estimate across several
+    owners, else "" (one owner's jobs go in their list order)."""
+    if position is None or place is None or (place.fair_owners or 0) < 2:
+        return ""
+    return f" (fair share across {place.fair_owners} owners)"
 
 
 def _time_reason(row: WaitRow, now: datetime) -> Waiting | None:
