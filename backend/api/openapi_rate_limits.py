@@ -14,7 +14,8 @@ KEY = {
     "in": "path",
     "required": True,
     "description": "a rate limit's key: the value of the argument a task's rate_key names (such as "
-    "`openai`), or the task's name; may hold a slash, no control characters",
+    "`openai`), or the task's name; may hold a slash, but does not begin with one nor hold `//` (no URL path "
+    "carries them intact), no control characters (such a key is a 422, never a redirect)",
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": KEY_PATTERN},
 }
 LIMIT = {
