@@ -75,6 +75,7 @@ def test_a_shorter_window_on_the_same_key_does_not_erase_a_longer_limit(redis_co
         (True, "not a float or boolean"),
         ("a\tb", "control characters"),
         ("/v1/chat", 'begin with "/"'),
+        ("v1//chat", 'hold "//"'),
         ("klr_budget", "task 'klr_budget'"),
     ],
 )

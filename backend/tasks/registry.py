@@ -110,8 +110,9 @@ class TaskSpec:
         fault = None
         if key is None or not 0 < len(key) <= MAX_RATE_KEY:
             fault = f"a string or an integer (not a float or boolean) of 1..{MAX_RATE_KEY} characters"
-        elif _BAD_KEY.search(key) or key.startswith("/"):
-            fault = 'a text without control characters that does not begin with "/"'
+        elif _BAD_KEY.search(key) or key.startswith("/") or "//" in key:
+            # Every key must be one PUT /rate-limits/<key> can name (no redirect, no merged slashes).
+            fault = 'a text without control characters that does not begin with "/" or hold "//"'
         elif key != self.name and _keyed_by_name(key):
             fault = f"not the name of task {key!r}, whose own limit is kept under its name"
         if fault is not None:
