@@ -3,12 +3,12 @@
 Two APIs on SQLite, alike but for FAIR_SHARE (true: each submission also writes the owner index,
 and the workers' pop script takes jobs by owner; false: the index is not written and the pop is
 first come, first served, still one script that reads the paused set), plus raw RQ in the same
-run (on one API's Redis, then the other's, round by round). Owners alice and bob each submit half of the N jobs, alice's batches
-first (the list holds alice's jobs ahead of bob's: with fair share on, every other pop takes bob's
-oldest job from behind alice's backlog, the LREM's longest walk). Elapsed: from starting the
-workers to the last completion the store recorded; each configuration runs ``rounds`` times, the
-sides rotating, and the best run of each side is compared (the issue's bound: fair share costs at
-most 10% of execution throughput, i.e. on/off >= 0.90).
+run (on one API's Redis, then the other's, round by round). Owners alice and bob each submit half
+of the N jobs, alice's batches first (the list holds alice's jobs ahead of bob's: with fair share
+on, every other pop takes bob's oldest job from behind alice's backlog, the removal's longest
+walk). Elapsed: from starting the workers to the last completion the store recorded; each
+configuration runs ``rounds`` times, the sides rotating, and the best run of each side is compared
+(the issue's bound: fair share costs at most 10% of execution throughput, i.e. on/off >= 0.90).
 """
 
 from __future__ import annotations
