@@ -10,10 +10,11 @@ top idle): a small weighted fair queue whose state is bounded by the jobs waitin
 active lately (an empty list drops it; so does the reconciler's pass, ``drop_idle_state``; a
 cancel removes its job's entries, ``forget``). Jobs RQ pushes itself when they fall due (the
 scheduler, dependants, RQ's concurrency promotion, a rate limiter's release) are not indexed and
-go to the FRONT of the list (queues.py creates them with ``enqueue_at_front``): at the head, they
-go first. An indexed head whose owner's fair entries were lost goes first too (else nothing
-could reach it). The script reads the paused set itself, so no pop can race a pause (DESIGN15
-sections 1 and 2).
+go to the FRONT of the list (queues.py creates them with ``enqueue_at_front`` under fair share):
+the run of them at the head is one more participant of the rotation, "due", with its own virtual
+time (charged 1 per pop), so they get their share of the pops, never all of them. An indexed
+head whose owner's fair entries were lost goes first (else nothing could reach it). The script
+reads the paused set itself, so no pop can race a pause (DESIGN15 sections 1 and 2).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ HEAD_PROBE = 1000
 
 
 def fair_prefix(queue: str) -> str:
-    """The prefix of one queue's fair state: ``index`` (HASH), ``owners`` (ZSET), ``clock``, ``owner:<o>``."""
+    """The prefix of one queue's fair state: ``index`` (HASH), ``owners`` (ZSET), ``clock``, ``due``, ``owner:<o>``."""
     return f"jobservice:fair:{queue}:"
 
 
@@ -62,7 +63,7 @@ local function drop(fk)
       redis.call('DEL', fk .. 'owner:' .. owner)
     end
   end
-  redis.call('DEL', fk .. 'owners', fk .. 'index', fk .. 'clock')
+  redis.call('DEL', fk .. 'owners', fk .. 'index', fk .. 'clock', fk .. 'due')
 end
 local function remove(list, id)
   if redis.call('LPOS', list, id, 'MAXLEN', {HEAD_PROBE}) then return redis.call('LREM', list, 1, id) end
@@ -111,15 +112,29 @@ local function pick(list, fk)
   end
   return nil
 end
--- Take one id from a non-empty list: the head when it is not indexed (or fair share is off),
--- else by fair share.
+-- Take one id from a non-empty list: by fair share, where the run of unindexed jobs at the head
+-- (pushed there by RQ when due) is one more participant, "due"; the head when fair share is off.
 local function take(list, fk)
   local head = redis.call('LINDEX', list, 0)
   if not fair then
     drop(fk)  -- an API still indexing (FAIR_SHARE differs): no state kept for it
   else
     local owner = redis.call('HGET', fk .. 'index', head)
-    if owner then
+    if not owner then
+      -- "due"'s virtual time, lifted to the clock like a new owner's: the head goes when it is at
+      -- most the lowest owner's, else the owners' pick (a batch falling due gets its share of
+      -- the pops, about 1/(owners + 1) while others wait: never all of them, never none).
+      local clock = tonumber(redis.call('GET', fk .. 'clock') or '0')
+      local due = math.max(tonumber(redis.call('GET', fk .. 'due') or '0'), clock)
+      local low = redis.call('ZRANGE', fk .. 'owners', 0, 0, 'WITHSCORES')
+      if #low > 0 and due > math.max(tonumber(low[2]), clock) then
+        local id = pick(list, fk)
+        if id then return id end
+      else
+        redis.call('SET', fk .. 'clock', due)
+      end
+      redis.call('SET', fk .. 'due', due + 1)  -- charged 1 per pop, like an owner of weight 1
+    else
       local fifo_kept = redis.call('EXISTS', fk .. 'owner:' .. owner) == 1
       if fifo_kept and redis.call('ZSCORE', fk .. 'owners', owner) then
         local id = pick(list, fk)
@@ -131,7 +146,7 @@ local function take(list, fk)
       end
     end
   end
-  -- Not indexed, its owner's fair entries lost, fair share off, or only stale ids met: the head.
+  -- "due"'s turn, its owner's fair entries lost, fair share off, or only stale ids met: the head.
   redis.call('LPOP', list)
   redis.call('HDEL', fk .. 'index', head)
   return head
@@ -159,9 +174,10 @@ DROP_IDLE_SCRIPT = (
     + """
 local dropped = 0
 for i = 2, #ARGV do
-  if redis.call('LLEN', ARGV[1] .. ARGV[i]) == 0 and redis.call('EXISTS', 'jobservice:fair:' .. ARGV[i] .. ':index',
-      'jobservice:fair:' .. ARGV[i] .. ':owners') > 0 then
-    drop('jobservice:fair:' .. ARGV[i] .. ':')
+  local fk = 'jobservice:fair:' .. ARGV[i] .. ':'
+  if redis.call('LLEN', ARGV[1] .. ARGV[i]) == 0
+      and redis.call('EXISTS', fk .. 'index', fk .. 'owners', fk .. 'due') > 0 then
+    drop(fk)
     dropped = dropped + 1
   end
 end

@@ -201,7 +201,15 @@ class QueueAdapter:
                     pipe.watch(key)
                     if pipe.exists(key):
                         return rq_id
-                    self._put(pipe, queue, func_path, options, at=at, owner=owner if self.fair_share else None)
+                    self._put(
+                        pipe,
+                        queue,
+                        func_path,
+                        options,
+                        at=at,
+                        owner=owner if self.fair_share else None,
+                        front=self.fair_share,
+                    )
                     pipe.execute()
                     return rq_id
                 except WatchError:
@@ -209,20 +217,29 @@ class QueueAdapter:
 
     @staticmethod
     def _put(
-        pipe: Pipeline, queue: Queue, func_path: str, options: dict, *, at: datetime | None, owner: str | None = None
+        pipe: Pipeline,
+        queue: Queue,
+        func_path: str,
+        options: dict,
+        *,
+        at: datetime | None,
+        owner: str | None = None,
+        front: bool = True,
     ) -> None:
         """Queue the writes that enqueue one RQ job on ``pipe`` (watching; MULTI once this returns)."""
-        # A job RQ pushes later (its scheduler at ``at``, its parents' end, a concurrency slot) has
-        # waited its turn already: RQ pushes it to the FRONT then (the flag is saved on its hash),
-        # where the fair pop takes it next instead of after the whole backlog (it is not indexed).
+        # Under fair share (``front``), a job RQ pushes later (its scheduler at ``at``, its parents'
+        # end, a concurrency slot) goes to the FRONT then (the flag is saved on its hash): the pop
+        # serves that unindexed run as one more owner, "due" (fair_queue), instead of after the
+        # whole backlog. Without fair share RQ's order is kept: the tail, first come first served.
+        flag = True if front else None
         if at is not None:
             pipe.multi()
             job = queue.create_job(func_path, status=RQStatus.SCHEDULED, **options)
-            job.enqueue_at_front = True
+            job.enqueue_at_front = flag
             queue.schedule_job(job, at, pipeline=pipe)
         elif "rate_limit" not in options:
             job = queue.create_job(func_path, status=RQStatus.QUEUED, **options)
-            job.enqueue_at_front = True if "depends_on" in options else None
+            job.enqueue_at_front = flag if "depends_on" in options else None
             # RQ watches the parents (depends_on) on the same pipeline, then opens MULTI.
             job = queue.enqueue_job(job, pipeline=pipe)
             if job.enqueue_at_front and job.get_status(refresh=False) == RQStatus.QUEUED:
@@ -236,7 +253,7 @@ class QueueAdapter:
             # the parents, then RQ's own rate-limited enqueue, whose promotion script joins the MULTI.
             job = queue.create_job(func_path, status=RQStatus.QUEUED, **options)
             job.origin = queue.name
-            job.enqueue_at_front = True  # RQ's promotion script LPUSHes it when a slot frees
+            job.enqueue_at_front = flag  # RQ's promotion script LPUSHes it (if set) when a slot frees
             job = queue.setup_dependencies(job, pipeline=pipe)
             pipe.sadd(queue.redis_queues_keys, queue.key)
             if job.get_status(refresh=False) != RQStatus.DEFERRED:
