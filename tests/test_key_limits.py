@@ -195,14 +195,14 @@ def test_per_key_state_expires_and_is_deleted_when_nothing_is_held(redis_conn, q
     assert 0 < redis_conn.pttl(key_limits.log_key("provider")) <= 20_000
     assert key_limits.release_due(redis_conn, now=10.0) == 1
     assert key_limits.release_due(redis_conn, now=20.0) == 1
-    # Nothing held: only the log and its longest window (both expiring) and the metric's counts are left.
+    # Nothing held: only the log and its windows in use (both expiring) and the metric's counts are left.
     assert {key.decode() for key in redis_conn.keys("jobservice:rl:*")} == {
         key_limits.log_key("provider"),
-        key_limits.window_key("provider"),
+        key_limits.windows_key("provider"),
         key_limits.HELD_TOTAL,
     }
     assert 0 < redis_conn.pttl(key_limits.log_key("provider")) <= 20_000
-    assert 0 < redis_conn.pttl(key_limits.window_key("provider")) <= 20_000
+    assert 0 < redis_conn.pttl(key_limits.windows_key("provider")) <= 20_000
     # The metric counts a bounded number of keys: past the cap the least held other key leaves
     # it, its count going under one name (so the newest keys still get their own).
     monkeypatch.setattr(key_limits, "MAX_TOTAL_KEYS", 3)

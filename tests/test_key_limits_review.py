@@ -7,15 +7,19 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import HealthCheck, given, note
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from rq import Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 import tests.key_limits_review_fixtures  # noqa: F401  (registers the klr_* tasks)
 from backend.api.context import services
-from backend.broker import key_limits
+from backend.broker import key_limits, limit_overrides
 from backend.broker.pauses import PAUSED_KEY
 from backend.core.errors import ValidationFailed
+from backend.core.rate_spec import Rate, parse_rate
 from backend.tasks import registry
 from tests.conftest import TASK_MODULES
 from tests.helpers import get_job
@@ -180,3 +184,139 @@ def test_the_hold_metric_counts_a_key_first_held_after_1000_others(redis_conn):
     totals = key_limits.held_totals(redis_conn, top=100)
     assert totals["openai"] == 2 and totals[key_limits.OTHER_KEY] == 1
     assert redis_conn.zcard(key_limits.HELD_TOTAL) == key_limits.MAX_TOTAL_KEYS
+
+
+# Review 15c: a paused queue's held jobs beyond one release step, and the key's window record.
+
+
+@ONE_PASS
+def test_a_paused_queues_held_jobs_beyond_one_release_step_do_not_stall_the_key_on_open_queues(redis_conn, monkeypatch):
+    """release_due used to look at RELEASE_JOBS held ids of a key per call from the head of the held
+    set, where a paused high queue's jobs sort first: with more of them than that, every call spent
+    its step skipping them, and default's job of the key never went though slots were free.
+    RELEASE_JOBS is lowered to 3 here instead of holding 1,001 jobs."""
+    monkeypatch.setattr(key_limits, "RELEASE_JOBS", 3)
+    q = queues(redis_conn)
+    assert key_limits.admit(redis_conn, take(q["high"], put(q["high"], "h0", "openai", "1/10s").id), now=100.0) is None
+    for i in range(1, 5):  # 4 > RELEASE_JOBS held jobs of high
+        assert key_limits.admit(
+            redis_conn, take(q["high"], put(q["high"], f"h{i}", "openai", "1/10s").id), now=100 + i / 10
+        )
+    assert key_limits.admit(redis_conn, take(q["default"], put(q["default"], "d0", "openai", "1/10s").id), now=101.0)
+    redis_conn.sadd(PAUSED_KEY, "high")  # an incident: high paused
+    released = [key_limits.release_due(redis_conn, now=t) for t in (111.0, 112.0, 113.0, 130.0, 200.0)]
+    assert ids(q["default"]) == ["d0"], f"default's job not released in 90 s of free slots ({released})"
+    assert ids(q["high"]) == [] and key_limits.held_ids(redis_conn) == {f"h{i}" for i in range(1, 5)}
+    # Resumed: high's jobs go in their order, one a slot (its 1/10s), the paused wait kept their places.
+    redis_conn.srem(PAUSED_KEY, "high")
+    assert [key_limits.release_due(redis_conn, now=t) for t in (201.0, 211.5, 222.0)] == [1, 1, 1]
+    assert ids(q["high"]) == ["h3", "h2", "h1"]
+
+
+@ONE_PASS
+def test_a_removed_day_override_does_not_make_the_key_keep_a_day_of_starts(redis_conn):
+    """The key's window record only grew: one admission under a "1/day" override (DELETEd a moment
+    later) made the log keep 24 h of starts for as long as jobs kept coming (432,000 entries a day at
+    5/second). Now a window is kept while in use: the override's DELETE forgets it at once."""
+    queue = queues(redis_conn)["default"]
+    redis_conn.hset(key_limits.OVERRIDES, "openai", "1/day")  # PUT /rate-limits/openai
+    assert key_limits.admit(redis_conn, take(queue, put(queue, "first", "openai", "5/second").id), now=1000.0) is None
+    limit_overrides.replace(redis_conn, dict, force=True, wake="openai")  # DELETE /rate-limits/openai
+    for i in range(400):
+        assert (
+            key_limits.admit(redis_conn, take(queue, put(queue, f"j{i}", "openai", "5/second").id), now=1001.0 + i / 4)
+            is None
+        )
+    kept = redis_conn.zcard(key_limits.log_key("openai"))
+    assert kept <= 10, f"the key's log keeps {kept} starts for a 5/second limit"
+    assert 0 < redis_conn.pttl(key_limits.log_key("openai")) <= 2000
+
+
+@ONE_PASS
+def test_a_window_no_limit_used_for_its_own_length_is_forgotten(redis_conn):
+    """A task declaring "2/minute" on a shared key, then only "5/second" jobs of the key (an override
+    set and lost in Redis, or the slow task gone): after a minute unused the log keeps a second."""
+    queue = queues(redis_conn)["default"]
+    assert key_limits.admit(redis_conn, take(queue, put(queue, "slow", "openai", "2/minute").id), now=1000.0) is None
+    t = 1001.0
+    while t < 1100:
+        assert (
+            key_limits.admit(redis_conn, take(queue, put(queue, f"f{round(t * 2)}", "openai", "5/second").id), now=t)
+            is None
+        )
+        if t < 1059:  # still within the slow limit's minute: the log keeps a minute of starts
+            assert redis_conn.zcard(key_limits.log_key("openai")) == 1 + round((t - 1001.0) / 0.5) + 1
+        t += 0.5
+    assert redis_conn.zcard(key_limits.log_key("openai")) <= 3
+    # Used again: its own starts are older than its window, so none of them was needed.
+    assert key_limits.admit(redis_conn, take(queue, put(queue, "slow2", "openai", "2/minute").id), now=t) is not None
+
+
+def covered(tries: list[float], start: float, window: float, since: float) -> bool:
+    """Whether a limit was tried in every ``window``-long stretch ending in [start - window, start]
+    (from ``since``, the first start: no trim before it): its window was then in use at every trim
+    that could drop a start it must count."""
+    reach = max(start - window, since)  # every r from here on needs a try in (r - window, r]
+    for at in sorted(t for t in tries if start - 2 * window < t <= start):
+        if at > reach:  # nothing tried in (reach - window, reach]
+            return False
+        reach = max(reach, at + window)
+    return reach > start
+
+
+@ONE_PASS
+@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limits=st.lists(st.tuples(st.integers(1, 3), st.integers(1, 6)), min_size=2, max_size=2, unique_by=lambda x: x[1]),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["pop", "pop", "release", "wait"]), st.sampled_from([0.25, 0.5, 1.0, 4.0])),
+        max_size=80,
+    ),
+)
+def test_two_limits_on_one_key_count_every_start_while_in_use(redis_conn, limits, steps):
+    """One key, two limits with different windows, jobs of both interleaved, windows forgotten when
+    unused: while a limit is in use, the window ending at each of its starts holds no more of the
+    key's starts (admitted up to it) than that limit."""
+    redis_conn.flushall()
+    queue = queues(redis_conn)["default"]
+    texts = [Rate(count, window).text for count, window in limits]
+    for index in range(16):
+        put(queue, f"p{index}", "shared", texts[index % 2])
+    now, started, tries = 1000.0, {}, {text: [] for text in texts}
+    for action, step in steps:
+        if action == "wait":
+            now += step
+        elif action == "release":
+            key_limits.release_due(redis_conn, now=now)
+        elif rq_id := redis_conn.lpop(queue.key):
+            job = RQJob.fetch(rq_id.decode(), connection=redis_conn, serializer=JSONSerializer)
+            text = job.meta["rate"]["limit"]
+            tries[text].append(now)
+            if key_limits.admit(redis_conn, job, now=now) is None:
+                assert job.id not in started
+                started[job.id] = (now, text, len(started))
+    checked = 0
+    for at, text, order in started.values():
+        rate = parse_rate(text)
+        if covered(tries[text], at, rate.window_seconds, 1000.0):
+            checked += 1
+            # Starts admitted up to this one (a later one under a looser limit may add to its window).
+            before = [t for t, _, earlier in started.values() if earlier <= order and t > at - rate.window_seconds]
+            assert len(before) <= rate.count, (text, started)
+    note(f"{checked} starts checked")
+
+
+@ONE_PASS
+def test_an_override_deleted_keeps_the_starts_the_declared_limit_counts(redis_conn):
+    """Forgetting the deleted override's window must not forget the declared limit's, though both
+    are 20 s: B's three starts under "5/20s" still count against its "2/20s" after the DELETE, even
+    once another limit of the key ("10/second") trimmed the log in between."""
+    queue = queues(redis_conn)["default"]
+    limit_overrides.replace(redis_conn, lambda: {"shared": "5/20s"}, force=True, wake="shared")
+    for i in range(3):
+        assert (
+            key_limits.admit(redis_conn, take(queue, put(queue, f"b{i}", "shared", "2/20s").id), now=1000.0 + i) is None
+        )
+    limit_overrides.replace(redis_conn, dict, force=True, wake="shared")
+    assert key_limits.admit(redis_conn, take(queue, put(queue, "a0", "shared", "10/second").id), now=1004.0) is None
+    assert key_limits.admit(redis_conn, take(queue, put(queue, "b3", "shared", "2/20s").id), now=1005.0) == 1022.0

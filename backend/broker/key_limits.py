@@ -9,7 +9,10 @@ back to the FRONT of their queue (high priority first, oldest first within one; 
 queue stay held), logging a grant for each (its reserved slot, which its own admission takes
 back). So no window of ``window`` seconds ever holds more than ``limit`` logged starts, and a
 held job holds no worker. Several limits may share a key (two tasks keyed by one provider): each
-admission counts its own window, and the key's log keeps the longest window any of them used.
+admission counts its own window; the key's log keeps the longest window in use (at most the highest
+rate x that window of starts): a window no limit used for its own length is forgotten, a replaced
+override's at once. A limit used again later counts what the log still holds: its own starts are
+all older than its window, other limits' older than the longest window then in use are gone.
 
 Each step is one Lua script (atomic); the clock is Redis's ``TIME`` (one clock for every host)
 unless a test passes ``now``. An operator's override (``OVERRIDES``, written by the API) wins over
@@ -19,8 +22,8 @@ once the key holds nothing: a tenant's rate key values never grow Redis without 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
+from contextlib import suppress
 from typing import Any
 
 from redis import Redis
@@ -31,8 +34,6 @@ from rq.queue import Queue
 from backend.broker.pauses import PAUSED_KEY
 from backend.core.rate_spec import parse_rate
 from backend.core.settings import QUEUE_NAMES
-
-log = logging.getLogger(__name__)
 
 PREFIX = "jobservice:rl:"
 #: Key -> time (s) its next slot frees, for keys that hold jobs.
@@ -46,8 +47,7 @@ OVERRIDES = PREFIX + "overrides"
 #: ZSET key -> how many times a job of it was held (the metric ``jobservice_rate_limited_total``).
 HELD_TOTAL = PREFIX + "held-counts"
 #: ``HELD_TOTAL`` keeps at most this many keys: past it, the least held key other than the one just
-#: held leaves it and its count is added to ``HELD_OTHER`` (shown as OTHER_KEY). So a key first
-#: held after 1,000 others still gets its own count, and the metric stays bounded.
+#: held leaves, its count added to ``HELD_OTHER`` (OTHER_KEY): a key new after 1,000 still counts.
 MAX_TOTAL_KEYS = 1000
 HELD_OTHER = PREFIX + "held-other"
 OTHER_KEY = "(other keys)"
@@ -69,9 +69,17 @@ def held_key(key: str) -> str:
     return f"{PREFIX}{key}:held"
 
 
-def window_key(key: str) -> str:
-    """The longest window (s) any limit of a key used: its log keeps that long (expires with it)."""
-    return f"{PREFIX}{key}:window"
+def windows_key(key: str) -> str:
+    """The ZSET of the windows (s) a key's limits use, scored by last use (the log keeps the longest)."""
+    return f"{PREFIX}{key}:windows"
+
+
+def forget_replaced(pipe: Any, key: str, before: str | None, after: str | None) -> None:
+    """Queue on ``pipe`` (an override's PUT/DELETE) forgetting the replaced override's window, so the
+    log stops keeping its starts at once (a limit still using it adds it back before any trim)."""
+    if before is not None and before != after:
+        with suppress(ValueError):  # a garbled text in Redis never counted a window
+            pipe.zrem(windows_key(key), f"o:{parse_rate(before).window_seconds}")
 
 
 # Shared by the scripts: the grammar of backend/core/rate_spec.py, the clock, and score texts.
@@ -95,6 +103,20 @@ local function clock(arg)
 end
 -- A score as text, every digit kept (concatenated into '(' exclusive bounds).
 local function fmt(x) return string.format('%.17g', x) end
+-- Record the windows used now: the override's ('o:<s>', its PUT/DELETE forgets it) and the job's
+-- declared one ('<s>', kept through an override: the declared limit comes back after it). Forget
+-- each window unused for its own length (all its starts are out of it); the longest still in use.
+local function in_use(windows, now, override, declared)
+  if override then redis.call('ZADD', windows, fmt(now), 'o:' .. override) end
+  if declared then redis.call('ZADD', windows, fmt(now), declared) end
+  local longest, seen = 0, redis.call('ZRANGE', windows, 0, -1, 'WITHSCORES')
+  for i = 1, #seen, 2 do
+    local w = tonumber(string.match(seen[i], '(%d+)$'))
+    if tonumber(seen[i + 1]) <= now - w then redis.call('ZREM', windows, seen[i])
+    elseif w > longest then longest = w end
+  end
+  return longest
+end
 -- Trim a key's log to its longest window and drop entries dated after now (a clock stepped back
 -- must not keep them in every window); how many remain within this limit's window.
 local function trim(log, now, window, longest)
@@ -117,13 +139,14 @@ _ADMIT = (
     + """
 local now = clock(ARGV[4])
 -- The limit: the operator's override when it parses, else the job's declared one.
-local count, window = parse(redis.call('HGET', KEYS[6], ARGV[1]))
-if not count then count, window = parse(ARGV[3]) end
+local oc, ow = parse(redis.call('HGET', KEYS[6], ARGV[1]))
+local dc, dw = parse(ARGV[3])
+local count, window = oc or dc, ow or dw
 if not count then return false end
--- The log keeps the longest window any limit of this key used (a shorter one must not erase it).
-local longest = math.max(window, tonumber(redis.call('GET', KEYS[9]) or '0'))
+-- The log keeps the longest window a limit of this key still uses (a shorter one must not erase it).
+local longest = in_use(KEYS[9], now, ow, dw)
 local ttl = math.ceil(longest * 2000)
-redis.call('SET', KEYS[9], longest, 'PX', ttl)
+redis.call('PEXPIRE', KEYS[9], ttl)
 -- Take back this job's own grant (a release reserved it); count this limit's window only.
 local granted = redis.call('ZREM', KEYS[1], ARGV[2])
 local inwindow = trim(KEYS[1], now, window, longest)
@@ -136,9 +159,9 @@ end
 -- Held: by priority (its queue's rank), then arrival; a grant that came too late goes back to
 -- the head of its priority.
 local base = tonumber(ARGV[6]) * 1e10
-local order = base + now
+local order = base + math.max(now, 0)
 local head = redis.call('ZRANGEBYSCORE', KEYS[2], fmt(base), '(' .. fmt(base + 1e10), 'WITHSCORES', 'LIMIT', 0, 1)
-if granted == 1 and head[2] then order = math.min(order, tonumber(head[2]) - 1) end
+if granted == 1 and head[2] then order = math.max(base, math.min(order, tonumber(head[2]) - 1)) end
 redis.call('ZADD', KEYS[2], fmt(order), ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
@@ -158,11 +181,12 @@ return fmt(due)
 )
 
 # KEYS: due, held-jobs, limits, overrides, paused queues
-# ARGV: now ('' = server time), max keys, key prefix, RQ job prefix, RQ queue prefix, max jobs per key
+# ARGV: now ('' = server time), max keys, key prefix, RQ job prefix, RQ queue prefix, max jobs per key,
+#       then the queue names by priority rank (a held job's score band: rank x 1e10 .. +1e10)
 _RELEASE = (
     _PRELUDE
     + """
-local now = clock(ARGV[1])
+local now, most = clock(ARGV[1]), tonumber(ARGV[6])
 local paused = {}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do paused[name] = true end
 -- Due keys, and keys due beyond any window (dated before Redis's clock stepped back).
@@ -175,35 +199,46 @@ for _, key in ipairs(keys) do
   local log, held = ARGV[3] .. key .. ':log', ARGV[3] .. key .. ':held'
   -- The key's limit now: the override, else the declared one; neither parses: no limit.
   local count, window = parse(redis.call('HGET', KEYS[4], key))
+  local over = count and window
   if not count then count, window = parse(redis.call('HGET', KEYS[3], key)) end
   local free, longest = math.huge, 0
   if count then
-    longest = math.max(window, tonumber(redis.call('GET', ARGV[3] .. key .. ':window') or '0'))
+    longest = in_use(ARGV[3] .. key .. ':windows', now, over, not over and window)
     free = count - trim(log, now, window, longest)
   end
-  -- A bounded step: one call looks at most at ARGV[6] held jobs of a key (the next call goes on).
-  local capped = free > tonumber(ARGV[6])
-  if capped then free = tonumber(ARGV[6]) end
-  -- Walk the held ids (priority, then age) while slots are free: a job no longer queued (cancelled)
-  -- leaves and takes none; one whose queue is paused stays held in its place and takes none.
-  local pushes, skipped, looked = {}, 0, 0
-  while free > 0 and looked < tonumber(ARGV[6]) do
-    local id = redis.call('ZRANGE', held, skipped, skipped)[1]
-    if not id then break end
-    looked = looked + 1
-    local job = redis.call('HMGET', ARGV[4] .. id, 'status', 'origin')
-    if job[1] == 'queued' and job[2] and paused[job[2]] then
-      skipped = skipped + 1
-    else
-      redis.call('ZREM', held, id)
-      redis.call('HDEL', KEYS[2], id)
-      if job[1] == 'queued' and job[2] then
-        pushes[job[2]] = pushes[job[2]] or {}
-        table.insert(pushes[job[2]], id)
-        -- The grant: its slot, counted by every admission until the job's own takes it back.
-        if count then redis.call('ZADD', log, fmt(now), id) end
-        free = free - 1
-        released = released + 1
+  -- A bounded step: one call moves or drops at most ARGV[6] held jobs of a key (the next goes on).
+  local capped = free > most
+  if capped then free = most end
+  -- Walk the queues' score bands by priority while slots are free: a paused queue's band is skipped
+  -- whole (held in place, no slot, no walk); an open one's oldest ids go. A job no longer queued
+  -- (cancelled) leaves, taking no slot; one of a paused queue in the last band (other names) stays.
+  local pushes, looked = {}, 0
+  for rank = 0, #ARGV - 6 do
+    local name = ARGV[7 + rank]
+    if free > 0 and looked < most and not (name and paused[name]) then
+      local lo, hi, kept = fmt(rank * 1e10), name and '(' .. fmt((rank + 1) * 1e10) or '+inf', 0
+      while free > 0 and looked < most do
+        local ids = redis.call('ZRANGEBYSCORE', held, lo, hi, 'LIMIT', kept, math.min(free, most - looked))
+        if #ids == 0 then break end
+        for _, id in ipairs(ids) do
+          local job = redis.call('HMGET', ARGV[4] .. id, 'status', 'origin')
+          if job[1] == 'queued' and job[2] and paused[job[2]] then
+            kept = kept + 1
+          else
+            looked = looked + 1
+            redis.call('ZREM', held, id)
+            redis.call('HDEL', KEYS[2], id)
+            if job[1] == 'queued' and job[2] then
+              pushes[job[2]] = pushes[job[2]] or {}
+              table.insert(pushes[job[2]], id)
+              -- The grant: its slot, counted by every admission until the job's own takes it back.
+              if count then redis.call('ZADD', log, fmt(now), id) end
+              free = free - 1
+              released = released + 1
+            end
+          end
+        end
+        if kept >= most then break end
       end
     end
   end
@@ -211,16 +246,19 @@ for _, key in ipairs(keys) do
   for origin, ids in pairs(pushes) do
     for i = #ids, 1, -1 do redis.call('LPUSH', ARGV[5] .. origin, ids[i]) end
   end
-  if count then redis.call('PEXPIRE', log, math.ceil(longest * 2000)) end
-  -- Nothing held: the key leaves the due set. Only paused jobs within reach: look again in a
-  -- second (a resume). Stopped by the bound: due now. Else: when its next slot frees.
+  if count then
+    redis.call('PEXPIRE', log, math.ceil(longest * 2000))
+    redis.call('PEXPIRE', ARGV[3] .. key .. ':windows', math.ceil(longest * 2000))
+  end
+  -- Nothing held: the key leaves the due set. Stopped by the bound: due now. Slots left over: only
+  -- paused queues' jobs remain, look again in a second (a resume). Else: when its next slot frees.
   if redis.call('ZCARD', held) == 0 then
     redis.call('ZREM', KEYS[1], key)
     redis.call('HDEL', KEYS[3], key)
-  elseif free > 0 and skipped > 0 then
-    redis.call('ZADD', KEYS[1], fmt(now + 1), key)
-  elseif free > 0 or capped then
+  elseif looked >= most or (capped and free == 0) then
     redis.call('ZADD', KEYS[1], fmt(now), key)
+  elseif free > 0 then
+    redis.call('ZADD', KEYS[1], fmt(now + 1), key)
   else
     local inwindow = redis.call('ZCOUNT', log, '(' .. fmt(now - window), '+inf')
     redis.call('ZADD', KEYS[1], fmt(next_slot(log, now, window, count, inwindow)), key)
@@ -237,9 +275,7 @@ for _, id in ipairs(ARGV) do
   local key = redis.call('HGET', KEYS[1], id)
   if key then
     local due = redis.call('ZSCORE', KEYS[2], key)
-    table.insert(out, id)
-    table.insert(out, key)
-    table.insert(out, due or '')
+    for _, value in ipairs({id, key, due or ''}) do table.insert(out, value) end
   end
 end
 return out
@@ -297,7 +333,7 @@ def admit(connection: Redis, job: RQJob, now: float | None = None) -> float | No
     key, text = rate
     origin = getattr(job, "origin", None)
     rank = QUEUE_NAMES.index(origin) if origin in QUEUE_NAMES else len(QUEUE_NAMES)
-    keys = [log_key(key), held_key(key), DUE, HELD_JOBS, LIMITS, OVERRIDES, HELD_TOTAL, HELD_OTHER, window_key(key)]
+    keys = [log_key(key), held_key(key), DUE, HELD_JOBS, LIMITS, OVERRIDES, HELD_TOTAL, HELD_OTHER, windows_key(key)]
     args = [key, job.id, text, _now(now), MAX_TOTAL_KEYS, rank]
     due = _script(connection, "admit")(keys=keys, args=args, client=connection)
     return None if due is None else float(due)
@@ -309,14 +345,8 @@ def release_due(connection: Redis, now: float | None = None) -> int:
     Raises:
         RedisError: Redis is unreachable or refused.
     """
-    args = [
-        _now(now),
-        RELEASE_KEYS,
-        PREFIX,
-        RQJob.redis_job_namespace_prefix,
-        Queue.redis_queue_namespace_prefix,
-        RELEASE_JOBS,
-    ]
+    prefixes = [PREFIX, RQJob.redis_job_namespace_prefix, Queue.redis_queue_namespace_prefix]
+    args = [_now(now), RELEASE_KEYS, *prefixes, RELEASE_JOBS, *QUEUE_NAMES]
     keys = [DUE, HELD_JOBS, LIMITS, OVERRIDES, PAUSED_KEY]
     return int(_script(connection, "release")(keys=keys, args=args, client=connection))
 

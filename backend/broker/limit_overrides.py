@@ -19,7 +19,7 @@ from redis.exceptions import WatchError
 from backend.broker.key_limits import DUE as DUE_KEY
 from backend.broker.key_limits import LIMITS as DECLARED_KEY
 from backend.broker.key_limits import OVERRIDES as OVERRIDES_KEY
-from backend.broker.key_limits import held_key
+from backend.broker.key_limits import forget_replaced, held_key
 
 #: A counter every write of the hash bumps, so that a concurrent writer's WATCH always fires.
 VERSION_KEY = OVERRIDES_KEY + ":version"
@@ -67,6 +67,7 @@ def replace(
         if wake is not None:
             # Due at 0 (XX: only a key holding jobs): readers show max(due, now), never 1970.
             pipe.zadd(DUE_KEY, {wake: 0}, xx=True)
+            forget_replaced(pipe, wake, held.get(wake), wanted.get(wake))  # its log stops keeping that window
         try:
             pipe.execute()
         except WatchError:
