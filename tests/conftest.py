@@ -187,11 +187,19 @@ def worker_env(settings: dict, api_url: str, **extra: str) -> dict:
 class WorkerProcess:
     """A real worker: ``python backend/worker.py`` in a subprocess."""
 
-    def __init__(self, settings: dict, api_url: str, *args: str, log_dir: Path, env: dict | None = None):
+    def __init__(
+        self,
+        settings: dict,
+        api_url: str,
+        *args: str,
+        log_dir: Path,
+        env: dict | None = None,
+        program: tuple[str, ...] = ("backend/worker.py",),
+    ):
         self.log_path = log_dir / f"worker-{id(self)}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait() / stop()
         self.process = subprocess.Popen(
-            [sys.executable, "backend/worker.py", *args],
+            [sys.executable, *program, *args],
             cwd=ROOT,
             env=worker_env(settings, api_url, **(env or {})),
             stdout=self._log,
@@ -222,8 +230,8 @@ def start_worker(settings, live_server, tmp_path):
     """Start real worker processes reporting to the live server; all stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict | None = None) -> WorkerProcess:
-        worker = WorkerProcess(settings, live_server, *args, log_dir=tmp_path, env=env)
+    def start(*args: str, env: dict | None = None, program: tuple[str, ...] = ("backend/worker.py",)) -> WorkerProcess:
+        worker = WorkerProcess(settings, live_server, *args, log_dir=tmp_path, env=env, program=program)
         started.append(worker)
         return worker
 

@@ -175,6 +175,32 @@ def test_a_simple_worker_that_loses_redis_under_a_run_reports_the_outcome_it_hol
     assert (done["status"], done["attempt"], done["interruptions"], done["result"]) == ("COMPLETED", 1, 0, {"steps": 3})
 
 
+def test_a_forking_worker_that_loses_redis_after_its_horse_ended_runs_nothing_again(
+    own_redis, app, client, start_worker
+):
+    # Given a forking worker whose work-horse completes a job and writes its end to Redis
+    job = submit(client, "crawl", kwargs={"steps": 1, "delay": 0.1}, max_retries=1)
+    start_worker("--name", "after-horse", program=("-m", "tests.worker_redis_dies_after_horse"))
+
+    # When Redis goes away right after the horse ended, before the worker's own next call
+    # (a master killed just then: RQ's set_state fails in the worker, not in the horse)
+    wait_until(lambda: own_redis.process.poll() is not None, timeout=30, what="Redis shut down after the horse")
+    restarted = EmbeddedRedis.start(data_dir=own_redis.data_dir, port=own_redis.port, appendonly=False)
+    try:
+        # Then, once Redis is back, the run's own outcome is the job's: nothing runs again
+        age(app, job["job_id"])
+        wait_until(
+            lambda: _reconciled(app) and get_job(client, job["job_id"])["status"] in {"COMPLETED", "FAILED"},
+            timeout=30,
+            what="the job settled",
+        )
+    finally:
+        restarted.stop()
+    done = get_job(client, job["job_id"])
+    assert (done["status"], done["attempt"], done["interruptions"], done["result"]) == ("COMPLETED", 1, 0, {"steps": 1})
+    assert [a["outcome"] for a in attempts(client, job["job_id"])] == ["COMPLETED"]
+
+
 def test_a_job_allowed_no_interruption_fails_at_its_first(client):
     job = submit_add(client, max_interruptions=0)
 

@@ -195,6 +195,7 @@ class JobServiceWorker(FairDequeue, ReportingMixin, Worker):
 
     reports_from_parent = True
     _horse_death: str | None = None
+    _horse_ended = False
 
     def execute_job(self, job: RQJob, queue) -> None:
         ids = _store_ids(job)
@@ -202,24 +203,42 @@ class JobServiceWorker(FairDequeue, ReportingMixin, Worker):
             return super().execute_job(job, queue)
         self.reporter.started(*ids, self.name)
         self._horse_death = None
+        self._horse_ended = False
         try:
             super().execute_job(job, queue)
         except Exception as exc:
+            if self._horse_ended:
+                # Redis went away after the work-horse ended (RQ's set_state): the horse wrote
+                # its outcome to Redis, and the run is whole. Read it if Redis answers, else the
+                # reconciler copies it once Redis is back (or, if Redis lost it, the job is
+                # failed in RQ as this worker's orphan when its loop restarts, and runs again).
+                self._read_end(job, *ids)
+                raise
             # Redis went away while the work-horse ran: the store heard of the start, and no
             # one else would report an end. The API queues the job again at once, so the run
             # is cut here: its outcome could reach no one, and it must not run beside the next.
             self._end_horse()
             self.reporter.failed(*ids, lost_redis(exc), interrupted=True)
             raise
+        self._read_end(job, *ids)
+
+    def monitor_work_horse(self, job: RQJob, queue, execution) -> None:
+        super().monitor_work_horse(job, queue, execution)
+        self._horse_ended = True  # the horse exited and RQ read (or handled) how
+
+    def _read_end(self, job: RQJob, job_id: str, attempt: int) -> None:
+        """Report the run's end as RQ recorded it."""
         try:
-            self._report_end(job, *ids)
+            self._report_end(job, job_id, attempt)
         except InvalidJobOperation:
             # The RQ job's hash is gone (deleted while it ran): its outcome is unknown, and
             # no one else would ever report it. As for a lost run: retried if it may be.
-            self.reporter.failed(*ids, "JobLost: the RQ job was deleted before its outcome was read", interrupted=True)
+            self.reporter.failed(
+                job_id, attempt, "JobLost: the RQ job was deleted before its outcome was read", interrupted=True
+            )
         except RedisError as exc:
             # The reconciler copies the outcome from RQ once Redis answers again.
-            log.warning("job %s: could not read its outcome from RQ: %s", ids[0], exc)
+            log.warning("job %s: could not read its outcome from RQ: %s", job_id, exc)
 
     def _end_horse(self) -> None:
         """Kill the work-horse if one still runs (no horse: pid 0, never our own group)."""
