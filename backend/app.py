@@ -99,6 +99,15 @@ def start_background(app: Flask) -> Flask:
             )
             thread.start()
             app.extensions["reconciler_thread"] = thread
+        if settings.housekeeping_interval > 0 and "housekeeping_thread" not in app.extensions:
+            thread = PeriodicThread(
+                "housekeeping",
+                services.housekeeping.run_once,
+                settings.housekeeping_interval,
+                transient=TRANSIENT_ERRORS,
+            )
+            thread.start()
+            app.extensions["housekeeping_thread"] = thread
         if settings.webhook_interval > 0 and "webhooks_thread" not in app.extensions:
             thread = PeriodicThread(
                 "webhooks", services.webhooks.run_once, settings.webhook_interval, transient=TRANSIENT_ERRORS
@@ -134,16 +143,19 @@ def _start_background_on_first_request(app: Flask) -> None:
             try:
                 start_background(app)
             except Exception:  # the request goes on; the next one tries again
-                log.exception("could not start the reconciler and webhook threads; retrying on the next request")
+                log.exception(
+                    "could not start the reconciler, housekeeping and webhook threads; retrying on the next request"
+                )
 
     app.before_request(start_background_once)
 
 
 def stop_background(app: Flask, wait: bool = True) -> None:
     """Stop what ``start_background`` started, and the webhook dispatcher's delivery pool."""
-    thread = app.extensions.pop("reconciler_thread", None)
-    if thread is not None:
-        thread.stop()
+    for name in ("reconciler_thread", "housekeeping_thread"):
+        thread = app.extensions.pop(name, None)
+        if thread is not None:
+            thread.stop()
     stop_webhooks(app, wait=wait)
 
 

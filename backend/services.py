@@ -18,6 +18,7 @@ from backend.broker.fences import note_history
 from backend.broker.queues import QueueAdapter, register_queues
 from backend.core.settings import Settings
 from backend.core.size_caps import SizeCaps
+from backend.recovery.housekeeping import Housekeeping
 from backend.recovery.reconciler import Reconciler
 from backend.service.job_events import EventHub
 from backend.service.job_manager import JobManager
@@ -65,6 +66,8 @@ class Services:
     pauses: QueuePauses
     #: Rate limits set at run time per key: the store's record and Redis's mirror for the limiter.
     rate_limits: RateLimits
+    #: The store's periodic upkeep (retention, history), run by the API's "housekeeping" thread.
+    housekeeping: Housekeeping
 
 
 def build_services(settings: Settings, *, migrate_store: bool = True) -> Services:
@@ -145,6 +148,7 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         event_hub=None,  # type: ignore[arg-type]  # below: it serves jobs through job_reader
         pauses=pauses,
         rate_limits=rate_limits,
+        housekeeping=Housekeeping(redis),
     )
     built.event_hub = EventHub(
         EventLog(redis, history=settings.events_history, ttl=settings.events_ttl_seconds),

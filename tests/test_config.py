@@ -114,11 +114,11 @@ def test_a_thread_that_cannot_start_fails_no_request_and_is_tried_again(settings
         # When it serves its first request, Then the request is answered as usual and the
         # failure is logged
         assert client.get("/monitoring/health").status_code in (200, 503)
-        assert refusals and "could not start the reconciler and webhook threads" in caplog.text
-        # When it serves the next one, Then both threads run, one of each
+        assert refusals and "could not start the reconciler, housekeeping and webhook threads" in caplog.text
+        # When it serves the next one, Then every thread runs, one of each
         assert client.get("/monitoring/health").status_code in (200, 503)
-        threads = app.extensions["reconciler_thread"], app.extensions["webhooks_thread"]
-        assert all(thread.is_alive() for thread in threads)
-        assert refusals == ["reconciler"] and started == ["reconciler", "webhooks"]
+        names = ("reconciler_thread", "housekeeping_thread", "webhooks_thread")
+        assert all(app.extensions[name].is_alive() for name in names)
+        assert refusals == ["reconciler"] and started == ["reconciler", "housekeeping", "webhooks"]
     finally:
         stop_background(app)

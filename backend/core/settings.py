@@ -122,6 +122,18 @@ class Settings:
     worker_lease_seconds: float = 15.0
     #: The reconciler runs every so many seconds in the API (0 turns the thread off).
     reconcile_interval: float = 5.0
+    #: Finished jobs are pruned this long after they ended, per status ("<n>d", "<n>h", "<n>m",
+    #: "<n>s"; "0" keeps them for ever), with their attempts, logs and webhook deliveries.
+    retention_completed: str = "30d"
+    retention_failed: str = "90d"
+    retention_cancelled: str = "30d"
+    #: The API's housekeeping pass (retention, the per-minute history) runs every so many seconds
+    #: (0 turns the thread off); one process of the fleet runs it at a time.
+    housekeeping_interval: float = 10.0
+    #: Jobs deleted per transaction by a prune, so that it never holds the store's write lock long.
+    prune_batch: int = 200
+    #: Days of per-minute history (jobs completed and failed, run times, queue depths) kept.
+    history_days: int = 7
     #: The reconciler leaves rows changed in the last so many seconds.
     reconcile_grace: float = 2.0
     #: A due time missed while no scheduler ran fires "once" at the next pass, or is skipped ("skip").
