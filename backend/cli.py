@@ -6,6 +6,7 @@ recover                                   one reconciler pass
 cleanup [--dry-run] [--older-than MIN] [--force]
 clear-queues [--flush-db] [--yes]
 pause QUEUE / resume QUEUE                stop / restart the starts of a queue's jobs (recorded in the store)
+prune [--dry-run] [--older-than 30d] [--status COMPLETED]   delete finished jobs past their retention
 
 ``python -m backend`` builds the service objects alone: no Flask app, no background thread.
 """
@@ -24,14 +25,17 @@ from flask import Flask
 
 from backend.broker.errors import BrokerError
 from backend.core import logs
+from backend.core.durations import parse_duration
 from backend.core.errors import ServiceUnavailable
 from backend.core.secrets_check import InsecureSecrets
 from backend.core.secrets_check import enforce as enforce_secrets
 from backend.core.settings import QUEUE_NAMES, SettingError, Settings
 from backend.recovery import maintenance
+from backend.service.retention import Retention, policy_from_settings
 from backend.services import Services, build_services
 from backend.store.copy import CopyError, copy_store
-from backend.store.engine import migrate
+from backend.store.engine import make_engine, make_session_factory, migrate
+from backend.store.errors import StoreUnavailable
 
 
 class CommandError(click.ClickException):
@@ -199,6 +203,58 @@ def resume_command(queue: str) -> None:
     click.echo(_pause_line(outcome))
 
 
+_END_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def _prune_statuses(given: tuple[str, ...]) -> tuple[str, ...]:
+    """--status values (repeated, or comma lists), checked; every end status when none is given."""
+    named = [part.strip().upper() for value in given for part in value.split(",") if part.strip()]
+    unknown = [name for name in named if name not in _END_STATUSES]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r}: use COMPLETED, FAILED or CANCELLED", param_hint="--status")
+    return tuple(dict.fromkeys(named)) or _END_STATUSES
+
+
+@click.command("prune")
+@click.option("--dry-run", is_flag=True, help="count the jobs that would go; delete nothing")
+@click.option("--older-than", metavar="DURATION",
+              help="jobs ended longer ago than this (30d, 12h, 15m, 90s) instead of RETENTION_*")  # fmt: skip
+@click.option("--status", "statuses", multiple=True, metavar="STATUS",
+              help="COMPLETED, FAILED or CANCELLED (repeat it, or a comma list); default: all three")  # fmt: skip
+def prune_command(dry_run: bool, older_than: str | None, statuses: tuple[str, ...]) -> None:
+    """Delete finished jobs past their retention, with their attempts, logs and webhook deliveries."""
+    wanted = _prune_statuses(statuses)
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = parse_duration(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        if seconds is None:
+            raise click.BadParameter("must be above 0 (30d, 12h, ...)", param_hint="--older-than")
+    settings = click.get_current_context().find_object(Settings)
+    if settings is None:  # under flask --app: the app's services
+        services = _services()
+        settings, sessions = services.settings, services.sessions
+    else:
+        if settings.migrate_on_start:
+            migrate(settings.database_url, connect_timeout=settings.db_connect_timeout)
+        sessions = make_session_factory(make_engine(settings.database_url, connect_timeout=settings.db_connect_timeout))
+    retention = Retention(sessions, policy_from_settings(settings), batch=settings.prune_batch)
+    try:
+        done = retention.prune(wanted, seconds, dry_run=dry_run)
+    except StoreUnavailable as exc:
+        raise CommandError(f"the store is unavailable ({type(exc).__name__}: {exc}); nothing more pruned") from None
+    for status in wanted:
+        setting = f"RETENTION_{status}"
+        if status not in done:
+            click.echo(f"{status}: kept for ever ({setting}=0)")
+            continue
+        age = older_than if older_than is not None else getattr(settings, setting.lower())
+        verb = "would be pruned" if dry_run else "pruned"
+        click.echo(f"{status}: {done[status]} job{'' if done[status] == 1 else 's'} {verb} (older than {age})")
+
+
 COMMANDS = (
     migrate_command,
     copy_store_command,
@@ -207,6 +263,7 @@ COMMANDS = (
     clear_queues_command,
     pause_command,
     resume_command,
+    prune_command,
 )
 
 
@@ -227,9 +284,9 @@ def main(ctx: click.Context) -> None:
         enforce_secrets(settings, role="cli")
     except (InsecureSecrets, SettingError) as exc:
         raise CommandError(str(exc)) from None
-    if ctx.invoked_subcommand in ("migrate", "copy-store"):
+    if ctx.invoked_subcommand in ("migrate", "copy-store", "prune"):
         # Needs the store alone: no Redis, and no migration at start that would race its own
-        # (copy-store takes its databases from its options, not DATABASE_URL).
+        # (copy-store takes its databases from its options, not DATABASE_URL; prune opens the store).
         ctx.obj = settings
         return
     ctx.obj = build_services(settings)

@@ -25,6 +25,7 @@ from backend.service.job_manager import JobManager
 from backend.service.job_reads import JobReader
 from backend.service.queue_pauses import QueuePauses
 from backend.service.rate_limits import RateLimits
+from backend.service.retention import Retention, policy_from_settings
 from backend.service.retries import RetryPolicy
 from backend.service.schedules import ScheduleManager
 from backend.store.engine import make_engine, make_session_factory, migrate, schema_behind
@@ -158,4 +159,6 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
         max_streams=settings.events_max_streams,
         max_streams_per_owner=settings.events_max_streams_per_owner,
     )
+    retention = Retention(sessions, policy_from_settings(settings), batch=settings.prune_batch)
+    built.housekeeping.add("retention", retention.prune_pass)
     return built

@@ -28,3 +28,4 @@ QUEUE_WAIT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
 WEBHOOK_DELIVERIES = Counter("jobservice_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"])
+JOBS_PRUNED = Counter("jobservice_jobs_pruned_total", "Ended jobs deleted by retention (prune), by status", ["status"])

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.core.durations import parse_duration
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = PACKAGE_DIR / "data"
 
@@ -229,6 +231,7 @@ class Settings:
             # every job created before a Redis failover would end unstarted, over and over.
             raise SettingError("REPORT_RETRY_SECONDS", f"must be a number of seconds above 0, got {retry!r}")
         _check_events(values, cls)
+        _check_retention(values, cls)
         parse_owner_weights(values.get("owner_weights", cls.owner_weights))  # fails at start, not at a pop
         return cls(**values)
 
@@ -249,6 +252,18 @@ def _check_events(values: dict[str, object], cls: type[Settings]) -> None:
         value = values.get(name, getattr(cls, name))
         if not value > 0 or value == float("inf"):  # also NaN
             raise SettingError(name.upper(), f"must be above 0, got {value!r}")
+
+
+def _check_retention(values: dict[str, object], cls: type[Settings]) -> None:
+    """RETENTION_* are durations ("30d"; "0" keeps for ever), PRUNE_BATCH a count: refused at start, not at a pass."""
+    for name in ("retention_completed", "retention_failed", "retention_cancelled"):
+        try:
+            parse_duration(values.get(name, getattr(cls, name)))
+        except ValueError as exc:
+            raise SettingError(name.upper(), f"must be a duration like 30d, 12h or 0 (keep for ever): {exc}") from None
+    batch = values.get("prune_batch", cls.prune_batch)
+    if not 1 <= batch <= 10_000:
+        raise SettingError("PRUNE_BATCH", f"must be from 1 to 10000 jobs, got {batch!r}")
 
 
 def _parse_bool(value: object) -> bool:

@@ -69,6 +69,10 @@ class Base(DeclarativeBase):
 
 #: The predicate of ``ix_jobs_completed``: the jobs that completed (a count's query repeats it).
 COMPLETED_ONLY = "status = 'COMPLETED'"
+#: The predicates of the prune's indexes (backend/store/retention.py): FAILED and CANCELLED jobs,
+#: and the live jobs of batches.
+FAILED_OR_CANCELLED = "status = 'FAILED' OR status = 'CANCELLED'"
+LIVE_BATCH_JOBS = "batch_id IS NOT NULL AND status IN ('PENDING', 'QUEUED', 'PROCESSING')"
 
 
 class Job(Base):
@@ -155,6 +159,17 @@ class Job(Base):
             sqlite_where=text(COMPLETED_ONLY),
             postgresql_where=text(COMPLETED_ONLY),
         ),
+        # The prune's walk of FAILED and CANCELLED jobs, oldest end first (backend/store/retention.py);
+        # partial: submissions and completions never write to it.
+        Index(
+            "ix_jobs_status_completed",
+            "status",
+            "completed_at",
+            sqlite_where=text(FAILED_OR_CANCELLED),
+            postgresql_where=text(FAILED_OR_CANCELLED),
+        ),
+        # "Does this batch still have a live job" in one probe (the prune keeps such a batch's jobs).
+        Index("ix_jobs_batch_live", "batch_id", sqlite_where=text(LIVE_BATCH_JOBS), postgresql_where=text(LIVE_BATCH_JOBS)),
     )
 
 

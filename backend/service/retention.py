@@ -1,0 +1,122 @@
+"""Retention: finished jobs deleted once older than their status's RETENTION_* (issue 16).
+
+The housekeeping pass calls ``prune_pass`` every HOUSEKEEPING_INTERVAL seconds; ``python -m backend
+prune`` calls ``prune``. Both delete PRUNE_BATCH jobs per transaction and sleep a little between
+transactions: on SQLite a delete holds the one write lock, and submissions waiting for it must
+get their turn between batches (the submission p99 under a prune is bench/prune.py's figure).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+
+from backend.core.durations import parse_duration
+from backend.core.instruments import JOBS_PRUNED
+from backend.core.settings import Settings
+from backend.core.states import JobStatus
+from backend.store import clock, retention
+from backend.store.engine import transaction
+from backend.store.jobs import Sessions
+
+log = logging.getLogger(__name__)
+
+#: The end statuses in the order a pass visits them.
+STATUSES = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+#: Seconds of deleting per housekeeping pass at most: the pass's other steps and the next pass
+#: wait for it, and a backlog (a first prune of years of jobs) is worked off over many passes.
+PASS_SECONDS = 2.0
+#: Seconds between two delete transactions: the writers queued behind one take the lock first.
+PAUSE_SECONDS = 0.05
+
+
+def policy_from_settings(settings: Settings) -> dict[str, float | None]:
+    """Each end status's retention in seconds (None: kept for ever), from RETENTION_*."""
+    return {
+        "COMPLETED": parse_duration(settings.retention_completed),
+        "FAILED": parse_duration(settings.retention_failed),
+        "CANCELLED": parse_duration(settings.retention_cancelled),
+    }
+
+
+class Retention:
+    """Deletes ended jobs past their retention, a batch per transaction."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        policy: dict[str, float | None],
+        *,
+        batch: int = 200,
+        pause: float = PAUSE_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.sessions = sessions
+        self.policy = dict(policy)
+        self.batch = batch
+        self.pause = pause
+        self._sleep = sleep
+
+    def _cutoffs(self, statuses: Iterable[str], older_than: float | None):
+        """(status, cut-off time) for each status with a retention: jobs ended before it go."""
+        now = clock.store_now(self.sessions)
+        for status in statuses:
+            seconds = older_than if older_than is not None else self.policy.get(status)
+            if seconds is not None:
+                yield status, now - timedelta(seconds=seconds)
+
+    def _delete_batch(self, status: str, before: datetime) -> tuple[int, int]:
+        """One transaction: (jobs deleted, jobs found prunable by its select)."""
+        with transaction(self.sessions) as session:
+            ids = retention.prunable_ids(session, status, before, self.batch)
+            deleted = retention.delete_jobs(session, ids, status, before)
+        if deleted:
+            JOBS_PRUNED.labels(status=status).inc(deleted)
+        return deleted, len(ids)
+
+    def prune_pass(self, deadline: float | None = None) -> dict[str, int]:
+        """Delete batches of every status in turn until none is left or ``deadline`` (monotonic) passes.
+
+        Returns the jobs deleted per status (statuses with none left out).
+        """
+        if deadline is None:
+            deadline = time.monotonic() + PASS_SECONDS
+        pending = dict(self._cutoffs(STATUSES, None))
+        done: dict[str, int] = {}
+        while pending and time.monotonic() < deadline:
+            for status, before in list(pending.items()):
+                deleted, found = self._delete_batch(status, before)
+                if deleted:
+                    done[status] = done.get(status, 0) + deleted
+                if not deleted or found < self.batch:
+                    # None left (or only rows a race kept): the next pass looks again.
+                    pending.pop(status)
+                if time.monotonic() >= deadline:
+                    break
+                self._sleep(self.pause)
+        if done:
+            log.info("retention: pruned %s", ", ".join(f"{n} {status}" for status, n in done.items()))
+        return done
+
+    def prune(
+        self, statuses: Iterable[str] | None = None, older_than: float | None = None, *, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Delete (or with ``dry_run`` count) every job of ``statuses`` past its retention, or past
+        ``older_than`` seconds when given; {status: jobs}. A status kept for ever is left out."""
+        result: dict[str, int] = {}
+        for status, before in self._cutoffs(statuses or STATUSES, older_than):
+            if dry_run:
+                with self.sessions() as session:
+                    result[status] = retention.count_prunable(session, status, before)
+                continue
+            total = 0
+            while True:
+                deleted, found = self._delete_batch(status, before)
+                total += deleted
+                if not deleted or found < self.batch:
+                    break
+                self._sleep(self.pause)
+            result[status] = total
+        return result

@@ -1,0 +1,106 @@
+"""The prune's statements: which ended jobs may go, and their deletion with everything keyed by them.
+
+A job goes with its attempts, log lines, webhook deliveries (and their attempts), dependency edges
+and kwargs index rows (job_kwargs): every one of those tables references jobs ON DELETE CASCADE,
+so deleting the job row deletes them in the same statement, on SQLite (foreign keys are on) and
+PostgreSQL alike. Checkpoints are columns of the job. Schedule firings stay: they only guard a
+schedule against firing twice. The maintained counts move in the same transaction (a delta row
+per task), so GET /monitoring counts exactly the rows left.
+
+Kept, whatever their age: a job with a dependant still live (it may still need the parent's
+outcome), and a job of a batch that still has a live job (the batch's counts would change under
+its client's eyes). The delete repeats every condition of the select, so a job retried or given a
+dependant between the two is never deleted: the select runs outside the write lock, the delete
+under it, on a few hundred ids by primary key.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import bindparam, delete, not_, select, text
+from sqlalchemy.orm import Session
+
+from backend.core.states import LIVE_VALUES, TERMINAL_VALUES
+from backend.store import counts
+from backend.store.models import LIVE_BATCH_JOBS, Batch, Job, UTCDateTime
+
+_JOBS = Job.__table__
+# LIVE_BATCH_JOBS and the statements below spell every live status.
+assert {"PENDING", "QUEUED", "PROCESSING"} == LIVE_VALUES
+
+# Statuses are literals, as the partial indexes' predicates spell them: SQLite uses a partial index
+# only for a query whose terms match its predicate's, never for a bound parameter. SQLite is also
+# told the indexes (INDEXED BY): without statistics its planner took ix_jobs_status_created and
+# sorted every COMPLETED job, and walked a batch's jobs instead of probing its live ones.
+_KEPT = """
+    AND (j.has_dependants = false OR NOT EXISTS (
+        SELECT 1 FROM job_dependencies AS d JOIN jobs AS c ON c.id = d.job_id
+        WHERE d.depends_on_id = j.id AND c.status IN ('PENDING', 'QUEUED', 'PROCESSING')))
+    AND (j.batch_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM jobs AS s{live_index} WHERE s.batch_id = j.batch_id AND {live}))
+""".replace("{live}", LIVE_BATCH_JOBS.replace("batch_id", "s.batch_id").replace("status", "s.status"))
+_SELECT = "SELECT j.id FROM jobs AS j{index} WHERE j.status = '{status}' AND j.completed_at < :before" + _KEPT
+_INDEX = {
+    "COMPLETED": "ix_jobs_completed",
+    "FAILED": "ix_jobs_status_completed",
+    "CANCELLED": "ix_jobs_status_completed",
+}
+_BEFORE = bindparam("before", type_=UTCDateTime())
+
+
+def _statement(kind: str, status: str, dialect: str):
+    """The prune's SELECT of ids (``kind`` "ids"), its COUNT ("count") or its DELETE ("delete")."""
+    if status not in TERMINAL_VALUES:
+        raise ValueError(f"{status!r} is not an end status")
+    sqlite = dialect == "sqlite"
+    index = f" INDEXED BY {_INDEX[status]}" if sqlite else ""
+    live_index = " INDEXED BY ix_jobs_batch_live" if sqlite else ""
+    sql = _SELECT.format(index=index, status=status, live_index=live_index)
+    if kind == "ids":
+        return text(sql + " ORDER BY j.completed_at LIMIT :limit").bindparams(_BEFORE)
+    if kind == "count":
+        return text(sql.replace("SELECT j.id", "SELECT count(*)", 1)).bindparams(_BEFORE)
+    # The DELETE repeats every condition on the rows named, under the write lock.
+    where = sql.split(" WHERE ", 1)[1]
+    return text(f"DELETE FROM jobs AS j WHERE j.id IN :ids AND {where} RETURNING task, batch_id").bindparams(
+        _BEFORE, bindparam("ids", expanding=True)
+    )
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def prunable_ids(session: Session, status: str, before: datetime, limit: int) -> list[str]:
+    """Up to ``limit`` ids of ``status`` jobs ended before ``before``, oldest first, none of them kept."""
+    statement = _statement("ids", status, _dialect(session))
+    return list(session.scalars(statement, {"before": before, "limit": limit}))
+
+
+def count_prunable(session: Session, status: str, before: datetime) -> int:
+    """How many ``status`` jobs ended before ``before`` would go (a dry run's answer)."""
+    return int(session.scalar(_statement("count", status, _dialect(session)), {"before": before}))
+
+
+def delete_jobs(session: Session, ids: list[str], status: str, before: datetime) -> int:
+    """Delete those of ``ids`` that are still prunable, with every row keyed by them; how many went.
+
+    The caller commits: the deletion, the count deltas and the emptied batches are one transaction.
+    """
+    if not ids:
+        return 0
+    statement = _statement("delete", status, _dialect(session))
+    gone = session.execute(statement, {"ids": list(ids), "before": before}).all()
+    if not gone:
+        return 0
+    by_task = Counter(task for task, _batch in gone)
+    # Leaving the status for nowhere: the counts of (task, status) drop by n.
+    counts.record_moves(session, {(task, status, None): n for task, n in by_task.items()})
+    batches = sorted({batch for _task, batch in gone if batch is not None})
+    if batches:
+        # A batch whose last job went: its row goes too (nothing lists it without its jobs).
+        remaining = select(_JOBS.c.id).where(_JOBS.c.batch_id == Batch.id).exists()
+        session.execute(delete(Batch).where(Batch.id.in_(batches), not_(remaining)))
+    return len(gone)
