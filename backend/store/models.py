@@ -169,7 +169,9 @@ class Job(Base):
             postgresql_where=text(FAILED_OR_CANCELLED),
         ),
         # "Does this batch still have a live job" in one probe (the prune keeps such a batch's jobs).
-        Index("ix_jobs_batch_live", "batch_id", sqlite_where=text(LIVE_BATCH_JOBS), postgresql_where=text(LIVE_BATCH_JOBS)),
+        Index(
+            "ix_jobs_batch_live", "batch_id", sqlite_where=text(LIVE_BATCH_JOBS), postgresql_where=text(LIVE_BATCH_JOBS)
+        ),
     )
 
 
