@@ -20,6 +20,7 @@ from backend.core.settings import Settings
 from backend.core.size_caps import SizeCaps
 from backend.recovery.housekeeping import Housekeeping
 from backend.recovery.reconciler import Reconciler
+from backend.service.history import History
 from backend.service.job_events import EventHub
 from backend.service.job_manager import JobManager
 from backend.service.job_reads import JobReader
@@ -161,4 +162,8 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
     )
     retention = Retention(sessions, policy_from_settings(settings), batch=settings.prune_batch)
     built.housekeeping.add("retention", retention.prune_pass)
+    history = History(sessions, queues, days=settings.history_days)
+    built.housekeeping.add("history.roll_up", history.roll_up)
+    built.housekeeping.add("history.sample_queues", history.sample_queues)
+    built.housekeeping.add("history.prune", history.prune)
     return built

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from backend.api import metrics
 from backend.api.auth import require_admin
@@ -10,12 +10,13 @@ from backend.api.context import services, settings
 from backend.api.payloads import json_body, query_int
 from backend.api.rate_limits import submit_limit
 from backend.broker import connection as broker
-from backend.broker import leases, registries
+from backend.broker import leases, registries, worker_records
 from backend.broker.errors import BrokerError
 from backend.broker.queues import last_error
 from backend.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from backend.core.size_caps import SizeCaps
 from backend.core.states import JobStatus
+from backend.service import history as history_service
 from backend.service.representations import iso, job_dict
 from backend.store import counts
 from backend.store import health as store_health
@@ -94,10 +95,12 @@ def queue_stats():
 
 @bp.get("/queue/workers")
 def queue_workers():
-    connection = _queues().connection
+    """Every worker RQ knows of, in three Redis round trips however many there are.
+
+    ``current_job`` is the store's job id (``current_rq_job_id`` RQ's), ``jobs_done`` RQ's
+    successful plus failed counts, ``alive`` whether the worker holds its lease."""
     try:
-        workers = registries.workers(connection)
-        alive = leases.alive(connection, {w["name"] for w in workers})
+        workers = worker_records.read_workers(_queues().connection)
     except BrokerError as exc:
         raise ServiceUnavailable(f"Redis unreachable: {exc}") from None
     return jsonify(
@@ -106,17 +109,32 @@ def queue_workers():
                 {
                     "name": worker["name"],
                     "state": worker["state"],
-                    "alive": worker["name"] in alive,
+                    "alive": worker["alive"],
                     "queues": worker["queues"],
                     "current_job": worker["current_job_id"],
+                    "current_rq_job_id": worker["current_rq_job_id"],
                     "last_heartbeat": iso(worker["last_heartbeat"]),
-                    "successful_jobs": worker["successful_job_count"],
-                    "failed_jobs": worker["failed_job_count"],
+                    "birth": iso(worker["birth"]),
+                    "successful_jobs": worker["successful_jobs"],
+                    "failed_jobs": worker["failed_jobs"],
+                    "jobs_done": worker["successful_jobs"] + worker["failed_jobs"],
                 }
-                for worker in sorted(workers, key=lambda w: w["name"])
+                for worker in workers
             ]
         }
     )
+
+
+@bp.get("/history")
+def history():
+    """The service's own per-minute history: ``?window=hour`` (60 steps of 60 s) or ``day`` (96 of 900 s)."""
+    window = request.args.get("window", "hour")
+    unknown = sorted(set(request.args) - {"window"})
+    if unknown:
+        raise ValidationFailed(f"unknown parameter {unknown[0]!r}; GET /monitoring/history takes window")
+    if window not in history_service.WINDOWS:
+        raise ValidationFailed(f"window must be one of {', '.join(history_service.WINDOWS)}, got {window!r}")
+    return jsonify(history_service.read(services().sessions, window))
 
 
 @bp.get("/queue/failed")

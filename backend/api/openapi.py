@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 from backend.api.context import api_keys, settings
 from backend.api.jobs import ATTEMPT_CURSOR_MAX
 from backend.api.openapi_long_tasks import checkpoint_path_item, events_operation, logs_operation, long_task_schemas
+from backend.api.openapi_monitoring import monitoring_paths, monitoring_schemas
 from backend.api.openapi_queues import queue_paths, queue_schemas
 from backend.api.openapi_rate_limits import rate_limit_paths, rate_limit_schemas
 from backend.api.openapi_schemas import (
@@ -216,7 +217,6 @@ def spec() -> dict:
             )
         },
         "/monitoring/queue/stats": {"get": operation("Queue and status counts", "200", OBJECT, tags=["admin"])},
-        "/monitoring/queue/workers": {"get": operation("Workers", "200", OBJECT, tags=["admin"])},
         "/monitoring/queue/failed": {
             "get": operation(
                 "Failed RQ jobs with their errors",
@@ -256,12 +256,19 @@ def spec() -> dict:
     paths["/internal/jobs/{job_id}/checkpoint"] = checkpoint_path_item(job_id, internal)
     paths.update(queue_paths())
     paths.update(rate_limit_paths())
+    paths.update(monitoring_paths())
     return {
         "openapi": "3.0.3",
         "info": {"title": "Job service", "version": "1.0"},
         "paths": paths,
         "components": {
-            "schemas": {**component_schemas(caps), **long_task_schemas(), **queue_schemas(), **rate_limit_schemas()},
+            "schemas": {
+                **component_schemas(caps),
+                **long_task_schemas(),
+                **queue_schemas(),
+                **rate_limit_schemas(),
+                **monitoring_schemas(),
+            },
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer"},
                 "internalToken": {"type": "apiKey", "in": "header", "name": "X-Internal-Token"},

@@ -357,3 +357,27 @@ class RateLimitOverride(Base):
     limit_text: Mapped[str] = mapped_column(String(40))
     set_by: Mapped[str] = mapped_column(String(200))
     set_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobMinute(Base):
+    """One task's jobs ended in one UTC minute: completed, failed, and the completed runs' times
+    as counts per bucket of ``history.RUN_MS_BOUNDS``; rolled up from jobs by the housekeeping
+    pass (backend/store/history.py). The row of task "" is the minute's total, and marks it rolled."""
+
+    __tablename__ = "job_minutes"
+
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    task: Mapped[str] = mapped_column(Key(200), primary_key=True)
+    completed: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    run_ms: Mapped[list] = mapped_column(JSON)
+
+
+class QueueMinute(Base):
+    """A queue's depth (jobs waiting in its list) as sampled once in one UTC minute."""
+
+    __tablename__ = "queue_minutes"
+
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(16), primary_key=True)
+    depth: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,203 @@
+"""The service's own history for the dashboard's charts: rolled up per minute, bounded, pruned.
+
+Three housekeeping steps (backend/recovery/housekeeping.py runs them in one process of the
+fleet): ``roll_up`` counts the minutes that ended into ``job_minutes`` (at most
+``CATCH_UP_MINUTES`` new minutes per pass, oldest first, plus the ``REROLL_MINUTES`` before them
+again, for runs reported late), ``sample_queues`` records each queue's depth once a minute, and
+``prune`` deletes what is older than HISTORY_DAYS. Nothing here runs on a submission or a report:
+the history costs the hot paths nothing. ``read`` answers GET /monitoring/history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from backend.broker import registries
+from backend.core.settings import QUEUE_NAMES
+from backend.service.representations import iso
+from backend.store import clock
+from backend.store import history as store
+from backend.store.engine import transaction
+
+MINUTE = timedelta(minutes=1)
+#: New minutes rolled per pass at most: a pass's work is bounded however long the API was away.
+CATCH_UP_MINUTES = 60
+#: Minutes before the new ones rolled again with them: a run reported after its minute was
+#: rolled (a report retried for a while) still counts, if no later than this.
+REROLL_MINUTES = 2
+#: A minute is rolled once it ended this long ago (reports in flight land first).
+GRACE = timedelta(seconds=5)
+#: Task rows per minute, and tasks per answer, at most; the rest are folded into OTHER_TASKS.
+MAX_TASKS = 200
+OTHER_TASKS = "(other tasks)"
+#: window -> (steps, seconds per step).
+WINDOWS = {"hour": (60, 60), "day": (96, 900)}
+
+
+def floor_minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+def _floor(at: datetime, seconds: int) -> datetime:
+    epoch = at.timestamp()
+    return at - timedelta(seconds=epoch % seconds)
+
+
+def fold(tasks: dict[str, list], cap: int = MAX_TASKS) -> dict[str, list]:
+    """At most ``cap`` tasks, the busiest; the others summed into OTHER_TASKS (one of the ``cap``)."""
+    if len(tasks) <= cap:
+        return tasks
+    ranked = sorted(tasks.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
+    kept = dict(ranked[: cap - 1])
+    other = [0, 0, [0] * store.BUCKETS]
+    for _task, row in ranked[cap - 1 :]:
+        _add(other, row)
+    kept[OTHER_TASKS] = _add(kept.get(OTHER_TASKS, [0, 0, [0] * store.BUCKETS]), other)
+    return kept
+
+
+def _add(into: list, row: list) -> list:
+    """Add a [completed, failed, run_ms] row into another (run_ms lists of any length)."""
+    into[0] += row[0]
+    into[1] += row[1]
+    counts = row[2] or []
+    for index, count in enumerate(counts[: store.BUCKETS]):
+        into[2][index] += int(count)
+    return into
+
+
+def total(tasks: dict[str, list]) -> list:
+    whole = [0, 0, [0] * store.BUCKETS]
+    for row in tasks.values():
+        _add(whole, row)
+    return whole
+
+
+def percentile(counts: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0 < q <= 1) of runs counted per bucket, interpolated linearly within
+    its bucket (runs above the last bound answer that bound); None when no run was counted."""
+    runs = sum(counts)
+    if runs == 0:
+        return None
+    rank = q * runs
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low = store.RUN_MS_BOUNDS[index - 1] if index > 0 else 0
+            high = store.RUN_MS_BOUNDS[min(index, len(store.RUN_MS_BOUNDS) - 1)]
+            return round(low + (high - low) * (rank - seen) / count, 1)
+        seen += count
+    return float(store.RUN_MS_BOUNDS[-1])
+
+
+class History:
+    """The housekeeping steps that keep the history: ``roll_up``, ``sample_queues``, ``prune``."""
+
+    def __init__(self, sessions, queues, days: int):
+        self.sessions = sessions
+        #: The broker's queue adapter (``Services.queues``): its queues' lengths are the depths.
+        self.queues = queues
+        self.days = days
+        self._sampled: datetime | None = None
+
+    def roll_up(self, now: datetime | None = None) -> int:
+        """Roll the minutes that ended since the last pass into ``job_minutes``; how many were rolled."""
+        with self.sessions() as session:
+            now = now or clock.now(session)
+            newest = store.newest_rolled(session)
+        last = floor_minute(now - GRACE) - MINUTE
+        oldest = floor_minute(now) - timedelta(days=self.days)
+        if newest is None:  # a new history starts an hour back; older jobs are not back-filled
+            first_new = last - (CATCH_UP_MINUTES - 1) * MINUTE
+            first = first_new
+        elif newest >= last:
+            return 0
+        else:
+            first_new = newest + MINUTE
+            first = newest - (REROLL_MINUTES - 1) * MINUTE
+        first = max(first, oldest)
+        last = min(last, max(first_new, oldest) + (CATCH_UP_MINUTES - 1) * MINUTE)
+        rolled = 0
+        minute = first
+        while minute <= last:
+            # One transaction per minute: the store's write lock is held for one minute's rows.
+            with transaction(self.sessions) as session:
+                tasks = fold(store.ended_in(session, minute, minute + MINUTE))
+                store.replace_minute(session, minute, {store.TOTAL: total(tasks), **tasks})
+            rolled += 1
+            minute += MINUTE
+        return rolled
+
+    def sample_queues(self, now: datetime | None = None) -> dict[str, int] | None:
+        """Record each queue's depth once per minute; the depths recorded (None: this minute's done).
+
+        Raises:
+            BrokerError: Redis is unreachable (the housekeeping pass logs it and goes on).
+        """
+        with self.sessions() as session:
+            minute = floor_minute(now or clock.now(session))
+        if minute == self._sampled:
+            return None
+        depths = {name: counts["queued"] for name, counts in registries.queue_counts(self.queues).items()}
+        with transaction(self.sessions) as session:
+            store.add_queue_depths(session, minute, depths)
+        self._sampled = minute
+        return depths
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete the history older than HISTORY_DAYS; how many rows went."""
+        with transaction(self.sessions) as session:
+            before = floor_minute(now or clock.now(session)) - timedelta(days=self.days)
+            return store.delete_before(session, before)
+
+
+def read(sessions, window: str, now: datetime | None = None) -> dict:
+    """GET /monitoring/history's answer for ``window`` ("hour": 60 steps of 60 s, "day": 96 of 900 s)."""
+    steps, step_seconds = WINDOWS[window]
+    step = timedelta(seconds=step_seconds)
+    with sessions() as session:
+        now = now or clock.now(session)
+        # The hour ends with the last full minute; the day with the quarter hour under way.
+        end = floor_minute(now) if window == "hour" else _floor(floor_minute(now), step_seconds) + step
+        start = end - steps * step
+        totals = store.totals(session, start, end)
+        task_rows = store.task_minutes(session, start, end)
+        # The queues' series runs up to the newest sample (the minute under way included).
+        samples = store.queue_depths(session, start, max(end, floor_minute(now) + MINUTE))
+        newest = store.newest_rolled(session)
+
+    def slot(minute: datetime) -> int:
+        return int((minute - start) / step)
+
+    points = [{"at": iso(start + index * step), "completed": 0, "failed": 0} for index in range(steps)]
+    for minute, completed, failed in totals:
+        point = points[slot(minute)]
+        point["completed"] += completed
+        point["failed"] += failed
+    queues: dict[str, dict[int, int]] = {name: {} for name in QUEUE_NAMES}
+    for minute, queue, depth in samples:  # oldest first: a step keeps its last sample
+        queues.setdefault(queue, {})[slot(minute)] = depth
+    tasks: dict[str, list] = {}
+    for task, completed, failed, run_ms in task_rows:
+        _add(tasks.setdefault(task, [0, 0, [0] * store.BUCKETS]), [completed, failed, run_ms])
+    ranked = sorted(fold(tasks).items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
+    return {
+        "window": window,
+        "step_seconds": step_seconds,
+        "rolled_until": iso(newest + MINUTE) if newest is not None else None,
+        "points": points,
+        "queues": {
+            name: [{"at": iso(start + index * step), "depth": depth} for index, depth in sorted(by_step.items())]
+            for name, by_step in queues.items()
+        },
+        "tasks": [
+            {
+                "task": task,
+                "completed": completed,
+                "failed": failed,
+                "p50_ms": percentile(run_ms, 0.5),
+                "p95_ms": percentile(run_ms, 0.95),
+            }
+            for task, (completed, failed, run_ms) in ranked
+        ],
+    }
