@@ -278,7 +278,10 @@ def register(app: Flask) -> None:
 def main(ctx: click.Context) -> None:
     """Job service maintenance commands."""
     # One pass of work, not a server: only errors logged unless LOG_LEVEL says otherwise.
-    settings = Settings.load({} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "ERROR"})
+    try:
+        settings = Settings.load({} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "ERROR"})
+    except SettingError as exc:  # one line naming the setting, not a traceback
+        raise CommandError(f"bad setting: {exc}") from None
     logs.configure(fmt=settings.log_format, level=settings.log_level, settings=settings.as_config())
     try:
         enforce_secrets(settings, role="cli")
