@@ -96,6 +96,8 @@ def test_the_worker_loads_neither_flask_nor_sqlalchemy(entry):
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract):
     # Given a copy of the package, where lint-imports finds no such import
     shutil.copytree(ROOT / "backend", tmp_path / "backend", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    client = ROOT / "jobservice_client"  # .importlinter's second root package
+    shutil.copytree(client, tmp_path / client.name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
     violation = f"{module.removesuffix('.py').replace('/', '.')} -> {line.removeprefix('import ')}"
     before = lint_imports(tmp_path).stdout
