@@ -9,7 +9,8 @@ it says why and measures SQLite only), and each PostgreSQL figure is set beside 
                                               #       d store scale, e latency, f memory,
                                               #       g copy-store (into PostgreSQL),
                                               #       h event streams (1,000 open; latency),
-                                              #       i fair share on/off (execution)
+                                              #       i fair share on/off (execution),
+                                              #       j pruning under load (submission p99)
     .venv/bin/python -m bench --quick         # small counts, to check that it all works
     .venv/bin/python -m bench --no-postgres   # SQLite only
 """
@@ -34,7 +35,19 @@ import traceback  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 from backend.dev.redis_server import redis_server_binary  # noqa: E402
-from bench import copy_store, execution, fair_share, latency, memory, polling, store_scale, stores, streams, submission  # noqa: E402,E501
+from bench import (  # noqa: E402,E501
+    copy_store,
+    execution,
+    fair_share,
+    latency,
+    memory,
+    polling,
+    prune,
+    store_scale,
+    stores,
+    streams,
+    submission,
+)
 from bench.common import PG_FLOOR, Results, Workdir, emit, table  # noqa: E402
 
 
@@ -79,7 +92,7 @@ def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmarks of the job service.")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i", help="which benchmarks, e.g. a,c (default: all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j", help="which benchmarks, e.g. a,c (default: all)")
     parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
     parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
@@ -98,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-jobs", type=int, default=10000, help="jobs run before measuring memory")
     parser.add_argument("--copy-jobs", type=int, default=100_000, help="jobs of the store copy-store copies")
     parser.add_argument("--streams", type=int, default=1000, help="streams held open in h")
+    parser.add_argument("--prune-n", type=int, default=500_000, help="ended jobs the store of j holds and prunes")
+    parser.add_argument("--prune-seconds", type=float, default=20, help="seconds of submissions without the prune in j")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--no-postgres", action="store_true", help="measure on SQLite only")
     args = parser.parse_args(argv)
@@ -106,6 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
         args.latency_simple, args.latency_fork, args.memory_jobs, args.copy_jobs = 20, 10, 1000, 2000
         args.streams, args.fair_n = 100, 200
+        args.prune_n, args.prune_seconds = 5000, 3
     return args
 
 
@@ -138,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         ("h", "event streams", lambda: streams.run(workdir, results, streams=args.streams,
                                                    samples=20 if args.quick else 100)),
         ("i", "fair share", lambda: fair_share.run(workdir, results, n=args.fair_n, rounds=args.exec_rounds)),
+        ("j", "pruning under load", lambda: prune.run(workdir, results, total=args.prune_n, clients=args.clients,
+                                                      seconds=args.prune_seconds, pg=pg)),
     ]  # fmt: skip
     started = time.monotonic()
     try:
