@@ -17,9 +17,20 @@ def test_models_match_a_freshly_migrated_database(make_store_url):
     migrate(url)
     engine = create_engine(url)
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": _not_dialect_specific}
+        )
         diff = compare_metadata(context, Base.metadata)
     assert diff == []
+
+
+#: Migration 0013's search index, created by dialect with op.execute and not in the models: the
+#: FTS5 table (and its shadow tables) on SQLite, the pg_trgm GIN index on PostgreSQL.
+DIALECT_SPECIFIC = ("jobs_fts", "ix_jobs_search_trgm")
+
+
+def _not_dialect_specific(obj, name, type_, reflected, compare_to) -> bool:
+    return not (name or "").startswith(DIALECT_SPECIFIC)
 
 
 def test_migrating_twice_is_harmless(make_store_url):

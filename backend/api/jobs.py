@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+from backend.api import job_filters
 from backend.api.auth import authenticate_client
 from backend.api.context import services, settings
 from backend.api.payloads import json_body, query_fields, query_int
 from backend.api.rate_limits import submit_limit
 from backend.core.errors import BadRequest, ValidationFailed
+from backend.core.job_filters import JobFilter
 from backend.core.pages import encode, page_parts
-from backend.core.states import JobStatus
-from backend.service import job_logs
+from backend.service import job_logs, job_search
 from backend.service.representations import HEAVY_FIELDS, JOB_FIELDS, attempt_dict, job_dict
 
 bp = Blueprint("jobs", __name__)
@@ -98,15 +99,14 @@ def _query_int_400(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("/jobs")
 def list_jobs():
-    """Jobs newest first, without their arguments and results unless ``?fields=`` names them;
-    a page holds at most ``limit`` jobs and stops once it reaches ``JOBS_PAGE_MAX_BYTES``."""
+    """Jobs newest first, those matching the search filters (``backend/api/job_filters.py``),
+    without their arguments and results unless ``?fields=`` names them; a page holds at most
+    ``limit`` jobs and stops once it reaches ``JOBS_PAGE_MAX_BYTES``."""
     config = settings()
-    status = _status(request.args.get("status"))
+    filt = job_filters.from_query()
     limit = query_int("limit", config.jobs_page_default, 1, config.jobs_page_max)
     body = services().job_reader.list_json(
-        owner=g.principal.scope,
-        status=status,
-        task=request.args.get("task") or None,
+        filt=filt,
         limit=limit,
         cursor=request.args.get("cursor") or None,
         include=query_fields("job", JOB_FIELDS, HEAVY_FIELDS),
@@ -132,20 +132,17 @@ def retry_job(job_id: str):
 
 @bp.post("/jobs/cancel")
 def cancel_many():
-    """Cancel ``{"job_ids": [...]}``, or the live jobs matching ``{"status", "task"}``, at most
-    ``BULK_CANCEL_MAX_IDS`` per request (the filter: the oldest first, ``more`` says if some are left)."""
+    """Cancel ``{"job_ids": [...]}``, or the live jobs matching the search filters (as ``GET
+    /jobs``'s, in a JSON object; ``kwargs`` an object), at most ``BULK_CANCEL_MAX_IDS`` per
+    request (by filter: the oldest first, ``more`` says if some are left; ``dry_run``: only count)."""
     body = json_body()
     jobs = services().jobs
     cap = settings().bulk_cancel_max_ids
-    unknown = sorted(set(body) - {"job_ids", "status", "task"})
-    if unknown:
-        raise ValidationFailed(f"unknown fields {unknown}; send job_ids, or status and/or task")
-    more = False
     # Presence decides, so that a null is refused like any other value of the wrong kind.
     if "job_ids" in body:
         job_ids = body["job_ids"]
-        if "status" in body or "task" in body:
-            raise ValidationFailed("send job_ids or a filter (status and/or task), not both")
+        if set(body) - {"job_ids"}:
+            raise ValidationFailed(f"send job_ids or a filter, not both (also got {sorted(set(body) - {'job_ids'})})")
         if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
             raise ValidationFailed("job_ids must be a list of job ids")
         if len(job_ids) > cap:
@@ -153,27 +150,48 @@ def cancel_many():
                 f"job_ids may list at most {cap} jobs per request (BULK_CANCEL_MAX_IDS), got {len(job_ids)}",
                 details={"setting": "BULK_CANCEL_MAX_IDS", "limit": cap},
             )
-    elif "status" not in body and "task" not in body:
-        raise ValidationFailed("send job_ids, or a filter: status and/or task")
+        more = False
     else:
-        status, task = body.get("status"), body.get("task")
-        live = [s.value for s in JobStatus if not s.is_terminal]
-        if "status" in body and status not in live:
-            raise ValidationFailed(f"status must be a live status to cancel, one of {live}, got {status!r}")
-        if "task" in body and (not isinstance(task, str) or not task):
-            raise ValidationFailed(f"task must be a task name, got {task!r}")
-        job_ids = jobs.live_job_ids(
-            owner=g.principal.scope, status=JobStatus(status) if status else None, task=task, limit=cap + 1
-        )
-        more, job_ids = len(job_ids) > cap, job_ids[:cap]
+        filt, dry_run = _bulk_filter(body, "cancel", job_search.CANCELLABLE)
+        job_ids, more = job_search.matching_ids(jobs, filt, statuses=job_search.CANCELLABLE, cap=cap)
+        if dry_run:
+            return jsonify({"matched": len(job_ids), "more": more, "dry_run": True})
     cancelled, skipped = jobs.cancel_many(job_ids, owner=g.principal.scope, by=g.principal.owner)
     return jsonify({"cancelled": cancelled, "skipped": skipped, "more": more})
 
 
-def _status(raw) -> JobStatus | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        return JobStatus(str(raw).upper())
-    except ValueError:
-        raise ValidationFailed(f"status must be one of {[s.value for s in JobStatus]}, got {raw!r}") from None
+@bp.post("/jobs/retry")
+@submit_limit
+def retry_many():
+    """Retry the FAILED and CANCELLED jobs matching the search filters (a JSON object, as for
+    ``POST /jobs/cancel``), each as ``POST /jobs/<id>/retry`` does, at most
+    ``BULK_CANCEL_MAX_IDS`` per request, the oldest first (``more`` says if some are left)."""
+    body = json_body()
+    filt, dry_run = _bulk_filter(body, "retry", job_search.RETRYABLE)
+    jobs = services().jobs
+    job_ids, more = job_search.matching_ids(
+        jobs, filt, statuses=job_search.RETRYABLE, cap=settings().bulk_cancel_max_ids
+    )
+    if dry_run:
+        return jsonify({"matched": len(job_ids), "more": more, "dry_run": True})
+    retried, skipped = job_search.retry_many(
+        jobs, job_ids, owner=g.principal.scope, max_attempts=settings().max_attempts_per_job
+    )
+    return jsonify({"retried": retried, "skipped": skipped, "more": more})
+
+
+def _bulk_filter(body: dict, action: str, statuses: tuple[str, ...]) -> tuple[JobFilter, bool]:
+    """A bulk action's filter and its ``dry_run``; a filter there must be (an empty one would act
+    on every job), and a status filter must name one the action acts on."""
+    filt = job_filters.from_body(body, allowed=("dry_run",))
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ValidationFailed(f"dry_run must be true or false, got {dry_run!r:.100}")
+    if not job_filters.has_filter(filt):
+        raise ValidationFailed(
+            f"send a filter to {action} by ({', '.join([*job_filters.FILTER_LENGTHS, 'kwargs'])})"
+            + (", or job_ids" if action == "cancel" else "")
+        )
+    if filt.status is not None and filt.status not in statuses:
+        raise ValidationFailed(f"status must be one of {list(statuses)} to {action}, got {filt.status!r}")
+    return filt, dry_run

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 
 from backend.broker.waiting_facts import WaitingFacts
 from backend.core.cursors import decode_cursor, encode_cursor
+from backend.core.errors import ValidationFailed
+from backend.core.job_filters import JobFilter
 from backend.core.pages import encode, page_parts
-from backend.core.states import JobStatus
 from backend.service.ownership import owned
 from backend.service.representations import HEAVY_FIELDS, WAITING_NULLS, job_dict, waiting_fields
 from backend.service.waiting import (
@@ -127,26 +128,27 @@ class JobReader:
     def list_json(
         self,
         *,
-        owner: str | None,
-        status: JobStatus | None,
-        task: str | None,
+        filt: JobFilter,
         limit: int,
         cursor: str | None,
         include: frozenset[str],
         max_bytes: int,
     ) -> bytes:
-        """The body of ``GET /jobs``: ``{"jobs": [...], "next_cursor": ...}``, newest first.
+        """The body of ``GET /jobs``: ``{"jobs": [...], "next_cursor": ...}``, newest first, the
+        jobs matching ``filt`` (its owner: the caller's scope or an admin's filter).
 
         At most ``limit`` jobs, and no more than fit in ``max_bytes`` (the first job always
-        does: the cursor must move on); ``include`` names the heavy fields to show.
+        does: the cursor must move on); ``include`` names the heavy fields to show. A cursor
+        carries the filter's digest: it is taken back only with the same filters.
 
         Raises:
-            ValidationFailed: a cursor this API did not give out.
+            ValidationFailed: a cursor this API did not give out, or given out for other filters.
         """
         omit = frozenset(HEAVY_FIELDS) - include
-        after = decode_cursor(cursor) if cursor else None
+        digest = filt.digest()
+        after = _decode_cursor(cursor, digest) if cursor else None
         # Only the columns shown: a heavy column left out is never read from the store.
-        rows = job_page(self.sessions, owner=owner, status=status, task=task, after=after, limit=limit + 1, omit=omit)
+        rows = job_page(self.sessions, filt=filt, after=after, limit=limit + 1, omit=omit)
         waiting = self.waiting.for_rows()
         # Waiting jobs with dependencies: (index on the page, row), settled after the page.
         dependants: list[tuple[int, object]] = []
@@ -168,7 +170,9 @@ class JobReader:
             return encode(job_dict(row, omit=omit, waiting=fields))
 
         with contextlib.closing(rows):
-            parts, next_cursor = page_parts(rows, encode_row, encode_cursor, limit=limit, max_bytes=max_bytes)
+            parts, next_cursor = page_parts(
+                rows, encode_row, lambda row: _encode_cursor(row, digest), limit=limit, max_bytes=max_bytes
+            )
         dependants = [(i, row) for i, row in dependants if i < len(parts)]
         if dependants:
             # One query for the page (a row read is done by now: its connection is back).
@@ -187,3 +191,22 @@ class JobReader:
                 fields = waiting.of(WaitRow.of(row), waiting_for=waiting_for, held=held[row.rq_job_id])
                 parts[i] = encode(job_dict(row, waiting_for=waiting_for, omit=omit, waiting=fields))
         return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + encode(next_cursor) + b"}"
+
+
+def _encode_cursor(row, digest: str) -> str:
+    """The page cursor after ``row``, bound to the filters by their digest (none: a plain cursor)."""
+    plain = encode_cursor(row)
+    return f"{plain}-{digest}" if digest else plain
+
+
+def _decode_cursor(cursor: str, digest: str) -> tuple:
+    """The ``(created_at, id)`` of a cursor of ``GET /jobs`` given out for the filters of ``digest``.
+
+    Raises:
+        ValidationFailed: not a cursor of this API, or one given out for other filters.
+    """
+    created_at, row_id = decode_cursor(cursor)
+    row_id, _, bound = row_id.partition("-")  # job ids hold no '-'
+    if bound != digest:
+        raise ValidationFailed("cursor was given out for other filters: send the filters of the page it came from")
+    return created_at, row_id

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Row, and_, bindparam, or_, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.core.states import JobStatus
-from backend.store.jobs import filter_jobs
+from backend.core.job_filters import JobFilter
+from backend.store.job_search import search
 from backend.store.models import Job
 
 #: Rows read from the store at a time while a page of GET /jobs is built.
@@ -84,28 +84,18 @@ class JobStamps:
 def job_page(
     sessions: sessionmaker[Session],
     *,
-    owner: str | None,
-    status: JobStatus | None,
-    task: str | None,
+    filt: JobFilter,
     after: tuple[datetime, str] | None,
     limit: int,
     omit: frozenset[str],
 ) -> Iterator[Row]:
-    """Jobs newest first, after ``after`` (the ``(created_at, id)`` of the last one seen), at
-    most ``limit``; the columns named in ``omit`` are never read. Rows are read a few at a
-    time, so a caller that stops early (and closes this generator) holds no more."""
-    query = filter_jobs(
-        # Never the checkpoint: no page shows it.
-        select(*(c for c in Job.__table__.c if c.name not in omit and c.name != "checkpoint")),
-        owner=owner,
-        status=status,
-        task=task,
-    )
-    if after is not None:
-        created_at, last_id = after
-        query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    """Jobs matching ``filt`` newest first, after ``after`` (the ``(created_at, id)`` of the last
+    one seen), at most ``limit``; the columns named in ``omit`` are never read. Rows are read a
+    few at a time, so a caller that stops early (and closes this generator) holds no more."""
+    # Never the checkpoint: no page shows it.
+    columns = [c for c in Job.__table__.c if c.name not in omit and c.name != "checkpoint"]
     with sessions() as session:
+        query = search(columns, filt, dialect=session.get_bind().dialect.name, after=after, limit=limit)
         rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
         with contextlib.closing(rows):
             yield from rows

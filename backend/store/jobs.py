@@ -22,10 +22,11 @@ from datetime import datetime
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.core.job_filters import indexed_kwargs
 from backend.core.states import LIVE_VALUES, TERMINAL_VALUES, JobStatus
 from backend.store import clock, counts
 from backend.store.engine import transaction
-from backend.store.models import Attempt, Batch, Job, JobDependency
+from backend.store.models import Attempt, Batch, Job, JobDependency, JobKwarg
 
 #: The factory of sessions the service objects are built with (``make_session_factory``).
 Sessions = sessionmaker[Session]
@@ -148,6 +149,12 @@ class JobRows:
                 self._created_at = clock.now(self.session)
             job.created_at = job.updated_at = self._created_at
         self.session.add(job)
+        pairs = indexed_kwargs(job.kwargs)
+        if pairs:
+            # The search index of its kwargs, in the same flush as the job (one executemany).
+            self.session.add_all(
+                JobKwarg(job_id=job.id, name=name, value=value, created_at=job.created_at) for name, value in pairs
+            )
         counts.bump(self.session, job.task, old=None, new=job.status)
         if job.depends_on:
             # The edges reference the new row: it must be in the store first.

@@ -138,8 +138,9 @@ class Job(Base):
     log_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
-        Index("ix_jobs_schedule_created", "schedule_id", "created_at"),
-        Index("ix_jobs_batch", "batch_id"),
+        Index("ix_jobs_schedule_created", "schedule_id", "created_at", "id"),
+        # A batch's jobs listed newest first (GET /jobs?batch_id=) without a sort.
+        Index("ix_jobs_batch_created", "batch_id", "created_at", "id"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         # A key's listing filtered by status or task must not walk the other owners' jobs.
         Index("ix_jobs_owner_status_created", "owner", "status", "created_at", "id"),
@@ -204,6 +205,21 @@ class JobLog(Base):
     message: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
+
+
+class JobKwarg(Base):
+    """One scalar top-level keyword argument of a job, as text (``backend.core.job_filters.kwarg_text``):
+    the index behind ``GET /jobs?kwargs.<name>=<value>``, written with the job's INSERT."""
+
+    __tablename__ = "job_kwargs"
+
+    job_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    # The job's created_at: the listing's order comes from this index, not from a sort.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_job_kwargs_lookup", "name", "value", "created_at", "job_id"),)
 
 
 class JobDependency(Base):

@@ -1,0 +1,119 @@
+"""The search queries of ``GET /jobs`` and the bulk actions: a ``JobFilter`` made into SQL that
+an index answers, on SQLite and on PostgreSQL.
+
+- task, status, owner, created_after/before: ranges of the ``(x, created_at, id)`` indexes of jobs.
+- batch_id, schedule_id: ``ix_jobs_batch_created``, ``ix_jobs_schedule_created``.
+- ``kwargs.<name>=<value>``: the ``job_kwargs`` rows written at submission; the first pair
+  drives the query through ``ix_job_kwargs_lookup (name, value, created_at, job_id)``, newest first,
+  the other pairs are primary-key probes.
+- ``q``: SQLite an FTS5 trigram table over jobs (``jobs_fts``, kept by triggers), PostgreSQL a
+  pg_trgm GIN index on the lowered text (``ix_jobs_search_trgm``); both created by migration 0013.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, false, literal, literal_column, select, text, tuple_
+
+from backend.core.job_filters import JobFilter
+from backend.store.models import Job, JobKwarg
+
+#: The text the PostgreSQL trigram index holds, exactly as its CREATE INDEX spells it (a query
+#: uses the index only when its expression is the same).
+PG_SEARCH_TEXT = "lower(jobs.task || ' ' || coalesce(jobs.error, '') || ' ' || coalesce(jobs.progress_message, ''))"
+#: The SQLite FTS5 table over jobs (external content: it holds only the trigram index).
+FTS_TABLE = "jobs_fts"
+
+
+def _like_pattern(q: str) -> str:
+    """``q`` as a LIKE pattern matching it anywhere, its wildcards taken literally."""
+    escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _fts_phrase(q: str) -> str:
+    """``q`` as one FTS5 phrase: with the trigram tokenizer, a substring match, case-insensitive."""
+    return '"' + q.replace('"', '""') + '"'
+
+
+def _q_clause(q: str, dialect: str):
+    if dialect == "postgresql":
+        return literal_column(PG_SEARCH_TEXT).like(_like_pattern(q), escape="\\")
+    return text(f"jobs.rowid IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :search_q)").bindparams(
+        search_q=_fts_phrase(q)
+    )
+
+
+def search(columns, filt: JobFilter, *, dialect: str, newest_first: bool = True, after=None, limit=None):
+    """A SELECT of ``columns`` of the jobs matching ``filt``, newest (or oldest) first, after the
+    ``(created_at, id)`` ``after`` when given, at most ``limit``."""
+    if _holds_nul(filt):
+        # PostgreSQL refuses a NUL in a statement's text; no value stored holds one (ids and task
+        # names are the service's, kwargs with one are not indexed): nothing matches, on both stores.
+        return select(*columns).select_from(Job.__table__).where(false())
+    if filt.kwargs:
+        # job_kwargs.created_at is the job's: its index gives the order, jobs is joined by key.
+        name, value = filt.kwargs[0]
+        created, key = JobKwarg.created_at, JobKwarg.job_id
+        query = (
+            select(*columns)
+            .select_from(JobKwarg)
+            .join(Job, Job.id == JobKwarg.job_id)
+            .where(JobKwarg.name == name, JobKwarg.value == value)
+        )
+        for other_name, other_value in filt.kwargs[1:]:
+            other = JobKwarg.__table__.alias()
+            query = query.where(
+                exists().where(other.c.job_id == Job.id, other.c.name == other_name, other.c.value == other_value)
+            )
+    else:
+        created, key = Job.created_at, Job.id
+        query = select(*columns)
+    query = narrow(query, filt, dialect=dialect, created=created)
+    if after is not None:
+        at, last_id = after
+        # A row value: both stores walk the (..., created_at, id) index from there (the OR
+        # form made SQLite sort a created_after range whole).
+        position, cursor = tuple_(created, key), tuple_(literal(at, created.type), literal(last_id, key.type))
+        query = query.where(position < cursor if newest_first else position > cursor)
+    order = (created.desc(), key.desc()) if newest_first else (created.asc(), key.asc())
+    query = query.order_by(*order)
+    if limit is not None:
+        query = query.limit(limit)
+    return query
+
+
+def narrow(query, filt: JobFilter, *, dialect: str, created=None):
+    """``query`` (over jobs) narrowed by every field of ``filt`` but kwargs."""
+    created = Job.created_at if created is None else created
+    if filt.owner is not None:
+        query = query.where(Job.owner == filt.owner)
+    if filt.status is not None:
+        query = query.where(Job.status == filt.status)
+    if filt.task is not None:
+        query = query.where(Job.task == filt.task)
+    if filt.batch_id is not None:
+        query = query.where(Job.batch_id == filt.batch_id)
+    if filt.schedule_id is not None:
+        query = query.where(Job.schedule_id == filt.schedule_id)
+    if filt.created_after is not None:
+        query = query.where(created > filt.created_after)
+    if filt.created_before is not None:
+        query = query.where(created < filt.created_before)
+    if filt.q is not None:
+        query = query.where(_q_clause(filt.q, dialect))
+    return query
+
+
+def matching_ids(sessions, filt: JobFilter, *, statuses: tuple[str, ...], limit: int) -> list[str]:
+    """Ids of the jobs matching ``filt`` whose status is one of ``statuses``, oldest first, at most
+    ``limit`` (the bulk actions: cancel acts on live jobs, retry on FAILED and CANCELLED)."""
+    with sessions() as session:
+        query = search([Job.id], filt, dialect=session.get_bind().dialect.name, newest_first=False, limit=limit)
+        if filt.status is None:
+            query = query.where(Job.status.in_(statuses))
+        return list(session.scalars(query))
+
+
+def _holds_nul(filt: JobFilter) -> bool:
+    texts = [filt.owner, filt.task, filt.q, filt.batch_id, filt.schedule_id, *(v for pair in filt.kwargs for v in pair)]
+    return any(text is not None and "\x00" in text for text in texts)
