@@ -83,6 +83,11 @@ def test_status_task_time_and_batch_filters_combine(client):
     naive = datetime.fromisoformat(jobs[echo]["created_at"]).astimezone(UTC).replace(tzinfo=None) + timedelta(0, 1)
     assert set(ids(client.get(f"/jobs?status=queued&created_before={naive.isoformat()}"))) == set(jobs)
     assert ids(client.get("/jobs?schedule_id=sch_none")) == []
+    # The ends of time (past them in UTC) are no error.
+    assert (
+        len(ids(client.get("/jobs?created_before=9999-12-31T23:59:59-01:00&created_after=0001-01-01T00:00%2B01:00")))
+        == 4
+    )
 
 
 def test_the_owner_filter_is_for_admins(settings):
@@ -125,7 +130,7 @@ def test_a_cursor_goes_on_with_its_own_filters_only(client):
         ("kwargs.x=" + "y" * 201, "at most 200 characters"),
         ("&".join(f"kwargs.k{i}=1" for i in range(6)), "at most 5 kwargs filters"),
         ("created_after=yesterday", "created_after must be an ISO 8601 time"),
-        ("created_before=9999-12-31T23:59:59-01:00", "created_before must be an ISO 8601 time"),
+        ("created_before=2030-02-30T00:00:00Z", "created_before must be an ISO 8601 time"),
         ("task=echo&task=add", "is given more than once"),
         ("status=DONE", "status must be one of"),
     ],

@@ -99,10 +99,10 @@ def from_body(body: dict, *, allowed: tuple[str, ...]) -> JobFilter:
     return _build(values, pairs)
 
 
-def has_filter(filt: JobFilter) -> bool:
-    """Whether ``filt`` narrows anything beyond the caller's own scope."""
-    principal = g.principal
-    return filt != JobFilter(owner=principal.scope)
+def names_a_filter(body: dict) -> bool:
+    """Whether a bulk action's body names a filter (each is refused empty, so naming one narrows;
+    a tenant naming its own owner chooses all its jobs)."""
+    return any(name in body for name in (*FILTER_LENGTHS, "kwargs"))
 
 
 def _build(values: dict[str, str], pairs: list[tuple[str, str]]) -> JobFilter:
@@ -153,9 +153,15 @@ def _moment(name: str, raw: str | None) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(raw)
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise ValidationFailed(f"{name} must be an ISO 8601 time, like 2030-01-01T09:00:00Z, got {raw!r}") from None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        # Within a day of year 1 or 9999: as far as any stored time is.
+        return (datetime.min if when.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def _kwarg_name(name: object) -> str:

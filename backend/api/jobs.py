@@ -187,7 +187,7 @@ def _bulk_filter(body: dict, action: str, statuses: tuple[str, ...]) -> tuple[Jo
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise ValidationFailed(f"dry_run must be true or false, got {dry_run!r:.100}")
-    if not job_filters.has_filter(filt):
+    if not job_filters.names_a_filter(body):
         raise ValidationFailed(
             f"send a filter to {action} by ({', '.join([*job_filters.FILTER_LENGTHS, 'kwargs'])})"
             + (", or job_ids" if action == "cancel" else "")

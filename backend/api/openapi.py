@@ -20,10 +20,8 @@ from backend.api.openapi_queues import queue_paths, queue_schemas
 from backend.api.openapi_rate_limits import rate_limit_paths, rate_limit_schemas
 from backend.api.openapi_schemas import (
     EVENTS,
-    LIVE_STATUSES,
     OBJECT,
     SCRIPTED,
-    STATUSES,
     STRING,
     component_schemas,
     json_content,
@@ -34,6 +32,7 @@ from backend.api.openapi_schemas import (
     single_report,
     submission,
 )
+from backend.api.openapi_search import LIST_DESCRIPTION, bulk_answer, cancel_filter_body, retry_path_item, search_params
 from backend.api.payloads import MAX_IDEMPOTENCY_KEY
 from backend.api.schedules import SCHEDULE_OUTPUT_FIELDS
 from backend.core.cursors import CURSOR_PATTERN
@@ -66,9 +65,8 @@ def spec() -> dict:
         )
 
     list_params = [
-        # An empty status or task is no filter.
-        query_param("status", {"type": "string", "enum": [*STATUSES, ""]}),
-        query_param("task", STRING),
+        # An empty filter is no filter.
+        *search_params(),
         page_limit,
         page_cursor,
         fields_param(JOB_FIELDS, "heavy fields (args, kwargs, result) to include in each job"),
@@ -97,15 +95,7 @@ def spec() -> dict:
                 "required": ["job_ids"],
                 "properties": {"job_ids": {"type": "array", "maxItems": config.bulk_cancel_max_ids, "items": STRING}},
             },
-            {
-                "type": "object",
-                "additionalProperties": False,
-                "minProperties": 1,
-                "properties": {
-                    "status": {"type": "string", "enum": LIVE_STATUSES},
-                    "task": {"type": "string", "minLength": 1},
-                },
-            },
+            cancel_filter_body(),
         ]
     }
     requeue_body = {
@@ -146,10 +136,17 @@ def spec() -> dict:
                 "Start many jobs of one task (all or none)", "202", OBJECT, body=batch_body, params=[name]
             )
         },
-        "/jobs": {"get": operation("Jobs, newest first", "200", jobs, params=list_params, tags=["jobs"])},
+        "/jobs": {"get": operation(LIST_DESCRIPTION, "200", jobs, params=list_params, tags=["jobs"])},
         "/jobs/cancel": {
-            "post": operation("Cancel jobs by ids or by a filter", "200", OBJECT, body=cancel_body, tags=["jobs"])
+            "post": operation(
+                "Cancel jobs by ids, or the live jobs matching the filters (oldest first; dry_run only counts)",
+                "200",
+                bulk_answer("cancel"),
+                body=cancel_body,
+                tags=["jobs"],
+            )
         },
+        "/jobs/retry": retry_path_item(config.bulk_cancel_max_ids),
         "/jobs/{job_id}": {"get": operation("One job", "200", job, params=[job_id], tags=["jobs"])},
         "/jobs/{job_id}/attempts": {
             "get": operation(
