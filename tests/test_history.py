@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from rq import Worker
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from backend.api.context import services
 from backend.app import create_app
@@ -41,12 +41,10 @@ def test_history_shows_ended_jobs_in_their_minute_with_run_times(app, client, ru
     run_burst_worker()
     # ...that ended three minutes ago (moved back whole, their run times kept), so that their
     # minute is over; and two jobs waiting in the low queue with no worker
+    back = timedelta(minutes=3)
     with services(app).sessions() as session:
-        session.execute(
-            update(Job).values(
-                completed_at=Job.completed_at - timedelta(minutes=3), started_at=Job.started_at - timedelta(minutes=3)
-            )
-        )
+        for job in session.scalars(select(Job)):
+            job.started_at, job.completed_at = job.started_at - back, job.completed_at - back
         session.commit()
         ended = session.execute(select(Job.status, Job.completed_at)).all()
     assert sorted(status for status, _ in ended) == ["COMPLETED"] * 3 + ["FAILED"] * 2
