@@ -38,10 +38,16 @@ def test_status_events_leave_out_the_heavy_fields_so_a_snoozing_job_holds_little
         target=read_stream, args=(f"{live_server}/jobs/{job_id}/events",), kwargs={"received": received}
     )
     reader.start()
-    wait_until(lambda: received, what="the first status event")
+
+    def last_status() -> list:
+        return [(d["attempt"], d["status"]) for d in of_kind(received, "status")][-1:]
+
+    # Each attempt is seen QUEUED before the next report: the hub polls every 0.1 s, and a cancel
+    # sent at once could otherwise come before the poll that sees the last attempt QUEUED.
+    wait_until(lambda: last_status() == [(1, "QUEUED")], what="the first status event")
     for attempt in range(1, 13):  # each snooze is a new attempt: a status event each
         _snooze(client, job_id, attempt)
-        wait_until(lambda a=attempt: [d["attempt"] for d in of_kind(received, "status")][-1:] == [a + 1], what="it")
+        wait_until(lambda a=attempt: last_status() == [(a + 1, "QUEUED")], what=f"attempt {attempt + 1} QUEUED")
     assert client.post(f"/jobs/{job_id}/cancel", json={}).status_code == 200
     reader.join(timeout=30)
 
