@@ -109,7 +109,7 @@ def test_wait_follows_the_event_stream_with_progress_output_and_logs(live_server
     assert "summary of 5 words ready" in messages
 
     # And a failing task ends FAILED, raised on request
-    failed = client.submit("fail", kwargs={"message": "no luck"}).wait(timeout=60)
+    failed = client.submit("fail", kwargs={"message": "no luck"}, max_retries=0).wait(timeout=60)
     assert failed.status == "FAILED" and "no luck" in failed.error
     with pytest.raises(JobFailed, match="no luck"):
         failed.raise_for_status()
