@@ -30,7 +30,9 @@ def _verdict(code: int) -> str:
 
 def main(args: list[str]) -> int:
     # --durations: each pass lists its slowest tests, to see where the 15-minute budget goes.
-    command = [sys.executable, "-m", "pytest", "--durations=25", *args]
+    # -n 2 --dist loadfile: each pass runs its files in two processes (pytest-xdist), a file's
+    # tests together in one; a pass waits on workers, Redis and sleeps far more than it computes.
+    command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "--durations=25", *args]
     reason = unavailable_reason()
     if reason:
         print(f"PostgreSQL pass skipped: {reason}", flush=True)

@@ -131,12 +131,15 @@ def test_metrics_add_up_across_gunicorn_processes(settings, tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        processes.wait_for_http(f"{url}/tasks", process=server)
+        # Ready when /metrics answers: a readiness probe of /tasks that timed out under load would
+        # still be served later, and counted among the requests below.
+        processes.wait_for_http(f"{url}/metrics", process=server)
 
         def tasks_count() -> float:
             text = requests.get(f"{url}/metrics", timeout=5).text
             prefix = 'jobservice_http_request_duration_seconds_count{endpoint="/tasks",method="GET"'
-            return float(next(line for line in text.splitlines() if line.startswith(prefix)).rsplit(" ", 1)[1])
+            line = next((line for line in text.splitlines() if line.startswith(prefix)), None)
+            return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
         before = tasks_count()
         # When requests (a new connection each) have reached both processes
