@@ -196,6 +196,27 @@ def test_jobs_iterates_pages_newest_first(live_server):
     assert listed[0].partial and listed[0].kwargs == {"n": 4}
 
 
+def test_jobs_filters_by_keyword_arguments_and_more(live_server):
+    client = Client(live_server)
+    seven = client.submit("echo", kwargs={"document_id": 7, "draft": True})
+    seven_text = client.submit("echo", kwargs={"document_id": "7"})
+    client.submit("echo", kwargs={"document_id": 8, "draft": True})
+    client.submit("add", kwargs={"a": 7, "b": 7})
+
+    def ids(**filters) -> list[str]:
+        return [job.id for job in client.jobs(page_size=1, **filters)]
+
+    # 7 matches the number and the text "7", across pages (the cursor carries the filters)
+    assert ids(kwargs={"document_id": 7}) == [seven_text.id, seven.id]
+    assert ids(task="echo", kwargs={"document_id": 7, "draft": True}) == [seven.id]
+    assert ids(kwargs={"a": 7}) != [] and ids(kwargs={"a": 7}, task="echo") == []
+    with pytest.raises(TypeError):
+        list(client.jobs(kwargs={"document_id": [7]}))
+    with pytest.raises(BadRequest) as refused:
+        list(client.jobs(kwargs={"bad name": 1}))
+    assert refused.value.status == 422
+
+
 # -- against scripted servers ------------------------------------------------------------
 
 

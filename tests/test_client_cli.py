@@ -154,6 +154,9 @@ def test_scripts_get_json_and_exit_codes(live_server):
 
     listed = cli(live_server, "jobs", "list", "--task", "echo", "--status", "queued", "--json")
     assert listed.returncode == 0 and [j["job_id"] for j in json.loads(listed.stdout)] == [job["job_id"]]
+    by_kwarg = cli(live_server, "jobs", "list", "--kwarg", "n=1", "--kwarg", "priority=low", "--json")
+    assert [j["job_id"] for j in json.loads(by_kwarg.stdout)] == [job["job_id"]], by_kwarg.stderr
+    assert json.loads(cli(live_server, "jobs", "list", "--kwarg", "n=2", "--json").stdout) == []
     shown = cli(live_server, "jobs", "show", job["job_id"])
     assert shown.returncode == 0 and re.search(r"task\s+echo", shown.stdout) and job["job_id"] in shown.stdout
     table = cli(live_server, "jobs", "list")
