@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, delete, func, literal_column, select, text
+from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from backend.store.models import COMPLETED_ONLY, Job, JobMinute, QueueMinute
+from backend.store.models import COMPLETED_ONLY, JobMinute, QueueMinute, UTCDateTime
 
 #: Upper bounds (ms, inclusive) of the run-time buckets; one more bucket counts the runs above the last.
 RUN_MS_BOUNDS = (
@@ -30,22 +30,40 @@ BUCKETS = len(RUN_MS_BOUNDS) + 1
 TOTAL = ""
 
 _MINUTES, _QUEUES = JobMinute.__table__, QueueMinute.__table__
-_JOBS = Job.__table__
 #: A run's length in ms (NULL when it has no start), per dialect: both columns hold naive UTC.
 _RUN_MS = {
-    "sqlite": literal_column("(julianday(completed_at) - julianday(started_at)) * 86400000.0"),
-    "postgresql": literal_column("(extract(epoch from (completed_at - started_at)) * 1000)"),
+    "sqlite": "(julianday(completed_at) - julianday(started_at)) * 86400000.0",
+    "postgresql": "(extract(epoch from (completed_at - started_at)) * 1000)",
 }
-#: The FAILED jobs' predicate stated literally, as COMPLETED_ONLY is (a bound value would keep
-#: SQLite's planner from matching an index with a status term).
-_FAILED_ONLY = "status = 'FAILED'"
+#: The run-time bucket of a COMPLETED job: 0..BUCKETS-1, or -1 for a run with no start.
+_BUCKET = (
+    "CASE WHEN {run} IS NULL THEN -1 "
+    + " ".join(f"WHEN {{run}} <= {bound} THEN {index}" for index, bound in enumerate(RUN_MS_BOUNDS))
+    + f" ELSE {len(RUN_MS_BOUNDS)} END"
+)
+# Statuses are literals, as the partial indexes' predicates spell them (SQLite matches a partial
+# index only to terms that state its predicate, never to a bound value); SQLite is also told the
+# index (INDEXED BY): without statistics its planner took ix_jobs_status_created and walked every
+# COMPLETED job of the store for each minute (0.7 s a minute on 120,000 jobs).
+_IN_MINUTE = "completed_at >= :start AND completed_at < :end"
+_COMPLETED = (
+    "SELECT task, {bucket} AS bucket, count(*) FROM jobs{index} "
+    f"WHERE {COMPLETED_ONLY} AND {_IN_MINUTE} GROUP BY task, bucket"
+)
+_FAILED = f"SELECT task, count(*) FROM jobs{{index}} WHERE status = 'FAILED' AND {_IN_MINUTE} GROUP BY task"
+_RANGE = (bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime()))
 
 
-def _bucket(dialect: str):
-    """The run-time bucket of a COMPLETED job: 0..BUCKETS-1, or -1 for a run with no start."""
-    run_ms = _RUN_MS["postgresql" if dialect == "postgresql" else "sqlite"]
-    whens = [(run_ms.is_(None), -1)] + [(run_ms <= bound, index) for index, bound in enumerate(RUN_MS_BOUNDS)]
-    return case(*whens, else_=len(RUN_MS_BOUNDS))
+def _statements(dialect: str) -> tuple:
+    """The COMPLETED and FAILED statements of ``ended_in`` for a dialect."""
+    sqlite = dialect != "postgresql"
+    bucket = _BUCKET.format(run=_RUN_MS["sqlite" if sqlite else "postgresql"])
+    completed = _COMPLETED.format(bucket=bucket, index=" INDEXED BY ix_jobs_completed" if sqlite else "")
+    failed = _FAILED.format(index=" INDEXED BY ix_jobs_status_completed" if sqlite else "")
+    return text(completed).bindparams(*_RANGE), text(failed).bindparams(*_RANGE)
+
+
+_STATEMENTS = {dialect: _statements(dialect) for dialect in ("sqlite", "postgresql")}
 
 
 def newest_rolled(session: Session) -> datetime | None:
@@ -55,20 +73,15 @@ def newest_rolled(session: Session) -> datetime | None:
 
 def ended_in(session: Session, start: datetime, end: datetime) -> dict[str, list]:
     """The jobs that ended in [start, end): per task ``[completed, failed, run_ms counts]``."""
-    dialect = session.get_bind().dialect.name
-    bucket = _bucket(dialect).label("bucket")
-    in_range = (_JOBS.c.completed_at >= start, _JOBS.c.completed_at < end)
+    completed, failed = _STATEMENTS["postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"]
+    window = {"start": start, "end": end}
     tasks: dict[str, list] = {}
-    completed = (
-        select(_JOBS.c.task, bucket, func.count()).where(text(COMPLETED_ONLY), *in_range).group_by(_JOBS.c.task, bucket)
-    )
-    for task, index, count in session.execute(completed):
+    for task, index, count in session.execute(completed, window):
         row = tasks.setdefault(task, [0, 0, [0] * BUCKETS])
         row[0] += count
         if index is not None and 0 <= index < BUCKETS:
             row[2][index] += count
-    failed = select(_JOBS.c.task, func.count()).where(text(_FAILED_ONLY), *in_range).group_by(_JOBS.c.task)
-    for task, count in session.execute(failed):
+    for task, count in session.execute(failed, window):
         tasks.setdefault(task, [0, 0, [0] * BUCKETS])[1] += count
     return tasks
 
