@@ -1,6 +1,8 @@
 // The /dashboard page: the job list, the start form, schedules; the job view is in
 // dashboard_job.js, the event stream reader in dashboard_stream.js, the Queues panel (admins)
-// in dashboard_queues.js with its Rate limits list in dashboard_limits.js. It reads the JSON API with
+// in dashboard_queues.js with its Rate limits list in dashboard_limits.js, the Activity charts in
+// dashboard_charts.js, the Workers panel in dashboard_workers.js and the search filters of the
+// list in dashboard_search.js. It reads the JSON API with
 // the API key the user enters (when keys are configured). Every value from the API goes into
 // the page as text (textContent, DOM nodes), never as HTML: tenants choose task arguments,
 // results, output, logs and messages.
@@ -15,12 +17,20 @@ import { cell, el, progressBar, tickCountdowns, waitingNode } from "./dashboard_
 import { JobView } from "./dashboard_job.js";
 import { QueuesPanel } from "./dashboard_queues.js";
 import { RateLimitsList } from "./dashboard_limits.js";
+import { ChartsPanel } from "./dashboard_charts.js";
+import { WorkersPanel } from "./dashboard_workers.js";
+import { SearchForm } from "./dashboard_search.js";
 
 const LIST_REFRESH_MS = 5000;
 
 const view = new JobView($("detail"), { onJob: updateRow, onProgress: updateRowProgress });
 // A pause or resume changes the waiting reasons of the listed jobs: read the list again.
-const queues = new QueuesPanel($("queues-panel"), { onChange: () => refresh(), limits: new RateLimitsList($("rate-limits")) });
+// The admin panels are read with the queues (a tenant's key asks none of them).
+const queues = new QueuesPanel($("queues-panel"), {
+  onChange: () => refresh(),
+  extras: [new RateLimitsList($("rate-limits")), new ChartsPanel($("charts-panel")), new WorkersPanel($("workers-panel"), { openJob: (id) => select(id) })],
+});
+const search = new SearchForm($("search"), { onApply: () => refresh() });
 
 function button(label, onClick) {
   const b = el("button", label);
@@ -101,16 +111,21 @@ async function loadTasks() {
 }
 
 let refreshing = false;
+let again = false;
 
 async function refresh() {
-  if (refreshing) return; // a slow API: never stack reads
+  if (refreshing) { again = true; return; } // a slow API: never stack reads, but read once more after
   refreshing = true;
   try {
-    const query = new URLSearchParams({ limit: "50" });
-    if ($("status").value) query.set("status", $("status").value);
-    if ($("task").value) query.set("task", $("task").value);
-    const data = await api("/jobs?" + query);
+    let data;
+    try {
+      data = await api("/jobs?" + search.params({ limit: "50" }));
+    } catch (e) {
+      if (!search.refused(e)) throw e;
+      data = { jobs: [] }; // filters the API refused: no rows rather than rows they do not describe
+    }
     $("jobs").replaceChildren(...data.jobs.map(row));
+    if (!data.jobs.length) $("jobs").appendChild(emptyRow());
     data.jobs.forEach((job) => view.updateFromList(job));
     const schedules = await api("/scheduled-jobs");
     $("schedules").replaceChildren(...schedules.scheduled_jobs.map((s) => {
@@ -123,7 +138,16 @@ async function refresh() {
     $("problem").textContent = e.message;
   } finally {
     refreshing = false;
+    if (again) { again = false; refresh(); }
   }
+}
+
+function emptyRow() {
+  const td = el("td", search.active ? "No job matches these filters." : "No jobs yet.", "note");
+  td.colSpan = 7;
+  const tr = el("tr", null, "empty");
+  tr.appendChild(td);
+  return tr;
 }
 
 $("start").addEventListener("submit", async (event) => {
@@ -142,7 +166,6 @@ $("key").addEventListener("change", () => {
   queues.keyChanged();
   if (view.jobId) view.show(view.jobId); // its stream reconnects with the new key
 });
-["status", "task"].forEach((id) => $(id).addEventListener("change", refresh));
 restoreKey();
 loadTasks();
 refresh();

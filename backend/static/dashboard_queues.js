@@ -3,7 +3,9 @@
 // /queues), with a Pause or Resume button (POST /queues/<name>/pause|resume). It is read every
 // QUEUES_REFRESH_MS and after each click. A key that may not read it gets one read (403: the
 // panel hides; 401, no key: it says an admin key is needed) and no more until the key changes:
-// no request every few seconds that can only fail.
+// no request every few seconds that can only fail. The panels only an admin may read (Rate
+// limits, Activity charts, Workers) are read with the queues, after them: a tenant's key never
+// asks them.
 // Every value (a worker's name, who paused) goes in as text, never as HTML.
 "use strict";
 
@@ -41,11 +43,12 @@ function labelled(label) {
 export class QueuesPanel {
   // root holds .queues-note and table.queues; onChange() is called after a pause or resume
   // (the job list's waiting reasons changed with it).
-  // limits: the Rate limits list inside the panel (dashboard_limits.js), read with the queues.
-  constructor(root, { onChange, limits }) {
+  // extras: the admin panels read with the queues (each has root and refresh(), which says its
+  // own errors): the Rate limits list (dashboard_limits.js), the charts, the workers.
+  constructor(root, { onChange, extras = [] }) {
     this.root = root;
     this.onChange = onChange;
-    this.limits = limits;
+    this.extras = extras;
     this.note = root.querySelector(".queues-note");
     this.table = root.querySelector("table.queues");
     this.body = this.table.querySelector("tbody");
@@ -79,7 +82,7 @@ export class QueuesPanel {
       if (this.failure) this.say(this.failure, "error");
       else this.say("", "");
       for (const queue of data.queues) this.show(queue);
-      if (this.limits) await this.limits.refresh(); // it says its own errors
+      await Promise.all(this.extras.map((extra) => extra.refresh()));
     } catch (error) {
       if (error.status === 401 || error.status === 403) {
         this.denied = true;
@@ -88,7 +91,7 @@ export class QueuesPanel {
         this.body.replaceChildren();
         // A tenant's key: nothing here is theirs, so the panel goes. No key yet: say what it needs.
         this.root.hidden = error.status === 403;
-        if (this.limits) this.limits.root.hidden = true;
+        for (const extra of this.extras) extra.root.hidden = true;
         this.say("Enter an admin key to see the queues and pause them.", "note");
       } else {
         this.say(`Queues: ${error.message}`, "error");
