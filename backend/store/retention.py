@@ -64,6 +64,11 @@ def _statement(kind: str, status: str, dialect: str):
         return text(sql.replace("SELECT j.id", "SELECT count(*)", 1)).bindparams(_BEFORE)
     # The DELETE repeats every condition on the rows named, under the write lock.
     where = sql.split(" WHERE ", 1)[1]
+    if sqlite:
+        # By primary key, always: on a few hundred ids SQLite's planner took the status/end-time
+        # range instead (ix_jobs_completed: every COMPLETED job of 500,000 walked, 100-200 ms in
+        # the write lock, against 3 ms). A unary + keeps a term from choosing an index.
+        where = where.replace("j.status = ", "+j.status = ", 1).replace("j.completed_at <", "+j.completed_at <", 1)
     return text(f"DELETE FROM jobs AS j WHERE j.id IN :ids AND {where} RETURNING task, batch_id").bindparams(
         _BEFORE, bindparam("ids", expanding=True)
     )
