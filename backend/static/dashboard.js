@@ -42,8 +42,14 @@ function button(label, onClick) {
   return b;
 }
 
+// The narrow layout shows each cell as a "label: value" line (CSS attr(data-label)).
+function labelled(td, label) {
+  td.dataset.label = label;
+  return td;
+}
+
 function progressCell(percent, message) {
-  const td = el("td");
+  const td = labelled(el("td"), "Progress");
   const bar = progressBar(percent);
   td.append(bar, ` ${bar.getAttribute("aria-valuenow")}%`);
   if (message) td.append(" ", el("span", message, "progress-message"));
@@ -55,14 +61,14 @@ function row(job) {
   tr.dataset.jobId = job.job_id;
   if (job.job_id === view.jobId) tr.classList.add("selected");
   tr.appendChild(cell(job.job_id));
-  tr.appendChild(cell(job.task));
-  const status = cell(job.status);
+  tr.appendChild(labelled(cell(job.task), "Task"));
+  const status = labelled(cell(job.status), "Status");
   status.className = job.status;
   status.appendChild(waitingNode(job));
   tr.appendChild(status);
   tr.appendChild(progressCell(job.progress, job.progress_message));
-  tr.appendChild(cell(job.attempt));
-  tr.appendChild(cell(job.created_at));
+  tr.appendChild(labelled(cell(job.attempt), "Attempt"));
+  tr.appendChild(labelled(cell(job.created_at), "Created"));
   const actions = el("td");
   if (["PENDING", "QUEUED", "PROCESSING"].includes(job.status)) actions.appendChild(button("Cancel", () => api(`/jobs/${encodeURIComponent(job.job_id)}/cancel`, { method: "POST" })));
   if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", async () => {
