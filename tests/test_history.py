@@ -113,6 +113,24 @@ def test_history_older_than_its_days_is_pruned(app):
         assert (recent, "default") in samples and min(minute for minute, _ in samples) == recent
 
 
+def test_a_pass_past_its_time_budget_leaves_the_rest_to_the_next(app):
+    # Given a history keeper with no time to spend, on a store with no history yet
+    keeper = history.History(services(app).sessions, services(app).queues, days=7, budget_seconds=0)
+    now = clock.store_now(services(app).sessions)
+
+    # When it makes two passes
+    first, second = keeper.roll_up(now=now), keeper.roll_up(now=now)
+
+    # Then each rolled one new minute (the second also the one before, again), oldest first,
+    # instead of the 60 minutes a new history starts with
+    assert (first, second) == (1, history.REROLL_MINUTES + 1)
+    with services(app).sessions() as session:
+        minutes = session.scalars(select(JobMinute.minute).where(JobMinute.task == TOTAL).order_by(JobMinute.minute))
+        start = history.floor_minute(now - history.GRACE) - history.CATCH_UP_MINUTES * history.MINUTE
+        # (the second pass rolled again the minute before the first's: REROLL_MINUTES back)
+        assert list(minutes) == [start - history.MINUTE, start, start + history.MINUTE]
+
+
 @pytest.mark.one_pass("who may read the history and its parameters' checks do not depend on the store")
 def test_history_is_for_admins_and_checks_its_window(settings):
     settings["API_KEYS"] = "alice:ka,ops:ko:admin"

@@ -2,14 +2,15 @@
 
 Three housekeeping steps (backend/recovery/housekeeping.py runs them in one process of the
 fleet): ``roll_up`` counts the minutes that ended into ``job_minutes`` (at most
-``CATCH_UP_MINUTES`` new minutes per pass, oldest first, plus the ``REROLL_MINUTES`` before them
-again, for runs reported late), ``sample_queues`` records each queue's depth once a minute, and
-``prune`` deletes what is older than HISTORY_DAYS. Nothing here runs on a submission or a report:
-the history costs the hot paths nothing. ``read`` answers GET /monitoring/history.
+``CATCH_UP_MINUTES`` new minutes and ``BUDGET_SECONDS`` per pass, oldest first, plus the
+``REROLL_MINUTES`` before them again, for runs reported late), ``sample_queues`` records each
+queue's depth once a minute, and ``prune`` deletes what is older than HISTORY_DAYS. Nothing here
+runs on a submission or a report: the history costs the hot paths nothing. ``read`` answers GET /monitoring/history.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 from backend.broker import registries
@@ -22,6 +23,8 @@ from backend.store.engine import transaction
 MINUTE = timedelta(minutes=1)
 #: New minutes rolled per pass at most: a pass's work is bounded however long the API was away.
 CATCH_UP_MINUTES = 60
+#: Seconds a pass spends rolling at most (a minute of a very busy store costs more than most).
+BUDGET_SECONDS = 2.0
 #: Minutes before the new ones rolled again with them: a run reported after its minute was
 #: rolled (a report retried for a while) still counts, if no later than this.
 REROLL_MINUTES = 2
@@ -93,8 +96,9 @@ def percentile(counts: list[int], q: float) -> float | None:
 class History:
     """The housekeeping steps that keep the history: ``roll_up``, ``sample_queues``, ``prune``."""
 
-    def __init__(self, sessions, queues, days: int):
+    def __init__(self, sessions, queues, days: int, *, budget_seconds: float = BUDGET_SECONDS):
         self.sessions = sessions
+        self.budget_seconds = budget_seconds
         #: The broker's queue adapter (``Services.queues``): its queues' lengths are the depths.
         self.queues = queues
         self.days = days
@@ -117,9 +121,14 @@ class History:
             first = newest - (REROLL_MINUTES - 1) * MINUTE
         first = max(first, oldest)
         last = min(last, max(first_new, oldest) + (CATCH_UP_MINUTES - 1) * MINUTE)
+        deadline = time.monotonic() + self.budget_seconds
         rolled = 0
         minute = first
         while minute <= last:
+            # Past the budget, the rest waits for the next pass; the minutes rolled again and the
+            # first new one always run, so even a busy store's history moves on every pass.
+            if minute > max(first_new, first) and time.monotonic() > deadline:
+                break
             # One transaction per minute: the store's write lock is held for one minute's rows.
             with transaction(self.sessions) as session:
                 tasks = fold(store.ended_in(session, minute, minute + MINUTE))
