@@ -122,8 +122,8 @@ def test_submit_wait_shows_a_live_progress_bar_then_the_result_and_exits_by_stat
 
     # When a job is cancelled while the terminal waits for it: exit code 2
     pane.clear()
-    pane.run(command("submit", "sleep", "--kwargs", '{"seconds": 60, "steps": 60}', "--wait"))
-    pane.wait_for(lambda s: re.search(r"step \d+ of 60", s))
+    pane.run(command("submit", "sleep", "--kwargs", '{"seconds": 60, "steps": 120}', "--wait"))
+    pane.wait_for(lambda s: re.search(r"step \d+ of 120", s))
     client = Client(live_server)
     (job,) = client.jobs(task="sleep", status="PROCESSING")
     job.cancel()
