@@ -141,6 +141,13 @@ def test_charts_workers_search_and_pause_on_a_real_fleet(app, live_server, clien
     page.click("#search-clear")
     wait_until(lambda: set(done + failed) <= set(listed_jobs(page)), what="the whole list again")
     assert page.inner_text("#search-error") == ""
+    # and a creation time (the browser's local time, sent in UTC) no job is younger than: none listed
+    page.fill("#search-after", "2099-01-01T00:00:00")
+    page.click("#search-button")
+    wait_for_text(page, "#jobs", "No job matches these filters.")
+    assert listed_jobs(page) == [] and page.inner_text("#search-error") == ""
+    page.click("#search-clear")
+    wait_until(lambda: set(done + failed) <= set(listed_jobs(page)), what="the whole list again")
 
     # When the admin pauses the low queue from its button, two jobs wait in it
     low = "#queues-panel tr[data-queue='low']"
@@ -187,6 +194,8 @@ def test_charts_workers_search_and_pause_on_a_real_fleet(app, live_server, clien
     page.click("#charts-panel button[data-window='hour']")
     wait_for_text(page, "#chart-jobs figcaption", "last hour")
 
+    # (the long job is cancelled: the worker then stops at once after the test, not after 10 s)
+    assert client.post(f"/jobs/{running}/cancel", headers={"X-Requested-With": "test"}).status_code == 200
     # Every request went to the API's own origin (no CDN: the page works offline)
     assert page.urls and all(url.startswith(live_server + "/") for url in page.urls), page.urls
     assert [e for e in page.errors if not REFUSED.search(e)] == [], page.errors
