@@ -170,33 +170,26 @@ def test_failed_jobs_show_errors_within_the_error_cap(app, client, run_burst_wor
     assert len(entry["error"].encode()) <= 2048 and entry["error"].endswith("m" * 100)
 
 
-def test_workers_are_read_whole_inside_the_redis_error_handling(client, app, redis_conn, monkeypatch):
-    # Given a worker known to RQ, and a Redis that goes away right after the leases are read
+def test_workers_listed_while_redis_is_gone_answer_503_with_retry_after(client, app, redis_conn):
+    # Given a worker known to RQ, and a Redis that has gone away
     from rq import Worker
 
     from backend.api.context import services
-    from backend.broker import leases
 
     Worker(["default"], connection=redis_conn, name="ghost").register_birth()
     pool = services(app).redis.connection_pool
-    read_leases = leases.alive
-
-    def alive_then_redis_gone(connection, names):
-        found = read_leases(connection, names)
-        pool.connection_kwargs["port"] = free_port()
-        pool.reset()  # forget the open connections: the next command dials the dead port
-        return found
-
-    monkeypatch.setattr(leases, "alive", alive_then_redis_gone)
     port = pool.connection_kwargs["port"]
+    pool.connection_kwargs["port"] = free_port()
+    pool.reset()  # forget the open connections: the next command dials the dead port
     try:
         # When the workers are listed
         answer = client.get("/monitoring/queue/workers")
     finally:
         pool.connection_kwargs["port"] = port
         pool.reset()
-    # Then nothing was read from Redis after the leases (a read there was outside the route's
-    # Redis error handling: a 500 where Redis being down answers 503)
-    assert answer.status_code == 200, answer.get_data(as_text=True)
-    [worker] = answer.get_json()["workers"]
+    # Then the answer says Redis is unavailable, not a 500
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+    assert answer.headers.get("Retry-After")
+    # and once Redis is back the worker is listed, dead (no lease)
+    [worker] = client.get("/monitoring/queue/workers").get_json()["workers"]
     assert worker["name"] == "ghost" and worker["current_job"] is None and worker["alive"] is False
