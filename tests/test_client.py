@@ -166,6 +166,12 @@ def test_errors_are_typed_as_the_api_answers_them(live_server):
         job.cancel()
     assert conflict.value.status == 409
 
+    # all of it (errors too) over one kept-alive connection
+    pools = client.session.get_adapter(live_server).poolmanager.pools
+    (key,) = pools.keys()  # (the container refuses iteration)
+    pool = pools[key]
+    assert pool.num_connections == 1 and pool.num_requests == 6
+
 
 @pytest.fixture
 def keyed_and_limited(settings):
