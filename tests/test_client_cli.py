@@ -184,3 +184,22 @@ def test_scripts_get_json_and_exit_codes(live_server):
 def test_a_usage_error_exits_2(args, says):
     result = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+@pytest.fixture
+def keyed(settings):
+    """An API with one key (set before ``live_server`` builds it)."""
+    settings["API_KEYS"] = "alice:alice-key-0123456789abcdef"
+
+
+def test_the_key_comes_from_jobservice_api_key(keyed, live_server):
+    env = {**os.environ, "JOBSERVICE_URL": live_server, "JOBSERVICE_API_KEY": "alice-key-0123456789abcdef"}
+    run = {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 60}
+
+    with_key = subprocess.run([*CLI, "jobs", "list", "--json"], env=env, **run)
+    without = subprocess.run([*CLI, "jobs", "list"], env={**env, "JOBSERVICE_API_KEY": ""}, **run)
+    flag = subprocess.run([*CLI, "--api-key", "wrong", "jobs", "list"], env=env, **run)
+
+    assert with_key.returncode == 0 and json.loads(with_key.stdout) == [], with_key.stderr
+    assert without.returncode == 3 and "HTTP 401" in without.stderr
+    assert flag.returncode == 3 and "unknown API key" in flag.stderr
