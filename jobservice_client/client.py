@@ -76,6 +76,9 @@ class Client:
         self.max_retry_wait = max_retry_wait
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        # The API answers 415 to a write that sends neither JSON nor this header (its guard
+        # against forms forged by web pages); a program is no browser, so every call says so.
+        self.session.headers["X-Requested-With"] = USER_AGENT
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -137,7 +140,7 @@ class Client:
                 value = [item.id if isinstance(item, Job) else item for item in value]
             body[name] = value
         response = self.request("POST", f"/tasks/{_segment(task)}", json_body=body)
-        job = Job(self, response.json())
+        job = Job(self, _decoded(response))
         job.created = response.status_code == 202
         return job
 
@@ -192,11 +195,11 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         """``POST /jobs/<id>/cancel``: the job as cancelled. Raises Conflict once it has ended."""
-        return Job(self, self.request("POST", f"/jobs/{_segment(job_id)}/cancel", json_body={}).json())
+        return Job(self, _decoded(self.request("POST", f"/jobs/{_segment(job_id)}/cancel", json_body={})))
 
     def retry(self, job_id: str) -> Job:
         """``POST /jobs/<id>/retry``: a FAILED or CANCELLED job runs again as a new attempt."""
-        return Job(self, self.request("POST", f"/jobs/{_segment(job_id)}/retry", json_body={}).json())
+        return Job(self, _decoded(self.request("POST", f"/jobs/{_segment(job_id)}/retry", json_body={})))
 
     def logs(self, job_id: str, *, after: int = 0) -> list[dict]:
         """The job's captured log lines after ``seq`` ``after``, oldest first, every page of them:
@@ -213,7 +216,7 @@ class Client:
 
     def get_json(self, path: str, *, params: Mapping | None = None):
         """``GET path`` decoded: for the routes this class has no method for."""
-        return self.request("GET", path, params=params).json()
+        return _decoded(self.request("GET", path, params=params))
 
     def request(
         self,
@@ -297,6 +300,21 @@ def _segment(value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty id or name, got {value!r}")
     return quote(value, safe="")
+
+
+def _decoded(response: requests.Response):
+    """The answer's JSON.
+
+    Raises:
+        ServerError: it is not JSON (a proxy's error page answered 200, say).
+    """
+    try:
+        return response.json()
+    except ValueError:
+        raise errors.ServerError(
+            f"the answer to {response.request.method} {response.url} is not JSON: {response.text[:200]!r}",
+            status=response.status_code,
+        ) from None
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -170,6 +170,10 @@ def test_errors_are_typed_as_the_api_answers_them(live_server):
     with pytest.raises(Conflict) as conflict:
         job.cancel()
     assert conflict.value.status == 409
+    # any route, a write without a body too (not refused 415: the client says it is no web form)
+    with pytest.raises(Conflict):
+        client.request("POST", f"/jobs/{job.id}/cancel")
+    assert client.request("GET", "/tasks").json()["tasks"]
 
 
 @pytest.fixture
