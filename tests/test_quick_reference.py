@@ -86,6 +86,10 @@ def test_the_quick_reference_runs_against_a_live_stack(stack, redis_server):
     assert "webhook_url 'http://169.254.169.254/latest/meta-data' points to a link-local" in result.stdout
     assert "X-RateLimit-Limit: 100" in result.stdout
     assert "dry run:" in result.stdout
+    # the service's history answers its hour of points; the prune's dry run says what would go
+    assert "60 points," in result.stdout and "COMPLETED: 0 jobs would be pruned (older than 30d)" in result.stdout
+    # the bulk retry by filter counts first, then acts
+    assert '"dry_run":true' in result.stdout and '"retried":["job_' in result.stdout
     # streams end by themselves after end; a reconnect after end is 204
     assert "event: end" in result.stdout and "\n204\n" in result.stdout
     assert '"resumed_after":3' in result.stdout and '"outcome":"SNOOZED"' in result.stdout
