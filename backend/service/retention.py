@@ -18,7 +18,6 @@ from backend.core.instruments import JOBS_PRUNED
 from backend.core.settings import Settings
 from backend.core.states import JobStatus
 from backend.store import clock, retention
-from backend.store.engine import transaction
 from backend.store.jobs import Sessions
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,7 @@ class Retention:
         self.batch = batch
         self.pause = pause
         self._sleep = sleep
+        self._took = 0.0
 
     def _cutoffs(self, statuses: Iterable[str], older_than: float | None):
         """(status, cut-off time) for each status with a retention: jobs ended before it go."""
@@ -69,12 +69,17 @@ class Retention:
 
     def _delete_batch(self, status: str, before: datetime) -> tuple[int, int]:
         """One transaction: (jobs deleted, jobs found prunable by its select)."""
-        with transaction(self.sessions) as session:
-            ids = retention.prunable_ids(session, status, before, self.batch)
-            deleted = retention.delete_jobs(session, ids, status, before)
+        started = time.monotonic()
+        deleted, found = retention.prune_batch(self.sessions.kw["bind"], status, before, self.batch)
         if deleted:
             JOBS_PRUNED.labels(status=status).inc(deleted)
-        return deleted, len(ids)
+        self._took = time.monotonic() - started
+        return deleted, found
+
+    def _rest(self) -> None:
+        """Sleep between transactions: PAUSE_SECONDS, or as long as the last one took if longer, so
+        a prune has at most half of the store's writes however slow a batch gets (a busy host)."""
+        self._sleep(max(self.pause, self._took))
 
     def prune_pass(self, deadline: float | None = None) -> dict[str, int]:
         """Delete batches of every status in turn until none is left or ``deadline`` (monotonic) passes.
@@ -95,7 +100,7 @@ class Retention:
                     pending.pop(status)
                 if time.monotonic() >= deadline:
                     break
-                self._sleep(self.pause)
+                self._rest()
         if done:
             log.info("retention: pruned %s", ", ".join(f"{n} {status}" for status, n in done.items()))
         return done
@@ -117,6 +122,6 @@ class Retention:
                 total += deleted
                 if not deleted or found < self.batch:
                     break
-                self._sleep(self.pause)
+                self._rest()
             result[status] = total
         return result
