@@ -15,6 +15,7 @@ about ``SECONDS_PER_ENDPOINT`` per size, at least ``MIN_SAMPLES``).
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 
 from bench import storedb
 from bench.common import CACHE_DIR, Results, Stack, Workdir, emit, ms, pct, session, table
@@ -27,7 +28,22 @@ SECONDS_PER_ENDPOINT = 4.0
 MIN_SAMPLES = 40
 ROUND = 20
 
-# (label, who, path); path None: GET /jobs/<id> over sampled ids; "page2": the next page.
+#: GET /jobs's search filters: document 7 and "doc-007" are 20 of the small tenant's jobs in both
+#: stores, a batch 50 and a schedule 100 (bench/storedb.py); "range" is the store's last day.
+SEARCHES = [
+    ("search: kwargs.document_id=7", "admin", "/jobs?kwargs.document_id=7&limit=50"),
+    ("search: kwargs.document_id=7&task=word_count", "admin", "/jobs?kwargs.document_id=7&task=word_count&limit=50"),
+    ("search: q=doc-007", "admin", "/jobs?q=doc-007&limit=50"),
+    ("search: q=always fails (7% of jobs)", "admin", "/jobs?q=always%20fails&limit=50"),
+    ("search: created in the last day", "admin", "range"),
+    ("search: batch_id", "admin", "/jobs?batch_id=bat_0003&limit=50"),
+    ("search: schedule_id", "admin", "/jobs?schedule_id=sch_3&limit=50"),
+    ("search: owner=small&status=FAILED", "admin", "/jobs?owner=small&status=FAILED&limit=50"),
+    ("tenant search: kwargs.document_id=7", "small", "/jobs?kwargs.document_id=7&limit=50"),
+    ("tenant search: q=doc-007", "small", "/jobs?q=doc-007&limit=50"),
+]
+# (label, who, path); path None: GET /jobs/<id> over sampled ids; "page2": the next page; "range":
+# the jobs created in the store's last day.
 ENDPOINTS = [
     ("GET /jobs/<id>", "admin", None),
     ("GET /jobs?status=COMPLETED&limit=50", "admin", "/jobs?status=COMPLETED&limit=50"),
@@ -42,8 +58,13 @@ ENDPOINTS = [
     ("tenant: GET /jobs?status=COMPLETED&limit=50", "small", "/jobs?status=COMPLETED&limit=50"),
     ("tenant: GET /jobs?status=FAILED&limit=50", "small", "/jobs?status=FAILED&limit=50"),
     ("tenant: GET /jobs?task=word_count&limit=50", "small", "/jobs?task=word_count&limit=50"),
+    # The search filters (issue 16; the targets of bench/storedb.py match as many jobs at both sizes).
+    *SEARCHES,
 ]
 KEYS = {"admin": ADMIN_KEY, "small": SMALL_KEY}
+#: The stores' jobs ended up to 30 days ago: retention (30 days by default) would prune the oldest
+#: while they are measured.
+KEEP_JOBS = {"RETENTION_COMPLETED": "0", "RETENTION_FAILED": "0", "RETENTION_CANCELLED": "0"}
 
 
 def _urls(stack: Stack, ids: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -51,13 +72,16 @@ def _urls(stack: Stack, ids: dict[str, list[str]]) -> dict[str, list[str]]:
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with session() as http:
         first = http.get(f"{stack.url}/jobs?status=COMPLETED&limit=50", headers=admin, timeout=60).json()
+        newest = http.get(f"{stack.url}/jobs?limit=1", headers=admin, timeout=60).json()["jobs"][0]["created_at"]
     page2 = f"/jobs?status=COMPLETED&limit=50&cursor={first['next_cursor']}"
+    since = (datetime.fromisoformat(newest) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    special = {"page2": page2, "range": f"/jobs?created_after={since}&limit=50"}
     urls = {}
     for label, who, path in ENDPOINTS:
         if path is None:
             urls[label] = [f"{stack.url}/jobs/{job_id}" for job_id in ids[who]]
         else:
-            urls[label] = [stack.url + (page2 if path == "page2" else path)]
+            urls[label] = [stack.url + special.get(path, path)]
     return urls
 
 
@@ -111,7 +135,7 @@ def _start(workdir: Workdir, sizes, samples: int, use_cache: bool, pg: Postgres 
             targets.append((POSTGRESQL, {"database_url": url}))
         for store, where in targets:
             name = f"store-{size}" + ("" if store == SQLITE else "-pg")
-            stacks[store, size] = stack = Stack(workdir, name, API_KEYS=API_KEYS, **where)
+            stacks[store, size] = stack = Stack(workdir, name, API_KEYS=API_KEYS, **KEEP_JOBS, **where)
             total = _total(stack)
             if total != size:
                 raise RuntimeError(f"the store on {store} says {total} jobs, expected {size}")

@@ -26,7 +26,13 @@ from alembic.script import ScriptDirectory
 
 from backend.store.engine import alembic_config, migrate
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
+#: The search figures' targets (bench/store_scale.py): the small tenant's k-th job carries
+#: document_id = k % SEARCH_GROUPS, a progress message naming "doc-<that, 3 digits>", batch
+#: bat_<k // 50> and schedule sch_<k % 10>; every other job a document_id of its own range (from
+#: 1000) and none of those. So a search for document 7 or "doc-007" returns the same 20 jobs from
+#: a 1k and from a 1M store, and its cost at both sizes is the index's, not the number of matches.
+SEARCH_GROUPS = 50
 TASKS = [("echo", 40), ("word_count", 30), ("sleep", 20), ("bench_noop", 10)]
 STATUSES = [("COMPLETED", 90), ("FAILED", 7), ("CANCELLED", 3)]
 #: Owners (API key names): a large tenant, a medium one, and the small one below.
@@ -36,6 +42,7 @@ OWNERS = [("big", 900), ("medium", 100)]
 SMALL_OWNER, SMALL_JOBS = "small", 1000
 SPAN = timedelta(days=30)
 CHUNK = 50_000
+TEXT = "the quick brown fox jumps over the lazy dog"
 
 
 def schema_head() -> str:
@@ -63,25 +70,31 @@ def _rows(rng: random.Random, start: int, n: int, total: int, t0: datetime) -> l
     small_every = max(1, total // SMALL_JOBS)
     out = []
     for i in range(n):
+        small = (start + i) % small_every == small_every // 2
+        k = (start + i) // small_every
         job_id = f"job_{uuid.UUID(int=rng.getrandbits(128), version=4).hex}"
         created = t0 + step * (start + i)
         started = created + timedelta(milliseconds=rng.randint(2, 200))
         ended = started + timedelta(milliseconds=rng.randint(1, 3000))
         status = statuses[i]
+        document = k % SEARCH_GROUPS if small else 1000 + (start + i) % 100_000
         failed = status == "FAILED"
         cancelled = status == "CANCELLED"
         attempt = 4 if failed else 1
         out.append(
             {
                 "id": job_id,
-                "owner": SMALL_OWNER if (start + i) % small_every == small_every // 2 else owners[i],
+                "owner": SMALL_OWNER if small else owners[i],
                 "task": tasks[i],
                 "status": status,
                 "priority": "default",
                 "args": "[]",
-                "kwargs": '{"text": "the quick brown fox jumps over the lazy dog"}',
+                "kwargs": f'{{"text": "{TEXT}", "document_id": {document}}}',
+                "document_id": str(document),
                 "progress": 100 if status == "COMPLETED" else 40,
-                "progress_message": "done" if status == "COMPLETED" else "step 4 of 10",
+                "progress_message": f"report for doc-{document:03d}"
+                if small
+                else ("done" if status == "COMPLETED" else "step 4 of 10"),
                 "result": '{"words": 9, "unique": 8}' if status == "COMPLETED" else None,
                 "error": "RuntimeError: this task always fails" if failed else ("cancelled" if cancelled else None),
                 "created_at": _fmt(created),
@@ -100,8 +113,8 @@ def _rows(rng: random.Random, start: int, n: int, total: int, t0: datetime) -> l
                 "idempotency_key": None,
                 "cancelled_by": "local" if cancelled else None,
                 "cancelled_at": _fmt(ended) if cancelled else None,
-                "schedule_id": None,
-                "batch_id": None,
+                "schedule_id": f"sch_{k % 10}" if small else None,
+                "batch_id": f"bat_{k // 50:04d}" if small else None,
                 "depends_on": None,
                 "allow_failure": 0,
                 "run_at": None,
@@ -125,10 +138,17 @@ def build(path: Path, rows: int, *, seed: int = 7, log=print) -> Path:
     columns = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]
     required = {r[1] for r in conn.execute("PRAGMA table_info(jobs)") if r[3] and r[4] is None and not r[5]}
     indexes = list(
-        conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='jobs' AND sql IS NOT NULL")
+        conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name IN ('jobs', 'job_kwargs') "
+            "AND sql IS NOT NULL"
+        )
     )
     for name, _sql in indexes:
         conn.execute(f'DROP INDEX "{name}"')
+    # The search index's triggers too: the FTS table is rebuilt once at the end (faster than row by row).
+    triggers = list(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger' AND tbl_name='jobs'"))
+    for name, _sql in triggers:
+        conn.execute(f'DROP TRIGGER "{name}"')
     rng = random.Random(seed)
     t0 = datetime.now(UTC).replace(tzinfo=None) - SPAN - timedelta(hours=1)
     counts: Counter = Counter()
@@ -144,10 +164,23 @@ def build(path: Path, rows: int, *, seed: int = 7, log=print) -> Path:
                 )
             sql = f"INSERT INTO jobs ({', '.join(known)}) VALUES ({', '.join(':' + c for c in known)})"
         conn.executemany(sql, chunk)
+        # The kwargs index, as the submission path writes it (backend.core.job_filters.indexed_kwargs).
+        conn.executemany(
+            "INSERT INTO job_kwargs (job_id, name, value, created_at) VALUES (?, ?, ?, ?)",
+            [
+                (r["id"], name, value, r["created_at"])
+                for r in chunk
+                for name, value in (("text", TEXT), ("document_id", r["document_id"]))
+            ],
+        )
         counts.update((r["task"], r["status"]) for r in chunk)
         conn.commit()
     for _name, index_sql in indexes:
         conn.execute(index_sql)
+    for _name, trigger_sql in triggers:
+        conn.execute(trigger_sql)
+    if triggers:
+        conn.execute("INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')")
     conn.execute("DELETE FROM job_counts")
     conn.executemany(
         "INSERT INTO job_counts (task, status, count) VALUES (?, ?, ?)",

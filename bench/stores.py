@@ -94,7 +94,8 @@ def _libpq(url: str) -> str:
 
 
 def load_from_sqlite(sqlite_path: Path, url: str, *, log=print) -> None:
-    """Migrate the PostgreSQL database at ``url`` and COPY the SQLite store's jobs and counts into it."""
+    """Migrate the PostgreSQL database at ``url`` and COPY the SQLite store's jobs, their kwargs
+    index and the counts into it."""
     import psycopg
 
     started = time.monotonic()
@@ -104,13 +105,18 @@ def load_from_sqlite(sqlite_path: Path, url: str, *, log=print) -> None:
         columns = [row[1] for row in source.execute("PRAGMA table_info(jobs)")]
         with psycopg.connect(_libpq(url)) as conn:
             indexes = conn.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs' AND indexname <> 'jobs_pkey'"
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('jobs', 'job_kwargs') "
+                "AND indexname NOT IN ('jobs_pkey', 'job_kwargs_pkey')"
             ).fetchall()
             for name, _definition in indexes:
                 conn.execute(f'DROP INDEX "{name}"')
             names = ", ".join(columns)
             with conn.cursor().copy(f"COPY jobs ({names}) FROM STDIN") as copy:
                 for row in source.execute(f"SELECT {names} FROM jobs ORDER BY rowid"):
+                    copy.write_row(row)
+            # The search's kwargs index (the FTS table is SQLite's own; PostgreSQL's trigram index is built below).
+            with conn.cursor().copy("COPY job_kwargs (job_id, name, value, created_at) FROM STDIN") as copy:
+                for row in source.execute("SELECT job_id, name, value, created_at FROM job_kwargs"):
                     copy.write_row(row)
             loaded = time.monotonic()
             for _name, definition in indexes:

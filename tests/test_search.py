@@ -13,6 +13,7 @@ from sqlalchemy import event
 from backend.api.context import services
 from backend.app import create_app
 from backend.core.job_filters import JobFilter
+from backend.store import job_search
 from backend.store.job_reads import job_page
 from tests.helpers import bearer
 
@@ -62,6 +63,23 @@ def test_q_finds_a_substring_of_the_task_the_error_or_the_progress_message(app, 
     # The index follows a change of the text: the progress message moved on.
     manager.update_job_progress(progressing, attempt=1, progress=60, message="writing")
     assert ids(client.get("/jobs?q=page 12")) == []
+
+
+def test_a_common_q_finds_the_same_jobs_row_by_row(app, client, monkeypatch):
+    """A q held by more than FEW_MATCHES jobs is tested row by row along the order's index (not
+    read whole from the trigram index and sorted): the same jobs, in the same order."""
+    manager = services(app).jobs
+    made = [submit(client) for _ in range(4)]
+    for job_id in made[:3]:
+        manager.end_job(job_id, error="Timeout talking to PRINTER")
+    expected = ids(client.get("/jobs?q=printer"))
+    assert expected == list(reversed(made[:3]))
+
+    monkeypatch.setattr(job_search, "FEW_MATCHES", 1)
+    assert ids(client.get("/jobs?q=printer")) == expected
+    first = client.get("/jobs?q=printer&limit=2").get_json()
+    assert ids(client.get(f"/jobs?q=printer&limit=2&cursor={first['next_cursor']}")) == expected[2:]
+    assert client.post("/jobs/retry", json={"q": "printer", "dry_run": True}).get_json()["matched"] == 3
 
 
 def test_status_task_time_and_batch_filters_combine(client):
@@ -191,7 +209,9 @@ def test_every_filter_is_read_from_an_index_not_a_scan(app, label):
         list(job_page(services(app).sessions, filt=filt, after=after, limit=51, omit=frozenset()))
     finally:
         event.remove(engine, "before_cursor_execute", capture)
-    ((statement, parameters),) = executed
+    # The page's statement (for q, a probe of its trigram index comes first).
+    statement, parameters = executed[-1]
+    assert len(executed) == (2 if label == "q" else 1), executed
     with engine.connect() as connection:
         if engine.dialect.name == "postgresql":
             connection.exec_driver_sql("SET enable_seqscan = off")  # a test's empty tables: a scan costs nothing

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.job_filters import JobFilter
-from backend.store.job_search import search
+from backend.store.job_search import q_is_common, search
 from backend.store.models import Job
 
 #: Rows read from the store at a time while a page of GET /jobs is built.
@@ -95,7 +95,10 @@ def job_page(
     # Never the checkpoint: no page shows it.
     columns = [c for c in Job.__table__.c if c.name not in omit and c.name != "checkpoint"]
     with sessions() as session:
-        query = search(columns, filt, dialect=session.get_bind().dialect.name, after=after, limit=limit)
+        # A q gets one probe of its index first: how it is best read depends on how common it is.
+        common = filt.q is not None and "\x00" not in filt.q and q_is_common(session, filt.q)
+        dialect = session.get_bind().dialect.name
+        query = search(columns, filt, dialect=dialect, after=after, limit=limit, common_q=common)
         rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
         with contextlib.closing(rows):
             yield from rows
