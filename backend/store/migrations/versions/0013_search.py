@@ -47,6 +47,39 @@ _SQLITE_UP = [
 ]
 
 
+# The jobs stored before this revision get their kwargs rows too (as backend.core.job_filters.
+# indexed_kwargs writes them: scalar top-level values, the name a keyword argument's, the text
+# at most 200 characters; strings as themselves, numbers, booleans and null as their JSON text).
+_SQLITE_BACKFILL = """
+INSERT INTO job_kwargs (job_id, name, value, created_at)
+SELECT job_id, name, value, created_at FROM (
+    SELECT jobs.id AS job_id, e.key AS name, jobs.created_at AS created_at,
+           CASE e.type WHEN 'text' THEN e.value WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                WHEN 'null' THEN 'null' ELSE CAST(e.value AS TEXT) END AS value,
+           row_number() OVER (PARTITION BY jobs.id ORDER BY e.id) AS n
+    FROM jobs, json_each(jobs.kwargs) AS e
+    WHERE json_valid(jobs.kwargs) AND json_type(jobs.kwargs) = 'object'
+      AND e.type IN ('text', 'integer', 'real', 'true', 'false', 'null')
+      AND length(e.key) BETWEEN 1 AND 100 AND e.key GLOB '[A-Za-z_]*' AND e.key NOT GLOB '*[^A-Za-z0-9_]*'
+) WHERE length(value) <= 200 AND instr(value, char(0)) = 0 AND n <= 20
+"""
+_PG_BACKFILL = """
+INSERT INTO job_kwargs (job_id, name, value, created_at)
+SELECT job_id, name, value, created_at FROM (
+    SELECT jobs.id AS job_id, e.key AS name, jobs.created_at AS created_at,
+           CASE jsonb_typeof(e.value) WHEN 'string' THEN e.value #>> '{}' ELSE e.value::text END AS value,
+           row_number() OVER (PARTITION BY jobs.id) AS n
+    FROM jobs, jsonb_each(
+        -- jsonb refuses an escaped NUL (PostgreSQL text holds none): such a job's kwargs are skipped.
+        CASE WHEN json_typeof(jobs.kwargs) = 'object' AND strpos(jobs.kwargs::text, '\\u0000') = 0
+             THEN jobs.kwargs::jsonb END
+    ) AS e
+    WHERE jsonb_typeof(e.value) IN ('string', 'number', 'boolean', 'null')
+      AND e.key ~ '^[A-Za-z_][A-Za-z0-9_]{0,99}$'
+) AS pairs WHERE length(value) <= 200 AND n <= 20
+"""
+
+
 def upgrade() -> None:
     op.create_table(
         "job_kwargs",
@@ -57,6 +90,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "name"),
     )
+    op.execute(_PG_BACKFILL if op.get_bind().dialect.name == "postgresql" else _SQLITE_BACKFILL)
     op.create_index("ix_job_kwargs_lookup", "job_kwargs", ["name", "value", "created_at", "job_id"], unique=False)
     op.create_index("ix_jobs_batch_created", "jobs", ["batch_id", "created_at", "id"], unique=False)
     op.drop_index("ix_jobs_batch", table_name="jobs")
