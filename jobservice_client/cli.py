@@ -199,9 +199,14 @@ def run_logs(client: Client, args) -> int:
 
 def _json_value(text: str):
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:80]!r}") from None
+
+
+def _no_constant(name: str):
+    """NaN and Infinity: Python's json reads them, JSON has none, and the API could not take them."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _json_object(text: str) -> dict:

@@ -114,13 +114,14 @@ class Client:
         ``args``/``kwargs`` are the task's arguments, and only they reach the task: a task
         parameter called ``priority`` travels in ``kwargs``, the option ``priority=`` is the
         job's. Options (keyword only): priority ("high", "default", "low"), idempotency_key,
-        run_at (a datetime or ISO text), max_retries, timeout (seconds), webhook_url,
-        depends_on (job ids or Jobs), allow_failure, max_interruptions, max_snoozes.
+        run_at (a datetime with a zone, or ISO text), max_retries, timeout (seconds), webhook_url,
+        depends_on (a job id or Job, or a list of them), allow_failure, max_interruptions, max_snoozes.
         ``job.created`` is False when an idempotency key returned an existing live job.
 
         Raises:
             NotFound: no such task. BadRequest: arguments or options refused (422).
             RateLimited, Unavailable: still refused after the retries. TypeError: an unknown option.
+            ValueError: a naive datetime, or arguments JSON cannot hold (NaN, Infinity).
         """
         unknown = sorted(set(options) - set(SUBMIT_OPTIONS))
         if unknown:
@@ -135,18 +136,20 @@ class Client:
             if value is None:
                 continue
             if isinstance(value, datetime):
-                value = value.isoformat()
+                value = _instant(value, name)
             elif name == "depends_on":
-                value = [item.id if isinstance(item, Job) else item for item in value]
+                value = [item.id if isinstance(item, Job) else item for item in _listed(value)]
             body[name] = value
         response = self.request("POST", f"/tasks/{_segment(task)}", json_body=body)
         job = Job(self, _decoded(response))
         job.created = response.status_code == 202
         return job
 
-    def job(self, job_id: str) -> Job:
-        """``GET /jobs/<id>``, whole (arguments and result included). Raises NotFound."""
-        return Job(self, self.get_json(f"/jobs/{_segment(job_id)}"))
+    def job(self, job_id: str, *, deadline: float | None = None) -> Job:
+        """``GET /jobs/<id>``, whole (arguments and result included). Raises NotFound.
+
+        ``deadline`` (a ``time.monotonic()`` value) ends the call, its retries and their pauses."""
+        return Job(self, _decoded(self.request("GET", f"/jobs/{_segment(job_id)}", deadline=deadline)))
 
     def jobs(
         self,
@@ -163,9 +166,13 @@ class Client:
 
         ``kwargs={"document_id": 7}`` matches jobs whose top-level keyword argument
         ``document_id`` is 7 (or "7"); more filters: owner (admin keys), created_after,
-        created_before (datetimes or ISO text), q (a substring of task, error or progress
-        message), batch_id, schedule_id. ``fields`` adds heavy fields (args, kwargs, result) to
-        each listed job; ``limit`` stops after that many jobs (None: all of them).
+        created_before (datetimes with a zone, or ISO text), q (a substring of task, error or
+        progress message), batch_id, schedule_id. ``fields`` adds heavy fields (args, kwargs,
+        result) to each listed job; ``limit`` stops after that many jobs (None: all of them).
+
+        Raises (at once, before any page): TypeError (an unknown filter, a list as a kwargs
+        value), ValueError (a naive datetime: the API would read it as UTC). While iterating:
+        the request's errors, and ServerError when the API sends a cursor it sent before.
         """
         unknown = sorted(set(filters) - set(LIST_FILTERS))
         if unknown:
@@ -173,14 +180,19 @@ class Client:
         params: dict[str, str] = {}
         for name, value in {"status": status, "task": task, **filters}.items():
             if value is not None:
-                params[name] = value.isoformat() if isinstance(value, datetime) else str(value)
+                params[name] = _instant(value, name) if isinstance(value, datetime) else str(value)
         for name, value in (kwargs or {}).items():
             params[f"kwargs.{name}"] = query_text(value)
         if fields:
             params["fields"] = ",".join(fields)
         if page_size is not None:
             params["limit"] = str(page_size)
-        yielded = 0
+        return self._pages(params, limit)
+
+    def _pages(self, params: dict[str, str], limit: int | None) -> Iterator[Job]:
+        """The jobs of every page, following ``next_cursor``; a cursor seen before (a proxy's
+        cached page, a server bug) would page forever through the same jobs: raised."""
+        yielded, seen = 0, set()
         while limit is None or yielded < limit:
             page = self.get_json("/jobs", params=params)
             for data in page.get("jobs") or []:
@@ -191,7 +203,12 @@ class Client:
             cursor = page.get("next_cursor")
             if not cursor:
                 return
-            params["cursor"] = cursor
+            if cursor in seen:
+                raise errors.ServerError(
+                    f"the API repeated cursor {str(cursor)[:80]!r} of GET /jobs: it would page forever"
+                )
+            seen.add(cursor)
+            params = {**params, "cursor": cursor}
 
     def cancel(self, job_id: str) -> Job:
         """``POST /jobs/<id>/cancel``: the job as cancelled. Raises Conflict once it has ended."""
@@ -226,34 +243,56 @@ class Client:
         params: Mapping | None = None,
         json_body: object = None,
         idempotent: bool | None = None,
+        deadline: float | None = None,
     ) -> requests.Response:
-        """One call with the retry rules of this class; the answer, when its status is below 400.
+        """One call with the retry rules of this class; the answer, when its status is below 300.
 
         ``idempotent`` (default: GET and HEAD are) also retries a call whose connection failed.
+        ``deadline`` (a ``time.monotonic()`` value): no attempt waits for an answer past it, and
+        a pause that would end past it is not taken (the error is raised).
 
         Raises:
             JobServiceError: the API's error as its subclass (NotFound, Conflict, ...), or
-                Unavailable with ``status`` None when the service could not be reached.
+                Unavailable with ``status`` None when the service could not be reached;
+                ServerError for a redirect (its message names where to: the client's URL is wrong).
+            ValueError: ``json_body`` holds NaN or Infinity, which JSON cannot (nothing is sent).
         """
         idempotent = method in ("GET", "HEAD") if idempotent is None else idempotent
         url = self.base_url + path
+        # Serialised here, strictly: requests' own failure to (NaN) would pass for a lost connection.
+        data, headers = None, None
+        if json_body is not None:
+            try:
+                data = json.dumps(json_body, allow_nan=False).encode()
+            except ValueError as exc:
+                raise ValueError(
+                    f"{method} {path}: the body is not JSON ({exc}): NaN and Infinity cannot be sent"
+                ) from None
+            headers = {"Content-Type": "application/json"}
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            timeout = self.timeout if deadline is None else max(0.001, min(self.timeout, deadline - time.monotonic()))
             try:
                 response = self.session.request(
-                    method, url, params=params, json=json_body, timeout=self.timeout, allow_redirects=False
+                    method, url, params=params, data=data, headers=headers, timeout=timeout, allow_redirects=False
                 )
             except requests.RequestException as exc:
-                if idempotent and not last:
+                if idempotent and not last and _fits(_backoff(attempt), deadline):
                     self._pause(_backoff(attempt), f"{method} {path}: {type(exc).__name__}")
                     continue
                 raise errors.Unavailable(f"{method} {url}: {_reason(exc)}") from exc
-            if response.status_code < 400:
+            if response.status_code < 300:
                 return response
+            if response.status_code < 400:
+                raise errors.ServerError(
+                    f"{method} {url} redirects to {response.headers.get('Location') or '(no Location)'}: "
+                    "use the API's own address as the client's URL (JOBSERVICE_URL)",
+                    status=response.status_code,
+                )
             error = errors.from_response(response)
             if response.status_code in (429, 503) and not last:
                 wait = error.retry_after if error.retry_after is not None else _backoff(attempt)
-                if wait <= self.max_retry_wait:
+                if wait <= self.max_retry_wait and _fits(wait, deadline):
                     self._pause(wait, f"{method} {path}: {response.status_code}")
                     continue
             raise error
@@ -315,6 +354,28 @@ def _decoded(response: requests.Response):
             f"the answer to {response.request.method} {response.url} is not JSON: {response.text[:200]!r}",
             status=response.status_code,
         ) from None
+
+
+def _instant(value: datetime, name: str) -> str:
+    """A datetime as ISO text with its offset; ValueError when naive (the API reads a time
+    without a zone as UTC: a local ``datetime.now()`` would be hours off; it refuses a naive run_at)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name}: a datetime with a zone, e.g. datetime.now(UTC), not the naive {value.isoformat()}")
+    return value.isoformat()
+
+
+def _listed(value) -> list:
+    """depends_on as a list: one id or Job is one parent (not a list of characters); else TypeError."""
+    if isinstance(value, str | Job):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"depends_on takes a job id, a Job or a list of them, not {type(value).__name__}") from None
+
+
+def _fits(seconds: float, deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() + seconds < deadline
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 #: One event's cap: the server's largest is an `end` frame (a job with a result up to its size
@@ -119,11 +119,16 @@ def _line_end(text: str, start: int) -> tuple[int, int] | None:
     return cr, cr + 2 if text[cr + 1] == "\n" else cr + 1
 
 
-def read_events(response, parser: Parser | None = None) -> Iterator[Event]:
+def read_events(
+    response, parser: Parser | None = None, *, read_timeout: Callable[[], float] | None = None
+) -> Iterator[Event]:
     """The events of a streamed ``requests`` response, each as soon as its frame has arrived.
 
     ``read1`` hands over whatever bytes are there (``iter_content`` with a size would wait for
     that many, holding back a short event); urllib3 1.x has no ``read1``: its chunk stream then.
+    ``read_timeout()``, asked before every read, bounds that read (0: stop reading). Why: the
+    server's keep-alive comments make no event, so a caller's deadline checked between events
+    would wait as long as the stream stays up; checked per read, it ends the wait on time.
 
     Raises:
         StreamError: an event over the cap.
@@ -132,7 +137,14 @@ def read_events(response, parser: Parser | None = None) -> Iterator[Event]:
     parser = parser or Parser()
     raw = response.raw
     if hasattr(raw, "read1"):
+        sock = _socket(raw) if read_timeout is not None else None
         while True:
+            if read_timeout is not None:
+                seconds = read_timeout()
+                if seconds <= 0:
+                    return
+                if sock is not None:
+                    sock.settimeout(seconds)
             chunk = raw.read1(READ_SIZE)
             if not chunk:
                 break
@@ -141,3 +153,12 @@ def read_events(response, parser: Parser | None = None) -> Iterator[Event]:
         for chunk in response.iter_content(chunk_size=None):
             yield from parser.feed(chunk)
     yield from parser.close()
+
+
+def _socket(raw):
+    """The socket a urllib3 2.x response reads from, or None (then the connection's read timeout,
+    set when it opened, bounds each read). The response's file holds it even once the connection
+    handed it over (``Connection: close``); urllib3 names neither publicly."""
+    sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+    sock = sock or getattr(getattr(raw, "connection", None), "sock", None)
+    return sock if hasattr(sock, "settimeout") else None

@@ -191,7 +191,7 @@ class Job:
                 usable = self._usable(response)
                 if usable is not None:
                     return usable
-                events = read_events(response)
+                events = read_events(response, read_timeout=lambda: min(STREAM_READ_TIMEOUT, _remaining(deadline)))
                 while True:
                     # Only reading is guarded: what the callbacks raise is the caller's.
                     try:
@@ -249,7 +249,14 @@ class Job:
 
     def _poll(self, deadline, timeout, watch, interval: float) -> None:
         while True:
-            self.refresh()
+            try:
+                # a read, its retries and their pauses end with the wait: no waiting past it
+                self.data = self._client.job(self.id, deadline=deadline).data
+                self.partial = False
+            except errors.JobServiceError as exc:
+                if exc.status is None and _remaining(deadline) <= 0:
+                    raise errors.WaitTimeout(self, timeout) from exc  # timed out by the deadline
+                raise
             watch.check()
             if self.done:
                 return
@@ -267,6 +274,11 @@ class Job:
         if left <= 0:
             raise errors.WaitTimeout(self, timeout)
         return left
+
+
+def _remaining(deadline: float | None) -> float:
+    """Seconds left before ``deadline``, at least 0 (a day when there is none)."""
+    return 86400.0 if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class _Watch:

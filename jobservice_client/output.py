@@ -3,6 +3,8 @@ for scripts (``--json``) plain JSON on stdout and nothing else there.
 
 Text that comes from a job (its progress message, error, log lines) is never read as rich markup:
 a message holding ``[red]`` shows as typed, and cannot restyle or hide the rest of the screen.
+Nor does it reach the terminal with control characters (``printable``): a tenant's error holding
+ESC sequences could clear the operator's screen, retitle the window or fake output lines.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ out = Console(highlight=False, emoji=False)
 err = Console(stderr=True, highlight=False, emoji=False)
 
 STYLES = {"COMPLETED": "green", "FAILED": "red", "CANCELLED": "yellow", "PROCESSING": "cyan"}
+#: C0 controls (but tab and newline), DEL and C1 controls, each shown as its ``\xNN`` escape.
+CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+
+
+def printable(value) -> str:
+    """``value`` as text that only prints: control characters (ESC, CR, BEL, CSI ...) escaped."""
+    return str(value).translate(CONTROLS)
 
 
 class ProgressBar:
@@ -60,10 +69,10 @@ class ProgressBar:
 def _message(job) -> str:
     """What the bar says beside it: the task's progress message, else why the job waits."""
     if job.progress_message:
-        return job.progress_message
+        return printable(job.progress_message)
     if job.waiting_reason:
-        return f"waiting: {job.waiting_reason}"
-    return f"{job.task} {job.id}"
+        return printable(f"waiting: {job.waiting_reason}")
+    return printable(f"{job.task} {job.id}")
 
 
 def ended(job, as_json: bool) -> None:
@@ -72,16 +81,16 @@ def ended(job, as_json: bool) -> None:
         print_json(job.data)
         return
     took = _duration(job.data.get("started_at"), job.data.get("completed_at"))
-    head = f"[{STYLES.get(job.status, 'bold')}]{job.status}[/] {escape(job.task or '')} {job.id}{took}"
+    head = f"[{STYLES.get(job.status, 'bold')}]{job.status}[/] {_text(job.task)} {_text(job.id)}{took}"
     if job.status == "COMPLETED":
         out.print(head)
         out.print_json(json.dumps(job.result))
     elif job.status == "FAILED":
         out.print(head)
-        out.print(job.error or "(no error recorded)", markup=False)
+        _error_text(job.error or "(no error recorded)")
     else:
         by = job.data.get("cancelled_by")
-        out.print(head + (f" (by {escape(by)})" if by else ""))
+        out.print(head + (f" (by {_text(by)})" if by else ""))
 
 
 def job_line(job, as_json: bool, *, verb: str) -> None:
@@ -89,7 +98,7 @@ def job_line(job, as_json: bool, *, verb: str) -> None:
         print_json(job.data)
         return
     style = STYLES.get(job.status, "bold")
-    out.print(f"{verb}: {escape(job.task or '')} job {job.id} [{style}]{job.status}[/]")
+    out.print(f"{verb}: {_text(job.task)} job {_text(job.id)} [{style}]{_text(job.status)}[/]")
 
 
 def job_table(jobs: list, as_json: bool) -> None:
@@ -105,12 +114,12 @@ def job_table(jobs: list, as_json: bool) -> None:
     for job in jobs:
         note = (job.error or "").strip().splitlines()[-1:] or [job.progress_message or job.waiting_reason or ""]
         table.add_row(
-            job.id,
-            escape(job.task or ""),
-            f"[{STYLES.get(job.status, 'default')}]{job.status}[/]",
+            _text(job.id),
+            _text(job.task),
+            f"[{STYLES.get(job.status, 'default')}]{_text(job.status)}[/]",
             f"{job.progress}%",
-            (job.data.get("created_at") or "").replace("T", " ").removesuffix("Z"),
-            escape(note[0][:120]),
+            _text((job.data.get("created_at") or "").replace("T", " ").removesuffix("Z")),
+            _text(note[0][:120]),
         )
     out.print(table)
 
@@ -126,11 +135,11 @@ def job_detail(job, as_json: bool) -> None:
         if value is None or value == [] or name == "error":
             continue
         text = value if isinstance(value, str) else json.dumps(value)
-        table.add_row(name, escape(text))
+        table.add_row(_text(name), _text(text))
     out.print(table)
     if job.error:
         out.print("[bold]error[/]")
-        out.print(job.error, markup=False)
+        _error_text(job.error)
 
 
 def log_line(line: dict, as_json: bool) -> None:
@@ -138,19 +147,31 @@ def log_line(line: dict, as_json: bool) -> None:
         sys.stdout.write(json.dumps(line) + "\n")
         return
     at = (line.get("at") or "").replace("T", " ").removesuffix("Z")
-    sys.stdout.write(f"{at} {line.get('level', ''):<7} #{line.get('attempt')} {line.get('message', '')}\n")
+    text = f"{at} {line.get('level', ''):<7} #{line.get('attempt')} {line.get('message', '')}"
+    sys.stdout.write(printable(text) + "\n")
 
 
 def error(exc, url: str) -> None:
     """A refused or failed request, on stderr."""
     if exc.status is None:
-        err.print(f"error: cannot reach the job service at {escape(url)} ({escape(exc.message)})", soft_wrap=True)
+        err.print(f"error: cannot reach the job service at {_text(url)} ({_text(exc.message)})", soft_wrap=True)
         return
-    text = f"error: {escape(exc.message)} (HTTP {exc.status} {escape(exc.code or '')})"
+    text = f"error: {_text(exc.message)} (HTTP {exc.status} {_text(exc.code)})"
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         text += f"; try again in {retry_after:g} s"
     err.print(text, soft_wrap=True)
+
+
+def _text(value) -> str:
+    """A job's value inside rich markup: printable, and its brackets not read as markup."""
+    return escape(printable(value if value is not None else ""))
+
+
+def _error_text(text: str) -> None:
+    """A job's error as it was raised: not read as markup, and not re-wrapped at 80 columns
+    when stdout is a pipe (a script greps for the whole line); the terminal wraps it instead."""
+    out.print(printable(text), markup=False, soft_wrap=True)
 
 
 def print_json(value) -> None:

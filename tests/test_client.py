@@ -12,6 +12,7 @@ import logging
 import shutil
 import threading
 import time
+from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -222,6 +223,51 @@ def test_jobs_follows_pages_and_filters_by_keyword_arguments(live_server):
     assert refused.value.status == 422
 
 
+@pytest.fixture
+def quick_keepalive(monkeypatch):
+    """The API's event stream sends its keep-alive every 0.3 s (5 s in production)."""
+    monkeypatch.setattr("backend.api.events.KEEPALIVE_SECONDS", 0.3)
+
+
+def test_wait_timeout_is_honoured_while_the_stream_sends_only_keepalives(quick_keepalive, live_server):
+    # Given a queued job (no worker) whose event stream brings only keep-alives, more often
+    # than the wait's timeout
+    client = Client(live_server)
+    job = client.submit("sleep", kwargs={"seconds": 30})
+    outcome = []
+
+    def wait():
+        try:
+            job.wait(timeout=1.5)
+            outcome.append("returned")
+        except WaitTimeout:
+            outcome.append("WaitTimeout")
+
+    # When it waits for it with that timeout
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    try:
+        # Then WaitTimeout comes though the stream never goes quiet (it used to block until the end)
+        assert outcome == ["WaitTimeout"], "wait(timeout=1.5) still blocked on a stream of keep-alives"
+    finally:
+        client.cancel(job.id)
+        waiter.join(timeout=10)
+
+
+def test_a_naive_datetime_is_refused_as_the_api_refuses_a_naive_run_at(live_server):
+    client = Client(live_server)
+    job = client.submit("echo")
+    # a naive datetime names no instant (local time? UTC?): refused before anything is sent
+    with pytest.raises(ValueError, match="zone"):
+        client.jobs(created_after=datetime.now() - timedelta(minutes=5))
+    with pytest.raises(ValueError, match="zone"):
+        client.submit("echo", run_at=datetime.now())
+    # one with a zone finds the job, whatever the machine's zone
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    assert job.id in [j.id for j in client.jobs(created_after=since.astimezone(timezone(timedelta(hours=9))))]
+
+
 # -- against scripted servers ------------------------------------------------------------
 
 
@@ -387,6 +433,65 @@ def test_a_server_without_the_event_stream_is_polled(scripted):
 
     assert job.status == "COMPLETED" and job.result == 3
     assert [r["path"] for r in server.requests] == ["/jobs/j1/events"] + ["/jobs/j1"] * 3
+
+
+def test_polling_waits_for_a_retry_no_longer_than_the_waits_timeout(scripted):
+    # Given a server without the event stream whose job route then answers 503, retry in 20 s
+    server = scripted(
+        (404, {}, error("not_found")),
+        (200, {}, job_body("PROCESSING")),
+        (503, {"Retry-After": "20"}, error("service_unavailable")),
+    )
+    job = Job(Client(server.url, retries=1), job_body("QUEUED"))
+
+    # When it waits 1 s: the 503 is raised at once (its wait would pass the timeout), not
+    # slept on and sent again
+    with pytest.raises(Unavailable) as raised:
+        job.wait(timeout=1, poll_interval=0.01)
+    assert raised.value.retry_after == 20 and len(server.requests) == 3
+
+
+def test_jobs_stops_when_the_server_repeats_its_cursor(scripted):
+    server = scripted((200, {}, {"jobs": [job_body("QUEUED")], "next_cursor": "same"}))
+    seen = []
+
+    with pytest.raises(ServerError, match="repeated"):
+        for job in Client(server.url, retries=0).jobs():
+            seen.append(job.id)
+            if len(seen) > 50:
+                break
+    assert seen == ["j1", "j1"]  # the first page, and the page its repeated cursor brought
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_a_redirect_is_raised_with_where_it_points(scripted, status):
+    # a redirect whose body is a job's JSON is not read as the job
+    server = scripted((status, {"Location": "https://jobs.example.invalid/jobs/j1"}, job_body()))
+    with pytest.raises(ServerError, match="redirects to https://jobs.example.invalid/jobs/j1") as raised:
+        Client(server.url).job("j1")
+    assert raised.value.status == status and len(server.requests) == 1
+
+
+def test_depends_on_takes_one_id_one_job_or_several(scripted):
+    server = scripted((202, {}, job_body("PENDING")))
+    client = Client(server.url)
+    parent = Job(client, job_body("QUEUED", job_id="job_p"))
+
+    client.submit("echo", depends_on="job_abc")
+    client.submit("echo", depends_on=parent)
+    client.submit("echo", depends_on=["job_abc", parent])
+    with pytest.raises(TypeError):
+        client.submit("echo", depends_on=7)
+
+    sent = [json.loads(r["body"])["depends_on"] for r in server.requests]
+    assert sent == [["job_abc"], ["job_p"], ["job_abc", "job_p"]]
+
+
+def test_nan_in_the_arguments_is_refused_before_sending_not_unavailable(scripted):
+    server = scripted((202, {}, job_body("QUEUED")))
+    with pytest.raises(ValueError, match="JSON") as raised:
+        Client(server.url).submit("echo", kwargs={"x": float("nan")})
+    assert not isinstance(raised.value, Unavailable) and server.requests == []
 
 
 # -- the event stream parser -------------------------------------------------------------

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from jobservice_client import Client
+from jobservice_client import Client, output
 from tests.conftest import ROOT
+from tests.test_client import scripted  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.one_pass(reason="the command line over HTTP; the routes it calls are tested on both stores")
 
@@ -178,12 +179,67 @@ def test_scripts_get_json_and_exit_codes(live_server):
         (("submit", "sleep", "--args", '{"a": 1}'), "must be a JSON list"),
         (("jobs", "list", "--limit", "0"), "at least 1"),
         (("jobs", "list", "--kwarg", "document_id"), "NAME=VALUE"),
+        (("submit", "echo", "--kwargs", '{"x": NaN}'), "NaN is not JSON"),
+        (("submit", "echo", "--args", "[-Infinity]"), "-Infinity is not JSON"),
         (("jobs",), "usage:"),
     ],
 )
 def test_a_usage_error_exits_2(args, says):
     result = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, {"Content-Type": "text/html"}, b"<html>a proxy's login page</html>"),
+        (301, {"Location": "https://example.invalid/jobs/x"}, b""),
+        (307, {"Location": "https://example.invalid/jobs/x"}, b'{"job_id": "x", "status": "COMPLETED"}'),
+    ],
+    ids=["html-200", "redirect-301", "redirect-307-with-json"],
+)
+def test_an_answer_that_is_not_the_apis_exits_3_without_a_traceback(scripted, answer):  # noqa: F811
+    server = scripted(answer)
+    shown = cli(server.url, "jobs", "show", "x")
+    assert "Traceback" not in shown.stderr and shown.stdout == "", shown.stderr
+    assert shown.returncode == 3, (shown.returncode, shown.stderr[-300:])
+    if answer[0] != 200:
+        assert "redirects to https://example.invalid/jobs/x" in shown.stderr, shown.stderr
+
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x1b[31mred\x9b1m\rspoofed"
+
+
+def test_a_jobs_text_cannot_send_control_sequences_to_the_terminal(live_server, run_burst_worker, capsys):
+    # Given a FAILED job whose error (a tenant's text) holds terminal control sequences
+    client = Client(live_server)
+    job = client.submit("fail", kwargs={"message": HOSTILE}, max_retries=0)
+    run_burst_worker()
+    assert job.refresh().status == "FAILED"
+
+    # Then no command prints them raw: they show escaped, as text
+    for args in (("jobs", "show", job.id), ("jobs", "list"), ("jobs", "wait", job.id)):
+        shown = cli(live_server, *args)
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", shown.stdout), (args, repr(shown.stdout[-400:]))
+        if args[1] != "list":  # (the list's NOTE column is folded too narrow in a pipe to read it whole)
+            assert "\\x1b[2J" in shown.stdout, (args, shown.stdout)
+    # and neither do log lines (written raw to stdout before)
+    output.log_line({"at": "2026-01-01T00:00:00Z", "level": "INFO", "attempt": 1, "message": HOSTILE}, False)
+    written = capsys.readouterr().out
+    assert "\x1b" not in written and "\r" not in written and "\\x1b]0;owned" in written, repr(written)
+
+
+def test_a_failed_jobs_error_is_not_rewrapped_in_a_pipe(live_server, run_burst_worker):
+    # Given a FAILED job with an error longer than a terminal's 80 columns
+    message = "E" * 30 + " " + "word " * 30 + "end-of-message"
+    job = Client(live_server).submit("fail", kwargs={"message": message}, max_retries=0)
+    run_burst_worker()
+
+    # Then a script reading the output of --wait (and of show) finds the error on one line
+    for args in (("jobs", "wait", job.id), ("jobs", "show", job.id)):
+        ended = cli(live_server, *args)
+        assert ended.returncode == (1 if args[1] == "wait" else 0), ended.stderr
+        assert f"RuntimeError: {message}" in ended.stdout, ended.stdout
 
 
 @pytest.fixture
