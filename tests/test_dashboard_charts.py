@@ -2,7 +2,9 @@
 per minute, queue depth, run time p50/p95 per task) from the history the service keeps, the
 Workers panel (its current job opens in the job view), the search filters of the job list (a
 kwargs filter narrows it; a refused filter is said), a queue's Pause button, at 1280x800 and at
-390x844 without horizontal scroll, and no request to another origin (the page works offline).
+390x844 without horizontal scroll (also with long tenant tokens without a space), times on the
+browser's clock that the "Created after" filter reads the same way (a browser in Asia/Tokyo), and
+no request to another origin (the page works offline).
 
 Screenshots of both widths go to ``$DASHBOARD_SHOTS`` (else the test's tmp_path).
 """
@@ -19,7 +21,7 @@ import pytest
 
 from backend.api.context import services
 from tests.browser import launch, playwright, requires_chromium
-from tests.helpers import submit, wait_for_status, wait_until
+from tests.helpers import get_job, submit, submit_add, wait_for_status, wait_until
 
 pytestmark = [
     requires_chromium,
@@ -53,11 +55,13 @@ def shots(tmp_path) -> Path:
 
 
 @pytest.fixture
-def page(live_server):
+def page(live_server, request):
+    # A test may ask for the browser's time zone: parametrize("page", ["Asia/Tokyo"], indirect=True)
+    timezone = getattr(request, "param", None)
     with playwright.sync_playwright() as p:
         browser = launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page = browser.new_context(viewport={"width": 1280, "height": 800}, timezone_id=timezone).new_page()
             page.errors = []
             page.urls = []
             page.refused = []
@@ -262,4 +266,92 @@ def test_tenant_text_in_the_charts_and_workers_shows_as_text(live_server, page, 
     page.screenshot(path=str(shots / "dashboard-canned-390.png"), full_page=True)
     assert page.evaluate("() => window.__pwned") is None
     assert page.evaluate("() => document.querySelectorAll('img').length") == 0
+    assert [e for e in page.errors if not REFUSED.search(e)] == [], page.errors
+
+
+# A tenant's token without a space: a pod's host name as a worker name, a URL or a base64 id.
+LONG = "x" * 160
+# How wide the job list's table is, and the box it scrolls in.
+JOB_LIST = """() => { const t = document.querySelector('#jobs').closest('table');
+  return {table: t.scrollWidth, box: t.parentElement.clientWidth}; }"""
+
+
+@pytest.mark.timeout(60)
+def test_long_unbroken_tenant_text_wraps_instead_of_scrolling_sideways(live_server, page, shots):
+    # Given a job, a worker, a task and a queue whose names and message are long tokens without a space
+    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    job = {
+        "job_id": "job_" + "a" * 32,
+        "task": "t" + LONG,
+        "status": "PROCESSING",
+        "progress": 40,
+        "progress_message": "m" + LONG,
+        "attempt": 1,
+        "created_at": now,
+        "priority": "default",
+    }
+    answers = {
+        "/jobs": {"jobs": [job], "next_cursor": None},
+        "/monitoring/history": {"window": "hour", "step_seconds": 60,
+                                "points": [{"at": now, "completed": 3, "failed": 1}],
+                                "queues": {"default": [{"at": now, "depth": 2}], "q" + LONG: [{"at": now, "depth": 1}]},
+                                "tasks": [{"task": "t" + LONG, "completed": 3, "failed": 1, "p50_ms": 5, "p95_ms": 9}]},
+        "/monitoring/queue/workers": {"workers": [{"name": "w" + LONG, "queues": ["default", "q" + LONG],
+                                                   "state": "busy", "current_job": job["job_id"],
+                                                   "last_heartbeat": now, "jobs_done": 1, "alive": True}]},
+    }  # fmt: skip
+
+    def answer(route):
+        path = route.request.url[len(live_server) :].split("?")[0]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(answers[path]))
+
+    page.route(re.compile(r".*/(jobs|monitoring/history|monitoring/queue/workers)(\?.*)?$"), answer)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{live_server}/dashboard")
+    page.wait_for_selector("#jobs tr[data-job-id]")
+    page.wait_for_selector("#workers-panel tr[data-worker]")
+    wait_for_text(page, "#chart-queues .legend", "1 waiting")
+
+    # Then on a phone and at 1280 px the text wraps: neither the page nor the job list scrolls sideways
+    for width, height in ((390, 844), (1280, 800)):
+        widths = fits(page, width, height)
+        jobs = page.evaluate(JOB_LIST)
+        assert jobs["table"] <= jobs["box"], (width, jobs, widths)
+        if width == 390:
+            page.screenshot(path=str(shots / "dashboard-long-390.png"), full_page=True)
+    # and every character is still there, nothing cut off
+    for text in ("t" + LONG, "m" + LONG):
+        assert text in page.inner_text("#jobs")
+    assert "w" + LONG in page.inner_text("#workers-panel")
+    assert [e for e in page.errors if not REFUSED.search(e)] == [], page.errors
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("page", ["Asia/Tokyo"], indirect=True)
+def test_a_time_read_off_the_list_filters_it_on_the_same_clock(live_server, client, page):
+    # Given a job, and a browser in Tokyo (UTC+9 all year)
+    job_id = submit_add(client)["job_id"]
+    stored = get_job(client, job_id)["created_at"]
+    page.goto(f"{live_server}/dashboard")
+    row = f"#jobs tr[data-job-id='{job_id}']"
+    page.wait_for_selector(row)
+
+    # Then its row shows when it was created on the browser's clock, to the second, the UTC value on hover,
+    # and the list and the "Created after" filter both say which clock that is
+    shown = page.inner_text(f"{row} td[data-label='Created']").strip()
+    utc = datetime.fromisoformat(stored.replace("Z", "+00:00"))
+    assert shown == (utc + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S"), (shown, stored)
+    assert stored in page.get_attribute(f"{row} td[data-label='Created'] time", "title")
+    assert "Asia/Tokyo" in page.inner_text("table.jobs-table thead")
+    assert "Asia/Tokyo" in page.inner_text("label:has(#search-after)")
+
+    # When the user asks for the jobs created a minute after the time the row shows: it is not listed
+    created = datetime.strptime(shown, "%Y-%m-%d %H:%M:%S")
+    page.fill("#search-after", (created + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.click("#search-button")
+    wait_for_text(page, "#jobs", "No job matches these filters.")
+    # and a minute before: it is
+    page.fill("#search-after", (created - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.click("#search-button")
+    page.wait_for_selector(row)
     assert [e for e in page.errors if not REFUSED.search(e)] == [], page.errors

@@ -13,7 +13,7 @@
 "use strict";
 
 import { $, api, restoreKey, saveKey } from "./dashboard_api.js";
-import { cell, el, progressBar, tickCountdowns, waitingNode } from "./dashboard_parts.js";
+import { LOCAL_ZONE, cell, el, progressBar, tickCountdowns, timeCell, waitingNode } from "./dashboard_parts.js";
 import { JobView } from "./dashboard_job.js";
 import { QueuesPanel } from "./dashboard_queues.js";
 import { RateLimitsList } from "./dashboard_limits.js";
@@ -68,7 +68,7 @@ function row(job) {
   tr.appendChild(status);
   tr.appendChild(progressCell(job.progress, job.progress_message));
   tr.appendChild(labelled(cell(job.attempt), "Attempt"));
-  tr.appendChild(labelled(cell(job.created_at), "Created"));
+  tr.appendChild(labelled(timeCell(job.created_at), "Created"));
   const actions = el("td");
   if (["PENDING", "QUEUED", "PROCESSING"].includes(job.status)) actions.appendChild(button("Cancel", () => api(`/jobs/${encodeURIComponent(job.job_id)}/cancel`, { method: "POST" })));
   if (["FAILED", "CANCELLED"].includes(job.status)) actions.appendChild(button("Retry", async () => {
@@ -136,7 +136,8 @@ async function refresh() {
     const schedules = await api("/scheduled-jobs");
     $("schedules").replaceChildren(...schedules.scheduled_jobs.map((s) => {
       const tr = el("tr");
-      [s.name, s.task, s.cron + " " + s.timezone, s.enabled ? "yes" : "no", s.next_run_at, s.last_job_id].forEach((v) => tr.appendChild(cell(v)));
+      [s.name, s.task, s.cron + " " + s.timezone, s.enabled ? "yes" : "no"].forEach((v) => tr.appendChild(cell(v)));
+      tr.append(timeCell(s.next_run_at), cell(s.last_job_id));
       return tr;
     }));
     $("problem").textContent = "";
@@ -172,6 +173,8 @@ $("key").addEventListener("change", () => {
   queues.keyChanged();
   if (view.jobId) view.show(view.jobId); // its stream reconnects with the new key
 });
+// The headers and the time filters name the clock the page shows and reads: the browser's.
+for (const node of document.querySelectorAll(".local-zone")) node.textContent = LOCAL_ZONE;
 restoreKey();
 loadTasks();
 refresh();

@@ -4,7 +4,7 @@
 "use strict";
 
 import { $, api, authHeaders } from "./dashboard_api.js";
-import { cell, el, jsonText, progressBar, setProgress, waitingNode } from "./dashboard_parts.js";
+import { LOCAL_ZONE, cell, el, jsonText, localTime, progressBar, setProgress, timeCell, waitingNode } from "./dashboard_parts.js";
 import { LogPane, OutputPane } from "./dashboard_panes.js";
 import { openEventStream } from "./dashboard_stream.js";
 
@@ -15,6 +15,16 @@ const LOG_PAGES = 5;
 // After `end` the stream is closed, but the worker's last log lines may still be on their way
 // to the store: read what came after the last line seen once more, this long after.
 const LATE_LOGS_MS = 2000;
+
+// A time field of the job on the browser's clock (a <time> node), or null when unset.
+const when = (iso) => (iso ? localTime(iso) : null);
+
+// A field's value: text, or a node (a time) as it is.
+function dd(value) {
+  const node = el("dd");
+  node.append(value);
+  return node;
+}
 
 export class JobView {
   // Told what the stream brings, so that the list's row of the job follows at once:
@@ -90,7 +100,7 @@ export class JobView {
     p.attempts = el("tbody");
     const attempts = el("table", null, "attempts");
     const header = el("tr");
-    ["Attempt", "Worker", "Started", "Ended", "Outcome", "Error"].forEach((t) => header.appendChild(el("th", t)));
+    ["Attempt", "Worker", `Started (${LOCAL_ZONE})`, "Ended", "Outcome", "Error"].forEach((t) => header.appendChild(el("th", t)));
     attempts.append(el("thead"), p.attempts);
     attempts.firstChild.appendChild(header);
     p.output = el("pre", null, "job-output empty");
@@ -121,12 +131,12 @@ export class JobView {
       ["Attempt", `${job.attempt}`], ["Retries", `${job.retry_count} of ${job.max_retries}`],
       ["Interruptions", `${job.interruptions} of ${job.max_interruptions}`],
       ["Snoozes", job.snoozes == null ? null : `${job.snoozes} of ${job.max_snoozes}`],
-      ["Checkpoint saved", job.checkpoint_at], ["Worker", job.worker], ["Created", job.created_at],
-      ["Started", job.started_at], ["Completed", job.completed_at], ["Run at", job.run_at],
+      ["Checkpoint saved", when(job.checkpoint_at)], ["Worker", job.worker], ["Created", when(job.created_at)],
+      ["Started", when(job.started_at)], ["Completed", when(job.completed_at)], ["Run at", when(job.run_at)],
       ["Waiting for", (job.waiting_for || []).join(", ") || null], ["Error", job.error],
       ["Args", jsonText(job.args)], ["Kwargs", jsonText(job.kwargs)], ["Result", job.result == null ? null : jsonText(job.result)],
     ];
-    p.fields.replaceChildren(...fields.filter(([, v]) => v != null && v !== "").flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+    p.fields.replaceChildren(...fields.filter(([, v]) => v != null && v !== "").flatMap(([k, v]) => [el("dt", k), dd(v)]));
     this.onJob(job);
   }
 
@@ -170,7 +180,7 @@ export class JobView {
     if (!mine()) return;
     parts.attempts.replaceChildren(...data.attempts.map((a) => {
       const tr = el("tr");
-      [a.attempt, a.worker, a.started_at, a.ended_at, a.outcome, a.error].forEach((v) => tr.appendChild(cell(v)));
+      tr.append(cell(a.attempt), cell(a.worker), timeCell(a.started_at), timeCell(a.ended_at), cell(a.outcome), cell(a.error));
       tr.children[4].className = a.outcome || "";
       return tr;
     }));

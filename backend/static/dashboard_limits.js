@@ -6,7 +6,7 @@
 "use strict";
 
 import { api } from "./dashboard_api.js";
-import { el, untilText } from "./dashboard_parts.js";
+import { el, timeTitle, untilText } from "./dashboard_parts.js";
 
 const MAX_KEYS = 50;
 
@@ -22,7 +22,7 @@ function slotCell(iso) {
   const countdown = el("time", untilText(iso), "countdown"); // counted down by tickCountdowns()
   countdown.dataset.until = iso;
   countdown.dateTime = iso;
-  countdown.title = new Date(iso).toLocaleString();
+  countdown.title = timeTitle(iso);
   node.appendChild(countdown);
   return node;
 }

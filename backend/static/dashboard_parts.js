@@ -12,6 +12,39 @@ export function el(tag, text, className) {
 
 export function cell(text) { return el("td", text ?? ""); }
 
+// The page shows every time on the browser's clock, the clock the "Created after/before" inputs
+// (datetime-local) read, so a time read off the list filters it as shown; the headers name the
+// zone, and each time's title holds its UTC value too.
+export const LOCAL_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+
+const pad = (n) => String(n).padStart(2, "0");
+
+// "2026-11-30 14:12:29" on the browser's clock for an API time (ISO, UTC); "" for none.
+export function localText(iso) {
+  if (!iso) return "";
+  const at = new Date(iso);
+  if (Number.isNaN(at.getTime())) return String(iso);
+  return `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} ${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`;
+}
+
+// The hover text of a time: both clocks, named.
+export function timeTitle(iso) { return `${localText(iso)} ${LOCAL_ZONE} · ${iso} UTC`; }
+
+// A <time> showing an API time on the browser's clock, its UTC value in datetime and title.
+export function localTime(iso) {
+  const node = el("time", localText(iso), "local-time");
+  node.dateTime = iso;
+  node.title = timeTitle(iso);
+  return node;
+}
+
+// A table cell holding a time (empty for none).
+export function timeCell(iso) {
+  const td = el("td");
+  if (iso) td.append(localTime(iso));
+  return td;
+}
+
 export function clampPercent(value) { return Math.min(100, Math.max(0, Number(value) || 0)); }
 
 // A progress bar; its width is set through the DOM since the CSP refuses style="" in markup.
@@ -78,7 +111,7 @@ export function waitingNode(job) {
     const countdown = el("time", untilText(job.resumes_at), "countdown");
     countdown.dataset.until = job.resumes_at;
     countdown.dateTime = job.resumes_at;
-    countdown.title = new Date(job.resumes_at).toLocaleString();
+    countdown.title = timeTitle(job.resumes_at);
     node.append(" · resumes ", countdown);
   }
   node.firstChild.dataset.reason = job.waiting_reason;

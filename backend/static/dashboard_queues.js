@@ -10,7 +10,7 @@
 "use strict";
 
 import { api } from "./dashboard_api.js";
-import { el } from "./dashboard_parts.js";
+import { el, timeTitle } from "./dashboard_parts.js";
 
 const QUEUES_REFRESH_MS = 5000;
 // Listening workers shown by name; past this many, "and N more" (a fleet may be large).
@@ -30,7 +30,7 @@ export function agoText(iso) {
 function timeNode(iso) {
   const node = el("time", agoText(iso), "ago");
   node.dateTime = iso;
-  node.title = new Date(iso).toLocaleString();
+  node.title = timeTitle(iso);
   return node;
 }
 

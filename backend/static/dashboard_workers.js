@@ -6,7 +6,7 @@
 "use strict";
 
 import { api } from "./dashboard_api.js";
-import { el } from "./dashboard_parts.js";
+import { el, timeTitle } from "./dashboard_parts.js";
 import { agoText } from "./dashboard_queues.js";
 
 // A fleet may be large: past this many workers the panel says how many more there are.
@@ -95,7 +95,7 @@ export class WorkersPanel {
     if (worker.last_heartbeat) {
       const time = el("time", agoText(worker.last_heartbeat), "ago");
       time.dateTime = worker.last_heartbeat;
-      time.title = new Date(worker.last_heartbeat).toLocaleString();
+      time.title = timeTitle(worker.last_heartbeat);
       beat.append(time);
     }
     const done = jobsDone(worker);
