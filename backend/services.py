@@ -164,6 +164,6 @@ def build_services(settings: Settings, *, migrate_store: bool = True) -> Service
     built.housekeeping.add("retention", retention.prune_pass)
     history = History(sessions, queues, days=settings.history_days)
     built.housekeeping.add("history.roll_up", history.roll_up)
-    built.housekeeping.add("history.sample_queues", history.sample_queues)
+    built.housekeeping.add("history.sample_queues", history.sample_queues, needs_redis=True)
     built.housekeeping.add("history.prune", history.prune)
     return built

@@ -232,6 +232,7 @@ class Settings:
             raise SettingError("REPORT_RETRY_SECONDS", f"must be a number of seconds above 0, got {retry!r}")
         _check_events(values, cls)
         _check_retention(values, cls)
+        _check_housekeeping(values, cls)
         parse_owner_weights(values.get("owner_weights", cls.owner_weights))  # fails at start, not at a pop
         return cls(**values)
 
@@ -264,6 +265,17 @@ def _check_retention(values: dict[str, object], cls: type[Settings]) -> None:
     batch = values.get("prune_batch", cls.prune_batch)
     if not 1 <= batch <= 10_000:
         raise SettingError("PRUNE_BATCH", f"must be from 1 to 10000 jobs, got {batch!r}")
+
+
+def _check_housekeeping(values: dict[str, object], cls: type[Settings]) -> None:
+    """HISTORY_DAYS 1..3650 (0 rolls nothing and prunes all; a huge one overflows), HOUSEKEEPING_INTERVAL
+    finite and >= 0 (NaN turned the thread off silently, inf overflowed its wait): refused at start."""
+    days = values.get("history_days", cls.history_days)
+    if not 1 <= days <= 3650:
+        raise SettingError("HISTORY_DAYS", f"must be from 1 to 3650 days, got {days!r}")
+    interval = values.get("housekeeping_interval", cls.housekeeping_interval)
+    if not 0 <= interval < float("inf"):  # also NaN
+        raise SettingError("HOUSEKEEPING_INTERVAL", f"must be a number of seconds, 0 (off) or above, got {interval!r}")
 
 
 def _parse_bool(value: object) -> bool:
