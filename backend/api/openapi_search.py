@@ -14,6 +14,9 @@ from backend.core.job_filters import KWARG_NAME_PATTERN, MAX_KWARG_FILTERS, MAX_
 from backend.service.job_search import RETRYABLE
 
 DATE_TIME = {"type": "string", "format": "date-time", "description": "ISO 8601; without a zone: UTC"}
+Q = {"type": "string", "minLength": MIN_Q, "maxLength": MAX_Q}
+#: An empty query value is no filter.
+EMPTY = {"type": "string", "maxLength": 0}
 LIST_DESCRIPTION = (
     "Jobs newest first, those matching every filter given (an empty value is no filter). Besides the "
     f"parameters below, up to {MAX_KWARG_FILTERS} `kwargs.<name>=<value>` (name {KWARG_NAME_PATTERN}, value up "
@@ -34,9 +37,9 @@ def search_params() -> list[dict]:
         query_param("status", {"type": "string", "enum": [*STATUSES, ""]}),
         query_param("task", _text("task")),
         query_param("owner", _text("owner")),
-        query_param("created_after", DATE_TIME),
-        query_param("created_before", DATE_TIME),
-        query_param("q", {"type": "string", "minLength": MIN_Q, "maxLength": MAX_Q}),
+        query_param("created_after", {"anyOf": [DATE_TIME, EMPTY]}),
+        query_param("created_before", {"anyOf": [DATE_TIME, EMPTY]}),
+        query_param("q", {"anyOf": [Q, EMPTY]}),
         query_param("batch_id", _text("batch_id")),
         query_param("schedule_id", _text("schedule_id")),
     ]
@@ -57,7 +60,7 @@ def _filter_body(statuses: list[str]) -> dict:
         "owner": _text("owner", 1),
         "created_after": DATE_TIME,
         "created_before": DATE_TIME,
-        "q": {"type": "string", "minLength": MIN_Q, "maxLength": MAX_Q},
+        "q": Q,
         "batch_id": _text("batch_id", 1),
         "schedule_id": _text("schedule_id", 1),
         "kwargs": {
