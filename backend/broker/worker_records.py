@@ -3,7 +3,9 @@
 RQ's ``Worker.all`` reads each worker apart (its hash, then its executions, then each current
 job): a fleet of 50 workers was some 150 round trips per refresh of the dashboard's panel. Here
 every worker is read in one pipeline (its hash, its executions, its lease), then every current
-job in a second: the cost stays three round trips however many workers there are.
+job in a second: the cost stays three round trips however many workers there are. A record
+Redis refuses to read (a key of another type: another client's, or a stale one) leaves out its
+worker, never the whole list: the pipelines collect each command's error instead of raising the first.
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ def read_workers(connection: Redis) -> list[dict]:
             pipe.hgetall(WORKER_KEY_PREFIX + name)
             pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(name))
             pipe.exists(lease_key(name))
-        found = pipe.execute()
+        found = pipe.execute(raise_on_error=False)
     rows = []
     for index, name in enumerate(names):
-        record, executions, leased = found[3 * index : 3 * index + 3]
+        replies = found[3 * index : 3 * index + 3]
+        if any(isinstance(reply, Exception) for reply in replies):
+            continue  # WRONGTYPE: not a worker record as RQ writes one
+        record, executions, leased = replies
         if not record:
             continue
         record = {_text(field): value for field, value in record.items()}
@@ -112,9 +117,11 @@ def _read_current_jobs(connection: Redis, rows: list[dict]) -> None:
             composite = row["executions"][0]
             pipe.exists(EXECUTION_KEY_PREFIX + composite)  # ended but still listed: no current job
             pipe.hget(RQJob.key_for(composite.split(":", 1)[0]), "meta")
-        found = pipe.execute()
+        found = pipe.execute(raise_on_error=False)
     for index, row in enumerate(wanted):
         live, meta = found[2 * index : 2 * index + 2]
-        if live:
+        if isinstance(meta, Exception):  # a job key of another type: no store id to name
+            meta = None
+        if live and not isinstance(live, Exception):
             row["current_rq_job_id"] = row["executions"][0].split(":", 1)[0]
             row["current_job_id"] = _store_job_id(meta)
