@@ -51,7 +51,9 @@ function labelled(td, label) {
 function progressCell(percent, message) {
   const td = labelled(el("td"), "Progress");
   const bar = progressBar(percent);
-  td.append(bar, ` ${bar.getAttribute("aria-valuenow")}%`);
+  const line = el("span", null, "progress-line"); // the bar and its percent stay on one line
+  line.append(bar, ` ${bar.getAttribute("aria-valuenow")}%`);
+  td.append(line);
   if (message) td.append(" ", el("span", message, "progress-message"));
   return td;
 }
