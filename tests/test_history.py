@@ -13,6 +13,8 @@ from backend.api.context import services
 from backend.app import create_app
 from backend.service import history
 from backend.store import clock
+from backend.store import history as history_store
+from backend.store.engine import transaction
 from backend.store.history import BUCKETS, RUN_MS_BOUNDS, TOTAL
 from backend.store.models import Job, JobMinute, QueueMinute
 
@@ -51,7 +53,9 @@ def test_history_shows_ended_jobs_in_their_minute_with_run_times(app, client, ru
     for _ in range(2):
         client.post("/tasks/add", json={"args": [1, 2], "priority": "low"})
 
-    # When the housekeeping pass runs
+    # When the housekeeping pass runs (with no time budget: a loaded machine would leave minutes
+    # of the first hour to the next pass)
+    dict(services(app).housekeeping.steps)["history.roll_up"].__self__.budget_seconds = float("inf")
     done = services(app).housekeeping.run_once()
     assert done["history.roll_up"] == history.CATCH_UP_MINUTES  # a new history starts an hour back
     assert done["history.sample_queues"] == {"high": 0, "default": 0, "low": 2}
@@ -225,3 +229,135 @@ def test_listing_workers_costs_the_same_round_trips_for_one_worker_or_thirty(app
     thirty = round_trips()
     assert one[1] == 1 and thirty[1] == 30
     assert thirty[0] == one[0] <= 3
+
+
+@pytest.mark.one_pass("worker records live in Redis; the store is not read")
+def test_one_odd_worker_record_does_not_take_the_workers_list_down(client, redis_conn):
+    # Given RQ's set of workers naming a key that is not a hash (another client's, or a stale
+    # record), a worker whose executions key is not a set, and a sound worker
+    Worker(["default"], connection=redis_conn, name="sound").register_birth()
+    redis_conn.sadd("rq:workers", "rq:worker:odd", "rq:worker:odd2")
+    redis_conn.set("rq:worker:odd", "not a hash")
+    redis_conn.hset("rq:worker:odd2", mapping={"state": "idle"})
+    redis_conn.set("rq:worker:odd2:executions", "not a set")
+
+    # When an admin lists the workers
+    answer = client.get("/monitoring/queue/workers")
+
+    # Then Redis (which is up) is not said unreachable: the sound worker is listed, the odd ones left out
+    assert answer.status_code == 200, answer.get_json()
+    assert [worker["name"] for worker in answer.get_json()["workers"]] == ["sound"]
+
+
+def _ended_at(app, job_id: str, at) -> None:
+    with transaction(services(app).sessions) as session:
+        session.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(status="COMPLETED", started_at=at + timedelta(seconds=1), completed_at=at + timedelta(seconds=2))
+        )
+
+
+def test_a_rolled_minute_keeps_its_count_when_its_jobs_are_pruned_before_it_is_rolled_again(app, client):
+    from tests.test_retention import ended, retention
+
+    # Given a job that completed in the last full minute, counted by a roll-up
+    sessions = services(app).sessions
+    job_id = ended(client, "COMPLETED")
+    now = clock.store_now(sessions)
+    last = history.floor_minute(now - history.GRACE) - history.MINUTE
+    _ended_at(app, job_id, last)
+    keeper = history.History(sessions, services(app).queues, days=7, budget_seconds=float("inf"))
+    keeper.roll_up(now=now)
+
+    def shown() -> int:
+        return sum(point["completed"] for point in client.get("/monitoring/history?window=hour").get_json()["points"])
+
+    assert shown() == 1
+    # When a short retention (RETENTION_COMPLETED=1m is allowed) prunes it, and the next pass rolls that minute again
+    assert retention(app).prune(["COMPLETED"], older_than=60) == {"COMPLETED": 1}
+    assert keeper.roll_up(now=now + history.MINUTE) == history.REROLL_MINUTES + 1
+
+    # Then the chart still shows the job that completed, and its task's run time
+    assert shown() == 1
+    tasks = client.get("/monitoring/history?window=hour").get_json()["tasks"]
+    assert [(t["task"], t["completed"]) for t in tasks] == [("add", 1)] and tasks[0]["p50_ms"] is not None
+
+
+def _fill(app, first, minutes: int, tasks: int, *, completed: int = 10) -> list[int]:
+    """History rows for ``minutes`` minutes from ``first``: a total and ``tasks`` task rows each."""
+    run_ms = [0] * BUCKETS
+    run_ms[RUN_MS_BOUNDS.index(200)] = completed
+    rows = []
+    for index in range(minutes):
+        minute = first + index * history.MINUTE
+        rows.append({"minute": minute, "task": TOTAL, "completed": completed * tasks, "failed": 1, "run_ms": run_ms})
+        rows.extend(
+            {"minute": minute, "task": f"t{task}", "completed": completed, "failed": 0, "run_ms": run_ms}
+            for task in range(tasks)
+        )
+    with transaction(services(app).sessions) as session:
+        session.execute(JobMinute.__table__.insert(), rows)
+    return run_ms
+
+
+def test_the_day_chart_reads_the_store_for_its_newest_quarters_only_once_it_was_read(app, client, monkeypatch):
+    # Given a day of history of three tasks (a busy store has 200 of them: 289,440 rows a day,
+    # which the day chart read and summed in Python on every refresh, seconds on an API thread)
+    # (from 20 minutes into the window: its first quarter has no rows)
+    sessions = services(app).sessions
+    now = clock.store_now(sessions)
+    first = (
+        history._floor(history.floor_minute(now), 900) + timedelta(minutes=15) - timedelta(days=1) + 20 * history.MINUTE
+    )
+    minutes = int((history.floor_minute(now) - first) / history.MINUTE)
+    _fill(app, first, minutes=minutes, tasks=3)
+    read = []
+    task_minutes = history_store.task_minutes
+
+    def counted(*args):
+        rows = task_minutes(*args)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(history_store, "task_minutes", counted)
+
+    def day() -> dict:
+        answer = client.get("/monitoring/history?window=day")
+        assert answer.status_code == 200
+        return {t["task"]: (t["completed"], t["failed"], t["p50_ms"]) for t in answer.get_json()["tasks"]}
+
+    # When the dashboard reads the day chart, then again on its next refresh
+    whole = day()
+    read.clear()
+    again = day()
+
+    # Then both answers count every task row of the day, and the second read only the quarters
+    # still under way (at most two of 15 minutes) from the store
+    assert whole == again == {f"t{task}": (10 * minutes, 0, 150.0) for task in range(3)}
+    assert sum(read) <= 2 * 15 * 3
+    # And a minute rolled since is in the next answer: the quarter under way is never kept
+    _fill(app, history.floor_minute(now), minutes=1, tasks=1, completed=5)
+    assert day()["t0"][0] == 10 * minutes + 5
+
+
+def test_history_prune_deletes_a_bounded_range_of_minutes_per_transaction_oldest_first(app):
+    # Given an hour of history rows three days old, past HISTORY_DAYS (lowered from 7 to 1)
+    sessions = services(app).sessions
+    now = clock.store_now(sessions)
+    first = history.floor_minute(now) - timedelta(days=3)
+    _fill(app, first, minutes=60, tasks=4)
+
+    # When a pass with no time left prunes, then one with time
+    hurried = history.History(sessions, services(app).queues, days=1, budget_seconds=0).prune(now=now)
+    with sessions() as session:
+        oldest = session.scalar(select(JobMinute.minute).order_by(JobMinute.minute).limit(1))
+    rest = history.History(sessions, services(app).queues, days=1, budget_seconds=float("inf")).prune(now=now)
+
+    # Then the first deleted the oldest PRUNE_MINUTES minutes in one short transaction, not all at
+    # once (on SQLite, every submission waits for a transaction's write lock), the second the rest
+    assert hurried == history.PRUNE_MINUTES * 5
+    assert oldest == first + history.PRUNE_MINUTES * history.MINUTE
+    assert rest == (60 - history.PRUNE_MINUTES) * 5
+    with sessions() as session:
+        assert session.scalar(select(JobMinute.minute).limit(1)) is None

@@ -10,7 +10,9 @@ runs on a submission or a report: the history costs the hot paths nothing. ``rea
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from datetime import datetime, timedelta
 
 from backend.broker import registries
@@ -35,6 +37,9 @@ MAX_TASKS = 200
 OTHER_TASKS = "(other tasks)"
 #: window -> (steps, seconds per step).
 WINDOWS = {"hour": (60, 60), "day": (96, 900)}
+#: Minutes of history deleted per transaction by ``prune``, oldest first: a transaction holds at
+#: most ~15 x 204 rows (SQLite's write lock: every submission waits for it), however many go.
+PRUNE_MINUTES = 15
 
 
 def floor_minute(at: datetime) -> datetime:
@@ -132,7 +137,7 @@ class History:
             # One transaction per minute: the store's write lock is held for one minute's rows.
             with transaction(self.sessions) as session:
                 tasks = fold(store.ended_in(session, minute, minute + MINUTE))
-                store.replace_minute(session, minute, {store.TOTAL: total(tasks), **tasks})
+                store.merge_minute(session, minute, {store.TOTAL: total(tasks), **tasks})
             rolled += 1
             minute += MINUTE
         return rolled
@@ -154,10 +159,76 @@ class History:
         return depths
 
     def prune(self, now: datetime | None = None) -> int:
-        """Delete the history older than HISTORY_DAYS; how many rows went."""
-        with transaction(self.sessions) as session:
+        """Delete the history older than HISTORY_DAYS, PRUNE_MINUTES per transaction, oldest first,
+        until done or past the pass's budget (the first range always goes); how many rows went."""
+        with self.sessions() as session:
             before = floor_minute(now or clock.now(session)) - timedelta(days=self.days)
-            return store.delete_before(session, before)
+            oldest = store.oldest_minute(session)
+        deadline = time.monotonic() + self.budget_seconds
+        gone = 0
+        while oldest is not None and oldest < before:
+            with transaction(self.sessions) as session:
+                gone += store.delete_before(session, min(before, oldest + PRUNE_MINUTES * MINUTE))
+                oldest = store.oldest_minute(session)
+            if time.monotonic() > deadline:
+                break
+        return gone
+
+
+class _Quarters:
+    """The day window's task rows summed per quarter hour, for the quarters no pass will change.
+
+    The day's task table sums up to 1,440 x 201 rows (a store at the task cap): read and summed on
+    every refresh, that was seconds on an API thread. A quarter is final once its last minute is
+    older than the first one the next roll-up re-rolls (``merge_minute`` never lowers a row, and
+    ``prune`` reaches no minute of the day window while HISTORY_DAYS >= 1); only the quarters under
+    way are read again. At most a day of quarters per store, each folded to MAX_TASKS.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sums: dict[datetime, dict[str, list]] = {}
+
+    def tasks(self, session, start: datetime, end: datetime, newest: datetime | None) -> dict[str, list]:
+        """The task rows of [start, end) summed per task (quarters final by ``newest`` kept)."""
+        step = timedelta(seconds=WINDOWS["day"][1])
+        final_until = newest - (REROLL_MINUTES - 1) * MINUTE if newest is not None else start
+        with self._lock:
+            for quarter in [quarter for quarter in self._sums if quarter < start]:
+                del self._sums[quarter]
+            kept = dict(self._sums)
+        first_missing = start
+        while first_missing in kept and first_missing < end:
+            first_missing += step
+        fresh: dict[datetime, dict[str, list]] = {}
+        if first_missing < end:
+            for minute, task, completed, failed, run_ms in store.task_minutes(session, first_missing, end):
+                quarter = _floor(minute, step.seconds)
+                row = fresh.setdefault(quarter, {}).setdefault(task, [0, 0, [0] * store.BUCKETS])
+                _add(row, [completed, failed, run_ms])
+        with self._lock:
+            quarter = first_missing  # every final quarter read is kept, those without rows too
+            while quarter + step <= min(final_until, end):
+                self._sums[quarter] = fold(fresh.get(quarter, {}))
+                quarter += step
+        whole: dict[str, list] = {}
+        for rows in [*(kept[q] for q in kept if q < first_missing), *fresh.values()]:
+            for task, row in rows.items():
+                _add(whole.setdefault(task, [0, 0, [0] * store.BUCKETS]), row)
+        return whole
+
+
+#: One ``_Quarters`` per store (its session factory), gone with it.
+_QUARTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_QUARTERS_LOCK = threading.Lock()
+
+
+def _quarters(sessions) -> _Quarters:
+    with _QUARTERS_LOCK:
+        found = _QUARTERS.get(sessions)
+        if found is None:
+            found = _QUARTERS[sessions] = _Quarters()
+        return found
 
 
 def read(sessions, window: str, now: datetime | None = None) -> dict:
@@ -170,10 +241,15 @@ def read(sessions, window: str, now: datetime | None = None) -> dict:
         end = floor_minute(now) if window == "hour" else _floor(floor_minute(now), step_seconds) + step
         start = end - steps * step
         totals = store.totals(session, start, end)
-        task_rows = store.task_minutes(session, start, end)
+        newest = store.newest_rolled(session)
+        if window == "day":
+            tasks = _quarters(sessions).tasks(session, start, end, newest)
+        else:
+            tasks = {}
+            for _minute, task, completed, failed, run_ms in store.task_minutes(session, start, end):
+                _add(tasks.setdefault(task, [0, 0, [0] * store.BUCKETS]), [completed, failed, run_ms])
         # The queues' series runs up to the newest sample (the minute under way included).
         samples = store.queue_depths(session, start, max(end, floor_minute(now) + MINUTE))
-        newest = store.newest_rolled(session)
 
     def slot(minute: datetime) -> int:
         return int((minute - start) / step)
@@ -186,9 +262,6 @@ def read(sessions, window: str, now: datetime | None = None) -> dict:
     queues: dict[str, dict[int, int]] = {name: {} for name in QUEUE_NAMES}
     for minute, queue, depth in samples:  # oldest first: a step keeps its last sample
         queues.setdefault(queue, {})[slot(minute)] = depth
-    tasks: dict[str, list] = {}
-    for task, completed, failed, run_ms in task_rows:
-        _add(tasks.setdefault(task, [0, 0, [0] * store.BUCKETS]), [completed, failed, run_ms])
     ranked = sorted(fold(tasks).items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
     return {
         "window": window,

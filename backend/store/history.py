@@ -2,11 +2,11 @@
 
 ``ended_in`` counts one minute of ended jobs from the jobs table, answered from indexes (the
 partial ``ix_jobs_completed`` for COMPLETED, ``ix_jobs_status_completed`` for FAILED) and grouped
-in SQL, so a minute of 10,000 jobs returns a few rows per task, never the jobs. ``replace_minute``
-writes a minute's rows whole (upserts, the minute's other rows deleted), so rolling a minute twice
-leaves the same rows. The row of task ``TOTAL`` ("") is the minute's total: the charts' points
-read it alone, and its presence is what says the minute was rolled (a minute without jobs has
-only it).
+in SQL, so a minute of 10,000 jobs returns a few rows per task, never the jobs. ``merge_minute``
+writes a minute's rows, never lowering what they hold, so rolling a minute twice leaves the same
+rows, and a job pruned between the two rolls stays counted. The row of task ``TOTAL`` ("") is the
+minute's total: the charts' points read it alone, and its presence is what says the minute was
+rolled (a minute without jobs has only it).
 """
 
 from __future__ import annotations
@@ -90,15 +90,36 @@ def _insert(session: Session, table):
     return pg_insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(table)
 
 
-def replace_minute(session: Session, minute: datetime, rows: dict[str, list]) -> None:
-    """Make ``minute``'s rows exactly ``rows`` ({task: [completed, failed, run_ms]}, TOTAL included).
+def _padded(run_ms: list | None) -> list[int]:
+    """A run_ms list as BUCKETS counts (a row written with fewer buckets reads as zeros past them)."""
+    counts = [int(count) for count in (run_ms or [])[:BUCKETS]]
+    return counts + [0] * (BUCKETS - len(counts))
 
-    The upsert (not a plain insert after the delete) lets two passes rolling the same minute at
-    once both succeed on PostgreSQL, where the second's delete cannot see the first's new rows."""
-    session.execute(delete(_MINUTES).where(_MINUTES.c.minute == minute, _MINUTES.c.task.not_in(list(rows))))
+
+def merge_minute(session: Session, minute: datetime, rows: dict[str, list]) -> None:
+    """Write ``minute``'s rows ({task: [completed, failed, run_ms]}, TOTAL included), never below
+    what the minute already holds: each count (and run-time bucket) keeps the greater of the stored
+    and the new value, and a task no longer counted keeps its row. Rolling a minute again counts
+    runs reported late, but a job pruned since (a short retention) is not taken off the chart.
+
+    The upsert lets two passes rolling the same minute at once both succeed on PostgreSQL."""
+    c = _MINUTES.c
+    stored = session.execute(select(c.task, c.completed, c.failed, c.run_ms).where(c.minute == minute))
+    merged = {task: list(row) for task, row in rows.items()}
+    for task, completed, failed, run_ms in stored:
+        new = merged.get(task)
+        if new is None:
+            merged[task] = [completed, failed, run_ms]
+            continue
+        old, fresh = _padded(run_ms), _padded(new[2])
+        merged[task] = [
+            max(completed, new[0]),
+            max(failed, new[1]),
+            [max(a, b) for a, b in zip(fresh, old, strict=True)],
+        ]
     values = [
         {"minute": minute, "task": task, "completed": completed, "failed": failed, "run_ms": run_ms}
-        for task, (completed, failed, run_ms) in rows.items()
+        for task, (completed, failed, run_ms) in merged.items()
     ]
     statement = _insert(session, _MINUTES)
     excluded = statement.excluded
@@ -130,10 +151,12 @@ def totals(session: Session, start: datetime, end: datetime) -> list[tuple[datet
     return [tuple(row) for row in session.execute(query)]
 
 
-def task_minutes(session: Session, start: datetime, end: datetime) -> list[tuple[str, int, int, list]]:
-    """(task, completed, failed, run_ms) of every task row in [start, end) (totals left out)."""
+def task_minutes(session: Session, start: datetime, end: datetime) -> list[tuple[datetime, str, int, int, list]]:
+    """(minute, task, completed, failed, run_ms) of every task row in [start, end) (totals left out)."""
     c = _MINUTES.c
-    query = select(c.task, c.completed, c.failed, c.run_ms).where(c.minute >= start, c.minute < end, c.task != TOTAL)
+    query = select(c.minute, c.task, c.completed, c.failed, c.run_ms).where(
+        c.minute >= start, c.minute < end, c.task != TOTAL
+    )
     return [tuple(row) for row in session.execute(query)]
 
 
@@ -144,7 +167,13 @@ def queue_depths(session: Session, start: datetime, end: datetime) -> list[tuple
     return [tuple(row) for row in session.execute(query)]
 
 
+def oldest_minute(session: Session) -> datetime | None:
+    """The oldest minute the history holds (job or queue rows), or None when it is empty."""
+    oldest = [session.scalar(select(func.min(table.c.minute))) for table in (_MINUTES, _QUEUES)]
+    return min((minute for minute in oldest if minute is not None), default=None)
+
+
 def delete_before(session: Session, before: datetime) -> int:
-    """Delete the history older than ``before``; how many rows went."""
+    """Delete the history older than ``before``; how many rows went (callers bound the range)."""
     gone = session.execute(delete(_MINUTES).where(_MINUTES.c.minute < before)).rowcount
     return gone + session.execute(delete(_QUEUES).where(_QUEUES.c.minute < before)).rowcount
