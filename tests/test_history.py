@@ -312,15 +312,20 @@ def test_the_day_chart_reads_the_store_for_its_newest_quarters_only_once_it_was_
     )
     minutes = int((history.floor_minute(now) - first) / history.MINUTE)
     _fill(app, first, minutes=minutes, tasks=3)
-    read = []
-    task_minutes = history_store.task_minutes
+    read = []  # the spans of history the store was asked for, whichever way it is read
 
-    def counted(*args):
-        rows = task_minutes(*args)
-        read.append(len(rows))
-        return rows
+    def spying(name):
+        real = getattr(history_store, name)
 
-    monkeypatch.setattr(history_store, "task_minutes", counted)
+        def spy(session, start, end, *rest):
+            read.append(end - start)
+            return real(session, start, end, *rest)
+
+        return spy
+
+    for name in ("task_minutes", "task_sums"):  # before and after the fix
+        if hasattr(history_store, name):
+            monkeypatch.setattr(history_store, name, spying(name))
 
     def day() -> dict:
         answer = client.get("/monitoring/history?window=day")
@@ -332,10 +337,10 @@ def test_the_day_chart_reads_the_store_for_its_newest_quarters_only_once_it_was_
     read.clear()
     again = day()
 
-    # Then both answers count every task row of the day, and the second read only the quarters
-    # still under way (at most two of 15 minutes) from the store
+    # Then both answers count every task row of the day, and the second asked the store only for
+    # the quarters still under way (at most two of 15 minutes)
     assert whole == again == {f"t{task}": (10 * minutes, 0, 150.0) for task in range(3)}
-    assert sum(read) <= 2 * 15 * 3
+    assert sum(read, timedelta()) <= timedelta(minutes=30), read
     # And a minute rolled since is in the next answer: the quarter under way is never kept
     _fill(app, history.floor_minute(now), minutes=1, tasks=1, completed=5)
     assert day()["t0"][0] == 10 * minutes + 5
