@@ -176,6 +176,7 @@ def run(workdir: Workdir, results: Results, *, total: int, clients: int = 8, sec
             ms(pct(got["during"], 50)), ms(p99_during), f"{got['during_n'] / got['took']:.0f}",
             f"{ratio:.2f}", f"{got['took']:.1f}", f"{got['pruned'] / got['took']:.0f}",
         ])  # fmt: skip
+        emit(f"j. {store}: {' | '.join(rows[-1][1:])}")  # at once: the other store's run takes minutes
         where = "" if store == SQLITE else f" on {store}"
         results.ratio(f"submission p99 during a prune of {total:,}{where} / without", ratio)
         results.check(
