@@ -42,9 +42,9 @@ _SQLITE_UP = [
     "CREATE TRIGGER jobs_fts_update AFTER UPDATE OF task, error, progress_message ON jobs "
     "WHEN old.task IS NOT new.task OR old.error IS NOT new.error "
     f"OR old.progress_message IS NOT new.progress_message BEGIN {_FTS_DELETE} {_FTS_INSERT} END",
-    # The jobs already stored.
-    "INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')",
 ]
+#: The jobs already stored (a fresh store has none: nothing to read).
+_FTS_REBUILD = "INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')"
 
 
 # The jobs stored before this revision get their kwargs rows too (as backend.core.job_filters.
@@ -103,6 +103,8 @@ def upgrade() -> None:
     else:
         for statement in _SQLITE_UP:
             op.execute(statement)
+        if op.get_bind().exec_driver_sql("SELECT 1 FROM jobs LIMIT 1").first() is not None:
+            op.execute(_FTS_REBUILD)
 
 
 def downgrade() -> None:
