@@ -1,11 +1,14 @@
 """The service's own history for the dashboard's charts: rolled up per minute, bounded, pruned.
 
 Three housekeeping steps (backend/recovery/housekeeping.py runs them in one process of the
-fleet): ``roll_up`` counts the minutes that ended into ``job_minutes`` (at most
-``CATCH_UP_MINUTES`` new minutes and ``BUDGET_SECONDS`` per pass, oldest first, plus the
-``REROLL_MINUTES`` before them again, for runs reported late), ``sample_queues`` records each
-queue's depth once a minute, and ``prune`` deletes what is older than HISTORY_DAYS. Nothing here
-runs on a submission or a report: the history costs the hot paths nothing. ``read`` answers GET /monitoring/history.
+fleet; roll_up and prune in every process while Redis is unreachable): ``roll_up`` counts the
+minutes that ended into ``job_minutes`` (at most ``CATCH_UP_MINUTES`` new minutes and
+``BUDGET_SECONDS`` per pass, oldest first, plus the ``REROLL_MINUTES`` before them again, for runs
+reported late; a count is never lowered, so jobs pruned meanwhile stay counted), ``sample_queues``
+records each queue's depth once a minute, and ``prune`` deletes what is older than HISTORY_DAYS,
+``PRUNE_MINUTES`` per transaction. Nothing here runs on a submission or a report: the history
+costs the hot paths nothing. ``read`` answers GET /monitoring/history (the day's final quarter
+hours summed once per process, see ``_Quarters``).
 """
 
 from __future__ import annotations
