@@ -262,3 +262,26 @@ def test_durations_read_as_operators_write_them():
     for bad in ("", "30", "1w", "-1d", "1.5d", "d", "36501000d", "a while"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_a_retry_racing_the_prune_of_its_job_answers_404_not_500(app, client, monkeypatch):
+    from backend.service import attempts as attempts_module
+
+    # Given an old FAILED job, past RETENTION_FAILED
+    job_id = ended(client, "FAILED")
+    age(app, [job_id], days=100)
+    real_load, pruned = attempts_module.load_job, []
+
+    def load_then_prune(rows, wanted, **kw):
+        job = real_load(rows, wanted, **kw)
+        if not pruned:  # the housekeeping pass deletes it between the retry's read and its write
+            pruned.append(retention(app).prune(["FAILED"]))
+        return job
+
+    monkeypatch.setattr(attempts_module, "load_job", load_then_prune)
+    # When a client retries it at that moment (POST /monitoring/queue/failed goes the same way)
+    response = client.post(f"/jobs/{job_id}/retry", json={})
+    # Then the prune did delete it, and the client is told the job is gone, not a 500
+    assert pruned == [{"FAILED": 1}]
+    assert response.status_code == 404, response.get_json()
+    assert response.get_json()["error"]["code"] == "not_found"

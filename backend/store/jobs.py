@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.core.errors import NotFound
 from backend.core.job_filters import indexed_kwargs
 from backend.core.states import LIVE_VALUES, TERMINAL_VALUES, JobStatus
 from backend.store import clock, counts
@@ -189,6 +190,9 @@ class JobRows:
 
         Returns:
             True when this write won; False when another writer changed the job first.
+
+        Raises:
+            NotFound: the job was deleted (pruned) since it was read.
         """
         # The database's time: the reconciler, maybe on another host, compares it with its own.
         values = dict(values, updated_at=clock.now_for_write(self.session.get_bind().dialect.name))
@@ -199,6 +203,9 @@ class JobRows:
             .execution_options(synchronize_session=False)
         )
         old_status = job.status
+        if result.rowcount != 1 and self.session.get(Job, job.id, populate_existing=True) is None:
+            # Retention pruned the ended job between our read and this write: it is gone.
+            raise NotFound(f"no job {job.id!r}")
         self.session.refresh(job)
         if result.rowcount != 1:
             return False
