@@ -80,6 +80,29 @@ def test_a_retry_by_filter_runs_the_failed_and_cancelled_jobs_again(app, client)
     assert get_job(client, other)["status"] == "FAILED"
 
 
+def test_a_bulk_retry_passes_over_jobs_at_max_attempts(settings):
+    """A job that has had MAX_ATTEMPTS_PER_JOB attempts is not picked (nor counted by dry_run):
+    the "send again while more" loop reaches the newer jobs instead of skipping the same ones."""
+    settings["BULK_CANCEL_MAX_IDS"] = "2"
+    settings["MAX_ATTEMPTS_PER_JOB"] = "2"
+    app = create_app(settings)
+    client, manager = app.test_client(), services(app).jobs
+    worn = [submit(client, run="r") for _ in range(2)]
+    for job_id in worn:  # attempt 1 failed, retried by hand, attempt 2 failed: at the cap
+        manager.end_job(job_id, error="boom")
+        manager.retry_job(job_id)
+        manager.end_job(job_id, error="boom again")
+    fresh = submit(client, run="r")
+    manager.end_job(fresh, error="boom")
+
+    dry = client.post("/jobs/retry", json={"kwargs": {"run": "r"}, "dry_run": True}).get_json()
+    assert dry == {"matched": 1, "more": False, "dry_run": True}
+    body = client.post("/jobs/retry", json={"kwargs": {"run": "r"}}).get_json()
+    assert body == {"retried": [fresh], "skipped": [], "more": False}
+    assert get_job(client, fresh)["status"] == "QUEUED"
+    assert [get_job(client, job_id)["status"] for job_id in worn] == ["FAILED", "FAILED"]
+
+
 @pytest.mark.parametrize(
     "path, body, says",
     [

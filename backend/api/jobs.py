@@ -169,13 +169,15 @@ def retry_many():
     body = json_body()
     filt, dry_run = _bulk_filter(body, "retry", job_search.RETRYABLE)
     jobs = services().jobs
+    # Only the jobs a retry can act on: one at MAX_ATTEMPTS_PER_JOB would be skipped by every request.
+    max_attempts = settings().max_attempts_per_job
     job_ids, more = job_search.matching_ids(
-        jobs, filt, statuses=job_search.RETRYABLE, cap=settings().bulk_cancel_max_ids
+        jobs, filt, statuses=job_search.RETRYABLE, cap=settings().bulk_cancel_max_ids, max_attempts=max_attempts
     )
     if dry_run:
         return jsonify({"matched": len(job_ids), "more": more, "dry_run": True})
     retried, skipped = job_search.retry_many(
-        jobs, job_ids, owner=g.principal.scope, max_attempts=settings().max_attempts_per_job
+        jobs, job_ids, owner=g.principal.scope, max_attempts=max_attempts
     )
     return jsonify({"retried": retried, "skipped": skipped, "more": more})
 

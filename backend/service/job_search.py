@@ -24,11 +24,11 @@ RETRYABLE = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 def matching_ids(
-    manager: JobManager, filt: JobFilter, *, statuses: tuple[str, ...], cap: int
+    manager: JobManager, filt: JobFilter, *, statuses: tuple[str, ...], cap: int, max_attempts: int | None = None
 ) -> tuple[list[str], bool]:
-    """The ids of at most ``cap`` jobs matching ``filt`` with one of ``statuses``, oldest first,
-    and whether more are left."""
-    ids = job_search.matching_ids(manager.sessions, filt, statuses=statuses, limit=cap + 1)
+    """The ids of at most ``cap`` jobs matching ``filt`` with one of ``statuses`` (and, given
+    ``max_attempts``, fewer attempts: those a retry can act on), oldest first, and whether more are left."""
+    ids = job_search.matching_ids(manager.sessions, filt, statuses=statuses, limit=cap + 1, max_attempts=max_attempts)
     return ids[:cap], len(ids) > cap
 
 

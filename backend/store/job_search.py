@@ -153,15 +153,21 @@ def narrow(query, filt: JobFilter, *, dialect: str, created=None, common_q: bool
     return query
 
 
-def matching_ids(sessions, filt: JobFilter, *, statuses: tuple[str, ...], limit: int) -> list[str]:
+def matching_ids(
+    sessions, filt: JobFilter, *, statuses: tuple[str, ...], limit: int, max_attempts: int | None = None
+) -> list[str]:
     """Ids of the jobs matching ``filt`` whose status is one of ``statuses``, oldest first, at most
-    ``limit`` (the bulk actions: cancel acts on live jobs, retry on FAILED and CANCELLED)."""
+    ``limit`` (the bulk actions: cancel acts on live jobs, retry on FAILED and CANCELLED);
+    ``max_attempts``: only jobs that have had fewer attempts (a retry skips the others, and they
+    would be picked again by every request of the "send again while more" loop)."""
     with sessions() as session:
         common = filt.q is not None and not _holds_nul(filt) and q_is_common(session, filt.q)
         dialect = session.get_bind().dialect.name
         query = search([Job.id], filt, dialect=dialect, newest_first=False, limit=limit, common_q=common)
         if filt.status is None:
             query = query.where(Job.status.in_(statuses))
+        if max_attempts is not None:
+            query = query.where(Job.attempt < max_attempts)
         return list(session.scalars(query))
 
 
