@@ -133,7 +133,7 @@ class Settings:
     #: (0 turns the thread off); one process of the fleet runs it at a time.
     housekeeping_interval: float = 10.0
     #: Jobs deleted per transaction by a prune, so that it never holds the store's write lock long.
-    prune_batch: int = 100
+    prune_batch: int = 25
     #: Days of per-minute history (jobs completed and failed, run times, queue depths) kept.
     history_days: int = 7
     #: The reconciler leaves rows changed in the last so many seconds.
