@@ -3,6 +3,7 @@ cursors bound to the filters, bad input as 422, and the plans: every filter read
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -185,6 +186,13 @@ FILTERS = {
     ),
     "kwargs": (JobFilter(kwargs=(("document_id", "7"),)), "ix_job_kwargs_lookup", "ix_job_kwargs_lookup"),
     "two kwargs": (JobFilter(kwargs=(("a", "1"), ("b", "2"))), "ix_job_kwargs_lookup", "ix_job_kwargs_lookup"),
+    # A tenant's kwargs filter walks its own rows, not every owner's holding that value (review B #5).
+    "owner+kwargs": (JobFilter(owner="a", kwargs=(("a", "1"),)), "ix_job_kwargs_owner_lookup", "owner"),
+    "owner+two kwargs+created_after": (
+        JobFilter(owner="a", kwargs=(("a", "1"), ("b", "2")), created_after=datetime(2026, 1, 1, tzinfo=UTC)),
+        "ix_job_kwargs_owner_lookup",
+        "owner",
+    ),
     "q": (JobFilter(q="disk full"), "jobs_fts VIRTUAL TABLE", "ix_jobs_search_trgm"),
     "batch": (JobFilter(batch_id="bat_1"), "ix_jobs_batch_created", "ix_jobs_batch_created"),
     "schedule": (JobFilter(schedule_id="sch_1"), "ix_jobs_schedule_created", "ix_jobs_schedule_created"),
@@ -241,3 +249,45 @@ def test_the_jobs_stored_before_the_search_index_are_found_by_their_kwargs(app, 
     assert ids(client.get("/jobs?kwargs.flag=true&kwargs.ratio=0.5&kwargs.nothing=null")) == [plain]
     for absent in ("nested=%7B%22a%22%3A%201%7D", "long=" + "x" * 200):
         assert ids(client.get(f"/jobs?kwargs.{absent}")) == []
+
+
+@pytest.mark.parametrize("q", ["échec", "ÉCHEC", "ΟΔΟΣ", "οδος", "STRAßE"])
+def test_a_non_ascii_q_matches_alike_whether_rare_or_common(app, client, monkeypatch, q):
+    """Both q paths (the trigram index, the row-by-row test) fold case the same way, beyond ASCII."""
+    found, other = submit(client), submit(client)
+    services(app).jobs.end_job(found, error="Échec: ΟΔΟΣ Straße 5 unreachable")
+    services(app).jobs.end_job(other, error="disk full")
+    rare = ids(client.get("/jobs", query_string={"q": q}))
+    monkeypatch.setattr(job_search, "FEW_MATCHES", 0)  # SQLite's rule: every q is common
+    monkeypatch.setattr(job_search, "COMMON_IN_NEWEST", 0)  # PostgreSQL's
+    common = ids(client.get("/jobs", query_string={"q": q}))
+    assert rare == common, (rare, common)
+    if q == "οδος" and services(app).sessions.kw["bind"].dialect.name == "postgresql":
+        # PostgreSQL's lower() keeps a final sigma (ς) and lowers Σ to σ: its q follows the database.
+        assert common == []
+    else:
+        assert common == [found]
+
+
+def test_the_backfill_writes_what_submission_writes(settings):
+    """Migration 0013's backfill indexes a stored job as its submission did (review B #6): each
+    number as its JSON text (not SQLite's "1.0e+16" nor jsonb's "10000000000000000"), the first
+    20 kwargs in their own order (not jsonb's), and with the job's owner (a tenant's filter finds it)."""
+    settings["API_KEYS"] = KEYS
+    settings["HOUSEKEEPING_INTERVAL"] = "0"  # no thread of its own racing the downgrade
+    store_url = settings["DATABASE_URL"]
+    client = create_app(settings).test_client()
+    values = [1e16, 2**70, 7.0, 0.1, 1e-7, True, None, "é"]
+    made = {json.dumps(v) if not isinstance(v, str) else v: submit(client, headers=ALICE, x=v) for v in values}
+    many = submit(client, headers=ALICE, zz_long_name=1, **{f"k{i:02d}": i for i in range(25)})
+    bobs = submit(client, headers=BOB, x=True)
+    command.downgrade(alembic_config(store_url), "0012")
+    command.upgrade(alembic_config(store_url), "head")
+
+    for as_text, job_id in made.items():
+        expected = [bobs, job_id] if as_text == "true" else [job_id]
+        assert ids(client.get("/jobs", query_string={"kwargs.x": as_text}, headers=OPS)) == expected, as_text
+        assert ids(client.get("/jobs", query_string={"kwargs.x": as_text}, headers=ALICE)) == [job_id], as_text
+    assert ids(client.get("/jobs?kwargs.zz_long_name=1", headers=ALICE)) == [many]  # the first 20 as submitted
+    assert ids(client.get("/jobs?kwargs.k19=19", headers=ALICE)) == []  # the 21st onwards: not indexed
+    assert ids(client.get("/jobs?kwargs.x=true", headers=BOB)) == [bobs]

@@ -62,6 +62,16 @@ def _connect_args(url: URL, *, connect_timeout: int | None = None) -> dict[str, 
     return {}
 
 
+#: The SQLite function folding q's text (registered on every connection).
+SEARCH_FOLD = "jobservice_fold"
+
+
+def search_fold(value: str | None) -> str | None:
+    """``value`` lowered beyond ASCII (SQLite's lower() folds A-Z only), final sigma as sigma: the
+    folding of FTS5's trigram index, so a q matches alike on its index and row by row."""
+    return None if value is None else value.lower().replace("\u03c2", "\u03c3")
+
+
 def make_engine(
     url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0, connect_timeout: int = 5
 ) -> Engine:
@@ -97,6 +107,8 @@ def make_engine(
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # q's row-by-row test (store/job_search.py) folds case as the FTS5 trigram index does.
+        dbapi_conn.create_function(SEARCH_FOLD, 1, search_fold, deterministic=True)
 
     return engine
 

@@ -15,13 +15,17 @@ from __future__ import annotations
 from sqlalchemy import exists, false, func, literal, literal_column, select, text, tuple_
 
 from backend.core.job_filters import JobFilter
+from backend.store.engine import SEARCH_FOLD
 from backend.store.models import Job, JobKwarg
 
 #: The text the PostgreSQL trigram index holds, exactly as its CREATE INDEX spells it (a query
 #: uses the index only when its expression is the same).
 PG_SEARCH_TEXT = "lower(jobs.task || ' ' || coalesce(jobs.error, '') || ' ' || coalesce(jobs.progress_message, ''))"
-#: The same text on SQLite (its lower() folds ASCII letters only), tested row by row for a common q.
-SQLITE_SEARCH_TEXT = "lower(jobs.task || ' ' || coalesce(jobs.error, '') || ' ' || coalesce(jobs.progress_message, ''))"
+#: The same text on SQLite, tested row by row for a common q, folded by engine.search_fold (SQLite's
+#: lower() folds ASCII letters only; the FTS5 index folds every letter).
+SQLITE_SEARCH_TEXT = (
+    f"{SEARCH_FOLD}(jobs.task || ' ' || coalesce(jobs.error, '') || ' ' || coalesce(jobs.progress_message, ''))"
+)
 #: The SQLite FTS5 table over jobs (external content: it holds only the trigram index).
 FTS_TABLE = "jobs_fts"
 #: A q held by at most this many jobs is read from its trigram index and sorted; a more common one
@@ -32,8 +36,8 @@ COMMON_IN_NEWEST, NEWEST_PROBED = 50, 2000
 
 
 def _like_pattern(q: str) -> str:
-    """``q`` as a LIKE pattern matching it anywhere, its wildcards taken literally."""
-    escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    """``q`` as a LIKE pattern matching it anywhere, its wildcards taken literally (lowered in SQL)."""
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
@@ -50,9 +54,10 @@ def _q_clause(q: str, dialect: str, common: bool):
         # Not the indexed expression: the planner walks the order's index and tests each row.
         if dialect == "postgresql":
             return text(f"strpos({PG_SEARCH_TEXT}, lower(:search_q)) > 0").bindparams(search_q=q)
-        return text(f"instr({SQLITE_SEARCH_TEXT}, lower(:search_q)) > 0").bindparams(search_q=q)
+        return text(f"instr({SQLITE_SEARCH_TEXT}, {SEARCH_FOLD}(:search_q)) > 0").bindparams(search_q=q)
     if dialect == "postgresql":
-        return literal_column(PG_SEARCH_TEXT).like(_like_pattern(q), escape="\\")
+        # Lowered by PostgreSQL as the indexed text is (Python's lower() differs: final sigma).
+        return literal_column(PG_SEARCH_TEXT).like(func.lower(_like_pattern(q)), escape="\\")
     return text(f"jobs.rowid IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :search_q)").bindparams(
         search_q=_fts_phrase(q)
     )
