@@ -36,6 +36,7 @@ from backend.services import Services, build_services
 from backend.store.copy import CopyError, copy_store
 from backend.store.engine import make_engine, make_session_factory, migrate
 from backend.store.errors import StoreUnavailable
+from backend.store.vacuum import vacuum
 
 
 class CommandError(click.ClickException):
@@ -255,6 +256,24 @@ def prune_command(dry_run: bool, older_than: str | None, statuses: tuple[str, ..
         click.echo(f"{status}: {done[status]} job{'' if done[status] == 1 else 's'} {verb} (older than {age})")
 
 
+@click.command("vacuum")
+def vacuum_command() -> None:
+    """Compact a SQLite store and rebuild its q index (use it, not a bare VACUUM); PostgreSQL: not needed."""
+    settings = click.get_current_context().find_object(Settings)
+    url = settings.database_url if settings is not None else _services().settings.database_url
+    engine = make_engine(url, connect_timeout=settings.db_connect_timeout if settings else 5)
+    try:
+        ran = vacuum(engine)
+    except StoreUnavailable as exc:
+        raise CommandError(f"the store is unavailable ({type(exc).__name__}: {exc}); not vacuumed") from None
+    finally:
+        engine.dispose()
+    if ran:
+        click.echo("vacuumed; the q index (jobs_fts) rebuilt")
+    else:
+        click.echo("PostgreSQL: not needed (autovacuum reclaims space); nothing done")
+
+
 COMMANDS = (
     migrate_command,
     copy_store_command,
@@ -264,6 +283,7 @@ COMMANDS = (
     pause_command,
     resume_command,
     prune_command,
+    vacuum_command,
 )
 
 
@@ -287,7 +307,7 @@ def main(ctx: click.Context) -> None:
         enforce_secrets(settings, role="cli")
     except (InsecureSecrets, SettingError) as exc:
         raise CommandError(str(exc)) from None
-    if ctx.invoked_subcommand in ("migrate", "copy-store", "prune"):
+    if ctx.invoked_subcommand in ("migrate", "copy-store", "prune", "vacuum"):
         # Needs the store alone: no Redis, and no migration at start that would race its own
         # (copy-store takes its databases from its options, not DATABASE_URL; prune opens the store).
         ctx.obj = settings
