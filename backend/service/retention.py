@@ -1,9 +1,10 @@
 """Retention: finished jobs deleted once older than their status's RETENTION_* (issue 16).
 
 The housekeeping pass calls ``prune_pass`` every HOUSEKEEPING_INTERVAL seconds; ``python -m backend
-prune`` calls ``prune``. Both delete PRUNE_BATCH jobs per transaction and sleep a little between
-transactions: on SQLite a delete holds the one write lock, and submissions waiting for it must
-get their turn between batches (the submission p99 under a prune is bench/prune.py's figure).
+prune`` calls ``prune``. Both delete at most PRUNE_BATCH jobs and about ROWS_PER_TRANSACTION rows
+per transaction and sleep a little between transactions: on SQLite a delete holds the one write
+lock, and submissions waiting for it must get their turn between batches (the submission p99
+under a prune is bench/prune.py's figure).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ STATUSES = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELL
 #: Seconds of deleting per housekeeping pass at most: the pass's other steps and the next pass
 #: wait for it, and a backlog (a first prune of years of jobs) is worked off over many passes.
 PASS_SECONDS = 2.0
+#: Rows (log lines, attempts, jobs) one delete transaction removes at most, about: PRUNE_BATCH
+#: jobs with full logs would be 25,000 rows and hold SQLite's write lock for seconds.
+ROWS_PER_TRANSACTION = 4000
 #: Seconds between two delete transactions: the writers queued behind one take the lock first.
 PAUSE_SECONDS = 0.05
 
@@ -48,13 +52,15 @@ class Retention:
         sessions: Sessions,
         policy: dict[str, float | None],
         *,
-        batch: int = 200,
+        batch: int = 25,
+        rows: int = ROWS_PER_TRANSACTION,
         pause: float = PAUSE_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.sessions = sessions
         self.policy = dict(policy)
         self.batch = batch
+        self.rows = rows
         self.pause = pause
         self._sleep = sleep
         self._took = 0.0
@@ -67,19 +73,24 @@ class Retention:
             if seconds is not None:
                 yield status, now - timedelta(seconds=seconds)
 
-    def _delete_batch(self, status: str, before: datetime) -> tuple[int, int]:
-        """One transaction: (jobs deleted, jobs found prunable by its select)."""
+    def _delete_batch(self, status: str, before: datetime) -> tuple[int, bool]:
+        """One transaction: (jobs deleted, whether more may be left)."""
         started = time.monotonic()
-        deleted, found = retention.prune_batch(self.sessions.kw["bind"], status, before, self.batch)
+        engine = self.sessions.kw["bind"]
+        deleted, more = retention.prune_batch(engine, status, before, self.batch, self.rows)
         if deleted:
             JOBS_PRUNED.labels(status=status).inc(deleted)
         self._took = time.monotonic() - started
-        return deleted, found
+        return deleted, more
 
-    def _rest(self) -> None:
+    def _rest(self, deadline: float | None = None) -> None:
         """Sleep between transactions: PAUSE_SECONDS, or as long as the last one took if longer, so
-        a prune has at most half of the store's writes however slow a batch gets (a busy host)."""
-        self._sleep(max(self.pause, self._took))
+        a prune has at most half of the store's writes however slow a batch gets (a busy host);
+        never past a pass's deadline."""
+        pause = max(self.pause, self._took)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - time.monotonic()))
+        self._sleep(pause)
 
     def prune_pass(self, deadline: float | None = None) -> dict[str, int]:
         """Delete batches of every status in turn until none is left or ``deadline`` (monotonic) passes.
@@ -92,15 +103,15 @@ class Retention:
         done: dict[str, int] = {}
         while pending and time.monotonic() < deadline:
             for status, before in list(pending.items()):
-                deleted, found = self._delete_batch(status, before)
+                deleted, more = self._delete_batch(status, before)
                 if deleted:
                     done[status] = done.get(status, 0) + deleted
-                if not deleted or found < self.batch:
+                if not more:
                     # None left (or only rows a race kept): the next pass looks again.
                     pending.pop(status)
                 if time.monotonic() >= deadline:
                     break
-                self._rest()
+                self._rest(deadline)
         if done:
             log.info("retention: pruned %s", ", ".join(f"{n} {status}" for status, n in done.items()))
         return done
@@ -118,9 +129,9 @@ class Retention:
                 continue
             total = 0
             while True:
-                deleted, found = self._delete_batch(status, before)
+                deleted, more = self._delete_batch(status, before)
                 total += deleted
-                if not deleted or found < self.batch:
+                if not more:
                     break
                 self._rest()
             result[status] = total
