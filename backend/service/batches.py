@@ -68,7 +68,10 @@ class Batches:
         for status, count, progress in rows_by_status:
             counts[status] = count
             progress_sum += 100 * count if status in TERMINAL_VALUES else int(progress or 0)
-        ended = sum(counts[s] for s in TERMINAL_VALUES)
+        # A job missing from the batch was pruned, and only an ended job is: it counts as ended.
+        pruned = max(0, batch.size - sum(counts.values()))
+        ended = sum(counts[s] for s in TERMINAL_VALUES) + pruned
+        progress_sum += 100 * pruned
         return {
             "batch_id": batch.id,
             "task": batch.task,
