@@ -124,8 +124,11 @@ def cancel_job(job_id: str):
 @bp.post("/jobs/<job_id>/retry")
 @submit_limit
 def retry_job(job_id: str):
-    job = services().jobs.retry_job(job_id, owner=g.principal.scope, max_attempts=settings().max_attempts_per_job)
-    response = jsonify(job_dict(job))
+    jobs = services().jobs
+    job = jobs.retry_job(job_id, owner=g.principal.scope, max_attempts=settings().max_attempts_per_job)
+    # Its dependencies read (a query only for a job that has some): one whose parents all ended
+    # does not say it waits for them.
+    response = jsonify(job_dict(job, waiting_for=jobs.waiting_for(job)))
     response.status_code = 202
     return response
 
