@@ -211,6 +211,8 @@ def _prune_statuses(given: tuple[str, ...]) -> tuple[str, ...]:
     """--status values (repeated, or comma lists), checked; every end status when none is given."""
     named = [part.strip().upper() for value in given for part in value.split(",") if part.strip()]
     unknown = [name for name in named if name not in _END_STATUSES]
+    if given and not named:  # `--status ""` (a script's empty variable) names nothing: not "all"
+        raise click.BadParameter("names no status: use COMPLETED, FAILED or CANCELLED", param_hint="--status")
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r}: use COMPLETED, FAILED or CANCELLED", param_hint="--status")
     return tuple(dict.fromkeys(named)) or _END_STATUSES
@@ -239,7 +241,10 @@ def prune_command(dry_run: bool, older_than: str | None, statuses: tuple[str, ..
         settings, sessions = services.settings, services.sessions
     else:
         if settings.migrate_on_start:
-            migrate(settings.database_url, connect_timeout=settings.db_connect_timeout)
+            try:
+                migrate(settings.database_url, connect_timeout=settings.db_connect_timeout)
+            except Exception as exc:  # the store down, or Alembic's error: one line, credentials masked
+                raise CommandError(f"the store is unavailable ({type(exc).__name__}: {exc}); nothing pruned") from None
         sessions = make_session_factory(make_engine(settings.database_url, connect_timeout=settings.db_connect_timeout))
     retention = Retention(sessions, policy_from_settings(settings), batch=settings.prune_batch)
     try:
