@@ -166,9 +166,9 @@ def build(path: Path, rows: int, *, seed: int = 7, log=print) -> Path:
         conn.executemany(sql, chunk)
         # The kwargs index, as the submission path writes it (backend.core.job_filters.indexed_kwargs).
         conn.executemany(
-            "INSERT INTO job_kwargs (job_id, name, value, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO job_kwargs (job_id, owner, name, value, created_at) VALUES (?, ?, ?, ?, ?)",
             [
-                (r["id"], name, value, r["created_at"])
+                (r["id"], r["owner"], name, value, r["created_at"])
                 for r in chunk
                 for name, value in (("text", TEXT), ("document_id", r["document_id"]))
             ],

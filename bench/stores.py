@@ -115,8 +115,8 @@ def load_from_sqlite(sqlite_path: Path, url: str, *, log=print) -> None:
                 for row in source.execute(f"SELECT {names} FROM jobs ORDER BY rowid"):
                     copy.write_row(row)
             # The search's kwargs index (the FTS table is SQLite's own; PostgreSQL's trigram index is built below).
-            with conn.cursor().copy("COPY job_kwargs (job_id, name, value, created_at) FROM STDIN") as copy:
-                for row in source.execute("SELECT job_id, name, value, created_at FROM job_kwargs"):
+            with conn.cursor().copy("COPY job_kwargs (job_id, owner, name, value, created_at) FROM STDIN") as copy:
+                for row in source.execute("SELECT job_id, owner, name, value, created_at FROM job_kwargs"):
                     copy.write_row(row)
             loaded = time.monotonic()
             for _name, definition in indexes:

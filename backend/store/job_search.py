@@ -4,8 +4,8 @@ an index answers, on SQLite and on PostgreSQL.
 - task, status, owner, created_after/before: ranges of the ``(x, created_at, id)`` indexes of jobs.
 - batch_id, schedule_id: ``ix_jobs_batch_created``, ``ix_jobs_schedule_created``.
 - ``kwargs.<name>=<value>``: the ``job_kwargs`` rows written at submission; the first pair
-  drives the query through ``ix_job_kwargs_lookup (name, value, created_at, job_id)``, newest first,
-  the other pairs are primary-key probes.
+  drives the query through ``ix_job_kwargs_lookup (name, value, created_at, job_id)`` (with an
+  owner: ``ix_job_kwargs_owner_lookup``, owner first), newest first, the other pairs are primary-key probes.
 - ``q``: SQLite an FTS5 trigram table over jobs (``jobs_fts``, kept by triggers), PostgreSQL a
   pg_trgm GIN index on the lowered text (``ix_jobs_search_trgm``); both created by migration 0013.
 """
@@ -114,6 +114,9 @@ def search(
             .join(Job, Job.id == JobKwarg.job_id)
             .where(JobKwarg.name == name, JobKwarg.value == value)
         )
+        if filt.owner is not None:
+            # A tenant (or an admin's owner=) walks ix_job_kwargs_owner_lookup: its own rows only.
+            query = query.where(JobKwarg.owner == filt.owner)
         for other_name, other_value in filt.kwargs[1:]:
             other = JobKwarg.__table__.alias()
             query = query.where(

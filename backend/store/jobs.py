@@ -154,7 +154,8 @@ class JobRows:
         if pairs:
             # The search index of its kwargs, in the same flush as the job (one executemany).
             self.session.add_all(
-                JobKwarg(job_id=job.id, name=name, value=value, created_at=job.created_at) for name, value in pairs
+                JobKwarg(job_id=job.id, owner=job.owner, name=name, value=value, created_at=job.created_at)
+                for name, value in pairs
             )
         counts.bump(self.session, job.task, old=None, new=job.status)
         if job.depends_on:

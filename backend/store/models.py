@@ -214,12 +214,17 @@ class JobKwarg(Base):
     __tablename__ = "job_kwargs"
 
     job_id: Mapped[str] = mapped_column(Key(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # The job's owner: a tenant's filter walks its own rows (ix_job_kwargs_owner_lookup), not every owner's.
+    owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
     # The job's created_at: the listing's order comes from this index, not from a sort.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_job_kwargs_lookup", "name", "value", "created_at", "job_id"),)
+    __table_args__ = (
+        Index("ix_job_kwargs_lookup", "name", "value", "created_at", "job_id"),
+        Index("ix_job_kwargs_owner_lookup", "owner", "name", "value", "created_at", "job_id"),
+    )
 
 
 class JobDependency(Base):

@@ -5,7 +5,8 @@ Revises: 0012
 Create Date: 2026-11-30 05:00:00.000000
 
 Issue 16 item 2: ``GET /jobs`` filters answered from indexes. ``job_kwargs`` holds each job's
-scalar top-level keyword arguments as text (written with the job's INSERT); a batch's jobs get
+scalar top-level keyword arguments as text, with the job's owner (written with the job's INSERT;
+the jobs already stored are backfilled); a batch's jobs get
 a ``(batch_id, created_at, id)`` index (replacing ``ix_jobs_batch``); ``q`` gets a trigram index:
 on SQLite the FTS5 table ``jobs_fts`` (external content: jobs' rowid; triggers keep it in step on
 insert, on a change of task, error or progress message, and on delete), on PostgreSQL the
@@ -15,10 +16,13 @@ tests/test_migrations.py).
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
 import backend.store.models
+from backend.core.job_filters import indexed_kwargs
 
 revision = "0013"
 down_revision = "0012"
@@ -47,51 +51,66 @@ _SQLITE_UP = [
 _FTS_REBUILD = "INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')"
 
 
-# The jobs stored before this revision get their kwargs rows too (as backend.core.job_filters.
-# indexed_kwargs writes them: scalar top-level values, the name a keyword argument's, the text
-# at most 200 characters; strings as themselves, numbers, booleans and null as their JSON text).
-_SQLITE_BACKFILL = """
-INSERT INTO job_kwargs (job_id, name, value, created_at)
-SELECT job_id, name, value, created_at FROM (
-    SELECT jobs.id AS job_id, e.key AS name, jobs.created_at AS created_at,
-           CASE e.type WHEN 'text' THEN e.value WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
-                WHEN 'null' THEN 'null' ELSE CAST(e.value AS TEXT) END AS value,
-           row_number() OVER (PARTITION BY jobs.id ORDER BY e.id) AS n
-    FROM jobs, json_each(jobs.kwargs) AS e
-    WHERE json_valid(jobs.kwargs) AND json_type(jobs.kwargs) = 'object'
-      AND e.type IN ('text', 'integer', 'real', 'true', 'false', 'null')
-      AND length(e.key) BETWEEN 1 AND 100 AND e.key GLOB '[A-Za-z_]*' AND e.key NOT GLOB '*[^A-Za-z0-9_]*'
-) WHERE length(value) <= 200 AND instr(value, char(0)) = 0 AND n <= 20
-"""
-_PG_BACKFILL = """
-INSERT INTO job_kwargs (job_id, name, value, created_at)
-SELECT job_id, name, value, created_at FROM (
-    SELECT jobs.id AS job_id, e.key AS name, jobs.created_at AS created_at,
-           CASE jsonb_typeof(e.value) WHEN 'string' THEN e.value #>> '{}' ELSE e.value::text END AS value,
-           row_number() OVER (PARTITION BY jobs.id) AS n
-    FROM jobs, jsonb_each(
-        -- jsonb refuses an escaped NUL (PostgreSQL text holds none): such a job's kwargs are skipped.
-        CASE WHEN json_typeof(jobs.kwargs) = 'object' AND strpos(jobs.kwargs::text, '\\u0000') = 0
-             THEN jobs.kwargs::jsonb END
-    ) AS e
-    WHERE jsonb_typeof(e.value) IN ('string', 'number', 'boolean', 'null')
-      AND e.key ~ '^[A-Za-z_][A-Za-z0-9_]{0,99}$'
-) AS pairs WHERE length(value) <= 200 AND n <= 20
-"""
+#: Jobs read per backfill batch (their kwargs rows are written in one executemany).
+_BACKFILL_BATCH = 1000
+
+
+def _backfill_kwargs(bind) -> None:
+    """The jobs stored before this revision get their kwargs rows too, written by the submission
+    path's own function (``indexed_kwargs``): the same text for every number (SQL's real-to-text and
+    jsonb's normalising did not match ``json.dumps``) and the same first 20 in the kwargs' own order
+    (jsonb orders its keys). Read as the stored JSON text, in batches of ``_BACKFILL_BATCH`` jobs by id."""
+    jobs = sa.table(
+        "jobs", sa.column("id", sa.String), sa.column("owner", sa.String), sa.column("created_at"), sa.column("kwargs")
+    )
+    kwargs_rows = sa.table(
+        "job_kwargs",
+        *(sa.column(name) for name in ("job_id", "owner", "name", "value", "created_at")),
+    )
+    last = None
+    while True:
+        query = sa.select(jobs.c.id, jobs.c.owner, jobs.c.created_at, sa.cast(jobs.c.kwargs, sa.Text))
+        if last is not None:
+            query = query.where(jobs.c.id > last)
+        batch = bind.execute(query.order_by(jobs.c.id).limit(_BACKFILL_BATCH)).all()
+        if not batch:
+            return
+        rows = [
+            {"job_id": job_id, "owner": owner, "name": name, "value": value, "created_at": created_at}
+            for job_id, owner, created_at, stored in batch
+            for name, value in indexed_kwargs(_loads(stored))
+        ]
+        if rows:
+            bind.execute(kwargs_rows.insert(), rows)
+        last = batch[-1][0]
+
+
+def _loads(stored: str | None) -> dict | None:
+    """A job's stored kwargs JSON as the submission path had it (None: not an object, or not JSON)."""
+    try:
+        kwargs = json.loads(stored) if stored else None
+    except ValueError:
+        return None
+    return kwargs if isinstance(kwargs, dict) else None
 
 
 def upgrade() -> None:
     op.create_table(
         "job_kwargs",
         sa.Column("job_id", backend.store.models.Key(length=40), nullable=False),
+        sa.Column("owner", sa.String(length=100), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("value", sa.String(length=200), nullable=False),
         sa.Column("created_at", backend.store.models.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "name"),
     )
-    op.execute(_PG_BACKFILL if op.get_bind().dialect.name == "postgresql" else _SQLITE_BACKFILL)
+    _backfill_kwargs(op.get_bind())
     op.create_index("ix_job_kwargs_lookup", "job_kwargs", ["name", "value", "created_at", "job_id"], unique=False)
+    # A tenant's kwargs filter walks its own rows only, not every owner's with that value.
+    op.create_index(
+        "ix_job_kwargs_owner_lookup", "job_kwargs", ["owner", "name", "value", "created_at", "job_id"], unique=False
+    )
     op.create_index("ix_jobs_batch_created", "jobs", ["batch_id", "created_at", "id"], unique=False)
     op.drop_index("ix_jobs_batch", table_name="jobs")
     # With id: a schedule's jobs newest first need no sort of equal times either.
@@ -118,5 +137,6 @@ def downgrade() -> None:
     op.drop_index("ix_jobs_schedule_created", table_name="jobs")
     op.create_index("ix_jobs_schedule_created", "jobs", ["schedule_id", "created_at"], unique=False)
     op.drop_index("ix_jobs_batch_created", table_name="jobs")
+    op.drop_index("ix_job_kwargs_owner_lookup", table_name="job_kwargs")
     op.drop_index("ix_job_kwargs_lookup", table_name="job_kwargs")
     op.drop_table("job_kwargs")
