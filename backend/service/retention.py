@@ -30,7 +30,7 @@ STATUSES = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELL
 PASS_SECONDS = 2.0
 #: Rows (log lines, attempts, jobs) one delete transaction removes at most, about: PRUNE_BATCH
 #: jobs with full logs would be 25,000 rows and hold SQLite's write lock for seconds.
-ROWS_PER_TRANSACTION = 4000
+ROWS_PER_TRANSACTION = 2000
 #: Seconds between two delete transactions: the writers queued behind one take the lock first.
 PAUSE_SECONDS = 0.05
 
