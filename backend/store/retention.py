@@ -7,11 +7,12 @@ PostgreSQL alike. Checkpoints are columns of the job. Schedule firings stay: the
 schedule against firing twice. The maintained counts move in the same transaction (a delta row
 per task), so GET /monitoring counts exactly the rows left.
 
-Kept, whatever their age: a job with a dependant still live (it may still need the parent's
-outcome), and a job of a batch that still has a live job (the batch's counts would change under
+Kept, whatever their age: a job with a dependant row (live or ended: a retried dependant reads
+the parent's outcome; the edge goes when the dependant is pruned, then the parent may go), and a
+job of a batch that still has a live job (the batch's counts would change under
 its client's eyes). The delete repeats every condition of the select, so a job retried or given a
 dependant between the two is never deleted: the select runs outside the write lock, the delete
-under it, on a few hundred ids by primary key.
+under it, on a few dozen ids by primary key (PostgreSQL: after locking them, see delete_jobs).
 """
 
 from __future__ import annotations
