@@ -134,8 +134,10 @@ def settings(store_url, redis_url) -> dict:
         "WORKER_LEASE_SECONDS": 1.0,
         "RETRY_BACKOFF_BASE": 1.0,
         "RETRY_JITTER": 0,
-        # Tests of these features turn them on.
+        # Tests of these features turn them on (the housekeeping thread would prune and roll up
+        # history under tests that count queries or copy a store).
         "WEBHOOK_INTERVAL": 0,
+        "HOUSEKEEPING_INTERVAL": 0,
         "RATE_LIMIT_ENABLED": 0,
     }
 

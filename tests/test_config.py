@@ -53,7 +53,7 @@ def test_create_app_starts_no_thread_start_background_does(settings):
     from backend.app import create_app, start_background, stop_background
 
     # Given the settings of a server: the reconciler and the webhook dispatcher on
-    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1})
+    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1, "HOUSEKEEPING_INTERVAL": 10})
     # When the app is built, Then nothing runs in the background yet
     app = create_app(settings)
     assert "reconciler_thread" not in app.extensions and "webhooks_thread" not in app.extensions
@@ -97,7 +97,7 @@ def test_a_thread_that_cannot_start_fails_no_request_and_is_tried_again(settings
 
     # Given an app served without gunicorn_conf, on a host that refuses the first new thread
     # (a container's process limit: "can't start new thread")
-    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1})
+    settings.update({"RECONCILE_INTERVAL": 5, "WEBHOOK_INTERVAL": 1, "HOUSEKEEPING_INTERVAL": 10})
     app = create_app(settings)
     real_start, refusals, started = PeriodicThread.start, [], []
 
