@@ -179,9 +179,7 @@ def retry_many():
     )
     if dry_run:
         return jsonify({"matched": len(job_ids), "more": more, "dry_run": True})
-    retried, skipped = job_search.retry_many(
-        jobs, job_ids, owner=g.principal.scope, max_attempts=max_attempts
-    )
+    retried, skipped = job_search.retry_many(jobs, job_ids, owner=g.principal.scope, max_attempts=max_attempts)
     return jsonify({"retried": retried, "skipped": skipped, "more": more})
 
 
