@@ -113,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=1000, help="streams held open in h")
     parser.add_argument("--prune-n", type=int, default=500_000, help="ended jobs the store of j holds and prunes")
     parser.add_argument("--prune-seconds", type=float, default=20, help="seconds of submissions without the prune in j")
+    parser.add_argument(
+        "--prune-window", type=float, default=60, help="seconds of the prune measured in j, then it is stopped (0: all)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--no-postgres", action="store_true", help="measure on SQLite only")
     args = parser.parse_args(argv)
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    samples=20 if args.quick else 100)),
         ("i", "fair share", lambda: fair_share.run(workdir, results, n=args.fair_n, rounds=args.exec_rounds)),
         ("j", "pruning under load", lambda: prune.run(workdir, results, total=args.prune_n, clients=args.clients,
-                                                      seconds=args.prune_seconds, pg=pg)),
+                                                      seconds=args.prune_seconds, window=args.prune_window, pg=pg)),
     ]  # fmt: skip
     started = time.monotonic()
     try:
