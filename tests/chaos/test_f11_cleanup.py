@@ -61,7 +61,7 @@ def test_f11_cleanup_ends_zombies_and_leaves_live_jobs_alone(cluster):
         cluster.kill_worker(doomed, horse=True)
 
         # And live long jobs, running, and waiting behind them
-        running = [api.submit("chaos_sleep", kwargs={"seconds": 10})["job_id"] for _ in live_workers]
+        running = [api.submit("chaos_sleep", kwargs={"seconds": 20})["job_id"] for _ in live_workers]
         waiting = [api.submit("chaos_sleep", kwargs={"seconds": 0.2})["job_id"] for _ in range(2)]
         wait_until(lambda: all(api.job(job_id)["status"] == "PROCESSING" for job_id in running), timeout=15)
 
