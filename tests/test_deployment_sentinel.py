@@ -148,7 +148,7 @@ class Group:
         )
         log.close()
 
-    def cli(self, name: str, *command: str, expect: str | None = None, timeout: float = 20) -> str:
+    def cli(self, name: str, *command: str, expect: str | None = None, timeout: float = 45) -> str:
         """redis-cli against a member (its password from the environment), retried until the
         answer holds ``expect``."""
         password = SENTINEL_PW if name.startswith("s") and name[1:].isdigit() else SENTINEL
@@ -184,7 +184,7 @@ class Group:
             self.kill(name)
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 def test_the_shipped_scripts_make_a_group_that_fails_over_and_takes_the_old_master_back(tmp_path):
     group = Group(tmp_path)
     try:
