@@ -157,7 +157,8 @@ def test_charts_workers_search_and_pause_on_a_real_fleet(app, live_server, clien
     low = "#queues-panel tr[data-queue='low']"
     page.click(f"{low} button:text-is('Pause')")
     page.wait_for_selector(f"{low} button:text-is('Resume')")
-    assert "paused" in page.inner_text(low)
+    # The button turns first; the row's state follows with the next read of GET /queues.
+    wait_until(lambda: "paused" in page.inner_text(low), what="the low queue shown paused")
     for b in (1, 2):
         submit(client, "add", kwargs={"a": 0, "b": b}, priority="low")
     wait_for_text(page, f"{low} td:nth-child(2)", "2")
