@@ -34,6 +34,10 @@ class RoundRobin:
         self.answers: dict[str, set[str]] = {}
         #: job id -> the key it was submitted under
         self.acked: dict[str, str] = {}
+        #: job id -> when (epoch seconds) the first 2xx naming it came back: it existed by then
+        self.first_named_at: dict[str, float] = {}
+        #: key -> when the last request for that key ended (answered or not)
+        self.last_request_end: dict[str, float] = {}
         self.cancelled: set[str] = set()
         self.cancel_answers: Counter[int] = Counter()
         self.cross_host_cancels = 0
@@ -88,6 +92,9 @@ class RoundRobin:
         sent = self._send(
             host or self.next_host(), "POST", "/tasks/chaos_sleep", json=body, headers={"Idempotency-Key": key}
         )
+        ended = time.time()
+        with self._lock:
+            self.last_request_end[key] = max(ended, self.last_request_end.get(key, 0.0))
         if sent is None:
             return None
         answered_by, response = sent
@@ -99,6 +106,7 @@ class RoundRobin:
         with self._lock:
             self.answers.setdefault(key, set()).add(job_id)
             self.acked[job_id] = key
+            self.first_named_at.setdefault(job_id, ended)
         return answered_by, response.status_code, job_id
 
     def race(self, key: str, body: dict) -> None:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,15 +80,28 @@ def longest_pending(recorder: Recorder) -> float:
     return longest
 
 
-def reused_after_end(listing: list[dict], job_ids: list[str]) -> bool:
-    """Whether each of a key's jobs was created after the one before it had ended: a client whose
+def reused_after_end(listing: list[dict], job_ids: list[str], client: RoundRobin) -> bool:
+    """Whether each of a key's jobs was made only after the one before it had ended: a client whose
     request met a host dying after its commit sends the key again, and a key only names its job
-    while that job is live (see F3), so a job of 0.02 s may already be done and a new one made."""
+    while that job is live (see F3), so a job of 0.02 s may already be done and a new one made.
+
+    A job's ``created_at`` is read before its INSERT, which may then wait on the key's unique
+    index until the job before ends (a race answered after it ran), so the bound of its making is
+    the first answer that named it, else the end of the key's last request (a host that died
+    after its commit answered none)."""
     jobs = sorted((job for job in listing if job["job_id"] in job_ids), key=lambda job: job["created_at"])
+    key = jobs[0]["kwargs"]["tag"]
     return all(
-        earlier["status"] in TERMINAL and earlier["completed_at"] <= later["created_at"]
+        earlier["status"] in TERMINAL
+        and _epoch(earlier["completed_at"])
+        <= client.first_named_at.get(later["job_id"], client.last_request_end.get(key, 0.0))
         for earlier, later in zip(jobs, jobs[1:], strict=False)
     )
+
+
+def _epoch(stamp: str) -> float:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 @pytest.mark.timeout(scaled(180, 1800))
@@ -169,7 +183,7 @@ def test_f13_two_api_hosts_on_postgresql_with_races_cancels_and_a_host_killed(cl
     by_key: dict[str, list[str]] = {}
     for job in listing:
         by_key.setdefault(job["kwargs"]["tag"], []).append(job["job_id"])
-    reused = {key: ids for key, ids in by_key.items() if len(ids) > 1 and reused_after_end(listing, ids)}
+    reused = {key: ids for key, ids in by_key.items() if len(ids) > 1 and reused_after_end(listing, ids, client)}
     runs = executions_per_job(cluster, jobs)
     deadlocks = mark.deadlocks()
     server_errors = [error for host in (host_a, host_b) for error in host.server_errors()]
