@@ -11,11 +11,11 @@ import logging
 
 from backend.broker.errors import BrokerError
 from backend.broker.queues import QueueAdapter
-from backend.core.errors import InvalidTransition, JobServiceError, NotFound, ServiceUnavailable, StaleAttempt
+from backend.core.errors import InvalidTransition, NotFound, ServiceUnavailable, StaleAttempt
 from backend.core.states import TERMINAL_VALUES, JobStatus
+from backend.service.bulk import act_on_each
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store import conflicts
-from backend.store.errors import is_unavailable
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 
@@ -94,36 +94,22 @@ class Cancels:
         wanted = list(dict.fromkeys(job_ids))
         with JobRows.opened(self.sessions) as rows:
             found = rows.statuses(wanted, owner=owner)
-        cancelled: list[str] = []
-        skipped: list[dict] = []
-        for job_id in wanted:
+
+        def cancel(job_id: str) -> None:
             status = found.get(job_id)
-            try:
-                if status is None:
-                    raise NotFound(f"no job {job_id!r}")
-                if status in TERMINAL_VALUES:
-                    raise InvalidTransition(job_id, status, JobStatus.CANCELLED.value)
-                self.cancel_job(job_id, owner=owner, by=by)
-                cancelled.append(job_id)
-            except JobServiceError as exc:
-                skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
-            except Exception as exc:
-                if is_unavailable(exc):
-                    # The store is down or busy: the whole request answers 503 with Retry-After
-                    # (the jobs cancelled so far stay so; sent again, they are skipped as ended),
-                    # not 200 with every job after this one "cancel_failed".
-                    raise
-                # One job's unforeseen failure must not abort the rest of the request (the ids
-                # after it would be neither cancelled nor reported): it is logged and reported,
-                # as cancelled if the store says so (the failure came after the write).
-                log.exception("job %s: bulk cancel failed", job_id)
-                if self._status_or_none(job_id, owner=owner) == JobStatus.CANCELLED.value:
-                    cancelled.append(job_id)
-                else:
-                    skipped.append(
-                        {"job_id": job_id, "reason": "cancel_failed", "message": "the cancel failed; try again"}
-                    )
-        return cancelled, skipped
+            if status is None:
+                raise NotFound(f"no job {job_id!r}")
+            if status in TERMINAL_VALUES:
+                raise InvalidTransition(job_id, status, JobStatus.CANCELLED.value)
+            self.cancel_job(job_id, owner=owner, by=by)
+
+        # A failure may come after the write: the job counts as cancelled if the store says so.
+        return act_on_each(
+            wanted,
+            cancel,
+            verb="cancel",
+            done_after_all=lambda job_id: self._status_or_none(job_id, owner=owner) == JobStatus.CANCELLED.value,
+        )
 
     def _status_or_none(self, job_id: str, *, owner: str | None) -> str | None:
         """A job's status in the store, or None when it cannot be read (unknown or store error)."""

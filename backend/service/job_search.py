@@ -4,19 +4,15 @@ filters of ``GET /jobs``; the jobs they act on, and the retry of many (the cance
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
-from backend.core.errors import JobServiceError
 from backend.core.job_filters import JobFilter
 from backend.core.states import LIVE_VALUES, JobStatus
+from backend.service.bulk import act_on_each
 from backend.store import job_search
-from backend.store.errors import is_unavailable
 
 if TYPE_CHECKING:  # types only
     from backend.service.job_manager import JobManager
-
-log = logging.getLogger(__name__)
 
 #: What each bulk action acts on (a retry by hand takes FAILED and CANCELLED jobs only).
 CANCELLABLE = tuple(LIVE_VALUES)
@@ -38,17 +34,6 @@ def retry_many(
     """Retry each of ``job_ids`` as ``POST /jobs/<id>/retry`` does; the ids retried and, for the
     others, why not. One job's failure never stops the rest; a store that is down stops all
     (503: the jobs retried so far stay so, and are skipped as live when the request is sent again)."""
-    retried: list[str] = []
-    skipped: list[dict] = []
-    for job_id in job_ids:
-        try:
-            manager.retry_job(job_id, owner=owner, max_attempts=max_attempts)
-            retried.append(job_id)
-        except JobServiceError as exc:
-            skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise
-            log.exception("job %s: bulk retry failed", job_id)
-            skipped.append({"job_id": job_id, "reason": "retry_failed", "message": "the retry failed; try again"})
-    return retried, skipped
+    return act_on_each(
+        job_ids, lambda job_id: manager.retry_job(job_id, owner=owner, max_attempts=max_attempts), verb="retry"
+    )
