@@ -1,16 +1,21 @@
-"""Run every benchmark, each against its baseline measured in the same invocation on the same
+"""Run the benchmarks, each against its baseline measured in the same invocation on the same
 Redis and machine, and print every table, every ratio and each target with PASS/MISS. Ours runs
 on SQLite and on a PostgreSQL server the bench starts itself (when PostgreSQL is installed; else
 it says why and measures SQLite only), and each PostgreSQL figure is set beside its SQLite one.
 
-    .venv/bin/python -m bench                 # everything (what `make bench` runs)
+By default (what `make bench` runs) only the benchmarks that check issue 17's targets T1-T6, in
+under 15 minutes; the summary prints those targets first. `--all` (`make bench-all`) runs every one.
+
+    .venv/bin/python -m bench                 # issue 17's: a, b, c, e, h, k (what `make bench` runs)
     .venv/bin/python bench/run_all.py         # the same
-    .venv/bin/python -m bench --only a,c      # some: a execution, b submission, c polling,
-                                              #       d store scale, e latency, f memory,
+    .venv/bin/python -m bench --all           # every benchmark (what `make bench-all` runs)
+    .venv/bin/python -m bench --only a,c      # some: a execution (T4), b submission (T1), c polling (T3),
+                                              #       d store scale, e latency (T5), f memory,
                                               #       g copy-store (into PostgreSQL),
-                                              #       h event streams (1,000 open; latency),
+                                              #       h event streams (1,000 open; latency) (T6),
                                               #       i fair share on/off (execution),
-                                              #       j pruning under load (submission p99)
+                                              #       j pruning under load (submission p99),
+                                              #       k against Celery + Flower (T2; polling)
     .venv/bin/python -m bench --quick         # small counts, to check that it all works
     .venv/bin/python -m bench --no-postgres   # SQLite only
 """
@@ -41,6 +46,8 @@ from bench import (  # noqa: E402,E501
     fair_share,
     latency,
     memory,
+    peer,
+    peer_bench,
     polling,
     prune,
     store_scale,
@@ -48,7 +55,20 @@ from bench import (  # noqa: E402,E501
     streams,
     submission,
 )
-from bench.common import PG_FLOOR, Results, Workdir, emit, table  # noqa: E402
+from bench.common import PG_FLOOR, Check, Results, Workdir, emit, table  # noqa: E402
+
+#: Issue 17's targets: what `make bench` must print with PASS/MISS, and which benchmark checks each
+#: (their checks' names start with "T<n> ").
+TARGETS = {
+    "T1": ("b", "submission over HTTP, 8 clients, a worker draining: >= 1.5x Flower, >= 0.5x raw Queue.enqueue"),
+    "T2": ("k", "end to end, N jobs over HTTP until all reported done: >= 1.5x Celery + Flower"),
+    "T3": ("c", "polling a finished job GET /jobs/<id>: >= 0.9x the hello-world route"),
+    "T4": ("a", "execution: >= 1.0x raw RQ, SimpleWorker and forking Worker, W = 1 and 2"),
+    "T5": ("e", "enqueue-to-start p50 on an idle simple worker: < 4 ms"),
+    "T6": ("h", "1,000 open event streams: GET /jobs/<id> >= 0.8x its figure without them"),
+}
+ISSUE17 = ",".join(sorted({key for key, _what in TARGETS.values()}))
+EVERY = "a,b,c,d,e,f,g,h,i,j,k"
 
 
 def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
@@ -87,12 +107,14 @@ def machine(pg: stores.Postgres | None) -> list[tuple[str, str]]:
         ("PostgreSQL", f"{pg.version} (durable commits: {', '.join(stores.DURABLE)} on)" if pg else "not run"),
         ("psycopg", version("psycopg") if pg else "-"),
         ("wrk", wrk_version),
+        ("peer (k, b)", peer.versions()),
     ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmarks of the job service.")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j", help="which benchmarks, e.g. a,c (default: all)")
+    parser.add_argument("--only", default=ISSUE17, help=f"which benchmarks, e.g. a,c (default: issue 17's, {ISSUE17})")
+    parser.add_argument("--all", action="store_true", help=f"every benchmark ({EVERY})")
     parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
     parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
@@ -103,6 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="concurrent submission clients")
     parser.add_argument("--poll-seconds", type=float, default=3, help="seconds per wrk run")
     parser.add_argument("--poll-rounds", type=int, default=7, help="alternating ours/hello rounds (median ratio)")
+    parser.add_argument(
+        "--e2e-n", type=int, default=1000, help="jobs per end-to-end round in k (ours vs Celery+Flower)"
+    )
+    parser.add_argument("--e2e-rounds", type=int, default=3, help="rotating end-to-end rounds per side in k")
+    parser.add_argument("--peer-poll-rounds", type=int, default=3, help="rotating polling rounds per server in k")
     parser.add_argument("--store-sizes", default="1000,1000000", help="job counts of the stores compared")
     parser.add_argument("--store-samples", type=int, default=400, help="requests per endpoint and size")
     parser.add_argument("--no-cache", action="store_true", help="build the large store instead of using bench/.cache")
@@ -119,12 +146,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--no-postgres", action="store_true", help="measure on SQLite only")
     args = parser.parse_args(argv)
+    if args.all:
+        args.only = EVERY
     if args.quick:
         args.exec_n_simple, args.exec_n_fork, args.submit_n, args.exec_rounds, args.submit_rounds = 200, 50, 200, 1, 1
         args.poll_seconds, args.poll_rounds, args.store_sizes, args.store_samples = 1, 3, "1000,20000", 50
         args.latency_simple, args.latency_fork, args.memory_jobs, args.copy_jobs = 20, 10, 1000, 2000
         args.streams, args.fair_n = 100, 200
         args.prune_n, args.prune_seconds = 5000, 3
+        args.e2e_n, args.e2e_rounds, args.peer_poll_rounds = 200, 1, 1
     return args
 
 
@@ -159,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         ("i", "fair share", lambda: fair_share.run(workdir, results, n=args.fair_n, rounds=args.exec_rounds)),
         ("j", "pruning under load", lambda: prune.run(workdir, results, total=args.prune_n, clients=args.clients,
                                                       seconds=args.prune_seconds, window=args.prune_window, pg=pg)),
+        ("k", "against Celery + Flower", lambda: peer_bench.run(
+            workdir, results, count=args.e2e_n, clients=args.clients, e2e_rounds=args.e2e_rounds, connections=8,
+            poll_seconds=min(args.poll_seconds, 2), poll_rounds=args.peer_poll_rounds, pg=pg)),
     ]  # fmt: skip
     started = time.monotonic()
     try:
@@ -180,19 +213,35 @@ def main(argv: list[str] | None = None) -> int:
             workdir.cleanup()
         if pg is not None:
             pg.stop()
-    summary(results, failures, time.monotonic() - started)
+    summary(results, failures, time.monotonic() - started, selected)
     return 1 if failures else 0
 
 
-def summary(results: Results, failures: list[str], elapsed: float) -> None:
+def _target_of(check: Check) -> str | None:
+    """The issue-17 target a check is for ("T3" for one named "T3 polling ..."), else None."""
+    head = check.name.split(" ", 1)[0]
+    return head if head in TARGETS else None
+
+
+def summary(results: Results, failures: list[str], elapsed: float, selected: set[str]) -> None:
+    def result(c: Check) -> str:
+        return "—" if c.ok is None else ("PASS" if c.ok else "MISS")
+
+    ours = sorted((c for c in results.checks if _target_of(c)), key=lambda c: _target_of(c) or "")
+    rows = [[c.name, c.measured, c.target, result(c)] for c in ours]
+    for target, (key, what) in TARGETS.items():
+        if not any(_target_of(c) == target for c in ours):
+            why = "not selected" if key not in selected else "benchmark failed or checked nothing"
+            rows.append([f"{target} {what}", "—", "—", f"not measured ({key}: {why})"])
+    title = "Summary: issue 17 targets (each ours/baseline of the same run)"
+    emit(table(title, ["figure", "measured", "target", "result"], rows))
     emit(
         table(
-            "Summary: targets",
+            "Summary: other targets",
             ["figure", "measured", "target", "result"],
-            [[c.name, c.measured, c.target, "—" if c.ok is None else ("PASS" if c.ok else "MISS")]
-             for c in results.checks],
+            [[c.name, c.measured, c.target, result(c)] for c in results.checks if not _target_of(c)],
         )
-    )  # fmt: skip
+    )
     emit(table("Summary: every ratio", ["ratio", "value"], [[name, f"{value:.2f}"] for name, value in results.ratios]))
     if results.stores:
         emit(
@@ -205,9 +254,11 @@ def summary(results: Results, failures: list[str], elapsed: float) -> None:
         )  # fmt: skip
     passed = sum(1 for c in results.checks if c.ok)
     missed = sum(1 for c in results.checks if c.ok is False)
+    passed17 = sum(1 for c in ours if c.ok)
+    missed17 = sum(1 for c in ours if c.ok is False)
     emit(
-        f"\n{passed} PASS, {missed} MISS; total {elapsed:.0f} s; "
-        f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"\nissue 17: {passed17} PASS, {missed17} MISS; all targets: {passed} PASS, {missed} MISS; total "
+        f"{elapsed:.0f} s; load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     if failures:
         emit(f"benchmarks that failed to run: {', '.join(failures)}")
