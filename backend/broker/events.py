@@ -17,6 +17,8 @@ from redis import Redis
 from redis.client import PubSub
 from redis.exceptions import NoScriptError
 
+from backend.broker.replies import text
+
 __all__ = ["Event", "EventLog", "EventSubscriber", "Received", "channel", "compare_ids", "parse_id", "stream_key"]
 
 _PREFIX = "jobservice:events:"
@@ -103,10 +105,6 @@ class Event:
     data: str
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class EventLog:
     """Append, publish and read a job's events; one per connection (its scripts registered once)."""
 
@@ -124,7 +122,7 @@ class EventLog:
             BrokerUnreachable, BrokerError: Redis did not answer or refused.
         """
         keys = [stream_key(job_id), _status_key(job_id)]
-        return _text(self._append(keys=keys, args=[kind, data_json, self._history, self._ttl]))
+        return text(self._append(keys=keys, args=[kind, data_json, self._history, self._ttl]))
 
     def append_many(self, job_id: str, events: list[tuple[str, str]]) -> list[str]:
         """Append ``events`` ((kind, data json) pairs, in order) in one round trip: the append
@@ -143,7 +141,7 @@ class EventLog:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [_text(reply) for reply in replies]
+        return [text(reply) for reply in replies]
 
     def _pipeline(self, keys: list[str], events: list[tuple[str, str]]) -> list:
         pipe = self._connection.pipeline(transaction=False)
@@ -169,7 +167,7 @@ class EventLog:
         args = [status_key, job_json, "1" if terminal else "0", self._history, self._ttl, number, rank]
         args.append(job_json if end_json is None else end_json)
         reply = self._status(keys=keys, args=args)
-        return _text(reply) if reply else None
+        return text(reply) if reply else None
 
     def end_id(self, job_id: str) -> str | None:
         """The id of the ``end`` event of the last status published, when that status is an end.
@@ -177,7 +175,7 @@ class EventLog:
         Raises:
             BrokerUnreachable, BrokerError: Redis did not answer or refused.
         """
-        value = _text(self._connection.get(_status_key(job_id)) or b"")
+        value = text(self._connection.get(_status_key(job_id)) or b"")
         parts = value.split(" ")
         return parts[2] if len(parts) == 3 and parts[2] != "-" else None
 
@@ -188,7 +186,7 @@ class EventLog:
             BrokerUnreachable, BrokerError: Redis did not answer or refused.
         """
         rows = self._connection.xrevrange(stream_key(job_id), max="+", min="-", count=1)
-        return _text(rows[0][0]) if rows else None
+        return text(rows[0][0]) if rows else None
 
     def page(self, job_id: str, *, after: str | None, count: int) -> list[Event]:
         """At most ``count`` events after ``after`` (exclusive; None: from the oldest kept), oldest first.
@@ -219,7 +217,7 @@ class EventLog:
 
 
 def _event(entry_id, fields: dict) -> Event:
-    return Event(_text(entry_id), _text(fields.get(b"k", b"")), _text(fields.get(b"d", b"null")))
+    return Event(text(entry_id), text(fields.get(b"k", b"")), text(fields.get(b"d", b"null")))
 
 
 @dataclass(frozen=True)
@@ -264,14 +262,14 @@ class EventSubscriber:
         message = self._pubsub.get_message(timeout=timeout)
         if not message:
             return None
-        name = _text(message.get("channel") or b"")
+        name = text(message.get("channel") or b"")
         if not name.startswith(_PREFIX):
             return None
         job_id = name[len(_PREFIX) :]
-        kind = _text(message.get("type") or b"")
+        kind = text(message.get("type") or b"")
         if kind != "message":
             return Received(kind, job_id) if kind in ("subscribe", "unsubscribe") else None
-        entry_id, _, rest = _text(message.get("data") or b"").partition(" ")
+        entry_id, _, rest = text(message.get("data") or b"").partition(" ")
         event_kind, _, data = rest.partition(" ")
         return Received("event", job_id, Event(entry_id, event_kind, data))
 

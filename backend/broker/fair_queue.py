@@ -28,6 +28,7 @@ from rq.job import Job as RQJob
 from rq.queue import Queue
 
 from backend.broker.pauses import PAUSED_KEY
+from backend.broker.replies import text
 
 #: Stale ids (cancelled, taken by the blocking fallback) one pop drops from one owner's FIFO before it
 #: moves on to the next owner; a pop tries at most ``MAX_STALE_PER_POP * 5`` steps in all, then takes
@@ -199,11 +200,11 @@ return remove(ARGV[1] .. 'owner:' .. owner, ARGV[2])
 _scripts: dict[str, Script] = {}
 
 
-def _run(connection: Redis, text: str, keys: list, args: list):
+def _run(connection: Redis, source: str, keys: list, args: list):
     """Run a script registered once per process (its SHA; redis-py reloads it on NOSCRIPT)."""
-    if text not in _scripts:
-        _scripts[text] = connection.register_script(text)
-    return _scripts[text](keys=keys, args=args, client=connection)
+    if source not in _scripts:
+        _scripts[source] = connection.register_script(source)
+    return _scripts[source](keys=keys, args=args, client=connection)
 
 
 def drop_idle_state(connection: Redis, queue_names: Iterable[str]) -> int:
@@ -215,10 +216,6 @@ def forget(connection: Redis, queue: str, rq_id: str) -> bool:
     """Remove a cancelled job's fair entries (index, its owner's FIFO); True if it had some."""
     prefix = fair_prefix(queue)
     return bool(_run(connection, FORGET_SCRIPT, [prefix + "index"], [prefix, rq_id]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class FairQueues:
@@ -242,8 +239,8 @@ class FairQueues:
             keys=[PAUSED_KEY], args=[*args, len(names), *names, *pairs, MAX_STALE_PER_POP], client=self.connection
         )
         if answer[0] == 1:
-            return _text(answer[1]), _text(answer[2])
-        return [_text(name) for name in answer[1:]]
+            return text(answer[1]), text(answer[2])
+        return [text(name) for name in answer[1:]]
 
     def after_blocking_pop(self, queue: str, rq_id: str) -> bool:
         """For a job the blocking fallback took: True to start it; False when its queue was paused

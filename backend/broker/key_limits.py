@@ -32,6 +32,7 @@ from rq.job import Job as RQJob
 from rq.queue import Queue
 
 from backend.broker.pauses import PAUSED_KEY
+from backend.broker.replies import text
 from backend.core.rate_spec import parse_rate
 from backend.core.settings import QUEUE_NAMES
 
@@ -297,10 +298,6 @@ def _now(now: float | None) -> str:
     return "" if now is None else repr(float(now))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def declared_rate(meta: Any) -> tuple[str, str] | None:
     """The (key, canonical limit text) a job's RQ meta declares, or None: absent or garbled meta
     means no limit (never an exception in the worker)."""
@@ -330,11 +327,11 @@ def admit(connection: Redis, job: RQJob, now: float | None = None) -> float | No
     rate = declared_rate(meta)
     if rate is None:
         return None
-    key, text = rate
+    key, limit = rate
     origin = getattr(job, "origin", None)
     rank = QUEUE_NAMES.index(origin) if origin in QUEUE_NAMES else len(QUEUE_NAMES)
     keys = [log_key(key), held_key(key), DUE, HELD_JOBS, LIMITS, OVERRIDES, HELD_TOTAL, HELD_OTHER, windows_key(key)]
-    args = [key, job.id, text, _now(now), MAX_TOTAL_KEYS, rank]
+    args = [key, job.id, limit, _now(now), MAX_TOTAL_KEYS, rank]
     due = _script(connection, "admit")(keys=keys, args=args, client=connection)
     return None if due is None else float(due)
 
@@ -359,7 +356,7 @@ def wake(connection: Redis, key: str) -> None:
 
 def held_ids(connection: Redis) -> set[str]:
     """The RQ ids of every held job (they wait, though in no queue list)."""
-    return {_text(rq_id) for rq_id in connection.hkeys(HELD_JOBS)}
+    return {text(rq_id) for rq_id in connection.hkeys(HELD_JOBS)}
 
 
 def held_until(connection: Redis, rq_ids: Iterable[str]) -> dict[str, tuple[str, float | None]]:
@@ -371,8 +368,8 @@ def held_until(connection: Redis, rq_ids: Iterable[str]) -> dict[str, tuple[str,
     flat = _script(connection, "held_until")(keys=[HELD_JOBS, DUE], args=ids, client=connection)
     found = {}
     for index in range(0, len(flat), 3):
-        due = _text(flat[index + 2])
-        found[_text(flat[index])] = (_text(flat[index + 1]), float(due) if due else None)
+        due = text(flat[index + 2])
+        found[text(flat[index])] = (text(flat[index + 1]), float(due) if due else None)
     return found
 
 
@@ -393,7 +390,7 @@ def held_totals(connection: Redis, top: int = 100) -> dict[str, int]:
         pipe.zrevrange(HELD_TOTAL, 0, top - 1, withscores=True)
         pipe.get(HELD_OTHER)
         ranked, other = pipe.execute()
-    totals = {_text(key): int(count) for key, count in ranked}
+    totals = {text(key): int(count) for key, count in ranked}
     if other and int(other) > 0:
         totals[OTHER_KEY] = totals.get(OTHER_KEY, 0) + int(other)
     return totals

@@ -20,6 +20,7 @@ from backend.broker.key_limits import DUE as DUE_KEY
 from backend.broker.key_limits import LIMITS as DECLARED_KEY
 from backend.broker.key_limits import OVERRIDES as OVERRIDES_KEY
 from backend.broker.key_limits import forget_replaced, held_key
+from backend.broker.replies import text
 
 #: A counter every write of the hash bumps, so that a concurrent writer's WATCH always fires.
 VERSION_KEY = OVERRIDES_KEY + ":version"
@@ -28,13 +29,9 @@ VERSION_KEY = OVERRIDES_KEY + ":version"
 MAX_HELD_KEYS = 100
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def read(connection: Redis) -> dict[str, str]:
     """The overrides as Redis holds them (one round trip)."""
-    return {_text(key): _text(limit) for key, limit in connection.hgetall(OVERRIDES_KEY).items()}
+    return {text(key): text(limit) for key, limit in connection.hgetall(OVERRIDES_KEY).items()}
 
 
 def replace(
@@ -54,7 +51,7 @@ def replace(
     """
     with connection.pipeline(transaction=True) as pipe:
         pipe.watch(OVERRIDES_KEY, VERSION_KEY)
-        held = {_text(key): _text(limit) for key, limit in pipe.hgetall(OVERRIDES_KEY).items()}
+        held = {text(key): text(limit) for key, limit in pipe.hgetall(OVERRIDES_KEY).items()}
         wanted = dict(recorded())
         if held == wanted and not force:
             pipe.unwatch()
@@ -88,7 +85,7 @@ class HeldKey:
 
 def held_keys(connection: Redis, *, most: int = MAX_HELD_KEYS) -> list[HeldKey]:
     """The keys holding jobs, the soonest due first, at most ``most`` (two round trips)."""
-    due = [(_text(key), float(at)) for key, at in connection.zrange(DUE_KEY, 0, most - 1, withscores=True)]
+    due = [(text(key), float(at)) for key, at in connection.zrange(DUE_KEY, 0, most - 1, withscores=True)]
     if not due:
         return []
     keys = [key for key, _ in due]
@@ -100,6 +97,6 @@ def held_keys(connection: Redis, *, most: int = MAX_HELD_KEYS) -> list[HeldKey]:
         answers = pipe.execute()
     declared, overridden = answers.pop(), answers.pop()
     return [
-        HeldKey(key, int(count), _text(over or said) if (over or said) else None, at)
+        HeldKey(key, int(count), text(over or said) if (over or said) else None, at)
         for (key, at), count, over, said in zip(due, answers, overridden, declared, strict=True)
     ]

@@ -18,6 +18,7 @@ from rq.worker import Worker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from backend.broker import leases
+from backend.broker.replies import text
 
 #: The set of paused queue names (the broker owns the key; workers and the API read it).
 PAUSED_KEY = "jobservice:paused-queues"
@@ -25,13 +26,9 @@ PAUSED_KEY = "jobservice:paused-queues"
 VERSION_KEY = "jobservice:paused-queues:version"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def paused(connection: Redis) -> frozenset[str]:
     """The paused queues as Redis holds them (one round trip)."""
-    return frozenset(_text(name) for name in connection.smembers(PAUSED_KEY))
+    return frozenset(text(name) for name in connection.smembers(PAUSED_KEY))
 
 
 def replace(connection: Redis, recorded: Callable[[], Iterable[str]], *, force: bool = False) -> bool | None:
@@ -48,7 +45,7 @@ def replace(connection: Redis, recorded: Callable[[], Iterable[str]], *, force: 
     """
     with connection.pipeline(transaction=True) as pipe:
         pipe.watch(PAUSED_KEY, VERSION_KEY)
-        held = frozenset(_text(name) for name in pipe.smembers(PAUSED_KEY))
+        held = frozenset(text(name) for name in pipe.smembers(PAUSED_KEY))
         wanted = frozenset(recorded())
         if held == wanted and not force:
             pipe.unwatch()
@@ -84,9 +81,9 @@ def states(connection: Redis, names: Iterable[str]) -> dict[str, QueueState]:
             pipe.smembers(WORKERS_BY_QUEUE_KEY % name)
         pipe.smembers(PAUSED_KEY)
         answers = pipe.execute()
-    held = frozenset(_text(name) for name in answers[-1])
+    held = frozenset(text(name) for name in answers[-1])
     prefix = Worker.redis_worker_namespace_prefix
-    listening = {name: {_text(key).removeprefix(prefix) for key in answers[2 * i + 1]} for i, name in enumerate(names)}
+    listening = {name: {text(key).removeprefix(prefix) for key in answers[2 * i + 1]} for i, name in enumerate(names)}
     # RQ's registration outlives a SIGKILLed worker for minutes; its lease does not.
     alive = leases.alive(connection, {worker for workers in listening.values() for worker in workers})
     return {

@@ -31,6 +31,7 @@ from backend.broker import key_limits, leases
 from backend.broker.errors import BrokerUnreachable
 from backend.broker.fair_queue import fair_prefix
 from backend.broker.pauses import PAUSED_KEY
+from backend.broker.replies import text
 from backend.core.settings import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
@@ -188,11 +189,11 @@ class WaitingFacts:
             pipe.smembers(PAUSED_KEY)  # in the same round trip
             pipe.hgetall(key_limits.OVERRIDES)
             answers = pipe.execute()
-        overrides = {_text(key): _text(limit) for key, limit in answers.pop().items()}
-        paused = frozenset(_text(name) for name in answers.pop())
+        overrides = {text(key): text(limit) for key, limit in answers.pop().items()}
+        paused = frozenset(text(name) for name in answers.pop())
         prefix = Worker.redis_worker_namespace_prefix
         listening = {
-            name: {_text(key).removeprefix(prefix) for key in members}
+            name: {text(key).removeprefix(prefix) for key in members}
             for name, members in zip(QUEUE_NAMES, answers, strict=False)
         }
         # RQ's registration outlives a SIGKILLed worker for minutes; its lease does not.
@@ -201,7 +202,7 @@ class WaitingFacts:
         rest = answers[len(QUEUE_NAMES) :]
         for i, task in enumerate(tasks):
             held, held_back, holders = rest[3 * i : 3 * i + 3]
-            slots[task] = TaskSlots(int(held), int(held_back), frozenset(_text(h) for h in holders))
+            slots[task] = TaskSlots(int(held), int(held_back), frozenset(text(h) for h in holders))
         workers = {name: len(names & alive) for name, names in listening.items()}
         return QueueFacts(workers=workers, slots=slots, paused=paused, overrides=overrides)
 
@@ -301,7 +302,7 @@ def held_places(connection: Redis, rq_ids: list[str]) -> dict[str, HeldPlace]:
     flat = _script(connection, _HELD_PLACES)(keys=keys, args=[key_limits.PREFIX, *rq_ids], client=connection)
     found = {}
     for index in range(0, len(flat), 5):
-        rq_id, key, due, ahead, turn = (_text(value) for value in flat[index : index + 5])
+        rq_id, key, due, ahead, turn = (text(value) for value in flat[index : index + 5])
         next_slot = float(due) if due else None
         found[rq_id] = HeldPlace(key, next_slot, int(ahead), float(turn) if turn else next_slot)
     return found
@@ -316,9 +317,3 @@ def _script(connection: Redis, source: str):
     if script is None:
         script = _scripts[source] = connection.register_script(source)
     return script
-
-
-def _text(value: bytes | str | int) -> str:
-    if isinstance(value, int):
-        return str(value)
-    return value.decode() if isinstance(value, bytes) else value

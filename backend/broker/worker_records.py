@@ -21,6 +21,7 @@ from rq.utils import utcparse
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from backend.broker.leases import lease_key
+from backend.broker.replies import text
 
 #: The prefix of a worker's key in RQ's set of workers.
 WORKER_KEY_PREFIX = f"{RQ_KEY_PREFIX}:worker:"
@@ -28,20 +29,20 @@ WORKER_KEY_PREFIX = f"{RQ_KEY_PREFIX}:worker:"
 EXECUTION_KEY_PREFIX = f"{RQ_KEY_PREFIX}:execution:"
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
+def _maybe_text(value: bytes | str | None) -> str | None:
+    return None if value is None else text(value)
 
 
 def _int(value: bytes | str | None) -> int:
     try:
-        return int(_text(value) or 0)
+        return int(_maybe_text(value) or 0)
     except ValueError:
         return 0
 
 
 def _time(value: bytes | str | None) -> datetime | None:
     try:
-        return utcparse(_text(value)) if value else None
+        return utcparse(_maybe_text(value)) if value else None
     except ValueError:  # another client's format: shown as unknown, never a 500
         return None
 
@@ -65,7 +66,7 @@ def read_workers(connection: Redis) -> list[dict]:
     """
     names = sorted(
         key.removeprefix(WORKER_KEY_PREFIX)
-        for key in (_text(member) for member in connection.smembers(REDIS_WORKER_KEYS))
+        for key in (_maybe_text(member) for member in connection.smembers(REDIS_WORKER_KEYS))
         if key and key.startswith(WORKER_KEY_PREFIX)
     )
     if not names:
@@ -84,19 +85,19 @@ def read_workers(connection: Redis) -> list[dict]:
         record, executions, leased = replies
         if not record:
             continue
-        record = {_text(field): value for field, value in record.items()}
+        record = {_maybe_text(field): value for field, value in record.items()}
         rows.append(
             {
                 "name": name,
-                "queues": [queue for queue in (_text(record.get("queues")) or "").split(",") if queue],
-                "state": _text(record.get("state")) or "?",
+                "queues": [queue for queue in (_maybe_text(record.get("queues")) or "").split(",") if queue],
+                "state": _maybe_text(record.get("state")) or "?",
                 "birth": _time(record.get("birth")),
                 "last_heartbeat": _time(record.get("last_heartbeat")),
                 "successful_jobs": _int(record.get("successful_job_count")),
                 "failed_jobs": _int(record.get("failed_job_count")),
                 "alive": bool(leased),
                 # One execution shown, as RQ's get_current_job_id does; sorted: the same one each read.
-                "executions": sorted(_text(member) for member in executions),
+                "executions": sorted(_maybe_text(member) for member in executions),
                 "current_rq_job_id": None,
                 "current_job_id": None,
             }
