@@ -3,7 +3,9 @@
 A job never waits for the API: ``started``, ``completed`` and ``failed`` are put on a queue
 that one background thread sends to ``POST /internal/reports`` over a keep-alive connection:
 everything gathered so far in one request, at once after a quiet spell, else at most one
-request per ``LINGER_SECONDS`` (a fast job's start and end then travel together). While the
+request per ``LINGER_SECONDS``. A start is held up to ``START_HOLD_SECONDS`` for its attempt's
+end (a fast job's start and end travel together), so the thread's JSON and HTTP never compete
+with the task's own start for the interpreter; a flush sends it at once. While the
 API is unreachable the thread retries with exponential backoff, each report for up to
 ``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job from RQ. The API's
 refusals (409: the attempt was cancelled or replaced) are kept in ``refused`` (the latest
@@ -55,6 +57,9 @@ BATCH_SIZE = 500
 #: interval share one request and one transaction, at the cost of the store learning of them
 #: up to that much later. A report after a quiet spell is sent at once.
 LINGER_SECONDS = 0.1
+#: A start report alone waits this long before it is sent (an end, or any other report, sends it
+#: at once): the store learns of a start at most this much later, the task starts sooner.
+START_HOLD_SECONDS = 0.1
 
 
 class Reporter:
@@ -72,9 +77,12 @@ class Reporter:
         self.progress_interval = progress_interval
         #: The size caps, replaced by the API's as soon as it answers (kept in a work-horse).
         self.caps = caps or SizeCaps()
-        #: (job_id, attempt) pairs whose refused end was already reported again in another form.
-        self._replaced = RecentSet()
         self._token = token
+        self._direct = False
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        """No connection, lock, thread or report of another process (a forked work-horse's too)."""
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
         self._last_progress_at = 0.0
@@ -82,13 +90,16 @@ class Reporter:
         self._timer: threading.Timer | None = None
         #: (job_id, attempt) pairs the API refused (409): cancelled or replaced.
         self.refused = RecentSet()
-        # The outbox: (deadline, report) pairs, sent in order by one thread.
-        self._outbox: deque[tuple[float, dict]] = deque()
+        #: (job_id, attempt) pairs whose refused end was already reported again in another form.
+        self._replaced = RecentSet()
+        # The outbox: (deadline, report, due) triples, sent in order by one thread once one is due.
+        self._outbox: deque[tuple[float, dict, float]] = deque()
         self._wakeup = threading.Condition(threading.Lock())
+        self._next_due = float("inf")
+        self._urgent = False
         self._in_flight = 0
         self._sender: threading.Thread | None = None
         self._closed = False
-        self._direct = False
 
     def _http(self) -> requests.Session:
         if self._session is None:
@@ -97,25 +108,16 @@ class Reporter:
         return self._session
 
     def reset(self) -> None:
-        """Start afresh in a forked work-horse: no inherited connection, lock or thread."""
-        self._session = None
-        self._lock = threading.Lock()
-        self._timer = None
-        self._pending = None
-        self._last_progress_at = 0.0
-        self.refused = RecentSet()
-        self._replaced = RecentSet()
-        self._outbox = deque()
-        self._wakeup = threading.Condition(threading.Lock())
-        self._in_flight = 0
-        self._sender = None
-        self._closed = False
+        """Start afresh in a forked work-horse: no inherited connection, lock or thread; progress
+        and log lines posted directly (it has no sender thread)."""
+        self._start_afresh()
         self._direct = True
 
     # -- reports ------------------------------------------------------------------------
 
     def started(self, job_id: str, attempt: int, worker: str) -> None:
-        self._put(protocol.started(job_id, attempt, worker))
+        """Queue an attempt's start: sent with its end, or alone after ``START_HOLD_SECONDS``."""
+        self._put(protocol.started(job_id, attempt, worker), hold=START_HOLD_SECONDS)
 
     def completed(self, job_id: str, attempt: int, result: object) -> None:
         self.finish_progress()
@@ -226,21 +228,27 @@ class Reporter:
 
     # -- the outbox ---------------------------------------------------------------------
 
-    def _put(self, report: dict, *, best_effort: bool = False, at: float | None = None) -> None:
+    def _put(self, report: dict, *, best_effort: bool = False, at: float | None = None, hold: float = 0.0) -> None:
         report["at"] = at if at is not None else time.time()
-        deadline = time.monotonic() + (0.0 if best_effort else self.retry_seconds)
+        now = time.monotonic()
+        deadline = now + (0.0 if best_effort else self.retry_seconds)
         with self._wakeup:
-            self._outbox.append((deadline, report))
+            self._outbox.append((deadline, report, now + hold))
             self._closed = False
             if self._sender is None or not self._sender.is_alive():
                 self._sender = threading.Thread(target=self._send_forever, name="reporter", daemon=True)
                 self._sender.start()
-            self._wakeup.notify()
+            if now + hold < self._next_due:
+                # Sooner than what the sender waits for: it looks again (a held start, not at once).
+                self._next_due = now + hold
+                self._wakeup.notify()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued report was answered or given up; False on timeout."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._wakeup:
+            self._urgent = True  # held starts go now
+            self._wakeup.notify_all()
             while self._outbox or self._in_flight:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
@@ -252,20 +260,19 @@ class Reporter:
         delay = _BACKOFF_START
         last_sent = 0.0
         while True:
-            with self._wakeup:
-                while not self._outbox:
-                    if self._closed:
-                        return
-                    self._wakeup.wait()
+            if not self._wait_for_due():
+                return
             wait = last_sent + LINGER_SECONDS - time.monotonic()
             if wait > 0:
-                time.sleep(wait)
+                with self._wakeup:  # a flush or close cuts the linger short
+                    self._wakeup.wait_for(lambda: self._urgent or self._closed, timeout=wait)
             last_sent = time.monotonic()
             with self._wakeup:
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_SIZE))]
+                self._next_due = min((item[2] for item in self._outbox), default=float("inf"))
                 self._in_flight = len(batch)
             try:
-                undelivered = self._deliver([report for _, report in batch])
+                undelivered = self._deliver([item[1] for item in batch])
             except Exception:  # never let the sender die: the worker would report nothing more
                 log.exception("reporter: sending %d reports failed", len(batch))
                 undelivered = []
@@ -274,12 +281,15 @@ class Reporter:
                     now = time.monotonic()
                     again = {id(report) for report in undelivered}
                     kept = [item for item in batch if id(item[1]) in again and item[0] > now]
-                    for deadline, report in batch:
+                    for deadline, report, _ in batch:
                         if id(report) in again and deadline <= now and report["event"] != protocol.PROGRESS:
                             log.error("job %s: %s report abandoned after %.0f s", report["job_id"],
                                       report["event"], self.retry_seconds)  # fmt: skip
                     self._outbox.extendleft(reversed(kept))
+                    self._next_due = min(self._next_due, *(item[2] for item in kept), float("inf"))
                 self._in_flight = 0
+                if not self._outbox:
+                    self._urgent = False
                 self._wakeup.notify_all()
                 if self._closed and not self._outbox:
                     return
@@ -288,6 +298,21 @@ class Reporter:
                 delay = min(delay * 2, _BACKOFF_CAP)
             else:
                 delay = _BACKOFF_START
+
+    def _wait_for_due(self) -> bool:
+        """Wait until a report in the outbox is due (any, once flushing or closing); False when the
+        reporter is closed and nothing is left to send."""
+        with self._wakeup:
+            while True:
+                if not self._outbox:
+                    if self._closed:
+                        return False
+                    self._wakeup.wait()
+                    continue
+                wait = self._next_due - time.monotonic()
+                if wait <= 0 or self._urgent or self._closed:
+                    return True
+                self._wakeup.wait(wait)
 
     def close(self) -> None:
         """End the sender thread once the outbox is empty (call ``flush`` first to wait for it)."""
