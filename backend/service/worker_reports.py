@@ -84,22 +84,37 @@ def apply(manager, reports: list[Report], *, sessions: Sessions) -> list[dict]:
     return answers  # type: ignore[return-value]
 
 
+class _Raced(Exception):
+    """A run of rows written together met a row changed since our read: the transaction is rolled
+    back (nothing of it stays) and written again one row at a time, which says which one."""
+
+
 def _apply_moves(manager, reports: list[Report], by_job: dict[str, list[int]], answers: list, sessions, now) -> None:
     """The reports that move jobs (all but ``log``), in one transaction; see ``apply``."""
-    # Each unit reads, plans and writes afresh when it is run again after a deadlock.
-    for run in conflicts.attempts():
-        with run, report_writes(sessions) as store:
-            plans, first = _plan(store.read(list(by_job)), by_job, reports, answers, now)
-            late, done = ([], []) if first else _write(store, plans, by_job, answers)
+    # Each unit reads, plans and writes afresh when it is run again after a deadlock or a race.
+    for together in (True, False):
+        try:
+            for run in conflicts.attempts():
+                with run, report_writes(sessions) as store:
+                    plans, first = _plan(store.read(list(by_job)), by_job, reports, answers, now)
+                    late, done = ([], []) if first else _write(store, plans, by_job, answers, together=together)
+            break
+        except _Raced:
+            continue
     if first:
         # The manager's reports go before the batch's writes (nothing was written yet): a
         # parent's end releases its dependants there, and a dependant's own reports, later in
         # the batch, must never be stored before it (a child COMPLETED under a PROCESSING
         # parent). The plans stay good: a row changed meanwhile fails its compare-and-set.
         _answer_manager(manager, first, by_job, reports, answers, now)
-        for run in conflicts.attempts():
-            with run, report_writes(sessions) as store:
-                late, done = _write(store, plans, by_job, answers)
+        for together in (True, False):
+            try:
+                for run in conflicts.attempts():
+                    with run, report_writes(sessions) as store:
+                        late, done = _write(store, plans, by_job, answers, together=together)
+                break
+            except _Raced:
+                continue
     _observe(done)
     _answer_manager(manager, late, by_job, reports, answers, now)
 
@@ -122,25 +137,52 @@ def _plan(rows: dict, by_job: dict[str, list[int]], reports: list[Report], answe
     return plans, first
 
 
-def _write(store, plans: dict[str, JobPlan], by_job: dict[str, list[int]], answers: list) -> tuple[list, list]:
+def _write(
+    store, plans: dict[str, JobPlan], by_job: dict[str, list[int]], answers: list, *, together: bool = True
+) -> tuple[list, list]:
     """Write the plans in job-id order (the store's one lock order: two batches naming the same
     jobs in any order never wait for each other in a circle); the ids of the jobs someone else
-    changed since our read, and the plans written."""
+    changed since our read, and the plans written. ``together``: each run of consecutive plans
+    writing the same columns (a batch of starts and ends: all of them) in one statement, raising
+    ``_Raced`` when a row of it was changed since our read; else one statement per job.
+    """
     late: list[str] = []
     done: list[JobPlan] = []
-    for job_id in sorted(plans):
-        job_plan = plans[job_id]
-        if job_plan.values:
-            if not store.write(job_id, seen_status=job_plan.old_status, seen_attempt=job_plan.attempt,
-                               values=job_plan.values):  # fmt: skip
-                late.append(job_id)
-                continue
-            done.append(job_plan)
-        for index, job_answer in zip(by_job[job_id], job_plan.answers, strict=True):
-            answers[index] = job_answer
+    ordered = [plans[job_id] for job_id in sorted(plans)]
+    for run in _runs(ordered) if together else [[job_plan] for job_plan in ordered if job_plan.values]:
+        writes = [(p.job_id, p.old_status, p.attempt, p.values) for p in run]
+        if len(run) > 1:
+            if not store.write_many(writes):
+                raise _Raced
+            done.extend(run)
+        elif store.write_many(writes):
+            done.append(run[0])
+        else:
+            late.append(run[0].job_id)
+    written = {job_plan.job_id for job_plan in done}
+    for job_plan in ordered:
+        if job_plan.job_id in written or not job_plan.values:
+            for index, job_answer in zip(by_job[job_plan.job_id], job_plan.answers, strict=True):
+                answers[index] = job_answer
     store.record_attempts(*attempt_rows(done))
     store.count_moves(count_moves(done))
     return late, done
+
+
+def _runs(ordered: list[JobPlan]) -> list[list[JobPlan]]:
+    """The plans that write (in their order) cut into runs of consecutive ones writing the same columns."""
+    runs: list[list[JobPlan]] = []
+    shape = None
+    for job_plan in ordered:
+        if not job_plan.values:
+            continue
+        columns = tuple(sorted(job_plan.values))
+        if runs and columns == shape:
+            runs[-1].append(job_plan)
+        else:
+            runs.append([job_plan])
+            shape = columns
+    return runs
 
 
 def _answer_manager(manager, job_ids: list[str], by_job: dict, reports: list[Report], answers: list, now) -> None:

@@ -3,8 +3,9 @@
 A batch is applied in one transaction with a few Core statements, run on the session's
 connection: no ORM machinery per report. One read of the jobs, one compare-and-set UPDATE per
 job (``WHERE status = :seen AND attempt = :seen``: a writer racing us makes it match nothing),
-written in job-id order (the store's one lock order), then the attempt rows and the count
-deltas in bulk (one statement each, however many jobs).
+written in job-id order (the store's one lock order), a run of jobs with the same columns
+written in one executemany, then the attempt rows and the count deltas in bulk (one statement
+each, however many jobs).
 """
 
 from __future__ import annotations
@@ -48,24 +49,25 @@ class ReportWrites:
 
         ``updated_at`` is written too: the database's time (``clock.now_for_write``).
         """
+        return self.write_many([(job_id, seen_status, seen_attempt, values)])
+
+    def write_many(self, writes: list[tuple[str, str, int, dict]]) -> bool:
+        """Compare-and-set the rows of ``writes`` (job id, seen status, seen attempt, values; the
+        same columns in each), in order, in one ``executemany``: one round trip on PostgreSQL
+        (psycopg pipelines it), one prepared statement on SQLite. False when any row matched
+        nothing: which one is unknown, so the caller rolls the transaction back and writes one by one.
+        """
         dialect = self._connection.dialect.name
-        shape = tuple(sorted(values))
-        statement = _UPDATES.get((dialect, shape))
-        if statement is None:
-            c = _JOBS.c
-            now = clock.now_for_write(dialect)
-            statement = (
-                update(_JOBS)
-                .where(c.id == bindparam("_id"), c.status == bindparam("_status"), c.attempt == bindparam("_attempt"))
-                .values({name: bindparam(name) for name in shape})
-                # PostgreSQL evaluates its clock in the statement; SQLite gets this host's time.
-                .values(updated_at=now if dialect == "postgresql" else bindparam("_now"))
-            )
-            _UPDATES[(dialect, shape)] = statement
-        params = dict(values, _id=job_id, _status=seen_status, _attempt=seen_attempt)
-        if dialect != "postgresql":
-            params["_now"] = clock.now_for_write(dialect)
-        return self._connection.execute(statement, params).rowcount == 1
+        statement = _update(dialect, tuple(sorted(writes[0][3])))
+        now = None if dialect == "postgresql" else clock.now_for_write(dialect)
+        params = []
+        for job_id, seen_status, seen_attempt, values in writes:
+            row = dict(values, _id=job_id, _status=seen_status, _attempt=seen_attempt)
+            if now is not None:
+                row["_now"] = now
+            params.append(row)
+        # One parameter set is a plain execute; several, an executemany whose rowcount is the sum.
+        return self._connection.execute(statement, params[0] if len(params) == 1 else params).rowcount == len(params)
 
     def record_attempts(self, opened: list[dict], ended: list[dict]) -> None:
         """Insert the attempt rows of starts (kept if present) and upsert those of ends.
@@ -88,6 +90,23 @@ def report_writes(sessions: sessionmaker[Session]) -> Iterator[ReportWrites]:
     """A batch's statements in one transaction: committed when the block ends, else rolled back."""
     with transaction(sessions) as session:
         yield ReportWrites(session)
+
+
+def _update(dialect: str, shape: tuple[str, ...]):
+    """The prebuilt compare-and-set UPDATE of the columns ``shape`` (and ``updated_at``)."""
+    statement = _UPDATES.get((dialect, shape))
+    if statement is None:
+        c = _JOBS.c
+        now = clock.now_for_write(dialect)
+        statement = (
+            update(_JOBS)
+            .where(c.id == bindparam("_id"), c.status == bindparam("_status"), c.attempt == bindparam("_attempt"))
+            .values({name: bindparam(name) for name in shape})
+            # PostgreSQL evaluates its clock in the statement; SQLite gets this host's time.
+            .values(updated_at=now if dialect == "postgresql" else bindparam("_now"))
+        )
+        _UPDATES[(dialect, shape)] = statement
+    return statement
 
 
 def _attempt_statements(dialect: str):
