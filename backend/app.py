@@ -42,6 +42,26 @@ from backend.services import TRANSIENT_ERRORS, build_services  # noqa: E402
 log = logging.getLogger(__name__)
 
 
+class JobServiceFlask(Flask):
+    """Flask, keeping ``ensure_sync``'s answer per function: Flask asks it of every hook and view
+    on every request (10 on a poll, each an ``inspect.iscoroutinefunction`` of five calls), and the
+    answer for a given function never changes. Every hook and view here is synchronous anyway."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sync_funcs: dict = {}
+
+    def ensure_sync(self, func):
+        sync = self._sync_funcs.get(func)
+        if sync is not None:
+            return sync
+        sync = super().ensure_sync(func)
+        # Bounded: keys are the app's hooks and views (a bound method is equal to its twin).
+        if len(self._sync_funcs) < 1024:
+            self._sync_funcs[func] = sync
+        return sync
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the API; no thread starts here, but on its first request (see ``start_background``).
 
@@ -52,7 +72,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     logs.configure(fmt=settings.log_format, level=settings.log_level, settings=settings.as_config())
     # Before anything connects: a deployment with placeholder or short secrets never serves.
     enforce_secrets(settings, role="api")
-    app = Flask(__name__)
+    app = JobServiceFlask(__name__)
     # The client's address behind a reverse proxy (X-Forwarded-For from trusted peers only).
     app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
     app.json.sort_keys = False
@@ -65,7 +85,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     html_security.init_app(app)
     rate_limits.init_app(app)
     metrics.init_app(app)
-    # After the metrics timer, so that refused requests are counted too.
+    # Its refusals are answers like any other: the metrics count them (their clock starts in a WSGI
+    # wrapper, before every hook).
     browser_guard.init_app(app)
     api.register(app)
     app.register_blueprint(dashboard.bp)

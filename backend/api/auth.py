@@ -35,6 +35,10 @@ def is_loopback_address(address: str | None) -> bool:
         return False
 
 
+#: Every loopback caller of an API without keys (immutable, so one serves every request).
+_LOCAL_ADMIN = Principal(owner=LOCAL_OWNER, is_admin=True)
+
+
 def authenticate_client() -> None:
     """``before_request`` of the client blueprints: sets ``g.principal`` or refuses."""
     keys = api_keys()
@@ -42,7 +46,7 @@ def authenticate_client() -> None:
         # No keys configured: the API is a local development tool and serves loopback only.
         if not is_loopback_address(request.remote_addr):
             raise Forbidden("no API_KEYS are configured, so this API only serves loopback clients")
-        g.principal = Principal(owner=LOCAL_OWNER, is_admin=True)
+        g.principal = _LOCAL_ADMIN
         return
     token = bearer_token()
     if token is None:

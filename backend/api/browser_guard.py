@@ -21,6 +21,7 @@ answers (no CORS), but without these checks it could still act:
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -59,16 +60,21 @@ def init_app(app: Flask) -> None:
             raise ValueError(f"TRUSTED_ORIGINS entry must be scheme://host[:port], got {origin!r}")
         trusted.add(parsed)
     app.extensions["trusted_origins"] = frozenset(trusted)
-    app.before_request(guard_request)
+
+    def guard_this_app() -> None:
+        # The app itself rather than Flask's current_app proxy: this runs on every request.
+        guard_request(app)
+
+    app.before_request(guard_this_app)
 
 
-def guard_request() -> None:
+def guard_request(app: Flask | None = None) -> None:
     """Refuse a request that a foreign web page could have made; see the module docstring."""
-    host = _request_host()
-    _check_host(host)
+    _check_host(app or current_app)
     if request.method in SAFE_METHODS or request.routing_exception is not None:
         # Unmatched routes and methods change nothing: let them answer 404 / 405 as usual.
         return
+    host = _request_host()
     _check_origin(host)
     if not request.is_json and "X-Requested-With" not in request.headers:
         raise UnsupportedMediaType(
@@ -78,16 +84,14 @@ def guard_request() -> None:
         )
 
 
-def _check_host(host: tuple[str, int | None] | None) -> None:
-    allowed: tuple[str, ...] = current_app.extensions["allowed_hosts"]
-    if api_keys() and not allowed:
+def _check_host(app: Flask) -> None:
+    allowed: tuple[str, ...] = app.extensions["allowed_hosts"]
+    if api_keys(app) and not allowed:
         return  # keys decide who is served; the Host name does not matter
     raw = request.environ.get("HTTP_HOST")
     if raw is None:
         return  # HTTP/1.0 without Host: no browser sends that, so it cannot be rebinding
-    if host is not None and (
-        _is_loopback_name(host[0]) or _matches(host[0], allowed) or host[0] == _api_base_host(settings().api_base_url)
-    ):
+    if _host_served(raw, allowed, settings(app).api_base_url):
         return
     reason = "no API_KEYS are configured, so" if not api_keys() else "ALLOWED_HOSTS is set, so"
     raise HostNotAllowed(
@@ -127,11 +131,27 @@ def _check_origin(host: tuple[str, int | None] | None) -> None:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _host_served(raw: str, allowed: tuple[str, ...], api_base_url: str) -> bool:
+    """Whether a request with Host ``raw`` is served (a loopback name, an allowed one, API_BASE_URL's).
+
+    Kept per value: every request asks, and a client sends the same Host each time (the cache is
+    bounded, so Host values a client makes up only push older ones out)."""
+    host = _parse_host(raw)
+    return host is not None and (
+        _is_loopback_name(host[0]) or _matches(host[0], allowed) or host[0] == _api_base_host(api_base_url)
+    )
+
+
 def _request_host() -> tuple[str, int | None] | None:
     """(name, port) of the Host header, lower case, IPv6 without brackets; None if malformed."""
     raw = request.environ.get("HTTP_HOST")
     if raw is None:
         raw = request.host  # werkzeug falls back to the server's own name and port
+    return _parse_host(raw)
+
+
+def _parse_host(raw: str) -> tuple[str, int | None] | None:
     match = _HOST_HEADER.fullmatch(raw.strip().lower())
     if match is None:
         return None

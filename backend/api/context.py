@@ -41,9 +41,10 @@ def settings(app: Flask | None = None) -> Settings:
     return services(app).settings
 
 
-def api_keys() -> dict[str, tuple[str, bool]]:
-    """The client keys of the current app, parsed from API_KEYS: {key: (owner, is_admin)}; empty when off."""
-    return current_app.extensions["api_keys"]
+def api_keys(app: Flask | None = None) -> dict[str, tuple[str, bool]]:
+    """The client keys of ``app`` (the current app by default), parsed from API_KEYS: {key: (owner,
+    is_admin)}; empty when off."""
+    return (app or current_app).extensions["api_keys"]
 
 
 def update_settings(app: Flask, **changes: object) -> Settings:

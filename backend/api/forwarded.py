@@ -68,8 +68,10 @@ class TrustedProxies:
 
     def client(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client's address, or None when ``peer`` is the client."""
+        if not forwarded_for:
+            return None  # the usual case without a proxy: nothing to parse
         peer_address = _address(peer or "")
-        if not forwarded_for or not self.trusted(peer_address):
+        if not self.trusted(peer_address):
             return None
         hops = [hop for hop in forwarded_for.split(",") if hop.strip()]
         client = None

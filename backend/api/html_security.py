@@ -48,7 +48,10 @@ def init_app(app: Flask) -> None:
 
 
 def add_security_headers(response: Response) -> Response:
+    # Only where missing: a view that needs a stricter or looser value for itself can set it. One
+    # pass over the headers (Headers.setdefault scans them once per name: ~3x the cost per request).
+    present = {name.lower() for name, _ in response.headers}
     for name, value in HEADERS.items():
-        # setdefault: a view that needs a stricter or looser value for itself can set it.
-        response.headers.setdefault(name, value)
+        if name.lower() not in present:
+            response.headers.add(name, value)
     return response

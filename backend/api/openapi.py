@@ -310,7 +310,7 @@ API_BLUEPRINTS = frozenset({"tasks", "jobs", "batches", "schedules", "internal",
 def refuse_repeated_query_parameters():
     """A query parameter given twice (``?limit=5&limit=500``) is refused, not read as its first
     value: the document gives each parameter one value."""
-    if request.blueprint not in API_BLUEPRINTS:
+    if not request.environ.get("QUERY_STRING") or request.blueprint not in API_BLUEPRINTS:
         return None
     repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
     if repeated:

@@ -11,6 +11,15 @@ The waiting fields of a job that waits (``waiting_reason``...: service/waiting.p
 time and on Redis, not only on the row: its body is kept cut around them, with the few row
 values they are decided from, and they are decided afresh on every request.
 
+A job that can no longer change is served without reading the store at all, the path a client
+polling a finished job takes (issue 17: a store round trip per poll cost more than the rest of
+the request on PostgreSQL). That is a COMPLETED job with no webhook still owed: nothing moves a
+job out of COMPLETED (no retry, no late report: core/states.py), and the only later write to its
+row is the webhook's outcome. What can still happen to it is its deletion by retention, on any
+host, so such a body is checked against the store again once it is ``FINAL_RECHECK`` seconds old:
+a pruned job answers 404 within that time. The owner is compared on every request, so another
+tenant gets the same 404 as for a missing job.
+
 ``GET /jobs`` pages are built here too, bounded in bytes as well as in jobs: the arguments and
 results of the jobs are read from the store only when asked for (``?fields=``), and a page
 stops at the job that would take it past ``JOBS_PAGE_MAX_BYTES``, its ``next_cursor`` going
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -54,8 +64,31 @@ MAX_ENTRIES = 10_000
 MAX_BODY = 64 * 1024
 #: Bodies kept per process, in all.
 MAX_BYTES = 16 * 1024 * 1024
+#: Seconds a finished job's body is served without asking the store whether the job still exists.
+FINAL_RECHECK = 0.05
 #: The waiting fields as a body holds them before they are decided: where a body is cut.
 _WAITING_CUT = encode(WAITING_NULLS)[1:-1]
+
+
+class _Entry:
+    """A served body: the stamp it was built under, the body (cut around the waiting fields for a
+    job that waits, with the row values they are decided from), and for a job that can no longer
+    change, when the store last said it still exists."""
+
+    __slots__ = ("stamp", "head", "tail", "row", "final", "checked")
+
+    def __init__(self, stamp, head: bytes, tail: bytes, row: WaitRow | None, *, final: bool, checked: float):
+        self.stamp, self.head, self.tail, self.row = stamp, head, tail, row
+        self.final, self.checked = final, checked
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.tail)
+
+
+def _is_final(job) -> bool:
+    """Whether nothing but a deletion can change the job's body any more (see the module's docstring)."""
+    return job.status == "COMPLETED" and (not job.webhook_url or job.webhook_delivered is True)
 
 
 class JobReader:
@@ -67,9 +100,7 @@ class JobReader:
         # The broker facts of the waiting fields come through the queues' Redis connection.
         self.waiting = waiting or WaitingReasons(WaitingFacts(manager.queues.connection))
         self._stamps = JobStamps(engine)
-        # job id -> (stamp, body; or for a job that waits: the body before and after its
-        # waiting fields, and the row values they are decided from)
-        self._bodies: OrderedDict[str, tuple[object, bytes, bytes, WaitRow | None]] = OrderedDict()
+        self._bodies: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -79,15 +110,34 @@ class JobReader:
         Raises:
             NotFound: no such job, or it belongs to someone else.
         """
-        stamp = self._stamps.read(job_id)
-        owned(stamp, owner, "job", job_id)
+        now = time.monotonic()
         with self._lock:
             cached = self._bodies.get(job_id)
-            if cached is not None and cached[0] == stamp:
+            if cached is not None and cached.final and now - cached.checked < FINAL_RECHECK:
                 self._bodies.move_to_end(job_id)
-        if cached is not None and cached[0] == stamp:
-            _, head, tail, row = cached
-            return head if row is None else self._with_waiting(head, tail, row, waiting_for=[])
+                fresh = True
+            else:
+                fresh = False
+        if fresh:
+            owned(cached.stamp, owner, "job", job_id)
+            return cached.head
+        stamp = self._stamps.read(job_id)
+        if stamp is None and cached is not None:
+            with self._lock:  # pruned: its body is never served again
+                if self._bodies.get(job_id) is cached:
+                    del self._bodies[job_id]
+                    self._bytes -= cached.size
+        owned(stamp, owner, "job", job_id)
+        if cached is not None and cached.stamp == stamp:
+            with self._lock:
+                if job_id in self._bodies:
+                    self._bodies.move_to_end(job_id)
+            cached.checked = now
+            return (
+                cached.head
+                if cached.row is None
+                else self._with_waiting(cached.head, cached.tail, cached.row, waiting_for=[])
+            )
         job = self.manager.get_job(job_id, owner=owner)
         waiting_for = self.manager.waiting_for(job)
         row = self._wait_row(job)
@@ -101,14 +151,17 @@ class JobReader:
             body = self._with_waiting(head, tail, row, waiting_for=waiting_for)
         if not waiting_for and len(head) + len(tail) <= MAX_BODY:
             # Stored under the stamp read before the row: if the job changed in between, the
-            # next request's stamp differs and the body is rebuilt.
+            # next request's stamp differs and the body is rebuilt. A final body read after the
+            # stamp is newer than it, never older, and nothing but a deletion changes it any more.
+            final = row is None and _is_final(job)
+            entry = _Entry(stamp, head, tail, row, final=final, checked=now)
             with self._lock:
                 previous = self._bodies.pop(job_id, None)
-                self._bytes += len(head) + len(tail) - (len(previous[1]) + len(previous[2]) if previous else 0)
-                self._bodies[job_id] = (stamp, head, tail, row)
+                self._bytes += entry.size - (previous.size if previous is not None else 0)
+                self._bodies[job_id] = entry
                 while len(self._bodies) > MAX_ENTRIES or self._bytes > MAX_BYTES:
-                    _, (_, old_head, old_tail, _) = self._bodies.popitem(last=False)
-                    self._bytes -= len(old_head) + len(old_tail)
+                    _, old = self._bodies.popitem(last=False)
+                    self._bytes -= old.size
         return body
 
     def _wait_row(self, job) -> WaitRow:
