@@ -227,12 +227,12 @@ def summary(results: Results, failures: list[str], elapsed: float, selected: set
     def result(c: Check) -> str:
         return "—" if c.ok is None else ("PASS" if c.ok else "MISS")
 
-    ours = sorted((c for c in results.checks if _target_of(c)), key=lambda c: _target_of(c) or "")
-    rows = [[c.name, c.measured, c.target, result(c)] for c in ours]
+    ours = [c for c in results.checks if _target_of(c)]
+    rows = []
     for target, (key, what) in TARGETS.items():
-        if not any(_target_of(c) == target for c in ours):
-            why = "not selected" if key not in selected else "benchmark failed or checked nothing"
-            rows.append([f"{target} {what}", "—", "—", f"not measured ({key}: {why})"])
+        mine = [[c.name, c.measured, c.target, result(c)] for c in ours if _target_of(c) == target]
+        why = "not selected" if key not in selected else "benchmark failed or checked nothing"
+        rows.extend(mine or [[f"{target} {what}", "—", "—", f"not measured ({key}: {why})"]])
     title = "Summary: issue 17 targets (each ours/baseline of the same run)"
     emit(table(title, ["figure", "measured", "target", "result"], rows))
     emit(
