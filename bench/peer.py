@@ -161,6 +161,10 @@ class CeleryFlower:
         """Flower's process (its CPU per request is the server's)."""
         return [self.processes["flower"].pid]
 
+    def roles(self) -> dict[str, list[int]]:
+        """The peer's processes by role, for CPU per job: the HTTP API, the worker, Redis."""
+        return {"API": self.pids(), "worker": [self.processes["worker"].pid], "Redis": [self.redis.process.pid]}
+
     def stop(self) -> None:
         for process in self.processes.values():
             _terminate(process)

@@ -25,24 +25,33 @@ from collections.abc import Callable
 
 import requests
 
-from bench.common import Results, Stack, Workdir, emit, ms, session, start_hello, table
+from bench.common import Results, Stack, Workdir, WorkerProc, emit, ms, session, start_hello, table
 from bench.load import cpu_seconds, wrk
 from bench.peer import FLOWER, CeleryFlower, celery_flower
 from bench.stores import POSTGRESQL, SQLITE, Postgres, store_stacks
 
 HELLO = "hello"
+ROLES = ("API", "worker", "Redis")
 #: T2: our end-to-end rate against Celery + Flower's (issue 17).
 END_TO_END_TARGET = 1.5
-#: Between two polls of a job not done yet: a client polling in a tight loop would mostly measure
-#: how much its own polls slow the server down.
-POLL_PAUSE = 0.005
+#: Between two polls of a job not done yet, as a client polls for a result. In a tight loop (5 ms
+#: tried) 8 clients sent ~10 polls per job and the run measured mostly how much the polls slowed
+#: the server down (ours more, as our worker reports through the API, where Celery's writes Redis
+#: directly). 50 ms: the end is seen at most ~50 ms late on both sides (~1-2% of a run).
+POLL_PAUSE = 0.05
 
 
 class _Ours:
     """Our API as one side: submit over HTTP, ask whether a job is done over HTTP."""
 
-    def __init__(self, stack: Stack):
+    def __init__(self, stack: Stack, worker: WorkerProc):
         self.url = stack.url
+        self._stack, self._worker = stack, worker
+
+    def roles(self) -> dict[str, list[int]]:
+        """Our processes by role, for CPU per job: the API (gunicorn), the worker, Redis."""
+        api = [self._stack.api.process.pid, *self._stack.api.worker_pids()]
+        return {"API": api, "worker": [self._worker.process.pid], "Redis": [self._stack.redis.process.pid]}
 
     def submit(self, http: requests.Session) -> str:
         r = http.post(f"{self.url}/tasks/bench_noop", json={"args": [], "kwargs": {}}, timeout=60)
@@ -78,11 +87,14 @@ def _finished(side: Side) -> str:
     return job_id
 
 
-def _end_to_end(side: Side, count: int, clients: int) -> float:
-    """Seconds from the first submission until every client has seen all its jobs done."""
+def _end_to_end(side: Side, count: int, clients: int) -> tuple[float, dict[str, float]]:
+    """Seconds from the first submission until every client has seen all its jobs done; the CPU
+    seconds each of the side's roles (API, worker, Redis) used meanwhile, and the polls sent."""
     per = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(clients + 1)
+
+    polls = [0] * clients
 
     def client(i: int) -> None:
         with session() as http:
@@ -90,14 +102,18 @@ def _end_to_end(side: Side, count: int, clients: int) -> float:
                 barrier.wait()
                 ids = [side.submit(http) for _ in range(per[i])]
                 for job_id in ids:
+                    polls[i] += 1
                     while not side.done(http, job_id):
                         time.sleep(POLL_PAUSE)
+                        polls[i] += 1
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
+    roles = side.roles()
+    cpu = {role: cpu_seconds(pids) for role, pids in roles.items()}
     barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
@@ -105,7 +121,8 @@ def _end_to_end(side: Side, count: int, clients: int) -> float:
     elapsed = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    return elapsed
+    used = {role: cpu_seconds(pids) - cpu[role] for role, pids in roles.items()}
+    return elapsed, {**used, "polls": sum(polls)}
 
 
 def _rotating(sides: list[str], rounds: int, measure: Callable[[str], object]) -> dict[str, list]:
@@ -160,21 +177,33 @@ def _polling(servers: dict[str, tuple[str, Callable[[], list[int]]]], results: R
 def _end_to_end_rounds(sides: dict[str, Side], results: Results, *, count: int, clients: int, rounds: int) -> None:
     for side in sides.values():
         _end_to_end(side, clients * 5, clients)  # warm-up: connections, each server's first requests
-    runs = _rotating(list(sides), rounds, lambda name: _end_to_end(sides[name], count, clients))
+    measured = _rotating(list(sides), rounds, lambda name: _end_to_end(sides[name], count, clients))
+    runs = {side: [elapsed for elapsed, _cpu in got] for side, got in measured.items()}
     best = {side: min(got) for side, got in runs.items()}
     rows = []
     for side, elapsed in best.items():
         name = f"{FLOWER} (solo worker)" if side == FLOWER else f"ours, {side} (one SimpleWorker)"
         ratio = "" if side == FLOWER else f"{best[FLOWER] / elapsed:.2f}"
         each = " ".join(f"{count / e:.0f}" for e in runs[side])
-        rows.append([name, f"{elapsed:.2f}", f"{count / elapsed:.0f}", each, ratio])
+        # CPU per job of each role over all rounds: a count that the machine's load moves far less than time.
+        per_job = {key: sum(c[key] for _e, c in measured[side]) / (count * rounds) for key in ROLES + ("polls",)}
+        cpu = [per_job[role] for role in ROLES]
+        rows.append(
+            [name, f"{elapsed:.2f}", f"{count / elapsed:.0f}", each, ratio, f"{per_job['polls']:.1f}",
+             *(f"{x * 1e6:.0f}" for x in cpu), f"{sum(cpu) * 1e6:.0f}"]
+        )  # fmt: skip
     emit(
         table(
             f"k. End to end: {count} no-op jobs submitted over HTTP by {clients} clients, until each client saw all "
             f"its jobs done over HTTP; best of {rounds} rotating rounds",
-            ["side", "seconds", "jobs/s", "each round's jobs/s", f"ours/{FLOWER}"],
+            ["side", "seconds", "jobs/s", "each round's jobs/s", f"ours/{FLOWER}", "polls/job", "API CPU µs/job",
+             "worker CPU µs/job", "Redis CPU µs/job", "all µs/job"],
             rows,
         )
+    )  # fmt: skip
+    emit(
+        "CPU per job: each process's user + system time over all rounds (the clients' own and PostgreSQL's server "
+        "processes not counted)."
     )
     for side in sides:
         if side == FLOWER:
@@ -214,9 +243,9 @@ def run(
     pg: Postgres | None = None,
 ) -> None:
     with store_stacks(workdir, "peer", pg) as stacks, celery_flower(workdir, log=emit) as flower:
-        for stack in stacks.values():
-            stack.worker("ours", True, burst=False)
-        sides: dict[str, Side] = {store: _Ours(stack) for store, stack in stacks.items()}
+        sides: dict[str, Side] = {
+            store: _Ours(stack, stack.worker("ours", True, burst=False)) for store, stack in stacks.items()
+        }
         sides[FLOWER] = flower
         hello = start_hello(stacks[SQLITE].env, workdir)
         try:
