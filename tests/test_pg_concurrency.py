@@ -164,7 +164,9 @@ def test_the_retry_helper_reruns_work_that_a_real_deadlock_aborted(postgres_url)
     # row was written once by each transaction, and three runs were made
     with engine.connect() as connection:
         assert dict(connection.execute(text("SELECT id, n FROM pair")).all()) == {1: 2, 2: 2}
-    assert len(runs) == 3
+    # (at least three: a rerun may wait past the lock timeout behind the other transaction on a
+    # loaded machine and run once more; the rows show each transaction applied once all the same)
+    assert len(runs) >= 3, runs
     engine.dispose()
 
 
