@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         ("f", "memory", lambda: memory.run(workdir, results, count=args.memory_jobs)),
         ("g", "copy-store", lambda: copy_store.run(workdir, results, jobs=args.copy_jobs, pg=pg)),
         ("h", "event streams", lambda: streams.run(workdir, results, streams=args.streams,
-                                                   samples=20 if args.quick else 100)),
+                                                   samples=20 if args.quick else 100, pg=pg)),
         ("i", "fair share", lambda: fair_share.run(workdir, results, n=args.fair_n, rounds=args.exec_rounds)),
         ("j", "pruning under load", lambda: prune.run(workdir, results, total=args.prune_n, clients=args.clients,
                                                       seconds=args.prune_seconds, window=args.prune_window, pg=pg)),

@@ -1,6 +1,6 @@
 """h. Event streams at scale on one API host: the gthread API (backend/gunicorn_conf.py) and the
-gevent streams process (backend/gunicorn_streams.py) on one machine, one Redis, one SQLite store,
-a real worker.
+gevent streams process (backend/gunicorn_streams.py) on one machine, one Redis, one store, a real
+worker.
 
 (a) 1,000 streams held open by a client process (asyncio, raw sockets) on jobs scheduled an hour
 ahead; GET /jobs/<id> req/s and submissions jobs/s against the API, rounds alternating without
@@ -9,7 +9,9 @@ of an ``output`` event (a worker's path) to its arrival, and from a status chang
 (POST /jobs/<id>/cancel, answered once committed) to its ``status`` event (the hub polls the
 store every EVENTS_POLL_SECONDS).
 
-    .venv/bin/python -m bench --only h --no-postgres
+    .venv/bin/python -m bench --only h [--no-postgres]
+
+With PostgreSQL, (a) and (b) run on each store in turn (a fresh database; the hub polls it).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ import requests
 from backend.broker.events import EventLog
 from backend.dev.redis_server import free_port
 from bench.common import PY, ROOT, Results, Stack, Workdir, _terminate, emit, ms, pct, session, table
+from bench.stores import POSTGRESQL, SQLITE, Postgres
 
 STREAMS_CONF = "backend/gunicorn_streams.py"
 KEEP_ALIVE_SECONDS = 5
 HEADERS_A = ["round", "streams", "GET /jobs/<id> req/s", "submissions jobs/s", "streams process CPU %"]
+#: Issue 17, T6: GET /jobs/<id> with the streams open at least this share of its rate without them.
+T6_TARGET = 0.8
 
 
 def raise_nofile() -> None:
@@ -210,12 +215,23 @@ def measure_latency(stack: Stack, streams_url: str, samples: int) -> dict[str, l
 
 
 def run(workdir: Workdir, results: Results, *, streams: int = 1000, seconds: float = 5, rounds: int = 2,
-        clients: int = 8, samples: int = 100) -> None:  # fmt: skip
+        clients: int = 8, samples: int = 100, pg: Postgres | None = None) -> None:  # fmt: skip
+    """(a) and (b) on SQLite, then on PostgreSQL when ``pg`` runs; T6 checked on each store."""
     raise_nofile()
+    for store in (SQLITE, POSTGRESQL) if pg is not None else (SQLITE,):
+        _run_store(workdir, results, store, pg if store == POSTGRESQL else None, streams=streams, seconds=seconds,
+                   rounds=rounds, clients=clients, samples=samples)  # fmt: skip
+
+
+def _run_store(workdir: Workdir, results: Results, store: str, pg: Postgres | None, *, streams: int, seconds: float,
+               rounds: int, clients: int, samples: int) -> None:  # fmt: skip
     per_owner = str(streams + 100)
+    where = "" if store == SQLITE else f" on {store}"
+    database_url = pg.database() if pg is not None else None
     with Stack(
-        workdir, "streams", EVENTS_MAX_STREAMS=str(streams + 100), EVENTS_MAX_STREAMS_PER_OWNER=per_owner
-    ) as stack:
+        workdir, "streams" if pg is None else "streams-pg", database_url=database_url,
+        EVENTS_MAX_STREAMS=str(streams + 100), EVENTS_MAX_STREAMS_PER_OWNER=per_owner,
+    ) as stack:  # fmt: skip
         worker = stack.worker("ours", simple=True, burst=False)
         process, streams_url = start_streams(stack, workdir)
         try:
@@ -239,7 +255,7 @@ def run(workdir: Workdir, results: Results, *, streams: int = 1000, seconds: flo
                         opened, error = ready.get(timeout=300)
                         if opened < len(held):
                             raise RuntimeError(f"{opened} of {len(held)} streams opened; first failure: {error}")
-                        emit(f"round {r + 1}: {opened} streams open in {time.monotonic() - t0:.1f} s"
+                        emit(f"{store} round {r + 1}: {opened} streams open in {time.monotonic() - t0:.1f} s"
                              + (f" (first failure: {error})" if error else ""))  # fmt: skip
                     cpu0, t0 = cpu_seconds(process), time.monotonic()
                     gets, submits = load_round(stack.url, seconds, clients, held)
@@ -252,20 +268,25 @@ def run(workdir: Workdir, results: Results, *, streams: int = 1000, seconds: flo
                         # The server learns that a client went away only when it next writes to
                         # it (the 5 s keep-alive): until then the closed streams still count.
                         time.sleep(KEEP_ALIVE_SECONDS + 1)
-            emit(table(f"h(a). API with and without {streams} open streams ({clients} clients, {seconds:.0f} s each)",
-                       HEADERS_A, rows))  # fmt: skip
+            emit(table(f"h(a). {store}: API with and without {streams} open streams ({clients} clients, "
+                       f"{seconds:.0f} s each)", HEADERS_A, rows))  # fmt: skip
             for i, name in ((0, "GET /jobs/<id>"), (1, "submissions")):
-                without = sorted(f[i] for f in figures["without"])
-                with_ = sorted(f[i] for f in figures["with"])
+                without = [f[i] for f in figures["without"]]
+                with_ = [f[i] for f in figures["with"]]
                 ratio = (sum(with_) / len(with_)) / (sum(without) / len(without))
-                results.ratio(f"{name} with/without {streams} streams", ratio)
+                results.ratio(f"{name} with/without {streams} streams{where}", ratio)
+                if i == 0:
+                    results.check(
+                        f"T6 {streams} open streams{where}: GET /jobs/<id> req/s with/without them (mean of rounds)",
+                        f"{ratio:.2f}", ">= 0.80", ratio >= T6_TARGET,
+                    )  # fmt: skip
             lat = measure_latency(stack, streams_url, samples)
-            emit(table(f"h(b). Event latency to a client ({samples} samples)", ["path", "p50", "p95", "max"],
+            emit(table(f"h(b). {store}: event latency to a client ({samples} samples)", ["path", "p50", "p95", "max"],
                        [[k, ms(pct(v, 50)), ms(pct(v, 95)), ms(max(v))] for k, v in lat.items()]))  # fmt: skip
             p50 = pct(lat["output"], 50)
-            results.check("output event p50 (append -> client)", ms(p50), "<= 100 ms", p50 <= 0.1)
+            results.check(f"output event p50 (append -> client){where}", ms(p50), "<= 100 ms", p50 <= 0.1)
             p50s = pct(lat["status (from request)"], 50)
-            results.check("status event p50 (cancel sent -> client)", ms(p50s), "<= 100 ms", p50s <= 0.1)
+            results.check(f"status event p50 (cancel sent -> client){where}", ms(p50s), "<= 100 ms", p50s <= 0.1)
         finally:
             _terminate(process)
             worker.stop()
