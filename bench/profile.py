@@ -10,6 +10,9 @@ python -m bench.profile cpu [-w 2]       # CPU seconds per job of the API, the w
                                          #   while W simple workers drain N jobs, ours and raw RQ
 python -m bench.profile stores [-n 300]  # per endpoint on SQLite and on PostgreSQL: ms, CPU of the
                                          #   API and of PostgreSQL, checkouts, statements, cProfile
+python -m bench.profile submit [-n 500] [--http 2000]
+                                         # POST /tasks/<name> by layer, in process and through
+                                         #   gunicorn (CPU per job of each process), both stores
 python -m bench.profile query            # the tenant list queries on the 1M store, with and
                                          #   without a composite index (on a scratch copy)
 
@@ -40,6 +43,7 @@ from bench.common import (
 from bench.profile_costs import cpu, phases
 from bench.profile_spy import spy
 from bench.profile_stores import stores
+from bench.profile_submit import submit
 
 INTERNAL = {"X-Internal-Token": TOKEN}
 
@@ -282,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stores")
     p.add_argument("-n", type=int, default=300)
     p.set_defaults(func=stores)
+    p = sub.add_parser("submit")
+    p.add_argument("-n", type=int, default=500)
+    p.add_argument("--http", type=int, default=2000, help="jobs through gunicorn (0: in process only)")
+    p.add_argument("--no-postgres", action="store_true")
+    p.set_defaults(func=submit)
     p = sub.add_parser("query")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.set_defaults(func=query)

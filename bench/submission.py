@@ -1,19 +1,41 @@
-"""b. Submission: ``POST /tasks/bench_noop`` from C keep-alive clients, against the same
-number of ``Queue.enqueue`` calls from C clients (threads, each with its own connection); ours
-on SQLite and, when it runs, on PostgreSQL."""
+"""b. Submission (T1): ``POST /tasks/bench_noop`` from C keep-alive clients, ours on SQLite and, when
+it runs, on PostgreSQL, against Celery + Flower's ``POST /api/task/async-apply/bench_noop`` (the
+peer, ``bench/peer.py``) and against ``Queue.enqueue`` from C clients (threads, each with its own
+connection), each side with one worker draining its queue meanwhile (issue 17's condition): ours
+one ``backend/worker.py --simple``, raw RQ one ``rq worker`` (SimpleWorker), the peer one Celery
+worker (solo pool).
+
+The sides take turns in rotating rounds; after each round the side's worker finishes its backlog
+(untimed) before the next side starts, so no side's round pays for another's drain. Each side's
+best round is compared. Targets: ours >= 1.5x Flower and >= 0.5x raw ``Queue.enqueue``.
+
+    .venv/bin/python -m bench.submission [--count 2000] [--rounds 3] [--no-postgres] [--no-flower]
+    .venv/bin/python -m bench.submission --baseline-tree /tmp/base   # before/after: a checkout of
+                                                                     # another commit, same rounds
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 
+from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from bench.common import RAW_QUEUE, Results, Stack, Workdir, emit, ms, pct, session, table
-from bench.stores import POSTGRESQL, SQLITE, store_stacks
+from bench.common import RAW_QUEUE, Results, Workdir, WorkerProc, emit, ms, pct, session, table
+from bench.stores import POSTGRESQL, SQLITE, start_postgres, store_stacks
 
 RAW = "raw RQ"
+#: T1's second half: ours against raw ``Queue.enqueue`` from as many clients (issue 17).
+RAW_TARGET = 0.5
+#: Longest wait for a side's worker to finish its backlog after a round.
+DRAIN_TIMEOUT = 120.0
 
 
 def _threads(count: int, clients: int, make_client, call) -> tuple[float, list[float]]:
@@ -47,62 +69,187 @@ def _threads(count: int, clients: int, make_client, call) -> tuple[float, list[f
     return elapsed, [x for lst in latencies for x in lst]
 
 
-def run(workdir: Workdir, results: Results, *, count: int, clients: int, rounds: int = 3, pg=None) -> None:
-    """``rounds`` alternating rounds of ``count`` submissions on each side (ours on each store, raw
-    RQ), the order rotating; each side's best round is compared."""
-    with store_stacks(workdir, "submission", pg) as stacks:
+def _drained(redis, keys: list[str]) -> None:
+    """Wait until every list of ``keys`` on ``redis`` is empty (the side's worker took its backlog)."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        if not any(redis.llen(key) for key in keys):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the worker did not drain {keys} within {DRAIN_TIMEOUT:.0f} s")
+
+
+def _post_to(url: str):
+    def post(http) -> None:
+        r = http.post(url, json={"args": [], "kwargs": {}}, timeout=60)
+        if r.status_code != 202:
+            raise RuntimeError(f"POST {url} answered {r.status_code}: {r.text[:200]}")
+
+    return post
+
+
+def _enqueue(queue: Queue) -> None:
+    queue.enqueue("bench.rawtasks.noop")
+
+
+def run(
+    workdir: Workdir,
+    results: Results,
+    *,
+    count: int,
+    clients: int,
+    rounds: int = 3,
+    pg=None,
+    flower: bool = True,
+    baseline: Path | None = None,
+) -> dict[str, list[float]]:
+    """``rounds`` rotating rounds of ``count`` submissions on each side; returns each side's rates.
+
+    ``baseline``: a checkout of another commit (``git worktree add``) whose API is measured in the
+    same rounds, on each store ("<store> before"), for a before/after figure."""
+    with contextlib.ExitStack() as stack:
+        stacks = stack.enter_context(store_stacks(workdir, "submission", pg))
+        if baseline is not None:
+            from bench.tree_stack import TreeStack
+
+            for store in list(stacks):
+                url = None if store == SQLITE else pg.database()
+                stacks[f"{store} before"] = stack.enter_context(
+                    TreeStack(workdir, f"submission-before-{store.lower()}", baseline, database_url=url)
+                )
         sqlite = stacks[SQLITE]
-
-        def post_to(stack: Stack):
-            url = f"{stack.url}/tasks/bench_noop"
-
-            def post(http) -> None:
-                r = http.post(url, json={"args": [], "kwargs": {}}, timeout=60)
-                if r.status_code != 202:
-                    raise RuntimeError(f"POST {url} answered {r.status_code}: {r.text[:200]}")
-
-            return post
-
-        def enqueue(queue: Queue) -> None:
-            queue.enqueue("bench.rawtasks.noop")
+        # side -> (make a client, one call, the Redis and the lists its worker drains)
+        sides: dict[str, tuple] = {}
+        for name, st in stacks.items():
+            st.worker("ours", True, burst=False, name=f"drain-{name.replace(' ', '-').lower()}")
+            sides[name] = (session, _post_to(f"{st.url}/tasks/bench_noop"), st.redis_client(), ["rq:queue:default"])
+        raw_worker = WorkerProc("raw", True, "drain-raw", sqlite.env, workdir / "drain-raw.log", burst=False)
+        stack.callback(raw_worker.stop)
 
         def raw_client() -> Queue:
             return Queue(RAW_QUEUE, connection=sqlite.redis_client(), serializer=JSONSerializer)
 
-        sides = {store: (session, post_to(stack)) for store, stack in stacks.items()}
-        sides[RAW] = (raw_client, enqueue)
-        # Warm every path (connections, first requests of each gunicorn worker).
-        for make_client, call in sides.values():
+        sides[RAW] = (raw_client, _enqueue, sqlite.redis_client(), [f"rq:queue:{RAW_QUEUE}"])
+        peer = None
+        if flower:
+            from bench import peer as peer_module
+
+            peer = peer_module
+            celery = stack.enter_context(peer.celery_flower(workdir, log=emit))
+            sides[peer.FLOWER] = (session, celery.submit, Redis.from_url(celery.redis.url), ["celery"])
+        # Warm every path (connections, first requests of each gunicorn worker), drained.
+        for make_client, call, redis, keys in sides.values():
             _threads(clients * 4, clients, make_client, call)
+            _drained(redis, keys)
         runs: dict[str, list[tuple[float, list[float]]]] = {side: [] for side in sides}
         order = list(sides)
         for i in range(rounds):
             for side in order[i % len(order) :] + order[: i % len(order)]:
-                runs[side].append(_threads(count, clients, *sides[side]))
+                make_client, call, redis, keys = sides[side]
+                runs[side].append(_threads(count, clients, make_client, call))
+                _drained(redis, keys)
+    _report(results, runs, count=count, clients=clients, rounds=rounds, peer=peer)
+    return {side: [count / e for e, _ in got] for side, got in runs.items()}
+
+
+def _label(side: str) -> str:
+    if side == RAW:
+        return "Queue.enqueue (raw RQ)"
+    if side in (SQLITE, POSTGRESQL) or side.endswith(" before"):
+        return f"POST /tasks/bench_noop (ours, {side})"
+    return f"POST /api/task/async-apply/bench_noop ({side})"
+
+
+def _report(results: Results, runs: dict, *, count: int, clients: int, rounds: int, peer) -> None:
     best = {side: min(got, key=lambda r: r[0]) for side, got in runs.items()}
     rates = {side: count / elapsed for side, (elapsed, _lat) in best.items()}
     rows = []
     for side, (_elapsed, lat) in best.items():
-        path = "Queue.enqueue (raw RQ)" if side == RAW else f"POST /tasks/bench_noop (ours, {side})"
-        each = " ".join(f"{count / e:.0f}" for e, _ in runs[side])
+        each = [count / e for e, _ in runs[side]]
         ratio = "" if side == RAW else f"{rates[side] / rates[RAW]:.2f}"
-        rows.append([path, f"{rates[side]:.0f}", ms(pct(lat, 50)), ms(pct(lat, 99)), each, ratio])
+        rows.append(
+            [
+                _label(side),
+                f"{rates[side]:.0f}",
+                f"{statistics.median(each):.0f}",
+                ms(pct(lat, 50)),
+                ms(pct(lat, 99)),
+                " ".join(f"{r:.0f}" for r in each),
+                ratio,
+            ]
+        )
     emit(
         table(
-            f"b. Submission: {count} jobs from {clients} concurrent clients, best of {rounds} alternating rounds",
-            ["path", "jobs/s", "p50 ms", "p99 ms", "each round's jobs/s", "ours/raw"],
+            f"b. Submission: {count} jobs from {clients} concurrent clients, one worker draining per side, "
+            f"best of {rounds} rotating rounds",
+            ["path", "jobs/s (best)", "median", "p50 ms", "p99 ms", "each round's jobs/s", "/raw"],
             rows,
         )
     )
-    for store in stacks:
+    for side in runs:
+        if not side.endswith(" before"):
+            continue
+        store = side.removesuffix(" before")
+        each = " ".join(f"{a / b:.2f}" for (b, _), (a, _) in zip(runs[store], runs[side], strict=True))
+        emit(f"{store}: after/before {rates[store] / rates[side]:.2f} by the best rounds (each round: {each})")
+    for store in (SQLITE, POSTGRESQL):
+        if store not in rates:
+            continue
         ratio = rates[store] / rates[RAW]
         where = "" if store == SQLITE else f" on {store}"
         results.ratio(f"submission C={clients}{where} (ours/raw jobs/s)", ratio)
-        results.check(f"submission C={clients}{where}: ours/raw jobs/s", f"{ratio:.2f}", "(no target)", None)
-    if POSTGRESQL in stacks:
+        results.check(
+            f"T1 submission C={clients}{where}: ours/raw Queue.enqueue jobs/s",
+            f"{ratio:.2f}",
+            f">= {RAW_TARGET:.2f}",
+            ratio >= RAW_TARGET,
+        )
+    if peer is not None:
+        peer.check_submission(results, rates, clients)
+    if POSTGRESQL in rates:
         results.stores_compared(
             f"submission C={clients} jobs/s",
             f"{rates[SQLITE]:.0f}",
             f"{rates[POSTGRESQL]:.0f}",
             rates[POSTGRESQL] / rates[SQLITE],
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.submission", description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="submissions per side and round")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-flower", action="store_true")
+    parser.add_argument("--baseline-tree", type=Path, default=None, help="a checkout of the commit to compare with")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = parser.parse_args(argv)
+    pg = None if args.no_postgres else start_postgres(log=emit)
+    workdir = Workdir()
+    results = Results()
+    try:
+        run(
+            workdir,
+            results,
+            count=args.count,
+            clients=args.clients,
+            rounds=args.rounds,
+            pg=pg,
+            flower=not args.no_flower,
+            baseline=args.baseline_tree,
+        )
+    finally:
+        if args.keep:
+            emit(f"kept {workdir.path}")
+        else:
+            workdir.cleanup()
+        if pg is not None:
+            pg.stop()
+    for check in results.checks:
+        emit(f"{check.name}: {check.measured} (target {check.target}) {'PASS' if check.ok else 'MISS'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

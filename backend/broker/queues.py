@@ -163,12 +163,16 @@ class QueueAdapter:
         concurrency: tuple[str, int] | None = None,
         owner: str | None = None,
         rate: tuple[str, str] | None = None,
+        fresh: bool = False,
     ) -> str:
         """Put one attempt of a job on the queue of its priority (at ``at``, through RQ's
         scheduler, when given); return its RQ job id. Enqueueing an attempt twice is a no-op.
 
         ``owner``: who submitted it, for fair share; ``rate``: (key, limit text) of a task with a
-        rate limit, read by the worker after its pop (backend/broker/key_limits.py)."""
+        rate limit, read by the worker after its pop (backend/broker/key_limits.py); ``fresh``:
+        the caller recorded this attempt a moment ago and nothing else enqueues it (a new job's
+        first attempt, recorded QUEUED: the reconciler makes a new attempt of such a job, never
+        this one), so the look for its hash is skipped: one round trip, the writes' MULTI."""
         rq_id = rq_job_id(job_id, attempt)
         queue = self.queues[priority]
         options = {
@@ -191,6 +195,14 @@ class QueueAdapter:
         if concurrency:
             # RQ's concurrency limit, shared by every job of the task across all workers.
             options["rate_limit"] = RateLimit(key=task_limit_key(concurrency[0]), concurrency=concurrency[1])
+        owner = owner if self.fair_share else None
+        if fresh:
+            with self._guard(), self.connection.pipeline() as pipe:
+                # Not watching: the writes are buffered and sent as one MULTI ... EXEC (a job with
+                # parents still has RQ watch them first, as below).
+                self._put(pipe, queue, func_path, options, at=at, owner=owner, front=self.fair_share)
+                pipe.execute()
+            return rq_id
         key = RQJob.key_for(rq_id)
         # Atomic across hosts: the check and the enqueue are one MULTI under WATCH of the
         # attempt's hash, so when two hosts enqueue it at once, the second EXEC fails and its
@@ -207,7 +219,7 @@ class QueueAdapter:
                         func_path,
                         options,
                         at=at,
-                        owner=owner if self.fair_share else None,
+                        owner=owner,
                         front=self.fair_share,
                     )
                     pipe.execute()

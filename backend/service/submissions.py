@@ -23,6 +23,7 @@ from backend.service.job_request import JobRequest
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store import clock, conflicts
 from backend.store.errors import ConstraintViolated
+from backend.store.job_inserts import insert_new_job
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 from backend.tasks import TaskSpec, get_task
@@ -63,7 +64,7 @@ class Submissions:
             return self.enqueue_job(job.id), True
         try:
             # The job's stamp is the database's time of a moment ago (``JobRows.add_job``).
-            self._send(job, request.task, [], now=job.created_at)
+            self._send(job, request.task, [], now=job.created_at, fresh=True)
         except BrokerError as exc:
             log.warning("job %s recorded QUEUED, but Redis refused it (%s): the reconciler requeues it", job.id, exc)
         return job, True
@@ -140,8 +141,15 @@ class Submissions:
         for _ in range(CAS_ATTEMPTS):
             try:
                 for run in conflicts.attempts():
-                    with run, JobRows.transaction(self.sessions) as rows:
-                        job = self.add_job(rows, request, owner=owner, status=status, **origin)
+                    if request.depends_on:
+                        with run, JobRows.transaction(self.sessions) as rows:
+                            job = self.add_job(rows, request, owner=owner, status=status, **origin)
+                    else:
+                        # The common case: prebuilt statements, no ORM session (one round trip on
+                        # PostgreSQL), committed before anything is sent to Redis.
+                        with run:
+                            job = self.build_job(request, owner=owner, status=status, **origin)
+                            insert_new_job(self.sessions, job)
                 log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
                 return job, True
             except ConstraintViolated:
@@ -204,11 +212,14 @@ class Submissions:
                     transition(rows, job, JobStatus.QUEUED, attempt=sent, tolerate_behind=True)
         return job
 
-    def _send(self, job: Job, spec: TaskSpec, waiting_on: list[str], *, now: datetime | None = None) -> None:
+    def _send(
+        self, job: Job, spec: TaskSpec, waiting_on: list[str], *, now: datetime | None = None, fresh: bool = False
+    ) -> None:
         """Put the job's attempt on its queue (in RQ's scheduler while its run_at or retry time is ahead).
 
         ``now``: the database's time where the caller has it, since another host's clock may
-        differ (None: this host's).
+        differ (None: this host's). ``fresh``: a job recorded QUEUED by this call, whose first
+        attempt nothing else enqueues (``QueueAdapter.enqueue``: no look for its hash first).
         """
         now = now or utcnow()
         self.queues.enqueue(
@@ -224,4 +235,5 @@ class Submissions:
             concurrency=(spec.name, spec.concurrency) if spec.concurrency else None,
             owner=job.owner,
             rate=spec.recorded_rate(job.args, job.kwargs),
+            fresh=fresh,
         )
