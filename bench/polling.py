@@ -9,15 +9,23 @@ usual rate with ~1.6x the CPU per request, and that can hit most rounds of one s
 7 hello-world rounds), which makes the median of the rounds' ratios swing from 0.3 to 2. The
 median is printed too. Each run also records the CPU time the server's gunicorn workers used
 per request. Target (issue 17, T3): ours >= 0.9x hello-world on each store.
+
+    .venv/bin/python -m bench.polling [--no-postgres] [--baseline-tree /tmp/base]   # before/after:
+    # a checkout of another commit (git worktree add --detach /tmp/base <commit>) in the same rounds
 """
 
 from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
 
 import requests
 
 from bench.common import Results, Stack, Workdir, emit, ms, start_hello, table
 from bench.load import cpu_seconds, wrk
-from bench.stores import POSTGRESQL, SQLITE, Postgres, store_stacks
+from bench.stores import POSTGRESQL, SQLITE, Postgres, start_postgres, store_stacks
 
 HELLO = "hello"
 #: Issue 17, T3: GET /jobs/<id> of a finished job at least this share of the hello-world route's rate.
@@ -43,9 +51,29 @@ def _completed_job(stack: Stack) -> str:
 
 
 def run(
-    workdir: Workdir, results: Results, *, connections: int, duration: float, rounds: int, pg: Postgres | None = None
+    workdir: Workdir,
+    results: Results,
+    *,
+    connections: int,
+    duration: float,
+    rounds: int,
+    pg: Postgres | None = None,
+    baseline: Path | None = None,
 ) -> None:
-    with store_stacks(workdir, "polling", pg) as stacks:
+    """``rounds`` rotating rounds of each server; T3 checked per store.
+
+    ``baseline``: a checkout of another commit (``git worktree add``) whose API is loaded in the same
+    rounds on each store ("<store> before"), for a before/after figure."""
+    with contextlib.ExitStack() as exits:
+        stacks = exits.enter_context(store_stacks(workdir, "polling", pg))
+        if baseline is not None:
+            from bench.tree_stack import TreeStack
+
+            for store in list(stacks):
+                url = None if store == SQLITE else pg.database()
+                stacks[f"{store} before"] = exits.enter_context(
+                    TreeStack(workdir, f"polling-before-{store.lower()}", baseline, database_url=url)
+                )
         hello = start_hello(stacks[SQLITE].env, workdir)
         try:
             servers = {
@@ -98,6 +126,13 @@ def run(
             f"request (hello's CPU µs/req / ours); median of the rounds' ratios: {median:.2f} by req/s, "
             f"{cpu_median:.2f} by CPU"
         )
+        if store not in (SQLITE, POSTGRESQL):  # a baseline's: printed, not checked
+            after = store.removesuffix(" before")
+            emit(
+                f"{after}: after/before, best round of each: {best_rate[after] / best_rate[store]:.2f} by req/s, "
+                f"{best_cpu[store] / best_cpu[after]:.2f} by server CPU per request"
+            )
+            continue
         where = "" if store == SQLITE else f" on {store}"
         results.ratio(f"polling c={connections}{where} (GET /jobs/<id> / hello req/s, best round of each)", ratio)
         results.ratio(
@@ -121,3 +156,29 @@ def run(
             f"{best_cpu[POSTGRESQL] * 1e6:.0f}",
             best_cpu[SQLITE] / best_cpu[POSTGRESQL],
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.polling", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3, help="seconds per server and round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--baseline-tree", type=Path, default=None, help="a checkout of the commit to compare with")
+    args = parser.parse_args(argv)
+    pg = None if args.no_postgres else start_postgres(log=emit)
+    workdir = Workdir()
+    results = Results()
+    try:
+        run(workdir, results, connections=8, duration=args.seconds, rounds=args.rounds, pg=pg,
+            baseline=args.baseline_tree)  # fmt: skip
+    finally:
+        workdir.cleanup()
+        if pg is not None:
+            pg.stop()
+    for check in results.checks:
+        emit(f"{check.name}: {check.measured} (target {check.target}) {'PASS' if check.ok else 'MISS'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

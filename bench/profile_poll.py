@@ -22,7 +22,9 @@ import pstats
 import statistics
 import sys
 import time
+import types
 
+from flask import Flask
 from werkzeug.test import EnvironBuilder
 
 from bench.common import TOKEN, Workdir, emit, start_redis
@@ -112,18 +114,16 @@ def _variants(app, job_id: str) -> list[tuple[str, object]]:
             variants.append(
                 (f"  without {func.__qualname__.split('.')[-1]} ({key or 'app'})", _without(app, funcs, func))
             )
-    inner = app.wsgi_app.app if hasattr(app.wsgi_app, "networks") else None
-    if inner is not None:
 
-        def bypass() -> None:
-            outer = app.wsgi_app
-            app.wsgi_app = inner
-            try:
-                full()
-            finally:
-                app.wsgi_app = outer
+    def bypass() -> None:
+        outer = app.wsgi_app
+        app.wsgi_app = types.MethodType(Flask.wsgi_app, app)
+        try:
+            full()
+        finally:
+            app.wsgi_app = outer
 
-        variants.append(("  without TrustedProxies (WSGI middleware)", bypass))
+    variants.append(("  without the WSGI wrappers (TrustedProxies, metrics clock)", bypass))
     variants.append(("JobReader.json alone (the service)", lambda: reader.json(job_id, owner=None)))
     stamps = getattr(reader, "_stamps", None)
     if stamps is not None:

@@ -244,7 +244,8 @@ def _run_store(workdir: Workdir, results: Results, store: str, pg: Postgres | No
             rows, figures = [], {"without": [], "with": []}
             port = int(streams_url.rsplit(":", 1)[1])
             for r in range(rounds):
-                for side in ("without", "with"):
+                # The order alternates between rounds: neither side always runs first.
+                for side in ("without", "with") if r % 2 == 0 else ("with", "without"):
                     holder = release = None
                     if side == "with":
                         ctx = multiprocessing.get_context("spawn")
