@@ -55,23 +55,29 @@ def enqueue_raw(stack: Stack, n: int) -> list[str]:
     return [queue.enqueue("bench.rawtasks.noop").id for _ in range(n)]
 
 
-def run_ours(stack: Stack, n: int, workers: int, simple: bool) -> dict:
+def run_ours(stack: Stack, n: int, workers: int, simple: bool, meter=None) -> dict:
+    """One drain of ours; ``meter`` (optional): a function giving CPU seconds used so far, read
+    around the drain (not the submission), for a "cpu" entry."""
     ids = submit_batches(stack.url, "bench_noop", n)
     before = store_counts(stack.url).get("COMPLETED", 0)
+    cpu0 = meter() if meter else 0.0
     t0 = drain(stack, "ours", simple, workers)
     deadline = time.monotonic() + 60
     while store_counts(stack.url).get("COMPLETED", 0) - before < n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the store never said COMPLETED for all {n} jobs")
         time.sleep(0.05)
+    cpu = meter() - cpu0 if meter else None
     first, last, done = completed_span(stack.database_url, ids)
     assert done == n, (done, n)
-    return {"elapsed": last - t0, "steady": last - first}
+    return {"elapsed": last - t0, "steady": last - first, "cpu": cpu}
 
 
-def run_raw(stack: Stack, n: int, workers: int, simple: bool) -> dict:
+def run_raw(stack: Stack, n: int, workers: int, simple: bool, meter=None) -> dict:
     ids = enqueue_raw(stack, n)
+    cpu0 = meter() if meter else 0.0
     t0 = drain(stack, "raw", simple, workers)
+    cpu = meter() - cpu0 if meter else None
     redis = stack.redis_client()
     with redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
@@ -82,7 +88,7 @@ def run_raw(stack: Stack, n: int, workers: int, simple: bool) -> dict:
         raise RuntimeError(f"{len(bad)} raw RQ jobs did not finish: {bad[:3]}")
     first = min(_rq_time(r[1]) for r in rows)
     last = max(_rq_time(r[2]) for r in rows)
-    return {"elapsed": last - t0, "steady": last - first}
+    return {"elapsed": last - t0, "steady": last - first, "cpu": cpu}
 
 
 def _rounds(stacks: dict[str, Stack], n: int, w: int, simple: bool, rounds: int) -> dict[str, list[dict]]:

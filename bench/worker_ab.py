@@ -1,20 +1,24 @@
 """Before/after of a change to the worker's path: ours at another tree against ours here and raw RQ,
 rounds alternating in one invocation (execution, a; then enqueue-to-start, e).
 
-    cp -r . /tmp/before && git show <commit>:<file> > /tmp/before/<file> ...   # the tree to compare
-    .venv/bin/python -m bench.worker_ab /tmp/before [--store sqlite|postgresql] [--cls simple|fork]
+    git archive HEAD | tar -x -C /tmp/after; cp -r /tmp/after /tmp/before; git show <commit>:<file> > /tmp/before/<file>
+    .venv/bin/python -m bench.worker_ab /tmp/before --after /tmp/after [--store sqlite|postgresql] [--cls simple|fork]
         [-n 1000] [--rounds 3] [--workers 1,2] [--latency 60]
 
 "before" runs the API (gunicorn) and the workers from the other tree's ``backend/`` with this
 tree's venv; "after" from this tree; raw RQ on the "after" stack's Redis, as in a. Each round
 runs the three sides in a rotating order; the table gives each side's best run and the ratios,
-as bench/execution.py does. Keep each invocation short (one store, one class: about 2 minutes).
+as bench/execution.py does, and the CPU per job the machine spent on each side's drains (median
+run; every process of the run: both APIs, Redis, PostgreSQL, the workers): on a shared, loaded
+machine the rates move with the neighbours, the CPU per job much less. Keep each invocation
+short (one store, one class: about 2 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +26,15 @@ import bench.common as common
 from bench.common import Workdir, emit, pct, table
 from bench.execution import run_ours, run_raw
 from bench.latency import measure_ours, measure_raw
+from bench.load import cpu_seconds
+from bench.profile_stores import _server_cpu
 from bench.stores import POSTGRESQL, SQLITE, start_postgres
 
 BEFORE, AFTER, RAW = "before", "after", "raw"
+EXECUTION_HEADERS = [
+    "class", "W", "N", "before", "after", "raw", "before/raw", "after/raw", "each round before/raw",
+    "each round after/raw", "CPU ms/job before", "after", "raw", "CPU raw/before", "CPU raw/after",
+]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -38,40 +48,63 @@ def at_root(root: Path):
         common.ROOT = saved
 
 
-def _stacks(workdir: Workdir, before_root: Path, store: str, pg, exit_stack: contextlib.ExitStack) -> dict:
+def _stacks(workdir: Workdir, roots: dict[str, Path], store: str, pg, exit_stack: contextlib.ExitStack) -> dict:
     stacks = {}
-    for side, root in ((BEFORE, before_root), (AFTER, common.ROOT)):
+    for side, root in roots.items():
         url = pg.database() if store == POSTGRESQL else None
         with at_root(root):
             stacks[side] = exit_stack.enter_context(common.Stack(workdir, f"ab-{side}", database_url=url))
     return stacks
 
 
-def execution(stacks: dict, before_root: Path, n: int, simple: bool, workers: list[int], rounds: int) -> list:
+def _meter(stacks: dict, pg):
+    """CPU seconds used so far by both APIs (gunicorn), both Redis servers, PostgreSQL's server and
+    this process's waited-for children (the workers, and a forking worker's work-horses): all that
+    a drain costs the machine, whichever side runs (the idle side's background is in every run)."""
+    pids = []
+    for stack in stacks.values():
+        pids += [stack.api.process.pid, *stack.api.worker_pids(), stack.redis.process.pid]
+
+    def meter() -> float:
+        children = os.times()
+        return cpu_seconds(pids) + _server_cpu(pg) + children.children_user + children.children_system
+
+    return meter
+
+
+def execution(stacks: dict, roots: dict[str, Path], n: int, simple: bool, workers: list[int], rounds: int, pg) -> list:
     rows = []
     sides = [BEFORE, AFTER, RAW]
+    meter = _meter(stacks, pg)
     for w in workers:
-        runs: dict[str, list[float]] = {side: [] for side in sides}
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
         for i in range(rounds):
             for side in sides[i % 3 :] + sides[: i % 3]:
                 if side == RAW:
-                    runs[side].append(run_raw(stacks[AFTER], n, w, simple)["elapsed"])
+                    runs[side].append(run_raw(stacks[AFTER], n, w, simple, meter))
                 else:
-                    with at_root(before_root if side == BEFORE else common.ROOT):
-                        runs[side].append(run_ours(stacks[side], n, w, simple)["elapsed"])
-        best = {side: n / min(times) for side, times in runs.items()}
-        each = {side: [round(raw / ours, 2) for ours, raw in zip(runs[side], runs[RAW], strict=True)] for side in sides}
+                    with at_root(roots[side]):
+                        runs[side].append(run_ours(stacks[side], n, w, simple, meter))
+        best = {side: n / min(run["elapsed"] for run in side_runs) for side, side_runs in runs.items()}
+        cpu = {side: 1000 * sorted(run["cpu"] for run in side_runs)[len(side_runs) // 2] / n
+               for side, side_runs in runs.items()}  # fmt: skip
+        each = {
+            side: [round(raw["elapsed"] / ours["elapsed"], 2) for ours, raw in zip(runs[side], runs[RAW], strict=True)]
+            for side in sides
+        }
         rows.append(
             [
                 "simple" if simple else "fork", w, n, f"{best[BEFORE]:.0f}", f"{best[AFTER]:.0f}", f"{best[RAW]:.0f}",
                 f"{best[BEFORE] / best[RAW]:.2f}", f"{best[AFTER] / best[RAW]:.2f}",
                 " ".join(map(str, each[BEFORE])), " ".join(map(str, each[AFTER])),
+                f"{cpu[BEFORE]:.2f}", f"{cpu[AFTER]:.2f}", f"{cpu[RAW]:.2f}",
+                f"{cpu[RAW] / cpu[BEFORE]:.2f}", f"{cpu[RAW] / cpu[AFTER]:.2f}",
             ]
         )  # fmt: skip
     return rows
 
 
-def latency(stacks: dict, before_root: Path, simple: bool, samples: int, chunks: int = 3) -> list:
+def latency(stacks: dict, roots: dict[str, Path], simple: bool, samples: int, chunks: int = 3) -> list:
     got: dict[str, dict[str, list[float]]] = {side: {"start": [], "worker": []} for side in (BEFORE, AFTER, RAW)}
     per = max(1, samples // chunks)
     for _ in range(chunks):
@@ -79,7 +112,7 @@ def latency(stacks: dict, before_root: Path, simple: bool, samples: int, chunks:
             if side == RAW:
                 out = measure_raw(stacks[AFTER], simple, per, warmup=3)
             else:
-                with at_root(before_root if side == BEFORE else common.ROOT):
+                with at_root(roots[side]):
                     out = measure_ours(stacks[side], simple, per, warmup=3)
             got[side]["start"] += out["start"]
             got[side]["worker"] += out["worker"]
@@ -96,7 +129,10 @@ def latency(stacks: dict, before_root: Path, simple: bool, samples: int, chunks:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.worker_ab", description=__doc__.split("\n")[0])
     parser.add_argument("before", type=Path, help="the other tree (its backend/ and bench/tasks.py are run)")
-    parser.add_argument("--store", choices=[SQLITE, POSTGRESQL], default=SQLITE)
+    parser.add_argument(
+        "--after", type=Path, default=common.ROOT, help="the tree measured against it (default: this one)"
+    )
+    parser.add_argument("--store", type=str.lower, choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--cls", choices=["simple", "fork"], default="simple")
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -104,34 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=int, default=0, help="enqueue-to-start samples per side (0: none)")
     args = parser.parse_args(argv)
     simple = args.cls == "simple"
+    args.store = POSTGRESQL if args.store == "postgresql" else SQLITE
     workdir = Workdir()
     pg = start_postgres(emit) if args.store == POSTGRESQL else None
     try:
         with contextlib.ExitStack() as exit_stack:
-            stacks = _stacks(workdir, args.before.resolve(), args.store, pg, exit_stack)
+            roots = {BEFORE: args.before.resolve(), AFTER: args.after.resolve()}
+            stacks = _stacks(workdir, roots, args.store, pg, exit_stack)
             workers = [int(w) for w in args.workers.split(",") if w]
             if workers and args.n:
-                rows = execution(stacks, args.before.resolve(), args.n, simple, workers, args.rounds)
+                rows = execution(stacks, roots, args.n, simple, workers, args.rounds, pg)
                 emit(
                     table(
                         f"a. execution before/after on {args.store} (jobs/s, best run; ratios against raw RQ)",
-                        [
-                            "class",
-                            "W",
-                            "N",
-                            "before",
-                            "after",
-                            "raw",
-                            "before/raw",
-                            "after/raw",
-                            "each round before/raw",
-                            "each round after/raw",
-                        ],  # fmt: skip
+                        EXECUTION_HEADERS,
                         rows,
                     )
                 )
             if args.latency:
-                rows = latency(stacks, args.before.resolve(), simple, args.latency)
+                rows = latency(stacks, roots, simple, args.latency)
                 emit(
                     table(
                         f"e. enqueue-to-start before/after on {args.store}, {args.cls} worker (ms)",

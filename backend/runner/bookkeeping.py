@@ -10,9 +10,15 @@ writes travel, never what Redis holds for longer than ``HEARTBEAT_EVERY``:
 - a heartbeat without a pipeline is one pipelined round trip, and is skipped when a default one
   went out less than ``HEARTBEAT_EVERY`` seconds ago and no heartbeat with another TTL (a job's:
   RQ sets the worker's TTL to the job's timeout + 60 as it starts it) came since;
-- ``set_state`` without a pipeline travels with a heartbeat in that same round trip, and is
-  skipped when this process already wrote that very state (RQ sets IDLE at the end of a job and
-  again at the start of the next pop).
+- ``set_state`` without a pipeline travels with a heartbeat and RQ's suspension check in that
+  same round trip, and is skipped when this process already wrote that very state (RQ sets IDLE
+  at the end of a job and again at the start of the next pop);
+- RQ's loop checks for ``rq suspend`` before each job (a heartbeat and an EXISTS, one round trip):
+  a check made by that IDLE write less than ``SUSPENSION_FRESH`` seconds ago stands for it (RQ
+  notices a suspension at the same point of its loop: after the job that ran meanwhile);
+- RQ heartbeats a job once its task has ended, for the success or failure callback about to run:
+  a job without callbacks skips that write (RQ's end MULTI follows at once, and nothing reads a
+  job's ``last_heartbeat`` but displays).
 
 Which process is alive is not decided by RQ's heartbeat here: the worker's lease is
 (``backend/broker/leases.py``), renewed by its own thread.
@@ -22,8 +28,13 @@ from __future__ import annotations
 
 import time
 
+from rq.suspension import WORKERS_SUSPENDED
+from rq.utils import now
+
 #: A default heartbeat within this many seconds of the last one is not sent (TTL 480 s).
 HEARTBEAT_EVERY = 5.0
+#: How long a "not suspended" read with the worker's state write stands for RQ's own check.
+SUSPENSION_FRESH = 1.0
 
 
 class LeanBookkeeping:
@@ -33,6 +44,8 @@ class LeanBookkeeping:
     _heartbeat_fresh_until = 0.0
     #: The state this process last wrote by itself (not in RQ's pipelines), else None.
     _state_written: str | None = None
+    #: Until when (``time.monotonic()``) the last read of RQ's suspension flag (absent) stands.
+    _not_suspended_until = 0.0
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         """RQ's heartbeat; without a pipeline one round trip, or none when one is fresh."""
@@ -63,7 +76,23 @@ class LeanBookkeeping:
         with self.connection.pipeline(transaction=False) as pipe:
             super().set_state(state, pipeline=pipe)
             super().heartbeat(pipeline=pipe)
-            pipe.execute()
+            pipe.exists(WORKERS_SUSPENDED)
+            suspended = pipe.execute()[-1]
         self._heartbeat_sent(None)
         self._state_written = state
+        self._not_suspended_until = 0.0 if suspended else time.monotonic() + SUSPENSION_FRESH
         return None
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's check for ``rq suspend``, unless the state write just read that there is none."""
+        if time.monotonic() < self._not_suspended_until:
+            self._not_suspended_until = 0.0  # stands for one check: the next one asks Redis
+            return
+        super().check_for_suspension(burst)
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl: int) -> None:
+        """RQ notes the run's end; its job heartbeat only for a callback that is about to run."""
+        if job._success_callback_name or job._failure_callback_name or job._stopped_callback_name:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()
