@@ -200,9 +200,9 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-def through_gunicorn(stack: Stack, store: str, pg, n: int, clients: int) -> None:
-    """CPU µs per job of each process while ``clients`` submit ``n`` jobs and one worker drains."""
-    worker = stack.worker("ours", True, burst=False, name=f"profile-{store}")
+def through_gunicorn(stack: Stack, store: str, pg, n: int, clients: int, *, drain: bool = True) -> None:
+    """CPU µs per job of each process while ``clients`` submit ``n`` jobs (and one worker drains)."""
+    worker = stack.worker("ours", True, burst=False, name=f"profile-{store}-{drain}") if drain else None
     url = f"{stack.url}/tasks/bench_noop"
     per = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
     barrier = threading.Barrier(clients + 1)
@@ -218,7 +218,9 @@ def through_gunicorn(stack: Stack, store: str, pg, n: int, clients: int) -> None
     try:
         time.sleep(1.0)  # the worker's start-up is not the submission's
         api = stack.api.worker_pids()
-        places = {"API (gunicorn workers)": api, "Redis": [stack.redis.process.pid], "worker": [worker.process.pid]}
+        places = {"API (gunicorn workers)": api, "Redis": [stack.redis.process.pid]}
+        if worker is not None:
+            places["worker"] = [worker.process.pid]
         threads = [threading.Thread(target=post, args=(c,)) for c in per]
         for t in threads:
             t.start()
@@ -234,8 +236,10 @@ def through_gunicorn(stack: Stack, store: str, pg, n: int, clients: int) -> None
         if pg is not None:
             used["PostgreSQL"] = _server_cpu(pg) - server0
     finally:
-        worker.stop()
-    emit(f"\n{store}: {n} jobs through gunicorn, {clients} clients, one simple worker draining: {n / wall:.0f} jobs/s")
+        if worker is not None:
+            worker.stop()
+    how = "one simple worker draining" if drain else "no worker"
+    emit(f"\n{store}: {n} jobs through gunicorn, {clients} clients, {how}: {n / wall:.0f} jobs/s")
     for place, seconds in used.items():
         emit(f"  {place:28} {seconds / n * 1e6:7.0f} µs CPU per job")
     per_job = sum(used.values()) / n
@@ -261,7 +265,8 @@ def submit(args) -> None:
         if args.http:
             with store_stacks(workdir, "profile-submit", pg) as stacks:
                 for store, stack in stacks.items():
-                    through_gunicorn(stack, store, pg if store == POSTGRESQL else None, args.http, 8)
+                    for drain in (False, True):
+                        through_gunicorn(stack, store, pg if store == POSTGRESQL else None, args.http, 8, drain=drain)
     finally:
         redis.stop()
         workdir.cleanup()

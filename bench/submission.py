@@ -22,13 +22,17 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench.common import RAW_QUEUE, Results, Workdir, WorkerProc, emit, ms, pct, session, table
+from bench.profile_stores import _server_cpu
 from bench.stores import POSTGRESQL, SQLITE, start_postgres, store_stacks
 
 RAW = "raw RQ"
@@ -118,38 +122,85 @@ def run(
                     TreeStack(workdir, f"submission-before-{store.lower()}", baseline, database_url=url)
                 )
         sqlite = stacks[SQLITE]
-        # side -> (make a client, one call, the Redis and the lists its worker drains)
-        sides: dict[str, tuple] = {}
+        sides: dict[str, Side] = {}
         for name, st in stacks.items():
-            st.worker("ours", True, burst=False, name=f"drain-{name.replace(' ', '-').lower()}")
-            sides[name] = (session, _post_to(f"{st.url}/tasks/bench_noop"), st.redis_client(), ["rq:queue:default"])
+            worker = st.worker("ours", True, burst=False, name=f"drain-{name.replace(' ', '-').lower()}")
+            sides[name] = Side(
+                session,
+                _post_to(f"{st.url}/tasks/bench_noop"),
+                st.redis_client(),
+                ["rq:queue:default"],
+                # Read when measured: gunicorn may have replaced a worker process.
+                lambda st=st, worker=worker: [*st.api.worker_pids(), worker.process.pid, st.redis.process.pid],
+                pg if name.startswith(POSTGRESQL) else None,
+            )
         raw_worker = WorkerProc("raw", True, "drain-raw", sqlite.env, workdir / "drain-raw.log", burst=False)
         stack.callback(raw_worker.stop)
 
         def raw_client() -> Queue:
             return Queue(RAW_QUEUE, connection=sqlite.redis_client(), serializer=JSONSerializer)
 
-        sides[RAW] = (raw_client, _enqueue, sqlite.redis_client(), [f"rq:queue:{RAW_QUEUE}"])
+        sides[RAW] = Side(
+            raw_client,
+            _enqueue,
+            sqlite.redis_client(),
+            [f"rq:queue:{RAW_QUEUE}"],
+            lambda: [raw_worker.process.pid, sqlite.redis.process.pid],
+        )
         peer = None
         if flower:
             from bench import peer as peer_module
 
             peer = peer_module
             celery = stack.enter_context(peer.celery_flower(workdir, log=emit))
-            sides[peer.FLOWER] = (session, celery.submit, Redis.from_url(celery.redis.url), ["celery"])
+            sides[peer.FLOWER] = Side(
+                session,
+                celery.submit,
+                Redis.from_url(celery.redis.url),
+                ["celery"],
+                lambda: [*(p.pid for p in celery.processes.values()), celery.redis.process.pid],
+            )
         # Warm every path (connections, first requests of each gunicorn worker), drained.
-        for make_client, call, redis, keys in sides.values():
-            _threads(clients * 4, clients, make_client, call)
-            _drained(redis, keys)
-        runs: dict[str, list[tuple[float, list[float]]]] = {side: [] for side in sides}
+        for side in sides.values():
+            _threads(clients * 4, clients, side.make_client, side.call)
+            _drained(side.redis, side.keys)
+        runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in sides}
         order = list(sides)
         for i in range(rounds):
-            for side in order[i % len(order) :] + order[: i % len(order)]:
-                make_client, call, redis, keys = sides[side]
-                runs[side].append(_threads(count, clients, make_client, call))
-                _drained(redis, keys)
-    _report(results, runs, count=count, clients=clients, rounds=rounds, peer=peer)
-    return {side: [count / e for e, _ in got] for side, got in runs.items()}
+            for name in order[i % len(order) :] + order[: i % len(order)]:
+                side = sides[name]
+                before = side.cpu()
+                runs[name].append(_threads(count, clients, side.make_client, side.call))
+                _drained(side.redis, side.keys)
+                side.spent.append(tuple(after - was for after, was in zip(side.cpu(), before, strict=True)))
+    _report(results, runs, sides, count=count, clients=clients, rounds=rounds, peer=peer)
+    return {name: [count / e for e, _ in got] for name, got in runs.items()}
+
+
+@dataclass
+class Side:
+    """One side of the rounds: its client, its call, the lists its worker drains and its processes."""
+
+    make_client: Callable
+    call: Callable
+    redis: Redis
+    keys: list[str]
+    #: The pids of the side's servers: its API (or Flower), its worker and its Redis.
+    pids: Callable[[], list[int]]
+    pg: object = None
+    #: CPU seconds of each round, from its first call to its worker's drain: (servers, clients).
+    spent: list[tuple[float, float]] = field(default_factory=list)
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by the side's servers (PostgreSQL's too), and by this process."""
+        total = _server_cpu(self.pg) if self.pg is not None else 0.0
+        for pid in self.pids():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for proc in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        times = proc.cpu_times()
+                        total += times.user + times.system
+        return total, time.process_time()
 
 
 def _label(side: str) -> str:
@@ -160,8 +211,11 @@ def _label(side: str) -> str:
     return f"POST /api/task/async-apply/bench_noop ({side})"
 
 
-def _report(results: Results, runs: dict, *, count: int, clients: int, rounds: int, peer) -> None:
+def _report(results: Results, runs: dict, sides: dict, *, count: int, clients: int, rounds: int, peer) -> None:
     best = {side: min(got, key=lambda r: r[0]) for side, got in runs.items()}
+    # CPU per job, the median round's: what the rate would be on the 2 cores with nothing else.
+    servers = {name: statistics.median(s for s, _ in side.spent) / count for name, side in sides.items()}
+    clients_cpu = {name: statistics.median(c for _, c in side.spent) / count for name, side in sides.items()}
     rates = {side: count / elapsed for side, (elapsed, _lat) in best.items()}
     rows = []
     for side, (_elapsed, lat) in best.items():
@@ -176,16 +230,35 @@ def _report(results: Results, runs: dict, *, count: int, clients: int, rounds: i
                 ms(pct(lat, 99)),
                 " ".join(f"{r:.0f}" for r in each),
                 ratio,
+                f"{servers[side] * 1e6:.0f}",
+                f"{clients_cpu[side] * 1e6:.0f}",
             ]
         )
     emit(
         table(
             f"b. Submission: {count} jobs from {clients} concurrent clients, one worker draining per side, "
             f"best of {rounds} rotating rounds",
-            ["path", "jobs/s (best)", "median", "p50 ms", "p99 ms", "each round's jobs/s", "/raw"],
+            [
+                "path",
+                "jobs/s (best)",
+                "median",
+                "p50 ms",
+                "p99 ms",
+                "each round's jobs/s",
+                "/raw",
+                "servers' CPU µs/job",
+                "clients' CPU µs/job",
+            ],  # fmt: skip
             rows,
         )
     )
+    emit("servers' CPU: the side's API (or Flower), its draining worker, its Redis (and PostgreSQL), from the")
+    emit("round's first call to the end of its worker's drain, median round; clients': this process's threads.")
+    if peer is not None and peer.FLOWER in servers:
+        for store in (SQLITE, POSTGRESQL):
+            if store in servers:
+                by_cpu = (servers[peer.FLOWER] + clients_cpu[peer.FLOWER]) / (servers[store] + clients_cpu[store])
+                emit(f"{store}: ours/{peer.FLOWER} by CPU per job (servers + clients): {by_cpu:.2f}")
     for side in runs:
         if not side.endswith(" before"):
             continue

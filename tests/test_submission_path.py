@@ -63,8 +63,18 @@ def test_a_submitted_row_holds_what_the_request_said(client, app):
     # Given the API, Redis answering (a first request notes it: before, jobs are recorded PENDING)
     submit_add(client)
     # When a job with kwargs, an idempotency key and options is submitted
-    body = submit(client, "echo", kwargs={"text": "hi"}, idempotency_key="k-1", priority="high", max_retries=2)
-    # Then the row holds them and the model's defaults, and its kwargs are indexed at its created_at
+    answer = client.post(
+        "/tasks/echo", json={"kwargs": {"text": "hi"}, "idempotency_key": "k-1", "priority": "high", "max_retries": 2}
+    )
+    body = answer.get_json()
+    # Then the answer is 202 with the job's path, and the same request again is 200 with the same job
+    assert answer.status_code == 202 and answer.headers["Location"] == f"/jobs/{body['job_id']}"
+    assert answer.mimetype == "application/json" and body["status"] == "QUEUED"
+    again = client.post(
+        "/tasks/echo", json={"kwargs": {"text": "hi"}, "idempotency_key": "k-1", "priority": "high", "max_retries": 2}
+    )
+    assert again.status_code == 200 and again.get_json()["job_id"] == body["job_id"]
+    # And the row holds them and the model's defaults, and its kwargs are indexed at its created_at
     engine = services(app).engine
     with engine.connect() as conn:
         row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": body["job_id"]}).mappings().one()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request, url_for
+from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from backend.api.auth import authenticate_client
 from backend.api.context import services, settings
 from backend.api.payloads import job_request, json_body
 from backend.api.rate_limits import limiter, submit_limit
 from backend.core.errors import ValidationFailed
+from backend.core.pages import encode
 from backend.service.representations import job_dict
 from backend.tasks import all_tasks, get_task
 
@@ -29,9 +30,11 @@ def submit(name: str):
     job_req = job_request(spec, body, idempotency_header=request.headers.get("Idempotency-Key"))
     jobs = services().jobs
     job, created = jobs.submit(job_req, owner=g.principal.owner)
-    response = jsonify(job_dict(job, waiting_for=jobs.waiting_for(job)))
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    # Compact JSON as GET /jobs/<id> serves it, and the job's path without a URL map lookup: the
+    # hottest write's answer (jsonify and url_for cost ~7% of its CPU, issue 17).
+    body = encode(job_dict(job, waiting_for=jobs.waiting_for(job)))
+    response = current_app.response_class(body, status=202 if created else 200, mimetype="application/json")
+    response.headers["Location"] = f"{request.script_root}/jobs/{job.id}"
     return response
 
 
