@@ -1,38 +1,45 @@
-"""A new job's INSERT on the submission path: prebuilt Core statements, no ORM session.
+"""A new job's INSERT on the submission path: prebuilt statements on the DB-API connection, no ORM
+session, concurrent submissions of a process committed together (``group_commit``).
 
 Why: a submission is the hottest write, and through the ORM it cost a session, a unit of work and
 a flush; on PostgreSQL also a ``SELECT statement_timestamp()`` before the INSERT and a BEGIN and a
 COMMIT around it (six round trips with the pool's ping). Here, for a job with no dependencies:
 
-- SQLite runs the job's INSERT, its count delta and its kwargs' index rows in one transaction on a
-  pooled connection (its writer's turn, ``sqlite_writers``, spans just that).
-- PostgreSQL runs them as ONE statement (data-modifying CTEs, executed whole or not at all) in
-  autocommit: one round trip and the pool's ping. ``created_at`` is the server's
-  ``statement_timestamp()``, the same in every part of the statement, returned by the INSERT.
+- SQLite: the jobs' INSERTs, their count deltas (one per task and status) and their kwargs' index
+  rows, one executemany each, in one transaction (its writer's turn spans just that).
+- PostgreSQL: each job is ONE statement (data-modifying CTEs, executed whole or not at all): its
+  count delta and kwargs' rows in the same statement, ``created_at`` the server's
+  ``statement_timestamp()`` returned by the INSERT. A job alone is sent in autocommit (one round
+  trip and the pool's ping); several are pipelined in one transaction (BEGIN, the statements,
+  COMMIT: one WAL flush, one ping).
 
+The statements are compiled once per shape and their values put through the columns' own bind
+processors, so a row holds what the ORM's flush wrote: every column the job names and each scalar
+default of the model for the others, set on the job too, so a caller reads them as before. A
+driver error is raised as SQLAlchemy raises it (``ConstraintViolated``, ``StoreUnavailable``...).
 A job with dependencies takes ``JobRows.add_job`` (its edges and parents' marks are locked writes).
-What the row says is what the ORM's flush wrote: every column the job names, and each scalar
-default of the model for the others, set on the job too, so a caller reads them as before.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from functools import lru_cache
 
 from sqlalchemy import bindparam, insert, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.job_filters import indexed_kwargs
+from backend.store.group_commit import GroupCommit, Pending
 from backend.store.models import Job, JobCountDelta, JobKwarg
 
 _JOBS, _DELTAS, _KWARGS = Job.__table__, JobCountDelta.__table__, JobKwarg.__table__
 #: The model's Python-side defaults (attempt 1, progress 0, ...), as the ORM's flush applies them.
 _DEFAULTS = {c.key: c.default.arg for c in _JOBS.c if c.default is not None and c.default.is_scalar}
 _COLUMNS = frozenset(c.key for c in _JOBS.c)
+_DELTA_KEYS = ("task", "old_status", "new_status", "jobs")
+_KWARGS_KEYS = ("job_id", "owner", "name", "value", "created_at")
 #: What PostgreSQL stores as "now" (naive UTC, as the columns hold it): ``clock.now_for_write``.
 _PG_NOW = "timezone('UTC', statement_timestamp())"
 
@@ -55,145 +62,105 @@ def insert_new_job(sessions: sessionmaker[Session], job: Job) -> None:
         ConstraintViolated: its owner's idempotency key is held by a live job (nothing written).
         StoreUnavailable: the store is down or busy (nothing written).
     """
-    engine = sessions.kw["bind"]
-    values = row_values(job)
-    pairs = indexed_kwargs(job.kwargs)
-    if engine.dialect.name == "postgresql":
-        _insert_postgresql(engine, job, values, pairs)
-    else:
-        _group_of(engine).insert(job, values, pairs)
+    writer = _writer_of(sessions.kw["bind"])
+    writer.commit(writer.prepare(job, row_values(job), indexed_kwargs(job.kwargs)))
 
 
-_DELTA_KEYS = ("task", "old_status", "new_status", "jobs")
-_KWARGS_KEYS = ("job_id", "owner", "name", "value", "created_at")
+_WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
 
 
-def _processed(values: list, processors: list) -> tuple:
+def _writer_of(engine: Engine) -> _JobWriter:
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(engine)
+        if writer is None:
+            kind = PostgresJobWriter if engine.dialect.name == "postgresql" else SQLiteJobWriter
+            writer = _WRITERS[engine] = kind(engine)
+        return writer
+
+
+def _processed(values, processors) -> tuple:
     return tuple(v if process is None else process(v) for v, process in zip(values, processors, strict=True))
 
 
-_GROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_GROUPS_LOCK = threading.Lock()
-
-
-def _group_of(engine: Engine) -> SQLiteGroupCommit:
-    with _GROUPS_LOCK:
-        group = _GROUPS.get(engine)
-        if group is None:
-            group = _GROUPS[engine] = SQLiteGroupCommit(engine)
-        return group
-
-
-class _Pending:
-    """One job waiting to be written by whichever thread leads the next commit."""
-
-    __slots__ = ("keys", "params", "task", "status", "kwargs_rows", "done", "error")
-
-    def __init__(self, keys: tuple[str, ...], params: tuple, task: str, status: str, kwargs_rows: list[tuple]):
-        self.keys, self.params, self.task, self.status, self.kwargs_rows = keys, params, task, status, kwargs_rows
-        self.done = False
-        self.error: BaseException | None = None
-
-
-class SQLiteGroupCommit:
-    """New jobs of one process written to SQLite in shared transactions (group commit).
-
-    Why: SQLite writes one transaction at a time (``sqlite_writers``: a turn on a file lock), so
-    concurrent submissions queued for the turn and each paid a whole transaction: under 8 clients
-    about 30% of a submission's time was the wait for the turn (py-spy, issue 17). Here a thread
-    queues its job, then takes the leader's lock; the holder writes every job queued by then in one
-    transaction (an executemany per table, one count delta per task and status), so the threads
-    that queued meanwhile find theirs committed when their turn comes. The statements are compiled
-    once and run on the DB-API connection, their values put through the columns' own bind
-    processors: the row is what SQLAlchemy writes. A batch that a row's fault refuses (a unique
-    key taken, a value the store refuses) is written again job by job, so that only that job fails.
-    """
+class _JobWriter(GroupCommit):
+    """New jobs' rows for one engine: ``prepare`` turns a job into its statement's values."""
 
     def __init__(self, engine: Engine):
+        super().__init__()
         self.engine = engine
         self.dialect = engine.dialect
         self._dbapi_error = engine.dialect.loaded_dbapi.Error
-        self._leader = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._job_sql: dict[tuple[str, ...], tuple[str, tuple[str, ...], list]] = {}
-        self._delta_sql, self._delta_order, _ = self._compile(_DELTAS, _DELTA_KEYS)
-        self._kwargs_sql, self._kwargs_order, self._kwargs_processors = self._compile(_KWARGS, _KWARGS_KEYS)
+        self._shapes: dict[tuple, tuple] = {}
 
-    def _compile(self, table, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], list]:
+    def _processor(self, column):
+        return column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
+
+    def _shape(self, shape: tuple) -> tuple:
+        compiled = self._shapes.get(shape)
+        if compiled is None:  # a race compiles it twice, alike
+            compiled = self._shapes[shape] = self.compile(shape)
+        return compiled
+
+    def compile(self, shape: tuple) -> tuple:
+        raise NotImplementedError
+
+    def prepare(self, job: Job, values: dict, pairs: list[tuple[str, str]]) -> Pending:
+        raise NotImplementedError
+
+    def _raised(self, exc: BaseException, statement: str, params) -> DBAPIError:
+        # As SQLAlchemy would raise it: ConstraintViolated, ValueRefused, StoreUnavailable (503)...
+        return DBAPIError.instance(statement, params, exc, self._dbapi_error)
+
+
+class SQLiteJobWriter(_JobWriter):
+    """SQLite: a batch is one transaction of three executemany (jobs, deltas, kwargs' rows)."""
+
+    def __init__(self, engine: Engine):
+        super().__init__(engine)
+        self._delta_sql, self._delta_order, _ = self._insert(_DELTAS, _DELTA_KEYS)
+        self._kwargs_sql, self._kwargs_order, self._kwargs_processors = self._insert(_KWARGS, _KWARGS_KEYS)
+
+    def _insert(self, table, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], list]:
         """The INSERT naming ``keys``: its SQL, the order it takes them in and their processors."""
         compiled = insert(table).compile(dialect=self.dialect, column_keys=list(keys))
         order = tuple(compiled.positiontup)
         if set(order) != set(keys):
             raise RuntimeError(f"{table.name}: SQLite's INSERT names {order}, not {keys}")
-        processors = [table.c[key].type.dialect_impl(self.dialect).bind_processor(self.dialect) for key in order]
-        return str(compiled), order, processors
+        return str(compiled), order, [self._processor(table.c[key]) for key in order]
 
-    def _job_statement(self, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], list]:
-        statement = self._job_sql.get(keys)
-        if statement is None:
-            statement = self._job_sql[keys] = self._compile(_JOBS, keys)
-        return statement
+    def compile(self, shape: tuple) -> tuple:
+        return self._insert(_JOBS, shape)
 
-    def insert(self, job: Job, values: dict, pairs: list[tuple[str, str]]) -> None:
-        """Write ``job``'s row (``values``), its count and its kwargs' rows; committed on return."""
-        keys = tuple(sorted(values))
-        _sql, order, processors = self._job_statement(keys)
-        params = _processed([values[k] for k in order], processors)
+    def prepare(self, job: Job, values: dict, pairs: list[tuple[str, str]]) -> Pending:
+        shape = tuple(sorted(values))
+        _sql, order, processors = self._shape(shape)
         kwargs_rows = []
         for name, value in pairs:
             row = {"job_id": job.id, "owner": job.owner, "name": name, "value": value, "created_at": job.created_at}
             kwargs_rows.append(_processed([row[k] for k in self._kwargs_order], self._kwargs_processors))
-        mine = _Pending(keys, params, job.task, job.status, kwargs_rows)
-        with self._queue_lock:
-            self._queue.append(mine)
-        with self._leader:
-            if not mine.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._write_batch(batch)
-        if mine.error is not None:
-            raise mine.error
+        params = _processed([values[k] for k in order], processors)
+        return Pending(shape, params, job.task, job.status, kwargs_rows)
 
-    def _write_batch(self, batch: list[_Pending]) -> None:
-        """Write ``batch``; each job's outcome (None, or the error to raise) is left on it."""
-        try:
-            self._write(batch)
-        except (IntegrityError, DataError) as exc:
-            if len(batch) == 1:
-                batch[0].error = exc
-            else:
-                for pending in batch:  # job by job: only the faulty one fails
-                    self._write_batch([pending])
-        except Exception as exc:  # the store down or busy: every job of the batch fails alike
-            for pending in batch:
-                pending.error = exc
-        finally:
-            for pending in batch:
-                pending.done = True
-
-    def _write(self, batch: list[_Pending]) -> None:
-        """One transaction for ``batch``, committed; a driver error raised as SQLAlchemy raises it."""
+    def write(self, batch: list[Pending]) -> None:
         moves: dict[tuple[str, str], int] = {}
-        by_keys: dict[tuple[str, ...], list[tuple]] = {}
+        by_shape: dict[tuple, list[tuple]] = {}
         for pending in batch:
             moves[pending.task, pending.status] = moves.get((pending.task, pending.status), 0) + 1
-            by_keys.setdefault(pending.keys, []).append(pending.params)
+            by_shape.setdefault(pending.shape, []).append(pending.params)
+        deltas = [{"task": t, "old_status": None, "new_status": s, "jobs": n} for (t, s), n in moves.items()]
+        steps = [(self._shape(shape)[0], rows) for shape, rows in by_shape.items()]
+        steps.append((self._delta_sql, [tuple(d[k] for k in self._delta_order) for d in deltas]))
+        kwargs_rows = [row for pending in batch for row in pending.kwargs_rows]
+        if kwargs_rows:
+            steps.append((self._kwargs_sql, kwargs_rows))
         statement, params = "", None
         try:
             connection = self.engine.raw_connection()
             try:
                 cursor = connection.cursor()
-                for keys, rows in by_keys.items():
-                    statement, params = self._job_statement(keys)[0], rows
-                    cursor.executemany(statement, rows)
-                deltas = [{"task": t, "old_status": None, "new_status": s, "jobs": n} for (t, s), n in moves.items()]
-                statement, params = self._delta_sql, [tuple(d[k] for k in self._delta_order) for d in deltas]
-                cursor.executemany(statement, params)
-                kwargs_rows = [row for pending in batch for row in pending.kwargs_rows]
-                if kwargs_rows:
-                    statement, params = self._kwargs_sql, kwargs_rows
-                    cursor.executemany(statement, kwargs_rows)
+                for statement, params in steps:
+                    cursor.executemany(statement, params)
                 cursor.close()
                 connection.commit()
             except BaseException:
@@ -202,39 +169,90 @@ class SQLiteGroupCommit:
             finally:
                 connection.close()
         except self._dbapi_error as exc:
-            # As SQLAlchemy would raise it: ConstraintViolated, StoreUnavailable (503) and so on.
-            raise DBAPIError.instance(statement, params, exc, self._dbapi_error) from exc
+            raise self._raised(exc, statement, params) from exc
 
 
-def _insert_postgresql(engine, job: Job, values: dict, pairs: list[tuple[str, str]]) -> None:
-    # The database's time, not the submitting host's: the reconciler, maybe on another host,
-    # compares updated_at with the database's clock.
-    values.pop("created_at", None)
-    values.pop("updated_at", None)
-    params = dict(values, delta_task=job.task, delta_status=job.status)
-    for i, (name, value) in enumerate(pairs):
-        params[f"kw_name_{i}"], params[f"kw_value_{i}"] = name, value
-    statement = _postgresql_statement(tuple(sorted(values)), len(pairs))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        created_at = connection.execute(statement, params).scalar_one()
-    job.created_at = job.updated_at = created_at
+class PostgresJobWriter(_JobWriter):
+    """PostgreSQL: one statement per job (CTEs); one alone in autocommit, several pipelined in one
+    transaction."""
+
+    def compile(self, shape: tuple) -> tuple:
+        """``WITH new_delta AS (INSERT ...), new_kwargs AS (INSERT ...) INSERT INTO jobs ...
+        RETURNING created_at`` for ``shape`` = (the columns named, the number of kwargs rows): its
+        SQL and each typed parameter's processor. Text with typed parameters: SQLAlchemy's Core
+        would make the delta's id a client-side parameter inside a CTE; the names are the model's."""
+        keys, kwargs_rows = shape
+        kwargs_cte = ""
+        if kwargs_rows:
+            rows = ", ".join(f"(:id, :owner, :kw_name_{i}, :kw_value_{i}, {_PG_NOW})" for i in range(kwargs_rows))
+            kwargs_cte = (
+                f", new_kwargs AS (INSERT INTO job_kwargs (job_id, owner, name, value, created_at) VALUES {rows})"
+            )
+        sql = (
+            "WITH new_delta AS (INSERT INTO job_count_deltas (task, old_status, new_status, jobs)"
+            f" VALUES (:delta_task, NULL, :delta_status, 1)){kwargs_cte}"
+            f" INSERT INTO jobs ({', '.join(keys)}, created_at, updated_at)"
+            f" VALUES ({', '.join(':' + key for key in keys)}, {_PG_NOW}, {_PG_NOW}) RETURNING created_at"
+        )
+        typed = text(sql).bindparams(*(bindparam(key, type_=_JOBS.c[key].type) for key in keys))
+        processors = {key: self._processor(_JOBS.c[key]) for key in keys}
+        return str(typed.compile(dialect=self.dialect)), processors
+
+    def prepare(self, job: Job, values: dict, pairs: list[tuple[str, str]]) -> Pending:
+        # The database's time, not the submitting host's: the reconciler, maybe on another host,
+        # compares updated_at with the database's clock.
+        values = {k: v for k, v in values.items() if k not in ("created_at", "updated_at")}
+        shape = (tuple(sorted(values)), len(pairs))
+        _sql, processors = self._shape(shape)
+        params = {k: (v if processors[k] is None else processors[k](v)) for k, v in values.items()}
+        params["delta_task"], params["delta_status"] = job.task, job.status
+        for i, (name, value) in enumerate(pairs):
+            params[f"kw_name_{i}"], params[f"kw_value_{i}"] = name, value
+        return Pending(shape, params, job.task, job.status, [], job=job)
+
+    def write(self, batch: list[Pending]) -> None:
+        alone = len(batch) == 1  # one statement: atomic by itself, no BEGIN/COMMIT round trips
+        statement, params = "", None
+        try:
+            connection = self.engine.raw_connection()
+            driver = connection.driver_connection
+            try:
+                driver.autocommit = alone
+                cursor = driver.cursor()
+                by_shape: dict[tuple, list[Pending]] = {}
+                for pending in batch:
+                    by_shape.setdefault(pending.shape, []).append(pending)
+                created = []
+                for shape, group in by_shape.items():
+                    statement, params = self._shape(shape)[0], [p.params for p in group]
+                    # Pipelined by psycopg: one round trip for the group, with BEGIN if not alone.
+                    cursor.executemany(statement, params, returning=True)
+                    for pending in group:
+                        created.append((pending.job, cursor.fetchone()[0]))
+                        cursor.nextset()
+                cursor.close()
+                if not alone:
+                    statement, params = "COMMIT", None
+                    driver.commit()
+            except BaseException:
+                _quietly(driver.rollback, self._dbapi_error)
+                raise
+            finally:
+                # Back to the pool transactional, as every other user expects it; else discarded.
+                if alone and not _quietly(lambda: setattr(driver, "autocommit", False), self._dbapi_error):
+                    connection.invalidate()
+                connection.close()
+        except self._dbapi_error as exc:
+            raise self._raised(exc, statement, params) from exc
+        convert = _JOBS.c.created_at.type.dialect_impl(self.dialect).result_processor(self.dialect, None)
+        for job, at in created:
+            job.created_at = job.updated_at = at if convert is None else convert(at)
 
 
-@lru_cache(maxsize=64)
-def _postgresql_statement(keys: tuple[str, ...], kwargs_rows: int):
-    """``WITH new_delta AS (INSERT ...), new_kwargs AS (INSERT ...) INSERT INTO jobs ... RETURNING
-    created_at``, built once per shape (the columns named, the number of kwargs rows). Text with
-    typed parameters: SQLAlchemy's Core would make the delta's id a client-side parameter inside a
-    CTE; the key names are the model's own columns."""
-    kwargs_cte = ""
-    if kwargs_rows:
-        rows = ", ".join(f"(:id, :owner, :kw_name_{i}, :kw_value_{i}, {_PG_NOW})" for i in range(kwargs_rows))
-        kwargs_cte = f", new_kwargs AS (INSERT INTO job_kwargs (job_id, owner, name, value, created_at) VALUES {rows})"
-    sql = (
-        "WITH new_delta AS (INSERT INTO job_count_deltas (task, old_status, new_status, jobs)"
-        f" VALUES (:delta_task, NULL, :delta_status, 1)){kwargs_cte}"
-        f" INSERT INTO jobs ({', '.join(keys)}, created_at, updated_at)"
-        f" VALUES ({', '.join(':' + key for key in keys)}, {_PG_NOW}, {_PG_NOW}) RETURNING created_at"
-    )
-    typed = [bindparam(key, type_=_JOBS.c[key].type) for key in keys]
-    return text(sql).bindparams(*typed).columns(created_at=_JOBS.c.created_at.type)
+def _quietly(call, errors) -> bool:
+    """``call()``; False when it raised one of ``errors`` (a connection already broken)."""
+    try:
+        call()
+    except errors:
+        return False
+    return True
