@@ -119,7 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
     parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
     parser.add_argument("--fair-n", type=int, default=2000, help="jobs per fair share on/off run (SimpleWorker)")
-    parser.add_argument("--exec-rounds", type=int, default=3, help="alternating ours/raw runs per configuration")
+    # 2 rounds of a, not 3, so that `make bench` fits in 15 minutes (a is its longest part: 4 configurations
+    # x 3 sides x N jobs each round); more with --exec-rounds.
+    parser.add_argument("--exec-rounds", type=int, default=2, help="alternating ours/raw runs per configuration")
     parser.add_argument("--submit-n", type=int, default=2000, help="submissions per side")
     parser.add_argument("--submit-rounds", type=int, default=3, help="alternating rounds per side (best is kept)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent submission clients")
@@ -138,6 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-jobs", type=int, default=10000, help="jobs run before measuring memory")
     parser.add_argument("--copy-jobs", type=int, default=100_000, help="jobs of the store copy-store copies")
     parser.add_argument("--streams", type=int, default=1000, help="streams held open in h")
+    parser.add_argument("--streams-seconds", type=float, default=3, help="seconds of each load in each round of h")
+    parser.add_argument("--streams-samples", type=int, default=50, help="event latency samples per store in h")
     parser.add_argument("--prune-n", type=int, default=500_000, help="ended jobs the store of j holds and prunes")
     parser.add_argument("--prune-seconds", type=float, default=20, help="seconds of submissions without the prune in j")
     parser.add_argument(
@@ -184,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                                              samples_fork=args.latency_fork, pg=pg)),
         ("f", "memory", lambda: memory.run(workdir, results, count=args.memory_jobs)),
         ("g", "copy-store", lambda: copy_store.run(workdir, results, jobs=args.copy_jobs, pg=pg)),
-        ("h", "event streams", lambda: streams.run(workdir, results, streams=args.streams,
-                                                   samples=20 if args.quick else 100, pg=pg)),
+        ("h", "event streams", lambda: streams.run(workdir, results, streams=args.streams, seconds=args.streams_seconds,
+                                                   samples=20 if args.quick else args.streams_samples, pg=pg)),
         ("i", "fair share", lambda: fair_share.run(workdir, results, n=args.fair_n, rounds=args.exec_rounds)),
         ("j", "pruning under load", lambda: prune.run(workdir, results, total=args.prune_n, clients=args.clients,
                                                       seconds=args.prune_seconds, window=args.prune_window, pg=pg)),
