@@ -8,6 +8,10 @@ one ``execute_command`` outside a pipeline (a script's EVALSHA included), one co
 pipeline runs at once (WATCH), or one pipeline's ``execute``; each is recorded with the names of
 the commands it carried, by thread. Every process appends one JSON line at its exit (a forked
 work-horse too, before its ``os._exit``).
+
+The start path (an idle worker woken by a job): from the moment a blocking pop (BLPOP) returns a
+job to the moment RQ calls the task's function (``Job._execute``), the main thread's CPU time,
+wall time and round trips, one ``[cpu_s, wall_s, trips]`` per job in the record's ``starts``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import collections  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 
 import requests  # noqa: E402
 from redis.client import Pipeline, Redis  # noqa: E402
+from rq.job import Job  # noqa: E402
 
 _PARENT = os.getpid()
 #: (thread name, command names of one round trip) -> how many times.
@@ -43,7 +49,14 @@ def _name(args) -> str:
 def _count(names: tuple[str, ...]) -> None:
     with _lock:
         _trips[(threading.current_thread().name, " ".join(names))] += 1
+    if threading.current_thread() is threading.main_thread():
+        _main_trips[0] += 1
 
+
+#: The start path under way: (thread CPU, wall, round trips so far) when the BLPOP returned.
+_woken: list = []
+_starts: list[list] = []
+_main_trips = [0]
 
 _execute_command = Redis.execute_command
 _immediate = Pipeline.immediate_execute_command
@@ -54,7 +67,18 @@ _request = requests.Session.request
 def execute_command(self, *args, **options):
     if not isinstance(self, Pipeline):
         _count((_name(args),))
-    return _execute_command(self, *args, **options)
+    answer = _execute_command(self, *args, **options)
+    if args[0] in ("BLPOP", b"BLPOP") and answer and threading.current_thread() is threading.main_thread():
+        _woken[:] = [time.thread_time(), time.perf_counter(), _main_trips[0]]
+    return answer
+
+
+def _execute(self):
+    if _woken:
+        cpu, wall, trips = _woken
+        _starts.append([time.thread_time() - cpu, time.perf_counter() - wall, _main_trips[0] - trips])
+        _woken.clear()
+    return _job_execute(self)
 
 
 def immediate_execute_command(self, *args, **options):
@@ -78,6 +102,8 @@ def request(self, method, url, *args, **kwargs):
 
 
 Redis.execute_command = execute_command
+_job_execute = Job._execute
+Job._execute = _execute
 Pipeline.immediate_execute_command = immediate_execute_command
 Pipeline.execute = pipeline_execute
 requests.Session.request = request
@@ -93,9 +119,11 @@ def _dump() -> None:
             "role": "parent" if os.getpid() == _PARENT else "horse",
             "trips": [[thread, names, n] for (thread, names), n in _trips.items()],
             "http": [[thread, method, shape, n] for (thread, method, shape), n in _http.items()],
+            "starts": list(_starts),
         }
         _trips.clear()
         _http.clear()
+        _starts.clear()
     with open(path, "a") as out:
         out.write(json.dumps(record) + "\n")
 
@@ -112,6 +140,7 @@ def _forked() -> None:
     # A work-horse counts its own trips only, not the ones its parent made before the fork.
     _trips.clear()
     _http.clear()
+    _starts.clear()
 
 
 os._exit = _exit
