@@ -224,8 +224,14 @@ class PostgresJobWriter(_JobWriter):
                     by_shape.setdefault(pending.shape, []).append(pending)
                 created = []
                 for shape, group in by_shape.items():
-                    statement, params = self._shape(shape)[0], [p.params for p in group]
-                    # Pipelined by psycopg: one round trip for the group, with BEGIN if not alone.
+                    statement = self._shape(shape)[0]
+                    if len(group) == 1:
+                        params = group[0].params
+                        cursor.execute(statement, params)
+                        created.append((group[0].job, cursor.fetchone()[0]))
+                        continue
+                    params = [p.params for p in group]
+                    # Pipelined by psycopg: one round trip for the group (its BEGIN included).
                     cursor.executemany(statement, params, returning=True)
                     for pending in group:
                         created.append((pending.job, cursor.fetchone()[0]))
