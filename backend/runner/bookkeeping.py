@@ -17,8 +17,11 @@ writes travel, never what Redis holds for longer than ``HEARTBEAT_EVERY``:
   a check made by that IDLE write less than ``SUSPENSION_FRESH`` seconds ago stands for it (RQ
   notices a suspension at the same point of its loop: after the job that ran meanwhile);
 - RQ heartbeats a job once its task has ended, for the success or failure callback about to run:
-  a job without callbacks skips that write (RQ's end MULTI follows at once, and nothing reads a
-  job's ``last_heartbeat`` but displays).
+  in a simple worker a job without callbacks skips that write (RQ's end MULTI follows at once, and
+  nothing reads a job's ``last_heartbeat`` but displays). A forking worker's work-horse keeps it:
+  when Redis is gone, that write's error is what ends the horse with a non-zero status (RQ's
+  failure bookkeeping swallows its own), which tells the parent that the run's outcome reached
+  no one (``tests/test_interruptions.py``); a simple worker holds the outcome itself.
 
 Which process is alive is not decided by RQ's heartbeat here: the worker's lease is
 (``backend/broker/leases.py``), renewed by its own thread.
@@ -91,8 +94,8 @@ class LeanBookkeeping:
         super().check_for_suspension(burst)
 
     def handle_execution_ended(self, job, queue, heartbeat_ttl: int) -> None:
-        """RQ notes the run's end; its job heartbeat only for a callback that is about to run."""
-        if job._success_callback_name or job._failure_callback_name or job._stopped_callback_name:
+        """RQ notes the run's end; its job heartbeat only in a work-horse or for a callback about to run."""
+        if self.is_horse or job._success_callback_name or job._failure_callback_name or job._stopped_callback_name:
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()
