@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+
+
+class _Interrupted(Exception):
+    """Why a write failed: the request leading its group commit was interrupted before the commit."""
+
+    def __str__(self) -> str:
+        return "the transaction this write joined was interrupted before it committed; try again"
 
 
 class Pending:
@@ -48,12 +55,21 @@ class GroupCommit:
         """
         with self._queue_lock:
             self._queue.append(mine)
-        with self._leader:
-            # A leader that took ``mine`` wrote it before letting go; else it is still queued.
-            if not mine.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._write_batch(batch)
+        try:
+            with self._leader:
+                # A leader that took ``mine`` wrote it before letting go; else it is still queued.
+                if not mine.done:
+                    with self._queue_lock:
+                        batch, self._queue = self._queue, []
+                    self._write_batch(batch)
+        except BaseException:
+            # This request was interrupted (gevent.Timeout, gunicorn's abort) while it waited: a
+            # write no leader took yet leaves the queue, so no later leader records a job whose
+            # request failed. One a leader took has that leader's outcome.
+            with self._queue_lock:
+                if any(pending is mine for pending in self._queue):
+                    self._queue.remove(mine)
+            raise
         if mine.error is not None:
             raise mine.error
 
@@ -70,6 +86,14 @@ class GroupCommit:
         except Exception as exc:  # the store down or busy: every write of the batch fails alike
             for pending in batch:
                 pending.error = exc
+        except BaseException:
+            # The leader's own request was interrupted mid-write: its transaction did not finish,
+            # so each write it had not settled fails as a store that did not answer (503, try
+            # again), never as committed; the interruption goes on in the leader's thread only.
+            for pending in batch:
+                if not pending.done:
+                    pending.error = OperationalError("group commit", None, _Interrupted())
+            raise
         finally:
             for pending in batch:
                 pending.done = True
