@@ -266,9 +266,11 @@ def _run_store(workdir: Workdir, results: Results, store: str, pg: Postgres | No
                     if holder is not None:
                         release.set()
                         holder.join(60)
-                        # The server learns that a client went away only when it next writes to
-                        # it (the 5 s keep-alive): until then the closed streams still count.
-                        time.sleep(KEEP_ALIVE_SECONDS + 1)
+                        # The server learns that a client went away only when a write to it fails:
+                        # the first keep-alive after the close is still accepted (the peer answers
+                        # it with a reset), the second fails; until then the closed streams count
+                        # (one keep-alive's wait let the next round meet EVENTS_MAX_STREAMS).
+                        time.sleep(2 * KEEP_ALIVE_SECONDS + 1)
             emit(table(f"h(a). {store}: API with and without {streams} open streams ({clients} clients, "
                        f"{seconds:.0f} s each)", HEADERS_A, rows))  # fmt: skip
             for i, name in ((0, "GET /jobs/<id>"), (1, "submissions")):
