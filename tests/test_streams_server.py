@@ -195,7 +195,8 @@ def test_nginx_sends_the_events_path_to_the_streams_process_and_the_rest_to_the_
     finally:
         processes.stop(proxy)
     # And the stream was served by the gevent process
-    assert f"GET /jobs/{job_id}/events" in (tmp_path / "streams.log").read_text()
+    # (gunicorn logs a streamed request once its response has ended: a moment after the client saw the end)
+    assert wait_for(lambda: f"GET /jobs/{job_id}/events" in (tmp_path / "streams.log").read_text())
 
 
 LOCK_HOLDER = """
