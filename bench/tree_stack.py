@@ -12,10 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from redis import Redis
-
 from backend.dev.redis_server import free_port
-from bench.common import PY, Gunicorn, Workdir, WorkerProc, service_env, start_redis
+from bench.common import PY, Gunicorn, Stack, Workdir, WorkerProc, service_env, start_redis
 
 
 class _TreeGunicorn(Gunicorn):
@@ -50,8 +48,9 @@ class _TreeWorker(WorkerProc):
         self.process = subprocess.Popen(command, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
 
-class TreeStack:
-    """A fresh Redis and the API of ``tree`` on a SQLite file or ``database_url`` (``Stack``'s shape)."""
+class TreeStack(Stack):
+    """A fresh Redis and the API of ``tree`` on a SQLite file or ``database_url`` (``Stack``'s
+    redis_client, stop and context manager; its own start and worker)."""
 
     def __init__(self, workdir: Workdir, name: str, tree: Path, database_url: str | None = None):
         self.workdir, self.name, self.tree = workdir, name, Path(tree)
@@ -74,18 +73,3 @@ class TreeStack:
         worker = _TreeWorker(self.tree, name, self.env, self.workdir / f"{name}.log", burst)
         self._workers.append(worker)
         return worker
-
-    def redis_client(self) -> Redis:
-        return Redis.from_url(self.redis.url)
-
-    def stop(self) -> None:
-        for worker in self._workers:
-            worker.stop()
-        self.api.stop()
-        self.redis.stop()
-
-    def __enter__(self) -> TreeStack:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
