@@ -28,6 +28,9 @@ from tests.chaos.stack import Cluster
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 #: An access-log line (Werkzeug's and gunicorn's both quote the request line) answered 5xx.
 _ANSWERED_5XX = re.compile(r'HTTP/1\.[01]" 5\d\d ')
+#: What Werkzeug ("Port N is in use by another program") and gunicorn ("Connection in use")
+#: print when the port was taken between ``free_port()`` and the bind.
+_PORT_TAKEN = re.compile(r"is in use by another program|Connection in use|Address already in use")
 
 
 @dataclass
@@ -38,13 +41,18 @@ class ApiHost:
     cluster: Cluster
     name: str
     gunicorn_workers: int = 0
-    port: int = field(default_factory=free_port)
+    port: int = 0
     process: subprocess.Popen | None = None
     starts: list[float] = field(default_factory=list)
     kills: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # A port of our choosing may be moved once if another program takes it before the
+        # first bind (``wait_up``); a port the caller gave may already be in others' hands.
+        self.port_given = bool(self.port)
+        self.port = self.port or free_port()
         self.api = Api(f"http://127.0.0.1:{self.port}")
+        self._launch_offset = 0
         self.log_path = self.cluster.dir / f"api-{self.name}.log"
         self.cluster.api_hosts.append(self)
 
@@ -67,6 +75,7 @@ class ApiHost:
 
     def launch(self, **extra_env: str) -> subprocess.Popen:
         """Start the process and return at once (``wait_up`` waits for it to answer)."""
+        self._launch_env = extra_env
         env = {
             "PORT": str(self.port),
             "GUNICORN_BIND": f"127.0.0.1:{self.port}",
@@ -78,6 +87,7 @@ class ApiHost:
             **extra_env,
         }
         with open(self.log_path, "ab") as log:
+            self._launch_offset = log.tell()
             log.write(f"---- API {self.name} start at {time.time():.3f}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
@@ -98,6 +108,18 @@ class ApiHost:
         probe = Api(self.base_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not self.alive() and self._port_was_taken():
+                # Another process (the other pass, or a client's ephemeral port) bound the port
+                # between ``free_port()`` and the launch: before anything was given this host's
+                # URL, move to a fresh port; a port the caller gave is tried again.
+                if not self.port_given and len(self.starts) == 1:
+                    self.port = free_port()
+                    self.api = probe = Api(f"http://127.0.0.1:{self.port}")
+                else:
+                    time.sleep(0.5)
+                self.starts.pop()
+                self.launch(**self._launch_env)
+                continue
             if not self.alive():
                 code = None if self.process is None else self.process.returncode
                 raise AssertionError(f"API {self.name} exited with {code}:\n{self.output()[-3000:]}")
@@ -122,6 +144,12 @@ class ApiHost:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _port_was_taken(self) -> bool:
+        """Whether the last launch failed because its port was already bound."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._launch_offset)
+            return bool(_PORT_TAKEN.search(log.read().decode(errors="replace")))
 
     def server_errors(self) -> list[str]:
         """What says this host answered a 5xx: the client's count and the host's own log."""
