@@ -22,13 +22,14 @@ from backend.core import protocol
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.runner.bookkeeping import LeanBookkeeping
 from backend.runner.dequeue import FairDequeue
-from backend.runner.outcomes import lost_redis
+from backend.runner.horse_redis import ConnectAhead
+from backend.runner.outcomes import HORSE_REPORTED, lost_redis
 from backend.runner.reporting import ReportingMixin, store_ids
 
 log = logging.getLogger(__name__)
 
 
-class JobServiceWorker(FairDequeue, LeanBookkeeping, ReportingMixin, Worker):
+class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixin, Worker):
     """RQ's forking worker: each job runs in a child process.
 
     This process reports the start when it forks the work-horse and the end, read from RQ,
@@ -38,7 +39,10 @@ class JobServiceWorker(FairDequeue, LeanBookkeeping, ReportingMixin, Worker):
 
     reports_from_parent = True
     _horse_death: str | None = None
+    #: The work-horse exited (RQ's bookkeeping in this process may still fail after it).
     _horse_ended = False
+    #: The work-horse reported the run's outcome itself (``outcomes.HORSE_REPORTED``).
+    _horse_reported = False
 
     def execute_job(self, job: RQJob, queue) -> None:
         ids = store_ids(job)
@@ -46,10 +50,12 @@ class JobServiceWorker(FairDequeue, LeanBookkeeping, ReportingMixin, Worker):
             return super().execute_job(job, queue)
         self.reporter.started(*ids, self.name)
         self._horse_death = None
-        self._horse_ended = False
+        self._horse_ended = self._horse_reported = False
         try:
             super().execute_job(job, queue)
         except Exception as exc:
+            if self._horse_reported:
+                raise
             if self._horse_ended:
                 # Redis went away after the work-horse ended (RQ's set_state): the horse wrote
                 # its outcome to Redis, and the run is whole. Read it if Redis answers, else the
@@ -63,11 +69,17 @@ class JobServiceWorker(FairDequeue, LeanBookkeeping, ReportingMixin, Worker):
             self._end_horse()
             self.reporter.failed(*ids, lost_redis(exc), interrupted=True)
             raise
-        self._read_end(job, *ids)
+        if not self._horse_reported:
+            self._read_end(job, *ids)
 
-    def monitor_work_horse(self, job: RQJob, queue, execution) -> None:
-        super().monitor_work_horse(job, queue, execution)
-        self._horse_ended = True  # the horse exited and RQ read (or handled) how
+    def wait_for_horse(self):
+        """RQ's wait for the work-horse; notes that it exited, and whether it reported its run."""
+        pid, status, rusage = super().wait_for_horse()
+        # From here on a Redis error in RQ's bookkeeping (the status read, set_state) cuts no run.
+        self._horse_ended = True
+        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == HORSE_REPORTED:
+            self._horse_reported = True
+        return pid, status, rusage
 
     def _read_end(self, job: RQJob, job_id: str, attempt: int) -> None:
         """Report the run's end as RQ recorded it."""

@@ -13,6 +13,13 @@ import traceback
 
 from rq.job import Job as RQJob
 
+#: A forking worker's work-horse exits with this status when RQ's bookkeeping failed after its
+#: task and it reported the run's outcome to the API itself: its parent, which reads a run's end
+#: from Redis, then reports nothing (an interruption would run a finished task again).
+HORSE_REPORTED = 3
+#: How long such a work-horse waits for the API's answer before it leaves the run to its parent.
+HORSE_REPORT_SECONDS = 5.0
+
 
 def lost_redis(exc: Exception) -> str:
     """The error of a run whose outcome Redis lost (RQ's bookkeeping failed mid-job).

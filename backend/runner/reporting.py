@@ -9,13 +9,14 @@ reporter's outbox (``backend/runner/reporter.py``), so a job never waits for the
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
 from backend.core import protocol
-from backend.runner.outcomes import HeldOutcome, lost_redis
+from backend.runner.outcomes import HORSE_REPORT_SECONDS, HORSE_REPORTED, HeldOutcome, lost_redis
 from backend.runner.reporter import Reporter
 from backend.runner.start_gate import StartChecks, StartGate
 from backend.runner.task_io import RunServices
@@ -87,7 +88,7 @@ class ReportingMixin(StartChecks):
         if self.is_horse:
             self.reporter.reset()
         self._last_error = None
-        held = None if self.reports_from_parent else HeldOutcome(job)
+        held = HeldOutcome(job)
         # Progress, output, log lines and checkpoints of the run (backend/runner/task_io.py).
         context = self.run_services.context(job, job_id, attempt, self.reporter)
         token = activate(context)
@@ -97,15 +98,8 @@ class ReportingMixin(StartChecks):
             # RQ's own bookkeeping failed (Redis went away mid-job): the outcome reaches no one
             # else, and Redis may come back without the job's state. The task's own outcome when
             # it ended (this process holds it), else an interruption: run again at once.
-            if held is not None and (job_id, attempt) not in self.reporter.refused:
-                if not held.ended:
-                    self.reporter.failed(job_id, attempt, lost_redis(exc), interrupted=True)
-                elif isinstance(held.exception, Snooze):
-                    self.reporter.snoozed(job_id, attempt, held.exception.seconds, held.exception.reason)
-                elif held.error is None:
-                    self._report_result(job_id, attempt, held.result)
-                else:
-                    self.reporter.failed(job_id, attempt, held.error)
+            if (job_id, attempt) not in self.reporter.refused:
+                self._report_held(held, job_id, attempt, exc)
             raise
         finally:
             deactivate(token)
@@ -123,7 +117,7 @@ class ReportingMixin(StartChecks):
             pass  # stopped (cancelled): nothing to report
         elif self._snoozed is not None:
             self.reporter.snoozed(job_id, attempt, self._snoozed.seconds, self._snoozed.reason)
-        elif held is not None and held.ended and held.error is None:
+        elif held.ended and held.error is None:
             # The task returned, but RQ failed recording it (Redis failed in handle_job_success and
             # answered again for its failure bookkeeping, which returns False without raising):
             # the run completed, and this process holds its result. No cheap test makes Redis fail
@@ -134,6 +128,26 @@ class ReportingMixin(StartChecks):
             error = self._unstarted or self._last_error or "the task failed"
             self.reporter.failed(job_id, attempt, error, unstarted=bool(self._unstarted))
         return ok
+
+    def _report_held(self, held: HeldOutcome, job_id: str, attempt: int, exc: Exception) -> None:
+        """Report the outcome this process holds of a run whose end RQ could not record."""
+        if self.reports_from_parent:
+            # A forking work-horse: its parent reads the end from Redis, which lost it, and would
+            # report an interruption of a task that ran to its end. The horse reports it with the
+            # start, and says so to its parent by its exit status (backend/runner/forking.py).
+            self.reporter.started(job_id, attempt, self.name)
+        if not held.ended:
+            self.reporter.failed(job_id, attempt, lost_redis(exc), interrupted=True)
+        elif isinstance(held.exception, Snooze):
+            self.reporter.snoozed(job_id, attempt, held.exception.seconds, held.exception.reason)
+        elif held.error is None:
+            self._report_result(job_id, attempt, held.result)
+        else:
+            self.reporter.failed(job_id, attempt, held.error)
+        if self.reports_from_parent and self.reporter.flush(timeout=HORSE_REPORT_SECONDS):
+            log.warning("job %s attempt %s: Redis failed after the task; its outcome was reported by the work-horse",
+                        job_id, attempt)  # fmt: skip
+            os._exit(HORSE_REPORTED)
 
     def _report_result(self, job_id: str, attempt: int, result: object) -> None:
         # A result the API would refuse (not JSON, NaN, over MAX_RESULT_BYTES) fails the
