@@ -12,7 +12,10 @@ import signal
 from datetime import datetime
 
 import pytest
+from redis import Redis
 from rq import Queue
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
 
 from backend.api.context import services
 from backend.broker.errors import BrokerError
@@ -213,9 +216,12 @@ def test_a_forking_worker_whose_redis_dies_right_after_the_task_reports_its_outc
     # Then the run's own outcome is the job's, reported by the work-horse while Redis is down
     done = wait_for_status(client, job["job_id"], {"COMPLETED", "FAILED", "PENDING", "QUEUED"})
     assert (done["status"], done["attempt"], done["interruptions"], done["result"]) == ("COMPLETED", 1, 0, {"steps": 1})
-    # and once Redis is back nothing runs it again
+    # and once Redis is back (holding the run as started: its end was the write lost), the worker
+    # records it finished in RQ, not failed as an orphan, and nothing runs it again
     restarted = EmbeddedRedis.start(data_dir=own_redis.data_dir, port=own_redis.port, appendonly=False)
     try:
+        rq_job = RQJob.fetch(done["rq_job_id"], connection=Redis.from_url(restarted.url), serializer=JSONSerializer)
+        wait_until(lambda: rq_job.get_status() == "finished", timeout=30, what="RQ recorded the run finished")
         age(app, job["job_id"])
         wait_until(lambda: _reconciled(app), timeout=30, what="a reconciler pass with Redis back")
         wait_until(lambda: _reconciled(app), timeout=30, what="a second reconciler pass")

@@ -11,10 +11,12 @@ from typing import Protocol
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.defaults import DEFAULT_RESULT_TTL
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 #: The registries counted by ``queue_counts``, in the order monitoring shows them.
 REGISTRY_KINDS = ("started", "finished", "failed", "deferred", "scheduled")
@@ -53,6 +55,20 @@ def fail_started(connection: Redis, registry_key: str, entries: list[bytes], job
                 pipe.delete(RQJob.key_for(started_rq_id(entry)))
         if job is not None:
             record_job_failure(job, reason, pipe)
+        pipe.execute()
+
+
+def finish_started(connection: Redis, registry_key: str, entries: list[bytes], job: RQJob) -> None:
+    """Take entries out of a started registry and, in the same transaction, record their RQ job
+    finished, as RQ's worker would have (a run whose end Redis lost while the worker reported it
+    to the store; its result is the store's)."""
+    job.ended_at = job.ended_at or now()
+    result_ttl = job.get_result_ttl(DEFAULT_RESULT_TTL)
+    with connection.pipeline() as pipe:
+        for entry in entries:
+            pipe.zrem(registry_key, entry)
+        job._handle_success(result_ttl, pipeline=pipe, worker_name=job.worker_name or "")
+        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         pipe.execute()
 
 

@@ -23,7 +23,7 @@ from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.runner.bookkeeping import LeanBookkeeping
 from backend.runner.dequeue import FairDequeue
 from backend.runner.horse_redis import ConnectAhead
-from backend.runner.outcomes import HORSE_REPORTED, lost_redis
+from backend.runner.outcomes import HORSE_REPORTED_COMPLETED, HORSE_REPORTED_OTHER, completed_unrecorded, lost_redis
 from backend.runner.reporting import ReportingMixin, store_ids
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
     _horse_ended = False
     #: The work-horse reported the run's outcome itself (``outcomes.HORSE_REPORTED``).
     _horse_reported = False
+    _horse_job_id: str | None = None
 
     def execute_job(self, job: RQJob, queue) -> None:
         ids = store_ids(job)
@@ -51,6 +52,7 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
         self.reporter.started(*ids, self.name)
         self._horse_death = None
         self._horse_ended = self._horse_reported = False
+        self._horse_job_id = job.id
         try:
             super().execute_job(job, queue)
         except Exception as exc:
@@ -77,8 +79,11 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
         pid, status, rusage = super().wait_for_horse()
         # From here on a Redis error in RQ's bookkeeping (the status read, set_state) cuts no run.
         self._horse_ended = True
-        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == HORSE_REPORTED:
+        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
+        if code in (HORSE_REPORTED_COMPLETED, HORSE_REPORTED_OTHER):
             self._horse_reported = True
+        if code == HORSE_REPORTED_COMPLETED and self._horse_job_id:
+            completed_unrecorded.add(self._horse_job_id)
         return pid, status, rusage
 
     def _read_end(self, job: RQJob, job_id: str, attempt: int) -> None:

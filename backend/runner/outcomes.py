@@ -13,12 +13,21 @@ import traceback
 
 from rq.job import Job as RQJob
 
-#: A forking worker's work-horse exits with this status when RQ's bookkeeping failed after its
-#: task and it reported the run's outcome to the API itself: its parent, which reads a run's end
-#: from Redis, then reports nothing (an interruption would run a finished task again).
-HORSE_REPORTED = 3
+from backend.runner.recent import RecentSet
+
+#: A forking worker's work-horse exits with one of these statuses when RQ's bookkeeping failed
+#: after its task and it reported the run's outcome to the API itself (a completion, or another
+#: end): its parent, which reads a run's end from Redis, then reports nothing (an interruption
+#: would run a finished task again).
+HORSE_REPORTED_COMPLETED, HORSE_REPORTED_OTHER = 3, 4
 #: How long such a work-horse waits for the API's answer before it leaves the run to its parent.
 HORSE_REPORT_SECONDS = 5.0
+
+
+#: RQ ids of runs that completed, reported to the API by this process, whose end RQ never
+#: recorded (Redis went away first). When Redis answers again the worker records them finished
+#: in RQ (``startup.abandon_orphaned_jobs``) rather than failed as an earlier loop's orphans.
+completed_unrecorded = RecentSet()
 
 
 def lost_redis(exc: Exception) -> str:

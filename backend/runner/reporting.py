@@ -16,7 +16,14 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
 from backend.core import protocol
-from backend.runner.outcomes import HORSE_REPORT_SECONDS, HORSE_REPORTED, HeldOutcome, lost_redis
+from backend.runner.outcomes import (
+    HORSE_REPORT_SECONDS,
+    HORSE_REPORTED_COMPLETED,
+    HORSE_REPORTED_OTHER,
+    HeldOutcome,
+    completed_unrecorded,
+    lost_redis,
+)
 from backend.runner.reporter import Reporter
 from backend.runner.start_gate import StartChecks, StartGate
 from backend.runner.task_io import RunServices
@@ -99,7 +106,7 @@ class ReportingMixin(StartChecks):
             # else, and Redis may come back without the job's state. The task's own outcome when
             # it ended (this process holds it), else an interruption: run again at once.
             if (job_id, attempt) not in self.reporter.refused:
-                self._report_held(held, job_id, attempt, exc)
+                self._report_held(held, job, job_id, attempt, exc)
             raise
         finally:
             deactivate(token)
@@ -129,34 +136,40 @@ class ReportingMixin(StartChecks):
             self.reporter.failed(job_id, attempt, error, unstarted=bool(self._unstarted))
         return ok
 
-    def _report_held(self, held: HeldOutcome, job_id: str, attempt: int, exc: Exception) -> None:
+    def _report_held(self, held: HeldOutcome, job: RQJob, job_id: str, attempt: int, exc: Exception) -> None:
         """Report the outcome this process holds of a run whose end RQ could not record."""
         if self.reports_from_parent:
             # A forking work-horse: its parent reads the end from Redis, which lost it, and would
             # report an interruption of a task that ran to its end. The horse reports it with the
             # start, and says so to its parent by its exit status (backend/runner/forking.py).
             self.reporter.started(job_id, attempt, self.name)
+        completed = False
         if not held.ended:
             self.reporter.failed(job_id, attempt, lost_redis(exc), interrupted=True)
         elif isinstance(held.exception, Snooze):
             self.reporter.snoozed(job_id, attempt, held.exception.seconds, held.exception.reason)
         elif held.error is None:
-            self._report_result(job_id, attempt, held.result)
+            completed = self._report_result(job_id, attempt, held.result)
         else:
             self.reporter.failed(job_id, attempt, held.error)
-        if self.reports_from_parent and self.reporter.flush(timeout=HORSE_REPORT_SECONDS):
+        if not self.reports_from_parent:
+            if completed:
+                completed_unrecorded.add(job.id)
+        elif self.reporter.flush(timeout=HORSE_REPORT_SECONDS):
             log.warning("job %s attempt %s: Redis failed after the task; its outcome was reported by the work-horse",
                         job_id, attempt)  # fmt: skip
-            os._exit(HORSE_REPORTED)
+            os._exit(HORSE_REPORTED_COMPLETED if completed else HORSE_REPORTED_OTHER)
 
-    def _report_result(self, job_id: str, attempt: int, result: object) -> None:
-        # A result the API would refuse (not JSON, NaN, over MAX_RESULT_BYTES) fails the
-        # attempt with that reason: retried like any failure, never a dropped report.
+    def _report_result(self, job_id: str, attempt: int, result: object) -> bool:
+        """Report a returned task: completed, unless the API would refuse its result (then
+        False). A result the API would refuse (not JSON, NaN, over MAX_RESULT_BYTES) fails the
+        attempt with that reason: retried like any failure, never a dropped report."""
         problem = self.reporter.caps.result_problem(result)
         if problem:
             self.reporter.failed(job_id, attempt, problem)
-        else:
-            self.reporter.completed(job_id, attempt, result)
+            return False
+        self.reporter.completed(job_id, attempt, result)
+        return True
 
     stop_requested = False
 

@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from backend.broker import registries
 from backend.broker.errors import NoSuchJob
+from backend.runner.recent import RecentSet
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,18 @@ def forget_stale_registration(connection: Redis, name: str) -> None:
         connection.srem(Worker.redis_workers_keys, key)
 
 
-def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> list[str]:
+def abandon_orphaned_jobs(
+    connection: Redis, name: str, queues: list[str], completed: RecentSet | frozenset = frozenset()
+) -> list[str]:
     """Fail, in RQ, every job that RQ shows started under this worker's name.
 
     Called before this process starts (or restarts) RQ's work loop, when it runs nothing:
     such jobs belonged to an earlier process of the same name that died (a restarted
     container reuses its name), or to a loop that Redis broke mid-job. Their name's lease is
     alive again, so the reconciler would never call them dead; failed in RQ, it settles them
-    (a retry, or FAILED) at its next pass.
+    (a retry, or FAILED) at its next pass. The RQ ids in ``completed`` are runs this process
+    saw complete and reported (``outcomes.completed_unrecorded``): RQ records them finished,
+    so that RQ agrees with the store.
     """
     abandoned = []
     for queue_name in queues:
@@ -64,6 +69,10 @@ def abandon_orphaned_jobs(connection: Redis, name: str, queues: list[str]) -> li
                 registries.forget_started(connection, registry_key, entry)
                 continue
             if job.worker_name != name or job.get_status(refresh=False) != RQStatus.STARTED:
+                continue
+            if rq_id in completed:
+                registries.finish_started(connection, registry_key, [entry], job)
+                log.warning("worker %s: job %s completed while Redis was away; recorded finished in RQ", name, rq_id)
                 continue
             reason = f"WorkerDied: worker {name} stopped while running the job"
             registries.fail_started(connection, registry_key, [entry], job, reason)

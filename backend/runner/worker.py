@@ -35,6 +35,7 @@ from backend.runner.bookkeeping import LeanBookkeeping
 from backend.runner.checkpoints import CheckpointClient
 from backend.runner.dequeue import FairDequeue
 from backend.runner.forking import JobServiceWorker
+from backend.runner.outcomes import completed_unrecorded
 from backend.runner.reporter import Reporter
 from backend.runner.reporting import ReportingMixin
 from backend.runner.start_gate import StartGate
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             forget_stale_registration(connection, args.name)
-            abandon_orphaned_jobs(connection, args.name, queues)
+            abandon_orphaned_jobs(connection, args.name, queues, completed=completed_unrecorded)
             register_queues(connection, queues)
             worker = build_worker(
                 name=args.name, queues=queues, simple=args.simple, settings=settings, connection=connection
