@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 from redis import ConnectionPool, Redis
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
@@ -100,13 +101,27 @@ def let_go(connection) -> None:
 
 class ConnectAhead:
     """Mixed in before RQ's ``Worker``: each work-horse gets its Redis connection made ahead
-    by the parent (``prepare`` before the fork, ``adopt`` in the horse, ``let_go`` in the parent)."""
+    by the parent (``prepare`` before the fork, ``adopt`` in the horse, ``let_go`` in the parent).
 
+    While jobs keep coming, the parent makes several at once (up to ``AHEAD``): every write the
+    parent makes after a fork faults too, and the connect code's pages are faulted in once for
+    the batch instead of once per job (0.57 ms and 334 faults for one connection, 0.23 ms and 45
+    each for eight; NOTES17). A spare older than ``FRESH_SECONDS`` is closed unused: a work-horse
+    never gets a connection much older than one it would have made itself.
+    """
+
+    #: The most connections made ahead at once.
+    AHEAD = 8
+    #: Spares made longer ago than this are closed, not handed to a work-horse.
+    FRESH_SECONDS = 2.0
     #: The next work-horse's Redis connection, connected ahead by this process, or None.
     _horse_connection = None
+    _spares: list | None = None
+    _spares_made_at = 0.0
+    _batch = 1
 
     def fork_work_horse(self, job, queue) -> None:
-        self._horse_connection = prepare(self.connection)
+        self._horse_connection = self._connection_ahead()
         try:
             super().fork_work_horse(job, queue)  # the work-horse never returns from it (os._exit)
         finally:
@@ -114,5 +129,34 @@ class ConnectAhead:
             self._horse_connection = None
 
     def main_work_horse(self, job, queue) -> None:
+        # The parent's spares stay untouched here: dropping them would run their close code in
+        # this process (its pages copied on write); os._exit closes their descriptors.
         adopt(self.connection, self._horse_connection)
         super().main_work_horse(job, queue)
+
+    def _connection_ahead(self):
+        if self._spares is None:
+            self._spares = []
+        if self._spares and time.monotonic() - self._spares_made_at > self.FRESH_SECONDS:
+            self._close_spares()
+            self._batch = 1  # jobs come slowly: one at a time
+        if not self._spares:
+            self._spares_made_at = time.monotonic()
+            for _ in range(self._batch):
+                connection = prepare(self.connection)
+                if connection is None:
+                    break
+                self._spares.append(connection)
+            self._batch = min(self.AHEAD, 2 * self._batch)  # all used while fresh: more next time
+        return self._spares.pop() if self._spares else None
+
+    def _close_spares(self) -> None:
+        for connection in self._spares or ():
+            with contextlib.suppress(OSError):
+                connection.disconnect()  # never handed to a work-horse: this process's own
+        self._spares = []
+
+    def teardown(self) -> None:
+        if not self.is_horse:
+            self._close_spares()
+        super().teardown()
