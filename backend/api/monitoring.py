@@ -12,7 +12,7 @@ from backend.api.rate_limits import submit_limit
 from backend.broker import connection as broker
 from backend.broker import leases, registries, worker_records
 from backend.broker.errors import BrokerError
-from backend.broker.queues import last_error
+from backend.broker.rq_records import last_error
 from backend.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from backend.core.size_caps import SizeCaps
 from backend.core.states import JobStatus

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 from datetime import datetime
-from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -44,42 +43,6 @@ log = logging.getLogger(__name__)
 def register_queues(connection: Redis, names=QUEUE_NAMES) -> None:
     """Make the queues known to RQ (``rq info``, RQ Dashboard) before their first job."""
     connection.sadd(Queue.redis_queues_keys, *(f"{Queue.redis_queue_namespace_prefix}{name}" for name in names))
-
-
-def rq_status(job: RQJob) -> str:
-    """An RQ job's status as text, from what was fetched (no round trip)."""
-    status = job.get_status(refresh=False)
-    return getattr(status, "value", status)
-
-
-def outcome(job: RQJob) -> tuple[str, Any]:
-    """An RQ job's status as fetched and, when it finished, what it returned (read from Redis).
-
-    Raises:
-        BrokerError: Redis is unreachable or refused.
-    """
-    status = rq_status(job)
-    return status, (job.return_value() if status == "finished" else None)
-
-
-def failure_record(job: RQJob) -> str | None:
-    """The whole of an RQ job's latest failure as RQ stored it (a traceback, or a line a worker
-    or the reconciler wrote: ``backend.core.interruptions.recorded_interruption``), or None."""
-    result = job.latest_result()
-    if result is None:
-        return None
-    return (result.exc_string or "").strip() or None
-
-
-def last_line(record: str | None) -> str | None:
-    """The last line of a failure record (a traceback's ``"ValueError: ..."``), or None."""
-    lines = (record or "").splitlines()
-    return lines[-1] if lines else None
-
-
-def last_error(job: RQJob) -> str | None:
-    """The last line of an RQ job's latest failure (``"ValueError: ..."``), or None."""
-    return last_line(failure_record(job))
 
 
 def rq_job_id(job_id: str, attempt: int) -> str:

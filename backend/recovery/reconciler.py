@@ -34,7 +34,8 @@ from datetime import UTC, timedelta
 
 from backend.broker import fair_queue, leases
 from backend.broker.errors import BrokerError
-from backend.broker.queues import QueueAdapter, RQJob, failure_record, last_line, outcome, rq_status
+from backend.broker.queues import QueueAdapter, RQJob
+from backend.broker.rq_records import failure_record, last_line, outcome, rq_status
 from backend.core.errors import JobServiceError
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.core.protocol import recorded_snooze

@@ -17,7 +17,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.results import Result
 
-from backend.broker.queues import last_line
+from backend.broker.rq_records import last_line
 from backend.core import protocol
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.runner.bookkeeping import LeanBookkeeping
@@ -139,7 +139,7 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
             # An interruption only when RQ's whole record is one (the job was marked abandoned while
             # the horse ran), unstarted only when it is the horse's own line for a start the store
             # never confirmed: a task's traceback may end in either's words. (As
-            # ``queues.failure_record`` reads it: the latest result's whole text.)
+            # ``rq_records.failure_record`` reads it: the latest result's whole text.)
             record = None if self._horse_death or result is None else (result.exc_string or "").strip() or None
             snooze = protocol.recorded_snooze(record)
             if snooze is not None:  # the work-horse's own record of a task that raised Snooze
