@@ -107,7 +107,10 @@ class ConnectAhead:
     parent makes after a fork faults too, and the connect code's pages are faulted in once for
     the batch instead of once per job (0.57 ms and 334 faults for one connection, 0.23 ms and 45
     each for eight; NOTES17). A spare older than ``FRESH_SECONDS`` is closed unused: a work-horse
-    never gets a connection much older than one it would have made itself.
+    never gets a connection much older than one it would have made itself. This process's copies
+    of the connections it handed to work-horses are closed with the next batch (or at RQ's
+    teardown), for the same reason: at most ``AHEAD`` of them stay open meanwhile, and this
+    process never sends on them.
     """
 
     #: The most connections made ahead at once.
@@ -117,16 +120,19 @@ class ConnectAhead:
     #: The next work-horse's Redis connection, connected ahead by this process, or None.
     _horse_connection = None
     _spares: list | None = None
+    #: This process's copies of the connections handed to work-horses, closed with the next batch.
+    _handed: list | None = None
     _spares_made_at = 0.0
     _batch = 1
 
     def fork_work_horse(self, job, queue) -> None:
-        self._horse_connection = self._connection_ahead()
+        connection = self._horse_connection = self._connection_ahead()
         try:
             super().fork_work_horse(job, queue)  # the work-horse never returns from it (os._exit)
         finally:
-            let_go(self._horse_connection)
             self._horse_connection = None
+            if connection is not None:
+                self._handed.append(connection)
 
     def main_work_horse(self, job, queue) -> None:
         # The parent's spares stay untouched here: dropping them would run their close code in
@@ -136,11 +142,12 @@ class ConnectAhead:
 
     def _connection_ahead(self):
         if self._spares is None:
-            self._spares = []
+            self._spares, self._handed = [], []
         if self._spares and time.monotonic() - self._spares_made_at > self.FRESH_SECONDS:
             self._close_spares()
             self._batch = 1  # jobs come slowly: one at a time
         if not self._spares:
+            self._let_go_handed()
             self._spares_made_at = time.monotonic()
             for _ in range(self._batch):
                 connection = prepare(self.connection)
@@ -156,7 +163,13 @@ class ConnectAhead:
                 connection.disconnect()  # never handed to a work-horse: this process's own
         self._spares = []
 
+    def _let_go_handed(self) -> None:
+        for connection in self._handed or ():
+            let_go(connection)
+        self._handed = []
+
     def teardown(self) -> None:
         if not self.is_horse:
             self._close_spares()
+            self._let_go_handed()
         super().teardown()
