@@ -10,8 +10,9 @@ tree's venv; "after" from this tree; raw RQ on the "after" stack's Redis, as in 
 runs the three sides in a rotating order; the table gives each side's best run and the ratios,
 as bench/execution.py does, and the CPU per job the machine spent on each side's drains (median
 run; every process of the run: both APIs, Redis, PostgreSQL, the workers): on a shared, loaded
-machine the rates move with the neighbours, the CPU per job much less. Keep each invocation
-short (one store, one class: about 2 minutes).
+machine the rates move with the neighbours, the CPU per job much less. A second table splits
+each side's CPU per job by part (API, Redis, PostgreSQL, workers): ours pays the store's side of the
+reports, raw RQ does not. Keep each invocation short (one store, one class: about 2 minutes).
 """
 
 from __future__ import annotations
@@ -57,22 +58,45 @@ def _stacks(workdir: Workdir, roots: dict[str, Path], store: str, pg, exit_stack
     return stacks
 
 
+class Cpu(dict):
+    """CPU seconds by part of the machine (API, Redis, PostgreSQL, workers); ordered by their total."""
+
+    @property
+    def total(self) -> float:
+        return sum(self.values())
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu({part: seconds - other.get(part, 0.0) for part, seconds in self.items()})
+
+    def __lt__(self, other: Cpu) -> bool:
+        return self.total < other.total
+
+
+PARTS = ["API", "Redis", "PostgreSQL", "workers"]
+
+
 def _meter(stacks: dict, pg):
     """CPU seconds used so far by both APIs (gunicorn), both Redis servers, PostgreSQL's server and
     this process's waited-for children (the workers, and a forking worker's work-horses): all that
-    a drain costs the machine, whichever side runs (the idle side's background is in every run)."""
-    pids = []
+    a drain costs the machine, whichever side runs (the idle side's background is in every run),
+    by part: where a side's time goes (ours pays the store's side of the reports, raw RQ does not)."""
+    apis, redises = [], []
     for stack in stacks.values():
-        pids += [stack.api.process.pid, *stack.api.worker_pids(), stack.redis.process.pid]
+        apis += [stack.api.process.pid, *stack.api.worker_pids()]
+        redises.append(stack.redis.process.pid)
 
-    def meter() -> float:
+    def meter() -> Cpu:
         children = os.times()
-        return cpu_seconds(pids) + _server_cpu(pg) + children.children_user + children.children_system
+        return Cpu(zip(PARTS, (cpu_seconds(apis), cpu_seconds(redises), _server_cpu(pg),
+                               children.children_user + children.children_system), strict=True))  # fmt: skip
 
     return meter
 
 
-def execution(stacks: dict, roots: dict[str, Path], n: int, simple: bool, workers: list[int], rounds: int, pg) -> list:
+def execution(
+    stacks: dict, roots: dict[str, Path], n: int, simple: bool, workers: list[int], rounds: int, pg, split_rows: list
+) -> list:
+    """The execution table's rows; ``split_rows`` gets each side's CPU per job by part (its median run)."""
     rows = []
     sides = [BEFORE, AFTER, RAW]
     meter = _meter(stacks, pg)
@@ -86,8 +110,13 @@ def execution(stacks: dict, roots: dict[str, Path], n: int, simple: bool, worker
                     with at_root(roots[side]):
                         runs[side].append(run_ours(stacks[side], n, w, simple, meter))
         best = {side: n / min(run["elapsed"] for run in side_runs) for side, side_runs in runs.items()}
-        cpu = {side: 1000 * sorted(run["cpu"] for run in side_runs)[len(side_runs) // 2] / n
-               for side, side_runs in runs.items()}  # fmt: skip
+        median = {
+            side: sorted(run["cpu"] for run in side_runs)[len(side_runs) // 2] for side, side_runs in runs.items()
+        }
+        cpu = {side: 1000 * median[side].total / n for side in sides}
+        split_rows.extend(
+            [side, w, *(f"{1000 * median[side][part] / n:.2f}" for part in PARTS), f"{cpu[side]:.2f}"] for side in sides
+        )
         each = {
             side: [round(raw["elapsed"] / ours["elapsed"], 2) for ours, raw in zip(runs[side], runs[RAW], strict=True)]
             for side in sides
@@ -149,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             stacks = _stacks(workdir, roots, args.store, pg, exit_stack)
             workers = [int(w) for w in args.workers.split(",") if w]
             if workers and args.n:
-                rows = execution(stacks, roots, args.n, simple, workers, args.rounds, pg)
+                split: list = []
+                rows = execution(stacks, roots, args.n, simple, workers, args.rounds, pg, split)
                 emit(
                     table(
                         f"a. execution before/after on {args.store} (jobs/s, best run; ratios against raw RQ)",
@@ -157,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows,
                     )
                 )
+                emit(table(f"CPU ms per job by part, median run ({args.cls})", ["side", "W", *PARTS, "total"], split))
             if args.latency:
                 rows = latency(stacks, roots, simple, args.latency)
                 emit(
