@@ -4,7 +4,7 @@ Why: after RQ forks a work-horse, redis-py's pool in the horse notices the new p
 what it inherited and builds and connects a connection of its own. That code runs for the first
 time in the horse, so every page it writes (its objects, its code's warm-up counters, the
 interpreter's caches) is copied on write: ~500 page faults and ~2.5 ms of the ~10 ms a no-op
-work-horse costs (profile in /work/coord/NOTES17.md, issue 17). The parent, whose pages are its
+work-horse costs (issue 17's profile, measured per stage of the horse). The parent, whose pages are its
 own and whose code is warm, builds and connects the same connection in a fraction of that.
 
 The connection is a new one for every work-horse and the parent never sends a byte on it: after
@@ -41,11 +41,11 @@ def read_driver_info_once(pool: ConnectionPool) -> None:
     """Give ``pool``'s connections redis-py's driver info (its CLIENT SETINFO) read once.
 
     Why: redis-py 7+ reads its own version from the installed package's metadata (parsing the
-    METADATA file) for every new connection: ~0.6 ms of each connect (cProfile, NOTES17), in
+    METADATA file) for every new connection: ~0.6 ms of each connect (cProfile, issue 17), in
     every work-horse. The same info, read once, is what each connection would have read.
     """
-    if "driver_info" in pool.connection_kwargs or "lib_version" in pool.connection_kwargs:
-        return
+    if {"driver_info", "lib_name", "lib_version"} & pool.connection_kwargs.keys():
+        return  # set by whoever made the pool: theirs stands
     try:
         from redis.driver_info import DriverInfo  # redis-py 7+: older ones read it once at import
     except ImportError:
@@ -57,11 +57,11 @@ def prepare(client: Redis):
     """A connected connection of ``client``'s pool for the next work-horse, or None (the horse
     then connects by itself). Called in the parent just before the fork."""
     pool = client.connection_pool
-    read_driver_info_once(pool)
     if type(pool) is not ConnectionPool or not _plain(pool.connection_class):
         return None
     if getattr(pool, "cache", None) is not None:
         return None
+    read_driver_info_once(pool)
     try:
         connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
@@ -106,7 +106,7 @@ class ConnectAhead:
     While jobs keep coming, the parent makes several at once (up to ``AHEAD``): every write the
     parent makes after a fork faults too, and the connect code's pages are faulted in once for
     the batch instead of once per job (0.57 ms and 334 faults for one connection, 0.23 ms and 45
-    each for eight; NOTES17). A spare older than ``FRESH_SECONDS`` is closed unused: a work-horse
+    each for eight; issue 17). A spare older than ``FRESH_SECONDS`` is closed unused: a work-horse
     never gets a connection much older than one it would have made itself. This process's copies
     of the connections it handed to work-horses are closed with the next batch (or at RQ's
     teardown), for the same reason: at most ``AHEAD`` of them stay open meanwhile, and this
