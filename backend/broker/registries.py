@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue, Worker
 from rq.defaults import DEFAULT_RESULT_TTL
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job_lifecycle import record_job_failure
+from rq.rate_limit import release_slot
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
@@ -58,18 +60,38 @@ def fail_started(connection: Redis, registry_key: str, entries: list[bytes], job
         pipe.execute()
 
 
-def finish_started(connection: Redis, registry_key: str, entries: list[bytes], job: RQJob) -> None:
-    """Take entries out of a started registry and, in the same transaction, record their RQ job
-    finished, as RQ's worker would have (a run whose end Redis lost while the worker reported it
-    to the store; its result is the store's)."""
+def finish_started(connection: Redis, registry_key: str, entries: list[bytes], job: RQJob, result: object) -> None:
+    """Take entries out of a started registry and record their RQ job finished with ``result``, as
+    RQ's worker would have (``handle_job_success``: in one transaction, watching the job's
+    dependants; then its ready dependants enqueued and its concurrency slot freed). For a run
+    whose end Redis lost while the worker reported it to the store."""
     job.ended_at = job.ended_at or now()
+    job._result = result
     result_ttl = job.get_result_ttl(DEFAULT_RESULT_TTL)
+    queue = Queue(job.origin, connection=connection, serializer=JSONSerializer)
     with connection.pipeline() as pipe:
-        for entry in entries:
-            pipe.zrem(registry_key, entry)
-        job._handle_success(result_ttl, pipeline=pipe, worker_name=job.worker_name or "")
-        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-        pipe.execute()
+        while True:
+            try:
+                pipe.watch(job.dependents_key)
+                ready = queue.move_dependents_to_ready(job, pipeline=pipe)
+                if not pipe.explicit_transaction:
+                    pipe.multi()
+                for entry in entries:
+                    pipe.zrem(registry_key, entry)
+                job._handle_success(result_ttl, pipeline=pipe, worker_name=job.worker_name or "")
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                pipe.execute()
+                break
+            except WatchError:
+                continue  # a dependant was added meanwhile: read them again
+    queue.enqueue_ready_jobs_by_queue(ready)
+    release_slot(job)
+
+
+def record_finished(connection: Redis, job: RQJob, result: object) -> None:
+    """``finish_started`` for one RQ job, wherever its started entries are (none: its status alone)."""
+    registry_key, entries = started_entries(connection, job.origin)
+    finish_started(connection, registry_key, [entry for entry, rq_id in entries if rq_id == job.id], job, result)
 
 
 def forget_started(connection: Redis, registry_key: str, entry: bytes) -> None:

@@ -22,8 +22,9 @@ from backend.core import protocol
 from backend.core.interruptions import recorded_interruption, recorded_unstarted
 from backend.runner.bookkeeping import LeanBookkeeping
 from backend.runner.dequeue import FairDequeue
+from backend.runner.handover import Handover
 from backend.runner.horse_redis import ConnectAhead
-from backend.runner.outcomes import HORSE_REPORTED_COMPLETED, HORSE_REPORTED_OTHER, completed_unrecorded, lost_redis
+from backend.runner.outcomes import lost_redis, record_finished
 from backend.runner.reporting import ReportingMixin, store_ids
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,8 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
     _horse_death: str | None = None
     #: The work-horse exited (RQ's bookkeeping in this process may still fail after it).
     _horse_ended = False
-    #: The work-horse reported the run's outcome itself (``outcomes.HORSE_REPORTED``).
-    _horse_reported = False
-    _horse_job_id: str | None = None
+    #: The end the work-horse handed over (RQ could not record it: backend/runner/handover.py).
+    _handed_end: dict | None = None
 
     def execute_job(self, job: RQJob, queue) -> None:
         ids = store_ids(job)
@@ -51,12 +51,13 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
             return super().execute_job(job, queue)
         self.reporter.started(*ids, self.name)
         self._horse_death = None
-        self._horse_ended = self._horse_reported = False
-        self._horse_job_id = job.id
+        self._horse_ended = False
+        self._handed_end = None
         try:
             super().execute_job(job, queue)
         except Exception as exc:
-            if self._horse_reported:
+            if self._handed_end is not None:
+                self._report_handed(job)
                 raise
             if self._horse_ended:
                 # Redis went away after the work-horse ended (RQ's set_state): the horse wrote
@@ -71,20 +72,45 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
             self._end_horse()
             self.reporter.failed(*ids, lost_redis(exc), interrupted=True)
             raise
-        if not self._horse_reported:
+        if self._handed_end is not None:
+            self._report_handed(job)
+        else:
             self._read_end(job, *ids)
 
+    def fork_work_horse(self, job: RQJob, queue) -> None:
+        if self.handover is None:
+            self.handover = Handover()
+        self.handover.arm(job.id)
+        super().fork_work_horse(job, queue)
+
     def wait_for_horse(self):
-        """RQ's wait for the work-horse; notes that it exited, and whether it reported its run."""
+        """RQ's wait for the work-horse; notes that it exited, and the end it handed over if any."""
         pid, status, rusage = super().wait_for_horse()
         # From here on a Redis error in RQ's bookkeeping (the status read, set_state) cuts no run.
         self._horse_ended = True
-        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
-        if code in (HORSE_REPORTED_COMPLETED, HORSE_REPORTED_OTHER):
-            self._horse_reported = True
-        if code == HORSE_REPORTED_COMPLETED and self._horse_job_id:
-            completed_unrecorded.add(self._horse_job_id)
+        if self._handed_end is None and self.handover is not None:
+            self._handed_end = self.handover.take()
         return pid, status, rusage
+
+    def _report_handed(self, job: RQJob) -> None:
+        """Report the end the work-horse handed over, and record a completion in RQ."""
+        end = self._handed_end
+        log.warning("job %s: RQ could not record the run's end; the work-horse's own outcome is reported", job.id)
+        self.reporter.end(end)
+        if end["event"] == protocol.COMPLETED:
+            record_finished(self.connection, job, end.get("result"))
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        """A work-horse that handed over a completion exited after RQ failed recording it: not the
+        crash RQ takes it for (``_report_handed`` records the run finished instead)."""
+        if self._handed_end is not None and self._handed_end["event"] == protocol.COMPLETED:
+            return
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self.handover is not None and not self.is_horse:
+            self.handover.close()
 
     def _read_end(self, job: RQJob, job_id: str, attempt: int) -> None:
         """Report the run's end as RQ recorded it."""

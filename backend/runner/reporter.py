@@ -123,6 +123,11 @@ class Reporter:
         self.finish_progress()
         self._put(protocol.completed(job_id, attempt, result))
 
+    def end(self, report: dict) -> None:
+        """Queue an end already built (``outcomes.held_end``: a work-horse's handover)."""
+        self.finish_progress()
+        self._put(report)
+
     def snoozed(self, job_id: str, attempt: int, seconds: float, reason: str) -> None:
         """Report an attempt that asked to run again after ``seconds`` (no failure)."""
         self.finish_progress()

@@ -9,21 +9,14 @@ reporter's outbox (``backend/runner/reporter.py``), so a job never waits for the
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
 from backend.core import protocol
-from backend.runner.outcomes import (
-    HORSE_REPORT_SECONDS,
-    HORSE_REPORTED_COMPLETED,
-    HORSE_REPORTED_OTHER,
-    HeldOutcome,
-    completed_unrecorded,
-    lost_redis,
-)
+from backend.runner.handover import Handover
+from backend.runner.outcomes import HeldOutcome, completed_unrecorded, held_end, record_finished
 from backend.runner.reporter import Reporter
 from backend.runner.start_gate import StartChecks, StartGate
 from backend.runner.task_io import RunServices
@@ -54,6 +47,8 @@ class ReportingMixin(StartChecks):
     reports_from_parent = False
     #: What the running task raised to snooze (set where the task ran), else None.
     _snoozed: Snooze | None = None
+    #: A forking worker's handover of a work-horse's end (backend/runner/handover.py).
+    handover: Handover | None = None
 
     def __init__(self, *args, reporter: Reporter, start_gate: StartGate, run_services: RunServices, **kwargs):
         super().__init__(*args, **kwargs)
@@ -116,6 +111,10 @@ class ReportingMixin(StartChecks):
             job.set_status(RQStatus.STOPPED)
             return ok
         if self.reports_from_parent:
+            if not ok and held.ended and held.error is None and self._snoozed is None and not self._unstarted:
+                # A work-horse whose task returned while RQ failed recording it (as below): the
+                # parent would read RQ's "started" and take the run for one cut mid-way.
+                self.handover.write(job.id, held_end(held, job_id, attempt, None, self.reporter.caps))
             return ok
         if ok:
             # RQ keeps the return value on the job it just ran: no Redis round trip.
@@ -129,7 +128,8 @@ class ReportingMixin(StartChecks):
             # answered again for its failure bookkeeping, which returns False without raising):
             # the run completed, and this process holds its result. No cheap test makes Redis fail
             # between those two calls; the branch only reads what this process already holds.
-            self._report_result(job_id, attempt, held.result)
+            if self._report_result(job_id, attempt, held.result):
+                record_finished(self.connection, job, held.result)
         else:
             # _unstarted: the store never confirmed the start, the task never ran (start_gate.py).
             error = self._unstarted or self._last_error or "the task failed"
@@ -138,27 +138,17 @@ class ReportingMixin(StartChecks):
 
     def _report_held(self, held: HeldOutcome, job: RQJob, job_id: str, attempt: int, exc: Exception) -> None:
         """Report the outcome this process holds of a run whose end RQ could not record."""
+        end = held_end(held, job_id, attempt, exc, self.reporter.caps)
         if self.reports_from_parent:
             # A forking work-horse: its parent reads the end from Redis, which lost it, and would
-            # report an interruption of a task that ran to its end. The horse reports it with the
-            # start, and says so to its parent by its exit status (backend/runner/forking.py).
-            self.reporter.started(job_id, attempt, self.name)
-        completed = False
-        if not held.ended:
-            self.reporter.failed(job_id, attempt, lost_redis(exc), interrupted=True)
-        elif isinstance(held.exception, Snooze):
-            self.reporter.snoozed(job_id, attempt, held.exception.seconds, held.exception.reason)
-        elif held.error is None:
-            completed = self._report_result(job_id, attempt, held.result)
-        else:
-            self.reporter.failed(job_id, attempt, held.error)
-        if not self.reports_from_parent:
-            if completed:
-                completed_unrecorded.add(job.id)
-        elif self.reporter.flush(timeout=HORSE_REPORT_SECONDS):
-            log.warning("job %s attempt %s: Redis failed after the task; its outcome was reported by the work-horse",
-                        job_id, attempt)  # fmt: skip
-            os._exit(HORSE_REPORTED_COMPLETED if completed else HORSE_REPORTED_OTHER)
+            # take the run for one cut mid-way. The parent reports what the horse hands over
+            # (backend/runner/handover.py), and records a completion in RQ.
+            if not self.handover.write(job.id, end):
+                log.warning("job %s: the work-horse could not hand its outcome over", job_id)
+            return
+        self.reporter.end(end)
+        if end["event"] == protocol.COMPLETED:
+            completed_unrecorded.add(job.id, held.result)  # Redis is away: recorded when it is back
 
     def _report_result(self, job_id: str, attempt: int, result: object) -> bool:
         """Report a returned task: completed, unless the API would refuse its result (then

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from backend.broker import registries
 from backend.broker.errors import NoSuchJob
-from backend.runner.recent import RecentSet
+from backend.runner.outcomes import UnrecordedEnds
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def forget_stale_registration(connection: Redis, name: str) -> None:
 
 
 def abandon_orphaned_jobs(
-    connection: Redis, name: str, queues: list[str], completed: RecentSet | frozenset = frozenset()
+    connection: Redis, name: str, queues: list[str], completed: UnrecordedEnds | None = None
 ) -> list[str]:
     """Fail, in RQ, every job that RQ shows started under this worker's name.
 
@@ -56,8 +56,8 @@ def abandon_orphaned_jobs(
     container reuses its name), or to a loop that Redis broke mid-job. Their name's lease is
     alive again, so the reconciler would never call them dead; failed in RQ, it settles them
     (a retry, or FAILED) at its next pass. The RQ ids in ``completed`` are runs this process
-    saw complete and reported (``outcomes.completed_unrecorded``): RQ records them finished,
-    so that RQ agrees with the store.
+    saw complete and reported (``outcomes.completed_unrecorded``): RQ records them finished
+    with their result, as its worker would have, so that RQ agrees with the store.
     """
     abandoned = []
     for queue_name in queues:
@@ -70,8 +70,8 @@ def abandon_orphaned_jobs(
                 continue
             if job.worker_name != name or job.get_status(refresh=False) != RQStatus.STARTED:
                 continue
-            if rq_id in completed:
-                registries.finish_started(connection, registry_key, [entry], job)
+            if completed is not None and rq_id in completed:
+                registries.finish_started(connection, registry_key, [entry], job, completed.pop(rq_id))
                 log.warning("worker %s: job %s completed while Redis was away; recorded finished in RQ", name, rq_id)
                 continue
             reason = f"WorkerDied: worker {name} stopped while running the job"
