@@ -68,8 +68,10 @@ class Handover:
         except ValueError:
             log.warning("job %s: the work-horse's handover could not be read; not used", rq_id)
             return None
-        report = handed.get("report") if isinstance(handed, dict) else None
-        if handed.get("token") != self._token or handed.get("rq_id") != rq_id or not isinstance(report, dict):
+        if not isinstance(handed, dict) or handed.get("token") != self._token or handed.get("rq_id") != rq_id:
+            return None
+        report = handed.get("report")
+        if not isinstance(report, dict):
             return None
         if report.get("event") not in protocol.ENDS:
             return None
