@@ -23,7 +23,7 @@ import pytest
 
 from jobservice_client import Client, output
 from tests.conftest import ROOT
-from tests.test_client import scripted  # noqa: F401 (a fixture)
+from tests.test_client_scripted import scripted  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.one_pass(reason="the command line over HTTP; the routes it calls are tested on both stores")
 
