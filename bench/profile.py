@@ -15,9 +15,13 @@ python -m bench.profile submit [-n 500] [--http 2000]
                                          #   gunicorn (CPU per job of each process), both stores
 python -m bench.profile query            # the tenant list queries on the 1M store, with and
                                          #   without a composite index (on a scratch copy)
+python -m bench.profile lone [-n 50] [--py-spy PATH]
+                                         # one request at a time on an idle API (T5): hello-world,
+                                         #   a poll, a submission with and without a worker listening
 
 This module holds the command line, ``inproc`` and ``query``; ``phases``/``cpu`` are in
-bench/profile_costs.py, ``spy`` in bench/profile_spy.py and ``stores`` in bench/profile_stores.py.
+bench/profile_costs.py, ``spy`` in bench/profile_spy.py, ``stores`` in bench/profile_stores.py and ``lone`` in
+bench/profile_lone.py.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from bench.common import (
     start_redis,
 )
 from bench.profile_costs import cpu, phases
+from bench.profile_lone import lone
 from bench.profile_spy import spy
 from bench.profile_stores import stores
 from bench.profile_submit import submit
@@ -291,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http", type=int, default=2000, help="jobs through gunicorn (0: in process only)")
     p.add_argument("--no-postgres", action="store_true")
     p.set_defaults(func=submit)
+    p = sub.add_parser("lone")
+    p.add_argument("-n", type=int, default=50)
+    p.add_argument("--py-spy", default=None)
+    p.add_argument("--out", default="/tmp/bench-profiles")
+    p.set_defaults(func=lone)
     p = sub.add_parser("query")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.set_defaults(func=query)
