@@ -78,6 +78,8 @@ def finish_started(connection: Redis, registry_key: str, entries: list[bytes], j
                     pipe.multi()
                 for entry in entries:
                     pipe.zrem(registry_key, entry)
+                # Its failure bookkeeping may have gone through when Redis answered again.
+                pipe.zrem(queue.failed_job_registry.key, job.id)
                 job._handle_success(result_ttl, pipeline=pipe, worker_name=job.worker_name or "")
                 job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
                 pipe.execute()

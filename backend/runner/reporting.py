@@ -111,9 +111,10 @@ class ReportingMixin(StartChecks):
             job.set_status(RQStatus.STOPPED)
             return ok
         if self.reports_from_parent:
-            if not ok and held.ended and held.error is None and self._snoozed is None and not self._unstarted:
-                # A work-horse whose task returned while RQ failed recording it (as below): the
-                # parent would read RQ's "started" and take the run for one cut mid-way.
+            # A work-horse whose task returned while RQ failed recording it (as below): the parent
+            # would read RQ's "started" and take the run for one cut mid-way.
+            completed_unseen = not ok and held.ended and held.error is None and self._snoozed is None
+            if completed_unseen and not self._unstarted and self.handover is not None:
                 self.handover.write(job.id, held_end(held, job_id, attempt, None, self.reporter.caps))
             return ok
         if ok:
@@ -143,7 +144,7 @@ class ReportingMixin(StartChecks):
             # A forking work-horse: its parent reads the end from Redis, which lost it, and would
             # take the run for one cut mid-way. The parent reports what the horse hands over
             # (backend/runner/handover.py), and records a completion in RQ.
-            if not self.handover.write(job.id, end):
+            if self.handover is None or not self.handover.write(job.id, end):
                 log.warning("job %s: the work-horse could not hand its outcome over", job_id)
             return
         self.reporter.end(end)
