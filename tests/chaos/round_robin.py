@@ -39,6 +39,8 @@ class RoundRobin:
         #: key -> when the last request for that key ended (answered or not)
         self.last_request_end: dict[str, float] = {}
         self.cancelled: set[str] = set()
+        #: Jobs whose cancel met a dead host, then a 409 on the other: CANCELLED or COMPLETED.
+        self.cancel_unknown: set[str] = set()
         self.cancel_answers: Counter[int] = Counter()
         self.cross_host_cancels = 0
         self.race_outcomes: Counter[str] = Counter()
@@ -58,14 +60,19 @@ class RoundRobin:
     def unanswered(self) -> int:
         return sum(count for (_, status), count in self.statuses.items() if status == "no answer")
 
-    def _send(self, first: ApiHost, method: str, path: str, **kwargs) -> tuple[ApiHost, requests.Response] | None:
-        """``method path`` to ``first``, then to the next host for as long as none answers."""
+    def _send(
+        self, first: ApiHost, method: str, path: str, *, missed: list | None = None, **kwargs
+    ) -> tuple[ApiHost, requests.Response] | None:
+        """``method path`` to ``first``, then to the next host for as long as none answers;
+        ``missed`` gets each host that gave no answer (it may have acted before it died)."""
         host = first
         deadline = time.monotonic() + GIVE_UP_SECONDS
         while time.monotonic() < deadline:
             try:
                 response = host.api.request(method, path, **kwargs)
             except requests.RequestException:
+                if missed is not None:
+                    missed.append(host)
                 with self._lock:
                     self.statuses[(host.name, "no answer")] += 1
                 host = self.other(host)
@@ -134,7 +141,8 @@ class RoundRobin:
         if submitted is None:
             return
         host, _, job_id = submitted
-        sent = self._send(self.other(host), "POST", f"/jobs/{job_id}/cancel", json={})
+        missed: list[ApiHost] = []
+        sent = self._send(self.other(host), "POST", f"/jobs/{job_id}/cancel", json={}, missed=missed)
         if sent is None:
             return
         cancelled_by, response = sent
@@ -144,5 +152,9 @@ class RoundRobin:
                 self.cross_host_cancels += 1
             if response.status_code == 200:
                 self.cancelled.add(job_id)
+            elif response.status_code == 409 and missed:
+                # A host that died without answering may have cancelled it first: the 409 is then
+                # for a job already CANCELLED, and either end is right.
+                self.cancel_unknown.add(job_id)
             elif response.status_code != 409:  # 409: it ended before the cancel; allowed
                 self.problems.append(f"cancel {job_id} on {cancelled_by.name}: {response.status_code}")
