@@ -212,7 +212,9 @@ def two_owners(settings) -> dict:
 def test_a_scheduled_job_of_b_due_during_a_backlog_starts_among_a_not_after_it(
     two_owners, client, redis_conn, start_worker
 ):
-    backlog = 300
+    # Enough that A's backlog outlasts the 3 s until B's job falls due at the two workers' pace
+    # (since the forking worker's connections made ahead, ~150 no-op jobs/s on a quiet machine).
+    backlog = 800
     _, a_ids = submit_batch(client, ALICE, backlog)
     due = datetime.now(UTC) + timedelta(seconds=3)
     r = client.post(
