@@ -37,10 +37,18 @@ class Handover:
         self._rq_id = ""
 
     def arm(self, rq_id: str) -> None:
-        """Before the fork: an empty file and a fresh token for this run (the horse inherits both)."""
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="jobservice-handover-")  # noqa: SIM115 - kept open
-        os.ftruncate(self._file.fileno(), 0)
+        """Before the fork: an empty file and a fresh token for this run (the horse inherits both).
+
+        A file that cannot be made or emptied (a full or read-only temp dir) is no reason not to
+        run the job: the run goes on without a handover, as before there was one."""
+        self._rq_id = ""
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="jobservice-handover-")  # noqa: SIM115 - kept open
+            os.ftruncate(self._file.fileno(), 0)
+        except OSError as exc:
+            log.warning("job %s: no handover file for its work-horse (%s); run without one", rq_id, exc)
+            return
         self._token = secrets.token_hex(8)
         self._rq_id = rq_id
 

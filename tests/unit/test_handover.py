@@ -50,3 +50,14 @@ def test_a_start_or_progress_is_no_end_to_hand_over():
     _written(handover, {"token": handover._token, "rq_id": "job_a-1", "report": protocol.started("job_a", 1, "w")})
     assert handover.take() is None
     handover.close()
+
+
+def test_a_temp_dir_that_refuses_the_file_leaves_the_run_without_a_handover(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    handover = Handover()
+    monkeypatch.setattr("backend.runner.handover.tempfile.TemporaryFile", refuse)
+    handover.arm("job_a-1")  # no exception: the job still runs
+    assert not handover.write("job_a-1", protocol.completed("job_a", 1, None))
+    assert handover.take() is None
