@@ -31,9 +31,12 @@ from backend.core.settings import Settings as _Settings  # noqa: E402
 
 _logs.install_redaction()
 
-# The app starts its reconciler and webhook threads on its first request unless their interval
-# is 0: this process serves streams only, and the API process (gunicorn_conf) runs them.
+# The app starts its reconciler, housekeeping and webhook threads on its first request unless
+# their interval is 0: this process serves streams only, and the API process (gunicorn_conf) runs
+# them. Here each would be a greenlet whose store writes (the writers' flock, SQLite's lock) stall
+# the event loop and every stream while another process writes.
 os.environ["RECONCILE_INTERVAL"] = "0"
+os.environ["HOUSEKEEPING_INTERVAL"] = "0"
 os.environ["WEBHOOK_INTERVAL"] = "0"
 
 # Loopback: behind nginx, as the API. docker-compose sets 0.0.0.0:5001.

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from backend.broker.events import EventLog
+from backend.core.settings import Settings
 from backend.dev import processes
 from backend.dev.redis_server import free_port
 from tests.conftest import ROOT, STORE, TASK_MODULES, TOKEN
@@ -284,3 +285,17 @@ def test_a_request_waiting_for_a_postgresql_lock_stalls_no_other_request_of_the_
     assert waiting["answer"].status_code == 200
     run_burst_worker()
     assert_each_stream_saw_its_job_end(streams, ["during the lock"])
+
+
+@pytest.mark.one_pass(reason="the streams process's settings; no store involved")
+def test_the_streams_process_runs_no_background_thread(monkeypatch):
+    # The settings gunicorn_streams.py leaves for the app: no reconciler, housekeeping or webhook
+    # thread (as greenlets their store writes stalled every stream while another process wrote:
+    # housekeeping's history roll-up waited on the writers' flock for 20 s in this file's lock test)
+    import runpy
+
+    for name in ("RECONCILE_INTERVAL", "HOUSEKEEPING_INTERVAL", "WEBHOOK_INTERVAL"):
+        monkeypatch.setenv(name, "5")  # restored after the test, whatever the config file sets
+    runpy.run_path(str(ROOT / "backend" / "gunicorn_streams.py"))
+    settings = Settings.load()
+    assert (settings.reconcile_interval, settings.housekeeping_interval, settings.webhook_interval) == (0, 0, 0)
