@@ -104,7 +104,7 @@ def test_a_task_that_exits_3_while_redis_fails_is_never_recorded_completed(
     client,
     start_worker,
     code,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     # Given a forking worker and a task that crashes its work-horse with exit status 3 just as
     # Redis goes away (a failover at that moment; the task never returned anything)
@@ -139,7 +139,7 @@ def test_a_run_whose_redis_and_api_go_away_after_the_task_runs_once(
     client,
     start_worker,
     tmp_path,
-    simple,  # noqa: F811
+    simple,
 ):
     # Given a worker whose task has just returned when Redis goes away, and the API stops
     # answering reports (503) at the same moment, for 6 s: a report queued then is delivered
@@ -184,7 +184,7 @@ def test_a_simple_worker_whose_redis_dies_right_after_the_task_records_the_run_f
     app,
     client,
     start_worker,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     # Given a simple worker whose task has just returned when Redis goes away (the API answers)
     job = submit(client, "crawl", kwargs={"steps": 1, "delay": 0.1}, max_retries=1)
@@ -250,7 +250,7 @@ def test_a_dependant_of_a_run_recorded_finished_by_finish_started_runs(
     app,
     client,
     start_worker,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     # Given a parent running on a forking worker and a dependant submitted while it runs (RQ holds
     # the dependant deferred on the parent's RQ job)
@@ -313,7 +313,7 @@ def test_a_forking_runs_failure_or_snooze_held_when_redis_dies_right_after_the_t
     tmp_path,
     task,
     kwargs,
-    expected,  # noqa: F811
+    expected,
 ):
     # Given a forking worker whose work-horse's task has just failed (or snoozed) when Redis goes away
     if task == "flaky":
