@@ -27,7 +27,7 @@ from backend.core.errors import JobServiceError, ServiceUnavailable
 from backend.core.states import JobStatus
 from backend.service.representations import HEAVY_FIELDS
 from backend.store.errors import StoreUnavailable
-from backend.store.event_reads import status_keys
+from backend.store.event_reads import StatusPoll, status_key
 
 if TYPE_CHECKING:  # types only
     from backend.broker.events import Event, EventLog, EventSubscriber
@@ -265,42 +265,41 @@ class EventHub:
     def _poll_loop(self, generation: int) -> None:
         """Every ``poll_seconds``, publish the watched jobs' status changes, while this hub runs."""
         keys: dict[str, str] = {}
+        poll = StatusPoll(self._sessions.kw["bind"])
         try:
             while True:
                 time.sleep(self._poll_seconds)
                 with self._lock:
                     if generation != self._generation or not self._running:
                         return
-                    wanted = set(self._watches)
-                for job_id in set(keys) - wanted:
+                    wanted = list(self._watches)
+                for job_id in keys.keys() - wanted:
                     del keys[job_id]
-                self._poll(wanted, keys)
+                self._poll(poll, {job_id: keys.get(job_id) for job_id in wanted}, keys)
         except BrokerError as exc:
             log.warning("event hub: Redis failed (%s); closing %d event streams, they reconnect", exc, self._count)
             self._reset(generation)
         except Exception:
             log.exception("event hub's status poll failed; closing its event streams")
             self._reset(generation)
+        finally:
+            poll.close()
 
-    def _poll(self, job_ids: set[str], keys: dict[str, str]) -> None:
+    def _poll(self, poll: StatusPoll, watched: dict[str, str | None], keys: dict[str, str]) -> None:
         """Publish the status of every watched job whose (status, attempt) changed."""
-        if not job_ids:
-            return
         try:
-            current = status_keys(self._sessions, job_ids)
+            changed = poll.changed(watched)
         except StoreUnavailable as exc:
             log.warning("event hub: store unavailable (%s); status events wait for it", exc)
             return
-        for job_id, (status, attempt) in current.items():
-            key = f"{status}:{attempt}"
-            if keys.get(job_id) == key:
-                continue
+        for job_id, (status, attempt) in changed.items():
             try:
                 body = self._reader.json(job_id, owner=None)
             except (JobServiceError, *StoreUnavailable):
-                continue  # deleted in between, or the store is down: the next poll tries again
+                poll.forget()  # deleted in between, or the store is down: the next poll tries again
+                continue
             self.publish(job_id, body)
-            keys[job_id] = key
+            keys[job_id] = status_key(status, attempt)
 
     def _reset(self, generation: int) -> None:
         """Close every stream and let the next one start a new thread."""
