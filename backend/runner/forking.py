@@ -7,6 +7,7 @@ progress and log lines).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -81,7 +82,20 @@ class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, ReportingMixi
         if self.handover is None:
             self.handover = Handover()
         self.handover.arm(job.id)
-        super().fork_work_horse(job, queue)
+        ids = store_ids(job)
+        if ids is not None:
+            # The work-horse's own preamble built here, before the fork (issue 17: ~300 pages a
+            # horse would copy on write): its reporter started afresh (``Reporter.reset``, as the
+            # horse did), the run's held outcome and job context. The horse takes them as its own.
+            reporter = copy.copy(self.reporter)
+            reporter.reset()
+            self._horse_kit = (job, reporter, *self._run_kit(job, *ids, reporter))
+        try:
+            super().fork_work_horse(job, queue)
+        finally:
+            # The parent's copies (the horse never returns here): its job is never performed here.
+            self._horse_kit = None
+            job.__dict__.pop("perform", None)
 
     def wait_for_horse(self):
         """RQ's wait for the work-horse; notes that it exited, and the end it handed over if any."""

@@ -44,8 +44,7 @@ __all__ = ["REFUSED_KEPT", "RecentSet", "Reporter"]
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START = 0.25
-_BACKOFF_CAP = 5.0
+_BACKOFF_START, _BACKOFF_CAP = 0.25, 5.0
 _TIMEOUT = (3.05, 10)
 #: A work-horse posts progress itself, in the task's own thread: never long.
 _PROGRESS_TIMEOUT = (0.5, 1.0)
@@ -53,10 +52,11 @@ _PROGRESS_TIMEOUT = (0.5, 1.0)
 _LOG_TIMEOUT = (1.0, 3.0)
 #: Reports per request, within the API's ``protocol.MAX_BATCH``.
 BATCH_SIZE = 500
-#: While reports keep coming, at most one request per this many seconds: the jobs of that
-#: interval share one request and one transaction, at the cost of the store learning of them
-#: up to that much later. A report after a quiet spell is sent at once.
-LINGER_SECONDS = 0.1
+#: While reports keep coming, at most one request per this many seconds: the jobs of that interval
+#: share one request and one transaction, each of which costs the worker, the API and the store a
+#: few ms of CPU whatever it carries (issue 17: 0.1 s left a forking worker's batches at ~3 jobs), at
+#: the cost of the store learning of them up to that much later. After a quiet spell: sent at once.
+LINGER_SECONDS = 0.25
 #: A start report alone waits this long before it is sent (an end, or any other report, sends it
 #: at once): the store learns of a start at most this much later, the task starts sooner.
 START_HOLD_SECONDS = 0.1
@@ -96,10 +96,9 @@ class Reporter:
         self._outbox: deque[tuple[float, dict, float]] = deque()
         self._wakeup = threading.Condition(threading.Lock())
         self._next_due = float("inf")
-        self._urgent = False
+        self._urgent = self._closed = False
         self._in_flight = 0
         self._sender: threading.Thread | None = None
-        self._closed = False
 
     def _http(self) -> requests.Session:
         if self._session is None:

@@ -49,6 +49,8 @@ class ReportingMixin(StartChecks):
     _snoozed: Snooze | None = None
     #: A forking worker's handover of a work-horse's end (backend/runner/handover.py).
     handover: Handover | None = None
+    #: (job, reporter, held outcome, context) built by a forking parent for its next work-horse.
+    _horse_kit: tuple | None = None
 
     def __init__(self, *args, reporter: Reporter, start_gate: StartGate, run_services: RunServices, **kwargs):
         super().__init__(*args, **kwargs)
@@ -87,12 +89,16 @@ class ReportingMixin(StartChecks):
         if ids is None:
             return super().perform_job(job, queue, execution)
         job_id, attempt = ids
-        if self.is_horse:
-            self.reporter.reset()
         self._last_error = None
-        held = HeldOutcome(job)
-        # Progress, output, log lines and checkpoints of the run (backend/runner/task_io.py).
-        context = self.run_services.context(job, job_id, attempt, self.reporter)
+        kit = self._horse_kit if self.is_horse else None
+        if kit is not None and kit[0] is job:
+            # Built by the forking parent before the fork for this job (forking.py): the same
+            # objects, made where they cost no page copied on write.
+            _, self.reporter, held, context = kit
+        else:
+            if self.is_horse:
+                self.reporter.reset()
+            held, context = self._run_kit(job, job_id, attempt, self.reporter)
         token = activate(context)
         try:
             ok = super().perform_job(job, queue, execution)
@@ -136,6 +142,12 @@ class ReportingMixin(StartChecks):
             error = self._unstarted or self._last_error or "the task failed"
             self.reporter.failed(job_id, attempt, error, unstarted=bool(self._unstarted))
         return ok
+
+    def _run_kit(self, job: RQJob, job_id: str, attempt: int, reporter: Reporter) -> tuple[HeldOutcome, object]:
+        """What a run holds of its task (``HeldOutcome``) and the task's job context: progress,
+        output, log lines and checkpoints of the run (backend/runner/task_io.py)."""
+        held = HeldOutcome(job)
+        return held, self.run_services.context(job, job_id, attempt, reporter)
 
     def _report_held(self, held: HeldOutcome, job: RQJob, job_id: str, attempt: int, exc: Exception) -> None:
         """Report the outcome this process holds of a run whose end RQ could not record."""

@@ -241,6 +241,15 @@ class _Capture(logging.Handler):
 _capture: _Capture | None = None
 
 
+def capture_handler() -> _Capture:
+    """This process's one capture handler, made at its first use (a forking worker's parent makes
+    it with its first run's context, so that no work-horse builds one of its own)."""
+    global _capture
+    if _capture is None:
+        _capture = _Capture()
+    return _capture
+
+
 def start_capture(run_log: RunLog, level: int) -> tuple:
     """Capture the records of ``level`` and above into ``run_log`` until ``stop_capture``.
 
@@ -248,8 +257,7 @@ def start_capture(run_log: RunLog, level: int) -> tuple:
     worker's own handlers are raised to the root's old level: they print what they printed.
     (Only then is the root's level touched: setting it clears every logger's level cache.)
     """
-    global _capture
-    handler = _capture = _capture or _Capture()
+    handler = capture_handler()
     root = logging.getLogger()
     old_level = root.level
     raised = []
@@ -371,6 +379,7 @@ class RunServices:
             spec = task_for_path(job.func_name)
         except Exception:  # an undecodable job: RQ fails it when it calls the task, as before
             spec = None
+        capture_handler()
         run = RunIO(job_id, attempt, reporter=reporter, events=self.events, checkpoints=self.checkpoints,
                     log_level=spec.log_level if spec is not None else "INFO")  # fmt: skip
         perform = job.perform
