@@ -99,6 +99,34 @@ def test_a_submitted_row_holds_what_the_request_said(client, app):
     assert abs(answered - datetime.now(UTC)) < timedelta(minutes=1)
 
 
+def test_a_submissions_answer_is_the_job_as_get_serves_it(client):
+    # Given the API, Redis answering, no worker
+    submit_add(client)
+    # When jobs are submitted, plain and with every option a job without dependencies takes
+    plain = client.post("/tasks/echo", json={"kwargs": {"text": "hi"}})
+    full = client.post(
+        "/tasks/echo",
+        json={
+            "kwargs": {"text": "x"},
+            "priority": "low",
+            "max_retries": 1,
+            "timeout": 30,
+            "idempotency_key": "answer-1",
+        },
+    )
+    # Then each answer holds the job as GET /jobs/<id> serves it, field for field (built without the
+    # ORM's object, issue 17), but for the waiting fields, which only GET reads from Redis
+    waiting = {"waiting_reason", "resumes_at", "queue_position", "waiting_detail"}
+    for answer in (plain, full):
+        assert answer.status_code == 202, answer.get_json()
+        body = answer.get_json()
+        served = client.get(f"/jobs/{body['job_id']}").get_json()
+        assert list(body) == list(served)
+        assert {k: v for k, v in body.items() if k not in waiting} == {
+            k: v for k, v in served.items() if k not in waiting
+        }
+
+
 @pytest.mark.skipif(STORE != "postgres", reason="PostgreSQL's statements (TEST_STORE=postgres)")
 def test_a_submission_on_postgresql_is_one_statement_outside_a_transaction(settings, tmp_path):
     # Given the API on PostgreSQL with one pooled connection, Redis answering

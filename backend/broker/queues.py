@@ -33,7 +33,7 @@ from rq.job import JobStatus as RQStatus
 from rq.rate_limit import RateLimit
 from rq.serializers import JSONSerializer
 
-from backend.broker import fair_queue, key_limits, registries
+from backend.broker import fair_queue, key_limits, registries, rq_hashes
 from backend.broker.waiting_facts import task_limit_key
 from backend.core.settings import QUEUE_NAMES
 
@@ -84,6 +84,7 @@ class QueueAdapter:
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
         self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUE_NAMES}
+        self._hashes = rq_hashes.Templates(result_ttl=result_ttl, failure_ttl=failure_ttl)
         self._down_until = 0.0
         self._answered_at = float("-inf")
 
@@ -163,7 +164,10 @@ class QueueAdapter:
             with self._guard(), self.connection.pipeline() as pipe:
                 # Not watching: the writes are buffered and sent as one MULTI ... EXEC (a job with
                 # parents still has RQ watch them first, as below).
-                self._put(pipe, queue, func_path, options, at=at, owner=owner, front=self.fair_share)
+                if at is None and not depends_on and not concurrency:
+                    self._push_new(pipe, queue, rq_id, func_path, options, owner=owner)
+                else:
+                    self._put(pipe, queue, func_path, options, at=at, owner=owner, front=self.fair_share)
                 pipe.execute()
             return rq_id
         key = RQJob.key_for(rq_id)
@@ -189,6 +193,23 @@ class QueueAdapter:
                     return rq_id
                 except WatchError:
                     continue  # another host enqueued it, or a parent RQ job moved: look again
+
+    def _push_new(
+        self, pipe: Pipeline, queue: Queue, rq_id: str, func_path: str, options: dict, *, owner: str | None
+    ) -> None:
+        """Queue the writes of ``queue.enqueue_job`` for a new RQ job pushed at once (no time, no
+        parents, no concurrency limit): its hash copied from RQ's template for the queue
+        (``rq_hashes``), the push to the tail, and its fair-share index in the same MULTI."""
+        try:
+            mapping = self._hashes.mapping(queue, func_path, options)
+        except LookupError:  # an RQ whose hash differs: its own path
+            self._put(pipe, queue, func_path, options, at=None, owner=owner, front=self.fair_share)
+            return
+        pipe.sadd(Queue.redis_queues_keys, queue.key)
+        pipe.hset(RQJob.key_for(rq_id), mapping=mapping)
+        pipe.rpush(queue.key, rq_id)
+        if owner is not None:
+            fair_queue.index_writes(pipe, queue.name, rq_id, owner)
 
     @staticmethod
     def _put(

@@ -23,7 +23,7 @@ from backend.service.job_request import JobRequest
 from backend.service.transitions import CAS_ATTEMPTS, load_job, transition
 from backend.store import clock, conflicts
 from backend.store.errors import ConstraintViolated
-from backend.store.job_inserts import insert_new_job
+from backend.store.job_inserts import NewJob, insert_new_job
 from backend.store.jobs import JobRows, Sessions
 from backend.store.models import Job, utcnow
 from backend.tasks import TaskSpec, get_task
@@ -69,11 +69,14 @@ class Submissions:
             log.warning("job %s recorded QUEUED, but Redis refused it (%s): the reconciler requeues it", job.id, exc)
         return job, True
 
-    def build_job(self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, **origin) -> Job:
-        """A new job row for ``request``, PENDING unless told (not yet added to any session)."""
+    def build_job(
+        self, request: JobRequest, *, owner: str, status: JobStatus = JobStatus.PENDING, kind=Job, **origin
+    ) -> Job:
+        """A new job row for ``request``, PENDING unless told (not yet added to any session);
+        ``kind``: ``Job``, or ``NewJob`` for ``insert_new_job``."""
         job_id = new_job_id()
         now = utcnow()
-        return Job(
+        return kind(
             id=job_id,
             owner=owner,
             task=request.task.name,
@@ -148,7 +151,7 @@ class Submissions:
                         # The common case: prebuilt statements, no ORM session (one round trip on
                         # PostgreSQL), committed before anything is sent to Redis.
                         with run:
-                            job = self.build_job(request, owner=owner, status=status, **origin)
+                            job = self.build_job(request, owner=owner, status=status, kind=NewJob, **origin)
                             insert_new_job(self.sessions, job)
                 log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
                 return job, True
