@@ -139,6 +139,7 @@ def start_background(app: Flask) -> Flask:
             # that an app dropped early (tests make many) is not kept alive until exit.
             atexit.register(_stop_webhooks_at_exit, weakref.ref(app))
         background.started = True
+        _drop_first_request_hook(app, background)
     return app
 
 
@@ -151,12 +152,24 @@ class _Background:
     def __init__(self) -> None:
         self.started = False
         self.lock = threading.Lock()
+        #: The before_request hook that starts them on a first request, while it is installed.
+        self.hook = None
+
+
+def _drop_first_request_hook(app: Flask, background: _Background) -> None:
+    """Once the threads run, a request no longer pays for the hook that would start them (under
+    gunicorn, post_worker_init starts them before the first request). The app's list of hooks is
+    replaced, not changed in place: a request running the hooks meanwhile goes on with the old one."""
+    hook, background.hook = background.hook, None
+    funcs = app.before_request_funcs.get(None)
+    if hook is not None and funcs and hook in funcs:
+        app.before_request_funcs[None] = [func for func in funcs if func is not hook]
 
 
 def _start_background_on_first_request(app: Flask) -> None:
     """Start the threads on the first request too, so that an app served without gunicorn_conf
     (another WSGI server, a bare ``gunicorn backend.app:create_app()``) still recovers jobs and
-    sends webhooks; after that the hook costs one attribute read per request."""
+    sends webhooks; once they run, the hook is taken out (``_drop_first_request_hook``)."""
     background = app.extensions[_BACKGROUND] = _Background()
 
     def start_background_once() -> None:
@@ -168,6 +181,7 @@ def _start_background_on_first_request(app: Flask) -> None:
                     "could not start the reconciler, housekeeping and webhook threads; retrying on the next request"
                 )
 
+    background.hook = start_background_once
     app.before_request(start_background_once)
 
 

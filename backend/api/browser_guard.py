@@ -70,8 +70,10 @@ def init_app(app: Flask) -> None:
 
 def guard_request(app: Flask | None = None) -> None:
     """Refuse a request that a foreign web page could have made; see the module docstring."""
-    _check_host(app or current_app)
-    if request.method in SAFE_METHODS or request.routing_exception is not None:
+    # The request itself, once: each read through Flask's proxy resolves it again (on every request).
+    req = request._get_current_object()
+    _check_host(app or current_app, req.environ)
+    if req.method in SAFE_METHODS or req.routing_exception is not None:
         # Unmatched routes and methods change nothing: let them answer 404 / 405 as usual.
         return
     host = _request_host()
@@ -84,11 +86,11 @@ def guard_request(app: Flask | None = None) -> None:
         )
 
 
-def _check_host(app: Flask) -> None:
+def _check_host(app: Flask, environ: dict) -> None:
     allowed: tuple[str, ...] = app.extensions["allowed_hosts"]
     if api_keys(app) and not allowed:
         return  # keys decide who is served; the Host name does not matter
-    raw = request.environ.get("HTTP_HOST")
+    raw = environ.get("HTTP_HOST")
     if raw is None:
         return  # HTTP/1.0 without Host: no browser sends that, so it cannot be rebinding
     if _host_served(raw, allowed, settings(app).api_base_url):

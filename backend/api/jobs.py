@@ -21,8 +21,9 @@ bp.before_request(authenticate_client)
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    body = services().job_reader.json(job_id, owner=g.principal.scope)
-    return current_app.response_class(body, mimetype="application/json")
+    app = current_app._get_current_object()  # once: each read through the proxy resolves it again
+    body = services(app).job_reader.json(job_id, owner=g.principal.scope)
+    return app.response_class(body, mimetype="application/json")
 
 
 @bp.get("/jobs/<job_id>/webhooks")

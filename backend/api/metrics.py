@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -104,31 +104,29 @@ def init_app(app: Flask) -> None:
     # One histogram child per (route, method, status), looked up without prometheus-client's
     # label checks on every request (the hot polling path runs through here).
     children: dict[tuple, object] = {}
-    # The clock starts in a WSGI wrapper rather than a before_request hook: Flask runs every hook
-    # through its own dispatch, and this one would cost a poll as much as the rest of the timing.
+    # All in a WSGI wrapper rather than before/after_request hooks: Flask runs every hook through
+    # its own dispatch and each `request` attribute through a context proxy. The clock stops
+    # where the answer starts (start_response), after every hook, for every answer of the app.
     inner = app.wsgi_app
 
     def timed(environ: dict, start_response):
-        environ[_STARTED] = time.perf_counter()
-        return inner(environ, start_response)
+        started = time.perf_counter()
 
-    app.wsgi_app = timed
-
-    @app.after_request
-    def _observe(response):
-        environ = request.environ
-        started = environ.pop(_STARTED, None)
-        if started is not None:
-            rule = request.url_rule
-            method = request.method
-            method = method if method in STANDARD_METHODS else "other"
-            key = (rule.rule if rule is not None else "unmatched", method, response.status_code)
+        def observe_then_start(status: str, headers, exc_info=None):
+            elapsed = time.perf_counter() - started
+            # Flask's request (werkzeug leaves it in the environ): its route, once matched.
+            req = environ.get("werkzeug.request")
+            rule = getattr(req, "url_rule", None)
+            method = req.method if req is not None else environ.get("REQUEST_METHOD", "GET").upper()
+            if method not in STANDARD_METHODS:
+                method = "other"
+            key = (rule.rule if rule is not None else "unmatched", method, status[:3])
             child = children.get(key)
             if child is None:
-                child = children[key] = REQUEST_LATENCY.labels(key[0], key[1], str(key[2]))
-            child.observe(time.perf_counter() - started)
-        return response
+                child = children[key] = REQUEST_LATENCY.labels(*key)
+            child.observe(elapsed)
+            return start_response(status, headers, exc_info)
 
+        return inner(environ, observe_then_start)
 
-#: Where the wrapper leaves the request's start (perf_counter) in the WSGI environ.
-_STARTED = "jobservice.request_started"
+    app.wsgi_app = timed
