@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-from tests.helpers import get_job, submit, wait_for_status
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from backend.api.context import services
+from backend.broker.queues import QueueAdapter, RedisUnavailable
+from backend.core import protocol
+from tests.helpers import AUTH, get_job, submit, wait_for_status
+from tests.test_reconciler import age
 
 # -- dependencies -------------------------------------------------------------------------
 
@@ -159,3 +166,35 @@ def test_run_at_delays_a_job_through_rqs_scheduler(client, start_worker):
 def test_a_bad_run_at_is_422(client):
     for value in ("tomorrow", "2030-01-01T00:00:00", "9999-12-31T23:59:59+00:00", 5):
         assert client.post("/tasks/add", json={"args": [1, 1], "run_at": value}).status_code == 422
+
+
+def test_a_child_whose_release_met_a_redis_failure_is_released_by_the_reconciler(
+    app, client, redis_conn, monkeypatch, run_burst_worker
+):
+    # Given a parent and a child that allows its failure, waiting in RQ's deferred registry
+    parent = submit(client, "fail", max_retries=0)
+    child = submit(client, "add", args=[2, 3], depends_on=[parent["job_id"]], allow_failure=True)
+    rq_child = RQJob.fetch(f"{child['job_id']}-1", connection=redis_conn, serializer=JSONSerializer)
+    assert rq_child.get_status() == "deferred"
+    # When the parent's failure is applied while Redis fails the child's release (RQ releases a
+    # dependant only when its parent's RQ job finishes: this one is ours to release)
+    refused = RedisUnavailable("Redis was unreachable moments ago")
+    monkeypatch.setattr(QueueAdapter, "discard_deferred", lambda self, rq_id: (_ for _ in ()).throw(refused))
+    reports = [
+        protocol.started(parent["job_id"], 1, "w1"),
+        protocol.failed(parent["job_id"], 1, "RuntimeError: boom"),
+    ]
+    client.post("/internal/reports", json={"sent_at": time.time(), "reports": reports}, headers=AUTH)
+    monkeypatch.undo()
+    # Then the parent has failed and the child is left waiting, deferred in RQ (the report is not
+    # applied again: the parent's end is recorded)
+    assert get_job(client, parent["job_id"])["status"] == "FAILED"
+    assert get_job(client, child["job_id"])["status"] == "QUEUED"
+    assert rq_child.get_status() == "deferred"
+    # And the reconciler's next pass releases it, and it runs
+    age(app, child["job_id"])
+    report = services(app).reconciler.run_once()
+    assert report.enqueued == [child["job_id"]]
+    run_burst_worker()
+    done = wait_for_status(client, child["job_id"], "COMPLETED")
+    assert done["result"] == 5

@@ -186,7 +186,7 @@ class Reconciler:
         if not live or not leader.holds():
             return report
         # Enqueueing a PENDING row and copying an ended RQ job's outcome are safe on one look.
-        suspects = self.confirmed(live, certain=("enqueue", "copy"), leader=leader)
+        suspects = self.confirmed(live, certain=("enqueue", "copy", "release"), leader=leader)
         jobs = {job.id: job for job in live}
         for done, (job_id, (action, rq_job)) in enumerate(suspects.items()):
             if not leader.holds():
@@ -265,6 +265,7 @@ class Reconciler:
         workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
         dead = self._dead_workers({name or "" for name in workers}, patient=patient)
         verdicts: dict[str, tuple[str, RQJob | None]] = {}
+        deferred: list[Job] = []
         for job in jobs:
             if job.rq_job_id in waiting:
                 continue
@@ -272,6 +273,15 @@ class Reconciler:
             action = self._verdict(job, rq_job, queued_ids, dead)
             if action is not None:
                 verdicts[job.id] = (action, rq_job)
+            elif job.depends_on and rq_job is not None and rq_status(rq_job) == "deferred":
+                deferred.append(job)
+        # Deferred by RQ while every parent has ended in the store: its release was missed (Redis
+        # failed as its last parent's end was applied), so nothing else will let it run.
+        if deferred:
+            ended = job_scans.ended_ids(self.sessions, {p for job in deferred for p in job.depends_on})
+            for job in deferred:
+                if ended.issuperset(job.depends_on):
+                    verdicts[job.id] = ("release", rq_jobs.get(job.rq_job_id))
         return verdicts
 
     def _dead_workers(self, names: set[str], *, patient: bool) -> set[str]:
@@ -330,6 +340,8 @@ class Reconciler:
             (report.failed if after.status == JobStatus.FAILED else report.retried).append(job.id)
         elif action == "copy":
             self._copy_outcome(job, rq_job, report)
+        elif action == "release" and manager.release_if_due(job.id):
+            report.enqueued.append(job.id)
 
     def _record_start(self, job: Job, rq_job: RQJob | None) -> None:
         """Copy an attempt's start from RQ when its worker's report never came (the worker
