@@ -146,7 +146,7 @@ def test_a_source_written_to_during_the_copy_is_reported_and_leaves_the_target_e
     submitted = []
 
     def submit_during_the_copy(conn, _cursor, statement, *_args) -> None:
-        if not submitted and statement.startswith("INSERT INTO jobs") and str(conn.engine.url) == target:
+        if not submitted and statement.startswith("INSERT INTO jobs (") and str(conn.engine.url) == target:
             submitted.append(submit_add(client)["job_id"])
 
     event.listen(Engine, "before_cursor_execute", submit_during_the_copy)

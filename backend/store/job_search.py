@@ -6,8 +6,10 @@ an index answers, on SQLite and on PostgreSQL.
 - ``kwargs.<name>=<value>``: the ``job_kwargs`` rows written at submission; the first pair
   drives the query through ``ix_job_kwargs_lookup (name, value, created_at, job_id)`` (with an
   owner: ``ix_job_kwargs_owner_lookup``, owner first), newest first, the other pairs are primary-key probes.
-- ``q``: SQLite an FTS5 trigram table over jobs (``jobs_fts``, kept by triggers), PostgreSQL a
-  pg_trgm GIN index on the lowered text (``ix_jobs_search_trgm``); both created by migration 0013.
+- ``q``: SQLite an FTS5 trigram table over the jobs with an error or a progress message
+  (``jobs_fts``, kept by triggers: migrations 0013 and 0015), and the task names that hold q (from
+  the job counts: a handful of names, each walked along ``ix_jobs_task_created``); PostgreSQL a
+  pg_trgm GIN index on the lowered text (``ix_jobs_search_trgm``, migration 0013).
 """
 
 from __future__ import annotations
@@ -26,8 +28,24 @@ PG_SEARCH_TEXT = "lower(jobs.task || ' ' || coalesce(jobs.error, '') || ' ' || c
 SQLITE_SEARCH_TEXT = (
     f"{SEARCH_FOLD}(jobs.task || ' ' || coalesce(jobs.error, '') || ' ' || coalesce(jobs.progress_message, ''))"
 )
-#: The SQLite FTS5 table over jobs (external content: it holds only the trigram index).
+#: The SQLite FTS5 table over jobs (external content: it holds only the trigram index), with a row
+#: for each job that has an error or a progress message (migration 0015: not for the task alone).
 FTS_TABLE = "jobs_fts"
+#: The jobs it holds, as its triggers decide: ``backend.store.vacuum`` refills it from them.
+FTS_ROWS = "jobs.error IS NOT NULL OR jobs.progress_message IS NOT NULL"
+#: SQLite: the task names that hold q, folded as the index folds: every task with jobs has a count.
+_TASKS_HOLDING_Q = (
+    f"SELECT task FROM job_counts WHERE instr({SEARCH_FOLD}(task), {SEARCH_FOLD}(:search_text)) > 0 "
+    f"UNION SELECT task FROM job_count_deltas WHERE instr({SEARCH_FOLD}(task), {SEARCH_FOLD}(:search_text)) > 0"
+)
+#: SQLite: how many jobs those tasks have (the rolled-up counts plus the deltas not yet folded).
+_JOBS_OF_TASKS_HOLDING_Q = (
+    "SELECT coalesce(sum(n), 0) FROM ("
+    "SELECT task, count AS n FROM job_counts "
+    "UNION ALL SELECT task, jobs FROM job_count_deltas WHERE new_status IS NOT NULL "
+    "UNION ALL SELECT task, -jobs FROM job_count_deltas WHERE old_status IS NOT NULL"
+    f") WHERE task IN ({_TASKS_HOLDING_Q})"
+)
 #: A q held by at most this many jobs is read from its trigram index and sorted; a more common one
 #: is tested row by row along the order's index (the page fills within a few thousand rows).
 FEW_MATCHES = 2000
@@ -58,9 +76,10 @@ def _q_clause(q: str, dialect: str, common: bool):
     if dialect == "postgresql":
         # Lowered by PostgreSQL as the indexed text is (Python's lower() differs: final sigma).
         return literal_column(PG_SEARCH_TEXT).like(func.lower(_like_pattern(q)), escape="\\")
-    return text(f"jobs.rowid IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :search_q)").bindparams(
-        search_q=_fts_phrase(q)
-    )
+    return text(
+        f"(jobs.rowid IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :search_q)"
+        f" OR jobs.task IN ({_TASKS_HOLDING_Q}))"
+    ).bindparams(search_q=_fts_phrase(q), search_text=q)
 
 
 def q_is_common(session, q: str) -> bool:
@@ -92,7 +111,11 @@ def q_is_common(session, q: str) -> bool:
         .where(text(f"{FTS_TABLE} MATCH :search_q").bindparams(search_q=_fts_phrase(q)))
     )
     found = session.execute(select(func.count()).select_from(probe.limit(FEW_MATCHES + 1).subquery()))
-    return found.scalar_one() > FEW_MATCHES
+    in_text = found.scalar_one()
+    if in_text > FEW_MATCHES:
+        return True
+    of_tasks = session.execute(text(_JOBS_OF_TASKS_HOLDING_Q), {"search_text": q}).scalar_one()
+    return in_text + int(of_tasks) > FEW_MATCHES
 
 
 def search(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
-from backend.store.job_search import FTS_TABLE
+from backend.store.job_search import FTS_ROWS, FTS_TABLE
 
 
 def vacuum(engine: Engine) -> bool:
@@ -22,6 +22,11 @@ def vacuum(engine: Engine) -> bool:
     # VACUUM cannot run inside a transaction: the connection autocommits.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM")
-        # One statement: the index is read again from jobs' rows at their (possibly new) rowids.
-        connection.exec_driver_sql(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('rebuild')")
+        # The index read again from jobs' rows at their (possibly new) rowids: the rows its triggers
+        # keep, those with text of their own (a 'rebuild' would index every job).
+        connection.exec_driver_sql(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('delete-all')")
+        connection.exec_driver_sql(
+            f"INSERT INTO {FTS_TABLE}(rowid, task, error, progress_message)"
+            f" SELECT rowid, task, error, progress_message FROM jobs WHERE {FTS_ROWS}"
+        )
     return True
