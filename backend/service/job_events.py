@@ -133,6 +133,9 @@ class EventHub:
         self._count = 0
         #: Jobs whose SUBSCRIBE Redis has confirmed (and no UNSUBSCRIBE sent since).
         self._confirmed: set[str] = set()
+        #: Status keys published since the poll last looked (by the streams that opened): the poll
+        #: takes them as published, rather than read and publish each new stream's job once more.
+        self._published: dict[str, str] = {}
         self._running = False
         self._generation = 0
 
@@ -202,13 +205,17 @@ class EventHub:
         # history keeps EVENTS_HISTORY events, and each snooze or retry adds status events, so a
         # copy of 64 KiB of arguments in each would hold ~32 MiB of Redis per job. `end` is whole.
         light = {name: value for name, value in job.items() if name not in HEAVY_FIELDS}
+        key = status_key(status, job.get("attempt"))
         self.events.publish_status(
             job_id,
-            f"{status}:{job.get('attempt')}",
+            key,
             json.dumps(light, separators=(",", ":")),
             terminal=JobStatus(status).is_terminal,
             end_json=body.decode(),
         )
+        with self._lock:
+            if job_id in self._watches:
+                self._published[job_id] = key
 
     # -- the hub thread ---------------------------------------------------------------------
 
@@ -273,8 +280,13 @@ class EventHub:
                     if generation != self._generation or not self._running:
                         return
                     wanted = list(self._watches)
+                    published, self._published = self._published, {}
                 for job_id in keys.keys() - wanted:
                     del keys[job_id]
+                # Opening 1,000 streams cost the process ~1 s of CPU more while the poll read each
+                # new job's JSON and published it again (issue 17, T6). Whichever key is newer, it
+                # was published: the poll publishes whenever the store's differs.
+                keys.update((job_id, key) for job_id, key in published.items() if job_id in self._watches)
                 self._poll(poll, {job_id: keys.get(job_id) for job_id in wanted}, keys)
         except BrokerError as exc:
             log.warning("event hub: Redis failed (%s); closing %d event streams, they reconnect", exc, self._count)
@@ -312,6 +324,7 @@ class EventHub:
             self._owners.clear()
             self._count = 0
             self._confirmed.clear()
+            self._published.clear()
             self._running = False
         for watch in watches:
             watch._close()
