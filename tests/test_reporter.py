@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from backend.runner.reporter import RecentSet, Reporter
@@ -73,3 +75,32 @@ def test_a_refusal_is_remembered_and_the_memory_stays_bounded(client, live_serve
     assert len(reporter.refused) == 3
     assert ("job-9", 1) in reporter.refused
     assert ("job-0", 1) not in reporter.refused
+
+
+def test_reports_held_by_the_linger_go_at_once_when_the_worker_goes_idle(client, live_server, monkeypatch):
+    from backend.runner import reporter as reporter_module
+
+    # Given a reporter that just sent a request, and whose linger is long (30 s)
+    monkeypatch.setattr(reporter_module, "LINGER_SECONDS", 30.0)
+    first, second = (client.post("/tasks/add", json={"args": [i, 1]}).get_json() for i in range(2))
+    reporter = Reporter(live_server, TOKEN)
+    reporter.completed(first["job_id"], 1, 1)
+
+    def status(job) -> str:
+        return client.get(f"/jobs/{job['job_id']}").get_json()["status"]
+
+    deadline = time.monotonic() + 10
+    while status(first) != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(first) == "COMPLETED"  # after a quiet spell: sent at once
+    # When another end is queued, it waits for the linger
+    reporter.completed(second["job_id"], 1, 2)
+    time.sleep(1.0)
+    assert status(second) == "QUEUED"
+    # Then the worker going idle (nothing left to run) sends it without waiting out the linger
+    reporter.hurry()
+    deadline = time.monotonic() + 10
+    while status(second) != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(second) == "COMPLETED"
+    reporter.close()

@@ -61,6 +61,11 @@ class FairDequeue:
                 popped = self._fair.pop([queue.name for queue in self._ordered_queues])
                 if isinstance(popped, list):  # nothing ready: the open queues
                     self._log_open(popped)
+                    # Idle: the reports held for company go now (the store learns of the last
+                    # jobs' ends at once, not a linger later).
+                    reporter = getattr(self, "reporter", None)
+                    if reporter is not None:
+                        reporter.hurry()
                     if timeout is None:
                         return None
                     block = BLOCK_SECONDS

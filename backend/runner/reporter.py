@@ -2,10 +2,10 @@
 
 A job never waits for the API: ``started``, ``completed`` and ``failed`` are put on a queue
 that one background thread sends to ``POST /internal/reports`` over a keep-alive connection:
-everything gathered so far in one request, at once after a quiet spell, else at most one
-request per ``LINGER_SECONDS``. A start is held up to ``START_HOLD_SECONDS`` for its attempt's
-end (a fast job's start and end travel together), so the thread's JSON and HTTP never compete
-with the task's own start for the interpreter; a flush sends it at once. While the
+everything gathered so far in one request, at once after a quiet spell or when the worker finds
+nothing more to run (``hurry``), else at most one request per ``LINGER_SECONDS``. A start is held
+up to ``START_HOLD_SECONDS`` for its attempt's end (a fast job's start and end travel together),
+so the thread's JSON and HTTP never compete with the task's start; a flush sends it at once. While the
 API is unreachable the thread retries with exponential backoff, each report for up to
 ``REPORT_RETRY_SECONDS``; past that, the API's reconciler settles the job from RQ. The API's
 refusals (409: the attempt was cancelled or replaced) are kept in ``refused`` (the latest
@@ -45,17 +45,14 @@ __all__ = ["REFUSED_KEPT", "RecentSet", "Reporter"]
 log = logging.getLogger(__name__)
 
 _BACKOFF_START, _BACKOFF_CAP = 0.25, 5.0
-_TIMEOUT = (3.05, 10)
-#: A work-horse posts progress itself, in the task's own thread: never long.
-_PROGRESS_TIMEOUT = (0.5, 1.0)
-#: A work-horse's log lines, posted every ~0.5 s off the task's thread and once at its end.
-_LOG_TIMEOUT = (1.0, 3.0)
+#: Request timeouts: a batch; a work-horse's progress (posted in the task's own thread: never long);
+#: a work-horse's log lines (posted every ~0.5 s off the task's thread, and once at its end).
+_TIMEOUT, _PROGRESS_TIMEOUT, _LOG_TIMEOUT = (3.05, 10), (0.5, 1.0), (1.0, 3.0)
 #: Reports per request, within the API's ``protocol.MAX_BATCH``.
 BATCH_SIZE = 500
-#: While reports keep coming, at most one request per this many seconds: the jobs of that interval
-#: share one request and one transaction, each of which costs the worker, the API and the store a
-#: few ms of CPU whatever it carries (issue 17: 0.1 s left a forking worker's batches at ~3 jobs), at
-#: the cost of the store learning of them up to that much later. After a quiet spell: sent at once.
+#: While reports keep coming, at most one request per this many seconds (the store learns of them up
+#: to that much later): each costs the worker, the API and the store a few ms of CPU whatever it
+#: carries (issue 17: 0.1 s left a forking worker's batches at ~3 jobs). Quiet or idle: at once.
 LINGER_SECONDS = 0.25
 #: A start report alone waits this long before it is sent (an end, or any other report, sends it
 #: at once): the store learns of a start at most this much later, the task starts sooner.
@@ -118,19 +115,17 @@ class Reporter:
         """Queue an attempt's start: sent with its end, or alone after ``START_HOLD_SECONDS``."""
         self._put(protocol.started(job_id, attempt, worker), hold=START_HOLD_SECONDS)
 
-    def completed(self, job_id: str, attempt: int, result: object) -> None:
-        self.finish_progress()
-        self._put(protocol.completed(job_id, attempt, result))
-
     def end(self, report: dict) -> None:
-        """Queue an end already built (``outcomes.held_end``: a work-horse's handover)."""
+        """Queue an attempt's end, as ``protocol`` builds it (its last progress first)."""
         self.finish_progress()
         self._put(report)
 
+    def completed(self, job_id: str, attempt: int, result: object) -> None:
+        self.end(protocol.completed(job_id, attempt, result))
+
     def snoozed(self, job_id: str, attempt: int, seconds: float, reason: str) -> None:
         """Report an attempt that asked to run again after ``seconds`` (no failure)."""
-        self.finish_progress()
-        self._put(protocol.snoozed(job_id, attempt, seconds, self.caps.shorten_message(reason)))
+        self.end(protocol.snoozed(job_id, attempt, seconds, self.caps.shorten_message(reason)))
 
     def log_lines(self, job_id: str, attempt: int, lines: list[protocol.LogLine]) -> None:
         """Send a run's log lines (at most MAX_LOG_LINES_PER_REPORT): queued, or posted at once
@@ -147,8 +142,7 @@ class Reporter:
     ) -> None:
         """Report an attempt's end in failure; ``interrupted``: the worker's own (never a task's);
         ``unstarted``: its task never ran (the store did not confirm the start)."""
-        self.finish_progress()
-        self._put(self._failure(job_id, attempt, error, interrupted=interrupted, unstarted=unstarted))
+        self.end(self._failure(job_id, attempt, error, interrupted=interrupted, unstarted=unstarted))
 
     def _failure(
         self, job_id: str, attempt: int, error: str, *, interrupted: bool = False, unstarted: bool = False
@@ -246,6 +240,12 @@ class Reporter:
                 # Sooner than what the sender waits for: it looks again (a held start, not at once).
                 self._next_due = now + hold
                 self._wakeup.notify()
+
+    def hurry(self) -> None:
+        """Send what is queued now, linger and holds cut short (the worker has nothing to run)."""
+        with self._wakeup:
+            self._urgent = self._urgent or bool(self._outbox)
+            self._wakeup.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued report was answered or given up; False on timeout."""
