@@ -56,7 +56,7 @@ class Dependencies:
     def release_if_due(self, job_id: str) -> bool:
         """Release a live job whose parents have all ended, as its last parent's end would have:
         for the reconciler, when that release did not happen (Redis failed as the parent's end
-        was applied; the end stays, the report is not applied again). True if it was due."""
+        was applied; the end stays, the report is not applied again). True if it was enqueued."""
         with JobRows.opened(self.sessions) as rows:
             child = rows.get(job_id)
             if child is None or child.status in TERMINAL_VALUES or not child.depends_on:
@@ -66,17 +66,18 @@ class Dependencies:
                 return False
             now = clock.now(rows.session) if child.run_at or child.next_retry_at else None
         unsuccessful = [p for p in parents if p.status != JobStatus.COMPLETED]
-        self._release(child, unsuccessful[0] if unsuccessful else parents[0], now)
-        return True
+        return self._release(child, unsuccessful[0] if unsuccessful else parents[0], now)
 
-    def _release(self, child: Job, parent: Job, now) -> None:
-        """Let ``child`` run, or cancel it, now that ``parent`` ended."""
+    def _release(self, child: Job, parent: Job, now) -> bool:
+        """Let ``child`` run, or cancel it, now that ``parent`` ended; True if it was enqueued."""
         if parent.status != JobStatus.COMPLETED and not child.allow_failure:
             self._cancel_for_dependency(child.id, parent)
         elif not self.waiting_for(child):
             if child.status == JobStatus.PENDING:
-                self.enqueue_job(child.id)
-            elif self.queues.discard_deferred(child.rq_job_id):
+                return self.enqueue_job(child.id).status != JobStatus.PENDING
+            if self.queues.discard_deferred(child.rq_job_id):
                 # RQ enqueues dependants when a parent's RQ job finishes; a parent that
                 # needed retries (a new RQ job) or failed with allow_failure is ours to do.
                 self._send(child, get_task(child.task), [], now=now)
+                return True
+        return False

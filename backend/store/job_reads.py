@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.job_filters import JobFilter
-from backend.store.job_search import q_is_common, search
+from backend.store.job_search import QProbe, q_probe, search
 from backend.store.models import Job
 
 #: Rows read from the store at a time while a page of GET /jobs is built.
@@ -96,9 +96,11 @@ def job_page(
     columns = [c for c in Job.__table__.c if c.name not in omit and c.name != "checkpoint"]
     with sessions() as session:
         # A q gets one probe of its index first: how it is best read depends on how common it is.
-        common = filt.q is not None and "\x00" not in filt.q and q_is_common(session, filt.q)
+        probe = q_probe(session, filt.q) if filt.q is not None else QProbe()
         dialect = session.get_bind().dialect.name
-        query = search(columns, filt, dialect=dialect, after=after, limit=limit, common_q=common)
+        query = search(
+            columns, filt, dialect=dialect, after=after, limit=limit, common_q=probe.common, q_tasks=probe.tasks
+        )
         rows = session.execute(query, execution_options={"yield_per": LIST_FETCH})
         with contextlib.closing(rows):
             yield from rows

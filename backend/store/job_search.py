@@ -8,16 +8,18 @@ an index answers, on SQLite and on PostgreSQL.
   owner: ``ix_job_kwargs_owner_lookup``, owner first), newest first, the other pairs are primary-key probes.
 - ``q``: SQLite an FTS5 trigram table over the jobs with an error or a progress message
   (``jobs_fts``, kept by triggers: migrations 0013 and 0015), and the task names that hold q (from
-  the job counts: a handful of names, each walked along ``ix_jobs_task_created``); PostgreSQL a
+  a loose index scan of ``ix_jobs_task_created``: a handful of names, each then walked along it); PostgreSQL a
   pg_trgm GIN index on the lowered text (``ix_jobs_search_trgm``, migration 0013).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import exists, false, func, literal, literal_column, select, text, tuple_
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, exists, false, func, literal, literal_column, select, text, tuple_
 
 from backend.core.job_filters import JobFilter
-from backend.store.engine import SEARCH_FOLD
+from backend.store.engine import SEARCH_FOLD, search_fold
 from backend.store.models import Job, JobKwarg
 
 #: The text the PostgreSQL trigram index holds, exactly as its CREATE INDEX spells it (a query
@@ -33,18 +35,12 @@ SQLITE_SEARCH_TEXT = (
 FTS_TABLE = "jobs_fts"
 #: The jobs it holds, as its triggers decide: ``backend.store.vacuum`` refills it from them.
 FTS_ROWS = "jobs.error IS NOT NULL OR jobs.progress_message IS NOT NULL"
-#: SQLite: the task names that hold q, folded as the index folds: every task with jobs has a count.
-_TASKS_HOLDING_Q = (
-    f"SELECT task FROM job_counts WHERE instr({SEARCH_FOLD}(task), {SEARCH_FOLD}(:search_text)) > 0 "
-    f"UNION SELECT task FROM job_count_deltas WHERE instr({SEARCH_FOLD}(task), {SEARCH_FOLD}(:search_text)) > 0"
-)
-#: SQLite: how many jobs those tasks have (the rolled-up counts plus the deltas not yet folded).
-_JOBS_OF_TASKS_HOLDING_Q = (
-    "SELECT coalesce(sum(n), 0) FROM ("
-    "SELECT task, count AS n FROM job_counts "
-    "UNION ALL SELECT task, jobs FROM job_count_deltas WHERE new_status IS NOT NULL "
-    "UNION ALL SELECT task, -jobs FROM job_count_deltas WHERE old_status IS NOT NULL"
-    f") WHERE task IN ({_TASKS_HOLDING_Q})"
+#: SQLite: the task names that jobs hold, one seek of ``ix_jobs_task_created`` per name (a handful):
+#: the index's next name after the last, walked as a loose index scan.
+_TASK_NAMES = (
+    "WITH RECURSIVE names(task) AS (SELECT (SELECT min(task) FROM jobs) UNION ALL "
+    "SELECT (SELECT min(task) FROM jobs WHERE task > names.task) FROM names WHERE names.task IS NOT NULL) "
+    "SELECT task FROM names WHERE task IS NOT NULL"
 )
 #: A q held by at most this many jobs is read from its trigram index and sorted; a more common one
 #: is tested row by row along the order's index (the page fills within a few thousand rows).
@@ -64,7 +60,17 @@ def _fts_phrase(q: str) -> str:
     return '"' + q.replace('"', '""') + '"'
 
 
-def _q_clause(q: str, dialect: str, common: bool):
+@dataclass(frozen=True)
+class QProbe:
+    """How a q is best read: ``common`` (tested row by row along the order's index) or not (read
+    from its trigram index); on SQLite also the task names that hold it (``tasks``), since its
+    index holds only the jobs with an error or a progress message (migration 0015)."""
+
+    common: bool = False
+    tasks: tuple[str, ...] = ()
+
+
+def _q_clause(q: str, dialect: str, common: bool, tasks: tuple[str, ...] = ()):
     """``q`` matched through its trigram index (few matches: they are read from it and sorted) or,
     when ``common``, row by row while an index is walked in order (the page fills long before a
     sort of every match could end: a substring in 7% of 1M jobs took 227 ms from FTS5, 0.4 ms so)."""
@@ -76,16 +82,30 @@ def _q_clause(q: str, dialect: str, common: bool):
     if dialect == "postgresql":
         # Lowered by PostgreSQL as the indexed text is (Python's lower() differs: final sigma).
         return literal_column(PG_SEARCH_TEXT).like(func.lower(_like_pattern(q)), escape="\\")
-    return text(
-        f"(jobs.rowid IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :search_q)"
-        f" OR jobs.task IN ({_TASKS_HOLDING_Q}))"
-    ).bindparams(search_q=_fts_phrase(q), search_text=q)
+    in_text = f"jobs.rowid IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :search_q)"
+    if not tasks:
+        return text(in_text).bindparams(search_q=_fts_phrase(q))
+    return text(f"({in_text} OR jobs.task IN :search_tasks)").bindparams(
+        bindparam("search_tasks", value=list(tasks), expanding=True), search_q=_fts_phrase(q)
+    )
 
 
-def q_is_common(session, q: str) -> bool:
+def q_probe(session, q: str) -> QProbe:
+    """How ``q`` is best read (``QProbe``); nothing to probe for a q holding a NUL (nothing matches)."""
+    if "\x00" in q:
+        return QProbe()
+    if session.get_bind().dialect.name == "postgresql":
+        return QProbe(common=q_is_common(session, q))
+    folded = search_fold(q)
+    tasks = tuple(task for (task,) in session.execute(text(_TASK_NAMES)) if folded in search_fold(task))
+    return QProbe(common=q_is_common(session, q, tasks), tasks=tasks)
+
+
+def q_is_common(session, q: str, tasks: tuple[str, ...] = ()) -> bool:
     """Whether ``q`` is common enough to be tested row by row along the order's index.
 
-    SQLite: more than ``FEW_MATCHES`` jobs hold it (a probe of the FTS table that stops there).
+    SQLite: more than ``FEW_MATCHES`` jobs hold it (a probe of the FTS table that stops there,
+    then of the jobs of ``tasks``, the task names holding it, that stops there too).
     PostgreSQL: ``COMMON_IN_NEWEST`` of the newest ``NEWEST_PROBED`` jobs hold it; a GIN index
     cannot stop early (a common trigram's bitmap is built whole: ~60 ms for 7% of 1M jobs), the
     newest jobs are a short walk of ``ix_jobs_created``, and the walk that serves such a q is as short.
@@ -112,17 +132,26 @@ def q_is_common(session, q: str) -> bool:
     )
     found = session.execute(select(func.count()).select_from(probe.limit(FEW_MATCHES + 1).subquery()))
     in_text = found.scalar_one()
-    if in_text > FEW_MATCHES:
-        return True
-    of_tasks = session.execute(text(_JOBS_OF_TASKS_HOLDING_Q), {"search_text": q}).scalar_one()
-    return in_text + int(of_tasks) > FEW_MATCHES
+    if in_text > FEW_MATCHES or not tasks:
+        return in_text > FEW_MATCHES
+    of_tasks = select(literal_column("1")).select_from(Job.__table__).where(Job.task.in_(tasks))
+    found = session.execute(select(func.count()).select_from(of_tasks.limit(FEW_MATCHES + 1 - in_text).subquery()))
+    return in_text + found.scalar_one() > FEW_MATCHES
 
 
 def search(
-    columns, filt: JobFilter, *, dialect: str, newest_first: bool = True, after=None, limit=None, common_q=False
+    columns,
+    filt: JobFilter,
+    *,
+    dialect: str,
+    newest_first: bool = True,
+    after=None,
+    limit=None,
+    common_q=False,
+    q_tasks: tuple[str, ...] = (),
 ):
     """A SELECT of ``columns`` of the jobs matching ``filt``, newest (or oldest) first, after the
-    ``(created_at, id)`` ``after`` when given, at most ``limit``; ``common_q``: ``q_is_common``."""
+    ``(created_at, id)`` ``after`` when given, at most ``limit``; ``common_q`` and ``q_tasks``: ``q_probe``."""
     if _holds_nul(filt):
         # PostgreSQL refuses a NUL in a statement's text; no value stored holds one (ids and task
         # names are the service's, kwargs with one are not indexed): nothing matches, on both stores.
@@ -148,7 +177,7 @@ def search(
     else:
         created, key = Job.created_at, Job.id
         query = select(*columns)
-    query = narrow(query, filt, dialect=dialect, created=created, common_q=common_q)
+    query = narrow(query, filt, dialect=dialect, created=created, common_q=common_q, q_tasks=q_tasks)
     if after is not None:
         at, last_id = after
         # A row value: both stores walk the (..., created_at, id) index from there (the OR
@@ -162,7 +191,7 @@ def search(
     return query
 
 
-def narrow(query, filt: JobFilter, *, dialect: str, created=None, common_q: bool = False):
+def narrow(query, filt: JobFilter, *, dialect: str, created=None, common_q: bool = False, q_tasks=()):
     """``query`` (over jobs) narrowed by every field of ``filt`` but kwargs."""
     created = Job.created_at if created is None else created
     if filt.owner is not None:
@@ -180,7 +209,7 @@ def narrow(query, filt: JobFilter, *, dialect: str, created=None, common_q: bool
     if filt.created_before is not None:
         query = query.where(created < filt.created_before)
     if filt.q is not None:
-        query = query.where(_q_clause(filt.q, dialect, common_q))
+        query = query.where(_q_clause(filt.q, dialect, common_q, tuple(q_tasks)))
     return query
 
 
@@ -192,9 +221,11 @@ def matching_ids(
     ``max_attempts``: only jobs that have had fewer attempts (a retry skips the others, and they
     would be picked again by every request of the "send again while more" loop)."""
     with sessions() as session:
-        common = filt.q is not None and not _holds_nul(filt) and q_is_common(session, filt.q)
+        probe = q_probe(session, filt.q) if filt.q is not None and not _holds_nul(filt) else QProbe()
         dialect = session.get_bind().dialect.name
-        query = search([Job.id], filt, dialect=dialect, newest_first=False, limit=limit, common_q=common)
+        query = search(
+            [Job.id], filt, dialect=dialect, newest_first=False, limit=limit, common_q=probe.common, q_tasks=probe.tasks
+        )
         if filt.status is None:
             query = query.where(Job.status.in_(statuses))
         if max_attempts is not None:

@@ -8,7 +8,7 @@ SQLite's q index (``jobs_fts``, 0013) held a row for every job, written by a tri
 job's INSERT: the trigram index of its task name, the same few trigrams for most jobs. That was
 about a seventh of a submission's CPU on SQLite (issue 17). A job's task name is searched through
 the task names instead (``backend/store/job_search.py``: the tasks whose name holds q, from the
-job counts), so the index now holds only the jobs with an error or a progress message: a new job
+names the jobs hold), so the index now holds only the jobs with an error or a progress message: a new job
 writes nothing to it, and a job enters it when it first gets either. PostgreSQL: unchanged.
 """
 
