@@ -58,13 +58,18 @@ _0013_TRIGGERS = [
 _ALL = ("jobs_fts_update_new", "jobs_fts_update_gone", "jobs_fts_update", "jobs_fts_delete", "jobs_fts_insert")
 
 
+def _set_triggers(triggers: list[str]) -> None:
+    """Drop every trigger either revision made, then create ``triggers``."""
+    for trigger in _ALL:
+        op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    for statement in triggers:
+        op.execute(statement)
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         return
-    for trigger in _ALL:
-        op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-    for statement in _TRIGGERS:
-        op.execute(statement)
+    _set_triggers(_TRIGGERS)
     # The jobs already stored (a fresh store has none: nothing to refill).
     if op.get_bind().exec_driver_sql("SELECT 1 FROM jobs LIMIT 1").first() is not None:
         for statement in _REFILL:
@@ -74,8 +79,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         return
-    for trigger in _ALL:
-        op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-    for statement in _0013_TRIGGERS:
-        op.execute(statement)
+    _set_triggers(_0013_TRIGGERS)
     op.execute("INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')")
