@@ -104,3 +104,57 @@ def test_reports_held_by_the_linger_go_at_once_when_the_worker_goes_idle(client,
         time.sleep(0.05)
     assert status(second) == "COMPLETED"
     reporter.close()
+
+
+def test_a_worker_fed_one_job_at_a_time_batches_its_reports(app, client, settings, start_worker):
+    """A queue that runs dry between two jobs a few ms apart is not idle: the worker keeps its
+    reports for the linger instead of sending one request per job (issue 17: under a steady
+    trickle every job's end cost the worker, the API and the store a request of its own)."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    posts: list[str] = []
+
+    def counting(environ, start_response):
+        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/internal/reports":
+            posts.append(environ["PATH_INFO"])
+        return app.wsgi_app(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer
+
+    class Threaded(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    server = make_server("127.0.0.1", 0, counting, server_class=Threaded, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        start_worker("--simple", "--name", "trickle", env={"API_BASE_URL": url})
+
+        def wait_done(job_ids: list[str]) -> list[str]:
+            deadline = time.monotonic() + 30
+            while True:
+                statuses = [client.get(f"/jobs/{job_id}").get_json()["status"] for job_id in job_ids]
+                if all(s == "COMPLETED" for s in statuses) or time.monotonic() > deadline:
+                    return statuses
+                time.sleep(0.05)
+
+        # Given a worker that is up and idle
+        assert wait_done([client.post("/tasks/add", json={"args": [0, 1]}).get_json()["job_id"]]) == ["COMPLETED"]
+        time.sleep(0.5)
+        posts.clear()
+        # When 20 jobs come ~15 ms apart (each runs in a few ms: the queue is empty in between)
+        jobs = []
+        for i in range(20):
+            jobs.append(client.post("/tasks/add", json={"args": [i, 1]}).get_json()["job_id"])
+            time.sleep(0.01)
+        # Then every one is reported, and in a few requests, not one per job
+        assert wait_done(jobs) == ["COMPLETED"] * 20
+        assert len(posts) <= 8, f"{len(posts)} report requests for 20 jobs"
+    finally:
+        server.shutdown()

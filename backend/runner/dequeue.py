@@ -5,8 +5,9 @@ first come, first served, and knows no pause. ``FairDequeue`` replaces that one 
 ``FairQueues.pop`` (backend/broker/fair_queue.py): a Lua script that reads the paused set itself
 (no pop can race a pause), walks the worker's queues in priority order and takes, in the first
 open non-empty one, the next job by fair share. Nothing ready: a BLPOP on the open queues for at
-most ``BLOCK_SECONDS``; a job it takes from a queue paused meanwhile goes back to the FRONT of its
-list. Nothing ever goes into RQ's intermediate list (RQ only tidies it for one-queue workers).
+most ``BLOCK_SECONDS`` (``HURRY_AFTER_SECONDS`` first, after which the reports the worker holds go);
+a job it takes from a queue paused meanwhile goes back to the FRONT of its list. Nothing ever goes
+into RQ's intermediate list (RQ only tidies it for one-queue workers).
 A job declaring a rate limit (``meta["rate"]``) is offered to the limiter after its pop; a held
 job is not run, and the worker pops again. The limiter's releases run at most every
 ``RELEASE_EVERY`` seconds, never per job.
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: The longest block on the open queues' lists (seconds; a float: Redis 6+ BLPOP takes one).
 BLOCK_SECONDS = 1.0
+#: Nothing to pop for this long (seconds): the worker is idle, and its held reports go at once.
+HURRY_AFTER_SECONDS = 0.05
 #: How often the loop releases rate-limited jobs whose slot freed (seconds).
 RELEASE_EVERY = 0.5
 
@@ -52,6 +55,7 @@ class FairDequeue:
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = time.monotonic()
         connection_wait = 1.0
+        hurried = False
         while True:
             try:
                 self.heartbeat()
@@ -61,12 +65,10 @@ class FairDequeue:
                 popped = self._fair.pop([queue.name for queue in self._ordered_queues])
                 if isinstance(popped, list):  # nothing ready: the open queues
                     self._log_open(popped)
-                    # Idle: the reports held for company go now (the store learns of the last
-                    # jobs' ends at once, not a linger later).
                     reporter = getattr(self, "reporter", None)
-                    if reporter is not None:
-                        reporter.hurry()
                     if timeout is None:
+                        if reporter is not None:
+                            reporter.hurry()
                         return None
                     block = BLOCK_SECONDS
                     if max_idle_time is not None:
@@ -74,7 +76,17 @@ class FairDequeue:
                         if left <= 0:
                             return None
                         block = min(block, left)
-                    popped = self._block(popped, block)
+                    if reporter is not None and not hurried:
+                        # Idle: the reports held for company go once no job came for a moment (the
+                        # store learns of the last jobs' ends at once, not a linger later); a queue
+                        # that runs dry between jobs a few ms apart keeps them for the linger.
+                        popped = self._block(popped, min(block, HURRY_AFTER_SECONDS))
+                        if popped is None:
+                            reporter.hurry()
+                            hurried = True
+                            continue
+                    else:
+                        popped = self._block(popped, block)
                     if popped is None:
                         continue
                 result = self._start(*popped)
