@@ -116,13 +116,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=ISSUE17, help=f"which benchmarks, e.g. a,c (default: issue 17's, {ISSUE17})")
     parser.add_argument("--all", action="store_true", help=f"every benchmark ({EVERY})")
     parser.add_argument("--quick", action="store_true", help="small counts: checks the benchmarks work, not speed")
-    parser.add_argument("--exec-n-simple", type=int, default=2000, help="jobs per execution run, SimpleWorker")
-    parser.add_argument("--exec-n-fork", type=int, default=500, help="jobs per execution run, forking Worker")
+    parser.add_argument("--exec-n-simple", type=int, default=1200, help="jobs per execution run, SimpleWorker")
+    parser.add_argument("--exec-n-fork", type=int, default=400, help="jobs per execution run, forking Worker")
     parser.add_argument("--fair-n", type=int, default=2000, help="jobs per fair share on/off run (SimpleWorker)")
-    # 2 rounds of a, not 3, so that `make bench` fits in 15 minutes (a is its longest part: 4 configurations
-    # x 3 sides x N jobs each round); more with --exec-rounds.
+    # 2 rounds of a, not 3, and these counts, so that `make bench` fits in 15 minutes (a is its longest
+    # part: 4 configurations x 3 sides x N jobs each round; at 2,000 / 500 jobs a took 422 s of 1,030 on
+    # 2026-11-30's VM); more with --exec-rounds and the --*-n options.
     parser.add_argument("--exec-rounds", type=int, default=2, help="alternating ours/raw runs per configuration")
-    parser.add_argument("--submit-n", type=int, default=2000, help="submissions per side")
+    parser.add_argument("--submit-n", type=int, default=1500, help="submissions per side")
     parser.add_argument("--submit-rounds", type=int, default=3, help="alternating rounds per side (best is kept)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent submission clients")
     parser.add_argument("--poll-seconds", type=float, default=3, help="seconds per wrk run")
@@ -136,12 +137,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--store-samples", type=int, default=400, help="requests per endpoint and size")
     parser.add_argument("--no-cache", action="store_true", help="build the large store instead of using bench/.cache")
     parser.add_argument("--latency-simple", type=int, default=200, help="jobs measured, simple worker")
-    parser.add_argument("--latency-fork", type=int, default=100, help="jobs measured, forking worker")
+    parser.add_argument("--latency-fork", type=int, default=60, help="jobs measured, forking worker")
     parser.add_argument("--memory-jobs", type=int, default=10000, help="jobs run before measuring memory")
     parser.add_argument("--copy-jobs", type=int, default=100_000, help="jobs of the store copy-store copies")
     parser.add_argument("--streams", type=int, default=1000, help="streams held open in h")
     parser.add_argument("--streams-seconds", type=float, default=3, help="seconds of each load in each round of h")
-    parser.add_argument("--streams-samples", type=int, default=50, help="event latency samples per store in h")
+    parser.add_argument("--streams-samples", type=int, default=30, help="event latency samples per store in h")
     parser.add_argument("--prune-n", type=int, default=500_000, help="ended jobs the store of j holds and prunes")
     parser.add_argument("--prune-seconds", type=float, default=20, help="seconds of submissions without the prune in j")
     parser.add_argument(
