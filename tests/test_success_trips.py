@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from redis import ConnectionPool, Redis
 from redis.connection import Connection
+from redis.exceptions import WatchError
 from rq import Queue, SimpleWorker, Worker, get_current_job
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
@@ -244,6 +245,46 @@ def test_dependents_are_released_once_each_whenever_they_were_added(redis_url, t
     _drain(connection, OneTripSimpleWorker, queue, name="w3")
     assert both.get_status() == "finished" and len(both.results()) == 1
     assert queue.count == 0 and queue.deferred_job_registry.count == 0
+
+
+def test_a_child_whose_enqueue_straddles_the_parents_success_is_enqueued_by_its_own_retry(redis_url):
+    # Given a child whose enqueue (RQ's setup_dependencies: WATCH its parent's hash, read it)
+    # read the parent still running when the parent's success lands
+    connection = Redis.from_url(redis_url)
+    queue = Queue("straddle", connection=connection, serializer=JSONSerializer)
+    queue.enqueue("tests.fixtures.add", 1, 2, job_id="p")
+    child = queue.create_job("tests.fixtures.add", args=(20, 22), job_id="c", depends_on="p")
+    outcome = {}
+
+    class Straddling(OneTripSimpleWorker):
+        def handle_job_success(self, job, queue, started_job_registry, execution):
+            if job.id != "p":
+                return super().handle_job_success(job, queue, started_job_registry, execution)
+            with connection.pipeline() as pipe:
+                pipe.watch(child.dependencies_key)
+                outcome["read"] = [d.get_status() for d in child.fetch_dependencies(watch=True, pipeline=pipe)]
+                super().handle_job_success(job, queue, started_job_registry, execution)
+                # When the child's MULTI (deferred, in its parent's dependents) follows the success
+                pipe.multi()
+                child.set_status("deferred", pipeline=pipe)
+                child.register_dependency(pipeline=pipe)
+                child.save(pipeline=pipe)
+                try:
+                    pipe.execute()
+                    outcome["exec"] = "committed"
+                except WatchError:
+                    outcome["exec"] = "refused"
+                    child._status = "queued"  # as RQ's setup_dependencies resets it for its retry
+            queue.enqueue_job(child)  # RQ's retry after a WatchError: the enqueue reads again
+
+    _drain(connection, Straddling, queue)
+
+    # Then the success's write to the parent's hash refused that MULTI, the retry found the parent
+    # finished and queued the child, and it ran once (not left deferred behind a finished parent)
+    assert outcome == {"read": ["started"], "exec": "refused"}
+    ran = RQJob.fetch("c", connection=connection, serializer=JSONSerializer)
+    assert ran.get_status() == "finished" and ran.return_value() == 42 and len(ran.results()) == 1
+    assert queue.deferred_job_registry.count == 0
 
 
 # -- a real worker, over the API ------------------------------------------------------------
