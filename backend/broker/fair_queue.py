@@ -14,18 +14,25 @@ go to the FRONT of the list (queues.py creates them with ``enqueue_at_front`` un
 the run of them at the head is one more participant of the rotation, "due", with its own virtual
 time (charged 1 per pop), so they get their share of the pops, never all of them. An indexed
 head whose owner's fair entries were lost goes first (else nothing could reach it). The script
-reads the paused set itself, so no pop can race a pause (DESIGN15 sections 1 and 2).
+reads the paused set itself, so no pop can race a pause (DESIGN15 sections 1 and 2). A worker's
+pop (``take``, issue 17: fewer round trips per job) also answers the popped job's RQ hash (no
+HGETALL after it), reads ``rq suspend``'s key (popping nothing while it exists) and, when nothing is
+ready, writes the worker's state idle (RQ writes it after each job; with a backlog that write told
+no one anything: the next job's "busy" follows at once).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 from rq.job import Job as RQJob
 from rq.queue import Queue
+from rq.suspension import WORKERS_SUSPENDED
+from rq.utils import now, utcformat
 
 from backend.broker.pauses import PAUSED_KEY
 from backend.broker.replies import text
@@ -72,16 +79,29 @@ local function remove(list, id)
 end
 """
 
-# KEYS[1] the paused set. ARGV: fair flag ("1"/"0"), RQ's job key prefix, RQ's queue key prefix,
-# n, n queue names in priority order, then weight pairs (owner, weight), then MAX_STALE_PER_POP.
-# Returns {1, queue, rq_id}, or {0, open queue names...} when nothing is ready (the caller blocks).
+# KEYS[1] the paused set; a worker's take adds KEYS[2] RQ's suspension key, KEYS[3] its worker key
+# and KEYS[4] its executions key. ARGV: fair flag ("1"/"0"), RQ's job key prefix, RQ's queue key
+# prefix, a take's heartbeat (RQ's last_heartbeat text, TTL seconds; else ""), n, n queue names in
+# priority order, then weight pairs (owner, weight), then MAX_STALE_PER_POP. A take first writes RQ's
+# heartbeat (``Worker.heartbeat``'s three writes) when the worker key exists: beat = 1, else 0.
+# Returns {1, beat, queue, rq_id} (a take adds the job's hash as HGETALL answers it), {0, beat, open
+# queue names...} when nothing is ready (the caller blocks; a take that beat wrote the worker's state
+# idle), or {2, beat} while ``rq suspend`` holds (a take: nothing popped).
 POP_SCRIPT = (
     _LUA_HELPERS
     + """
-local fair, job_prefix, queue_prefix, n = ARGV[1] == '1', ARGV[2], ARGV[3], tonumber(ARGV[4])
+local fair, job_prefix, queue_prefix, n = ARGV[1] == '1', ARGV[2], ARGV[3], tonumber(ARGV[6])
 local max_stale = tonumber(ARGV[#ARGV])
 local weights = {}
-for i = 5 + n, #ARGV - 2, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 7 + n, #ARGV - 2, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local taking, beat = #KEYS >= 4, 0
+if taking and redis.call('EXISTS', KEYS[3]) == 1 then  -- never a partial worker hash
+  redis.call('HSET', KEYS[3], 'last_heartbeat', ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+  beat = 1
+end
+if taking and redis.call('EXISTS', KEYS[2]) == 1 then return {2, beat} end
 -- The oldest waiting job of the owner with the lowest virtual time, or nil (only stale ids met).
 local function pick(list, fk)
   local owners, index = fk .. 'owners', fk .. 'index'
@@ -153,18 +173,21 @@ local function take(list, fk)
   return head
 end
 local open = {}
-for i = 5, 4 + n do
+for i = 7, 6 + n do
   local name = ARGV[i]
   if redis.call('SISMEMBER', KEYS[1], name) == 0 then  -- paused: skipped, read atomically
     open[#open + 1] = name
     local list, fk = queue_prefix .. name, 'jobservice:fair:' .. name .. ':'
     if redis.call('LLEN', list) > 0 then
-      return {1, name, take(list, fk)}
+      local id = take(list, fk)
+      if taking then return {1, beat, name, id, redis.call('HGETALL', job_prefix .. id)} end
+      return {1, beat, name, id}
     end
     drop(fk)  -- an empty list: whatever fair state is left is stale (no growth)
   end
 end
-return {0, unpack(open)}
+if beat == 1 then redis.call('HSET', KEYS[3], 'state', 'idle') end  -- about to block: RQ's IDLE
+return {0, beat, unpack(open)}
 """
 )
 
@@ -218,6 +241,24 @@ def forget(connection: Redis, queue: str, rq_id: str) -> bool:
     return bool(_run(connection, FORGET_SCRIPT, [prefix + "index"], [prefix, rq_id]))
 
 
+class Taken(NamedTuple):
+    """A job a worker's take popped: its queue, its RQ id and its RQ hash (as ``hgetall`` answers
+    it; empty when the hash is gone)."""
+
+    queue: str
+    rq_id: str
+    fields: dict
+
+
+#: What ``FairQueues.take`` answers while ``rq suspend`` holds: nothing was popped.
+SUSPENDED = "suspended"
+
+
+def _hash(flat: list) -> dict:
+    """A script's HGETALL reply (field, value, ...) as redis-py's ``hgetall`` gives it."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class FairQueues:
     """The worker's pop: one atomic script per dequeue (pause-aware; fair when ``fair``)."""
 
@@ -227,29 +268,53 @@ class FairQueues:
         self.weights = dict(weights or {})
         self._pop = connection.register_script(POP_SCRIPT)
 
-    def pop(self, queue_names: Iterable[str], weights: Mapping[str, int] | None = None) -> tuple[str, str] | list[str]:
-        """(queue, rq_id) of the job to start, or the open (not paused) queue names when none is ready.
-
-        ``weights`` overrides this instance's (owner -> positive int; absent owners weigh 1).
-        """
+    def _run_pop(self, keys: list[str], beat: tuple, queue_names: Iterable[str]) -> list:
         names = list(queue_names)
-        pairs = [item for owner, weight in (weights or self.weights).items() for item in (owner, str(int(weight)))]
+        pairs = [item for owner, weight in self.weights.items() for item in (owner, str(int(weight)))]
         args = ["1" if self.fair else "0", RQJob.redis_job_namespace_prefix, Queue.redis_queue_namespace_prefix]
-        answer = self._pop(
-            keys=[PAUSED_KEY], args=[*args, len(names), *names, *pairs, MAX_STALE_PER_POP], client=self.connection
-        )
-        if answer[0] == 1:
-            return text(answer[1]), text(answer[2])
-        return [text(name) for name in answer[1:]]
+        args += [*beat, len(names), *names, *pairs, MAX_STALE_PER_POP]
+        return self._pop(keys=keys, args=args, client=self.connection)
 
-    def after_blocking_pop(self, queue: str, rq_id: str) -> bool:
-        """For a job the blocking fallback took: True to start it; False when its queue was paused
-        meanwhile (it is back at the FRONT of its list). One round trip, two when paused."""
+    def pop(self, queue_names: Iterable[str]) -> tuple[str, str] | list[str]:
+        """(queue, rq_id) of the job to start, or the open (not paused) queue names when none is ready."""
+        answer = self._run_pop([PAUSED_KEY], ("", ""), queue_names)
+        if answer[0] == 1:
+            return text(answer[2]), text(answer[3])
+        return [text(name) for name in answer[2:]]
+
+    def take(self, queue_names: Iterable[str], worker) -> tuple[Taken | list[str] | str, bool]:
+        """A worker's pop in one round trip, with RQ's heartbeat of ``worker`` (an RQ worker: its
+        keys, ``last_heartbeat``, ``worker_ttl``), written only while its hash exists; and whether
+        it was written. What it popped: the job with its RQ hash (``Taken``); the open queue names
+        when none is ready (the worker's state written idle with the heartbeat); or ``SUSPENDED``
+        while ``rq suspend`` holds (nothing popped)."""
+        beat_at = now()
+        keys = [PAUSED_KEY, WORKERS_SUSPENDED, worker.key, worker.executions_key]
+        answer = self._run_pop(keys, (utcformat(beat_at), worker.worker_ttl + 60), queue_names)
+        beat = answer[1] == 1
+        if beat:
+            worker.last_heartbeat = beat_at  # as RQ's heartbeat notes it
+        if answer[0] == 1:
+            return Taken(text(answer[2]), text(answer[3]), _hash(answer[4])), beat
+        if answer[0] == 2:
+            return SUSPENDED, beat
+        return [text(name) for name in answer[2:]], beat
+
+    def after_blocking_take(self, queue: str, rq_id: str) -> dict | None:
+        """For a job the blocking fallback took: its RQ hash (empty when gone) to start it; None when
+        its queue was paused meanwhile or ``rq suspend`` holds (it is back at the FRONT of its list).
+        One round trip, two when put back."""
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.sismember(PAUSED_KEY, queue)
+            pipe.exists(WORKERS_SUSPENDED)
             pipe.hdel(fair_prefix(queue) + "index", rq_id)  # its FIFO entry goes stale: skipped later
-            paused, _ = pipe.execute()
-        if not paused:
-            return True
+            pipe.hgetall(RQJob.redis_job_namespace_prefix + rq_id)
+            paused, suspended, _, fields = pipe.execute()
+        if not paused and not suspended:
+            return fields
         self.connection.lpush(Queue.redis_queue_namespace_prefix + queue, rq_id)
-        return False
+        return None
+
+    def after_blocking_pop(self, queue: str, rq_id: str) -> bool:
+        """``after_blocking_take`` as a yes or no: True to start the job."""
+        return self.after_blocking_take(queue, rq_id) is not None

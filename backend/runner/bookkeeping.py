@@ -23,6 +23,11 @@ writes travel, never what Redis holds for longer than ``HEARTBEAT_EVERY``:
   failure bookkeeping swallows its own), which tells the parent that the run's outcome reached
   no one (``tests/test_interruptions.py``); a simple worker holds the outcome itself.
 
+Our workers put ``FairDequeue`` (``backend/runner/dequeue.py``) before this class: its pop script
+carries the default heartbeat, RQ's IDLE state (written only when nothing is ready) and the
+suspension check, so of the above only the heartbeats with a job's TTL, the other states and the
+job heartbeat's skip remain in use there (``heartbeat_carried`` keeps the freshness rule).
+
 Which process is alive is not decided by RQ's heartbeat here: the worker's lease is
 (``backend/broker/leases.py``), renewed by its own thread.
 """
@@ -62,6 +67,12 @@ class LeanBookkeeping:
             super().heartbeat(timeout, pipeline=pipe)
             pipe.execute()
         self._heartbeat_sent(timeout)
+
+    def heartbeat_carried(self, written: bool) -> None:
+        """A default heartbeat went with another write (the worker's pop script): the next one
+        within ``HEARTBEAT_EVERY`` is redundant; ``written`` False (the worker's hash was gone,
+        nothing written): the next one goes out."""
+        self._heartbeat_sent(None if written else 0)
 
     def _heartbeat_sent(self, timeout: int | None) -> None:
         # Another TTL (a job's, the monitor's) was set: the next default heartbeat must go out.

@@ -11,6 +11,14 @@ into RQ's intermediate list (RQ only tidies it for one-queue workers).
 A job declaring a rate limit (``meta["rate"]``) is offered to the limiter after its pop; a held
 job is not run, and the worker pops again. The limiter's releases run at most every
 ``RELEASE_EVERY`` seconds, never per job.
+
+Round trips (issue 17): the pop (``FairQueues.take``) answers the job's RQ hash, from which RQ's
+``Job`` is built (no ``Job.fetch`` after it; the blocking fallback reads it in its one pipeline);
+RQ's IDLE state, which it writes after each job and before each pop, is written by the pop only
+when nothing is ready (the worker about to block): with a backlog the next job's BUSY followed it
+at once. RQ's check for ``rq suspend`` before each job is the pop's too: it pops nothing while the
+key exists, and then RQ's own ``check_for_suspension`` runs (it stops a burst worker, waits for
+``rq resume`` otherwise).
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import NoSuchJobError
+from rq.job import parse_job_id
 from rq.worker import WorkerStatus
 
 from backend.broker import key_limits
-from backend.broker.fair_queue import FairQueues
+from backend.broker.fair_queue import SUSPENDED, FairQueues, Taken
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,8 @@ RELEASE_EVERY = 0.5
 
 
 class FairDequeue:
-    """Mixed into RQ's Worker: ``dequeue_job_and_maintain_ttl`` by the pop script."""
+    """Mixed into RQ's Worker (before ``LeanBookkeeping``): ``dequeue_job_and_maintain_ttl`` by the
+    pop script, with RQ's IDLE state write and suspension check."""
 
     #: Set by ``build_worker`` from FAIR_SHARE and OWNER_WEIGHTS.
     fair_share: bool = True
@@ -51,18 +61,27 @@ class FairDequeue:
         ``max_idle_time`` passed). ``timeout`` None: do not block."""
         if self._fair is None:
             self._fair = FairQueues(self.connection, fair=self.fair_share, weights=self.owner_weights)
-        self.set_state(WorkerStatus.IDLE)
+        self.set_state(WorkerStatus.IDLE)  # noted here; written by the take that finds nothing
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = time.monotonic()
         connection_wait = 1.0
         hurried = False
+        first = True
         while True:
             try:
-                self.heartbeat()
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 self._release_due()
-                popped = self._fair.pop([queue.name for queue in self._ordered_queues])
+                popped, beat = self._fair.take([queue.name for queue in self._ordered_queues], self)
+                first = False
+                self.heartbeat_carried(beat)
+                if not beat:  # its hash is gone: RQ's own heartbeat, as RQ's loop would send it
+                    super().heartbeat()
+                if popped is SUSPENDED:
+                    self._wait_for_resume(burst=timeout is None)
+                    if self._stop_requested:
+                        return None
+                    continue
                 if isinstance(popped, list):  # nothing ready: the open queues
                     self._log_open(popped)
                     reporter = getattr(self, "reporter", None)
@@ -89,22 +108,51 @@ class FairDequeue:
                         popped = self._block(popped, block)
                     if popped is None:
                         continue
-                result = self._start(*popped)
+                result = self._start(popped)
                 if result is None:
                     continue  # gone meanwhile, or held by the rate limiter: pop again
                 job, queue = result
                 self.reorder_queues(reference_queue=queue)
                 job.redis_server_version = self.get_redis_server_version()
                 self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
-                self.heartbeat()
-                return result
+                return result  # RQ heartbeats here: the take just did
             except (RedisConnectionError, RedisTimeoutError) as exc:
+                if first:
+                    # Where RQ's IDLE write (before its dequeue, after each job) would have failed:
+                    # its work loop ends, and the worker restarts it once Redis is back (worker.py:
+                    # the run that just ended is settled then, ``abandon_orphaned_jobs``).
+                    raise
                 log.error("worker %s: Redis unreachable (%s); retrying in %.0f s", self.name, exc, connection_wait)
                 time.sleep(connection_wait)
                 connection_wait = min(connection_wait * self.exponential_backoff_factor, self.max_connection_wait_time)
 
-    def _block(self, open_names: list[str], block: float) -> tuple[str, str] | None:
-        """BLPOP on the open queues for ``block`` s; (queue, rq_id) of a job to start, or None."""
+    def set_state(self, state: str, pipeline=None):
+        """RQ's set_state, but RQ's IDLE outside its pipelines (after each job, before each pop, at
+        ``rq resume``) is only noted: the take writes it when nothing is ready. RQ's own view
+        (``get_state``: its warm shutdown reads it) changes as RQ's set_state changes it."""
+        if pipeline is None and state == WorkerStatus.IDLE:
+            self._state = state
+            return None
+        return super().set_state(state, pipeline=pipeline)
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """RQ's heartbeat, but its default one outside a job (after each job, before each pop) is
+        left to the take that comes next, which carries it."""
+        if timeout is None and pipeline is None and self.get_state() == WorkerStatus.IDLE:
+            return
+        super().heartbeat(timeout, pipeline=pipeline)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's check before each job: the take answers it (``_wait_for_resume``), no round trip."""
+
+    def _wait_for_resume(self, burst: bool) -> None:
+        """RQ's own check for ``rq suspend``, once the take found it: a burst worker stops
+        (StopRequested), another waits for ``rq resume`` (or a stop), its state SUSPENDED meanwhile."""
+        self._not_suspended_until = 0.0  # LeanBookkeeping's last read of the key: older than the take's
+        super().check_for_suspension(burst)
+
+    def _block(self, open_names: list[str], block: float) -> Taken | None:
+        """BLPOP on the open queues for ``block`` s; the job to start, or None."""
         if not open_names:
             time.sleep(block)  # every queue paused: wait (heartbeating) for a resume
             return None
@@ -113,13 +161,18 @@ class FairDequeue:
         if answer is None:
             return None
         name, rq_id = answer[0].decode().removeprefix(prefix), answer[1].decode()
-        return (name, rq_id) if self._fair.after_blocking_pop(name, rq_id) else None
+        fields = self._fair.after_blocking_take(name, rq_id)
+        return None if fields is None else Taken(name, rq_id, fields)
 
-    def _start(self, name: str, rq_id: str):
-        """(job, queue) for a popped id; None when its hash is gone or the limiter held it."""
-        queue = next(queue for queue in self._ordered_queues if queue.name == name)
+    def _start(self, taken: Taken):
+        """(job, queue) for a popped job; None when its hash is gone or the limiter held it."""
+        queue = next(queue for queue in self._ordered_queues if queue.name == taken.queue)
+        # RQ's Job.fetch without its HGETALL: the pop read the hash.
+        job = self.job_class(parse_job_id(taken.rq_id), connection=self.connection, serializer=self.serializer)
         try:
-            job = self.job_class.fetch(rq_id, connection=self.connection, serializer=self.serializer)
+            if not taken.fields:
+                raise NoSuchJobError(f"No such job: {job.key}")
+            job.restore(taken.fields)
         except NoSuchJobError:
             return None  # deleted while it waited (RQ's own dequeue skips these too)
         # Only a job declaring a rate limit costs a round trip here; held: the limiter put it
