@@ -161,14 +161,19 @@ class QueueAdapter:
             options["rate_limit"] = RateLimit(key=task_limit_key(concurrency[0]), concurrency=concurrency[1])
         owner = owner if self.fair_share else None
         if fresh:
-            with self._guard(), self.connection.pipeline() as pipe:
-                # Not watching: the writes are buffered and sent as one MULTI ... EXEC (a job with
-                # parents still has RQ watch them first, as below).
-                if at is None and not depends_on and not concurrency:
-                    self._push_new(pipe, queue, rq_id, func_path, options, owner=owner)
-                else:
+            with self._guard():
+                # Not watching: the writes are sent as one MULTI ... EXEC (a job with parents still
+                # has RQ watch them first, as below).
+                if (
+                    at is None
+                    and not depends_on
+                    and not concurrency
+                    and self._push_new(queue, rq_id, func_path, options, owner=owner)
+                ):
+                    return rq_id
+                with self.connection.pipeline() as pipe:
                     self._put(pipe, queue, func_path, options, at=at, owner=owner, front=self.fair_share)
-                pipe.execute()
+                    pipe.execute()
             return rq_id
         key = RQJob.key_for(rq_id)
         # Atomic across hosts: the check and the enqueue are one MULTI under WATCH of the
@@ -194,22 +199,23 @@ class QueueAdapter:
                 except WatchError:
                     continue  # another host enqueued it, or a parent RQ job moved: look again
 
-    def _push_new(
-        self, pipe: Pipeline, queue: Queue, rq_id: str, func_path: str, options: dict, *, owner: str | None
-    ) -> None:
-        """Queue the writes of ``queue.enqueue_job`` for a new RQ job pushed at once (no time, no
-        parents, no concurrency limit): its hash copied from RQ's template for the queue
-        (``rq_hashes``), the push to the tail, and its fair-share index in the same MULTI."""
+    def _push_new(self, queue: Queue, rq_id: str, func_path: str, options: dict, *, owner: str | None) -> bool:
+        """Send the writes of ``queue.enqueue_job`` for a new RQ job pushed at once (no time, no
+        parents, no concurrency limit) as one MULTI: its hash copied from RQ's template for the
+        queue, the push to the tail, and its fair-share index (``rq_hashes``). False, with nothing
+        sent, for an RQ whose hash differs from the template's (the caller takes RQ's own path)."""
         try:
             mapping = self._hashes.mapping(queue, func_path, options)
-        except LookupError:  # an RQ whose hash differs: its own path
-            self._put(pipe, queue, func_path, options, at=None, owner=owner, front=self.fair_share)
-            return
-        pipe.sadd(Queue.redis_queues_keys, queue.key)
-        pipe.hset(RQJob.key_for(rq_id), mapping=mapping)
-        pipe.rpush(queue.key, rq_id)
+        except LookupError:
+            return False
+        writes = rq_hashes.Writes()
+        writes.sadd(Queue.redis_queues_keys, queue.key)
+        writes.hset(RQJob.key_for(rq_id), mapping=mapping)
+        writes.rpush(queue.key, rq_id)
         if owner is not None:
-            fair_queue.index_writes(pipe, queue.name, rq_id, owner)
+            fair_queue.index_writes(writes, queue.name, rq_id, owner)
+        rq_hashes.transaction(self.connection, writes)
+        return True
 
     @staticmethod
     def _put(
