@@ -153,7 +153,10 @@ class Submissions:
                         with run:
                             job = self.build_job(request, owner=owner, status=status, kind=NewJob, **origin)
                             insert_new_job(self.sessions, job)
-                log.info("job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job))
+                if log.isEnabledFor(logging.INFO):  # its fields are built only for a line written
+                    log.info(
+                        "job %s recorded: task=%s owner=%s", job.id, request.task.name, owner, extra=job_fields(job)
+                    )
                 return job, True
             except ConstraintViolated:
                 existing = self._live_job_with_key(owner, request.idempotency_key)

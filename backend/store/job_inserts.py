@@ -107,7 +107,8 @@ _INHERITED: list = []
 
 
 def _processed(values, processors) -> tuple:
-    return tuple(v if process is None else process(v) for v, process in zip(values, processors, strict=True))
+    # A list comprehension, not a generator: ~28 values a job, each a generator step otherwise.
+    return tuple([v if process is None else process(v) for v, process in zip(values, processors, strict=True)])
 
 
 class _JobWriter(GroupCommit):
