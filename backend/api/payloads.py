@@ -71,10 +71,10 @@ def json_body(*, lone_surrogates: bool = False) -> dict:
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     max_depth = settings().max_json_depth
-    depth, not_text = _walk(body)
-    if depth > max_depth:
+    if _depth(body) > max_depth:
         raise BadRequest(f"the body nests deeper than {max_depth} levels")
-    if not_text is not None and not lone_surrogates:
+    not_text = None if lone_surrogates or not _may_hold_surrogates(raw) else _first_not_text(body)
+    if not_text is not None:
         raise BadRequest(
             f"the body holds a string that is not Unicode text (an unpaired surrogate escape): {not_text[:40]!r}"
         )
@@ -116,20 +116,44 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _walk(value: object) -> tuple[int, str | None]:
-    """How deep ``value`` nests, and its first string (or key) that UTF-8 cannot encode."""
-    deepest, not_text, stack = 0, None, [(value, 1)]
+def _depth(value: object) -> int:
+    """How deep ``value`` nests: 1 for a scalar or an empty object or list, one more for each
+    level of values within. Only containers are visited (json.loads makes exact dicts and lists)."""
+    if type(value) is not dict and type(value) is not list:
+        return 1
+    deepest, stack = 1, [(value, 1)]
     while stack:
         item, level = stack.pop()
-        deepest = max(deepest, level)
+        children = item.values() if type(item) is dict else item
+        if not children:
+            continue
+        level += 1
+        if level > deepest:
+            deepest = level
+        stack.extend((child, level) for child in children if type(child) is dict or type(child) is list)
+    return deepest
+
+
+def _may_hold_surrogates(raw: bytes) -> bool:
+    """Whether the body's strings may hold an unpaired surrogate: json.loads makes one only from a
+    ``\\u`` escape, or from bytes it decodes with ``surrogatepass`` (UTF-8's 0xED lead byte of a
+    surrogate, or UTF-16 and UTF-32 bodies). Most bodies have none of these: no string is checked."""
+    return b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8"
+
+
+def _first_not_text(value: object) -> str | None:
+    """The first string (or key) of ``value`` that UTF-8 cannot encode, if any."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
         if isinstance(item, dict):
-            stack.extend((child, level + 1) for child in item.values())
-            stack.extend((key, level) for key in item)
+            stack.extend(item.values())
+            stack.extend(item)
         elif isinstance(item, list):
-            stack.extend((child, level + 1) for child in item)
-        elif isinstance(item, str) and not_text is None and not _is_text(item):
-            not_text = item
-    return deepest, not_text
+            stack.extend(item)
+        elif isinstance(item, str) and not _is_text(item):
+            return item
+    return None
 
 
 def _is_text(value: str) -> bool:
