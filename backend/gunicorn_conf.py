@@ -36,7 +36,9 @@ graceful_timeout = 30
 # Above nginx's upstream keepalive_timeout (60 s): gunicorn never closes an idle upstream
 # connection at the moment nginx reuses it.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
-accesslog = "-"
+# One access line per request, an INFO record like the app's own: written at LOG_LEVEL INFO (the
+# default) or DEBUG, not at WARNING or above (as Flower's tornado access log is not).
+accesslog = "-" if _logs.writes_info(os.environ.get("LOG_LEVEL", "INFO")) else None
 # At least what nginx lets through (large_client_header_buffers 4 8k: a request line or a header
 # of up to 8190 bytes, 32 KiB of headers in all, however many), so that a request too large is
 # refused by nginx with the API's JSON, never by gunicorn with its HTML (gunicorn's defaults,

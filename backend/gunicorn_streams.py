@@ -58,7 +58,8 @@ timeout = int(os.environ.get("STREAMS_TIMEOUT", "60"))
 graceful_timeout = 10
 # Above nginx's upstream keepalive_timeout (60 s), as gunicorn_conf.
 keepalive = int(os.environ.get("STREAMS_KEEPALIVE", "75"))
-accesslog = "-"
+# One access line per stream opened, at LOG_LEVEL INFO or DEBUG only (as gunicorn_conf).
+accesslog = "-" if _logs.writes_info(os.environ.get("LOG_LEVEL", "INFO")) else None
 limit_request_line = 8190
 limit_request_field_size = 16384
 limit_request_fields = 10000

@@ -43,7 +43,8 @@ def streams_server(settings, live_server, tmp_path) -> Iterator[str]:
         RATE_LIMIT_ENABLED="0",
         EVENTS_MAX_STREAMS="1000",
         EVENTS_MAX_STREAMS_PER_OWNER="1000",
-        LOG_LEVEL="WARNING",
+        # INFO: its access lines show which process served a path (written at INFO and below only).
+        LOG_LEVEL="INFO",
     )
     for name in ("API_KEYS", "STREAMS_WORKERS", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)

@@ -220,6 +220,14 @@ class TextFormatter(logging.Formatter):
         return escape_text_line(super().format(record))
 
 
+def writes_info(level: str) -> bool:
+    """Whether a process logging at ``level`` (LOG_LEVEL: a name such as ``WARNING``, or a number)
+    writes INFO records; a level it does not know counts as INFO, the default."""
+    text = str(level).strip().upper()
+    number = int(text) if text.isdigit() else logging.getLevelNamesMapping().get(text, logging.INFO)
+    return number <= logging.INFO
+
+
 def configure(*, fmt: str = "text", level: str = "INFO", settings: dict | None = None) -> None:
     """Send the service's logs to stderr, once per process, with credentials masked."""
     install_redaction(settings)
