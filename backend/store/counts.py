@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import bindparam, func, insert, select, text, union_all
+from sqlalchemy import Connection, bindparam, func, insert, select, text, union_all
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.store.engine import transaction
@@ -61,8 +61,14 @@ def bump(session: Session, task: str, *, old: str | None, new: str | None, by: i
 def record_moves(session: Session, moves: dict[tuple[str, str | None, str | None], int]) -> None:
     """Append many moves at once, ``{(task, old, new): jobs}``: one statement however many jobs moved."""
     if moves:
+        record_moves_on(session.connection(), moves)
+
+
+def record_moves_on(connection: Connection, moves: dict[tuple[str, str | None, str | None], int]) -> None:
+    """``record_moves`` on a connection (in its transaction)."""
+    if moves:
         rows = [{"task": task, "old": old, "new": new, "jobs": by} for (task, old, new), by in moves.items()]
-        session.connection().execute(_APPEND, rows)
+        connection.execute(_APPEND, rows)
 
 
 def by_status(session: Session) -> dict[str, int]:
