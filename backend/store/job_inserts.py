@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import bindparam, event, insert, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,6 +96,9 @@ def _writer_of(engine: Engine) -> _JobWriter:
         if writer is None:
             kind = PostgresJobWriter if engine.dialect.name == "postgresql" else SQLiteJobWriter
             writer = _WRITERS[engine] = kind(engine)
+            if isinstance(writer, SQLiteJobWriter):
+                # The held connection goes with the engine's pool (dispose: close it, not keep it).
+                event.listen(engine, "engine_disposed", writer.let_go)
         return writer
 
 
@@ -116,10 +119,15 @@ class _JobWriter(GroupCommit):
 
     def __init__(self, engine: Engine):
         super().__init__()
-        self.engine = engine
+        # Weak: _WRITERS is keyed by the engine, which a strong reference here would keep for ever.
+        self._engine = weakref.ref(engine)
         self.dialect = engine.dialect
         self._dbapi_error = engine.dialect.loaded_dbapi.Error
         self._shapes: dict[tuple, tuple] = {}
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine()
 
     def _processor(self, column):
         return column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
@@ -173,12 +181,23 @@ class SQLiteJobWriter(_JobWriter):
             return self.engine.raw_connection()
         if self._held is not None:
             forks, connection = self._held
-            if forks == _FORKS[0]:
+            if forks != _FORKS[0]:
+                _INHERITED.append(connection)  # the parent's: never used nor closed here
+            elif connection._pool is self.engine.pool:
                 return connection
-            _INHERITED.append(connection)  # the parent's: never used nor closed here
+            else:  # the engine was disposed since: its old pool's connection goes
+                _quietly(connection.invalidate, BaseException)
+        self._held = None
         connection = self.engine.raw_connection()
         self._held = (_FORKS[0], connection)
         return connection
+
+    def let_go(self, _engine=None) -> None:
+        """Close the held connection (the engine was disposed); the next batch opens another."""
+        with self._leader:  # not while a batch is on it
+            held, self._held = self._held, None
+        if held is not None and held[0] == _FORKS[0]:
+            _quietly(held[1].invalidate, BaseException)
 
     def prepare(self, job: NewJob, values: dict, pairs: list[tuple[str, str]]) -> Pending:
         shape = tuple(sorted(values))
