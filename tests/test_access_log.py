@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import requests
 
 from backend.core.logs import writes_info
-from backend.dev import processes
-from backend.dev.redis_server import free_port
-from tests.conftest import ROOT, TASK_MODULES, TOKEN
+from tests.gunicorn_api import served_api
 
 pytestmark = pytest.mark.one_pass(reason="the server's configuration, not the store's")
 
 
 def _served_log(settings, tmp_path, level: str | None) -> str:
-    port = free_port()
-    env = dict(
-        os.environ,
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        GUNICORN_WORKERS="1",
-        REDIS_URL=settings["REDIS_URL"],
-        DATABASE_URL=settings["DATABASE_URL"],
-        INTERNAL_SERVICE_TOKEN=TOKEN,
-        TASK_MODULES=TASK_MODULES,
-        RECONCILE_INTERVAL="0",
-        WEBHOOK_INTERVAL="0",
-    )
-    env.pop("LOG_LEVEL", None)
-    if level is not None:
-        env["LOG_LEVEL"] = level
+    """gunicorn's output while it served one request, started at LOG_LEVEL ``level`` (None: unset)."""
     log_path = tmp_path / f"gunicorn-{level}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_for_http(f"{url}/openapi.json", process=process)
+    with served_api(settings, log_path, GUNICORN_WORKERS="1", LOG_LEVEL=level) as url:
         assert requests.get(f"{url}/openapi.json?probe=access-line", timeout=10).status_code == 200
-    finally:
-        processes.stop(process)
     return log_path.read_text(errors="replace")
 
 

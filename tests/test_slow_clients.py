@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ import requests
 
 from backend.dev import processes
 from backend.dev.redis_server import free_port
-from tests.conftest import ROOT, TASK_MODULES, TOKEN
+from tests.conftest import ROOT
+from tests.gunicorn_api import served_api
 
 pytestmark = pytest.mark.one_pass(reason="gunicorn and nginx against slow clients")
 
@@ -37,32 +37,8 @@ ANSWER_WITHIN = 5.0
 @pytest.fixture
 def gunicorn(settings, tmp_path) -> Iterator[str]:
     """The API under gunicorn with the shipped configuration (2 processes x 4 threads)."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        REDIS_URL=settings["REDIS_URL"],
-        DATABASE_URL=settings["DATABASE_URL"],
-        INTERNAL_SERVICE_TOKEN=TOKEN,
-        TASK_MODULES=TASK_MODULES,
-        RECONCILE_INTERVAL="0",
-        WEBHOOK_INTERVAL="0",
-        RATE_LIMIT_ENABLED="0",
-        LOG_LEVEL="WARNING",
-    )
-    for name in ("API_KEYS", "GUNICORN_WORKERS", "GUNICORN_THREADS", "PROMETHEUS_MULTIPROC_DIR"):
-        env.pop(name, None)
-    with open(tmp_path / "gunicorn.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_for_http(f"{url}/openapi.json", process=process)
+    with served_api(settings, tmp_path / "gunicorn.log") as url:
         yield url
-    finally:
-        processes.stop(process)
 
 
 def render_nginx_conf(upstream: str, listen: str, streams_upstream: str | None = None) -> str:

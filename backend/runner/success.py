@@ -21,12 +21,8 @@ round trip after the success could not: both parents, each seeing the other FINI
 
 from __future__ import annotations
 
-import logging
-
 from rq.job import JobStatus
 from rq.rate_limit import release_slot
-
-log = logging.getLogger(__name__)
 
 #: KEYS[1]: the job's dependents set. ARGV: the commands to apply, each as its length and its
 #: words. Nothing is written while the set exists (returns 0); else every command (returns 1).
