@@ -103,9 +103,11 @@ def test_forking_worker_runs_tasks_in_a_child_process(client, run_burst_worker):
 
 
 def test_queues_are_taken_in_priority_order(client, run_burst_worker):
-    low = submit(client, "add", args=[1, 1], priority="low")
-    default = submit(client, "add", args=[2, 2])
-    high = submit(client, "add", args=[3, 3], priority="high")
+    # Jobs that run ~20 ms each: started_at has millisecond resolution, and no-op jobs taken one
+    # after the other could start within the same millisecond.
+    low = submit(client, "crawl", kwargs={"steps": 1, "delay": 0.02}, priority="low")
+    default = submit(client, "crawl", kwargs={"steps": 1, "delay": 0.02})
+    high = submit(client, "crawl", kwargs={"steps": 1, "delay": 0.02}, priority="high")
 
     run_burst_worker()
 
