@@ -318,7 +318,7 @@ def pytest_collection_modifyitems(config, items):
         elif {"postgres_url", "postgres_server", "own_postgres"} & set(item.fixturenames) or _picks_its_store(item):
             if not os.environ.get(POSTGRES_PASS_RUNS):
                 item.add_marker(pytest.mark.skip(reason="PostgreSQL-specific: runs in the SQLite pass already"))
-        elif "make_store_url" not in item.fixturenames:
+        elif "make_store_url" not in item.fixturenames and not _given_to_this_pass(item):
             item.add_marker(pytest.mark.skip(reason="uses no test store: the same test as in the SQLite pass"))
 
 
@@ -334,6 +334,12 @@ def _keep_one_pass_tests_to_their_pass(items) -> None:
         if store != STORE:
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "store-independent")
             item.add_marker(pytest.mark.skip(reason=f"runs in the {store} pass only ({reason})"))
+
+
+def _given_to_this_pass(item) -> bool:
+    """A ``one_pass`` test given to this store's pass, under run_passes: it runs here, store or not."""
+    marker = item.get_closest_marker("one_pass")
+    return bool(os.environ.get(POSTGRES_PASS_RUNS)) and marker is not None and marker.kwargs.get("store") == STORE
 
 
 def _picks_its_store(item) -> bool:

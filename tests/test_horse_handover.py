@@ -24,7 +24,8 @@ from tests.test_interruptions import _reconciled
 from tests.test_reconciler import age
 
 pytestmark = pytest.mark.one_pass(
-    reason="the worker runtime under a Redis loss; the store applies its reports as any other (both stores)"
+    store="postgres",
+    reason="the worker runtime under a Redis loss; the store applies its reports as any other (both stores)",
 )
 
 MODULES = f"{TASK_MODULES},tests.exiting_tasks"

@@ -10,7 +10,7 @@ from rq.serializers import JSONSerializer
 
 from tests.helpers import XHR, wait_for_status
 
-pytestmark = pytest.mark.one_pass(reason="RQ Dashboard reads Redis only")
+pytestmark = pytest.mark.one_pass(store="postgres", reason="RQ Dashboard reads Redis only")
 
 
 @pytest.fixture

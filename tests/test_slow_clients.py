@@ -23,7 +23,7 @@ from backend.dev.redis_server import free_port
 from tests.conftest import ROOT
 from tests.gunicorn_api import served_api
 
-pytestmark = pytest.mark.one_pass(reason="gunicorn and nginx against slow clients")
+pytestmark = pytest.mark.one_pass(store="postgres", reason="gunicorn and nginx against slow clients")
 
 NGINX = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]))
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs Debian's nginx)")

@@ -22,8 +22,9 @@ from backend.runner.task_io import EventSender, RunLog
 from tests.helpers import attempts, get_job, submit, wait_for_status, wait_until
 
 pytestmark = pytest.mark.one_pass(
+    store="postgres",
     reason="the worker's side of the task API; the store's side is tested on both stores in test_snooze, "
-    "test_checkpoints and test_job_logs"
+    "test_checkpoints and test_job_logs",
 )
 
 KINDS = pytest.mark.parametrize("simple", [True, False], ids=["simple", "forking"])
