@@ -47,7 +47,7 @@ def owner_of(rq_id: str) -> str:
 def drain(fair: FairQueues, n: int, queues=("high", "default", "low")) -> list[str]:
     taken = []
     for _ in range(n):
-        popped = fair.pop(queues)
+        popped = fair.take(queues)[0]
         assert isinstance(popped, tuple), (taken, popped)
         taken.append(popped[1])
     return taken
@@ -90,7 +90,7 @@ def test_stale_entries_are_skipped_and_not_charged(adapter, redis_conn):
         adapter.cancel(rq_id)  # RQ's cancel: LREM from the list, status canceled; the index keeps it
     # Taken by the blocking fallback (status still queued, no longer in the list).
     assert redis_conn.lpop("rq:queue:default") == a[3].encode()
-    assert FairQueues(redis_conn).after_blocking_pop("default", a[3])
+    assert FairQueues(redis_conn).after_blocking_take("default", a[3]) is not None
     # a's stale ids are dropped without a charge: a's last job still goes first (a < b at equal time).
     assert drain(FairQueues(redis_conn), 6) == [a[4], b[0], b[1], b[2], b[3], b[4]]
     assert not redis_conn.exists(fair_prefix("default") + "index")
@@ -101,30 +101,30 @@ def test_an_empty_queue_drops_its_fair_state(adapter, redis_conn):
     put(adapter, "b", 3)
     redis_conn.delete("rq:queue:default")  # every job taken by the fallback, say
     assert redis_conn.keys("jobservice:fair:*")
-    assert FairQueues(redis_conn).pop(["high", "default", "low"]) == ["high", "default", "low"]
+    assert FairQueues(redis_conn).take(["high", "default", "low"])[0] == ["high", "default", "low"]
     assert redis_conn.keys("jobservice:fair:*") == []
 
 
 def test_jobs_rq_pushed_itself_go_first_when_at_the_head(adapter, redis_conn):
     put(adapter, "a", 3)
     redis_conn.lpush("rq:queue:default", "released-1")  # a limiter's release, RQ's scheduler
-    assert FairQueues(redis_conn).pop(["default"]) == ("default", "released-1")
+    assert FairQueues(redis_conn).take(["default"])[0][:2] == ("default", "released-1")
 
 
 def test_a_paused_queue_is_never_popped(adapter, redis_conn):
     redis_conn.sadd(PAUSED_KEY, "default")
     put(adapter, "a", 1)  # enqueued after the pause
-    assert FairQueues(redis_conn).pop(["high", "default", "low"]) == ["high", "low"]
+    assert FairQueues(redis_conn).take(["high", "default", "low"])[0] == ["high", "low"]
     assert redis_conn.llen("rq:queue:default") == 1
     low = put(adapter, "a", 1, priority="low", tag="low")
-    assert FairQueues(redis_conn).pop(["high", "default", "low"]) == ("low", low[0])
+    assert FairQueues(redis_conn).take(["high", "default", "low"])[0][:2] == ("low", low[0])
 
 
 def test_the_fallback_puts_a_job_of_a_queue_paused_meanwhile_back_at_the_front(adapter, redis_conn):
     jobs = put(adapter, "a", 2)
     taken = redis_conn.lpop("rq:queue:default").decode()  # BLPOP took it; then the pause landed
     redis_conn.sadd(PAUSED_KEY, "default")
-    assert FairQueues(redis_conn).after_blocking_pop("default", taken) is False
+    assert FairQueues(redis_conn).after_blocking_take("default", taken) is None
     assert [i.decode() for i in redis_conn.lrange("rq:queue:default", 0, -1)] == jobs
 
 
@@ -139,7 +139,7 @@ def test_with_fair_share_off_nothing_is_indexed_and_the_pop_is_first_come_first_
 def test_workers_with_fair_share_off_keep_no_state_of_an_api_that_indexes(adapter, redis_conn):
     put(adapter, "a", 3)  # this API has FAIR_SHARE on
     fifo = FairQueues(redis_conn, fair=False)
-    assert isinstance(fifo.pop(["default"]), tuple)
+    assert isinstance(fifo.take(["default"])[0], tuple)
     assert redis_conn.keys("jobservice:fair:*") == []  # dropped while the list still holds jobs
     put(adapter, "b", 1)
     assert drain(fifo, 3) == ["a-1-1", "a-2-1", "b-0-1"]

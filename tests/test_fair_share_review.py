@@ -45,7 +45,7 @@ def put(adapter: QueueAdapter, owner: str, n: int, *, priority: str = "default",
 def pops_until(fair: FairQueues, wanted: str, limit: int) -> int:
     """How many pops (1-based) until ``wanted`` is popped."""
     for n in range(1, limit + 1):
-        popped = fair.pop(ALL)
+        popped = fair.take(ALL)[0]
         assert isinstance(popped, tuple), popped
         if popped[1] == wanted:
             return n
@@ -73,7 +73,7 @@ def test_a_head_job_whose_owner_fifo_was_lost_is_not_stuck_while_others_have_job
     taken = []
     for i in range(5):
         put(adapter, "b", 1, tag=f"s{i}")  # b keeps a job waiting
-        taken.append(fair.pop(ALL)[1])
+        taken.append(fair.take(ALL)[0].rq_id)
     assert taken[0] == stuck, f"a's job at the head of the list was passed over: {taken}"
 
 
@@ -82,7 +82,7 @@ def test_a_head_job_whose_owner_left_the_owners_set_is_taken_and_its_owner_serve
     a = put(adapter, "a", 3)
     redis_conn.zrem(fair_prefix("default") + "owners", "a")  # lost from the ZSET, its FIFO kept
     b = put(adapter, "b", 3)
-    taken = [FairQueues(redis_conn).pop(ALL)[1] for _ in range(6)]
+    taken = [FairQueues(redis_conn).take(ALL)[0].rq_id for _ in range(6)]
     assert taken[0] == a[0]
     assert sorted(taken) == sorted(a + b)  # a is back among the owners: nothing passed over
 
@@ -111,7 +111,7 @@ def test_a_dependant_released_during_a_backlog_starts_next(adapter, redis_conn):
     redis_conn.lrem("rq:queue:high", 1, parent)
     parent_job.set_status("finished")
     queue.enqueue_dependents(parent_job)  # what RQ does when the parent ends
-    assert FairQueues(redis_conn).pop(ALL) == ("default", child)
+    assert FairQueues(redis_conn).take(ALL)[0][:2] == ("default", child)
 
 
 @POP_ONLY
@@ -127,11 +127,11 @@ def test_jobs_pushed_now_keep_their_order_and_are_not_put_first(adapter, redis_c
 def test_an_owner_with_one_job_waiting_at_each_pop_does_not_take_every_pop(adapter, redis_conn):
     put(adapter, "a", 100)
     fair = FairQueues(redis_conn)
-    assert owner_of(fair.pop(ALL)[1]) == "a"
+    assert owner_of(fair.take(ALL)[0].rq_id) == "a"
     owners = []
     for i in range(40):
         put(adapter, "b", 1, tag=f"s{i}")  # a steady producer: one job per pop
-        owners.append(owner_of(fair.pop(ALL)[1])[0])
+        owners.append(owner_of(fair.take(ALL)[0].rq_id)[0])
     assert owners.count("a") >= 19, f"a got {owners.count('a')} of 40 pops: {''.join(owners)}"
 
 
@@ -142,7 +142,7 @@ def test_idle_owners_are_forgotten_once_the_clock_passes_them(adapter, redis_con
         put(adapter, name, 1)
     fair = FairQueues(redis_conn)
     for _ in range(10):
-        fair.pop(ALL)
+        fair.take(ALL)
     assert redis_conn.zrange(fair_prefix("default") + "owners", 0, -1) == [b"a"]
 
 
@@ -166,7 +166,7 @@ def test_popping_a_recent_job_behind_a_long_backlog_costs_no_walk_of_the_backlog
     cost: dict[str, list[float]] = {"a": [], "b": []}
     for _ in range(12):
         t = time.perf_counter()
-        popped = fair.pop(["default"])
+        popped = fair.take(["default"])[0]
         cost[owner_of(popped[1])].append(time.perf_counter() - t)
     a, b = min(cost["a"]), min(cost["b"])
     print(f"\npop of a (head): {a * 1000:.2f} ms, pop of b (behind {n}): {b * 1000:.2f} ms")
@@ -181,7 +181,7 @@ def test_cancelled_jobs_of_a_queue_no_worker_pops_leave_no_fair_state(adapter, r
         adapter.fence(rq_id)
         adapter.cancel(rq_id)
     assert redis_conn.llen("rq:queue:low") == 0
-    FairQueues(redis_conn).pop(["high", "default"])  # workers listen on high,default only
+    FairQueues(redis_conn).take(["high", "default"])  # workers listen on high,default only
     assert redis_conn.keys(fair_prefix("low") + "*") == [b"jobservice:fair:low:owners"]  # a, idle
     drop_idle_state(redis_conn, ALL)  # the reconciler's pass
     assert redis_conn.keys(fair_prefix("low") + "*") == []
@@ -198,7 +198,7 @@ def test_a_cancelled_batch_does_not_turn_fair_share_into_fifo(adapter, redis_con
         pipe.execute()
     put(adapter, "b", 10)
     fair = FairQueues(redis_conn)
-    owners = "".join(owner_of(fair.pop(ALL)[1]) for _ in range(20))
+    owners = "".join(owner_of(fair.take(ALL)[0].rq_id) for _ in range(20))
     assert owners == "ab" * 10, owners
 
 
@@ -295,7 +295,7 @@ def positions(fair: FairQueues, wanted: list[str], limit: int) -> list[int]:
     """How many other jobs were popped before each of ``wanted`` (-1: not popped in ``limit`` pops)."""
     found, others = {}, 0
     for _ in range(limit):
-        popped = fair.pop(ALL)
+        popped = fair.take(ALL)[0]
         if not isinstance(popped, tuple):
             break
         if popped[1] in wanted:
@@ -338,7 +338,7 @@ def test_due_jobs_get_their_share_while_a_backlog_waits_not_every_pop_nor_none(a
     put(adapter, "b", 100)
     run_scheduler(redis_conn)
     fair = FairQueues(redis_conn)
-    owners = "".join(owner_of(fair.pop(ALL)[1]) for _ in range(40))
+    owners = "".join(owner_of(fair.take(ALL)[0].rq_id) for _ in range(40))
     assert 18 <= owners.count("a") <= 22, owners
 
 
@@ -352,7 +352,7 @@ def test_jobs_falling_due_together_start_in_their_order(adapter, redis_conn):
     late = put(adapter, "a", 1, tag="late", at=now - timedelta(seconds=1))
     run_scheduler(redis_conn)
     fair = FairQueues(redis_conn)
-    order = [fair.pop(ALL)[1], fair.pop(ALL)[1]]
+    order = [fair.take(ALL)[0].rq_id, fair.take(ALL)[0].rq_id]
     assert order == [*early, *late], f"due together, started {order}"
 
 
@@ -380,7 +380,7 @@ def test_a_concurrency_limited_backlog_does_not_take_every_worker_from_other_own
     fair = FairQueues(redis_conn)
     order, running = [], []
     for _ in range(60):  # 3 workers: each pops, and the oldest running job ends before the next pop
-        popped = fair.pop(ALL)
+        popped = fair.take(ALL)[0]
         if not isinstance(popped, tuple):
             break
         order.append(popped[1])

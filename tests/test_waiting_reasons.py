@@ -263,5 +263,5 @@ class TestFairShare:
         assert get_job(client, bob, headers=bearer(BOB))["queue_position"] == shown["queue_position"]
         assert get_job(client, alice[30], headers=bearer(ALICE))["queue_position"] is None
         # What the workers' pop does: Bob's job is among the next two.
-        pops = [FairQueues(redis_conn).pop(["high", "default", "low"])[1] for _ in range(2)]
+        pops = [FairQueues(redis_conn).take(["high", "default", "low"])[0].rq_id for _ in range(2)]
         assert f"{bob}-1" in pops

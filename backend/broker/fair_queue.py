@@ -81,12 +81,12 @@ end
 
 # KEYS[1] the paused set; a worker's take adds KEYS[2] RQ's suspension key, KEYS[3] its worker key
 # and KEYS[4] its executions key. ARGV: fair flag ("1"/"0"), RQ's job key prefix, RQ's queue key
-# prefix, a take's heartbeat (RQ's last_heartbeat text, TTL seconds; else ""), n, n queue names in
-# priority order, then weight pairs (owner, weight), then MAX_STALE_PER_POP. A take first writes RQ's
-# heartbeat (``Worker.heartbeat``'s three writes) when the worker key exists: beat = 1, else 0.
-# Returns {1, beat, queue, rq_id} (a take adds the job's hash as HGETALL answers it), {0, beat, open
-# queue names...} when nothing is ready (the caller blocks; a take that beat wrote the worker's state
-# idle), or {2, beat} while ``rq suspend`` holds (a take: nothing popped).
+# prefix, a worker's heartbeat (RQ's last_heartbeat text, TTL seconds; else ""), n, n queue names in
+# priority order, then weight pairs (owner, weight), then MAX_STALE_PER_POP. A worker's take first
+# writes RQ's heartbeat (``Worker.heartbeat``'s three writes) when its key exists: beat = 1, else 0.
+# Returns {1, beat, queue, rq_id, the job's hash as HGETALL answers it}, {0, beat, open queue
+# names...} when nothing is ready (the caller blocks; a worker's take that beat wrote its state
+# idle), or {2, beat} while ``rq suspend`` holds (a worker's take: nothing popped).
 POP_SCRIPT = (
     _LUA_HELPERS
     + """
@@ -180,8 +180,7 @@ for i = 7, 6 + n do
     local list, fk = queue_prefix .. name, 'jobservice:fair:' .. name .. ':'
     if redis.call('LLEN', list) > 0 then
       local id = take(list, fk)
-      if taking then return {1, beat, name, id, redis.call('HGETALL', job_prefix .. id)} end
-      return {1, beat, name, id}
+      return {1, beat, name, id, redis.call('HGETALL', job_prefix .. id)}
     end
     drop(fk)  -- an empty list: whatever fair state is left is stale (no growth)
   end
@@ -275,22 +274,20 @@ class FairQueues:
         args += [*beat, len(names), *names, *pairs, MAX_STALE_PER_POP]
         return self._pop(keys=keys, args=args, client=self.connection)
 
-    def pop(self, queue_names: Iterable[str]) -> tuple[str, str] | list[str]:
-        """(queue, rq_id) of the job to start, or the open (not paused) queue names when none is ready."""
-        answer = self._run_pop([PAUSED_KEY], ("", ""), queue_names)
-        if answer[0] == 1:
-            return text(answer[2]), text(answer[3])
-        return [text(name) for name in answer[2:]]
-
-    def take(self, queue_names: Iterable[str], worker) -> tuple[Taken | list[str] | str, bool]:
-        """A worker's pop in one round trip, with RQ's heartbeat of ``worker`` (an RQ worker: its
-        keys, ``last_heartbeat``, ``worker_ttl``), written only while its hash exists; and whether
-        it was written. What it popped: the job with its RQ hash (``Taken``); the open queue names
-        when none is ready (the worker's state written idle with the heartbeat); or ``SUSPENDED``
-        while ``rq suspend`` holds (nothing popped)."""
-        beat_at = now()
-        keys = [PAUSED_KEY, WORKERS_SUSPENDED, worker.key, worker.executions_key]
-        answer = self._run_pop(keys, (utcformat(beat_at), worker.worker_ttl + 60), queue_names)
+    def take(self, queue_names: Iterable[str], worker=None) -> tuple[Taken | list[str] | str, bool]:
+        """The next job to start of ``queue_names``, in one round trip. What it popped: the job with
+        its RQ hash (``Taken``); the open (not paused) queue names when none is ready; or
+        ``SUSPENDED`` while ``rq suspend`` holds (nothing popped). With ``worker`` (an RQ worker:
+        its keys, ``last_heartbeat``, ``worker_ttl``) the same round trip writes RQ's heartbeat, only
+        while its hash exists, and its state idle when nothing is ready; the second value says
+        whether it beat. Without one (a read of the order, as the tests take it), neither, and
+        ``rq suspend`` is not checked."""
+        if worker is None:
+            answer = self._run_pop([PAUSED_KEY], ("", ""), queue_names)
+        else:
+            beat_at = now()
+            keys = [PAUSED_KEY, WORKERS_SUSPENDED, worker.key, worker.executions_key]
+            answer = self._run_pop(keys, (utcformat(beat_at), worker.worker_ttl + 60), queue_names)
         beat = answer[1] == 1
         if beat:
             worker.last_heartbeat = beat_at  # as RQ's heartbeat notes it
@@ -314,7 +311,3 @@ class FairQueues:
             return fields
         self.connection.lpush(Queue.redis_queue_namespace_prefix + queue, rq_id)
         return None
-
-    def after_blocking_pop(self, queue: str, rq_id: str) -> bool:
-        """``after_blocking_take`` as a yes or no: True to start the job."""
-        return self.after_blocking_take(queue, rq_id) is not None

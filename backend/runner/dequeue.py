@@ -2,7 +2,7 @@
 
 RQ's loop pops with LPOP/BLPOP (or BLMOVE into an intermediate list when a worker has one queue),
 first come, first served, and knows no pause. ``FairDequeue`` replaces that one step with
-``FairQueues.pop`` (backend/broker/fair_queue.py): a Lua script that reads the paused set itself
+``FairQueues.take`` (backend/broker/fair_queue.py): a Lua script that reads the paused set itself
 (no pop can race a pause), walks the worker's queues in priority order and takes, in the first
 open non-empty one, the next job by fair share. Nothing ready: a BLPOP on the open queues for at
 most ``BLOCK_SECONDS`` (``HURRY_AFTER_SECONDS`` first, after which the reports the worker holds go);
