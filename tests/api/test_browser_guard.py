@@ -16,6 +16,10 @@ from backend.api.context import update_settings
 from tests.conftest import TOKEN
 from tests.helpers import submit, submit_add
 
+pytestmark = pytest.mark.one_pass(
+    store="postgres", reason="the guard answers before any store is read or written (either store alike)"
+)
+
 EVIL = "http://evil.example"
 
 

@@ -152,6 +152,28 @@ def route_calls(url_map, values: dict[str, str]) -> list[tuple[str, str, dict | 
     return sorted(calls, key=lambda call: call[0] == "DELETE")
 
 
+_url_maps: list = []
+
+
+def routes_of_this_code(redis_url: str, tmp_path) -> object:
+    """The running code's URL map, from an app built once per process (its routes are the same
+    for every revision; building one migrates a new SQLite file, ~0.3 s)."""
+    if not _url_maps:
+        from backend.app import create_app
+
+        app = create_app(
+            {
+                "REDIS_URL": redis_url,
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'routes.db'}",
+                "TASK_MODULES": "backend.tasks.examples,tests.chaos.tasks",
+                "RECONCILE_INTERVAL": 0,
+                "LOG_LEVEL": "ERROR",
+            }
+        )
+        _url_maps.append(app.url_map)
+    return _url_maps[0]
+
+
 @pytest.mark.parametrize("revision", revisions_oldest_first())
 def test_f10_api_migrates_an_old_database_and_every_route_works(cluster, revision, tmp_path):
     # Given a database file at ``revision``, with jobs in it
@@ -182,17 +204,7 @@ def test_f10_api_migrates_an_old_database_and_every_route_works(cluster, revisio
         check_invariants(cluster, settled, recorder, gone_ok={"job_old_cancelled"})
 
     # And no route answers a 5xx (the route list is the running code's own)
-    from backend.app import create_app
-
-    app = create_app(
-        {
-            "REDIS_URL": cluster.redis_url,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'routes.db'}",
-            "TASK_MODULES": "backend.tasks.examples,tests.chaos.tasks",
-            "RECONCILE_INTERVAL": 0,
-            "LOG_LEVEL": "ERROR",
-        }
-    )
+    url_map = routes_of_this_code(cluster.redis_url, tmp_path)
     values = {"name": "chaos_sleep"}
     made = cluster.api.post("/tasks/chaos_sleep/batch", json=body_for("POST", "/tasks/chaos_sleep/batch"))
     if made.status_code == 202:
@@ -203,7 +215,7 @@ def test_f10_api_migrates_an_old_database_and_every_route_works(cluster, revisio
     answers = []
     samples = ("job_old_completed", "job_old_failed", "job_old_cancelled", "job_old_queued_lost")
     for number, sample in enumerate(samples):
-        for method, path, body in route_calls(app.url_map, {**values, "job_id": sample}):
+        for method, path, body in route_calls(url_map, {**values, "job_id": sample}):
             if number and sample not in path:
                 continue  # the routes of no job are walked once
             headers = {"X-Internal-Token": TOKEN}
