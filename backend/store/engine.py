@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, exc, pool, text
+from sqlalchemy import create_engine, event, pool, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Engine, make_url
@@ -49,38 +48,6 @@ PG_TCP_TIMEOUTS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 60_000,
 }
-
-
-#: A pooled PostgreSQL connection back in the pool for longer than this is pinged (``SELECT 1``)
-#: before it is handed out, and replaced if its server is gone. One handed back more recently is
-#: used as it is: under load a ping before every checkout (``pool_pre_ping``) was one more round
-#: trip per request, ~1.5 ms of a submission's wall time on 2 cores. What that costs: after a
-#: restart shorter than this with no request meanwhile, the first statement of each API process
-#: fails once, answers 503 with Retry-After, and invalidates the whole pool (SQLAlchemy
-#: replaces every connection older than the failure on its next checkout).
-PING_AFTER_IDLE_SECONDS = 1.0
-
-
-def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
-    """Ping a connection checked out after ``idle_seconds`` or more in the pool, as SQLAlchemy's
-    pre-ping does (the dialect's ping; a disconnect replaces the connection, other errors raise)."""
-    dialect = engine.dialect
-
-    @event.listens_for(engine, "checkin")
-    def _idle_from(_dbapi_conn, record):
-        record.info["idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_conn, record, _proxy):
-        since = record.info.pop("idle_since", None)
-        if since is None or time.monotonic() - since < idle_seconds:
-            return  # just opened, or back in the pool a moment ago
-        try:
-            dialect.do_ping(dbapi_conn)
-        except dialect.loaded_dbapi.Error as error:
-            if dialect.is_disconnect(error, dbapi_conn, None):
-                raise exc.DisconnectionError(str(error)) from error
-            raise
 
 
 def _connect_args(url: URL, *, connect_timeout: int | None = None) -> dict[str, object]:
@@ -113,15 +80,14 @@ def make_engine(
     opened within ``connect_timeout`` seconds."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(
+        return create_engine(
             url,
+            pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
             connect_args=_connect_args(parsed, connect_timeout=connect_timeout),
         )
-        ping_when_idle(engine)
-        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(

@@ -96,7 +96,7 @@ class StatusPoll:
 
     def _run(self, sql: str, params: tuple, fetch):
         """``fetch(cursor)`` after ``sql`` on the held connection; once more on a new one when it
-        fails (its server restarted, say: the pool's ping checks only a checkout after an idle second).
+        fails (its server restarted, say: the pool's pre-ping checks only a checkout).
 
         Raises:
             StoreUnavailable: the store is down (one of its errors).

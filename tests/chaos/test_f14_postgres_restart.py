@@ -36,9 +36,8 @@ OUTAGES = scaled(2, 12)
 DOWN_SECONDS = 3.0
 CLIENTS = 2
 WORKERS = 3
-#: After the server is back, the pool replaces each dead connection on its next checkout (pinged
-#: after an idle second, or invalidated with the whole pool by the first statement that meets a
-#: closed one); an answer 503 later than this after the restart is a pool that did not recover.
+#: After the server is back, the pool's pre-ping replaces each dead connection on its next
+#: checkout; an answer 503 later than this after the restart is a pool that did not recover.
 BACK_GRACE = 5.0
 SEED = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
 
