@@ -70,6 +70,10 @@ def schemathesis(live_server: str, tmp_path: Path, *extra: str) -> str:
     return output
 
 
+# In one pass (make test's 15 minutes: ~6,000 requests, 70 s on an idle machine and over 190 s
+# beside the other tests), the PostgreSQL one: the stricter store, which refuses what SQLite
+# takes (a NUL character in text, a value over its column's type), so a 500 there is likelier.
+@pytest.mark.one_pass(store="postgres", reason="fuzzing the API once, on the stricter store")
 @pytest.mark.timeout(600)
 def test_schemathesis_finds_no_failure_at_50_examples(live_server, start_worker, tmp_path):
     start_worker("--name", "schemathesis-worker", "--simple")
