@@ -47,6 +47,17 @@ def crawl(steps: int = 5, delay: float = 0.3) -> dict:
     return {"steps": steps}
 
 
+@task("wait_for_file")
+def wait_for_file(path: str, timeout: float = 120.0) -> dict:
+    """Run until ``path`` exists (a test opens the gate when it is done with the running job)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+    return {"waited_for": path}
+
+
 @task("flaky")
 def flaky(marker: str, failures: int = 1) -> str:
     """Fail the first ``failures`` runs (counted in the file ``marker``), then succeed."""

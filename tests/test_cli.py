@@ -48,11 +48,14 @@ def make_zombie(client, redis_conn) -> dict:
     return job
 
 
-def test_cleanup_ends_zombies_leaves_live_jobs_and_dry_run_changes_nothing(client, settings, redis_conn, start_worker):
-    # Given a live long job on a real worker, two zombies, and a corrupt hash on a queue
-    # 30 s: it must outlast both cleanup commands (each a process that loads the app: the fresh-clone
-    # CI's PostgreSQL pass on a slow VM took over 10 s for the two, and a 10 s job had ended)
-    live = client.post("/tasks/crawl", json={"kwargs": {"steps": 40, "delay": 0.75}}).get_json()
+def test_cleanup_ends_zombies_leaves_live_jobs_and_dry_run_changes_nothing(
+    client, settings, redis_conn, start_worker, tmp_path
+):
+    # Given a live job on a real worker, two zombies, and a corrupt hash on a queue. The live job
+    # runs until the test opens its gate: it outlasts both cleanup commands however slow the
+    # machine (each a process that loads the app; a fixed 10 s job once ended before them).
+    gate = tmp_path / "gate"
+    live = client.post("/tasks/wait_for_file", json={"kwargs": {"path": str(gate)}}).get_json()
     start_worker("--name", "alive", "--simple")
     wait_for_status(client, live["job_id"], {"PROCESSING"})
     zombies = [make_zombie(client, redis_conn) for _ in range(2)]
@@ -83,6 +86,7 @@ def test_cleanup_ends_zombies_leaves_live_jobs_and_dry_run_changes_nothing(clien
     assert redis_conn.zcard("rq:wip:default") == 1  # only the live job's execution
     assert Queue("low", connection=redis_conn).job_ids == []
     assert client.get(f"/jobs/{live['job_id']}").get_json()["status"] == "PROCESSING"
+    gate.touch()
     assert wait_for_status(client, live["job_id"], {"COMPLETED"}, timeout=60)
 
 
