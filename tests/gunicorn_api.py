@@ -16,9 +16,18 @@ from tests.conftest import ROOT, TASK_MODULES, TOKEN
 
 
 @contextmanager
-def served_api(settings: dict, log_path: Path, **overrides: str | None) -> Iterator[str]:
+def served_api(
+    settings: dict,
+    log_path: Path,
+    *,
+    config: str = "backend/gunicorn_conf.py",
+    bind: str = "GUNICORN_BIND",
+    **overrides: str | None,
+) -> Iterator[str]:
     """Serve the app on the test's Redis and store on a free port; yield its URL, stop it after.
 
+    ``config`` is the shipped gunicorn configuration to serve it with (the API's, or the streams
+    process's ``backend/gunicorn_streams.py``), which reads its address from the variable ``bind``.
     The reconciler and webhook threads are off, rate limits off and ``LOG_LEVEL`` WARNING unless
     ``overrides`` say otherwise (a None value unsets a variable); gunicorn's output goes to
     ``log_path``. ``GUNICORN_WORKERS`` and ``GUNICORN_THREADS`` are the shipped ones (2 x 4) unless
@@ -26,7 +35,7 @@ def served_api(settings: dict, log_path: Path, **overrides: str | None) -> Itera
     port = free_port()
     env = dict(
         os.environ,
-        GUNICORN_BIND=f"127.0.0.1:{port}",
+        **{bind: f"127.0.0.1:{port}"},
         REDIS_URL=settings["REDIS_URL"],
         DATABASE_URL=settings["DATABASE_URL"],
         INTERNAL_SERVICE_TOKEN=TOKEN,
@@ -45,7 +54,7 @@ def served_api(settings: dict, log_path: Path, **overrides: str | None) -> Itera
             env[name] = value
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "backend.app:create_app()"],
+            [sys.executable, "-m", "gunicorn", "-c", config, "backend.app:create_app()"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -6,7 +6,6 @@ developers' guide: a blocking call on an event loop stalls every request of that
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,8 +18,8 @@ import requests
 from backend.broker.events import EventLog
 from backend.core.settings import Settings
 from backend.dev import processes
-from backend.dev.redis_server import free_port
-from tests.conftest import ROOT, STORE, TASK_MODULES, TOKEN
+from tests.conftest import ROOT, STORE
+from tests.gunicorn_api import served_api
 from tests.test_slow_clients import needs_nginx, start_nginx
 
 # A functional deadline (a stalled server never answers), far above what an answer takes.
@@ -31,34 +30,19 @@ ANSWER_WITHIN = 10.0
 def streams_server(settings, live_server, tmp_path) -> Iterator[str]:
     """The app under gunicorn with the shipped streams configuration, on the test's Redis and
     store (which ``live_server``, the API the worker reports to, has migrated)."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        STREAMS_BIND=f"127.0.0.1:{port}",
-        REDIS_URL=settings["REDIS_URL"],
-        DATABASE_URL=settings["DATABASE_URL"],
-        INTERNAL_SERVICE_TOKEN=TOKEN,
-        TASK_MODULES=TASK_MODULES,
+    with served_api(
+        settings,
+        tmp_path / "streams.log",
+        config="backend/gunicorn_streams.py",
+        bind="STREAMS_BIND",
         MIGRATE_ON_START="0",
-        RATE_LIMIT_ENABLED="0",
         EVENTS_MAX_STREAMS="1000",
         EVENTS_MAX_STREAMS_PER_OWNER="1000",
         # INFO: its access lines show which process served a path (written at INFO and below only).
         LOG_LEVEL="INFO",
-    )
-    for name in ("API_KEYS", "STREAMS_WORKERS", "PROMETHEUS_MULTIPROC_DIR"):
-        env.pop(name, None)
-    with open(tmp_path / "streams.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_streams.py", "backend.app:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_for_http(f"{url}/openapi.json", process=process)
+        STREAMS_WORKERS=None,
+    ) as url:
         yield url
-    finally:
-        processes.stop(process)
 
 
 @dataclass
