@@ -45,6 +45,19 @@ def chaos_sleep(seconds: float = 0.5, tag: str | None = None, first_attempt_seco
     return {"slept": duration, "tag": tag, "attempt": attempt}
 
 
+@task("chaos_wait_for_file")
+def chaos_wait_for_file(path: str, timeout: float = 120.0) -> dict:
+    """Run until ``path`` exists (the scenario opens the gate), logging start and end."""
+    _record("start")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+    _record("end")
+    return {"waited_for": path}
+
+
 @task("chaos_subprocess")
 def chaos_subprocess(seconds: float = 30.0) -> dict:
     """Run ``sleep <seconds>`` as a child process (a task that shells out), logging start and end."""

@@ -61,7 +61,10 @@ def test_f11_cleanup_ends_zombies_and_leaves_live_jobs_alone(cluster):
         cluster.kill_worker(doomed, horse=True)
 
         # And live long jobs, running, and waiting behind them
-        running = [api.submit("chaos_sleep", kwargs={"seconds": 20})["job_id"] for _ in live_workers]
+        # (each runs until the scenario opens its gate: it outlasts the cleanup commands however
+        # slow the machine; a fixed 20 s job once ended first on a loaded CI machine)
+        gate = cluster.dir / "gate"
+        running = [api.submit("chaos_wait_for_file", kwargs={"path": str(gate)})["job_id"] for _ in live_workers]
         waiting = [api.submit("chaos_sleep", kwargs={"seconds": 0.2})["job_id"] for _ in range(2)]
         wait_until(lambda: all(api.job(job_id)["status"] == "PROCESSING" for job_id in running), timeout=15)
 
@@ -115,6 +118,7 @@ def test_f11_cleanup_ends_zombies_and_leaves_live_jobs_alone(cluster):
             assert untouched, f"cleanup touched live job {job_id}: {before} -> {job}"
         for job_id in running:
             assert api.job(job_id)["status"] == "PROCESSING", "the long job ended before cleanup was done"
+        gate.touch()
 
         # And the live jobs complete, each having run once
         jobs = wait_all_terminal(cluster, all_ids, timeout=RECOVERY_BOUND + 20, recorder=recorder)
