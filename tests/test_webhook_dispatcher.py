@@ -13,6 +13,7 @@ import pytest
 
 from backend.api.context import services
 from backend.app import stop_webhooks
+from backend.webhooks import dispatcher as dispatcher_module
 from tests.helpers import wait_until
 from tests.receivers import Receiver
 from tests.test_webhook_delivery import delivery_of, hook_app, job_with_webhook
@@ -50,22 +51,26 @@ def apps():
 
 
 def test_one_owners_backlog_on_one_slow_host_does_not_keep_another_owners_delivery_out_of_a_pass(
-    settings, receivers, apps
+    settings, receivers, apps, monkeypatch
 ):
-    # Given one owner's batch of 1000 jobs (BATCH_MAX_JOBS) whose webhooks all go to a receiver
-    # that holds every request, all due first, and another owner's job to a prompt receiver
+    # Given a pass that scans at most 50 due rows in pages of 10 (1000 in pages of 100 as
+    # shipped: the same walk, a twentieth of the rows to record first), one owner's batch of 50
+    # jobs whose webhooks all go to a receiver that holds every request, all due first, and
+    # another owner's job to a prompt receiver
+    monkeypatch.setattr(dispatcher_module, "SCAN_LIMIT", 50)
+    monkeypatch.setattr(dispatcher_module, "PAGE_SIZE", 10)
     slow, prompt = receivers(), receivers()
     prompt.release.set()
     app = apps(settings, API_KEYS="mallory:key-m,olivia:key-o", WEBHOOK_TIMEOUT=30, WEBHOOK_INTERVAL=0)
     client = app.test_client()
     batch = client.post(
         "/tasks/add/batch",
-        json={"jobs": [{"args": [1, 1], "webhook_url": f"http://localhost:{slow.port}/hook"}] * 1000},
+        json={"jobs": [{"args": [1, 1], "webhook_url": f"http://localhost:{slow.port}/hook"}] * 50},
         headers=M_KEY,
     )
     assert batch.status_code == 202, batch.get_json()
     cancelled = client.post("/jobs/cancel", json={"task": "add"}, headers=M_KEY).get_json()
-    assert len(cancelled["cancelled"]) == 1000
+    assert len(cancelled["cancelled"]) == 50
     client.environ_base["HTTP_AUTHORIZATION"] = "Bearer key-o"
     olivia_job = job_with_webhook(client, prompt.url)
     dispatcher = services(app).webhooks
@@ -74,7 +79,7 @@ def test_one_owners_backlog_on_one_slow_host_does_not_keep_another_owners_delive
     started = dispatcher.run_once()
 
     # Then that pass starts the other owner's delivery too (before: only the two to the slow
-    # host, whose 998 others filled the pass's 1000-row scan, for ~80 min of backlog), and it
+    # host, whose 48 others filled the pass's scan; 998 of 1000 as shipped, ~80 min of backlog), and it
     # arrives while the slow receiver still holds its two
     assert started == 3
     wait_until(lambda: delivery_of(client, olivia_job)["status"] == "delivered", what="the other owner's delivery")
