@@ -45,7 +45,8 @@ class StartCheck(Enum):
     ASK_STORE = "ask_store"
 
 
-#: One round trip, as the fence's EXISTS alone took: the fence, then (only when there is none)
+#: One round trip, as the fence's EXISTS alone took (none of its own when queued on the worker's
+#: MULTI as a job starts, ``queue_start_check``): the fence, then (only when there is none)
 #: Redis' replication id and the history noted, noted anew in the same script when the id is new.
 #: INFO inside a script, so that the reply is the id alone: cheaper than parsing INFO's section in
 #: Python on every job (~30 us more than the EXISTS alone here, against ~70 us for a pipeline of
@@ -87,6 +88,38 @@ def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> S
             _refused.append(exc)
             log.warning("Redis refused the start check (%s): a fence a failover loses is not made up for", exc)
         return StartCheck.FENCED if connection.exists(fence_key(rq_id)) else StartCheck.CLEAR
+    return _verdict(fenced, history, created_at)
+
+
+def scripts_refused() -> bool:
+    """Whether this Redis refused the start check's script (then it is not queued on pipelines)."""
+    return bool(_refused)
+
+
+def queue_start_check(pipeline, rq_id: str) -> None:
+    """Queue the start check of ``rq_id`` on ``pipeline`` (the worker's MULTI of RQ's own writes as
+    a job starts): no round trip of its own. ``start_check_from`` reads its reply."""
+    keys = [fence_key(rq_id), HISTORY_KEY, Queue.redis_queues_keys]
+    # EVALSHA by hand: a Script on a pipeline costs a SCRIPT EXISTS round trip before every send.
+    pipeline.execute_command("EVALSHA", _CHECK.sha, len(keys), *keys, repr(time.time()))
+
+
+def start_check_from(connection: Redis, reply: object, rq_id: str, created_at: datetime | None) -> StartCheck:
+    """The verdict of a start check queued by ``queue_start_check``, from its reply in the pipeline.
+
+    A reply that is an error (the script not loaded in this Redis yet, NOSCRIPT; or refused) makes
+    the check on its own, as ``start_check`` (which loads the script for the next ones).
+
+    Raises:
+        RedisError: Redis is unreachable or refused.
+    """
+    if isinstance(reply, Exception):
+        return start_check(connection, rq_id, created_at)
+    fenced, *history = reply
+    return _verdict(fenced, history, created_at)
+
+
+def _verdict(fenced: int, history: list, created_at: datetime | None) -> StartCheck:
     if fenced:
         return StartCheck.FENCED
     since = _since(*history)

@@ -27,12 +27,15 @@ from backend.runner.handover import Handover
 from backend.runner.horse_redis import ConnectAhead
 from backend.runner.outcomes import lost_redis, record_finished
 from backend.runner.reporting import ReportingMixin, store_ids
+from backend.runner.start_trip import OneTripStart
 from backend.runner.success import OneTripSuccess
 
 log = logging.getLogger(__name__)
 
 
-class JobServiceWorker(ConnectAhead, FairDequeue, LeanBookkeeping, OneTripSuccess, ReportingMixin, Worker):
+class JobServiceWorker(
+    ConnectAhead, FairDequeue, LeanBookkeeping, OneTripSuccess, ReportingMixin, OneTripStart, Worker
+):
     """RQ's forking worker: each job runs in a child process.
 
     This process reports the start when it forks the work-horse and the end, read from RQ,

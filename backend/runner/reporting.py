@@ -188,4 +188,6 @@ class ReportingMixin(StartChecks):
         ids = store_ids(job)
         if ids is None:
             return
-        self.check_start(job, *ids)  # raises when the task must not run (backend/runner/start_gate.py)
+        # Raises when the task must not run (backend/runner/start_gate.py). The check itself went
+        # with RQ's writes where it could (backend/runner/start_trip.py).
+        self.check_start(job, *ids, checked=getattr(self, "start_checked", None))

@@ -24,7 +24,7 @@ from enum import Enum
 
 import requests
 
-from backend.broker.fences import StartCheck, start_check
+from backend.broker.fences import StartCheck, start_check, start_check_from
 from backend.core import protocol
 from backend.core.interruptions import START_UNCONFIRMED
 
@@ -133,10 +133,16 @@ class StartChecks:
     #: worker at each job's start (``perform_job``, ``prepare_job_execution``) and here.
     _unstarted: str | None = None
 
-    def check_start(self, job, job_id: str, attempt: int) -> None:
-        """Return when the task may run; raise AttemptRefused or StartUnconfirmed when not."""
+    def check_start(self, job, job_id: str, attempt: int, *, checked: object = None) -> None:
+        """Return when the task may run; raise AttemptRefused or StartUnconfirmed when not.
+
+        ``checked``: the reply of the start check's script sent with RQ's writes
+        (``fences.queue_start_check``); None: the check is made here."""
         self._unstarted = None
-        check = start_check(self.connection, job.id, job.created_at)
+        if checked is None:
+            check = start_check(self.connection, job.id, job.created_at)
+        else:
+            check = start_check_from(self.connection, checked, job.id, job.created_at)
         verdict = None
         # ASK_STORE: Redis failed over or restarted since this job was created, and its fence may be
         # one of the writes it lost. The store, the record, answers the start before the task runs.

@@ -39,6 +39,7 @@ from backend.runner.outcomes import completed_unrecorded
 from backend.runner.reporter import Reporter
 from backend.runner.reporting import ReportingMixin
 from backend.runner.start_gate import StartGate
+from backend.runner.start_trip import OneTripStart
 from backend.runner.startup import abandon_orphaned_jobs, forget_stale_registration, wait_for_redis
 from backend.runner.success import OneTripSuccess
 from backend.runner.task_io import EventSender, RunServices
@@ -58,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class JobServiceSimpleWorker(FairDequeue, LeanBookkeeping, OneTripSuccess, ReportingMixin, SimpleWorker):
+class JobServiceSimpleWorker(FairDequeue, LeanBookkeeping, OneTripSuccess, ReportingMixin, OneTripStart, SimpleWorker):
     """RQ's SimpleWorker: jobs run in the worker's own process (faster, less isolated)."""
 
 
