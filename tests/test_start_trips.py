@@ -15,6 +15,7 @@ import inspect
 import re
 
 from redis import ConnectionPool, Redis
+from redis.exceptions import NoScriptError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.worker.base import BaseWorker
@@ -38,12 +39,17 @@ class Verdicts:
 
     seen: dict[str, fences.StartCheck]
     trips: list[int]
+    #: What Redis held right after each job's start writes and check (before the task ran).
+    started: dict[str, dict]
+    snapshots = True
 
     def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
         before = CountingConnection.sends
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         self.seen[job.id] = self.verdict(job)
         self.trips.append(CountingConnection.sends - before)
+        if self.snapshots:
+            self.started[job.id] = _blank_history(_snapshot(self.connection))
         if self.seen[job.id] is fences.StartCheck.FENCED:
             raise RuntimeError("fenced")  # as ReportingMixin refuses it: the task does not run
 
@@ -59,13 +65,14 @@ class OneTripStartWorker(Verdicts, OneTripStart, SimpleWorker):
     """Ours: the check in RQ's MULTI, its verdict read from the reply."""
 
     def verdict(self, job) -> fences.StartCheck:
-        assert self.start_checked is not None
+        if self.start_checked is None:  # RQ's own method ran: the lone check, as ReportingMixin makes it
+            return fences.start_check(self.connection, job.id, job.created_at)
         return fences.start_check_from(self.connection, self.start_checked, job.id, job.created_at)
 
 
 def _worker(worker_class, connection: Redis, queue: Queue, name: str):
     worker = worker_class([queue], connection=connection, serializer=JSONSerializer, name=name)
-    worker.seen, worker.trips = {}, []
+    worker.seen, worker.trips, worker.started = {}, [], {}
     return worker
 
 
@@ -73,8 +80,9 @@ def _counted(redis_url: str) -> Redis:
     return Redis(connection_pool=ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
 
 
-def _scenario(connection: Redis, worker_class) -> tuple[dict, dict]:
-    """Three jobs, the second fenced (cancelled), drained by one burst worker: Redis after, verdicts."""
+def _scenario(connection: Redis, worker_class, *, lrem: bool = False):
+    """Three jobs, the second fenced (cancelled), drained by one burst worker: Redis after, the
+    worker (its verdicts, and Redis right after each start)."""
     connection.flushall()
     connection.script_flush()
     fences.note_history(connection)  # a new Redis's history, noted as the API notes it at its start
@@ -83,9 +91,14 @@ def _scenario(connection: Redis, worker_class) -> tuple[dict, dict]:
     for n in range(3):
         queue.enqueue("tests.fixtures.add", n, 1, job_id=f"job-{n}")
     connection.set(fence_key("job-1"), 1)
+    for n in range(3):
+        connection.expire(f"rq:job:job-{n}", 10_000)  # RQ's start PERSISTs the job's hash
     worker = _worker(worker_class, connection, queue, "w1")
+    if lrem:  # RQ's intermediate list (a worker of one queue): its LREM is in the start's MULTI
+        for n in range(3):
+            connection.rpush(queue.intermediate_queue_key, f"job-{n}")
     worker.work(burst=True)
-    return _snapshot(connection), worker.seen
+    return _blank_history(_snapshot(connection)), worker
 
 
 #: The history's note carries its time and Redis' own replication id.
@@ -96,6 +109,19 @@ def _blank_history(held: dict) -> dict:
     kind, ttl, value = held.pop(fences.HISTORY_KEY.encode())
     held["history"] = (kind, ttl, {f: (b"*" if _NOTED.fullmatch(f) else v) for f, v in value.items()})
     return held
+
+
+def _drop_time(held: dict) -> str:
+    """``held`` as text, without what differs run to run: the worker's working time and when RQ's
+    maintenance first saw an intermediate entry (by presence), RQ's random execution ids."""
+    out = {}
+    for key, (kind, ttl, value) in held.items():
+        if kind == "hash" and str(key).startswith("b'rq:worker:"):
+            value = {f: (b"*" if f == b"current_job_working_time" else v) for f, v in value.items()}
+        if ":first_seen:" in str(key):  # when RQ's maintenance first saw the intermediate list's entry
+            value = b"*"
+        out[key] = (kind, ttl, value)
+    return re.sub(r"[0-9a-f]{32}", "<execution>", repr(out))
 
 
 def test_a_start_and_its_check_are_one_round_trip_not_two(redis_url):
@@ -122,13 +148,19 @@ def test_redis_holds_after_our_start_what_it_holds_after_rqs_and_the_check(redis
     # Given the same jobs, one of them fenced, in a Redis whose scripts were flushed, drained by
     # RQ's start with the lone check and by ours
     connection = Redis.from_url(redis_url)
-    rqs, rq_verdicts = _scenario(connection, RQsStart)
-    ours, our_verdicts = _scenario(connection, OneTripStartWorker)
+    rqs, rq_worker = _scenario(connection, RQsStart, lrem=True)
+    ours, our_worker = _scenario(connection, OneTripStartWorker, lrem=True)
+    our_verdicts = our_worker.seen
 
-    # Then Redis holds the same (statuses, results, registries, the history noted at the first
-    # check), and each check gave the same verdict: the fenced job did not run, the others did
-    assert _blank_history(ours) == _blank_history(rqs)
-    assert our_verdicts == rq_verdicts
+    # Then Redis holds the same right after each start (heartbeats and TTLs, the job's status,
+    # worker and PERSIST, the intermediate list, the history noted at the first check), and at the
+    # end (statuses, results, registries), and each check gave the same verdict: the fenced job did
+    # not run, the others did
+    assert [_drop_time(held) for held in our_worker.started.values()] == [
+        _drop_time(held) for held in rq_worker.started.values()
+    ]
+    assert _drop_time(ours) == _drop_time(rqs)
+    assert our_verdicts == rq_worker.seen
     assert our_verdicts["job-1"] is fences.StartCheck.FENCED
     assert {our_verdicts["job-0"], our_verdicts["job-2"]} == {fences.StartCheck.CLEAR}
     finished = Queue("same", connection=connection).finished_job_registry.get_job_ids()
@@ -152,9 +184,45 @@ def test_a_check_whose_script_redis_lost_is_made_alone_and_still_sees_the_fence(
     worker.work(burst=True)
 
     # Then the MULTI's check answered NOSCRIPT, the lone check saw the fence, and the job did not run
-    assert isinstance(worker.start_checked, Exception)
+    assert isinstance(worker.start_checked, NoScriptError)
     assert worker.seen["fenced"] is fences.StartCheck.FENCED
     assert queue.finished_job_registry.get_job_ids() == ["first"]
+
+
+def test_a_redis_user_denied_the_historys_key_still_starts_jobs_and_refuses_a_fenced_one(
+    redis_url, redis_conn, monkeypatch
+):
+    # Given a Redis user allowed RQ's keys and the fences but not the history's key (Redis refuses
+    # the MULTI as the script is queued: nothing of it applied), jobs waiting, the second fenced
+    monkeypatch.setattr(fences, "_refused", [])  # this process has not met a refusal yet
+    redis_conn.acl_setuser(
+        "no-history", enabled=True, passwords=["+no-history-pw"], keys=["rq:*", "jobservice:fenced:*"],
+        channels=["*"], commands=["+@all"], reset_keys=True,
+    )  # fmt: skip
+    try:
+        limited = Redis.from_url(redis_url.replace("redis://", "redis://no-history:no-history-pw@"))
+        queue = Queue("denied", connection=limited, serializer=JSONSerializer)
+        for n in range(3):
+            queue.enqueue("tests.fixtures.add", n, 1, job_id=f"denied-{n}")
+        limited.set(fence_key("denied-1"), 1)
+
+        # When one of our workers, connected as that user, drains them
+        worker = _worker(OneTripStartWorker, limited, queue, "w-denied")
+        worker.snapshots = False  # the user may not list every key
+        worker.work(burst=True)
+    finally:
+        redis_conn.acl_deluser("no-history")
+
+    # Then each job got RQ's own start and the lone check (the fence alone): the fenced job was
+    # refused, the others ran (before: every start raised NOPERM, and no job ran)
+    assert worker.seen == {
+        "denied-0": fences.StartCheck.CLEAR,
+        "denied-1": fences.StartCheck.FENCED,
+        "denied-2": fences.StartCheck.CLEAR,
+    }
+    finished = Queue("denied", connection=redis_conn).finished_job_registry.get_job_ids()
+    assert sorted(finished) == ["denied-0", "denied-2"]
+    assert fences.scripts_refused()
 
 
 def test_both_of_our_workers_start_jobs_through_it():

@@ -9,13 +9,15 @@ queues the check's script last in that MULTI: the check sees Redis as RQ's write
 when it followed them, and ``ReportingMixin`` reads its verdict from the reply
 (``start_checked``). A check that could not run there (its script not loaded in this Redis yet:
 NOSCRIPT) is made on its own by ``StartChecks.check_start``, which loads it for the next jobs; a
-Redis that refused the script once gets RQ's own method and the lone check, as before.
+MULTI refused as it was queued (an ACL user denied the history's key: nothing applied), and any
+job after a refusal of the script, get RQ's own method and the lone check, as before.
 """
 
 from __future__ import annotations
 
 import time
 
+from redis.exceptions import ResponseError
 from rq import Queue
 from rq.utils import now
 
@@ -42,6 +44,7 @@ class OneTripStart:
         self.start_checked = NOT_CHECKED
         if fences.scripts_refused():
             return super().prepare_job_execution(job, remove_from_intermediate_queue)
+        self.log.debug("Worker %s: preparing for execution of job ID %s", self.name, job.id)
         with self.connection.pipeline() as pipeline:
             heartbeat_ttl = self.get_heartbeat_ttl(job)
             self.heartbeat(heartbeat_ttl, pipeline=pipeline)
@@ -52,12 +55,18 @@ class OneTripStart:
                 queue = Queue(job.origin, connection=self.connection)
                 pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
             fences.queue_start_check(pipeline, job.id)
-            # RQ's writes raise as RQ's pipeline would; the check's own error (NOSCRIPT) is kept
-            # as its reply, and the check is then made on its own.
-            *written, checked = pipeline.execute(raise_on_error=False)
-        for reply in written:
-            if isinstance(reply, Exception):
-                raise reply
+            commands = list(pipeline.command_stack)
+            try:
+                # The check's own error as it runs (NOSCRIPT) is kept as its reply, and the check is
+                # then made on its own.
+                *written, checked = pipeline.execute(raise_on_error=False)
+            except ResponseError:
+                # Refused as it was queued (an ACL user without the history's key): nothing of the
+                # MULTI was applied. RQ's own method, then the lone check, which notes the refusal.
+                return super().prepare_job_execution(job, remove_from_intermediate_queue)
+            # RQ's own writes raise as RQ's pipeline raises them (the command named).
+            pipeline.raise_first_error(commands[:-1], written)
+            self.log.debug("Worker %s: job preparation finished.", self.name)
         self.start_checked = checked
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
         return None
