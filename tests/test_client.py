@@ -33,11 +33,12 @@ pytestmark = pytest.mark.one_pass(reason="the client over HTTP; every route it c
 
 
 def test_task_arguments_named_like_options_reach_the_task(live_server, start_worker):
-    # Given a client and a worker
+    # Given a client
     client = Client(live_server)
-    start_worker()
 
-    # When a job's task arguments are named like the submission's options, beside those options
+    # When a job's task arguments are named like the submission's options, beside those options,
+    # submitted twice with one idempotency key while the job waits (a key returns its job only
+    # while the job is live: a worker already running could end it between the two), then run
     job = client.submit(
         "echo",
         args=[1],
@@ -52,6 +53,7 @@ def test_task_arguments_named_like_options_reach_the_task(live_server, start_wor
         priority="high",
         idempotency_key="client-test-1",
     )
+    start_worker()
     job.wait(timeout=60)
 
     # Then the task got them all as its arguments, and the options were the job's
