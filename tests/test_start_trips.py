@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import re
 
+import pytest
 from redis import ConnectionPool, Redis
 from redis.exceptions import NoScriptError
 from rq import Queue, SimpleWorker
@@ -32,6 +33,13 @@ from tests.test_success_trips import CountingConnection, _snapshot
 #: different hash means RQ changed it, and the copy must be read against RQ's new one (then the
 #: hash updated). The state comparison below checks the copy's writes whatever the hash says.
 RQ_PREPARE_JOB_EXECUTION_SHA256 = "d08dd32962e3f82af386c1823b4e3fda363425070b640c0485748a9e71ae61cd"  # rq 3.0.0
+
+
+@pytest.fixture(autouse=True)
+def _no_refusal_met(monkeypatch):
+    """Each test as a process that has not met a refusal of the script (an earlier test of the
+    session may have: a Redis refusing INFO in scripts), which would send RQ's own start."""
+    monkeypatch.setattr(fences, "_refused", [])
 
 
 class Verdicts:
@@ -189,12 +197,9 @@ def test_a_check_whose_script_redis_lost_is_made_alone_and_still_sees_the_fence(
     assert queue.finished_job_registry.get_job_ids() == ["first"]
 
 
-def test_a_redis_user_denied_the_historys_key_still_starts_jobs_and_refuses_a_fenced_one(
-    redis_url, redis_conn, monkeypatch
-):
+def test_a_redis_user_denied_the_historys_key_still_starts_jobs_and_refuses_a_fenced_one(redis_url, redis_conn):
     # Given a Redis user allowed RQ's keys and the fences but not the history's key (Redis refuses
     # the MULTI as the script is queued: nothing of it applied), jobs waiting, the second fenced
-    monkeypatch.setattr(fences, "_refused", [])  # this process has not met a refusal yet
     redis_conn.acl_setuser(
         "no-history", enabled=True, passwords=["+no-history-pw"], keys=["rq:*", "jobservice:fenced:*"],
         channels=["*"], commands=["+@all"], reset_keys=True,
