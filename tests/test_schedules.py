@@ -61,11 +61,22 @@ def test_a_bad_schedule_is_422_naming_the_fault(client, overrides, fragment):
     assert client.get("/scheduled-jobs").get_json()["scheduled_jobs"] == []
 
 
-def test_a_schedule_of_an_unknown_task_is_404_like_submitting_one(client):
+def test_a_schedule_naming_an_unknown_task_is_422_and_a_change_to_one_leaves_it_as_it_was(client):
+    # A task named in the body is a field's value, not the resource the URL names: 422 (a 404 to
+    # PATCH /scheduled-jobs/<id> read as "no such schedule", schemathesis' ST302), the tasks listed
     response = client.post("/scheduled-jobs", json={**BODY, "task": "nope"})
-    assert response.status_code == 404
-    assert "no task named 'nope'" in response.get_json()["error"]["message"]
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "validation_failed"
+    assert "no task named 'nope'" in error["message"]
+    assert "add" in error["details"]["tasks"]
     assert client.get("/scheduled-jobs").get_json()["scheduled_jobs"] == []
+
+    schedule = create(client)
+    response = client.patch(f"/scheduled-jobs/{schedule['id']}", json={"task": "nope", "enabled": False})
+    assert response.status_code == 422
+    assert "no task named 'nope'" in response.get_json()["error"]["message"]
+    assert client.get(f"/scheduled-jobs/{schedule['id']}").get_json() == schedule
 
 
 def test_two_schedulers_fire_each_due_time_exactly_once(settings, client):

@@ -17,7 +17,7 @@ from backend.api.context import services, settings
 from backend.api.payloads import CALL_OPTIONS, call_option, check_argument_size, json_body, query_fields, query_int
 from backend.api.rate_limits import submit_limit
 from backend.core.cursors import encode_cursor
-from backend.core.errors import ValidationFailed
+from backend.core.errors import NotFound, ValidationFailed
 from backend.core.pages import encode, page_parts
 from backend.service.representations import HEAVY_FIELDS, iso, job_dict
 from backend.service.schedules import check_cron, check_timezone
@@ -76,8 +76,9 @@ def schedule_fields(body: dict, *, partial: bool) -> dict:
     fields to store. A null optional field means its default, as in a job submission.
 
     Raises:
-        NotFound: the task is not registered (as ``POST /tasks/<name>`` answers).
-        ValidationFailed: an unknown, missing or invalid field (the message names it).
+        ValidationFailed: an unknown, missing or invalid field (the message names it), or a task
+            that is not registered (``POST /tasks/<name>`` answers 404 for that: there the URL
+            names it).
     """
     unknown = sorted(set(body) - set(SCHEDULE_FIELDS))
     if unknown:
@@ -100,7 +101,12 @@ def schedule_fields(body: dict, *, partial: bool) -> dict:
         elif key == "task":
             if not isinstance(value, str) or not value:
                 raise ValidationFailed(f"task must name a registered task, got {str(value)[:40]!r}")
-            get_task(value)
+            try:
+                get_task(value)
+            except NotFound as exc:
+                # A field's value, not the resource the URL names: a 404 to PATCH /scheduled-jobs/<id>
+                # would read as "no such schedule". The same message and list of tasks.
+                raise ValidationFailed(exc.message, details=exc.details) from None
         elif key == "cron":
             value = check_cron(value)
         elif key == "timezone":
