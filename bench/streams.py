@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import random
@@ -31,12 +32,15 @@ import psutil
 import requests
 
 from backend.broker.events import EventLog
+from backend.core.settings import Settings
 from backend.dev.redis_server import free_port
 from bench.common import PY, ROOT, Results, Stack, Workdir, _terminate, emit, ms, pct, session, table
 from bench.stores import POSTGRESQL, SQLITE, Postgres
 
 STREAMS_CONF = "backend/gunicorn_streams.py"
 KEEP_ALIVE_SECONDS = 5
+#: The hub's status poll interval: EVENTS_POLL_SECONDS's default, which the bench's stacks keep.
+POLL_SECONDS = next(f.default for f in dataclasses.fields(Settings) if f.name == "events_poll_seconds")
 HEADERS_A = ["round", "streams", "GET /jobs/<id> req/s", "submissions jobs/s", "streams process CPU %"]
 #: Issue 17, T6: GET /jobs/<id> with the streams open at least this share of its rate without them.
 T6_TARGET = 0.8
@@ -202,6 +206,11 @@ def measure_latency(stack: Stack, streams_url: str, samples: int) -> dict[str, l
             while text not in reader.arrivals and time.monotonic() < deadline:
                 time.sleep(0.0005)
             out["output"].append(reader.arrivals[text] - sent)
+            # The stream opened on the hub's first status event, which a status poll sends: without
+            # a wait of random length here every cancel came ~10 ms after a poll and waited out
+            # nearly the whole EVENTS_POLL_SECONDS (p50 ~99 ms, max ~101: the worst phase, every
+            # time) instead of a cancel's usual phase, anywhere in the interval.
+            time.sleep(random.uniform(0, POLL_SECONDS))
             t0 = time.time()
             assert http.post(f"{stack.url}/jobs/{job_id}/cancel", json={}, timeout=30).status_code == 200
             t1 = time.time()
@@ -210,7 +219,6 @@ def measure_latency(stack: Stack, streams_url: str, samples: int) -> dict[str, l
             arrived = next(at for s, at in reader.statuses if s == "CANCELLED")
             out["status (from request)"].append(arrived - t0)
             out["status (from commit answer)"].append(arrived - t1)
-            time.sleep(random.uniform(0, 0.05))  # not in phase with the hub's poll
     return out
 
 
