@@ -7,6 +7,7 @@ import signal
 import time
 
 from backend.tasks import current_job, task
+from tests.gates import wait_for_gate
 
 
 @task("reserved_names")
@@ -50,11 +51,7 @@ def crawl(steps: int = 5, delay: float = 0.3) -> dict:
 @task("wait_for_file")
 def wait_for_file(path: str, timeout: float = 120.0) -> dict:
     """Run until ``path`` exists (a test opens the gate when it is done with the running job)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.05)
+    wait_for_gate(path, timeout)
     return {"waited_for": path}
 
 

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 from backend.tasks import current_job, task
+from tests.gates import wait_for_gate
 
 EXEC_LOG_ENV = "CHAOS_EXEC_LOG"
 
@@ -49,11 +50,7 @@ def chaos_sleep(seconds: float = 0.5, tag: str | None = None, first_attempt_seco
 def chaos_wait_for_file(path: str, timeout: float = 120.0) -> dict:
     """Run until ``path`` exists (the scenario opens the gate), logging start and end."""
     _record("start")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.05)
+    wait_for_gate(path, timeout)
     _record("end")
     return {"waited_for": path}
 
