@@ -195,10 +195,12 @@ def test_a_put_whose_redis_write_lands_late_does_not_undo_a_later_put(app, redis
     from backend.store import rate_limit_overrides as store_overrides
 
     original = store_overrides.set_limit
+    committed = threading.Event()
 
     def slow_after_commit(sessions, key, limit, by):
         answer = original(sessions, key, limit, by)  # committed
         if limit == "1000/minute":
+            committed.set()
             time.sleep(0.3)  # a GC pause, a busy pool: before its Redis write
         return answer
 
@@ -206,7 +208,9 @@ def test_a_put_whose_redis_write_lands_late_does_not_undo_a_later_put(app, redis
     limits = services(app).rate_limits
     first = threading.Thread(target=lambda: limits.set("openai", "1000/minute", by="one"))
     first.start()
-    time.sleep(0.1)
+    # The second PUT goes once the first has committed (not after a fixed pause: on a loaded
+    # machine the first PUT's commit took longer than 100 ms and landed after the second's).
+    assert committed.wait(30)
     assert limits.set("openai", "10/minute", by="other").limit == "10/minute"
     first.join()
     assert limits.overrides()["openai"].limit == "10/minute"
