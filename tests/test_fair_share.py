@@ -79,8 +79,9 @@ def fairness_figure(client, redis_conn, start_worker, backlog: int, head_start: 
     _, b_ids = submit_batch(client, BOB, 10)
     # B waits from its first job's enqueue on (RQ's stamp): the time the API takes to record and
     # enqueue B's batch is not the pop's to answer for (a loaded machine gave A 7 starts there).
-    # The batch is enqueued a job at a time, and on a loaded machine the workers start several of
-    # A's between two of B's: B's later jobs are measured from its last enqueue too.
+    # B's later jobs are measured from its last enqueue too (a batch's jobs share one MULTI since
+    # enqueue_many; enqueued one at a time, a loaded machine's workers started several of A's
+    # between two of B's).
     enqueued = rq_started_at(redis_conn, b_ids, "enqueued_at")
     b_arrived, b_all_waiting = min(enqueued), max(enqueued)
     deadline = 60 + backlog / 20
@@ -113,8 +114,7 @@ def check_figure(figure: Figure) -> None:
 
 @pytest.mark.one_pass("the workers' pop decides the order; the store only records it")
 def test_another_owners_jobs_start_among_a_backlog_not_after_it(two_owners, client, redis_conn, start_worker):
-    # Forking workers, as deployed: SimpleWorkers run the same pop but start A's jobs faster than
-    # the API enqueues B's batch one job at a time, so B's later jobs are not waiting yet.
+    # Forking workers, as deployed (SimpleWorkers run the same pop).
     check_figure(fairness_figure(client, redis_conn, start_worker, 200, 20))
 
 

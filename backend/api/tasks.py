@@ -61,8 +61,8 @@ def submit_batch(name: str):
             raise ValidationFailed(f"jobs[{index}]: {exc.message}", details={"index": index}) from None
     if any(r.idempotency_key for r in requests_):
         raise ValidationFailed("idempotency_key is not supported inside a batch")
-    batch, jobs = services().jobs.create_batch(requests_, owner=g.principal.owner)
-    response = jsonify({"batch_id": batch.id, "task": batch.task, "size": batch.size, "job_ids": [j.id for j in jobs]})
+    batch, job_ids = services().jobs.create_batch(requests_, owner=g.principal.owner)
+    response = jsonify({"batch_id": batch.id, "task": batch.task, "size": batch.size, "job_ids": job_ids})
     response.status_code = 202
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch.id)
     return response

@@ -139,20 +139,7 @@ class QueueAdapter:
         this one), so the look for its hash is skipped: one round trip, the writes' MULTI."""
         rq_id = rq_job_id(job_id, attempt)
         queue = self.queues[priority]
-        options = {
-            "args": list(args),
-            "kwargs": dict(kwargs),
-            "timeout": timeout,
-            "result_ttl": self.result_ttl,
-            "failure_ttl": self.failure_ttl,
-            "job_id": rq_id,
-            "meta": {
-                "job_id": job_id,
-                "attempt": attempt,
-                **({"rate": {"key": rate[0], "limit": rate[1]}} if rate else {}),
-            },
-            "description": f"{func_path} ({job_id} attempt {attempt})",
-        }
+        options = self._options(rq_id, job_id, attempt, func_path, args, kwargs, timeout, rate)
         if depends_on:
             # RQ holds the job in its deferred registry until these RQ jobs finish.
             options["depends_on"] = list(depends_on)
@@ -198,6 +185,65 @@ class QueueAdapter:
                     return rq_id
                 except WatchError:
                     continue  # another host enqueued it, or a parent RQ job moved: look again
+
+    def _options(self, rq_id: str, job_id: str, attempt: int, func_path: str, args, kwargs, timeout: int, rate) -> dict:
+        """RQ's options for one attempt (``args=``/``kwargs=``: a task's own ``job_id`` reaches it)."""
+        return {
+            "args": list(args),
+            "kwargs": dict(kwargs),
+            "timeout": timeout,
+            "result_ttl": self.result_ttl,
+            "failure_ttl": self.failure_ttl,
+            "job_id": rq_id,
+            "meta": {
+                "job_id": job_id,
+                "attempt": attempt,
+                **({"rate": {"key": rate[0], "limit": rate[1]}} if rate else {}),
+            },
+            "description": f"{func_path} ({job_id} attempt {attempt})",
+        }
+
+    def enqueue_many(self, attempts: list[dict]) -> None:
+        """``enqueue`` for many attempts pushed at once (no time, no parents, no concurrency
+        limit: ``enqueue``'s keywords without those), in three round trips whatever their number:
+        WATCH of their hashes, one look for any of them, one MULTI with every push (the hash
+        copied from RQ's template, as ``_push_new`` writes it). Should any hash exist already or
+        change meanwhile (another host's reconciler enqueued one), or RQ's hash differ from the
+        template, each goes through ``enqueue`` instead, which skips those already there."""
+        writes = rq_hashes.Writes()
+        keys = []
+        try:
+            for attempt in attempts:
+                rq_id = rq_job_id(attempt["job_id"], attempt["attempt"])
+                queue = self.queues[attempt["priority"]]
+                options = self._options(
+                    rq_id, attempt["job_id"], attempt["attempt"], attempt["func_path"], attempt["args"],
+                    attempt["kwargs"], attempt["timeout"], attempt.get("rate"),
+                )  # fmt: skip
+                writes.hset(RQJob.key_for(rq_id), mapping=self._hashes.mapping(queue, attempt["func_path"], options))
+                writes.rpush(queue.key, rq_id)
+                owner = attempt.get("owner") if self.fair_share else None
+                if owner is not None:
+                    fair_queue.index_writes(writes, queue.name, rq_id, owner)
+                keys.append(RQJob.key_for(rq_id))
+        except LookupError:
+            keys = []  # an RQ whose hash differs from the template: RQ's own path for each
+        if keys:
+            queue_keys = sorted({self.queues[attempt["priority"]].key for attempt in attempts})
+            with self._guard(), self.connection.pipeline() as pipe:
+                try:
+                    pipe.watch(*keys)
+                    if not pipe.exists(*keys):
+                        pipe.multi()
+                        pipe.sadd(Queue.redis_queues_keys, *queue_keys)
+                        for command in writes.commands:
+                            pipe.execute_command(*command)
+                        pipe.execute()
+                        return
+                except WatchError:
+                    pass  # one of them changed: each on its own below
+        for attempt in attempts:
+            self.enqueue(**attempt)
 
     def _push_new(self, queue: Queue, rq_id: str, func_path: str, options: dict, *, owner: str | None) -> bool:
         """Send the writes of ``queue.enqueue_job`` for a new RQ job pushed at once (no time, no

@@ -16,7 +16,7 @@ from backend.service.ownership import owned
 from backend.service.representations import iso
 from backend.store import conflicts
 from backend.store.jobs import JobRows, Sessions
-from backend.store.models import Batch, Job, utcnow
+from backend.store.models import Batch, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class Batches:
 
     sessions: Sessions
 
-    def create_batch(self, requests: list[JobRequest], *, owner: str) -> tuple[Batch, list[Job]]:
+    def create_batch(self, requests: list[JobRequest], *, owner: str) -> tuple[Batch, list[str]]:
         """Record a batch and all its jobs in one transaction (all or none), then enqueue them.
 
         Unlike ``submit``, batch jobs are recorded PENDING: enqueueing a thousand takes long
@@ -50,9 +50,10 @@ class Batches:
                     for i in order
                 }
                 rows.mark_parents([parent for request in requests for parent in request.depends_on])
-        jobs = [added[i] for i in range(len(requests))]
-        log.info("batch %s recorded: %s jobs of %s", batch.id, len(jobs), batch.task)
-        return batch, [self.enqueue_job(job.id) for job in jobs]
+        job_ids = [added[i].id for i in range(len(requests))]
+        log.info("batch %s recorded: %s jobs of %s", batch.id, len(job_ids), batch.task)
+        self.enqueue_jobs(job_ids)
+        return batch, job_ids
 
     def batch_summary(self, batch_id: str, *, owner: str | None) -> dict:
         """A batch's counts by status and overall progress (ended jobs count as 100%).

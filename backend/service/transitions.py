@@ -87,6 +87,20 @@ def transition(
     raise InvalidTransition(job.id, job.status, target.value, reason="too many concurrent changes")
 
 
+def queue_many(rows: JobRows, job_ids: list[str], *, task: str, attempt: int) -> int:
+    """Move those of ``job_ids`` (jobs of ``task`` whose ``attempt`` was just put on a queue)
+    that are still PENDING on that attempt to QUEUED, in one write; return how many moved.
+
+    What ``transition(rows, job, QUEUED, attempt=attempt, tolerate_behind=True)`` does for each:
+    from anywhere else that move writes nothing (a job a fast worker already took past QUEUED,
+    or one on another attempt, is left as it is), and QUEUED owes no webhook.
+    """
+    move = decide(JobStatus.PENDING.value, attempt, JobStatus.QUEUED.value, attempt)
+    if not move.applies:  # the state machine's word, as for one job
+        raise move.error(job_ids[0])
+    return rows.move_many(job_ids, task=task, attempt=attempt, old=JobStatus.PENDING, new=JobStatus.QUEUED)
+
+
 def new_attempt(rows: JobRows, job: Job, after: int, allowed_from: frozenset, **fields) -> bool:
     """Start attempt ``after + 1`` of ``job`` as PENDING: the only way a job goes back.
 

@@ -214,6 +214,24 @@ class JobRows:
             counts.bump(self.session, job.task, old=old_status, new=job.status)
         return True
 
+    def move_many(self, job_ids: list[str], *, task: str, attempt: int, old: JobStatus, new: JobStatus) -> int:
+        """Write ``new`` to those of ``job_ids`` (jobs of ``task``) still at ``old`` on ``attempt``,
+        in one statement, leaving the others as they are; the count moves with them.
+
+        Returns:
+            How many moved.
+        """
+        now = clock.now_for_write(self.session.get_bind().dialect.name)
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.task == task, Job.status == old.value, Job.attempt == attempt)
+            .values(status=new.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:
+            counts.bump(self.session, task, old=old.value, new=new.value, by=result.rowcount)
+        return result.rowcount
+
     def set_progress(self, job_id: str, *, attempt: int, progress: int, message: str | None) -> bool:
         """Record progress on attempt ``attempt`` of a live job; False when it is no longer that.
 
