@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -318,3 +318,18 @@ def test_the_provider_example_snoozes_on_its_429_and_a_client_cannot_point_it_at
     ]
     gap = datetime.fromisoformat(history[1]["started_at"]) - datetime.fromisoformat(history[0]["ended_at"])
     assert timedelta(seconds=0.9) <= gap < timedelta(seconds=30), history
+
+
+def test_a_time_between_seconds_is_never_due_early_in_rqs_scheduler(redis_conn):
+    """RQ scores a scheduled job by whole seconds, rounded down: a snooze of 1 s (a provider's
+    Retry-After) due at 12:00:04.689 was due at 12:00:04, and its next attempt could start 0.7 s
+    early (the fresh-clone CI saw a gap of 0.898 s). The adapter rounds the time up."""
+    from backend.broker.queues import QueueAdapter
+
+    adapter = QueueAdapter(redis_conn, result_ttl=500, failure_ttl=900)
+    at = datetime.now(UTC).replace(microsecond=689000) + timedelta(seconds=5)
+    rq_id = adapter.enqueue(
+        job_id="job_later", attempt=1, func_path="backend.tasks.examples.add", args=[1, 2], kwargs={},
+        priority="default", timeout=60, at=at,
+    )  # fmt: skip
+    assert redis_conn.zscore("rq:scheduled:default", rq_id) >= at.timestamp()

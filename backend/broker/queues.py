@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from redis import Redis
 from redis.client import Pipeline
@@ -147,6 +147,10 @@ class QueueAdapter:
             # RQ's concurrency limit, shared by every job of the task across all workers.
             options["rate_limit"] = RateLimit(key=task_limit_key(concurrency[0]), concurrency=concurrency[1])
         owner = owner if self.fair_share else None
+        if at is not None and at.microsecond:
+            # RQ scores a scheduled job by whole seconds rounded down: rounded up here, a job
+            # (a snooze's next attempt, say) is never due before its time.
+            at = at.replace(microsecond=0) + timedelta(seconds=1)
         if fresh:
             with self._guard():
                 # Not watching: the writes are sent as one MULTI ... EXEC (a job with parents still
