@@ -302,17 +302,18 @@ def test_a_failed_report_that_finds_no_free_pooled_connection_is_a_503_and_lands
 
 
 def test_a_bulk_cancel_that_meets_a_postgresql_outage_is_a_503_not_every_job_cancel_failed(client, app, own_postgres):
-    # Given two live jobs, and PostgreSQL stopping just after the bulk cancel read their statuses
+    # Given two live jobs, and PostgreSQL stopping just after the bulk cancel read them (as it
+    # fences their attempts in Redis, before it writes CANCELLED)
     ids = [client.post("/tasks/add", json={"args": [i, i]}).get_json()["job_id"] for i in range(2)]
     manager = services(app).jobs
-    real_cancel_job = manager.cancel_job
+    real_fence_many = manager.queues.fence_many
 
-    def cancel_job(job_id, **kwargs):
+    def fence_many(rq_ids):
         if own_postgres.is_running():
             own_postgres.stop("fast")
-        return real_cancel_job(job_id, **kwargs)
+        return real_fence_many(rq_ids)
 
-    manager.cancel_job = cancel_job
+    manager.queues.fence_many = fence_many
 
     # When a client cancels both
     try:
@@ -323,6 +324,6 @@ def test_a_bulk_cancel_that_meets_a_postgresql_outage_is_a_503_not_every_job_can
     # Then it answers 503 with Retry-After (try again), not 200 with each job "cancel_failed"
     assert_store_unavailable(response)
     # And once the server is back the same request cancels both
-    manager.cancel_job = real_cancel_job
+    manager.queues.fence_many = real_fence_many
     again = client.post("/jobs/cancel", json={"job_ids": ids})
     assert again.status_code == 200 and sorted(again.get_json()["cancelled"]) == sorted(ids), again.get_json()

@@ -401,6 +401,15 @@ class QueueAdapter:
         with self._guard():
             self.connection.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
 
+    def fence_many(self, rq_ids: list[str]) -> None:
+        """``fence`` for many RQ jobs, in one round trip."""
+        if not rq_ids:
+            return
+        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            for rq_id in rq_ids:
+                pipe.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
+            pipe.execute()
+
     def cancel(self, rq_id: str) -> None:
         """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored.
 
@@ -413,11 +422,14 @@ class QueueAdapter:
         Raises:
             RedisError: Redis is unreachable or refused a command (the caller logs it).
         """
-        job = self.fetch(rq_id)
+        self.cancel_fetched(rq_id, self.fetch(rq_id))
+
+    def cancel_fetched(self, rq_id: str, job: RQJob | None) -> None:
+        """``cancel`` of an RQ job read a moment ago (``fetch_many``): its status as read then."""
         if job is None:
             return
         try:
-            if job.get_status() == "started":
+            if job.get_status(refresh=False) == "started":
                 self._stop(rq_id)
                 return
             job.cancel()

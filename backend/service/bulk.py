@@ -35,7 +35,7 @@ def act_on_each(
             act(job_id)
             done.append(job_id)
         except JobServiceError as exc:
-            skipped.append({"job_id": job_id, "reason": exc.code, "message": exc.message})
+            skipped.append(refusal(job_id, exc))
         except Exception as exc:
             if is_unavailable(exc):
                 raise
@@ -49,3 +49,8 @@ def act_on_each(
                     {"job_id": job_id, "reason": f"{verb}_failed", "message": f"the {verb} failed; try again"}
                 )
     return done, skipped
+
+
+def refusal(job_id: str, exc: JobServiceError) -> dict:
+    """How a bulk action's answer says why it did not act on a job."""
+    return {"job_id": job_id, "reason": exc.code, "message": exc.message}

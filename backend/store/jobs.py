@@ -100,8 +100,10 @@ class JobRows:
     def get(self, job_id: str) -> Job | None:
         return self.session.get(Job, job_id)
 
-    def jobs(self, job_ids: list[str]) -> list[Job]:
-        return list(self.session.scalars(select(Job).where(Job.id.in_(job_ids))))
+    def jobs(self, job_ids: list[str], *, owner: str | None = None) -> list[Job]:
+        """The jobs of ``job_ids`` that exist (with ``owner``, only that owner's)."""
+        query = select(Job).where(Job.id.in_(job_ids))
+        return list(self.session.scalars(query if owner is None else query.where(Job.owner == owner)))
 
     def owned_ids(self, job_ids: list[str] | tuple[str, ...], *, owner: str) -> set[str]:
         """Which of ``job_ids`` exist and are ``owner``'s."""
