@@ -242,3 +242,29 @@ def test_the_copied_rq_method_is_the_one_the_copy_was_read_against():
     source = inspect.getsource(BaseWorker.prepare_job_execution)
     digest = hashlib.sha256(source.encode()).hexdigest()
     assert digest == RQ_PREPARE_JOB_EXECUTION_SHA256, "RQ's prepare_job_execution changed: read start_trip.py's copy"
+
+
+def test_a_redis_full_for_a_moment_does_not_turn_the_history_check_off_for_good(tmp_path):
+    """A refusal that passes (Redis at its maxmemory refuses every script that may write: OOM)
+    was taken as a Redis that refuses the script for good: the process then checked the fence
+    alone and sent RQ's own start for every later job, until it was restarted. Only a refusal
+    that lasts (ACL, scripts or INFO in them disallowed) turns the script off."""
+    from backend.dev.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis.start(data_dir=tmp_path / "redis", appendonly=False)
+    try:
+        connection = Redis.from_url(server.url)
+        connection.set(fence_key("fenced-1"), 1)
+        # Given a Redis full for a moment (noeviction: writes and scripts that may write refused)
+        connection.config_set("maxmemory-policy", "noeviction")
+        connection.config_set("maxmemory", 1)
+        # When jobs start meanwhile, the fence is still obeyed
+        assert fences.start_check(connection, "fenced-1", None) is fences.StartCheck.FENCED
+        assert fences.start_check(connection, "free-1", None) is fences.StartCheck.CLEAR
+        # Then once it has room again, the script runs again (it notes Redis' history)
+        connection.config_set("maxmemory", 0)
+        assert not fences.scripts_refused()
+        fences.start_check(connection, "free-2", None)
+        assert connection.exists(fences.HISTORY_KEY)
+    finally:
+        server.stop()

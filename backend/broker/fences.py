@@ -23,7 +23,7 @@ from enum import Enum
 
 from redis import Redis
 from redis.commands.core import Script
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 from rq import Queue
 
 from backend.broker.queues import fence_key
@@ -84,11 +84,24 @@ def start_check(connection: Redis, rq_id: str, created_at: datetime | None) -> S
         fenced, *history = _run(connection, fence_key(rq_id))
     except ResponseError as exc:
         # A Redis that refuses scripts or INFO in them: the fence alone, as before (said once).
-        if not _refused:
+        # A refusal that passes (Redis full, busy, read-only for a moment): the fence alone for
+        # this job only, the script again for the next.
+        if _passing(exc):
+            log.warning("Redis refused the start check for now (%s): the fence alone for job %s", exc, rq_id)
+        elif not _refused:
             _refused.append(exc)
             log.warning("Redis refused the start check (%s): a fence a failover loses is not made up for", exc)
         return StartCheck.FENCED if connection.exists(fence_key(rq_id)) else StartCheck.CLEAR
     return _verdict(fenced, history, created_at)
+
+
+#: Refusals of the moment, by the codes Redis begins them with (those redis-py names have classes).
+_PASSING_CODES = ("BUSY", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+
+
+def _passing(exc: ResponseError) -> bool:
+    """Whether Redis refused the script for now (full, busy, read-only, not in sync), not for good."""
+    return isinstance(exc, (OutOfMemoryError, ReadOnlyError, TryAgainError)) or str(exc).startswith(_PASSING_CODES)
 
 
 def scripts_refused() -> bool:
