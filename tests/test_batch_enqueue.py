@@ -111,3 +111,15 @@ def test_a_batch_sent_while_redis_is_down_stays_pending_for_the_reconciler(clien
     # Then its jobs are recorded PENDING, none on the queue: the reconciler enqueues them later
     assert client.get(f"/batches/{body['batch_id']}").get_json()["counts"]["PENDING"] == 3
     assert queue_ids(redis_conn) == []
+
+
+def test_a_batch_mixing_a_ready_dependant_keeps_its_order_on_the_queue(client, redis_conn):
+    # Given a parent that ended (cancelled), so a dependant allowing failure is ready at once
+    parent = submit_add(client)["job_id"]
+    assert client.post(f"/jobs/{parent}/cancel", json={}).status_code == 200
+    redis_conn.delete("rq:queue:default")
+    # When a batch puts that dependant between two plain jobs
+    jobs = [{"args": [0, 0]}, {"args": [1, 1], "depends_on": [parent], "allow_failure": True}, {"args": [2, 2]}]
+    body = client.post("/tasks/add/batch", json={"jobs": jobs}).get_json()
+    # Then the queue holds them in the batch's order (the dependant was pushed first before)
+    assert queue_ids(redis_conn) == [f"{job_id}-1" for job_id in body["job_ids"]]

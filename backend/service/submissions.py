@@ -227,44 +227,49 @@ class Submissions:
 
         The jobs are read in one query. Those that go on their queue at once (PENDING, no
         parents, no time to wait for, no concurrency limit) are sent to Redis together
-        (``QueueAdapter.enqueue_many``: three round trips) and moved to QUEUED by one statement
-        per ``QUEUED_CHUNK`` jobs (``queue_many``); any other goes through ``enqueue_job``. When
-        Redis is unreachable they stay PENDING, for the reconciler.
+        (``QueueAdapter.enqueue_many``: three round trips for each run of them between two others,
+        so that the order holds) and moved to QUEUED by one statement per ``QUEUED_CHUNK`` jobs
+        (``queue_many``); any other goes through ``enqueue_job``. When Redis is unreachable they
+        stay PENDING, for the reconciler.
         """
         with JobRows.opened(self.sessions) as rows:
             read = {job.id: job for job in rows.jobs(job_ids)}
-        plain: list[Job] = []
-        attempts: list[dict] = []
+        run: list[tuple[Job, dict]] = []  # the plain jobs since the last other one
         for job in (read[job_id] for job_id in job_ids if job_id in read):
             try:
                 spec = get_task(job.task)
             except NotFound:
                 spec = None  # enqueue_job fails it
             if spec is None or spec.concurrency or not self._goes_at_once(job):
+                self._enqueue_together(run)  # first: the jobs before it keep their place
+                run = []
                 self.enqueue_job(job.id)
                 continue
-            plain.append(job)
-            attempts.append(
-                {
-                    "job_id": job.id, "attempt": job.attempt, "func_path": spec.path, "args": job.args,
-                    "kwargs": job.kwargs, "priority": job.priority, "timeout": job.timeout, "owner": job.owner,
-                    "rate": spec.recorded_rate(job.args, job.kwargs),
-                }
-            )  # fmt: skip
-        if not attempts:
+            attempt = {
+                "job_id": job.id, "attempt": job.attempt, "func_path": spec.path, "args": job.args,
+                "kwargs": job.kwargs, "priority": job.priority, "timeout": job.timeout, "owner": job.owner,
+                "rate": spec.recorded_rate(job.args, job.kwargs),
+            }  # fmt: skip
+            run.append((job, attempt))
+        self._enqueue_together(run)
+
+    def _enqueue_together(self, run: list[tuple[Job, dict]]) -> None:
+        """Push the PENDING jobs of ``run`` (each with ``enqueue_many``'s keywords) and move them
+        to QUEUED; left PENDING, for the reconciler, when Redis is unreachable."""
+        if not run:
             return
         try:
-            self.queues.enqueue_many(attempts)
+            self.queues.enqueue_many([attempt for _, attempt in run])
         except BrokerError as exc:
-            log.warning("%s jobs stay PENDING: Redis unavailable (%s)", len(plain), exc)
+            log.warning("%s jobs stay PENDING: Redis unavailable (%s)", len(run), exc)
             return
         groups: dict[tuple[str, int], list[str]] = {}
-        for job in plain:
+        for job, _ in run:
             groups.setdefault((job.task, job.attempt), []).append(job.id)
         for (task, attempt), ids in groups.items():
             for start in range(0, len(ids), self.QUEUED_CHUNK):
-                for run in conflicts.attempts():
-                    with run, JobRows.transaction(self.sessions) as rows:
+                for retry in conflicts.attempts():
+                    with retry, JobRows.transaction(self.sessions) as rows:
                         queue_many(rows, ids[start : start + self.QUEUED_CHUNK], task=task, attempt=attempt)
 
     @staticmethod
