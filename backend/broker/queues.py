@@ -402,13 +402,23 @@ class QueueAdapter:
             self.connection.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
 
     def fence_many(self, rq_ids: list[str]) -> None:
-        """``fence`` for many RQ jobs, in one round trip."""
+        """``fence`` for many RQ jobs, in one round trip: all of them or (Redis refusing) none."""
         if not rq_ids:
             return
-        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+        with self._guard(), self.connection.pipeline() as pipe:
             for rq_id in rq_ids:
                 pipe.set(fence_key(rq_id), 1, ex=FENCE_SECONDS)
             pipe.execute()
+
+    def fenced(self, rq_ids: list[str]) -> set[str]:
+        """Those of ``rq_ids`` whose attempt is fenced (one round trip)."""
+        if not rq_ids:
+            return set()
+        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
+            for rq_id in rq_ids:
+                pipe.exists(fence_key(rq_id))
+            found = pipe.execute()
+        return {rq_id for rq_id, present in zip(rq_ids, found, strict=True) if present}
 
     def cancel(self, rq_id: str) -> None:
         """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored.

@@ -249,7 +249,8 @@ class Reconciler:
             time.sleep(min(left, _TOUCH_EVERY))
 
     def diagnose(self, jobs: list[Job], *, patient: bool = True) -> dict[str, tuple[str, RQJob | None]]:
-        """What each job needs: enqueue, requeue (lost), dead (worker died) or copy (RQ ended).
+        """What each job needs: enqueue, requeue (lost), dead (worker died), copy (RQ ended) or
+        fenced (RQ ended a run its worker refused, fenced by a writer that never wrote).
 
         Args:
             patient: count a worker dead only once its lease was seen missing for a while
@@ -262,6 +263,12 @@ class Reconciler:
             [job.rq_job_id for job in jobs if job.status == JobStatus.QUEUED and job.rq_job_id in queued_ids]
         )
         rq_jobs = self.queues.fetch_many([job.rq_job_id for job in jobs if job.rq_job_id not in waiting])
+        # An ended RQ job whose attempt is fenced while the store still runs that attempt: the
+        # worker refused it for a cancel or a new attempt that the store never recorded (the API
+        # died or the store failed between the fence and the write), so it never ran.
+        fenced = self.queues.fenced(
+            [rq_id for rq_id, rq_job in rq_jobs.items() if rq_job is not None and rq_status(rq_job) in _ENDED]
+        )
         workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
         dead = self._dead_workers({name or "" for name in workers}, patient=patient)
         verdicts: dict[str, tuple[str, RQJob | None]] = {}
@@ -270,7 +277,7 @@ class Reconciler:
             if job.rq_job_id in waiting:
                 continue
             rq_job = rq_jobs.get(job.rq_job_id)
-            action = self._verdict(job, rq_job, queued_ids, dead)
+            action = "fenced" if job.rq_job_id in fenced else self._verdict(job, rq_job, queued_ids, dead)
             if action is not None:
                 verdicts[job.id] = (action, rq_job)
             elif job.depends_on and rq_job is not None and rq_status(rq_job) == "deferred":
@@ -340,6 +347,12 @@ class Reconciler:
             (report.failed if after.status == JobStatus.FAILED else report.retried).append(job.id)
         elif action == "copy":
             self._copy_outcome(job, rq_job, report)
+        elif action == "fenced":
+            # Not copied as the attempt's failure: it never ran. A new attempt, nothing spent (a
+            # cancel still under way finds it and fences that one; see Cancels.cancel_job).
+            reason = f"attempt {job.attempt} was fenced for a cancel or a new attempt the store never recorded"
+            manager.requeue_unstarted(job.id, attempt=job.attempt, reason=reason)
+            report.requeued.append(job.id)
         elif action == "release" and manager.release_if_due(job.id):
             report.enqueued.append(job.id)
 

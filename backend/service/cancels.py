@@ -93,9 +93,9 @@ class Cancels:
         """Cancel the listed jobs; returns the ids cancelled and, for the others, why not.
 
         What ``cancel_job`` does for each, by steps over them all: one query reads the jobs (an
-        unknown or ended one costs nothing further), one round trip fences the live ones' attempts,
-        CANCELLED is written ``CANCEL_CHUNK`` jobs per transaction, then their RQ jobs are read in
-        one round trip and taken off their queues (or stopped). A job that began a new attempt
+        unknown or ended one costs nothing further); ``CANCEL_CHUNK`` jobs at a time, one round
+        trip fences their attempts and one transaction writes CANCELLED; then their RQ jobs are
+        read in one round trip and taken off their queues (or stopped). A job that began a new attempt
         meanwhile, or whose chunk failed unforeseen, goes through ``cancel_job`` on its own. The
         caller bounds how many ids one call takes.
         """
@@ -112,17 +112,20 @@ class Cancels:
                 refused[job_id] = InvalidTransition(job_id, job.status, JobStatus.CANCELLED.value)
             else:
                 live.append(job)
-        try:
-            self.queues.fence_many([job.rq_job_id for job in live])
-        except BrokerError:
-            for job in live:
-                refused[job.id] = ServiceUnavailable("Redis is unreachable: the job cannot be stopped now")
-            live = []
         cancelled: dict[str, Job] = {}
         alone: list[str] = []  # for cancel_job: a new attempt began, or the chunk failed unforeseen
         try:
             for start in range(0, len(live), self.CANCEL_CHUNK):
-                chunk = {job.id: job.attempt for job in live[start : start + self.CANCEL_CHUNK]}
+                # Each chunk fenced just before its write, so a failure leaves at most one chunk
+                # fenced and not written (a worker refuses it; the reconciler gives it a new attempt).
+                part = live[start : start + self.CANCEL_CHUNK]
+                chunk = {job.id: job.attempt for job in part}
+                try:
+                    self.queues.fence_many([job.rq_job_id for job in part])
+                except BrokerError:
+                    for job in live[start:]:
+                        refused[job.id] = ServiceUnavailable("Redis is unreachable: the job cannot be stopped now")
+                    break
                 try:
                     written, stale, ended = self._write_cancels(chunk, owner=owner, by=by)
                 except Exception as exc:
@@ -162,7 +165,8 @@ class Cancels:
                 stale: list[str] = []
                 ended: dict[str, JobServiceError] = {}
                 now = utcnow()
-                for job in rows.jobs(list(attempts), owner=owner):
+                # In id order, as every write of several jobs locks them (no deadlock between two).
+                for job in sorted(rows.jobs(list(attempts), owner=owner), key=lambda row: row.id):
                     try:
                         transition(
                             rows, job, JobStatus.CANCELLED, attempt=attempts[job.id], strict=True, error=None,
