@@ -86,7 +86,14 @@ def test_a_job_submitted_from_a_host_an_hour_ahead_is_stamped_with_the_databases
             raise BrokerError("Redis refused the enqueue (test)")
         return real_enqueue(**kwargs)
 
+    def enqueue_many(attempts):  # a batch's jobs
+        if refusing:
+            raise BrokerError("Redis refused the enqueue (test)")
+        return real_enqueue_many(attempts)
+
+    real_enqueue_many = queues.enqueue_many
     monkeypatch.setattr(queues, "enqueue", enqueue)
+    monkeypatch.setattr(queues, "enqueue_many", enqueue_many)
     engine = services(app).engine
 
     # When a client submits a job alone (Redis answered just before: it is recorded QUEUED) and a batch of three

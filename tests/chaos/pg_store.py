@@ -45,7 +45,19 @@ class LogMark:
             return log.read().decode(errors="replace").splitlines()
 
     def deadlocks(self) -> list[str]:
-        return [line for line in self.lines() if DEADLOCK in line]
+        """Each deadlock PostgreSQL logged, with the lines that follow it (DETAIL: the two
+        processes' statements; HINT, CONTEXT, STATEMENT): what is needed to find the cause."""
+        lines, found = self.lines(), []
+        for i, line in enumerate(lines):
+            if DEADLOCK in line:
+                after = [
+                    more
+                    for more in lines[i + 1 : i + 12]
+                    if more.startswith(("\t", " "))
+                    or any(k in more for k in ("DETAIL:", "HINT:", "CONTEXT:", "STATEMENT:"))
+                ]
+                found.append("\n".join([line, *after]))
+        return found
 
 
 def _query(server: PostgresServer, database: str, sql: str) -> list[tuple]:
