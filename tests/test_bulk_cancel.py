@@ -63,3 +63,32 @@ def test_a_job_fenced_but_never_written_runs_as_a_new_attempt_not_failed(app, cl
     time.sleep(1.1)  # RQ's scheduler holds it until the next whole second
     run_burst_worker(timeout=60)
     assert wait_for_status(client, ids[1], {"COMPLETED", "FAILED"}, timeout=30)["status"] == "COMPLETED"
+
+
+def test_a_run_that_ended_after_a_fence_never_written_is_copied_not_run_again(app, client, redis_conn):
+    """The fence of a cancel whose write never came can also stand on an attempt that had passed
+    its start check and ran: its end is copied as any other (a new attempt would run it twice)."""
+    from rq.job import Job as RQJob
+    from rq.serializers import JSONSerializer
+
+    # Given a job whose run finished in RQ while its report never reached the store, and whose
+    # attempt a cancel fenced without writing (the API died between the two)
+    job = submit_add(client)
+    rq_id = job["rq_job_id"]
+    redis_conn.lrem("rq:queue:default", 0, rq_id)
+    rq_job = RQJob.fetch(rq_id, connection=redis_conn, serializer=JSONSerializer)
+    rq_job.set_status("finished")
+    redis_conn.set(fence_key(rq_id), 1)
+    age(app, job["job_id"])
+    # When the reconciler looks at it
+    services(app).reconciler.run_once()
+    # Then its end is copied: COMPLETED on its first attempt, not run again
+    after = get_job(client, job["job_id"])
+    assert (after["status"], after["attempt"]) == ("COMPLETED", 1), after
+
+
+def test_the_reconciler_names_the_workers_refusal_as_the_worker_raises_it():
+    from backend.recovery.reconciler import REFUSED
+    from backend.runner.start_gate import AttemptRefused
+
+    assert f"{AttemptRefused.__module__}.{AttemptRefused.__qualname__}" == REFUSED

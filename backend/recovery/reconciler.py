@@ -58,6 +58,10 @@ LOCK_SECONDS = 15
 # concurrency limit, released by RQ when a slot frees.
 _WAITING = {"queued", "deferred", "scheduled", "rate_limited"}
 _ENDED = {"finished", "failed", "stopped", "canceled"}
+#: How RQ ends a run its worker refused before the task (``backend.runner.start_gate``), and the
+#: exception its record's last line names (``tests/test_bulk_cancel.py`` checks the name).
+_REFUSABLE = {"failed", "stopped"}
+REFUSED = "backend.runner.start_gate.AttemptRefused"
 # Seconds between touches of the leader during a wait: well under leadership.IDLE_TIMEOUT.
 _TOUCH_EVERY = 5.0
 
@@ -266,9 +270,15 @@ class Reconciler:
         # An ended RQ job whose attempt is fenced while the store still runs that attempt: the
         # worker refused it for a cancel or a new attempt that the store never recorded (the API
         # died or the store failed between the fence and the write), so it never ran.
-        fenced = self.queues.fenced(
-            [rq_id for rq_id, rq_job in rq_jobs.items() if rq_job is not None and rq_status(rq_job) in _ENDED]
-        )
+        # Only a refusal: a run that passed its start check before the fence, and ended, is
+        # copied as any other (it ran).
+        fenced = {
+            rq_id
+            for rq_id in self.queues.fenced(
+                [rq_id for rq_id, rq_job in rq_jobs.items() if rq_job is not None and rq_status(rq_job) in _REFUSABLE]
+            )
+            if (last_line(failure_record(rq_jobs[rq_id])) or "").startswith(f"{REFUSED}: ")
+        }
         workers = {job.worker for job in jobs} | {rq.worker_name for rq in rq_jobs.values() if rq is not None}
         dead = self._dead_workers({name or "" for name in workers}, patient=patient)
         verdicts: dict[str, tuple[str, RQJob | None]] = {}
