@@ -9,6 +9,7 @@ issue's figure: "60/minute", 4 workers, 500 jobs, measured over 2 full minutes."
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 
@@ -72,10 +73,34 @@ def windows_figure(starts: list[float], window: float, span: float | None = None
     return most, per_window
 
 
+class AdmissionLog:
+    """Every start the limiter logged (``key_limits``: a ZSET per key, member the RQ id, score the
+    time of its admission by Redis' clock), read every 50 ms while the backlog runs. An entry stays
+    in the log for at least its window, so none is missed; a release's grant is replaced by the
+    job's own admission, whose time is the one kept."""
+
+    def __init__(self, redis_conn) -> None:
+        self.redis, self.admitted, self._stop = redis_conn, {}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for log in self.redis.scan_iter(match=key_limits.log_key("*")):
+                self.admitted.update(dict(self.redis.zrange(log, 0, -1, withscores=True)))
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return list(self.admitted.values())
+
+
 def run_backlog(client, redis_conn, start_worker, *, task, jobs, workers, span=None) -> tuple[list[float], dict]:
     """Submit the backlog, start the workers, and, once jobs are held, another task's job; wait for
-    every job (or for ``span`` seconds of starts); return the limited starts and the other job."""
+    every job (or for ``span`` seconds of starts); return the limited starts and the other job
+    (and, under "admitted", the limiter's logged starts)."""
     ids = submit_backlog(client, task, jobs, provider="upstream")
+    admissions = AdmissionLog(redis_conn)
     for n in range(workers):
         start_worker("--name", f"limited-{n}", env={"TASK_MODULES": MODULES})
     wait_until(lambda: len(key_limits.held_ids(redis_conn)) >= 5, timeout=60, what="jobs held by the limit")
@@ -93,7 +118,7 @@ def run_backlog(client, redis_conn, start_worker, *, task, jobs, workers, span=N
     limited = {job_id: job for job_id, job in jobs_of(client, task).items() if job_id in set(ids)}
     starts = [epoch(job["started_at"]) for job in limited.values() if job["started_at"]]
     other_job = client.get(f"/jobs/{other['job_id']}").get_json()
-    return starts, {"other": other_job, "limited": limited}
+    return starts, {"other": other_job, "limited": limited, "admitted": admissions.stop()}
 
 
 @pytest.mark.one_pass("the limiter lives in Redis and the workers; the store only records the starts")
@@ -101,10 +126,18 @@ def test_starts_stay_within_the_limit_and_use_it_and_held_jobs_hold_no_worker(
     limited_settings, client, redis_conn, start_worker
 ):
     starts, jobs = run_backlog(client, redis_conn, start_worker, task="limited_add", jobs=30, workers=3)
-    most, per_window = windows_figure(starts, window=2.0)
-    print(f"\nrate limit 5/2s, 3 workers, 30 jobs: at most {most} starts in a 2-s window; full windows {per_window}")
-    assert len(starts) == 30
-    assert most <= 5, sorted(starts)
+    # The limit holds for the starts the limiter admits (Redis' clock). The workers' reported
+    # start times come a fork and a report later, by a few ms to a few hundred under load: with
+    # the limit saturated, admissions 2.000 s apart gave reported starts 1.99 s apart (6 in a
+    # window, the fresh-clone CI on fb4f86a), so those are checked for the use of the limit only.
+    admitted = jobs["admitted"]
+    most, _ = windows_figure(admitted, window=2.0 - 1e-6)  # (a microsecond less: float sums)
+    _, per_window = windows_figure(starts, window=2.0)
+    print(
+        f"\nrate limit 5/2s, 3 workers, 30 jobs: at most {most} admissions in a 2-s window; full windows {per_window}"
+    )
+    assert len(starts) == 30 and len(admitted) == 30, (len(starts), len(admitted))
+    assert most <= 5, sorted(admitted)
     assert per_window and min(per_window) >= 4, per_window
     assert {job["retry_count"] for job in jobs["limited"].values()} == {0}
     # The other task's job was submitted while jobs were held: no worker was kept by them, so it
