@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.connection import AbstractConnection
 from werkzeug.serving import make_server
 
 from backend.api.context import update_settings
@@ -278,6 +279,25 @@ def postgres_template(postgres_server) -> str:
     name = "jobs_template"
     migrate(postgres_server.create_database(name))
     return name
+
+
+@pytest.fixture
+def sent_to_redis(monkeypatch):
+    """The commands of each send on a redis-py connection from this thread (a pipeline's is one)."""
+    sends: list[list[bytes]] = []
+    original = AbstractConnection.send_packed_command
+    me = threading.get_ident()
+
+    def recording(connection, command, check_health=True):
+        if threading.get_ident() == me:
+            chunks = command if isinstance(command, list) else [command]
+            data = b"".join(bytes(c) for c in chunks)
+            # Each command of a RESP array starts "*<n>\r\n$<len>\r\n<NAME>".
+            sends.append([part.split(b"\r\n")[2].upper() for part in data.split(b"*")[1:] if b"\r\n$" in part[:8]])
+        return original(connection, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    return sends
 
 
 @pytest.fixture

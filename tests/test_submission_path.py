@@ -13,7 +13,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from redis.connection import AbstractConnection
 from sqlalchemy import text
 
 from backend.api.context import services
@@ -21,25 +20,6 @@ from backend.app import create_app, stop_background
 from tests.conftest import STORE
 from tests.helpers import submit, submit_add
 from tests.test_poll_postgres import _queries_sent
-
-
-@pytest.fixture
-def sent_to_redis(monkeypatch):
-    """The commands of each send on a redis-py connection from this thread (a pipeline's is one)."""
-    sends: list[list[bytes]] = []
-    original = AbstractConnection.send_packed_command
-    me = threading.get_ident()
-
-    def recording(connection, command, check_health=True):
-        if threading.get_ident() == me:
-            chunks = command if isinstance(command, list) else [command]
-            data = b"".join(bytes(c) for c in chunks)
-            # Each command of a RESP array starts "*<n>\r\n$<len>\r\n<NAME>".
-            sends.append([part.split(b"\r\n")[2].upper() for part in data.split(b"*")[1:] if b"\r\n$" in part[:8]])
-        return original(connection, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
-    return sends
 
 
 def test_a_submission_reaches_redis_in_one_round_trip_without_watch(client, sent_to_redis, redis_conn):
