@@ -224,11 +224,8 @@ class QueueAdapter:
                     rq_id, attempt["job_id"], attempt["attempt"], attempt["func_path"], attempt["args"],
                     attempt["kwargs"], attempt["timeout"], attempt.get("rate"),
                 )  # fmt: skip
-                writes.hset(RQJob.key_for(rq_id), mapping=self._hashes.mapping(queue, attempt["func_path"], options))
-                writes.rpush(queue.key, rq_id)
                 owner = attempt.get("owner") if self.fair_share else None
-                if owner is not None:
-                    fair_queue.index_writes(writes, queue.name, rq_id, owner)
+                self._push_writes(writes, queue, rq_id, attempt["func_path"], options, owner=owner)
                 keys.append(RQJob.key_for(rq_id))
         except LookupError:
             keys = []  # an RQ whose hash differs from the template: RQ's own path for each
@@ -254,18 +251,29 @@ class QueueAdapter:
         parents, no concurrency limit) as one MULTI: its hash copied from RQ's template for the
         queue, the push to the tail, and its fair-share index (``rq_hashes``). False, with nothing
         sent, for an RQ whose hash differs from the template's (the caller takes RQ's own path)."""
-        try:
-            mapping = self._hashes.mapping(queue, func_path, options)
-        except LookupError:
-            return False
         writes = rq_hashes.Writes()
         writes.sadd(Queue.redis_queues_keys, queue.key)
+        try:
+            self._push_writes(writes, queue, rq_id, func_path, options, owner=owner)
+        except LookupError:
+            return False
+        rq_hashes.transaction(self.connection, writes)
+        return True
+
+    def _push_writes(
+        self, writes: rq_hashes.Writes, queue: Queue, rq_id: str, func_path: str, options: dict, *, owner: str | None
+    ) -> None:
+        """Record on ``writes`` a new RQ job pushed at once: its hash copied from RQ's template, the
+        push to the tail, its fair-share index.
+
+        Raises:
+            LookupError: RQ's hash differs from the template's (nothing recorded).
+        """
+        mapping = self._hashes.mapping(queue, func_path, options)
         writes.hset(RQJob.key_for(rq_id), mapping=mapping)
         writes.rpush(queue.key, rq_id)
         if owner is not None:
             fair_queue.index_writes(writes, queue.name, rq_id, owner)
-        rq_hashes.transaction(self.connection, writes)
-        return True
 
     @staticmethod
     def _put(
@@ -364,11 +372,15 @@ class QueueAdapter:
 
     def existing(self, rq_ids: list[str]) -> set[str]:
         """The ids among ``rq_ids`` whose RQ job hash exists (one pipelined EXISTS each)."""
+        return self._present(rq_ids, RQJob.key_for)
+
+    def _present(self, rq_ids: list[str], key_of) -> set[str]:
+        """The ids among ``rq_ids`` whose key (``key_of(rq_id)``) exists, in one round trip."""
         if not rq_ids:
             return set()
         with self._guard(), self.connection.pipeline(transaction=False) as pipe:
             for rq_id in rq_ids:
-                pipe.exists(RQJob.key_for(rq_id))
+                pipe.exists(key_of(rq_id))
             found = pipe.execute()
         return {rq_id for rq_id, present in zip(rq_ids, found, strict=True) if present}
 
@@ -412,13 +424,7 @@ class QueueAdapter:
 
     def fenced(self, rq_ids: list[str]) -> set[str]:
         """Those of ``rq_ids`` whose attempt is fenced (one round trip)."""
-        if not rq_ids:
-            return set()
-        with self._guard(), self.connection.pipeline(transaction=False) as pipe:
-            for rq_id in rq_ids:
-                pipe.exists(fence_key(rq_id))
-            found = pipe.execute()
-        return {rq_id for rq_id, present in zip(rq_ids, found, strict=True) if present}
+        return self._present(rq_ids, fence_key)
 
     def cancel(self, rq_id: str) -> None:
         """Take a job off its queue, or stop it if a worker runs it. Unknown ids are ignored.
